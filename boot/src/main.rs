@@ -1,1 +1,127 @@
-fn main() {}
+//! `boot`: build disk images of kernel ELF files and run them in QEMU.
+//!
+//! ```text
+//! boot run   [OPTIONS] KERNEL        boot one kernel; exit 0 on success, 1 on reported failure,
+//!                                    2 on a crash, 3 on a timeout
+//! boot suite [OPTIONS] IMAGE...      run QEMU test images, print per-case lines and a summary
+//! boot KERNEL [ARGS...]              as cargo's runner: a test binary (under deps/) runs as a
+//!                                    one-image suite, anything else as `run`
+//!
+//! OPTIONS: --uefi | --firmware bios|uefi|both   --kvm   --gdb   --mem SIZE (default 256M)
+//!          --timeout SECS (0 = none; default 120)   --ramdisk FILE   --quiet
+//! Environment (for the cargo-runner form): VMK_FIRMWARE, VMK_TIMEOUT, VMK_MEM, VMK_KVM=1
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use boot::image::{self, Firmware};
+use boot::qemu::{self, QemuOptions};
+use boot::suite;
+
+const USAGE: &str = "usage: boot run [--uefi] [--kvm] [--gdb] [--mem SIZE] [--timeout SECS] [--ramdisk FILE] KERNEL
+       boot suite [--firmware bios|uefi|both] [--kvm] [--mem SIZE] [--timeout SECS] IMAGE...
+       boot KERNEL [ARGS...]   (cargo runner)";
+
+struct Cli {
+    firmwares: Vec<Firmware>,
+    opts: QemuOptions,
+    ramdisk: Option<PathBuf>,
+    files: Vec<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Cli, String> {
+    let mut opts = QemuOptions::default();
+    let mut firmwares = vec![Firmware::Bios];
+    if let Ok(f) = std::env::var("VMK_FIRMWARE") {
+        firmwares = suite::parse_firmwares(&f).ok_or(format!("VMK_FIRMWARE={f}: expected bios, uefi or both"))?;
+    }
+    if let Ok(t) = std::env::var("VMK_TIMEOUT") {
+        opts.timeout = parse_timeout(&t)?;
+    }
+    if let Ok(m) = std::env::var("VMK_MEM") {
+        opts.memory = m;
+    }
+    opts.kvm = std::env::var("VMK_KVM").is_ok_and(|v| v == "1");
+    let mut ramdisk = None;
+    let mut files = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--uefi" => firmwares = vec![Firmware::Uefi],
+            "--bios" => firmwares = vec![Firmware::Bios],
+            "--firmware" => {
+                let v = value("--firmware")?;
+                firmwares = suite::parse_firmwares(&v).ok_or(format!("--firmware {v}: expected bios, uefi or both"))?;
+            }
+            "--kvm" => opts.kvm = true,
+            "--gdb" => opts.gdb = true,
+            "--mem" => opts.memory = value("--mem")?,
+            "--timeout" => opts.timeout = parse_timeout(&value("--timeout")?)?,
+            "--ramdisk" => ramdisk = Some(PathBuf::from(value("--ramdisk")?)),
+            "--quiet" => opts.echo = false,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other if other.starts_with("--") => return Err(format!("unknown option {other}\n{USAGE}")),
+            other => files.push(PathBuf::from(other)),
+        }
+    }
+    if opts.gdb {
+        opts.timeout = None;
+    }
+    Ok(Cli { firmwares, opts, ramdisk, files })
+}
+
+fn parse_timeout(s: &str) -> Result<Option<Duration>, String> {
+    let secs: u64 = s.parse().map_err(|_| format!("timeout {s:?}: expected whole seconds"))?;
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
+fn run_one(cli: &Cli) -> Result<i32, String> {
+    let [kernel] = cli.files.as_slice() else { return Err(format!("run takes one kernel file\n{USAGE}")) };
+    let firmware = cli.firmwares[0];
+    let img = image::build(kernel, firmware, cli.ramdisk.as_deref())?;
+    let result = qemu::run(&img, &QemuOptions { firmware, ..cli.opts.clone() })?;
+    if result.outcome != qemu::Outcome::Success {
+        eprintln!("[boot] {} ({})", result.outcome.describe(), firmware.name());
+    }
+    Ok(result.outcome.exit_code())
+}
+
+fn run_suite(cli: &Cli) -> Result<i32, String> {
+    if cli.files.is_empty() {
+        return Err(format!("suite needs at least one image\n{USAGE}"));
+    }
+    let mut total = suite::SuiteTotals::default();
+    for &firmware in &cli.firmwares {
+        let t = suite::run(&cli.files, &QemuOptions { firmware, ..cli.opts.clone() });
+        total.passed += t.passed;
+        total.failed += t.failed;
+    }
+    println!("{} passed, {} failed", total.passed, total.failed);
+    Ok(if total.failed == 0 { 0 } else { 1 })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => parse(&args[1..]).and_then(|cli| run_one(&cli)),
+        Some("suite") => parse(&args[1..]).and_then(|cli| run_suite(&cli)),
+        Some(path) if !path.starts_with('-') => {
+            // Cargo runner form: the kernel file first, then arguments meant for a test harness
+            // (filters and the like), which a kernel image does not take.
+            parse(&args[..1]).and_then(|cli| {
+                if path.contains("/deps/") { run_suite(&cli) } else { run_one(&cli) }
+            })
+        }
+        _ => Err(USAGE.into()),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}

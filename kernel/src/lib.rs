@@ -1,1 +1,76 @@
+//! The kernel: a freestanding x86_64 kernel booted by the rust-osdev `bootloader`, whose job is
+//! Win32-grade virtual memory for guest runtimes.
+//!
+//! This crate is the hardware side. Its pieces, in the order [`init`] brings them up:
+//!
+//! | module | what it does |
+//! | --- | --- |
+//! | [`console`] | COM1 through `uart_16550`, the `kprint!` macros and the `log` backend |
+//! | [`arch::gdt`] | GDT with kernel/user segments and a TSS whose IST stacks serve double faults and NMIs |
+//! | [`arch::interrupts`] | the IDT: every CPU exception prints a report (vector, error code, CR2, RIP, RSP) and stops QEMU with failure, unless a [`arch::probe`] expected it |
+//! | [`heap`] | the kernel heap (`linked_list_allocator`) behind `#[global_allocator]` |
+//! | [`boot_memory`] | the bootloader's memory map: printing it, totals per kind |
+//! | [`qemu`] | leaving QEMU through `isa-debug-exit` with a success or failure code |
+//! | [`testing`] | the in-kernel test harness used by the images in `tests/` |
+//!
+//! Unsafe code lives in `arch/`, `console`, `heap` and `qemu` only: the modules that touch hardware.
 #![no_std]
+#![feature(abi_x86_interrupt)]
+
+extern crate alloc;
+
+pub mod arch;
+pub mod boot_memory;
+pub mod console;
+pub mod heap;
+pub mod qemu;
+pub mod testing;
+
+pub use bootloader_api;
+
+use bootloader_api::{BootInfo, BootloaderConfig, config::Mapping};
+
+static BOOT_INFO: spin::Once<&'static BootInfo> = spin::Once::new();
+
+/// What the bootloader handed over (after [`init`]).
+///
+/// # Panics
+/// If [`init`] has not run (a kernel bug).
+pub fn boot_info() -> &'static BootInfo {
+    BOOT_INFO.get().expect("kernel::init has run")
+}
+
+/// How every kernel image (the kernel itself and each test image) asks the bootloader to boot it.
+///
+/// The physical-memory window is requested now because the frame allocator and page tables of the
+/// later memory manager reach physical memory through it.
+pub const BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    config.kernel_stack_size = 256 * 1024;
+    config
+};
+
+/// Brings up the console, CPU tables, exception handlers and the heap.
+///
+/// Call once, first thing, from the entry point of every kernel image.
+pub fn init(boot_info: &'static BootInfo) {
+    console::init();
+    arch::gdt::init();
+    arch::interrupts::init();
+    heap::init();
+    BOOT_INFO.call_once(|| boot_info);
+}
+
+/// Stops this CPU for good (interrupts off, `hlt` forever); used after QEMU was asked to exit.
+pub fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    testing::on_panic(info)
+}

@@ -1,0 +1,152 @@
+//! [`CommitCharge`]: the system-wide commit limit, shared by every address space.
+//!
+//! Committing a page charges one page; decommitting or releasing it gives it back. The charge
+//! is checked when memory is committed, never later: together with the frame reservation made
+//! at the same time (see [`crate::AddressSpace::virtual_alloc`]) a committed page can always be
+//! faulted in. A part of the limit, the *critical reserve*, is kept for critical requests
+//! (host-abi §5): [`CriticalLevel::Task`] may not use it, [`CriticalLevel::AppDomain`] may use
+//! half of it, [`CriticalLevel::Process`] all of it.
+
+use crate::VmError;
+
+/// How critical a commit request is (`EMemoryCriticalLevel`, host-abi §3 and §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CriticalLevel {
+    /// `eTaskCritical` (0): may commit up to `limit - reserve`.
+    Task,
+    /// `eAppDomainCritical` (1): may commit up to `limit - reserve / 2`.
+    AppDomain,
+    /// `eProcessCritical` (2): may commit up to `limit`.
+    Process,
+}
+
+impl CriticalLevel {
+    /// Parses the ABI integer; `None` for values above 2 (the ABI answers `E_INVALIDARG`).
+    pub const fn from_raw(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(CriticalLevel::Task),
+            1 => Some(CriticalLevel::AppDomain),
+            2 => Some(CriticalLevel::Process),
+            _ => None,
+        }
+    }
+}
+
+/// The commit charge: how many pages are committed, out of which limit.
+///
+/// One object for the whole system, passed to every address-space call that commits or frees
+/// (the kernel keeps it behind a lock with the frame allocator). Large pages and image pages are
+/// charged like ordinary pages (one per 4 KiB). Page-table pages are not charged (host-abi §9:
+/// they are kernel overhead, which the kernel keeps outside the limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitCharge {
+    limit_pages: u64,
+    committed_pages: u64,
+    critical_reserve_pages: u64,
+}
+
+impl CommitCharge {
+    /// Creates a charge with `limit_pages` pages in all, of which the top
+    /// `critical_reserve_pages` are kept for critical requests.
+    ///
+    /// The kernel should choose a limit no larger than the frames it can give to committed
+    /// pages (no overcommit, host-abi §9). A reserve larger than the limit is clamped to it.
+    pub fn new(limit_pages: u64, critical_reserve_pages: u64) -> Self {
+        CommitCharge {
+            limit_pages,
+            committed_pages: 0,
+            critical_reserve_pages: critical_reserve_pages.min(limit_pages),
+        }
+    }
+
+    /// Returns the limit in pages.
+    pub fn limit_pages(&self) -> u64 {
+        self.limit_pages
+    }
+
+    /// Returns the pages charged now.
+    pub fn committed_pages(&self) -> u64 {
+        self.committed_pages
+    }
+
+    /// Returns the size of the critical reserve in pages.
+    pub fn critical_reserve_pages(&self) -> u64 {
+        self.critical_reserve_pages
+    }
+
+    /// Returns the highest total charge a request of `level` may reach.
+    pub fn cap(&self, level: CriticalLevel) -> u64 {
+        match level {
+            CriticalLevel::Task => self.limit_pages - self.critical_reserve_pages,
+            CriticalLevel::AppDomain => self.limit_pages - self.critical_reserve_pages / 2,
+            CriticalLevel::Process => self.limit_pages,
+        }
+    }
+
+    /// Returns how many more pages a request of `level` could commit now.
+    pub fn available(&self, level: CriticalLevel) -> u64 {
+        self.cap(level).saturating_sub(self.committed_pages)
+    }
+
+    /// Checks that `pages` more pages may be charged at `level`, without charging them.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::CommitmentLimit`] when the charge would pass [`cap`](Self::cap)`(level)`.
+    pub fn check(&self, pages: u64, level: CriticalLevel) -> Result<(), VmError> {
+        match self.committed_pages.checked_add(pages) {
+            Some(total) if total <= self.cap(level) => Ok(()),
+            _ => Err(VmError::CommitmentLimit),
+        }
+    }
+
+    /// Charges `pages` pages (after a successful [`check`](Self::check)).
+    pub(crate) fn charge(&mut self, pages: u64) {
+        self.committed_pages += pages;
+    }
+
+    /// Gives `pages` pages back.
+    ///
+    /// # Panics
+    ///
+    /// If more pages are given back than are charged (a kernel bug).
+    pub(crate) fn uncharge(&mut self, pages: u64) {
+        self.committed_pages = self
+            .committed_pages
+            .checked_sub(pages)
+            .expect("commit charge: more pages uncharged than charged");
+    }
+
+    /// Returns the percentage (0–100) of the limit in use (`GetMemoryLoad`, host-abi §5).
+    pub fn load_percent(&self) -> u32 {
+        if self.limit_pages == 0 {
+            return 100;
+        }
+        ((self.committed_pages.min(self.limit_pages) * 100) / self.limit_pages) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_use_their_share_of_the_reserve() {
+        let mut c = CommitCharge::new(100, 20);
+        assert_eq!(c.cap(CriticalLevel::Task), 80);
+        assert_eq!(c.cap(CriticalLevel::AppDomain), 90);
+        assert_eq!(c.cap(CriticalLevel::Process), 100);
+        assert_eq!(c.check(81, CriticalLevel::Task), Err(VmError::CommitmentLimit));
+        assert_eq!(c.check(80, CriticalLevel::Task), Ok(()));
+        c.charge(80);
+        assert_eq!(c.check(1, CriticalLevel::Task), Err(VmError::CommitmentLimit));
+        assert_eq!(c.check(10, CriticalLevel::AppDomain), Ok(()));
+        assert_eq!(c.check(11, CriticalLevel::AppDomain), Err(VmError::CommitmentLimit));
+        assert_eq!(c.check(20, CriticalLevel::Process), Ok(()));
+        assert_eq!(c.check(u64::MAX, CriticalLevel::Process), Err(VmError::CommitmentLimit));
+        assert_eq!(c.load_percent(), 80);
+        c.uncharge(80);
+        assert_eq!(c.committed_pages(), 0);
+        assert_eq!(CriticalLevel::from_raw(3), None);
+    }
+}

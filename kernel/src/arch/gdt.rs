@@ -1,0 +1,90 @@
+//! The GDT and the TSS.
+//!
+//! Segments: kernel code, kernel data, then user data and user code in the order `syscall`/`sysret`
+//! need (STAR: user data = base + 8, user code = base + 16), and the TSS. The TSS gives the double
+//! fault and NMI handlers stacks of their own (IST), so a kernel stack overflow (a page fault on the
+//! guard page below the stack, which cannot push its frame) becomes a reported double fault instead
+//! of a triple fault and reset.
+
+use spin::Once;
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+
+/// IST slot (0-based, as `set_stack_index` takes it) of the double-fault stack.
+pub const DOUBLE_FAULT_IST_INDEX: u16 = 0;
+/// IST slot of the NMI and machine-check stack.
+pub const NMI_IST_INDEX: u16 = 1;
+
+const IST_STACK_SIZE: usize = 64 * 1024;
+
+#[repr(C, align(16))]
+struct IstStack([u8; IST_STACK_SIZE]);
+
+static mut DOUBLE_FAULT_STACK: IstStack = IstStack([0; IST_STACK_SIZE]);
+static mut NMI_STACK: IstStack = IstStack([0; IST_STACK_SIZE]);
+
+/// The selectors the rest of the kernel needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Selectors {
+    /// Ring-0 64-bit code.
+    pub kernel_code: SegmentSelector,
+    /// Ring-0 data.
+    pub kernel_data: SegmentSelector,
+    /// Ring-3 data (with RPL 3).
+    pub user_data: SegmentSelector,
+    /// Ring-3 64-bit code (with RPL 3).
+    pub user_code: SegmentSelector,
+    /// The TSS.
+    pub tss: SegmentSelector,
+}
+
+static TSS: Once<TaskStateSegment> = Once::new();
+static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
+
+fn stack_top(stack: *const IstStack) -> VirtAddr {
+    VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64
+}
+
+/// Builds and loads the GDT and TSS and reloads the segment registers. Idempotent.
+pub fn init() {
+    let tss = TSS.call_once(|| {
+        let mut tss = TaskStateSegment::new();
+        tss.interrupt_stack_table[DOUBLE_FAULT_IST_INDEX as usize] =
+            stack_top(core::ptr::addr_of!(DOUBLE_FAULT_STACK));
+        tss.interrupt_stack_table[NMI_IST_INDEX as usize] = stack_top(core::ptr::addr_of!(NMI_STACK));
+        tss
+    });
+    let (gdt, selectors) = GDT.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::new();
+        let kernel_code = gdt.append(Descriptor::kernel_code_segment());
+        let kernel_data = gdt.append(Descriptor::kernel_data_segment());
+        let user_data = gdt.append(Descriptor::user_data_segment());
+        let user_code = gdt.append(Descriptor::user_code_segment());
+        let tss = gdt.append(Descriptor::tss_segment(tss));
+        (gdt, Selectors { kernel_code, kernel_data, user_data, user_code, tss })
+    });
+    gdt.load();
+    // SAFETY: the selectors come from the GDT just loaded (which lives in a static for the whole
+    // run): kernel code/data are valid ring-0 descriptors and `tss` is an available 64-bit TSS
+    // descriptor pointing at the static TSS. Loading the TSS a second time is avoided because ltr
+    // faults on a busy TSS.
+    unsafe {
+        CS::set_reg(selectors.kernel_code);
+        SS::set_reg(selectors.kernel_data);
+        DS::set_reg(selectors.kernel_data);
+        ES::set_reg(selectors.kernel_data);
+        static TSS_LOADED: Once<()> = Once::new();
+        TSS_LOADED.call_once(|| load_tss(selectors.tss));
+    }
+}
+
+/// The selectors of the loaded GDT.
+///
+/// # Panics
+/// If [`init`] has not run (a kernel bug).
+pub fn selectors() -> Selectors {
+    GDT.get().expect("gdt::init has run").1
+}

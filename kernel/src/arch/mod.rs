@@ -1,0 +1,8 @@
+//! x86_64 specifics: descriptor tables, exception handling, fault probes.
+//!
+//! This is one of the few places with `unsafe`: loading tables, reading control registers,
+//! rewriting an interrupted context.
+
+pub mod gdt;
+pub mod interrupts;
+pub mod probe;

@@ -1,0 +1,195 @@
+//! Fault probes: memory accesses and calls that may fault, with the fault caught, recorded and
+//! turned into an error instead of a kernel crash.
+//!
+//! This is the kernel's exception table, in the small: each probe is a short assembly routine whose
+//! one faulting instruction has a known address. When an exception handler sees `rip` at such an
+//! address it records the fault ([`FaultRecord`]: vector, error code, CR2, RIP) and resumes at a
+//! fix-up that makes the probe return `u64::MAX`. Tests use this to assert "this access must raise a
+//! page fault at address X with these error bits"; later, host calls use the same mechanism to
+//! touch guest memory without trusting it.
+//!
+//! `call` runs code at an address; if the *first* instruction cannot be fetched (NX, not present),
+//! the fault arrives with the return address still on top of the stack, and the fix-up pops it.
+
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use x86_64::structures::idt::InterruptStackFrame;
+
+global_asm!(
+    r#"
+    .section .text.kprobe, "ax"
+    .global kprobe_read_u8
+kprobe_read_u8:
+    xor eax, eax
+    .global kprobe_read_u8_access
+kprobe_read_u8_access:
+    movzx eax, byte ptr [rdi]
+    ret
+
+    .global kprobe_write_u8
+kprobe_write_u8:
+    xor eax, eax
+    .global kprobe_write_u8_access
+kprobe_write_u8_access:
+    mov byte ptr [rdi], sil
+    ret
+
+    .global kprobe_fault_fixup
+kprobe_fault_fixup:
+    mov rax, -1
+    ret
+
+    .global kprobe_call
+kprobe_call:
+    push rbx
+    call rdi
+    .global kprobe_call_return
+kprobe_call_return:
+    pop rbx
+    ret
+
+    .global kprobe_call_fixup
+kprobe_call_fixup:
+    add rsp, 8
+    pop rbx
+    mov rax, -1
+    ret
+    .text
+"#
+);
+
+unsafe extern "C" {
+    fn kprobe_read_u8(addr: u64) -> u64;
+    fn kprobe_write_u8(addr: u64, value: u8) -> u64;
+    fn kprobe_call(addr: u64) -> u64;
+    static kprobe_read_u8_access: [u8; 0];
+    static kprobe_write_u8_access: [u8; 0];
+    static kprobe_fault_fixup: [u8; 0];
+    static kprobe_call_return: [u8; 0];
+    static kprobe_call_fixup: [u8; 0];
+}
+
+/// A CPU exception caught by a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultRecord {
+    /// Exception vector (14 = page fault, 13 = general protection, ...).
+    pub vector: u8,
+    /// The error code the CPU pushed (0 for exceptions without one).
+    pub error_code: u64,
+    /// CR2 at the fault (the faulting linear address for page faults; 0 otherwise).
+    pub cr2: u64,
+    /// Address of the faulting instruction.
+    pub rip: u64,
+}
+
+/// Page-fault error-code bits (Intel SDM Vol. 3A §4.7).
+pub mod pf {
+    /// The fault was a protection violation (the page was present).
+    pub const PRESENT: u64 = 1 << 0;
+    /// The access was a write.
+    pub const WRITE: u64 = 1 << 1;
+    /// The access came from ring 3.
+    pub const USER: u64 = 1 << 2;
+    /// A reserved bit was set in a paging-structure entry.
+    pub const RESERVED: u64 = 1 << 3;
+    /// The access was an instruction fetch.
+    pub const INSTRUCTION: u64 = 1 << 4;
+}
+
+static EXEC_PROBE_ARMED: AtomicBool = AtomicBool::new(false);
+static HAVE_RECORD: AtomicBool = AtomicBool::new(false);
+static REC_VECTOR: AtomicU64 = AtomicU64::new(0);
+static REC_ERROR: AtomicU64 = AtomicU64::new(0);
+static REC_CR2: AtomicU64 = AtomicU64::new(0);
+static REC_RIP: AtomicU64 = AtomicU64::new(0);
+
+fn take_record() -> FaultRecord {
+    let had = HAVE_RECORD.swap(false, Ordering::SeqCst);
+    debug_assert!(had, "a probe returned the fault marker without a recorded fault");
+    FaultRecord {
+        vector: REC_VECTOR.load(Ordering::SeqCst) as u8,
+        error_code: REC_ERROR.load(Ordering::SeqCst),
+        cr2: REC_CR2.load(Ordering::SeqCst),
+        rip: REC_RIP.load(Ordering::SeqCst),
+    }
+}
+
+/// Reads the byte at `addr`, catching any fault.
+///
+/// # Safety
+/// `addr` must not be memory whose *reading* has side effects (device registers); the read itself
+/// may fault freely. The byte is read, not borrowed, so no aliasing rule is involved.
+pub unsafe fn read_u8(addr: u64) -> Result<u8, FaultRecord> {
+    // SAFETY: kprobe_read_u8 reads one byte at `addr` (the caller vouches that reading has no side
+    // effect) and clobbers only rax, as the C ABI allows; a fault in it is fixed up by the handler.
+    let value = unsafe { kprobe_read_u8(addr) };
+    if value == u64::MAX { Err(take_record()) } else { Ok(value as u8) }
+}
+
+/// Writes `value` to the byte at `addr`, catching any fault.
+///
+/// # Safety
+/// `addr` must not be memory owned by anything else that the write would corrupt (kernel data,
+/// page tables, device registers): only memory the caller set up for the probe.
+pub unsafe fn write_u8(addr: u64, value: u8) -> Result<(), FaultRecord> {
+    // SAFETY: writes one byte to memory the caller owns (contract above); clobbers only rax.
+    let result = unsafe { kprobe_write_u8(addr, value) };
+    if result == u64::MAX { Err(take_record()) } else { Ok(()) }
+}
+
+/// Calls the code at `addr` (System V ABI, no arguments, returns `u64`), catching a fault on the
+/// fetch of its first instruction.
+///
+/// # Safety
+/// If the code at `addr` runs, it must be a function of that signature that returns something other
+/// than `u64::MAX` and breaks no kernel invariant.
+pub unsafe fn call(addr: u64) -> Result<u64, FaultRecord> {
+    EXEC_PROBE_ARMED.store(true, Ordering::SeqCst);
+    // SAFETY: per the contract, running the code at `addr` is allowed; a fetch fault is fixed up.
+    let value = unsafe { kprobe_call(addr) };
+    EXEC_PROBE_ARMED.store(false, Ordering::SeqCst);
+    if value == u64::MAX { Err(take_record()) } else { Ok(value) }
+}
+
+fn symbol(s: &[u8; 0]) -> u64 {
+    s.as_ptr() as u64
+}
+
+/// Called by every exception handler first: if the fault happened inside a probe, records it,
+/// redirects the interrupted context to the probe's fix-up and returns true.
+pub(crate) fn try_recover(vector: u8, error_code: u64, cr2: u64, frame: &mut InterruptStackFrame) -> bool {
+    let rip = frame.instruction_pointer.as_u64();
+    // SAFETY: taking the address of link-time symbols defined in the global_asm! above.
+    let (read_at, write_at, fixup, call_return, call_fixup) = unsafe {
+        (
+            symbol(&kprobe_read_u8_access),
+            symbol(&kprobe_write_u8_access),
+            symbol(&kprobe_fault_fixup),
+            symbol(&kprobe_call_return),
+            symbol(&kprobe_call_fixup),
+        )
+    };
+    let resume = if rip == read_at || rip == write_at {
+        fixup
+    } else if EXEC_PROBE_ARMED.load(Ordering::SeqCst) {
+        let rsp = frame.stack_pointer.as_u64();
+        // SAFETY: the probe is armed only while kprobe_call runs on this CPU's kernel stack, so rsp
+        // is a kernel stack address; only its top word is read, and it is compared, not trusted.
+        let top = unsafe { core::ptr::read_volatile(rsp as *const u64) };
+        if top == call_return { call_fixup } else { return false }
+    } else {
+        return false;
+    };
+    REC_VECTOR.store(vector as u64, Ordering::SeqCst);
+    REC_ERROR.store(error_code, Ordering::SeqCst);
+    REC_CR2.store(cr2, Ordering::SeqCst);
+    REC_RIP.store(rip, Ordering::SeqCst);
+    HAVE_RECORD.store(true, Ordering::SeqCst);
+    // SAFETY: the new rip is a fix-up routine of this module written for exactly this context
+    // (same stack, same privilege level); nothing else in the frame changes.
+    unsafe {
+        frame.as_mut().update(|f| f.instruction_pointer = x86_64::VirtAddr::new(resume));
+    }
+    true
+}
