@@ -53,8 +53,9 @@
 //! ≈ **68.25 B per 2 MiB**. Per GiB managed (512 chunks): 32 768 + 1 024 + 1 024 + 2 × (64 + 8)
 //! = **34 960 B ≈ 34.1 KiB per GiB, i.e. 0.0033 % of the managed RAM** (target: < 0.1 %). Fixed
 //! costs on top: 16 B per merged region, 24 B per segment, a few `Vec` headers. Measured by
-//! [`metadata_bytes`](FrameAllocator::metadata_bytes) (see `benches/frames.rs`): 1 GiB → 35 032 B,
-//! 16 GiB → 559 480 B, 64 GiB → 2 237 816 B (0.0033 % in each case).
+//! [`metadata_bytes`](FrameAllocator::metadata_bytes) (checked by a test, printed by
+//! `benches/frames.rs`): 1 GiB → 35 096 B, 16 GiB → 559 336 B, 64 GiB → 2 236 744 B
+//! (0.0033 % in each case).
 //!
 //! The bound in general is 68.25 B × (chunks touched) ≤ 68.25 B × (managed / 2 MiB + regions):
 //! only a pathological map of many tiny scattered ranges (one frame per 2 MiB) would approach
