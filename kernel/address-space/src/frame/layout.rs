@@ -79,13 +79,21 @@ impl Layout {
                     chunks += grow as usize;
                 }
                 _ => {
-                    segments.push(Segment { first_chunk: first, end_chunk: end, base: chunks });
+                    segments.push(Segment {
+                        first_chunk: first,
+                        end_chunk: end,
+                        base: chunks,
+                    });
                     chunks += (end - first) as usize;
                 }
             }
         }
         segments.shrink_to_fit();
-        Self { regions, segments, chunks }
+        Self {
+            regions,
+            segments,
+            chunks,
+        }
     }
 
     /// Returns the number of chunks that carry metadata.
@@ -113,7 +121,10 @@ impl Layout {
     /// If `index >= chunk_count()` (an internal invariant: indices come from this layout).
     #[inline]
     pub(super) fn chunk_number(&self, index: usize) -> u64 {
-        assert!(index < self.chunks, "frame allocator: chunk index {index} out of range");
+        assert!(
+            index < self.chunks,
+            "frame allocator: chunk index {index} out of range"
+        );
         // segments[0].base == 0 <= index, so the partition point is at least 1.
         let s = self.segments[self.segments.partition_point(|s| s.base <= index) - 1];
         s.first_chunk + (index - s.base) as u64

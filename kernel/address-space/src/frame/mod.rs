@@ -44,8 +44,14 @@
 //! | [`reserve`](FrameAllocator::reserve), [`unreserve`](FrameAllocator::unreserve), counts, [`stats`](FrameAllocator::stats) | O(1) |
 //! | [`new`](FrameAllocator::new) | O(r log r + n + managed / 64) |
 //!
+//! Measured (`cargo bench --bench frames`, release, dev host): an `alloc` + `free` pair costs
+//! 12–15 ns with 1 or 16 GiB managed, nearly empty or half full, and 20 ns in the worst pattern
+//! measured (the pair breaks and re-forms a whole chunk every time); `alloc_2mib` + `free_2mib`
+//! 11–14 ns.
+//!
 //! No call allocates heap memory except [`new`](FrameAllocator::new), which allocates all
-//! metadata once (eight `Vec`s, their sizes fixed from then on).
+//! metadata once (the three per-chunk arrays, the two summaries' levels, the region and segment
+//! lists), their sizes fixed from then on.
 //!
 //! # Metadata overhead
 //!
@@ -158,7 +164,11 @@ impl fmt::Display for FrameError {
         match self {
             Self::OutOfFrames => f.write_str("out of physical frames"),
             Self::DoubleFree(a) => write!(f, "double free of frame p{:#x}", a.as_u64()),
-            Self::Foreign(a) => write!(f, "frame p{:#x} is not managed by this allocator", a.as_u64()),
+            Self::Foreign(a) => write!(
+                f,
+                "frame p{:#x} is not managed by this allocator",
+                a.as_u64()
+            ),
             Self::AlreadyAllocated(a) => write!(f, "frame p{:#x} is already allocated", a.as_u64()),
         }
     }
@@ -220,7 +230,8 @@ struct Slot {
 }
 
 /// A physical frame allocator over a fixed set of usable ranges; see the [module docs](self).
-#[derive(Debug, Clone)]
+///
+/// Deliberately not `Clone`: two copies would both believe they own the free frames.
 pub struct FrameAllocator {
     layout: Layout,
     /// Per chunk: one bit per frame, 1 = free (unusable frames are 0).
@@ -240,6 +251,30 @@ pub struct FrameAllocator {
     stats: FrameStats,
     /// Requests left until the injected failure (1 = the next one fails).
     fail_countdown: Option<u64>,
+}
+
+/// Prints the counts and the managed ranges, not the bitmaps (which run to megabytes).
+impl fmt::Debug for FrameAllocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Ranges<'a>(&'a FrameAllocator);
+        impl fmt::Debug for Ranges<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_list()
+                    .entries(self.0.ranges().map(|r| {
+                        // p0x… marks physical addresses.
+                        fmt::from_fn(move |f| {
+                            write!(f, "p{:#x}..p{:#x}", r.start.as_u64(), r.end.as_u64())
+                        })
+                    }))
+                    .finish()
+            }
+        }
+        f.debug_struct("FrameAllocator")
+            .field("ranges", &Ranges(self))
+            .field("stats", &self.stats())
+            .field("fail_countdown", &self.fail_countdown)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FrameAllocator {
@@ -271,7 +306,11 @@ impl FrameAllocator {
                 let off = f % CHUNK_FRAMES;
                 let bit = off % 64;
                 let count = (64 - bit).min(r.end - f);
-                let mask = if count == 64 { !0 } else { ((1u64 << count) - 1) << bit };
+                let mask = if count == 64 {
+                    !0
+                } else {
+                    ((1u64 << count) - 1) << bit
+                };
                 bits[ci][(off / 64) as usize] |= mask;
                 free_in_chunk[ci] += count as u16;
                 total += count;
@@ -458,6 +497,7 @@ impl FrameAllocator {
     /// # Panics
     ///
     /// If `reserved_frames() == 0`: taking a frame that was never promised is a kernel bug.
+    #[must_use = "dropping the frame leaks it"]
     pub fn alloc_reserved(&mut self) -> PhysFrame<Size4KiB> {
         assert!(
             self.reserved > 0,
@@ -504,18 +544,23 @@ impl FrameAllocator {
     ///
     /// Cost: as [`free`](Self::free).
     pub fn is_allocated(&self, frame: PhysFrame<Size4KiB>) -> Result<bool, FrameError> {
-        self.locate(frame.start_address()).map(|(_, is_free)| !is_free)
+        self.locate(frame.start_address())
+            .map(|(_, is_free)| !is_free)
     }
 
     /// Returns whether the frame lies inside the usable ranges. Cost: O(log r).
     pub fn manages(&self, frame: PhysFrame<Size4KiB>) -> bool {
-        self.layout.is_managed(frame.start_address().as_u64() >> FRAME_SHIFT)
+        self.layout
+            .is_managed(frame.start_address().as_u64() >> FRAME_SHIFT)
     }
 
     /// Returns the managed ranges: the input trimmed to whole frames, sorted, overlaps merged.
     pub fn ranges(&self) -> impl Iterator<Item = PhysRange> + '_ {
         self.layout.regions().iter().map(|r| {
-            PhysRange::new(PhysAddr::new(r.start << FRAME_SHIFT), PhysAddr::new(r.end << FRAME_SHIFT))
+            PhysRange::new(
+                PhysAddr::new(r.start << FRAME_SHIFT),
+                PhysAddr::new(r.end << FRAME_SHIFT),
+            )
         })
     }
 
@@ -654,7 +699,11 @@ impl FrameAllocator {
             .chunk_index(f >> (CHUNK_SHIFT - FRAME_SHIFT))
             .ok_or(FrameError::Foreign(addr))?;
         let off = f % CHUNK_FRAMES;
-        let slot = Slot { chunk: ci, word: (off / 64) as usize, mask: 1 << (off % 64) };
+        let slot = Slot {
+            chunk: ci,
+            word: (off / 64) as usize,
+            mask: 1 << (off % 64),
+        };
         if self.bits[ci][slot.word] & slot.mask != 0 {
             // Only managed frames ever have their bit set.
             Ok((slot, true))
@@ -705,8 +754,12 @@ impl FrameAllocator {
             .find(|(_, w)| **w != 0)
             .map(|(i, w)| (i, *w))
             .expect("frame allocator: chunk in a summary has no free frame");
-        let mask = bits & bits.wrapping_neg();
-        self.take(Slot { chunk: ci, word, mask });
+        let mask = bits.isolate_lowest_one();
+        self.take(Slot {
+            chunk: ci,
+            word,
+            mask,
+        });
         let f = self.layout.chunk_number(ci) * CHUNK_FRAMES
             + (word as u64) * 64
             + u64::from(mask.trailing_zeros());
@@ -723,19 +776,41 @@ impl FrameAllocator {
             let chunk = self.layout.chunk_number(ci);
             assert_eq!(self.layout.chunk_index(chunk), Some(ci));
             let ones: u32 = self.bits[ci].iter().map(|w| w.count_ones()).sum();
-            assert_eq!(u64::from(ones), u64::from(self.free_in_chunk[ci]), "chunk {ci} free count");
+            assert_eq!(
+                u64::from(ones),
+                u64::from(self.free_in_chunk[ci]),
+                "chunk {ci} free count"
+            );
             let managed = self.layout.managed_in_chunk(chunk);
-            assert_eq!(managed, u64::from(self.usable_in_chunk[ci]), "chunk {ci} usable count");
-            assert!(managed > 0, "chunk {ci} carries metadata but no managed frame");
+            assert_eq!(
+                managed,
+                u64::from(self.usable_in_chunk[ci]),
+                "chunk {ci} usable count"
+            );
+            assert!(
+                managed > 0,
+                "chunk {ci} carries metadata but no managed frame"
+            );
             for f in chunk * CHUNK_FRAMES..(chunk + 1) * CHUNK_FRAMES {
                 let off = f % CHUNK_FRAMES;
                 if self.bits[ci][(off / 64) as usize] & (1 << (off % 64)) != 0 {
-                    assert!(self.layout.is_managed(f), "unmanaged frame {f:#x} marked free");
+                    assert!(
+                        self.layout.is_managed(f),
+                        "unmanaged frame {f:#x} marked free"
+                    );
                 }
             }
             let class = self.class(ci);
-            assert_eq!(self.partial.contains(ci), class == ChunkClass::Partial, "chunk {ci} partial");
-            assert_eq!(self.whole.contains(ci), class == ChunkClass::Whole, "chunk {ci} whole");
+            assert_eq!(
+                self.partial.contains(ci),
+                class == ChunkClass::Partial,
+                "chunk {ci} partial"
+            );
+            assert_eq!(
+                self.whole.contains(ci),
+                class == ChunkClass::Whole,
+                "chunk {ci} whole"
+            );
             whole += u64::from(class == ChunkClass::Whole);
             free += u64::from(ones);
             total += managed;
@@ -749,7 +824,9 @@ impl FrameAllocator {
         let s = self.stats;
         assert_eq!(
             self.total - self.free,
-            s.allocs + s.marked + CHUNK_FRAMES * s.allocs_2mib - s.frees - CHUNK_FRAMES * s.frees_2mib,
+            s.allocs + s.marked + CHUNK_FRAMES * s.allocs_2mib
+                - s.frees
+                - CHUNK_FRAMES * s.frees_2mib,
             "frame conservation"
         );
     }

@@ -123,7 +123,9 @@ mod tests {
             // A deterministic walk of inserts and removes touching every level boundary.
             let mut x = 12345usize;
             for step in 0..2000 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let i = match step % 5 {
                     0 => 0,
                     1 => len - 1,

@@ -37,7 +37,9 @@ struct Snapshot {
 fn snapshot(fa: &FrameAllocator, limit: u64) -> Snapshot {
     Snapshot {
         stats: fa.stats(),
-        view: (0..limit / 4096).map(|f| fa.is_allocated(frame(f * 4096))).collect(),
+        view: (0..limit / 4096)
+            .map(|f| fa.is_allocated(frame(f * 4096)))
+            .collect(),
     }
 }
 
@@ -63,25 +65,46 @@ mod construction {
         // [0x1001, 0x5fff) holds the whole frames 0x2000, 0x3000, 0x4000.
         let fa = FrameAllocator::new(&[range(0x1001, 0x5fff)]);
         assert_eq!(fa.total_frames(), 3);
-        assert_eq!(fa.is_allocated(frame(0x1000)), Err(FrameError::Foreign(PhysAddr::new(0x1000))));
+        assert_eq!(
+            fa.is_allocated(frame(0x1000)),
+            Err(FrameError::Foreign(PhysAddr::new(0x1000)))
+        );
         assert_eq!(fa.is_allocated(frame(0x2000)), Ok(false));
         assert_eq!(fa.is_allocated(frame(0x4000)), Ok(false));
-        assert_eq!(fa.is_allocated(frame(0x5000)), Err(FrameError::Foreign(PhysAddr::new(0x5000))));
+        assert_eq!(
+            fa.is_allocated(frame(0x5000)),
+            Err(FrameError::Foreign(PhysAddr::new(0x5000)))
+        );
         assert_eq!(fa.ranges().collect::<Vec<_>>(), [range(0x2000, 0x5000)]);
+        let debug = std::format!("{fa:?}");
+        assert!(
+            debug.starts_with("FrameAllocator { ranges: [p0x2000..p0x5000], stats: FrameStats {"),
+            "{debug}"
+        );
         check_counts(&fa);
     }
 
     #[test]
     fn empty_inverted_and_sub_frame_ranges_are_ignored() {
-        let fa = FrameAllocator::new(&[range(0x5000, 0x5000), range(0x9000, 0x3000), range(0x1001, 0x1fff)]);
+        let fa = FrameAllocator::new(&[
+            range(0x5000, 0x5000),
+            range(0x9000, 0x3000),
+            range(0x1001, 0x1fff),
+        ]);
         assert_eq!(fa.total_frames(), 0);
         assert_eq!(fa.ranges().count(), 0);
         check_counts(&fa);
         let mut fa = FrameAllocator::new(&[]);
         assert_eq!(fa.alloc(), Err(FrameError::OutOfFrames));
         assert_eq!(fa.alloc_2mib(), Err(FrameError::OutOfFrames));
-        assert_eq!(fa.free(frame(0)), Err(FrameError::Foreign(PhysAddr::new(0))));
-        assert_eq!(fa.free_2mib(big(0)), Err(FrameError::Foreign(PhysAddr::new(0))));
+        assert_eq!(
+            fa.free(frame(0)),
+            Err(FrameError::Foreign(PhysAddr::new(0)))
+        );
+        assert_eq!(
+            fa.free_2mib(big(0)),
+            Err(FrameError::Foreign(PhysAddr::new(0)))
+        );
         assert_eq!(fa.reserve(0), Ok(()));
         assert_eq!(fa.reserve(1), Err(FrameError::OutOfFrames));
         check_counts(&fa);
@@ -97,7 +120,10 @@ mod construction {
             range(MIB + 4096, 2 * MIB),  // inside it
             range(9 * MIB, 9 * MIB + 1), // inside [8, 10) and sub-frame
         ]);
-        assert_eq!(fa.ranges().collect::<Vec<_>>(), [range(MIB, 5 * MIB), range(8 * MIB, 10 * MIB)]);
+        assert_eq!(
+            fa.ranges().collect::<Vec<_>>(),
+            [range(MIB, 5 * MIB), range(8 * MIB, 10 * MIB)]
+        );
         assert_eq!(fa.total_frames(), (4 * MIB + 2 * MIB) / 4096);
         // Only [2, 4) and [8, 10) are whole aligned 2 MiB runs.
         assert_eq!(fa.free_2mib_runs(), 2);
@@ -142,8 +168,14 @@ mod construction {
         // The single frame comes from the partial top chunk, the run from the whole one below.
         let f = fa.alloc().unwrap();
         assert_eq!(f.start_address().as_u64(), top - 2 * MIB);
-        assert_eq!(fa.alloc_2mib().unwrap().start_address().as_u64(), top - 4 * MIB);
-        assert_eq!(fa.is_allocated(frame(top - 4096)), Err(FrameError::Foreign(PhysAddr::new(top - 4096))));
+        assert_eq!(
+            fa.alloc_2mib().unwrap().start_address().as_u64(),
+            top - 4 * MIB
+        );
+        assert_eq!(
+            fa.is_allocated(frame(top - 4096)),
+            Err(FrameError::Foreign(PhysAddr::new(top - 4096)))
+        );
         check_counts(&fa);
     }
 }
@@ -186,7 +218,17 @@ mod counts {
         fa.free_2mib(r).unwrap();
         expect(&fa, total, 0, 2);
         let s = fa.stats();
-        assert_eq!((s.allocs, s.allocs_reserved, s.frees, s.allocs_2mib, s.frees_2mib, s.marked), (2, 1, 3, 1, 1, 1));
+        assert_eq!(
+            (
+                s.allocs,
+                s.allocs_reserved,
+                s.frees,
+                s.allocs_2mib,
+                s.frees_2mib,
+                s.marked
+            ),
+            (2, 1, 3, 1, 1, 1)
+        );
     }
 }
 
@@ -229,7 +271,11 @@ mod exhaustion {
         assert_eq!(end.view, start.view);
         let s = end.stats;
         assert_eq!(
-            FrameStats { allocs: 0, frees: 0, ..s },
+            FrameStats {
+                allocs: 0,
+                frees: 0,
+                ..s
+            },
             start.stats,
             "back to the start, counters aside"
         );
@@ -244,7 +290,11 @@ mod exhaustion {
     #[test]
     fn unaligned_holey_ranges() {
         alloc_all_then_free_all(
-            &[range(0x1234, 3 * MIB + 0x800), range(5 * MIB - 4096, 9 * MIB + 3), range(12 * MIB, 12 * MIB + 4096)],
+            &[
+                range(0x1234, 3 * MIB + 0x800),
+                range(5 * MIB - 4096, 9 * MIB + 3),
+                range(12 * MIB, 12 * MIB + 4096),
+            ],
             14 * MIB,
         );
     }
@@ -262,7 +312,10 @@ mod errors {
         fa
     }
 
-    fn assert_unchanged(op: impl FnOnce(&mut FrameAllocator) -> Result<(), FrameError>, expect: FrameError) {
+    fn assert_unchanged(
+        op: impl FnOnce(&mut FrameAllocator) -> Result<(), FrameError>,
+        expect: FrameError,
+    ) {
         let mut fa = setup();
         let before = snapshot(&fa, 8 * MIB);
         assert_eq!(op(&mut fa), Err(expect));
@@ -276,8 +329,14 @@ mod errors {
 
     #[test]
     fn double_free_changes_nothing() {
-        assert_unchanged(|fa| fa.free(frame(0x6000)), FrameError::DoubleFree(a(0x6000)));
-        assert_unchanged(|fa| fa.free(frame(5 * MIB)), FrameError::DoubleFree(a(5 * MIB)));
+        assert_unchanged(
+            |fa| fa.free(frame(0x6000)),
+            FrameError::DoubleFree(a(0x6000)),
+        );
+        assert_unchanged(
+            |fa| fa.free(frame(5 * MIB)),
+            FrameError::DoubleFree(a(5 * MIB)),
+        );
     }
 
     #[test]
@@ -304,7 +363,10 @@ mod errors {
 
     #[test]
     fn already_allocated_changes_nothing() {
-        assert_unchanged(|fa| fa.mark_allocated(frame(0x5000)), FrameError::AlreadyAllocated(a(0x5000)));
+        assert_unchanged(
+            |fa| fa.mark_allocated(frame(0x5000)),
+            FrameError::AlreadyAllocated(a(0x5000)),
+        );
         assert_unchanged(
             |fa| fa.mark_allocated(frame(4 * MIB + 0x3000)),
             FrameError::AlreadyAllocated(a(4 * MIB + 0x3000)),
@@ -317,21 +379,36 @@ mod errors {
         let n = fa.available_frames();
         fa.reserve(n).unwrap();
         let before = snapshot(&fa, 8 * MIB);
-        assert_eq!(fa.mark_allocated(frame(0x9000)), Err(FrameError::OutOfFrames));
+        assert_eq!(
+            fa.mark_allocated(frame(0x9000)),
+            Err(FrameError::OutOfFrames)
+        );
         // Foreign and AlreadyAllocated are checked first.
         assert_eq!(fa.mark_allocated(frame(0)), Err(FrameError::Foreign(a(0))));
-        assert_eq!(fa.mark_allocated(frame(0x5000)), Err(FrameError::AlreadyAllocated(a(0x5000))));
+        assert_eq!(
+            fa.mark_allocated(frame(0x5000)),
+            Err(FrameError::AlreadyAllocated(a(0x5000)))
+        );
         assert_eq!(snapshot(&fa, 8 * MIB), before);
     }
 
     #[test]
     fn free_2mib_errors_change_nothing() {
         // No chunk at 6 MiB; chunk 0 lacks frame 0; chunk 2 MiB lacks 3..4 MiB.
-        assert_unchanged(|fa| fa.free_2mib(big(6 * MIB)), FrameError::Foreign(a(6 * MIB)));
+        assert_unchanged(
+            |fa| fa.free_2mib(big(6 * MIB)),
+            FrameError::Foreign(a(6 * MIB)),
+        );
         assert_unchanged(|fa| fa.free_2mib(big(0)), FrameError::Foreign(a(0)));
-        assert_unchanged(|fa| fa.free_2mib(big(2 * MIB)), FrameError::Foreign(a(3 * MIB)));
+        assert_unchanged(
+            |fa| fa.free_2mib(big(2 * MIB)),
+            FrameError::Foreign(a(3 * MIB)),
+        );
         // Chunk 4 MiB has only one allocated frame: the first free one is reported.
-        assert_unchanged(|fa| fa.free_2mib(big(4 * MIB)), FrameError::DoubleFree(a(4 * MIB)));
+        assert_unchanged(
+            |fa| fa.free_2mib(big(4 * MIB)),
+            FrameError::DoubleFree(a(4 * MIB)),
+        );
     }
 
     #[test]
@@ -345,14 +422,23 @@ mod errors {
         assert_eq!(snapshot(&fa, 8 * MIB), before);
         fa.mark_allocated(frame(x)).unwrap();
         fa.free_2mib(r).unwrap();
-        assert_eq!(fa.free_2mib(r), Err(FrameError::DoubleFree(r.start_address())));
+        assert_eq!(
+            fa.free_2mib(r),
+            Err(FrameError::DoubleFree(r.start_address()))
+        );
         check_counts(&fa);
     }
 
     #[test]
     fn errors_display() {
-        assert_eq!(std::format!("{}", FrameError::DoubleFree(a(0x5000))), "double free of frame p0x5000");
-        assert_eq!(std::format!("{}", FrameError::OutOfFrames), "out of physical frames");
+        assert_eq!(
+            std::format!("{}", FrameError::DoubleFree(a(0x5000))),
+            "double free of frame p0x5000"
+        );
+        assert_eq!(
+            std::format!("{}", FrameError::OutOfFrames),
+            "out of physical frames"
+        );
     }
 }
 
@@ -373,7 +459,10 @@ mod two_mib {
             assert_eq!(base % (2 * MIB), 0);
             for s in &singles {
                 let x = s.start_address().as_u64();
-                assert!(!(base..base + 2 * MIB).contains(&x), "run {base:#x} overlaps frame {x:#x}");
+                assert!(
+                    !(base..base + 2 * MIB).contains(&x),
+                    "run {base:#x} overlaps frame {x:#x}"
+                );
             }
             for f in (base..base + 2 * MIB).step_by(4096) {
                 assert_eq!(fa.is_allocated(frame(f)), Ok(true));
@@ -407,7 +496,8 @@ mod two_mib {
     #[test]
     fn runs_need_every_frame_usable() {
         // 4 MiB of RAM but never an aligned 2 MiB run that is all usable.
-        let mut fa = FrameAllocator::new(&[range(MIB, 3 * MIB), range(3 * MIB + 4096, 6 * MIB - 4096)]);
+        let mut fa =
+            FrameAllocator::new(&[range(MIB, 3 * MIB), range(3 * MIB + 4096, 6 * MIB - 4096)]);
         assert_eq!(fa.free_2mib_runs(), 0);
         assert_eq!(fa.alloc_2mib(), Err(FrameError::OutOfFrames));
         check_counts(&fa);
@@ -500,7 +590,7 @@ mod reservation {
     #[should_panic(expected = "alloc_reserved() with no frame reserved")]
     fn alloc_reserved_without_reservation_panics() {
         let mut fa = FrameAllocator::new(&[range(0, 16 * 4096)]);
-        fa.alloc_reserved();
+        let _ = fa.alloc_reserved();
     }
 
     #[test]
@@ -594,7 +684,9 @@ mod failure_injection {
                         fa.unreserve(n.min(fa.reserved_frames()));
                         Out::Skipped
                     }
-                    Step::AllocReserved if fa.reserved_frames() > 0 => Out::Frame(Ok(fa.alloc_reserved())),
+                    Step::AllocReserved if fa.reserved_frames() > 0 => {
+                        Out::Frame(Ok(fa.alloc_reserved()))
+                    }
                     Step::AllocReserved => Out::Skipped,
                     Step::Free(j) => match outs[j].0 {
                         Out::Frame(Ok(f)) => Out::Unit(fa.free(f)),
@@ -626,7 +718,11 @@ mod failure_injection {
             let injected = run(None, Some(k as u64 + 1));
             let expected = run(Some(idx), None);
             // The failing step changed nothing: same snapshot as the step before.
-            let before = if idx == 0 { None } else { Some(&expected[idx - 1].1) };
+            let before = if idx == 0 {
+                None
+            } else {
+                Some(&expected[idx - 1].1)
+            };
             if let Some(before) = before {
                 assert_eq!(&injected[idx].1, before, "k = {}", k + 1);
             }

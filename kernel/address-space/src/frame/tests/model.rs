@@ -79,7 +79,9 @@ impl Model {
         // inside some range.
         let managed: BTreeSet<u64> = (0..SPAN_FRAMES)
             .filter(|f| {
-                ranges.iter().any(|r| r.start.as_u64() <= f * 4096 && (f + 1) * 4096 <= r.end.as_u64())
+                ranges
+                    .iter()
+                    .any(|r| r.start.as_u64() <= f * 4096 && (f + 1) * 4096 <= r.end.as_u64())
             })
             .collect();
         let total = managed.len() as u64;
@@ -87,7 +89,12 @@ impl Model {
             managed,
             allocated: BTreeSet::new(),
             reserved: 0,
-            stats: FrameStats { total_frames: total, free_frames: total, available_frames: total, ..FrameStats::default() },
+            stats: FrameStats {
+                total_frames: total,
+                free_frames: total,
+                available_frames: total,
+                ..FrameStats::default()
+            },
             fail_countdown: None,
         }
     }
@@ -153,7 +160,9 @@ impl Model {
         if !self.request() || self.available() < 512 {
             return Err(FrameError::OutOfFrames);
         }
-        let c = (0..CHUNKS).find(|&c| self.chunk_whole(c)).ok_or(FrameError::OutOfFrames)?;
+        let c = (0..CHUNKS)
+            .find(|&c| self.chunk_whole(c))
+            .ok_or(FrameError::OutOfFrames)?;
         self.allocated.extend(c * 512..(c + 1) * 512);
         self.stats.allocs_2mib += 1;
         Ok(c)
@@ -301,20 +310,42 @@ fn run(ranges: &[PhysRange], ops: &[Op], cov: &Coverage) {
                 if r.is_ok() {
                     cov.allocs_2mib.set(cov.allocs_2mib.get() + 1);
                 }
-                same!(cov, fa.alloc_2mib().map(|r| r.start_address().as_u64() >> 21), r)
+                same!(
+                    cov,
+                    fa.alloc_2mib().map(|r| r.start_address().as_u64() >> 21),
+                    r
+                )
             }
             Op::FreeAllocated(sel) => {
-                let f = m.allocated.iter().nth(usize::from(sel) % m.allocated.len().max(1)).copied().unwrap_or(0);
+                let f = m
+                    .allocated
+                    .iter()
+                    .nth(usize::from(sel) % m.allocated.len().max(1))
+                    .copied()
+                    .unwrap_or(0);
                 same!(cov, fa.free(frame(f * 4096)), m.free_frame(f));
             }
-            Op::FreeAny(f) => same!(cov, fa.free(frame(u64::from(f) * 4096)), m.free_frame(u64::from(f))),
+            Op::FreeAny(f) => same!(
+                cov,
+                fa.free(frame(u64::from(f) * 4096)),
+                m.free_frame(u64::from(f))
+            ),
             Op::Free2M(sel) => {
-                let full: Vec<u64> =
-                    (0..CHUNKS + 1).filter(|&c| (c * 512..(c + 1) * 512).all(|f| m.allocated.contains(&f))).collect();
-                let c = if full.is_empty() { u64::from(sel) % (CHUNKS + 1) } else { full[usize::from(sel) % full.len()] };
+                let full: Vec<u64> = (0..CHUNKS + 1)
+                    .filter(|&c| (c * 512..(c + 1) * 512).all(|f| m.allocated.contains(&f)))
+                    .collect();
+                let c = if full.is_empty() {
+                    u64::from(sel) % (CHUNKS + 1)
+                } else {
+                    full[usize::from(sel) % full.len()]
+                };
                 same!(cov, fa.free_2mib(big(c << 21)), m.free_2mib(c));
             }
-            Op::Mark(f) => same!(cov, fa.mark_allocated(frame(u64::from(f) * 4096)), m.mark(u64::from(f))),
+            Op::Mark(f) => same!(
+                cov,
+                fa.mark_allocated(frame(u64::from(f) * 4096)),
+                m.mark(u64::from(f))
+            ),
             Op::Reserve(n) => same!(cov, fa.reserve(u64::from(n)), m.reserve(u64::from(n))),
             Op::Unreserve(sel) => {
                 let n = u64::from(sel) % (m.reserved + 1);
@@ -339,7 +370,11 @@ fn run(ranges: &[PhysRange], ops: &[Op], cov: &Coverage) {
 
 #[test]
 fn random_sequences_match_the_model() {
-    let mut runner = TestRunner::new(Config { cases: 128, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases: 128,
+        failure_persistence: None,
+        ..Config::default()
+    });
     let cov = Coverage::default();
     let strategy = (ranges(), proptest::collection::vec(op(), 100..=160));
     runner
@@ -362,7 +397,14 @@ fn random_sequences_match_the_model() {
         n(&cov.alloc_reserved)
     );
     assert!(n(&cov.steps) >= 10_000, "only {} steps", n(&cov.steps));
-    for c in [&cov.out_of_frames, &cov.allocs_2mib, &cov.double_frees, &cov.foreign, &cov.already_allocated, &cov.alloc_reserved] {
+    for c in [
+        &cov.out_of_frames,
+        &cov.allocs_2mib,
+        &cov.double_frees,
+        &cov.foreign,
+        &cov.already_allocated,
+        &cov.alloc_reserved,
+    ] {
         assert!(n(c) >= 50, "an outcome was hardly explored");
     }
 }
