@@ -4,7 +4,7 @@
 //! boot run   [OPTIONS] KERNEL        boot one kernel; exit 0 on success, 1 on reported failure,
 //!                                    2 on a crash, 3 on a timeout
 //! boot suite [OPTIONS] IMAGE...      run QEMU test images, print per-case lines and a summary
-//! boot KERNEL [ARGS...]              as cargo's runner: a test binary (under deps/) runs as a
+//! boot KERNEL [ARGS...]              as cargo's runner: a test binary (NAME-<hash>) runs as a
 //!                                    one-image suite, anything else as `run`
 //!
 //! OPTIONS: --uefi | --firmware bios|uefi|both   --kvm   --gdb   --mem SIZE (default 256M)
@@ -112,7 +112,10 @@ fn main() -> ExitCode {
             // Cargo runner form: the kernel file first, then arguments meant for a test harness
             // (filters and the like), which a kernel image does not take.
             parse(&args[..1]).and_then(|cli| {
-                if path.contains("/deps/") { run_suite(&cli) } else { run_one(&cli) }
+                // Cargo names test binaries `NAME-<hash>`: those run as a one-image suite, so
+                // their expectations (e.g. the harness self-tests that must fail) apply.
+                let file = std::path::Path::new(path).file_name().unwrap_or_default().to_string_lossy().into_owned();
+                if suite::image_name(std::path::Path::new(path)) != file { run_suite(&cli) } else { run_one(&cli) }
             })
         }
         _ => Err(USAGE.into()),

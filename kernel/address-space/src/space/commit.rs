@@ -1,0 +1,259 @@
+//! Committing and decommitting ranges: the shared core of VirtualAlloc(MEM_COMMIT), image
+//! creation, VirtualFree(MEM_DECOMMIT / MEM_RELEASE) and teardown.
+//!
+//! Commit is split into [`AddressSpace::prepare_commit`] (may fail; obtains the charge, the frame
+//! reservation and the table pages, in that order, undoing what it took if a later step fails)
+//! and [`AddressSpace::perform_commit`] (writes entries; cannot fail).
+
+use ::alloc::vec::Vec;
+use core::ops::ControlFlow;
+
+use x86_64::structures::paging::{PhysFrame, Size2MiB};
+
+use super::{AddressSpace, Allocation, PAGE, VmContext};
+use crate::charge::CriticalLevel;
+use crate::paging::pte::{self, Pte};
+use crate::paging::table::{self, SPAN_2M};
+use crate::paging::tlb::Tlb;
+use crate::protection::{BaseProtection, CacheMode};
+use crate::{PhysMemory, VmError};
+
+/// What a commit obtained in its fallible phase.
+#[must_use = "a commit plan holds frames and charge"]
+pub(crate) struct CommitPlan {
+    /// Pages that were reserved and become committed (charged and frame-reserved).
+    pub new_pages: u64,
+    /// Zeroed table pages for the entries the range needs.
+    pub tables: Vec<PhysFrame>,
+    /// 2 MiB frames (large-page commits only).
+    pub large: Vec<PhysFrame<Size2MiB>>,
+}
+
+impl AddressSpace {
+    /// Counts the reserved (not committed) pages of `[start, end)`.
+    pub(crate) fn count_reserved(&self, mem: &impl PhysMemory, start: u64, end: u64) -> u64 {
+        let mut n = 0;
+        table::scan(
+            mem,
+            self.root_pa(),
+            start,
+            end,
+            |_, e| {
+                n += u64::from(!e.is_committed());
+                ControlFlow::Continue(())
+            },
+            |a, b| {
+                n += (b - a) / PAGE;
+                ControlFlow::Continue(())
+            },
+        );
+        n
+    }
+
+    /// Returns `true` if every page of `[start, end)` is committed.
+    pub(crate) fn all_committed(&self, mem: &impl PhysMemory, start: u64, end: u64) -> bool {
+        let mut ok = true;
+        table::scan(
+            mem,
+            self.root_pa(),
+            start,
+            end,
+            |_, e| {
+                if e.is_committed() {
+                    ControlFlow::Continue(())
+                } else {
+                    ok = false;
+                    ControlFlow::Break(())
+                }
+            },
+            |_, _| {
+                ok = false;
+                ControlFlow::Break(())
+            },
+        );
+        ok
+    }
+
+    /// Obtains what committing `[start, end)` (4 KiB pages) needs: checks the charge for the
+    /// pages not yet committed, reserves one frame for each, allocates the missing table pages.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::CommitmentLimit`] (checked first), then [`VmError::NoMemory`]; nothing is
+    /// held or changed on error.
+    pub(crate) fn prepare_commit<M: PhysMemory, T: Tlb>(
+        &self,
+        cx: &mut VmContext<'_, M, T>,
+        start: u64,
+        end: u64,
+        level: CriticalLevel,
+    ) -> Result<CommitPlan, VmError> {
+        let new_pages = self.count_reserved(cx.mem, start, end);
+        cx.charge.check(new_pages, level)?;
+        let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 0);
+        if new_pages > 0 {
+            cx.frames.reserve(new_pages).map_err(|_| VmError::NoMemory)?;
+        }
+        match table::alloc_tables(missing, cx.frames, cx.mem, cx.counters) {
+            Ok(tables) => Ok(CommitPlan { new_pages, tables, large: Vec::new() }),
+            Err(e) => {
+                if new_pages > 0 {
+                    cx.frames.unreserve(new_pages);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Obtains what a large-page commit of `[start, end)` (2 MiB aligned, all reserved) needs:
+    /// the charge, one 2 MiB frame per large page, and the missing directory pages.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::CommitmentLimit`], then [`VmError::NoMemory`]; nothing changes on error.
+    pub(crate) fn prepare_large<M: PhysMemory, T: Tlb>(
+        &self,
+        cx: &mut VmContext<'_, M, T>,
+        start: u64,
+        end: u64,
+        level: CriticalLevel,
+    ) -> Result<CommitPlan, VmError> {
+        let pages = (end - start) / PAGE;
+        cx.charge.check(pages, level)?;
+        let mut large = Vec::with_capacity(((end - start) / SPAN_2M) as usize);
+        for _ in 0..(end - start) / SPAN_2M {
+            match cx.frames.alloc_2mib() {
+                Ok(f) => large.push(f),
+                Err(_) => {
+                    for f in large {
+                        cx.frames.free_2mib(f).expect("large page: freeing a run just allocated");
+                    }
+                    return Err(VmError::NoMemory);
+                }
+            }
+        }
+        let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 1);
+        match table::alloc_tables(missing, cx.frames, cx.mem, cx.counters) {
+            Ok(tables) => Ok(CommitPlan { new_pages: pages, tables, large }),
+            Err(e) => {
+                for f in large {
+                    cx.frames.free_2mib(f).expect("large page: freeing a run just allocated");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits `[start, end)` with `prot`/`guard` using `plan`: new pages become committed
+    /// without a frame (demand-zero), committed pages get the new protection and keep their
+    /// frame, contents and write-watch mark (win32-semantics §3.3). Cannot fail.
+    pub(crate) fn perform_commit<M: PhysMemory, T: Tlb>(
+        &mut self,
+        cx: &mut VmContext<'_, M, T>,
+        start: u64,
+        end: u64,
+        cache: CacheMode,
+        mut plan: CommitPlan,
+        mut prot_of: impl FnMut(u64) -> (BaseProtection, bool),
+    ) {
+        cx.charge.charge(plan.new_pages);
+        let mut batch = self.batch();
+        cx.tables(self.root_pa()).update_range(start, end, Some(&mut plan.tables), &mut batch, |_, va, old| {
+            let (prot, guard) = prot_of(va);
+            if old.is_committed() {
+                old.with_protection(prot, guard, cache)
+            } else {
+                Pte::committed(prot, guard, None, false, cache)
+            }
+        });
+        debug_assert!(plan.tables.is_empty(), "commit: table pool not used up");
+        batch.flush(cx.tlb, cx.counters);
+    }
+
+    /// Maps the large pages of `plan` over `[start, end)`, zeroing them. Cannot fail.
+    pub(crate) fn perform_large<M: PhysMemory, T: Tlb>(
+        &mut self,
+        cx: &mut VmContext<'_, M, T>,
+        start: u64,
+        prot: BaseProtection,
+        cache: CacheMode,
+        mut plan: CommitPlan,
+    ) {
+        cx.charge.charge(plan.new_pages);
+        let root = self.root_pa();
+        let large = core::mem::take(&mut plan.large);
+        for (i, frame) in large.into_iter().enumerate() {
+            let base = frame.start_address().as_u64();
+            for k in 0..512u64 {
+                let f = x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(base + k * PAGE));
+                cx.mem.zero_frame(f);
+            }
+            cx.counters.frames_zeroed += 512;
+            let entry = base
+                | pte::PRESENT
+                | pte::USER
+                | pte::HUGE
+                | pte::hw_access_bits(prot)
+                | pte::cache_bits_2m(cache)
+                | pte::SW_COMMITTED
+                | pte::SW_HAS_FRAME
+                | (u64::from(prot.code()) << pte::SW_PROT_SHIFT);
+            cx.tables(root).map_large(start + i as u64 * SPAN_2M, entry, &mut plan.tables);
+        }
+        debug_assert!(plan.tables.is_empty(), "large commit: table pool not used up");
+    }
+
+    /// Decommits `[start, end)`: frees the frames of touched pages, unreserves the frames of
+    /// untouched ones, clears the entries (and so the write-watch marks), frees emptied tables
+    /// and gives back the charge. Cannot fail. Returns the pages decommitted.
+    pub(crate) fn decommit_range<M: PhysMemory, T: Tlb>(
+        &mut self,
+        cx: &mut VmContext<'_, M, T>,
+        start: u64,
+        end: u64,
+    ) -> u64 {
+        let mut decommitted = 0;
+        let mut unreserve = 0;
+        let mut batch = self.batch();
+        cx.tables(self.root_pa()).update_range(start, end, None, &mut batch, |frames, _, old| {
+            if old.is_committed() {
+                decommitted += 1;
+                match old.frame() {
+                    Some(pa) => frames
+                        .free(PhysFrame::containing_address(x86_64::PhysAddr::new(pa)))
+                        .expect("decommit: the frame of a committed page is not allocated"),
+                    None => unreserve += 1,
+                }
+            }
+            Pte::RESERVED
+        });
+        if unreserve > 0 {
+            cx.frames.unreserve(unreserve);
+        }
+        cx.charge.uncharge(decommitted);
+        batch.flush(cx.tlb, cx.counters);
+        decommitted
+    }
+
+    /// Releases allocation `a` entirely: decommits every page (or unmaps its large pages),
+    /// forgets the record and gives its blocks back to the gap tree. Cannot fail.
+    pub(crate) fn release_allocation<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, a: &Allocation) {
+        if a.large {
+            let mut batch = self.batch();
+            let root = self.root_pa();
+            let mut va = a.base;
+            while va < a.end() {
+                let e = cx.tables(root).unmap_large(va, &mut batch);
+                let f = PhysFrame::<Size2MiB>::containing_address(x86_64::PhysAddr::new(e & pte::ADDR_MASK & !(SPAN_2M - 1)));
+                cx.frames.free_2mib(f).expect("release: large page run not allocated");
+                va += SPAN_2M;
+            }
+            cx.charge.uncharge(a.size / PAGE);
+            batch.flush(cx.tlb, cx.counters);
+        } else {
+            self.decommit_range(cx, a.base, a.end());
+        }
+        self.allocations.remove(&a.base);
+        self.gaps.give(a.base / super::GRAN, (a.block_end() - a.base) / super::GRAN);
+    }
+}

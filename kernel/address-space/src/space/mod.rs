@@ -1,0 +1,352 @@
+//! [`AddressSpace`]: the Win32 virtual-memory manager of one guest.
+//!
+//! ```text
+//!  virtual address (lower canonical half; the kernel owns the upper half of the PML4)
+//!  0x0000_0000_0000 +-------------------------------+
+//!                   | never allocatable (64 KiB)    |  catches NULL+offset dereferences
+//!  min_address      +-------------------------------+  default 0x1_0000
+//!  (0x1_0000)       | allocations, 64 KiB aligned:  |
+//!                   |  [base .. base+size) pages    |  reserved (PTE 0) or committed
+//!                   |  [end .. next 64 KiB) tail    |  free for VirtualQuery, usable by no one
+//!                   |  ... gaps (GapTree) ...       |
+//!                   |  MEM_TOP_DOWN allocations     |  placed from the top down
+//!  max_address_end  +-------------------------------+  default 0x7FFF_FFFF_0000
+//!                   | never allocatable (64 KiB)    |  max_application_address = end - 1
+//!  0x8000_0000_0000 +-------------------------------+  non-canonical hole, then the kernel
+//! ```
+//!
+//! State lives in two places only:
+//!
+//! * an ordered map of [`Allocation`] records (base, size, `AllocationProtect`, kind, flags) plus
+//!   the [`GapTree`] of free 64 KiB blocks — O(log n) in the number of allocations;
+//! * the page tables, which *are* the per-page store (see [`crate::paging::pte`]): a reserved
+//!   page costs nothing, a committed page costs its 8-byte entry and no other metadata.
+//!
+//! Every operation runs in two phases (decode, then perform): validation in the order of
+//! win32-semantics (first failing check decides the error), then the frames, table pages and
+//! commit charge it needs are obtained — which may fail, and is undone completely if it does —
+//! and only then are entries written, by code that cannot fail. So a failed call changes
+//! nothing: no page, frame, counter or entry.
+//!
+//! Commit reserves one frame per newly committed page from the frame allocator (a count, no
+//! particular frame); the page gets its frame, zeroed, on first touch ([`AddressSpace::handle_fault`]),
+//! which therefore cannot fail for lack of memory. Decommit and release give frames back, and
+//! unreserve the frames of pages never touched.
+//!
+//! Submodules: `alloc` (VirtualAlloc: reserve, commit, reset), `free` (VirtualFree),
+//! `protect`, `query`, `fault` (faults and system-service access checks), `write_watch`,
+//! `image` (image and host-owned allocations).
+
+mod alloc;
+mod commit;
+mod fault;
+mod free;
+mod image;
+mod protect;
+mod query;
+mod write_watch;
+
+#[cfg(test)]
+mod tests;
+
+use ::alloc::collections::BTreeMap;
+use core::ops::ControlFlow;
+
+use x86_64::PhysAddr;
+use x86_64::structures::paging::{PhysFrame, Size4KiB};
+
+pub use fault::{Access, FaultOutcome};
+pub use query::MemoryBasicInformation;
+
+use crate::frame::FrameAllocator;
+use crate::paging::table::{self, TableCensus, Tables};
+use crate::paging::tlb::{DEFAULT_FLUSH_THRESHOLD, Tlb, TlbBatch};
+use crate::placement::GapTree;
+use crate::protection::CacheMode;
+use crate::{CommitCharge, PhysMemory, VmError, WorkCounters};
+
+/// Page size.
+pub(crate) const PAGE: u64 = 0x1000;
+/// Allocation granularity.
+pub(crate) const GRAN: u64 = 0x10000;
+
+/// The configuration of an address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpaceConfig {
+    /// Lowest address an allocation may use (64 KiB aligned, at least 64 KiB).
+    pub min_address: u64,
+    /// End (exclusive) of the allocatable range (64 KiB aligned, at most 0x8000_0000_0000);
+    /// `max_application_address` is one less.
+    pub max_address_end: u64,
+    /// Whether the guest holds the lock-memory privilege `MEM_LARGE_PAGES` needs.
+    pub large_pages_allowed: bool,
+    /// Pages above which an operation's TLB invalidation becomes one full flush (1..=64).
+    pub tlb_flush_threshold: usize,
+}
+
+impl Default for SpaceConfig {
+    /// The Windows x64 layout (win32-semantics §1.1): 0x1_0000 to 0x7FFF_FFFF_0000, large pages
+    /// allowed, flush threshold 32.
+    fn default() -> Self {
+        SpaceConfig {
+            min_address: 0x1_0000,
+            max_address_end: 0x7FFF_FFFF_0000,
+            large_pages_allowed: true,
+            tlb_flush_threshold: DEFAULT_FLUSH_THRESHOLD,
+        }
+    }
+}
+
+impl SpaceConfig {
+    /// Returns `lpMaximumApplicationAddress`.
+    pub const fn max_application_address(&self) -> u64 {
+        self.max_address_end - 1
+    }
+}
+
+/// What an allocation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AllocationKind {
+    /// `VirtualAlloc` memory (`MEM_PRIVATE`).
+    Private,
+    /// A loaded guest program (`MEM_IMAGE`): protect works, free fails with 87.
+    Image,
+    /// The host's own pages in the guest (`MEM_IMAGE`): every alloc/free/protect fails with 487
+    /// (host-abi §9).
+    HostOwned,
+}
+
+/// One allocation (Windows: a VAD): the unit every operation works within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    /// Base address (64 KiB aligned).
+    pub base: u64,
+    /// Size in bytes (a multiple of 4 KiB; not rounded to 64 KiB).
+    pub size: u64,
+    /// The protection given at reservation (`AllocationProtect`, modifiers included).
+    pub allocation_protect: u32,
+    /// Private, image or host-owned.
+    pub kind: AllocationKind,
+    /// Created with `MEM_WRITE_WATCH`.
+    pub write_watch: bool,
+    /// Mapped with 2 MiB pages (`MEM_LARGE_PAGES`): always committed, fixed protection.
+    pub large: bool,
+    /// Cache attribute of every page (fixed at allocation time, win32-semantics §2).
+    pub cache: CacheMode,
+}
+
+impl Allocation {
+    /// Returns the end address (exclusive).
+    pub const fn end(&self) -> u64 {
+        self.base + self.size
+    }
+    /// Returns the end of the 64 KiB blocks the allocation occupies.
+    pub const fn block_end(&self) -> u64 {
+        (self.end() + GRAN - 1) & !(GRAN - 1)
+    }
+}
+
+/// Page counts of one allocation, for a VMMap-like picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllocationSummary {
+    /// The allocation.
+    pub allocation: Allocation,
+    /// Committed pages.
+    pub committed_pages: u64,
+    /// Reserved (not committed) pages.
+    pub reserved_pages: u64,
+    /// Committed pages with an armed guard.
+    pub guard_pages: u64,
+    /// Committed pages holding a frame (touched).
+    pub resident_pages: u64,
+}
+
+/// Everything an operation may need besides the space itself. The kernel keeps the frame
+/// allocator and the commit charge behind global locks and builds one of these per call.
+pub struct VmContext<'a, M: PhysMemory, T: Tlb> {
+    /// The physical frame allocator (shared by all spaces).
+    pub frames: &'a mut FrameAllocator,
+    /// Physical memory (the kernel's window, or simulated RAM).
+    pub mem: &'a mut M,
+    /// TLB invalidation for this space.
+    pub tlb: &'a mut T,
+    /// The commit charge (shared by all spaces).
+    pub charge: &'a mut CommitCharge,
+    /// Work counters.
+    pub counters: &'a mut WorkCounters,
+}
+
+impl<M: PhysMemory, T: Tlb> VmContext<'_, M, T> {
+    pub(crate) fn tables(&mut self, root: u64) -> Tables<'_, M> {
+        Tables { root, mem: self.mem, frames: self.frames, counters: self.counters }
+    }
+}
+
+/// The virtual address space of one guest: its allocations and its page tables.
+///
+/// Created with a fresh zeroed PML4 ([`AddressSpace::new`]); the kernel copies its upper-half
+/// entries into the root itself (this crate never touches PML4 entries 256–511). Must be
+/// torn down with [`AddressSpace::destroy`], which frees everything in the lower half.
+#[derive(Debug)]
+pub struct AddressSpace {
+    root: PhysFrame<Size4KiB>,
+    config: SpaceConfig,
+    allocations: BTreeMap<u64, Allocation>,
+    gaps: GapTree,
+}
+
+impl AddressSpace {
+    /// Creates an empty space with a new, zeroed root table.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::InvalidParameter`] if the configuration is inconsistent (unaligned or
+    /// out-of-range bounds); [`VmError::NoMemory`] if no frame is available for the root.
+    ///
+    /// Cost: one frame allocation and one frame zeroed.
+    pub fn new(
+        config: SpaceConfig,
+        frames: &mut FrameAllocator,
+        mem: &mut impl PhysMemory,
+        counters: &mut WorkCounters,
+    ) -> Result<Self, VmError> {
+        let ok = config.min_address >= GRAN
+            && config.min_address % GRAN == 0
+            && config.max_address_end % GRAN == 0
+            && config.max_address_end <= 0x8000_0000_0000
+            && config.min_address < config.max_address_end;
+        if !ok {
+            return Err(VmError::InvalidParameter);
+        }
+        let root = frames.alloc().map_err(|_| VmError::NoMemory)?;
+        mem.zero_frame(root);
+        counters.frames_zeroed += 1;
+        Ok(AddressSpace {
+            root,
+            config,
+            allocations: BTreeMap::new(),
+            gaps: GapTree::new(config.min_address / GRAN, config.max_address_end / GRAN),
+        })
+    }
+
+    /// Returns the root table (PML4) frame, to load into CR3.
+    pub fn root(&self) -> PhysFrame<Size4KiB> {
+        self.root
+    }
+
+    /// Returns the configuration.
+    pub fn config(&self) -> &SpaceConfig {
+        &self.config
+    }
+
+    fn root_pa(&self) -> u64 {
+        self.root.start_address().as_u64()
+    }
+
+    fn batch(&self) -> TlbBatch {
+        TlbBatch::new(self.config.tlb_flush_threshold)
+    }
+
+    /// Returns the allocation containing `addr`, if any (the unusable 64 KiB tail is not part of
+    /// it). Cost: O(log n).
+    pub fn allocation_at(&self, addr: u64) -> Option<&Allocation> {
+        self.allocations.range(..=addr).next_back().map(|(_, a)| a).filter(|a| addr < a.end())
+    }
+
+    /// Returns the number of allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// Returns every allocation in address order.
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> + '_ {
+        self.allocations.values()
+    }
+
+    /// Returns page counts for every allocation in address order (walks the page tables).
+    ///
+    /// Cost: O(allocations + committed pages); reserved-only ranges are skipped per table.
+    pub fn summaries<'s>(&'s self, mem: &'s impl PhysMemory) -> impl Iterator<Item = AllocationSummary> + 's {
+        self.allocations.values().map(move |a| self.summary(mem, a))
+    }
+
+    fn summary(&self, mem: &impl PhysMemory, a: &Allocation) -> AllocationSummary {
+        let pages = a.size / PAGE;
+        if a.large {
+            return AllocationSummary {
+                allocation: *a,
+                committed_pages: pages,
+                reserved_pages: 0,
+                guard_pages: 0,
+                resident_pages: pages,
+            };
+        }
+        let (mut committed, mut guard, mut resident) = (0, 0, 0);
+        table::scan(
+            mem,
+            self.root_pa(),
+            a.base,
+            a.end(),
+            |_, e| {
+                if e.is_committed() {
+                    committed += 1;
+                    guard += u64::from(e.guard());
+                    resident += u64::from(e.frame().is_some());
+                }
+                ControlFlow::Continue(())
+            },
+            |_, _| ControlFlow::Continue(()),
+        );
+        AllocationSummary {
+            allocation: *a,
+            committed_pages: committed,
+            reserved_pages: pages - committed,
+            guard_pages: guard,
+            resident_pages: resident,
+        }
+    }
+
+    /// Walks all page tables of the lower half: table pages, committed, resident and present
+    /// pages, 2 MiB mappings, and child-count consistency.
+    ///
+    /// Cost: O(table pages × 512). Meant for tests, statistics and debugging.
+    pub fn census(&self, mem: &impl PhysMemory) -> TableCensus {
+        table::census(mem, self.root_pa(), |_, _| {}, |_, _| {})
+    }
+
+    /// Translates a user address: the physical address and the raw leaf entry, if present.
+    ///
+    /// Cost: one table walk.
+    pub fn translate(&self, mem: &impl PhysMemory, addr: u64) -> Option<(PhysAddr, u64)> {
+        if addr >= self.config.max_address_end {
+            return None;
+        }
+        table::translate(mem, self.root_pa(), addr).map(|(pa, e)| (PhysAddr::new(pa), e))
+    }
+
+    /// Releases every allocation and every table page of the lower half, and returns the root
+    /// frame (the caller frees it, after removing its own upper-half entries if it wishes).
+    ///
+    /// Cost: O(allocations log n + committed pages + table pages).
+    ///
+    /// # Panics
+    ///
+    /// If a lower-half PML4 entry survives (a kernel bug).
+    pub fn destroy<M: PhysMemory, T: Tlb>(mut self, cx: &mut VmContext<'_, M, T>) -> PhysFrame<Size4KiB> {
+        let bases: ::alloc::vec::Vec<u64> = self.allocations.keys().copied().collect();
+        for base in bases {
+            let a = self.allocations[&base];
+            self.release_allocation(cx, &a);
+        }
+        for i in 0..256u64 {
+            let e = cx.mem.read_u64(PhysAddr::new(self.root_pa() + i * 8));
+            assert_eq!(e, 0, "address space: PML4 entry {i} survives teardown");
+        }
+        self.root
+    }
+}
+
+/// Rounds `v` up to a multiple of the power of two `to` (no overflow for user addresses).
+pub(crate) const fn round_up(v: u64, to: u64) -> u64 {
+    (v + to - 1) & !(to - 1)
+}

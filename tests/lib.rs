@@ -1,0 +1,34 @@
+//! Helpers shared by the kernel test images in this directory.
+//!
+//! Each `*.rs` next to this file is a kernel image (see `kernel::kernel_test_image!`); a case is a
+//! function returning `()` (fails by panicking) or `Result<(), String>` (fails softly).
+#![no_std]
+
+extern crate alloc;
+
+pub use kernel;
+
+/// Returns `Err` with a message naming both values unless `left == right`.
+#[macro_export]
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr $(,)?) => {{
+        let (l, r) = (&$left, &$right);
+        if l != r {
+            return Err(alloc::format!("{} == {}: left {:#x?}, right {:#x?} ({}:{})", stringify!($left), stringify!($right), l, r, file!(), line!()));
+        }
+    }};
+}
+
+/// Returns `Err` with the condition's text unless it holds.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr $(, $($msg:tt)*)?) => {{
+        if !$cond {
+            return Err(alloc::format!("{} failed{} ({}:{})", stringify!($cond), {
+                #[allow(unused_mut)] let mut m = alloc::string::String::new();
+                $( m = alloc::format!(": {}", alloc::format!($($msg)*)); )?
+                m
+            }, file!(), line!()));
+        }
+    }};
+}

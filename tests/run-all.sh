@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs every test of the project, host and QEMU, and prints one summary line `N passed, M failed`.
+# Exit status: 0 only if everything passed.
+#
+#   tests/run-all.sh            host unit/property tests, then every QEMU test image under BIOS and UEFI
+#   FIRMWARE=bios tests/run-all.sh     only BIOS boots (faster while developing)
+#   VMK_TIMEOUT=300 tests/run-all.sh   per-image timeout in seconds (default 120)
+#
+# On a fresh machine it installs what it needs first: the pinned toolchain (rust-toolchain.toml)
+# and QEMU + OVMF from Debian.
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+source "$root/tests/setup.sh"
+ensure_toolchain
+ensure_qemu
+
+log="$(mktemp -d)"
+trap 'rm -rf "$log"' EXIT
+host_passed=0; host_failed=0; status=0
+
+echo "==> host tests (cargo test --workspace, host crates)"
+cargo test --workspace --exclude kernel --exclude qemu-tests 2>&1 | tee "$log/host.txt"
+host_rc=${PIPESTATUS[0]}
+while read -r p f; do
+  host_passed=$((host_passed + p)); host_failed=$((host_failed + f))
+done < <(sed -nE 's/^test result: [A-Za-z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$log/host.txt")
+if [ "$host_rc" -ne 0 ] && [ "$host_failed" -eq 0 ]; then
+  echo "host tests: cargo exited with $host_rc (build failure?)"; host_failed=1
+fi
+echo "host tests: $host_passed passed, $host_failed failed"
+
+echo "==> QEMU test images"
+qemu_passed=0; qemu_failed=0
+if cargo build -p boot \
+  && cargo test -p qemu-tests --target x86_64-unknown-none --no-run --message-format=json > "$log/build.json" 2> "$log/build.err"; then
+  mapfile -t images < <(grep -o '"executable":"[^"]*"' "$log/build.json" | sed 's/"executable":"\(.*\)"/\1/' | sort)
+  if [ "${#images[@]}" -eq 0 ]; then
+    echo "no QEMU test images were built"; qemu_failed=1
+  else
+    "$root/target/debug/boot" suite --quiet --firmware "${FIRMWARE:-both}" "${images[@]}" | tee "$log/qemu.txt"
+    read -r qemu_passed qemu_failed < <(tail -n 1 "$log/qemu.txt" | sed -nE 's/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/p')
+    qemu_passed=${qemu_passed:-0}; qemu_failed=${qemu_failed:-1}
+  fi
+else
+  cat "$log/build.err"; echo "building the QEMU test images failed"; qemu_failed=1
+fi
+
+echo
+echo "host: $host_passed passed, $host_failed failed; qemu: $qemu_passed passed, $qemu_failed failed"
+passed=$((host_passed + qemu_passed)); failed=$((host_failed + qemu_failed))
+[ "$failed" -eq 0 ] || status=1
+echo "$passed passed, $failed failed"
+exit $status
