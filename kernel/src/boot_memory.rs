@@ -65,16 +65,24 @@ impl core::fmt::Display for Size {
     }
 }
 
-/// Prints every region (start, end, size, kind) and the totals per kind.
+/// Prints the map (adjacent regions of the same kind merged, as UEFI splits usable RAM into many
+/// small entries) and the totals per kind.
 pub fn print_map(regions: &[MemoryRegion]) {
-    crate::kprintln!("memory map: {} regions", regions.len());
-    crate::kprintln!("  {:>18}  {:>18}  {:>11}  kind", "start", "end", "size");
+    let mut merged: alloc::vec::Vec<MemoryRegion> = alloc::vec::Vec::new();
     for region in regions {
+        match merged.last_mut() {
+            Some(last) if last.kind == region.kind && last.end == region.start => last.end = region.end,
+            _ => merged.push(*region),
+        }
+    }
+    crate::kprintln!("memory map: {} regions from the bootloader, {} after merging adjacent ones of a kind", regions.len(), merged.len());
+    crate::kprintln!("  {:>18}  {:>18}  {:>11}  kind", "start", "end", "size");
+    for region in &merged {
         let (name, tag) = kind_name(region.kind);
-        let size = Size(region.end.saturating_sub(region.start));
+        let size = Size(region.end.saturating_sub(region.start)).to_string_fixed();
         match tag {
-            Some(t) => crate::kprintln!("  {:#018x}  {:#018x}  {:>11}  {name} {t}", region.start, region.end, size.to_string_fixed()),
-            None => crate::kprintln!("  {:#018x}  {:#018x}  {:>11}  {name}", region.start, region.end, size.to_string_fixed()),
+            Some(t) => crate::kprintln!("  {:#018x}  {:#018x}  {:>11}  {name} {t}", region.start, region.end, size),
+            None => crate::kprintln!("  {:#018x}  {:#018x}  {:>11}  {name}", region.start, region.end, size),
         }
     }
     let t = totals(regions);
