@@ -1,7 +1,31 @@
 //! Win32-grade virtual memory for a hobby kernel (see README.md).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 
+pub mod charge;
+mod counters;
+pub mod error;
 pub mod frame;
+pub mod paging;
+mod phys;
+pub mod placement;
+pub mod protection;
+pub mod sim;
+pub mod space;
+pub mod win32;
+
+#[cfg(test)]
+mod model;
+
+pub use charge::{CommitCharge, CriticalLevel};
+pub use counters::WorkCounters;
+pub use error::VmError;
+pub use phys::PhysMemory;
+pub use protection::{BaseProtection, CacheMode, PageProtection};
+pub use space::{
+    Access, AddressSpace, Allocation, AllocationKind, AllocationSummary, FaultOutcome, MemoryBasicInformation,
+    SpaceConfig, VmContext,
+};

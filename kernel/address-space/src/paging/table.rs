@@ -374,28 +374,28 @@ pub fn visit(
     }
 }
 
-/// Calls `f(va, pte)` for every page of `[start, end)` in a present table, and
-/// `absent(span_start, span_end)` for spans without a table. Stops when either breaks.
+/// Calls `f(va, va + 4096, Some(pte))` for every page of `[start, end)` in a present table,
+/// and `f(span_start, span_end, None)` for spans without a table (reserved or free pages).
+/// Stops when `f` breaks.
 pub fn scan(
     mem: &impl PhysMemory,
     root: u64,
     start: u64,
     end: u64,
-    mut f: impl FnMut(u64, Pte) -> ControlFlow<()>,
-    mut absent: impl FnMut(u64, u64) -> ControlFlow<()>,
+    mut f: impl FnMut(u64, u64, Option<Pte>) -> ControlFlow<()>,
 ) {
     visit(mem, root, start, end, |a, b, leaf| match leaf {
         Leaf::Table(t) => {
             let mut at = t + index(a, 0) * 8;
             let mut va = a;
             while va < b {
-                f(va, Pte(mem.read_u64(pa(at))))?;
+                f(va, va + 4096, Some(Pte(mem.read_u64(pa(at)))))?;
                 va += 4096;
                 at += 8;
             }
             ControlFlow::Continue(())
         }
-        Leaf::Absent(_) | Leaf::Large(_) => absent(a, b),
+        Leaf::Absent(_) | Leaf::Large(_) => f(a, b, None),
     });
 }
 

@@ -38,12 +38,11 @@ impl AddressSpace {
             self.root_pa(),
             start,
             end,
-            |_, e| {
-                n += u64::from(!e.is_committed());
-                ControlFlow::Continue(())
-            },
-            |a, b| {
-                n += (b - a) / PAGE;
+            |a, b, e| {
+                match e {
+                    Some(e) => n += u64::from(!e.is_committed()),
+                    None => n += (b - a) / PAGE,
+                }
                 ControlFlow::Continue(())
             },
         );
@@ -58,17 +57,13 @@ impl AddressSpace {
             self.root_pa(),
             start,
             end,
-            |_, e| {
-                if e.is_committed() {
+            |_, _, e| {
+                if e.is_some_and(|e| e.is_committed()) {
                     ControlFlow::Continue(())
                 } else {
                     ok = false;
                     ControlFlow::Break(())
                 }
-            },
-            |_, _| {
-                ok = false;
-                ControlFlow::Break(())
             },
         );
         ok

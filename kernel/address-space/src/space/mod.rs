@@ -287,15 +287,14 @@ impl AddressSpace {
             self.root_pa(),
             a.base,
             a.end(),
-            |_, e| {
-                if e.is_committed() {
+            |_, _, e| {
+                if let Some(e) = e.filter(|e| e.is_committed()) {
                     committed += 1;
                     guard += u64::from(e.guard());
                     resident += u64::from(e.frame().is_some());
                 }
                 ControlFlow::Continue(())
             },
-            |_, _| ControlFlow::Continue(()),
         );
         AllocationSummary {
             allocation: *a,

@@ -1,0 +1,320 @@
+//! Host simulation: RAM, a TLB and a CPU's memory accesses, for tests of this crate and of
+//! crates built on it.
+//!
+//! * [`SimPhysMemory`]: a `Vec` standing in for RAM at real physical addresses
+//!   (`base..base+size`), implementing [`PhysMemory`]; the page tables of an
+//!   [`AddressSpace`] live in it, so tests read the real table bytes.
+//! * [`TlbModel`]: caches translations when [`sim_access`] uses them and drops them on
+//!   invalidation; [`TlbModel::stale_entries`] lists cached translations that no longer agree
+//!   with the tables (what a missing `invlpg` would leave behind).
+//! * [`sim_access`]: one access as the MMU does it: TLB hit, else a walk checking P/RW/US/NX
+//!   and setting A/D like hardware, else a page fault handed to
+//!   [`AddressSpace::handle_fault`] and the access retried.
+
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use x86_64::structures::paging::{PhysFrame, Size4KiB};
+use x86_64::{PhysAddr, VirtAddr};
+
+use crate::frame::PhysRange;
+use crate::paging::pte::{ACCESSED, ADDR_MASK, DIRTY, HUGE, NO_EXECUTE, PRESENT, USER, WRITABLE};
+use crate::paging::table::{self, Leaf, SPAN_2M};
+use crate::paging::tlb::Tlb;
+use crate::space::{Access, AddressSpace, FaultOutcome, VmContext};
+use crate::PhysMemory;
+
+/// Simulated RAM: `size` bytes at physical address `base`.
+#[derive(Clone)]
+pub struct SimPhysMemory {
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl core::fmt::Debug for SimPhysMemory {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "SimPhysMemory(p{:#x}..p{:#x})", self.base, self.base + self.bytes.len() as u64)
+    }
+}
+
+impl SimPhysMemory {
+    /// Creates `size` bytes of RAM (rounded down to 4 KiB) at `base` (4 KiB aligned), filled with
+    /// 0xA5 so that missing zeroing shows.
+    ///
+    /// # Panics
+    ///
+    /// If `base` is not 4 KiB aligned.
+    pub fn new(base: u64, size: usize) -> Self {
+        assert_eq!(base % 4096, 0, "simulated RAM must start on a frame");
+        SimPhysMemory { base, bytes: vec![0xA5; size & !0xFFF] }
+    }
+
+    /// Returns the range of RAM, as the frame allocator takes it.
+    pub fn range(&self) -> PhysRange {
+        PhysRange { start: PhysAddr::new(self.base), end: PhysAddr::new(self.base + self.bytes.len() as u64) }
+    }
+
+    fn offset(&self, pa: PhysAddr, len: usize) -> usize {
+        let a = pa.as_u64();
+        assert!(
+            a >= self.base && a - self.base + len as u64 <= self.bytes.len() as u64,
+            "simulated RAM: access outside RAM at {pa:?}"
+        );
+        (a - self.base) as usize
+    }
+}
+
+impl PhysMemory for SimPhysMemory {
+    fn read_u64(&self, pa: PhysAddr) -> u64 {
+        let o = self.offset(pa, 8);
+        u64::from_le_bytes(self.bytes[o..o + 8].try_into().expect("8 bytes"))
+    }
+    fn write_u64(&mut self, pa: PhysAddr, value: u64) {
+        let o = self.offset(pa, 8);
+        self.bytes[o..o + 8].copy_from_slice(&value.to_le_bytes());
+    }
+    fn zero_frame(&mut self, frame: PhysFrame<Size4KiB>) {
+        let o = self.offset(frame.start_address(), 4096);
+        self.bytes[o..o + 4096].fill(0);
+    }
+    fn read_bytes(&self, pa: PhysAddr, buf: &mut [u8]) {
+        let o = self.offset(pa, buf.len());
+        buf.copy_from_slice(&self.bytes[o..o + buf.len()]);
+    }
+    fn write_bytes(&mut self, pa: PhysAddr, data: &[u8]) {
+        let o = self.offset(pa, data.len());
+        self.bytes[o..o + data.len()].copy_from_slice(data);
+    }
+}
+
+/// A cached translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlbEntry {
+    /// Physical address of the 4 KiB page.
+    pub frame: u64,
+    /// Writes allowed.
+    pub writable: bool,
+    /// Instruction fetches forbidden.
+    pub no_execute: bool,
+    /// The D bit was set when cached (writes will not walk again).
+    pub dirty: bool,
+    /// Comes from a 2 MiB mapping.
+    pub large: bool,
+}
+
+/// A model of a TLB: translations cached by [`sim_access`], dropped by invalidation.
+#[derive(Debug, Default, Clone)]
+pub struct TlbModel {
+    entries: BTreeMap<u64, TlbEntry>,
+    /// `invlpg`s received.
+    pub invalidations: u64,
+    /// Full flushes received.
+    pub full_flushes: u64,
+}
+
+impl TlbModel {
+    /// Creates an empty TLB.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns the number of cached translations.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Returns `true` if nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Returns the cached translation of the page of `addr`.
+    pub fn get(&self, addr: u64) -> Option<TlbEntry> {
+        self.entries.get(&(addr & !0xFFF)).copied()
+    }
+
+    /// Returns the pages whose cached translation disagrees with the current page tables of
+    /// `space` (not present any more, another frame, other rights, or cached dirty while the
+    /// entry is clean). Empty after every correct operation.
+    pub fn stale_entries(&self, space: &AddressSpace, mem: &impl PhysMemory) -> Vec<u64> {
+        self.entries
+            .iter()
+            .filter(|(va, t)| match space.translate(mem, **va) {
+                None => true,
+                Some((pa, e)) => {
+                    pa.as_u64() & !0xFFF != t.frame
+                        || (e & WRITABLE != 0) != t.writable
+                        || (e & NO_EXECUTE != 0) != t.no_execute
+                        || (t.dirty && e & DIRTY == 0)
+                }
+            })
+            .map(|(va, _)| *va)
+            .collect()
+    }
+}
+
+impl Tlb for TlbModel {
+    fn invalidate_page(&mut self, addr: VirtAddr) {
+        let page = addr.as_u64() & !0xFFF;
+        self.invalidations += 1;
+        self.entries.remove(&page);
+        // invlpg drops a 2 MiB translation whatever 4 KiB page of it is named.
+        let big = page & !(SPAN_2M - 1);
+        let large: Vec<u64> = self.entries.range(big..big + SPAN_2M).filter(|(_, e)| e.large).map(|(k, _)| *k).collect();
+        for k in large {
+            self.entries.remove(&k);
+        }
+    }
+    fn flush_all(&mut self) {
+        self.full_flushes += 1;
+        self.entries.clear();
+    }
+}
+
+/// The result of a simulated access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimAccess {
+    /// The access happened at this physical address.
+    Done(PhysAddr),
+    /// The access faulted and the fault was not resolved: the guest would get this exception.
+    Fault(FaultOutcome),
+}
+
+fn permits(access: Access, writable: bool, no_execute: bool) -> bool {
+    match access {
+        Access::Read => true,
+        Access::Write => writable,
+        Access::Execute => !no_execute,
+    }
+}
+
+/// Performs one guest access to `addr` as the CPU would (see the module docs). A resolved fault
+/// is retried; a guard page or access violation is returned.
+///
+/// # Panics
+///
+/// If a fault is "resolved" three times without the access succeeding (a bug in the space).
+pub fn sim_access<M: PhysMemory>(
+    space: &mut AddressSpace,
+    cx: &mut VmContext<'_, M, TlbModel>,
+    addr: u64,
+    access: Access,
+) -> SimAccess {
+    let page = addr & !0xFFF;
+    for _ in 0..3 {
+        if let Some(t) = cx.tlb.get(page)
+            && permits(access, t.writable, t.no_execute)
+            && (access != Access::Write || t.dirty)
+        {
+            return SimAccess::Done(PhysAddr::new(t.frame | (addr & 0xFFF)));
+        }
+        if let Some(pa) = walk_and_mark(space, cx, addr, access) {
+            return SimAccess::Done(pa);
+        }
+        match space.handle_fault(cx, addr, access) {
+            FaultOutcome::Resolved => continue,
+            other => return SimAccess::Fault(other),
+        }
+    }
+    panic!("sim_access: fault at {addr:#x} resolved three times without success");
+}
+
+/// The page walk of the MMU: checks rights, sets A (and D for writes), fills the TLB.
+fn walk_and_mark<M: PhysMemory>(
+    space: &AddressSpace,
+    cx: &mut VmContext<'_, M, TlbModel>,
+    addr: u64,
+    access: Access,
+) -> Option<PhysAddr> {
+    if addr >= space.config().max_address_end {
+        return None;
+    }
+    let root = space.root().start_address().as_u64();
+    let (entry_at, large) = match table::walk(cx.mem, root, addr) {
+        Leaf::Table(t) => (t + table::index(addr, 0) * 8, false),
+        Leaf::Large(_) => {
+            let pdpt = cx.mem.read_u64(PhysAddr::new(root + table::index(addr, 3) * 8)) & ADDR_MASK;
+            let pd = cx.mem.read_u64(PhysAddr::new(pdpt + table::index(addr, 2) * 8)) & ADDR_MASK;
+            (pd + table::index(addr, 1) * 8, true)
+        }
+        Leaf::Absent(_) => return None,
+    };
+    let e = cx.mem.read_u64(PhysAddr::new(entry_at));
+    if e & PRESENT == 0 || e & USER == 0 {
+        return None;
+    }
+    if large {
+        debug_assert!(e & HUGE != 0);
+    }
+    let writable = e & WRITABLE != 0;
+    let no_execute = e & NO_EXECUTE != 0;
+    if !permits(access, writable, no_execute) {
+        return None;
+    }
+    let mut new = e | ACCESSED;
+    if access == Access::Write {
+        new |= DIRTY;
+    }
+    if new != e {
+        cx.mem.write_u64(PhysAddr::new(entry_at), new);
+    }
+    let frame = if large {
+        ((e & ADDR_MASK) & !(SPAN_2M - 1)) | (addr & (SPAN_2M - 1) & !0xFFF)
+    } else {
+        e & ADDR_MASK
+    };
+    cx.tlb
+        .entries
+        .insert(addr & !0xFFF, TlbEntry { frame, writable, no_execute, dirty: new & DIRTY != 0, large });
+    Some(PhysAddr::new(frame | (addr & 0xFFF)))
+}
+
+/// Reads guest memory like a sequence of guest loads (page by page).
+///
+/// # Errors
+///
+/// The fault outcome of the first page that could not be read.
+pub fn sim_read<M: PhysMemory>(
+    space: &mut AddressSpace,
+    cx: &mut VmContext<'_, M, TlbModel>,
+    addr: u64,
+    buf: &mut [u8],
+) -> Result<(), FaultOutcome> {
+    let mut done = 0;
+    while done < buf.len() {
+        let va = addr + done as u64;
+        let n = ((0x1000 - (va & 0xFFF)) as usize).min(buf.len() - done);
+        match sim_access(space, cx, va, Access::Read) {
+            SimAccess::Done(pa) => cx.mem.read_bytes(pa, &mut buf[done..done + n]),
+            SimAccess::Fault(f) => return Err(f),
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Writes guest memory like a sequence of guest stores (page by page; a store straddling two
+/// pages marks both).
+///
+/// # Errors
+///
+/// The fault outcome of the first page that could not be written (earlier pages are written).
+pub fn sim_write<M: PhysMemory>(
+    space: &mut AddressSpace,
+    cx: &mut VmContext<'_, M, TlbModel>,
+    addr: u64,
+    data: &[u8],
+) -> Result<(), FaultOutcome> {
+    let mut done = 0;
+    while done < data.len() {
+        let va = addr + done as u64;
+        let n = ((0x1000 - (va & 0xFFF)) as usize).min(data.len() - done);
+        match sim_access(space, cx, va, Access::Write) {
+            SimAccess::Done(pa) => cx.mem.write_bytes(pa, &data[done..done + n]),
+            SimAccess::Fault(f) => return Err(f),
+        }
+        done += n;
+    }
+    Ok(())
+}

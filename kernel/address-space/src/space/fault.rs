@@ -1,0 +1,279 @@
+//! Page faults and system-service accesses to guest memory (win32-semantics §8, host-abi §8–9).
+
+use x86_64::PhysAddr;
+use x86_64::structures::paging::PhysFrame;
+
+use super::{AddressSpace, Allocation, PAGE, VmContext};
+use crate::paging::pte::{DIRTY, Pte};
+use crate::paging::table;
+use crate::paging::tlb::Tlb;
+use crate::protection::BaseProtection;
+use crate::{PhysMemory, VmError};
+
+/// The kind of a memory access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// A data read (`ExceptionInformation[0]` = 0).
+    Read,
+    /// A data write (1).
+    Write,
+    /// An instruction fetch (8).
+    Execute,
+}
+
+impl Access {
+    /// Returns the Windows exception-information code: 0 read, 1 write, 8 execute.
+    pub const fn code(self) -> u64 {
+        match self {
+            Access::Read => 0,
+            Access::Write => 1,
+            Access::Execute => 8,
+        }
+    }
+
+    /// Returns `true` if `prot` allows this access.
+    pub const fn allowed_by(self, prot: BaseProtection) -> bool {
+        match self {
+            Access::Read => prot.can_read(),
+            Access::Write => prot.can_write(),
+            Access::Execute => prot.can_execute(),
+        }
+    }
+}
+
+/// What [`AddressSpace::handle_fault`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOutcome {
+    /// The page is now mapped (demand-zero, a kept frame, or a stale TLB entry): retry.
+    Resolved,
+    /// A guard page was hit: its guard is now clear. Deliver STATUS_GUARD_PAGE_VIOLATION
+    /// (0x80000001) with `access` and `address`; retrying will then resolve.
+    GuardPage {
+        /// The faulting access.
+        access: Access,
+        /// The faulting address.
+        address: u64,
+    },
+    /// Free, reserved or `PAGE_NOACCESS` memory, or an access the protection forbids: deliver
+    /// STATUS_ACCESS_VIOLATION (0xC0000005).
+    AccessViolation {
+        /// The faulting access.
+        access: Access,
+        /// The faulting address.
+        address: u64,
+    },
+}
+
+impl AddressSpace {
+    /// Handles a page fault at `addr` caused by `access` from guest code.
+    ///
+    /// In the Windows priority order (win32-semantics §8): a guard page first (clear the guard,
+    /// report [`FaultOutcome::GuardPage`]); then the protection (free, reserved, `PAGE_NOACCESS`
+    /// or a forbidden access → [`FaultOutcome::AccessViolation`]); otherwise the page is mapped:
+    /// with its kept frame, or a new frame taken from the reservation made at commit time
+    /// (cannot fail) and zeroed (counted in `frames_zeroed`). A present page whose access is
+    /// allowed was a stale TLB entry: it is invalidated and the fault resolved.
+    ///
+    /// The write-watch mark is the hardware D bit: the retried write sets it, a faulting write
+    /// does not (host-abi §9).
+    ///
+    /// Cost: O(log n) plus one table walk and at most one frame zeroed.
+    pub fn handle_fault<M: PhysMemory, T: Tlb>(
+        &mut self,
+        cx: &mut VmContext<'_, M, T>,
+        addr: u64,
+        access: Access,
+    ) -> FaultOutcome {
+        let av = FaultOutcome::AccessViolation { access, address: addr };
+        let Some(a) = self.allocation_at(addr).copied() else {
+            return av;
+        };
+        let page = addr & !(PAGE - 1);
+        if a.large {
+            let prot = BaseProtection::from_code(if a.allocation_protect & 0x40 != 0 { 6 } else { 2 });
+            if !access.allowed_by(prot) {
+                return av;
+            }
+            cx.tlb.invalidate_page(x86_64::VirtAddr::new_truncate(page));
+            cx.counters.invlpg += 1;
+            return FaultOutcome::Resolved;
+        }
+        let e = table::read_pte(cx.mem, self.root_pa(), page);
+        if !e.is_committed() {
+            return av;
+        }
+        if e.guard() {
+            self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache));
+            return FaultOutcome::GuardPage { access, address: addr };
+        }
+        if !access.allowed_by(e.prot()) {
+            return av;
+        }
+        if e.is_present() {
+            // Spurious: a stale (more restrictive) TLB entry.
+            cx.tlb.invalidate_page(x86_64::VirtAddr::new_truncate(page));
+            cx.counters.invlpg += 1;
+            return FaultOutcome::Resolved;
+        }
+        // Accessible, not guarded, not present: no frame yet (demand-zero).
+        self.populate(cx, page, e, &a);
+        cx.counters.faults_resolved += 1;
+        FaultOutcome::Resolved
+    }
+
+    /// Gives the committed page at `page` (entry `e`, without a frame) a zeroed frame from the
+    /// commit-time reservation and writes its entry. Returns the new entry.
+    fn populate<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, e: Pte, a: &Allocation) -> Pte {
+        debug_assert!(e.frame().is_none());
+        let frame = cx.frames.alloc_reserved();
+        cx.mem.zero_frame(frame);
+        cx.counters.frames_zeroed += 1;
+        let new = Pte::committed(e.prot(), e.guard(), Some(frame.start_address().as_u64()), e.dirty(), a.cache);
+        self.set_pte(cx, page, new);
+        new
+    }
+
+    /// Rewrites the entry of one committed page (its table exists).
+    fn set_pte<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, new: Pte) {
+        let mut batch = self.batch();
+        cx.tables(self.root_pa()).update_range(page, page + PAGE, None, &mut batch, |_, _, _| new);
+        batch.flush(cx.tlb, cx.counters);
+    }
+
+    /// Checks that the guest range `[addr, addr+len)` is committed memory that allows reads
+    /// (and writes if `write`), as a system service must before touching a guest buffer.
+    ///
+    /// Pages are checked in ascending order; the first problem decides:
+    /// a guard page → its guard is cleared and [`VmError::GuardPage`] (0x80000001) returned
+    /// (host-abi §9: the retried call succeeds); a page that is free, reserved, `PAGE_NOACCESS`
+    /// or not writable for a write, or a range beyond user space → [`VmError::NoAccess`] (998).
+    /// `len` 0 always succeeds. Nothing else changes.
+    ///
+    /// Cost: O(log n) plus one walk per page.
+    pub fn check_user_access<M: PhysMemory, T: Tlb>(
+        &mut self,
+        cx: &mut VmContext<'_, M, T>,
+        addr: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(), VmError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = match addr.checked_add(len) {
+            Some(e) if e <= self.config.max_address_end => e,
+            _ => return Err(VmError::NoAccess),
+        };
+        let access = if write { Access::Write } else { Access::Read };
+        let mut page = addr & !(PAGE - 1);
+        while page < end {
+            let Some(a) = self.allocation_at(page).copied() else {
+                return Err(VmError::NoAccess);
+            };
+            if a.large {
+                let writable = a.allocation_protect & 0x44 != 0;
+                if write && !writable {
+                    return Err(VmError::NoAccess);
+                }
+                page += PAGE;
+                continue;
+            }
+            let e = table::read_pte(cx.mem, self.root_pa(), page);
+            if !e.is_committed() {
+                return Err(VmError::NoAccess);
+            }
+            if e.guard() {
+                self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache));
+                return Err(VmError::GuardPage);
+            }
+            if !access.allowed_by(e.prot()) {
+                return Err(VmError::NoAccess);
+            }
+            page += PAGE;
+        }
+        Ok(())
+    }
+
+    /// Copies guest memory at `addr` into `buf` as a system service would (after
+    /// [`check_user_access`](Self::check_user_access) semantics: errors 998 / 0x80000001).
+    /// Untouched committed pages read as zero (they get a zeroed frame).
+    ///
+    /// # Errors
+    ///
+    /// As [`check_user_access`](Self::check_user_access); nothing is read then.
+    ///
+    /// Cost: O(len) plus one walk per page.
+    pub fn read_user<M: PhysMemory, T: Tlb>(
+        &mut self,
+        cx: &mut VmContext<'_, M, T>,
+        addr: u64,
+        buf: &mut [u8],
+    ) -> Result<(), VmError> {
+        self.check_user_access(cx, addr, buf.len() as u64, false)?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let va = addr + done as u64;
+            let n = ((PAGE - (va & (PAGE - 1))) as usize).min(buf.len() - done);
+            let pa = self.frame_for_kernel(cx, va, false);
+            cx.mem.read_bytes(pa, &mut buf[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into guest memory at `addr` as a system service would: checks like
+    /// [`check_user_access`](Self::check_user_access) with `write`, then writes through the
+    /// physical frames and marks the pages written (kernel-side writes count for write watch,
+    /// win32-semantics §7).
+    ///
+    /// # Errors
+    ///
+    /// As [`check_user_access`](Self::check_user_access); nothing is written then.
+    ///
+    /// Cost: O(len) plus one walk per page.
+    pub fn write_user<M: PhysMemory, T: Tlb>(
+        &mut self,
+        cx: &mut VmContext<'_, M, T>,
+        addr: u64,
+        data: &[u8],
+    ) -> Result<(), VmError> {
+        self.check_user_access(cx, addr, data.len() as u64, true)?;
+        self.copy_in(cx, addr, data, true);
+        Ok(())
+    }
+
+    /// Writes `data` at `addr` through the frames, faulting pages in; `mark` sets write-watch
+    /// marks. The caller has checked that every page is committed.
+    pub(crate) fn copy_in<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, addr: u64, data: &[u8], mark: bool) {
+        let mut done = 0usize;
+        while done < data.len() {
+            let va = addr + done as u64;
+            let n = ((PAGE - (va & (PAGE - 1))) as usize).min(data.len() - done);
+            let pa = self.frame_for_kernel(cx, va, mark);
+            cx.mem.write_bytes(pa, &data[done..done + n]);
+            done += n;
+        }
+    }
+
+    /// Returns the physical address of committed `va`, giving its page a frame if it has none,
+    /// and setting its D bit if `mark`.
+    fn frame_for_kernel<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, va: u64, mark: bool) -> PhysAddr {
+        let a = self.allocation_at(va).copied().expect("kernel access outside every allocation");
+        if a.large {
+            let (pa, _) = table::translate(cx.mem, self.root_pa(), va).expect("large page not mapped");
+            return PhysAddr::new(pa);
+        }
+        let page = va & !(PAGE - 1);
+        let mut e = table::read_pte(cx.mem, self.root_pa(), page);
+        assert!(e.is_committed(), "kernel access to an uncommitted page");
+        if e.frame().is_none() {
+            e = self.populate(cx, page, e, &a);
+            cx.counters.faults_resolved += 1;
+        }
+        if mark && !e.dirty() {
+            self.set_pte(cx, page, Pte(e.0 | DIRTY));
+        }
+        let frame: PhysFrame = PhysFrame::containing_address(PhysAddr::new(e.frame().expect("frame just given")));
+        frame.start_address() + (va & (PAGE - 1))
+    }
+}

@@ -1,0 +1,105 @@
+//! Image and host-owned allocations (host-abi §1 and §9): created committed by the kernel's
+//! loader, shown as `MEM_IMAGE`.
+
+use super::{AddressSpace, Allocation, AllocationKind, GRAN, PAGE, VmContext};
+use crate::charge::CriticalLevel;
+use crate::paging::tlb::Tlb;
+use crate::protection::{CacheMode, PageProtection};
+use crate::win32::PAGE_EXECUTE_WRITECOPY;
+use crate::{PhysMemory, VmError};
+
+impl AddressSpace {
+    /// Creates a committed `MEM_IMAGE` allocation at `base` with one protection per page
+    /// (`page_protections[i]` for page `base + i * 4096`; plain `PAGE_*` access values, no
+    /// modifiers). `AllocationProtect` is `PAGE_EXECUTE_WRITECOPY`, as on Windows.
+    ///
+    /// With `host_owned`, the allocation holds the host's own pages: every `VirtualAlloc`,
+    /// `VirtualFree` and `VirtualProtect` on it fails with 487. Otherwise it is a guest image:
+    /// `VirtualProtect` works as on private memory, `VirtualFree` fails with 87, reserving over
+    /// it with 487, committing into it with 5.
+    ///
+    /// Pages are demand-zero like any commit; fill them with
+    /// [`write_image`](Self::write_image). The pages are charged at `level`.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::InvalidParameter`] if `base` is not 64 KiB aligned, the list is empty, the range
+    /// leaves the user range, or a protection is not a plain valid access value;
+    /// [`VmError::ConflictingAddresses`] if a page is not free; [`VmError::CommitmentLimit`],
+    /// [`VmError::NoMemory`] as for a commit. Nothing changes on error.
+    ///
+    /// Cost: as reserve + commit of the pages.
+    pub fn create_image<M: PhysMemory, T: Tlb>(
+        &mut self,
+        cx: &mut VmContext<'_, M, T>,
+        base: u64,
+        page_protections: &[u32],
+        host_owned: bool,
+        level: CriticalLevel,
+    ) -> Result<(), VmError> {
+        if base % GRAN != 0 || page_protections.is_empty() || base < self.config.min_address {
+            return Err(VmError::InvalidParameter);
+        }
+        let size = (page_protections.len() as u64).checked_mul(PAGE).ok_or(VmError::InvalidParameter)?;
+        let end = base.checked_add(size).ok_or(VmError::InvalidParameter)?;
+        if end > self.config.max_address_end {
+            return Err(VmError::InvalidParameter);
+        }
+        let mut prots = ::alloc::vec::Vec::with_capacity(page_protections.len());
+        for &p in page_protections {
+            match PageProtection::parse(p) {
+                Ok(pp) if !pp.guard && pp.cache == CacheMode::WriteBack => prots.push(pp.base),
+                _ => return Err(VmError::InvalidParameter),
+            }
+        }
+        let blocks = (super::round_up(end, GRAN) - base) / GRAN;
+        match self.gaps.floor(base / GRAN) {
+            Some((s, l)) if base / GRAN + blocks <= s + l => {}
+            _ => return Err(VmError::ConflictingAddresses),
+        }
+        let plan = self.prepare_commit(cx, base, end, level)?;
+        let a = Allocation {
+            base,
+            size,
+            allocation_protect: PAGE_EXECUTE_WRITECOPY,
+            kind: if host_owned { AllocationKind::HostOwned } else { AllocationKind::Image },
+            write_watch: false,
+            large: false,
+            cache: CacheMode::WriteBack,
+        };
+        self.allocations.insert(base, a);
+        self.gaps.take(base / GRAN, blocks);
+        self.perform_commit(cx, base, end, CacheMode::WriteBack, plan, |va| (prots[((va - base) / PAGE) as usize], false));
+        Ok(())
+    }
+
+    /// Writes `data` into an image or host-owned allocation at `addr`, whatever the pages'
+    /// protection (the loader filling segments), giving pages frames as needed. Does not mark
+    /// pages written.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::InvalidParameter`] if `[addr, addr + data.len())` is not inside one image or
+    /// host-owned allocation.
+    ///
+    /// Cost: O(len) plus one walk per page.
+    pub fn write_image<M: PhysMemory, T: Tlb>(
+        &mut self,
+        cx: &mut VmContext<'_, M, T>,
+        addr: u64,
+        data: &[u8],
+    ) -> Result<(), VmError> {
+        let end = addr.checked_add(data.len() as u64).ok_or(VmError::InvalidParameter)?;
+        match self.allocation_at(addr) {
+            Some(a) if a.kind != AllocationKind::Private && end <= a.end() => {}
+            _ => return Err(VmError::InvalidParameter),
+        }
+        self.copy_in(cx, addr, data, false);
+        Ok(())
+    }
+
+    /// Returns `true` if `addr` lies in a host-owned allocation.
+    pub fn is_host_owned(&self, addr: u64) -> bool {
+        self.allocation_at(addr).is_some_and(|a| a.kind == AllocationKind::HostOwned)
+    }
+}

@@ -1,0 +1,76 @@
+//! `VirtualProtect` (win32-semantics §5).
+
+use super::{AddressSpace, PAGE, VmContext, round_up};
+use crate::paging::table;
+use crate::paging::tlb::Tlb;
+use crate::protection::PageProtection;
+use crate::{PhysMemory, VmError};
+
+impl AddressSpace {
+    /// Validates a `VirtualProtect` protection value alone (win32-semantics §5 step 1).
+    ///
+    /// The ABI calls this first, then checks the `lpflOldProtect` pointer (ERROR_NOACCESS),
+    /// then calls [`virtual_protect`](Self::virtual_protect) — the Windows order (host-abi §9).
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::InvalidProtection`] (87) for values invalid on private memory (§2), including
+    /// `PAGE_WRITECOPY` / `PAGE_EXECUTE_WRITECOPY`.
+    pub fn check_protect_value(new_protect: u32) -> Result<(), VmError> {
+        PageProtection::parse_private(new_protect).map(|_| ())
+    }
+
+    /// `VirtualProtect(addr, size, new_protect)`: changes the protection of committed pages and
+    /// returns the old protection of the first page (as `VirtualQuery` reports it, with
+    /// `PAGE_GUARD` / `PAGE_NOCACHE`).
+    ///
+    /// Checks, in order (win32-semantics §5):
+    ///
+    /// 1. `new_protect` invalid ([`check_protect_value`](Self::check_protect_value)) → 87;
+    /// 2. (the ABI's old-protect pointer check goes here);
+    /// 3. `addr` above `max_application_address`, `size` 0 (the ReactOS answer; Wine accepts
+    ///    it), or `addr + size` overflowing or past the user range → [`VmError::InvalidParameter`] (87);
+    /// 4. pages touching `[addr, addr+size)` not inside one allocation (or in a host-owned one)
+    ///    → [`VmError::ConflictingAddresses`] (487);
+    /// 5. a page not committed → [`VmError::NotCommitted`] (487), nothing changed;
+    /// 6. a large-page allocation → 87 (its pages are always read/write).
+    ///
+    /// `PAGE_GUARD` arms guard pages; `PAGE_NOCACHE` / `PAGE_WRITECOMBINE` are ignored (the
+    /// cache mode is fixed per allocation). Contents, frames and write-watch marks survive any
+    /// change; a page that already has a frame is mapped (or unmapped) at once.
+    ///
+    /// Cost: O(log n) plus O(pages) entry reads and writes, and the TLB invalidation of the
+    /// pages that were present.
+    pub fn virtual_protect<M: PhysMemory, T: Tlb>(
+        &mut self,
+        cx: &mut VmContext<'_, M, T>,
+        addr: u64,
+        size: u64,
+        new_protect: u32,
+    ) -> Result<u32, VmError> {
+        let prot = PageProtection::parse_private(new_protect)?;
+        if addr > self.config.max_application_address() || size == 0 {
+            return Err(VmError::InvalidParameter);
+        }
+        let end = match addr.checked_add(size) {
+            Some(e) if e <= self.config.max_address_end => round_up(e, PAGE),
+            _ => return Err(VmError::InvalidParameter),
+        };
+        let start = addr & !(PAGE - 1);
+        let a = self.single_allocation(start, end)?;
+        if !a.large && !self.all_committed(cx.mem, start, end) {
+            return Err(VmError::NotCommitted);
+        }
+        if a.large {
+            return Err(VmError::InvalidParameter);
+        }
+        let first = table::read_pte(cx.mem, self.root_pa(), start);
+        let old = Self::page_protect(first, &a);
+        let mut batch = self.batch();
+        cx.tables(self.root_pa()).update_range(start, end, None, &mut batch, |_, _, old| {
+            old.with_protection(prot.base, prot.guard, a.cache)
+        });
+        batch.flush(cx.tlb, cx.counters);
+        Ok(old)
+    }
+}
