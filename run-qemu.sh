@@ -15,7 +15,7 @@ terminal. Exits with 0 if the kernel reports success, 1 if it reports failure, 2
 
 options:
   --uefi          boot the UEFI image (OVMF) instead of the BIOS image
-  --kvm           use KVM (-enable-kvm -cpu host) if /dev/kvm is usable; otherwise say so and use TCG
+  --kvm           use KVM (-enable-kvm -cpu host,-arch-capabilities) if /dev/kvm is usable; otherwise say so and use TCG
   --gdb           QEMU waits for a debugger: gdb target/x86_64-unknown-none/debug/kernel -ex 'target remote :1234'
   --mem SIZE      guest RAM in QEMU syntax (default 256M)
   --release       build the kernel with the release profile

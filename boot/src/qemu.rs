@@ -130,6 +130,9 @@ pub fn command_line(image: &Path, opts: &QemuOptions) -> Result<Vec<String>, Str
         "qemu-system-x86_64".into(),
         "-drive".into(),
         format!("format=raw,file={}", image.display()),
+        // Writes go to a temporary overlay: the image stays pristine and several QEMUs may boot
+        // the same image at once (no write lock).
+        "-snapshot".into(),
         "-serial".into(),
         "stdio".into(),
         "-display".into(),
@@ -148,7 +151,9 @@ pub fn command_line(image: &Path, opts: &QemuOptions) -> Result<Vec<String>, Str
     }
     if opts.kvm {
         kvm_usable()?;
-        args.extend(["-enable-kvm".into(), "-cpu".into(), "host".into()]);
+        // This machine's paravirtualised KVM rejects IA32_ARCH_CAPABILITIES (MSR 0x10a), which
+        // makes QEMU 7.2 abort with a plain `-cpu host`.
+        args.extend(["-enable-kvm".into(), "-cpu".into(), "host,-arch-capabilities".into()]);
     } else {
         // `max` under TCG offers NX, SMEP, SMAP and PAT, which the kernel uses when present.
         args.extend(["-cpu".into(), "max".into()]);

@@ -40,6 +40,9 @@ pub fn boot_info() -> &'static BootInfo {
     BOOT_INFO.get().expect("kernel::init has run")
 }
 
+/// Start of the kernel's half of the virtual address space (the upper canonical half).
+pub const KERNEL_SPACE_START: u64 = 0xffff_8000_0000_0000;
+
 /// How every kernel image (the kernel itself and each test image) asks the bootloader to boot it.
 ///
 /// The physical-memory window is requested now because the frame allocator and page tables of the
@@ -47,6 +50,9 @@ pub fn boot_info() -> &'static BootInfo {
 pub const BOOTLOADER_CONFIG: BootloaderConfig = {
     let mut config = BootloaderConfig::new_default();
     config.mappings.physical_memory = Some(Mapping::Dynamic);
+    // Everything the bootloader maps for the kernel (image, stack, boot info, framebuffer, the
+    // physical-memory window) goes to the upper half: the lower half belongs to guests.
+    config.mappings.dynamic_range_start = Some(KERNEL_SPACE_START);
     config.kernel_stack_size = 256 * 1024;
     config
 };
