@@ -1,0 +1,1 @@
+//! Reference model (test-only), written next.

@@ -1,0 +1,119 @@
+//! Faults, guard pages, system-service access checks (win32-semantics §8, host-abi §9).
+
+use super::*;
+use crate::sim::SimAccess;
+
+fn av(access: Access, address: u64) -> SimAccess {
+    SimAccess::Fault(FaultOutcome::AccessViolation { access, address })
+}
+
+#[test]
+fn free_reserved_and_noaccess_pages_violate() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x10000, MEM_RESERVE, PAGE_READWRITE | PAGE_GUARD).unwrap();
+    assert_eq!(fx.touch(0x7000_0000, Access::Read), av(Access::Read, 0x7000_0000));
+    // A reserved page is a plain access violation, even if the reservation said GUARD.
+    assert_eq!(fx.touch(a + 8, Access::Write), av(Access::Write, a + 8));
+    fx.alloc(a, 0x1000, MEM_COMMIT, PAGE_NOACCESS).unwrap();
+    assert_eq!(fx.touch(a, Access::Read), av(Access::Read, a));
+    assert_eq!(fx.sp().census(&fx.mem).pages_with_frame, 0);
+    fx.check();
+}
+
+#[test]
+fn protection_violations() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x4000, RC, PAGE_READONLY).unwrap();
+    fx.protect(a + 0x1000, 0x1000, PAGE_EXECUTE).unwrap();
+    fx.protect(a + 0x2000, 0x1000, PAGE_READWRITE).unwrap();
+    fx.protect(a + 0x3000, 0x1000, PAGE_EXECUTE_READ).unwrap();
+    assert_eq!(fx.touch(a, Access::Write), av(Access::Write, a));
+    assert_eq!(fx.touch(a, Access::Execute), av(Access::Execute, a));
+    assert!(matches!(fx.touch(a, Access::Read), SimAccess::Done(_)));
+    // PAGE_EXECUTE is readable on x64.
+    assert!(matches!(fx.touch(a + 0x1000, Access::Read), SimAccess::Done(_)));
+    assert!(matches!(fx.touch(a + 0x1000, Access::Execute), SimAccess::Done(_)));
+    assert_eq!(fx.touch(a + 0x2000, Access::Execute), av(Access::Execute, a + 0x2000));
+    assert_eq!(fx.touch(a + 0x3000, Access::Write), av(Access::Write, a + 0x3000));
+    assert_eq!(Access::Execute.code(), 8);
+    fx.check();
+}
+
+#[test]
+fn demand_zero_counts_and_uses_the_reservation() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x10000, RC, PAGE_READWRITE).unwrap();
+    assert_eq!(fx.frames.reserved_frames(), 16);
+    let zeroed = fx.counters.frames_zeroed;
+    assert_eq!(fx.read_u64(a + 0x3008), Ok(0));
+    assert_eq!(fx.counters.frames_zeroed, zeroed + 1);
+    assert_eq!(fx.counters.faults_resolved, 1);
+    assert_eq!(fx.frames.reserved_frames(), 15);
+    fx.check();
+}
+
+#[test]
+fn guard_page_is_one_shot() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x2000, MEM_RESERVE, PAGE_READWRITE | PAGE_GUARD).unwrap();
+    fx.alloc(a, 0x2000, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD).unwrap();
+    assert_eq!(fx.touch(a + 0x10, Access::Write), SimAccess::Fault(FaultOutcome::GuardPage { access: Access::Write, address: a + 0x10 }));
+    let m = fx.query(a).unwrap();
+    assert_eq!((m.region_size, m.protect, m.allocation_protect), (0x1000, PAGE_READWRITE, PAGE_READWRITE | PAGE_GUARD));
+    assert!(matches!(fx.touch(a + 0x10, Access::Write), SimAccess::Done(_)));
+    // Re-arm: old protection is RW.
+    assert_eq!(fx.protect(a, 0x1000, PAGE_READWRITE | PAGE_GUARD), Ok(PAGE_READWRITE));
+    assert_eq!(fx.read(a, 1), Err(FaultOutcome::GuardPage { access: Access::Read, address: a }));
+    // The written value survived the guard period (the frame was kept).
+    assert_eq!(fx.read_u64(a + 0x10), Ok(0));
+    // Guard first, then protection: a write to a READONLY|GUARD page raises the guard first.
+    fx.protect(a + 0x1000, 0x1000, PAGE_READONLY | PAGE_GUARD).unwrap();
+    assert!(matches!(fx.touch(a + 0x1000, Access::Write), SimAccess::Fault(FaultOutcome::GuardPage { .. })));
+    assert_eq!(fx.touch(a + 0x1000, Access::Write), av(Access::Write, a + 0x1000));
+    fx.check();
+}
+
+#[test]
+fn system_service_access_checks() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x10000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    fx.alloc(a, 0x3000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    fx.protect(a + 0x1000, 0x1000, PAGE_READWRITE | PAGE_GUARD).unwrap();
+    fx.protect(a + 0x2000, 0x1000, PAGE_READONLY).unwrap();
+    let check = |fx: &mut Fx, addr, len, w| fx.run(|s, cx| s.check_user_access(cx, addr, len, w));
+    assert_eq!(check(&mut fx, a, 0x1000, true), Ok(()));
+    assert_eq!(check(&mut fx, a, 0, true), Ok(()));
+    assert_eq!(check(&mut fx, a + 0x3000, 1, false), Err(VmError::NoAccess));
+    assert_eq!(check(&mut fx, 0x7000_0000, 1, false), Err(VmError::NoAccess));
+    assert_eq!(check(&mut fx, u64::MAX, 2, false), Err(VmError::NoAccess));
+    // A guard page: 0x80000001 once, guard cleared, then fine.
+    assert_eq!(check(&mut fx, a + 0xFF0, 0x20, true), Err(VmError::GuardPage));
+    assert_eq!(VmError::GuardPage.win32_code(), 0x8000_0001);
+    assert_eq!(fx.q(a + 0x1000).2, PAGE_READWRITE);
+    assert_eq!(check(&mut fx, a + 0xFF0, 0x20, true), Ok(()));
+    // Read-only page: reads pass, writes fail with 998.
+    assert_eq!(check(&mut fx, a + 0x2000, 8, false), Ok(()));
+    assert_eq!(check(&mut fx, a + 0x2000, 8, true), Err(VmError::NoAccess));
+    // Kernel copies: write_user then read back through the guest view.
+    fx.run(|s, cx| s.write_user(cx, a + 0xFFC, &[1, 2, 3, 4, 5, 6, 7, 8])).unwrap();
+    assert_eq!(fx.read(a + 0xFFC, 8).unwrap(), [1, 2, 3, 4, 5, 6, 7, 8]);
+    let mut buf = [0u8; 4];
+    fx.run(|s, cx| s.read_user(cx, a + 0x1000, &mut buf)).unwrap();
+    assert_eq!(buf, [5, 6, 7, 8]);
+    let before = fx.snapshot();
+    assert_eq!(fx.run(|s, cx| s.write_user(cx, a + 0x2000, &[1])), Err(VmError::NoAccess));
+    assert_eq!(fx.snapshot(), before);
+    fx.check();
+}
+
+#[test]
+fn a_stale_tlb_entry_is_resolved_not_reported() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x1000, RC, PAGE_READONLY).unwrap();
+    assert_eq!(fx.read_u64(a), Ok(0));
+    // Upgrade: the TLB entry (read-only) stays cached; a write faults and is resolved.
+    fx.protect(a, 0x1000, PAGE_READWRITE).unwrap();
+    fx.write_u64(a, 5).unwrap();
+    assert_eq!(fx.read_u64(a), Ok(5));
+    fx.check();
+}

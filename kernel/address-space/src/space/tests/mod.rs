@@ -1,0 +1,209 @@
+//! Unit tests of the address space: one test (or more) per rule of win32-semantics, each error
+//! case checking that nothing changed. Shared fixture here; tests grouped by behaviour.
+
+mod alloc;
+mod fault;
+mod free;
+mod images_large;
+mod protect;
+mod query;
+mod tables;
+mod write_watch;
+
+use ::alloc::vec::Vec;
+
+use crate::frame::FrameAllocator;
+use crate::paging::pte::Pte;
+use crate::paging::table::{self, TableCensus};
+use crate::sim::{SimAccess, SimPhysMemory, TlbModel, sim_access, sim_read, sim_write};
+use crate::win32::*;
+use crate::*;
+
+/// Physical base of the simulated RAM (2 MiB aligned, so 2 MiB runs exist).
+pub(crate) const RAM_BASE: u64 = 0x20_0000;
+
+/// Everything a test needs: RAM, allocator, charge, TLB model, one space.
+pub(crate) struct Fx {
+    pub frames: FrameAllocator,
+    pub mem: SimPhysMemory,
+    pub tlb: TlbModel,
+    pub charge: CommitCharge,
+    pub counters: WorkCounters,
+    pub space: Option<AddressSpace>,
+    pub start_used: u64,
+}
+
+/// A picture of all state an operation may change.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    allocations: Vec<Allocation>,
+    entries: Vec<(u64, u64)>,
+    census: TableCensus,
+    charge: u64,
+    frames: (u64, u64, u64),
+    counters: WorkCounters,
+}
+
+impl Fx {
+    pub fn new() -> Self {
+        Self::with(SpaceConfig::default(), 16 << 20, 100_000, 0)
+    }
+
+    pub fn with(config: SpaceConfig, ram: usize, limit: u64, reserve: u64) -> Self {
+        let mut mem = SimPhysMemory::new(RAM_BASE, ram);
+        let mut frames = FrameAllocator::new(&[mem.range()]);
+        let mut counters = WorkCounters::default();
+        let start_used = frames.used_frames();
+        let space = AddressSpace::new(config, &mut frames, &mut mem, &mut counters).expect("space");
+        Fx {
+            frames,
+            mem,
+            tlb: TlbModel::new(),
+            charge: CommitCharge::new(limit, reserve),
+            counters,
+            space: Some(space),
+            start_used,
+        }
+    }
+
+    /// Runs `f` with the space and a context.
+    pub fn run<R>(&mut self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, SimPhysMemory, TlbModel>) -> R) -> R {
+        let mut cx = VmContext {
+            frames: &mut self.frames,
+            mem: &mut self.mem,
+            tlb: &mut self.tlb,
+            charge: &mut self.charge,
+            counters: &mut self.counters,
+        };
+        f(self.space.as_mut().expect("space"), &mut cx)
+    }
+
+    pub fn sp(&self) -> &AddressSpace {
+        self.space.as_ref().expect("space")
+    }
+
+    pub fn alloc(&mut self, addr: u64, size: u64, ty: u32, prot: u32) -> Result<u64, VmError> {
+        self.run(|s, cx| s.virtual_alloc(cx, addr, size, ty, prot, CriticalLevel::Task))
+    }
+
+    pub fn alloc_at(&mut self, addr: u64, size: u64, ty: u32, prot: u32, level: CriticalLevel) -> Result<u64, VmError> {
+        self.run(|s, cx| s.virtual_alloc(cx, addr, size, ty, prot, level))
+    }
+
+    pub fn free(&mut self, addr: u64, size: u64, ty: u32) -> Result<(), VmError> {
+        self.run(|s, cx| s.virtual_free(cx, addr, size, ty))
+    }
+
+    pub fn protect(&mut self, addr: u64, size: u64, prot: u32) -> Result<u32, VmError> {
+        self.run(|s, cx| s.virtual_protect(cx, addr, size, prot))
+    }
+
+    pub fn query(&self, addr: u64) -> Result<MemoryBasicInformation, VmError> {
+        self.sp().virtual_query(&self.mem, addr)
+    }
+
+    /// Query shorthand: (region size, state, protect).
+    pub fn q(&self, addr: u64) -> (u64, u32, u32) {
+        let m = self.query(addr).expect("query");
+        (m.region_size, m.state, m.protect)
+    }
+
+    pub fn touch(&mut self, addr: u64, access: Access) -> SimAccess {
+        self.run(|s, cx| sim_access(s, cx, addr, access))
+    }
+
+    pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), FaultOutcome> {
+        self.run(|s, cx| sim_write(s, cx, addr, data))
+    }
+
+    pub fn read(&mut self, addr: u64, len: usize) -> Result<Vec<u8>, FaultOutcome> {
+        let mut buf = ::alloc::vec![0u8; len];
+        self.run(|s, cx| sim_read(s, cx, addr, &mut buf))?;
+        Ok(buf)
+    }
+
+    pub fn write_u64(&mut self, addr: u64, v: u64) -> Result<(), FaultOutcome> {
+        self.write(addr, &v.to_le_bytes())
+    }
+
+    pub fn read_u64(&mut self, addr: u64) -> Result<u64, FaultOutcome> {
+        self.read(addr, 8).map(|b| u64::from_le_bytes(b.try_into().expect("8")))
+    }
+
+    pub fn pte(&self, addr: u64) -> Pte {
+        table::read_pte(&self.mem, self.sp().root().start_address().as_u64(), addr)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut entries = Vec::new();
+        let mut large = Vec::new();
+        let census = table::census(
+            &self.mem,
+            self.sp().root().start_address().as_u64(),
+            |va, e| entries.push((va, e.0)),
+            |va, e| large.push((va, e)),
+        );
+        entries.extend(large);
+        Snapshot {
+            allocations: self.sp().allocations().copied().collect(),
+            entries,
+            census,
+            charge: self.charge.committed_pages(),
+            frames: (self.frames.free_frames(), self.frames.reserved_frames(), self.frames.used_frames()),
+            counters: self.counters,
+        }
+    }
+
+    /// Asserts `r` is `err` and that nothing changed.
+    #[track_caller]
+    pub fn fails<T: core::fmt::Debug>(&mut self, err: VmError, f: impl FnOnce(&mut Fx) -> Result<T, VmError>) {
+        let before = self.snapshot();
+        let r = f(self);
+        assert_eq!(r.map(|_| ()), Err(err));
+        assert_eq!(self.snapshot(), before, "a failed call changed state");
+    }
+
+    /// Checks the global invariants: charge = committed pages, frames in use = resident pages +
+    /// table pages + root (+ 512 per large page), reserved frames = committed pages without a
+    /// frame, table counts consistent, no stale TLB entry.
+    #[track_caller]
+    pub fn check(&self) {
+        let c = self.sp().census(&self.mem);
+        assert_eq!(c.bad_counts, 0, "kept child counts disagree with tables");
+        assert_eq!(self.charge.committed_pages(), c.committed_pages + c.large_pages * 512, "charge");
+        assert_eq!(
+            self.frames.used_frames() - self.start_used,
+            c.pages_with_frame + c.table_pages + 1 + c.large_pages * 512,
+            "frames in use"
+        );
+        assert_eq!(self.frames.reserved_frames(), c.committed_pages - c.pages_with_frame, "reserved frames");
+        assert_eq!(self.tlb.stale_entries(self.sp(), &self.mem), Vec::<u64>::new(), "stale TLB entries");
+    }
+
+    /// Tears the space down and checks every frame came back.
+    pub fn teardown(&mut self) {
+        let space = self.space.take().expect("space");
+        let mut cx = VmContext {
+            frames: &mut self.frames,
+            mem: &mut self.mem,
+            tlb: &mut self.tlb,
+            charge: &mut self.charge,
+            counters: &mut self.counters,
+        };
+        let root = space.destroy(&mut cx);
+        self.frames.free(root).expect("root frame");
+        assert_eq!(self.frames.used_frames(), self.start_used);
+        assert_eq!(self.frames.reserved_frames(), 0);
+        assert_eq!(self.charge.committed_pages(), 0);
+    }
+}
+
+pub(crate) const RC: u32 = MEM_RESERVE | MEM_COMMIT;
+pub(crate) const A: u64 = 0x5000_0000;
+
+#[test]
+fn fixture_starts_and_ends_clean() {
+    let mut fx = Fx::new();
+    fx.check();
+    fx.teardown();
+}

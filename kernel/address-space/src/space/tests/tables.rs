@@ -1,0 +1,103 @@
+//! The page tables themselves: entry bits, table creation and freeing, TLB batching.
+
+use super::*;
+use crate::paging::pte::{self, PRESENT, USER, WRITABLE, NO_EXECUTE};
+
+#[test]
+fn present_entries_carry_the_protection() {
+    let mut fx = Fx::new();
+    let cases = [
+        (PAGE_READONLY, 0, NO_EXECUTE),
+        (PAGE_READWRITE, WRITABLE, NO_EXECUTE),
+        (PAGE_EXECUTE, 0, 0),
+        (PAGE_EXECUTE_READ, 0, 0),
+        (PAGE_EXECUTE_READWRITE, WRITABLE, 0),
+    ];
+    for (p, rw, nx) in cases {
+        let a = fx.alloc(0, 0x1000, RC, p).unwrap();
+        fx.read(a, 1).unwrap();
+        let e = fx.pte(a);
+        assert!(e.is_present() && e.0 & USER != 0, "{p:#x}");
+        assert_eq!(e.0 & (WRITABLE | NO_EXECUTE), rw | nx, "{p:#x}");
+        assert_eq!(e.prot().to_win32(), p);
+        assert_eq!(e.0 & pte::SW_COMMITTED, pte::SW_COMMITTED);
+    }
+    let a = fx.alloc(0, 0x1000, RC, PAGE_READWRITE | PAGE_NOCACHE).unwrap();
+    fx.read(a, 1).unwrap();
+    assert_eq!(fx.pte(a).0 & 0x18, 0x18, "PCD|PWT");
+    let a = fx.alloc(0, 0x1000, RC, PAGE_READWRITE | PAGE_WRITECOMBINE).unwrap();
+    fx.read(a, 1).unwrap();
+    assert_eq!(fx.pte(a).0 & (0x18 | pte::PAT_4K), pte::PAT_4K, "PAT");
+    assert_eq!(fx.q(a).2, PAGE_READWRITE | PAGE_WRITECOMBINE);
+    fx.check();
+}
+
+#[test]
+fn untouched_noaccess_and_guard_pages_are_not_present_and_say_why() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x3000, RC, PAGE_READWRITE).unwrap();
+    fx.protect(a + 0x1000, 0x1000, PAGE_NOACCESS).unwrap();
+    fx.protect(a + 0x2000, 0x1000, PAGE_EXECUTE_READ | PAGE_GUARD).unwrap();
+    let (e0, e1, e2) = (fx.pte(a), fx.pte(a + 0x1000), fx.pte(a + 0x2000));
+    assert!(!e0.is_present() && e0.is_committed() && e0.frame().is_none() && !e0.guard());
+    assert!(!e1.is_present() && e1.prot() == BaseProtection::NoAccess);
+    assert!(!e2.is_present() && e2.guard() && e2.prot() == BaseProtection::ExecuteRead);
+    assert_eq!(e0.0 & PRESENT, 0);
+}
+
+#[test]
+fn tables_are_created_on_demand_and_freed_with_their_last_entry() {
+    let mut fx = Fx::new();
+    // Straddle a 512 GiB boundary so PDPT, PD and PT levels all split.
+    let base = 0x80_0000_0000 - 0x10000;
+    let a = fx.alloc(base, 0x20000, RC, PAGE_READWRITE).unwrap();
+    let c = fx.sp().census(&fx.mem);
+    assert_eq!(c.table_pages, 6, "two PDPTs, two PDs, two PTs");
+    assert_eq!(fx.counters.table_pages_allocated, 6);
+    fx.free(a, 0x10000, MEM_DECOMMIT).unwrap();
+    assert_eq!(fx.sp().census(&fx.mem).table_pages, 3);
+    assert_eq!(fx.counters.table_pages_freed, 3);
+    fx.check();
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    assert_eq!(fx.sp().census(&fx.mem).table_pages, 0);
+    fx.check();
+    fx.teardown();
+}
+
+#[test]
+fn the_upper_half_of_the_root_is_never_touched() {
+    let mut fx = Fx::new();
+    let root = fx.sp().root().start_address().as_u64();
+    // The kernel's entries.
+    for i in 256..512u64 {
+        fx.mem.write_u64(x86_64::PhysAddr::new(root + i * 8), 0xABCD_0000 | i);
+    }
+    let a = fx.alloc(0, 0x7FFF_0000_0000, MEM_RESERVE | MEM_TOP_DOWN, PAGE_READWRITE).unwrap();
+    fx.alloc(a, 0x7FFF_0000_0000, MEM_COMMIT, PAGE_READWRITE).unwrap_err();
+    fx.alloc(a + 0x7FFE_0000_0000, 0x1000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    for i in 256..512u64 {
+        assert_eq!(fx.mem.read_u64(x86_64::PhysAddr::new(root + i * 8)), 0xABCD_0000 | i);
+    }
+}
+
+#[test]
+fn invalidations_are_batched_per_operation() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x100000, RC, PAGE_READWRITE).unwrap();
+    for i in 0..4 {
+        fx.write_u64(a + i * 0x1000, 1).unwrap();
+    }
+    let before = fx.counters;
+    fx.free(a, 0x100000, MEM_DECOMMIT).unwrap();
+    // Only the 4 present pages need invalidating.
+    assert_eq!(fx.counters.invlpg - before.invlpg, 4);
+    assert_eq!(fx.counters.full_flushes, before.full_flushes);
+    fx.check();
+    // Committing never-present pages invalidates nothing.
+    let before = fx.counters;
+    fx.alloc(a, 0x100000, MEM_COMMIT, PAGE_READONLY).unwrap();
+    assert_eq!((fx.counters.invlpg, fx.counters.full_flushes), (before.invlpg, before.full_flushes));
+    // One entry per page; three tables re-created (3 entries) and their kept counts (3 writes).
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 256 + 6);
+}
