@@ -90,7 +90,7 @@ fn many_faults_in_a_row_leave_the_kernel_sound() -> Result<(), String> {
 }
 
 fn memory_map_reports_usable_ram() -> Result<(), String> {
-    let regions = &kernel::boot_info().memory_regions;
+    let regions = &kernel::boot_snapshot().regions;
     let totals = kernel::boot_memory::totals(regions);
     ensure!(totals.usable >= 128 * 1024 * 1024, "usable RAM {} of a 256 MiB guest", totals.usable);
     ensure!(totals.usable <= 256 * 1024 * 1024);

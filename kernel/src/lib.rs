@@ -9,6 +9,7 @@
 //! | [`arch::gdt`] | GDT with kernel/user segments and a TSS whose IST stacks serve double faults and NMIs |
 //! | [`arch::interrupts`] | the IDT: every CPU exception prints a report (vector, error code, CR2, RIP, RSP) and stops QEMU with failure, unless a [`arch::probe`] expected it |
 //! | [`heap`] | the kernel heap (`linked_list_allocator`) behind `#[global_allocator]` |
+//! | [`memory`] | frames from the memory map, the kernel's own page tables, guest address spaces, page faults |
 //! | [`boot_memory`] | the bootloader's memory map: printing it, totals per kind |
 //! | [`qemu`] | leaving QEMU through `isa-debug-exit` with a success or failure code |
 //! | [`testing`] | the in-kernel test harness used by the images in `tests/` |
@@ -23,6 +24,7 @@ pub mod arch;
 pub mod boot_memory;
 pub mod console;
 pub mod heap;
+pub mod memory;
 pub mod qemu;
 pub mod testing;
 
@@ -30,15 +32,8 @@ pub use bootloader_api;
 
 use bootloader_api::{BootInfo, BootloaderConfig, config::Mapping};
 
-static BOOT_INFO: spin::Once<&'static BootInfo> = spin::Once::new();
-
-/// What the bootloader handed over (after [`init`]).
-///
-/// # Panics
-/// If [`init`] has not run (a kernel bug).
-pub fn boot_info() -> &'static BootInfo {
-    BOOT_INFO.get().expect("kernel::init has run")
-}
+/// What the kernel kept of the boot info (the boot info itself is unmapped by [`init`]).
+pub use memory::boot_snapshot;
 
 /// Start of the kernel's half of the virtual address space (the upper canonical half).
 pub const KERNEL_SPACE_START: u64 = 0xffff_8000_0000_0000;
@@ -60,12 +55,13 @@ pub const BOOTLOADER_CONFIG: BootloaderConfig = {
 /// Brings up the console, CPU tables, exception handlers and the heap.
 ///
 /// Call once, first thing, from the entry point of every kernel image.
-pub fn init(boot_info: &'static BootInfo) {
+pub fn init(boot_info: &'static mut BootInfo) {
+    let boot_info: &'static BootInfo = boot_info;
     console::init();
     arch::gdt::init();
     arch::interrupts::init();
     heap::init();
-    BOOT_INFO.call_once(|| boot_info);
+    memory::init(boot_info);
 }
 
 /// Stops this CPU for good (interrupts off, `hlt` forever); used after QEMU was asked to exit.

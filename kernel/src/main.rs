@@ -2,23 +2,24 @@
 #![no_std]
 #![no_main]
 
-use kernel::{boot_memory, kprintln, qemu};
+use kernel::{boot_memory, kprintln, memory, qemu};
 
 bootloader_api::entry_point!(kernel_main, config = &kernel::BOOTLOADER_CONFIG);
 
 fn kernel_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     kernel::init(boot_info);
-    let boot_info = kernel::boot_info();
+    let boot = kernel::boot_snapshot();
     kprintln!("vmkernel {} booted", env!("CARGO_PKG_VERSION"));
     kprintln!(
-        "kernel image at phys {:#x} ({}), physical-memory window at {:#x}",
-        boot_info.kernel_addr,
-        boot_memory::Size(boot_info.kernel_len),
-        boot_info.physical_memory_offset.into_option().unwrap_or(0)
+        "kernel image at {:#x} (ELF at phys {:#x}, {}), physical-memory window at {:#x}",
+        boot.kernel_image_offset,
+        boot.kernel_phys,
+        boot_memory::Size(boot.kernel_len),
+        boot.window_offset
     );
-    boot_memory::print_map(&boot_info.memory_regions);
-    let (used, free) = kernel::heap::usage();
-    kprintln!("kernel heap: {} used, {} free", boot_memory::Size(used as u64), boot_memory::Size(free as u64));
+    boot_memory::print_map(&boot.regions);
+    kprintln!("running on the kernel's own page tables (CR3 = {:#x})", x86_64::registers::control::Cr3::read().0.start_address().as_u64());
+    memory::print_accounting();
     kprintln!("boot complete");
     qemu::exit(qemu::ExitCode::Success)
 }

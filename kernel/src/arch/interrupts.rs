@@ -54,7 +54,7 @@ pub fn init() {
 /// Prints the report of an unexpected exception and stops the machine with failure.
 ///
 /// Uses no heap and no blocking lock: the fault may have hit inside either.
-fn fatal(name: &str, vector: u8, error_code: Option<u64>, frame: &InterruptStackFrame) -> ! {
+fn fatal(name: &str, vector: u8, error_code: Option<u64>, memory: Option<probe::MemoryFault>, frame: &InterruptStackFrame) -> ! {
     let cr2 = if vector == 14 { Cr2::read_raw() } else { 0 };
     crate::testing::fatal(&|| {
         crate::emergency_println!("EXCEPTION: {name} (vector {vector})");
@@ -72,6 +72,15 @@ fn fatal(name: &str, vector: u8, error_code: Option<u64>, frame: &InterruptStack
             frame.code_segment.0,
             frame.cpu_flags.bits()
         );
+        if let Some(m) = memory {
+            let what = if m.code == probe::MemoryFault::GUARD_PAGE { "guard-page violation" } else { "access violation" };
+            let access = match m.access {
+                1 => "write",
+                8 => "execute",
+                _ => "read",
+            };
+            crate::emergency_println!("    address space: {what} ({:#x}), {access} at {:#x}", m.code, m.address);
+        }
         if vector == 8 {
             crate::emergency_println!("    (a double fault: a kernel stack overflow, or a fault while delivering a fault)");
         }
@@ -93,10 +102,10 @@ fn describe_pf(code: u64) -> &'static str {
 
 fn handle(name: &str, vector: u8, error_code: Option<u64>, frame: &mut InterruptStackFrame) {
     let cr2 = if vector == 14 { Cr2::read_raw() } else { 0 };
-    if probe::try_recover(vector, error_code.unwrap_or(0), cr2, frame) {
+    if probe::try_recover(vector, error_code.unwrap_or(0), cr2, None, frame) {
         return;
     }
-    fatal(name, vector, error_code, frame)
+    fatal(name, vector, error_code, None, frame)
 }
 
 macro_rules! exception {
@@ -133,14 +142,27 @@ exception!(hv_injection, "HYPERVISOR INJECTION EXCEPTION", 28);
 exception!(vmm_communication, "VMM COMMUNICATION EXCEPTION", 29, error);
 exception!(security, "SECURITY EXCEPTION", 30, error);
 
+/// Page faults go to the memory manager first: a fault on guest memory that it resolves
+/// (demand-zero, a kept frame) simply retries; one it refuses (guard page, access violation) is
+/// offered to the probes with that verdict, and is otherwise fatal with the verdict in the report.
 extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, error_code: PageFaultErrorCode) {
-    handle("PAGE FAULT", 14, Some(error_code.bits()), &mut frame)
+    let cr2 = Cr2::read_raw();
+    let code = error_code.bits();
+    let memory = match crate::memory::on_page_fault(cr2, code, frame.cpu_flags.bits()) {
+        crate::memory::PageFaultVerdict::Resolved => return,
+        crate::memory::PageFaultVerdict::Refused(m) => Some(m),
+        crate::memory::PageFaultVerdict::NotGuestMemory => None,
+    };
+    if probe::try_recover(14, code, cr2, memory, &mut frame) {
+        return;
+    }
+    fatal("PAGE FAULT", 14, Some(code), memory, &frame)
 }
 
 extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, error_code: u64) -> ! {
-    fatal("DOUBLE FAULT", 8, Some(error_code), &frame)
+    fatal("DOUBLE FAULT", 8, Some(error_code), None, &frame)
 }
 
 extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
-    fatal("MACHINE CHECK", 18, None, &frame)
+    fatal("MACHINE CHECK", 18, None, None, &frame)
 }

@@ -3,6 +3,7 @@
 //! This is one of the few places with `unsafe`: loading tables, reading control registers,
 //! rewriting an interrupted context.
 
+pub mod cpu;
 pub mod gdt;
 pub mod interrupts;
 pub mod probe;

@@ -22,22 +22,35 @@ global_asm!(
     .global kprobe_read_u8
 kprobe_read_u8:
     xor eax, eax
+    cmp byte ptr [rip + KPROBE_SMAP], 0
+    je 1f
+    stac
+1:
     .global kprobe_read_u8_access
 kprobe_read_u8_access:
     movzx eax, byte ptr [rdi]
-    ret
+    jmp kprobe_done
 
     .global kprobe_write_u8
 kprobe_write_u8:
     xor eax, eax
+    cmp byte ptr [rip + KPROBE_SMAP], 0
+    je 1f
+    stac
+1:
     .global kprobe_write_u8_access
 kprobe_write_u8_access:
     mov byte ptr [rdi], sil
-    ret
+    jmp kprobe_done
 
     .global kprobe_fault_fixup
 kprobe_fault_fixup:
     mov rax, -1
+kprobe_done:
+    cmp byte ptr [rip + KPROBE_SMAP], 0
+    je 1f
+    clac
+1:
     ret
 
     .global kprobe_call
@@ -58,6 +71,16 @@ kprobe_call_fixup:
     .text
 "#
 );
+
+/// Read by the probes: whether SMAP is on, so that they open a `stac`/`clac` window around the
+/// access (`stac` itself is an invalid opcode on CPUs without SMAP).
+#[unsafe(no_mangle)]
+static KPROBE_SMAP: AtomicBool = AtomicBool::new(false);
+
+/// Tells the probes that SMAP is now on (called by the code that enables it).
+pub(crate) fn set_smap(on: bool) {
+    KPROBE_SMAP.store(on, Ordering::SeqCst);
+}
 
 unsafe extern "C" {
     fn kprobe_read_u8(addr: u64) -> u64;
@@ -81,6 +104,27 @@ pub struct FaultRecord {
     pub cr2: u64,
     /// Address of the faulting instruction.
     pub rip: u64,
+    /// For a page fault on guest memory: what the address-space manager made of it.
+    pub memory: Option<MemoryFault>,
+}
+
+/// The address-space manager's verdict on a page fault it could not resolve, in the terms a
+/// guest's exception record uses (host-abi §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryFault {
+    /// NTSTATUS: [`MemoryFault::ACCESS_VIOLATION`] or [`MemoryFault::GUARD_PAGE`].
+    pub code: u32,
+    /// 0 read, 1 write, 8 execute.
+    pub access: u64,
+    /// The faulting address.
+    pub address: u64,
+}
+
+impl MemoryFault {
+    /// STATUS_ACCESS_VIOLATION.
+    pub const ACCESS_VIOLATION: u32 = 0xC000_0005;
+    /// STATUS_GUARD_PAGE_VIOLATION.
+    pub const GUARD_PAGE: u32 = 0x8000_0001;
 }
 
 /// Page-fault error-code bits (Intel SDM Vol. 3A §4.7).
@@ -103,6 +147,9 @@ static REC_VECTOR: AtomicU64 = AtomicU64::new(0);
 static REC_ERROR: AtomicU64 = AtomicU64::new(0);
 static REC_CR2: AtomicU64 = AtomicU64::new(0);
 static REC_RIP: AtomicU64 = AtomicU64::new(0);
+static REC_MEM_CODE: AtomicU64 = AtomicU64::new(0);
+static REC_MEM_ACCESS: AtomicU64 = AtomicU64::new(0);
+static REC_MEM_ADDRESS: AtomicU64 = AtomicU64::new(0);
 
 fn take_record() -> FaultRecord {
     let had = HAVE_RECORD.swap(false, Ordering::SeqCst);
@@ -112,10 +159,19 @@ fn take_record() -> FaultRecord {
         error_code: REC_ERROR.load(Ordering::SeqCst),
         cr2: REC_CR2.load(Ordering::SeqCst),
         rip: REC_RIP.load(Ordering::SeqCst),
+        memory: match REC_MEM_CODE.load(Ordering::SeqCst) {
+            0 => None,
+            code => Some(MemoryFault {
+                code: code as u32,
+                access: REC_MEM_ACCESS.load(Ordering::SeqCst),
+                address: REC_MEM_ADDRESS.load(Ordering::SeqCst),
+            }),
+        },
     }
 }
 
-/// Reads the byte at `addr`, catching any fault.
+/// Reads the byte at `addr`, catching any fault. With SMAP on, the read happens inside a
+/// `stac`/`clac` window, so it may touch guest pages.
 ///
 /// # Safety
 /// `addr` must not be memory whose *reading* has side effects (device registers); the read itself
@@ -158,7 +214,13 @@ fn symbol(s: &[u8; 0]) -> u64 {
 
 /// Called by every exception handler first: if the fault happened inside a probe, records it,
 /// redirects the interrupted context to the probe's fix-up and returns true.
-pub(crate) fn try_recover(vector: u8, error_code: u64, cr2: u64, frame: &mut InterruptStackFrame) -> bool {
+pub(crate) fn try_recover(
+    vector: u8,
+    error_code: u64,
+    cr2: u64,
+    memory: Option<MemoryFault>,
+    frame: &mut InterruptStackFrame,
+) -> bool {
     let rip = frame.instruction_pointer.as_u64();
     // SAFETY: taking the address of link-time symbols defined in the global_asm! above.
     let (read_at, write_at, fixup, call_return, call_fixup) = unsafe {
@@ -185,6 +247,10 @@ pub(crate) fn try_recover(vector: u8, error_code: u64, cr2: u64, frame: &mut Int
     REC_ERROR.store(error_code, Ordering::SeqCst);
     REC_CR2.store(cr2, Ordering::SeqCst);
     REC_RIP.store(rip, Ordering::SeqCst);
+    let m = memory.unwrap_or(MemoryFault { code: 0, access: 0, address: 0 });
+    REC_MEM_CODE.store(m.code as u64, Ordering::SeqCst);
+    REC_MEM_ACCESS.store(m.access, Ordering::SeqCst);
+    REC_MEM_ADDRESS.store(m.address, Ordering::SeqCst);
     HAVE_RECORD.store(true, Ordering::SeqCst);
     // SAFETY: the new rip is a fix-up routine of this module written for exactly this context
     // (same stack, same privilege level); nothing else in the frame changes.

@@ -1,0 +1,541 @@
+//! The kernel's memory: frames from the real memory map, its own page tables, guest address
+//! spaces, and page faults.
+//!
+//! [`init`] (called by `kernel::init`) does, in order:
+//! 1. snapshots what it needs of the boot info ([`BootSnapshot`]): after step 4 the boot info is
+//!    no longer mapped;
+//! 2. builds the [`FrameAllocator`](address_space::frame::FrameAllocator) over every `Usable` and
+//!    `Bootloader` region at or above 1 MiB (the first MiB holds the real-mode IVT, BIOS data and
+//!    EBDA, and keeping it out also keeps physical address 0 out), with every `Bootloader` frame
+//!    marked in use;
+//! 3. switches on NXE, WP, PGE and programs the PAT ([`crate::arch::cpu`]);
+//! 4. builds the kernel's own PML4 ([`kernel_tables`]) and loads it into CR3, then turns on SMEP
+//!    and SMAP;
+//! 5. frees every `Bootloader` frame the new tables do not map (the bootloader's page tables, boot
+//!    info, its stage-4 data, the unmapped parts of the kernel ELF file), keeping the kernel image,
+//!    the kernel stack and the ramdisk;
+//! 6. sets the commit limit: the frames then available minus a kernel reserve (page-table pages
+//!    and other kernel allocations come from there; see [`KERNEL_RESERVE_DIVISOR`]), so that there
+//!    is no overcommit and a committed page always faults in.
+//!
+//! Guest address spaces ([`Space`]) each own a PML4 whose upper half is a copy of the kernel's 256
+//! upper-half entries (all pre-allocated, so they never change) and whose lower half is managed by
+//! `address_space::AddressSpace`. Page faults below the canonical hole go to the space loaded in
+//! CR3 ([`on_page_fault`]).
+//!
+//! Locking: one spin lock ([`MM`]) over the whole manager. Interrupts are never enabled yet, so
+//! only a page fault can re-enter; the fault path uses `try_lock`, and a fault while the lock is
+//! held is reported as the kernel bug it is.
+
+pub mod kernel_tables;
+pub mod window;
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use address_space::frame::{FrameAllocator, PhysRange};
+use address_space::paging::tlb::Tlb;
+use address_space::{
+    Access, AddressSpace, CommitCharge, CriticalLevel, FaultOutcome, MemoryBasicInformation, PhysMemory, SpaceConfig,
+    VmContext, VmError, WorkCounters,
+};
+use bootloader_api::BootInfo;
+use bootloader_api::info::{MemoryRegion, MemoryRegionKind};
+use spin::{Mutex, Once};
+use x86_64::registers::control::Cr3;
+use x86_64::structures::paging::{PageTable, PhysFrame, Translate};
+use x86_64::{PhysAddr, VirtAddr};
+
+use crate::arch::cpu;
+use crate::arch::probe::{self, MemoryFault};
+use window::PhysWindow;
+
+const PAGE: u64 = 4096;
+/// Frames below this physical address are never allocated (real-mode IVT, BIOS data, EBDA).
+pub const LOW_MEMORY_END: u64 = 0x10_0000;
+/// The kernel keeps `1 / KERNEL_RESERVE_DIVISOR` of the frames available after boot (at least
+/// [`KERNEL_RESERVE_MIN_FRAMES`]) out of the commit limit, for page-table pages and other kernel
+/// allocations. A fully populated page table costs 1/512 of what it maps, so 1/64 leaves room
+/// for sparse layouts (a few committed pages per 2 MiB).
+pub const KERNEL_RESERVE_DIVISOR: u64 = 64;
+/// Lower bound of the kernel reserve, in frames (4 MiB).
+pub const KERNEL_RESERVE_MIN_FRAMES: u64 = 1024;
+/// Part of the commit limit kept for critical requests (host-abi §5): 1/16.
+pub const CRITICAL_RESERVE_DIVISOR: u64 = 16;
+
+/// What the kernel keeps of the boot info (which is unmapped once the kernel's own tables are in).
+#[derive(Debug, Clone)]
+pub struct BootSnapshot {
+    /// The memory map, as handed over.
+    pub regions: Vec<MemoryRegion>,
+    /// RAM (usable and bootloader-owned regions), merged, as physical [start, end).
+    pub ram: Vec<(u64, u64)>,
+    /// Physical address and length of the kernel ELF file.
+    pub kernel_phys: u64,
+    /// Length of the kernel ELF file.
+    pub kernel_len: u64,
+    /// Virtual address the kernel image was loaded at.
+    pub kernel_image_offset: u64,
+    /// Lowest address of the kernel stack.
+    pub stack_bottom: u64,
+    /// Size of the kernel stack.
+    pub stack_len: u64,
+    /// Virtual base of the physical-memory window.
+    pub window_offset: u64,
+    /// The ramdisk: its length and the physical address of each of its pages.
+    pub ramdisk: Option<(u64, Vec<u64>)>,
+}
+
+static SNAPSHOT: Once<BootSnapshot> = Once::new();
+
+/// The boot snapshot (after [`init`]).
+///
+/// # Panics
+/// If [`init`] has not run (a kernel bug).
+pub fn boot_snapshot() -> &'static BootSnapshot {
+    SNAPSHOT.get().expect("memory::init has run")
+}
+
+/// The whole memory manager, behind [`MM`].
+pub struct MemoryManager {
+    /// Physical frames.
+    pub frames: FrameAllocator,
+    /// The system-wide commit charge.
+    pub charge: CommitCharge,
+    /// Work done by address-space operations.
+    pub counters: WorkCounters,
+    /// The physical-memory window.
+    pub window: PhysWindow,
+    kernel_root: PhysFrame,
+    kernel_table_pages: u64,
+    spaces: BTreeMap<u64, AddressSpace>,
+    active_root: u64,
+    ram_bytes: u64,
+    usable_bytes: u64,
+    boot_frames_returned: u64,
+}
+
+/// The memory manager (after [`init`]).
+pub static MM: Mutex<Option<MemoryManager>> = Mutex::new(None);
+
+fn snapshot(boot_info: &BootInfo) -> BootSnapshot {
+    let regions: Vec<MemoryRegion> = boot_info.memory_regions.iter().copied().collect();
+    let mut ram: Vec<(u64, u64)> = Vec::new();
+    for r in regions.iter().filter(|r| matches!(r.kind, MemoryRegionKind::Usable | MemoryRegionKind::Bootloader)) {
+        match ram.last_mut() {
+            Some(last) if last.1 == r.start => last.1 = r.end,
+            _ => ram.push((r.start, r.end)),
+        }
+    }
+    let window_offset = boot_info.physical_memory_offset.into_option().expect("the bootloader mapped physical memory");
+    let ramdisk = boot_info.ramdisk_addr.into_option().filter(|_| boot_info.ramdisk_len > 0).map(|va| {
+        let (root, _) = Cr3::read();
+        let offset = VirtAddr::new(window_offset);
+        // SAFETY: the bootloader's PML4 is mapped by its physical-memory window; only read here.
+        let tables = unsafe {
+            x86_64::structures::paging::OffsetPageTable::new(
+                &mut *((offset + root.start_address().as_u64()).as_mut_ptr::<PageTable>()),
+                offset,
+            )
+        };
+        let pages = boot_info.ramdisk_len.div_ceil(PAGE);
+        let frames = (0..pages)
+            .map(|i| tables.translate_addr(VirtAddr::new(va + i * PAGE)).expect("ramdisk page mapped").as_u64())
+            .collect();
+        (boot_info.ramdisk_len, frames)
+    });
+    BootSnapshot {
+        regions,
+        ram,
+        kernel_phys: boot_info.kernel_addr,
+        kernel_len: boot_info.kernel_len,
+        kernel_image_offset: boot_info.kernel_image_offset,
+        stack_bottom: boot_info.kernel_stack_bottom,
+        stack_len: boot_info.kernel_stack_len,
+        window_offset,
+        ramdisk,
+    }
+}
+
+fn frame(pa: u64) -> PhysFrame {
+    PhysFrame::containing_address(PhysAddr::new(pa))
+}
+
+/// Takes over physical memory and paging (see the module docs). Call once, after the GDT and IDT
+/// are loaded and the heap works.
+pub fn init(boot_info: &'static BootInfo) {
+    let snap = SNAPSHOT.call_once(|| snapshot(boot_info));
+    let limit = snap.ram.iter().map(|r| r.1).max().unwrap_or(0);
+    // SAFETY: the bootloader maps all physical memory at window_offset (we asked it to), and
+    // `build` below maps every RAM frame at the same place before the switch.
+    let mut window = unsafe { PhysWindow::new(snap.window_offset, limit.div_ceil(2 << 20) * (2 << 20)) };
+
+    let ranges: Vec<PhysRange> = snap
+        .ram
+        .iter()
+        .filter(|r| r.1 > LOW_MEMORY_END)
+        .map(|r| PhysRange { start: PhysAddr::new(r.0.max(LOW_MEMORY_END)), end: PhysAddr::new(r.1) })
+        .collect();
+    let mut frames = FrameAllocator::new(&ranges);
+    for r in snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Bootloader) {
+        let start = r.start.max(LOW_MEMORY_END) & !(PAGE - 1);
+        for pa in (start..r.end.div_ceil(PAGE) * PAGE).step_by(PAGE as usize) {
+            let _ = frames.mark_allocated(frame(pa));
+        }
+    }
+
+    let features = cpu::features();
+    cpu::enable_paging_features(&features);
+    // SAFETY: CR3 still holds the bootloader's tables, the window is its physical mapping, and
+    // the snapshot was taken from its boot info.
+    let tables = unsafe { kernel_tables::build(&mut frames, &mut window, snap, features.gib_pages) };
+    // SAFETY: the new tables map the kernel image, its stack and the window at the addresses in
+    // use (kernel_tables::build); the GDT, IDT and TSS live in the kernel image.
+    unsafe { kernel_tables::activate(tables.root) };
+    cpu::enable_user_protection(&features);
+    probe::set_smap(cpu::smap_enabled());
+
+    // Step 5: give back what the bootloader used and the kernel no longer maps.
+    let mut keep = tables.kept_frames.clone();
+    if let Some((_, pages)) = &snap.ramdisk {
+        keep.extend(pages.iter().copied());
+    }
+    let mut returned = 0;
+    for r in snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Bootloader) {
+        let start = r.start.max(LOW_MEMORY_END) & !(PAGE - 1);
+        for pa in (start..r.end.div_ceil(PAGE) * PAGE).step_by(PAGE as usize) {
+            if !keep.contains(&pa) && frames.free(frame(pa)).is_ok() {
+                returned += 1;
+            }
+        }
+    }
+
+    let available = frames.available_frames();
+    let reserve = (available / KERNEL_RESERVE_DIVISOR).max(KERNEL_RESERVE_MIN_FRAMES).min(available);
+    let limit_pages = available - reserve;
+    let charge = CommitCharge::new(limit_pages, limit_pages / CRITICAL_RESERVE_DIVISOR);
+    let usable_bytes = snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.end - r.start).sum();
+    let ram_bytes = snap.ram.iter().map(|r| r.1 - r.0).sum();
+    *MM.lock() = Some(MemoryManager {
+        frames,
+        charge,
+        counters: WorkCounters::default(),
+        window,
+        kernel_root: tables.root,
+        kernel_table_pages: tables.table_pages,
+        spaces: BTreeMap::new(),
+        active_root: tables.root.start_address().as_u64(),
+        ram_bytes,
+        usable_bytes,
+        boot_frames_returned: returned,
+    });
+    log::info!(
+        "memory: kernel page tables in CR3 ({} table pages), {} bootloader frames returned, NX/WP on, SMEP {}, SMAP {}, PAT entry 4 = WC",
+        tables.table_pages,
+        returned,
+        if cpu::smep_enabled() { "on" } else { "absent" },
+        if cpu::smap_enabled() { "on" } else { "absent" }
+    );
+}
+
+/// Runs `f` on the memory manager.
+///
+/// # Panics
+/// If [`init`] has not run, or (a kernel bug) if called from the page-fault path.
+pub fn with_mm<R>(f: impl FnOnce(&mut MemoryManager) -> R) -> R {
+    let mut guard = MM.lock();
+    f(guard.as_mut().expect("memory::init has run"))
+}
+
+/// TLB invalidation for one address space: real `invlpg` / CR3 reloads only when that space is
+/// the one in CR3 (a space that is not loaded has no cached translations: every switch to it
+/// reloads CR3, which drops all non-global entries, and guest mappings are never global).
+pub struct KernelTlb {
+    active: bool,
+}
+
+impl Tlb for KernelTlb {
+    fn invalidate_page(&mut self, addr: VirtAddr) {
+        if self.active {
+            x86_64::instructions::tlb::flush(addr);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        if self.active {
+            // Reloading CR3 drops every non-global translation, i.e. all of the guest's.
+            x86_64::instructions::tlb::flush_all();
+        }
+    }
+}
+
+impl MemoryManager {
+    fn context<'a>(
+        frames: &'a mut FrameAllocator,
+        window: &'a mut PhysWindow,
+        tlb: &'a mut KernelTlb,
+        charge: &'a mut CommitCharge,
+        counters: &'a mut WorkCounters,
+    ) -> VmContext<'a, PhysWindow, KernelTlb> {
+        VmContext { frames, mem: window, tlb, charge, counters }
+    }
+
+    /// Runs `f` on the space with root `root` and a context for it.
+    fn with_space<R>(
+        &mut self,
+        root: u64,
+        f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R,
+    ) -> Option<R> {
+        let mut tlb = KernelTlb { active: self.active_root == root };
+        let space = self.spaces.get_mut(&root)?;
+        let mut cx = Self::context(&mut self.frames, &mut self.window, &mut tlb, &mut self.charge, &mut self.counters);
+        Some(f(space, &mut cx))
+    }
+
+    /// Page-table pages in use: the kernel's and every space's (roots included).
+    pub fn page_table_pages(&self) -> u64 {
+        self.kernel_table_pages
+            + self.spaces.values().map(|s| 1 + s.census(&self.window).table_pages).sum::<u64>()
+    }
+
+    /// The figures of [`Accounting`].
+    pub fn accounting(&self) -> Accounting {
+        let (heap_used, heap_free) = crate::heap::usage();
+        Accounting {
+            ram_bytes: self.ram_bytes,
+            usable_bytes: self.usable_bytes,
+            managed_bytes: self.frames.total_frames() * PAGE,
+            free_bytes: self.frames.free_frames() * PAGE,
+            committed_bytes: self.charge.committed_pages() * PAGE,
+            commit_limit_bytes: self.charge.limit_pages() * PAGE,
+            critical_reserve_bytes: self.charge.critical_reserve_pages() * PAGE,
+            page_table_pages: self.page_table_pages(),
+            kernel_heap_used: heap_used as u64,
+            kernel_heap_size: (heap_used + heap_free) as u64,
+            boot_frames_returned: self.boot_frames_returned,
+            spaces: self.spaces.len(),
+        }
+    }
+}
+
+/// Memory accounting: what `print_accounting` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accounting {
+    /// RAM handed over by the bootloader (usable + bootloader-owned regions).
+    pub ram_bytes: u64,
+    /// Of which the firmware reported usable.
+    pub usable_bytes: u64,
+    /// Managed by the frame allocator (RAM above 1 MiB).
+    pub managed_bytes: u64,
+    /// Free frames now (reserved-for-commit ones included).
+    pub free_bytes: u64,
+    /// Commit charge now.
+    pub committed_bytes: u64,
+    /// The commit limit.
+    pub commit_limit_bytes: u64,
+    /// Part of the limit only critical requests may use.
+    pub critical_reserve_bytes: u64,
+    /// Page-table pages in use (kernel and guest spaces).
+    pub page_table_pages: u64,
+    /// Kernel heap in use.
+    pub kernel_heap_used: u64,
+    /// Kernel heap size.
+    pub kernel_heap_size: u64,
+    /// Frames the bootloader used that went back to the allocator.
+    pub boot_frames_returned: u64,
+    /// Live guest address spaces.
+    pub spaces: usize,
+}
+
+/// The current memory accounting.
+pub fn accounting() -> Accounting {
+    with_mm(|mm| mm.accounting())
+}
+
+/// Prints the memory accounting.
+pub fn print_accounting() {
+    use crate::boot_memory::Size;
+    let a = accounting();
+    crate::kprintln!("memory accounting:");
+    crate::kprintln!("  RAM            {:>11}  (usable {}, managed above 1 MiB {})", Size(a.ram_bytes), Size(a.usable_bytes), Size(a.managed_bytes));
+    crate::kprintln!("  free           {:>11}  ({} bootloader frames returned)", Size(a.free_bytes), a.boot_frames_returned);
+    crate::kprintln!("  committed      {:>11}  of a commit limit of {} ({} critical reserve)", Size(a.committed_bytes), Size(a.commit_limit_bytes), Size(a.critical_reserve_bytes));
+    crate::kprintln!("  page tables    {:>11}  ({} pages; {} guest spaces)", Size(a.page_table_pages * PAGE), a.page_table_pages, a.spaces);
+    crate::kprintln!("  kernel heap    {:>11}  used of {}", Size(a.kernel_heap_used), Size(a.kernel_heap_size));
+}
+
+/// A guest address space: a handle to an `address_space::AddressSpace` registered with the
+/// memory manager, with its own PML4 (kernel half shared). Dropping it destroys the space and
+/// returns every frame, page-table pages and root included.
+pub struct Space {
+    root: u64,
+}
+
+impl Space {
+    /// Creates an empty space with the default Windows x64 layout.
+    ///
+    /// # Errors
+    /// [`VmError::NoMemory`] if no frame is left for its root table.
+    pub fn new() -> Result<Space, VmError> {
+        Self::with_config(SpaceConfig::default())
+    }
+
+    /// Creates an empty space with `config`.
+    ///
+    /// # Errors
+    /// As [`AddressSpace::new`].
+    pub fn with_config(config: SpaceConfig) -> Result<Space, VmError> {
+        with_mm(|mm| {
+            let space = AddressSpace::new(config, &mut mm.frames, &mut mm.window, &mut mm.counters)?;
+            let root = space.root().start_address().as_u64();
+            let kernel_root = mm.kernel_root.start_address().as_u64();
+            for i in 256..512u64 {
+                let entry = mm.window.read_u64(PhysAddr::new(kernel_root + i * 8));
+                mm.window.write_u64(PhysAddr::new(root + i * 8), entry);
+            }
+            mm.spaces.insert(root, space);
+            Ok(Space { root })
+        })
+    }
+
+    /// The physical address of the space's PML4.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    /// Loads this space into CR3 (the kernel half is the same in every space).
+    pub fn activate(&self) {
+        with_mm(|mm| {
+            // SAFETY: the root maps the kernel half exactly like the kernel's own table (its 256
+            // upper entries are copies of the kernel's, whose PDPTs never change).
+            unsafe { kernel_tables::activate(frame(self.root)) };
+            mm.active_root = self.root;
+        })
+    }
+
+    /// Whether this space is the one in CR3.
+    pub fn is_active(&self) -> bool {
+        with_mm(|mm| mm.active_root == self.root)
+    }
+
+    /// Runs `f` on the space with a context (frames, window, TLB, charge, counters).
+    pub fn with<R>(&self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> R {
+        with_mm(|mm| mm.with_space(self.root, f).expect("a Space handle's space is registered"))
+    }
+
+    /// `VirtualAlloc` (see `AddressSpace::virtual_alloc`).
+    pub fn virtual_alloc(&self, addr: u64, size: u64, alloc_type: u32, protect: u32) -> Result<u64, VmError> {
+        self.with(|s, cx| s.virtual_alloc(cx, addr, size, alloc_type, protect, CriticalLevel::Task))
+    }
+
+    /// `VirtualFree`.
+    pub fn virtual_free(&self, addr: u64, size: u64, free_type: u32) -> Result<(), VmError> {
+        self.with(|s, cx| s.virtual_free(cx, addr, size, free_type))
+    }
+
+    /// `VirtualProtect`; returns the old protection.
+    pub fn virtual_protect(&self, addr: u64, size: u64, protect: u32) -> Result<u32, VmError> {
+        self.with(|s, cx| s.virtual_protect(cx, addr, size, protect))
+    }
+
+    /// `VirtualQuery`.
+    pub fn virtual_query(&self, addr: u64) -> Result<MemoryBasicInformation, VmError> {
+        self.with(|s, cx| s.virtual_query(cx.mem, addr))
+    }
+
+    /// `GetWriteWatch`: fills `out`, returns how many addresses it wrote.
+    pub fn get_write_watch(&self, flags: u32, base: u64, size: u64, out: &mut [u64]) -> Result<usize, VmError> {
+        self.with(|s, cx| s.get_write_watch(cx, flags, base, size, out))
+    }
+
+    /// `ResetWriteWatch`.
+    pub fn reset_write_watch(&self, base: u64, size: u64) -> Result<(), VmError> {
+        self.with(|s, cx| s.reset_write_watch(cx, base, size))
+    }
+}
+
+impl Drop for Space {
+    fn drop(&mut self) {
+        with_mm(|mm| {
+            if mm.active_root == self.root {
+                // SAFETY: the kernel's own table maps everything the kernel uses.
+                unsafe { kernel_tables::activate(mm.kernel_root) };
+                mm.active_root = mm.kernel_root.start_address().as_u64();
+            }
+            if let Some(space) = mm.spaces.remove(&self.root) {
+                let mut tlb = KernelTlb { active: false };
+                let mut cx = MemoryManager::context(&mut mm.frames, &mut mm.window, &mut tlb, &mut mm.charge, &mut mm.counters);
+                let root = space.destroy(&mut cx);
+                mm.frames.free(root).expect("a space's root frame is allocated");
+            }
+        })
+    }
+}
+
+/// What the page-fault handler should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageFaultVerdict {
+    /// The page is mapped now: return and retry the access.
+    Resolved,
+    /// Guest memory, but the access is refused: a guard page or an access violation.
+    Refused(MemoryFault),
+    /// Not guest memory (kernel half, no space loaded, or the manager was busy): a kernel fault.
+    NotGuestMemory,
+}
+
+/// Consecutive resolutions of the same fault; a loop means the hardware keeps refusing what
+/// the manager allows (a kernel bug), which must be reported rather than spun on.
+static REPEAT_ADDR: AtomicU64 = AtomicU64::new(u64::MAX);
+static REPEAT_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// The page-fault entry of the memory manager: `addr` from CR2, `error_code` as pushed by the
+/// CPU, `rflags` of the interrupted context.
+pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdict {
+    use probe::pf;
+    if addr >= 0x0000_8000_0000_0000 || error_code & pf::RESERVED != 0 {
+        return PageFaultVerdict::NotGuestMemory;
+    }
+    let access = if error_code & pf::INSTRUCTION != 0 {
+        Access::Execute
+    } else if error_code & pf::WRITE != 0 {
+        Access::Write
+    } else {
+        Access::Read
+    };
+    let violation = |code| PageFaultVerdict::Refused(MemoryFault { code, access: access.code(), address: addr });
+    let supervisor = error_code & pf::USER == 0;
+    if supervisor && error_code & pf::PRESENT != 0 {
+        // Ring 0 touched a present guest page and was refused: SMEP (an instruction fetch), or
+        // SMAP outside a stac window. Either is refused whatever the page allows.
+        const RFLAGS_AC: u64 = 1 << 18;
+        if access == Access::Execute && cpu::smep_enabled() {
+            return violation(MemoryFault::ACCESS_VIOLATION);
+        }
+        if cpu::smap_enabled() && rflags & RFLAGS_AC == 0 {
+            return violation(MemoryFault::ACCESS_VIOLATION);
+        }
+    }
+    let Some(mut guard) = MM.try_lock() else { return PageFaultVerdict::NotGuestMemory };
+    let Some(mm) = guard.as_mut() else { return PageFaultVerdict::NotGuestMemory };
+    let root = Cr3::read().0.start_address().as_u64();
+    let Some(outcome) = mm.with_space(root, |space, cx| space.handle_fault(cx, addr, access)) else {
+        return PageFaultVerdict::NotGuestMemory;
+    };
+    match outcome {
+        FaultOutcome::Resolved => {
+            let key = addr ^ error_code.rotate_left(48);
+            if REPEAT_ADDR.swap(key, Ordering::SeqCst) == key {
+                if REPEAT_COUNT.fetch_add(1, Ordering::SeqCst) >= 8 {
+                    REPEAT_COUNT.store(0, Ordering::SeqCst);
+                    return PageFaultVerdict::NotGuestMemory;
+                }
+            } else {
+                REPEAT_COUNT.store(0, Ordering::SeqCst);
+            }
+            PageFaultVerdict::Resolved
+        }
+        FaultOutcome::GuardPage { .. } => violation(MemoryFault::GUARD_PAGE),
+        FaultOutcome::AccessViolation { .. } => violation(MemoryFault::ACCESS_VIOLATION),
+    }
+}
