@@ -484,8 +484,10 @@ pub enum PageFaultVerdict {
     NotGuestMemory,
 }
 
-/// Consecutive resolutions of the same fault; a loop means the hardware keeps refusing what
-/// the manager allows (a kernel bug), which must be reported rather than spun on.
+/// Consecutive "spurious" resolutions of the same fault (the page was already mapped and allowed,
+/// so the manager only invalidated the TLB entry). A stale entry explains one such fault; a run of
+/// them means the hardware keeps refusing what the manager allows (a kernel bug), which must be
+/// reported rather than spun on.
 static REPEAT_ADDR: AtomicU64 = AtomicU64::new(u64::MAX);
 static REPEAT_COUNT: AtomicU64 = AtomicU64::new(0);
 
@@ -519,10 +521,15 @@ pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdic
     let Some(mut guard) = MM.try_lock() else { return PageFaultVerdict::NotGuestMemory };
     let Some(mm) = guard.as_mut() else { return PageFaultVerdict::NotGuestMemory };
     let root = Cr3::read().0.start_address().as_u64();
+    let populated_before = mm.counters.faults_resolved;
     let Some(outcome) = mm.with_space(root, |space, cx| space.handle_fault(cx, addr, access)) else {
         return PageFaultVerdict::NotGuestMemory;
     };
     match outcome {
+        FaultOutcome::Resolved if mm.counters.faults_resolved != populated_before => {
+            REPEAT_COUNT.store(0, Ordering::SeqCst);
+            PageFaultVerdict::Resolved
+        }
         FaultOutcome::Resolved => {
             let key = addr ^ error_code.rotate_left(48);
             if REPEAT_ADDR.swap(key, Ordering::SeqCst) == key {
