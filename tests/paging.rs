@@ -116,7 +116,11 @@ fn kernel_runs_on_its_own_tables_with_w_xor_x() -> Result<(), String> {
         (0..256u64).all(|i| mm.window.read_u64(x86_64::PhysAddr::new(kernel_root + i * 8)) == 0)
     });
     ensure!(empty, "the kernel PML4 maps something in the lower half");
-    // The guard page below the kernel stack is not mapped.
+    // The guard pages below the IST stacks and the kernel stack are not mapped.
+    for guard in kernel::arch::gdt::guard_pages() {
+        let f = read(guard + 100).err().ok_or("an IST guard page is mapped")?;
+        ensure_eq!(f.error_code & pf::PRESENT, 0);
+    }
     let snap = kernel::boot_snapshot();
     let below = snap.stack_bottom - 1;
     let f = read(below).err().ok_or("the page below the kernel stack is mapped")?;
@@ -321,6 +325,20 @@ fn commit_beyond_the_limit_fails_and_everything_committed_can_be_touched() -> Re
         pages += 64;
     }
     ensure!(pages + 64 > limit - limit / 16 - 64, "filled to the task-critical cap ({pages} of {limit} pages)");
+    // Process-critical requests may use the critical reserve: fill the rest of the limit.
+    let critical = s.virtual_alloc(0, 32 << 20, MEM_RESERVE, PAGE_READWRITE).map_err(vm)?;
+    let mut critical_off = 0;
+    while s
+        .with(|sp, cx| sp.virtual_alloc(cx, critical + critical_off, PAGE, MEM_COMMIT, PAGE_READWRITE, address_space::CriticalLevel::Process))
+        .is_ok()
+    {
+        critical_off += PAGE;
+        pages += 1;
+    }
+    ensure!(pages + 8 > limit, "filled to the whole commit limit ({pages} of {limit} pages)");
+    for o in (0..critical_off).step_by(PAGE as usize) {
+        write(critical + o, 1).map_err(|f| alloc::format!("{f:?}"))?;
+    }
     // Every committed page faults in.
     for &b in &bases {
         for o in (0..chunk).step_by(PAGE as usize) {

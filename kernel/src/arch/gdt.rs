@@ -20,11 +20,22 @@ pub const NMI_IST_INDEX: u16 = 1;
 
 const IST_STACK_SIZE: usize = 64 * 1024;
 
-#[repr(C, align(16))]
-struct IstStack([u8; IST_STACK_SIZE]);
+/// An IST stack with a guard page below it: the kernel's own tables leave `guard` unmapped
+/// (see [`guard_pages`]), so running off the bottom faults instead of corrupting `.bss`.
+#[repr(C, align(4096))]
+struct IstStack {
+    guard: [u8; 4096],
+    stack: [u8; IST_STACK_SIZE],
+}
 
-static mut DOUBLE_FAULT_STACK: IstStack = IstStack([0; IST_STACK_SIZE]);
-static mut NMI_STACK: IstStack = IstStack([0; IST_STACK_SIZE]);
+static mut DOUBLE_FAULT_STACK: IstStack = IstStack { guard: [0; 4096], stack: [0; IST_STACK_SIZE] };
+static mut NMI_STACK: IstStack = IstStack { guard: [0; 4096], stack: [0; IST_STACK_SIZE] };
+
+/// Virtual addresses of the guard pages below the IST stacks (left unmapped by the kernel's
+/// page tables).
+pub fn guard_pages() -> [u64; 2] {
+    [core::ptr::addr_of!(DOUBLE_FAULT_STACK) as u64, core::ptr::addr_of!(NMI_STACK) as u64]
+}
 
 /// The selectors the rest of the kernel needs.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +56,7 @@ static TSS: Once<TaskStateSegment> = Once::new();
 static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
 
 fn stack_top(stack: *const IstStack) -> VirtAddr {
-    VirtAddr::from_ptr(stack) + IST_STACK_SIZE as u64
+    VirtAddr::from_ptr(stack) + core::mem::size_of::<IstStack>() as u64
 }
 
 /// Builds and loads the GDT and TSS and reloads the segment registers. Idempotent.

@@ -8,7 +8,8 @@
 //!                        │ non-canonical hole            │
 //!  0xffff_8000_0000_0000 ├──────────────────────────────┤  KERNEL_SPACE_START
 //!                        │ kernel image (bootloader's    │  text R+X, rodata R+NX, RELRO R+NX,
-//!                        │ choice), kernel stack with an │  data/bss (heap, IST stacks) RW+NX,
+//!                        │ choice), kernel stack with an │  data/bss (heap, IST stacks with a
+//!                        │                               │  guard page each) RW+NX,
 //!                        │ unmapped guard page below it, │  stack RW+NX; all global, supervisor
 //!                        │ physical-memory window        │  window RW+NX, 2 MiB pages, supervisor
 //!  0xffff_ffff_ffff_ffff └──────────────────────────────┘
@@ -160,7 +161,11 @@ pub unsafe fn build(frames: &mut FrameAllocator, window: &mut PhysWindow, snapsh
             }
         }
     }
-    // The kernel stack, minus nothing: the page below its bottom stays unmapped as the guard.
+    // Guard pages below the IST stacks (inside .bss) stay unmapped.
+    for guard in crate::arch::gdt::guard_pages() {
+        pages.remove(&guard);
+    }
+    // The kernel stack: the page below its bottom stays unmapped as the guard.
     let stack_start = snapshot.stack_bottom & !(PAGE - 1);
     let stack_end = (snapshot.stack_bottom + snapshot.stack_len).div_ceil(PAGE) * PAGE;
     for page in (stack_start..stack_end).step_by(PAGE as usize) {
