@@ -345,7 +345,11 @@ impl AddressSpace {
     }
 }
 
-/// Rounds `v` up to a multiple of the power of two `to` (no overflow for user addresses).
+/// Rounds `v` up to a multiple of the power of two `to`, saturating at the highest multiple
+/// (guest-supplied ends near 2^64 must compare as "too large", never wrap or panic).
 pub(crate) const fn round_up(v: u64, to: u64) -> u64 {
-    (v + to - 1) & !(to - 1)
+    match v.checked_add(to - 1) {
+        Some(x) => x & !(to - 1),
+        None => u64::MAX & !(to - 1),
+    }
 }

@@ -2,6 +2,7 @@
 //! case checking that nothing changed. Shared fixture here; tests grouped by behaviour.
 
 mod alloc;
+mod equivalence;
 mod fault;
 mod free;
 mod images_large;

@@ -92,3 +92,13 @@ fn kernel_writes_count() {
     assert_eq!(ww(&mut fx, 0, a, 0x10000, 16), Ok(::alloc::vec![a + 0x2000]));
     fx.check();
 }
+
+#[test]
+fn regression_end_near_2_pow_64_is_invalid_not_a_panic() {
+    // Found by the property test (seed 0xa5a50001): base + size just below 2^64 overflowed
+    // while rounding up to a page.
+    let (mut fx, a) = setup();
+    assert_eq!(ww(&mut fx, 0, a, u64::MAX - a, 4), Err(VmError::InvalidParameter));
+    assert_eq!(fx.run(|s, cx| s.reset_write_watch(cx, a, u64::MAX - a)), Err(VmError::InvalidParameter));
+    fx.fails(VmError::UnableToFree, |fx| fx.free(a, u64::MAX - a, MEM_DECOMMIT));
+}
