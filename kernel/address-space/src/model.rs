@@ -143,20 +143,18 @@ impl Model {
     /// Page-table pages below the root if the 4 KiB pages `extra` and the 2 MiB pages `extra_large`
     /// were committed too.
     pub fn tables(&self, extra: (u64, u64), extra_large: (u64, u64)) -> u64 {
+        let large_ranges = self.large_ranges();
+        let in_large = |va: u64| large_ranges.iter().any(|&(s, e)| s <= va && va < e);
         let mut set = BTreeSet::new();
-        let mut add4k = |va: u64| {
-            set.insert((1, va >> 21));
-            set.insert((2, va >> 30));
-            set.insert((3, va >> 39));
-        };
         for (k, p) in self.pages.iter().enumerate() {
             let va = self.min + k as u64 * PG;
-            let large = self.alloc_of(va).is_some_and(|a| self.allocs[a].large);
-            if (p.st == St::Committed && !large) || (extra.0 <= va && va < extra.1) {
-                add4k(va);
+            if (p.st == St::Committed && !in_large(va)) || (extra.0 <= va && va < extra.1) {
+                set.insert((1, va >> 21));
+                set.insert((2, va >> 30));
+                set.insert((3, va >> 39));
             }
         }
-        let mut larges: Vec<u64> = self.allocs.iter().filter(|a| a.large).flat_map(|a| (a.base..a.base + a.size).step_by(L as usize)).collect();
+        let mut larges: Vec<u64> = large_ranges.iter().flat_map(|&(s, e)| (s..e).step_by(L as usize)).collect();
         larges.extend((extra_large.0..extra_large.1).step_by(L as usize));
         for va in larges {
             set.insert((2, va >> 30));
@@ -165,13 +163,18 @@ impl Model {
         set.len() as u64
     }
 
+    fn large_ranges(&self) -> Vec<(u64, u64)> {
+        self.allocs.iter().filter(|a| a.large).map(|a| (a.base, a.base + a.size)).collect()
+    }
+
     /// Frames held by 4 KiB pages, 2 MiB pages (count), committed 4 KiB pages.
     pub fn frame_counts(&self) -> (u64, u64, u64) {
         let mut held = 0;
         let mut committed = 0;
+        let large_ranges = self.large_ranges();
         for (k, p) in self.pages.iter().enumerate() {
             let va = self.min + k as u64 * PG;
-            if self.alloc_of(va).is_some_and(|a| self.allocs[a].large) {
+            if large_ranges.iter().any(|&(s, e)| s <= va && va < e) {
                 continue;
             }
             held += u64::from(p.frame);

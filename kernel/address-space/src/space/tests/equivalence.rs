@@ -4,7 +4,7 @@
 //!
 //! Seeded and reproducible: the seed (default fixed per configuration, or `AS_PROPTEST_SEED`)
 //! and the failing step are printed on failure; `AS_PROPTEST_OPS` sets the steps per
-//! configuration (default 60,000; two configurations, so 120,000 operations per run).
+//! configuration (default 100,000; three configurations, so 300,000 operations per run).
 
 use ::alloc::format;
 use ::alloc::string::String;
@@ -135,6 +135,14 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
     // Shown by the test harness only if the test fails.
     std::println!("property test: AS_PROPTEST_SEED={seed:#x}, {ops} steps");
     while step < ops {
+        if step % 1000 == 999 {
+            // Start over now and then: release everything (so placement sees an empty space
+            // again, e.g. for 2 MiB pages) and check that every frame came back.
+            for a in m.allocs.clone() {
+                assert_eq!(fx.free(a.base, 0, MEM_RELEASE), m.free(a.base, 0, MEM_RELEASE));
+            }
+            assert_eq!(fx.frames.used_frames(), fx.start_used + 1, "frames after releasing everything");
+        }
         let op = r.below(100);
         let outcome: String;
         let env = Env { available: fx.frames.available_frames(), runs: fx.frames.free_2mib_runs() };
@@ -325,11 +333,11 @@ fn seed(default: u64) -> u64 {
 }
 
 fn ops() -> u64 {
-    std::env::var("AS_PROPTEST_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(60_000)
+    std::env::var("AS_PROPTEST_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000)
 }
 
-/// 16 MiB straddling the 512 GiB boundary (two PML4 entries, PDPT/PD/PT splits), 6 MiB of RAM
-/// (exhausted regularly: frames run out before the commit limit), large pages allowed.
+/// 16 MiB straddling the 512 GiB boundary (two PML4 entries, PDPT/PD/PT splits), 12 MiB of
+/// RAM (six 2 MiB runs, so large pages come and go), a commit limit below RAM.
 #[test]
 fn model_equivalence_across_a_pml4_boundary() {
     let cfg = SpaceConfig {
@@ -338,7 +346,7 @@ fn model_equivalence_across_a_pml4_boundary() {
         tlb_flush_threshold: 8,
         ..SpaceConfig::default()
     };
-    run(seed(0xA5A5_0001), ops(), cfg, 6 << 20, 1800, 100);
+    run(seed(0xA5A5_0001), ops(), cfg, 12 << 20, 2400, 200);
 }
 
 /// The bottom of user space (8 MiB), no large-page privilege, a commit limit well below RAM so
@@ -352,4 +360,16 @@ fn model_equivalence_low_range_no_privilege() {
         ..SpaceConfig::default()
     };
     run(seed(0xA5A5_0002), ops(), cfg, 8 << 20, 400, 64);
+}
+
+/// 8 MiB crossing a 1 GiB boundary with only 2 MiB of RAM (512 frames) and a generous limit:
+/// frames run out first, for commits, tables and large pages.
+#[test]
+fn model_equivalence_scarce_frames() {
+    let cfg = SpaceConfig {
+        min_address: 0x4000_0000 - 0x40_0000,
+        max_address_end: 0x4000_0000 + 0x40_0000,
+        ..SpaceConfig::default()
+    };
+    run(seed(0xA5A5_0003), ops(), cfg, 2 << 20, 5000, 100);
 }
