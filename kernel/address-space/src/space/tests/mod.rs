@@ -3,6 +3,7 @@
 
 mod alloc;
 mod equivalence;
+mod failure_injection;
 mod fault;
 mod free;
 mod images_large;
