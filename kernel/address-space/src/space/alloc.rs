@@ -190,7 +190,7 @@ impl AddressSpace {
         let plan = if large {
             Some(self.prepare_large(cx, base, base + size, level)?)
         } else if req.ty & MEM_COMMIT != 0 {
-            Some(self.prepare_commit(cx, base, base + size, level)?)
+            Some(self.prepare_commit_new(cx, base, base + size, level)?)
         } else {
             None
         };
@@ -203,6 +203,7 @@ impl AddressSpace {
             write_watch: req.ty & MEM_WRITE_WATCH != 0,
             large,
             cache,
+            committed_pages: plan.as_ref().map_or(0, |p| p.new_pages),
         };
         self.allocations.insert(base, a);
         self.gaps.take(base / GRAN, (a.block_end() - base) / GRAN);
@@ -251,10 +252,11 @@ impl AddressSpace {
             (_, true) => return Err(VmError::InvalidParameter),
             _ => {}
         }
-        let plan = self.prepare_commit(cx, start, end, level)?;
+        let plan = self.prepare_commit(cx, start, end, level, &a)?;
         let (prot, guard): (BaseProtection, bool) = (req.prot.base, req.prot.guard);
         // NOCACHE/WRITECOMBINE are fixed per allocation (win32-semantics §2): use its mode.
         let cache: CacheMode = a.cache;
+        self.note_committed(a.base, plan.new_pages as i64);
         self.perform_commit(cx, start, end, cache, plan, |_| (prot, guard));
         Ok(start)
     }

@@ -30,8 +30,20 @@ pub(crate) struct CommitPlan {
 }
 
 impl AddressSpace {
-    /// Counts the reserved (not committed) pages of `[start, end)`.
-    pub(crate) fn count_reserved(&self, mem: &impl PhysMemory, start: u64, end: u64) -> u64 {
+    /// Adds `delta` to the committed-page count of the allocation at `base`.
+    pub(crate) fn note_committed(&mut self, base: u64, delta: i64) {
+        let a = self.allocations.get_mut(&base).expect("allocation record");
+        a.committed_pages = a.committed_pages.checked_add_signed(delta).expect("committed page count");
+    }
+
+    /// Counts the reserved (not committed) pages of `[start, end)` of allocation `a`.
+    pub(crate) fn count_reserved(&self, mem: &impl PhysMemory, start: u64, end: u64, a: &Allocation) -> u64 {
+        if a.committed_pages == 0 {
+            return (end - start) / PAGE;
+        }
+        if a.committed_pages == a.size / PAGE {
+            return 0;
+        }
         let mut n = 0;
         table::scan(
             mem,
@@ -49,8 +61,14 @@ impl AddressSpace {
         n
     }
 
-    /// Returns `true` if every page of `[start, end)` is committed.
-    pub(crate) fn all_committed(&self, mem: &impl PhysMemory, start: u64, end: u64) -> bool {
+    /// Returns `true` if every page of `[start, end)` (inside `a`) is committed.
+    pub(crate) fn all_committed(&self, mem: &impl PhysMemory, start: u64, end: u64, a: &Allocation) -> bool {
+        if a.committed_pages == a.size / PAGE {
+            return true;
+        }
+        if a.committed_pages == 0 {
+            return false;
+        }
         let mut ok = true;
         table::scan(
             mem,
@@ -82,8 +100,32 @@ impl AddressSpace {
         start: u64,
         end: u64,
         level: CriticalLevel,
+        a: &Allocation,
     ) -> Result<CommitPlan, VmError> {
-        let new_pages = self.count_reserved(cx.mem, start, end);
+        let new_pages = self.count_reserved(cx.mem, start, end, a);
+        self.prepare_pages(cx, start, end, level, new_pages)
+    }
+
+    /// [`prepare_commit`](Self::prepare_commit) for a range that is not part of any allocation
+    /// yet (a new reservation): every page is new.
+    pub(crate) fn prepare_commit_new<M: PhysMemory, T: Tlb>(
+        &self,
+        cx: &mut VmContext<'_, M, T>,
+        start: u64,
+        end: u64,
+        level: CriticalLevel,
+    ) -> Result<CommitPlan, VmError> {
+        self.prepare_pages(cx, start, end, level, (end - start) / PAGE)
+    }
+
+    fn prepare_pages<M: PhysMemory, T: Tlb>(
+        &self,
+        cx: &mut VmContext<'_, M, T>,
+        start: u64,
+        end: u64,
+        level: CriticalLevel,
+        new_pages: u64,
+    ) -> Result<CommitPlan, VmError> {
         cx.charge.check(new_pages, level)?;
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 0);
         if new_pages > 0 {
@@ -204,9 +246,13 @@ impl AddressSpace {
     pub(crate) fn decommit_range<M: PhysMemory, T: Tlb>(
         &mut self,
         cx: &mut VmContext<'_, M, T>,
+        a: &Allocation,
         start: u64,
         end: u64,
     ) -> u64 {
+        if a.committed_pages == 0 {
+            return 0;
+        }
         let mut decommitted = 0;
         let mut unreserve = 0;
         let mut batch = self.batch();
@@ -227,6 +273,7 @@ impl AddressSpace {
         }
         cx.charge.uncharge(decommitted);
         batch.flush(cx.tlb, cx.counters);
+        self.note_committed(a.base, -(decommitted as i64));
         decommitted
     }
 
@@ -246,7 +293,7 @@ impl AddressSpace {
             cx.charge.uncharge(a.size / PAGE);
             batch.flush(cx.tlb, cx.counters);
         } else {
-            self.decommit_range(cx, a.base, a.end());
+            self.decommit_range(cx, a, a.base, a.end());
         }
         self.allocations.remove(&a.base);
         self.gaps.give(a.base / super::GRAN, (a.block_end() - a.base) / super::GRAN);

@@ -75,7 +75,7 @@ impl AddressSpace {
         if a.large {
             return Err(VmError::InvalidParameter);
         }
-        self.decommit_range(cx, start, end);
+        self.decommit_range(cx, &a, start, end);
         Ok(())
     }
 }

@@ -57,7 +57,7 @@ impl AddressSpace {
             Some((s, l)) if base / GRAN + blocks <= s + l => {}
             _ => return Err(VmError::ConflictingAddresses),
         }
-        let plan = self.prepare_commit(cx, base, end, level)?;
+        let plan = self.prepare_commit_new(cx, base, end, level)?;
         let a = Allocation {
             base,
             size,
@@ -66,6 +66,7 @@ impl AddressSpace {
             write_watch: false,
             large: false,
             cache: CacheMode::WriteBack,
+            committed_pages: plan.new_pages,
         };
         self.allocations.insert(base, a);
         self.gaps.take(base / GRAN, blocks);

@@ -58,7 +58,7 @@ impl AddressSpace {
         };
         let start = addr & !(PAGE - 1);
         let a = self.single_allocation(start, end)?;
-        if !a.large && !self.all_committed(cx.mem, start, end) {
+        if !a.large && !self.all_committed(cx.mem, start, end, &a) {
             return Err(VmError::NotCommitted);
         }
         if a.large {

@@ -107,6 +107,12 @@ impl AddressSpace {
             info.protect = (a.allocation_protect & 0xFF) | a.cache.to_win32();
             return Ok(info);
         }
+        if a.committed_pages == 0 {
+            // Wholly reserved: no page walk (win32-semantics §6: Protect 0).
+            info.region_size = a.end() - page;
+            info.state = MEM_RESERVE;
+            return Ok(info);
+        }
         let first = table::read_pte(mem, self.root_pa(), page);
         let key = first.0 & QUERY_KEY_MASK;
         let mut run_end = a.end();

@@ -50,7 +50,10 @@ impl AddressSpace {
         if flags & !WRITE_WATCH_FLAG_RESET != 0 || size == 0 || out.is_empty() {
             return Err(VmError::InvalidParameter);
         }
-        let (_, start, end) = self.watched(base, size)?;
+        let (a, start, end) = self.watched(base, size)?;
+        if a.committed_pages == 0 {
+            return Ok(0);
+        }
         let mut n = 0;
         table::scan(
             cx.mem,

@@ -180,6 +180,9 @@ impl Fx {
         );
         assert_eq!(self.frames.reserved_frames(), c.committed_pages - c.pages_with_frame, "reserved frames");
         assert_eq!(self.tlb.stale_entries(self.sp(), &self.mem), Vec::<u64>::new(), "stale TLB entries");
+        for s in self.sp().summaries(&self.mem) {
+            assert_eq!(s.committed_pages, s.allocation.committed_pages, "committed count of {:#x}", s.allocation.base);
+        }
     }
 
     /// Tears the space down and checks every frame came back.
