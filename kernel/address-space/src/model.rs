@@ -217,7 +217,7 @@ impl Model {
             if !self.large_ok {
                 return Err(PrivilegeNotHeld);
             }
-            if addr % L != 0 || size % L != 0 || (protect != PAGE_READWRITE && protect != PAGE_EXECUTE_READWRITE) {
+            if !addr.is_multiple_of(L) || !size.is_multiple_of(L) || (protect != PAGE_READWRITE && protect != PAGE_EXECUTE_READWRITE) {
                 return Err(InvalidParameter);
             }
         }

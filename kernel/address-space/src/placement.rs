@@ -306,8 +306,8 @@ mod tests {
                 i += 1;
             }
         }
-        let fit = runs.iter().filter(|r| r.1 >= need);
-        if top { fit.last().map(|r| r.0 + r.1 - need) } else { fit.clone().next().map(|r| r.0) }
+        let mut fit = runs.iter().filter(|r| r.1 >= need);
+        if top { fit.next_back().map(|r| r.0 + r.1 - need) } else { fit.clone().next().map(|r| r.0) }
     }
 
     #[test]

@@ -429,7 +429,7 @@ pub fn translate(mem: &impl PhysMemory, root: u64, va: u64) -> Option<(u64, u64)
     match walk(mem, root, va) {
         Leaf::Table(t) => {
             let e = mem.read_u64(pa(t + index(va, 0) * 8));
-            (e & PRESENT != 0).then(|| ((e & ADDR_MASK) | (va & 0xFFF), e))
+            (e & PRESENT != 0).then_some(((e & ADDR_MASK) | (va & 0xFFF), e))
         }
         Leaf::Large(e) => Some(((e & ADDR_MASK & !(SPAN_2M - 1)) | (va & (SPAN_2M - 1)), e)),
         Leaf::Absent(_) => None,

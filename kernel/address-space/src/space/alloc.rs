@@ -137,7 +137,7 @@ impl AddressSpace {
                 return Err(VmError::PrivilegeNotHeld);
             }
             let rw = matches!(protect, PAGE_READWRITE | PAGE_EXECUTE_READWRITE);
-            if addr % SPAN_2M != 0 || size % SPAN_2M != 0 || !rw {
+            if !addr.is_multiple_of(SPAN_2M) || !size.is_multiple_of(SPAN_2M) || !rw {
                 return Err(Inval);
             }
         }

@@ -37,7 +37,7 @@ impl AddressSpace {
         host_owned: bool,
         level: CriticalLevel,
     ) -> Result<(), VmError> {
-        if base % GRAN != 0 || page_protections.is_empty() || base < self.config.min_address {
+        if !base.is_multiple_of(GRAN) || page_protections.is_empty() || base < self.config.min_address {
             return Err(VmError::InvalidParameter);
         }
         let size = (page_protections.len() as u64).checked_mul(PAGE).ok_or(VmError::InvalidParameter)?;

@@ -214,8 +214,8 @@ impl AddressSpace {
         counters: &mut WorkCounters,
     ) -> Result<Self, VmError> {
         let ok = config.min_address >= GRAN
-            && config.min_address % GRAN == 0
-            && config.max_address_end % GRAN == 0
+            && config.min_address.is_multiple_of(GRAN)
+            && config.max_address_end.is_multiple_of(GRAN)
             && config.max_address_end <= 0x8000_0000_0000
             && config.min_address < config.max_address_end;
         if !ok {
@@ -353,6 +353,6 @@ impl AddressSpace {
 pub(crate) const fn round_up(v: u64, to: u64) -> u64 {
     match v.checked_add(to - 1) {
         Some(x) => x & !(to - 1),
-        None => u64::MAX & !(to - 1),
+        None => !(to - 1),
     }
 }

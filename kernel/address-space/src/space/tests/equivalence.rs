@@ -67,7 +67,7 @@ impl Gen<'_> {
             return self.addr();
         }
         let a = ww[self.r.below(ww.len() as u64) as usize];
-        a.base + self.r.pick(&[0, 0, 0x1000, 0x1FFF, a.size / 2 & !0xFFF])
+        a.base + self.r.pick(&[0, 0, 0x1000, 0x1FFF, (a.size / 2) & !0xFFF])
     }
 
     fn size(&mut self, addr: u64) -> u64 {
@@ -144,11 +144,11 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
             assert_eq!(fx.frames.used_frames(), fx.start_used + 1, "frames after releasing everything");
         }
         let op = r.below(100);
-        let outcome: String;
+        
         let env = Env { available: fx.frames.available_frames(), runs: fx.frames.free_2mib_runs() };
         let level = r.pick(&[CriticalLevel::Task, CriticalLevel::Task, CriticalLevel::AppDomain, CriticalLevel::Process]);
         let mut g = Gen { r: &mut r, m: &m };
-        match op {
+        let outcome: String = match op {
             0..=11 => {
                 let addr = if g.r.below(2) == 0 { 0 } else { g.addr() };
                 let size = g.size(addr);
@@ -156,7 +156,7 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 last = format!("[seed {seed:#x} step {step}] alloc({addr:#x}, {size:#x}, {ty:#x}, {p:#x}, {level:?})");
                 let got = fx.alloc_at(addr, size, ty, p, level);
                 assert_eq!(got, m.alloc(addr, size, ty, p, level, env), "{last}");
-                outcome = res(&got);
+                res(&got)
             }
             12..=26 => {
                 let addr = g.addr();
@@ -165,7 +165,7 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 last = format!("[seed {seed:#x} step {step}] commit({addr:#x}, {size:#x}, {p:#x}, {level:?})");
                 let got = fx.alloc_at(addr, size, MEM_COMMIT, p, level);
                 assert_eq!(got, m.alloc(addr, size, MEM_COMMIT, p, level, env), "{last}");
-                outcome = res(&got);
+                res(&got)
             }
             27..=28 => {
                 let (addr, size) = (g.addr(), 0x20_0000 * (1 + g.r.below(2)));
@@ -175,7 +175,7 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 last = format!("[seed {seed:#x} step {step}] large({addr:#x}, {size:#x}, {ty:#x}, {p:#x})");
                 let got = fx.alloc_at(addr, size, ty, p, level);
                 assert_eq!(got, m.alloc(addr, size, ty, p, level, env), "{last}");
-                outcome = res(&got);
+                res(&got)
             }
             29..=36 => {
                 let addr = g.addr();
@@ -183,7 +183,7 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 last = format!("[seed {seed:#x} step {step}] decommit({addr:#x}, {size:#x})");
                 let got = fx.free(addr, size, MEM_DECOMMIT);
                 assert_eq!(got, m.free(addr, size, MEM_DECOMMIT), "{last}");
-                outcome = res(&got);
+                res(&got)
             }
             37..=46 => {
                 let addr = g.addr();
@@ -192,7 +192,7 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 last = format!("[seed {seed:#x} step {step}] free({addr:#x}, {size:#x}, {ty:#x})");
                 let got = fx.free(addr, size, ty);
                 assert_eq!(got, m.free(addr, size, ty), "{last}");
-                outcome = res(&got);
+                res(&got)
             }
             47..=57 => {
                 let addr = g.addr();
@@ -201,14 +201,14 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 last = format!("[seed {seed:#x} step {step}] protect({addr:#x}, {size:#x}, {p:#x})");
                 let got = fx.protect(addr, size, p);
                 assert_eq!(got, m.protect(addr, size, p), "{last}");
-                outcome = res(&got);
+                res(&got)
             }
             58..=63 => {
                 let addr = g.addr();
                 last = format!("[seed {seed:#x} step {step}] query({addr:#x})");
                 let got = fx.query(addr);
                 assert_eq!(got, m.query(addr), "{last}");
-                outcome = res(&got);
+                res(&got)
             }
             64..=66 => {
                 let addr = g.addr();
@@ -218,7 +218,7 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 last = format!("[seed {seed:#x} step {step}] reset({addr:#x}, {size:#x}, {ty:#x}, {p:#x})");
                 let got = fx.alloc_at(addr, size, ty, p, level);
                 assert_eq!(got, m.alloc(addr, size, ty, p, level, env), "{last}");
-                outcome = res(&got);
+                res(&got)
             }
             67..=88 => {
                 let addr = if g.r.below(3) == 0 { g.watched_addr() } else { g.addr() } & !0xFFF;
@@ -235,7 +235,7 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 };
                 let want = m.touch(addr, access, value).map(|v| if access == Access::Execute { 0 } else { v });
                 assert_eq!(got, want, "{last}");
-                outcome = format!("{access:?} {}", match got { Ok(_) => "ok", Err(FaultOutcome::GuardPage { .. }) => "guard", Err(_) => "av" });
+                format!("{access:?} {}", match got { Ok(_) => "ok", Err(FaultOutcome::GuardPage { .. }) => "guard", Err(_) => "av" })
             }
             89..=93 => {
                 let base = g.watched_addr();
@@ -246,7 +246,7 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 let mut out = vec![0u64; max];
                 let got = fx.run(|s, cx| s.get_write_watch(cx, flags, base, size, &mut out)).map(|n| out[..n].to_vec());
                 assert_eq!(got, m.get_write_watch(flags, base, size, max), "{last}");
-                outcome = match &got { Ok(v) if !v.is_empty() => "ok-nonempty".into(), other => res(other) };
+                match &got { Ok(v) if !v.is_empty() => "ok-nonempty".into(), other => res(other) }
             }
             94..=95 => {
                 let base = g.watched_addr();
@@ -254,7 +254,7 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 last = format!("[seed {seed:#x} step {step}] reset_write_watch({base:#x}, {size:#x})");
                 let got = fx.run(|s, cx| s.reset_write_watch(cx, base, size));
                 assert_eq!(got, m.reset_write_watch(base, size), "{last}");
-                outcome = res(&got);
+                res(&got)
             }
             _ => {
                 let addr = g.addr() & !0xFFF;
@@ -262,9 +262,9 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 last = format!("[seed {seed:#x} step {step}] write_user({addr:#x}, {value:#x})");
                 let got = fx.run(|s, cx| s.write_user(cx, addr, &value.to_le_bytes()));
                 assert_eq!(got, m.user_write(addr, value), "{last}");
-                outcome = res(&got);
+                res(&got)
             }
-        }
+        };
         check_against_model(&fx, &m, &last);
         let kind = last.split("] ").nth(1).unwrap_or("").split('(').next().unwrap_or("").to_string();
         *stats.entry(format!("{kind} {}", outcome)).or_default() += 1;
