@@ -1,4 +1,4 @@
-//! Win32-grade virtual memory for a hobby kernel (see README.md).
+#![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

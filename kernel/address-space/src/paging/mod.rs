@@ -7,7 +7,7 @@
 //! * [`tlb`]: the [`Tlb`](tlb::Tlb) trait the kernel implements and [`TlbBatch`](tlb::TlbBatch).
 //!
 //! The address-space layer above uses this interface only: map / unmap / change protection are
-//! all "rewrite the leaf entries of a range" ([`table::update_range`]), plus
+//! all "rewrite the leaf entries of a range" ([`table::Tables::update_range`]), plus
 //! [`table::translate`] and the TLB batch.
 
 pub mod pte;
