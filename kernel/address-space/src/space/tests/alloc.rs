@@ -364,3 +364,88 @@ mod reset {
         fx.fails(VmError::InvalidProtection, |fx| fx.alloc(A, 0x1000, MEM_RESET, 0));
     }
 }
+
+mod scale {
+    use super::*;
+
+    #[test]
+    fn the_whole_user_range_can_be_reserved_at_once() {
+        // host-abi §9: a guest may reserve the whole user range.
+        let mut fx = Fx::new();
+        let all = 0x7FFF_FFFF_0000 - 0x10000;
+        assert_eq!(fx.alloc(0, all, MEM_RESERVE, PAGE_READWRITE), Ok(0x10000));
+        assert_eq!(fx.q(0x10000), (all, MEM_RESERVE, 0));
+        fx.fails(VmError::NoMemory, |fx| fx.alloc(0, 0x1000, MEM_RESERVE, PAGE_READWRITE));
+        assert_eq!(fx.alloc(0x7FFF_0000_0000, 0x1000, MEM_COMMIT, PAGE_READWRITE), Ok(0x7FFF_0000_0000));
+        fx.free(0x10000, 0, MEM_RELEASE).unwrap();
+        fx.check();
+        fx.teardown();
+    }
+
+    #[test]
+    fn a_hundred_thousand_live_allocations() {
+        // host-abi §9: at least 100,000 live allocations.
+        let mut fx = Fx::new();
+        let mut bases = Vec::new();
+        for i in 0..100_000u64 {
+            let ty = if i % 2 == 0 { MEM_RESERVE } else { MEM_RESERVE | MEM_TOP_DOWN };
+            bases.push(fx.alloc(0, 0x1000 + (i % 3) * 0x10000, ty, PAGE_READWRITE).unwrap());
+        }
+        assert_eq!(fx.sp().allocation_count(), 100_000);
+        // Bottom-up ones are packed from the bottom, top-down ones from the top.
+        assert_eq!(bases[0], 0x10000);
+        assert_eq!(bases[1], 0x7FFF_FFFD_0000); // 0x11000 bytes ending at or below the top
+        for (i, &b) in bases.iter().enumerate() {
+            if i % 7 == 0 {
+                fx.free(b, 0, MEM_RELEASE).unwrap();
+            }
+        }
+        // Freed holes are reused lowest first.
+        assert_eq!(fx.alloc(0, 0x1000, MEM_RESERVE, PAGE_READWRITE), Ok(0x10000));
+        for (i, &b) in bases.iter().enumerate() {
+            if i % 7 != 0 {
+                fx.free(b, 0, MEM_RELEASE).unwrap();
+            }
+        }
+        fx.free(0x10000, 0, MEM_RELEASE).unwrap();
+        assert_eq!(fx.sp().allocation_count(), 0);
+        assert_eq!(fx.alloc(0, 0x7FFF_FFFF_0000 - 0x10000, MEM_RESERVE, PAGE_READWRITE), Ok(0x10000), "gaps merged back into one");
+    }
+}
+
+mod rounding {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// win32-semantics §3.2: base = addr rounded down to 64 KiB, end = addr + size rounded up
+        /// to 4 KiB; the whole [base, end) is one reserved region.
+        #[test]
+        fn reserve_at_an_address_rounds_like_windows(addr in 0x10000u64..0x7FFF_FFFF_0000, size in 1u64..0x40_0000) {
+            let mut fx = Fx::new();
+            let r = fx.alloc(addr, size, MEM_RESERVE, PAGE_READWRITE);
+            if addr + size > 0x7FFF_FFFF_0000 {
+                prop_assert_eq!(r, Err(VmError::InvalidParameter));
+            } else {
+                let base = addr & !0xFFFF;
+                let end = (addr + size + 0xFFF) & !0xFFF;
+                prop_assert_eq!(r, Ok(base));
+                let m = fx.query(addr).unwrap();
+                prop_assert_eq!((m.allocation_base, m.region_size + (addr & !0xFFF) - base), (base, end - base));
+            }
+        }
+
+        /// win32-semantics §3.3: a commit covers every page touching [addr, addr + size) and
+        /// returns the page-rounded address.
+        #[test]
+        fn commit_covers_every_touched_page(off in 0u64..0x20000, size in 1u64..0x20000) {
+            let mut fx = Fx::new();
+            fx.alloc(A, 0x40000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+            let first = (A + off) & !0xFFF;
+            let last = (A + off + size - 1) & !0xFFF;
+            prop_assert_eq!(fx.alloc(A + off, size, MEM_COMMIT, PAGE_READONLY), Ok(first));
+            prop_assert_eq!(fx.q(first), (last + 0x1000 - first, MEM_COMMIT, PAGE_READONLY));
+            prop_assert_eq!(fx.charge.committed_pages(), (last - first) / 0x1000 + 1);
+        }
+    }
+}
