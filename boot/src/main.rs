@@ -8,7 +8,8 @@
 //!                                    one-image suite, anything else as `run`
 //!
 //! OPTIONS: --uefi | --firmware bios|uefi|both   --kvm   --gdb   --mem SIZE (default 256M)
-//!          --timeout SECS (0 = none; default 120)   --ramdisk FILE   --quiet
+//!          --timeout SECS (0 = none; default 120)   --ramdisk FILE   --guest FILE (repeatable)
+//!          --quiet
 //! Environment (for the cargo-runner form): VMK_FIRMWARE, VMK_TIMEOUT, VMK_MEM, VMK_KVM=1
 //! ```
 
@@ -20,7 +21,7 @@ use boot::image::{self, Firmware};
 use boot::qemu::{self, QemuOptions};
 use boot::suite;
 
-const USAGE: &str = "usage: boot run [--uefi] [--kvm] [--gdb] [--mem SIZE] [--timeout SECS] [--ramdisk FILE] KERNEL
+const USAGE: &str = "usage: boot run [--uefi] [--kvm] [--gdb] [--mem SIZE] [--timeout SECS] [--ramdisk FILE | --guest FILE...] KERNEL
        boot suite [--firmware bios|uefi|both] [--kvm] [--mem SIZE] [--timeout SECS] IMAGE...
        boot KERNEL [ARGS...]   (cargo runner)";
 
@@ -28,6 +29,7 @@ struct Cli {
     firmwares: Vec<Firmware>,
     opts: QemuOptions,
     ramdisk: Option<PathBuf>,
+    guests: Vec<PathBuf>,
     files: Vec<PathBuf>,
 }
 
@@ -45,6 +47,7 @@ fn parse(args: &[String]) -> Result<Cli, String> {
     }
     opts.kvm = std::env::var("VMK_KVM").is_ok_and(|v| v == "1");
     let mut ramdisk = None;
+    let mut guests = Vec::new();
     let mut files = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -61,6 +64,7 @@ fn parse(args: &[String]) -> Result<Cli, String> {
             "--mem" => opts.memory = value("--mem")?,
             "--timeout" => opts.timeout = parse_timeout(&value("--timeout")?)?,
             "--ramdisk" => ramdisk = Some(PathBuf::from(value("--ramdisk")?)),
+            "--guest" => guests.push(PathBuf::from(value("--guest")?)),
             "--quiet" => opts.echo = false,
             "-h" | "--help" => return Err(USAGE.into()),
             other if other.starts_with("--") => return Err(format!("unknown option {other}\n{USAGE}")),
@@ -70,7 +74,10 @@ fn parse(args: &[String]) -> Result<Cli, String> {
     if opts.gdb {
         opts.timeout = None;
     }
-    Ok(Cli { firmwares, opts, ramdisk, files })
+    if ramdisk.is_some() && !guests.is_empty() {
+        return Err("--ramdisk and --guest exclude each other (guests travel in the ramdisk)".into());
+    }
+    Ok(Cli { firmwares, opts, ramdisk, guests, files })
 }
 
 fn parse_timeout(s: &str) -> Result<Option<Duration>, String> {
@@ -81,7 +88,14 @@ fn parse_timeout(s: &str) -> Result<Option<Duration>, String> {
 fn run_one(cli: &Cli) -> Result<i32, String> {
     let [kernel] = cli.files.as_slice() else { return Err(format!("run takes one kernel file\n{USAGE}")) };
     let firmware = cli.firmwares[0];
-    let img = image::build(kernel, firmware, cli.ramdisk.as_deref())?;
+    let ramdisk = if cli.guests.is_empty() {
+        cli.ramdisk.clone()
+    } else {
+        let archive = PathBuf::from(format!("{}.guests", kernel.display()));
+        boot::guests::write_archive(&cli.guests, &archive)?;
+        Some(archive)
+    };
+    let img = image::build(kernel, firmware, ramdisk.as_deref())?;
     let result = qemu::run(&img, &QemuOptions { firmware, ..cli.opts.clone() })?;
     if result.outcome != qemu::Outcome::Success {
         eprintln!("[boot] {} ({})", result.outcome.describe(), firmware.name());

@@ -59,6 +59,22 @@ pub fn write_fmt(args: fmt::Arguments) {
     });
 }
 
+/// Writes raw bytes (a guest's console output) to the console, `\n` becoming `\r\n`.
+pub fn write_bytes(bytes: &[u8]) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(uart) = CONSOLE.lock().as_mut() {
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                if let Some(body) = line.strip_suffix(b"\n") {
+                    uart.send_bytes_exact(body);
+                    uart.send_bytes_exact(b"\r\n");
+                } else {
+                    uart.send_bytes_exact(line);
+                }
+            }
+        }
+    });
+}
+
 /// Writes formatted text even if the console lock is held (by the code that just faulted or
 /// panicked). Only for reports printed right before the machine stops.
 pub fn emergency_write_fmt(args: fmt::Arguments) {

@@ -9,6 +9,7 @@
 //! | [`arch::gdt`] | GDT with kernel/user segments and a TSS whose IST stacks serve double faults and NMIs |
 //! | [`arch::interrupts`] | the IDT: every CPU exception prints a report (vector, error code, CR2, RIP, RSP) and stops QEMU with failure, unless a [`arch::probe`] expected it |
 //! | [`heap`] | the kernel heap (`linked_list_allocator`) behind `#[global_allocator]` |
+//! | [`guest`] | guests in ring 3: ELF loading, host calls, exceptions delivered to the guest |
 //! | [`memory`] | frames from the memory map, the kernel's own page tables, guest address spaces, page faults |
 //! | [`boot_memory`] | the bootloader's memory map: printing it, totals per kind |
 //! | [`qemu`] | leaving QEMU through `isa-debug-exit` with a success or failure code |
@@ -23,6 +24,7 @@ extern crate alloc;
 pub mod arch;
 pub mod boot_memory;
 pub mod console;
+pub mod guest;
 pub mod heap;
 pub mod memory;
 pub mod qemu;
@@ -62,6 +64,20 @@ pub fn init(boot_info: &'static mut BootInfo) {
     arch::interrupts::init();
     heap::init();
     memory::init(boot_info);
+    arch::user::init();
+    arch::time::init();
+}
+
+/// The guests `./run-qemu.sh` runs when none is given: the C and Rust samples, built by the
+/// normal build (see `build.rs`) and embedded in the kernel image.
+pub fn bundled_guests() -> alloc::vec::Vec<guest::ramdisk::GuestFile> {
+    alloc::vec![
+        guest::ramdisk::GuestFile { name: "sample-c".into(), data: include_bytes!(concat!(env!("OUT_DIR"), "/sample-c.elf")).to_vec() },
+        guest::ramdisk::GuestFile {
+            name: "sample-rust".into(),
+            data: include_bytes!(env!("CARGO_BIN_FILE_GUEST_SAMPLE_RUST_guest-sample-rust")).to_vec(),
+        },
+    ]
 }
 
 /// Stops this CPU for good (interrupts off, `hlt` forever); used after QEMU was asked to exit.

@@ -30,11 +30,18 @@ struct IstStack {
 
 static mut DOUBLE_FAULT_STACK: IstStack = IstStack { guard: [0; 4096], stack: [0; IST_STACK_SIZE] };
 static mut NMI_STACK: IstStack = IstStack { guard: [0; 4096], stack: [0; IST_STACK_SIZE] };
+/// The stack exceptions from ring 3 arrive on (TSS RSP0); the entry code leaves it at once for
+/// the kernel stack of the guest's run loop (see `super::user`).
+static mut ENTRY_STACK: IstStack = IstStack { guard: [0; 4096], stack: [0; IST_STACK_SIZE] };
 
-/// Virtual addresses of the guard pages below the IST stacks (left unmapped by the kernel's
-/// page tables).
-pub fn guard_pages() -> [u64; 2] {
-    [core::ptr::addr_of!(DOUBLE_FAULT_STACK) as u64, core::ptr::addr_of!(NMI_STACK) as u64]
+/// Virtual addresses of the guard pages below the IST stacks and the ring-3 entry stack (left
+/// unmapped by the kernel's page tables).
+pub fn guard_pages() -> [u64; 3] {
+    [
+        core::ptr::addr_of!(DOUBLE_FAULT_STACK) as u64,
+        core::ptr::addr_of!(NMI_STACK) as u64,
+        core::ptr::addr_of!(ENTRY_STACK) as u64,
+    ]
 }
 
 /// The selectors the rest of the kernel needs.
@@ -66,6 +73,7 @@ pub fn init() {
         tss.interrupt_stack_table[DOUBLE_FAULT_IST_INDEX as usize] =
             stack_top(core::ptr::addr_of!(DOUBLE_FAULT_STACK));
         tss.interrupt_stack_table[NMI_IST_INDEX as usize] = stack_top(core::ptr::addr_of!(NMI_STACK));
+        tss.privilege_stack_table[0] = stack_top(core::ptr::addr_of!(ENTRY_STACK));
         tss
     });
     let (gdt, selectors) = GDT.call_once(|| {

@@ -46,6 +46,40 @@ pub fn init() {
             idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(NMI_IST_INDEX);
             idt.machine_check.set_handler_fn(machine_check).set_stack_index(NMI_IST_INDEX);
         }
+        // Vectors ring 3 can raise enter through the stubs of `super::user`, which send kernel-mode
+        // exceptions on to the handlers above (exported as `kexc_*`) and user-mode ones to the
+        // guest's run loop. int3 and into may be executed by guests (DPL 3); every other gate is
+        // DPL 0, so `int n` on it from ring 3 is a #GP.
+        for (vector, stub) in super::user::vector_stubs() {
+            // SAFETY: each stub is an interrupt entry point written for exactly this vector's
+            // stack layout (with or without an error code).
+            let addr = x86_64::VirtAddr::new(stub);
+            let options = unsafe {
+                match vector {
+                    0 => idt.divide_error.set_handler_addr(addr),
+                    1 => idt.debug.set_handler_addr(addr),
+                    3 => idt.breakpoint.set_handler_addr(addr),
+                    4 => idt.overflow.set_handler_addr(addr),
+                    5 => idt.bound_range_exceeded.set_handler_addr(addr),
+                    6 => idt.invalid_opcode.set_handler_addr(addr),
+                    7 => idt.device_not_available.set_handler_addr(addr),
+                    10 => idt.invalid_tss.set_handler_addr(addr),
+                    11 => idt.segment_not_present.set_handler_addr(addr),
+                    12 => idt.stack_segment_fault.set_handler_addr(addr),
+                    13 => idt.general_protection_fault.set_handler_addr(addr),
+                    14 => idt.page_fault.set_handler_addr(addr),
+                    16 => idt.x87_floating_point.set_handler_addr(addr),
+                    17 => idt.alignment_check.set_handler_addr(addr),
+                    19 => idt.simd_floating_point.set_handler_addr(addr),
+                    20 => idt.virtualization.set_handler_addr(addr),
+                    21 => idt.cp_protection_exception.set_handler_addr(addr),
+                    _ => unreachable!("user::vector_stubs lists only the vectors above"),
+                }
+            };
+            if vector == 3 || vector == 4 {
+                options.set_privilege_level(x86_64::PrivilegeLevel::Ring3);
+            }
+        }
         idt
     });
     idt.load();
@@ -110,11 +144,13 @@ fn handle(name: &str, vector: u8, error_code: Option<u64>, frame: &mut Interrupt
 
 macro_rules! exception {
     ($fn:ident, $name:literal, $vector:literal) => {
+        #[unsafe(export_name = concat!("kexc_", stringify!($fn)))]
         extern "x86-interrupt" fn $fn(mut frame: InterruptStackFrame) {
             handle($name, $vector, None, &mut frame)
         }
     };
     ($fn:ident, $name:literal, $vector:literal, error) => {
+        #[unsafe(export_name = concat!("kexc_", stringify!($fn)))]
         extern "x86-interrupt" fn $fn(mut frame: InterruptStackFrame, error_code: u64) {
             handle($name, $vector, Some(error_code), &mut frame)
         }
@@ -145,6 +181,7 @@ exception!(security, "SECURITY EXCEPTION", 30, error);
 /// Page faults go to the memory manager first: a fault on guest memory that it resolves
 /// (demand-zero, a kept frame) simply retries; one it refuses (guard page, access violation) is
 /// offered to the probes with that verdict, and is otherwise fatal with the verdict in the report.
+#[unsafe(export_name = "kexc_page_fault")]
 extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, error_code: PageFaultErrorCode) {
     let cr2 = Cr2::read_raw();
     let code = error_code.bits();

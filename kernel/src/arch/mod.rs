@@ -7,3 +7,5 @@ pub mod cpu;
 pub mod gdt;
 pub mod interrupts;
 pub mod probe;
+pub mod time;
+pub mod user;

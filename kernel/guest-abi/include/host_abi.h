@@ -1,0 +1,244 @@
+/*
+ * host_abi.h: the binary contract between this kernel and the guests it hosts
+ * (IHostMemoryManager, IHostMalloc, ICLRMemoryNotificationCallback, HOST_SERVICES, exceptions).
+ * Source of truth: shared/spec/host-abi.md. Usable from C (C99) and C++.
+ *
+ * A guest is a static executable (ET_EXEC, or static PIE with only R_X86_64_RELATIVE relocations):
+ *
+ *     gcc -ffreestanding -nostdlib -static-pie -fno-stack-protector -e guest_main -o my.elf my.c
+ *
+ * Its entry point is called as
+ *     int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services);
+ * and its return value is the exit code. All calls use the System V AMD64 convention.
+ */
+#ifndef VMK_HOST_ABI_H
+#define VMK_HOST_ABI_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef int32_t HRESULT;
+typedef uint32_t DWORD;
+typedef uint32_t ULONG;
+typedef uint64_t SIZE_T;
+typedef void *LPVOID;
+
+typedef struct GUID {
+    uint32_t Data1;
+    uint16_t Data2;
+    uint16_t Data3;
+    uint8_t Data4[8];
+} GUID, IID;
+typedef const IID *REFIID;
+
+/* Results (host-abi §4). */
+#define S_OK ((HRESULT)0)
+#define E_OUTOFMEMORY ((HRESULT)0x8007000E)
+#define E_INVALIDARG ((HRESULT)0x80070057)
+#define E_POINTER ((HRESULT)0x80004003)
+#define E_NOINTERFACE ((HRESULT)0x80004002)
+#define E_NOTIMPL ((HRESULT)0x80004001)
+#define E_FAIL ((HRESULT)0x80004005)
+#define HOST_E_CLRNOTAVAILABLE ((HRESULT)0x80131023)
+#define HOST_E_TIMEOUT ((HRESULT)0x80131024)
+#define HOST_E_NOT_OWNER ((HRESULT)0x80131025)
+#define HOST_E_ABANDONED ((HRESULT)0x80131026)
+#define HRESULT_FROM_WIN32(e) ((HRESULT)((e) == 0 ? 0 : (0x80070000u | ((uint32_t)(e)&0xFFFFu))))
+#define SUCCEEDED(hr) ((HRESULT)(hr) >= 0)
+#define FAILED(hr) ((HRESULT)(hr) < 0)
+
+/* Win32 errors. */
+#define ERROR_ACCESS_DENIED 5u
+#define ERROR_NOT_ENOUGH_MEMORY 8u
+#define ERROR_BAD_LENGTH 24u
+#define ERROR_INVALID_PARAMETER 87u
+#define ERROR_INVALID_ADDRESS 487u
+#define ERROR_NOACCESS 998u
+#define ERROR_PRIVILEGE_NOT_HELD 1314u
+#define ERROR_COMMITMENT_LIMIT 1455u
+
+/* Allocation types, states and kinds (win32-semantics §1.3). */
+#define MEM_COMMIT 0x1000u
+#define MEM_RESERVE 0x2000u
+#define MEM_DECOMMIT 0x4000u
+#define MEM_RELEASE 0x8000u
+#define MEM_FREE 0x10000u
+#define MEM_PRIVATE 0x20000u
+#define MEM_MAPPED 0x40000u
+#define MEM_RESET 0x80000u
+#define MEM_TOP_DOWN 0x100000u
+#define MEM_WRITE_WATCH 0x200000u
+#define MEM_PHYSICAL 0x400000u
+#define MEM_RESET_UNDO 0x1000000u
+#define MEM_IMAGE 0x1000000u
+#define MEM_LARGE_PAGES 0x20000000u
+
+/* Protections. */
+#define PAGE_NOACCESS 0x01u
+#define PAGE_READONLY 0x02u
+#define PAGE_READWRITE 0x04u
+#define PAGE_WRITECOPY 0x08u
+#define PAGE_EXECUTE 0x10u
+#define PAGE_EXECUTE_READ 0x20u
+#define PAGE_EXECUTE_READWRITE 0x40u
+#define PAGE_EXECUTE_WRITECOPY 0x80u
+#define PAGE_GUARD 0x100u
+#define PAGE_NOCACHE 0x200u
+#define PAGE_WRITECOMBINE 0x400u
+
+#define WRITE_WATCH_FLAG_RESET 0x1u
+
+/* EMemoryCriticalLevel, EMemoryAvailable, MALLOC_TYPE (32-bit enums). */
+typedef enum EMemoryCriticalLevel {
+    eTaskCritical = 0,
+    eAppDomainCritical = 1,
+    eProcessCritical = 2
+} EMemoryCriticalLevel;
+typedef enum EMemoryAvailable {
+    eMemoryAvailableLow = 1,
+    eMemoryAvailableNeutral = 2,
+    eMemoryAvailableHigh = 3
+} EMemoryAvailable;
+#define MALLOC_THREADSAFE 0x1u
+#define MALLOC_EXECUTABLE 0x2u
+
+/* MEMORY_BASIC_INFORMATION (48 bytes). */
+typedef struct MEMORY_BASIC_INFORMATION {
+    uint64_t BaseAddress;
+    uint64_t AllocationBase;
+    uint32_t AllocationProtect;
+    uint16_t PartitionId;
+    uint16_t _padding1;
+    uint64_t RegionSize;
+    uint32_t State;
+    uint32_t Protect;
+    uint32_t Type;
+    uint32_t _padding2;
+} MEMORY_BASIC_INFORMATION;
+
+/* Interface identifiers. */
+static const IID IID_IUnknown = {0x00000000, 0x0000, 0x0000, {0xC0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x46}};
+static const IID IID_IHostMemoryManager = {0x7BC698D1, 0xF9E3, 0x4460, {0x9C, 0xDE, 0xD0, 0x42, 0x48, 0xE9, 0xFA, 0x25}};
+static const IID IID_IHostMalloc = {0x1831991C, 0xCC53, 0x4A31, {0xB2, 0x18, 0x04, 0xE9, 0x10, 0x44, 0x64, 0x79}};
+static const IID IID_ICLRMemoryNotificationCallback = {0x47EB8E57, 0x0846, 0x4546, {0xAF, 0x76, 0x6F, 0x42, 0xFC, 0xFC, 0x26, 0x49}};
+
+typedef struct IHostMemoryManager IHostMemoryManager;
+typedef struct IHostMalloc IHostMalloc;
+typedef struct ICLRMemoryNotificationCallback ICLRMemoryNotificationCallback;
+
+/* Vtables: the order is the ABI (host-abi §3). */
+typedef struct IHostMemoryManagerVtbl {
+    HRESULT (*QueryInterface)(IHostMemoryManager *This, REFIID riid, void **ppv);
+    ULONG (*AddRef)(IHostMemoryManager *This);
+    ULONG (*Release)(IHostMemoryManager *This);
+    HRESULT (*CreateMalloc)(IHostMemoryManager *This, DWORD dwMallocType, IHostMalloc **ppMalloc);
+    HRESULT (*VirtualAlloc)(IHostMemoryManager *This, void *pAddress, SIZE_T dwSize, DWORD flAllocationType,
+                            DWORD flProtect, EMemoryCriticalLevel eCriticalLevel, void **ppMem);
+    HRESULT (*VirtualFree)(IHostMemoryManager *This, LPVOID lpAddress, SIZE_T dwSize, DWORD dwFreeType);
+    HRESULT (*VirtualQuery)(IHostMemoryManager *This, void *lpAddress, void *lpBuffer, SIZE_T dwLength, SIZE_T *pResult);
+    HRESULT (*VirtualProtect)(IHostMemoryManager *This, void *lpAddress, SIZE_T dwSize, DWORD flNewProtect,
+                              DWORD *pflOldProtect);
+    HRESULT (*GetMemoryLoad)(IHostMemoryManager *This, DWORD *pMemoryLoad, SIZE_T *pAvailableBytes);
+    HRESULT (*RegisterMemoryNotificationCallback)(IHostMemoryManager *This, ICLRMemoryNotificationCallback *pCallback);
+    HRESULT (*NeedsVirtualAddressSpace)(IHostMemoryManager *This, LPVOID startAddress, SIZE_T size);
+    HRESULT (*AcquiredVirtualAddressSpace)(IHostMemoryManager *This, LPVOID startAddress, SIZE_T size);
+    HRESULT (*ReleasedVirtualAddressSpace)(IHostMemoryManager *This, LPVOID startAddress);
+} IHostMemoryManagerVtbl;
+
+struct IHostMemoryManager {
+    const IHostMemoryManagerVtbl *lpVtbl;
+};
+
+typedef struct IHostMallocVtbl {
+    HRESULT (*QueryInterface)(IHostMalloc *This, REFIID riid, void **ppv);
+    ULONG (*AddRef)(IHostMalloc *This);
+    ULONG (*Release)(IHostMalloc *This);
+    HRESULT (*Alloc)(IHostMalloc *This, SIZE_T cbSize, EMemoryCriticalLevel eCriticalLevel, void **ppMem);
+    HRESULT (*DebugAlloc)(IHostMalloc *This, SIZE_T cbSize, EMemoryCriticalLevel eCriticalLevel, char *pszFileName,
+                          int iLineNo, void **ppMem);
+    HRESULT (*Free)(IHostMalloc *This, void *pMem);
+} IHostMallocVtbl;
+
+struct IHostMalloc {
+    const IHostMallocVtbl *lpVtbl;
+};
+
+/* Implemented by the guest. */
+typedef struct ICLRMemoryNotificationCallbackVtbl {
+    HRESULT (*QueryInterface)(ICLRMemoryNotificationCallback *This, REFIID riid, void **ppv);
+    ULONG (*AddRef)(ICLRMemoryNotificationCallback *This);
+    ULONG (*Release)(ICLRMemoryNotificationCallback *This);
+    HRESULT (*OnMemoryNotification)(ICLRMemoryNotificationCallback *This, EMemoryAvailable eMemoryAvailable);
+} ICLRMemoryNotificationCallbackVtbl;
+
+struct ICLRMemoryNotificationCallback {
+    const ICLRMemoryNotificationCallbackVtbl *lpVtbl;
+};
+
+/* Exceptions (host-abi §8). */
+typedef struct GUEST_CONTEXT {
+    uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, r8, r9, r10, r11, r12, r13, r14, r15, rip, rflags;
+} GUEST_CONTEXT;
+
+typedef struct GUEST_EXCEPTION {
+    uint32_t code;
+    uint32_t reserved;
+    uint64_t access;  /* 0 read, 1 write, 8 execute */
+    uint64_t address;
+    GUEST_CONTEXT *context;
+} GUEST_EXCEPTION;
+
+#define STATUS_ACCESS_VIOLATION 0xC0000005u
+#define STATUS_GUARD_PAGE_VIOLATION 0x80000001u
+#define STATUS_DATATYPE_MISALIGNMENT 0x80000002u
+#define STATUS_BREAKPOINT 0x80000003u
+#define STATUS_SINGLE_STEP 0x80000004u
+#define STATUS_STACK_OVERFLOW 0xC00000FDu
+#define STATUS_ILLEGAL_INSTRUCTION 0xC000001Du
+#define STATUS_PRIVILEGED_INSTRUCTION 0xC0000096u
+#define STATUS_INTEGER_DIVIDE_BY_ZERO 0xC0000094u
+#define STATUS_INTEGER_OVERFLOW 0xC0000095u
+#define EXCEPTION_CONTINUE_EXECUTION (-1)
+#define EXCEPTION_CONTINUE_SEARCH 0
+
+typedef int32_t (*GUEST_EXCEPTION_HANDLER)(GUEST_EXCEPTION *e);
+
+/* HOST_SERVICES (version 1, host-abi §7). */
+typedef struct HOST_COMMIT_INFO {
+    uint64_t commit_limit;
+    uint64_t committed;
+    uint64_t critical_reserve;
+    uint64_t low_threshold;
+    uint64_t high_threshold;
+} HOST_COMMIT_INFO;
+
+typedef struct HOST_SERVICES {
+    uint32_t cbSize;
+    uint32_t version;
+    uint32_t page_size;
+    uint32_t allocation_granularity;
+    uint64_t min_application_address;
+    uint64_t max_application_address;
+    void (*write)(const char *buf, uint64_t len);
+    void (*exit)(int32_t code);
+    uint64_t (*ticks_ns)(void);
+    void *(*add_vectored_exception_handler)(uint32_t first, GUEST_EXCEPTION_HANDLER h);
+    uint32_t (*remove_vectored_exception_handler)(void *handle);
+    uint32_t (*get_write_watch)(uint32_t flags, void *base, uint64_t size, void **addresses, uint64_t *count,
+                                uint32_t *granularity);
+    uint32_t (*reset_write_watch)(void *base, uint64_t size);
+    void (*query_commit)(HOST_COMMIT_INFO *out);
+} HOST_SERVICES;
+
+/* The entry point every guest defines. */
+int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VMK_HOST_ABI_H */

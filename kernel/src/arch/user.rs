@@ -1,0 +1,549 @@
+//! Ring 3: entering user mode and coming back, for system calls and exceptions.
+//!
+//! The model is "user mode as a function call": [`enter_user`] saves the kernel's callee-saved
+//! registers and stack pointer in the per-CPU area, loads a [`UserContext`] and drops to ring 3
+//! (`sysretq` after a system call, whose ABI lets it clobber `rcx`/`r11`; `iretq` otherwise, which
+//! restores every register). When the guest makes a `syscall` or raises an exception, the entry
+//! code saves every general register into the same `UserContext`, switches back to the saved
+//! kernel stack and *returns from `enter_user`* with the reason. All handling then happens in
+//! ordinary kernel code on the kernel stack of the guest's run loop; nothing runs on a stack the
+//! guest controls.
+//!
+//! - `syscall` lands in `syscall_entry`: `swapgs` first (the guest's GS base is not trusted, the
+//!   per-CPU area's address comes from `IA32_KERNEL_GS_BASE`), then the stack switch. `FMASK`
+//!   clears IF, TF, DF, AC and NT on entry, so the kernel runs with interrupts off, no single-step
+//!   trap and SMAP enforced.
+//! - An exception from ring 3 arrives on the TSS's `RSP0` stack (a dedicated entry stack with a
+//!   guard page); the per-vector stub checks the saved CS: from ring 0 it jumps straight to the
+//!   kernel's own handler (`super::interrupts`), from ring 3 it records vector and error code and
+//!   leaves through `enter_user`'s return path.
+//! - `sysretq` is used only when the return address is canonical and below the user limit (never a
+//!   non-canonical `rcx`, the classic `sysret` hazard); anything else returns with `iretq`.
+//! - The kernel is built without SSE, so the guest's x87/SSE/AVX state stays in the registers
+//!   across system calls; [`FpuState`] saves and restores it around upcalls and exception delivery.
+
+use alloc::alloc::{Layout, alloc_zeroed, dealloc};
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
+use x86_64::registers::model_specific::{Efer, EferFlags, Msr};
+
+/// User code segment selector (GDT index 4, RPL 3), as `sysretq` derives it from STAR.
+pub const USER_CS: u64 = 0x23;
+/// User data/stack segment selector (GDT index 3, RPL 3).
+pub const USER_SS: u64 = 0x1b;
+/// The highest address a guest's `rip` may hold on return to ring 3 through `sysretq`.
+pub const SYSRET_LIMIT: u64 = 0x0000_7fff_ffff_f000;
+
+/// Saved user registers; the same layout as the contract's `GUEST_CONTEXT` (host-abi §8).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UserContext {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub rsp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+impl UserContext {
+    /// Size in bytes (18 registers).
+    pub const SIZE: usize = 18 * 8;
+
+    /// The registers as little-endian bytes, in `GUEST_CONTEXT` order.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let regs = self.regs();
+        let mut out = [0u8; Self::SIZE];
+        for (i, r) in regs.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&r.to_le_bytes());
+        }
+        out
+    }
+
+    /// The inverse of [`to_bytes`](Self::to_bytes).
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> UserContext {
+        let r = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        UserContext {
+            rax: r(0),
+            rbx: r(1),
+            rcx: r(2),
+            rdx: r(3),
+            rsi: r(4),
+            rdi: r(5),
+            rbp: r(6),
+            rsp: r(7),
+            r8: r(8),
+            r9: r(9),
+            r10: r(10),
+            r11: r(11),
+            r12: r(12),
+            r13: r(13),
+            r14: r(14),
+            r15: r(15),
+            rip: r(16),
+            rflags: r(17),
+        }
+    }
+
+    fn regs(&self) -> [u64; 18] {
+        [
+            self.rax, self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.rbp, self.rsp, self.r8, self.r9, self.r10,
+            self.r11, self.r12, self.r13, self.r14, self.r15, self.rip, self.rflags,
+        ]
+    }
+}
+
+/// Per-CPU data the entry code reaches through GS (one CPU).
+#[repr(C)]
+struct PerCpu {
+    /// 0: kernel rsp saved by `enter_user`.
+    kernel_rsp: u64,
+    /// 8: the user rsp at `syscall`.
+    user_rsp: u64,
+    /// 16: `*mut UserContext` of the running guest.
+    context: u64,
+    /// 24: scratch.
+    scratch: u64,
+    /// 32: vector of the last user exception.
+    vector: u64,
+    /// 40: its error code.
+    error_code: u64,
+}
+
+static mut PER_CPU: PerCpu = PerCpu { kernel_rsp: 0, user_rsp: 0, context: 0, scratch: 0, vector: 0, error_code: 0 };
+
+/// Why [`enter_user`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserExit {
+    /// The guest executed `syscall`: number in `rax`, arguments in `rdi, rsi, rdx, r10, r8, r9`
+    /// (and `rbx` for a seventh); `rcx`/`r11` hold the return `rip`/`rflags`.
+    Syscall,
+    /// The guest raised CPU exception `vector` with `error_code` (`cr2` for page faults).
+    Exception {
+        /// The vector.
+        vector: u8,
+        /// The error code (0 for exceptions without one).
+        error_code: u64,
+        /// CR2 (page faults only).
+        cr2: u64,
+    },
+}
+
+const EXIT_SYSCALL: u64 = 1;
+const EXIT_EXCEPTION: u64 = 2;
+
+global_asm!(
+    r#"
+    .text
+    .global vmk_enter_user
+vmk_enter_user:
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    mov gs:[0], rsp
+    mov gs:[16], rdi
+    test rsi, rsi
+    jnz 2f
+    push {user_ss}
+    push qword ptr [rdi + 56]
+    push qword ptr [rdi + 136]
+    push {user_cs}
+    push qword ptr [rdi + 128]
+    mov rax, [rdi + 0]
+    mov rbx, [rdi + 8]
+    mov rcx, [rdi + 16]
+    mov rdx, [rdi + 24]
+    mov rsi, [rdi + 32]
+    mov rbp, [rdi + 48]
+    mov r8, [rdi + 64]
+    mov r9, [rdi + 72]
+    mov r10, [rdi + 80]
+    mov r11, [rdi + 88]
+    mov r12, [rdi + 96]
+    mov r13, [rdi + 104]
+    mov r14, [rdi + 112]
+    mov r15, [rdi + 120]
+    mov rdi, [rdi + 40]
+    swapgs
+    iretq
+2:
+    mov rcx, [rdi + 128]
+    mov r11, [rdi + 136]
+    mov rax, [rdi + 0]
+    mov rbx, [rdi + 8]
+    mov rdx, [rdi + 24]
+    mov rsi, [rdi + 32]
+    mov rbp, [rdi + 48]
+    mov r8, [rdi + 64]
+    mov r9, [rdi + 72]
+    mov r10, [rdi + 80]
+    mov r12, [rdi + 96]
+    mov r13, [rdi + 104]
+    mov r14, [rdi + 112]
+    mov r15, [rdi + 120]
+    mov rsp, [rdi + 56]
+    mov rdi, [rdi + 40]
+    swapgs
+    sysretq
+
+vmk_enter_user_exit:
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    ret
+
+    .global vmk_syscall_entry
+vmk_syscall_entry:
+    swapgs
+    mov gs:[8], rsp
+    mov rsp, gs:[0]
+    mov gs:[24], rax
+    mov rax, gs:[16]
+    mov [rax + 8], rbx
+    mov [rax + 16], rcx
+    mov [rax + 24], rdx
+    mov [rax + 32], rsi
+    mov [rax + 40], rdi
+    mov [rax + 48], rbp
+    mov [rax + 64], r8
+    mov [rax + 72], r9
+    mov [rax + 80], r10
+    mov [rax + 88], r11
+    mov [rax + 96], r12
+    mov [rax + 104], r13
+    mov [rax + 112], r14
+    mov [rax + 120], r15
+    mov [rax + 128], rcx
+    mov [rax + 136], r11
+    mov rbx, gs:[8]
+    mov [rax + 56], rbx
+    mov rbx, gs:[24]
+    mov [rax + 0], rbx
+    mov eax, {exit_syscall}
+    jmp vmk_enter_user_exit
+
+    .global vmk_user_exception
+vmk_user_exception:
+    swapgs
+    mov gs:[24], rax
+    mov rax, gs:[16]
+    mov [rax + 8], rbx
+    mov [rax + 16], rcx
+    mov [rax + 24], rdx
+    mov [rax + 32], rsi
+    mov [rax + 40], rdi
+    mov [rax + 48], rbp
+    mov [rax + 64], r8
+    mov [rax + 72], r9
+    mov [rax + 80], r10
+    mov [rax + 88], r11
+    mov [rax + 96], r12
+    mov [rax + 104], r13
+    mov [rax + 112], r14
+    mov [rax + 120], r15
+    mov rbx, gs:[24]
+    mov [rax + 0], rbx
+    mov rbx, [rsp]
+    mov gs:[32], rbx
+    mov rbx, [rsp + 8]
+    mov gs:[40], rbx
+    mov rbx, [rsp + 16]
+    mov [rax + 128], rbx
+    mov rbx, [rsp + 32]
+    mov [rax + 136], rbx
+    mov rbx, [rsp + 40]
+    mov [rax + 56], rbx
+    mov rsp, gs:[0]
+    mov eax, {exit_exception}
+    jmp vmk_enter_user_exit
+"#,
+    user_ss = const USER_SS,
+    user_cs = const USER_CS,
+    exit_syscall = const EXIT_SYSCALL,
+    exit_exception = const EXIT_EXCEPTION,
+);
+
+/// Declares the ring-3-capable entry stub of one exception vector: from ring 0 it jumps to the
+/// kernel's handler `kexc_<name>` (defined in `super::interrupts`), from ring 3 it goes to
+/// `vmk_user_exception` with the vector and error code on the stack.
+macro_rules! user_vector_stubs {
+    ($(($vector:literal, $name:literal, $err:ident)),* $(,)?) => {
+        global_asm!($(user_vector_stubs!(@stub $vector, $name, $err)),*);
+        /// The entry stubs, by vector.
+        const USER_VECTORS: &[(u8, &str)] = &[$(($vector, concat!("vmk_vec_", $vector))),*];
+    };
+    (@stub $vector:literal, $name:literal, noerr) => {
+        concat!(
+            ".text\n.global vmk_vec_", $vector, "\nvmk_vec_", $vector, ":\n",
+            "    test byte ptr [rsp + 8], 3\n",
+            "    jz kexc_", $name, "\n",
+            "    push 0\n",
+            "    push ", $vector, "\n",
+            "    jmp vmk_user_exception\n"
+        )
+    };
+    (@stub $vector:literal, $name:literal, err) => {
+        concat!(
+            ".text\n.global vmk_vec_", $vector, "\nvmk_vec_", $vector, ":\n",
+            "    test byte ptr [rsp + 16], 3\n",
+            "    jz kexc_", $name, "\n",
+            "    push ", $vector, "\n",
+            "    jmp vmk_user_exception\n"
+        )
+    };
+}
+
+user_vector_stubs!(
+    (0, "divide_error", noerr),
+    (1, "debug", noerr),
+    (3, "breakpoint", noerr),
+    (4, "overflow", noerr),
+    (5, "bound_range_exceeded", noerr),
+    (6, "invalid_opcode", noerr),
+    (7, "device_not_available", noerr),
+    (10, "invalid_tss", err),
+    (11, "segment_not_present", err),
+    (12, "stack_segment_fault", err),
+    (13, "general_protection_fault", err),
+    (14, "page_fault", err),
+    (16, "x87_floating_point", noerr),
+    (17, "alignment_check", err),
+    (19, "simd_floating_point", noerr),
+    (20, "virtualization", noerr),
+    (21, "cp_protection", err),
+);
+
+unsafe extern "C" {
+    fn vmk_enter_user(context: *mut UserContext, sysret: u64) -> u64;
+    fn vmk_syscall_entry();
+    fn vmk_vec_0();
+    fn vmk_vec_1();
+    fn vmk_vec_3();
+    fn vmk_vec_4();
+    fn vmk_vec_5();
+    fn vmk_vec_6();
+    fn vmk_vec_7();
+    fn vmk_vec_10();
+    fn vmk_vec_11();
+    fn vmk_vec_12();
+    fn vmk_vec_13();
+    fn vmk_vec_14();
+    fn vmk_vec_16();
+    fn vmk_vec_17();
+    fn vmk_vec_19();
+    fn vmk_vec_20();
+    fn vmk_vec_21();
+}
+
+/// The entry-stub address of each vector that ring 3 can raise (for the IDT).
+pub(crate) fn vector_stubs() -> [(u8, u64); 17] {
+    debug_assert_eq!(USER_VECTORS.len(), 17);
+    [
+        (0, vmk_vec_0 as *const () as u64),
+        (1, vmk_vec_1 as *const () as u64),
+        (3, vmk_vec_3 as *const () as u64),
+        (4, vmk_vec_4 as *const () as u64),
+        (5, vmk_vec_5 as *const () as u64),
+        (6, vmk_vec_6 as *const () as u64),
+        (7, vmk_vec_7 as *const () as u64),
+        (10, vmk_vec_10 as *const () as u64),
+        (11, vmk_vec_11 as *const () as u64),
+        (12, vmk_vec_12 as *const () as u64),
+        (13, vmk_vec_13 as *const () as u64),
+        (14, vmk_vec_14 as *const () as u64),
+        (16, vmk_vec_16 as *const () as u64),
+        (17, vmk_vec_17 as *const () as u64),
+        (19, vmk_vec_19 as *const () as u64),
+        (20, vmk_vec_20 as *const () as u64),
+        (21, vmk_vec_21 as *const () as u64),
+    ]
+}
+
+const IA32_STAR: u32 = 0xC000_0081;
+const IA32_LSTAR: u32 = 0xC000_0082;
+const IA32_FMASK: u32 = 0xC000_0084;
+const IA32_GS_BASE: u32 = 0xC000_0101;
+const IA32_KERNEL_GS_BASE: u32 = 0xC000_0102;
+const IA32_APIC_BASE: u32 = 0x1B;
+/// RFLAGS bits cleared on `syscall`: TF, IF, DF, NT, AC.
+const FMASK: u64 = (1 << 8) | (1 << 9) | (1 << 10) | (1 << 14) | (1 << 18);
+
+static XSAVE_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets up everything ring 3 needs: `syscall` MSRs, the per-CPU area in GS, the FPU/SSE/AVX state
+/// (so guests may use vector registers), alignment checking for ring 3 (`CR0.AM`), and silences the
+/// legacy PIC and the local APIC (no device interrupts are used; a guest runs with IF = 1, and
+/// the PIC's power-on vectors would collide with CPU exceptions).
+pub fn init() {
+    let sel = super::gdt::selectors();
+    assert_eq!(
+        (sel.kernel_code.0, sel.kernel_data.0, sel.user_data.0 as u64, sel.user_code.0 as u64),
+        (0x08, 0x10, USER_SS, USER_CS),
+        "the GDT layout must match STAR"
+    );
+    // SAFETY (this block): programming the legacy PIC's mask registers (ports 0x21/0xa1) and
+    // remapping it away from the exception vectors, then masking every line, only stops device
+    // interrupts, which the kernel does not use.
+    unsafe {
+        use x86_64::instructions::port::Port;
+        let mut cmd1 = Port::<u8>::new(0x20);
+        let mut data1 = Port::<u8>::new(0x21);
+        let mut cmd2 = Port::<u8>::new(0xa0);
+        let mut data2 = Port::<u8>::new(0xa1);
+        cmd1.write(0x11);
+        cmd2.write(0x11);
+        data1.write(0x20);
+        data2.write(0x28);
+        data1.write(4);
+        data2.write(2);
+        data1.write(1);
+        data2.write(1);
+        data1.write(0xff);
+        data2.write(0xff);
+    }
+    // SAFETY: clearing the global-enable bit of IA32_APIC_BASE switches the local APIC off, so no
+    // timer or other local interrupt can arrive; the kernel uses none.
+    unsafe {
+        let mut apic = Msr::new(IA32_APIC_BASE);
+        let v = apic.read();
+        apic.write(v & !(1 << 11));
+    }
+    // SAFETY: STAR/LSTAR/FMASK define where `syscall` enters (vmk_syscall_entry, written for
+    // exactly this) and the selectors it loads (checked against the GDT above); SCE enables it.
+    unsafe {
+        Msr::new(IA32_STAR).write((0x10u64 << 48) | (0x08u64 << 32));
+        Msr::new(IA32_LSTAR).write(vmk_syscall_entry as *const () as u64);
+        Msr::new(IA32_FMASK).write(FMASK);
+        Efer::update(|e| e.insert(EferFlags::SYSTEM_CALL_EXTENSIONS));
+    }
+    // SAFETY: GS_BASE points at the static per-CPU area while in ring 0; KERNEL_GS_BASE holds the
+    // guest's GS base (0) and is swapped in by `swapgs` on the way out.
+    unsafe {
+        Msr::new(IA32_GS_BASE).write(core::ptr::addr_of!(PER_CPU) as u64);
+        Msr::new(IA32_KERNEL_GS_BASE).write(0);
+    }
+    enable_fpu();
+}
+
+fn enable_fpu() {
+    let leaf1 = core::arch::x86_64::__cpuid_count(1, 0);
+    let has_xsave = leaf1.ecx & (1 << 26) != 0;
+    // SAFETY: CR0.MP/!EM/!TS and CR4.OSFXSR/OSXMMEXCPT make x87/SSE instructions usable; the
+    // kernel itself is compiled without them, so only guests are affected. AM makes ring 3 honour
+    // RFLAGS.AC (alignment checks), as the contract lets guests set it.
+    unsafe {
+        Cr0::update(|c| {
+            c.remove(Cr0Flags::EMULATE_COPROCESSOR | Cr0Flags::TASK_SWITCHED);
+            c.insert(Cr0Flags::MONITOR_COPROCESSOR | Cr0Flags::ALIGNMENT_MASK);
+        });
+        Cr4::update(|c| c.insert(Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE));
+    }
+    if has_xsave {
+        // SAFETY: OSXSAVE enables XGETBV/XSETBV/XSAVE; XCR0 gets only components CPUID reports
+        // (x87 and SSE always, AVX if present).
+        unsafe { Cr4::update(|c| c.insert(Cr4Flags::OSXSAVE)) };
+        let d = core::arch::x86_64::__cpuid_count(0xd, 0);
+        let supported = (d.edx as u64) << 32 | d.eax as u64;
+        let xcr0 = supported & 0b111;
+        // SAFETY: xsetbv with a value CPUID allows, in ring 0, with OSXSAVE set.
+        unsafe { asm!("xsetbv", in("ecx") 0, in("eax") xcr0 as u32, in("edx") (xcr0 >> 32) as u32, options(nostack)) };
+        let size = core::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize;
+        XSAVE_SIZE.store(size.max(576), Ordering::SeqCst);
+    } else {
+        XSAVE_SIZE.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Runs the guest context `context` in ring 3 until it makes a system call or raises an exception.
+///
+/// `after_syscall` selects the `sysretq` return (only legal when the previous exit was a system
+/// call and the context's `rip`/`rflags` are the ones it saved; it is ignored for a return address
+/// `sysretq` could not take).
+///
+/// # Safety
+/// The context must be a guest's, whose `rip` and `rsp` lie in the loaded address space's user
+/// half (CR3 = the guest's space), and `rflags` must be sanitised (IF set, IOPL 0, VM/NT clear).
+pub unsafe fn enter_user(context: &mut UserContext, after_syscall: bool) -> UserExit {
+    let sysret = after_syscall && context.rip < SYSRET_LIMIT;
+    // SAFETY: per the contract; the entry code saves/restores the kernel's callee-saved registers
+    // and stack and writes only `*context` and the per-CPU area.
+    let reason = unsafe { vmk_enter_user(context, sysret as u64) };
+    if reason == EXIT_SYSCALL {
+        UserExit::Syscall
+    } else {
+        // SAFETY: the per-CPU area was written by the entry code of this CPU just now.
+        let (vector, error_code) = unsafe { (PER_CPU.vector, PER_CPU.error_code) };
+        let cr2 = if vector == 14 { x86_64::registers::control::Cr2::read_raw() } else { 0 };
+        UserExit::Exception { vector: vector as u8, error_code, cr2 }
+    }
+}
+
+/// Forces the RFLAGS bits a guest may not choose: IF = 1, IOPL = 0, NT = 0, RF = 0, VM = 0 (and the
+/// reserved bit 1 set); keeps the arithmetic flags, TF, DF and AC (host-abi §9).
+pub fn sanitize_rflags(rflags: u64) -> u64 {
+    const KEEP: u64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | (1 << 18) | (1 << 21);
+    (rflags & KEEP) | 0x2 | (1 << 9)
+}
+
+/// A saved copy of the guest's x87/SSE/AVX registers (XSAVE, or FXSAVE without XSAVE).
+pub struct FpuState {
+    buf: *mut u8,
+    layout: Layout,
+}
+
+impl FpuState {
+    /// Saves the current FPU/vector state.
+    pub fn save() -> FpuState {
+        let size = XSAVE_SIZE.load(Ordering::SeqCst).max(512);
+        let layout = Layout::from_size_align(size, 64).expect("xsave layout");
+        // SAFETY: a non-zero size.
+        let buf = unsafe { alloc_zeroed(layout) };
+        assert!(!buf.is_null(), "kernel heap exhausted saving FPU state");
+        if XSAVE_SIZE.load(Ordering::SeqCst) != 0 {
+            // SAFETY: buf is 64-aligned and as large as CPUID says XSAVE needs for XCR0.
+            unsafe { asm!("xsave64 [{}]", in(reg) buf, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack)) };
+        } else {
+            // SAFETY: buf is 16-aligned and 512 bytes.
+            unsafe { asm!("fxsave64 [{}]", in(reg) buf, options(nostack)) };
+        }
+        FpuState { buf, layout }
+    }
+
+    /// Puts the saved state back into the registers.
+    pub fn restore(&self) {
+        if XSAVE_SIZE.load(Ordering::SeqCst) != 0 {
+            // SAFETY: the buffer holds an image written by xsave64 above.
+            unsafe { asm!("xrstor64 [{}]", in(reg) self.buf, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack)) };
+        } else {
+            // SAFETY: the buffer holds an image written by fxsave64 above.
+            unsafe { asm!("fxrstor64 [{}]", in(reg) self.buf, options(nostack)) };
+        }
+    }
+}
+
+impl Drop for FpuState {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `save` with this layout.
+        unsafe { dealloc(self.buf, self.layout) };
+    }
+}

@@ -1,0 +1,731 @@
+//! The benchmark kernel image (`./run-qemu.sh --bench`): the workloads of the peer program
+//! (`shared/peers/vmbench.c`) run in the kernel on a guest address space ([`Space`]), plus
+//! `VirtualQuery`, large-page commit and guard-page fault round trips, the same workloads at
+//! 1 / 1,000 / 100,000 live allocations and at 64 MiB / 1 GiB / 16 GiB reservations, and the
+//! evidence for the TLB full-flush threshold.
+//!
+//! For every workload it prints one line (grammar below, parsed by `tests/bench/report.py`):
+//!
+//! ```text
+//! bench <where> <name> unit=<unit> n=<units> cycles=<rdtsc cycles per unit> ns=<≈ns per unit> \
+//!       <counter>=<measured per unit>/<minimum per unit> ... entries=n/a verdict: = min | > min: ...
+//! ```
+//!
+//! `<where>` is `kernel-TCG` or `kernel-KVM`, read from the CPUID hypervisor leaf 0x4000_0000
+//! (QEMU's "TCGTCGTCGTCG" or KVM's "KVMKVMKVM"). Under TCG every cycle figure is emulation: the
+//! TSC follows the host clock while the guest's instructions are translated, so the figures rank
+//! operations against each other, not against hardware. `ns` converts cycles with the TSC rate
+//! measured against the PIT (channel 2, 50 ms) at start-up.
+//!
+//! The counters come from the memory manager's [`WorkCounters`] (snapshots around the timed
+//! loop, divided by the number of units). The minimum of each workload is the work the operation
+//! cannot avoid, derived in [`Work`]'s constructors below the workload; a verdict other than
+//! `= min` names every counter above its minimum. Kernel entries (host calls from ring 3) do not
+//! exist yet: `entries=n/a`. Guest pages are touched from ring 0 through `kernel::arch::probe`
+//! (SMAP window); a first touch takes a real page fault resolved by demand-zero.
+//!
+//! Nothing here asserts a timing; the image fails only if an operation returns an error or an
+//! access faults unexpectedly (a kernel bug).
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::arch::x86_64::{__cpuid_count, _rdtsc};
+
+use address_space::win32::*;
+use address_space::{SpaceConfig, WorkCounters};
+use kernel::arch::probe::{self, MemoryFault};
+use kernel::memory::{self, Space};
+use kernel::{kprintln, qemu};
+use x86_64::instructions::port::Port;
+
+bootloader_api::entry_point!(bench_main, config = &kernel::BOOTLOADER_CONFIG);
+
+const PAGE: u64 = 4096;
+const KB64: u64 = 64 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const SPAN_2M: u64 = 2 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// Environment: accelerator and TSC rate.
+
+/// The hypervisor QEMU runs the image under, from CPUID leaf 0x4000_0000.
+fn accelerator() -> (&'static str, String) {
+    let hypervisor_bit = __cpuid_count(1, 0).ecx & (1 << 31) != 0;
+    if !hypervisor_bit {
+        return ("bare", String::from("no hypervisor bit"));
+    }
+    let r = __cpuid_count(0x4000_0000, 0);
+    let mut sig = [0u8; 12];
+    sig[0..4].copy_from_slice(&r.ebx.to_le_bytes());
+    sig[4..8].copy_from_slice(&r.ecx.to_le_bytes());
+    sig[8..12].copy_from_slice(&r.edx.to_le_bytes());
+    let text: String = sig.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect();
+    let name = match &sig {
+        b"TCGTCGTCGTCG" => "TCG",
+        b"KVMKVMKVM\0\0\0" => "KVM",
+        _ => "unknown-hypervisor",
+    };
+    (name, text)
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads the time-stamp counter and has no other effect; every x86_64 CPU
+    // has it, and the kernel leaves CR4.TSD clear (ring 0 may execute it anyway).
+    unsafe { _rdtsc() }
+}
+
+/// Measures the TSC rate against PIT channel 2 counting down 50 ms (the method of Linux's
+/// `pit_calibrate_tsc`): gate on, speaker off, mode 0, then wait for OUT2 (port 0x61 bit 5).
+fn tsc_hz() -> u64 {
+    const PIT_HZ: u64 = 1_193_182;
+    const MS: u64 = 50;
+    let latch = (PIT_HZ * MS / 1000) as u16;
+    let mut control = Port::<u8>::new(0x61);
+    let mut mode = Port::<u8>::new(0x43);
+    let mut ch2 = Port::<u8>::new(0x42);
+    // SAFETY: ports 0x61 (system control port B), 0x43 (PIT mode) and 0x42 (PIT channel 2) only
+    // drive the PC speaker timer, which nothing else in this kernel uses; the speaker output
+    // (bit 1) is kept off.
+    let (t0, t1) = unsafe {
+        let v = control.read();
+        control.write((v & !0x02) | 0x01);
+        mode.write(0xB0);
+        ch2.write((latch & 0xFF) as u8);
+        ch2.write((latch >> 8) as u8);
+        let t0 = rdtsc();
+        while control.read() & 0x20 == 0 {}
+        (t0, rdtsc())
+    };
+    (t1 - t0) * 1000 / MS
+}
+
+// ---------------------------------------------------------------------------------------------
+// Work counters and minima.
+
+/// Work done (or needed) by a measured loop, in totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Work {
+    pte_writes: u64,
+    invlpg: u64,
+    full_flushes: u64,
+    frames_zeroed: u64,
+    table_pages_allocated: u64,
+    table_pages_freed: u64,
+    faults_resolved: u64,
+}
+
+impl Work {
+    fn between(a: &WorkCounters, b: &WorkCounters) -> Work {
+        Work {
+            pte_writes: b.pte_writes - a.pte_writes,
+            invlpg: b.invlpg - a.invlpg,
+            full_flushes: b.full_flushes - a.full_flushes,
+            frames_zeroed: b.frames_zeroed - a.frames_zeroed,
+            table_pages_allocated: b.table_pages_allocated - a.table_pages_allocated,
+            table_pages_freed: b.table_pages_freed - a.table_pages_freed,
+            faults_resolved: b.faults_resolved - a.faults_resolved,
+        }
+    }
+
+    fn fields(&self) -> [(&'static str, u64); 7] {
+        [
+            ("pte_writes", self.pte_writes),
+            ("invlpg", self.invlpg),
+            ("full_flushes", self.full_flushes),
+            ("frames_zeroed", self.frames_zeroed),
+            ("table_pages_allocated", self.table_pages_allocated),
+            ("table_pages_freed", self.table_pages_freed),
+            ("faults_resolved", self.faults_resolved),
+        ]
+    }
+
+    fn times(self, k: u64) -> Work {
+        Work {
+            pte_writes: self.pte_writes * k,
+            invlpg: self.invlpg * k,
+            full_flushes: self.full_flushes * k,
+            frames_zeroed: self.frames_zeroed * k,
+            table_pages_allocated: self.table_pages_allocated * k,
+            table_pages_freed: self.table_pages_freed * k,
+            faults_resolved: self.faults_resolved * k,
+        }
+    }
+
+    fn plus(self, o: Work) -> Work {
+        Work {
+            pte_writes: self.pte_writes + o.pte_writes,
+            invlpg: self.invlpg + o.invlpg,
+            full_flushes: self.full_flushes + o.full_flushes,
+            frames_zeroed: self.frames_zeroed + o.frames_zeroed,
+            table_pages_allocated: self.table_pages_allocated + o.table_pages_allocated,
+            table_pages_freed: self.table_pages_freed + o.table_pages_freed,
+            faults_resolved: self.faults_resolved + o.faults_resolved,
+        }
+    }
+
+    /// Nothing: a pure reservation, release of never-committed memory, a query.
+    const NONE: Work = Work {
+        pte_writes: 0,
+        invlpg: 0,
+        full_flushes: 0,
+        frames_zeroed: 0,
+        table_pages_allocated: 0,
+        table_pages_freed: 0,
+        faults_resolved: 0,
+    };
+
+    /// Invalidating `n` present pages changed by one operation: `n` `invlpg`, or one full flush
+    /// above the threshold.
+    fn invalidate(n: u64, threshold: u64) -> Work {
+        if n == 0 {
+            Work::NONE
+        } else if n > threshold {
+            Work { full_flushes: 1, ..Work::NONE }
+        } else {
+            Work { invlpg: n, ..Work::NONE }
+        }
+    }
+
+    /// First touch of `n` committed pages: a zeroed frame and one entry write each, no flush
+    /// (the entries were not present, so nothing can be cached).
+    fn touch(n: u64) -> Work {
+        Work { pte_writes: n, frames_zeroed: n, faults_resolved: n, ..Work::NONE }
+    }
+
+    /// Creating `t` table pages: each zeroed and linked by one entry write in its parent.
+    fn tables(t: u64) -> Work {
+        Work { pte_writes: t, frames_zeroed: t, table_pages_allocated: t, ..Work::NONE }
+    }
+
+    /// Changing the protection of `n` present pages: one entry write each and their
+    /// invalidation.
+    fn protect(n: u64, threshold: u64) -> Work {
+        Work { pte_writes: n, ..Work::NONE }.plus(Work::invalidate(n, threshold))
+    }
+
+    /// Decommitting `n` touched (present) pages: one entry write each and their invalidation;
+    /// their frames go back to the allocator (no counter).
+    fn decommit_present(n: u64, threshold: u64) -> Work {
+        Work::protect(n, threshold)
+    }
+}
+
+/// Table pages a fresh space needs to map `[start, end)` with 4 KiB pages: one page table per
+/// 2 MiB, one directory per 1 GiB, one PDPT per 512 GiB touched (the PML4 exists).
+fn tables_needed(start: u64, end: u64) -> u64 {
+    [21u32, 30, 39].iter().map(|&s| ((end - 1) >> s) - (start >> s) + 1).sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring and printing.
+
+struct Env {
+    place: String,
+    tsc_hz: u64,
+    threshold: u64,
+}
+
+/// A measured loop.
+struct Figure {
+    name: String,
+    unit: &'static str,
+    units: u64,
+    cycles: u64,
+    work: Work,
+    min: Work,
+    /// Why the work exceeds the minimum, printed only when it does.
+    why: &'static str,
+}
+
+fn counters() -> WorkCounters {
+    memory::with_mm(|mm| mm.counters)
+}
+
+/// Runs `f` once, returning the TSC cycles and the work it did.
+fn measure(f: impl FnOnce()) -> (u64, Work) {
+    let before = counters();
+    let t0 = rdtsc();
+    f();
+    let t1 = rdtsc();
+    let after = counters();
+    (t1 - t0, Work::between(&before, &after))
+}
+
+fn per_unit(total: u64, units: u64) -> String {
+    if total % units == 0 {
+        return format!("{}", total / units);
+    }
+    let v = total as f64 / units as f64;
+    let s = if v >= 0.01 { format!("{v:.3}") } else { format!("{v:.6}") };
+    String::from(s.trim_end_matches('0').trim_end_matches('.'))
+}
+
+fn report(env: &Env, f: Figure) {
+    let cyc = f.cycles as f64 / f.units as f64;
+    let ns = cyc * 1e9 / env.tsc_hz as f64;
+    let mut line = format!(
+        "bench {} {} unit={} n={} cycles={cyc:.1} ns={ns:.1}",
+        env.place, f.name, f.unit, f.units
+    );
+    let mut over = Vec::new();
+    let mut under = Vec::new();
+    for ((name, got), (_, min)) in f.work.fields().iter().zip(f.min.fields().iter()) {
+        line += &format!(" {name}={}/{}", per_unit(*got, f.units), per_unit(*min, f.units));
+        if got > min {
+            over.push(format!("{name} +{}", per_unit(got - min, f.units)));
+        } else if got < min {
+            under.push(format!("{name} -{}", per_unit(min - got, f.units)));
+        }
+    }
+    line += " entries=n/a verdict: ";
+    if over.is_empty() && under.is_empty() {
+        line += "= min";
+    } else {
+        if !over.is_empty() {
+            line += &format!("> min: {} per {}", over.join(", "), f.unit);
+            if !f.why.is_empty() {
+                line += &format!(" ({})", f.why);
+            }
+        }
+        if !under.is_empty() {
+            line += &format!("{}< min?: {} per {} (the minimum is wrong)", if over.is_empty() { "" } else { "; " }, under.join(", "), f.unit);
+        }
+    }
+    kprintln!("{line}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guest memory helpers.
+
+fn space() -> Space {
+    let s = Space::new().expect("Space::new");
+    s.activate();
+    s
+}
+
+fn space_with_threshold(threshold: usize) -> Space {
+    let s = Space::with_config(SpaceConfig { tlb_flush_threshold: threshold, ..SpaceConfig::default() })
+        .expect("Space::with_config");
+    s.activate();
+    s
+}
+
+fn alloc(s: &Space, addr: u64, size: u64, ty: u32, prot: u32) -> u64 {
+    s.virtual_alloc(addr, size, ty, prot)
+        .unwrap_or_else(|e| panic!("VirtualAlloc({addr:#x}, {size:#x}, {ty:#x}, {prot:#x}): {e:?}"))
+}
+
+fn free(s: &Space, addr: u64, size: u64, ty: u32) {
+    s.virtual_free(addr, size, ty).unwrap_or_else(|e| panic!("VirtualFree({addr:#x}, {size:#x}, {ty:#x}): {e:?}"))
+}
+
+fn protect(s: &Space, addr: u64, size: u64, prot: u32) {
+    s.virtual_protect(addr, size, prot).unwrap_or_else(|e| panic!("VirtualProtect({addr:#x}, {size:#x}, {prot:#x}): {e:?}"));
+}
+
+/// Writes one byte to a guest page (the first touch faults in a zeroed frame).
+fn touch(addr: u64) {
+    // SAFETY: `addr` lies in a committed read-write page of the benchmark's own space, which
+    // nothing else uses.
+    unsafe { probe::write_u8(addr, 1) }.unwrap_or_else(|f| panic!("touching {addr:#x} faulted: {f:?}"));
+}
+
+fn touch_range(base: u64, size: u64) {
+    for off in (0..size).step_by(PAGE as usize) {
+        touch(base + off);
+    }
+}
+
+/// Reads one byte of a guest page (to load its translation into the TLB).
+fn read(addr: u64) {
+    // SAFETY: `addr` lies in a committed readable page of the benchmark's own space.
+    unsafe { probe::read_u8(addr) }.unwrap_or_else(|f| panic!("reading {addr:#x} faulted: {f:?}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The peer program's workloads (same names, sizes and units as vmbench.c).
+
+/// B1: reserve + release of one 64 KiB region. Never committed: no table is touched.
+fn reserve_release_64k(env: &Env, s: &Space, name: &str, n: u64) {
+    let (cycles, work) = measure(|| {
+        for _ in 0..n {
+            let b = alloc(s, 0, KB64, MEM_RESERVE, PAGE_NOACCESS);
+            free(s, b, 0, MEM_RELEASE);
+        }
+    });
+    report(env, Figure { name: name.into(), unit: "op", units: n, cycles, work, min: Work::NONE, why: "" });
+}
+
+const WHY_COMMIT: &str = "commit writes a software entry for every page (the page table is the only per-page store), \
+then the first touch rewrites it with the frame; the page tables emptied by the decommit are freed, then re-created \
+(zeroed, linked, and their parents' child counts rewritten) by the next commit";
+
+/// B2: commit + first touch + decommit, per 4 KiB page, in 1 MiB batches. One warm-up round
+/// first, so the minimum is the steady state: 2 entry writes per page (map at the touch, clear
+/// at the decommit), one zeroed frame, and one invalidation batch per round.
+fn commit_touch_decommit(env: &Env, s: &Space, name: &str, base: u64, rounds: u64) {
+    let size = MIB;
+    let pages = size / PAGE;
+    let round = || {
+        alloc(s, base, size, MEM_COMMIT, PAGE_READWRITE);
+        touch_range(base, size);
+        free(s, base, size, MEM_DECOMMIT);
+    };
+    round();
+    let (cycles, work) = measure(|| (0..rounds).for_each(|_| round()));
+    let min = Work::touch(pages).plus(Work::decommit_present(pages, env.threshold)).times(rounds);
+    report(env, Figure { name: name.into(), unit: "page", units: rounds * pages, cycles, work, min, why: WHY_COMMIT });
+}
+
+/// B3: protect 256 committed, touched pages read-only and back, per call.
+fn protect_256_pages(env: &Env, s: &Space, name: &str, base: u64, rounds: u64) {
+    let size = 256 * PAGE;
+    alloc(s, base, size, MEM_COMMIT, PAGE_READWRITE);
+    touch_range(base, size);
+    let (cycles, work) = measure(|| {
+        for _ in 0..rounds {
+            protect(s, base, size, PAGE_READONLY);
+            protect(s, base, size, PAGE_READWRITE);
+        }
+    });
+    let min = Work::protect(256, env.threshold).times(2 * rounds);
+    report(env, Figure { name: name.into(), unit: "call", units: 2 * rounds, cycles, work, min, why: "" });
+    free(s, base, size, MEM_DECOMMIT);
+}
+
+/// B4: `n` live 64 KiB reservations, then release them all; per operation.
+fn reserve_release_live(env: &Env, s: &Space, name: &str, n: u64) {
+    let mut v = Vec::with_capacity(n as usize);
+    let (cycles, work) = measure(|| {
+        for _ in 0..n {
+            v.push(alloc(s, 0, KB64, MEM_RESERVE, PAGE_NOACCESS));
+        }
+        for &b in &v {
+            free(s, b, 0, MEM_RELEASE);
+        }
+    });
+    report(env, Figure { name: name.into(), unit: "op", units: 2 * n, cycles, work, min: Work::NONE, why: "" });
+}
+
+/// B5: commit and touch 256 MiB in a fresh reservation, per page: a zeroed frame and one entry
+/// per page, plus the page tables the range needs (zeroed, one parent entry each).
+fn commit_touch_256m(env: &Env, s: &Space, name: &str, size: u64) {
+    let base = alloc(s, 0, size, MEM_RESERVE, PAGE_READWRITE);
+    let (cycles, work) = measure(|| {
+        alloc(s, base, size, MEM_COMMIT, PAGE_READWRITE);
+        touch_range(base, size);
+    });
+    let pages = size / PAGE;
+    let min = Work::touch(pages).plus(Work::tables(tables_needed(base, base + size)));
+    report(env, Figure {
+        name: name.into(),
+        unit: "page",
+        units: pages,
+        cycles,
+        work,
+        min,
+        why: "commit writes a software entry per page before the touch writes the real one; \
+every non-leaf entry also carries a child count that is rewritten when a table below it is created",
+    });
+    free(s, base, 0, MEM_RELEASE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The other round trips the issue asks for.
+
+/// `VirtualQuery` of an address; the answer's region spans `run_pages` pages.
+fn query(env: &Env, s: &Space, name: &str, addr: u64, n: u64) {
+    let mut sum = 0u64;
+    let (cycles, work) = measure(|| {
+        for _ in 0..n {
+            sum = sum.wrapping_add(s.virtual_query(addr).expect("VirtualQuery").region_size);
+        }
+    });
+    core::hint::black_box(sum);
+    report(env, Figure { name: name.into(), unit: "call", units: n, cycles, work, min: Work::NONE, why: "" });
+}
+
+/// Large-page commit: reserve + commit one 2 MiB large page, touch it, release it. Minimum: the
+/// 2 MiB frame zeroed (512 frames), its directory entry written and cleared, one `invlpg`.
+fn large_page_commit(env: &Env, s: &Space, name: &str, n: u64) {
+    let once = || {
+        let b = alloc(s, 0, SPAN_2M, MEM_RESERVE | MEM_COMMIT | MEM_LARGE_PAGES, PAGE_READWRITE);
+        touch(b + 12345);
+        free(s, b, 0, MEM_RELEASE);
+    };
+    once();
+    let (cycles, work) = measure(|| (0..n).for_each(|_| once()));
+    let min = Work { pte_writes: 2, frames_zeroed: 512, invlpg: 1, ..Work::NONE }.times(n);
+    report(env, Figure {
+        name: name.into(),
+        unit: "2MiB-page",
+        units: n,
+        cycles,
+        work,
+        min,
+        why: "the directory and PDPT emptied by the release are freed, then re-created (zeroed) by the next commit; \
+creating them rewrites the parents' child counts",
+    });
+}
+
+/// Guard-page round trip: arm `PAGE_GUARD` on a touched page (`VirtualProtect`), access it
+/// (STATUS_GUARD_PAGE_VIOLATION, guard cleared), retry (succeeds). Minimum: arming writes the
+/// entry and invalidates the present page; the fault rewrites the entry present again (no
+/// invalidation: the entry was not present).
+fn guard_page_fault(env: &Env, s: &Space, name: &str, n: u64) {
+    let base = alloc(s, 0, KB64, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+    touch(base);
+    let (cycles, work) = measure(|| {
+        for _ in 0..n {
+            protect(s, base, PAGE, PAGE_READWRITE | PAGE_GUARD);
+            // SAFETY: a committed page of the benchmark's own space.
+            let f = unsafe { probe::write_u8(base, 2) }.expect_err("a guard page must fault");
+            assert_eq!(f.memory.map(|m| m.code), Some(MemoryFault::GUARD_PAGE), "guard fault: {f:?}");
+            touch(base);
+        }
+    });
+    let min = Work { pte_writes: 2, invlpg: 1, ..Work::NONE }.times(n);
+    report(env, Figure { name: name.into(), unit: "round-trip", units: n, cycles, work, min, why: "" });
+    free(s, base, 0, MEM_RELEASE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLB full-flush threshold evidence.
+
+/// For N pages: (a) the TLB primitives alone: N `invlpg` vs one CR3 reload, each followed by
+/// re-touching the N pages and a 64-page working set (the refill a full flush costs); (b) the
+/// real operation: `VirtualProtect` of N touched pages read-only and back, in a space whose
+/// threshold is 64 (per-page `invlpg` up to 64) and in one whose threshold is 1 (always a full
+/// flush).
+fn tlb_threshold(env: &Env) {
+    kprintln!("tlb-threshold {}: cycles per iteration; invlpg = N x invlpg + refill, full = one CR3 reload + refill, refill = re-touch N pages + a 64-page working set", env.place);
+    let (reps, pages_max, ws) = (200u64, 128u64, 64u64);
+    let s = space();
+    let base = alloc(&s, 0, (pages_max + ws) * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+    touch_range(base, (pages_max + ws) * PAGE);
+    let other = base + pages_max * PAGE;
+    let warm = |n: u64| {
+        for i in 0..n {
+            read(base + i * PAGE);
+        }
+        for i in 0..ws {
+            read(other + i * PAGE);
+        }
+    };
+    for n in [1u64, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128] {
+        let mut by_page = 0;
+        let mut full = 0;
+        for _ in 0..reps {
+            warm(n);
+            let t0 = rdtsc();
+            for i in 0..n {
+                x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(base + i * PAGE));
+            }
+            warm(n);
+            by_page += rdtsc() - t0;
+            warm(n);
+            let t0 = rdtsc();
+            x86_64::instructions::tlb::flush_all();
+            warm(n);
+            full += rdtsc() - t0;
+        }
+        kprintln!(
+            "tlb-primitive {} N={n} invlpg={:.0} full={:.0} cheaper={}",
+            env.place,
+            by_page as f64 / reps as f64,
+            full as f64 / reps as f64,
+            if by_page <= full { "invlpg" } else { "full" }
+        );
+    }
+    drop(s);
+    let per_page = space_with_threshold(64);
+    let flush = space_with_threshold(1);
+    let mk = |sp: &Space| {
+        sp.activate();
+        let b = alloc(sp, 0, (64 + ws) * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+        touch_range(b, (64 + ws) * PAGE);
+        b
+    };
+    let (b1, b2) = (mk(&per_page), mk(&flush));
+    for n in [1u64, 2, 4, 8, 16, 24, 32, 48, 64] {
+        let mut cost = [0u64; 2];
+        let mut work = [Work::NONE; 2];
+        for (k, (sp, b)) in [(&per_page, b1), (&flush, b2)].into_iter().enumerate() {
+            sp.activate();
+            let (c, w) = measure(|| {
+                for _ in 0..reps / 2 {
+                    protect(sp, b, n * PAGE, PAGE_READONLY);
+                    for i in 0..n {
+                        read(b + i * PAGE);
+                    }
+                    for i in 0..ws {
+                        read(b + (64 + i) * PAGE);
+                    }
+                    protect(sp, b, n * PAGE, PAGE_READWRITE);
+                    for i in 0..n {
+                        read(b + i * PAGE);
+                    }
+                    for i in 0..ws {
+                        read(b + (64 + i) * PAGE);
+                    }
+                }
+            });
+            cost[k] = c;
+            work[k] = w;
+        }
+        let calls = reps;
+        kprintln!(
+            "tlb-protect {} N={n} invlpg={:.0} full={:.0} cheaper={} (per VirtualProtect + re-touch; invlpg/call {} vs full flushes/call {})",
+            env.place,
+            cost[0] as f64 / calls as f64,
+            cost[1] as f64 / calls as f64,
+            if cost[0] <= cost[1] { "invlpg" } else { "full" },
+            per_unit(work[0].invlpg, calls),
+            per_unit(work[1].full_flushes, calls),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
+    kernel::init(boot_info);
+    let (accel, signature) = accelerator();
+    let tsc_hz = tsc_hz();
+    let threshold = SpaceConfig::default().tlb_flush_threshold as u64;
+    let env = Env { place: format!("kernel-{accel}"), tsc_hz, threshold };
+    let a = memory::accounting();
+    kprintln!(
+        "bench-env accel={accel} signature=\"{signature}\" tsc_hz={tsc_hz} (PIT-calibrated) flush_threshold={threshold} ram={}MiB commit_limit={}MiB",
+        a.ram_bytes >> 20,
+        a.commit_limit_bytes >> 20
+    );
+    if accel == "TCG" {
+        kprintln!("bench-note cycles under TCG are emulation (translated code, softmmu TLB): compare operations, not hardware");
+    }
+
+    // The peer program's workloads, each in a fresh space loaded in CR3.
+    {
+        let s = space();
+        reserve_release_64k(&env, &s, "reserve_release_64k", 20_000);
+    }
+    {
+        let s = space();
+        let base = alloc(&s, 0, MIB, MEM_RESERVE, PAGE_NOACCESS);
+        commit_touch_decommit(&env, &s, "commit_touch_decommit", base, 200);
+    }
+    {
+        let s = space();
+        let base = alloc(&s, 0, 256 * PAGE, MEM_RESERVE, PAGE_NOACCESS);
+        protect_256_pages(&env, &s, "protect_256_pages", base, 5_000);
+    }
+    {
+        let s = space();
+        reserve_release_live(&env, &s, "reserve_release_10k_live", 10_000);
+    }
+    {
+        let s = space();
+        commit_touch_256m(&env, &s, "commit_touch_256m", 256 * MIB);
+        // Again, on frames the first pass used: QEMU backs guest RAM lazily, so the first pass
+        // also pays the host's first touch of those 256 MiB (a host page fault per page).
+        commit_touch_256m(&env, &s, "commit_touch_256m_again", 256 * MIB);
+    }
+
+    // Query, large pages, guard pages.
+    {
+        let s = space();
+        let b = alloc(&s, 0, KB64, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+        touch_range(b, KB64);
+        query(&env, &s, "query_committed_64k", b, 20_000);
+        let r = alloc(&s, 0, 64 * MIB, MEM_RESERVE, PAGE_READWRITE);
+        query(&env, &s, "query_reserved_64m", r, 20_000);
+        query(&env, &s, "query_free", 0x4000_0000_0000, 20_000);
+    }
+    {
+        let s = space();
+        large_page_commit(&env, &s, "large_page_commit_2m", 200);
+    }
+    {
+        let s = space();
+        guard_page_fault(&env, &s, "guard_page_fault", 5_000);
+    }
+
+    // Scale: live allocations.
+    for live in [1u64, 1_000, 100_000] {
+        let s = space();
+        let mut bases = Vec::with_capacity(live as usize);
+        for _ in 0..live {
+            bases.push(alloc(&s, 0, KB64, MEM_RESERVE, PAGE_NOACCESS));
+        }
+        reserve_release_64k(&env, &s, &format!("reserve_release_64k@live={live}"), 5_000);
+        query(&env, &s, &format!("query@live={live}"), bases[bases.len() / 2], 5_000);
+        let w = alloc(&s, 0, MIB, MEM_RESERVE, PAGE_NOACCESS);
+        commit_touch_decommit(&env, &s, &format!("commit_touch_decommit@live={live}"), w, 20);
+        let p = alloc(&s, 0, 256 * PAGE, MEM_RESERVE, PAGE_NOACCESS);
+        protect_256_pages(&env, &s, &format!("protect_256_pages@live={live}"), p, 100);
+        // Dropping the space releases everything; B4 at this scale:
+        drop(s);
+        let s = space();
+        reserve_release_live(&env, &s, &format!("reserve_release_live@live={live}"), live);
+    }
+
+    // Scale: reservation size.
+    for (label, size) in [("64m", 64 * MIB), ("1g", GIB), ("16g", 16 * GIB)] {
+        let s = space();
+        let (cycles, work) = measure(|| {
+            for _ in 0..5_000 {
+                let b = alloc(&s, 0, size, MEM_RESERVE, PAGE_NOACCESS);
+                free(&s, b, 0, MEM_RELEASE);
+            }
+        });
+        report(&env, Figure {
+            name: format!("reserve_release@size={label}"),
+            unit: "op",
+            units: 5_000,
+            cycles,
+            work,
+            min: Work::NONE,
+            why: "",
+        });
+        let b = alloc(&s, 0, size, MEM_RESERVE, PAGE_NOACCESS);
+        query(&env, &s, &format!("query_reserved@size={label}"), b + size / 2, 5_000);
+        // The same reservation with its first 64 KiB committed and touched (a GC heap's shape):
+        // the query of the reserved rest now walks the tables that exist below it.
+        alloc(&s, b, KB64, MEM_COMMIT, PAGE_READWRITE);
+        touch_range(b, KB64);
+        query(&env, &s, &format!("query_reserved_tail@size={label}"), b + KB64, 500);
+        free(&s, b, KB64, MEM_DECOMMIT);
+        // A 1 MiB window at the far end of the reservation: cost must not depend on the size.
+        commit_touch_decommit(&env, &s, &format!("commit_touch_decommit@size={label}"), b + size - MIB, 20);
+        // Release of the whole reservation after that window was used (its tables are gone again).
+        alloc(&s, b + size - MIB, MIB, MEM_COMMIT, PAGE_READWRITE);
+        touch_range(b + size - MIB, MIB);
+        let (cycles, work) = measure(|| free(&s, b, 0, MEM_RELEASE));
+        // Release must also free the page tables only this range used (one parent entry
+        // cleared each): in a space holding nothing else, all of them.
+        let t = tables_needed(b + size - MIB, b + size);
+        let min = Work::decommit_present(MIB / PAGE, env.threshold)
+            .plus(Work { pte_writes: t, table_pages_freed: t, ..Work::NONE });
+        report(&env, Figure {
+            name: format!("release_touched_1m@size={label}"),
+            unit: "op",
+            units: 1,
+            cycles,
+            work,
+            min,
+            why: "freeing a page table whose directory keeps other tables rewrites the child count in the directory's entry",
+        });
+    }
+
+    tlb_threshold(&env);
+
+    memory::print_accounting();
+    kprintln!("bench complete");
+    qemu::exit(qemu::ExitCode::Success)
+}

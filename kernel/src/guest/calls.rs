@@ -1,0 +1,306 @@
+//! Host calls: what the stubs of [`super::host_pages`] ask for (host-abi §3–§7, §9).
+//!
+//! Argument registers on entry: call number in `rax`; `rdi, rsi, rdx, r10, r8, r9`, and `rbx`
+//! for the seventh argument of `VirtualAlloc`. Every pointer is checked against the guest's
+//! address space before use; checks run in the contract's order: E_POINTER for NULL COM
+//! out-pointers, then Windows' validation order, then Windows' own pointer arguments, then the
+//! operation. A failed call changes nothing but the NULL/0 results §9 lists.
+
+use address_space::win32::*;
+use address_space::{CriticalLevel, VmError};
+
+use super::host_pages::{MANAGER_OBJECT, nr};
+use super::hresult::{self, E_INVALIDARG, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, S_OK};
+use super::{Ended, Guest, Handler};
+use crate::arch::user::UserContext;
+
+/// `IID_IUnknown` as its 16 bytes in memory (GUID layout: u32, u16, u16, 8 bytes).
+const IID_IUNKNOWN: [u8; 16] = guid(0x0000_0000, 0x0000, 0x0000, [0xC0, 0, 0, 0, 0, 0, 0, 0x46]);
+/// `IID_IHostMemoryManager`.
+const IID_IHOST_MEMORY_MANAGER: [u8; 16] =
+    guid(0x7BC6_98D1, 0xF9E3, 0x4460, [0x9C, 0xDE, 0xD0, 0x42, 0x48, 0xE9, 0xFA, 0x25]);
+
+const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
+    let a = a.to_le_bytes();
+    let b = b.to_le_bytes();
+    let c = c.to_le_bytes();
+    [a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]
+}
+
+/// Bytes of `GUEST_CONTEXT` a `write` may print at once (longer writes go in pieces).
+const WRITE_CHUNK: usize = 4096;
+
+/// The `IHostMemoryManager` methods, by vtable slot.
+mod slot {
+    pub const QUERY_INTERFACE: u64 = 0;
+    pub const ADD_REF: u64 = 1;
+    pub const RELEASE: u64 = 2;
+    pub const VIRTUAL_ALLOC: u64 = 4;
+    pub const VIRTUAL_FREE: u64 = 5;
+    pub const VIRTUAL_QUERY: u64 = 6;
+    pub const VIRTUAL_PROTECT: u64 = 7;
+    pub const GET_MEMORY_LOAD: u64 = 8;
+}
+
+fn hr(result: Result<(), u32>) -> u64 {
+    match result {
+        Ok(()) => S_OK as u64,
+        Err(h) => h as u64,
+    }
+}
+
+/// ERROR_NOACCESS as an HRESULT.
+const E_NOACCESS: u32 = hresult::from_win32(ERROR_NOACCESS);
+
+impl Guest {
+    /// Serves one system call; returns the value for `rax`, or ends the guest.
+    pub(super) fn syscall(&mut self, c: &UserContext) -> Result<u64, Ended> {
+        let (a1, a2, a3, a4, a5, a6, a7) = (c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx);
+        Ok(match c.rax {
+            nr::EXIT => return Err(a1 as i32),
+            nr::WRITE => {
+                self.write_console(a1, a2);
+                0
+            }
+            nr::TICKS_NS => crate::arch::time::ticks_ns(),
+            nr::ADD_VEH => self.add_handler(a1 != 0, a2),
+            nr::REMOVE_VEH => self.remove_handler(a1),
+            nr::GET_WRITE_WATCH => self.get_write_watch(a1 as u32, a2, a3, a4, a5, a6) as u64,
+            nr::RESET_WRITE_WATCH => match self.space.reset_write_watch(a1, a2) {
+                Ok(()) => 0,
+                Err(e) => e.win32_code() as u64,
+            },
+            nr::QUERY_COMMIT => {
+                self.query_commit(a1);
+                0
+            }
+            n if (nr::MANAGER..nr::MANAGER + 13).contains(&n) => self.manager_call(n - nr::MANAGER, [a1, a2, a3, a4, a5, a6, a7]),
+            _ => E_NOTIMPL as u64,
+        })
+    }
+
+    fn write_console(&self, buf: u64, len: u64) {
+        // Nothing is written unless the whole buffer is readable.
+        if len == 0 || self.space.with(|s, cx| s.check_user_access(cx, buf, len, false)).is_err() {
+            return;
+        }
+        let mut chunk = [0u8; WRITE_CHUNK];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(WRITE_CHUNK as u64) as usize;
+            if self.read_bytes(buf + done, &mut chunk[..n]).is_err() {
+                return;
+            }
+            crate::console::write_bytes(&chunk[..n]);
+            done += n as u64;
+        }
+    }
+
+    fn add_handler(&mut self, first: bool, function: u64) -> u64 {
+        if !self.is_executable(function) {
+            return 0;
+        }
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let h = Handler { handle: handle * 16, function };
+        if first { self.handlers.insert(0, h) } else { self.handlers.push(h) }
+        h.handle
+    }
+
+    fn remove_handler(&mut self, handle: u64) -> u64 {
+        match self.handlers.iter().position(|h| h.handle == handle && handle != 0) {
+            Some(i) => {
+                self.handlers.remove(i);
+                1
+            }
+            None => 0,
+        }
+    }
+
+    /// `GetWriteWatch`: returns 0 or the Win32 error (host-abi §7).
+    fn get_write_watch(&mut self, flags: u32, base: u64, size: u64, addresses: u64, count_ptr: u64, gran_ptr: u64) -> u32 {
+        if count_ptr == 0 || gran_ptr == 0 {
+            return ERROR_NOACCESS;
+        }
+        let Ok(count) = self.read_u64(count_ptr) else { return ERROR_NOACCESS };
+        if count > 0 && addresses == 0 {
+            return ERROR_NOACCESS;
+        }
+        // Windows' own checks (region, size, flags, count 0) come from the address space; a
+        // one-slot probe without the reset flag validates without changing anything.
+        let mut probe = [0u64; 1];
+        if let Err(e) = self.space.get_write_watch(flags & !WRITE_WATCH_FLAG_RESET, base, size, if count == 0 { &mut [] } else { &mut probe }) {
+            return e.win32_code();
+        }
+        let pages = size.div_ceil(4096);
+        let capacity = count.min(pages);
+        if self.check_writable(addresses, capacity * 8).is_err()
+            || self.check_writable(count_ptr, 8).is_err()
+            || self.check_writable(gran_ptr, 4).is_err()
+        {
+            return ERROR_NOACCESS;
+        }
+        // Collect in pieces of at most 4096 addresses over sub-ranges, so a huge request needs no
+        // huge kernel buffer.
+        let mut found = 0u64;
+        let mut chunk = alloc::vec![0u64; 4096];
+        let end = base + size;
+        let mut at = base;
+        while at < end && found < capacity {
+            let piece_end = end.min((at & !(4096 * 4096 - 1)) + 4096 * 4096);
+            let room = (capacity - found).min(4096) as usize;
+            let k = match self.space.get_write_watch(flags, at, piece_end - at, &mut chunk[..room]) {
+                Ok(k) => k,
+                Err(e) => return e.win32_code(),
+            };
+            let bytes: alloc::vec::Vec<u8> = chunk[..k].iter().flat_map(|a| a.to_le_bytes()).collect();
+            if self.write_bytes(addresses + found * 8, &bytes).is_err() {
+                return ERROR_NOACCESS;
+            }
+            found += k as u64;
+            if k < room {
+                at = piece_end;
+            }
+        }
+        let _ = self.write_bytes(count_ptr, &found.to_le_bytes());
+        let _ = self.write_bytes(gran_ptr, &4096u32.to_le_bytes());
+        0
+    }
+
+    fn query_commit(&self, out: u64) {
+        let info = crate::memory::with_mm(|mm| {
+            let c = &mm.charge;
+            let limit = c.limit_pages() * 4096;
+            [limit, c.committed_pages() * 4096, c.critical_reserve_pages() * 4096, limit / 8, limit / 4]
+        });
+        let bytes: alloc::vec::Vec<u8> = info.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let _ = self.write_bytes(out, &bytes);
+    }
+
+    /// An `IHostMemoryManager` method; `args[0]` is `this`.
+    fn manager_call(&mut self, slot: u64, args: [u64; 7]) -> u64 {
+        if args[0] != MANAGER_OBJECT {
+            return E_NOACCESS as u64;
+        }
+        if self.poisoned && !matches!(slot, slot::QUERY_INTERFACE | slot::ADD_REF | slot::RELEASE) {
+            return HOST_E_CLRNOTAVAILABLE as u64;
+        }
+        match slot {
+            slot::QUERY_INTERFACE => hr(self.query_interface(args[1], args[2])),
+            slot::ADD_REF => {
+                self.manager_refs = self.manager_refs.saturating_add(1);
+                self.manager_refs as u64
+            }
+            slot::RELEASE => {
+                self.manager_refs = self.manager_refs.saturating_sub(1);
+                self.manager_refs as u64
+            }
+            slot::VIRTUAL_ALLOC => hr(self.virtual_alloc(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32, args[6])),
+            slot::VIRTUAL_FREE => hr(self.space.virtual_free(args[1], args[2], args[3] as u32).map_err(hresult::from_vm)),
+            slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
+            slot::VIRTUAL_PROTECT => hr(self.virtual_protect(args[1], args[2], args[3] as u32, args[4])),
+            slot::GET_MEMORY_LOAD => hr(self.get_memory_load(args[1], args[2])),
+            // CreateMalloc (3), RegisterMemoryNotificationCallback (9) and the three
+            // *VirtualAddressSpace methods (10–12) belong to the IHostMemoryManager issue.
+            _ => E_NOTIMPL as u64,
+        }
+    }
+
+    /// Checks a COM out-pointer: NULL → E_POINTER, not writable → ERROR_NOACCESS (or the guard
+    /// page status, the guard now cleared).
+    fn out_pointer(&self, ptr: u64, len: u64) -> Result<(), u32> {
+        if ptr == 0 {
+            return Err(E_POINTER);
+        }
+        self.check_writable(ptr, len).map_err(hresult::from_vm)
+    }
+
+    fn query_interface(&mut self, riid: u64, ppv: u64) -> Result<(), u32> {
+        self.out_pointer(ppv, 8)?;
+        if riid == 0 {
+            let _ = self.write_bytes(ppv, &0u64.to_le_bytes());
+            return Err(E_POINTER);
+        }
+        let mut iid = [0u8; 16];
+        if let Err(e) = self.read_bytes(riid, &mut iid) {
+            let _ = self.write_bytes(ppv, &0u64.to_le_bytes());
+            return Err(hresult::from_vm(e));
+        }
+        if iid == IID_IUNKNOWN || iid == IID_IHOST_MEMORY_MANAGER {
+            self.manager_refs = self.manager_refs.saturating_add(1);
+            let _ = self.write_bytes(ppv, &MANAGER_OBJECT.to_le_bytes());
+            Ok(())
+        } else {
+            let _ = self.write_bytes(ppv, &0u64.to_le_bytes());
+            Err(E_NOINTERFACE)
+        }
+    }
+
+    fn virtual_alloc(&mut self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32, pp_mem: u64) -> Result<(), u32> {
+        self.out_pointer(pp_mem, 8)?;
+        let level = match level {
+            0 => CriticalLevel::Task,
+            1 => CriticalLevel::AppDomain,
+            2 => CriticalLevel::Process,
+            _ => {
+                let _ = self.write_bytes(pp_mem, &0u64.to_le_bytes());
+                return Err(E_INVALIDARG);
+            }
+        };
+        match self.space.with(|s, cx| s.virtual_alloc(cx, addr, size, alloc_type, protect, level)) {
+            Ok(base) => {
+                let _ = self.write_bytes(pp_mem, &base.to_le_bytes());
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.write_bytes(pp_mem, &0u64.to_le_bytes());
+                Err(hresult::from_vm(e))
+            }
+        }
+    }
+
+    fn virtual_query(&mut self, addr: u64, buffer: u64, length: u64, p_result: u64) -> Result<(), u32> {
+        self.out_pointer(p_result, 8)?;
+        let zero = |g: &Self| {
+            let _ = g.write_bytes(p_result, &0u64.to_le_bytes());
+        };
+        if length < address_space::MemoryBasicInformation::SIZE as u64 {
+            zero(self);
+            return Err(hresult::from_vm(VmError::BadLength));
+        }
+        let info = match self.space.virtual_query(addr) {
+            Ok(info) => info,
+            Err(e) => {
+                zero(self);
+                return Err(hresult::from_vm(e));
+            }
+        };
+        if let Err(e) = self.write_bytes(buffer, &info.to_bytes()) {
+            zero(self);
+            return Err(hresult::from_vm(if buffer == 0 { VmError::NoAccess } else { e }));
+        }
+        let _ = self.write_bytes(p_result, &(address_space::MemoryBasicInformation::SIZE as u64).to_le_bytes());
+        Ok(())
+    }
+
+    fn virtual_protect(&mut self, addr: u64, size: u64, protect: u32, p_old: u64) -> Result<(), u32> {
+        address_space::AddressSpace::check_protect_value(protect).map_err(hresult::from_vm)?;
+        if p_old == 0 {
+            return Err(E_NOACCESS);
+        }
+        self.check_writable(p_old, 4).map_err(hresult::from_vm)?;
+        let old = self.space.virtual_protect(addr, size, protect).map_err(hresult::from_vm)?;
+        let _ = self.write_bytes(p_old, &old.to_le_bytes());
+        Ok(())
+    }
+
+    fn get_memory_load(&mut self, p_load: u64, p_available: u64) -> Result<(), u32> {
+        self.out_pointer(p_load, 4)?;
+        self.out_pointer(p_available, 8)?;
+        let (load, available) =
+            crate::memory::with_mm(|mm| (mm.charge.load_percent(), mm.charge.available(CriticalLevel::Task) * 4096));
+        let _ = self.write_bytes(p_load, &load.to_le_bytes());
+        let _ = self.write_bytes(p_available, &available.to_le_bytes());
+        Ok(())
+    }
+}

@@ -1,0 +1,275 @@
+//! Guests: untrusted ring-3 programs, each in an address space of its own, loaded from ELF files
+//! and calling the host through the binary contract of `host-abi.md`.
+//!
+//! - [`elf`] checks the file; [`Guest::load`] maps its segments as one `MEM_IMAGE` allocation
+//!   (per-page protections from the segment flags), applies its `R_X86_64_RELATIVE` relocations,
+//!   maps the host's pages ([`host_pages`]) and reserves its stack: 1 MiB, the top two pages
+//!   committed, a guard page below them.
+//! - [`Guest::run`] drops to ring 3 at the entry point with `rdi` = the `IHostMemoryManager`
+//!   object and `rsi` = `HOST_SERVICES`, and serves its system calls ([`calls`]) and exceptions
+//!   ([`exceptions`]) until it ends: by returning from its entry point, by `exit`, or by an
+//!   unhandled exception. Then its space is destroyed: every frame and page-table page goes back.
+//! - Guest memory is never a Rust reference: the kernel reads and writes it through the address
+//!   space's checked copies (`read_user`/`write_user`), which refuse anything that is not
+//!   committed and accessible to the guest (ERROR_NOACCESS), and report a guard page (0x80000001,
+//!   clearing it) — so a guest can never make the kernel touch kernel memory or memory it may not
+//!   write, and SMAP never has to be opened.
+//!
+//! One guest runs at a time, on the kernel stack of the code that called [`run_guest`].
+
+pub mod calls;
+pub mod elf;
+pub mod exceptions;
+pub mod host_pages;
+pub mod hresult;
+pub mod ramdisk;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use address_space::win32::*;
+use address_space::{AllocationKind, CriticalLevel, VmError};
+
+use crate::arch::user::{UserContext, UserExit, enter_user};
+use crate::memory::Space;
+use host_pages::{HOST_BASE, HOST_SERVICES, MANAGER_OBJECT, Stub, stub};
+
+const PAGE: u64 = 4096;
+/// Where a static-PIE guest is placed (the default image base of 64-bit Windows executables).
+pub const PIE_BASE: u64 = 0x1_4000_0000;
+/// Reserved size of a guest's stack.
+pub const STACK_RESERVE: u64 = 1 << 20;
+/// Pages committed at the top of the stack at start.
+pub const STACK_INITIAL_PAGES: u64 = 2;
+
+/// A registered vectored exception handler.
+#[derive(Debug, Clone, Copy)]
+struct Handler {
+    handle: u64,
+    function: u64,
+}
+
+/// A loaded guest.
+pub struct Guest {
+    name: String,
+    space: Space,
+    entry_context: UserContext,
+    handlers: Vec<Handler>,
+    next_handle: u64,
+    /// Lowest address of the stack reservation and its end.
+    stack: (u64, u64),
+    /// Nesting of upcalls (exception handlers, callbacks) in progress.
+    upcall_depth: u32,
+    /// The manager's reference count (host-abi §9: starts at 1, never destroys).
+    manager_refs: u32,
+    /// Set after E_FAIL: every later manager call returns HOST_E_CLRNOTAVAILABLE.
+    poisoned: bool,
+}
+
+/// How a guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestOutcome {
+    /// The file was refused before it ran.
+    Refused(String),
+    /// It ran and ended with this exit code.
+    Exited(i32),
+}
+
+/// How control leaves a run loop early: the guest ended with an exit code.
+pub(crate) type Ended = i32;
+
+impl Guest {
+    /// Checks `file`, creates the guest's address space and maps everything it needs.
+    ///
+    /// # Errors
+    /// A message naming the reason the file is refused (malformed, unsupported, or no memory).
+    pub fn load(name: &str, file: &[u8]) -> Result<Guest, String> {
+        let space = Space::new().map_err(|e| format!("no address space: {e:?}"))?;
+        let cfg = space.with(|s, _| *s.config());
+        let image = elf::parse(file, cfg.min_address, cfg.max_address_end)?;
+        let bias = if image.relocatable { PIE_BASE - image.low } else { 0 };
+        let base = image.low.wrapping_add(bias);
+        if base % 0x1_0000 != 0 {
+            return Err(format!("the image starts at {base:#x}, which is not 64 KiB aligned"));
+        }
+        if base.checked_add(image.high - image.low).is_none_or(|end| end > HOST_BASE) {
+            return Err("the image overlaps the host's pages at the top of user space".into());
+        }
+        let pages = ((image.high - image.low) / PAGE) as usize;
+        let mut prots = alloc::vec![PAGE_NOACCESS; pages];
+        for (i, prot) in prots.iter_mut().enumerate() {
+            let va = image.low + i as u64 * PAGE;
+            let (mut r, mut w, mut x) = (false, false, false);
+            for s in image.segments.iter().filter(|s| s.vaddr < va + PAGE && s.vaddr + s.mem_size > va) {
+                r |= s.read;
+                w |= s.write;
+                x |= s.execute;
+            }
+            *prot = match (r || w, w, x) {
+                (_, true, _) => PAGE_READWRITE,
+                (true, false, true) => PAGE_EXECUTE_READ,
+                (false, false, true) => PAGE_EXECUTE,
+                (true, false, false) => PAGE_READONLY,
+                (false, false, false) => PAGE_NOACCESS,
+            };
+        }
+        let fail = |what: &str, e: VmError| format!("{what}: {e:?} (Win32 {})", e.win32_code());
+        space
+            .with(|s, cx| s.create_image(cx, base, &prots, false, CriticalLevel::Process))
+            .map_err(|e| fail("mapping the image", e))?;
+        for seg in &image.segments {
+            let bytes = &file[seg.file_offset as usize..(seg.file_offset + seg.file_size) as usize];
+            space.with(|s, cx| s.write_image(cx, seg.vaddr + bias, bytes)).map_err(|e| fail("copying a segment", e))?;
+        }
+        for &(offset, addend) in &image.relocations {
+            let value = addend.wrapping_add(bias);
+            space.with(|s, cx| s.write_image(cx, offset + bias, &value.to_le_bytes())).map_err(|e| fail("relocating", e))?;
+        }
+        space
+            .with(|s, cx| s.create_image(cx, HOST_BASE, &[PAGE_EXECUTE_READ, PAGE_READONLY], true, CriticalLevel::Process))
+            .map_err(|e| fail("mapping the host pages", e))?;
+        space
+            .with(|s, cx| {
+                s.write_image(cx, host_pages::HOST_CODE, &host_pages::code_page())?;
+                s.write_image(cx, host_pages::HOST_DATA, &host_pages::data_page(cfg.max_application_address()))
+            })
+            .map_err(|e| fail("filling the host pages", e))?;
+        let stack_base = space
+            .with(|s, cx| s.virtual_alloc(cx, 0, STACK_RESERVE, MEM_RESERVE | MEM_TOP_DOWN, PAGE_READWRITE, CriticalLevel::Process))
+            .map_err(|e| fail("reserving the stack", e))?;
+        let stack_top = stack_base + STACK_RESERVE;
+        let committed = stack_top - STACK_INITIAL_PAGES * PAGE;
+        space
+            .with(|s, cx| {
+                s.virtual_alloc(cx, committed, STACK_INITIAL_PAGES * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process)?;
+                s.virtual_alloc(cx, committed - PAGE, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Process)?;
+                // The entry point is called: its return address leads to `exit(eax)`.
+                s.write_user(cx, stack_top - 8, &stub(Stub::GuestReturn).to_le_bytes())
+            })
+            .map_err(|e| fail("committing the stack", e))?;
+        let entry_context = UserContext {
+            rip: image.entry.wrapping_add(bias),
+            rsp: stack_top - 8,
+            rdi: MANAGER_OBJECT,
+            rsi: HOST_SERVICES,
+            rflags: 0x202,
+            ..UserContext::default()
+        };
+        Ok(Guest {
+            name: name.into(),
+            space,
+            entry_context,
+            handlers: Vec::new(),
+            next_handle: 1,
+            stack: (stack_base, stack_top),
+            upcall_depth: 0,
+            manager_refs: 1,
+            poisoned: false,
+        })
+    }
+
+    /// The guest's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The guest's address space.
+    pub fn space(&self) -> &Space {
+        &self.space
+    }
+
+    /// Runs the guest to its end and returns its exit code; its address space is destroyed.
+    pub fn run(mut self) -> i32 {
+        self.space.activate();
+        let mut context = self.entry_context;
+        match self.run_loop(&mut context, false) {
+            Ok(_) => unreachable!("the main run loop returns only when the guest ends"),
+            Err(code) => code,
+        }
+    }
+
+    /// Runs `context` in ring 3, serving system calls and exceptions, until the guest ends
+    /// (`Err(exit code)`) or, for an upcall, until the upcall returns (`Ok(rax)`).
+    fn run_loop(&mut self, context: &mut UserContext, upcall: bool) -> Result<u64, Ended> {
+        let mut after_syscall = false;
+        loop {
+            // SAFETY: the context is this guest's (entry point, stub or handler addresses in its
+            // user half, with rflags from sanitize_rflags or 0x202), and its space is in CR3.
+            let exit = unsafe { enter_user(context, after_syscall) };
+            match exit {
+                UserExit::Syscall => {
+                    if context.rax == host_pages::nr::UPCALL_RETURN && upcall {
+                        return Ok(context.rdi);
+                    }
+                    context.rax = self.syscall(context)?;
+                    after_syscall = true;
+                }
+                UserExit::Exception { vector, error_code, cr2 } => {
+                    self.exception(context, vector, error_code, cr2)?;
+                    after_syscall = false;
+                }
+            }
+        }
+    }
+
+    /// Calls the guest function `function(argument)` in ring 3 on a stack whose entry `rsp` is
+    /// `rsp` (the caller wrote the return address there: the upcall-return stub), and returns
+    /// what it returned.
+    fn upcall(&mut self, function: u64, argument: u64, rsp: u64) -> Result<u64, Ended> {
+        let mut context = UserContext { rip: function, rsp, rdi: argument, rflags: 0x202, ..UserContext::default() };
+        self.upcall_depth += 1;
+        let result = self.run_loop(&mut context, true);
+        self.upcall_depth -= 1;
+        result
+    }
+
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), VmError> {
+        self.space.with(|s, cx| s.read_user(cx, addr, buf))
+    }
+
+    fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), VmError> {
+        self.space.with(|s, cx| s.write_user(cx, addr, data))
+    }
+
+    fn read_u64(&self, addr: u64) -> Result<u64, VmError> {
+        let mut b = [0u8; 8];
+        self.read_bytes(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn check_writable(&self, addr: u64, len: u64) -> Result<(), VmError> {
+        self.space.with(|s, cx| s.check_user_access(cx, addr, len, true))
+    }
+
+    /// Whether `addr` is executable guest memory (committed, with an execute right).
+    fn is_executable(&self, addr: u64) -> bool {
+        match self.space.virtual_query(addr) {
+            Ok(q) => {
+                q.state == MEM_COMMIT
+                    && q.protect & (PAGE_EXECUTE | PAGE_EXECUTE_READ | PAGE_EXECUTE_READWRITE) != 0
+                    && !self.space.with(|s, _| s.allocation_at(addr).is_some_and(|a| a.kind == AllocationKind::HostOwned))
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Loads and runs one guest, printing `guest NAME exited with code N` (or why it was refused).
+pub fn run_guest(name: &str, file: &[u8]) -> GuestOutcome {
+    match Guest::load(name, file) {
+        Err(reason) => {
+            crate::kprintln!("guest {name} refused: {reason}");
+            GuestOutcome::Refused(reason)
+        }
+        Ok(guest) => {
+            let code = guest.run();
+            if code < 0 {
+                crate::kprintln!("guest {name} exited with code {code} ({:#010x})", code as u32);
+            } else {
+                crate::kprintln!("guest {name} exited with code {code}");
+            }
+            GuestOutcome::Exited(code)
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The bundled Rust sample guest.
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use guest_abi::consts::*;
+use guest_abi::{Console, CriticalLevel, GuestException, Host};
+
+guest_abi::guest_entry!(main);
+
+static GUARD_HITS: AtomicU32 = AtomicU32::new(0);
+static AV_HITS: AtomicU32 = AtomicU32::new(0);
+static HOST: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn handler(e: *mut GuestException) -> i32 {
+    // SAFETY: the host passes a valid GUEST_EXCEPTION on our stack.
+    let e = unsafe { &*e };
+    match e.code {
+        STATUS_GUARD_PAGE_VIOLATION => {
+            GUARD_HITS.fetch_add(1, Ordering::SeqCst);
+            EXCEPTION_CONTINUE_EXECUTION
+        }
+        STATUS_ACCESS_VIOLATION if e.access == 1 => {
+            AV_HITS.fetch_add(1, Ordering::SeqCst);
+            // SAFETY: HOST holds the address of main's Host, which outlives every exception.
+            let host = unsafe { &*(HOST.load(Ordering::SeqCst) as *const Host) };
+            match host.virtual_alloc((e.address & !0xFFF) as usize, 4096, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task) {
+                Ok(_) => EXCEPTION_CONTINUE_EXECUTION,
+                Err(_) => EXCEPTION_CONTINUE_SEARCH,
+            }
+        }
+        _ => EXCEPTION_CONTINUE_SEARCH,
+    }
+}
+
+struct Checks<'a> {
+    out: Console<'a>,
+    failed: u32,
+    passed: u32,
+}
+
+impl Checks<'_> {
+    fn check(&mut self, name: &str, got: u64, expected: u64) {
+        if got == expected {
+            self.passed += 1;
+            let _ = writeln!(self.out, "ok {name}");
+        } else {
+            self.failed += 1;
+            let _ = writeln!(self.out, "FAILED {name} (got {got:#x}, expected {expected:#x})");
+        }
+    }
+}
+
+fn main(host: &Host) -> i32 {
+    HOST.store(host as *const Host as usize, Ordering::SeqCst);
+    let mut c = Checks { out: Console(host), failed: 0, passed: 0 };
+    host.print("sample-rust: hello from ring 3\n");
+    let base = match host.virtual_alloc(0, 1 << 20, MEM_RESERVE, PAGE_READWRITE, CriticalLevel::Task) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = writeln!(c.out, "reserve failed: {e:?}");
+            return 1;
+        }
+    };
+    c.check("reserve is 64 KiB aligned", (base & 0xFFFF) as u64, 0);
+    let p = host.virtual_alloc(base, 0x10000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).unwrap_or(0);
+    c.check("commit returns the base", p as u64, base as u64);
+    let bytes = p as *mut u8;
+    // SAFETY: p..p+64 KiB is committed read-write memory of this guest.
+    unsafe {
+        c.check("committed memory reads zero", bytes.add(0x2345).read_volatile() as u64, 0);
+        bytes.add(0x2345).write_volatile(0x5A);
+        c.check("and keeps what is written", bytes.add(0x2345).read_volatile() as u64, 0x5A);
+    }
+    let q = host.virtual_query(p).unwrap_or_default();
+    c.check("query state", q.state as u64, MEM_COMMIT as u64);
+    c.check("query size", q.region_size, 0x10000);
+    c.check("query protect", q.protect as u64, PAGE_READWRITE as u64);
+    c.check("protect returns the old protection", host.virtual_protect(p, 4096, PAGE_READONLY).unwrap_or(0) as u64, PAGE_READWRITE as u64);
+    c.check("a bad protection is refused", host.virtual_protect(p, 4096, 0).err().map_or(0, |e| e.0 as u32 as u64), 0x8007_0057);
+
+    let handle = host.add_exception_handler(true, handler);
+    c.check("handler registered", handle.is_some() as u64, 1);
+    host.virtual_protect(p + 0x4000, 4096, PAGE_READWRITE | PAGE_GUARD).unwrap_or(0);
+    // SAFETY: committed memory; the first touch raises the guard exception the handler resumes.
+    unsafe {
+        bytes.add(0x4000).write_volatile(1);
+        bytes.add(0x4001).write_volatile(2);
+    }
+    c.check("guard exception once", GUARD_HITS.load(Ordering::SeqCst) as u64, 1);
+    c.check("guard cleared", host.virtual_query(p + 0x4000).map(|q| q.protect).unwrap_or(0) as u64, PAGE_READWRITE as u64);
+    let lazy = (base + 0x80000) as *mut u8;
+    // SAFETY: reserved memory: the write faults, the handler commits the page, the write retries.
+    unsafe { lazy.add(8).write_volatile(3) };
+    c.check("access violation handled", AV_HITS.load(Ordering::SeqCst) as u64, 1);
+    // SAFETY: committed by the handler.
+    c.check("write landed", unsafe { lazy.add(8).read_volatile() } as u64, 3);
+    if let Some(h) = handle {
+        c.check("handler removed", host.remove_exception_handler(h) as u64, 1);
+    }
+    c.check("release", host.virtual_free(base, 0, MEM_RELEASE).is_ok() as u64, 1);
+    c.check("released memory is free", host.virtual_query(base).map(|q| q.state).unwrap_or(0) as u64, MEM_FREE as u64);
+    let _ = writeln!(c.out, "{} passed, {} failed", c.passed, c.failed);
+    if c.failed == 0 { 0 } else { 1 }
+}
