@@ -52,6 +52,8 @@ pub struct Al {
     pub ww: bool,
     pub large: bool,
     pub cache: u32,
+    /// 0 private, 1 image, 2 host-owned.
+    pub kind: u8,
 }
 
 /// The frame allocator's state before a call.
@@ -226,7 +228,7 @@ impl Model {
         }
         if ty == MEM_RESET || ty == MEM_RESET_UNDO {
             let (s, e) = (addr / PG * PG, up(addr + size, PG));
-            let a = self.alloc_of(s).filter(|&a| e <= self.allocs[a].base + self.allocs[a].size).ok_or(ConflictingAddresses)?;
+            let a = self.one_alloc(s, e)?;
             if self.allocs[a].large {
                 return Err(InvalidParameter);
             }
@@ -265,7 +267,7 @@ impl Model {
                 }
                 self.committed += n;
             }
-            self.allocs.push(Al { base, size: sz, aprot: protect, ww: ty & MEM_WRITE_WATCH != 0, large, cache });
+            self.allocs.push(Al { base, size: sz, aprot: protect, ww: ty & MEM_WRITE_WATCH != 0, large, cache, kind: 0 });
             for va in (base..base + sz).step_by(PG as usize) {
                 let i = self.i(va);
                 self.pages[i] = if commit {
@@ -278,7 +280,10 @@ impl Model {
         }
         // Commit.
         let (s, e) = (addr / PG * PG, up(addr + size, PG));
-        let a = self.alloc_of(s).filter(|&a| e <= self.allocs[a].base + self.allocs[a].size).ok_or(ConflictingAddresses)?;
+        let a = self.one_alloc(s, e)?;
+        if self.allocs[a].kind == 1 {
+            return Err(AlreadyCommitted);
+        }
         if self.allocs[a].large {
             return Err(InvalidParameter);
         }
@@ -302,6 +307,50 @@ impl Model {
             }
         }
         Ok(s)
+    }
+
+    /// The one allocation (not host-owned) holding `[s, e)`.
+    fn one_alloc(&self, s: u64, e: u64) -> Result<usize, VmError> {
+        self.alloc_of(s)
+            .filter(|&a| e <= self.allocs[a].base + self.allocs[a].size && self.allocs[a].kind != 2)
+            .ok_or(VmError::ConflictingAddresses)
+    }
+
+    /// The loader's image creation (host-abi §9).
+    pub fn create_image(&mut self, base: u64, prots: &[u32], host: bool, level: CriticalLevel, env: Env) -> Result<(), VmError> {
+        use VmError::*;
+        if !base.is_multiple_of(G) || prots.is_empty() || base < self.min {
+            return Err(InvalidParameter);
+        }
+        let size = prots.len() as u64 * PG;
+        if base + size > self.end {
+            return Err(InvalidParameter);
+        }
+        let mut parsed = Vec::new();
+        for &p in prots {
+            match parse(p, false) {
+                Some((b, false, 0)) => parsed.push(b),
+                _ => return Err(InvalidParameter),
+            }
+        }
+        if (base / G..up(base + size, G) / G).any(|b| self.block_used(b)) {
+            return Err(ConflictingAddresses);
+        }
+        let n = prots.len() as u64;
+        if self.committed + n > self.cap(level) {
+            return Err(CommitmentLimit);
+        }
+        let need = self.tables((base, base + size), (0, 0)) - self.tables((0, 0), (0, 0));
+        if env.available < n + need {
+            return Err(NoMemory);
+        }
+        self.committed += n;
+        self.allocs.push(Al { base, size, aprot: PAGE_EXECUTE_WRITECOPY, ww: false, large: false, cache: 0, kind: if host { 2 } else { 1 } });
+        for (k, prot) in parsed.into_iter().enumerate() {
+            let i = self.i(base + k as u64 * PG);
+            self.pages[i] = Pg { st: St::Committed, prot, guard: false, dirty: false, frame: false, value: 0 };
+        }
+        Ok(())
     }
 
     fn place(&self, size: u64, top: bool, large: bool) -> Option<u64> {
@@ -345,8 +394,11 @@ impl Model {
             return Err(InvalidParameter);
         }
         let page = addr / PG * PG;
-        let a = self.alloc_of(page).ok_or(NotAllocated)?;
+        let a = self.alloc_of(page).filter(|&a| self.allocs[a].kind != 2).ok_or(NotAllocated)?;
         let al = self.allocs[a];
+        if al.kind == 1 {
+            return Err(UnableToDeleteSection);
+        }
         if ty == MEM_RELEASE {
             if page != al.base {
                 return Err(FreeNotAtBase);
@@ -394,7 +446,7 @@ impl Model {
             return Err(InvalidParameter);
         }
         let (s, e) = (addr / PG * PG, up(addr + size, PG));
-        let a = self.alloc_of(s).filter(|&a| e <= self.allocs[a].base + self.allocs[a].size).ok_or(ConflictingAddresses)?;
+        let a = self.one_alloc(s, e)?;
         let al = self.allocs[a];
         if !al.large && (s..e).step_by(PG as usize).any(|va| self.page(va).st != St::Committed) {
             return Err(NotCommitted);
@@ -448,7 +500,7 @@ impl Model {
             region_size: e - page,
             state: k.0,
             protect: k.1,
-            type_: MEM_PRIVATE,
+            type_: if al.kind == 0 { MEM_PRIVATE } else { MEM_IMAGE },
         })
     }
 

