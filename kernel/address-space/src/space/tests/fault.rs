@@ -117,3 +117,31 @@ fn a_stale_tlb_entry_is_resolved_not_reported() {
     assert_eq!(fx.read_u64(a), Ok(5));
     fx.check();
 }
+
+#[test]
+fn stack_growth_flow_the_kernel_drives() {
+    // host-abi §1: 1 MiB reserved, top pages committed RW, a guard page below; on the guard
+    // fault the kernel commits the next page below as the new guard (Windows' stack growth).
+    let mut fx = Fx::new();
+    let stack = fx.alloc(0, 0x10_0000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    let top = stack + 0x10_0000;
+    fx.alloc(top - 0x2000, 0x2000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    fx.alloc(top - 0x3000, 0x1000, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD).unwrap();
+    let mut guard = top - 0x3000;
+    for _ in 0..4 {
+        let sp = guard + 0xF00;
+        match fx.touch(sp, Access::Write) {
+            SimAccess::Fault(FaultOutcome::GuardPage { address, .. }) => {
+                assert_eq!(address & !0xFFF, guard);
+                guard -= 0x1000;
+                fx.alloc(guard, 0x1000, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD).unwrap();
+            }
+            other => panic!("expected a guard fault, got {other:?}"),
+        }
+        assert!(matches!(fx.touch(sp, Access::Write), SimAccess::Done(_)));
+    }
+    assert_eq!(fx.q(guard + 0x1000), (top - guard - 0x1000, MEM_COMMIT, PAGE_READWRITE));
+    assert_eq!(fx.q(guard), (0x1000, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD));
+    assert_eq!(fx.q(stack), (guard - stack, MEM_RESERVE, 0));
+    fx.check();
+}

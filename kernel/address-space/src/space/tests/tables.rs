@@ -1,7 +1,8 @@
 //! The page tables themselves: entry bits, table creation and freeing, TLB batching.
 
 use super::*;
-use crate::paging::pte::{self, PRESENT, USER, WRITABLE, NO_EXECUTE};
+use crate::paging::pte::{self, NO_EXECUTE, PRESENT, USER, WRITABLE};
+use crate::paging::table::Leaf;
 
 #[test]
 fn present_entries_carry_the_protection() {
@@ -100,4 +101,50 @@ fn invalidations_are_batched_per_operation() {
     assert_eq!((fx.counters.invlpg, fx.counters.full_flushes), (before.invlpg, before.full_flushes));
     // One entry per page; three tables re-created (3 entries) and their kept counts (3 writes).
     assert_eq!(fx.counters.pte_writes - before.pte_writes, 256 + 6);
+}
+
+#[test]
+fn the_tlb_model_catches_a_missing_invalidation() {
+    // The stale-TLB checks elsewhere can fail: rewrite an entry behind the space's back.
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x1000, RC, PAGE_READWRITE).unwrap();
+    fx.write_u64(a, 1).unwrap();
+    assert!(fx.tlb.get(a).is_some());
+    let root = fx.sp().root().start_address().as_u64();
+    let Leaf::Table(pt) = table::walk(&fx.mem, root, a) else { panic!("no table") };
+    let at = x86_64::PhysAddr::new(pt + table::index(a, 0) * 8);
+    let e = fx.mem.read_u64(at);
+    fx.mem.write_u64(at, e & !WRITABLE);
+    assert_eq!(fx.tlb.stale_entries(fx.sp(), &fx.mem), ::alloc::vec![a]);
+    // And the stale entry is used by the simulated CPU, as real hardware would.
+    assert!(matches!(fx.touch(a, Access::Write), crate::sim::SimAccess::Done(_)));
+}
+
+#[test]
+fn spaces_share_the_allocator_and_the_charge() {
+    let mut fx = Fx::new();
+    let mut other = AddressSpace::new(SpaceConfig::default(), &mut fx.frames, &mut fx.mem, &mut fx.counters).unwrap();
+    // Each space has its own TLB (a CR3 switch flushes the non-global entries).
+    let mut other_tlb = crate::sim::TlbModel::new();
+    let a = fx.alloc(0, 0x10000, RC, PAGE_READWRITE).unwrap();
+    let b = {
+        let mut cx = VmContext { frames: &mut fx.frames, mem: &mut fx.mem, tlb: &mut other_tlb, charge: &mut fx.charge, counters: &mut fx.counters };
+        let b = other.virtual_alloc(&mut cx, 0, 0x8000, RC, PAGE_READWRITE, CriticalLevel::Task).unwrap();
+        crate::sim::sim_write(&mut other, &mut cx, b, &[7; 16]).unwrap();
+        b
+    };
+    assert_eq!(a, b, "separate spaces place independently");
+    fx.write_u64(a, 1).unwrap();
+    assert_eq!(fx.charge.committed_pages(), 16 + 8);
+    assert_eq!(fx.frames.reserved_frames(), 15 + 7);
+    // Destroying one space leaves the other intact.
+    let root = {
+        let mut cx = VmContext { frames: &mut fx.frames, mem: &mut fx.mem, tlb: &mut other_tlb, charge: &mut fx.charge, counters: &mut fx.counters };
+        other.destroy(&mut cx)
+    };
+    fx.frames.free(root).unwrap();
+    assert_eq!(fx.charge.committed_pages(), 16);
+    assert_eq!(fx.read_u64(a), Ok(1));
+    fx.check();
+    fx.teardown();
 }
