@@ -113,23 +113,20 @@ impl AddressSpace {
             info.state = MEM_RESERVE;
             return Ok(info);
         }
-        let first = table::read_pte(mem, self.root_pa(), page);
-        let key = first.0 & QUERY_KEY_MASK;
+        // One walk: the first page's entry sets the key the run must keep.
+        let mut first: Option<Pte> = None;
         let mut run_end = a.end();
-        table::scan(
-            mem,
-            self.root_pa(),
-            page,
-            a.end(),
-            |va, _, e| {
-                if e.map_or(0, |e| e.0 & QUERY_KEY_MASK) == key {
-                    ControlFlow::Continue(())
-                } else {
-                    run_end = va;
-                    ControlFlow::Break(())
-                }
-            },
-        );
+        table::scan(mem, self.root_pa(), page, a.end(), |va, _, e| {
+            let e = e.unwrap_or(Pte::RESERVED);
+            let head = *first.get_or_insert(e);
+            if e.0 & QUERY_KEY_MASK == head.0 & QUERY_KEY_MASK {
+                ControlFlow::Continue(())
+            } else {
+                run_end = va;
+                ControlFlow::Break(())
+            }
+        });
+        let first = first.expect("the query page is inside the allocation");
         info.region_size = run_end - page;
         if first.is_committed() {
             info.state = MEM_COMMIT;
