@@ -59,8 +59,25 @@ pub fn write_fmt(args: fmt::Arguments) {
     });
 }
 
+/// A copy of guest output, kept while a test asks for it ([`start_capture`]).
+static CAPTURE: Mutex<Option<alloc::vec::Vec<u8>>> = Mutex::new(None);
+
+/// Starts keeping a copy of everything guests write (for tests that check guest output).
+pub fn start_capture() {
+    *CAPTURE.lock() = Some(alloc::vec::Vec::new());
+}
+
+/// Stops keeping guest output and returns what was kept.
+pub fn take_capture() -> alloc::string::String {
+    let bytes = CAPTURE.lock().take().unwrap_or_default();
+    alloc::string::String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// Writes raw bytes (a guest's console output) to the console, `\n` becoming `\r\n`.
 pub fn write_bytes(bytes: &[u8]) {
+    if let Some(copy) = CAPTURE.lock().as_mut() {
+        copy.extend_from_slice(bytes);
+    }
     x86_64::instructions::interrupts::without_interrupts(|| {
         if let Some(uart) = CONSOLE.lock().as_mut() {
             for line in bytes.split_inclusive(|&b| b == b'\n') {

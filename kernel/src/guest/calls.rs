@@ -119,7 +119,8 @@ impl Guest {
 
     /// `GetWriteWatch`: returns 0 or the Win32 error (host-abi §7).
     fn get_write_watch(&mut self, flags: u32, base: u64, size: u64, addresses: u64, count_ptr: u64, gran_ptr: u64) -> u32 {
-        if count_ptr == 0 || gran_ptr == 0 {
+        // The two out-pointers Windows probes for writing first.
+        if count_ptr == 0 || gran_ptr == 0 || self.check_writable(count_ptr, 8).is_err() || self.check_writable(gran_ptr, 4).is_err() {
             return ERROR_NOACCESS;
         }
         let Ok(count) = self.read_u64(count_ptr) else { return ERROR_NOACCESS };
@@ -134,10 +135,7 @@ impl Guest {
         }
         let pages = size.div_ceil(4096);
         let capacity = count.min(pages);
-        if self.check_writable(addresses, capacity * 8).is_err()
-            || self.check_writable(count_ptr, 8).is_err()
-            || self.check_writable(gran_ptr, 4).is_err()
-        {
+        if capacity > 0 && self.check_writable(addresses, capacity * 8).is_err() {
             return ERROR_NOACCESS;
         }
         // Collect in pieces of at most 4096 addresses over sub-ranges, so a huge request needs no

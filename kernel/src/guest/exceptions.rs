@@ -229,18 +229,23 @@ impl Guest {
 
     /// Prints the report of an exception that ends the guest and returns its exit code.
     fn unhandled(&self, context: &UserContext, e: GuestException, why: &str) -> Ended {
+        let memory = matches!(e.code, status::ACCESS_VIOLATION | status::GUARD_PAGE_VIOLATION | status::STACK_OVERFLOW);
         let access = match e.access {
             1 => "write",
             8 => "execute",
             _ => "read",
         };
-        crate::kprintln!(
-            "guest {}: unhandled exception {:#010x} ({why}): {access} at {:#x}, rip {:#x}",
-            self.name,
-            e.code,
-            e.address,
-            context.rip
-        );
+        if memory {
+            crate::kprintln!(
+                "guest {}: unhandled exception {:#010x} ({why}): {access} at {:#x}, rip {:#x}",
+                self.name,
+                e.code,
+                e.address,
+                context.rip
+            );
+        } else {
+            crate::kprintln!("guest {}: unhandled exception {:#010x} ({why}) at rip {:#x}", self.name, e.code, context.rip);
+        }
         e.code as i32
     }
 }

@@ -1,0 +1,40 @@
+//! Builds the C test guests (tests/guests/c) with the system C compiler, as any guest author would,
+//! into OUT_DIR for the QEMU test images to embed. `faults.c` is built once per fault kind.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// How many fault kinds `faults.c` knows (its `FAULT` switch).
+const FAULT_KINDS: u32 = 13;
+
+fn build(cc: &str, src: &PathBuf, out: &PathBuf, include: &PathBuf, defines: &[String]) {
+    let status = Command::new(cc)
+        .args(["-ffreestanding", "-nostdlib", "-static-pie", "-fno-stack-protector", "-O1", "-e", "guest_main", "-I"])
+        .arg(include)
+        .arg("-I")
+        .arg(src.parent().expect("guest sources have a directory"))
+        .args(defines)
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cc}: {e} (apt-get install gcc)"));
+    assert!(status.success(), "{cc} failed on {}", src.display());
+}
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let include = manifest.join("../kernel/guest-abi/include");
+    let dir = manifest.join("guests/c");
+    let cc = std::env::var("GUEST_CC").unwrap_or_else(|_| "gcc".into());
+    for name in ["bad_pointers", "exceptions"] {
+        build(&cc, &dir.join(format!("{name}.c")), &out.join(format!("{name}.elf")), &include, &[]);
+    }
+    for kind in 0..FAULT_KINDS {
+        build(&cc, &dir.join("faults.c"), &out.join(format!("fault{kind}.elf")), &include, &[format!("-DFAULT={kind}")]);
+    }
+    println!("cargo:rerun-if-changed={}", dir.display());
+    println!("cargo:rerun-if-changed={}", include.display());
+    println!("cargo:rerun-if-env-changed=GUEST_CC");
+}

@@ -1,0 +1,176 @@
+//! Guests in ring 3 (issue 6): the samples, hostile pointers, faults that end a guest with the
+//! right code, exception delivery, bad ELF files, and no frame left behind.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use kernel::console;
+use kernel::guest::{GuestOutcome, run_guest};
+use kernel::memory;
+use qemu_tests::{ensure, ensure_eq};
+
+macro_rules! guest_elf {
+    ($name:literal) => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".elf"))
+    };
+}
+
+const FAULTS: [&[u8]; 13] = [
+    guest_elf!("fault0"),
+    guest_elf!("fault1"),
+    guest_elf!("fault2"),
+    guest_elf!("fault3"),
+    guest_elf!("fault4"),
+    guest_elf!("fault5"),
+    guest_elf!("fault6"),
+    guest_elf!("fault7"),
+    guest_elf!("fault8"),
+    guest_elf!("fault9"),
+    guest_elf!("fault10"),
+    guest_elf!("fault11"),
+    guest_elf!("fault12"),
+];
+
+/// Runs a guest with its output captured: (outcome, output).
+fn run(name: &str, file: &[u8]) -> (GuestOutcome, String) {
+    console::start_capture();
+    let outcome = run_guest(name, file);
+    (outcome, console::take_capture())
+}
+
+fn frames() -> (u64, u64, u64, u64) {
+    memory::with_mm(|mm| (mm.frames.free_frames(), mm.frames.reserved_frames(), mm.charge.committed_pages(), mm.page_table_pages()))
+}
+
+fn samples_run_and_pass() -> Result<(), String> {
+    for g in kernel::bundled_guests() {
+        let (outcome, out) = run(&g.name, &g.data);
+        ensure_eq!(outcome, GuestOutcome::Exited(0));
+        ensure!(out.contains("hello from ring 3"), "{} printed: {out}", g.name);
+        ensure!(out.contains(" passed, 0 failed"), "{} printed: {out}", g.name);
+        ensure!(!out.contains("FAILED"), "{} printed: {out}", g.name);
+    }
+    Ok(())
+}
+
+fn hostile_pointers_fail_cleanly_and_the_next_guest_runs() -> Result<(), String> {
+    let before = frames();
+    let (outcome, out) = run("bad_pointers", guest_elf!("bad_pointers"));
+    ensure!(!out.contains("FAILED"), "bad_pointers printed: {out}");
+    ensure!(out.contains(" passed, 0 failed"), "bad_pointers printed: {out}");
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    let sample = &kernel::bundled_guests()[0];
+    ensure_eq!(run(&sample.name, &sample.data).0, GuestOutcome::Exited(0));
+    ensure_eq!(frames(), before);
+    Ok(())
+}
+
+fn exceptions_reach_handlers_which_may_edit_the_context() -> Result<(), String> {
+    let (outcome, out) = run("exceptions", guest_elf!("exceptions"));
+    ensure!(!out.contains("FAILED"), "exceptions printed: {out}");
+    ensure!(out.contains(" passed, 0 failed"), "exceptions printed: {out}");
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    Ok(())
+}
+
+fn faults_end_the_guest_with_the_right_code() -> Result<(), String> {
+    let expected: [(u32, &str); 13] = [
+        (0xC000_0096, "hlt"),
+        (0xC000_0096, "cli"),
+        (0xC000_0096, "mov to cr3"),
+        (0xC000_0005, "read of kernel memory"),
+        (0xC000_0005, "write to the host's read-only page"),
+        (0xC000_001D, "ud2"),
+        (0xC000_0094, "divide by zero"),
+        (0x8000_0003, "int3"),
+        (0xC000_0005, "int 0x80"),
+        (0xC000_00FD, "stack overflow"),
+        (0xC000_0005, "non-canonical access"),
+        (0xC000_0096, "port input"),
+        (0, "deep recursion within the stack reservation"),
+    ];
+    let before = frames();
+    for (i, (code, what)) in expected.iter().enumerate() {
+        let (outcome, out) = run("faults", FAULTS[i]);
+        ensure!(out.contains("about to fault"), "{what}: the guest did not start: {out}");
+        ensure_eq!((what, outcome), (what, GuestOutcome::Exited(*code as i32)));
+        if *code != 0 {
+            ensure!(!out.contains("still alive"), "{what}: the guest went on after the fault");
+        }
+    }
+    ensure_eq!(frames(), before);
+    Ok(())
+}
+
+fn patched(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut elf = kernel::bundled_guests()[0].data.clone();
+    f(&mut elf);
+    elf
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
+}
+
+/// Offset of the `i`-th program header.
+fn ph(b: &[u8], i: usize) -> usize {
+    u64_at(b, 32) as usize + i * 56
+}
+
+fn bad_elf_files_are_refused_and_the_kernel_carries_on() -> Result<(), String> {
+    let before = frames();
+    let cases: Vec<(&str, Vec<u8>, &str)> = alloc::vec![
+        ("text", b"#!/bin/sh\necho not an elf\n".to_vec(), "not an ELF file"),
+        ("empty", Vec::new(), "not an ELF file"),
+        ("32-bit", patched(|e| e[4] = 1), "not a 64-bit"),
+        ("big-endian", patched(|e| e[5] = 2), "little-endian"),
+        ("arm64", patched(|e| e[18] = 183), "wrong machine 183"),
+        ("relocatable object", patched(|e| e[16] = 1), "neither an executable"),
+        ("interpreter", patched(|e| { let o = ph(e, 0); e[o] = 3; }), "interpreter"),
+        ("writable+executable", patched(|e| { let o = ph(e, 1); e[o + 4] = 7; }), "writable and executable"),
+        ("overlapping", patched(|e| { let (a, b) = (ph(e, 1), ph(e, 2)); let v = u64_at(e, a + 16); e[b + 16..b + 24].copy_from_slice(&v.to_le_bytes()); }), "overlap"),
+        ("in kernel space", patched(|e| {
+            e[16] = 2;
+            for i in 0..4 {
+                let o = ph(e, i);
+                let v = u64_at(e, o + 16) + 0xffff_8000_0000_0000;
+                e[o + 16..o + 24].copy_from_slice(&v.to_le_bytes());
+            }
+        }), "outside user space"),
+        ("truncated", patched(|e| e.truncate(200)), "beyond the end of the file"),
+        ("entry outside code", patched(|e| e[24..32].copy_from_slice(&0x10u64.to_le_bytes())), "entry point"),
+    ];
+    for (what, file, reason) in cases {
+        match run(what, &file).0 {
+            GuestOutcome::Refused(msg) => ensure!(msg.contains(reason), "{what}: refused with {msg:?}, expected {reason:?}"),
+            other => return Err(alloc::format!("{what}: not refused: {other:?}")),
+        }
+    }
+    ensure_eq!(frames(), before);
+    let sample = &kernel::bundled_guests()[1];
+    ensure_eq!(run(&sample.name, &sample.data).0, GuestOutcome::Exited(0));
+    Ok(())
+}
+
+fn guests_in_a_row_leave_every_frame_behind() -> Result<(), String> {
+    let before = frames();
+    for g in kernel::bundled_guests().iter().chain(kernel::bundled_guests().iter()) {
+        ensure_eq!(run(&g.name, &g.data).0, GuestOutcome::Exited(0));
+        ensure_eq!(frames(), before);
+    }
+    ensure_eq!(before.2, 0);
+    Ok(())
+}
+
+kernel::kernel_test_image!(
+    samples_run_and_pass,
+    hostile_pointers_fail_cleanly_and_the_next_guest_runs,
+    exceptions_reach_handlers_which_may_edit_the_context,
+    faults_end_the_guest_with_the_right_code,
+    bad_elf_files_are_refused_and_the_kernel_carries_on,
+    guests_in_a_row_leave_every_frame_behind,
+);

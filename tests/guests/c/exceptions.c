@@ -1,0 +1,83 @@
+/* Exception delivery as host-abi §8 describes it: handler order, CONTINUE_SEARCH chaining,
+ * editing the context to resume, breakpoint and divide errors, vector registers preserved across
+ * a handler that clobbers them, and a guard page on a buffer the host writes. */
+#include "host_abi.h"
+#include "guest_util.h"
+
+static int order[8], n_order;
+static volatile uint64_t seen_code, seen_access, seen_address;
+
+static int32_t first(GUEST_EXCEPTION *e) {
+    order[n_order++] = 1;
+    seen_code = e->code;
+    seen_access = e->access;
+    seen_address = e->address;
+    return EXCEPTION_CONTINUE_SEARCH;
+}
+
+static int32_t fixer(GUEST_EXCEPTION *e) {
+    order[n_order++] = 2;
+    switch (e->code) {
+    case STATUS_ILLEGAL_INSTRUCTION: e->context->rip += 2; break;      /* skip ud2 */
+    case STATUS_BREAKPOINT: e->context->rip += 1; break;               /* skip int3 */
+    case STATUS_INTEGER_DIVIDE_BY_ZERO: e->context->rcx = 1; break;    /* retry with divisor 1 */
+    case STATUS_ACCESS_VIOLATION: e->context->rip += 3; e->context->rax = 77; break; /* skip mov (%rbx),%rax */
+    default: return EXCEPTION_CONTINUE_SEARCH;
+    }
+    /* Clobber vector registers: the resumed code must not see it. */
+    __asm__ volatile("pxor %%xmm0, %%xmm0\n pcmpeqd %%xmm1, %%xmm1" ::: "xmm0", "xmm1");
+    return EXCEPTION_CONTINUE_EXECUTION;
+}
+
+int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
+    const IHostMemoryManagerVtbl *v = host->lpVtbl;
+    void *h1, *h2, *buf = 0;
+    uint64_t xmm_lo = 0, result = 0;
+    MEMORY_BASIC_INFORMATION mbi;
+    SIZE_T got;
+    DWORD old;
+    g_services = services;
+    h2 = services->add_vectored_exception_handler(0, fixer);
+    h1 = services->add_vectored_exception_handler(1, first); /* first != 0: called before fixer */
+    check("handlers registered", h1 && h2, 1);
+
+    __asm__ volatile("ud2");
+    check("ud2 resumed after the handler", 1, 1);
+    check("handlers in order", (uint64_t)(order[0] * 10 + order[1]), 12);
+    check("code", seen_code, STATUS_ILLEGAL_INSTRUCTION);
+
+    __asm__ volatile("int3");
+    check("breakpoint code", seen_code, STATUS_BREAKPOINT);
+
+    {
+        uint64_t q, num = 42, den = 0;
+        __asm__ volatile("xor %%edx, %%edx\n div %%rcx" : "=a"(q), "+c"(den) : "a"(num) : "rdx");
+        check("divide retried with the edited divisor", q, 42);
+        check("divide code", seen_code, STATUS_INTEGER_DIVIDE_BY_ZERO);
+    }
+
+    /* An access violation with a value in xmm0 that the handler clobbers. */
+    __asm__ volatile("movq %2, %%xmm0\n"
+                     "mov (%%rbx), %%rax\n" /* 3 bytes: faults on the unmapped address */
+                     "movq %%xmm0, %0\n"
+                     : "=&r"(xmm_lo), "=&a"(result)
+                     : "r"(0x1122334455667788ull), "b"(0x600000000000ull)
+                     : "xmm0", "memory");
+    check("access violation resumed with edited rax", result, 77);
+    check("xmm0 preserved across the handler", xmm_lo, 0x1122334455667788ull);
+    check("access kind read", seen_access, 0);
+    check("faulting address", seen_address, 0x600000000000ull);
+
+    /* A guard page under a buffer the host writes: the call fails with the guard status once. */
+    v->VirtualAlloc(host, 0, 0x2000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &buf);
+    check("guard", (uint32_t)v->VirtualProtect(host, buf, 0x1000, PAGE_READWRITE | PAGE_GUARD, &old), S_OK);
+    check("host write into a guard page", (uint32_t)v->VirtualQuery(host, buf, buf, 48, &got), STATUS_GUARD_PAGE_VIOLATION);
+    check("retry succeeds", (uint32_t)v->VirtualQuery(host, buf, buf, 48, &got), S_OK);
+    v->VirtualQuery(host, buf, &mbi, 48, &got);
+    check("guard gone", mbi.Protect, PAGE_READWRITE);
+
+    check("remove first", services->remove_vectored_exception_handler(h1), 1);
+    check("remove again", services->remove_vectored_exception_handler(h1), 0);
+    check("remove fixer", services->remove_vectored_exception_handler(h2), 1);
+    return summary();
+}
