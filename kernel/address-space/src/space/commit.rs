@@ -194,6 +194,7 @@ impl AddressSpace {
         mut prot_of: impl FnMut(u64) -> (BaseProtection, bool),
     ) {
         cx.charge.charge(plan.new_pages);
+        self.table_pages += plan.tables.len() as u64;
         let mut batch = self.batch();
         cx.tables(self.root_pa()).update_range(start, end, Some(&mut plan.tables), &mut batch, |_, va, old| {
             let (prot, guard) = prot_of(va);
@@ -217,6 +218,7 @@ impl AddressSpace {
         mut plan: CommitPlan,
     ) {
         cx.charge.charge(plan.new_pages);
+        self.table_pages += plan.tables.len() as u64;
         let root = self.root_pa();
         let large = core::mem::take(&mut plan.large);
         for (i, frame) in large.into_iter().enumerate() {
@@ -255,6 +257,7 @@ impl AddressSpace {
         }
         let mut decommitted = 0;
         let mut unreserve = 0;
+        let freed_before = cx.counters.table_pages_freed;
         let mut batch = self.batch();
         cx.tables(self.root_pa()).update_range(start, end, None, &mut batch, |frames, _, old| {
             if old.is_committed() {
@@ -272,6 +275,7 @@ impl AddressSpace {
             cx.frames.unreserve(unreserve);
         }
         cx.charge.uncharge(decommitted);
+        self.table_pages -= cx.counters.table_pages_freed - freed_before;
         batch.flush(cx.tlb, cx.counters);
         self.note_committed(a.base, -(decommitted as i64));
         decommitted
@@ -281,6 +285,7 @@ impl AddressSpace {
     /// forgets the record and gives its blocks back to the gap tree. Cannot fail.
     pub(crate) fn release_allocation<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, a: &Allocation) {
         if a.large {
+            let freed_before = cx.counters.table_pages_freed;
             let mut batch = self.batch();
             let root = self.root_pa();
             let mut va = a.base;
@@ -291,6 +296,7 @@ impl AddressSpace {
                 va += SPAN_2M;
             }
             cx.charge.uncharge(a.size / PAGE);
+            self.table_pages -= cx.counters.table_pages_freed - freed_before;
             batch.flush(cx.tlb, cx.counters);
         } else {
             self.decommit_range(cx, a, a.base, a.end());

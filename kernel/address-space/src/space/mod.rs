@@ -196,6 +196,7 @@ pub struct AddressSpace {
     config: SpaceConfig,
     allocations: BTreeMap<u64, Allocation>,
     gaps: GapTree,
+    table_pages: u64,
 }
 
 impl AddressSpace {
@@ -229,6 +230,7 @@ impl AddressSpace {
             config,
             allocations: BTreeMap::new(),
             gaps: GapTree::new(config.min_address / GRAN, config.max_address_end / GRAN),
+            table_pages: 0,
         })
     }
 
@@ -254,6 +256,13 @@ impl AddressSpace {
     /// it). Cost: O(log n).
     pub fn allocation_at(&self, addr: u64) -> Option<&Allocation> {
         self.allocations.range(..=addr).next_back().map(|(_, a)| a).filter(|a| addr < a.end())
+    }
+
+    /// Returns the page-table pages below the root (PDPTs, PDs, PTs) this space holds now; the
+    /// root is one more. Cost: O(1) (kept up to date by every operation; [`census`](Self::census)
+    /// recounts by walking).
+    pub fn table_pages(&self) -> u64 {
+        self.table_pages
     }
 
     /// Returns the number of allocations.

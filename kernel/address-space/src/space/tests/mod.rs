@@ -172,6 +172,7 @@ impl Fx {
     pub fn check(&self) {
         let c = self.sp().census(&self.mem);
         assert_eq!(c.bad_counts, 0, "kept child counts disagree with tables");
+        assert_eq!(c.table_pages, self.sp().table_pages(), "kept table-page count");
         assert_eq!(self.charge.committed_pages(), c.committed_pages + c.large_pages * 512, "charge");
         assert_eq!(
             self.frames.used_frames() - self.start_used,
