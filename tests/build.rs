@@ -1,5 +1,6 @@
 //! Builds the C test guests (tests/guests/c) with the system C compiler, as any guest author would,
-//! into OUT_DIR for the QEMU test images to embed. `faults.c` is built once per fault kind.
+//! into OUT_DIR for the QEMU test images to embed (`NAME.c` → `$OUT_DIR/NAME.elf`). `faults.c` is
+//! built once per fault kind (`faultN.elf`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,8 +29,19 @@ fn main() {
     let include = manifest.join("../kernel/guest-abi/include");
     let dir = manifest.join("guests/c");
     let cc = std::env::var("GUEST_CC").unwrap_or_else(|_| "gcc".into());
-    for name in ["bad_pointers", "exceptions"] {
-        build(&cc, &dir.join(format!("{name}.c")), &out.join(format!("{name}.elf")), &include, &[]);
+    // Every other `NAME.c` becomes `NAME.elf` (sample.c is built by the kernel, which bundles it).
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/guests/c exists")
+        .map(|e| e.expect("readable directory").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "c"))
+        .collect();
+    sources.sort();
+    for src in sources {
+        let name = src.file_stem().expect("a file name").to_string_lossy().into_owned();
+        if name == "faults" || name == "sample" {
+            continue;
+        }
+        build(&cc, &src, &out.join(format!("{name}.elf")), &include, &[]);
     }
     for kind in 0..FAULT_KINDS {
         build(&cc, &dir.join("faults.c"), &out.join(format!("fault{kind}.elf")), &include, &[format!("-DFAULT={kind}")]);
