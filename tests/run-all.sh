@@ -34,7 +34,10 @@ echo "==> QEMU test images"
 qemu_passed=0; qemu_failed=0
 if cargo build -p boot \
   && cargo test -p qemu-tests --target x86_64-unknown-none --no-run --message-format=json > "$log/build.json" 2> "$log/build.err"; then
-  mapfile -t images < <(grep -o '"executable":"[^"]*"' "$log/build.json" | sed 's/"executable":"\(.*\)"/\1/' | sort)
+  # Only the test targets of qemu-tests are kernel images (artifact dependencies, such as the
+  # bundled Rust guest, are executables too).
+  mapfile -t images < <(grep '"kind":\["test"\]' "$log/build.json" | grep -o '"executable":"[^"]*"' \
+    | sed 's/"executable":"\(.*\)"/\1/' | sort)
   if [ "${#images[@]}" -eq 0 ]; then
     echo "no QEMU test images were built"; qemu_failed=1
   else
