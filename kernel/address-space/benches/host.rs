@@ -120,6 +120,10 @@ fn per_live(live: usize) {
     line("query, committed page, random order", live, ns, "allocation lookup + page walk (cache misses at 100k)");
 
     let ns = time(1_000_000, |i| {
+        black_box(w.space.allocation_at(bases[(i * 7919 % n) as usize] + 0x1000));
+    });
+    line("allocation lookup alone, random order", live, ns, "");
+    let ns = time(1_000_000, |i| {
         black_box(w.space.virtual_query(&w.mem, 0x6000_0000_0000 + (i & 0xFF) * 0x1000).unwrap());
     });
     line("query (free memory)", live, ns, "");
