@@ -11,7 +11,7 @@ use address_space::{CriticalLevel, VmError};
 
 use super::host_pages::{MANAGER_OBJECT, nr};
 use super::hresult::{self, E_INVALIDARG, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, S_OK};
-use super::{Ended, Guest, Handler};
+use super::{Ended, Guest, Handler, exceptions};
 use crate::arch::user::UserContext;
 
 /// `IID_IUnknown` as its 16 bytes in memory (GUID layout: u32, u16, u16, 8 bytes).
@@ -40,6 +40,37 @@ mod slot {
     pub const VIRTUAL_QUERY: u64 = 6;
     pub const VIRTUAL_PROTECT: u64 = 7;
     pub const GET_MEMORY_LOAD: u64 = 8;
+    pub const REGISTER_CALLBACK: u64 = 9;
+    pub const NEEDS_ADDRESS_SPACE: u64 = 10;
+    pub const ACQUIRED_ADDRESS_SPACE: u64 = 11;
+    pub const RELEASED_ADDRESS_SPACE: u64 = 12;
+}
+
+/// Free commit below `limit / LOW_BAND_DIVISOR` is `eMemoryAvailableLow`.
+pub const LOW_BAND_DIVISOR: u64 = 8;
+/// Free commit above `limit / HIGH_BAND_DIVISOR` is `eMemoryAvailableHigh`; in between, neutral.
+pub const HIGH_BAND_DIVISOR: u64 = 4;
+
+/// Test-only fault injection: when non-zero, the manager call that brings it from 1 to 0 acts as
+/// if the kernel had found its own state inconsistent (E_FAIL, the manager poisoned). Set by the
+/// QEMU tests through [`inject_inconsistency_after`]; never set otherwise.
+static INJECT_INCONSISTENCY: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Makes the `n`-th manager call from now (of the next guest that runs) report E_FAIL as if the
+/// kernel had found its own state inconsistent (host-abi §4); 0 disarms. For tests only.
+pub fn inject_inconsistency_after(n: u64) {
+    INJECT_INCONSISTENCY.store(n, core::sync::atomic::Ordering::SeqCst);
+}
+
+fn injected_inconsistency() -> bool {
+    use core::sync::atomic::Ordering;
+    // One CPU, and guests run with the kernel not re-entered: a load and a store suffice.
+    let n = INJECT_INCONSISTENCY.load(Ordering::SeqCst);
+    if n == 0 {
+        return false;
+    }
+    INJECT_INCONSISTENCY.store(n - 1, Ordering::SeqCst);
+    n == 1
 }
 
 fn hr(result: Result<(), u32>) -> u64 {
@@ -74,7 +105,11 @@ impl Guest {
                 self.query_commit(a1);
                 0
             }
-            n if (nr::MANAGER..nr::MANAGER + 13).contains(&n) => self.manager_call(n - nr::MANAGER, [a1, a2, a3, a4, a5, a6, a7]),
+            n if (nr::MANAGER..nr::MANAGER + 13).contains(&n) => {
+                let result = self.manager_call(c, n - nr::MANAGER, [a1, a2, a3, a4, a5, a6, a7])?;
+                self.notify_if_band_changed(c)?;
+                result
+            }
             _ => E_NOTIMPL as u64,
         })
     }
@@ -175,15 +210,20 @@ impl Guest {
         let _ = self.write_bytes(out, &bytes);
     }
 
-    /// An `IHostMemoryManager` method; `args[0]` is `this`.
-    fn manager_call(&mut self, slot: u64, args: [u64; 7]) -> u64 {
+    /// An `IHostMemoryManager` method; `args[0]` is `this`; `c` is the caller's context (for
+    /// upcalls to the notification callback).
+    fn manager_call(&mut self, c: &UserContext, slot: u64, args: [u64; 7]) -> Result<u64, Ended> {
         if args[0] != MANAGER_OBJECT {
-            return E_NOACCESS as u64;
+            return Ok(E_NOACCESS as u64);
         }
-        if self.poisoned && !matches!(slot, slot::QUERY_INTERFACE | slot::ADD_REF | slot::RELEASE) {
-            return HOST_E_CLRNOTAVAILABLE as u64;
+        let lifetime = matches!(slot, slot::QUERY_INTERFACE | slot::ADD_REF | slot::RELEASE);
+        if self.poisoned && !lifetime {
+            return Ok(HOST_E_CLRNOTAVAILABLE as u64);
         }
-        match slot {
+        if !lifetime && injected_inconsistency() {
+            return Ok(self.internal_inconsistency("injected by a test") as u64);
+        }
+        Ok(match slot {
             slot::QUERY_INTERFACE => hr(self.query_interface(args[1], args[2])),
             slot::ADD_REF => {
                 self.manager_refs = self.manager_refs.saturating_add(1);
@@ -198,9 +238,125 @@ impl Guest {
             slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
             slot::VIRTUAL_PROTECT => hr(self.virtual_protect(args[1], args[2], args[3] as u32, args[4])),
             slot::GET_MEMORY_LOAD => hr(self.get_memory_load(args[1], args[2])),
-            // CreateMalloc (3), RegisterMemoryNotificationCallback (9) and the three
-            // *VirtualAddressSpace methods (10–12) belong to the IHostMemoryManager issue.
+            slot::REGISTER_CALLBACK => hr(self.register_callback(c, args[1])?),
+            slot::NEEDS_ADDRESS_SPACE => hr(self.check_address_range(args[1], args[2])),
+            slot::ACQUIRED_ADDRESS_SPACE => hr(self.acquired(args[1], args[2])),
+            slot::RELEASED_ADDRESS_SPACE => hr(self.released(args[1])),
+            // CreateMalloc (slot 3) is ring-3 code of the host library, never a system call.
             _ => E_NOTIMPL as u64,
+        })
+    }
+
+    /// The kernel found its own state inconsistent: the manager is poisoned (host-abi §4).
+    fn internal_inconsistency(&mut self, what: &str) -> u32 {
+        crate::kprintln!("guest {}: internal inconsistency ({what}); its memory manager is now unavailable", self.name);
+        self.poisoned = true;
+        hresult::E_FAIL
+    }
+
+    /// The memory band now: free commit against the thresholds.
+    fn current_band() -> u32 {
+        crate::memory::with_mm(|mm| {
+            let limit = mm.charge.limit_pages();
+            let free = limit.saturating_sub(mm.charge.committed_pages());
+            if free < limit / LOW_BAND_DIVISOR {
+                1
+            } else if free > limit / HIGH_BAND_DIVISOR {
+                3
+            } else {
+                2
+            }
+        })
+    }
+
+    /// Calls the registered callback's `OnMemoryNotification` if the band changed since the last
+    /// report, just before the host call returns; never from inside another upcall.
+    fn notify_if_band_changed(&mut self, c: &UserContext) -> Result<(), Ended> {
+        let Some(object) = self.callback else { return Ok(()) };
+        if self.upcall_depth > 0 {
+            return Ok(());
+        }
+        let band = Self::current_band();
+        if band == self.band {
+            return Ok(());
+        }
+        self.band = band;
+        let function = self.callback_method(object, 3)?;
+        self.call_guest(c, function, object, band as u64).map(|_| ())
+    }
+
+    /// Reads slot `slot` of a guest COM object's vtable; an unreadable object ends the guest with
+    /// an access violation (host-abi §9: a bad callback object, for an upcall).
+    fn callback_method(&self, object: u64, slot: u64) -> Result<u64, Ended> {
+        let vtbl = self.read_u64(object).map_err(|_| self.bad_callback(object))?;
+        self.read_u64(vtbl.wrapping_add(slot * 8)).map_err(|_| self.bad_callback(object))
+    }
+
+    fn bad_callback(&self, object: u64) -> Ended {
+        crate::kprintln!("guest {}: callback object {object:#x} is unreadable", self.name);
+        exceptions::status::ACCESS_VIOLATION as i32
+    }
+
+    /// `RegisterMemoryNotificationCallback`: AddRef the new object, Release the old one, no call
+    /// now (host-abi §5, §9).
+    fn register_callback(&mut self, c: &UserContext, object: u64) -> Result<Result<(), u32>, Ended> {
+        if object != 0 {
+            let mut header = [0u8; 8];
+            if self.read_bytes(object, &mut header).is_err() {
+                return Ok(Err(E_NOACCESS));
+            }
+            let vtbl = u64::from_le_bytes(header);
+            let mut table = [0u8; 32];
+            if self.read_bytes(vtbl, &mut table).is_err() {
+                return Ok(Err(E_NOACCESS));
+            }
+            let add_ref = self.callback_method(object, 1)?;
+            self.call_guest(c, add_ref, object, 0)?;
+        }
+        if let Some(old) = self.callback.take() {
+            let release = self.callback_method(old, 2)?;
+            self.call_guest(c, release, old, 0)?;
+        }
+        self.callback = (object != 0).then_some(object);
+        self.band = Self::current_band();
+        Ok(Ok(()))
+    }
+
+    /// Validates a range for the `*VirtualAddressSpace` methods: in user space, size > 0.
+    fn check_address_range(&self, start: u64, size: u64) -> Result<(), u32> {
+        let cfg = self.space.with(|s, _| *s.config());
+        let ok = size > 0 && start >= cfg.min_address && start.checked_add(size).is_some_and(|end| end <= cfg.max_address_end);
+        if ok { Ok(()) } else { Err(E_INVALIDARG) }
+    }
+
+    /// `AcquiredVirtualAddressSpace`: records the range, which must overlap no allocation of the
+    /// host's and no range recorded before.
+    fn acquired(&mut self, start: u64, size: u64) -> Result<(), u32> {
+        self.check_address_range(start, size)?;
+        let end = start + size;
+        if self.acquired.iter().any(|&(s, l)| s < end && start < s + l) {
+            return Err(E_INVALIDARG);
+        }
+        // Walk the regions of the range: every one must be free.
+        let mut at = start;
+        while at < end {
+            match self.space.virtual_query(at) {
+                Ok(q) if q.state == MEM_FREE && q.region_size > 0 => at = q.base_address.saturating_add(q.region_size),
+                _ => return Err(E_INVALIDARG),
+            }
+        }
+        self.acquired.push((start, size));
+        Ok(())
+    }
+
+    /// `ReleasedVirtualAddressSpace`: forgets the range recorded at `start`.
+    fn released(&mut self, start: u64) -> Result<(), u32> {
+        match self.acquired.iter().position(|&(s, _)| s == start) {
+            Some(i) => {
+                self.acquired.remove(i);
+                Ok(())
+            }
+            None => Err(hresult::from_win32(ERROR_INVALID_ADDRESS)),
         }
     }
 
@@ -295,8 +451,16 @@ impl Guest {
     fn get_memory_load(&mut self, p_load: u64, p_available: u64) -> Result<(), u32> {
         self.out_pointer(p_load, 4)?;
         self.out_pointer(p_available, 8)?;
-        let (load, available) =
+        let (commit_load, available) =
             crate::memory::with_mm(|mm| (mm.charge.load_percent(), mm.charge.available(CriticalLevel::Task) * 4096));
+        // Address space the runtime acquired by other means counts as in use (host-abi §5): the
+        // load is the larger of the commit load and the address-space load.
+        let cfg = self.space.with(|s, _| *s.config());
+        let span = cfg.max_address_end - cfg.min_address;
+        let reserved: u64 = self.space.with(|s, _| s.allocations().map(|a| a.size).sum::<u64>());
+        let acquired: u64 = self.acquired.iter().map(|&(_, l)| l).sum();
+        let space_load = ((reserved + acquired) as u128 * 100 / span as u128) as u32;
+        let load = commit_load.max(space_load).min(100);
         let _ = self.write_bytes(p_load, &load.to_le_bytes());
         let _ = self.write_bytes(p_available, &available.to_le_bytes());
         Ok(())

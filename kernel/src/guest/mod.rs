@@ -65,6 +65,12 @@ pub struct Guest {
     manager_refs: u32,
     /// Set after E_FAIL: every later manager call returns HOST_E_CLRNOTAVAILABLE.
     poisoned: bool,
+    /// Address ranges the runtime told us it acquired by other means (start, size).
+    acquired: Vec<(u64, u64)>,
+    /// The registered `ICLRMemoryNotificationCallback` object, if any.
+    callback: Option<u64>,
+    /// The memory band last reported (or current at registration): 1 low, 2 neutral, 3 high.
+    band: u32,
 }
 
 /// How a guest ended.
@@ -166,6 +172,9 @@ impl Guest {
             upcall_depth: 0,
             manager_refs: 1,
             poisoned: false,
+            acquired: Vec::new(),
+            callback: None,
+            band: 0,
         })
     }
 
@@ -217,10 +226,31 @@ impl Guest {
     /// `rsp` (the caller wrote the return address there: the upcall-return stub), and returns
     /// what it returned.
     fn upcall(&mut self, function: u64, argument: u64, rsp: u64) -> Result<u64, Ended> {
-        let mut context = UserContext { rip: function, rsp, rdi: argument, rflags: 0x202, ..UserContext::default() };
+        self.upcall2(function, argument, 0, rsp)
+    }
+
+    /// As [`upcall`](Self::upcall), with two arguments.
+    fn upcall2(&mut self, function: u64, a0: u64, a1: u64, rsp: u64) -> Result<u64, Ended> {
+        let mut context = UserContext { rip: function, rsp, rdi: a0, rsi: a1, rflags: 0x202, ..UserContext::default() };
         self.upcall_depth += 1;
         let result = self.run_loop(&mut context, true);
         self.upcall_depth -= 1;
+        result
+    }
+
+    /// Calls `function(a0, a1)` in ring 3 from inside a host call whose caller's context is `at`:
+    /// on the caller's stack below its red zone, with the caller's FPU state saved and restored
+    /// (host-abi §9). A fault in the function ends the guest.
+    pub(crate) fn call_guest(&mut self, at: &UserContext, function: u64, a0: u64, a1: u64) -> Result<u64, Ended> {
+        let frame = at.rsp.wrapping_sub(128) & !15;
+        let entry_rsp = frame.wrapping_sub(8);
+        if self.write_bytes(entry_rsp, &stub(Stub::UpcallReturn).to_le_bytes()).is_err() {
+            crate::kprintln!("guest {}: no usable stack for an upcall (rsp {:#x})", self.name, at.rsp);
+            return Err(exceptions::status::ACCESS_VIOLATION as i32);
+        }
+        let fpu = crate::arch::user::FpuState::save();
+        let result = self.upcall2(function, a0, a1, entry_rsp);
+        fpu.restore();
         result
     }
 
