@@ -101,6 +101,11 @@ impl Guest {
                 Ok(()) => 0,
                 Err(e) => e.win32_code() as u64,
             },
+            nr::PROBE => match self.space.with(|s, cx| s.check_user_access(cx, a1, a2, a3 != 0)) {
+                Ok(()) if a1 != 0 => 0,
+                Ok(()) => E_NOACCESS as u64,
+                Err(e) => hresult::from_vm(e) as u64,
+            },
             nr::QUERY_COMMIT => {
                 self.query_commit(a1);
                 0

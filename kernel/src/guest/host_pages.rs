@@ -44,6 +44,8 @@ pub mod nr {
     pub const RESET_WRITE_WATCH: u64 = 6;
     pub const QUERY_COMMIT: u64 = 7;
     pub const UPCALL_RETURN: u64 = 8;
+    /// `probe(ptr, len, write)`: used by the host library to check guest pointers.
+    pub const PROBE: u64 = 9;
     /// `IHostMemoryManager` method `i` (vtable slot) is `MANAGER + i`.
     pub const MANAGER: u64 = 16;
 }
@@ -236,12 +238,14 @@ pub fn code_page() -> [u8; 4096] {
 }
 
 /// The data page's bytes: manager object, vtable, HOST_SERVICES (host-abi §3, §7).
-pub fn data_page(max_application_address: u64) -> [u8; 4096] {
+/// `create_malloc` is the host library's `CreateMalloc` (vtable slot 3 is ring-3 code, not a
+/// system call: the heaps live in guest memory).
+pub fn data_page(max_application_address: u64, create_malloc: u64) -> [u8; 4096] {
     let mut page = [0u8; 4096];
     let mut put = |off: usize, v: u64| page[off..off + 8].copy_from_slice(&v.to_le_bytes());
     put(0, MANAGER_VTABLE);
     for slot in 0..13 {
-        put(0x40 + slot * 8, stub_at(Stub::Manager0 as usize + slot));
+        put(0x40 + slot * 8, if slot == 3 { create_malloc } else { stub_at(Stub::Manager0 as usize + slot) });
     }
     let s = (HOST_SERVICES - HOST_DATA) as usize;
     put(s, HOST_SERVICES_SIZE as u64 | (1u64 << 32)); // cbSize, version

@@ -43,6 +43,59 @@ pub const STACK_RESERVE: u64 = 1 << 20;
 /// Pages committed at the top of the stack at start.
 pub const STACK_INITIAL_PAGES: u64 = 2;
 
+/// The host's ring-3 library (kernel/host-lib), built for the guest target and embedded here.
+const HOST_LIB: &[u8] = include_bytes!(env!("CARGO_BIN_FILE_HOST_LIB_host-lib"));
+/// Where the host library is mapped in every guest.
+pub const HOST_LIB_BASE: u64 = 0x7FFF_FFF0_0000;
+
+/// Maps a checked ELF image into `space` as one `MEM_IMAGE` allocation (per-page protections from
+/// the segments: the union of the rights of the segments sharing a page), copies its segments and
+/// applies its relocations. A relocatable image is placed at `pie_base`; returns the entry point.
+fn map_image(space: &Space, file: &[u8], image: &elf::GuestImage, pie_base: u64, host_owned: bool) -> Result<u64, String> {
+    let bias = if image.relocatable { pie_base.wrapping_sub(image.low) } else { 0 };
+    let base = image.low.wrapping_add(bias);
+    if base % 0x1_0000 != 0 {
+        return Err(format!("the image starts at {base:#x}, which is not 64 KiB aligned"));
+    }
+    let limit = if host_owned { HOST_BASE } else { HOST_LIB_BASE };
+    if base.checked_add(image.high - image.low).is_none_or(|end| end > limit) {
+        return Err("the image overlaps the host's pages at the top of user space".into());
+    }
+    let pages = ((image.high - image.low) / PAGE) as usize;
+    let mut prots = alloc::vec![PAGE_NOACCESS; pages];
+    for (i, prot) in prots.iter_mut().enumerate() {
+        let va = image.low + i as u64 * PAGE;
+        let (mut r, mut w, mut x) = (false, false, false);
+        for s in image.segments.iter().filter(|s| s.vaddr < va + PAGE && s.vaddr + s.mem_size > va) {
+            r |= s.read;
+            w |= s.write;
+            x |= s.execute;
+        }
+        *prot = match (r || w, w, x) {
+            (_, true, _) => PAGE_READWRITE,
+            (true, false, true) => PAGE_EXECUTE_READ,
+            (false, false, true) => PAGE_EXECUTE,
+            (true, false, false) => PAGE_READONLY,
+            (false, false, false) => PAGE_NOACCESS,
+        };
+    }
+    let fail = |what: &str, e: VmError| format!("{what}: {e:?} (Win32 {})", e.win32_code());
+    space
+        .with(|s, cx| s.create_image(cx, base, &prots, host_owned, CriticalLevel::Process))
+        .map_err(|e| fail("mapping the image", e))?;
+    for seg in &image.segments {
+        let bytes = &file[seg.file_offset as usize..(seg.file_offset + seg.file_size) as usize];
+        space.with(|s, cx| s.write_image(cx, seg.vaddr.wrapping_add(bias), bytes)).map_err(|e| fail("copying a segment", e))?;
+    }
+    for &(offset, addend) in &image.relocations {
+        let value = addend.wrapping_add(bias);
+        space
+            .with(|s, cx| s.write_image(cx, offset.wrapping_add(bias), &value.to_le_bytes()))
+            .map_err(|e| fail("relocating", e))?;
+    }
+    Ok(image.entry.wrapping_add(bias))
+}
+
 /// A registered vectored exception handler.
 #[derive(Debug, Clone, Copy)]
 struct Handler {
@@ -94,51 +147,18 @@ impl Guest {
         let space = Space::new().map_err(|e| format!("no address space: {e:?}"))?;
         let cfg = space.with(|s, _| *s.config());
         let image = elf::parse(file, cfg.min_address, cfg.max_address_end)?;
-        let bias = if image.relocatable { PIE_BASE - image.low } else { 0 };
-        let base = image.low.wrapping_add(bias);
-        if base % 0x1_0000 != 0 {
-            return Err(format!("the image starts at {base:#x}, which is not 64 KiB aligned"));
-        }
-        if base.checked_add(image.high - image.low).is_none_or(|end| end > HOST_BASE) {
-            return Err("the image overlaps the host's pages at the top of user space".into());
-        }
-        let pages = ((image.high - image.low) / PAGE) as usize;
-        let mut prots = alloc::vec![PAGE_NOACCESS; pages];
-        for (i, prot) in prots.iter_mut().enumerate() {
-            let va = image.low + i as u64 * PAGE;
-            let (mut r, mut w, mut x) = (false, false, false);
-            for s in image.segments.iter().filter(|s| s.vaddr < va + PAGE && s.vaddr + s.mem_size > va) {
-                r |= s.read;
-                w |= s.write;
-                x |= s.execute;
-            }
-            *prot = match (r || w, w, x) {
-                (_, true, _) => PAGE_READWRITE,
-                (true, false, true) => PAGE_EXECUTE_READ,
-                (false, false, true) => PAGE_EXECUTE,
-                (true, false, false) => PAGE_READONLY,
-                (false, false, false) => PAGE_NOACCESS,
-            };
-        }
+        let entry = map_image(&space, file, &image, PIE_BASE, false)?;
+        // The host's ring-3 library (IHostMalloc), as a host-owned image below the host pages.
+        let host_lib = elf::parse(HOST_LIB, cfg.min_address, cfg.max_address_end).map_err(|e| format!("host library: {e}"))?;
+        let create_malloc = map_image(&space, HOST_LIB, &host_lib, HOST_LIB_BASE, true).map_err(|e| format!("host library: {e}"))?;
         let fail = |what: &str, e: VmError| format!("{what}: {e:?} (Win32 {})", e.win32_code());
-        space
-            .with(|s, cx| s.create_image(cx, base, &prots, false, CriticalLevel::Process))
-            .map_err(|e| fail("mapping the image", e))?;
-        for seg in &image.segments {
-            let bytes = &file[seg.file_offset as usize..(seg.file_offset + seg.file_size) as usize];
-            space.with(|s, cx| s.write_image(cx, seg.vaddr + bias, bytes)).map_err(|e| fail("copying a segment", e))?;
-        }
-        for &(offset, addend) in &image.relocations {
-            let value = addend.wrapping_add(bias);
-            space.with(|s, cx| s.write_image(cx, offset + bias, &value.to_le_bytes())).map_err(|e| fail("relocating", e))?;
-        }
         space
             .with(|s, cx| s.create_image(cx, HOST_BASE, &[PAGE_EXECUTE_READ, PAGE_READONLY], true, CriticalLevel::Process))
             .map_err(|e| fail("mapping the host pages", e))?;
         space
             .with(|s, cx| {
                 s.write_image(cx, host_pages::HOST_CODE, &host_pages::code_page())?;
-                s.write_image(cx, host_pages::HOST_DATA, &host_pages::data_page(cfg.max_application_address()))
+                s.write_image(cx, host_pages::HOST_DATA, &host_pages::data_page(cfg.max_application_address(), create_malloc))
             })
             .map_err(|e| fail("filling the host pages", e))?;
         let stack_base = space
@@ -155,7 +175,7 @@ impl Guest {
             })
             .map_err(|e| fail("committing the stack", e))?;
         let entry_context = UserContext {
-            rip: image.entry.wrapping_add(bias),
+            rip: entry,
             rsp: stack_top - 8,
             rdi: MANAGER_OBJECT,
             rsi: HOST_SERVICES,

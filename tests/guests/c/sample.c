@@ -79,6 +79,35 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     check("access violation handled", (uint64_t)g_av_hits, 1);
     check("write landed after commit", c[5], 9);
 
+    /* A heap (IHostMalloc): blocks, a double free caught, an executable heap running code. */
+    {
+        IHostMalloc *heap = 0, *exec = 0;
+        void *a = 0, *b = 0, *code = 0;
+        static const unsigned char ret42[] = {0xB8, 42, 0, 0, 0, 0xC3}; /* mov eax, 42; ret */
+        check("CreateMalloc", (uint32_t)v->CreateMalloc(host, MALLOC_THREADSAFE, &heap), S_OK);
+        if (heap) {
+            check("Alloc", (uint32_t)heap->lpVtbl->Alloc(heap, 100, eTaskCritical, &a), S_OK);
+            check("16-byte aligned", (uint64_t)a & 15, 0);
+            check("DebugAlloc", (uint32_t)heap->lpVtbl->DebugAlloc(heap, 5000, eTaskCritical, (char *)"sample.c", __LINE__, &b), S_OK);
+            memset(a, 0xAB, 100);
+            memset(b, 0xCD, 5000);
+            check("blocks hold data", ((unsigned char *)a)[99] + ((unsigned char *)b)[4999], 0xAB + 0xCD);
+            check("Free", (uint32_t)heap->lpVtbl->Free(heap, a), S_OK);
+            check("double Free caught", (uint32_t)heap->lpVtbl->Free(heap, a), (uint32_t)E_INVALIDARG);
+            check("foreign Free caught", (uint32_t)heap->lpVtbl->Free(heap, (void *)&g_av_hits), (uint32_t)E_INVALIDARG);
+            check("Free debug block", (uint32_t)heap->lpVtbl->Free(heap, b), S_OK);
+            check("Release frees the heap", heap->lpVtbl->Release(heap), 0);
+        }
+        check("CreateMalloc executable", (uint32_t)v->CreateMalloc(host, MALLOC_EXECUTABLE, &exec), S_OK);
+        if (exec) {
+            check("Alloc code", (uint32_t)exec->lpVtbl->Alloc(exec, sizeof ret42, eTaskCritical, &code), S_OK);
+            memcpy(code, ret42, sizeof ret42);
+            check("code in an executable heap runs", (uint64_t)((int (*)(void))code)(), 42);
+            exec->lpVtbl->Free(exec, code);
+            exec->lpVtbl->Release(exec);
+        }
+    }
+
     /* Release everything; the address is free again. */
     check("release", (uint32_t)v->VirtualFree(host, base, 0, MEM_RELEASE), S_OK);
     v->VirtualQuery(host, base, &mbi, sizeof mbi, &got);
