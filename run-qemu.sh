@@ -21,26 +21,49 @@ options:
   --release       build the kernel with the release profile
   --debug         build the kernel with the dev profile (default)
   --timeout SECS  kill QEMU after SECS seconds (default: no limit)
+  --guest FILE    run this guest ELF file instead of the bundled samples (repeatable; in order).
+                  A guest is a static executable or static PIE built against
+                  kernel/guest-abi/include/host_abi.h, e.g.
+                  gcc -ffreestanding -nostdlib -static-pie -fno-stack-protector -e guest_main -o my.elf my.c
+                  The exit status is 0 only if every guest exited with code 0.
+  --config "K=V,..."  kernel settings at boot: critical_reserve_percent (default 6),
+                  low_threshold_percent (12), high_threshold_percent (25) of the commit limit for
+                  memory notifications, commit_limit_mb (cap the commit limit; default: what RAM allows)
+  --bench         boot the benchmark image (kernel/src/bin/bench.rs) instead of the kernel: release
+                  profile and --mem 1G unless --debug / --mem say otherwise
   -h, --help      this text
 USAGE
 }
 
-firmware=(); kvm=(); gdb=(); mem=256M; profile=debug; timeout=0
+firmware=(); kvm=(); gdb=(); mem=256M; profile=debug; timeout=0; guests=(); config=()
+bin=kernel; mem_set=; profile_set=
 while [ $# -gt 0 ]; do
   case "$1" in
     --uefi) firmware=(--uefi) ;;
     --kvm) kvm=(--kvm) ;;
     --gdb) gdb=(--gdb) ;;
-    --mem) [ $# -ge 2 ] || { echo "--mem needs a size" >&2; exit 2; }; mem="$2"; shift ;;
-    --mem=*) mem="${1#--mem=}" ;;
-    --release) profile=release ;;
-    --debug) profile=debug ;;
+    --mem) [ $# -ge 2 ] || { echo "--mem needs a size" >&2; exit 2; }; mem="$2"; mem_set=1; shift ;;
+    --mem=*) mem="${1#--mem=}"; mem_set=1 ;;
+    --release) profile=release; profile_set=1 ;;
+    --debug) profile=debug; profile_set=1 ;;
+    --bench) bin=bench ;;
     --timeout) [ $# -ge 2 ] || { echo "--timeout needs seconds" >&2; exit 2; }; timeout="$2"; shift ;;
+    --config) [ $# -ge 2 ] || { echo "--config needs key=value pairs" >&2; exit 2; }; config=(--config "$2"); shift ;;
+    --guest)
+      [ $# -ge 2 ] || { echo "--guest needs a file" >&2; exit 2; }
+      [ -f "$2" ] || { echo "--guest $2: no such file" >&2; exit 2; }
+      guests+=(--guest "$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"); shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
+
+if [ "$bin" = bench ]; then
+  # commit_touch_256m needs 256 MiB of frames on top of the kernel's own memory.
+  [ -n "$mem_set" ] || mem=1G
+  [ -n "$profile_set" ] || profile=release
+fi
 
 source "$root/tests/setup.sh"
 ensure_toolchain
@@ -53,8 +76,9 @@ fi
 
 cargo_profile=(); [ "$profile" = release ] && cargo_profile=(--release)
 cargo build --quiet -p boot
-cargo build --quiet -p kernel --target x86_64-unknown-none "${cargo_profile[@]}"
+cargo build --quiet -p kernel --bin "$bin" --target x86_64-unknown-none "${cargo_profile[@]}"
+target="${CARGO_TARGET_DIR:-$root/target}"
 set +e
-"$root/target/debug/boot" run "${firmware[@]}" "${kvm[@]}" "${gdb[@]}" --mem "$mem" --timeout "$timeout" \
-  "$root/target/x86_64-unknown-none/$profile/kernel"
+"$target/debug/boot" run "${firmware[@]}" "${kvm[@]}" "${gdb[@]}" "${guests[@]}" "${config[@]}" --mem "$mem" --timeout "$timeout" \
+  "$target/x86_64-unknown-none/$profile/$bin"
 exit $?

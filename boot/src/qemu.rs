@@ -33,6 +33,9 @@ pub struct QemuOptions {
     pub timeout: Option<Duration>,
     /// Copy the serial output to our stdout as it arrives.
     pub echo: bool,
+    /// The kernel's boot configuration (`key=value` pairs), passed as the fw_cfg file
+    /// `opt/vmk/config`.
+    pub config: Option<String>,
 }
 
 impl Default for QemuOptions {
@@ -44,6 +47,7 @@ impl Default for QemuOptions {
             memory: "256M".into(),
             timeout: Some(Duration::from_secs(120)),
             echo: true,
+            config: None,
         }
     }
 }
@@ -161,6 +165,10 @@ pub fn command_line(image: &Path, opts: &QemuOptions) -> Result<Vec<String>, Str
     if opts.gdb {
         args.extend(["-s".into(), "-S".into()]);
     }
+    if let Some(config) = &opts.config {
+        // QEMU option values escape a comma by doubling it.
+        args.extend(["-fw_cfg".into(), format!("name=opt/vmk/config,string={}", config.replace(',', ",,"))]);
+    }
     Ok(args)
 }
 
@@ -253,5 +261,14 @@ mod tests {
         assert!(joined.contains("isa-debug-exit,iobase=0xf4,iosize=0x04"));
         assert!(joined.contains("-m 256M"));
         assert!(!joined.contains("-enable-kvm"));
+        assert!(!joined.contains("fw_cfg"));
+    }
+
+    #[test]
+    fn config_travels_in_fw_cfg_with_commas_escaped() {
+        let opts = QemuOptions { config: Some("commit_limit_mb=64,low_threshold_percent=20".into()), ..QemuOptions::default() };
+        let args = command_line(Path::new("/tmp/x.img"), &opts).unwrap();
+        let i = args.iter().position(|a| a == "-fw_cfg").expect("-fw_cfg present");
+        assert_eq!(args[i + 1], "name=opt/vmk/config,string=commit_limit_mb=64,,low_threshold_percent=20");
     }
 }

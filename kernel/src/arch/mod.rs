@@ -4,6 +4,7 @@
 //! rewriting an interrupted context.
 
 pub mod cpu;
+pub mod fw_cfg;
 pub mod gdt;
 pub mod interrupts;
 pub mod probe;

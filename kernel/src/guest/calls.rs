@@ -46,10 +46,6 @@ mod slot {
     pub const RELEASED_ADDRESS_SPACE: u64 = 12;
 }
 
-/// Free commit below `limit / LOW_BAND_DIVISOR` is `eMemoryAvailableLow`.
-pub const LOW_BAND_DIVISOR: u64 = 8;
-/// Free commit above `limit / HIGH_BAND_DIVISOR` is `eMemoryAvailableHigh`; in between, neutral.
-pub const HIGH_BAND_DIVISOR: u64 = 4;
 
 /// Test-only fault injection: when non-zero, the manager call that brings it from 1 to 0 acts as
 /// if the kernel had found its own state inconsistent (E_FAIL, the manager poisoned). Set by the
@@ -60,6 +56,14 @@ static INJECT_INCONSISTENCY: core::sync::atomic::AtomicU64 = core::sync::atomic:
 /// kernel had found its own state inconsistent (host-abi §4); 0 disarms. For tests only.
 pub fn inject_inconsistency_after(n: u64) {
     INJECT_INCONSISTENCY.store(n, core::sync::atomic::Ordering::SeqCst);
+}
+
+/// The notification thresholds in bytes of free commit: (low, high) (host-abi §5; set at boot,
+/// see `memory::MemoryConfig`).
+fn thresholds() -> (u64, u64) {
+    let c = crate::memory::config();
+    let limit = crate::memory::with_mm(|mm| mm.charge.limit_pages()) * 4096;
+    (limit * c.low_threshold_percent / 100, limit * c.high_threshold_percent / 100)
 }
 
 fn injected_inconsistency() -> bool {
@@ -206,10 +210,10 @@ impl Guest {
     }
 
     fn query_commit(&self, out: u64) {
+        let (low, high) = thresholds();
         let info = crate::memory::with_mm(|mm| {
             let c = &mm.charge;
-            let limit = c.limit_pages() * 4096;
-            [limit, c.committed_pages() * 4096, c.critical_reserve_pages() * 4096, limit / 8, limit / 4]
+            [c.limit_pages() * 4096, c.committed_pages() * 4096, c.critical_reserve_pages() * 4096, low, high]
         });
         let bytes: alloc::vec::Vec<u8> = info.iter().flat_map(|v| v.to_le_bytes()).collect();
         let _ = self.write_bytes(out, &bytes);
@@ -261,12 +265,12 @@ impl Guest {
 
     /// The memory band now: free commit against the thresholds.
     fn current_band() -> u32 {
+        let (low, high) = thresholds();
         crate::memory::with_mm(|mm| {
-            let limit = mm.charge.limit_pages();
-            let free = limit.saturating_sub(mm.charge.committed_pages());
-            if free < limit / LOW_BAND_DIVISOR {
+            let free = mm.charge.limit_pages().saturating_sub(mm.charge.committed_pages()) * 4096;
+            if free < low {
                 1
-            } else if free > limit / HIGH_BAND_DIVISOR {
+            } else if free > high {
                 3
             } else {
                 2

@@ -61,8 +61,64 @@ pub const LOW_MEMORY_END: u64 = 0x10_0000;
 pub const KERNEL_RESERVE_DIVISOR: u64 = 64;
 /// Lower bound of the kernel reserve, in frames (4 MiB).
 pub const KERNEL_RESERVE_MIN_FRAMES: u64 = 1024;
-/// Part of the commit limit kept for critical requests (host-abi §5): 1/16.
-pub const CRITICAL_RESERVE_DIVISOR: u64 = 16;
+/// Settings of the memory manager that can be changed at boot (`run-qemu.sh --config
+/// "key=value,..."`, read from QEMU's fw_cfg file `opt/vmk/config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// `critical_reserve_percent`: the part of the commit limit only critical requests may use
+    /// (host-abi §5: eAppDomainCritical may use half of it, eProcessCritical all). Default 6.
+    pub critical_reserve_percent: u64,
+    /// `low_threshold_percent`: free commit below this share of the limit is
+    /// `eMemoryAvailableLow`. Default 12.
+    pub low_threshold_percent: u64,
+    /// `high_threshold_percent`: free commit above this share is `eMemoryAvailableHigh`. Default 25.
+    pub high_threshold_percent: u64,
+    /// `commit_limit_mb`: caps the commit limit (to show behaviour under pressure); default: none,
+    /// the limit is what the frames allow.
+    pub commit_limit_mb: Option<u64>,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { critical_reserve_percent: 6, low_threshold_percent: 12, high_threshold_percent: 25, commit_limit_mb: None }
+    }
+}
+
+impl MemoryConfig {
+    /// The defaults overridden by the boot configuration; unknown keys and bad values are reported
+    /// and ignored.
+    pub fn from_boot() -> MemoryConfig {
+        let mut c = MemoryConfig::default();
+        for (key, value) in crate::arch::fw_cfg::config_pairs() {
+            let Ok(n) = value.parse::<u64>() else {
+                log::warn!("config: {key}={value}: not a number, ignored");
+                continue;
+            };
+            match key.as_str() {
+                "critical_reserve_percent" if n <= 50 => c.critical_reserve_percent = n,
+                "low_threshold_percent" if n <= 100 => c.low_threshold_percent = n,
+                "high_threshold_percent" if n <= 100 => c.high_threshold_percent = n,
+                "commit_limit_mb" if n > 0 => c.commit_limit_mb = Some(n),
+                _ => {
+                    log::warn!("config: {key}={value}: unknown key or out of range, ignored");
+                    continue;
+                }
+            }
+            log::info!("config: {key}={n}");
+        }
+        if c.high_threshold_percent < c.low_threshold_percent {
+            c.high_threshold_percent = c.low_threshold_percent;
+        }
+        c
+    }
+}
+
+static CONFIG: Once<MemoryConfig> = Once::new();
+
+/// The memory configuration in force (defaults before [`init`]).
+pub fn config() -> MemoryConfig {
+    CONFIG.get().copied().unwrap_or_default()
+}
 
 /// What the kernel keeps of the boot info (which is unmapped once the kernel's own tables are in).
 #[derive(Debug, Clone)]
@@ -211,10 +267,14 @@ pub fn init(boot_info: &'static BootInfo) {
         }
     }
 
+    let config = *CONFIG.call_once(MemoryConfig::from_boot);
     let available = frames.available_frames();
     let reserve = (available / KERNEL_RESERVE_DIVISOR).max(KERNEL_RESERVE_MIN_FRAMES).min(available);
-    let limit_pages = available - reserve;
-    let charge = CommitCharge::new(limit_pages, limit_pages / CRITICAL_RESERVE_DIVISOR);
+    let mut limit_pages = available - reserve;
+    if let Some(mb) = config.commit_limit_mb {
+        limit_pages = limit_pages.min(mb * 256);
+    }
+    let charge = CommitCharge::new(limit_pages, limit_pages * config.critical_reserve_percent / 100);
     let usable_bytes = snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.end - r.start).sum();
     let ram_bytes = snap.ram.iter().map(|r| r.1 - r.0).sum();
     *MM.lock() = Some(MemoryManager {
