@@ -166,7 +166,33 @@ fn guests_in_a_row_leave_every_frame_behind() -> Result<(), String> {
     Ok(())
 }
 
+fn e_fail_poisons_the_manager() -> Result<(), String> {
+    let before = frames();
+    kernel::guest::calls::inject_inconsistency_after(2);
+    let (outcome, out) = run("poison", guest_elf!("poison"));
+    kernel::guest::calls::inject_inconsistency_after(0);
+    ensure!(!out.contains("FAILED"), "poison printed: {out}");
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    ensure_eq!(frames(), before);
+    // The next guest has a healthy manager.
+    let sample = &kernel::bundled_guests()[0];
+    ensure_eq!(run(&sample.name, &sample.data).0, GuestOutcome::Exited(0));
+    Ok(())
+}
+
+fn memory_notifications_and_acquired_address_space() -> Result<(), String> {
+    let before = frames();
+    let (outcome, out) = run("notify", guest_elf!("notify"));
+    ensure!(!out.contains("FAILED"), "notify printed: {out}");
+    ensure!(out.contains(" passed, 0 failed"), "notify printed: {out}");
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    ensure_eq!(frames(), before);
+    Ok(())
+}
+
 kernel::kernel_test_image!(
+    e_fail_poisons_the_manager,
+    memory_notifications_and_acquired_address_space,
     samples_run_and_pass,
     hostile_pointers_fail_cleanly_and_the_next_guest_runs,
     exceptions_reach_handlers_which_may_edit_the_context,

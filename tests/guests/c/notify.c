@@ -1,0 +1,64 @@
+/* Memory notifications (host-abi §5, §9): AddRef at registration and no call, one
+ * OnMemoryNotification per band change just before the causing call returns, Release of the old
+ * callback when replaced or unregistered. */
+#include "host_abi.h"
+#include "guest_util.h"
+
+static int adds, releases, calls, last_band;
+static HRESULT qi(ICLRMemoryNotificationCallback *t, REFIID r, void **p) { (void)t; (void)r; *p = 0; return E_NOINTERFACE; }
+static ULONG add_ref(ICLRMemoryNotificationCallback *t) { (void)t; return (ULONG)++adds; }
+static ULONG release(ICLRMemoryNotificationCallback *t) { (void)t; return (ULONG)++releases; }
+static HRESULT on_notification(ICLRMemoryNotificationCallback *t, EMemoryAvailable band) {
+    (void)t;
+    calls++;
+    last_band = (int)band;
+    return S_OK;
+}
+static const ICLRMemoryNotificationCallbackVtbl vtbl = {qi, add_ref, release, on_notification};
+static ICLRMemoryNotificationCallback callback = {&vtbl};
+
+int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
+    const IHostMemoryManagerVtbl *v = host->lpVtbl;
+    HOST_COMMIT_INFO info;
+    void *a = 0, *b = 0;
+    uint64_t free_now, to_neutral, to_low;
+    g_services = services;
+    services->query_commit(&info);
+    check("thresholds ordered", info.low_threshold <= info.high_threshold && info.high_threshold < info.commit_limit, 1);
+    check("register", (uint32_t)v->RegisterMemoryNotificationCallback(host, &callback), S_OK);
+    check("AddRef at registration", (uint64_t)adds, 1);
+    check("no call at registration", (uint64_t)calls, 0);
+
+    free_now = info.commit_limit - info.committed;
+    to_neutral = (free_now - (info.low_threshold + info.high_threshold) / 2) & ~0xFFFull;
+    check("commit into the neutral band", (uint32_t)v->VirtualAlloc(host, 0, to_neutral, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &a), S_OK);
+    check("one notification, before the call returned", (uint64_t)calls, 1);
+    check("neutral", (uint64_t)last_band, eMemoryAvailableNeutral);
+    services->query_commit(&info);
+    to_low = (info.commit_limit - info.committed - info.low_threshold / 2) & ~0xFFFull;
+    check("commit into the low band", (uint32_t)v->VirtualAlloc(host, 0, to_low, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eProcessCritical, &b), S_OK);
+    check("second notification", (uint64_t)calls, 2);
+    check("low", (uint64_t)last_band, eMemoryAvailableLow);
+    check("a call that changes no band", (uint32_t)v->VirtualFree(host, b, 4096, MEM_DECOMMIT), S_OK);
+    check("... notifies nobody", (uint64_t)calls, 2);
+    check("release the low-band commit", (uint32_t)v->VirtualFree(host, b, 0, MEM_RELEASE), S_OK);
+    check("third notification", (uint64_t)calls, 3);
+    check("neutral again", (uint64_t)last_band, eMemoryAvailableNeutral);
+    check("release the rest", (uint32_t)v->VirtualFree(host, a, 0, MEM_RELEASE), S_OK);
+    check("fourth notification", (uint64_t)calls, 4);
+    check("high", (uint64_t)last_band, eMemoryAvailableHigh);
+    check("unregister", (uint32_t)v->RegisterMemoryNotificationCallback(host, 0), S_OK);
+    check("Release of the old callback", (uint64_t)releases, 1);
+    check("bad callback object", (uint32_t)v->RegisterMemoryNotificationCallback(host, (ICLRMemoryNotificationCallback *)0xffff800000000000ull),
+          (uint32_t)HRESULT_FROM_WIN32(ERROR_NOACCESS));
+    /* Acquired address space (host-abi §5, §9). */
+    check("Needs: size 0", (uint32_t)v->NeedsVirtualAddressSpace(host, (void *)0x200000000ull, 0), (uint32_t)E_INVALIDARG);
+    check("Needs: kernel space", (uint32_t)v->NeedsVirtualAddressSpace(host, (void *)0xffff800000000000ull, 4096), (uint32_t)E_INVALIDARG);
+    check("Needs", (uint32_t)v->NeedsVirtualAddressSpace(host, (void *)0x200000000ull, 1 << 20), S_OK);
+    check("Acquired", (uint32_t)v->AcquiredVirtualAddressSpace(host, (void *)0x200000000ull, 1 << 20), S_OK);
+    check("Acquired overlapping", (uint32_t)v->AcquiredVirtualAddressSpace(host, (void *)0x200080000ull, 1 << 20), (uint32_t)E_INVALIDARG);
+    check("Acquired over the image", (uint32_t)v->AcquiredVirtualAddressSpace(host, (void *)0x140000000ull, 4096), (uint32_t)E_INVALIDARG);
+    check("Released", (uint32_t)v->ReleasedVirtualAddressSpace(host, (void *)0x200000000ull), S_OK);
+    check("Released twice", (uint32_t)v->ReleasedVirtualAddressSpace(host, (void *)0x200000000ull), (uint32_t)HRESULT_FROM_WIN32(ERROR_INVALID_ADDRESS));
+    return summary();
+}
