@@ -29,13 +29,14 @@ options:
   --config "K=V,..."  kernel settings at boot: critical_reserve_percent (default 6),
                   low_threshold_percent (12), high_threshold_percent (25) of the commit limit for
                   memory notifications, commit_limit_mb (cap the commit limit; default: what RAM allows)
+  --guest-args "ARGS"  the argument string guests receive (HOST_SERVICES.args); alias --runtime-args
   --bench         boot the benchmark image (kernel/src/bin/bench.rs) instead of the kernel: release
                   profile and --mem 1G unless --debug / --mem say otherwise
   -h, --help      this text
 USAGE
 }
 
-firmware=(); kvm=(); gdb=(); mem=256M; profile=debug; timeout=0; guests=(); config=()
+firmware=(); kvm=(); gdb=(); mem=256M; profile=debug; timeout=0; guests=(); config=(); guest_args=()
 bin=kernel; mem_set=; profile_set=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -48,6 +49,7 @@ while [ $# -gt 0 ]; do
     --debug) profile=debug; profile_set=1 ;;
     --bench) bin=bench ;;
     --timeout) [ $# -ge 2 ] || { echo "--timeout needs seconds" >&2; exit 2; }; timeout="$2"; shift ;;
+    --guest-args|--runtime-args) [ $# -ge 2 ] || { echo "$1 needs a string" >&2; exit 2; }; guest_args=(--guest-args "$2"); shift ;;
     --config) [ $# -ge 2 ] || { echo "--config needs key=value pairs" >&2; exit 2; }; config=(--config "$2"); shift ;;
     --guest)
       [ $# -ge 2 ] || { echo "--guest needs a file" >&2; exit 2; }
@@ -79,6 +81,6 @@ cargo build --quiet -p boot
 cargo build --quiet -p kernel --bin "$bin" --target x86_64-unknown-none "${cargo_profile[@]}"
 target="${CARGO_TARGET_DIR:-$root/target}"
 set +e
-"$target/debug/boot" run "${firmware[@]}" "${kvm[@]}" "${gdb[@]}" "${guests[@]}" "${config[@]}" --mem "$mem" --timeout "$timeout" \
+"$target/debug/boot" run "${firmware[@]}" "${kvm[@]}" "${gdb[@]}" "${guests[@]}" "${config[@]}" "${guest_args[@]}" --mem "$mem" --timeout "$timeout" \
   "$target/x86_64-unknown-none/$profile/$bin"
 exit $?

@@ -10,6 +10,7 @@
 //! OPTIONS: --uefi | --firmware bios|uefi|both   --kvm   --gdb   --mem SIZE (default 256M)
 //!          --timeout SECS (0 = none; default 120)   --ramdisk FILE   --guest FILE (repeatable)
 //!          --config "key=value,..." (the kernel's boot configuration, through QEMU's fw_cfg)
+//!          --guest-args "..." (the argument string every guest finds in HOST_SERVICES)
 //!          --quiet
 //! Environment (for the cargo-runner form): VMK_FIRMWARE, VMK_TIMEOUT, VMK_MEM, VMK_KVM=1
 //! ```
@@ -68,6 +69,7 @@ fn parse(args: &[String]) -> Result<Cli, String> {
             "--guest" => guests.push(PathBuf::from(value("--guest")?)),
             "--quiet" => opts.echo = false,
             "--config" => opts.config = Some(value("--config")?),
+            "--guest-args" => opts.guest_args = Some(value("--guest-args")?),
             "-h" | "--help" => return Err(USAGE.into()),
             other if other.starts_with("--") => return Err(format!("unknown option {other}\n{USAGE}")),
             other => files.push(PathBuf::from(other)),

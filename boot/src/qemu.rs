@@ -36,6 +36,8 @@ pub struct QemuOptions {
     /// The kernel's boot configuration (`key=value` pairs), passed as the fw_cfg file
     /// `opt/vmk/config`.
     pub config: Option<String>,
+    /// The guests' argument string, passed as the fw_cfg file `opt/vmk/args`.
+    pub guest_args: Option<String>,
 }
 
 impl Default for QemuOptions {
@@ -48,6 +50,7 @@ impl Default for QemuOptions {
             timeout: Some(Duration::from_secs(120)),
             echo: true,
             config: None,
+            guest_args: None,
         }
     }
 }
@@ -168,6 +171,9 @@ pub fn command_line(image: &Path, opts: &QemuOptions) -> Result<Vec<String>, Str
     if let Some(config) = &opts.config {
         // QEMU option values escape a comma by doubling it.
         args.extend(["-fw_cfg".into(), format!("name=opt/vmk/config,string={}", config.replace(',', ",,"))]);
+    }
+    if let Some(guest_args) = &opts.guest_args {
+        args.extend(["-fw_cfg".into(), format!("name=opt/vmk/args,string={}", guest_args.replace(',', ",,"))]);
     }
     Ok(args)
 }

@@ -232,6 +232,10 @@ typedef struct HOST_SERVICES {
                                 uint32_t *granularity);
     uint32_t (*reset_write_watch)(void *base, uint64_t size);
     void (*query_commit)(HOST_COMMIT_INFO *out);
+    /* Appended by this kernel (present when cbSize >= 112): the guest's argument string
+     * (run-qemu.sh --guest-args "..."), NUL-terminated, args_len bytes without the NUL. */
+    const char *args;
+    uint64_t args_len;
 } HOST_SERVICES;
 
 /* The entry point every guest defines. */

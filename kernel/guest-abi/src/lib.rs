@@ -171,6 +171,10 @@ pub struct HostServices {
     pub get_write_watch: extern "C" fn(u32, *mut u8, u64, *mut *mut u8, *mut u64, *mut u32) -> u32,
     pub reset_write_watch: extern "C" fn(*mut u8, u64) -> u32,
     pub query_commit: extern "C" fn(*mut HostCommitInfo),
+    /// Appended by this kernel (valid when `cb_size >= 112`): the argument string.
+    pub args: *const u8,
+    /// Its length in bytes.
+    pub args_len: u64,
 }
 
 /// `IHostMemoryManager`'s vtable.
@@ -305,6 +309,17 @@ impl Host {
             0 => Ok(()),
             e => Err(e),
         }
+    }
+
+    /// The guest's argument string (`run-qemu.sh --guest-args "..."`), empty if none.
+    pub fn args(&self) -> &str {
+        let s = self.services();
+        if (s.cb_size as usize) < core::mem::size_of::<HostServices>() || s.args.is_null() {
+            return "";
+        }
+        // SAFETY: the host keeps args_len bytes at args in its read-only data page.
+        let bytes = unsafe { core::slice::from_raw_parts(s.args, s.args_len as usize) };
+        core::str::from_utf8(bytes).unwrap_or("")
     }
 
     /// `query_commit`.

@@ -20,9 +20,10 @@
 //! The counters come from the memory manager's [`WorkCounters`] (snapshots around the timed
 //! loop, divided by the number of units). The minimum of each workload is the work the operation
 //! cannot avoid, derived in [`Work`]'s constructors below the workload; a verdict other than
-//! `= min` names every counter above its minimum. Kernel entries (host calls from ring 3) do not
-//! exist yet: `entries=n/a`. Guest pages are touched from ring 0 through `kernel::arch::probe`
-//! (SMAP window); a first touch takes a real page fault resolved by demand-zero.
+//! `= min` names every counter above its minimum. Kernel entries (host calls from ring 3) are
+//! `entries=n/a`: this benchmark calls the memory manager from ring 0, so it makes none. Guest
+//! pages are touched from ring 0 through `kernel::arch::probe` (SMAP window); a first touch takes
+//! a real page fault resolved by demand-zero.
 //!
 //! Nothing here asserts a timing; the image fails only if an operation returns an error or an
 //! access faults unexpectedly (a kernel bug).

@@ -30,8 +30,14 @@ pub const MANAGER_OBJECT: u64 = HOST_DATA;
 pub const MANAGER_VTABLE: u64 = HOST_DATA + 0x40;
 /// `HOST_SERVICES`.
 pub const HOST_SERVICES: u64 = HOST_DATA + 0x100;
-/// `sizeof(HOST_SERVICES)` (version 1).
-pub const HOST_SERVICES_SIZE: u32 = 96;
+/// `sizeof(HOST_SERVICES)` as this kernel builds it: version 1's 96 bytes plus two appended fields
+/// (`args`, `args_len`: the guest's argument string), which host-abi §7 allows ("later versions only
+/// append fields; a guest checks cbSize before using a field").
+pub const HOST_SERVICES_SIZE: u32 = 112;
+/// Where the guest's argument string is kept (in the read-only data page, NUL-terminated).
+pub const ARGS: u64 = HOST_DATA + 0x200;
+/// Longest argument string.
+pub const ARGS_MAX: usize = 0xE00 - 1;
 
 /// System-call numbers used by the stubs (private to the host; guests call through the stubs).
 pub mod nr {
@@ -240,7 +246,7 @@ pub fn code_page() -> [u8; 4096] {
 /// The data page's bytes: manager object, vtable, HOST_SERVICES (host-abi §3, §7).
 /// `create_malloc` is the host library's `CreateMalloc` (vtable slot 3 is ring-3 code, not a
 /// system call: the heaps live in guest memory).
-pub fn data_page(max_application_address: u64, create_malloc: u64) -> [u8; 4096] {
+pub fn data_page(max_application_address: u64, create_malloc: u64, args: &[u8]) -> [u8; 4096] {
     let mut page = [0u8; 4096];
     let mut put = |off: usize, v: u64| page[off..off + 8].copy_from_slice(&v.to_le_bytes());
     put(0, MANAGER_VTABLE);
@@ -260,5 +266,10 @@ pub fn data_page(max_application_address: u64, create_malloc: u64) -> [u8; 4096]
     put(s + 72, stub(Stub::GetWriteWatch));
     put(s + 80, stub(Stub::ResetWriteWatch));
     put(s + 88, stub(Stub::QueryCommit));
+    let args = &args[..args.len().min(ARGS_MAX)];
+    put(s + 96, ARGS);
+    put(s + 104, args.len() as u64);
+    let a = (ARGS - HOST_DATA) as usize;
+    page[a..a + args.len()].copy_from_slice(args);
     page
 }

@@ -96,6 +96,20 @@ fn map_image(space: &Space, file: &[u8], image: &elf::GuestImage, pie_base: u64,
     Ok(image.entry.wrapping_add(bias))
 }
 
+/// The argument string every guest gets (`run-qemu.sh --guest-args "..."`, QEMU's fw_cfg file
+/// `opt/vmk/args`); empty without one.
+pub fn guest_args() -> Vec<u8> {
+    static ARGS: spin::Once<Vec<u8>> = spin::Once::new();
+    ARGS.call_once(|| {
+        let mut a = crate::arch::fw_cfg::file("opt/vmk/args").unwrap_or_default();
+        while a.last().is_some_and(|&b| b == 0 || b == b'\n') {
+            a.pop();
+        }
+        a
+    })
+    .clone()
+}
+
 /// A registered vectored exception handler.
 #[derive(Debug, Clone, Copy)]
 struct Handler {
@@ -158,7 +172,7 @@ impl Guest {
         space
             .with(|s, cx| {
                 s.write_image(cx, host_pages::HOST_CODE, &host_pages::code_page())?;
-                s.write_image(cx, host_pages::HOST_DATA, &host_pages::data_page(cfg.max_application_address(), create_malloc))
+                s.write_image(cx, host_pages::HOST_DATA, &host_pages::data_page(cfg.max_application_address(), create_malloc, &guest_args()))
             })
             .map_err(|e| fail("filling the host pages", e))?;
         let stack_base = space

@@ -170,6 +170,8 @@ pub struct MemoryManager {
     ram_bytes: u64,
     usable_bytes: u64,
     boot_frames_returned: u64,
+    /// The commit limit set at boot (what the frames allow, or the configured cap).
+    boot_commit_limit: u64,
 }
 
 /// The memory manager (after [`init`]).
@@ -289,6 +291,7 @@ pub fn init(boot_info: &'static BootInfo) {
         ram_bytes,
         usable_bytes,
         boot_frames_returned: returned,
+        boot_commit_limit: limit_pages,
     });
     log::info!(
         "memory: kernel page tables in CR3 ({} table pages), {} bootloader frames returned, NX/WP on, SMEP {}, SMAP {}, PAT entry 4 = WC",
@@ -356,7 +359,7 @@ impl MemoryManager {
     /// Page-table pages in use: the kernel's and every space's (roots included).
     pub fn page_table_pages(&self) -> u64 {
         self.kernel_table_pages
-            + self.spaces.values().map(|s| 1 + s.census(&self.window).table_pages).sum::<u64>()
+            + self.spaces.values().map(|s| 1 + s.table_pages()).sum::<u64>()
     }
 
     /// The figures of [`Accounting`].
@@ -406,6 +409,22 @@ pub struct Accounting {
     pub boot_frames_returned: u64,
     /// Live guest address spaces.
     pub spaces: usize,
+}
+
+/// Sets a new commit limit (and the critical reserve from the configuration), for tests and
+/// demonstrations of memory pressure. Fails (returning false) while anything is committed, so the
+/// limit never drops below what is charged, and never raises the limit above what the frames allow
+/// (the limit set at boot).
+pub fn set_commit_limit(pages: u64) -> bool {
+    with_mm(|mm| {
+        if mm.charge.committed_pages() != 0 {
+            return false;
+        }
+        let ceiling = mm.boot_commit_limit;
+        let limit = pages.min(ceiling);
+        mm.charge = CommitCharge::new(limit, limit * config().critical_reserve_percent / 100);
+        true
+    })
 }
 
 /// The current memory accounting.
