@@ -419,6 +419,41 @@ fn write_watch_reports_exactly_the_written_pages() -> Result<(), String> {
     Ok(())
 }
 
+fn a_space_holds_100000_live_allocations() -> Result<(), String> {
+    let heap_start = kernel::heap::usage().0;
+    let mut bases = Vec::with_capacity(100_000);
+    {
+        let s = new_space()?;
+        let mut after_first_round = 0;
+        for round in 0..2 {
+            let heap_before = kernel::heap::usage().0;
+            // Every other 64 KiB block, so that each allocation also leaves a free gap behind it
+            // (the worst case for the kernel-heap cost of the gap tree).
+            for i in 0..100_000u64 {
+                bases.push(s.virtual_alloc(0x1_0000_0000 + i * 0x2_0000, 0x1_0000, MEM_RESERVE, PAGE_READWRITE).map_err(vm)?);
+            }
+            if round == 0 {
+                let per = (kernel::heap::usage().0 - heap_before) / 100_000;
+                kernel::kprintln!("kernel heap per live allocation: {per} bytes");
+                ensure!(per <= memory::KERNEL_HEAP_PER_ALLOCATION, "{per} bytes per allocation, budget {}", memory::KERNEL_HEAP_PER_ALLOCATION);
+            }
+            ensure_eq!(s.virtual_query(bases[99_999] + 0x8000).map_err(vm)?.state, MEM_RESERVE);
+            for b in bases.drain(..) {
+                s.virtual_free(b, 0, MEM_RELEASE).map_err(vm)?;
+            }
+            // The space keeps its node arena for reuse: a second round must not grow the heap.
+            if round == 0 {
+                after_first_round = kernel::heap::usage().0;
+            } else {
+                ensure!(kernel::heap::usage().0 <= after_first_round, "the kernel heap grew in the second round");
+            }
+        }
+    }
+    drop(bases);
+    ensure_eq!(kernel::heap::usage().0, heap_start);
+    Ok(())
+}
+
 fn accounting_adds_up() -> Result<(), String> {
     let a = memory::accounting();
     ensure!(a.commit_limit_bytes > 0 && a.commit_limit_bytes <= a.free_bytes);
@@ -443,5 +478,6 @@ kernel::kernel_test_image!(
     commit_beyond_the_limit_fails_and_everything_committed_can_be_touched,
     large_pages_map_2_mib_entries,
     write_watch_reports_exactly_the_written_pages,
+    a_space_holds_100000_live_allocations,
     accounting_adds_up,
 );

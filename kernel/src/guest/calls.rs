@@ -27,7 +27,12 @@ const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
     [a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]
 }
 
-/// Bytes of `GUEST_CONTEXT` a `write` may print at once (longer writes go in pieces).
+/// Most vectored exception handlers a guest may register (kept in the kernel heap).
+pub const MAX_HANDLERS: usize = 4096;
+/// Most ranges a guest may record with `AcquiredVirtualAddressSpace` (kept in the kernel heap).
+pub const MAX_ACQUIRED_RANGES: usize = 4096;
+
+/// Bytes a `write` copies at once (longer writes go in pieces).
 const WRITE_CHUNK: usize = 4096;
 
 /// The `IHostMemoryManager` methods, by vtable slot.
@@ -141,7 +146,8 @@ impl Guest {
     }
 
     fn add_handler(&mut self, first: bool, function: u64) -> u64 {
-        if !self.is_executable(function) {
+        // The list lives in the kernel heap: bounded, so a guest cannot exhaust it.
+        if !self.is_executable(function) || self.handlers.len() >= MAX_HANDLERS {
             return 0;
         }
         let handle = self.next_handle;
@@ -342,6 +348,9 @@ impl Guest {
     /// host's and no range recorded before.
     fn acquired(&mut self, start: u64, size: u64) -> Result<(), u32> {
         self.check_address_range(start, size)?;
+        if self.acquired.len() >= MAX_ACQUIRED_RANGES {
+            return Err(hresult::E_OUTOFMEMORY);
+        }
         let end = start + size;
         if self.acquired.iter().any(|&(s, l)| s < end && start < s + l) {
             return Err(E_INVALIDARG);

@@ -120,6 +120,13 @@ pub fn config() -> MemoryConfig {
     CONFIG.get().copied().unwrap_or_default()
 }
 
+/// Kernel-heap bytes one allocation of a guest space costs at most (the allocation map and the
+/// free-gap tree; measured by `tests/paging.rs`).
+pub const KERNEL_HEAP_PER_ALLOCATION: usize = 160;
+/// The most allocations one guest space may hold, so that guests cannot exhaust the kernel heap
+/// (a reservation past it is E_OUTOFMEMORY). host-abi §9 asks for at least 100,000.
+pub const MAX_ALLOCATIONS_PER_SPACE: usize = 131_072;
+
 /// What the kernel keeps of the boot info (which is unmapped once the kernel's own tables are in).
 #[derive(Debug, Clone)]
 pub struct BootSnapshot {
@@ -457,7 +464,7 @@ impl Space {
     /// # Errors
     /// [`VmError::NoMemory`] if no frame is left for its root table.
     pub fn new() -> Result<Space, VmError> {
-        Self::with_config(SpaceConfig::default())
+        Self::with_config(SpaceConfig { max_allocations: MAX_ALLOCATIONS_PER_SPACE, ..SpaceConfig::default() })
     }
 
     /// Creates an empty space with `config`.

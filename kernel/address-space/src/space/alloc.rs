@@ -186,6 +186,9 @@ impl AddressSpace {
             }
             (base, end - base)
         };
+        if self.allocations.len() >= self.config.max_allocations {
+            return Err(VmError::NoMemory);
+        }
         let cache = req.prot.cache;
         let plan = if large {
             Some(self.prepare_large(cx, base, base + size, level)?)

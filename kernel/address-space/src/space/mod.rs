@@ -82,6 +82,10 @@ pub struct SpaceConfig {
     pub large_pages_allowed: bool,
     /// Pages above which an operation's TLB invalidation becomes one full flush (1..=64).
     pub tlb_flush_threshold: usize,
+    /// Most allocations the space may hold at once; a reservation past it fails with
+    /// [`VmError::NoMemory`] (after every validation check). Each allocation costs the embedding
+    /// kernel a little heap, so a kernel with a bounded heap bounds this. Default: unlimited.
+    pub max_allocations: usize,
 }
 
 impl Default for SpaceConfig {
@@ -93,6 +97,7 @@ impl Default for SpaceConfig {
             max_address_end: 0x7FFF_FFFF_0000,
             large_pages_allowed: true,
             tlb_flush_threshold: DEFAULT_FLUSH_THRESHOLD,
+            max_allocations: usize::MAX,
         }
     }
 }

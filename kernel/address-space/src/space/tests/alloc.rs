@@ -121,6 +121,25 @@ mod reserve {
     use super::*;
 
     #[test]
+    fn the_allocation_cap_is_out_of_memory_after_validation() {
+        let cfg = SpaceConfig { max_allocations: 3, ..SpaceConfig::default() };
+        let mut fx = Fx::with(cfg, 16 << 20, 100_000, 0);
+        let a = fx.alloc(0, 0x1000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+        fx.alloc(0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE).unwrap();
+        fx.alloc(0, 0x1000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+        // Validation still decides first; then the cap is out of memory, and nothing changes.
+        fx.fails(VmError::InvalidParameter, |fx| fx.alloc(0, 0, MEM_RESERVE, PAGE_READWRITE));
+        fx.fails(VmError::ConflictingAddresses, |fx| fx.alloc(a, 0x1000, MEM_RESERVE, PAGE_READWRITE));
+        fx.fails(VmError::NoMemory, |fx| fx.alloc(0, 0x1000, MEM_RESERVE, PAGE_READWRITE));
+        fx.fails(VmError::NoMemory, |fx| fx.alloc(0, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE));
+        // Commit inside an existing allocation is not limited; a release makes room again.
+        fx.alloc(a, 0x1000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+        fx.free(a, 0, MEM_RELEASE).unwrap();
+        fx.alloc(0, 0x1000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+        fx.check();
+    }
+
+    #[test]
     fn rounding_examples_from_reactos() {
         // RA CheckAlignment, RK CustomBaseAllocation.
         let cases = [
