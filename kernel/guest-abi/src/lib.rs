@@ -348,6 +348,8 @@ pub static mut PANIC_SERVICES: *const HostServices = core::ptr::null();
 macro_rules! guest_entry {
     ($main:path) => {
         #[unsafe(no_mangle)]
+        // The host calls the entry point with its own two valid pointers (host-abi §1).
+        #[allow(clippy::not_unsafe_ptr_arg_deref)]
         pub extern "C" fn guest_main(
             manager: *mut $crate::HostMemoryManager,
             services: *const $crate::HostServices,

@@ -489,7 +489,7 @@ extern "C" fn malloc_free(this: *mut Malloc, p: usize) -> HResult {
     while !region.is_null() {
         // SAFETY: regions are linked by this library.
         let r = unsafe { &*region };
-        if p >= r.base + HEADER && p < r.base + r.committed && p % ALIGN == 0 {
+        if p >= r.base + HEADER && p < r.base + r.committed && p.is_multiple_of(ALIGN) {
             inside = true;
             break;
         }

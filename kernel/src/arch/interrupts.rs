@@ -51,9 +51,9 @@ pub fn init() {
         // guest's run loop. int3 and into may be executed by guests (DPL 3); every other gate is
         // DPL 0, so `int n` on it from ring 3 is a #GP.
         for (vector, stub) in super::user::vector_stubs() {
+            let addr = x86_64::VirtAddr::new(stub);
             // SAFETY: each stub is an interrupt entry point written for exactly this vector's
             // stack layout (with or without an error code).
-            let addr = x86_64::VirtAddr::new(stub);
             let options = unsafe {
                 match vector {
                     0 => idt.divide_error.set_handler_addr(addr),

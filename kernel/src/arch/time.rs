@@ -22,7 +22,7 @@ pub fn init() {
     const PIT_HZ: u64 = 1_193_182;
     const MS: u64 = 10;
     let count = (PIT_HZ * MS / 1000) as u16;
-    // SAFETY (this block): ports 0x42/0x43 (PIT channel 2) and 0x61 (its gate) are used by nothing
+    // SAFETY: ports 0x42/0x43 (PIT channel 2) and 0x61 (its gate) are used by nothing
     // else in the kernel; the speaker output stays off.
     let ticks = unsafe {
         let mut gate = Port::<u8>::new(0x61);

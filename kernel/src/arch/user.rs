@@ -401,7 +401,7 @@ pub fn init() {
         (0x08, 0x10, USER_SS, USER_CS),
         "the GDT layout must match STAR"
     );
-    // SAFETY (this block): programming the legacy PIC's mask registers (ports 0x21/0xa1) and
+    // SAFETY: programming the legacy PIC's mask registers (ports 0x21/0xa1) and
     // remapping it away from the exception vectors, then masking every line, only stops device
     // interrupts, which the kernel does not use.
     unsafe {

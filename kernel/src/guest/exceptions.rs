@@ -142,11 +142,13 @@ impl Guest {
         }
         let op = code.get(i).copied();
         let op2 = code.get(i + 1).copied();
-        let privileged = match (op, op2) {
-            (Some(0xf4 | 0xfa | 0xfb | 0xe4..=0xe7 | 0xec..=0xef | 0x6c..=0x6f), _) => true,
-            (Some(0x0f), Some(0x00 | 0x01 | 0x06 | 0x07 | 0x08 | 0x09 | 0x20..=0x23 | 0x30 | 0x32 | 0x33 | 0x35)) => true,
-            _ => false,
-        };
+        // hlt, cli, sti, in/out/ins/outs; and 0F-prefixed system instructions (lldt/ltr, lgdt/lidt…,
+        // clts, sysret, invd, wbinvd, mov to/from CR/DR, wrmsr, rdmsr, rdpmc, sysexit).
+        let privileged = matches!(
+            (op, op2),
+            (Some(0xf4 | 0xfa | 0xfb | 0xe4..=0xe7 | 0xec..=0xef | 0x6c..=0x6f), _)
+                | (Some(0x0f), Some(0x00 | 0x01 | 0x06 | 0x07 | 0x08 | 0x09 | 0x20..=0x23 | 0x30 | 0x32 | 0x33 | 0x35))
+        );
         if op == Some(0x0f) && op2 == Some(0x34) {
             // sysenter: not how the host is called; fails cleanly and the guest continues.
             context.rax = super::hresult::E_NOTIMPL as u64;
