@@ -118,6 +118,9 @@ fn fatal(name: &str, vector: u8, error_code: Option<u64>, memory: Option<probe::
         if vector == 8 {
             crate::emergency_println!("    (a double fault: a kernel stack overflow, or a fault while delivering a fault)");
         }
+        if vector == 14 && crate::memory::kstack::is_guard(cr2) {
+            crate::emergency_println!("    (the guard page of a guest's kernel stack: a kernel stack overflow)");
+        }
     })
 }
 

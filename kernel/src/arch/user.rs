@@ -498,6 +498,44 @@ pub unsafe fn enter_user(context: &mut UserContext, after_syscall: bool) -> User
     }
 }
 
+global_asm!(
+    r#"
+    .text
+    .global vmk_call_on_stack
+vmk_call_on_stack:
+    push rbp
+    mov rbp, rsp
+    mov rsp, rdi
+    mov rdi, rdx
+    call rsi
+    mov rsp, rbp
+    pop rbp
+    ret
+"#
+);
+
+unsafe extern "C" {
+    fn vmk_call_on_stack(top: u64, function: extern "C" fn(*mut u8), data: *mut u8);
+}
+
+extern "C" fn call_closure(data: *mut u8) {
+    // SAFETY: `data` is the `&mut &mut dyn FnMut()` that `run_on_stack` passed, alive for the call.
+    let f = unsafe { &mut *(data as *mut &mut dyn FnMut()) };
+    f()
+}
+
+/// Runs `f` on the stack whose top is `top`, then returns to the current stack.
+///
+/// # Safety
+/// `top` must be the 16-byte aligned top of a mapped, writable kernel stack that nothing else uses
+/// while `f` runs and that is large enough for `f`.
+pub unsafe fn run_on_stack(top: u64, f: &mut dyn FnMut()) {
+    let mut f = f;
+    // SAFETY: per the contract; vmk_call_on_stack restores rsp from rbp after the call, and the
+    // trampoline only calls the closure.
+    unsafe { vmk_call_on_stack(top, call_closure, (&mut f) as *mut &mut dyn FnMut() as *mut u8) };
+}
+
 /// Forces the RFLAGS bits a guest may not choose: IF = 1, IOPL = 0, NT = 0, RF = 0, VM = 0 (and the
 /// reserved bit 1 set); keeps the arithmetic flags, TF, DF and AC (host-abi §9).
 pub fn sanitize_rflags(rflags: u64) -> u64 {

@@ -327,7 +327,16 @@ pub fn run_guest(name: &str, file: &[u8]) -> GuestOutcome {
             GuestOutcome::Refused(reason)
         }
         Ok(guest) => {
-            let code = guest.run();
+            // The guest's system calls and exceptions are served on a kernel stack of its own.
+            let Some(stack) = crate::memory::kstack::KernelStack::new() else {
+                crate::kprintln!("guest {name} refused: no kernel stack could be mapped for it");
+                return GuestOutcome::Refused("no kernel stack".into());
+            };
+            let mut guest = Some(guest);
+            let mut code = 0;
+            // SAFETY: the stack was just mapped for this guest alone and is dropped only after.
+            unsafe { crate::arch::user::run_on_stack(stack.top(), &mut || code = guest.take().expect("run once").run()) };
+            drop(stack);
             if code < 0 {
                 crate::kprintln!("guest {name} exited with code {code} ({:#010x})", code as u32);
             } else {

@@ -28,6 +28,7 @@
 //! held is reported as the kernel bug it is.
 
 pub mod kernel_tables;
+pub mod kstack;
 pub mod window;
 
 use alloc::collections::BTreeMap;
@@ -179,6 +180,8 @@ pub struct MemoryManager {
     boot_frames_returned: u64,
     /// The commit limit set at boot (what the frames allow, or the configured cap).
     boot_commit_limit: u64,
+    /// Kernel-stack slots in use (bit i: slot i, see [`kstack`]).
+    kstack_slots: u64,
 }
 
 /// The memory manager (after [`init`]).
@@ -299,7 +302,9 @@ pub fn init(boot_info: &'static BootInfo) {
         usable_bytes,
         boot_frames_returned: returned,
         boot_commit_limit: limit_pages,
+        kstack_slots: 0,
     });
+    kstack::prepare();
     log::info!(
         "memory: kernel page tables in CR3 ({} table pages), {} bootloader frames returned, NX/WP on, SMEP {}, SMAP {}, PAT entry 4 = WC",
         tables.table_pages,

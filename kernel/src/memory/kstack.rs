@@ -1,0 +1,123 @@
+//! Kernel stacks for guests: each guest's run loop (its system calls, exceptions, upcalls) runs
+//! on a kernel stack of its own, mapped in the kernel half with an unmapped guard page below it,
+//! so a kernel stack overflow while serving one guest faults (and is reported) instead of
+//! running into other memory.
+//!
+//! Stacks live in fixed slots of [`SLOT_SIZE`] from [`KSTACK_REGION`] (in the kernel half, whose
+//! page-directory pointer tables every address space shares): a slot is its guard page and then
+//! [`STACK_PAGES`] mapped pages. Slots are reused, so their page-table pages are allocated once.
+
+use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame, Size4KiB};
+use x86_64::VirtAddr;
+
+use super::{MemoryManager, with_mm};
+use address_space::frame::FrameAllocator;
+
+/// Start of the kernel-stack region (in the kernel half, below the kernel image's dynamic range
+/// the bootloader uses from 0xffff_8000_0000_0000 upwards).
+pub const KSTACK_REGION: u64 = 0xffff_c000_0000_0000;
+/// Pages of each stack (64 KiB).
+pub const STACK_PAGES: u64 = 16;
+/// Address space per slot: the guard page plus the stack.
+pub const SLOT_SIZE: u64 = (STACK_PAGES + 1) * 4096;
+/// Slots (guests with a stack at the same time; one runs at a time, so few are needed).
+pub const SLOTS: usize = 64;
+
+/// A mapped kernel stack; unmapped (frames returned) on drop.
+pub struct KernelStack {
+    slot: usize,
+}
+
+struct TableFrames<'a>(&'a mut FrameAllocator, &'a mut u64);
+
+// SAFETY: frames come from the frame allocator, which hands each out once; page-table pages made
+// here stay with their slot for the whole run (slots are reused).
+unsafe impl x86_64::structures::paging::FrameAllocator<Size4KiB> for TableFrames<'_> {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let f = self.0.alloc().ok()?;
+        *self.1 += 1;
+        Some(f)
+    }
+}
+
+fn kernel_tables(mm: &mut MemoryManager) -> OffsetPageTable<'static> {
+    let offset = VirtAddr::new(mm.window.offset());
+    let root = offset + mm.kernel_root.start_address().as_u64();
+    // SAFETY: the kernel's PML4 is mapped by the window; the memory manager's lock (held by our
+    // caller) serialises every change to the kernel's tables.
+    unsafe { OffsetPageTable::new(&mut *root.as_mut_ptr::<PageTable>(), offset) }
+}
+
+impl KernelStack {
+    /// Maps a new stack. `None` if every slot is taken or frames ran out (then nothing changed).
+    pub fn new() -> Option<KernelStack> {
+        with_mm(|mm| {
+            let slot = (0..SLOTS).find(|&i| mm.kstack_slots & (1u64 << i) == 0)?;
+            mm.frames.reserve(STACK_PAGES).ok()?;
+            let base = KSTACK_REGION + slot as u64 * SLOT_SIZE + 4096;
+            let mut tables = kernel_tables(mm);
+            for i in 0..STACK_PAGES {
+                let frame = mm.frames.alloc_reserved();
+                let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * 4096));
+                let mut table_pages = 0;
+                // SAFETY: the page is in this slot's range, which nothing else maps; the frame is
+                // fresh from the allocator.
+                let r = unsafe {
+                    tables.map_to_with_table_flags(
+                        page,
+                        frame,
+                        F::PRESENT | F::WRITABLE | F::NO_EXECUTE | F::GLOBAL,
+                        F::PRESENT | F::WRITABLE,
+                        &mut TableFrames(&mut mm.frames, &mut table_pages),
+                    )
+                };
+                mm.kernel_table_pages += table_pages;
+                match r {
+                    Ok(flush) => flush.flush(),
+                    Err(_) => panic!("mapping a kernel stack page failed (page-table frames exhausted)"),
+                }
+            }
+            mm.kstack_slots |= 1 << slot;
+            Some(KernelStack { slot })
+        })
+    }
+
+    /// The top of the stack (16-byte aligned; the first push goes just below it).
+    pub fn top(&self) -> u64 {
+        KSTACK_REGION + (self.slot as u64 + 1) * SLOT_SIZE
+    }
+}
+
+impl Drop for KernelStack {
+    fn drop(&mut self) {
+        with_mm(|mm| {
+            let base = KSTACK_REGION + self.slot as u64 * SLOT_SIZE + 4096;
+            let mut tables = kernel_tables(mm);
+            for i in 0..STACK_PAGES {
+                let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * 4096));
+                match tables.unmap(page) {
+                    Ok((frame, flush)) => {
+                        flush.flush();
+                        mm.frames.free(frame).expect("a kernel stack frame is allocated");
+                    }
+                    Err(_) => panic!("a kernel stack page was not mapped"),
+                }
+            }
+            // Global entries: invlpg (in unmap) drops them from this CPU's TLB.
+            mm.kstack_slots &= !(1 << self.slot);
+        })
+    }
+}
+
+/// Creates the page-table pages of every slot now (by mapping and unmapping each stack once), so
+/// that running a guest later allocates no page-table page and frame counts before and after a
+/// guest are equal.
+pub fn prepare() {
+    let stacks: alloc::vec::Vec<KernelStack> = (0..SLOTS).map_while(|_| KernelStack::new()).collect();
+    drop(stacks);
+}
+
+/// Whether `addr` is a kernel-stack guard page (for fault reports).
+pub fn is_guard(addr: u64) -> bool {
+    addr >= KSTACK_REGION && addr < KSTACK_REGION + SLOTS as u64 * SLOT_SIZE && (addr - KSTACK_REGION) % SLOT_SIZE < 4096
+}
