@@ -40,6 +40,13 @@ else
   echo "test clippy ... FAILED"; host_failed=$((host_failed + 1))
 fi
 
+echo "==> the address-space crate packages for crates.io (cargo package: builds it from its own tarball)"
+if cargo package --quiet -p address-space --allow-dirty > "$log/package.txt" 2>&1; then
+  echo "test cargo-package-address-space ... ok"; host_passed=$((host_passed + 1))
+else
+  cat "$log/package.txt"; echo "test cargo-package-address-space ... FAILED"; host_failed=$((host_failed + 1))
+fi
+
 echo "==> QEMU test images"
 qemu_passed=0; qemu_failed=0
 if cargo build -p boot \
