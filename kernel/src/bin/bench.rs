@@ -504,8 +504,14 @@ fn guard_page_fault(env: &Env, s: &Space, name: &str, n: u64) {
 /// real operation: `VirtualProtect` of N touched pages read-only and back, in a space whose
 /// threshold is 64 (per-page `invlpg` up to 64) and in one whose threshold is 1 (always a full
 /// flush).
+/// The median of `v` (the TLB figures are medians: a host preemption of QEMU inflates a mean).
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
 fn tlb_threshold(env: &Env) {
-    kprintln!("tlb-threshold {}: cycles per iteration; invlpg = N x invlpg + refill, full = one CR3 reload + refill, refill = re-touch N pages + a 64-page working set", env.place);
+    kprintln!("tlb-threshold {}: median cycles per iteration; invlpg = N x invlpg + refill, full = one CR3 reload + refill, refill = re-touch N pages + a 64-page working set", env.place);
     let (reps, pages_max, ws) = (200u64, 128u64, 64u64);
     let s = space();
     let base = alloc(&s, 0, (pages_max + ws) * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
@@ -520,8 +526,8 @@ fn tlb_threshold(env: &Env) {
         }
     };
     for n in [1u64, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128] {
-        let mut by_page = 0;
-        let mut full = 0;
+        let mut by_page = Vec::with_capacity(reps as usize);
+        let mut full = Vec::with_capacity(reps as usize);
         for _ in 0..reps {
             warm(n);
             let t0 = rdtsc();
@@ -529,18 +535,17 @@ fn tlb_threshold(env: &Env) {
                 x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(base + i * PAGE));
             }
             warm(n);
-            by_page += rdtsc() - t0;
+            by_page.push(rdtsc() - t0);
             warm(n);
             let t0 = rdtsc();
             x86_64::instructions::tlb::flush_all();
             warm(n);
-            full += rdtsc() - t0;
+            full.push(rdtsc() - t0);
         }
+        let (by_page, full) = (median(by_page), median(full));
         kprintln!(
-            "tlb-primitive {} N={n} invlpg={:.0} full={:.0} cheaper={}",
+            "tlb-primitive {} N={n} invlpg={by_page} full={full} cheaper={}",
             env.place,
-            by_page as f64 / reps as f64,
-            full as f64 / reps as f64,
             if by_page <= full { "invlpg" } else { "full" }
         );
     }
@@ -559,8 +564,10 @@ fn tlb_threshold(env: &Env) {
         let mut work = [Work::NONE; 2];
         for (k, (sp, b)) in [(&per_page, b1), (&flush, b2)].into_iter().enumerate() {
             sp.activate();
-            let (c, w) = measure(|| {
+            let mut samples = Vec::with_capacity(reps as usize / 2);
+            let (_, w) = measure(|| {
                 for _ in 0..reps / 2 {
+                    let t0 = rdtsc();
                     protect(sp, b, n * PAGE, PAGE_READONLY);
                     for i in 0..n {
                         read(b + i * PAGE);
@@ -575,17 +582,18 @@ fn tlb_threshold(env: &Env) {
                     for i in 0..ws {
                         read(b + (64 + i) * PAGE);
                     }
+                    samples.push(rdtsc() - t0);
                 }
             });
-            cost[k] = c;
+            cost[k] = median(samples) / 2;
             work[k] = w;
         }
         let calls = reps;
         kprintln!(
-            "tlb-protect {} N={n} invlpg={:.0} full={:.0} cheaper={} (per VirtualProtect + re-touch; invlpg/call {} vs full flushes/call {})",
+            "tlb-protect {} N={n} invlpg={} full={} cheaper={} (per VirtualProtect + re-touch; invlpg/call {} vs full flushes/call {})",
             env.place,
-            cost[0] as f64 / calls as f64,
-            cost[1] as f64 / calls as f64,
+            cost[0],
+            cost[1],
             if cost[0] <= cost[1] { "invlpg" } else { "full" },
             per_unit(work[0].invlpg, calls),
             per_unit(work[1].full_flushes, calls),
