@@ -283,18 +283,26 @@ vmk_user_exception:
     exit_exception = const EXIT_EXCEPTION,
 );
 
-/// Declares the ring-3-capable entry stub of one exception vector: from ring 0 it jumps to the
-/// kernel's handler `kexc_<name>` (defined in `super::interrupts`), from ring 3 it goes to
-/// `vmk_user_exception` with the vector and error code on the stack.
+/// Declares the ring-3-capable entry stubs of the exception vectors: from ring 0 a stub jumps to
+/// the kernel's handler `kexc_<name>` (defined in `super::interrupts`), from ring 3 it goes to
+/// `vmk_user_exception` with the vector and error code on the stack. Also declares
+/// [`vector_stubs`], the stub address of each vector, for the IDT.
 macro_rules! user_vector_stubs {
-    ($(($vector:literal, $name:literal, $err:ident)),* $(,)?) => {
-        global_asm!($(user_vector_stubs!(@stub $vector, $name, $err)),*);
-        /// The entry stubs, by vector.
-        const USER_VECTORS: &[(u8, &str)] = &[$(($vector, concat!("vmk_vec_", $vector))),*];
+    ($(($vector:literal, $stub:ident, $name:literal, $err:ident)),* $(,)?) => {
+        global_asm!($(user_vector_stubs!(@stub $vector, $stub, $name, $err)),*);
+
+        unsafe extern "C" {
+            $(fn $stub();)*
+        }
+
+        /// The entry-stub address of each vector that ring 3 can raise (for the IDT).
+        pub(crate) fn vector_stubs() -> impl Iterator<Item = (u8, u64)> {
+            [$(($vector, $stub as *const () as u64)),*].into_iter()
+        }
     };
-    (@stub $vector:literal, $name:literal, noerr) => {
+    (@stub $vector:literal, $stub:ident, $name:literal, noerr) => {
         concat!(
-            ".text\n.global vmk_vec_", $vector, "\nvmk_vec_", $vector, ":\n",
+            ".text\n.global ", stringify!($stub), "\n", stringify!($stub), ":\n",
             "    test byte ptr [rsp + 8], 3\n",
             "    jz kexc_", $name, "\n",
             "    push 0\n",
@@ -302,9 +310,9 @@ macro_rules! user_vector_stubs {
             "    jmp vmk_user_exception\n"
         )
     };
-    (@stub $vector:literal, $name:literal, err) => {
+    (@stub $vector:literal, $stub:ident, $name:literal, err) => {
         concat!(
-            ".text\n.global vmk_vec_", $vector, "\nvmk_vec_", $vector, ":\n",
+            ".text\n.global ", stringify!($stub), "\n", stringify!($stub), ":\n",
             "    test byte ptr [rsp + 16], 3\n",
             "    jz kexc_", $name, "\n",
             "    push ", $vector, "\n",
@@ -314,69 +322,28 @@ macro_rules! user_vector_stubs {
 }
 
 user_vector_stubs!(
-    (0, "divide_error", noerr),
-    (1, "debug", noerr),
-    (3, "breakpoint", noerr),
-    (4, "overflow", noerr),
-    (5, "bound_range_exceeded", noerr),
-    (6, "invalid_opcode", noerr),
-    (7, "device_not_available", noerr),
-    (10, "invalid_tss", err),
-    (11, "segment_not_present", err),
-    (12, "stack_segment_fault", err),
-    (13, "general_protection_fault", err),
-    (14, "page_fault", err),
-    (16, "x87_floating_point", noerr),
-    (17, "alignment_check", err),
-    (19, "simd_floating_point", noerr),
-    (20, "virtualization", noerr),
-    (21, "cp_protection", err),
+    (0, vmk_vec_0, "divide_error", noerr),
+    (1, vmk_vec_1, "debug", noerr),
+    (3, vmk_vec_3, "breakpoint", noerr),
+    (4, vmk_vec_4, "overflow", noerr),
+    (5, vmk_vec_5, "bound_range_exceeded", noerr),
+    (6, vmk_vec_6, "invalid_opcode", noerr),
+    (7, vmk_vec_7, "device_not_available", noerr),
+    (10, vmk_vec_10, "invalid_tss", err),
+    (11, vmk_vec_11, "segment_not_present", err),
+    (12, vmk_vec_12, "stack_segment_fault", err),
+    (13, vmk_vec_13, "general_protection_fault", err),
+    (14, vmk_vec_14, "page_fault", err),
+    (16, vmk_vec_16, "x87_floating_point", noerr),
+    (17, vmk_vec_17, "alignment_check", err),
+    (19, vmk_vec_19, "simd_floating_point", noerr),
+    (20, vmk_vec_20, "virtualization", noerr),
+    (21, vmk_vec_21, "cp_protection", err),
 );
 
 unsafe extern "C" {
     fn vmk_enter_user(context: *mut UserContext, sysret: u64) -> u64;
     fn vmk_syscall_entry();
-    fn vmk_vec_0();
-    fn vmk_vec_1();
-    fn vmk_vec_3();
-    fn vmk_vec_4();
-    fn vmk_vec_5();
-    fn vmk_vec_6();
-    fn vmk_vec_7();
-    fn vmk_vec_10();
-    fn vmk_vec_11();
-    fn vmk_vec_12();
-    fn vmk_vec_13();
-    fn vmk_vec_14();
-    fn vmk_vec_16();
-    fn vmk_vec_17();
-    fn vmk_vec_19();
-    fn vmk_vec_20();
-    fn vmk_vec_21();
-}
-
-/// The entry-stub address of each vector that ring 3 can raise (for the IDT).
-pub(crate) fn vector_stubs() -> [(u8, u64); 17] {
-    debug_assert_eq!(USER_VECTORS.len(), 17);
-    [
-        (0, vmk_vec_0 as *const () as u64),
-        (1, vmk_vec_1 as *const () as u64),
-        (3, vmk_vec_3 as *const () as u64),
-        (4, vmk_vec_4 as *const () as u64),
-        (5, vmk_vec_5 as *const () as u64),
-        (6, vmk_vec_6 as *const () as u64),
-        (7, vmk_vec_7 as *const () as u64),
-        (10, vmk_vec_10 as *const () as u64),
-        (11, vmk_vec_11 as *const () as u64),
-        (12, vmk_vec_12 as *const () as u64),
-        (13, vmk_vec_13 as *const () as u64),
-        (14, vmk_vec_14 as *const () as u64),
-        (16, vmk_vec_16 as *const () as u64),
-        (17, vmk_vec_17 as *const () as u64),
-        (19, vmk_vec_19 as *const () as u64),
-        (20, vmk_vec_20 as *const () as u64),
-        (21, vmk_vec_21 as *const () as u64),
-    ]
 }
 
 const IA32_STAR: u32 = 0xC000_0081;
