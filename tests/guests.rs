@@ -143,6 +143,7 @@ fn bad_elf_files_are_refused_and_the_kernel_carries_on() -> Result<(), String> {
         }), "outside user space"),
         ("truncated", patched(|e| e.truncate(200)), "beyond the end of the file"),
         ("entry outside code", patched(|e| e[24..32].copy_from_slice(&0x10u64.to_le_bytes())), "entry point"),
+        ("1 TiB of bss", patched(|e| { let o = ph(e, 3); e[o + 40..o + 48].copy_from_slice(&(1u64 << 40).to_le_bytes()); }), "more than"),
     ];
     for (what, file, reason) in cases {
         match run(what, &file).0 {

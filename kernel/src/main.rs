@@ -27,7 +27,11 @@ fn kernel_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     memory::print_accounting();
 
     let guests: Vec<ramdisk::GuestFile> = match ramdisk::read() {
-        Some(bytes) => match ramdisk::parse(&bytes) {
+        Some(Err(e)) => {
+            kprintln!("ramdisk: {e}");
+            qemu::exit(qemu::ExitCode::Failure)
+        }
+        Some(Ok(bytes)) => match ramdisk::parse(&bytes) {
             Ok(files) => files,
             Err(e) => {
                 kprintln!("ramdisk: {e}");

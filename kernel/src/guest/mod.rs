@@ -45,6 +45,8 @@ pub const STACK_INITIAL_PAGES: u64 = 2;
 
 /// The host's ring-3 library (kernel/host-lib), built for the guest target and embedded here.
 const HOST_LIB: &[u8] = include_bytes!(env!("CARGO_BIN_FILE_HOST_LIB_host-lib"));
+/// The largest image (lowest to highest segment page) the loader maps.
+pub const MAX_IMAGE_SIZE: u64 = 1 << 30;
 /// Where the host library is mapped in every guest.
 pub const HOST_LIB_BASE: u64 = 0x7FFF_FFF0_0000;
 
@@ -60,6 +62,11 @@ fn map_image(space: &Space, file: &[u8], image: &elf::GuestImage, pie_base: u64,
     let limit = if host_owned { HOST_BASE } else { HOST_LIB_BASE };
     if base.checked_add(image.high - image.low).is_none_or(|end| end > limit) {
         return Err("the image overlaps the host's pages at the top of user space".into());
+    }
+    // The per-page protection list lives in the kernel heap: bound it before making it (an image
+    // of more than 1 GiB would not fit the commit limit of any machine this runs on anyway).
+    if image.high - image.low > MAX_IMAGE_SIZE {
+        return Err(format!("the image spans {:#x} bytes, more than the {MAX_IMAGE_SIZE:#x} this kernel maps", image.high - image.low));
     }
     let pages = ((image.high - image.low) / PAGE) as usize;
     let mut prots = alloc::vec![PAGE_NOACCESS; pages];

@@ -29,16 +29,25 @@ pub struct GuestFile {
     pub data: Vec<u8>,
 }
 
-/// Reads the ramdisk (if any) into the heap.
-pub fn read() -> Option<Vec<u8>> {
+/// Reads the ramdisk (if any) into the heap: `Some(Err)` if it is too large for the kernel heap
+/// (it is held twice while parsed: the archive and the files).
+pub fn read() -> Option<Result<Vec<u8>, String>> {
     let (len, pages) = crate::memory::boot_snapshot().ramdisk.clone()?;
+    let (_, free) = crate::heap::usage();
+    if len.saturating_mul(2).saturating_add(1 << 20) > free as u64 {
+        return Some(Err(alloc::format!(
+            "the guest archive ({} KiB) does not fit twice in the kernel heap ({} KiB free)",
+            len / 1024,
+            free / 1024
+        )));
+    }
     let mut out = alloc::vec![0u8; len as usize];
     crate::memory::with_mm(|mm| {
         for (i, chunk) in out.chunks_mut(4096).enumerate() {
             mm.window.read_bytes(PhysAddr::new(pages[i]), chunk);
         }
     });
-    Some(out)
+    Some(Ok(out))
 }
 
 /// Parses an archive.
