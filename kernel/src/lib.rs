@@ -68,7 +68,8 @@ pub fn init(boot_info: &'static mut BootInfo) {
     arch::time::init();
 }
 
-/// The guests `./run-qemu.sh` runs when none is given: the C and Rust samples, built by the
+/// The guests `./run-qemu.sh` runs when none is given: the C and Rust samples, then the bundled
+/// garbage-collected runtime (`tests/guests/gc-runtime`), built by the
 /// normal build (see `build.rs`) and embedded in the kernel image.
 pub fn bundled_guests() -> alloc::vec::Vec<guest::ramdisk::GuestFile> {
     alloc::vec![
@@ -76,6 +77,10 @@ pub fn bundled_guests() -> alloc::vec::Vec<guest::ramdisk::GuestFile> {
         guest::ramdisk::GuestFile {
             name: "sample-rust".into(),
             data: include_bytes!(env!("CARGO_BIN_FILE_GUEST_SAMPLE_RUST_guest-sample-rust")).to_vec(),
+        },
+        guest::ramdisk::GuestFile {
+            name: "gc-runtime".into(),
+            data: include_bytes!(env!("CARGO_BIN_FILE_GC_RUNTIME_gc-runtime")).to_vec(),
         },
     ]
 }

@@ -330,6 +330,116 @@ impl Host {
     }
 }
 
+/// `MALLOC_TYPE` flags of `CreateMalloc` (host-abi §3).
+pub const MALLOC_THREADSAFE: u32 = 0x1;
+/// Blocks of the heap are executable (`PAGE_EXECUTE_READWRITE`).
+pub const MALLOC_EXECUTABLE: u32 = 0x2;
+
+/// `IHostMalloc`'s vtable.
+#[repr(C)]
+pub struct HostMallocVtbl {
+    pub query_interface: extern "C" fn(*mut HostMallocObject, *const [u8; 16], *mut *mut core::ffi::c_void) -> HResult,
+    pub add_ref: extern "C" fn(*mut HostMallocObject) -> u32,
+    pub release: extern "C" fn(*mut HostMallocObject) -> u32,
+    pub alloc: extern "C" fn(*mut HostMallocObject, u64, CriticalLevel, *mut *mut u8) -> HResult,
+    pub debug_alloc: extern "C" fn(*mut HostMallocObject, u64, CriticalLevel, *const u8, i32, *mut *mut u8) -> HResult,
+    pub free: extern "C" fn(*mut HostMallocObject, *mut u8) -> HResult,
+}
+
+/// `IHostMalloc`: a pointer to its vtable.
+#[repr(C)]
+pub struct HostMallocObject {
+    pub vtbl: *const HostMallocVtbl,
+}
+
+/// A heap made by `CreateMalloc` (one reference; `Release` on drop). Its code and bookkeeping run
+/// in ring 3 in the guest's own memory (host-abi §6).
+pub struct Malloc {
+    object: *mut HostMallocObject,
+}
+
+impl Malloc {
+    fn vtbl(&self) -> &HostMallocVtbl {
+        // SAFETY: CreateMalloc returned this object; its vtable lives in the host library's
+        // read-only data for the life of the guest.
+        unsafe { &*(*self.object).vtbl }
+    }
+
+    /// The raw `IHostMalloc*`.
+    pub fn as_raw(&self) -> *mut HostMallocObject {
+        self.object
+    }
+
+    /// `Alloc`: a 16-byte aligned block of `size` bytes.
+    pub fn alloc(&self, size: usize, level: CriticalLevel) -> Result<*mut u8, HResult> {
+        let mut out: *mut u8 = core::ptr::null_mut();
+        (self.vtbl().alloc)(self.object, size as u64, level, &mut out).check()?;
+        Ok(out)
+    }
+
+    /// `DebugAlloc`: as `alloc`, recording `file` (NUL-terminated) and `line` for leak reports.
+    pub fn debug_alloc(&self, size: usize, level: CriticalLevel, file: &core::ffi::CStr, line: i32) -> Result<*mut u8, HResult> {
+        let mut out: *mut u8 = core::ptr::null_mut();
+        (self.vtbl().debug_alloc)(self.object, size as u64, level, file.as_ptr().cast(), line, &mut out).check()?;
+        Ok(out)
+    }
+
+    /// `Free` (NULL is S_OK; a foreign or freed pointer is E_INVALIDARG).
+    pub fn free(&self, p: *mut u8) -> Result<(), HResult> {
+        (self.vtbl().free)(self.object, p).check()
+    }
+}
+
+impl Drop for Malloc {
+    fn drop(&mut self) {
+        (self.vtbl().release)(self.object);
+    }
+}
+
+/// `ICLRMemoryNotificationCallback`'s vtable (implemented by the guest).
+#[repr(C)]
+pub struct MemoryNotificationCallbackVtbl {
+    pub query_interface: extern "C" fn(*mut MemoryNotificationCallback, *const [u8; 16], *mut *mut core::ffi::c_void) -> HResult,
+    pub add_ref: extern "C" fn(*mut MemoryNotificationCallback) -> u32,
+    pub release: extern "C" fn(*mut MemoryNotificationCallback) -> u32,
+    /// Called with `eMemoryAvailable` (1 low, 2 neutral, 3 high) once per band change, in ring 3
+    /// on the guest's stack, just before the host call that caused the change returns.
+    pub on_memory_notification: extern "C" fn(*mut MemoryNotificationCallback, u32) -> HResult,
+}
+
+/// A guest-implemented `ICLRMemoryNotificationCallback` object: a pointer to a static vtable.
+/// Keep it in a `static` (the host holds a reference to it until it is replaced).
+#[repr(C)]
+pub struct MemoryNotificationCallback {
+    pub vtbl: &'static MemoryNotificationCallbackVtbl,
+}
+
+// SAFETY: the object is an immutable pointer to an immutable static table.
+unsafe impl Sync for MemoryNotificationCallback {}
+
+/// `EMemoryAvailable` values.
+pub mod memory_available {
+    pub const LOW: u32 = 1;
+    pub const NEUTRAL: u32 = 2;
+    pub const HIGH: u32 = 3;
+}
+
+impl Host {
+    /// `CreateMalloc(flags)` (`MALLOC_THREADSAFE`, `MALLOC_EXECUTABLE`).
+    pub fn create_malloc(&self, flags: u32) -> Result<Malloc, HResult> {
+        let mut out: *mut core::ffi::c_void = core::ptr::null_mut();
+        (self.vtbl().create_malloc)(self.manager, flags, &mut out).check()?;
+        Ok(Malloc { object: out.cast() })
+    }
+
+    /// `RegisterMemoryNotificationCallback`: the host AddRefs `callback` (and Releases the one it
+    /// replaces); `None` unregisters.
+    pub fn register_memory_notification_callback(&self, callback: Option<&'static MemoryNotificationCallback>) -> Result<(), HResult> {
+        let p = callback.map_or(core::ptr::null_mut(), |c| c as *const MemoryNotificationCallback as *mut core::ffi::c_void);
+        (self.vtbl().register_memory_notification_callback)(self.manager, p).check()
+    }
+}
+
 /// A `core::fmt::Write` sink that prints through the host.
 pub struct Console<'a>(pub &'a Host);
 

@@ -1,0 +1,919 @@
+//! The garbage-collected heap, laid out and managed the way the CLR's GC uses a hosting host's
+//! `IHostMemoryManager`:
+//!
+//! * one 64 GiB reservation made up front with `MEM_RESERVE | MEM_WRITE_WATCH`; nothing else of
+//!   the heap is ever reserved;
+//! * the nursery (generation 0) at its start, committed once and bump-allocated through a
+//!   machine-code stub in an executable `IHostMalloc` block; a minor collection copies its
+//!   survivors into the old generation and `MEM_RESET`s the nursery;
+//! * the old generation in 1 MiB segments above it, committed (`MEM_COMMIT`, eTaskCritical) as it
+//!   grows and decommitted (`MEM_DECOMMIT`) when a major collection (mark-sweep) finds one empty;
+//!   free spans it keeps have their whole pages `MEM_RESET`;
+//! * old-to-young references found with the host's write watch over the old generation (no card
+//!   table, no write barrier): a minor collection asks `GetWriteWatch` which old pages were written
+//!   since the last collection, scans the objects on them (found through an object-start bitmap
+//!   per segment, kept in `IHostMalloc` memory), then resets the watch;
+//! * a memory-notification callback that only sets a flag; the next allocation slow path runs a
+//!   full collection;
+//! * out of memory: a full collection and one retry, then a managed `OutOfMemory`.
+//!
+//! Objects: an 8-byte header, then `nrefs` reference fields, then data words. Header: bit 0
+//! forwarded (the word is then the new address | 1), bit 1 mark, bit 2 free span, bits 8..32 the
+//! number of reference fields, bits 32..64 the size in 8-byte words (header included). Every
+//! old-generation segment is tiled by objects and free spans, so it can be walked from any
+//! object start.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use guest_abi::consts::*;
+use guest_abi::{CriticalLevel, memory_available};
+
+use crate::sys::{self, RuntimeScope, host, ticks};
+
+pub const PAGE: usize = 4096;
+/// The heap's reservation.
+pub const RESERVE: usize = 64 << 30;
+/// Address space at the start of the reservation set aside for the nursery.
+const NURSERY_AREA: usize = 64 << 20;
+/// Old-generation segment.
+pub const SEG: usize = 1 << 20;
+/// Objects larger than this are allocated in the old generation directly.
+const LARGE: usize = 16 << 10;
+/// Largest object (it must fit in a segment).
+pub const MAX_OBJECT: usize = SEG - 64;
+/// A major collection runs when the old generation's estimated use exceeds
+/// max(MIN_BUDGET, GROWTH × what survived the last major collection).
+const MIN_BUDGET: usize = 16 << 20;
+const GROWTH: usize = 3;
+
+const BUCKETS: usize = 12;
+
+fn class_floor(len: usize) -> usize {
+    ((63 - len.leading_zeros() as usize).saturating_sub(4)).min(BUCKETS - 1)
+}
+/// The smallest class whose every span holds `len` bytes.
+fn class_ceil(len: usize) -> usize {
+    let len = len.max(16);
+    ((64 - (len - 1).leading_zeros() as usize) - 4).min(BUCKETS - 1)
+}
+
+const FWD: u64 = 1;
+const MARK: u64 = 2;
+const FREE: u64 = 4;
+
+const fn header(nrefs: usize, words: usize, flags: u64) -> u64 {
+    ((words as u64) << 32) | ((nrefs as u64) << 8) | flags
+}
+fn words_of(h: u64) -> usize {
+    (h >> 32) as usize
+}
+fn nrefs_of(h: u64) -> usize {
+    ((h >> 8) & 0xFF_FFFF) as usize
+}
+
+/// Reads word `i` of the object at `p`.
+#[inline(always)]
+pub fn word(p: usize, i: usize) -> usize {
+    // SAFETY: runtime and workload code only pass live objects of the heap and indices within them.
+    unsafe { ((p + 8 * i) as *const usize).read() }
+}
+/// Writes word `i` of the object at `p`.
+#[inline(always)]
+pub fn set_word(p: usize, i: usize, v: usize) {
+    // SAFETY: as in word.
+    unsafe { ((p + 8 * i) as *mut usize).write(v) }
+}
+fn hdr(p: usize) -> u64 {
+    word(p, 0) as u64
+}
+fn set_hdr(p: usize, h: u64) {
+    set_word(p, 0, h as usize)
+}
+
+/// Reference field `i` (0-based) of an object: word `1 + i`.
+#[inline(always)]
+pub fn get_ref(p: usize, i: usize) -> usize {
+    word(p, 1 + i)
+}
+/// Stores reference field `i`. A plain store: the host's write watch is the only barrier.
+#[inline(always)]
+pub fn set_ref(p: usize, i: usize, v: usize) {
+    set_word(p, 1 + i, v)
+}
+/// Data word `j` of an object with `nrefs` reference fields.
+#[inline(always)]
+pub fn get_data(p: usize, nrefs: usize, j: usize) -> usize {
+    word(p, 1 + nrefs + j)
+}
+#[inline(always)]
+pub fn set_data(p: usize, nrefs: usize, j: usize, v: usize) {
+    set_word(p, 1 + nrefs + j, v)
+}
+/// Number of data words of an object.
+pub fn data_len(p: usize) -> usize {
+    let h = hdr(p);
+    words_of(h) - 1 - nrefs_of(h)
+}
+
+/// Managed failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManagedError {
+    OutOfMemory,
+    StackOverflow,
+}
+
+/// Set by the notification callback when the host says memory is low.
+pub static COLLECT_NOW: AtomicBool = AtomicBool::new(false);
+/// The band of the last notification (0 before the first).
+pub static BAND: AtomicU32 = AtomicU32::new(0);
+/// Print a line per collection.
+pub static TRACE: AtomicBool = AtomicBool::new(false);
+/// Notifications received, by `EMemoryAvailable` (index 1 low, 2 neutral, 3 high).
+pub static NOTIFICATIONS: [AtomicU32; 4] = [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)];
+
+extern "C" fn cb_query_interface(_: *mut guest_abi::MemoryNotificationCallback, _: *const [u8; 16], out: *mut *mut core::ffi::c_void) -> guest_abi::HResult {
+    if !out.is_null() {
+        // SAFETY: the host passes a valid out-pointer or NULL.
+        unsafe { *out = core::ptr::null_mut() };
+    }
+    guest_abi::HResult::E_NOINTERFACE
+}
+extern "C" fn cb_add_ref(_: *mut guest_abi::MemoryNotificationCallback) -> u32 {
+    1
+}
+extern "C" fn cb_release(_: *mut guest_abi::MemoryNotificationCallback) -> u32 {
+    1
+}
+/// `OnMemoryNotification`: runs as an upcall inside some host call of ours; it must neither
+/// allocate nor collect, so it only records the news.
+extern "C" fn cb_on_memory_notification(_: *mut guest_abi::MemoryNotificationCallback, band: u32) -> guest_abi::HResult {
+    if (1..=3).contains(&band) {
+        NOTIFICATIONS[band as usize].fetch_add(1, Ordering::SeqCst);
+    }
+    BAND.store(band, Ordering::SeqCst);
+    if band == memory_available::LOW {
+        COLLECT_NOW.store(true, Ordering::SeqCst);
+    }
+    guest_abi::HResult::S_OK
+}
+static CALLBACK_VTBL: guest_abi::MemoryNotificationCallbackVtbl = guest_abi::MemoryNotificationCallbackVtbl {
+    query_interface: cb_query_interface,
+    add_ref: cb_add_ref,
+    release: cb_release,
+    on_memory_notification: cb_on_memory_notification,
+};
+/// The runtime's `ICLRMemoryNotificationCallback` object.
+pub static CALLBACK: guest_abi::MemoryNotificationCallback = guest_abi::MemoryNotificationCallback { vtbl: &CALLBACK_VTBL };
+
+/// Why a collection ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Budget,
+    Notification,
+    OutOfMemory,
+    Requested,
+}
+
+/// GC statistics.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub minor: u64,
+    pub major: u64,
+    pub minor_pause_total: u64,
+    pub minor_pause_max: u64,
+    pub major_pause_total: u64,
+    pub major_pause_max: u64,
+    pub by_notification: u64,
+    pub by_budget: u64,
+    pub by_oom: u64,
+    pub managed_oom: u64,
+    pub allocated_bytes: u64,
+    pub allocated_objects: u64,
+    pub large_objects: u64,
+    pub promoted_bytes: u64,
+    pub promoted_objects: u64,
+    pub dirty_pages: u64,
+    pub dirty_objects_scanned: u64,
+    pub committed_bytes: u64,
+    pub decommitted_bytes: u64,
+    pub reset_bytes: u64,
+    pub critical_commits: u64,
+    pub failed_commits: u64,
+    pub heap_committed: u64,
+    pub heap_committed_peak: u64,
+    pub guest_committed_peak: u64,
+    pub swept_bytes: u64,
+    pub live_after_major: u64,
+}
+
+/// An old-generation segment.
+struct Segment {
+    committed: bool,
+    /// Object-start bitmap: one bit per 8-byte granule (an `IHostMalloc` block, SEG/64 bytes).
+    starts: *mut u64,
+}
+
+/// The nursery's allocation context, as the bump stub sees it: [cursor, limit].
+#[repr(C)]
+pub struct AllocContext {
+    pub cursor: usize,
+    pub limit: usize,
+}
+
+/// The bump-allocation helper: returns the old cursor and advances it, or 0 if the request does
+/// not fit (an executable stub; see `stubs.rs`).
+pub type BumpFn = extern "C" fn(*mut AllocContext, usize) -> usize;
+
+extern "C" fn bump_in_rust(ctx: *mut AllocContext, size: usize) -> usize {
+    // SAFETY: the heap passes its own context.
+    let ctx = unsafe { &mut *ctx };
+    let p = ctx.cursor;
+    if p + size > ctx.limit {
+        return 0;
+    }
+    ctx.cursor = p + size;
+    p
+}
+
+pub struct Heap {
+    pub base: usize,
+    pub nursery: usize,
+    pub nursery_size: usize,
+    ctx: AllocContext,
+    bump: BumpFn,
+    pub old_base: usize,
+    max_segments: usize,
+    segments: Vec<Segment>,
+    /// Free spans (address, bytes) by size class (segregated fits): class k holds spans of
+    /// [16 << k, 16 << (k + 1)) bytes, the last class everything larger.
+    buckets: [Vec<(usize, usize)>; BUCKETS],
+    /// Bytes in the buckets.
+    free_bytes: usize,
+    /// The span being bump-allocated in: [cur, cur_end), always formatted as a free span.
+    cur: usize,
+    cur_end: usize,
+    /// The root table (shadow stack and handles).
+    pub roots: Vec<usize>,
+    worklist: Vec<usize>,
+    dirty: Vec<usize>,
+    /// Dirty pages taken by a major collection that ran with young objects, for the minor
+    /// collection that follows it.
+    pending_dirty: Vec<usize>,
+    pub stats: Stats,
+    /// Old-generation bytes allocated since the last major collection (promotions, large objects).
+    old_since_major: usize,
+}
+
+fn commit(addr: usize, size: usize, level: CriticalLevel) -> bool {
+    host().virtual_alloc(addr, size, MEM_COMMIT, PAGE_READWRITE, level).is_ok()
+}
+
+impl Heap {
+    /// Reserves the heap and commits the nursery.
+    pub fn new(nursery_size: usize) -> Result<Heap, guest_abi::HResult> {
+        let h = host();
+        let base = h.virtual_alloc(0, RESERVE, MEM_RESERVE | MEM_WRITE_WATCH, PAGE_READWRITE, CriticalLevel::Task)?;
+        let nursery_size = nursery_size.clamp(64 << 10, NURSERY_AREA) & !(PAGE - 1);
+        h.virtual_alloc(base, nursery_size, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)?;
+        let mut heap = Heap {
+            base,
+            nursery: base,
+            nursery_size,
+            ctx: AllocContext { cursor: base, limit: base + nursery_size },
+            bump: bump_in_rust,
+            old_base: base + NURSERY_AREA,
+            max_segments: (RESERVE - NURSERY_AREA) / SEG,
+            segments: Vec::new(),
+            buckets: Default::default(),
+            free_bytes: 0,
+            cur: 0,
+            cur_end: 0,
+            roots: Vec::with_capacity(1024),
+            worklist: Vec::with_capacity(1024),
+            dirty: Vec::with_capacity(1024),
+            pending_dirty: Vec::new(),
+            stats: Stats::default(),
+            old_since_major: 0,
+        };
+        heap.stats.committed_bytes += nursery_size as u64;
+        heap.stats.heap_committed = nursery_size as u64;
+        heap.note_commit();
+        Ok(heap)
+    }
+
+    /// Uses `f` as the nursery's bump-allocation helper.
+    pub fn set_bump_helper(&mut self, f: BumpFn) {
+        self.bump = f;
+    }
+
+    fn in_nursery(&self, p: usize) -> bool {
+        p.wrapping_sub(self.nursery) < self.nursery_size
+    }
+
+    fn note_commit(&mut self) {
+        let s = &mut self.stats;
+        s.heap_committed_peak = s.heap_committed_peak.max(s.heap_committed);
+        let c = host().commit_info().committed;
+        s.guest_committed_peak = s.guest_committed_peak.max(c);
+    }
+
+    /// Old-generation segments committed now.
+    pub fn committed_segments(&self) -> usize {
+        self.segments.iter().filter(|s| s.committed).count()
+    }
+
+    // ---- roots ---------------------------------------------------------------------------
+
+    /// Pushes a root; returns its index.
+    #[inline]
+    pub fn root(&mut self, p: usize) -> usize {
+        self.roots.push(p);
+        self.roots.len() - 1
+    }
+    #[inline]
+    pub fn get(&self, i: usize) -> usize {
+        self.roots[i]
+    }
+    #[inline]
+    pub fn set(&mut self, i: usize, p: usize) {
+        self.roots[i] = p
+    }
+    /// Pops roots down to `depth`.
+    #[inline]
+    pub fn truncate(&mut self, depth: usize) {
+        self.roots.truncate(depth)
+    }
+    pub fn depth(&self) -> usize {
+        self.roots.len()
+    }
+
+    // ---- allocation ----------------------------------------------------------------------
+
+    /// Allocates an object with `nrefs` reference fields (null) and `ndata` data words (zero).
+    /// May collect: every unrooted reference the caller holds is invalid afterwards.
+    #[inline]
+    pub fn alloc(&mut self, nrefs: usize, ndata: usize) -> Result<usize, ManagedError> {
+        let words = 1 + nrefs + ndata;
+        let bytes = words * 8;
+        if bytes > LARGE {
+            return self.alloc_large(nrefs, words);
+        }
+        let mut p = (self.bump)(&mut self.ctx, bytes);
+        if p == 0 {
+            self.nursery_full();
+            p = (self.bump)(&mut self.ctx, bytes);
+            if p == 0 {
+                return Err(ManagedError::OutOfMemory);
+            }
+        }
+        set_hdr(p, header(nrefs, words, 0));
+        // SAFETY: p..p+bytes is the nursery block just handed out.
+        unsafe { core::ptr::write_bytes((p + 8) as *mut u8, 0, bytes - 8) };
+        self.stats.allocated_bytes += bytes as u64;
+        self.stats.allocated_objects += 1;
+        Ok(p)
+    }
+
+    #[cold]
+    fn nursery_full(&mut self) {
+        let _scope = RuntimeScope::enter();
+        if COLLECT_NOW.swap(false, Ordering::SeqCst) {
+            // The host said memory is low: collect everything now, before promoting anything.
+            self.collect(Reason::Notification);
+            return;
+        }
+        // Promotion must not fail half-way: if the survivors might not fit in the old
+        // generation's free space plus what the host still lets us commit, free old space first.
+        let used = self.ctx.cursor - self.nursery;
+        if self.usable_free() < used {
+            let available = host().memory_load().map_or(0, |(_, a)| a as usize);
+            if available < used - self.usable_free() + 2 * SEG {
+                // Memory is tight: with the host's low-memory notification in force that is the
+                // notification's collection, else an out-of-memory one.
+                let low = BAND.load(Ordering::SeqCst) == memory_available::LOW;
+                self.collect(if low { Reason::Notification } else { Reason::OutOfMemory });
+                return;
+            }
+        }
+        let critical_before = self.stats.critical_commits;
+        self.minor();
+        let low = BAND.load(Ordering::SeqCst) == memory_available::LOW;
+        if COLLECT_NOW.swap(false, Ordering::SeqCst) || (low && self.usable_free() < 2 * self.nursery_size) {
+            // Told that memory is low (now, or earlier and still so): collect the old
+            // generation before it has to grow.
+            self.major(Reason::Notification);
+        } else if self.stats.critical_commits != critical_before {
+            self.major(Reason::OutOfMemory);
+        } else if self.old_since_major > MIN_BUDGET.max(GROWTH * self.stats.live_after_major as usize) {
+            self.major(Reason::Budget);
+        }
+    }
+
+    #[cold]
+    fn alloc_large(&mut self, nrefs: usize, words: usize) -> Result<usize, ManagedError> {
+        let _scope = RuntimeScope::enter();
+        let bytes = words * 8;
+        if bytes > MAX_OBJECT {
+            self.stats.managed_oom += 1;
+            return Err(ManagedError::OutOfMemory);
+        }
+        if COLLECT_NOW.swap(false, Ordering::SeqCst) {
+            self.collect(Reason::Notification);
+        }
+        let p = match self.old_alloc(bytes, CriticalLevel::Task) {
+            Some(p) => p,
+            None => {
+                // Out of memory: collect everything and retry once.
+                self.collect(Reason::OutOfMemory);
+                match self.old_alloc(bytes, CriticalLevel::Task) {
+                    Some(p) => p,
+                    None => {
+                        self.stats.managed_oom += 1;
+                        return Err(ManagedError::OutOfMemory);
+                    }
+                }
+            }
+        };
+        set_hdr(p, header(nrefs, words, 0));
+        // SAFETY: p..p+bytes was just carved out of a committed segment.
+        unsafe { core::ptr::write_bytes((p + 8) as *mut u8, 0, bytes - 8) };
+        self.old_since_major += bytes;
+        self.stats.allocated_bytes += bytes as u64;
+        self.stats.allocated_objects += 1;
+        self.stats.large_objects += 1;
+        Ok(p)
+    }
+
+    fn segment_of(&self, p: usize) -> usize {
+        (p - self.old_base) / SEG
+    }
+
+    fn set_start(&self, p: usize, on: bool) {
+        let seg = &self.segments[self.segment_of(p)];
+        let g = (p - self.old_base) % SEG / 8;
+        // SAFETY: the bitmap of a committed segment has SEG/8 bits.
+        unsafe {
+            let w = seg.starts.add(g / 64);
+            if on {
+                *w |= 1 << (g % 64);
+            } else {
+                *w &= !(1 << (g % 64));
+            }
+        }
+    }
+
+    /// The last object start at or below `p` (in a committed segment).
+    fn object_start_before(&self, p: usize) -> usize {
+        let seg_index = self.segment_of(p);
+        let seg_base = self.old_base + seg_index * SEG;
+        let starts = self.segments[seg_index].starts;
+        let mut g = (p - seg_base) / 8;
+        loop {
+            // SAFETY: g < SEG/8, inside the bitmap.
+            let w = unsafe { *starts.add(g / 64) } & (u64::MAX >> (63 - g % 64));
+            if w != 0 {
+                return seg_base + ((g / 64) * 64 + 63 - w.leading_zeros() as usize) * 8;
+            }
+            if g < 64 {
+                // A segment always starts with an object or a free span.
+                return seg_base;
+            }
+            g = (g / 64) * 64 - 1;
+        }
+    }
+
+    /// Carves `bytes` out of the old generation: the current span, then a free span of a class
+    /// that fits (segregated fits; the rest of a span goes back to its class), then a newly
+    /// committed segment. `None` if no segment could be committed at `level`.
+    fn old_alloc(&mut self, bytes: usize, level: CriticalLevel) -> Option<usize> {
+        loop {
+            if self.cur_end - self.cur >= bytes {
+                let p = self.cur;
+                self.cur += bytes;
+                self.set_start(p, true);
+                if self.cur < self.cur_end {
+                    set_hdr(self.cur, header(0, (self.cur_end - self.cur) / 8, FREE));
+                    self.set_start(self.cur, true);
+                }
+                return Some(p);
+            }
+            // The rest of the current span (formatted as a free span) goes back to its class.
+            if self.cur_end - self.cur >= 16 {
+                self.push_span(self.cur, self.cur_end - self.cur);
+            }
+            self.cur = 0;
+            self.cur_end = 0;
+            if let Some((a, n)) = self.take_span(bytes) {
+                self.cur = a;
+                self.cur_end = a + n;
+                continue;
+            }
+            let seg = self.commit_segment(level)?;
+            self.cur = seg;
+            self.cur_end = seg + SEG;
+        }
+    }
+
+    fn push_span(&mut self, a: usize, n: usize) {
+        self.buckets[class_floor(n)].push((a, n));
+        self.free_bytes += n;
+    }
+
+    fn take_span(&mut self, bytes: usize) -> Option<(usize, usize)> {
+        let k0 = class_ceil(bytes);
+        for k in k0..BUCKETS - 1 {
+            if let Some(span) = self.buckets[k].pop() {
+                self.free_bytes -= span.1;
+                return Some(span);
+            }
+        }
+        let last = &mut self.buckets[BUCKETS - 1];
+        let i = last.iter().rposition(|&(_, n)| n >= bytes)?;
+        let span = last.swap_remove(i);
+        self.free_bytes -= span.1;
+        Some(span)
+    }
+
+    /// A conservative estimate of the old-generation space promotions can use without
+    /// committing: the current span and half of every free span of 1 KiB or more (smaller ones
+    /// may fit nothing). A promotion that still finds no room may use the critical reserve.
+    fn usable_free(&self) -> usize {
+        let big: usize = self.buckets[6..].iter().flat_map(|b| b.iter()).map(|&(_, n)| n / 2).sum();
+        big + (self.cur_end - self.cur)
+    }
+
+    /// Commits the lowest uncommitted segment; formats it as one free span.
+    fn commit_segment(&mut self, level: CriticalLevel) -> Option<usize> {
+        let index = match self.segments.iter().position(|s| !s.committed) {
+            Some(i) => i,
+            None if self.segments.len() < self.max_segments => {
+                self.segments.push(Segment { committed: false, starts: core::ptr::null_mut() });
+                self.segments.len() - 1
+            }
+            None => return None,
+        };
+        let addr = self.old_base + index * SEG;
+        let bitmap_bytes = SEG / 64;
+        let starts = vec_block(bitmap_bytes)?;
+        if !commit(addr, SEG, level) {
+            self.stats.failed_commits += 1;
+            free_block(starts);
+            return None;
+        }
+        if level == CriticalLevel::Process {
+            self.stats.critical_commits += 1;
+        }
+        self.segments[index] = Segment { committed: true, starts };
+        set_hdr(addr, header(0, SEG / 8, FREE));
+        self.set_start(addr, true);
+        self.stats.committed_bytes += SEG as u64;
+        self.stats.heap_committed += SEG as u64;
+        self.note_commit();
+        Some(addr)
+    }
+
+    /// Old-generation range that may hold committed segments.
+    fn old_range(&self) -> (usize, usize) {
+        (self.old_base, self.segments.len() * SEG)
+    }
+
+    // ---- collections ---------------------------------------------------------------------
+
+    /// A full collection: a major collection that marks through the nursery too (so the old
+    /// generation's garbage is freed before anything is promoted), then a minor one.
+    pub fn collect(&mut self, reason: Reason) {
+        let _scope = RuntimeScope::enter();
+        self.major(reason);
+        self.minor();
+        COLLECT_NOW.store(false, Ordering::SeqCst);
+    }
+
+    /// Promotes `p` if it is young; returns its (new) address.
+    #[inline]
+    fn forward(&mut self, p: usize) -> usize {
+        if !self.in_nursery(p) {
+            return p;
+        }
+        let h = hdr(p);
+        if h & FWD != 0 {
+            return (h & !FWD) as usize;
+        }
+        let bytes = words_of(h) * 8;
+        let q = match self.old_alloc(bytes, CriticalLevel::Task) {
+            Some(q) => q,
+            // A collection cannot stop half-way: this commit is the one whose failure would be
+            // fatal, so it may use the host's critical reserve.
+            None => match self.old_alloc(bytes, CriticalLevel::Process) {
+                Some(q) => q,
+                None => {
+                    crate::out!("gc-runtime: fatal: out of memory while promoting ({} bytes)\n", bytes);
+                    host().exit(0xE000_0001_u32 as i32)
+                }
+            },
+        };
+        // SAFETY: both are heap blocks of `bytes` bytes; they do not overlap (nursery vs old).
+        unsafe { core::ptr::copy_nonoverlapping(p as *const u8, q as *mut u8, bytes) };
+        // A full collection marks young objects too; the copy starts unmarked.
+        set_hdr(q, h & !MARK);
+        set_hdr(p, q as u64 | FWD);
+        self.worklist.push(q);
+        self.stats.promoted_bytes += bytes as u64;
+        self.stats.promoted_objects += 1;
+        self.old_since_major += bytes;
+        q
+    }
+
+    fn scan_fields(&mut self, obj: usize, from: usize, to: usize) {
+        let h = hdr(obj);
+        let first = obj + 8;
+        let end = first + nrefs_of(h) * 8;
+        let mut f = first.max(from);
+        while f < end.min(to) {
+            // SAFETY: f is a reference field of a live object.
+            let v = unsafe { *(f as *const usize) };
+            if v != 0 && self.in_nursery(v) {
+                let n = self.forward(v);
+                // SAFETY: as above.
+                unsafe { *(f as *mut usize) = n };
+            }
+            f += 8;
+        }
+    }
+
+    /// Collects the dirty old pages (resetting their marks) into `self.dirty`.
+    fn take_dirty_pages(&mut self) {
+        self.dirty.clear();
+        self.dirty.append(&mut self.pending_dirty);
+        let (base, size) = self.old_range();
+        if size == 0 {
+            return;
+        }
+        let mut buf = [0usize; 256];
+        loop {
+            match host().get_write_watch(true, base, size, &mut buf) {
+                Ok(n) => {
+                    self.dirty.extend_from_slice(&buf[..n]);
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    crate::out!("gc-runtime: fatal: GetWriteWatch failed with {e}\n");
+                    host().exit(0xE000_0002_u32 as i32)
+                }
+            }
+        }
+    }
+
+    fn reset_write_watch(&self) {
+        let (base, size) = self.old_range();
+        if size != 0 && let Err(e) = host().reset_write_watch(base, size) {
+            crate::out!("gc-runtime: ResetWriteWatch failed with {e}\n");
+        }
+    }
+
+    /// A minor collection: copies the nursery's survivors into the old generation. Roots: the
+    /// root table and the old objects on pages the write watch reports written.
+    pub fn minor(&mut self) {
+        let _scope = RuntimeScope::enter();
+        sys::set_critical(true);
+        let t0 = ticks();
+        self.take_dirty_pages();
+        for i in 0..self.roots.len() {
+            let r = self.roots[i];
+            if r != 0 {
+                self.roots[i] = self.forward(r);
+            }
+        }
+        let dirty = core::mem::take(&mut self.dirty);
+        for &page in &dirty {
+            let seg = self.segment_of(page);
+            if !self.segments[seg].committed {
+                continue;
+            }
+            self.stats.dirty_pages += 1;
+            let seg_end = self.old_base + (seg + 1) * SEG;
+            let mut obj = self.object_start_before(page);
+            while obj < page + PAGE && obj < seg_end {
+                let h = hdr(obj);
+                let size = words_of(h) * 8;
+                if h & FREE == 0 {
+                    self.stats.dirty_objects_scanned += 1;
+                    self.scan_fields(obj, page, page + PAGE);
+                }
+                obj += size;
+            }
+        }
+        self.dirty = dirty;
+        while let Some(obj) = self.worklist.pop() {
+            self.scan_fields(obj, 0, usize::MAX);
+        }
+        // The nursery is empty: reuse it from the start; its old contents are garbage.
+        let used = (self.ctx.cursor - self.nursery + PAGE - 1) & !(PAGE - 1);
+        if used > 0 && host().virtual_alloc(self.nursery, used, MEM_RESET, PAGE_READWRITE, CriticalLevel::Task).is_ok() {
+            self.stats.reset_bytes += used as u64;
+        }
+        self.ctx.cursor = self.nursery;
+        // Nothing old points into the (empty) nursery now: start a new write-watch epoch.
+        self.reset_write_watch();
+        let dt = ticks() - t0;
+        self.stats.minor += 1;
+        self.stats.minor_pause_total += dt;
+        self.stats.minor_pause_max = self.stats.minor_pause_max.max(dt);
+        sys::set_critical(false);
+    }
+
+    fn mark(&mut self, p: usize, stack: &mut Vec<usize>) {
+        if p == 0 {
+            return;
+        }
+        let h = hdr(p);
+        if h & MARK == 0 {
+            set_hdr(p, h | MARK);
+            stack.push(p);
+        }
+    }
+
+    /// A major collection: mark from the roots (through young objects too when the nursery is
+    /// not empty), sweep the old generation into free spans, decommit empty segments and
+    /// `MEM_RESET` the whole pages of the free spans it keeps.
+    pub fn major(&mut self, reason: Reason) {
+        let _scope = RuntimeScope::enter();
+        sys::set_critical(true);
+        let t0 = ticks();
+        match reason {
+            Reason::Notification => self.stats.by_notification += 1,
+            Reason::Budget => self.stats.by_budget += 1,
+            Reason::OutOfMemory => self.stats.by_oom += 1,
+            _ => {}
+        }
+        let nursery_empty = self.ctx.cursor == self.nursery;
+        if !nursery_empty {
+            // The sweep will write free-span headers all over the old generation: keep the pages
+            // the mutator wrote for the minor collection that follows, and reset the watch after
+            // the sweep.
+            self.take_dirty_pages();
+            self.pending_dirty = core::mem::take(&mut self.dirty);
+        }
+        // Mark.
+        let mut stack = core::mem::take(&mut self.worklist);
+        for i in 0..self.roots.len() {
+            let r = self.roots[i];
+            self.mark(r, &mut stack);
+        }
+        while let Some(obj) = stack.pop() {
+            for i in 0..nrefs_of(hdr(obj)) {
+                self.mark(get_ref(obj, i), &mut stack);
+            }
+        }
+        self.worklist = stack;
+        // Sweep.
+        for b in self.buckets.iter_mut() {
+            b.clear();
+        }
+        self.free_bytes = 0;
+        self.cur = 0;
+        self.cur_end = 0;
+        let mut live = 0usize;
+        for index in 0..self.segments.len() {
+            if !self.segments[index].committed {
+                continue;
+            }
+            let seg_base = self.old_base + index * SEG;
+            let seg_end = seg_base + SEG;
+            let mut obj = seg_base;
+            let mut run: Option<usize> = None;
+            let mut seg_live = 0usize;
+            while obj < seg_end {
+                let h = hdr(obj);
+                let size = words_of(h) * 8;
+                if h & FREE == 0 && h & MARK != 0 {
+                    set_hdr(obj, h & !MARK);
+                    seg_live += size;
+                    if let Some(r) = run.take() {
+                        self.end_free_run(r, obj);
+                    }
+                } else {
+                    if h & FREE == 0 {
+                        self.stats.swept_bytes += size as u64;
+                    }
+                    match run {
+                        None => run = Some(obj),
+                        Some(_) => self.set_start(obj, false),
+                    }
+                }
+                obj += size;
+            }
+            // An empty segment is one run from its start: give its commit back.
+            if seg_live == 0 && host().virtual_free(seg_base, SEG, MEM_DECOMMIT).is_ok() {
+                free_block(self.segments[index].starts);
+                self.segments[index] = Segment { committed: false, starts: core::ptr::null_mut() };
+                self.stats.decommitted_bytes += SEG as u64;
+                self.stats.heap_committed -= SEG as u64;
+                continue;
+            }
+            if let Some(r) = run.take() {
+                self.end_free_run(r, seg_end);
+            }
+            live += seg_live;
+        }
+        self.old_since_major = 0;
+        self.stats.live_after_major = live as u64;
+        // The sweep's own writes are not the mutator's: start a new write-watch epoch.
+        self.reset_write_watch();
+        let dt = ticks() - t0;
+        if TRACE.load(Ordering::Relaxed) {
+            let info = host().commit_info();
+            crate::out!(
+                "gc-runtime: major #{} ({reason:?}): live {} KiB, free spans {} KiB, heap {} KiB committed, guest {} of {} KiB, {} us\n",
+                self.stats.major + 1,
+                live >> 10,
+                self.free_bytes >> 10,
+                self.stats.heap_committed >> 10,
+                info.committed >> 10,
+                info.commit_limit >> 10,
+                dt / 1000
+            );
+        }
+        self.stats.major += 1;
+        self.stats.major_pause_total += dt;
+        self.stats.major_pause_max = self.stats.major_pause_max.max(dt);
+        self.note_commit();
+        sys::set_critical(false);
+    }
+
+    /// Formats [start, end) as one free span, keeps it for allocation and resets its whole pages.
+    fn end_free_run(&mut self, start: usize, end: usize) {
+        set_hdr(start, header(0, (end - start) / 8, FREE));
+        self.set_start(start, true);
+        if end - start >= 16 {
+            self.push_span(start, end - start);
+        }
+        let first = (start + 8 + PAGE - 1) & !(PAGE - 1);
+        let last = end & !(PAGE - 1);
+        if last > first && host().virtual_alloc(first, last - first, MEM_RESET, PAGE_READWRITE, CriticalLevel::Task).is_ok() {
+            self.stats.reset_bytes += (last - first) as u64;
+        }
+    }
+
+    /// Checks the heap's structure: every committed segment tiles exactly, every start bit is an
+    /// object or span start, every reference points to an object start. Returns objects seen.
+    pub fn verify(&self) -> Result<usize, &'static str> {
+        let mut objects = 0;
+        for (index, seg) in self.segments.iter().enumerate() {
+            if !seg.committed {
+                continue;
+            }
+            let seg_base = self.old_base + index * SEG;
+            let mut obj = seg_base;
+            while obj < seg_base + SEG {
+                let h = hdr(obj);
+                if h & (FWD | MARK) != 0 || words_of(h) == 0 {
+                    return Err("bad header in the old generation");
+                }
+                if self.object_start_before(obj) != obj {
+                    return Err("object-start bitmap disagrees with the heap");
+                }
+                if h & FREE == 0 {
+                    objects += 1;
+                    for i in 0..nrefs_of(h) {
+                        let r = get_ref(obj, i);
+                        if r != 0 && (self.in_nursery(r) && r >= self.ctx.cursor || !self.in_nursery(r) && !self.is_old_object(r)) {
+                            return Err("reference to no object");
+                        }
+                    }
+                }
+                obj += words_of(h) * 8;
+            }
+            if obj != seg_base + SEG {
+                return Err("segment not tiled exactly");
+            }
+        }
+        Ok(objects)
+    }
+
+    fn is_old_object(&self, p: usize) -> bool {
+        if p < self.old_base || p >= self.old_base + self.segments.len() * SEG || p % 8 != 0 {
+            return false;
+        }
+        let seg = &self.segments[self.segment_of(p)];
+        seg.committed && self.object_start_before(p) == p && hdr(p) & FREE == 0
+    }
+}
+
+/// A zeroed block of the runtime's data heap (for bitmaps: eTaskCritical outside collections).
+fn vec_block(bytes: usize) -> Option<*mut u64> {
+    let layout = core::alloc::Layout::from_size_align(bytes, 16).ok()?;
+    // SAFETY: a non-zero size.
+    let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    (!p.is_null()).then_some(p.cast())
+}
+
+fn free_block(p: *mut u64) {
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: allocated by vec_block with this layout.
+    unsafe { alloc::alloc::dealloc(p.cast(), core::alloc::Layout::from_size_align_unchecked(SEG / 64, 16)) };
+}

@@ -1,0 +1,189 @@
+//! Managed-thread stacks with guard pages, grown by the runtime's own exception handler, and
+//! stack overflow as a managed exception the program survives.
+//!
+//! A managed stack is a reservation (256 KiB by default) whose top pages are committed read-write,
+//! with a `PAGE_GUARD` page below them and a committed "cushion" page below the guard:
+//!
+//! ```text
+//!   hi ┌──────────────┐
+//!      │ committed RW │  frames of managed code
+//!      ├──────────────┤
+//!      │ RW | GUARD   │  first touch raises 0x80000001 (once; the page is then plain RW)
+//!      ├──────────────┤
+//!      │ cushion RW   │  room for the exception handler, which runs on this same stack
+//!      ├──────────────┤
+//!      │ reserved     │
+//!   lo └──────────────┘  (the lowest pages: an emergency zone only runtime code may use)
+//! ```
+//!
+//! On a guard-page exception the handler commits a new guard page and a new cushion below the
+//! old cushion (as Windows moves a thread's guard page down) and resumes. When no room is left
+//! for them it raises a managed `StackOverflow`: it edits the exception context so that the
+//! thread resumes at the catch point saved by [`run_managed`] on the original stack (rsp and rip
+//! of the landing code, which restores the callee-saved registers), and the call returns
+//! `Err(StackOverflow)`. [`ManagedStack::rearm`] then decommits the used pages and puts the guard
+//! back, so it can happen again.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use guest_abi::consts::*;
+use guest_abi::{CriticalLevel, GuestException};
+
+use crate::gc::{ManagedError, PAGE};
+use crate::sys::{IN_RUNTIME, host};
+
+/// Committed pages at the top of a fresh stack.
+const TOP_PAGES: usize = 2;
+/// Committed pages below the guard page.
+const CUSHION: usize = 2;
+/// Pages at the bottom only runtime code (a collection under way) may grow into.
+const EMERGENCY: usize = 6;
+
+static LO: AtomicUsize = AtomicUsize::new(0);
+static HI: AtomicUsize = AtomicUsize::new(0);
+/// The catch point: rsp after the landing code's pushes, and the landing code's address.
+static JMP: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Set by the handler when it raised a managed exception (1 = stack overflow).
+static PENDING: AtomicU64 = AtomicU64::new(0);
+/// Guard-page growth steps taken, and the lowest guard page so far.
+pub static GROWTHS: AtomicU64 = AtomicU64::new(0);
+pub static LOWEST_GUARD: AtomicUsize = AtomicUsize::new(usize::MAX);
+pub static OVERFLOWS: AtomicU64 = AtomicU64::new(0);
+
+core::arch::global_asm!(
+    ".globl gc_run_on_stack",
+    // u64 gc_run_on_stack(void *arg, u64 (*f)(void *), usize stack_top, u64 jmp[2])
+    "gc_run_on_stack:",
+    "push rbp",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "mov [rcx], rsp",
+    "lea rax, [rip + 2f]",
+    "mov [rcx + 8], rax",
+    "mov r12, rsp",
+    "mov rsp, rdx",
+    "call rsi",
+    "mov rsp, r12",
+    // The catch point: a stack overflow resumes here with rsp = jmp[0].
+    "2:",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+);
+
+unsafe extern "C" {
+    fn gc_run_on_stack(arg: *mut u8, f: extern "C" fn(*mut u8) -> u64, top: usize, jmp: *const AtomicU64) -> u64;
+}
+
+/// A managed thread's stack.
+pub struct ManagedStack {
+    pub lo: usize,
+    pub hi: usize,
+}
+
+impl ManagedStack {
+    /// Reserves `size` bytes, arms the guard page and installs the handler.
+    pub fn new(size: usize) -> Result<ManagedStack, guest_abi::HResult> {
+        let h = host();
+        let lo = h.virtual_alloc(0, size, MEM_RESERVE, PAGE_READWRITE, CriticalLevel::Task)?;
+        let s = ManagedStack { lo, hi: lo + size };
+        LO.store(s.lo, Ordering::SeqCst);
+        HI.store(s.hi, Ordering::SeqCst);
+        s.arm()?;
+        if h.add_exception_handler(true, handler).is_none() {
+            return Err(guest_abi::HResult::E_INVALIDARG);
+        }
+        Ok(s)
+    }
+
+    fn arm(&self) -> Result<(), guest_abi::HResult> {
+        let h = host();
+        let top = self.hi - TOP_PAGES * PAGE;
+        h.virtual_alloc(top, TOP_PAGES * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)?;
+        let guard = top - PAGE;
+        h.virtual_alloc(guard, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Task)?;
+        h.virtual_alloc(guard - CUSHION * PAGE, CUSHION * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)?;
+        Ok(())
+    }
+
+    /// After an overflow: decommits everything below the top pages and arms the guard again.
+    pub fn rearm(&self) -> Result<(), guest_abi::HResult> {
+        host().virtual_free(self.lo, self.hi - TOP_PAGES * PAGE - self.lo, MEM_DECOMMIT)?;
+        self.arm()
+    }
+
+    /// Runs `f` on this stack; a stack overflow in it comes back as `Err(StackOverflow)` (its
+    /// frames are abandoned: `f` must not hold anything that needs dropping).
+    pub fn run<F: FnMut() -> u64>(&self, f: &mut F) -> Result<u64, ManagedError> {
+        extern "C" fn trampoline<F: FnMut() -> u64>(p: *mut u8) -> u64 {
+            // SAFETY: p is the &mut F passed below, alive for the call.
+            unsafe { (*(p as *mut F))() }
+        }
+        PENDING.store(0, Ordering::SeqCst);
+        let top = self.hi & !15;
+        // SAFETY: the stack is reserved and armed; the assembly saves and restores every
+        // callee-saved register and returns on the original stack, also after an overflow.
+        let r = unsafe { gc_run_on_stack(f as *mut F as *mut u8, trampoline::<F>, top, JMP.as_ptr()) };
+        match PENDING.swap(0, Ordering::SeqCst) {
+            0 => Ok(r),
+            _ => Err(ManagedError::StackOverflow),
+        }
+    }
+}
+
+fn overflow(e: &GuestException) -> i32 {
+    if IN_RUNTIME.load(Ordering::SeqCst) != 0 {
+        // Runtime code (a collection, an IHostMalloc call) cannot be abandoned half-way.
+        crate::out!("gc-runtime: fatal: stack overflow inside the runtime\n");
+        host().exit(STATUS_STACK_OVERFLOW as i32);
+    }
+    OVERFLOWS.fetch_add(1, Ordering::SeqCst);
+    PENDING.store(1, Ordering::SeqCst);
+    // SAFETY: the host passes a valid context that the handler may edit.
+    let c = unsafe { &mut *e.context };
+    c.rsp = JMP[0].load(Ordering::SeqCst);
+    c.rip = JMP[1].load(Ordering::SeqCst);
+    c.rax = 0;
+    EXCEPTION_CONTINUE_EXECUTION
+}
+
+extern "C" fn handler(e: *mut GuestException) -> i32 {
+    // SAFETY: the host passes a valid GUEST_EXCEPTION.
+    let e = unsafe { &*e };
+    let (lo, hi) = (LO.load(Ordering::SeqCst), HI.load(Ordering::SeqCst));
+    let addr = e.address as usize;
+    if !(lo..hi).contains(&addr) {
+        return EXCEPTION_CONTINUE_SEARCH;
+    }
+    match e.code {
+        STATUS_GUARD_PAGE_VIOLATION => {
+            let g = addr & !(PAGE - 1);
+            let new_guard = g - (CUSHION + 1) * PAGE;
+            let new_cushion = new_guard - CUSHION * PAGE;
+            let floor = lo + PAGE + if IN_RUNTIME.load(Ordering::SeqCst) != 0 { 0 } else { EMERGENCY * PAGE };
+            if new_cushion < floor {
+                return overflow(e);
+            }
+            let h = host();
+            let ok = h.virtual_alloc(new_guard, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Task).is_ok()
+                && h.virtual_alloc(new_cushion, CUSHION * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).is_ok();
+            if !ok {
+                // No commit left for the stack: that too is a stack overflow.
+                return overflow(e);
+            }
+            GROWTHS.fetch_add(1, Ordering::SeqCst);
+            LOWEST_GUARD.fetch_min(new_guard, Ordering::SeqCst);
+            EXCEPTION_CONTINUE_EXECUTION
+        }
+        // A reserved page of the stack touched without passing the guard page.
+        STATUS_ACCESS_VIOLATION => overflow(e),
+        _ => EXCEPTION_CONTINUE_SEARCH,
+    }
+}
