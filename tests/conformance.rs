@@ -49,6 +49,17 @@ fn run() -> &'static Run {
     })
 }
 
+/// The guest with its mode marker switched from `ALL` to `DF_`: it then only raises a fault with
+/// the direction flag set (kept apart: a kernel that mishandles it may crash, and must not take
+/// the other results with it; this case runs last).
+fn df_mode_copy() -> Result<Vec<u8>, String> {
+    let marker = b"CONFORMANCE-MODE:ALL";
+    let mut elf = CONFORMANCE.to_vec();
+    let at = elf.windows(marker.len()).position(|w| w == marker).ok_or_else(|| String::from("mode marker not found in conformance.elf"))?;
+    elf[at + 17..at + 20].copy_from_slice(b"DF_");
+    Ok(elf)
+}
+
 /// The check lines (`ok …` / `FAILED …`) of one area (`== AREA` up to the next `==`).
 fn area_lines(area: &str) -> Vec<&'static str> {
     let mut lines = Vec::new();
@@ -79,6 +90,7 @@ fn s3_2_reserve_rounding_and_conflicts() -> Result<(), String> { area_passes("re
 fn s3_3_commit_path() -> Result<(), String> { area_passes("commit") }
 fn s3_4_mem_reset() -> Result<(), String> { area_passes("reset") }
 fn s3_5_placement_top_down_large_pages() -> Result<(), String> { area_passes("placement") }
+fn h9_scale_100000_allocations() -> Result<(), String> { area_passes("scale") }
 fn s4_virtual_free() -> Result<(), String> { area_passes("free") }
 fn s5_virtual_protect() -> Result<(), String> { area_passes("protect") }
 fn s6_virtual_query() -> Result<(), String> { area_passes("query") }
@@ -108,6 +120,21 @@ fn all_checks_pass_and_every_frame_comes_back() -> Result<(), String> {
     Ok(())
 }
 
+fn h9_fault_with_direction_flag_set_runs_last() -> Result<(), String> {
+    let elf = df_mode_copy()?;
+    let before = frames();
+    console::start_capture();
+    let outcome = run_guest("conformance-df", &elf);
+    let out = console::take_capture();
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("ok ") || l.starts_with("FAILED ")).collect();
+    ensure!(lines.len() == 5, "expected the 5 checks of the DF mode, got: {out}");
+    let failed: Vec<&str> = lines.iter().copied().filter(|l| !l.starts_with("ok ")).collect();
+    ensure!(failed.is_empty(), "{} of {} checks failed:\n{}", failed.len(), lines.len(), failed.join("\n"));
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    ensure_eq!(frames(), before);
+    Ok(())
+}
+
 kernel::kernel_test_image!(
     host_services_fields,
     com_identity_and_reference_counts,
@@ -117,6 +144,7 @@ kernel::kernel_test_image!(
     s3_3_commit_path,
     s3_4_mem_reset,
     s3_5_placement_top_down_large_pages,
+    h9_scale_100000_allocations,
     s4_virtual_free,
     s5_virtual_protect,
     s6_virtual_query,
@@ -130,4 +158,5 @@ kernel::kernel_test_image!(
     h5_memory_notifications,
     guest_leaves_nothing_behind,
     all_checks_pass_and_every_frame_comes_back,
+    h9_fault_with_direction_flag_set_runs_last,
 );

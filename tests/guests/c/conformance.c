@@ -31,6 +31,8 @@ static const IHostMemoryManagerVtbl *V;
 static const HOST_SERVICES *S;
 static const char rodata_page[64] = "conformance guest read-only data";
 static uint64_t g_start_committed;
+/* Mode marker: tests/conformance.rs patches "ALL" to "DF_" in a copy of the file. */
+static const volatile char g_mode[] = "CONFORMANCE-MODE:ALL";
 static uint64_t g_main_sp;
 
 /* ---------- output helpers ---------- */
@@ -142,6 +144,7 @@ static uint64_t g_resume;
 static volatile int g_probing;
 static volatile uint64_t g_av_count, g_av_access, g_av_addr, g_av_code;
 static volatile uint64_t g_guard_count, g_guard_access, g_guard_addr;
+static volatile uint64_t g_h_rflags, g_h_sp, g_h_frame, g_ctx_rsp, g_ctx_rflags;
 
 static int32_t handler(GUEST_EXCEPTION *e) {
     if (e->code == STATUS_GUARD_PAGE_VIOLATION) {
@@ -151,6 +154,13 @@ static int32_t handler(GUEST_EXCEPTION *e) {
         return EXCEPTION_CONTINUE_EXECUTION; /* the retry succeeds (or faults on the base protection) */
     }
     if (g_probing && e->code == STATUS_ACCESS_VIOLATION) {
+        uint64_t fl;
+        __asm__ volatile("pushfq\n\tpop %0" : "=r"(fl));
+        g_h_rflags = fl;
+        g_h_sp = (uint64_t)&fl;
+        g_h_frame = (uint64_t)__builtin_frame_address(0);
+        g_ctx_rsp = e->context->rsp;
+        g_ctx_rflags = e->context->rflags;
         g_av_count++;
         g_av_code = e->code;
         g_av_access = e->access;
@@ -603,6 +613,10 @@ static void t_commit(void) {
     check("s3.3 commit in free memory -> 487", va((void *)(RC + 0x100000), 0x1000, MEM_COMMIT, PAGE_READWRITE, &m), E487);
     vf(r, 0, MEM_DECOMMIT);
     check("h9 decommit returns the charge", committed_now(), c0);
+    va(r, 0x8000, MEM_COMMIT, PAGE_READWRITE, &m);
+    check("h9 commit over 8 committed + 8 reserved pages charges only the 8 new ones",
+          va(r, GRAN, MEM_COMMIT, PAGE_READWRITE, &m) == 0 && committed_now() - c0 == GRAN, 1);
+    vf(r, 0, MEM_DECOMMIT);
     check("s3.3 recommit after decommit reads zero", va((char *)r + 0x1000, 0x1000, MEM_COMMIT, PAGE_READWRITE, &m) == 0 && all_zero((char *)r + 0x1000, 0x1000), 1);
     release(r);
     /* Two adjacent allocations. */
@@ -747,6 +761,32 @@ static void t_placement(void) {
     check("h9 MEM_LARGE_PAGES: commit charge back", committed_now(), c0);
 }
 
+/* ================= scale (host §9: 100,000 live allocations) ================= */
+#define RS 0x306000000000ull
+static void t_scale(void) {
+    uint64_t i, fails = 0, c0 = committed_now(), t0 = S->ticks_ns();
+    MEMORY_BASIC_INFORMATION mbi;
+    void *m;
+    area("scale");
+    for (i = 0; i < 100000; i++)
+        if (va((void *)(RS + i * GRAN), (i & 1) ? PAGE : 3 * PAGE, MEM_RESERVE, PAGE_READWRITE, &m) != 0) fails++;
+    check("h9 100,000 live reservations at chosen addresses", fails, 0);
+    vq((void *)(RS + 500 * GRAN + 0x3000), &mbi);
+    check("s6 dead tail between two of them is free up to the next", mbi.State == MEM_FREE && mbi.RegionSize == GRAN - 0x3000, 1);
+    vq((void *)(RS + 99999 * GRAN), &mbi);
+    check("s6 the last one is there", mbi.State == MEM_RESERVE && mbi.AllocationBase == RS + 99999 * GRAN, 1);
+    m = reserve(GRAN, MEM_RESERVE, PAGE_READWRITE);
+    check("h9 a NULL reservation still works among them", m != 0, 1);
+    release(m);
+    for (fails = 0, i = 0; i < 100000; i++)
+        if (vf((void *)(RS + i * GRAN), 0, MEM_RELEASE) != 0) fails++;
+    check("h9 ... all released", fails, 0);
+    vq((void *)RS, &mbi);
+    check("h9 ... their range is free again", mbi.State == MEM_FREE && mbi.RegionSize >= 100000 * GRAN, 1);
+    check("h9 ... no commit charge", committed_now(), c0);
+    info("100,000 reserve+release pairs took ns", S->ticks_ns() - t0);
+}
+
 /* ================= VirtualFree (win32 §4) ================= */
 #define RF 0x302000000000ull
 static void t_free(void) {
@@ -789,6 +829,18 @@ static void t_free(void) {
     check("h9 ... charge returned (0x2000)", c0 - committed_now(), 0x2000);
     check("s4 MEM_DECOMMIT past the allocation end -> 87", vf((char *)a + 0xF000, 0x2000, MEM_DECOMMIT), E87);
     check("s4 MEM_DECOMMIT of reserved pages S_OK", vf((char *)a + 0x8000, 0x4000, MEM_DECOMMIT), 0);
+    {
+        void *t = reserve(0x3000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+        check("s4 MEM_DECOMMIT running into the dead tail -> 87", vf(t, 0x4000, MEM_DECOMMIT), E87);
+        check("s4 MEM_DECOMMIT in the dead tail (free) -> 487", vf((char *)t + 0x3000, PAGE, MEM_DECOMMIT), E487);
+        check("s4 MEM_RELEASE in the dead tail (free) -> 487", vf((char *)t + 0x3000, 0, MEM_RELEASE), E487);
+        {
+            DWORD o = 0xDEAD;
+            check("s5.5 VirtualProtect in the dead tail -> 487", vp((char *)t + 0x3000, PAGE, PAGE_READONLY, &o), E487);
+            check("s3.4 MEM_RESET in the dead tail -> 487", va((char *)t + 0x3000, PAGE, MEM_RESET, PAGE_READWRITE, &m), E487);
+        }
+        release(t);
+    }
     check("s4 recommit after decommit reads zero", va((char *)a + 0x1000, 0x1000, MEM_COMMIT, PAGE_READWRITE, &m) == 0 && all_zero((char *)a + 0x1000, PAGE), 1);
     check("s4 MEM_DECOMMIT size 0 at +0xffe (base page) S_OK", vf((char *)a + 0xffe, 0, MEM_DECOMMIT), 0);
     vq(a, &mbi);
@@ -914,6 +966,37 @@ static void t_protect(void) {
 }
 
 /* ================= VirtualQuery (win32 §6, host §4) ================= */
+/* Walks all of user space with VirtualQuery and checks the region invariants of s6. */
+static void walk_user_space(void) {
+    MEMORY_BASIC_INFORMATION mbi, prev;
+    uint64_t addr = 0, end = S->max_application_address + 1;
+    int n = 0, tiles = 1, free_adj = 0, same_adj = 0, free_fields = 0, resv_prot = 0, crosses = 0;
+    memset(&prev, 0, sizeof prev);
+    while (addr < end && n < 20000) {
+        if (vq((void *)addr, &mbi) != 0 || mbi.BaseAddress != addr || mbi.RegionSize == 0 || (mbi.RegionSize & 0xFFF)) {
+            tiles = 0;
+            break;
+        }
+        if (mbi.BaseAddress + mbi.RegionSize > end) crosses++;
+        if (mbi.State == MEM_FREE) {
+            if (mbi.AllocationBase || mbi.AllocationProtect || mbi.Type || mbi.Protect != PAGE_NOACCESS) free_fields++;
+            if (n && prev.State == MEM_FREE) free_adj++;
+        } else {
+            if (mbi.State == MEM_RESERVE && mbi.Protect != 0) resv_prot++;
+            if (n && prev.State != MEM_FREE && prev.AllocationBase == mbi.AllocationBase && prev.State == mbi.State && prev.Protect == mbi.Protect) same_adj++;
+        }
+        prev = mbi;
+        addr += mbi.RegionSize;
+        n++;
+    }
+    info("regions in user space", (uint64_t)n);
+    check("s6 walk: regions tile user space exactly up to max_application_address + 1", tiles && addr == end && crosses == 0, 1);
+    check("s6 walk: no two adjacent free regions (a free region runs to the next allocation)", free_adj, 0);
+    check("s6 walk: adjacent regions of one allocation differ in State or Protect (maximal runs)", same_adj, 0);
+    check("s6 walk: free regions: AllocationBase 0, AllocationProtect 0, Type 0, Protect NOACCESS", free_fields, 0);
+    check("s6 walk: reserved regions report Protect 0", resv_prot, 0);
+}
+
 #define RQ 0x304000000000ull
 static void t_query(void) {
     MEMORY_BASIC_INFORMATION mbi;
@@ -972,6 +1055,13 @@ static void t_query(void) {
     check("s6 runs re-merge once attributes equalise (0x10000)", mbi.RegionSize, GRAN);
     vq((char *)a + 0x2345, &mbi);
     check("s6 query in the middle of a run: RegionSize from its page", mbi.RegionSize, GRAN - 0x2000);
+    /* a fully decommitted allocation is one reserved region whatever the former protections */
+    vp((char *)a + 0x3000, 0x2000, PAGE_EXECUTE_READ, &old);
+    vp((char *)a + 0x8000, 0x1000, PAGE_NOACCESS, &old);
+    vf(a, GRAN, MEM_DECOMMIT);
+    vq((char *)a + 0x1000, &mbi);
+    check("s6 after decommit of mixed protections: one reserved region (0xF000, Protect 0)", mbi.State == MEM_RESERVE && mbi.RegionSize == GRAN - PAGE && mbi.Protect == 0, 1);
+    va(a, GRAN, MEM_COMMIT, PAGE_READWRITE, &m);
     /* adjacent allocations never merge */
     a2 = 0;
     va((void *)(RQ + GRAN), GRAN, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, &a2);
@@ -1003,6 +1093,7 @@ static void t_query(void) {
     check("h9 order: pResult NULL + short length -> E_POINTER", (uint32_t)V->VirtualQuery(H, a, &mbi, 1, 0), EPTR);
     check("h9 order: short length + lpBuffer NULL -> 24 (validation before lpBuffer)", (uint32_t)V->VirtualQuery(H, a, 0, 1, &r), E24);
     check("h9 order: beyond user space + lpBuffer NULL -> 87", (uint32_t)V->VirtualQuery(H, NONCANON, 0, 48, &r), E87);
+    walk_user_space();
     release(a);
     release(a2);
     /* the image and the host pages */
@@ -1177,6 +1268,11 @@ static void t_guard(void) {
     /* reserved page of a GUARD reservation: plain access violation */
     rd8(c + 0x8000);
     check("s8 reserved page of a GUARD reservation: access violation, no guard exception", g_guard_count == 0 && g_av_count == 1 && g_av_access == 0 && g_av_addr == (uint64_t)c + 0x8000, 1);
+    /* reserved page whose earlier commit had GUARD */
+    vf(c + 0x5000, PAGE, MEM_DECOMMIT);
+    rd8(c + 0x5000);
+    check("s8 decommitted former guard page: access violation, no guard exception", g_guard_count == 0 && g_av_count == 1, 1);
+    va(c + 0x5000, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, &m);
     /* free page */
     rd8((void *)0x3FD000000000ull);
     check("s8 free page read: access violation", g_av_count == 1 && g_av_addr == 0x3FD000000000ull, 1);
@@ -1297,6 +1393,38 @@ static void t_fine(void) {
                      : "rax", "memory");
     g_probing = 0;
     check("h9 int 0x80 (not user-callable) raises 0xC0000005", g_av_count == 1 && g_av_code == STATUS_ACCESS_VIOLATION, 1);
+    rd8((void *)0x3FA000000000ull);
+    check("h8 handler runs below the faulting rsp minus 128 bytes", g_av_count == 1 && g_h_sp < g_ctx_rsp - 128, 1);
+    check("h9 handler entered as at a call (its frame pointer is 16-byte aligned)", g_h_frame & 15, 0);
+    check("h9 handler entered with DF = 0", g_h_rflags & 0x400, 0);
+    check("h9 context rflags has IF = 1", g_ctx_rflags & 0x200, 0x200);
+}
+
+/* Run only when the test image patches the mode marker to DF (tests/conformance.rs): a fault
+ * raised with DF set. Kept apart because a kernel that does not clear DF on exception entry can
+ * crash on it, which would take every other result with it. */
+static void t_fault_with_df(void) {
+    uint64_t after = 0, rax;
+    area("fault-with-df");
+    __asm__ volatile("std\n\tsyscall\n\tcld" : "=a"(rax) : "a"(0x7FFF1234ull) : "rcx", "r11", "memory");
+    check("h9 a stray syscall with DF set returns E_NOTIMPL (and the kernel survives)", (uint32_t)rax, 0x80004001u);
+    probe_reset();
+    __asm__ volatile("lea 1f(%%rip), %%rax\n\t"
+                     "mov %%rax, %[res]\n\t"
+                     "std\n\t"
+                     "movb (%[p]), %%al\n"
+                     "1:\n\t"
+                     "pushfq\n\t"
+                     "pop %[fl]\n\t"
+                     "cld\n"
+                     : [res] "=m"(g_resume), [fl] "=r"(after)
+                     : [p] "r"(0x3FA000000000ull)
+                     : "rax", "memory");
+    g_probing = 0;
+    check("h9 fault with DF set: delivered to the handler", g_av_count, 1);
+    check("h9 ... handler entered with DF = 0", g_h_rflags & 0x400, 0);
+    check("h9 ... context shows DF as set at the fault", g_ctx_rflags & 0x400, 0x400);
+    check("h9 ... resume keeps DF as set and IF = 1", after & 0x600, 0x600);
 }
 
 /* ================= memory load and critical levels (host §5) ================= */
@@ -1330,6 +1458,8 @@ static void t_levels(void) {
     check("h5 eTaskCritical: one more page -> E_OUTOFMEMORY", val(0, 2 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &m), EOOM);
     V->GetMemoryLoad(H, &load, &avail);
     check("h5 GetMemoryLoad available ~0 at the reserve", avail < PAGE, 1);
+    check("h5 recommitting committed pages at eTaskCritical needs no new charge (S_OK at the reserve)",
+          p1 ? val(p1, 4 * PAGE, MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &m) : 1, 0);
     half = (ci.critical_reserve / 2) & ~0xFFFull;
     check("h5 eAppDomainCritical: more than half the reserve -> E_OUTOFMEMORY", val(0, half + 2 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eAppDomainCritical, &m), EOOM);
     check("h5 eAppDomainCritical: half the reserve S_OK", val(0, half - PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eAppDomainCritical, &p2), 0);
@@ -1441,6 +1571,22 @@ static void t_malloc(void) {
     check("h6 ... *ppMem NULL", (uint64_t)p, 0);
     p = (void *)1;
     check("h6 Alloc(~0) -> E_OUTOFMEMORY", (uint32_t)mv->Alloc(hm, ~0ull, eTaskCritical, &p), EOOM);
+    {
+        HOST_COMMIT_INFO ci;
+        S->query_commit(&ci);
+        p = (void *)1;
+        check("h6 Alloc(more than the commit limit) -> E_OUTOFMEMORY", (uint32_t)mv->Alloc(hm, ci.commit_limit + MIB, eTaskCritical, &p), EOOM);
+        check("h6 ... *ppMem NULL", (uint64_t)p, 0);
+    }
+    p = 0;
+    check("h6 Alloc(1 MiB) S_OK, 16-byte aligned", mv->Alloc(hm, MIB, eTaskCritical, &p) == 0 && p && ((uint64_t)p & 15) == 0, 1);
+    if (p) {
+        memset(p, 0x5A, MIB);
+        check("h6 ... Free S_OK", (uint32_t)mv->Free(hm, p), 0);
+    }
+    p = 0;
+    check("h3 IHostMalloc QueryInterface(IUnknown) S_OK, same object", mv->QueryInterface(hm, &IID_IUnknown, &p) == 0 && p == hm, 1);
+    if (p) mv->Release(hm);
     p = 0;
     check("h6 DebugAlloc S_OK, 16-byte aligned", mv->DebugAlloc(hm, 40, eTaskCritical, (char *)"conformance.c", 42, &p) == 0 && p && ((uint64_t)p & 15) == 0, 1);
     check("h6 Free(DebugAlloc block) S_OK", (uint32_t)mv->Free(hm, p), 0);
@@ -1469,6 +1615,7 @@ static void t_malloc(void) {
     if (hx) {
         hr = (uint32_t)hx->lpVtbl->Alloc(hx, 64, eTaskCritical, &px);
         if (hr == 0 && px) {
+            check("h6 MALLOC_EXECUTABLE heap block 16-byte aligned", (uint64_t)px & 15, 0);
             memcpy(px, ret42, sizeof ret42);
             check("h6 MALLOC_EXECUTABLE heap runs code", exec_at(px), 42);
         } else
@@ -1556,6 +1703,8 @@ static void t_notify(void) {
         release(pa);
         check("h5 back above the high threshold: one call, eMemoryAvailableHigh", cb1.calls == 4 && cb1.last == eMemoryAvailableHigh, 1);
     }
+    check("h5 registering the same callback again S_OK", (uint32_t)V->RegisterMemoryNotificationCallback(H, &cb1.iface), 0);
+    check("h5 ... still one reference held (refcount 2)", cb1.refs, 2);
     /* replace, unregister */
     check("h5 register a second callback S_OK", (uint32_t)V->RegisterMemoryNotificationCallback(H, &cb2.iface), 0);
     check("h5 ... the old one is Released (refcount 1)", cb1.refs, 1);
@@ -1596,6 +1745,11 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     pregrow_stack();
     veh = S->add_vectored_exception_handler(1, handler);
     g_start_committed = committed_now();
+    if (g_mode[17] == 'D') {
+        t_fault_with_df();
+        S->remove_vectored_exception_handler(veh);
+        return summary();
+    }
 
     t_services();
     t_com();
@@ -1605,6 +1759,7 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     t_commit();
     t_reset();
     t_placement();
+    t_scale();
     t_free();
     t_protect();
     t_query();
