@@ -60,6 +60,7 @@ step() { echo "==> $*" >&2; }
   echo "cores: $(nproc)"
   if grep -qw hypervisor /proc/cpuinfo; then echo "machine: a virtual machine (CPUID hypervisor bit set)"; else echo "machine: bare metal"; fi
   echo "os: $(uname -sr)"
+  echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-minute load averages; other work on the machine slows every column)"
   echo "qemu: $(qemu-system-x86_64 --version 2>/dev/null | head -1 || echo not installed)"
   echo "rustc: $(cd "$root" && rustc --version 2>/dev/null || echo unknown)"
   echo "cc: $(cc --version 2>/dev/null | head -1 || echo not installed)"
@@ -152,6 +153,7 @@ else
   echo "not available: not run (report.sh without --kvm)" > "$raw/kernel-kvm.txt"
 fi
 
+echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/env.txt"
 step "writing $out/report.md and $out/chart.svg"
 python3 "$here/report.py" "$raw" "$out"
 echo "$out/report.md"
