@@ -146,7 +146,50 @@ static volatile uint64_t g_av_count, g_av_access, g_av_addr, g_av_code;
 static volatile uint64_t g_guard_count, g_guard_access, g_guard_addr;
 static volatile uint64_t g_h_rflags, g_h_sp, g_h_frame, g_ctx_rsp, g_ctx_rflags;
 
+/* safe_call6(fn, a1..a6): calls fn(a1..a6); if an access violation happens before it returns,
+ * the handler resumes at safe_recover, which returns SAFE_CRASHED from safe_call6 with the
+ * callee-saved registers and rsp of the call restored. Used for host code that runs in ring 3
+ * (IHostMalloc) given hostile pointers, so that a fault there fails one check, not the guest. */
+#define SAFE_CRASHED 0xDEADDEADu
+__attribute__((visibility("hidden"))) uint64_t g_jb[8];
+__attribute__((visibility("hidden"))) volatile uint64_t g_safe;
+uint64_t safe_call6(void *fn, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6);
+void safe_recover(void);
+__asm__(".text\n"
+        ".globl safe_call6\n.hidden safe_call6\n.type safe_call6,@function\n"
+        "safe_call6:\n"
+        "  lea g_jb(%rip), %rax\n"
+        "  mov %rbx, 0(%rax)\n  mov %rbp, 8(%rax)\n  mov %r12, 16(%rax)\n"
+        "  mov %r13, 24(%rax)\n  mov %r14, 32(%rax)\n  mov %r15, 40(%rax)\n"
+        "  mov %rsp, 48(%rax)\n"
+        "  movq $1, g_safe(%rip)\n"
+        "  mov %rdi, %r11\n  mov %rsi, %rdi\n  mov %rdx, %rsi\n  mov %rcx, %rdx\n"
+        "  mov %r8, %rcx\n  mov %r9, %r8\n  mov 8(%rsp), %r9\n"
+        "  sub $8, %rsp\n"
+        "  call *%r11\n"
+        "  add $8, %rsp\n"
+        "  movq $0, g_safe(%rip)\n"
+        "  ret\n"
+        ".globl safe_recover\n.hidden safe_recover\n.type safe_recover,@function\n"
+        "safe_recover:\n"
+        "  lea g_jb(%rip), %rcx\n"
+        "  mov 0(%rcx), %rbx\n  mov 8(%rcx), %rbp\n  mov 16(%rcx), %r12\n"
+        "  mov 24(%rcx), %r13\n  mov 32(%rcx), %r14\n  mov 40(%rcx), %r15\n"
+        "  mov 48(%rcx), %rsp\n"
+        "  movq $0, g_safe(%rip)\n"
+        "  mov $0xDEADDEAD, %eax\n"
+        "  ret\n");
+#define SAFE(fn, a1, a2, a3, a4, a5, a6) \
+    ((uint32_t)safe_call6((void *)(fn), (uint64_t)(a1), (uint64_t)(a2), (uint64_t)(a3), (uint64_t)(a4), (uint64_t)(a5), (uint64_t)(a6)))
+
 static int32_t handler(GUEST_EXCEPTION *e) {
+    if (g_safe && e->code == STATUS_ACCESS_VIOLATION) {
+        g_av_count++;
+        g_av_access = e->access;
+        g_av_addr = e->address;
+        e->context->rip = (uint64_t)safe_recover;
+        return EXCEPTION_CONTINUE_EXECUTION;
+    }
     if (e->code == STATUS_GUARD_PAGE_VIOLATION) {
         g_guard_count++;
         g_guard_access = e->access;
@@ -1096,6 +1139,30 @@ static void t_query(void) {
     walk_user_space();
     release(a);
     release(a2);
+    /* the guest's stack (h1): 1 MiB reserved, committed RW top, one PAGE_GUARD page below */
+    {
+        volatile int local = 0;
+        uint64_t base;
+        vq((void *)&local, &mbi);
+        base = mbi.AllocationBase;
+        check("h1 stack: committed READWRITE, MEM_PRIVATE", mbi.State == MEM_COMMIT && mbi.Protect == PAGE_READWRITE && mbi.Type == MEM_PRIVATE, 1);
+        vq((void *)base, &mbi);
+        check("h1 stack: bottom of the reservation is reserved", mbi.State, MEM_RESERVE);
+        vq((void *)(base + mbi.RegionSize), &mbi);
+        check("h1 stack: a single PAGE_GUARD page above the reserved part", mbi.State == MEM_COMMIT && mbi.Protect == (PAGE_READWRITE | PAGE_GUARD) && mbi.RegionSize == PAGE, 1);
+        vq((void *)(mbi.BaseAddress + PAGE), &mbi);
+        check("h1 stack: committed READWRITE from there to the top, 1 MiB in all", mbi.Protect == PAGE_READWRITE && mbi.BaseAddress + mbi.RegionSize - base == MIB, 1);
+        (void)local;
+    }
+    {
+        uint8_t *ro = (uint8_t *)((uint64_t)rodata_page & ~0xFFFull);
+        check("h9 image page VirtualProtect READONLY -> READWRITE", vp(ro, 1, PAGE_READWRITE, &old) == 0 && old == PAGE_READONLY, 1);
+        wr8(ro + 8, rd8(ro + 8));
+        check("h9 ... then writable", g_av_count, 0);
+        check("h9 ... and back to READONLY", vp(ro, 1, PAGE_READONLY, &old) == 0 && old == PAGE_READWRITE, 1);
+        wr8(ro + 8, 0);
+        check("h9 ... then a write faults again", g_av_count, 1);
+    }
     /* the image and the host pages */
     vq((void *)guest_main, &mbi);
     check("h9 image: Type MEM_IMAGE", mbi.Type, MEM_IMAGE);
@@ -1142,6 +1209,9 @@ static void t_write_watch(void) {
                                                  (uint64_t)addrs[2] == (uint64_t)c + 0x7000 && (uint64_t)addrs[3] == (uint64_t)c + 0x8000, 1);
     vq(w, &mbi);
     check("s6 dirty bits do not split a VirtualQuery run", mbi.RegionSize, GRAN);
+    count = 2;
+    check("s7 count 2 with 4 dirty pages -> 0", S->get_write_watch(0, w, GRAN, addrs, &count, &gran), 0);
+    check("s7 ... returns the first 2 (count 2)", count == 2 && (uint64_t)addrs[1] == (uint64_t)c + 0x5000, 1);
     count = 1;
     check("s7 RESET with count 1 -> 0", S->get_write_watch(WRITE_WATCH_FLAG_RESET, w, GRAN, addrs, &count, &gran), 0);
     check("s7 ... returns the first dirty page only", count == 1 && (uint64_t)addrs[0] == (uint64_t)c + 0x1000, 1);
@@ -1209,6 +1279,8 @@ static void t_write_watch(void) {
     check("s7 granularity pointer NULL -> 998", S->get_write_watch(0, w, GRAN, addrs, &count, 0), ERROR_NOACCESS);
     count = 32;
     check("s7 addresses NULL with *count > 0 -> 998", S->get_write_watch(0, w, GRAN, 0, &count, &gran), ERROR_NOACCESS);
+    count = 32;
+    check("s7 addresses array read-only -> 998", S->get_write_watch(0, w, GRAN, (void **)rodata_page, &count, &gran), ERROR_NOACCESS);
     check("s7 count pointer read-only -> 998", S->get_write_watch(0, w, GRAN, addrs, (uint64_t *)rodata_page, &gran), ERROR_NOACCESS);
     check("s7 reset_write_watch size 0 -> 87", S->reset_write_watch(w, 0), ERROR_INVALID_PARAMETER);
     check("s7 reset_write_watch on a region without MEM_WRITE_WATCH -> 87", S->reset_write_watch(n, GRAN), ERROR_INVALID_PARAMETER);
@@ -1367,6 +1439,25 @@ static void t_hresults(void) {
     check("h9 ... retry S_OK, old = RW", vp(a, PAGE, PAGE_READONLY, (DWORD *)g) == 0 && *(DWORD *)g == PAGE_READWRITE, 1);
     release(a);
     release(g);
+    /* an out-buffer that straddles into a non-writable or guard page: nothing is written */
+    {
+        char *two = reserve(2 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+        if (two) {
+            SIZE_T rr = 9;
+            memset(two + PAGE - 16, 0x5C, 16);
+            vp(two + PAGE, PAGE, PAGE_READONLY, &old);
+            check("h4 VirtualQuery lpBuffer straddling into a READONLY page -> 998", (uint32_t)V->VirtualQuery(H, (void *)rodata_page, two + PAGE - 16, 48, &rr), E998);
+            check("h4 ... nothing written to the writable part", all_zero(two + PAGE - 16, 16) == 0 && two[PAGE - 16] == 0x5C && two[PAGE - 1] == 0x5C, 1);
+            vp(two + PAGE, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
+            check("h9 VirtualQuery lpBuffer straddling into a guard page -> 0x80000001", (uint32_t)V->VirtualQuery(H, (void *)rodata_page, two + PAGE - 16, 48, &rr), GUARDV);
+            check("h9 ... nothing written to the writable part", two[PAGE - 16] == 0x5C && two[PAGE - 1] == 0x5C, 1);
+            vp(two + PAGE, PAGE, PAGE_READONLY, &old);
+            c0 = committed_now();
+            check("h4 ppMem straddling into a READONLY page -> 998", va(0, PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, (void **)(two + PAGE - 4)), E998);
+            check("h4 ... nothing allocated or charged", committed_now() == c0 && two[PAGE - 4] == 0x5C, 1);
+            release(two);
+        }
+    }
     /* pointers into non-writable guest memory: 998 and nothing changes */
     a = reserve(PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READONLY);
     c0 = committed_now();
@@ -1604,6 +1695,27 @@ static void t_malloc(void) {
         check("h6 Free of another heap's block -> E_INVALIDARG", (uint32_t)mv->Free(hm, o), E87);
         check("h6 ... the other heap can still free it", (uint32_t)ht->lpVtbl->Free(ht, o), 0);
     }
+    /* hostile pointers into the ring-3 heap code: E_INVALIDARG / 998, never a fault */
+    check("h6 Free of an unmapped address -> E_INVALIDARG", SAFE(mv->Free, hm, 0x3F9000000000ull, 0, 0, 0, 0), E87);
+    check("h6 Free of a kernel address -> E_INVALIDARG", SAFE(mv->Free, hm, KERNEL_ADDR, 0, 0, 0, 0), E87);
+    check("h6 Free of a non-canonical address -> E_INVALIDARG", SAFE(mv->Free, hm, NONCANON, 0, 0, 0, 0), E87);
+    check("h6 Free of a block + 1 -> E_INVALIDARG", SAFE(mv->Free, hm, (char *)blocks[5] + 1, 0, 0, 0, 0), E87);
+    check("h6 Free of a page start just past a block -> E_INVALIDARG", SAFE(mv->Free, hm, ((uint64_t)blocks[6] + 0x2000) & ~0xFFFull, 0, 0, 0, 0), E87);
+    check("h6 Free of our read-only data -> E_INVALIDARG", SAFE(mv->Free, hm, rodata_page + 16, 0, 0, 0, 0), E87);
+    {
+        void *na = reserve(2 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_NOACCESS);
+        check("h6 Free of a pointer into a NOACCESS page -> E_INVALIDARG", SAFE(mv->Free, hm, (char *)na + 0x1010, 0, 0, 0, 0), E87);
+        release(na);
+    }
+    check("h4 Alloc ppMem read-only -> 998", SAFE(mv->Alloc, hm, 16, eTaskCritical, rodata_page, 0, 0), E998);
+    check("h4 Alloc ppMem unmapped -> 998", SAFE(mv->Alloc, hm, 16, eTaskCritical, 0x3F9000000000ull, 0, 0), E998);
+    check("h4 Alloc ppMem kernel address -> 998", SAFE(mv->Alloc, hm, 16, eTaskCritical, KERNEL_ADDR, 0, 0), E998);
+    check("h9 IHostMalloc bad this (kernel address) -> 998", SAFE(mv->Alloc, KERNEL_ADDR, 16, eTaskCritical, &p, 0, 0), E998);
+    check("h9 IHostMalloc bad this (unmapped) -> 998", SAFE(mv->Free, 0x3F9000000000ull, 0, 0, 0, 0, 0), E998);
+    check("h4 IHostMalloc QueryInterface ppv NULL -> E_POINTER", SAFE(mv->QueryInterface, hm, &IID_IUnknown, 0, 0, 0, 0), EPTR);
+    check("h9 IHostMalloc QueryInterface riid NULL -> E_POINTER", SAFE(mv->QueryInterface, hm, 0, &p, 0, 0, 0), EPTR);
+    check("h9 IHostMalloc QueryInterface riid unreadable -> 998", SAFE(mv->QueryInterface, hm, KERNEL_ADDR, &p, 0, 0, 0), E998);
+    check("h4 DebugAlloc ppMem read-only -> 998", SAFE(mv->DebugAlloc, hm, 16, eTaskCritical, "x.c", 1, rodata_page), E998);
     blocks[1] = 0;
     for (bad = 0, i = 0; i < 8; i++)
         for (j = 0; blocks[i] && j < sizes[i]; j++)
