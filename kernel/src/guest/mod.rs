@@ -103,9 +103,21 @@ fn map_image(space: &Space, file: &[u8], image: &elf::GuestImage, pie_base: u64,
     Ok(image.entry.wrapping_add(bias))
 }
 
+/// Set by [`set_guest_args_for_test`]: the argument string instead of fw_cfg's.
+static GUEST_ARGS_OVERRIDE: spin::Mutex<Option<Vec<u8>>> = spin::Mutex::new(None);
+
+/// For QEMU test images, which cannot pass fw_cfg: guests loaded from now on get `args` as their
+/// argument string (an empty string is an empty argument string).
+pub fn set_guest_args_for_test(args: &str) {
+    *GUEST_ARGS_OVERRIDE.lock() = Some(args.as_bytes().to_vec());
+}
+
 /// The argument string every guest gets (`run-qemu.sh --guest-args "..."`, QEMU's fw_cfg file
-/// `opt/vmk/args`); empty without one.
+/// `opt/vmk/args`, or what a test set with [`set_guest_args_for_test`]); empty without one.
 pub fn guest_args() -> Vec<u8> {
+    if let Some(args) = GUEST_ARGS_OVERRIDE.lock().as_ref() {
+        return args.clone();
+    }
     static ARGS: spin::Once<Vec<u8>> = spin::Once::new();
     ARGS.call_once(|| {
         let mut a = crate::arch::fw_cfg::file("opt/vmk/args").unwrap_or_default();

@@ -387,25 +387,33 @@ impl Heap {
         // generation's free space plus what the host still lets us commit, free old space first.
         let used = self.ctx.cursor - self.nursery;
         if self.usable_free() < used {
+            let band = BAND.load(Ordering::SeqCst);
+            if band == memory_available::LOW || band == memory_available::NEUTRAL {
+                // The host said memory is not plentiful: free old space instead of committing.
+                self.collect(Reason::Notification);
+                return;
+            }
             let available = host().memory_load().map_or(0, |(_, a)| a as usize);
             if available < used - self.usable_free() + 2 * SEG {
-                // Memory is tight: with the host's low-memory notification in force that is the
-                // notification's collection, else an out-of-memory one.
-                let low = BAND.load(Ordering::SeqCst) == memory_available::LOW;
-                self.collect(if low { Reason::Notification } else { Reason::OutOfMemory });
+                self.collect(Reason::OutOfMemory);
                 return;
             }
         }
         let critical_before = self.stats.critical_commits;
         self.minor();
-        let low = BAND.load(Ordering::SeqCst) == memory_available::LOW;
-        if COLLECT_NOW.swap(false, Ordering::SeqCst) || (low && self.usable_free() < 2 * self.nursery_size) {
+        let band = BAND.load(Ordering::SeqCst);
+        let live = self.stats.live_after_major as usize;
+        if COLLECT_NOW.swap(false, Ordering::SeqCst) || (band == memory_available::LOW && self.usable_free() < 2 * self.nursery_size) {
             // Told that memory is low (now, or earlier and still so): collect the old
             // generation before it has to grow.
             self.major(Reason::Notification);
         } else if self.stats.critical_commits != critical_before {
             self.major(Reason::OutOfMemory);
-        } else if self.old_since_major > MIN_BUDGET.max(GROWTH * self.stats.live_after_major as usize) {
+        } else if band == memory_available::NEUTRAL && self.old_since_major > (2 * self.nursery_size).max(live / 2) {
+            // Memory is no longer plentiful (the host's neutral band): a tighter budget, so
+            // the heap grows by half its live size at most before a major collection.
+            self.major(Reason::Notification);
+        } else if self.old_since_major > MIN_BUDGET.max(GROWTH * live) {
             self.major(Reason::Budget);
         }
     }

@@ -430,6 +430,19 @@ fn print_stats(heap: &Heap) {
         Size(sys::MALLOC_BYTES.load(Ordering::Relaxed) as u64)
     );
     out!(
+        "gc-summary: minor={} major={} by_notification={} by_oom={} guest_commit_peak={} heap_commit_peak={} decommitted={} reset={} dirty_pages={} managed_oom={}\n",
+        s.minor,
+        s.major,
+        s.by_notification,
+        s.by_oom,
+        s.guest_committed_peak,
+        s.heap_committed_peak,
+        s.decommitted_bytes,
+        s.reset_bytes,
+        s.dirty_pages,
+        s.managed_oom
+    );
+    out!(
         "  managed stack   {} guard-page growths, {} stack overflows survived\n",
         stack::GROWTHS.load(Ordering::SeqCst),
         stack::OVERFLOWS.load(Ordering::SeqCst)

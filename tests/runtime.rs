@@ -1,0 +1,145 @@
+//! The bundled garbage-collected runtime (tests/guests/gc-runtime): its workloads at small sizes
+//! with checked results, the executable-heap stubs, a stack overflow it survives, and a run under
+//! memory pressure that finishes because it collects when the host's notifications say memory is
+//! low. Every frame comes back after each run.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+
+use kernel::console;
+use kernel::guest::{self, GuestOutcome, run_guest};
+use kernel::memory;
+use qemu_tests::{ensure, ensure_eq};
+
+fn frames() -> (u64, u64, u64, u64) {
+    memory::with_mm(|mm| (mm.frames.free_frames(), mm.frames.reserved_frames(), mm.charge.committed_pages(), mm.page_table_pages()))
+}
+
+/// Runs the bundled runtime with `args`, output captured; checks that every frame came back.
+fn run(args: &str) -> Result<(GuestOutcome, String), String> {
+    let runtime = kernel::bundled_guests().into_iter().find(|g| g.name == "gc-runtime").ok_or("gc-runtime is not bundled")?;
+    let before = frames();
+    guest::set_guest_args_for_test(args);
+    console::start_capture();
+    let outcome = run_guest(&runtime.name, &runtime.data);
+    let out = console::take_capture();
+    guest::set_guest_args_for_test("");
+    ensure_eq!(frames(), before);
+    Ok((outcome, out))
+}
+
+/// The value of `key=` on the runtime's `gc-summary:` line.
+fn summary(out: &str, key: &str) -> Result<u64, String> {
+    let line = out.lines().find(|l| l.starts_with("gc-summary:")).ok_or("no gc-summary line")?;
+    let pat = format!(" {key}=");
+    let at = line.find(&pat).ok_or(format!("no {key} in {line}"))? + pat.len();
+    let digits: String = line[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().map_err(|_| format!("bad {key} in {line}"))
+}
+
+fn passed(out: &str) -> Result<(), String> {
+    ensure!(!out.contains("FAILED"), "the runtime reported a failed check:\n{out}");
+    ensure!(out.contains(" passed, 0 failed"), "no summary line:\n{out}");
+    Ok(())
+}
+
+fn workloads_at_small_sizes_give_the_right_results() -> Result<(), String> {
+    let (outcome, out) = run("workload=all depth=10 size=2 iters=2000")?;
+    passed(&out)?;
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    // Binary trees: the closed forms, 2^(d+1) - 1 nodes per tree.
+    for line in [
+        "stretch tree of depth 11\t check: 4095",
+        "1024\t trees of depth 4\t check: 31744",
+        "64\t trees of depth 8\t check: 32704",
+        "16\t trees of depth 10\t check: 32752",
+        "long lived tree of depth 10\t check: 2047",
+        "ok long lived tree counted by the executable stub: 2047",
+        "ok mixed: long-lived records intact: 0",
+        "ok mixed: record checksum (executable stub vs expected)",
+        "ok heap verified after the final collection",
+        "ok empty segments decommitted",
+    ] {
+        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    ensure!(summary(&out, "minor")? > 0, "no minor collection");
+    ensure!(summary(&out, "major")? > 0, "no major collection");
+    ensure!(summary(&out, "decommitted")? > 0, "nothing decommitted");
+    ensure!(summary(&out, "reset")? > 0, "nothing reset");
+    ensure!(summary(&out, "dirty_pages")? > 0, "the write watch found no old-to-young stores");
+    // The address-space picture: the 64 GiB reservation and the guarded managed stack.
+    ensure!(out.contains("64.0 GiB  private"), "no 64 GiB row:\n{out}");
+    ensure!(out.lines().any(|l| l.contains("managed thread stack") && l.contains("g") && l.contains("RW+G")), "no guarded managed stack row:\n{out}");
+    Ok(())
+}
+
+fn executable_heap_stubs_run() -> Result<(), String> {
+    let (outcome, out) = run("workload=stubs")?;
+    passed(&out)?;
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    for line in [
+        "ok executable stub: checksum of 1000 words",
+        "ok executable stub: bump allocation",
+        "ok executable stub: bump refuses what does not fit",
+        "ok executable stub: recursive node count: 0x3",
+    ] {
+        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    ensure!(out.lines().any(|l| l.contains("MALLOC_EXECUTABLE heap") && l.contains("RWX")), "no executable heap row:\n{out}");
+    Ok(())
+}
+
+fn stack_overflow_is_a_managed_exception_the_runtime_survives() -> Result<(), String> {
+    let (outcome, out) = run("workload=stackoverflow vmmap=0")?;
+    passed(&out)?;
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    for line in [
+        "ok stack overflow is a managed exception: round 1: Err(StackOverflow)",
+        "ok stack overflow is a managed exception: round 2: Err(StackOverflow)",
+        "ok guard page re-armed",
+        "ok the runtime still works after surviving the overflows",
+        "2 stack overflows survived",
+    ] {
+        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    Ok(())
+}
+
+/// Pages of the commit limit for the pressure run: about two thirds of what the same workload commits
+/// at its peak when nothing limits it (checked below).
+const PRESSURE_LIMIT_PAGES: u64 = 22 << 8;
+
+fn memory_pressure_is_survived_by_collecting_on_notifications() -> Result<(), String> {
+    let args = "workload=mixed size=8 iters=8000 vmmap=0";
+    // Unconstrained, the heap grows well beyond the limit used next.
+    let (outcome, out) = run(args)?;
+    passed(&out)?;
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    let wanted = summary(&out, "guest_commit_peak")?;
+    ensure!(wanted > PRESSURE_LIMIT_PAGES * 4096 * 4 / 3, "unconstrained peak {wanted} is not well above the limit");
+    // Limited: it finishes correctly, because it collects when told memory is low.
+    ensure!(memory::set_commit_limit(PRESSURE_LIMIT_PAGES), "could not set the commit limit");
+    let result = run(args);
+    ensure!(memory::set_commit_limit(u64::MAX), "could not restore the commit limit");
+    let (outcome, out) = result?;
+    passed(&out)?;
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    ensure!(out.contains("ok mixed: long-lived records intact: 0"), "records damaged:\n{out}");
+    let by_notification = summary(&out, "by_notification")?;
+    ensure!(by_notification > 0, "no collection caused by a notification:\n{out}");
+    ensure!(out.contains(&format!("collections caused by notifications: {by_notification}")), "no notification count line:\n{out}");
+    ensure!(summary(&out, "guest_commit_peak")? <= PRESSURE_LIMIT_PAGES * 4096, "committed beyond the limit");
+    ensure_eq!(summary(&out, "managed_oom")?, 0);
+    Ok(())
+}
+
+kernel::kernel_test_image!(
+    workloads_at_small_sizes_give_the_right_results,
+    executable_heap_stubs_run,
+    stack_overflow_is_a_managed_exception_the_runtime_survives,
+    memory_pressure_is_survived_by_collecting_on_notifications
+);
