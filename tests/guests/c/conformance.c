@@ -144,6 +144,10 @@ static uint64_t g_resume;
 static volatile int g_probing;
 static volatile uint64_t g_av_count, g_av_access, g_av_addr, g_av_code;
 static volatile uint64_t g_guard_count, g_guard_access, g_guard_addr;
+static volatile int g_nested;
+static volatile uint64_t g_nested_size, g_nested_delta;
+static void *g_nested_mem;
+static volatile int *g_nested_calls;
 static volatile uint64_t g_h_rflags, g_h_sp, g_h_frame, g_ctx_rsp, g_ctx_rflags;
 
 /* safe_call6(fn, a1..a6): calls fn(a1..a6); if an access violation happens before it returns,
@@ -195,6 +199,12 @@ static int32_t handler(GUEST_EXCEPTION *e) {
         g_guard_access = e->access;
         g_guard_addr = e->address;
         return EXCEPTION_CONTINUE_EXECUTION; /* the retry succeeds (or faults on the base protection) */
+    }
+    if (g_probing && e->code == STATUS_ACCESS_VIOLATION && g_nested) {
+        int before = *g_nested_calls;
+        g_nested = 0;
+        val(0, g_nested_size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eProcessCritical, &g_nested_mem);
+        g_nested_delta = (uint64_t)(*g_nested_calls - before);
     }
     if (g_probing && e->code == STATUS_ACCESS_VIOLATION) {
         uint64_t fl;
@@ -355,6 +365,12 @@ static void t_com(void) {
     check("h9 bad this -> 998", (uint32_t)V->VirtualFree((IHostMemoryManager *)KERNEL_ADDR, 0, 0, MEM_RELEASE), E998);
     check("h9 count unchanged by failed QueryInterface: AddRef -> 2", V->AddRef(H), 2);
     V->Release(H);
+    check("h9 Release of the last reference returns 0", V->Release(H), 0);
+    check("h9 ... the manager is not destroyed: AddRef -> 1", V->AddRef(H), 1);
+    {
+        MEMORY_BASIC_INFORMATION mbi;
+        check("h9 ... and still works", vq((void *)rodata_page, &mbi), 0);
+    }
 }
 
 /* ================= protection values (win32 §2) ================= */
@@ -597,6 +613,19 @@ static void t_reserve(void) {
     m = 0;
     check("s3.2 reserve where a released allocation was -> same address", va((void *)RB, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, &m) == 0 && m == (void *)RB, 1);
     release(m);
+    check("s1.1 reserve below 0x10000 -> 87", va((void *)0x8000, PAGE, MEM_RESERVE, PAGE_READWRITE, &m), E87);
+    {
+        MEMORY_BASIC_INFORMATION im;
+        uint64_t tail;
+        vq((void *)0x140000000ull, &im);
+        /* find the end of the image allocation */
+        tail = 0x140000000ull;
+        while (vq((void *)tail, &im) == 0 && im.State != MEM_FREE && im.AllocationBase == 0x140000000ull) tail = im.BaseAddress + im.RegionSize;
+        if (tail & 0xFFFF)
+            check("s3.2 reserve in the dead tail of the image -> 487", va((void *)tail, PAGE, MEM_RESERVE, PAGE_READWRITE, &m), E487);
+        else
+            info("image ends on a 64K boundary; no dead tail at", tail);
+    }
     check("h9 reserve over the guest image -> 487", va((void *)0x140000000ull, PAGE, MEM_RESERVE, PAGE_READWRITE, &m), E487);
     check("h9 reserve over the host pages -> 487", va((void *)((uint64_t)S & ~0xFFFFull), PAGE, MEM_RESERVE, PAGE_READWRITE, &m), E487);
     /* Big reservations: the whole user range is reservable; exhaustion is E_OUTOFMEMORY. */
@@ -1256,6 +1285,36 @@ static void t_write_watch(void) {
     count = 32;
     S->get_write_watch(0, w, GRAN, addrs, &count, &gran);
     check("s7 ... recommit does not dirty it", count, 0);
+    /* kernel-side writes count as writes */
+    {
+        SIZE_T rr;
+        S->reset_write_watch(w, GRAN);
+        V->VirtualQuery(H, (void *)rodata_page, c + 0xC000, 48, &rr);
+        count = 32;
+        S->get_write_watch(0, w, GRAN, addrs, &count, &gran);
+        check("s7 a host write (VirtualQuery into the buffer) marks the page", count == 1 && (uint64_t)addrs[0] == (uint64_t)c + 0xC000, 1);
+    }
+    /* out-pointers of get_write_watch in a guard page */
+    {
+        uint64_t *gp = (uint64_t *)(c + 0xD000);
+        vp(gp, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
+        check("h9 get_write_watch count in a guard page -> 0x80000001", S->get_write_watch(0, w, GRAN, addrs, gp, &gran), GUARDV);
+        vq(gp, &mbi);
+        check("h9 ... the page lost its guard bit", mbi.Protect, PAGE_READWRITE);
+        vp(gp, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
+        count = 32;
+        check("h9 get_write_watch addresses in a guard page -> 0x80000001", S->get_write_watch(0, w, GRAN, (void **)gp, &count, &gran), GUARDV);
+        vp(gp, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
+        count = 32;
+        check("h9 get_write_watch granularity in a guard page -> 0x80000001", S->get_write_watch(0, w, GRAN, addrs, &count, (uint32_t *)gp), GUARDV);
+        vp(gp, PAGE, PAGE_READWRITE, &old);
+        *gp = 32;
+        check("h9 ... retry succeeds", S->get_write_watch(0, w, GRAN, addrs, gp, &gran), 0);
+    }
+    n = reserve(GRAN, MEM_RESERVE | MEM_COMMIT | MEM_WRITE_WATCH, PAGE_READWRITE);
+    count = 32;
+    check("s7 RESERVE|COMMIT|WRITE_WATCH: fresh committed pages are not dirty", n ? (S->get_write_watch(0, n, GRAN, addrs, &count, &gran) == 0 && count == 0) : 0, 1);
+    release(n);
     /* errors */
     n = reserve(GRAN, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
     count = 32;
@@ -1617,6 +1676,15 @@ static void t_malloc(void) {
     check("h6 CreateMalloc flags 0xFFFFFFFF -> E_INVALIDARG", (uint32_t)V->CreateMalloc(H, 0xFFFFFFFFu, &hm), E87);
     check("h4 CreateMalloc ppMalloc NULL -> E_POINTER", (uint32_t)V->CreateMalloc(H, 0, 0), EPTR);
     check("h4 CreateMalloc ppMalloc read-only -> 998", (uint32_t)V->CreateMalloc(H, 0, (IHostMalloc **)rodata_page), E998);
+    {
+        void **g = reserve(PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD);
+        if (g) {
+            uint64_t c1 = committed_now();
+            check("h9 CreateMalloc ppMalloc in a guard page -> 0x80000001", (uint32_t)V->CreateMalloc(H, 0, (IHostMalloc **)g), GUARDV);
+            check("h9 ... nothing created (charge unchanged)", committed_now(), c1);
+            release(g);
+        }
+    }
     hm = 0;
     hr = (uint32_t)V->CreateMalloc(H, 0, &hm);
     check("h6 CreateMalloc(0) S_OK", hr, 0);
@@ -1833,6 +1901,23 @@ static void t_notify(void) {
         val(0, (f0 - fN) & ~0xFFFull, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eProcessCritical, &pa);
         release(pa);
         check("h5 after unregistering: band changes call nothing", (uint64_t)(cb1.calls + cb2.calls - before), 0);
+    }
+    /* a band change made inside an exception handler: the callback must not run during the handler */
+    S->query_commit(&ci);
+    f0 = ci.commit_limit - ci.committed;
+    if (f0 > ci.high_threshold + PAGE && ci.high_threshold > ci.low_threshold + 4 * PAGE &&
+        V->RegisterMemoryNotificationCallback(H, &cb1.iface) == 0) {
+        int c_before = cb1.calls;
+        fN = ((ci.low_threshold + ci.high_threshold) / 2) & ~0xFFFull;
+        g_nested_size = (f0 - fN) & ~0xFFFull;
+        g_nested_calls = &cb1.calls;
+        g_nested_mem = 0;
+        g_nested = 1;
+        rd8((void *)0x3F8000000000ull);
+        check("h9 band change inside an exception handler: the callback is not entered during the handler", g_nested_mem != 0 && g_nested_delta == 0, 1);
+        release(g_nested_mem);
+        V->RegisterMemoryNotificationCallback(H, 0);
+        info("callback calls after the nested band change and its release", (uint64_t)(cb1.calls - c_before));
     }
     check("h9 Register a bad callback pointer -> 998", (uint32_t)V->RegisterMemoryNotificationCallback(H, (ICLRMemoryNotificationCallback *)KERNEL_ADDR), E998);
     V->RegisterMemoryNotificationCallback(H, 0);
