@@ -631,6 +631,14 @@ static void t_reserve(void) {
     /* Big reservations: the whole user range is reservable; exhaustion is E_OUTOFMEMORY. */
     m = 0;
     check("h9 reserve 64 TiB at NULL", va(0, 0x400000000000ull, MEM_RESERVE, PAGE_NOACCESS, &m), 0);
+    if (m) {
+        vq((char *)m + 0x123456789000ull, &mbi);
+        check("s6 ... one reserved region of 64 TiB (queried in the middle)", mbi.State == MEM_RESERVE && mbi.AllocationBase == (uint64_t)m &&
+                  mbi.BaseAddress + mbi.RegionSize == (uint64_t)m + 0x400000000000ull, 1);
+    }
+    release(m);
+    m = 0;
+    check("s3.5 MEM_TOP_DOWN with an address: placed at that address", va((void *)(RB + 0x7000000), GRAN, MEM_RESERVE | MEM_TOP_DOWN, PAGE_READWRITE, &m) == 0 && m == (void *)(RB + 0x7000000), 1);
     release(m);
     m = (void *)1;
     check("s3.2 address-space exhaustion -> E_OUTOFMEMORY", va(0, S->max_application_address - 0x20000, MEM_RESERVE, PAGE_NOACCESS, &m), EOOM);
@@ -682,6 +690,7 @@ static void t_commit(void) {
     check("h9 ... *ppMem NULL", (uint64_t)m, 0);
     vq((char *)r + 0xF000, &mbi);
     check("s3.3 ... nothing committed", mbi.State, MEM_RESERVE);
+    check("s3.1 commit with a wrapping size -> 87", va((char *)r + 0x1000, ~0ull - 0x1000, MEM_COMMIT, PAGE_READWRITE, &m), E87);
     check("s3.3 commit in free memory -> 487", va((void *)(RC + 0x100000), 0x1000, MEM_COMMIT, PAGE_READWRITE, &m), E487);
     vf(r, 0, MEM_DECOMMIT);
     check("h9 decommit returns the charge", committed_now(), c0);
@@ -813,6 +822,7 @@ static void t_placement(void) {
         vq(m, &mbi);
         check("s3.5 ... committed read/write, RegionSize 2 MiB", mbi.State == MEM_COMMIT && mbi.Protect == PAGE_READWRITE && mbi.RegionSize == 2 * MIB, 1);
         check("s3.5 ... reads zero", all_zero(m, 2 * MIB), 1);
+        check("h9 ... charged 2 MiB", committed_now() - c0, 2 * MIB);
         ((volatile uint8_t *)m)[0] = 1;
         ((volatile uint8_t *)m)[2 * MIB - 1] = 2;
         check("s3.5 ... writable first and last byte", ((volatile uint8_t *)m)[0] + ((volatile uint8_t *)m)[2 * MIB - 1], 3);
@@ -899,6 +909,7 @@ static void t_free(void) {
     vq((char *)a + 0x3000, &mbi);
     check("s4 ... page after still committed", mbi.State, MEM_COMMIT);
     check("h9 ... charge returned (0x2000)", c0 - committed_now(), 0x2000);
+    check("s4 MEM_DECOMMIT with a wrapping size -> 87", vf((char *)a + 0x1000, ~0ull, MEM_DECOMMIT), E87);
     check("s4 MEM_DECOMMIT past the allocation end -> 87", vf((char *)a + 0xF000, 0x2000, MEM_DECOMMIT), E87);
     check("s4 MEM_DECOMMIT of reserved pages S_OK", vf((char *)a + 0x8000, 0x4000, MEM_DECOMMIT), 0);
     {
@@ -1930,6 +1941,12 @@ static __attribute__((noinline)) void pregrow_stack(void) {
     for (i = (int)sizeof buf - 1; i >= 0; i -= 512) buf[i] = 1;
 }
 
+static __attribute__((noinline)) void grow_stack_more(void) {
+    volatile uint8_t buf[288 * 1024];
+    int i;
+    for (i = (int)sizeof buf - 1; i >= 0; i -= 512) buf[i] = 2;
+}
+
 int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     volatile int here = 0;
     void *veh;
@@ -1970,7 +1987,15 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     t_notify();
 
     area("final");
-    check("h9 every allocation of this guest released: commit charge back to its start", committed_now(), g_start_committed);
+    {
+        uint64_t c1 = committed_now(), grown;
+        g_guard_count = 0;
+        grow_stack_more();
+        grown = committed_now() - c1;
+        check("h9 stack growth is charged (>= 128 KiB more after touching 192 KiB below the pre-grown part)", grown >= 128 * 1024, 1);
+        check("h8 growth of the guest's own stack raises no guard exception", g_guard_count, 0);
+        check("h9 every allocation of this guest released: commit charge back to its start (plus stack growth)", committed_now() - grown, g_start_committed);
+    }
     check("h7 vectored handler removed", S->remove_vectored_exception_handler(veh), 1);
     return summary();
 }
