@@ -35,6 +35,35 @@ fn protection(p: u32) -> &'static str {
     }
 }
 
+/// The bar over [base, base + size): each cell covers size/BAR bytes.
+fn bar(regions: &[Region], base: usize, size: usize) -> String {
+    let mut bar = String::with_capacity(BAR + 2);
+    bar.push('[');
+    for i in 0..BAR {
+        let (c0, c1) = (base + size * i / BAR, base + size * (i + 1) / BAR);
+        let c1 = c1.max(c0 + 1);
+        let (mut com, mut guard) = (0usize, false);
+        for r in regions {
+            let (a, b) = (r.base.max(c0), (r.base + r.size).min(c1));
+            if a < b && r.state == MEM_COMMIT {
+                com += b - a;
+                guard |= r.protect & PAGE_GUARD != 0;
+            }
+        }
+        bar.push(if guard {
+            'g'
+        } else if com >= c1 - c0 {
+            '#'
+        } else if com > 0 {
+            '+'
+        } else {
+            '.'
+        });
+    }
+    bar.push(']');
+    bar
+}
+
 /// Prints the picture; returns (allocations, reserved bytes, committed bytes).
 pub fn print(labels: &[Label]) -> (usize, u64, u64) {
     let h = host();
@@ -68,31 +97,7 @@ pub fn print(labels: &[Label]) -> (usize, u64, u64) {
         let committed: usize = regions.iter().filter(|r| r.state == MEM_COMMIT).map(|r| r.size).sum();
         total_reserved += size as u64;
         total_committed += committed as u64;
-        // The bar: each cell covers size/BAR bytes.
-        let mut bar = String::with_capacity(BAR + 2);
-        bar.push('[');
-        for i in 0..BAR {
-            let (c0, c1) = (base + size * i / BAR, base + size * (i + 1) / BAR);
-            let c1 = c1.max(c0 + 1);
-            let (mut com, mut guard) = (0usize, false);
-            for r in regions {
-                let (a, b) = (r.base.max(c0), (r.base + r.size).min(c1));
-                if a < b && r.state == MEM_COMMIT {
-                    com += b - a;
-                    guard |= r.protect & PAGE_GUARD != 0;
-                }
-            }
-            bar.push(if guard {
-                'g'
-            } else if com >= c1 - c0 {
-                '#'
-            } else if com > 0 {
-                '+'
-            } else {
-                '.'
-            });
-        }
-        bar.push(']');
+        let cells = bar(regions, *base, size);
         // Dominant protection by committed bytes.
         let mut by_prot: Vec<(u32, usize)> = Vec::new();
         for r in regions.iter().filter(|r| r.state == MEM_COMMIT) {
@@ -124,10 +129,16 @@ pub fn print(labels: &[Label]) -> (usize, u64, u64) {
             Size(size as u64),
             ty,
             Size(committed as u64),
-            bar,
+            cells,
             prot,
             what
         );
+        // A large reservation with all its commit near the start (a GC heap): zoom in on it.
+        let top = regions.iter().filter(|r| r.state == MEM_COMMIT).map(|r| r.base + r.size).max().unwrap_or(*base);
+        if top > *base && top - base <= size / BAR && size >= 1 << 30 {
+            let zoom = ((top - base + (1 << 20) - 1) & !((1 << 20) - 1)).max(BAR * 4096);
+            out!("  {:>48}  {}  first {} of it\n", "", bar(regions, *base, zoom), Size(zoom as u64));
+        }
     }
     out!(
         "  total: {} allocations, {} reserved, {} committed (* = mixed protections)\n",
