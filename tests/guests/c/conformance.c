@@ -457,6 +457,22 @@ static void t_protection(void) {
     check("s2 commit with PAGE_WRITECOPY -> 87", va(r, PAGE, MEM_COMMIT, PAGE_WRITECOPY, &m), E87);
     release(r);
 
+    /* NOCACHE / WRITECOMBINE memory is ordinary read/write memory to the guest */
+    {
+        static const uint32_t attrs[2] = {PAGE_READWRITE | PAGE_NOCACHE, PAGE_READWRITE | PAGE_WRITECOMBINE};
+        int k;
+        for (k = 0; k < 2; k++) {
+            void *q = reserve(PAGE, MEM_RESERVE | MEM_COMMIT, attrs[k]);
+            if (!q) {
+                skip(k ? "s2 RW|WRITECOMBINE memory reads back what is written" : "s2 RW|NOCACHE memory reads back what is written", "allocation failed");
+                continue;
+            }
+            wr64((char *)q + 8, 0x0102030405060708ull);
+            check(k ? "s2 RW|WRITECOMBINE memory reads back what is written" : "s2 RW|NOCACHE memory reads back what is written",
+                  g_av_count == 0 && *(volatile uint64_t *)((char *)q + 8) == 0x0102030405060708ull, 1);
+            release(q);
+        }
+    }
     /* NOCACHE is an attribute of the allocation (s2, last paragraph). */
     r = 0;
     if (va(0, 2 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE | PAGE_NOCACHE, &r) == 0) {
@@ -1164,6 +1180,7 @@ static void t_query(void) {
     check("h4 beyond user space (non-canonical) -> 87", (uint32_t)V->VirtualQuery(H, NONCANON, &mbi, 48, &r), E87);
     check("h4 ... *pResult 0", r, 0);
     check("h4 kernel address -> 87", (uint32_t)V->VirtualQuery(H, KERNEL_ADDR, &mbi, 48, &r), E87);
+    check("h4 last page of the address space -> 87", (uint32_t)V->VirtualQuery(H, (void *)0xFFFFFFFFFFFFF000ull, &mbi, 48, &r), E87);
     check("h9 max_application_address + 1 -> 87", (uint32_t)V->VirtualQuery(H, (void *)(S->max_application_address + 1), &mbi, 48, &r), E87);
     check("s6 max_application_address itself S_OK", (uint32_t)V->VirtualQuery(H, (void *)S->max_application_address, &mbi, 48, &r), 0);
     check("s6 NULL address: free page S_OK", vq(0, &mbi) == 0 && mbi.State == MEM_FREE && mbi.BaseAddress == 0, 1);
@@ -1403,6 +1420,28 @@ static void t_guard(void) {
     vp(c + 0x2000, PAGE, PAGE_EXECUTE_READ | PAGE_GUARD, &old);
     check("s8 execute in a guard page: the retried call runs", exec_at(c + 0x2000), 42);
     check("s8 ... one 0x80000001, access 8, address = the code", g_guard_count == 1 && g_guard_access == 8 && g_guard_addr == (uint64_t)c + 0x2000, 1);
+    /* an access straddling two guard pages: one exception per page, then it succeeds */
+    {
+        char *t = reserve(2 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD);
+        if (t) {
+            wr64(t + PAGE - 4, 0xA1A2A3A4A5A6A7A8ull);
+            check("s8 write straddling two guard pages: two guard exceptions, then the write", g_guard_count == 2 && g_av_count == 0 && *(volatile uint64_t *)(t + PAGE - 4) == 0xA1A2A3A4A5A6A7A8ull, 1);
+            release(t);
+        }
+    }
+    /* a guard page read by the host (riid of QueryInterface) */
+    {
+        char *t = reserve(PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+        void *pv = 0;
+        if (t) {
+            memcpy(t, &IID_IUnknown, sizeof(GUID));
+            vp(t, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
+            check("s8 host read of a guard page (QueryInterface riid) -> 0x80000001", (uint32_t)V->QueryInterface(H, (REFIID)t, &pv), GUARDV);
+            check("s8 ... retry S_OK", (uint32_t)V->QueryInterface(H, (REFIID)t, &pv), 0);
+            if (pv) V->Release(H);
+            release(t);
+        }
+    }
     /* guard first, then protection */
     vp(c + 0x3000, PAGE, PAGE_READONLY | PAGE_GUARD, &old);
     wr8(c + 0x3000, 1);
@@ -1666,6 +1705,9 @@ static void t_vas(void) {
     release(a);
     check("h5 ReleasedVirtualAddressSpace of the recorded range S_OK", (uint32_t)V->ReleasedVirtualAddressSpace(H, (void *)RV), 0);
     check("h5 ReleasedVirtualAddressSpace again -> 487", (uint32_t)V->ReleasedVirtualAddressSpace(H, (void *)RV), E487);
+    check("h5 AcquiredVirtualAddressSpace again S_OK", (uint32_t)V->AcquiredVirtualAddressSpace(H, (void *)RV, 16 * MIB), 0);
+    check("h5 ReleasedVirtualAddressSpace inside the range (not its start) -> 487", (uint32_t)V->ReleasedVirtualAddressSpace(H, (void *)(RV + PAGE)), E487);
+    check("h5 ReleasedVirtualAddressSpace of its start S_OK", (uint32_t)V->ReleasedVirtualAddressSpace(H, (void *)RV), 0);
     check("h5 ReleasedVirtualAddressSpace of an address never recorded -> 487", (uint32_t)V->ReleasedVirtualAddressSpace(H, (void *)(RV + 0x1000000)), E487);
 }
 
@@ -1736,6 +1778,13 @@ static void t_malloc(void) {
     check("h5 Alloc critical level 3 -> E_INVALIDARG", (uint32_t)mv->Alloc(hm, 16, (EMemoryCriticalLevel)3, &p), E87);
     check("h9 ... *ppMem NULL", (uint64_t)p, 0);
     check("h4 Alloc ppMem NULL -> E_POINTER", (uint32_t)mv->Alloc(hm, 16, eTaskCritical, 0), EPTR);
+    p = (void *)1;
+    check("h5 DebugAlloc critical level 3 -> E_INVALIDARG", (uint32_t)mv->DebugAlloc(hm, 16, (EMemoryCriticalLevel)3, (char *)"x.c", 1, &p), E87);
+    check("h9 ... *ppMem NULL", (uint64_t)p, 0);
+    p = 0;
+    check("h6 Alloc at eProcessCritical S_OK", mv->Alloc(hm, 48, eProcessCritical, &p) == 0 && p != 0 && mv->Free(hm, p) == 0, 1);
+    p = (void *)1;
+    check("h4 IHostMalloc QueryInterface(ICLRMemoryNotificationCallback) -> E_NOINTERFACE", (uint32_t)mv->QueryInterface(hm, &IID_ICLRMemoryNotificationCallback, &p), ENOI);
     p = (void *)1;
     check("h6 Alloc(2^62) -> E_OUTOFMEMORY", (uint32_t)mv->Alloc(hm, 1ull << 62, eTaskCritical, &p), EOOM);
     check("h6 ... *ppMem NULL", (uint64_t)p, 0);
