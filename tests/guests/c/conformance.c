@@ -556,6 +556,7 @@ static void t_alloc_validation(void) {
     m = (void *)1;
     check("h5 critical level 3 -> E_INVALIDARG", val(0, PAGE, MEM_RESERVE, PAGE_READWRITE, 3, &m), E87);
     check("h9 ... *ppMem NULL", (uint64_t)m, 0);
+    check("h9 order: ppMem NULL + critical level 3 -> E_POINTER first", val(0, PAGE, MEM_RESERVE, PAGE_READWRITE, 3, 0), EPTR);
     check("h5 critical level 0xFFFFFFFF -> E_INVALIDARG", val(0, PAGE, MEM_RESERVE, PAGE_READWRITE, -1, &m), E87);
     release(a);
 #undef VA87
@@ -683,6 +684,10 @@ static void t_commit(void) {
     check("s3.3 ... State MEM_COMMIT, Protect RW", mbi.State == MEM_COMMIT && mbi.Protect == PAGE_READWRITE, 1);
     check("h9 commit charge +0x2000", committed_now() - c0, 0x2000);
     check("s3.3 new pages read zero", all_zero((char *)r + 0x1000, 0x2000), 1);
+    check("s3.3 commit +0x8000 size 0x1000 (ends on a page boundary)", va((char *)r + 0x8000, 0x1000, MEM_COMMIT, PAGE_READONLY, &m), 0);
+    vq((char *)r + 0x8000, &mbi);
+    check("s3.3 ... exactly one page committed", mbi.State == MEM_COMMIT && mbi.RegionSize == PAGE, 1);
+    vf((char *)r + 0x8000, PAGE, MEM_DECOMMIT);
     for (i = 0; i < 0x2000; i += 8) *(volatile uint64_t *)((char *)r + 0x1000 + i) = 0x0123456789ABCDEFull ^ i;
     check("s3.3 recommit (RW) S_OK", va((char *)r + 0x1000, 0x2000, MEM_COMMIT, PAGE_READWRITE, &m), 0);
     check("s3.3 recommit keeps the data", *(volatile uint64_t *)((char *)r + 0x1008), 0x0123456789ABCDEFull ^ 8);
@@ -925,6 +930,11 @@ static void t_free(void) {
     vq((char *)a + 0x3000, &mbi);
     check("s4 ... page after still committed", mbi.State, MEM_COMMIT);
     check("h9 ... charge returned (0x2000)", c0 - committed_now(), 0x2000);
+    check("s4 MEM_DECOMMIT +0x3000 size 0x1000 S_OK", vf((char *)a + 0x3000, 0x1000, MEM_DECOMMIT), 0);
+    vq((char *)a + 0x3000, &mbi);
+    check("s4 ... that page is reserved (and merges with the reserved rest: 0xD000)", mbi.State == MEM_RESERVE && mbi.BaseAddress == (uint64_t)a + 0x3000 && mbi.RegionSize == 0xD000, 1);
+    vq(a, &mbi);
+    check("s4 ... the first page is still committed", mbi.State == MEM_COMMIT && mbi.RegionSize == PAGE, 1);
     check("s4 MEM_DECOMMIT with a wrapping size -> 87", vf((char *)a + 0x1000, ~0ull, MEM_DECOMMIT), E87);
     check("s4 MEM_DECOMMIT past the allocation end -> 87", vf((char *)a + 0xF000, 0x2000, MEM_DECOMMIT), E87);
     check("s4 MEM_DECOMMIT of reserved pages S_OK", vf((char *)a + 0x8000, 0x4000, MEM_DECOMMIT), 0);
@@ -950,6 +960,8 @@ static void t_free(void) {
     check("s4 release twice -> 487", vf(a, 0, MEM_RELEASE), E487);
     m = 0;
     check("s4 ... address reusable", va(a, GRAN, MEM_RESERVE, PAGE_READWRITE, &m) == 0 && m == a, 1);
+    vq(a, &mbi);
+    check("s4 ... as a fresh allocation (reserved, AllocationProtect of the new call)", mbi.State == MEM_RESERVE && mbi.RegionSize == GRAN && mbi.AllocationProtect == PAGE_READWRITE, 1);
     release(m);
     /* Adjacent allocations: release of one leaves the other; decommit may not cross. */
     a = a2 = 0;
@@ -1012,6 +1024,10 @@ static void t_protect(void) {
     check("s5.7 ... old = READWRITE", old, PAGE_READWRITE);
     vq(a, &mbi);
     check("s5.4 ... exactly one page changed", mbi.Protect == PAGE_READONLY && mbi.RegionSize == PAGE, 1);
+    check("s5.4 protect +0x5000 size 0x1001 changes two pages", vp((char *)a + 0x5000, 0x1001, PAGE_READONLY, &old), 0);
+    vq((char *)a + 0x5000, &mbi);
+    check("s5.4 ... RegionSize 0x2000 READONLY", mbi.Protect == PAGE_READONLY && mbi.RegionSize == 0x2000, 1);
+    vp((char *)a + 0x5000, 0x2000, PAGE_READWRITE, &old);
     old = 0xDEAD;
     check("s5.5 free memory -> 487", vp((void *)(RP + 0x100000), PAGE, PAGE_READONLY, &old), E487);
     check("h9 ... *pflOldProtect untouched (not PAGE_NOACCESS)", old, 0xDEAD);
@@ -1728,6 +1744,7 @@ static void t_malloc(void) {
     check("h9 ... *ppMalloc NULL", (uint64_t)hm, 0);
     check("h6 CreateMalloc flags 0xFFFFFFFF -> E_INVALIDARG", (uint32_t)V->CreateMalloc(H, 0xFFFFFFFFu, &hm), E87);
     check("h4 CreateMalloc ppMalloc NULL -> E_POINTER", (uint32_t)V->CreateMalloc(H, 0, 0), EPTR);
+    check("h9 order: CreateMalloc bad flags + ppMalloc NULL -> E_POINTER first", (uint32_t)V->CreateMalloc(H, 4, 0), EPTR);
     check("h4 CreateMalloc ppMalloc read-only -> 998", (uint32_t)V->CreateMalloc(H, 0, (IHostMalloc **)rodata_page), E998);
     {
         void **g = reserve(PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD);
@@ -1778,6 +1795,7 @@ static void t_malloc(void) {
     check("h5 Alloc critical level 3 -> E_INVALIDARG", (uint32_t)mv->Alloc(hm, 16, (EMemoryCriticalLevel)3, &p), E87);
     check("h9 ... *ppMem NULL", (uint64_t)p, 0);
     check("h4 Alloc ppMem NULL -> E_POINTER", (uint32_t)mv->Alloc(hm, 16, eTaskCritical, 0), EPTR);
+    check("h9 order: Alloc level 3 + ppMem NULL -> E_POINTER first", (uint32_t)mv->Alloc(hm, 16, (EMemoryCriticalLevel)3, 0), EPTR);
     p = (void *)1;
     check("h5 DebugAlloc critical level 3 -> E_INVALIDARG", (uint32_t)mv->DebugAlloc(hm, 16, (EMemoryCriticalLevel)3, (char *)"x.c", 1, &p), E87);
     check("h9 ... *ppMem NULL", (uint64_t)p, 0);
