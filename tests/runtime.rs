@@ -1,7 +1,7 @@
 //! The bundled garbage-collected runtime (tests/guests/gc-runtime): its workloads at small sizes
 //! with checked results, the executable-heap stubs, a stack overflow it survives, and a run under
 //! memory pressure that finishes because it collects when the host's notifications say memory is
-//! low. Every frame comes back after each run.
+//! low, and out of memory as a managed error. Every frame comes back after each run.
 #![no_std]
 #![no_main]
 
@@ -138,9 +138,29 @@ fn memory_pressure_is_survived_by_collecting_on_notifications() -> Result<(), St
     Ok(())
 }
 
+fn out_of_memory_is_a_managed_error_after_a_collection_and_a_retry() -> Result<(), String> {
+    ensure!(memory::set_commit_limit(24 << 8), "could not set the commit limit");
+    let result = run("workload=oom vmmap=0");
+    ensure!(memory::set_commit_limit(u64::MAX), "could not restore the commit limit");
+    let (outcome, out) = result?;
+    passed(&out)?;
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    for line in [
+        "ok out of memory is a managed error: Some(OutOfMemory)",
+        "ok the live arrays survived the failed collection intact",
+        "ok allocation works again once the program dropped its data",
+    ] {
+        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    ensure_eq!(summary(&out, "managed_oom")?, 1);
+    ensure!(summary(&out, "by_oom")? >= 1, "no collection before the failure");
+    Ok(())
+}
+
 kernel::kernel_test_image!(
     workloads_at_small_sizes_give_the_right_results,
     executable_heap_stubs_run,
     stack_overflow_is_a_managed_exception_the_runtime_survives,
-    memory_pressure_is_survived_by_collecting_on_notifications
+    memory_pressure_is_survived_by_collecting_on_notifications,
+    out_of_memory_is_a_managed_error_after_a_collection_and_a_retry
 );

@@ -10,8 +10,8 @@
 //! * `sys.rs`: the host, console, and the runtime's own data in an `IHostMalloc` heap;
 //! * `vmmap.rs`: the address-space picture printed at the end.
 //!
-//! Arguments (`run-qemu.sh --runtime-args "..."`): `workload=all|trees|mixed|stackoverflow|stubs`
-//! (default all), `depth=N` (binary trees), `size=MiB` (mixed: live data), `iters=N` (mixed),
+//! Arguments (`run-qemu.sh --runtime-args "..."`): `workload=all|trees|mixed|stackoverflow|stubs|oom`
+//! (default all: every one but `oom`, which fills the commit limit), `depth=N` (binary trees), `size=MiB` (mixed: live data), `iters=N` (mixed),
 //! `nursery=KiB`, `stack=KiB` (managed stack), `vmmap=0` (no address-space picture).
 #![no_std]
 #![no_main]
@@ -321,6 +321,47 @@ fn mixed(rt: &mut Runtime, c: &mut Checks, size_mb: usize, iters: usize) -> Resu
     Ok(())
 }
 
+// ---- out of memory -------------------------------------------------------------------------
+
+/// Keeps 64 KiB arrays alive (large objects, committed straight into the old generation) until
+/// an allocation fails; the failure must be a managed `OutOfMemory` (after a full collection and
+/// a retry), and once the program drops them the runtime must allocate again.
+fn out_of_memory(rt: &mut Runtime, c: &mut Checks) {
+    const WORDS: usize = 8191;
+    let heap = &mut rt.heap;
+    let mark = heap.depth();
+    let head = heap.root(0);
+    let mut n = 0usize;
+    let err = loop {
+        match heap.alloc(1, WORDS) {
+            Ok(p) => {
+                set_ref(p, 0, heap.get(head));
+                set_data(p, 1, 0, n);
+                set_data(p, 1, WORDS - 1, !n);
+                heap.set(head, p);
+                n += 1;
+            }
+            Err(e) => break Some(e),
+        }
+        if n >= 1 << 16 {
+            break None;
+        }
+    };
+    out!("gc-runtime: oom: {n} arrays of 64 KiB ({}) live when the allocation failed with {err:?}\n", Size((n * (WORDS + 2) * 8) as u64));
+    c.check("out of memory is a managed error", err == Some(ManagedError::OutOfMemory), format_args!("{err:?} after {n} arrays"));
+    let (mut p, mut k, mut intact) = (heap.get(head), n, true);
+    while p != 0 {
+        k -= 1;
+        intact &= get_data(p, 1, 0) == k && get_data(p, 1, WORDS - 1) == !k;
+        p = get_ref(p, 0);
+    }
+    c.check("the live arrays survived the failed collection intact", intact && k == 0, format_args!("{n} arrays"));
+    heap.truncate(mark);
+    heap.collect(Reason::Requested);
+    let again = heap.alloc(1, WORDS).map(|_| ());
+    c.check("allocation works again once the program dropped its data", again.is_ok(), format_args!("{again:?}"));
+}
+
 // ---- stack overflow ------------------------------------------------------------------------
 
 static DEEPEST: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -562,6 +603,11 @@ fn main(h: &Host) -> i32 {
         ran = true;
         out!("gc-runtime: phase stackoverflow: unbounded recursion on the managed stack\n");
         stack_overflow(&mut rt, &mut c);
+    }
+    if args.workload == "oom" {
+        ran = true;
+        out!("gc-runtime: phase oom: large objects kept alive until the commit limit\n");
+        out_of_memory(&mut rt, &mut c);
     }
     if args.workload == "stubs" {
         ran = true;
