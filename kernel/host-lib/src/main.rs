@@ -33,6 +33,8 @@ const E_INVALIDARG: HResult = 0x8007_0057_u32 as i32;
 const E_POINTER: HResult = 0x8000_4003_u32 as i32;
 const E_NOINTERFACE: HResult = 0x8000_4002_u32 as i32;
 const E_NOACCESS: HResult = 0x8007_03E6_u32 as i32;
+const E_FAIL: HResult = 0x8000_4005_u32 as i32;
+const HOST_E_CLRNOTAVAILABLE: HResult = 0x8013_1023_u32 as i32;
 
 /// Where the kernel puts the manager object and `HOST_SERVICES` (kernel/src/guest/host_pages.rs).
 const MANAGER_OBJECT: usize = 0x7FFF_FFFE_1000;
@@ -250,7 +252,12 @@ fn allocate(m: &mut Malloc, size: usize, level: u32) -> Result<NonNull<u8>, HRes
         }
         region = r.next;
     }
-    new_region(m, layout.size(), level)?;
+    // A size the heap cannot grow to is out of memory (host-abi §6), whatever the manager said
+    // about the reservation (87 for a size beyond user space); a poisoned manager stays visible.
+    new_region(m, layout.size(), level).map_err(|e| match e {
+        HOST_E_CLRNOTAVAILABLE | E_FAIL => e,
+        _ => E_OUTOFMEMORY,
+    })?;
     // SAFETY: new_region linked a region sized for this block.
     unsafe { &mut *m.regions }.heap.allocate_first_fit(layout).map_err(|_| E_OUTOFMEMORY)
 }

@@ -244,6 +244,13 @@ vmk_syscall_entry:
 
     .global vmk_user_exception
 vmk_user_exception:
+    # The CPU clears IF and TF on the way in, not DF and AC: the kernel must not run with the
+    # guest's DF (string instructions would go backwards) or AC (SMAP would be open).
+    cld
+    cmp byte ptr [rip + KPROBE_SMAP], 0
+    je 1f
+    clac
+1:
     swapgs
     mov gs:[24], rax
     mov rax, gs:[16]

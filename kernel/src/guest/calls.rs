@@ -63,6 +63,16 @@ pub fn inject_inconsistency_after(n: u64) {
     INJECT_INCONSISTENCY.store(n, core::sync::atomic::Ordering::SeqCst);
 }
 
+/// The result of a HOST_SERVICES call whose pointer check failed: the Win32 error itself
+/// (host-abi §7), and for a guard page the status 0x80000001 as Windows' GetLastError reports it
+/// (host-abi §9; the guard is cleared, the retry succeeds).
+fn service_error(e: VmError) -> u32 {
+    match e {
+        VmError::GuardPage => e.win32_code(),
+        _ => ERROR_NOACCESS,
+    }
+}
+
 /// The notification thresholds in bytes of free commit: (low, high) (host-abi §5; set at boot,
 /// see `memory::MemoryConfig`).
 fn thresholds() -> (u64, u64) {
@@ -170,8 +180,11 @@ impl Guest {
     /// `GetWriteWatch`: returns 0 or the Win32 error (host-abi §7).
     fn get_write_watch(&mut self, flags: u32, base: u64, size: u64, addresses: u64, count_ptr: u64, gran_ptr: u64) -> u32 {
         // The two out-pointers Windows probes for writing first.
-        if count_ptr == 0 || gran_ptr == 0 || self.check_writable(count_ptr, 8).is_err() || self.check_writable(gran_ptr, 4).is_err() {
+        if count_ptr == 0 || gran_ptr == 0 {
             return ERROR_NOACCESS;
+        }
+        if let Err(e) = self.check_writable(count_ptr, 8).and_then(|_| self.check_writable(gran_ptr, 4)) {
+            return service_error(e);
         }
         let Ok(count) = self.read_u64(count_ptr) else { return ERROR_NOACCESS };
         if count > 0 && addresses == 0 {
@@ -185,8 +198,10 @@ impl Guest {
         }
         let pages = size.div_ceil(4096);
         let capacity = count.min(pages);
-        if capacity > 0 && self.check_writable(addresses, capacity * 8).is_err() {
-            return ERROR_NOACCESS;
+        if capacity > 0
+            && let Err(e) = self.check_writable(addresses, capacity * 8)
+        {
+            return service_error(e);
         }
         // Collect in pieces of at most 4096 addresses over sub-ranges, so a huge request needs no
         // huge kernel buffer.
