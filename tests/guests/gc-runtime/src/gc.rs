@@ -826,6 +826,11 @@ impl Heap {
             }
             live += seg_live;
         }
+        // Allocate from the lowest addresses first (buckets pop from their end), so live data
+        // settles in the low segments and the high ones empty out and get decommitted.
+        for b in self.buckets.iter_mut() {
+            b.reverse();
+        }
         self.old_since_major = 0;
         self.stats.live_after_major = live as u64;
         // The sweep's own writes are not the mutator's: start a new write-watch epoch.

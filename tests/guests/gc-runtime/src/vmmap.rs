@@ -106,7 +106,7 @@ pub fn print(labels: &[Label]) -> (usize, u64, u64) {
                 None => by_prot.push((r.protect & !PAGE_GUARD, r.size)),
             }
         }
-        by_prot.sort_by(|a, b| b.1.cmp(&a.1));
+        by_prot.sort_by_key(|e| core::cmp::Reverse(e.1));
         let mut prot = String::new();
         match by_prot.first() {
             Some((p, _)) => prot.push_str(protection(*p)),
