@@ -596,6 +596,12 @@ static uint64_t veh_handles[8];
 static int nveh;
 static uint64_t last_ticks;
 
+static void fz_vquery(void);
+static void fz_load(void);
+static void fz_qi(void);
+static int cb_depth, handler_depth;
+static uint64_t nested_calls;
+
 /* The notification callback objects (ours). */
 typedef struct { const ICLRMemoryNotificationCallbackVtbl *lpVtbl; uint32_t refs; uint32_t calls; uint32_t last; } Cb;
 static Cb cbs[2];
@@ -613,6 +619,18 @@ static ULONG cb_release(ICLRMemoryNotificationCallback *t) { return --((Cb *)t)-
 static HRESULT cb_notify(ICLRMemoryNotificationCallback *t, EMemoryAvailable e) {
     Cb *c = (Cb *)t;
     notifications++;
+    /* Host calls from inside the callback: fine, but no second notification may enter it. */
+    if (++cb_depth > 1) bad_notifications++;
+    else {
+        void *p = 0;
+        uint64_t f0 = fuzz_calls;
+        fz_vquery(); /* scratch zones 2 and 3: the interrupted call uses 0 and 1 */
+        in_work++;
+        if (c_valloc(0, PG, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eProcessCritical, (uint64_t)&p) == 0) c_vfree((uint64_t)p, 0, MEM_RELEASE);
+        in_work--;
+        nested_calls += fuzz_calls - f0 + 2;
+    }
+    cb_depth--;
     if ((uint32_t)e < 1 || (uint32_t)e > 3 || (uint32_t)e == last_band) bad_notifications++;
     c->last = last_band = (uint32_t)e;
     c->calls++;
@@ -831,7 +849,7 @@ static void fz_vprotect(void) {
 /* ---------------------------------------------------------------- VirtualQuery */
 static void fz_vquery(void) {
     uint64_t a = chance(50) ? gen_addr() : rnd(), len;
-    Ptr pb = gen_ptr(48, 1, 2), pr = gen_ptr(8, 1, 3);
+    Ptr pb = gen_ptr(56, 1, 2), pr = gen_ptr(8, 1, 3); /* 56: room for the check that only 48 bytes are written */
     uint32_t hr, exp;
     switch (below(6)) {
     case 0: len = below(48); break;
@@ -1350,6 +1368,45 @@ static void fz_raw_syscall(void) {
     ok(a1 == o1 && a2 == o2 && a3 == o3 && a4 == o4 && a5 == o5 && a6 == o6, "argument registers kept across an unknown system call", a1 ^ o1, 0);
 }
 
+/* VirtualQuery through the host's stub with DF and/or AC set in rflags (the kernel must not run
+ * with the guest's direction or alignment-check flag): the result must be exact. */
+static void fz_flags_call(void) {
+    MEMORY_BASIC_INFORMATION m;
+    SIZE_T got = 0;
+    uint64_t r, set = (chance(50) ? (1ull << 10) : 0) | (chance(50) ? (1ull << 18) : 0);
+    uint64_t addr = SCP(0) + below(PG);
+    memset(&m, 0xEE, sizeof m);
+    if (!set) set = 1ull << 10;
+    /* No function call between these and the asm: they would clobber the registers. */
+    register uint64_t rdi __asm__("rdi") = (uint64_t)host;
+    register uint64_t rsi __asm__("rsi") = addr;
+    register uint64_t rdx __asm__("rdx") = (uint64_t)&m;
+    register uint64_t rcx __asm__("rcx") = sizeof m;
+    register uint64_t r8 __asm__("r8") = (uint64_t)&got;
+    __asm__ volatile("sub $128, %%rsp\n\t"          /* keep our red zone */
+                     "pushfq\n\t"
+                     "orq %[set], (%%rsp)\n\t"
+                     "popfq\n\t"
+                     "call *%[fn]\n\t"
+                     "pushfq\n\t"
+                     "andq $~0x40400, (%%rsp)\n\t"
+                     "popfq\n\t"
+                     "add $128, %%rsp"
+                     : "=a"(r), "+r"(rdi), "+r"(rsi), "+r"(rdx), "+r"(rcx), "+r"(r8)
+                     : [fn] "r"(V->VirtualQuery), [set] "r"(set)
+                     : "r9", "r10", "r11", "memory", "cc");
+    rec(M_VQUERY, (uint32_t)r);
+    if (!eq((uint32_t)r, 0, "VirtualQuery with DF/AC set") && n_failed <= 60) {
+        put("   rflags bits set "); put_hex(set); put(", address "); put_hex(addr); put(", buffer "); put_hex((uint64_t)&m); put("\n");
+    }
+    eq(got, 48, "... *pResult");
+    eq(m.BaseAddress, SC, "... BaseAddress");
+    eq(m.AllocationBase, SC, "... AllocationBase");
+    eq(m.RegionSize, PG, "... RegionSize");
+    eq(m.Protect, PAGE_READWRITE, "... Protect");
+    eq(m.PartitionId | m._padding1 | m._padding2, 0, "... padding");
+}
+
 /* ---------------------------------------------------------------- deliberate faults: MMU vs model */
 extern char fz_rd_insn[], fz_rd_end[], fz_wr_insn[], fz_wr_end[];
 __asm__(".text\n"
@@ -1369,6 +1426,18 @@ static int32_t probe_handler(GUEST_EXCEPTION *e) {
         probe_addr = e->address;
         probe_access = e->access;
         e->context->rip = e->context->rip == (uint64_t)fz_rd_insn ? (uint64_t)fz_rd_end : (uint64_t)fz_wr_end;
+        /* Handlers may call any host method (host-abi §9): some fuzz calls from here. */
+        if (!handler_depth && below(4) == 0) {
+            uint64_t f0 = fuzz_calls;
+            handler_depth++;
+            switch (below(3)) {
+            case 0: fz_vquery(); break;
+            case 1: fz_load(); break;
+            default: fz_qi(); break;
+            }
+            handler_depth--;
+            nested_calls += fuzz_calls - f0;
+        }
         return EXCEPTION_CONTINUE_EXECUTION;
     }
     return EXCEPTION_CONTINUE_SEARCH;
@@ -1706,7 +1775,8 @@ int32_t guest_main(IHostMemoryManager *h, const HOST_SERVICES *services) {
         else if (r < 910) { cur_what = "get_write_watch"; fz_gww(); }
         else if (r < 940) { cur_what = "reset_write_watch"; fz_rww(); }
         else if (r < 960) { cur_what = "query_commit"; fz_qcommit(); }
-        else { cur_what = "raw syscall"; fz_raw_syscall(); }
+        else if (r < 990) { cur_what = "raw syscall"; fz_raw_syscall(); }
+        else { cur_what = "host call with DF/AC set"; fz_flags_call(); }
         if (step >= next_check) {
             cur_what = "periodic check";
             next_check = step + 1000;
@@ -1778,6 +1848,7 @@ int32_t guest_main(IHostMemoryManager *h, const HOST_SERVICES *services) {
     put(", write-watch checks: "); put_dec(ww_checks);
     put(", commit checks: "); put_dec(commit_checks);
     put(", notifications: "); put_dec(notifications);
+    put(", calls from handlers and callbacks: "); put_dec(nested_calls);
     put("\nimplemented: CreateMalloc "); put(malloc_impl == 1 ? "yes" : "no (E_NOTIMPL)");
     put(", RegisterMemoryNotificationCallback "); put(regcb_impl == 1 ? "yes" : "no (E_NOTIMPL)");
     put(", *VirtualAddressSpace "); put(vas_impl == 1 ? "yes" : "no (E_NOTIMPL)");
