@@ -1666,7 +1666,15 @@ static void alloc_bounds(uint64_t a, uint64_t *lo, uint64_t *hi) {
 }
 
 /* ---------------------------------------------------------------- regression checks */
-/* Deterministic checks of kernel findings (run first, with every seed). */
+/* Deterministic checks of findings (run first, with every seed; they fail until fixed):
+ * 1. Kernel: a host call whose out-pointer lies in the guest's own stack guard page (here
+ *    VirtualAlloc's ppMem) fails with 0x80000001 and clears the guard bit without moving it down:
+ *    the stack is left without a guard page, so the next growth past that page ends the guest
+ *    with 0xC0000005 inside its 1 MiB reservation instead of growing (host-abi §1, §8: "touching
+ *    the guard page grows the stack silently"). Windows grows the stack for kernel accesses too.
+ * 2. host-lib (IHostMalloc): Alloc/DebugAlloc of sizes from 2^47 (e.g. 0x800000000000, 2^48, and
+ *    random sizes up to ~2^62) fail with E_INVALIDARG; host-abi §6 says a size the heap cannot
+ *    grow to fails with E_OUTOFMEMORY. */
 static void regressions(void) {
     MEMORY_BASIC_INFORMATION m;
     SIZE_T got;
