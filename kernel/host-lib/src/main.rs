@@ -104,6 +104,35 @@ fn probe(ptr: usize, len: usize, write: bool) -> HResult {
     result as i32
 }
 
+/// Checks that the NUL-terminated string at `s` is readable up to its NUL (or 4 KiB): 0, or the
+/// probe's HRESULT for the first unreadable page.
+fn probe_string(s: usize) -> HResult {
+    // The first byte first: the kernel refuses addresses outside user space before any arithmetic
+    // here could wrap.
+    match probe(s, 1, false) {
+        0 => {}
+        e => return e,
+    }
+    let limit = s.saturating_add(4096);
+    let mut at = s;
+    while at < limit {
+        let page_end = (at & !(PAGE - 1)).saturating_add(PAGE);
+        let n = page_end.min(limit) - at;
+        match probe(at, n, false) {
+            0 => {}
+            e => return e,
+        }
+        for i in 0..n {
+            // SAFETY: [at, at + n) was probed readable just now.
+            if unsafe { *((at + i) as *const u8) } == 0 {
+                return 0;
+            }
+        }
+        at += n;
+    }
+    0
+}
+
 fn reserve(size: usize, protect: u32, level: u32) -> Result<usize, HResult> {
     let mut out = 0usize;
     match (manager().virtual_alloc)(MANAGER_OBJECT, 0, size, MEM_RESERVE, protect, level, &mut out) {
@@ -473,7 +502,8 @@ extern "C" fn malloc_debug_alloc(this: *mut Malloc, size: usize, level: u32, fil
         }
         return E_POINTER;
     }
-    match probe(file, 1, false) {
+    // The whole name must be readable, up to its NUL (a name longer than 4 KiB is cut there).
+    match probe_string(file) {
         0 => {}
         e => {
             if probe(pp, 8, true) == 0 {

@@ -120,7 +120,7 @@ impl Guest {
                 Ok(()) => 0,
                 Err(e) => e.win32_code() as u64,
             },
-            nr::PROBE => match self.space.with(|s, cx| s.check_user_access(cx, a1, a2, a3 != 0)) {
+            nr::PROBE => match self.with_stack_growth(a1, a2, || self.space.with(|s, cx| s.check_user_access(cx, a1, a2, a3 != 0))) {
                 Ok(()) if a1 != 0 => 0,
                 Ok(()) => E_NOACCESS as u64,
                 Err(e) => hresult::from_vm(e) as u64,
@@ -140,7 +140,7 @@ impl Guest {
 
     fn write_console(&self, buf: u64, len: u64) {
         // Nothing is written unless the whole buffer is readable.
-        if len == 0 || self.space.with(|s, cx| s.check_user_access(cx, buf, len, false)).is_err() {
+        if len == 0 || self.with_stack_growth(buf, len, || self.space.with(|s, cx| s.check_user_access(cx, buf, len, false))).is_err() {
             return;
         }
         let mut chunk = [0u8; WRITE_CHUNK];
@@ -203,16 +203,16 @@ impl Guest {
         {
             return service_error(e);
         }
-        // Collect in pieces of at most 4096 addresses over sub-ranges, so a huge request needs no
-        // huge kernel buffer.
+        // Collect in pieces of at most 4096 addresses, each call resuming after the last page the
+        // previous one returned, so a huge request needs no huge kernel buffer and the cost stays
+        // proportional to the tables present, not to the size of the range.
         let mut found = 0u64;
         let mut chunk = alloc::vec![0u64; 4096];
         let end = base + size;
         let mut at = base;
         while at < end && found < capacity {
-            let piece_end = end.min((at & !(4096 * 4096 - 1)) + 4096 * 4096);
             let room = (capacity - found).min(4096) as usize;
-            let k = match self.space.get_write_watch(flags, at, piece_end - at, &mut chunk[..room]) {
+            let k = match self.space.get_write_watch(flags, at, end - at, &mut chunk[..room]) {
                 Ok(k) => k,
                 Err(e) => return e.win32_code(),
             };
@@ -222,8 +222,9 @@ impl Guest {
             }
             found += k as u64;
             if k < room {
-                at = piece_end;
+                break;
             }
+            at = chunk[k - 1] + 4096;
         }
         let _ = self.write_bytes(count_ptr, &found.to_le_bytes());
         let _ = self.write_bytes(gran_ptr, &4096u32.to_le_bytes());
@@ -482,6 +483,10 @@ impl Guest {
     }
 
     fn get_memory_load(&mut self, p_load: u64, p_available: u64) -> Result<(), u32> {
+        // E_POINTER for either NULL first, then writability (host-abi §9 order).
+        if p_load == 0 || p_available == 0 {
+            return Err(E_POINTER);
+        }
         self.out_pointer(p_load, 4)?;
         self.out_pointer(p_available, 8)?;
         let (commit_load, available) =

@@ -15,7 +15,7 @@
 //! whatever the handler did to it. No handler, a handler that faults, or a frame that cannot be
 //! written (unusable `rsp`) ends the guest with the exception's code.
 
-use address_space::{Access, FaultOutcome, VmError};
+use address_space::{Access, FaultOutcome};
 use address_space::win32::*;
 
 use super::host_pages::{Stub, stub};
@@ -112,7 +112,7 @@ impl Guest {
     /// The guard page at `page` of the guest's stack was touched (its guard is gone): commit the
     /// page below as the new guard. False when there is no room left (the last page of the
     /// reservation is never committed, as the "hard" end) or no commit.
-    fn grow_stack(&mut self, page: u64) -> bool {
+    pub(super) fn grow_stack(&self, page: u64) -> bool {
         let below = page.wrapping_sub(PAGE);
         if below <= self.stack.0 {
             return false;
@@ -182,9 +182,9 @@ impl Guest {
         record[16..24].copy_from_slice(&e.address.to_le_bytes());
         record[24..32].copy_from_slice(&context_at.to_le_bytes());
         let written = self
-            .write_frame(context_at, &context.to_bytes())
-            .and_then(|_| self.write_frame(record_at, &record))
-            .and_then(|_| self.write_frame(entry_rsp, &stub(Stub::UpcallReturn).to_le_bytes()));
+            .write_bytes(context_at, &context.to_bytes())
+            .and_then(|_| self.write_bytes(record_at, &record))
+            .and_then(|_| self.write_bytes(entry_rsp, &stub(Stub::UpcallReturn).to_le_bytes()));
         if written.is_err() {
             return Err(self.unhandled(context, e, "the exception frame cannot be written below rsp"));
         }
@@ -210,23 +210,6 @@ impl Guest {
         }
         fpu.restore();
         Err(self.unhandled(context, e, "no handler took it"))
-    }
-
-    /// Writes part of an exception frame; a guard page on the guest's stack grows the stack first.
-    fn write_frame(&mut self, addr: u64, data: &[u8]) -> Result<(), VmError> {
-        for _ in 0..4 {
-            match self.write_bytes(addr, data) {
-                Err(VmError::GuardPage) => {
-                    // The guard was cleared by the access check; extend the stack if it was ours.
-                    let page = (addr + data.len() as u64 - 1) & !(PAGE - 1);
-                    if (self.stack.0..self.stack.1).contains(&page) {
-                        self.grow_stack(page);
-                    }
-                }
-                other => return other,
-            }
-        }
-        self.write_bytes(addr, data)
     }
 
     /// Prints the report of an exception that ends the guest and returns its exit code.

@@ -307,12 +307,49 @@ impl Guest {
         result
     }
 
+    /// Runs a checked access to guest memory at `[addr, addr+len)`; if it hit the guard page of
+    /// the guest's own stack (the check cleared that guard), grows the stack as a touch from the
+    /// guest would (Windows grows a thread's stack when the kernel touches its guard too) and
+    /// retries. Any other guard page stays the caller's 0x80000001.
+    fn with_stack_growth<T>(&self, addr: u64, len: u64, mut access: impl FnMut() -> Result<T, VmError>) -> Result<T, VmError> {
+        for _ in 0..4 {
+            match access() {
+                Err(VmError::GuardPage) => {
+                    let Some(page) = self.stack_bottom_in(addr, len) else { return Err(VmError::GuardPage) };
+                    if !self.grow_stack(page) {
+                        return Err(VmError::GuardPage);
+                    }
+                }
+                other => return other,
+            }
+        }
+        access()
+    }
+
+    /// The lowest committed page of the guest's stack if it lies in `[addr, addr+len)`: after an
+    /// access check cleared the stack's guard, that page is where the guard was.
+    fn stack_bottom_in(&self, addr: u64, len: u64) -> Option<u64> {
+        let (low, high) = self.stack;
+        let start = addr.max(low) & !(PAGE - 1);
+        let end = addr.saturating_add(len.max(1)).min(high);
+        let mut page = start;
+        while page < end {
+            let below_reserved = page > low && self.space.virtual_query(page - PAGE).is_ok_and(|q| q.state == MEM_RESERVE);
+            if below_reserved && self.space.virtual_query(page).is_ok_and(|q| q.state == MEM_COMMIT) {
+                return Some(page);
+            }
+            page += PAGE;
+        }
+        None
+    }
+
     fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), VmError> {
-        self.space.with(|s, cx| s.read_user(cx, addr, buf))
+        let len = buf.len() as u64;
+        self.with_stack_growth(addr, len, || self.space.with(|s, cx| s.read_user(cx, addr, buf)))
     }
 
     fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), VmError> {
-        self.space.with(|s, cx| s.write_user(cx, addr, data))
+        self.with_stack_growth(addr, data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, addr, data)))
     }
 
     fn read_u64(&self, addr: u64) -> Result<u64, VmError> {
@@ -322,7 +359,7 @@ impl Guest {
     }
 
     fn check_writable(&self, addr: u64, len: u64) -> Result<(), VmError> {
-        self.space.with(|s, cx| s.check_user_access(cx, addr, len, true))
+        self.with_stack_growth(addr, len, || self.space.with(|s, cx| s.check_user_access(cx, addr, len, true)))
     }
 
     /// Whether `addr` is executable guest memory (committed, with an execute right).
