@@ -70,6 +70,7 @@ fn workloads_at_small_sizes_give_the_right_results() -> Result<(), String> {
     ensure!(summary(&out, "minor")? > 0, "no minor collection");
     ensure!(summary(&out, "major")? > 0, "no major collection");
     ensure!(summary(&out, "decommitted")? > 0, "nothing decommitted");
+    ensure!(summary(&out, "compactions")? > 0, "the old generation was never compacted");
     ensure!(summary(&out, "reset")? > 0, "nothing reset");
     ensure!(summary(&out, "dirty_pages")? > 0, "the write watch found no old-to-young stores");
     // The address-space picture: the 64 GiB reservation and the guarded managed stack.

@@ -204,6 +204,8 @@ pub struct Stats {
     pub heap_committed_peak: u64,
     pub guest_committed_peak: u64,
     pub swept_bytes: u64,
+    pub compactions: u64,
+    pub compacted_bytes: u64,
     pub live_after_major: u64,
 }
 
@@ -263,6 +265,9 @@ pub struct Heap {
     pub stats: Stats,
     /// Old-generation bytes allocated since the last major collection (promotions, large objects).
     old_since_major: usize,
+    /// Old-generation bytes marked by the current major collection.
+    marked_bytes: usize,
+    marked_objects: usize,
 }
 
 fn commit(addr: usize, size: usize, level: CriticalLevel) -> bool {
@@ -295,6 +300,8 @@ impl Heap {
             pending_dirty: Vec::new(),
             stats: Stats::default(),
             old_since_major: 0,
+            marked_bytes: 0,
+            marked_objects: 0,
         };
         heap.stats.committed_bytes += nursery_size as u64;
         heap.stats.heap_committed = nursery_size as u64;
@@ -588,12 +595,24 @@ impl Heap {
 
     // ---- collections ---------------------------------------------------------------------
 
-    /// A full collection: a major collection that marks through the nursery too (so the old
-    /// generation's garbage is freed before anything is promoted), then a minor one.
+    /// A full collection. If the nursery's survivors surely fit in the old generation: a minor
+    /// collection, then a major one (which may compact). Else a major collection that marks
+    /// through the nursery too (so the old generation's garbage is freed before anything is
+    /// promoted), then a minor one.
     pub fn collect(&mut self, reason: Reason) {
         let _scope = RuntimeScope::enter();
-        self.major(reason);
-        self.minor();
+        if self.usable_free() >= self.ctx.cursor - self.nursery {
+            self.minor();
+            self.major(reason);
+        } else {
+            self.major(reason);
+            self.minor();
+            // The nursery is empty now: if the old generation is mostly holes, compact it.
+            let committed = self.committed_segments();
+            if committed >= 4 && (self.stats.live_after_major as usize + self.old_since_major) * 2 < committed * SEG {
+                self.major(reason);
+            }
+        }
         COLLECT_NOW.store(false, Ordering::SeqCst);
     }
 
@@ -740,7 +759,110 @@ impl Heap {
         if h & MARK == 0 {
             set_hdr(p, h | MARK);
             stack.push(p);
+            if !self.in_nursery(p) {
+                self.marked_bytes += words_of(h) * 8;
+                self.marked_objects += 1;
+            }
         }
+    }
+
+    /// Sliding compaction of the old generation (after marking, with the nursery empty): live
+    /// objects move down in address order into the lowest committed segments, every reference is
+    /// updated, and the segments left empty are decommitted. Returns the live bytes, or `None`
+    /// (nothing changed) if the forwarding table cannot be allocated.
+    fn compact(&mut self) -> Option<usize> {
+        let segs: Vec<usize> = (0..self.segments.len()).filter(|&i| self.segments[i].committed).collect();
+        let mut fwd: Vec<(usize, usize)> = Vec::new();
+        fwd.try_reserve_exact(self.marked_objects).ok()?;
+        let mut fills: Vec<usize> = Vec::new();
+        fills.try_reserve_exact(segs.len()).ok()?;
+        // Plan: new addresses in address order.
+        let old_base = self.old_base;
+        let seg_base = |i: usize| old_base + i * SEG;
+        let mut di = 0;
+        let mut dst = seg_base(segs[0]);
+        for &si in &segs {
+            let mut obj = seg_base(si);
+            while obj < seg_base(si) + SEG {
+                let h = hdr(obj);
+                let size = words_of(h) * 8;
+                if h & FREE == 0 && h & MARK != 0 {
+                    if dst + size > seg_base(segs[di]) + SEG {
+                        fills.push(dst);
+                        di += 1;
+                        dst = seg_base(segs[di]);
+                    }
+                    if fwd.len() == fwd.capacity() && fwd.try_reserve(fwd.len()).is_err() {
+                        return None;
+                    }
+                    fwd.push((obj, dst));
+                    dst += size;
+                }
+                obj += size;
+            }
+        }
+        fills.push(dst);
+        let new_of = |p: usize| -> usize {
+            match fwd.binary_search_by_key(&p, |&(old, _)| old) {
+                Ok(i) => fwd[i].1,
+                Err(_) => p,
+            }
+        };
+        // Update every reference: roots and the fields of live objects (still at their old place).
+        for i in 0..self.roots.len() {
+            let r = self.roots[i];
+            if r != 0 {
+                self.roots[i] = new_of(r);
+            }
+        }
+        for &(old, _) in &fwd {
+            for i in 0..nrefs_of(hdr(old)) {
+                let r = get_ref(old, i);
+                if r != 0 {
+                    set_ref(old, i, new_of(r));
+                }
+            }
+        }
+        // Move, lowest first (a destination never overlaps a later object's source).
+        let mut moved = 0usize;
+        for &(old, new) in &fwd {
+            let h = hdr(old) & !MARK;
+            let size = words_of(h) * 8;
+            if old != new {
+                // SAFETY: both ranges lie in committed segments; copy handles the overlap.
+                unsafe { core::ptr::copy(old as *const u8, new as *mut u8, size) };
+                moved += size;
+            }
+            set_hdr(new, h);
+        }
+        // Rebuild the object-start bitmaps, format the tails, decommit what is left empty.
+        for &si in &segs {
+            // SAFETY: a committed segment's bitmap of SEG/64 bytes.
+            unsafe { core::ptr::write_bytes(self.segments[si].starts, 0, SEG / 512) };
+        }
+        for &(_, new) in &fwd {
+            self.set_start(new, true);
+        }
+        let mut live = 0;
+        for (k, &si) in segs.iter().enumerate() {
+            let base = seg_base(si);
+            if k < fills.len() && !(k == fills.len() - 1 && fills[k] == base) {
+                live += fills[k] - base;
+                if fills[k] < base + SEG {
+                    self.end_free_run(fills[k], base + SEG);
+                }
+            } else if host().virtual_free(base, SEG, MEM_DECOMMIT).is_ok() {
+                free_block(self.segments[si].starts);
+                self.segments[si] = Segment { committed: false, starts: core::ptr::null_mut() };
+                self.stats.decommitted_bytes += SEG as u64;
+                self.stats.heap_committed -= SEG as u64;
+            } else {
+                self.end_free_run(base, base + SEG);
+            }
+        }
+        self.stats.compactions += 1;
+        self.stats.compacted_bytes += moved as u64;
+        Some(live)
     }
 
     /// A major collection: mark from the roots (through young objects too when the nursery is
@@ -757,6 +879,8 @@ impl Heap {
             _ => {}
         }
         let nursery_empty = self.ctx.cursor == self.nursery;
+        self.marked_bytes = 0;
+        self.marked_objects = 0;
         if !nursery_empty {
             // The sweep will write free-span headers all over the old generation: keep the pages
             // the mutator wrote for the minor collection that follows, and reset the watch after
@@ -776,15 +900,21 @@ impl Heap {
             }
         }
         self.worklist = stack;
-        // Sweep.
         for b in self.buckets.iter_mut() {
             b.clear();
         }
         self.free_bytes = 0;
         self.cur = 0;
         self.cur_end = 0;
-        let mut live = 0usize;
+        // Compact when more than half of the committed old generation is garbage or holes (and
+        // no young object refers to the old one), else sweep.
+        let committed = self.committed_segments();
+        let compacted = if nursery_empty && committed >= 4 && self.marked_bytes * 2 < committed * SEG { self.compact() } else { None };
+        let mut live = compacted.unwrap_or(0);
         for index in 0..self.segments.len() {
+            if compacted.is_some() {
+                break;
+            }
             if !self.segments[index].committed {
                 continue;
             }

@@ -444,6 +444,7 @@ fn print_stats(heap: &Heap) {
     );
     out!("  allocated       {} objects, {} ({} large objects in the old generation)\n", s.allocated_objects, Size(s.allocated_bytes), s.large_objects);
     out!("  promoted        {} objects, {}; swept {}; live after the last major collection {}\n", s.promoted_objects, Size(s.promoted_bytes), Size(s.swept_bytes), Size(s.live_after_major));
+    out!("  compaction      {} major collections compacted the old generation, {} moved\n", s.compactions, Size(s.compacted_bytes));
     out!("  write watch     {} dirty old pages scanned, {} objects on them\n", s.dirty_pages, s.dirty_objects_scanned);
     out!(
         "  memory          committed {}, decommitted {}, reset {}; heap committed now {} (peak {}); guest commit peak {}\n",
@@ -483,9 +484,10 @@ fn print_stats(heap: &Heap) {
 fn print_summary(heap: &Heap) {
     let s = &heap.stats;
     out!(
-        "gc-summary: minor={} major={} by_notification={} by_oom={} guest_commit_peak={} heap_commit_peak={} decommitted={} reset={} dirty_pages={} managed_oom={}\n",
+        "gc-summary: minor={} major={} compactions={} by_notification={} by_oom={} guest_commit_peak={} heap_commit_peak={} decommitted={} reset={} dirty_pages={} managed_oom={}\n",
         s.minor,
         s.major,
+        s.compactions,
         s.by_notification,
         s.by_oom,
         s.guest_committed_peak,
@@ -587,6 +589,11 @@ fn main(h: &Host) -> i32 {
         });
         c.check("binary trees ran to the end", r == Ok(0), format_args!("{r:?}"));
     }
+    if all || args.workload == "stackoverflow" {
+        ran = true;
+        out!("gc-runtime: phase stackoverflow: unbounded recursion on the managed stack\n");
+        stack_overflow(&mut rt, &mut c);
+    }
     if all || args.workload == "mixed" {
         ran = true;
         out!("gc-runtime: phase mixed: long-lived and short-lived objects, {} MiB live, {} iterations\n", args.size_mb, args.iters);
@@ -598,11 +605,6 @@ fn main(h: &Host) -> i32 {
             Err(ManagedError::StackOverflow) => 2,
         });
         c.check("mixed workload ran to the end without running out of memory", r == Ok(0), format_args!("{r:?}"));
-    }
-    if all || args.workload == "stackoverflow" {
-        ran = true;
-        out!("gc-runtime: phase stackoverflow: unbounded recursion on the managed stack\n");
-        stack_overflow(&mut rt, &mut c);
     }
     if args.workload == "oom" {
         ran = true;
@@ -629,11 +631,12 @@ fn main(h: &Host) -> i32 {
     );
     print_stats(&rt.heap);
     if args.vmmap {
-        let labels: [vmmap::Label; 7] = [
+        let labels: [vmmap::Label; 8] = [
             (rt.heap.base, "GC heap: nursery + old generation (64 GiB reserved)"),
             (rt.stack.lo, "managed thread stack (guard page)"),
             (rt.stubs.block, "IHostMalloc MALLOC_EXECUTABLE heap (stubs)"),
             (sys::MALLOC_SAMPLE.load(Ordering::Relaxed), "IHostMalloc heap (runtime data)"),
+            (sys::MALLOC_FIRST.load(Ordering::Relaxed), "IHostMalloc heap (runtime data)"),
             (&c as *const Checks as usize, "main stack (kernel-grown)"),
             (main as *const () as usize, "gc-runtime image"),
             (0x7FFF_FFFE_0000, "host pages (IHostMemoryManager, HOST_SERVICES)"),

@@ -91,8 +91,10 @@ static RUNTIME_HEAP: Global<Option<Malloc>> = Global::new(None);
 /// Blocks and bytes handed out by the runtime heap (for the statistics).
 pub static MALLOC_CALLS: AtomicUsize = AtomicUsize::new(0);
 pub static MALLOC_BYTES: AtomicUsize = AtomicUsize::new(0);
-/// Some address inside the runtime heap (to label it in the address-space picture).
+/// Addresses inside the runtime heap (its first and latest blocks; to label it in the
+/// address-space picture).
 pub static MALLOC_SAMPLE: AtomicUsize = AtomicUsize::new(0);
+pub static MALLOC_FIRST: AtomicUsize = AtomicUsize::new(0);
 
 /// Creates the runtime's data heap (`CreateMalloc(0)`); before the first allocation.
 pub fn init_runtime_heap(host: &Host) -> Result<(), guest_abi::HResult> {
@@ -117,6 +119,7 @@ unsafe impl GlobalAlloc for HostMallocAllocator {
         if layout.align() <= 16 {
             let p = heap.alloc(layout.size(), level()).unwrap_or(core::ptr::null_mut());
             MALLOC_SAMPLE.store(p as usize, Ordering::Relaxed);
+            let _ = MALLOC_FIRST.compare_exchange(0, p as usize, Ordering::Relaxed, Ordering::Relaxed);
             return p;
         }
         let Ok(raw) = heap.alloc(layout.size() + layout.align(), level()) else { return core::ptr::null_mut() };
