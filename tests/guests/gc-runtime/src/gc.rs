@@ -7,8 +7,9 @@
 //!   machine-code stub in an executable `IHostMalloc` block; a minor collection copies its
 //!   survivors into the old generation and `MEM_RESET`s the nursery;
 //! * the old generation in 1 MiB segments above it, committed (`MEM_COMMIT`, eTaskCritical) as it
-//!   grows and decommitted (`MEM_DECOMMIT`) when a major collection (mark-sweep) finds one empty;
-//!   free spans it keeps have their whole pages `MEM_RESET`;
+//!   grows and decommitted (`MEM_DECOMMIT`) when a major collection (mark, then sweep into
+//!   size-class free lists, or slide the live objects down when most of it is holes) leaves one
+//!   empty; free spans it keeps have their whole pages `MEM_RESET`;
 //! * old-to-young references found with the host's write watch over the old generation (no card
 //!   table, no write barrier): a minor collection asks `GetWriteWatch` which old pages were written
 //!   since the last collection, scans the objects on them (found through an object-start bitmap
