@@ -66,7 +66,10 @@ fn accelerator() -> (&'static str, String) {
     sig[0..4].copy_from_slice(&r.ebx.to_le_bytes());
     sig[4..8].copy_from_slice(&r.ecx.to_le_bytes());
     sig[8..12].copy_from_slice(&r.edx.to_le_bytes());
-    let text: String = sig.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect();
+    let text: String = sig
+        .iter()
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+        .collect();
     let name = match &sig {
         b"TCGTCGTCGTCG" => "TCG",
         b"KVMKVMKVM\0\0\0" => "KVM",
@@ -187,27 +190,47 @@ impl Work {
         if n == 0 {
             Work::NONE
         } else if n > threshold {
-            Work { full_flushes: 1, ..Work::NONE }
+            Work {
+                full_flushes: 1,
+                ..Work::NONE
+            }
         } else {
-            Work { invlpg: n, ..Work::NONE }
+            Work {
+                invlpg: n,
+                ..Work::NONE
+            }
         }
     }
 
     /// First touch of `n` committed pages: a zeroed frame and one entry write each, no flush
     /// (the entries were not present, so nothing can be cached).
     fn touch(n: u64) -> Work {
-        Work { pte_writes: n, frames_zeroed: n, faults_resolved: n, ..Work::NONE }
+        Work {
+            pte_writes: n,
+            frames_zeroed: n,
+            faults_resolved: n,
+            ..Work::NONE
+        }
     }
 
     /// Creating `t` table pages: each zeroed and linked by one entry write in its parent.
     fn tables(t: u64) -> Work {
-        Work { pte_writes: t, frames_zeroed: t, table_pages_allocated: t, ..Work::NONE }
+        Work {
+            pte_writes: t,
+            frames_zeroed: t,
+            table_pages_allocated: t,
+            ..Work::NONE
+        }
     }
 
     /// Changing the protection of `n` present pages: one entry write each and their
     /// invalidation.
     fn protect(n: u64, threshold: u64) -> Work {
-        Work { pte_writes: n, ..Work::NONE }.plus(Work::invalidate(n, threshold))
+        Work {
+            pte_writes: n,
+            ..Work::NONE
+        }
+        .plus(Work::invalidate(n, threshold))
     }
 
     /// Decommitting `n` touched (present) pages: one entry write each and their invalidation;
@@ -220,7 +243,10 @@ impl Work {
 /// Table pages a fresh space needs to map `[start, end)` with 4 KiB pages: one page table per
 /// 2 MiB, one directory per 1 GiB, one PDPT per 512 GiB touched (the PML4 exists).
 fn tables_needed(start: u64, end: u64) -> u64 {
-    [21u32, 30, 39].iter().map(|&s| ((end - 1) >> s) - (start >> s) + 1).sum()
+    [21u32, 30, 39]
+        .iter()
+        .map(|&s| ((end - 1) >> s) - (start >> s) + 1)
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,11 +285,15 @@ fn measure(f: impl FnOnce()) -> (u64, Work) {
 }
 
 fn per_unit(total: u64, units: u64) -> String {
-    if total % units == 0 {
+    if total.is_multiple_of(units) {
         return format!("{}", total / units);
     }
     let v = total as f64 / units as f64;
-    let s = if v >= 0.01 { format!("{v:.3}") } else { format!("{v:.6}") };
+    let s = if v >= 0.01 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.6}")
+    };
     String::from(s.trim_end_matches('0').trim_end_matches('.'))
 }
 
@@ -277,7 +307,11 @@ fn report(env: &Env, f: Figure) {
     let mut over = Vec::new();
     let mut under = Vec::new();
     for ((name, got), (_, min)) in f.work.fields().iter().zip(f.min.fields().iter()) {
-        line += &format!(" {name}={}/{}", per_unit(*got, f.units), per_unit(*min, f.units));
+        line += &format!(
+            " {name}={}/{}",
+            per_unit(*got, f.units),
+            per_unit(*min, f.units)
+        );
         if got > min {
             over.push(format!("{name} +{}", per_unit(got - min, f.units)));
         } else if got < min {
@@ -295,7 +329,12 @@ fn report(env: &Env, f: Figure) {
             }
         }
         if !under.is_empty() {
-            line += &format!("{}< min?: {} per {} (the minimum is wrong)", if over.is_empty() { "" } else { "; " }, under.join(", "), f.unit);
+            line += &format!(
+                "{}< min?: {} per {} (the minimum is wrong)",
+                if over.is_empty() { "" } else { "; " },
+                under.join(", "),
+                f.unit
+            );
         }
     }
     kprintln!("{line}");
@@ -311,8 +350,11 @@ fn space() -> Space {
 }
 
 fn space_with_threshold(threshold: usize) -> Space {
-    let s = Space::with_config(SpaceConfig { tlb_flush_threshold: threshold, ..SpaceConfig::default() })
-        .expect("Space::with_config");
+    let s = Space::with_config(SpaceConfig {
+        tlb_flush_threshold: threshold,
+        ..SpaceConfig::default()
+    })
+    .expect("Space::with_config");
     s.activate();
     s
 }
@@ -323,18 +365,21 @@ fn alloc(s: &Space, addr: u64, size: u64, ty: u32, prot: u32) -> u64 {
 }
 
 fn free(s: &Space, addr: u64, size: u64, ty: u32) {
-    s.virtual_free(addr, size, ty).unwrap_or_else(|e| panic!("VirtualFree({addr:#x}, {size:#x}, {ty:#x}): {e:?}"))
+    s.virtual_free(addr, size, ty)
+        .unwrap_or_else(|e| panic!("VirtualFree({addr:#x}, {size:#x}, {ty:#x}): {e:?}"))
 }
 
 fn protect(s: &Space, addr: u64, size: u64, prot: u32) {
-    s.virtual_protect(addr, size, prot).unwrap_or_else(|e| panic!("VirtualProtect({addr:#x}, {size:#x}, {prot:#x}): {e:?}"));
+    s.virtual_protect(addr, size, prot)
+        .unwrap_or_else(|e| panic!("VirtualProtect({addr:#x}, {size:#x}, {prot:#x}): {e:?}"));
 }
 
 /// Writes one byte to a guest page (the first touch faults in a zeroed frame).
 fn touch(addr: u64) {
     // SAFETY: `addr` lies in a committed read-write page of the benchmark's own space, which
     // nothing else uses.
-    unsafe { probe::write_u8(addr, 1) }.unwrap_or_else(|f| panic!("touching {addr:#x} faulted: {f:?}"));
+    unsafe { probe::write_u8(addr, 1) }
+        .unwrap_or_else(|f| panic!("touching {addr:#x} faulted: {f:?}"));
 }
 
 fn touch_range(base: u64, size: u64) {
@@ -360,7 +405,18 @@ fn reserve_release_64k(env: &Env, s: &Space, name: &str, n: u64) {
             free(s, b, 0, MEM_RELEASE);
         }
     });
-    report(env, Figure { name: name.into(), unit: "op", units: n, cycles, work, min: Work::NONE, why: "" });
+    report(
+        env,
+        Figure {
+            name: name.into(),
+            unit: "op",
+            units: n,
+            cycles,
+            work,
+            min: Work::NONE,
+            why: "",
+        },
+    );
 }
 
 const WHY_COMMIT: &str = "commit writes a software entry for every page (the page table is the only per-page store), \
@@ -380,8 +436,21 @@ fn commit_touch_decommit(env: &Env, s: &Space, name: &str, base: u64, rounds: u6
     };
     round();
     let (cycles, work) = measure(|| (0..rounds).for_each(|_| round()));
-    let min = Work::touch(pages).plus(Work::decommit_present(pages, env.threshold)).times(rounds);
-    report(env, Figure { name: name.into(), unit: "page", units: rounds * pages, cycles, work, min, why: WHY_COMMIT });
+    let min = Work::touch(pages)
+        .plus(Work::decommit_present(pages, env.threshold))
+        .times(rounds);
+    report(
+        env,
+        Figure {
+            name: name.into(),
+            unit: "page",
+            units: rounds * pages,
+            cycles,
+            work,
+            min,
+            why: WHY_COMMIT,
+        },
+    );
 }
 
 /// B3: protect 256 committed, touched pages read-only and back, per call.
@@ -396,7 +465,18 @@ fn protect_256_pages(env: &Env, s: &Space, name: &str, base: u64, rounds: u64) {
         }
     });
     let min = Work::protect(256, env.threshold).times(2 * rounds);
-    report(env, Figure { name: name.into(), unit: "call", units: 2 * rounds, cycles, work, min, why: "" });
+    report(
+        env,
+        Figure {
+            name: name.into(),
+            unit: "call",
+            units: 2 * rounds,
+            cycles,
+            work,
+            min,
+            why: "",
+        },
+    );
     free(s, base, size, MEM_DECOMMIT);
 }
 
@@ -411,7 +491,18 @@ fn reserve_release_live(env: &Env, s: &Space, name: &str, n: u64) {
             free(s, b, 0, MEM_RELEASE);
         }
     });
-    report(env, Figure { name: name.into(), unit: "op", units: 2 * n, cycles, work, min: Work::NONE, why: "" });
+    report(
+        env,
+        Figure {
+            name: name.into(),
+            unit: "op",
+            units: 2 * n,
+            cycles,
+            work,
+            min: Work::NONE,
+            why: "",
+        },
+    );
 }
 
 /// B5: commit and touch 256 MiB in a fresh reservation, per page: a zeroed frame and one entry
@@ -424,16 +515,19 @@ fn commit_touch_256m(env: &Env, s: &Space, name: &str, size: u64) {
     });
     let pages = size / PAGE;
     let min = Work::touch(pages).plus(Work::tables(tables_needed(base, base + size)));
-    report(env, Figure {
-        name: name.into(),
-        unit: "page",
-        units: pages,
-        cycles,
-        work,
-        min,
-        why: "commit writes a software entry per page before the touch writes the real one; \
+    report(
+        env,
+        Figure {
+            name: name.into(),
+            unit: "page",
+            units: pages,
+            cycles,
+            work,
+            min,
+            why: "commit writes a software entry per page before the touch writes the real one; \
 every non-leaf entry also carries a child count that is rewritten when a table below it is created",
-    });
+        },
+    );
     free(s, base, 0, MEM_RELEASE);
 }
 
@@ -449,30 +543,56 @@ fn query(env: &Env, s: &Space, name: &str, addr: u64, n: u64) {
         }
     });
     core::hint::black_box(sum);
-    report(env, Figure { name: name.into(), unit: "call", units: n, cycles, work, min: Work::NONE, why: "" });
+    report(
+        env,
+        Figure {
+            name: name.into(),
+            unit: "call",
+            units: n,
+            cycles,
+            work,
+            min: Work::NONE,
+            why: "",
+        },
+    );
 }
 
 /// Large-page commit: reserve + commit one 2 MiB large page, touch it, release it. Minimum: the
 /// 2 MiB frame zeroed (512 frames), its directory entry written and cleared, one `invlpg`.
 fn large_page_commit(env: &Env, s: &Space, name: &str, n: u64) {
     let once = || {
-        let b = alloc(s, 0, SPAN_2M, MEM_RESERVE | MEM_COMMIT | MEM_LARGE_PAGES, PAGE_READWRITE);
+        let b = alloc(
+            s,
+            0,
+            SPAN_2M,
+            MEM_RESERVE | MEM_COMMIT | MEM_LARGE_PAGES,
+            PAGE_READWRITE,
+        );
         touch(b + 12345);
         free(s, b, 0, MEM_RELEASE);
     };
     once();
     let (cycles, work) = measure(|| (0..n).for_each(|_| once()));
-    let min = Work { pte_writes: 2, frames_zeroed: 512, invlpg: 1, ..Work::NONE }.times(n);
-    report(env, Figure {
-        name: name.into(),
-        unit: "2MiB-page",
-        units: n,
-        cycles,
-        work,
-        min,
-        why: "the directory and PDPT emptied by the release are freed, then re-created (zeroed) by the next commit; \
+    let min = Work {
+        pte_writes: 2,
+        frames_zeroed: 512,
+        invlpg: 1,
+        ..Work::NONE
+    }
+    .times(n);
+    report(
+        env,
+        Figure {
+            name: name.into(),
+            unit: "2MiB-page",
+            units: n,
+            cycles,
+            work,
+            min,
+            why: "the directory and PDPT emptied by the release are freed, then re-created (zeroed) by the next commit; \
 creating them rewrites the parents' child counts",
-    });
+        },
+    );
 }
 
 /// Guard-page round trip: arm `PAGE_GUARD` on a touched page (`VirtualProtect`), access it
@@ -487,12 +607,32 @@ fn guard_page_fault(env: &Env, s: &Space, name: &str, n: u64) {
             protect(s, base, PAGE, PAGE_READWRITE | PAGE_GUARD);
             // SAFETY: a committed page of the benchmark's own space.
             let f = unsafe { probe::write_u8(base, 2) }.expect_err("a guard page must fault");
-            assert_eq!(f.memory.map(|m| m.code), Some(MemoryFault::GUARD_PAGE), "guard fault: {f:?}");
+            assert_eq!(
+                f.memory.map(|m| m.code),
+                Some(MemoryFault::GUARD_PAGE),
+                "guard fault: {f:?}"
+            );
             touch(base);
         }
     });
-    let min = Work { pte_writes: 2, invlpg: 1, ..Work::NONE }.times(n);
-    report(env, Figure { name: name.into(), unit: "round-trip", units: n, cycles, work, min, why: "" });
+    let min = Work {
+        pte_writes: 2,
+        invlpg: 1,
+        ..Work::NONE
+    }
+    .times(n);
+    report(
+        env,
+        Figure {
+            name: name.into(),
+            unit: "round-trip",
+            units: n,
+            cycles,
+            work,
+            min,
+            why: "",
+        },
+    );
     free(s, base, 0, MEM_RELEASE);
 }
 
@@ -511,10 +651,19 @@ fn median(mut v: Vec<u64>) -> u64 {
 }
 
 fn tlb_threshold(env: &Env) {
-    kprintln!("tlb-threshold {}: median cycles per iteration; invlpg = N x invlpg + refill, full = one CR3 reload + refill, refill = re-touch N pages + a 64-page working set", env.place);
+    kprintln!(
+        "tlb-threshold {}: median cycles per iteration; invlpg = N x invlpg + refill, full = one CR3 reload + refill, refill = re-touch N pages + a 64-page working set",
+        env.place
+    );
     let (reps, pages_max, ws) = (200u64, 128u64, 64u64);
     let s = space();
-    let base = alloc(&s, 0, (pages_max + ws) * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+    let base = alloc(
+        &s,
+        0,
+        (pages_max + ws) * PAGE,
+        MEM_RESERVE | MEM_COMMIT,
+        PAGE_READWRITE,
+    );
     touch_range(base, (pages_max + ws) * PAGE);
     let other = base + pages_max * PAGE;
     let warm = |n: u64| {
@@ -554,7 +703,13 @@ fn tlb_threshold(env: &Env) {
     let flush = space_with_threshold(1);
     let mk = |sp: &Space| {
         sp.activate();
-        let b = alloc(sp, 0, (64 + ws) * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+        let b = alloc(
+            sp,
+            0,
+            (64 + ws) * PAGE,
+            MEM_RESERVE | MEM_COMMIT,
+            PAGE_READWRITE,
+        );
         touch_range(b, (64 + ws) * PAGE);
         b
     };
@@ -608,7 +763,11 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     let (accel, signature) = accelerator();
     let tsc_hz = tsc_hz();
     let threshold = SpaceConfig::default().tlb_flush_threshold as u64;
-    let env = Env { place: format!("kernel-{accel}"), tsc_hz, threshold };
+    let env = Env {
+        place: format!("kernel-{accel}"),
+        tsc_hz,
+        threshold,
+    };
     let a = memory::accounting();
     kprintln!(
         "bench-env accel={accel} signature=\"{signature}\" tsc_hz={tsc_hz} (PIT-calibrated) flush_threshold={threshold} ram={}MiB commit_limit={}MiB",
@@ -616,7 +775,9 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         a.commit_limit_bytes >> 20
     );
     if accel == "TCG" {
-        kprintln!("bench-note cycles under TCG are emulation (translated code, softmmu TLB): compare operations, not hardware");
+        kprintln!(
+            "bench-note cycles under TCG are emulation (translated code, softmmu TLB): compare operations, not hardware"
+        );
     }
 
     // The peer program's workloads, each in a fresh space loaded in CR3.
@@ -673,9 +834,21 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
             bases.push(alloc(&s, 0, KB64, MEM_RESERVE, PAGE_NOACCESS));
         }
         reserve_release_64k(&env, &s, &format!("reserve_release_64k@live={live}"), 5_000);
-        query(&env, &s, &format!("query@live={live}"), bases[bases.len() / 2], 5_000);
+        query(
+            &env,
+            &s,
+            &format!("query@live={live}"),
+            bases[bases.len() / 2],
+            5_000,
+        );
         let w = alloc(&s, 0, MIB, MEM_RESERVE, PAGE_NOACCESS);
-        commit_touch_decommit(&env, &s, &format!("commit_touch_decommit@live={live}"), w, 20);
+        commit_touch_decommit(
+            &env,
+            &s,
+            &format!("commit_touch_decommit@live={live}"),
+            w,
+            20,
+        );
         let p = alloc(&s, 0, 256 * PAGE, MEM_RESERVE, PAGE_NOACCESS);
         protect_256_pages(&env, &s, &format!("protect_256_pages@live={live}"), p, 100);
         // Dropping the space releases everything; B4 at this scale:
@@ -693,25 +866,46 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
                 free(&s, b, 0, MEM_RELEASE);
             }
         });
-        report(&env, Figure {
-            name: format!("reserve_release@size={label}"),
-            unit: "op",
-            units: 5_000,
-            cycles,
-            work,
-            min: Work::NONE,
-            why: "",
-        });
+        report(
+            &env,
+            Figure {
+                name: format!("reserve_release@size={label}"),
+                unit: "op",
+                units: 5_000,
+                cycles,
+                work,
+                min: Work::NONE,
+                why: "",
+            },
+        );
         let b = alloc(&s, 0, size, MEM_RESERVE, PAGE_NOACCESS);
-        query(&env, &s, &format!("query_reserved@size={label}"), b + size / 2, 5_000);
+        query(
+            &env,
+            &s,
+            &format!("query_reserved@size={label}"),
+            b + size / 2,
+            5_000,
+        );
         // The same reservation with its first 64 KiB committed and touched (a GC heap's shape):
         // the query of the reserved rest now walks the tables that exist below it.
         alloc(&s, b, KB64, MEM_COMMIT, PAGE_READWRITE);
         touch_range(b, KB64);
-        query(&env, &s, &format!("query_reserved_tail@size={label}"), b + KB64, 500);
+        query(
+            &env,
+            &s,
+            &format!("query_reserved_tail@size={label}"),
+            b + KB64,
+            500,
+        );
         free(&s, b, KB64, MEM_DECOMMIT);
         // A 1 MiB window at the far end of the reservation: cost must not depend on the size.
-        commit_touch_decommit(&env, &s, &format!("commit_touch_decommit@size={label}"), b + size - MIB, 20);
+        commit_touch_decommit(
+            &env,
+            &s,
+            &format!("commit_touch_decommit@size={label}"),
+            b + size - MIB,
+            20,
+        );
         // Release of the whole reservation after that window was used (its tables are gone again).
         alloc(&s, b + size - MIB, MIB, MEM_COMMIT, PAGE_READWRITE);
         touch_range(b + size - MIB, MIB);
@@ -719,17 +913,23 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         // Release must also free the page tables only this range used (one parent entry
         // cleared each): in a space holding nothing else, all of them.
         let t = tables_needed(b + size - MIB, b + size);
-        let min = Work::decommit_present(MIB / PAGE, env.threshold)
-            .plus(Work { pte_writes: t, table_pages_freed: t, ..Work::NONE });
-        report(&env, Figure {
-            name: format!("release_touched_1m@size={label}"),
-            unit: "op",
-            units: 1,
-            cycles,
-            work,
-            min,
-            why: "freeing a page table whose directory keeps other tables rewrites the child count in the directory's entry",
+        let min = Work::decommit_present(MIB / PAGE, env.threshold).plus(Work {
+            pte_writes: t,
+            table_pages_freed: t,
+            ..Work::NONE
         });
+        report(
+            &env,
+            Figure {
+                name: format!("release_touched_1m@size={label}"),
+                unit: "op",
+                units: 1,
+                cycles,
+                work,
+                min,
+                why: "freeing a page table whose directory keeps other tables rewrites the child count in the directory's entry",
+            },
+        );
     }
 
     tlb_threshold(&env);
