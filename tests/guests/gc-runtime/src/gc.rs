@@ -773,10 +773,15 @@ impl Heap {
     /// (nothing changed) if the forwarding table cannot be allocated.
     fn compact(&mut self) -> Option<usize> {
         let segs: Vec<usize> = (0..self.segments.len()).filter(|&i| self.segments[i].committed).collect();
+        // Compaction is optional (a sweep will do): its table is asked for at eTaskCritical.
         let mut fwd: Vec<(usize, usize)> = Vec::new();
-        fwd.try_reserve_exact(self.marked_objects).ok()?;
         let mut fills: Vec<usize> = Vec::new();
-        fills.try_reserve_exact(segs.len()).ok()?;
+        sys::set_critical(false);
+        let got = fwd.try_reserve_exact(self.marked_objects).is_ok() && fills.try_reserve_exact(segs.len()).is_ok();
+        sys::set_critical(true);
+        if !got {
+            return None;
+        }
         // Plan: new addresses in address order.
         let old_base = self.old_base;
         let seg_base = |i: usize| old_base + i * SEG;
@@ -792,9 +797,6 @@ impl Heap {
                         fills.push(dst);
                         di += 1;
                         dst = seg_base(segs[di]);
-                    }
-                    if fwd.len() == fwd.capacity() && fwd.try_reserve(fwd.len()).is_err() {
-                        return None;
                     }
                     fwd.push((obj, dst));
                     dst += size;
