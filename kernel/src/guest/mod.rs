@@ -45,6 +45,14 @@ pub const STACK_INITIAL_PAGES: u64 = 2;
 
 /// The host's ring-3 library (kernel/host-lib), built for the guest target and embedded here.
 const HOST_LIB: &[u8] = include_bytes!(env!("CARGO_BIN_FILE_HOST_LIB_host-lib"));
+/// Entries into the kernel from ring 3 (system calls and exceptions), for statistics and benchmarks.
+pub static KERNEL_ENTRIES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The number of entries into the kernel from guests since boot.
+pub fn kernel_entries() -> u64 {
+    KERNEL_ENTRIES.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// The largest image (lowest to highest segment page) the loader maps.
 pub const MAX_IMAGE_SIZE: u64 = 1 << 30;
 /// Where the host library is mapped in every guest.
@@ -259,6 +267,7 @@ impl Guest {
             // SAFETY: the context is this guest's (entry point, stub or handler addresses in its
             // user half, with rflags from sanitize_rflags or 0x202), and its space is in CR3.
             let exit = unsafe { enter_user(context, after_syscall) };
+            KERNEL_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
             match exit {
                 UserExit::Syscall => {
                     if context.rax == host_pages::nr::UPCALL_RETURN && upcall {
