@@ -121,6 +121,37 @@ fn ph(b: &[u8], i: usize) -> usize {
     u64_at(b, 32) as usize + i * 56
 }
 
+/// The Rust sample (a static PIE with R_X86_64_RELATIVE relocations) with the type of its first
+/// relocation changed to `r_type`.
+fn with_relocation_type(r_type: u32) -> Vec<u8> {
+    let mut e = kernel::bundled_guests()[1].data.clone();
+    let phnum = u16::from_le_bytes([e[56], e[57]]) as usize;
+    let (mut dynamic, mut loads) = (None, Vec::new());
+    for i in 0..phnum {
+        let o = ph(&e, i);
+        let kind = u32::from_le_bytes(e[o..o + 4].try_into().expect("4 bytes"));
+        let (off, va, filesz) = (u64_at(&e, o + 8), u64_at(&e, o + 16), u64_at(&e, o + 32));
+        match kind {
+            1 => loads.push((off, va, filesz)),
+            2 => dynamic = Some(off as usize),
+            _ => {}
+        }
+    }
+    let mut at = dynamic.expect("the Rust sample has a dynamic section");
+    let rela = loop {
+        let (tag, val) = (u64_at(&e, at), u64_at(&e, at + 8));
+        if tag == 7 {
+            break val;
+        }
+        assert!(tag != 0, "the Rust sample has RELA relocations");
+        at += 16;
+    };
+    let (off, va, _) = loads.iter().copied().find(|&(_, va, sz)| (va..va + sz).contains(&rela)).expect("RELA in a segment");
+    let entry = (off + (rela - va)) as usize;
+    e[entry + 8..entry + 12].copy_from_slice(&r_type.to_le_bytes());
+    e
+}
+
 fn bad_elf_files_are_refused_and_the_kernel_carries_on() -> Result<(), String> {
     let before = frames();
     let cases: Vec<(&str, Vec<u8>, &str)> = alloc::vec![
@@ -143,6 +174,8 @@ fn bad_elf_files_are_refused_and_the_kernel_carries_on() -> Result<(), String> {
         }), "outside user space"),
         ("truncated", patched(|e| e.truncate(200)), "beyond the end of the file"),
         ("entry outside code", patched(|e| e[24..32].copy_from_slice(&0x10u64.to_le_bytes())), "entry point"),
+        ("R_X86_64_64 relocation", with_relocation_type(1), "unsupported relocation type 1"),
+        ("R_X86_64_GLOB_DAT relocation", with_relocation_type(6), "unsupported relocation type 6"),
         ("1 TiB of bss", patched(|e| { let o = ph(e, 3); e[o + 40..o + 48].copy_from_slice(&(1u64 << 40).to_le_bytes()); }), "more than"),
     ];
     for (what, file, reason) in cases {
