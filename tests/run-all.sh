@@ -40,6 +40,13 @@ else
   echo "test clippy ... FAILED"; host_failed=$((host_failed + 1))
 fi
 
+echo "==> host benchmark of the address-space crate (figures only; targets are read, never asserted)"
+if cargo bench --quiet -p address-space --bench host --bench frames 2>&1 | tee "$log/bench.txt" | grep -v '^$'; [ "${PIPESTATUS[0]}" -eq 0 ]; then
+  echo "test host-benchmarks-run ... ok"; host_passed=$((host_passed + 1))
+else
+  echo "test host-benchmarks-run ... FAILED"; host_failed=$((host_failed + 1))
+fi
+
 echo "==> the address-space crate packages for crates.io (cargo package: builds it from its own tarball)"
 if cargo package --quiet -p address-space --allow-dirty > "$log/package.txt" 2>&1; then
   echo "test cargo-package-address-space ... ok"; host_passed=$((host_passed + 1))
