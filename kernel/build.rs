@@ -1,5 +1,7 @@
 //! Builds the bundled C sample guest with the system C compiler (gcc), as any guest author would:
-//! `gcc -ffreestanding -nostdlib -static-pie -e guest_main` against `guest-abi/include/host_abi.h`.
+//! `gcc -ffreestanding -nostdlib -static-pie -e guest_main` against `guest-abi/include/host_abi.h`,
+//! and with the same flags the in-guest benchmark (`tests/guests/c/vmbench_guest.c` →
+//! `vmbench-guest.elf`) that the benchmark image `src/bin/bench.rs` embeds.
 //! The Rust sample guest comes in as an artifact dependency.
 
 use std::path::PathBuf;
@@ -11,9 +13,9 @@ fn main() {
     let include = manifest.join("guest-abi/include");
     let guests = manifest.join("../tests/guests/c");
     let cc = std::env::var("GUEST_CC").unwrap_or_else(|_| "gcc".into());
-    {
-        let src = guests.join("sample.c");
-        let elf = out.join("sample-c.elf");
+    for (source, output) in [("sample.c", "sample-c.elf"), ("vmbench_guest.c", "vmbench-guest.elf")] {
+        let src = guests.join(source);
+        let elf = out.join(output);
         let status = Command::new(&cc)
             .args(["-ffreestanding", "-nostdlib", "-static-pie", "-fno-stack-protector", "-O2", "-e", "guest_main", "-I"])
             .arg(&include)
@@ -23,7 +25,7 @@ fn main() {
             .arg(&elf)
             .arg(&src)
             .status()
-            .unwrap_or_else(|e| panic!("cannot run {cc} to build the C sample guest: {e} (apt-get install gcc)"));
+            .unwrap_or_else(|e| panic!("cannot run {cc} to build {source}: {e} (apt-get install gcc)"));
         assert!(status.success(), "{cc} failed to build {}", src.display());
         println!("cargo:rerun-if-changed={}", src.display());
     }

@@ -25,8 +25,20 @@
 //! pages are touched from ring 0 through `kernel::arch::probe` (SMAP window); a first touch takes
 //! a real page fault resolved by demand-zero.
 //!
-//! Nothing here asserts a timing; the image fails only if an operation returns an error or an
-//! access faults unexpectedly (a kernel bug).
+//! After the in-kernel part it runs the in-guest benchmark, `tests/guests/c/vmbench_guest.c`
+//! (built by `kernel/build.rs`, embedded here): the same workloads from ring 3 through
+//! `IHostMemoryManager`, plus no-op host calls (`AddRef`/`Release`, `HOST_SERVICES.ticks_ns`). The
+//! guest times each loop with `rdtsc` and brackets it with two marker lines, each one `write`:
+//! `@begin NAME` and `@end NAME unit=U n=N cycles=C [base=0x.. size=0x..]`. This image installs
+//! [`WRITE_HOOK`] (`kernel::guest::calls`), which reads the work counters and
+//! `kernel::guest::kernel_entries()` (system calls and exceptions from ring 3) at every marker;
+//! after the guest exits it prints a `bench guest-<accel> ...` line per workload in the format
+//! above, with `entries=<measured>/<minimum>` per unit (the @end marker's own entry subtracted).
+//! The minimum of a guest workload is the in-kernel one plus one entry per host call and per page
+//! fault (and for the guard page the handler's return: see [`guest_minimum`]).
+//!
+//! Nothing here asserts a timing; the image fails only if an operation returns an error, an
+//! access faults unexpectedly (a kernel bug) or the in-guest benchmark does not complete.
 #![no_std]
 #![no_main]
 
@@ -40,6 +52,7 @@ use core::arch::x86_64::{__cpuid_count, _rdtsc};
 use address_space::win32::*;
 use address_space::{SpaceConfig, WorkCounters};
 use kernel::arch::probe::{self, MemoryFault};
+use kernel::guest::calls::WRITE_HOOK;
 use kernel::memory::{self, Space};
 use kernel::{kprintln, qemu};
 use x86_64::instructions::port::Port;
@@ -268,6 +281,9 @@ struct Figure {
     min: Work,
     /// Why the work exceeds the minimum, printed only when it does.
     why: &'static str,
+    /// Kernel entries from ring 3 (measured, minimum) for the in-guest workloads; `None` (printed
+    /// `entries=n/a`) for the in-kernel ones, which make none.
+    entries: Option<(u64, u64)>,
 }
 
 fn counters() -> WorkCounters {
@@ -306,11 +322,21 @@ fn report(env: &Env, f: Figure) {
     );
     let mut over = Vec::new();
     let mut under = Vec::new();
-    for ((name, got), (_, min)) in f.work.fields().iter().zip(f.min.fields().iter()) {
+    let mut fields: Vec<(&str, u64, u64)> = f
+        .work
+        .fields()
+        .iter()
+        .zip(f.min.fields().iter())
+        .map(|(&(name, got), &(_, min))| (name, got, min))
+        .collect();
+    if let Some((got, min)) = f.entries {
+        fields.push(("entries", got, min));
+    }
+    for (name, got, min) in fields {
         line += &format!(
             " {name}={}/{}",
-            per_unit(*got, f.units),
-            per_unit(*min, f.units)
+            per_unit(got, f.units),
+            per_unit(min, f.units)
         );
         if got > min {
             over.push(format!("{name} +{}", per_unit(got - min, f.units)));
@@ -318,7 +344,11 @@ fn report(env: &Env, f: Figure) {
             under.push(format!("{name} -{}", per_unit(min - got, f.units)));
         }
     }
-    line += " entries=n/a verdict: ";
+    line += if f.entries.is_none() {
+        " entries=n/a verdict: "
+    } else {
+        " verdict: "
+    };
     if over.is_empty() && under.is_empty() {
         line += "= min";
     } else {
@@ -415,6 +445,7 @@ fn reserve_release_64k(env: &Env, s: &Space, name: &str, n: u64) {
             work,
             min: Work::NONE,
             why: "",
+            entries: None,
         },
     );
 }
@@ -422,6 +453,12 @@ fn reserve_release_64k(env: &Env, s: &Space, name: &str, n: u64) {
 const WHY_COMMIT: &str = "commit writes a software entry for every page (the page table is the only per-page store), \
 then the first touch rewrites it with the frame; the page tables emptied by the decommit are freed, then re-created \
 (zeroed, linked, and their parents' child counts rewritten) by the next commit";
+
+const WHY_COMMIT_256M: &str = "commit writes a software entry per page before the touch writes the real one; \
+every non-leaf entry also carries a child count that is rewritten when a table below it is created";
+
+const WHY_LARGE: &str = "the directory and PDPT emptied by the release are freed, then re-created (zeroed) by the next commit; \
+creating them rewrites the parents' child counts";
 
 /// B2: commit + first touch + decommit, per 4 KiB page, in 1 MiB batches. One warm-up round
 /// first, so the minimum is the steady state: 2 entry writes per page (map at the touch, clear
@@ -449,6 +486,7 @@ fn commit_touch_decommit(env: &Env, s: &Space, name: &str, base: u64, rounds: u6
             work,
             min,
             why: WHY_COMMIT,
+            entries: None,
         },
     );
 }
@@ -475,6 +513,7 @@ fn protect_256_pages(env: &Env, s: &Space, name: &str, base: u64, rounds: u64) {
             work,
             min,
             why: "",
+            entries: None,
         },
     );
     free(s, base, size, MEM_DECOMMIT);
@@ -501,6 +540,7 @@ fn reserve_release_live(env: &Env, s: &Space, name: &str, n: u64) {
             work,
             min: Work::NONE,
             why: "",
+            entries: None,
         },
     );
 }
@@ -524,8 +564,8 @@ fn commit_touch_256m(env: &Env, s: &Space, name: &str, size: u64) {
             cycles,
             work,
             min,
-            why: "commit writes a software entry per page before the touch writes the real one; \
-every non-leaf entry also carries a child count that is rewritten when a table below it is created",
+            why: WHY_COMMIT_256M,
+            entries: None,
         },
     );
     free(s, base, 0, MEM_RELEASE);
@@ -553,6 +593,7 @@ fn query(env: &Env, s: &Space, name: &str, addr: u64, n: u64) {
             work,
             min: Work::NONE,
             why: "",
+            entries: None,
         },
     );
 }
@@ -589,8 +630,8 @@ fn large_page_commit(env: &Env, s: &Space, name: &str, n: u64) {
             cycles,
             work,
             min,
-            why: "the directory and PDPT emptied by the release are freed, then re-created (zeroed) by the next commit; \
-creating them rewrites the parents' child counts",
+            why: WHY_LARGE,
+            entries: None,
         },
     );
 }
@@ -631,6 +672,7 @@ fn guard_page_fault(env: &Env, s: &Space, name: &str, n: u64) {
             work,
             min,
             why: "",
+            entries: None,
         },
     );
     free(s, base, 0, MEM_RELEASE);
@@ -757,6 +799,169 @@ fn tlb_threshold(env: &Env) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The in-guest benchmark: the same workloads from ring 3 through IHostMemoryManager.
+
+/// `tests/guests/c/vmbench_guest.c`, built by `kernel/build.rs`.
+const VMBENCH_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vmbench-guest.elf"));
+
+/// A marker line the guest wrote (`@begin NAME` / `@end NAME key=value...`), with the work
+/// counters and the kernel-entry count read when its `write` reached the kernel.
+struct Marker {
+    line: String,
+    counters: WorkCounters,
+    entries: u64,
+}
+
+static MARKERS: spin::Mutex<Vec<Marker>> = spin::Mutex::new(Vec::new());
+
+/// [`kernel::guest::calls::WRITE_HOOK`]: records the counters at every marker line. The guest
+/// writes each marker with one `write` call, so a marker is never split. The counters are read
+/// before anything else is done (the push below allocates only from the kernel heap, which the
+/// counters do not see).
+fn marker_hook(bytes: &[u8]) {
+    if !(bytes.starts_with(b"@begin ") || bytes.starts_with(b"@end ")) {
+        return;
+    }
+    let counters = counters();
+    let entries = kernel::guest::kernel_entries();
+    let line = String::from(String::from_utf8_lossy(bytes).trim_end());
+    MARKERS.lock().push(Marker {
+        line,
+        counters,
+        entries,
+    });
+}
+
+/// The minimum work of an in-guest workload (the in-kernel minimum of the same operation) and
+/// the kernel entries it needs: one per host call, one per page fault, and for the guard page the
+/// fault plus the handler's return (its `EXCEPTION_CONTINUE_EXECUTION` goes back through the
+/// kernel, which resumes the faulting context: Windows' `NtContinue`). Totals over `units`.
+fn guest_minimum(
+    name: &str,
+    units: u64,
+    range: Option<(u64, u64)>,
+    threshold: u64,
+) -> Option<(Work, u64, &'static str)> {
+    const PAGES_PER_MIB: u64 = MIB / PAGE;
+    Some(match name {
+        "reserve_release_64k" => (Work::NONE, 2 * units, ""),
+        "reserve_release_10k_live" => (Work::NONE, units, ""),
+        "commit_touch_decommit" => {
+            let rounds = units / PAGES_PER_MIB;
+            let min = Work::touch(PAGES_PER_MIB)
+                .plus(Work::decommit_present(PAGES_PER_MIB, threshold))
+                .times(rounds);
+            (min, rounds * (2 + PAGES_PER_MIB), WHY_COMMIT)
+        }
+        "protect_256_pages" => (Work::protect(256, threshold).times(units), units, ""),
+        "commit_touch_256m" | "commit_touch_256m_again" => {
+            let (base, size) = range?;
+            let min = Work::touch(units).plus(Work::tables(tables_needed(base, base + size)));
+            (min, 1 + units, WHY_COMMIT_256M)
+        }
+        "query_committed_64k" | "query_reserved_64m" | "query_free" => (Work::NONE, units, ""),
+        "large_page_commit_2m" => (
+            Work {
+                pte_writes: 2,
+                frames_zeroed: 512,
+                invlpg: 1,
+                ..Work::NONE
+            }
+            .times(units),
+            2 * units,
+            WHY_LARGE,
+        ),
+        "guard_page_fault" => (
+            Work {
+                pte_writes: 2,
+                invlpg: 1,
+                ..Work::NONE
+            }
+            .times(units),
+            3 * units,
+            "",
+        ),
+        "host_call_addref_release" | "host_call_ticks_ns" => (Work::NONE, units, ""),
+        _ => return None,
+    })
+}
+
+/// Runs the in-guest benchmark and prints a `bench guest-<accel> ...` line per workload.
+/// Returns whether the guest ran and exited 0 with every marker understood.
+fn guest_benchmarks(env: &Env) -> bool {
+    WRITE_HOOK.call_once(|| marker_hook);
+    MARKERS.lock().clear();
+    let outcome = kernel::guest::run_guest("vmbench-guest", VMBENCH_GUEST);
+    let markers = core::mem::take(&mut *MARKERS.lock());
+    let mut ok = outcome == kernel::guest::GuestOutcome::Exited(0);
+    let mut open: Option<&Marker> = None;
+    for m in &markers {
+        let mut words = m.line.split_whitespace();
+        let (Some(kind), Some(name)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if kind == "@begin" {
+            open = Some(m);
+            continue;
+        }
+        let Some(b) = open
+            .take()
+            .filter(|b| b.line.split_whitespace().nth(1) == Some(name))
+        else {
+            kprintln!(
+                "bench-error guest marker {:?} has no matching @begin",
+                m.line
+            );
+            ok = false;
+            continue;
+        };
+        let kv: Vec<(&str, &str)> = words.filter_map(|w| w.split_once('=')).collect();
+        let get = |k: &str| kv.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        let num = |k: &str| {
+            get(k).and_then(|v| match v.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16).ok(),
+                None => v.parse().ok(),
+            })
+        };
+        let (Some(unit), Some(units), Some(cycles)) = (get("unit"), num("n"), num("cycles")) else {
+            kprintln!("bench-error guest marker {:?} lacks unit/n/cycles", m.line);
+            ok = false;
+            continue;
+        };
+        let range = num("base").zip(num("size"));
+        let Some((min, entries_min, why)) = guest_minimum(name, units, range, env.threshold) else {
+            kprintln!("bench-error guest workload {name} has no known minimum");
+            ok = false;
+            continue;
+        };
+        // The entries counted between the markers include the @end marker's own `write`.
+        let entries = m.entries - b.entries - 1;
+        let unit: &'static str = match unit {
+            "op" => "op",
+            "page" => "page",
+            "call" => "call",
+            "2MiB-page" => "2MiB-page",
+            "round-trip" => "round-trip",
+            _ => "unit",
+        };
+        report(
+            env,
+            Figure {
+                name: name.into(),
+                unit,
+                units,
+                cycles,
+                work: Work::between(&b.counters, &m.counters),
+                min,
+                why,
+                entries: Some((entries, entries_min)),
+            },
+        );
+    }
+    ok
+}
+
+// ---------------------------------------------------------------------------------------------
 
 fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     kernel::init(boot_info);
@@ -876,6 +1081,7 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
                 work,
                 min: Work::NONE,
                 why: "",
+                entries: None,
             },
         );
         let b = alloc(&s, 0, size, MEM_RESERVE, PAGE_NOACCESS);
@@ -928,13 +1134,26 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
                 work,
                 min,
                 why: "freeing a page table whose directory keeps other tables rewrites the child count in the directory's entry",
+                entries: None,
             },
         );
     }
 
     tlb_threshold(&env);
 
+    // The same workloads from ring 3.
+    let guest_env = Env {
+        place: format!("guest-{accel}"),
+        tsc_hz,
+        threshold,
+    };
+    let guest_ok = guest_benchmarks(&guest_env);
+
     memory::print_accounting();
+    if !guest_ok {
+        kprintln!("bench failed: the in-guest benchmark did not complete (see above)");
+        qemu::exit(qemu::ExitCode::Failure)
+    }
     kprintln!("bench complete");
     qemu::exit(qemu::ExitCode::Success)
 }

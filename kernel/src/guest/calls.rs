@@ -35,6 +35,12 @@ pub const MAX_ACQUIRED_RANGES: usize = 4096;
 /// Bytes a `write` copies at once (longer writes go in pieces).
 const WRITE_CHUNK: usize = 4096;
 
+/// Benchmark hook: when set, called with each piece (at most [`WRITE_CHUNK`] bytes) of console
+/// output a guest writes, before it is printed, inside the guest's system call (its space in CR3,
+/// no lock held). Set only by the benchmark image (`src/bin/bench.rs`), which reads the work
+/// counters and [`super::kernel_entries`] at the in-guest benchmark's marker lines.
+pub static WRITE_HOOK: spin::Once<fn(&[u8])> = spin::Once::new();
+
 /// The `IHostMemoryManager` methods, by vtable slot.
 mod slot {
     pub const QUERY_INTERFACE: u64 = 0;
@@ -149,6 +155,9 @@ impl Guest {
             let n = (len - done).min(WRITE_CHUNK as u64) as usize;
             if self.read_bytes(buf + done, &mut chunk[..n]).is_err() {
                 return;
+            }
+            if let Some(hook) = WRITE_HOOK.get() {
+                hook(&chunk[..n]);
             }
             crate::console::write_bytes(&chunk[..n]);
             done += n as u64;
