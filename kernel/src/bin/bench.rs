@@ -25,14 +25,14 @@
 //! pages are touched from ring 0 through `kernel::arch::probe` (SMAP window); a first touch takes
 //! a real page fault resolved by demand-zero.
 //!
-//! After the in-kernel part it runs the in-guest benchmark, `tests/guests/c/vmbench_guest.c`
+//! After the in-kernel part (under KVM before it: see `bench_main`) it runs the in-guest benchmark, `tests/guests/c/vmbench_guest.c`
 //! (built by `kernel/build.rs`, embedded here): the same workloads from ring 3 through
 //! `IHostMemoryManager`, plus no-op host calls (`AddRef`/`Release`, `HOST_SERVICES.ticks_ns`). The
 //! guest times each loop with `rdtsc` and brackets it with two marker lines, each one `write`:
 //! `@begin NAME` and `@end NAME unit=U n=N cycles=C [base=0x.. size=0x..]`. This image installs
 //! [`WRITE_HOOK`] (`kernel::guest::calls`), which reads the work counters and
 //! `kernel::guest::kernel_entries()` (system calls and exceptions from ring 3) at every marker;
-//! after the guest exits it prints a `bench guest-<accel> ...` line per workload in the format
+//! at each `@end` it prints a `bench guest-<accel> ...` line for the workload in the format
 //! above, with `entries=<measured>/<minimum>` per unit (the @end marker's own entry subtracted).
 //! The minimum of a guest workload is the in-kernel one plus one entry per host call and per page
 //! fault (and for the guard page the handler's return: see [`guest_minimum`]).
@@ -48,6 +48,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::arch::x86_64::{__cpuid_count, _rdtsc};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use address_space::win32::*;
 use address_space::{SpaceConfig, WorkCounters};
@@ -804,32 +805,93 @@ fn tlb_threshold(env: &Env) {
 /// `tests/guests/c/vmbench_guest.c`, built by `kernel/build.rs`.
 const VMBENCH_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vmbench-guest.elf"));
 
-/// A marker line the guest wrote (`@begin NAME` / `@end NAME key=value...`), with the work
-/// counters and the kernel-entry count read when its `write` reached the kernel.
-struct Marker {
-    line: String,
+/// The counters and the kernel-entry count read at the guest's last `@begin` marker.
+struct Begin {
+    name: String,
     counters: WorkCounters,
     entries: u64,
 }
 
-static MARKERS: spin::Mutex<Vec<Marker>> = spin::Mutex::new(Vec::new());
+/// Set before the guest runs: where the lines say they ran, the TSC rate, the threshold.
+static GUEST_ENV: spin::Once<Env> = spin::Once::new();
+static BEGIN: spin::Mutex<Option<Begin>> = spin::Mutex::new(None);
+/// Workloads reported, and whether a marker was not understood.
+static GUEST_REPORTED: AtomicU64 = AtomicU64::new(0);
+static GUEST_BAD_MARKER: AtomicBool = AtomicBool::new(false);
 
-/// [`kernel::guest::calls::WRITE_HOOK`]: records the counters at every marker line. The guest
-/// writes each marker with one `write` call, so a marker is never split. The counters are read
-/// before anything else is done (the push below allocates only from the kernel heap, which the
-/// counters do not see).
+/// [`WRITE_HOOK`]: runs inside the guest's `write` system call for every piece of its output.
+/// At `@begin NAME` it reads the work counters and the kernel-entry count; at `@end NAME ...` it
+/// reads them again and prints the workload's `bench guest-<accel>` line at once (so a run that
+/// stops later keeps the lines of the workloads it finished). The guest writes each marker with
+/// one `write` call, so a marker is never split; the counters are read before anything else (the
+/// printing and the kernel-heap allocations here are not counted work).
 fn marker_hook(bytes: &[u8]) {
-    if !(bytes.starts_with(b"@begin ") || bytes.starts_with(b"@end ")) {
+    let is_begin = bytes.starts_with(b"@begin ");
+    if !is_begin && !bytes.starts_with(b"@end ") {
         return;
     }
     let counters = counters();
     let entries = kernel::guest::kernel_entries();
-    let line = String::from(String::from_utf8_lossy(bytes).trim_end());
-    MARKERS.lock().push(Marker {
-        line,
-        counters,
-        entries,
-    });
+    let text = String::from_utf8_lossy(bytes);
+    let mut words = text.split_whitespace().skip(1);
+    let name = String::from(words.next().unwrap_or(""));
+    if is_begin {
+        *BEGIN.lock() = Some(Begin {
+            name,
+            counters,
+            entries,
+        });
+        return;
+    }
+    let bad = |why: &str| {
+        kprintln!("bench-error guest marker {:?}: {why}", text.trim_end());
+        GUEST_BAD_MARKER.store(true, Ordering::SeqCst);
+    };
+    let Some(b) = BEGIN.lock().take().filter(|b| b.name == name) else {
+        return bad("no matching @begin");
+    };
+    let Some(env) = GUEST_ENV.get() else {
+        return bad("no environment");
+    };
+    let kv: Vec<(&str, &str)> = words.filter_map(|w| w.split_once('=')).collect();
+    let get = |k: &str| kv.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    let num = |k: &str| {
+        get(k).and_then(|v| match v.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => v.parse().ok(),
+        })
+    };
+    let (Some(unit), Some(units), Some(cycles)) = (get("unit"), num("n"), num("cycles")) else {
+        return bad("no unit=, n= or cycles=");
+    };
+    let range = num("base").zip(num("size"));
+    let Some((min, entries_min, why)) = guest_minimum(&name, units, range, env.threshold) else {
+        return bad("no known minimum for this workload");
+    };
+    let unit: &'static str = match unit {
+        "op" => "op",
+        "page" => "page",
+        "call" => "call",
+        "2MiB-page" => "2MiB-page",
+        "round-trip" => "round-trip",
+        _ => return bad("unknown unit"),
+    };
+    // The entries counted between the markers include the @end marker's own `write`.
+    let entries = entries - b.entries - 1;
+    report(
+        env,
+        Figure {
+            name,
+            unit,
+            units,
+            cycles,
+            work: Work::between(&b.counters, &counters),
+            min,
+            why,
+            entries: Some((entries, entries_min)),
+        },
+    );
+    GUEST_REPORTED.fetch_add(1, Ordering::SeqCst);
 }
 
 /// The minimum work of an in-guest workload (the in-kernel minimum of the same operation) and
@@ -886,79 +948,22 @@ fn guest_minimum(
     })
 }
 
-/// Runs the in-guest benchmark and prints a `bench guest-<accel> ...` line per workload.
-/// Returns whether the guest ran and exited 0 with every marker understood.
-fn guest_benchmarks(env: &Env) -> bool {
+/// How many workloads the guest reports (its `@end` markers).
+const GUEST_WORKLOADS: u64 = 13;
+
+/// Runs the in-guest benchmark (its lines are printed as it goes, by [`marker_hook`]). Returns
+/// whether the guest exited 0 and every one of its workloads was reported.
+fn guest_benchmarks(env: Env) -> bool {
+    GUEST_ENV.call_once(|| env);
     WRITE_HOOK.call_once(|| marker_hook);
-    MARKERS.lock().clear();
     let outcome = kernel::guest::run_guest("vmbench-guest", VMBENCH_GUEST);
-    let markers = core::mem::take(&mut *MARKERS.lock());
-    let mut ok = outcome == kernel::guest::GuestOutcome::Exited(0);
-    let mut open: Option<&Marker> = None;
-    for m in &markers {
-        let mut words = m.line.split_whitespace();
-        let (Some(kind), Some(name)) = (words.next(), words.next()) else {
-            continue;
-        };
-        if kind == "@begin" {
-            open = Some(m);
-            continue;
-        }
-        let Some(b) = open
-            .take()
-            .filter(|b| b.line.split_whitespace().nth(1) == Some(name))
-        else {
-            kprintln!(
-                "bench-error guest marker {:?} has no matching @begin",
-                m.line
-            );
-            ok = false;
-            continue;
-        };
-        let kv: Vec<(&str, &str)> = words.filter_map(|w| w.split_once('=')).collect();
-        let get = |k: &str| kv.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
-        let num = |k: &str| {
-            get(k).and_then(|v| match v.strip_prefix("0x") {
-                Some(h) => u64::from_str_radix(h, 16).ok(),
-                None => v.parse().ok(),
-            })
-        };
-        let (Some(unit), Some(units), Some(cycles)) = (get("unit"), num("n"), num("cycles")) else {
-            kprintln!("bench-error guest marker {:?} lacks unit/n/cycles", m.line);
-            ok = false;
-            continue;
-        };
-        let range = num("base").zip(num("size"));
-        let Some((min, entries_min, why)) = guest_minimum(name, units, range, env.threshold) else {
-            kprintln!("bench-error guest workload {name} has no known minimum");
-            ok = false;
-            continue;
-        };
-        // The entries counted between the markers include the @end marker's own `write`.
-        let entries = m.entries - b.entries - 1;
-        let unit: &'static str = match unit {
-            "op" => "op",
-            "page" => "page",
-            "call" => "call",
-            "2MiB-page" => "2MiB-page",
-            "round-trip" => "round-trip",
-            _ => "unit",
-        };
-        report(
-            env,
-            Figure {
-                name: name.into(),
-                unit,
-                units,
-                cycles,
-                work: Work::between(&b.counters, &m.counters),
-                min,
-                why,
-                entries: Some((entries, entries_min)),
-            },
-        );
+    let reported = GUEST_REPORTED.load(Ordering::SeqCst);
+    if reported != GUEST_WORKLOADS {
+        kprintln!("bench-error the guest reported {reported} of {GUEST_WORKLOADS} workloads");
     }
-    ok
+    outcome == kernel::guest::GuestOutcome::Exited(0)
+        && reported == GUEST_WORKLOADS
+        && !GUEST_BAD_MARKER.load(Ordering::SeqCst)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -983,6 +988,20 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         kprintln!(
             "bench-note cycles under TCG are emulation (translated code, softmmu TLB): compare operations, not hardware"
         );
+    }
+
+    // The in-guest benchmark runs after the in-kernel part, except under KVM: there the first
+    // ring-0 touch of a guest page by the in-kernel part (the probe's `stac`) has stopped this
+    // machine's KVM with an emulation failure, and a guest's own accesses need no `stac`; so under
+    // KVM the guest goes first, to get whatever figures KVM gives.
+    let guest_env = || Env {
+        place: format!("guest-{accel}"),
+        tsc_hz,
+        threshold,
+    };
+    let mut guest_ok = None;
+    if accel == "KVM" {
+        guest_ok = Some(guest_benchmarks(guest_env()));
     }
 
     // The peer program's workloads, each in a fresh space loaded in CR3.
@@ -1142,12 +1161,7 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     tlb_threshold(&env);
 
     // The same workloads from ring 3.
-    let guest_env = Env {
-        place: format!("guest-{accel}"),
-        tsc_hz,
-        threshold,
-    };
-    let guest_ok = guest_benchmarks(&guest_env);
+    let guest_ok = guest_ok.unwrap_or_else(|| guest_benchmarks(guest_env()));
 
     memory::print_accounting();
     if !guest_ok {
