@@ -269,6 +269,8 @@ pub struct Heap {
     /// Old-generation bytes marked by the current major collection.
     marked_bytes: usize,
     marked_objects: usize,
+    /// Young bytes marked by the current major collection (what a minor one would promote).
+    marked_young: usize,
 }
 
 fn commit(addr: usize, size: usize, level: CriticalLevel) -> bool {
@@ -303,6 +305,7 @@ impl Heap {
             old_since_major: 0,
             marked_bytes: 0,
             marked_objects: 0,
+            marked_young: 0,
         };
         heap.stats.committed_bytes += nursery_size as u64;
         heap.stats.heap_committed = nursery_size as u64;
@@ -369,7 +372,7 @@ impl Heap {
         }
         let mut p = (self.bump)(&mut self.ctx, bytes);
         if p == 0 {
-            self.nursery_full();
+            self.nursery_full()?;
             p = (self.bump)(&mut self.ctx, bytes);
             if p == 0 {
                 return Err(ManagedError::OutOfMemory);
@@ -384,12 +387,11 @@ impl Heap {
     }
 
     #[cold]
-    fn nursery_full(&mut self) {
+    fn nursery_full(&mut self) -> Result<(), ManagedError> {
         let _scope = RuntimeScope::enter();
         if COLLECT_NOW.swap(false, Ordering::SeqCst) {
             // The host said memory is low: collect everything now, before promoting anything.
-            self.collect(Reason::Notification);
-            return;
+            return self.collect(Reason::Notification);
         }
         // Promotion must not fail half-way: if the survivors might not fit in the old
         // generation's free space plus what the host still lets us commit, free old space first.
@@ -398,13 +400,11 @@ impl Heap {
             let band = BAND.load(Ordering::SeqCst);
             if band == memory_available::LOW || band == memory_available::NEUTRAL {
                 // The host said memory is not plentiful: free old space instead of committing.
-                self.collect(Reason::Notification);
-                return;
+                return self.collect(Reason::Notification);
             }
             let available = host().memory_load().map_or(0, |(_, a)| a as usize);
             if available < used - self.usable_free() + 2 * SEG {
-                self.collect(Reason::OutOfMemory);
-                return;
+                return self.collect(Reason::OutOfMemory);
             }
         }
         let critical_before = self.stats.critical_commits;
@@ -424,6 +424,7 @@ impl Heap {
         } else if self.old_since_major > MIN_BUDGET.max(GROWTH * live) {
             self.major(Reason::Budget);
         }
+        Ok(())
     }
 
     #[cold]
@@ -435,14 +436,15 @@ impl Heap {
             return Err(ManagedError::OutOfMemory);
         }
         if COLLECT_NOW.swap(false, Ordering::SeqCst) {
-            self.collect(Reason::Notification);
+            // (If the nursery could not be promoted, the allocation below still may succeed.)
+            let _ = self.collect(Reason::Notification);
         }
         let p = match self.old_alloc(bytes, CriticalLevel::Task) {
             Some(p) => p,
             None => {
                 // Out of memory: collect everything and retry once.
-                self.collect(Reason::OutOfMemory);
-                match self.old_alloc(bytes, CriticalLevel::Task) {
+                let collected = self.collect(Reason::OutOfMemory);
+                match self.old_alloc(bytes, CriticalLevel::Task).filter(|_| collected.is_ok()) {
                     Some(p) => p,
                     None => {
                         self.stats.managed_oom += 1;
@@ -599,14 +601,23 @@ impl Heap {
     /// A full collection. If the nursery's survivors surely fit in the old generation: a minor
     /// collection, then a major one (which may compact). Else a major collection that marks
     /// through the nursery too (so the old generation's garbage is freed before anything is
-    /// promoted), then a minor one.
-    pub fn collect(&mut self, reason: Reason) {
+    /// promoted), then a minor one. If even then the survivors cannot fit in the free space plus
+    /// what the host still lets the runtime commit, nothing is promoted and the result is a
+    /// managed `OutOfMemory` (the nursery stays full until the program drops something).
+    pub fn collect(&mut self, reason: Reason) -> Result<(), ManagedError> {
         let _scope = RuntimeScope::enter();
         if self.usable_free() >= self.ctx.cursor - self.nursery {
             self.minor();
             self.major(reason);
         } else {
             self.major(reason);
+            let available = host().memory_load().map_or(0, |(_, a)| a as usize);
+            if self.marked_young > self.free_bytes + (self.cur_end - self.cur) + available {
+                self.unmark_nursery();
+                self.stats.managed_oom += 1;
+                COLLECT_NOW.store(false, Ordering::SeqCst);
+                return Err(ManagedError::OutOfMemory);
+            }
             self.minor();
             // The nursery is empty now: if the old generation is mostly holes, compact it.
             let committed = self.committed_segments();
@@ -615,6 +626,18 @@ impl Heap {
             }
         }
         COLLECT_NOW.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Clears the marks a major collection left on young objects (when no minor collection
+    /// follows it). The nursery is bump-allocated: its objects lie end to end.
+    fn unmark_nursery(&mut self) {
+        let mut obj = self.nursery;
+        while obj < self.ctx.cursor {
+            let h = hdr(obj);
+            set_hdr(obj, h & !MARK);
+            obj += words_of(h) * 8;
+        }
     }
 
     /// Promotes `p` if it is young; returns its (new) address.
@@ -763,6 +786,8 @@ impl Heap {
             if !self.in_nursery(p) {
                 self.marked_bytes += words_of(h) * 8;
                 self.marked_objects += 1;
+            } else {
+                self.marked_young += words_of(h) * 8;
             }
         }
     }
@@ -884,6 +909,7 @@ impl Heap {
         let nursery_empty = self.ctx.cursor == self.nursery;
         self.marked_bytes = 0;
         self.marked_objects = 0;
+        self.marked_young = 0;
         if !nursery_empty {
             // The sweep will write free-span headers all over the old generation: keep the pages
             // the mutator wrote for the minor collection that follows, and reset the watch after
