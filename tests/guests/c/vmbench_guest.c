@@ -13,8 +13,7 @@
  * exactly that of the loop (plus the @end write's own kernel entry, which the image subtracts). At
  * each @end it prints the workload's "bench guest-<accel> ..." line, in the in-kernel lines'
  * format. Timing is rdtsc in ring 3 (the kernel leaves CR4.TSD clear), totals only; the image
- * divides and converts to ns. The no-op host calls go first: they need no page-table work, so a
- * run that stops early (KVM on some machines) still has them.
+ * divides and converts to ns. The no-op host calls go first (see noop_calls).
  *
  * Workloads that create page tables run at fixed addresses, each in a 512 GiB slot nothing else in
  * the guest uses (the image is in slot 0, the stack and host pages in slot 255), so the tables they
@@ -42,65 +41,79 @@ static inline uint64_t rdtsc(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
-/* ---- one-write lines ---- */
-static char g_line[256];
-static size_t g_len;
-static void l_str(const char *s) {
-    while (*s && g_len < sizeof g_line - 1) g_line[g_len++] = *s++;
+/* ---- one-write lines, built on the stack (the no-op calls run before any write to the image's
+ * data: see guest_main) ---- */
+typedef struct LINE {
+    char b[256];
+    size_t n;
+} LINE;
+static void l_str(LINE *l, const char *s) {
+    while (*s && l->n < sizeof l->b - 1) l->b[l->n++] = *s++;
 }
-static void l_dec(uint64_t v) {
+static void l_dec(LINE *l, uint64_t v) {
     char b[21];
     int i = 20;
     b[i] = 0;
     do { b[--i] = (char)('0' + v % 10); v /= 10; } while (v);
-    l_str(b + i);
+    l_str(l, b + i);
 }
-static void l_hex(uint64_t v) {
+static void l_hex(LINE *l, uint64_t v) {
     char b[19];
     int i;
     b[0] = '0';
     b[1] = 'x';
     for (i = 0; i < 16; i++) b[2 + i] = "0123456789abcdef"[(v >> (60 - 4 * i)) & 15];
     b[18] = 0;
-    l_str(b);
+    l_str(l, b);
 }
-static void l_flush(void) {
-    g_line[g_len++] = '\n';
-    g_services->write(g_line, g_len);
-    g_len = 0;
+static void l_flush(const HOST_SERVICES *hs, LINE *l) {
+    l->b[l->n++] = '\n';
+    hs->write(l->b, l->n);
+    l->n = 0;
 }
 
-static void begin(const char *name) {
-    l_str("@begin ");
-    l_str(name);
-    l_flush();
+static void begin_on(const HOST_SERVICES *hs, const char *name) {
+    LINE l;
+    l.n = 0;
+    l_str(&l, "@begin ");
+    l_str(&l, name);
+    l_flush(hs, &l);
 }
 /* base/size: the range whose page tables the workload creates (0 if none). */
-static void end(const char *name, const char *unit, uint64_t units, uint64_t cycles, uint64_t base, uint64_t size) {
-    l_str("@end ");
-    l_str(name);
-    l_str(" unit=");
-    l_str(unit);
-    l_str(" n=");
-    l_dec(units);
-    l_str(" cycles=");
-    l_dec(cycles);
+static void end_on(const HOST_SERVICES *hs, const char *name, const char *unit, uint64_t units, uint64_t cycles,
+                   uint64_t base, uint64_t size) {
+    LINE l;
+    l.n = 0;
+    l_str(&l, "@end ");
+    l_str(&l, name);
+    l_str(&l, " unit=");
+    l_str(&l, unit);
+    l_str(&l, " n=");
+    l_dec(&l, units);
+    l_str(&l, " cycles=");
+    l_dec(&l, cycles);
     if (size) {
-        l_str(" base=");
-        l_hex(base);
-        l_str(" size=");
-        l_hex(size);
+        l_str(&l, " base=");
+        l_hex(&l, base);
+        l_str(&l, " size=");
+        l_hex(&l, size);
     }
-    l_flush();
+    l_flush(hs, &l);
+}
+static void begin(const char *name) { begin_on(g_services, name); }
+static void end(const char *name, const char *unit, uint64_t units, uint64_t cycles, uint64_t base, uint64_t size) {
+    end_on(g_services, name, unit, units, cycles, base, size);
 }
 
 static void fail(const char *what, HRESULT hr) {
+    LINE l;
+    l.n = 0;
     g_errors++;
-    l_str("vmbench-guest: FAILED ");
-    l_str(what);
-    l_str(": ");
-    l_hex((uint32_t)hr);
-    l_flush();
+    l_str(&l, "vmbench-guest: FAILED ");
+    l_str(&l, what);
+    l_str(&l, ": ");
+    l_hex(&l, (uint32_t)hr);
+    l_flush(g_services, &l);
 }
 
 static char *reserve_at(uint64_t at, uint64_t n) {
@@ -316,34 +329,39 @@ static void guard_page_fault(void) {
 }
 
 /* The cheapest host calls: IHostMemoryManager::AddRef + Release (each one kernel entry and a
- * counter update), and HOST_SERVICES.ticks_ns; per call. */
-static void noop_calls(void) {
+ * counter update), and HOST_SERVICES.ticks_ns; per call. They run first and touch only the stack
+ * and the host's pages (no page fault, no write to the image's data), so nothing but the calls
+ * themselves is in the loop. Returns a sum the caller checks is non-zero. */
+static uint64_t noop_calls(IHostMemoryManager *host, const HOST_SERVICES *hs) {
+    const IHostMemoryManagerVtbl *v = host->lpVtbl;
     uint64_t n = 50000, i, t0, t1, sum = 0;
-    begin("host_call_addref_release");
+    begin_on(hs, "host_call_addref_release");
     t0 = rdtsc();
     for (i = 0; i < n; i++) {
-        sum += V->AddRef(g_host);
-        sum += V->Release(g_host);
+        sum += v->AddRef(host);
+        sum += v->Release(host);
     }
     t1 = rdtsc();
-    end("host_call_addref_release", "call", 2 * n, t1 - t0, 0, 0);
-    begin("host_call_ticks_ns");
+    end_on(hs, "host_call_addref_release", "call", 2 * n, t1 - t0, 0, 0);
+    begin_on(hs, "host_call_ticks_ns");
     t0 = rdtsc();
-    for (i = 0; i < n; i++) sum += g_services->ticks_ns();
+    for (i = 0; i < n; i++) sum += hs->ticks_ns();
     t1 = rdtsc();
-    end("host_call_ticks_ns", "call", n, t1 - t0, 0, 0);
-    if (sum == 0) fail("no-op calls", 0);
+    end_on(hs, "host_call_ticks_ns", "call", n, t1 - t0, 0, 0);
+    return sum;
 }
 
 int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
-    uint64_t c0, c1, n0, n1;
+    uint64_t c0, c1, n0, n1, sum;
+    LINE l;
+    n0 = services->ticks_ns();
+    c0 = rdtsc();
+    sum = noop_calls(host, services); /* first, before any global is written */
     g_host = host;
     V = host->lpVtbl;
     g_services = services;
-    n0 = services->ticks_ns();
-    c0 = rdtsc();
     put("vmbench-guest: hello from ring 3\n");
-    noop_calls();
+    if (sum == 0) fail("no-op calls", 0);
     reserve_release_64k();
     commit_touch_decommit();
     protect_256_pages();
@@ -356,13 +374,14 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     c1 = rdtsc();
     n1 = services->ticks_ns();
     /* Cross-check of the clock the image converts cycles with: the ring-3 TSC against ticks_ns. */
-    l_str("vmbench-guest: rdtsc in ring 3 ran at ");
-    l_dec((n1 - n0) >= 1000000 ? (c1 - c0) * 1000 / ((n1 - n0) / 1000000) : 0);
-    l_str(" cycles per second of HOST_SERVICES.ticks_ns over the whole run");
-    l_flush();
-    l_str("vmbench-guest: ");
-    l_dec((uint64_t)g_errors);
-    l_str(" errors");
-    l_flush();
+    l.n = 0;
+    l_str(&l, "vmbench-guest: rdtsc in ring 3 ran at ");
+    l_dec(&l, (n1 - n0) >= 1000000 ? (c1 - c0) * 1000 / ((n1 - n0) / 1000000) : 0);
+    l_str(&l, " cycles per second of HOST_SERVICES.ticks_ns over the whole run");
+    l_flush(services, &l);
+    l_str(&l, "vmbench-guest: ");
+    l_dec(&l, (uint64_t)g_errors);
+    l_str(&l, " errors");
+    l_flush(services, &l);
     return g_errors ? 1 : 0;
 }
