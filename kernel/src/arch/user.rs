@@ -149,6 +149,25 @@ const EXIT_EXCEPTION: u64 = 2;
 global_asm!(
     r#"
     .text
+    # Stores every general register but rax and rsp into the UserContext at rax (the GUEST_CONTEXT
+    # layout: rax 0, rbx 8, rcx 16, rdx 24, rsi 32, rdi 40, rbp 48, rsp 56, r8..r15 64..120).
+    .macro vmk_save_gprs
+    mov [rax + 8], rbx
+    mov [rax + 16], rcx
+    mov [rax + 24], rdx
+    mov [rax + 32], rsi
+    mov [rax + 40], rdi
+    mov [rax + 48], rbp
+    mov [rax + 64], r8
+    mov [rax + 72], r9
+    mov [rax + 80], r10
+    mov [rax + 88], r11
+    mov [rax + 96], r12
+    mov [rax + 104], r13
+    mov [rax + 112], r14
+    mov [rax + 120], r15
+    .endm
+
     .global vmk_enter_user
 vmk_enter_user:
     push rbx
@@ -219,20 +238,7 @@ vmk_syscall_entry:
     mov rsp, gs:[0]
     mov gs:[24], rax
     mov rax, gs:[16]
-    mov [rax + 8], rbx
-    mov [rax + 16], rcx
-    mov [rax + 24], rdx
-    mov [rax + 32], rsi
-    mov [rax + 40], rdi
-    mov [rax + 48], rbp
-    mov [rax + 64], r8
-    mov [rax + 72], r9
-    mov [rax + 80], r10
-    mov [rax + 88], r11
-    mov [rax + 96], r12
-    mov [rax + 104], r13
-    mov [rax + 112], r14
-    mov [rax + 120], r15
+    vmk_save_gprs
     mov [rax + 128], rcx
     mov [rax + 136], r11
     mov rbx, gs:[8]
@@ -254,20 +260,7 @@ vmk_user_exception:
     swapgs
     mov gs:[24], rax
     mov rax, gs:[16]
-    mov [rax + 8], rbx
-    mov [rax + 16], rcx
-    mov [rax + 24], rdx
-    mov [rax + 32], rsi
-    mov [rax + 40], rdi
-    mov [rax + 48], rbp
-    mov [rax + 64], r8
-    mov [rax + 72], r9
-    mov [rax + 80], r10
-    mov [rax + 88], r11
-    mov [rax + 96], r12
-    mov [rax + 104], r13
-    mov [rax + 112], r14
-    mov [rax + 120], r15
+    vmk_save_gprs
     mov rbx, gs:[24]
     mov [rax + 0], rbx
     mov rbx, [rsp]
