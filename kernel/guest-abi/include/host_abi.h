@@ -232,13 +232,13 @@ typedef struct HOST_SERVICES {
                                 uint32_t *granularity);
     uint32_t (*reset_write_watch)(void *base, uint64_t size);
     void (*query_commit)(HOST_COMMIT_INFO *out);
-    /* Appended by this kernel (present when cbSize >= 112): the guest's argument string
-     * (run-qemu.sh --guest-args "..."), NUL-terminated, args_len bytes without the NUL. */
-    const char *args;
-    uint64_t args_len;
 } HOST_SERVICES;
 
-/* The entry point every guest defines. */
+/* The entry point every guest defines. This kernel also passes a third argument, the guest's
+ * argument string (run-qemu.sh --guest-args "...", NUL-terminated, "" without one), which a guest
+ * may declare as `const char *args` or ignore:
+ *     int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services, const char *args);
+ */
 int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services);
 
 #ifdef __cplusplus

@@ -171,10 +171,6 @@ pub struct HostServices {
     pub get_write_watch: extern "C" fn(u32, *mut u8, u64, *mut *mut u8, *mut u64, *mut u32) -> u32,
     pub reset_write_watch: extern "C" fn(*mut u8, u64) -> u32,
     pub query_commit: extern "C" fn(*mut HostCommitInfo),
-    /// Appended by this kernel (valid when `cb_size >= 112`): the argument string.
-    pub args: *const u8,
-    /// Its length in bytes.
-    pub args_len: u64,
 }
 
 /// `IHostMemoryManager`'s vtable.
@@ -311,14 +307,23 @@ impl Host {
         }
     }
 
-    /// The guest's argument string (`run-qemu.sh --guest-args "..."`), empty if none.
+    /// The guest's argument string (`run-qemu.sh --guest-args "..."`: the entry point's third
+    /// argument, kept by [`guest_entry!`]), empty if none.
     pub fn args(&self) -> &str {
-        let s = self.services();
-        if (s.cb_size as usize) < core::mem::size_of::<HostServices>() || s.args.is_null() {
+        // SAFETY: written once by guest_entry! before the guest's code runs.
+        let p = unsafe { GUEST_ARGS };
+        if p.is_null() {
             return "";
         }
-        // SAFETY: the host keeps args_len bytes at args in its read-only data page.
-        let bytes = unsafe { core::slice::from_raw_parts(s.args, s.args_len as usize) };
+        // SAFETY: the host keeps a NUL-terminated string of at most a few KiB at this address in
+        // its read-only data page for the guest's whole life; the scan stops at the NUL.
+        let bytes = unsafe {
+            let mut n = 0;
+            while n < 4096 && *p.add(n) != 0 {
+                n += 1;
+            }
+            core::slice::from_raw_parts(p, n)
+        };
         core::str::from_utf8(bytes).unwrap_or("")
     }
 
@@ -452,6 +457,8 @@ impl fmt::Write for Console<'_> {
 
 #[doc(hidden)]
 pub static mut PANIC_SERVICES: *const HostServices = core::ptr::null();
+#[doc(hidden)]
+pub static mut GUEST_ARGS: *const u8 = core::ptr::null();
 
 /// Defines `guest_main`, which wraps the pointers in a [`Host`] and calls `$main(&Host) -> i32`.
 #[macro_export]
@@ -463,11 +470,15 @@ macro_rules! guest_entry {
         pub extern "C" fn guest_main(
             manager: *mut $crate::HostMemoryManager,
             services: *const $crate::HostServices,
+            args: *const u8,
         ) -> i32 {
             // SAFETY: these are the arguments the host passes to the entry point.
             let host = unsafe { $crate::Host::from_raw(manager, services) };
             // SAFETY: written once, before anything can panic, by the only thread.
-            unsafe { $crate::PANIC_SERVICES = services };
+            unsafe {
+                $crate::PANIC_SERVICES = services;
+                $crate::GUEST_ARGS = args;
+            }
             $main(&host)
         }
     };

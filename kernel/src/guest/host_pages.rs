@@ -30,11 +30,11 @@ pub const MANAGER_OBJECT: u64 = HOST_DATA;
 pub const MANAGER_VTABLE: u64 = HOST_DATA + 0x40;
 /// `HOST_SERVICES`.
 pub const HOST_SERVICES: u64 = HOST_DATA + 0x100;
-/// `sizeof(HOST_SERVICES)` as this kernel builds it: version 1's 96 bytes plus two appended fields
-/// (`args`, `args_len`: the guest's argument string), which host-abi §7 allows ("later versions only
-/// append fields; a guest checks cbSize before using a field").
-pub const HOST_SERVICES_SIZE: u32 = 112;
-/// Where the guest's argument string is kept (in the read-only data page, NUL-terminated).
+/// `sizeof(HOST_SERVICES)` (version 1, exactly the contract's layout).
+pub const HOST_SERVICES_SIZE: u32 = 96;
+/// Where the guest's argument string is kept (in the read-only data page, NUL-terminated). Its
+/// address is the entry point's third argument (`rdx`): a guest declared with the contract's two
+/// parameters simply ignores it (System V passes it in a register).
 pub const ARGS: u64 = HOST_DATA + 0x200;
 /// Longest argument string.
 pub const ARGS_MAX: usize = 0xE00 - 1;
@@ -267,8 +267,6 @@ pub fn data_page(max_application_address: u64, create_malloc: u64, args: &[u8]) 
     put(s + 80, stub(Stub::ResetWriteWatch));
     put(s + 88, stub(Stub::QueryCommit));
     let args = &args[..args.len().min(ARGS_MAX)];
-    put(s + 96, ARGS);
-    put(s + 104, args.len() as u64);
     let a = (ARGS - HOST_DATA) as usize;
     page[a..a + args.len()].copy_from_slice(args);
     page

@@ -220,6 +220,8 @@ impl Guest {
             rsp: stack_top - 8,
             rdi: MANAGER_OBJECT,
             rsi: HOST_SERVICES,
+            // Beyond the contract's two arguments: the argument string (see host_pages::ARGS).
+            rdx: host_pages::ARGS,
             rflags: 0x202,
             ..UserContext::default()
         };
