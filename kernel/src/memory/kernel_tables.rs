@@ -52,20 +52,32 @@ pub struct KernelTables {
     pub table_pages: u64,
 }
 
-/// Hands frames to the x86_64 crate's mapper, counting them.
-struct TableFrames<'a> {
-    frames: &'a mut FrameAllocator,
-    taken: u64,
+/// Hands frames to the x86_64 crate's mapper for the kernel's own page-table pages, counting them.
+pub(super) struct TableFrames<'a> {
+    pub(super) frames: &'a mut FrameAllocator,
+    pub(super) taken: u64,
 }
 
 // SAFETY: every frame returned comes from the frame allocator, which hands each frame out once
-// and never again until freed; these frames are never freed (kernel tables live forever).
+// and never again until freed; the kernel's page-table pages are never freed (the kernel tables
+// live forever, and kernel-stack slots keep theirs for reuse).
 unsafe impl x86_64::structures::paging::FrameAllocator<Size4KiB> for TableFrames<'_> {
     fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
         let f = self.frames.alloc().ok()?;
         self.taken += 1;
         Some(f)
     }
+}
+
+/// The 4-level table whose PML4 is at physical `root`, reached through the window at `offset`.
+///
+/// # Safety
+/// `offset` must map all RAM (the physical-memory window), `root` must be a PML4 frame, and the
+/// caller must be the only one changing that table while the returned mapper is used.
+pub(super) unsafe fn tables_at(offset: u64, root: u64) -> OffsetPageTable<'static> {
+    let offset = VirtAddr::new(offset);
+    // SAFETY: per the contract, the PML4 is mapped at offset + root and nobody else writes it.
+    unsafe { OffsetPageTable::new(&mut *((offset + root).as_mut_ptr::<PageTable>()), offset) }
 }
 
 /// ELF program-header fields the kernel needs.
@@ -109,17 +121,14 @@ const PAGE: u64 = 4096;
 /// `window` must be the bootloader's physical-memory mapping (all RAM at its offset, in the
 /// current tables), CR3 must still hold the bootloader's tables, and `snapshot` must describe them.
 pub unsafe fn build(frames: &mut FrameAllocator, window: &mut PhysWindow, snapshot: &BootSnapshot, gib_pages: bool) -> KernelTables {
-    let offset = VirtAddr::new(window.offset());
     let (old_root, _) = Cr3::read();
     // SAFETY: the bootloader's PML4 is mapped by the window (contract); it is only read here.
-    let old = unsafe { OffsetPageTable::new(&mut *((offset + old_root.start_address().as_u64()).as_mut_ptr::<PageTable>()), offset) };
+    let old = unsafe { tables_at(window.offset(), old_root.start_address().as_u64()) };
 
     let root = frames.alloc().expect("a frame for the kernel PML4");
     window.zero_frame(root);
-    // SAFETY: `root` is a zeroed frame owned by nobody else, mapped by the window.
-    let new_l4 = unsafe { &mut *((offset + root.start_address().as_u64()).as_mut_ptr::<PageTable>()) };
-    // SAFETY: the window maps all RAM at `offset`, which is what OffsetPageTable requires.
-    let mut new = unsafe { OffsetPageTable::new(new_l4, offset) };
+    // SAFETY: `root` is a zeroed frame owned by nobody else, and the window maps all RAM.
+    let mut new = unsafe { tables_at(window.offset(), root.start_address().as_u64()) };
     let mut alloc = TableFrames { frames, taken: 1 };
     let mut kept_frames = BTreeSet::new();
 

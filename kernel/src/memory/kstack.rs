@@ -7,11 +7,11 @@
 //! page-directory pointer tables every address space shares): a slot is its guard page and then
 //! [`STACK_PAGES`] mapped pages. Slots are reused, so their page-table pages are allocated once.
 
-use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame, Size4KiB};
 use x86_64::VirtAddr;
+use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PageTableFlags as F, Size4KiB};
 
+use super::kernel_tables::{TableFrames, tables_at};
 use super::{MemoryManager, with_mm};
-use address_space::frame::FrameAllocator;
 
 /// Start of the kernel-stack region (in the kernel half, below the kernel image's dynamic range
 /// the bootloader uses from 0xffff_8000_0000_0000 upwards).
@@ -28,24 +28,10 @@ pub struct KernelStack {
     slot: usize,
 }
 
-struct TableFrames<'a>(&'a mut FrameAllocator, &'a mut u64);
-
-// SAFETY: frames come from the frame allocator, which hands each out once; page-table pages made
-// here stay with their slot for the whole run (slots are reused).
-unsafe impl x86_64::structures::paging::FrameAllocator<Size4KiB> for TableFrames<'_> {
-    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
-        let f = self.0.alloc().ok()?;
-        *self.1 += 1;
-        Some(f)
-    }
-}
-
-fn kernel_tables(mm: &mut MemoryManager) -> OffsetPageTable<'static> {
-    let offset = VirtAddr::new(mm.window.offset());
-    let root = offset + mm.kernel_root.start_address().as_u64();
-    // SAFETY: the kernel's PML4 is mapped by the window; the memory manager's lock (held by our
-    // caller) serialises every change to the kernel's tables.
-    unsafe { OffsetPageTable::new(&mut *root.as_mut_ptr::<PageTable>(), offset) }
+fn kernel_tables(mm: &MemoryManager) -> OffsetPageTable<'static> {
+    // SAFETY: the window maps all RAM and the kernel's PML4; the memory manager's lock (held by
+    // our caller) serialises every change to the kernel's tables.
+    unsafe { tables_at(mm.window.offset(), mm.kernel_root.start_address().as_u64()) }
 }
 
 impl KernelStack {
@@ -59,7 +45,7 @@ impl KernelStack {
             for i in 0..STACK_PAGES {
                 let frame = mm.frames.alloc_reserved();
                 let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * 4096));
-                let mut table_pages = 0;
+                let mut table_frames = TableFrames { frames: &mut mm.frames, taken: 0 };
                 // SAFETY: the page is in this slot's range, which nothing else maps; the frame is
                 // fresh from the allocator.
                 let r = unsafe {
@@ -68,10 +54,10 @@ impl KernelStack {
                         frame,
                         F::PRESENT | F::WRITABLE | F::NO_EXECUTE | F::GLOBAL,
                         F::PRESENT | F::WRITABLE,
-                        &mut TableFrames(&mut mm.frames, &mut table_pages),
+                        &mut table_frames,
                     )
                 };
-                mm.kernel_table_pages += table_pages;
+                mm.kernel_table_pages += table_frames.taken;
                 match r {
                     Ok(flush) => flush.flush(),
                     Err(_) => panic!("mapping a kernel stack page failed (page-table frames exhausted)"),

@@ -45,7 +45,7 @@ use bootloader_api::BootInfo;
 use bootloader_api::info::{MemoryRegion, MemoryRegionKind};
 use spin::{Mutex, Once};
 use x86_64::registers::control::Cr3;
-use x86_64::structures::paging::{PageTable, PhysFrame, Translate};
+use x86_64::structures::paging::{PhysFrame, Translate};
 use x86_64::{PhysAddr, VirtAddr};
 
 use crate::arch::cpu;
@@ -199,14 +199,8 @@ fn snapshot(boot_info: &BootInfo) -> BootSnapshot {
     let window_offset = boot_info.physical_memory_offset.into_option().expect("the bootloader mapped physical memory");
     let ramdisk = boot_info.ramdisk_addr.into_option().filter(|_| boot_info.ramdisk_len > 0).map(|va| {
         let (root, _) = Cr3::read();
-        let offset = VirtAddr::new(window_offset);
         // SAFETY: the bootloader's PML4 is mapped by its physical-memory window; only read here.
-        let tables = unsafe {
-            x86_64::structures::paging::OffsetPageTable::new(
-                &mut *((offset + root.start_address().as_u64()).as_mut_ptr::<PageTable>()),
-                offset,
-            )
-        };
+        let tables = unsafe { kernel_tables::tables_at(window_offset, root.start_address().as_u64()) };
         let pages = boot_info.ramdisk_len.div_ceil(PAGE);
         let frames = (0..pages)
             .map(|i| tables.translate_addr(VirtAddr::new(va + i * PAGE)).expect("ramdisk page mapped").as_u64())
