@@ -15,7 +15,7 @@
 //! whatever the handler did to it. No handler, a handler that faults, or a frame that cannot be
 //! written (unusable `rsp`) ends the guest with the exception's code.
 
-use address_space::{Access, FaultOutcome};
+use address_space::FaultOutcome;
 use address_space::win32::*;
 
 use super::host_pages::{Stub, stub};
@@ -90,13 +90,7 @@ impl Guest {
 
     /// A page fault from ring 3: `Ok(None)` when resolved (retry), else the exception to raise.
     fn page_fault(&mut self, addr: u64, error_code: u64) -> Result<Option<GuestException>, Ended> {
-        let access = if error_code & (1 << 4) != 0 {
-            Access::Execute
-        } else if error_code & (1 << 1) != 0 {
-            Access::Write
-        } else {
-            Access::Read
-        };
+        let access = crate::memory::fault_access(error_code);
         let outcome = self.space.with(|s, cx| s.handle_fault(cx, addr, access));
         let e = |code| Some(GuestException { code, access: access.code(), address: addr });
         Ok(match outcome {

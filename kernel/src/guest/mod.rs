@@ -58,6 +58,11 @@ pub const MAX_IMAGE_SIZE: u64 = 1 << 30;
 /// Where the host library is mapped in every guest.
 pub const HOST_LIB_BASE: u64 = 0x7FFF_FFF0_0000;
 
+/// The refusal message for a guest whose setup failed at `what` with `e`.
+fn fail(what: &str, e: VmError) -> String {
+    format!("{what}: {e:?} (Win32 {})", e.win32_code())
+}
+
 /// Maps a checked ELF image into `space` as one `MEM_IMAGE` allocation (per-page protections from
 /// the segments: the union of the rights of the segments sharing a page), copies its segments and
 /// applies its relocations. A relocatable image is placed at `pie_base`; returns the entry point.
@@ -94,7 +99,6 @@ fn map_image(space: &Space, file: &[u8], image: &elf::GuestImage, pie_base: u64,
             (false, false, false) => PAGE_NOACCESS,
         };
     }
-    let fail = |what: &str, e: VmError| format!("{what}: {e:?} (Win32 {})", e.win32_code());
     space
         .with(|s, cx| s.create_image(cx, base, &prots, host_owned, CriticalLevel::Process))
         .map_err(|e| fail("mapping the image", e))?;
@@ -192,7 +196,6 @@ impl Guest {
         // The host's ring-3 library (IHostMalloc), as a host-owned image below the host pages.
         let host_lib = elf::parse(HOST_LIB, cfg.min_address, cfg.max_address_end).map_err(|e| format!("host library: {e}"))?;
         let create_malloc = map_image(&space, HOST_LIB, &host_lib, HOST_LIB_BASE, true).map_err(|e| format!("host library: {e}"))?;
-        let fail = |what: &str, e: VmError| format!("{what}: {e:?} (Win32 {})", e.win32_code());
         space
             .with(|s, cx| s.create_image(cx, HOST_BASE, &[PAGE_EXECUTE_READ, PAGE_READONLY], true, CriticalLevel::Process))
             .map_err(|e| fail("mapping the host pages", e))?;

@@ -576,6 +576,19 @@ pub enum PageFaultVerdict {
 static REPEAT_ADDR: AtomicU64 = AtomicU64::new(u64::MAX);
 static REPEAT_COUNT: AtomicU64 = AtomicU64::new(0);
 
+/// The access a page fault's error code describes (Intel SDM Vol. 3A §4.7): an instruction fetch,
+/// a write, or else a read.
+pub fn fault_access(error_code: u64) -> Access {
+    use probe::pf;
+    if error_code & pf::INSTRUCTION != 0 {
+        Access::Execute
+    } else if error_code & pf::WRITE != 0 {
+        Access::Write
+    } else {
+        Access::Read
+    }
+}
+
 /// The page-fault entry of the memory manager: `addr` from CR2, `error_code` as pushed by the
 /// CPU, `rflags` of the interrupted context.
 pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdict {
@@ -583,13 +596,7 @@ pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdic
     if addr >= 0x0000_8000_0000_0000 || error_code & pf::RESERVED != 0 {
         return PageFaultVerdict::NotGuestMemory;
     }
-    let access = if error_code & pf::INSTRUCTION != 0 {
-        Access::Execute
-    } else if error_code & pf::WRITE != 0 {
-        Access::Write
-    } else {
-        Access::Read
-    };
+    let access = fault_access(error_code);
     let violation = |code| PageFaultVerdict::Refused(MemoryFault { code, access: access.code(), address: addr });
     let supervisor = error_code & pf::USER == 0;
     if supervisor && error_code & pf::PRESENT != 0 {
