@@ -168,6 +168,23 @@ global_asm!(
     mov [rax + 120], r15
     .endm
 
+    # Loads every general register but rcx, r11 (whose values differ between the iretq and the
+    # sysretq return), rsp and rdi (the context pointer, loaded last) from the UserContext at rdi.
+    .macro vmk_load_gprs
+    mov rax, [rdi + 0]
+    mov rbx, [rdi + 8]
+    mov rdx, [rdi + 24]
+    mov rsi, [rdi + 32]
+    mov rbp, [rdi + 48]
+    mov r8, [rdi + 64]
+    mov r9, [rdi + 72]
+    mov r10, [rdi + 80]
+    mov r12, [rdi + 96]
+    mov r13, [rdi + 104]
+    mov r14, [rdi + 112]
+    mov r15, [rdi + 120]
+    .endm
+
     .global vmk_enter_user
 vmk_enter_user:
     push rbx
@@ -185,38 +202,16 @@ vmk_enter_user:
     push qword ptr [rdi + 136]
     push {user_cs}
     push qword ptr [rdi + 128]
-    mov rax, [rdi + 0]
-    mov rbx, [rdi + 8]
+    vmk_load_gprs
     mov rcx, [rdi + 16]
-    mov rdx, [rdi + 24]
-    mov rsi, [rdi + 32]
-    mov rbp, [rdi + 48]
-    mov r8, [rdi + 64]
-    mov r9, [rdi + 72]
-    mov r10, [rdi + 80]
     mov r11, [rdi + 88]
-    mov r12, [rdi + 96]
-    mov r13, [rdi + 104]
-    mov r14, [rdi + 112]
-    mov r15, [rdi + 120]
     mov rdi, [rdi + 40]
     swapgs
     iretq
 2:
+    vmk_load_gprs
     mov rcx, [rdi + 128]
     mov r11, [rdi + 136]
-    mov rax, [rdi + 0]
-    mov rbx, [rdi + 8]
-    mov rdx, [rdi + 24]
-    mov rsi, [rdi + 32]
-    mov rbp, [rdi + 48]
-    mov r8, [rdi + 64]
-    mov r9, [rdi + 72]
-    mov r10, [rdi + 80]
-    mov r12, [rdi + 96]
-    mov r13, [rdi + 104]
-    mov r14, [rdi + 112]
-    mov r15, [rdi + 120]
     mov rsp, [rdi + 56]
     mov rdi, [rdi + 40]
     swapgs
