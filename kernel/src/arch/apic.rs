@@ -10,9 +10,9 @@
 //!   `memory::kernel_tables`), the same page for every CPU: each CPU sees its own APIC there.
 //! - The timer runs periodically at [`TIMER_HZ`] (100 Hz: a 10 ms tick, the granularity of the
 //!   guest CPU-time limit; cheap under TCG, where every tick costs an exit of the emulated CPU).
-//!   Its rate is calibrated once, on the boot CPU, against the TSC (itself calibrated against
-//!   PIT channel 2 in [`super::time`]): divide-by-16, a one-shot count from `u32::MAX` over
-//!   10 ms. Application processors reuse the figure (one bus clock for every CPU).
+//!   Its rate is calibrated once, on the boot CPU, against PIT channel 2 with
+//!   [`super::time::per_ms_against_pit`] (as the TSC is): divide-by-16, a one-shot count from
+//!   `u32::MAX` over about 30 ms. Application processors reuse the figure (one bus clock).
 //! - A tick arriving in ring 0 (an idle CPU in `sti; hlt`) is counted and acknowledged by
 //!   [`on_timer_interrupt`]; one arriving in ring 3 leaves the guest through the ring-3 entry
 //!   stubs (`super::user`), and the guest's run loop calls the same function.
@@ -117,20 +117,13 @@ fn enable() {
     eoi();
 }
 
-/// Measures the timer's rate against the TSC (interrupts off, on the boot CPU).
+/// Measures the timer's rate against the PIT (interrupts off, on the boot CPU).
 fn calibrate() {
-    const MS: u64 = 10;
     write(REG_TIMER_DIVIDE, TIMER_DIVIDE_16);
     write(REG_LVT_TIMER, LVT_MASKED);
-    let deadline_ticks = super::time::tsc_per_ms() * MS;
-    let start = super::time::rdtsc();
     write(REG_TIMER_INITIAL, u32::MAX);
-    while super::time::rdtsc().wrapping_sub(start) < deadline_ticks {
-        core::hint::spin_loop();
-    }
-    let elapsed = u32::MAX - read(REG_TIMER_CURRENT);
+    let per_ms = super::time::per_ms_against_pit(|| (u32::MAX - read(REG_TIMER_CURRENT)) as u64).max(1);
     write(REG_TIMER_INITIAL, 0);
-    let per_ms = (elapsed as u64 / MS).max(1);
     COUNT_PER_MS.store(per_ms.min(u32::MAX as u64) as u32, Ordering::SeqCst);
     COUNT_PER_TICK.store((per_ms * 1000 / TIMER_HZ).clamp(1, u32::MAX as u64) as u32, Ordering::SeqCst);
 }
@@ -148,6 +141,13 @@ pub fn init_bsp() {
     enable();
     calibrate();
     start_timer();
+    log::info!(
+        "apic: local APIC {} timer at {} Hz, {} counts per ms (divide by 16); TSC {} kHz",
+        id(),
+        TIMER_HZ,
+        timer_counts_per_ms(),
+        super::time::tsc_per_ms()
+    );
 }
 
 /// Brings up an application processor's APIC with the boot CPU's calibration.
