@@ -14,27 +14,18 @@ use kernel::guest::cpu_time;
 use kernel::guest::hresult::HOST_E_TIMEOUT;
 use kernel::guest::{GuestOutcome, run_guest};
 use kernel::memory;
-use qemu_tests::{ensure, ensure_eq};
-
-macro_rules! guest_elf {
-    ($name:literal) => {
-        include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".elf"))
-    };
-}
+use qemu_tests::{ensure, ensure_eq, frame_counts, guest_elf};
 
 /// The limit the spinning guests get.
 const LIMIT_MS: u64 = 1000;
-
-fn frames() -> (u64, u64, u64, u64) {
-    memory::with_mm(|mm| (mm.frames.free_frames(), mm.frames.reserved_frames(), mm.charge.committed_pages(), mm.page_table_pages()))
-}
 
 fn boot_cpu_ticks() -> u64 {
     percpu::cpus().next().map_or(0, |c| c.timer_ticks)
 }
 
 /// Runs `file` under a limit of `LIMIT_MS` and checks that it ends at the limit with
-/// HOST_E_TIMEOUT, saying why, after about that much time, with the timer ticking meanwhile.
+/// HOST_E_TIMEOUT (the kernel prints why on its console), after about that much time, with the
+/// timer ticking meanwhile.
 fn ends_at_the_limit(name: &str, file: &[u8], announces: &str) -> Result<(), String> {
     cpu_time::set_limit_for_test(Some(LIMIT_MS));
     let (ticks, start) = (boot_cpu_ticks(), time::ticks_ns());
@@ -65,9 +56,9 @@ fn a_handler_resuming_at_the_fault_forever_ends_at_the_limit() -> Result<(), Str
 }
 
 fn the_next_guest_runs_and_every_frame_comes_back() -> Result<(), String> {
-    let before = frames();
+    let before = frame_counts();
     ends_at_the_limit("spin_loop", guest_elf!("spin_loop"), "spin_loop: spinning")?;
-    ensure_eq!(frames(), before);
+    ensure_eq!(frame_counts(), before);
     // A guest that finishes well inside a limit is not disturbed by it.
     cpu_time::set_limit_for_test(Some(60_000));
     let sample = &kernel::bundled_guests()[0];
@@ -77,7 +68,7 @@ fn the_next_guest_runs_and_every_frame_comes_back() -> Result<(), String> {
     cpu_time::set_limit_for_test(None);
     ensure_eq!(outcome, GuestOutcome::Exited(0));
     ensure!(out.contains(" passed, 0 failed"), "{} printed: {out}", sample.name);
-    ensure_eq!(frames(), before);
+    ensure_eq!(frame_counts(), before);
     Ok(())
 }
 
