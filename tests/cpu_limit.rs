@@ -72,6 +72,15 @@ fn the_next_guest_runs_and_every_frame_comes_back() -> Result<(), String> {
     Ok(())
 }
 
+fn a_guest_cannot_fake_the_interrupt_vectors() -> Result<(), String> {
+    console::start_capture();
+    let outcome = run_guest("fake_interrupts", guest_elf!("fake_interrupts"));
+    let out = console::take_capture();
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    ensure!(out.contains("4 passed, 0 failed"), "fake_interrupts printed: {out}");
+    Ok(())
+}
+
 fn no_limit_is_the_default() -> Result<(), String> {
     ensure_eq!(memory::config().guest_cpu_limit_s, 0);
     ensure_eq!(cpu_time::limit_ns(), None);
@@ -80,6 +89,7 @@ fn no_limit_is_the_default() -> Result<(), String> {
 
 kernel::kernel_test_image!(
     no_limit_is_the_default,
+    a_guest_cannot_fake_the_interrupt_vectors,
     a_guest_spinning_forever_ends_at_its_limit,
     a_guest_trying_cli_ends_at_its_limit,
     a_handler_resuming_at_the_fault_forever_ends_at_the_limit,

@@ -176,7 +176,9 @@ pub fn on_interrupt(vector: u8) {
 }
 
 /// Writes the ICR (destination first: writing the low half sends) and waits, boundedly, for the
-/// APIC to accept it. Returns false if it was still pending after about a millisecond.
+/// APIC to accept it. Returns false if it was still pending after about a millisecond. The two
+/// writes must not be split by another send on this CPU: the kernel sends with interrupts off,
+/// and no interrupt handler sends.
 fn send(destination: u32, low: u32) -> bool {
     write(REG_ICR_HIGH, destination << 24);
     write(REG_ICR_LOW, low);

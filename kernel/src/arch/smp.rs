@@ -246,6 +246,10 @@ fn start_all() -> Result<String, String> {
     install_trampoline(page);
     let mut failed = Vec::new();
     for &apic_id in madt.aps.iter().filter(|&&id| id != own) {
+        if apic_id > 0xFE {
+            failed.push(alloc::format!("APIC {apic_id}: an x2APIC id, not addressable in xAPIC mode"));
+            continue;
+        }
         let Some(index) = percpu::register_ap(apic_id) else {
             failed.push(alloc::format!("APIC {apic_id}: more than {} CPUs", percpu::MAX_CPUS));
             continue;
