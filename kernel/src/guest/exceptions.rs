@@ -134,7 +134,10 @@ impl Guest {
             4 => simple(status::INTEGER_OVERFLOW),
             5 => simple(status::ARRAY_BOUNDS_EXCEEDED),
             12 => GuestException { code: status::ACCESS_VIOLATION, access: 0, address: ALL_ONES },
-            16 | 19 => GuestException { code: float_status(vector, &FpuImage::save()), access: 0, address: context.rip },
+            16 | 19 => {
+                let fpu = FpuImage::save();
+                GuestException { code: float_status(vector, fpu.fcw(), fpu.fsw(), fpu.mxcsr()), access: 0, address: context.rip }
+            }
             17 => simple(status::DATATYPE_MISALIGNMENT),
             _ => simple(status::ILLEGAL_INSTRUCTION),
         };
@@ -388,14 +391,10 @@ fn simple(code: u32) -> GuestException {
 }
 
 /// The NTSTATUS of a #MF (vector 16) or #XM (19) from the unmasked exceptions pending in the x87
-/// status word or MXCSR, in the order Windows and Linux test them (host-abi §10.1).
-fn float_status(vector: u8, fpu: &FpuImage) -> u32 {
-    let pending = if vector == 16 {
-        fpu.fsw() as u32 & !(fpu.fcw() as u32)
-    } else {
-        let mxcsr = fpu.mxcsr();
-        mxcsr & !(mxcsr >> 7)
-    } & 0x3F;
+/// status word (`fsw` against the control word `fcw`) or in `mxcsr`, in the order Windows and
+/// Linux test them (host-abi §10.1).
+pub fn float_status(vector: u8, fcw: u16, fsw: u16, mxcsr: u32) -> u32 {
+    let pending = if vector == 16 { fsw as u32 & !(fcw as u32) } else { mxcsr & !(mxcsr >> 7) } & 0x3F;
     // IE 0x01, DE 0x02, ZE 0x04, OE 0x08, UE 0x10, PE 0x20.
     if pending & 0x01 != 0 {
         status::FLOAT_INVALID_OPERATION
