@@ -142,6 +142,7 @@ impl Guest {
     /// replaced), or ends the guest.
     pub(super) fn syscall(&mut self, c: &mut UserContext) -> Result<Return, Ended> {
         let (a1, a2, a3, a4, a5, a6, a7) = (c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx);
+        self.note_stack(c.rsp);
         c.rax = match c.rax {
             nr::EXIT => return Err(a1 as i32),
             nr::WRITE => {
@@ -168,6 +169,7 @@ impl Guest {
             nr::EXCEPTION_HANDLER => self.exception_handler(a1),
             nr::CONTINUE => {
                 self.resume(c, a1, a2)?;
+                self.deliver_band_change(c)?;
                 return Ok(Return::Context);
             }
             nr::UNHANDLED => return Err(self.unhandled_call(a1)),
@@ -243,6 +245,12 @@ impl Guest {
             self.notifying = false;
         }
         self.resume(c, context_at, fpu_at)?;
+        self.deliver_band_change(c)
+    }
+
+    /// After a resume: delivers a band change that was held back (while a notification or an
+    /// exception handler ran), entering the callback dispatcher from the resumed context `c`.
+    fn deliver_band_change(&mut self, c: &mut UserContext) -> Result<(), Ended> {
         let mut callbacks = Callbacks::default();
         self.note_band_change(&mut callbacks)?;
         self.enter_callbacks(c, &callbacks).map(|_| ())
@@ -414,11 +422,11 @@ impl Guest {
     }
 
     /// Leaves a call of the registered callback's `OnMemoryNotification` in `callbacks` if the
-    /// band changed since the last report, unless a notification is running (it is delivered
-    /// when that one returns).
+    /// band changed since the last report, unless a notification or an exception handler is
+    /// running (it is delivered when that one returns or is left).
     fn note_band_change(&mut self, callbacks: &mut Callbacks) -> Result<(), Ended> {
         let Some(object) = self.callback else { return Ok(()) };
-        if self.notifying {
+        if self.notifying || self.handler_frame.is_some() {
             return Ok(());
         }
         let band = Self::current_band();

@@ -248,6 +248,11 @@ impl Guest {
         if self.write_stack(frame.low, &record).is_err() {
             return Err(self.unhandled(context, e, "no room for the exception frame below rsp"));
         }
+        // A fault below the outermost frame whose handlers still run is nested in them.
+        self.handler_frame = match self.handler_frame {
+            Some(outer) if context.rsp < outer => Some(outer),
+            _ => Some(frame.low),
+        };
         *context = UserContext {
             rip: stub(Stub::DispatchException),
             rsp: frame.low,
@@ -330,6 +335,7 @@ impl Guest {
         let mut resumed = UserContext::from_bytes(&bytes);
         resumed.rflags = sanitize_rflags(resumed.rflags);
         *context = resumed;
+        self.note_stack(context.rsp);
         let max = self.space.with(|s, _| s.config().max_application_address());
         if context.rip <= max {
             self.bad_resumes = 0;
@@ -343,6 +349,14 @@ impl Guest {
             return Err(self.unhandled(context, e, "handlers resumed outside user space too often"));
         }
         self.raise(context, e)
+    }
+
+    /// Notes that the guest runs at `rsp`: above the outermost exception frame, no handler of it
+    /// runs any more (they returned, or left by a jump of their own).
+    pub(super) fn note_stack(&mut self, rsp: u64) {
+        if self.handler_frame.is_some_and(|low| rsp > low) {
+            self.handler_frame = None;
+        }
     }
 
     /// The dispatcher's `unhandled(record)`: ends the guest with the code of the GUEST_EXCEPTION

@@ -163,6 +163,10 @@ pub struct Guest {
     /// A notification callback was entered and has not come back (host-abi §9: never entered
     /// while another one runs).
     notifying: bool,
+    /// The lowest address (the dispatcher's `rsp`) of the outermost exception frame whose
+    /// handlers may still run: a host call from below it comes from a handler, and a band change
+    /// it makes is delivered once the handlers are left (a host call or resume above it).
+    handler_frame: Option<u64>,
     /// The manager's reference count (host-abi §9: starts at 1, never destroys).
     manager_refs: u32,
     /// Set after E_FAIL: every later manager call returns HOST_E_CLRNOTAVAILABLE.
@@ -241,6 +245,7 @@ impl Guest {
             stack: (stack_base, stack_top),
             bad_resumes: 0,
             notifying: false,
+            handler_frame: None,
             manager_refs: 1,
             poisoned: false,
             acquired: Vec::new(),
