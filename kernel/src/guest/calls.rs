@@ -10,7 +10,7 @@ use address_space::win32::*;
 use address_space::{CriticalLevel, VmError};
 
 use super::exceptions::{self, FrameError};
-use super::host_pages::{MANAGER_OBJECT, Stub, nr, stub};
+use super::host_pages::{self, MANAGER_OBJECT, Stub, nr, stub};
 use super::hresult::{self, E_INVALIDARG, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, S_OK};
 use super::{Ended, Guest, Handler};
 use crate::arch::user::{FpuImage, UserContext, sanitize_rflags};
@@ -143,6 +143,9 @@ impl Guest {
     pub(super) fn syscall(&mut self, c: &mut UserContext) -> Result<Return, Ended> {
         let (a1, a2, a3, a4, a5, a6, a7) = (c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx);
         self.note_stack(c.rsp);
+        // The dispatchers' calls are private to the host's code page (`rcx` = the return rip):
+        // made from anywhere else they are unknown calls (host-abi §9: E_NOTIMPL).
+        let dispatcher = (host_pages::HOST_CODE..host_pages::HOST_CODE + super::PAGE).contains(&c.rcx);
         c.rax = match c.rax {
             nr::EXIT => return Err(a1 as i32),
             nr::WRITE => {
@@ -166,14 +169,14 @@ impl Guest {
                 self.query_commit(a1);
                 0
             }
-            nr::EXCEPTION_HANDLER => self.exception_handler(a1),
-            nr::CONTINUE => {
+            nr::EXCEPTION_HANDLER if dispatcher => self.exception_handler(a1),
+            nr::CONTINUE if dispatcher => {
                 self.resume(c, a1, a2)?;
                 self.deliver_band_change(c)?;
                 return Ok(Return::Context);
             }
-            nr::UNHANDLED => return Err(self.unhandled_call(a1)),
-            nr::CALLBACKS_DONE => {
+            nr::UNHANDLED if dispatcher => return Err(self.unhandled_call(a1)),
+            nr::CALLBACKS_DONE if dispatcher => {
                 self.callbacks_done(c, a1, a2, a3 != 0)?;
                 return Ok(Return::Context);
             }
