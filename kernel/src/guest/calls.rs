@@ -35,6 +35,8 @@ pub const MAX_ACQUIRED_RANGES: usize = 4096;
 
 /// Bytes a `write` copies at once (longer writes go in pieces).
 const WRITE_CHUNK: usize = 4096;
+/// Most bytes one `write` system call prints; the stub calls again for the rest.
+const WRITE_PIECE: u64 = 64 * 1024;
 
 /// Benchmark hook: when set, called with each piece (at most [`WRITE_CHUNK`] bytes) of console
 /// output a guest writes, before it is printed, inside the guest's system call (its space in CR3,
@@ -148,10 +150,7 @@ impl Guest {
         let dispatcher = (host_pages::HOST_CODE..host_pages::HOST_CODE + super::PAGE).contains(&c.rcx);
         c.rax = match c.rax {
             nr::EXIT => return Err(a1 as i32),
-            nr::WRITE => {
-                self.write_console(a1, a2);
-                0
-            }
+            nr::WRITE => self.write_console(a1, a2, a3 != 0),
             nr::TICKS_NS => crate::arch::time::ticks_ns(),
             nr::ADD_VEH => self.add_handler(a1 != 0, a2),
             nr::REMOVE_VEH => self.remove_handler(a1),
@@ -259,17 +258,25 @@ impl Guest {
         self.enter_callbacks(c, &callbacks).map(|_| ())
     }
 
-    fn write_console(&self, buf: u64, len: u64) {
-        // Nothing is written unless the whole buffer is readable.
-        if len == 0 || self.with_stack_growth(buf, len, || self.space.with(|s, cx| s.check_user_access(cx, buf, len, false))).is_err() {
-            return;
+    /// `write(buf, len)` as the stub makes it: prints at most [`WRITE_PIECE`] bytes of `buf` and
+    /// returns how many (0: nothing), so that one kernel entry does a bounded amount of work
+    /// whatever `len` is (the stub loops in ring 3). With `whole`, set on the stub's first call,
+    /// nothing is written unless the whole buffer is readable.
+    fn write_console(&self, buf: u64, len: u64, whole: bool) -> u64 {
+        let check = |len| self.with_stack_growth(buf, len, || self.space.with(|s, cx| s.check_user_access(cx, buf, len, false)));
+        if len == 0 || (whole && check(len).is_err()) {
+            return 0;
+        }
+        let piece = len.min(WRITE_PIECE);
+        if check(piece).is_err() {
+            return 0;
         }
         let mut chunk = [0u8; WRITE_CHUNK];
         let mut done = 0;
-        while done < len {
-            let n = (len - done).min(WRITE_CHUNK as u64) as usize;
+        while done < piece {
+            let n = (piece - done).min(WRITE_CHUNK as u64) as usize;
             if self.read_bytes(buf + done, &mut chunk[..n]).is_err() {
-                return;
+                return done;
             }
             if let Some(hook) = WRITE_HOOK.get() {
                 hook(&chunk[..n]);
@@ -277,6 +284,7 @@ impl Guest {
             crate::console::write_bytes(&chunk[..n]);
             done += n as u64;
         }
+        piece
     }
 
     fn add_handler(&mut self, first: bool, function: u64) -> u64 {

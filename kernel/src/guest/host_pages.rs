@@ -76,9 +76,30 @@ hs_exit:
     mov eax, {exit}
     syscall
     ud2
+# write(buf, len): the kernel writes at most a bounded piece per call and returns its length (0:
+# nothing more); rdx = 1 on the first call asks it to check the whole buffer first.
 hs_write:
+    push rbx
+    push r12
+    mov rbx, rdi
+    mov r12, rsi
+    mov edx, 1
+7:
+    test r12, r12
+    jz 8f
+    mov rdi, rbx
+    mov rsi, r12
     mov eax, {write}
     syscall
+    test rax, rax
+    jz 8f
+    add rbx, rax
+    sub r12, rax
+    xor edx, edx
+    jmp 7b
+8:
+    pop r12
+    pop rbx
     ret
 hs_ticks:
     mov eax, {ticks}

@@ -8,6 +8,7 @@
  *   longjmp     a handler that leaves without returning, 10,000 times, grows nothing
  *   nested      a fault inside a handler is dispatched further down the same stack
  *   callbacks   callback methods at non-canonical and kernel addresses fault in ring 3
+ *   stack-overflow  the main stack's overflow reaches a handler running on its last pages
  *   bad-rip, bad-rip-nc, nest-forever, addref-reregister, callback-nc
  *               end the guest (tests/guests.rs checks the code) */
 #include "host_abi.h"
@@ -269,6 +270,27 @@ static void nested(void) {
     g_services->remove_vectored_exception_handler(h);
 }
 
+/* ---- stack overflow on the main stack (host-abi §10.3) ---- */
+
+static int depth_rec(int n) {
+    volatile char pad[512];
+    pad[0] = (char)n;
+    return depth_rec(n + 1) + pad[0];
+}
+static void recurse(void) { depth_rec(0); }
+
+static void stack_overflow(void) {
+    MEMORY_BASIC_INFORMATION mbi;
+    SIZE_T got;
+    uint64_t base;
+    void *h = g_services->add_vectored_exception_handler(1, record_and_leave);
+    check("unbounded recursion raises 0xC00000FD to the handler", catch_fault(recurse), STATUS_STACK_OVERFLOW);
+    g_host->lpVtbl->VirtualQuery(g_host, (void *)g_record, &mbi, sizeof mbi, &got);
+    base = (uint64_t)mbi.AllocationBase;
+    check("the handler ran on the last pages of the stack reservation", g_record >= base + 0x1000 && g_record < base + 0x4000, 1);
+    g_services->remove_vectored_exception_handler(h);
+}
+
 /* ---- guests that end ---- */
 
 static volatile uint64_t g_bad_rip;
@@ -339,6 +361,8 @@ int32_t c_main(IHostMemoryManager *host, const HOST_SERVICES *services, const ch
         leave_repeatedly();
     } else if (eq(args, "nested")) {
         nested();
+    } else if (eq(args, "stack-overflow")) {
+        stack_overflow();
     } else if (eq(args, "callbacks")) {
         callbacks_at_bad_addresses();
     } else if (eq(args, "bad-rip") || eq(args, "bad-rip-nc")) {
