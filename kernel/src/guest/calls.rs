@@ -452,7 +452,7 @@ impl Guest {
     }
 
     /// Reads slot `slot` of a guest COM object's vtable; an unreadable object ends the guest with
-    /// an access violation (host-abi §9: a bad callback object, for an upcall).
+    /// an access violation (host-abi §9: a bad callback object, for a callback).
     fn callback_method(&self, object: u64, slot: u64) -> Result<u64, Ended> {
         let vtbl = self.read_u64(object).map_err(|_| self.bad_callback(object))?;
         self.read_u64(vtbl.wrapping_add(slot * 8)).map_err(|_| self.bad_callback(object))

@@ -19,9 +19,9 @@
 //!   GUEST_EXCEPTION     32 bytes, its `context` pointing above        <- rsp = rbx = rdi
 //! ```
 //!
-//! The dispatcher runs with DF clear and the clean FPU state, asks for the handlers one by one
-//! ([`Guest::exception_handler`]) and calls each as `int32_t handler(GUEST_EXCEPTION *)` on that
-//! stack. EXCEPTION_CONTINUE_EXECUTION makes a `continue` call ([`Guest::resume`], NtContinue):
+//! The dispatcher runs with DF clear and the clean FPU state and calls the handlers in order, each
+//! as `int32_t handler(GUEST_EXCEPTION *)` on that stack: the first is handed to it, the next ones
+//! it asks for one by one ([`Guest::exception_handler`]) while they pass the exception on. EXCEPTION_CONTINUE_EXECUTION makes a `continue` call ([`Guest::resume`], NtContinue):
 //! the context and image are read back, the image made loadable (MXCSR masked, XSAVE header
 //! cleaned), RFLAGS sanitised, and a `rip` outside user space faults again as an execute access
 //! violation. No handler taking it makes an `unhandled` call, which ends the guest with the code
@@ -261,6 +261,7 @@ impl Guest {
             r12: frame.context_at,
             r13: frame.fpu_at,
             r14: 0,
+            r15: self.handlers[0].function,
             rflags: sanitize_rflags(0),
             ..UserContext::default()
         };

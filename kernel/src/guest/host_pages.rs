@@ -127,29 +127,31 @@ hs_query_commit:
     syscall
     ret
 # The exception dispatcher (KiUserExceptionDispatcher): the kernel enters it with rsp = rbx = the
-# GUEST_EXCEPTION it wrote, r12 = its GUEST_CONTEXT, r13 = the saved register image, r14 = 0 (all
-# saved in the context; rsp 16-aligned, so each handler is entered as at a call).
+# GUEST_EXCEPTION it wrote, r12 = its GUEST_CONTEXT, r13 = the saved register image, r14 = 0 and
+# r15 = the first handler (all saved in the context; rsp 16-aligned, so each handler is entered as
+# at a call). Handler r14 + 1 is asked for only when handler r14 passes the exception on.
 hs_dispatch_exception:
     cld
+    mov rax, r15
 3:
+    mov rdi, rbx
+    call rax
+    cmp eax, -1
+    je 4f
+    inc r14
     mov rdi, r14
     mov eax, {exception_handler}
     syscall
     test rax, rax
-    jz 4f
+    jnz 3b
     mov rdi, rbx
-    call rax
-    inc r14
-    cmp eax, -1
-    jne 3b
-    mov rdi, r12
-    mov rsi, r13
-    mov eax, {continue_}
+    mov eax, {unhandled}
     syscall
     ud2
 4:
-    mov rdi, rbx
-    mov eax, {unhandled}
+    mov rdi, r12
+    mov rsi, r13
+    mov eax, {continue_}
     syscall
     ud2
 # The callback dispatcher: calls `method(object, argument)` for each of the r12 triples
