@@ -215,12 +215,11 @@ impl Guest {
                 return Err(exceptions::status::ACCESS_VIOLATION as i32);
             }
         };
-        let triples: alloc::vec::Vec<u8> = callbacks.calls[..callbacks.len]
-            .iter()
-            .flat_map(|&(method, object, argument)| [method, object, argument])
-            .flat_map(u64::to_le_bytes)
-            .collect();
-        if self.write_stack(frame.low, &triples).is_err() {
+        let mut triples = [0u8; 3 * 24];
+        for (i, word) in callbacks.calls[..callbacks.len].iter().flat_map(|&(m, o, a)| [m, o, a]).enumerate() {
+            triples[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        if self.write_stack(frame.low, &triples[..callbacks.len * 24]).is_err() {
             crate::kprintln!("guest {}: no usable stack for its callbacks (rsp {:#x})", self.name, c.rsp);
             return Err(exceptions::status::ACCESS_VIOLATION as i32);
         }

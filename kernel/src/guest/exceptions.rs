@@ -162,8 +162,9 @@ impl Guest {
 
     /// The guard page at `page` of the guest's stack was touched (its guard is gone): commits the
     /// page below as the new guard, or, when that would leave fewer than three pages of the
-    /// reservation below the guard (or no commit is left), commits the remaining pages but the
-    /// lowest for the exception handlers and reports the overflow (host-abi §10.3).
+    /// reservation below the guard, commits the remaining pages but the lowest for the exception
+    /// handlers and reports the overflow (host-abi §10.3). No commit left for the new guard is an
+    /// overflow too (as on Windows), with no pages added.
     pub(super) fn grow_stack(&self, page: u64) -> StackGrowth {
         let (low, _) = self.stack;
         let below = page.wrapping_sub(PAGE);
@@ -174,7 +175,7 @@ impl Guest {
             return StackGrowth::Grown;
         }
         let cushion = low + PAGE;
-        if page > cushion {
+        if page > cushion && page < low + 4 * PAGE {
             // Best effort: without commit the handlers find no room and the guest ends with the code.
             let _ = self.space.with(|s, cx| s.virtual_alloc(cx, cushion, page - cushion, MEM_COMMIT, PAGE_READWRITE, level));
         }
