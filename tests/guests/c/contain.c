@@ -9,6 +9,7 @@
  *   nested      a fault inside a handler is dispatched further down the same stack
  *   callbacks   callback methods at non-canonical and kernel addresses fault in ring 3
  *   stack-overflow  the main stack's overflow reaches a handler running on its last pages
+ *   fpu-image   a handler scribbling over the saved register image: resumed, image made loadable
  *   bad-rip, bad-rip-nc, nest-forever, addref-reregister, callback-nc
  *               end the guest (tests/guests.rs checks the code) */
 #include "host_abi.h"
@@ -270,6 +271,40 @@ static void nested(void) {
     g_services->remove_vectored_exception_handler(h);
 }
 
+/* ---- a handler that scribbles over the saved register image ---- */
+
+static int32_t scribble_image(GUEST_EXCEPTION *e) {
+    /* The image lies right above the context (kernel/src/guest/exceptions.rs); every header field
+     * the CPU would fault on is garbage, and xmm0 gets a value the resumed code must see. */
+    uint8_t *image = (uint8_t *)e->context + sizeof(GUEST_CONTEXT);
+    int i;
+    for (i = 0; i < 4; i++) image[24 + i] = 0xFF;        /* MXCSR: reserved bits set */
+    for (i = 0; i < 16; i++) image[160 + i] = (uint8_t)(0xA0 + i); /* xmm0 */
+    for (i = 512; i < 576; i++) image[i] = 0xFF;          /* XSTATE_BV, XCOMP_BV, reserved */
+    e->context->rip += 2;
+    return EXCEPTION_CONTINUE_EXECUTION;
+}
+
+static void fpu_image(void) {
+    static uint8_t fx[512] __attribute__((aligned(16)));
+    uint8_t xmm0[16];
+    uint32_t mxcsr = 0, mask;
+    int i, same = 1;
+    void *h = g_services->add_vectored_exception_handler(1, scribble_image);
+    __asm__ volatile("ud2\n movdqu %%xmm0, %0\n stmxcsr %1" : "=m"(xmm0), "=m"(mxcsr) :: "xmm0", "memory");
+    __asm__ volatile("fxsave64 %0" : "=m"(fx));
+    mask = u32_at(fx + 28) ? u32_at(fx + 28) : 0xFFBF;
+    check("resumed after a scribbled register image (no kernel fault)", 1, 1);
+    check("MXCSR masked with MXCSR_MASK on resume", mxcsr, 0xFFFFFFFFu & mask);
+    for (i = 0; i < 16; i++) same &= xmm0[i] == (uint8_t)(0xA0 + i);
+    check("xmm0 loaded from the image", same, 1);
+    {
+        static const uint32_t clean = 0x1F80;
+        __asm__ volatile("ldmxcsr %0" ::"m"(clean));
+    }
+    g_services->remove_vectored_exception_handler(h);
+}
+
 /* ---- stack overflow on the main stack (host-abi §10.3) ---- */
 
 static int depth_rec(int n) {
@@ -361,6 +396,8 @@ int32_t c_main(IHostMemoryManager *host, const HOST_SERVICES *services, const ch
         leave_repeatedly();
     } else if (eq(args, "nested")) {
         nested();
+    } else if (eq(args, "fpu-image")) {
+        fpu_image();
     } else if (eq(args, "stack-overflow")) {
         stack_overflow();
     } else if (eq(args, "callbacks")) {
