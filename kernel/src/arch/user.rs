@@ -20,9 +20,10 @@
 //! - `sysretq` is used only when the return address is canonical and below the user limit (never a
 //!   non-canonical `rcx`, the classic `sysret` hazard); anything else returns with `iretq`.
 //! - The kernel is built without SSE, so the guest's x87/SSE/AVX state stays in the registers
-//!   across system calls; [`FpuState`] saves and restores it around upcalls and exception delivery.
+//!   across system calls; [`FpuImage`] saves it at exception and callback delivery (it goes onto the
+//!   guest's stack) and loads it, checked, on resume. [`reset_user_state`] gives each guest the clean
+//!   state of host-abi §10.1.
 
-use alloc::alloc::{Layout, alloc_zeroed, dealloc};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -432,6 +433,9 @@ fn init_cpu(per_cpu: u64) {
         Msr::new(IA32_GS_BASE).write(per_cpu);
         Msr::new(IA32_KERNEL_GS_BASE).write(0);
     }
+    // SAFETY: a null LDT selector: ring 3 gets no LDT, so `lar`/`lsl`/`verr` with an LDT selector
+    // fail (ZF = 0) instead of reading a descriptor wherever the firmware left LDTR.
+    unsafe { asm!("lldt {0:x}", in(reg) 0u16, options(nostack, preserves_flags)) };
     enable_fpu();
 }
 
@@ -440,11 +444,13 @@ fn enable_fpu() {
     let has_xsave = leaf1.ecx & (1 << 26) != 0;
     // SAFETY: CR0.MP/!EM/!TS and CR4.OSFXSR/OSXMMEXCPT make x87/SSE instructions usable; the
     // kernel itself is compiled without them, so only guests are affected. AM makes ring 3 honour
-    // RFLAGS.AC (alignment checks), as the contract lets guests set it.
+    // RFLAGS.AC (alignment checks), as the contract lets guests set it. NE reports x87 errors as
+    // #MF (without it they go to FERR/IRQ 13, a masked PIC line) and OSXMMEXCPT SIMD ones as #XM
+    // rather than #UD (host-abi §10.1; smp-and-dispatch §5).
     unsafe {
         Cr0::update(|c| {
             c.remove(Cr0Flags::EMULATE_COPROCESSOR | Cr0Flags::TASK_SWITCHED);
-            c.insert(Cr0Flags::MONITOR_COPROCESSOR | Cr0Flags::ALIGNMENT_MASK);
+            c.insert(Cr0Flags::MONITOR_COPROCESSOR | Cr0Flags::ALIGNMENT_MASK | Cr0Flags::NUMERIC_ERROR);
         });
         Cr4::update(|c| c.insert(Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE));
     }
@@ -458,10 +464,16 @@ fn enable_fpu() {
         // SAFETY: xsetbv with a value CPUID allows, in ring 0, with OSXSAVE set.
         unsafe { asm!("xsetbv", in("ecx") 0, in("eax") xcr0 as u32, in("edx") (xcr0 >> 32) as u32, options(nostack)) };
         let size = core::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize;
+        assert!(size <= FPU_IMAGE_MAX, "XSAVE area of {size} bytes for XCR0 {xcr0:#x}");
         XSAVE_SIZE.store(size.max(576), Ordering::SeqCst);
+        XCR0.store(xcr0 as usize, Ordering::SeqCst);
     } else {
         XSAVE_SIZE.store(0, Ordering::SeqCst);
+        XCR0.store(0, Ordering::SeqCst);
     }
+    let mask = u32::from_le_bytes(FpuImage::save().bytes[28..32].try_into().expect("4 bytes"));
+    MXCSR_MASK.store(if mask == 0 { 0xFFBF } else { mask as usize }, Ordering::SeqCst);
+    reset_user_state();
 }
 
 /// Runs the guest context `context` in ring 3 until it makes a system call or raises an exception.
@@ -536,45 +548,124 @@ pub fn sanitize_rflags(rflags: u64) -> u64 {
     (rflags & KEEP) | 0x2 | (1 << 9)
 }
 
-/// A saved copy of the guest's x87/SSE/AVX registers (XSAVE, or FXSAVE without XSAVE).
-pub struct FpuState {
-    buf: *mut u8,
-    layout: Layout,
+/// The largest register image [`FpuImage`] holds: XCR0 is limited to x87 | SSE | AVX (832 bytes).
+pub const FPU_IMAGE_MAX: usize = 1024;
+/// MXCSR bits the CPU accepts (MXCSR_MASK of the FXSAVE image; 0xFFBF where it reports 0).
+static MXCSR_MASK: AtomicUsize = AtomicUsize::new(0xFFBF);
+/// The XSAVE components enabled in XCR0 (0 without XSAVE).
+static XCR0: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes of a guest's x87/SSE/AVX image: what XSAVE writes for XCR0, or the 512-byte FXSAVE
+/// image on a CPU without XSAVE. The image is 64-byte aligned wherever it is stored.
+pub fn fpu_image_size() -> usize {
+    XSAVE_SIZE.load(Ordering::Relaxed).max(512)
 }
 
-impl FpuState {
-    /// Saves the current FPU/vector state.
-    pub fn save() -> FpuState {
-        let size = XSAVE_SIZE.load(Ordering::SeqCst).max(512);
-        let layout = Layout::from_size_align(size, 64).expect("xsave layout");
-        // SAFETY: a non-zero size.
-        let buf = unsafe { alloc_zeroed(layout) };
-        assert!(!buf.is_null(), "kernel heap exhausted saving FPU state");
-        if XSAVE_SIZE.load(Ordering::SeqCst) != 0 {
-            // SAFETY: buf is 64-aligned and as large as CPUID says XSAVE needs for XCR0.
+/// A guest's x87/SSE/AVX registers in the XSAVE standard layout (FXSAVE layout without XSAVE):
+/// saved at exception and callback delivery, written to the guest's stack, checked and loaded
+/// again on resume. The kernel is built without SSE, so the registers hold the running guest's
+/// state whenever the kernel runs; nothing else ever touches them.
+#[repr(C, align(64))]
+pub struct FpuImage {
+    /// The image; the first [`fpu_image_size`] bytes are meaningful.
+    pub bytes: [u8; FPU_IMAGE_MAX],
+}
+
+impl FpuImage {
+    /// The clean state of host-abi §10.1: FCW 0x037F, an empty x87 stack, MXCSR 0x1F80, every
+    /// register zero (an XSAVE header with XSTATE_BV = 0 makes XRSTOR load every component's
+    /// initial state; MXCSR comes from the legacy area either way).
+    pub fn initial() -> FpuImage {
+        let mut image = FpuImage { bytes: [0; FPU_IMAGE_MAX] };
+        image.bytes[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
+        image.bytes[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
+        image
+    }
+
+    /// Saves the current registers.
+    pub fn save() -> FpuImage {
+        let mut image = FpuImage { bytes: [0; FPU_IMAGE_MAX] };
+        let buf = image.bytes.as_mut_ptr();
+        if XCR0.load(Ordering::Relaxed) != 0 {
+            // SAFETY: buf is 64-aligned and FPU_IMAGE_MAX ≥ the XSAVE size for XCR0 (checked at
+            // init); XSAVE does not raise pending x87 exceptions.
             unsafe { asm!("xsave64 [{}]", in(reg) buf, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack)) };
         } else {
-            // SAFETY: buf is 16-aligned and 512 bytes.
+            // SAFETY: buf is 16-aligned and at least 512 bytes.
             unsafe { asm!("fxsave64 [{}]", in(reg) buf, options(nostack)) };
         }
-        FpuState { buf, layout }
+        image
     }
 
-    /// Puts the saved state back into the registers.
-    pub fn restore(&self) {
-        if XSAVE_SIZE.load(Ordering::SeqCst) != 0 {
-            // SAFETY: the buffer holds an image written by xsave64 above.
-            unsafe { asm!("xrstor64 [{}]", in(reg) self.buf, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack)) };
-        } else {
-            // SAFETY: the buffer holds an image written by fxsave64 above.
-            unsafe { asm!("fxrstor64 [{}]", in(reg) self.buf, options(nostack)) };
+    /// The x87 control word.
+    pub fn fcw(&self) -> u16 {
+        u16::from_le_bytes([self.bytes[0], self.bytes[1]])
+    }
+
+    /// The x87 status word.
+    pub fn fsw(&self) -> u16 {
+        u16::from_le_bytes([self.bytes[2], self.bytes[3]])
+    }
+
+    /// MXCSR.
+    pub fn mxcsr(&self) -> u32 {
+        u32::from_le_bytes(self.bytes[24..28].try_into().expect("4 bytes"))
+    }
+
+    /// Whether loading the image cannot fault (as Linux and NtContinue check an image from user
+    /// memory): MXCSR has no bit outside MXCSR_MASK; with XSAVE, the header's XSTATE_BV names
+    /// only components of XCR0, XCOMP_BV is 0 (standard form) and the reserved header bytes are 0.
+    pub fn is_loadable(&self) -> bool {
+        if self.mxcsr() as usize & !MXCSR_MASK.load(Ordering::Relaxed) != 0 {
+            return false;
         }
+        let xcr0 = XCR0.load(Ordering::Relaxed) as u64;
+        if xcr0 == 0 {
+            return true;
+        }
+        let xstate_bv = u64::from_le_bytes(self.bytes[512..520].try_into().expect("8 bytes"));
+        xstate_bv & !xcr0 == 0 && self.bytes[520..576].iter().all(|&b| b == 0)
+    }
+
+    /// Makes an image from guest memory loadable as NtContinue and Linux' sigreturn do: MXCSR
+    /// masked with MXCSR_MASK; XSTATE_BV limited to XCR0, XCOMP_BV and the reserved header bytes
+    /// zeroed (every register value itself is acceptable to XRSTOR/FXRSTOR).
+    pub fn make_loadable(&mut self) {
+        let mxcsr = self.mxcsr() & MXCSR_MASK.load(Ordering::Relaxed) as u32;
+        self.bytes[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+        let xcr0 = XCR0.load(Ordering::Relaxed) as u64;
+        if xcr0 != 0 {
+            let xstate_bv = u64::from_le_bytes(self.bytes[512..520].try_into().expect("8 bytes")) & xcr0;
+            self.bytes[512..520].copy_from_slice(&xstate_bv.to_le_bytes());
+            self.bytes[520..576].fill(0);
+        }
+    }
+
+    /// Loads the image into the registers; false (nothing loaded) if it is not
+    /// [loadable](Self::is_loadable).
+    pub fn load(&self) -> bool {
+        if !self.is_loadable() {
+            return false;
+        }
+        let buf = self.bytes.as_ptr();
+        if XCR0.load(Ordering::Relaxed) != 0 {
+            // SAFETY: a 64-aligned standard-form image whose header and MXCSR were checked above,
+            // so XRSTOR cannot fault; it changes only the guest's FPU registers.
+            unsafe { asm!("xrstor64 [{}]", in(reg) buf, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack)) };
+        } else {
+            // SAFETY: a 16-aligned 512-byte image whose MXCSR was checked, so FXRSTOR cannot fault.
+            unsafe { asm!("fxrstor64 [{}]", in(reg) buf, options(nostack)) };
+        }
+        true
     }
 }
 
-impl Drop for FpuState {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `save` with this layout.
-        unsafe { dealloc(self.buf, self.layout) };
-    }
+/// Gives the CPU the clean user state every guest starts with (host-abi §10.1): the initial
+/// x87/SSE/AVX state, and no user GS base left by the previous guest.
+pub fn reset_user_state() {
+    let loaded = FpuImage::initial().load();
+    debug_assert!(loaded, "the initial FPU image is loadable");
+    // SAFETY: KERNEL_GS_BASE holds the user GS base while the kernel runs; 0 is what a fresh
+    // guest has (it is swapped in by `swapgs` on the way out).
+    unsafe { Msr::new(IA32_KERNEL_GS_BASE).write(0) };
 }
