@@ -754,7 +754,8 @@ impl FrameAllocator {
             .find(|(_, w)| **w != 0)
             .map(|(i, w)| (i, *w))
             .expect("frame allocator: chunk in a summary has no free frame");
-        let mask = bits.isolate_lowest_one();
+        // The lowest set bit (`isolate_lowest_one`, not stable in 1.95).
+        let mask = bits & bits.wrapping_neg();
         self.take(Slot {
             chunk: ci,
             word,
