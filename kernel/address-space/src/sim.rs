@@ -20,10 +20,11 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use crate::frame::PhysRange;
 use crate::paging::pte::{ACCESSED, ADDR_MASK, DIRTY, HUGE, NO_EXECUTE, PRESENT, USER, WRITABLE};
-use crate::paging::table::{self, Leaf, SPAN_2M};
+use crate::paging::table::{self, Leaf};
 use crate::paging::tlb::Tlb;
 use crate::space::{Access, AddressSpace, FaultOutcome, VmContext};
 use crate::PhysMemory;
+use crate::{LARGE_PAGE_SIZE, PAGE_SIZE};
 
 /// Simulated RAM: `size` bytes at physical address `base`.
 #[derive(Clone)]
@@ -46,8 +47,8 @@ impl SimPhysMemory {
     ///
     /// If `base` is not 4 KiB aligned.
     pub fn new(base: u64, size: usize) -> Self {
-        assert_eq!(base % 4096, 0, "simulated RAM must start on a frame");
-        SimPhysMemory { base, bytes: vec![0xA5; size & !0xFFF] }
+        assert_eq!(base % PAGE_SIZE, 0, "simulated RAM must start on a frame");
+        SimPhysMemory { base, bytes: vec![0xA5; size & !(PAGE_SIZE as usize - 1)] }
     }
 
     /// Returns the range of RAM, as the frame allocator takes it.
@@ -75,8 +76,8 @@ impl PhysMemory for SimPhysMemory {
         self.bytes[o..o + 8].copy_from_slice(&value.to_le_bytes());
     }
     fn zero_frame(&mut self, frame: PhysFrame<Size4KiB>) {
-        let o = self.offset(frame.start_address(), 4096);
-        self.bytes[o..o + 4096].fill(0);
+        let o = self.offset(frame.start_address(), PAGE_SIZE as usize);
+        self.bytes[o..o + PAGE_SIZE as usize].fill(0);
     }
     fn read_bytes(&self, pa: PhysAddr, buf: &mut [u8]) {
         let o = self.offset(pa, buf.len());
@@ -131,7 +132,7 @@ impl TlbModel {
 
     /// Returns the cached translation of the page of `addr`.
     pub fn get(&self, addr: u64) -> Option<TlbEntry> {
-        self.entries.get(&(addr & !0xFFF)).copied()
+        self.entries.get(&(addr & !(PAGE_SIZE - 1))).copied()
     }
 
     /// Returns the pages whose cached translation disagrees with the current page tables of
@@ -143,7 +144,7 @@ impl TlbModel {
             .filter(|(va, t)| match space.translate(mem, **va) {
                 None => true,
                 Some((pa, e)) => {
-                    pa.as_u64() & !0xFFF != t.frame
+                    pa.as_u64() & !(PAGE_SIZE - 1) != t.frame
                         || (e & WRITABLE != 0) != t.writable
                         || (e & NO_EXECUTE != 0) != t.no_execute
                         || (t.dirty && e & DIRTY == 0)
@@ -156,12 +157,12 @@ impl TlbModel {
 
 impl Tlb for TlbModel {
     fn invalidate_page(&mut self, addr: VirtAddr) {
-        let page = addr.as_u64() & !0xFFF;
+        let page = addr.as_u64() & !(PAGE_SIZE - 1);
         self.invalidations += 1;
         self.entries.remove(&page);
         // invlpg drops a 2 MiB translation whatever 4 KiB page of it is named.
-        let big = page & !(SPAN_2M - 1);
-        let large: Vec<u64> = self.entries.range(big..big + SPAN_2M).filter(|(_, e)| e.large).map(|(k, _)| *k).collect();
+        let big = page & !(LARGE_PAGE_SIZE - 1);
+        let large: Vec<u64> = self.entries.range(big..big + LARGE_PAGE_SIZE).filter(|(_, e)| e.large).map(|(k, _)| *k).collect();
         for k in large {
             self.entries.remove(&k);
         }
@@ -201,13 +202,13 @@ pub fn sim_access<M: PhysMemory>(
     addr: u64,
     access: Access,
 ) -> SimAccess {
-    let page = addr & !0xFFF;
+    let page = addr & !(PAGE_SIZE - 1);
     for _ in 0..3 {
         if let Some(t) = cx.tlb.get(page)
             && permits(access, t.writable, t.no_execute)
             && (access != Access::Write || t.dirty)
         {
-            return SimAccess::Done(PhysAddr::new(t.frame | (addr & 0xFFF)));
+            return SimAccess::Done(PhysAddr::new(t.frame | (addr & (PAGE_SIZE - 1))));
         }
         if let Some(pa) = walk_and_mark(space, cx, addr, access) {
             return SimAccess::Done(pa);
@@ -260,14 +261,14 @@ fn walk_and_mark<M: PhysMemory>(
         cx.mem.write_u64(PhysAddr::new(entry_at), new);
     }
     let frame = if large {
-        ((e & ADDR_MASK) & !(SPAN_2M - 1)) | (addr & (SPAN_2M - 1) & !0xFFF)
+        ((e & ADDR_MASK) & !(LARGE_PAGE_SIZE - 1)) | (addr & (LARGE_PAGE_SIZE - 1) & !(PAGE_SIZE - 1))
     } else {
         e & ADDR_MASK
     };
     cx.tlb
         .entries
-        .insert(addr & !0xFFF, TlbEntry { frame, writable, no_execute, dirty: new & DIRTY != 0, large });
-    Some(PhysAddr::new(frame | (addr & 0xFFF)))
+        .insert(addr & !(PAGE_SIZE - 1), TlbEntry { frame, writable, no_execute, dirty: new & DIRTY != 0, large });
+    Some(PhysAddr::new(frame | (addr & (PAGE_SIZE - 1))))
 }
 
 /// Reads guest memory like a sequence of guest loads (page by page).
@@ -284,7 +285,7 @@ pub fn sim_read<M: PhysMemory>(
     let mut done = 0;
     while done < buf.len() {
         let va = addr + done as u64;
-        let n = ((0x1000 - (va & 0xFFF)) as usize).min(buf.len() - done);
+        let n = ((PAGE_SIZE - (va & (PAGE_SIZE - 1))) as usize).min(buf.len() - done);
         match sim_access(space, cx, va, Access::Read) {
             SimAccess::Done(pa) => cx.mem.read_bytes(pa, &mut buf[done..done + n]),
             SimAccess::Fault(f) => return Err(f),
@@ -309,7 +310,7 @@ pub fn sim_write<M: PhysMemory>(
     let mut done = 0;
     while done < data.len() {
         let va = addr + done as u64;
-        let n = ((0x1000 - (va & 0xFFF)) as usize).min(data.len() - done);
+        let n = ((PAGE_SIZE - (va & (PAGE_SIZE - 1))) as usize).min(data.len() - done);
         match sim_access(space, cx, va, Access::Write) {
             SimAccess::Done(pa) => cx.mem.write_bytes(pa, &data[done..done + n]),
             SimAccess::Fault(f) => return Err(f),
