@@ -12,6 +12,7 @@ use x86_64::structures::paging::{PhysFrame, Size2MiB};
 
 use super::{AddressSpace, Allocation, VmContext};
 use crate::charge::CriticalLevel;
+use crate::frame::FrameReservation;
 use crate::paging::pte::{self, Pte};
 use crate::paging::table;
 use crate::paging::tlb::Tlb;
@@ -19,15 +20,24 @@ use crate::protection::{BaseProtection, CacheMode};
 use crate::{PhysMemory, VmError};
 use crate::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE, PAGE_SIZE};
 
-/// What a commit obtained in its fallible phase.
+/// What a commit obtained in its fallible phase. It owns what it took: the perform phase
+/// consumes it (dropping one that still holds frames is a leak, a debug assertion).
 #[must_use = "a commit plan holds frames and charge"]
 pub(crate) struct CommitPlan {
     /// Pages that were reserved and become committed (charged and frame-reserved).
     pub new_pages: u64,
+    /// One frame for each new 4 KiB page, taken when the page is first touched.
+    pub frames: FrameReservation,
     /// Zeroed table pages for the entries the range needs.
     pub tables: Vec<PhysFrame>,
     /// 2 MiB frames (large-page commits only).
     pub large: Vec<PhysFrame<Size2MiB>>,
+}
+
+impl Drop for CommitPlan {
+    fn drop(&mut self) {
+        debug_assert!(self.tables.is_empty() && self.large.is_empty(), "commit plan dropped holding table pages or large frames");
+    }
 }
 
 impl AddressSpace {
@@ -129,15 +139,15 @@ impl AddressSpace {
     ) -> Result<CommitPlan, VmError> {
         cx.charge.check(new_pages, level)?;
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 0);
-        if new_pages > 0 {
-            cx.frames.reserve(new_pages).map_err(|_| VmError::NoMemory)?;
-        }
+        let frames = if new_pages > 0 {
+            cx.frames.reserve(new_pages).map_err(|_| VmError::NoMemory)?
+        } else {
+            FrameReservation::empty()
+        };
         match table::alloc_tables(missing, cx.frames, cx.mem, cx.counters) {
-            Ok(tables) => Ok(CommitPlan { new_pages, tables, large: Vec::new() }),
+            Ok(tables) => Ok(CommitPlan { new_pages, frames, tables, large: Vec::new() }),
             Err(e) => {
-                if new_pages > 0 {
-                    cx.frames.unreserve(new_pages);
-                }
+                cx.frames.unreserve(frames);
                 Err(e)
             }
         }
@@ -172,7 +182,7 @@ impl AddressSpace {
         }
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 1);
         match table::alloc_tables(missing, cx.frames, cx.mem, cx.counters) {
-            Ok(tables) => Ok(CommitPlan { new_pages: pages, tables, large }),
+            Ok(tables) => Ok(CommitPlan { new_pages: pages, frames: FrameReservation::empty(), tables, large }),
             Err(e) => {
                 for f in large {
                     cx.frames.free_2mib(f).expect("large page: freeing a run just allocated");
@@ -196,6 +206,7 @@ impl AddressSpace {
     ) {
         cx.charge.charge(plan.new_pages);
         self.table_pages += plan.tables.len() as u64;
+        self.demand_zero.absorb(core::mem::replace(&mut plan.frames, FrameReservation::empty()));
         let mut batch = self.batch();
         cx.tables(self.root_pa()).update_range(start, end, Some(&mut plan.tables), &mut batch, |_, va, old| {
             let (prot, guard) = prot_of(va);
@@ -273,7 +284,7 @@ impl AddressSpace {
             Pte::RESERVED
         });
         if unreserve > 0 {
-            cx.frames.unreserve(unreserve);
+            cx.frames.unreserve(self.demand_zero.split(unreserve));
         }
         cx.charge.uncharge(decommitted);
         self.table_pages -= cx.counters.table_pages_freed - freed_before;

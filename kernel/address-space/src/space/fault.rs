@@ -125,7 +125,7 @@ impl AddressSpace {
     /// commit-time reservation and writes its entry. Returns the new entry.
     fn populate<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, e: Pte, a: &Allocation) -> Pte {
         debug_assert!(e.frame().is_none());
-        let frame = cx.frames.alloc_reserved();
+        let frame = cx.frames.alloc_reserved(&mut self.demand_zero);
         cx.mem.zero_frame(frame);
         cx.counters.frames_zeroed += 1;
         let new = Pte::committed(e.prot(), e.guard(), Some(frame.start_address().as_u64()), e.dirty(), a.cache);

@@ -58,7 +58,7 @@ use x86_64::structures::paging::{PhysFrame, Size4KiB};
 pub use fault::{Access, FaultOutcome};
 pub use query::MemoryBasicInformation;
 
-use crate::frame::FrameAllocator;
+use crate::frame::{FrameAllocator, FrameReservation};
 use crate::paging::table::{self, TableCensus, Tables};
 use crate::paging::tlb::{DEFAULT_FLUSH_THRESHOLD, Tlb, TlbBatch};
 use crate::placement::GapTree;
@@ -209,6 +209,9 @@ pub struct AddressSpace {
     allocations: BTreeMap<u64, Allocation>,
     gaps: GapTree,
     table_pages: u64,
+    /// The frames promised to committed pages that have none yet (demand-zero): one per such
+    /// page, taken when the page is first touched, given back when it is decommitted untouched.
+    demand_zero: FrameReservation,
 }
 
 impl AddressSpace {
@@ -243,6 +246,7 @@ impl AddressSpace {
             allocations: BTreeMap::new(),
             gaps: GapTree::new(config.min_address / ALLOCATION_GRANULARITY, config.max_address_end / ALLOCATION_GRANULARITY),
             table_pages: 0,
+            demand_zero: FrameReservation::empty(),
         })
     }
 
@@ -275,6 +279,12 @@ impl AddressSpace {
     /// recounts by walking).
     pub fn table_pages(&self) -> u64 {
         self.table_pages
+    }
+
+    /// Returns how many frames this space holds promised to its committed pages that have none
+    /// yet (demand-zero): each is taken at the page's first touch. Cost: O(1).
+    pub fn demand_zero_frames(&self) -> u64 {
+        self.demand_zero.frames()
     }
 
     /// Returns the number of allocations.
@@ -365,6 +375,8 @@ impl AddressSpace {
             let e = cx.mem.read_u64(PhysAddr::new(self.root_pa() + i * 8));
             assert_eq!(e, 0, "address space: PML4 entry {i} survives teardown");
         }
+        // Every committed page is gone, and with it every promised frame.
+        cx.frames.unreserve(core::mem::replace(&mut self.demand_zero, FrameReservation::empty()));
         self.root
     }
 }

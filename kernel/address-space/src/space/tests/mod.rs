@@ -180,14 +180,15 @@ impl Fx {
             "frames in use"
         );
         assert_eq!(self.frames.reserved_frames(), c.committed_pages - c.pages_with_frame, "reserved frames");
+        assert_eq!(self.sp().demand_zero_frames(), c.committed_pages - c.pages_with_frame, "frames the space holds promised");
         assert_eq!(self.tlb.stale_entries(self.sp(), &self.mem), Vec::<u64>::new(), "stale TLB entries");
         for s in self.sp().summaries(&self.mem) {
             assert_eq!(s.committed_pages, s.allocation.committed_pages, "committed count of {:#x}", s.allocation.base);
         }
     }
 
-    /// Tears the space down and checks every frame came back.
-    pub fn teardown(&mut self) {
+    /// Destroys the space (every allocation released, every frame and promise given back).
+    fn destroy_space(&mut self) {
         let space = self.space.take().expect("space");
         let mut cx = VmContext {
             frames: &mut self.frames,
@@ -198,9 +199,24 @@ impl Fx {
         };
         let root = space.destroy(&mut cx);
         self.frames.free(root).expect("root frame");
+    }
+
+    /// Tears the space down and checks every frame came back.
+    pub fn teardown(&mut self) {
+        self.destroy_space();
         assert_eq!(self.frames.used_frames(), self.start_used);
         assert_eq!(self.frames.reserved_frames(), 0);
         assert_eq!(self.charge.committed_pages(), 0);
+    }
+}
+
+impl Drop for Fx {
+    /// A space must be destroyed, not dropped (it owns the frames promised to its committed
+    /// pages): a test that does not end with [`Fx::teardown`] has it destroyed here.
+    fn drop(&mut self) {
+        if self.space.is_some() && !std::thread::panicking() {
+            self.destroy_space();
+        }
     }
 }
 
