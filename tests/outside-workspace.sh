@@ -34,17 +34,17 @@ cd "$dir"
 # No lock file: a new user's project has none (and with a copy of the repository's, cargo loads
 # path dependencies differently and would not show the problem this checks).
 
+# Cargo.toml of a new package named $1 (its dependencies follow).
+manifest() {
+  mkdir src
+  printf '[package]\nname = "%s"\nversion = "0.1.0"\nedition = "2024"\n\n[dependencies]\n' "$1" > Cargo.toml
+}
+
 case "${1:-}" in
   stable)
     name="stable-$stable-builds-the-reusable-crates"
-    mkdir src
-    cat > Cargo.toml <<EOF
-[package]
-name = "uses-the-crates"
-version = "0.1.0"
-edition = "2024"
-
-[dependencies]
+    manifest uses-the-crates
+    cat >> Cargo.toml <<EOF
 address-space = { path = "$root/kernel/address-space" }
 host-abi = { path = "$root/kernel/host-abi" }
 guest-abi = { path = "$root/kernel/guest-abi", default-features = false }
@@ -58,14 +58,8 @@ EOF
     ;;
   guest)
     name="guest-crate-outside-the-workspace"
-    mkdir src
-    cat > Cargo.toml <<EOF
-[package]
-name = "my-guest"
-version = "0.1.0"
-edition = "2024"
-
-[dependencies]
+    manifest my-guest
+    cat >> Cargo.toml <<EOF
 guest-abi = { path = "$root/kernel/guest-abi" }
 
 [profile.dev]
@@ -91,7 +85,7 @@ fn main(host: &guest_abi::Host) -> i32 {
     }
 }
 EOF
-    cmd=(cargo "+${GUEST_TOOLCHAIN:-$stable}" build --target x86_64-unknown-none)
+    cmd=(cargo "+$stable" build --target x86_64-unknown-none)
     ;;
   *)
     echo "usage: $0 stable|guest" >&2; exit 2 ;;

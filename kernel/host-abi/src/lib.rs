@@ -211,51 +211,53 @@ impl fmt::Debug for HResult {
     }
 }
 
-/// `EMemoryCriticalLevel`.
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CriticalLevel {
-    /// `eTaskCritical`: may fail when memory is low.
-    Task = 0,
-    /// `eAppDomainCritical`.
-    AppDomain = 1,
-    /// `eProcessCritical`: may use the host's critical reserve.
-    Process = 2,
+/// Defines a 32-bit C enum: the Rust enum, `from_u32` (decoding an untrusted value) and
+/// `VALUES`, every value with its C enumerator name (checked against the header).
+macro_rules! abi_enum {
+    ($(#[$doc:meta])* pub enum $name:ident { $($(#[$vdoc:meta])* $variant:ident = $value:literal => $cname:literal,)* }) => {
+        $(#[$doc])*
+        #[repr(u32)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant = $value,)*
+        }
+
+        impl $name {
+            /// Every value with its C enumerator name.
+            pub const VALUES: &[(&str, $name)] = &[$(($cname, $name::$variant)),*];
+
+            /// Decodes a value a caller passed; `None` for anything else.
+            pub const fn from_u32(value: u32) -> Option<$name> {
+                match value {
+                    $($value => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-impl CriticalLevel {
-    /// Decodes a level a caller passed; `None` for anything else.
-    pub const fn from_u32(value: u32) -> Option<CriticalLevel> {
-        match value {
-            0 => Some(CriticalLevel::Task),
-            1 => Some(CriticalLevel::AppDomain),
-            2 => Some(CriticalLevel::Process),
-            _ => None,
-        }
+abi_enum! {
+    /// `EMemoryCriticalLevel`.
+    pub enum CriticalLevel {
+        /// `eTaskCritical`: may fail when memory is low.
+        Task = 0 => "eTaskCritical",
+        /// `eAppDomainCritical`.
+        AppDomain = 1 => "eAppDomainCritical",
+        /// `eProcessCritical`: may use the host's critical reserve.
+        Process = 2 => "eProcessCritical",
     }
 }
 
-/// `EMemoryAvailable`: the band of free memory `OnMemoryNotification` reports (host-abi §5).
-#[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum MemoryAvailable {
-    /// `eMemoryAvailableLow`: below the low threshold.
-    Low = 1,
-    /// `eMemoryAvailableNeutral`: between the thresholds.
-    Neutral = 2,
-    /// `eMemoryAvailableHigh`: above the high threshold.
-    High = 3,
-}
-
-impl MemoryAvailable {
-    /// Decodes the value passed to `OnMemoryNotification`; `None` for anything else.
-    pub const fn from_u32(value: u32) -> Option<MemoryAvailable> {
-        match value {
-            1 => Some(MemoryAvailable::Low),
-            2 => Some(MemoryAvailable::Neutral),
-            3 => Some(MemoryAvailable::High),
-            _ => None,
-        }
+abi_enum! {
+    /// `EMemoryAvailable`: the band of free memory `OnMemoryNotification` reports (host-abi §5).
+    pub enum MemoryAvailable {
+        /// `eMemoryAvailableLow`: below the low threshold.
+        Low = 1 => "eMemoryAvailableLow",
+        /// `eMemoryAvailableNeutral`: between the thresholds.
+        Neutral = 2 => "eMemoryAvailableNeutral",
+        /// `eMemoryAvailableHigh`: above the high threshold.
+        High = 3 => "eMemoryAvailableHigh",
     }
 }
 

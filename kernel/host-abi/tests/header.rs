@@ -204,26 +204,13 @@ fn rust_view() -> BTreeMap<String, String> {
     for (name, hr) in HResult::CONSTANTS {
         v.insert(format!("define {name}"), hr.0.to_string());
     }
-    // Exhaustive matches: a new variant must be given its C name here.
-    let level_name = |l: CriticalLevel| match l {
-        CriticalLevel::Task => "eTaskCritical",
-        CriticalLevel::AppDomain => "eAppDomainCritical",
-        CriticalLevel::Process => "eProcessCritical",
-    };
-    for l in [CriticalLevel::Task, CriticalLevel::AppDomain, CriticalLevel::Process] {
-        v.insert(format!("define {}", level_name(l)), (l as u32).to_string());
+    for &(name, level) in CriticalLevel::VALUES {
+        v.insert(format!("define {name}"), (level as u32).to_string());
+        assert_eq!(CriticalLevel::from_u32(level as u32), Some(level));
     }
-    let band_name = |b: MemoryAvailable| match b {
-        MemoryAvailable::Low => "eMemoryAvailableLow",
-        MemoryAvailable::Neutral => "eMemoryAvailableNeutral",
-        MemoryAvailable::High => "eMemoryAvailableHigh",
-    };
-    for b in [MemoryAvailable::Low, MemoryAvailable::Neutral, MemoryAvailable::High] {
-        v.insert(format!("define {}", band_name(b)), (b as u32).to_string());
-        assert_eq!(MemoryAvailable::from_u32(b as u32), Some(b));
-    }
-    for l in [CriticalLevel::Task, CriticalLevel::AppDomain, CriticalLevel::Process] {
-        assert_eq!(CriticalLevel::from_u32(l as u32), Some(l));
+    for &(name, band) in MemoryAvailable::VALUES {
+        v.insert(format!("define {name}"), (band as u32).to_string());
+        assert_eq!(MemoryAvailable::from_u32(band as u32), Some(band));
     }
     for (name, iid) in IIDS {
         let bytes: Vec<String> = iid.to_bytes().iter().map(|b| b.to_string()).collect();

@@ -70,14 +70,8 @@ impl Fx {
 
     /// Runs `f` with the space and a context.
     pub fn run<R>(&mut self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, SimPhysMemory, TlbModel>) -> R) -> R {
-        let mut cx = VmContext {
-            frames: &mut self.frames,
-            mem: &mut self.mem,
-            tlb: &mut self.tlb,
-            charge: &mut self.charge,
-            counters: &mut self.counters,
-        };
-        f(self.space.as_mut().expect("space"), &mut cx)
+        let Fx { frames, mem, tlb, charge, counters, space, .. } = self;
+        f(space.as_mut().expect("space"), &mut VmContext { frames, mem, tlb, charge, counters })
     }
 
     pub fn sp(&self) -> &AddressSpace {
@@ -189,15 +183,8 @@ impl Fx {
 
     /// Destroys the space (every allocation released, every frame and promise given back).
     fn destroy_space(&mut self) {
-        let space = self.space.take().expect("space");
-        let mut cx = VmContext {
-            frames: &mut self.frames,
-            mem: &mut self.mem,
-            tlb: &mut self.tlb,
-            charge: &mut self.charge,
-            counters: &mut self.counters,
-        };
-        let root = space.destroy(&mut cx);
+        let Fx { frames, mem, tlb, charge, counters, space, .. } = self;
+        let root = space.take().expect("space").destroy(&mut VmContext { frames, mem, tlb, charge, counters });
         self.frames.free(root).expect("root frame");
     }
 
