@@ -134,6 +134,13 @@ pub const FRAMES_PER_2MIB: u64 = CHUNK_FRAMES;
 /// owner ([`absorb`](Self::absorb), [`split`](Self::split)), or returned with
 /// [`FrameAllocator::unreserve`]. Dropping one that still promises frames would leak them from the
 /// allocator's count; debug builds panic then.
+///
+/// It cannot be copied, so a frame cannot be promised twice:
+///
+/// ```compile_fail,E0599
+/// let promised = address_space::frame::FrameReservation::empty();
+/// let copy = promised.clone();
+/// ```
 #[must_use = "a frame reservation must be taken from, handed over or given back (FrameAllocator::unreserve)"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct FrameReservation {
