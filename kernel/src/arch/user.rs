@@ -122,9 +122,15 @@ struct PerCpu {
     vector: u64,
     /// 40: its error code.
     error_code: u64,
+    /// 48: this CPU's index in `super::percpu` (0 for the boot CPU).
+    cpu_index: u64,
 }
 
-static mut PER_CPU: PerCpu = PerCpu { kernel_rsp: 0, user_rsp: 0, context: 0, scratch: 0, vector: 0, error_code: 0 };
+/// Offset of [`PerCpu::cpu_index`] from the GS base (read by `super::percpu`).
+pub(crate) const PER_CPU_INDEX_OFFSET: usize = 48;
+
+static mut PER_CPU: PerCpu =
+    PerCpu { kernel_rsp: 0, user_rsp: 0, context: 0, scratch: 0, vector: 0, error_code: 0, cpu_index: 0 };
 
 /// Why [`enter_user`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +146,12 @@ pub enum UserExit {
         error_code: u64,
         /// CR2 (page faults only).
         cr2: u64,
+    },
+    /// A device interrupt (the local APIC timer, an IPI) arrived while the guest ran; nothing of
+    /// the guest's state changed. The caller serves it (`super::apic::on_interrupt`).
+    Interrupt {
+        /// The vector.
+        vector: u8,
     },
 }
 
@@ -334,6 +346,8 @@ user_vector_stubs!(
     (19, vmk_vec_19, "simd_floating_point", noerr),
     (20, vmk_vec_20, "virtualization", noerr),
     (21, vmk_vec_21, "cp_protection", err),
+    (48, vmk_vec_48, "apic_timer", noerr),
+    (240, vmk_vec_240, "apic_wake", noerr),
 );
 
 unsafe extern "C" {
@@ -346,16 +360,15 @@ const IA32_LSTAR: u32 = 0xC000_0082;
 const IA32_FMASK: u32 = 0xC000_0084;
 const IA32_GS_BASE: u32 = 0xC000_0101;
 const IA32_KERNEL_GS_BASE: u32 = 0xC000_0102;
-const IA32_APIC_BASE: u32 = 0x1B;
 /// RFLAGS bits cleared on `syscall`: TF, IF, DF, NT, AC.
 const FMASK: u64 = (1 << 8) | (1 << 9) | (1 << 10) | (1 << 14) | (1 << 18);
 
 static XSAVE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
 /// Sets up everything ring 3 needs: `syscall` MSRs, the per-CPU area in GS, the FPU/SSE/AVX state
-/// (so guests may use vector registers), alignment checking for ring 3 (`CR0.AM`), and silences the
-/// legacy PIC and the local APIC (no device interrupts are used; a guest runs with IF = 1, and
-/// the PIC's power-on vectors would collide with CPU exceptions).
+/// (so guests may use vector registers), alignment checking for ring 3 (`CR0.AM`), and remaps and
+/// masks the legacy PIC (its power-on vectors would collide with CPU exceptions; a guest runs with
+/// IF = 1). The local APIC stays enabled: its timer is the only device interrupt (`super::apic`).
 pub fn init() {
     let sel = super::gdt::selectors();
     assert_eq!(
@@ -383,13 +396,27 @@ pub fn init() {
         data1.write(0xff);
         data2.write(0xff);
     }
-    // SAFETY: clearing the global-enable bit of IA32_APIC_BASE switches the local APIC off, so no
-    // timer or other local interrupt can arrive; the kernel uses none.
-    unsafe {
-        let mut apic = Msr::new(IA32_APIC_BASE);
-        let v = apic.read();
-        apic.write(v & !(1 << 11));
-    }
+    init_cpu(core::ptr::addr_of!(PER_CPU) as u64);
+}
+
+/// Sets up ring 3 on an application processor (whose GDT has the boot CPU's layout): its own
+/// per-CPU entry area (leaked: CPUs live forever) with index `cpu_index`, the `syscall` MSRs and
+/// the FPU state, as [`init`] does for the boot CPU.
+pub fn init_ap(cpu_index: usize) {
+    let area = alloc::boxed::Box::leak(alloc::boxed::Box::new(PerCpu {
+        kernel_rsp: 0,
+        user_rsp: 0,
+        context: 0,
+        scratch: 0,
+        vector: 0,
+        error_code: 0,
+        cpu_index: cpu_index as u64,
+    }));
+    init_cpu(area as *mut PerCpu as u64);
+}
+
+/// The per-CPU part of [`init`]: MSRs (with GS at `per_cpu`) and the FPU.
+fn init_cpu(per_cpu: u64) {
     // SAFETY: STAR/LSTAR/FMASK define where `syscall` enters (vmk_syscall_entry, written for
     // exactly this) and the selectors it loads (checked against the GDT above); SCE enables it.
     unsafe {
@@ -398,10 +425,11 @@ pub fn init() {
         Msr::new(IA32_FMASK).write(FMASK);
         Efer::update(|e| e.insert(EferFlags::SYSTEM_CALL_EXTENSIONS));
     }
-    // SAFETY: GS_BASE points at the static per-CPU area while in ring 0; KERNEL_GS_BASE holds the
-    // guest's GS base (0) and is swapped in by `swapgs` on the way out.
+    // SAFETY: GS_BASE points at this CPU's per-CPU area (static or leaked, so it lives forever)
+    // while in ring 0; KERNEL_GS_BASE holds the guest's GS base (0) and is swapped in by `swapgs`
+    // on the way out.
     unsafe {
-        Msr::new(IA32_GS_BASE).write(core::ptr::addr_of!(PER_CPU) as u64);
+        Msr::new(IA32_GS_BASE).write(per_cpu);
         Msr::new(IA32_KERNEL_GS_BASE).write(0);
     }
     enable_fpu();
@@ -455,6 +483,9 @@ pub unsafe fn enter_user(context: &mut UserContext, after_syscall: bool) -> User
     } else {
         // SAFETY: the per-CPU area was written by the entry code of this CPU just now.
         let (vector, error_code) = unsafe { (PER_CPU.vector, PER_CPU.error_code) };
+        if vector >= 32 {
+            return UserExit::Interrupt { vector: vector as u8 };
+        }
         let cr2 = if vector == 14 { x86_64::registers::control::Cr2::read_raw() } else { 0 };
         UserExit::Exception { vector: vector as u8, error_code, cr2 }
     }

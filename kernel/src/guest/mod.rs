@@ -18,6 +18,7 @@
 //! One guest runs at a time, on the kernel stack of the code that called [`run_guest`].
 
 pub mod calls;
+pub mod cpu_time;
 pub mod elf;
 pub mod exceptions;
 pub mod host_pages;
@@ -169,6 +170,8 @@ pub struct Guest {
     callback: Option<u64>,
     /// The memory band last reported (or current at registration): 1 low, 2 neutral, 3 high.
     band: u32,
+    /// CPU time used and its limit (started when the guest starts running).
+    cpu: cpu_time::CpuClock,
 }
 
 /// How a guest ended.
@@ -241,6 +244,7 @@ impl Guest {
             acquired: Vec::new(),
             callback: None,
             band: 0,
+            cpu: cpu_time::CpuClock::start(),
         })
     }
 
@@ -257,6 +261,7 @@ impl Guest {
     /// Runs the guest to its end and returns its exit code; its address space is destroyed.
     pub fn run(mut self) -> i32 {
         self.space.activate();
+        self.cpu = cpu_time::CpuClock::start();
         let mut context = self.entry_context;
         match self.run_loop(&mut context, false) {
             Ok(_) => unreachable!("the main run loop returns only when the guest ends"),
@@ -272,7 +277,10 @@ impl Guest {
             // SAFETY: the context is this guest's (entry point, stub or handler addresses in its
             // user half, with rflags from sanitize_rflags or 0x202), and its space is in CR3.
             let exit = unsafe { enter_user(context, after_syscall) };
-            KERNEL_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            // Timer ticks are not entries the guest asked for (and vary with time): not counted.
+            if !matches!(exit, UserExit::Interrupt { .. }) {
+                KERNEL_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            }
             match exit {
                 UserExit::Syscall => {
                     if context.rax == host_pages::nr::UPCALL_RETURN && upcall {
@@ -283,6 +291,11 @@ impl Guest {
                 }
                 UserExit::Exception { vector, error_code, cr2 } => {
                     self.exception(context, vector, error_code, cr2)?;
+                    after_syscall = false;
+                }
+                UserExit::Interrupt { vector } => {
+                    crate::arch::apic::on_interrupt(vector);
+                    self.cpu.check(&self.name)?;
                     after_syscall = false;
                 }
             }
