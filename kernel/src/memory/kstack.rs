@@ -40,11 +40,11 @@ impl KernelStack {
     pub fn new() -> Option<KernelStack> {
         with_mm(|mm| {
             let slot = (0..SLOTS).find(|&i| mm.kstack_slots & (1u128 << i) == 0)?;
-            mm.frames.reserve(STACK_PAGES).ok()?;
+            let mut promised = mm.frames.reserve(STACK_PAGES).ok()?;
             let base = KSTACK_REGION + slot as u64 * SLOT_SIZE + 4096;
             let mut tables = kernel_tables(mm);
             for i in 0..STACK_PAGES {
-                let frame = mm.frames.alloc_reserved();
+                let frame = mm.frames.alloc_reserved(&mut promised);
                 let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * 4096));
                 let mut table_frames = TableFrames { frames: &mut mm.frames, taken: 0 };
                 // SAFETY: the page is in this slot's range, which nothing else maps; the frame is

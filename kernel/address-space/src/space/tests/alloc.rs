@@ -200,6 +200,29 @@ mod reserve {
     }
 
     #[test]
+    fn top_down_takes_the_highest_gap_that_fits() {
+        let mut fx = Fx::new();
+        let td = MEM_RESERVE | MEM_TOP_DOWN;
+        let t1 = fx.alloc(0, 0x1_0000, td, PAGE_READWRITE).unwrap();
+        let t2 = fx.alloc(0, 0x1_0000, td, PAGE_READWRITE).unwrap();
+        let t3 = fx.alloc(0, 0x1_0000, td, PAGE_READWRITE).unwrap();
+        assert_eq!((t1, t2, t3), (0x7FFF_FFFE_0000, 0x7FFF_FFFD_0000, 0x7FFF_FFFC_0000));
+        fx.free(t2, 0, MEM_RELEASE).unwrap();
+        // 128 KiB does not fit the 64 KiB hole: it goes below t3.
+        assert_eq!(fx.alloc(0, 0x2_0000, td, PAGE_READWRITE), Ok(0x7FFF_FFFA_0000));
+        // A page does: the hole is the highest gap that fits.
+        assert_eq!(fx.alloc(0, 0x1000, td, PAGE_READWRITE), Ok(t2));
+        // An unaligned size: its last 64 KiB block ends where the gap does.
+        assert_eq!(fx.alloc(0, 0x1_1000, td, PAGE_READWRITE), Ok(0x7FFF_FFF8_0000));
+        assert_eq!(fx.q(0x7FFF_FFF8_0000), (0x1_1000, MEM_RESERVE, 0));
+        assert_eq!(fx.q(0x7FFF_FFF9_1000).1, MEM_FREE);
+        // Bottom-up placement is unaffected.
+        assert_eq!(fx.alloc(0, 0x1000, MEM_RESERVE, PAGE_READWRITE), Ok(0x1_0000));
+        fx.check();
+        fx.teardown();
+    }
+
+    #[test]
     fn address_space_exhaustion_is_out_of_memory() {
         let cfg = SpaceConfig { min_address: 0x10000, max_address_end: 0x50000, ..SpaceConfig::default() };
         let mut fx = Fx::with(cfg, 16 << 20, 100_000, 0);

@@ -70,14 +70,8 @@ impl Fx {
 
     /// Runs `f` with the space and a context.
     pub fn run<R>(&mut self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, SimPhysMemory, TlbModel>) -> R) -> R {
-        let mut cx = VmContext {
-            frames: &mut self.frames,
-            mem: &mut self.mem,
-            tlb: &mut self.tlb,
-            charge: &mut self.charge,
-            counters: &mut self.counters,
-        };
-        f(self.space.as_mut().expect("space"), &mut cx)
+        let Fx { frames, mem, tlb, charge, counters, space, .. } = self;
+        f(space.as_mut().expect("space"), &mut VmContext { frames, mem, tlb, charge, counters })
     }
 
     pub fn sp(&self) -> &AddressSpace {
@@ -180,27 +174,36 @@ impl Fx {
             "frames in use"
         );
         assert_eq!(self.frames.reserved_frames(), c.committed_pages - c.pages_with_frame, "reserved frames");
+        assert_eq!(self.sp().demand_zero_frames(), c.committed_pages - c.pages_with_frame, "frames the space holds promised");
         assert_eq!(self.tlb.stale_entries(self.sp(), &self.mem), Vec::<u64>::new(), "stale TLB entries");
         for s in self.sp().summaries(&self.mem) {
             assert_eq!(s.committed_pages, s.allocation.committed_pages, "committed count of {:#x}", s.allocation.base);
         }
     }
 
+    /// Destroys the space (every allocation released, every frame and promise given back).
+    fn destroy_space(&mut self) {
+        let Fx { frames, mem, tlb, charge, counters, space, .. } = self;
+        let root = space.take().expect("space").destroy(&mut VmContext { frames, mem, tlb, charge, counters });
+        self.frames.free(root).expect("root frame");
+    }
+
     /// Tears the space down and checks every frame came back.
     pub fn teardown(&mut self) {
-        let space = self.space.take().expect("space");
-        let mut cx = VmContext {
-            frames: &mut self.frames,
-            mem: &mut self.mem,
-            tlb: &mut self.tlb,
-            charge: &mut self.charge,
-            counters: &mut self.counters,
-        };
-        let root = space.destroy(&mut cx);
-        self.frames.free(root).expect("root frame");
+        self.destroy_space();
         assert_eq!(self.frames.used_frames(), self.start_used);
         assert_eq!(self.frames.reserved_frames(), 0);
         assert_eq!(self.charge.committed_pages(), 0);
+    }
+}
+
+impl Drop for Fx {
+    /// A space must be destroyed, not dropped (it owns the frames promised to its committed
+    /// pages): a test that does not end with [`Fx::teardown`] has it destroyed here.
+    fn drop(&mut self) {
+        if self.space.is_some() && !std::thread::panicking() {
+            self.destroy_space();
+        }
     }
 }
 

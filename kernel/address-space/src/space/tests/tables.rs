@@ -148,3 +148,43 @@ fn spaces_share_the_allocator_and_the_charge() {
     fx.check();
     fx.teardown();
 }
+
+/// A committed `PAGE_NOACCESS` page at `A`, the only page of its tables, after a faulting walk
+/// that cached its PML4E, PDPTE and PDE (the model caches structure entries of faulting walks,
+/// as the hardware may, SDM vol. 3A §4.10.3.1).
+fn walked_noaccess_page() -> Fx {
+    let mut fx = Fx::new();
+    assert_eq!(fx.alloc(A, 0x1000, RC, PAGE_NOACCESS), Ok(A));
+    assert!(matches!(fx.touch(A, Access::Read), SimAccess::Fault(FaultOutcome::AccessViolation { .. })));
+    assert!(fx.tlb.get(A).is_none());
+    assert_eq!(fx.tlb.structure_entries(), 3);
+    fx
+}
+
+#[test]
+fn freeing_a_table_page_invalidates_the_paging_structure_caches() {
+    let mut fx = walked_noaccess_page();
+    let tables = fx.sp().table_pages();
+    let before = fx.counters;
+    fx.free(A, 0x1000, MEM_DECOMMIT).unwrap();
+    // No present entry changed, but the PT, PD and PDPT went: one invlpg, for the caches.
+    assert_eq!(fx.sp().table_pages(), tables - 3);
+    assert_eq!(fx.counters.invlpg - before.invlpg, 1);
+    assert_eq!(fx.tlb.structure_entries(), 0);
+    fx.check();
+}
+
+#[test]
+fn the_tlb_model_catches_a_missing_invlpg_after_a_table_page_is_freed() {
+    let mut fx = walked_noaccess_page();
+    // The same decommit, with every invalidation lost.
+    let mut lost = crate::paging::tlb::NoTlb;
+    let mut cx = VmContext { frames: &mut fx.frames, mem: &mut fx.mem, tlb: &mut lost, charge: &mut fx.charge, counters: &mut fx.counters };
+    fx.space.as_mut().unwrap().virtual_free(&mut cx, A, 0x1000, MEM_DECOMMIT).unwrap();
+    // The cached PDE, PDPTE and PML4E name freed tables: all three are stale.
+    let pml4e_span = table::entry_span(3);
+    assert_eq!(fx.tlb.stale_entries(fx.sp(), &fx.mem), ::alloc::vec![A, A & !((1 << 30) - 1), A & !(pml4e_span - 1)]);
+    // A full flush (as a CR3 reload) clears them.
+    crate::paging::tlb::Tlb::flush_all(&mut fx.tlb);
+    fx.check();
+}
