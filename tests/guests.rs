@@ -190,6 +190,40 @@ fn bad_elf_files_are_refused_and_the_kernel_carries_on() -> Result<(), String> {
     Ok(())
 }
 
+/// A 14 MB static PIE with 600,000 R_X86_64_RELATIVE relocations (issue 12: collecting them
+/// exhausted the 32 MiB kernel heap) loads and runs; the same file with a bad last relocation is
+/// refused before anything is mapped; the kernel heap is back where it was.
+fn six_hundred_thousand_relocations_load_in_bounded_heap() -> Result<(), String> {
+    let before = frames();
+    let mut file = guest_loader::build::static_pie(600_000);
+    let heap_before = memory::accounting().kernel_heap_used;
+    ensure_eq!(run("relocations", &file).0, GuestOutcome::Exited(0));
+    let last = guest_loader::build::pie_layout(600_000).rela as usize + 599_999 * 24;
+    file[last + 8] = 1;
+    match run("bad last relocation", &file).0 {
+        GuestOutcome::Refused(msg) => ensure!(msg.contains("relocation 599999: unsupported relocation type 1"), "refused with {msg:?}"),
+        other => return Err(alloc::format!("not refused: {other:?}")),
+    }
+    ensure_eq!(memory::accounting().kernel_heap_used, heap_before);
+    ensure_eq!(frames(), before);
+    Ok(())
+}
+
+/// host-abi §10.1: the host library's vtables are read-only (PT_GNU_RELRO applied by the loader):
+/// a write to the IHostMalloc vtable is an access violation, and the next guest runs.
+fn host_library_vtables_are_read_only() -> Result<(), String> {
+    let before = frames();
+    let (outcome, out) = run("vtable_write", guest_elf!("vtable_write"));
+    ensure!(out.contains(" passed, 0 failed"), "vtable_write printed: {out}");
+    ensure!(out.contains("about to write"), "vtable_write printed: {out}");
+    ensure!(!out.contains("still alive"), "the guest went on after writing to the vtable: {out}");
+    ensure_eq!(outcome, GuestOutcome::Exited(0xC000_0005_u32 as i32));
+    ensure_eq!(frames(), before);
+    let sample = &kernel::bundled_guests()[0];
+    ensure_eq!(run(&sample.name, &sample.data).0, GuestOutcome::Exited(0));
+    Ok(())
+}
+
 fn guests_in_a_row_leave_every_frame_behind() -> Result<(), String> {
     let before = frames();
     for g in kernel::bundled_guests().iter().chain(kernel::bundled_guests().iter()) {
@@ -232,5 +266,7 @@ kernel::kernel_test_image!(
     exceptions_reach_handlers_which_may_edit_the_context,
     faults_end_the_guest_with_the_right_code,
     bad_elf_files_are_refused_and_the_kernel_carries_on,
+    six_hundred_thousand_relocations_load_in_bounded_heap,
+    host_library_vtables_are_read_only,
     guests_in_a_row_leave_every_frame_behind,
 );

@@ -3,7 +3,16 @@
 //! Committing a page charges one page; decommitting or releasing it gives it back. The charge
 //! is checked when memory is committed, never later: together with the frame reservation made
 //! at the same time (see [`crate::AddressSpace::virtual_alloc`]) a committed page can always be
-//! faulted in. A part of the limit, the *critical reserve*, is kept for critical requests
+//! faulted in.
+//!
+//! Page-table pages are charged too, as the kernel's own charge (Windows charges page tables to
+//! commit as well): a commit that needs new tables is checked for its pages *and* its tables,
+//! and a freed table gives its page back. So every frame a guest can make the kernel use is
+//! inside the limit, the limit never exceeds the frames (the kernel sets it so), and a commit
+//! can never pass the charge check and then fail for lack of frames. Tables are kernel overhead,
+//! not guest commit (host-abi §9): [`committed_pages`](CommitCharge::committed_pages) excludes
+//! them, and [`limit_pages`](CommitCharge::limit_pages) — what a guest is told its limit is —
+//! is the limit less the tables charged now, so `limit - committed` is what it can still commit. A part of the limit, the *critical reserve*, is kept for critical requests
 //! (host-abi §5): [`CriticalLevel::Task`] may not use it, [`CriticalLevel::AppDomain`] may use
 //! half of it, [`CriticalLevel::Process`] all of it.
 
@@ -36,12 +45,14 @@ impl CriticalLevel {
 ///
 /// One object for the whole system, passed to every address-space call that commits or frees
 /// (the kernel keeps it behind a lock with the frame allocator). Large pages and image pages are
-/// charged like ordinary pages (one per 4 KiB). Page-table pages are not charged (host-abi §9:
-/// they are kernel overhead, which the kernel keeps outside the limit).
+/// charged like ordinary pages (one per 4 KiB). Page-table pages below the roots are charged as
+/// the kernel's part (module docs); the roots themselves, one per space, come from the kernel's
+/// own reserve outside the limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitCharge {
     limit_pages: u64,
     committed_pages: u64,
+    table_pages: u64,
     critical_reserve_pages: u64,
 }
 
@@ -55,18 +66,30 @@ impl CommitCharge {
         CommitCharge {
             limit_pages,
             committed_pages: 0,
+            table_pages: 0,
             critical_reserve_pages: critical_reserve_pages.min(limit_pages),
         }
     }
 
-    /// Returns the limit in pages.
+    /// Returns the limit in pages for guest commit: the system limit less the page-table pages
+    /// charged now (what `query_commit` and `GetMemoryLoad` report).
     pub fn limit_pages(&self) -> u64 {
+        self.limit_pages - self.table_pages
+    }
+
+    /// Returns the system limit in pages (guest commit and page tables together).
+    pub fn system_limit_pages(&self) -> u64 {
         self.limit_pages
     }
 
-    /// Returns the pages charged now.
+    /// Returns the pages committed by guests now (page tables excluded).
     pub fn committed_pages(&self) -> u64 {
         self.committed_pages
+    }
+
+    /// Returns the page-table pages charged now (the kernel's part of the charge).
+    pub fn table_pages(&self) -> u64 {
+        self.table_pages
     }
 
     /// Returns the size of the critical reserve in pages.
@@ -74,7 +97,7 @@ impl CommitCharge {
         self.critical_reserve_pages
     }
 
-    /// Returns the highest total charge a request of `level` may reach.
+    /// Returns the highest total charge (guest commit and tables) a request of `level` may reach.
     pub fn cap(&self, level: CriticalLevel) -> u64 {
         match level {
             CriticalLevel::Task => self.limit_pages - self.critical_reserve_pages,
@@ -83,26 +106,47 @@ impl CommitCharge {
         }
     }
 
-    /// Returns how many more pages a request of `level` could commit now.
-    pub fn available(&self, level: CriticalLevel) -> u64 {
-        self.cap(level).saturating_sub(self.committed_pages)
+    /// Returns the total charge now: guest commit and page tables.
+    fn total(&self) -> u64 {
+        self.committed_pages + self.table_pages
     }
 
-    /// Checks that `pages` more pages may be charged at `level`, without charging them.
+    /// Returns how many more pages a request of `level` could commit now (tables it may need
+    /// not counted).
+    pub fn available(&self, level: CriticalLevel) -> u64 {
+        self.cap(level).saturating_sub(self.total())
+    }
+
+    /// Checks that `pages` more pages (guest pages and the table pages they need together) may
+    /// be charged at `level`, without charging them.
     ///
     /// # Errors
     ///
     /// [`VmError::CommitmentLimit`] when the charge would pass [`cap`](Self::cap)`(level)`.
     pub fn check(&self, pages: u64, level: CriticalLevel) -> Result<(), VmError> {
-        match self.committed_pages.checked_add(pages) {
+        match self.total().checked_add(pages) {
             Some(total) if total <= self.cap(level) => Ok(()),
             _ => Err(VmError::CommitmentLimit),
         }
     }
 
-    /// Charges `pages` pages (after a successful [`check`](Self::check)).
-    pub(crate) fn charge(&mut self, pages: u64) {
+    /// Charges `pages` guest pages and `tables` table pages (after a successful
+    /// [`check`](Self::check) of their sum).
+    pub(crate) fn charge(&mut self, pages: u64, tables: u64) {
         self.committed_pages += pages;
+        self.table_pages += tables;
+    }
+
+    /// Gives back the charge of `tables` freed table pages.
+    ///
+    /// # Panics
+    ///
+    /// If more are given back than are charged (a kernel bug).
+    pub(crate) fn uncharge_tables(&mut self, tables: u64) {
+        self.table_pages = self
+            .table_pages
+            .checked_sub(tables)
+            .expect("commit charge: more table pages uncharged than charged");
     }
 
     /// Gives `pages` pages back.
@@ -117,12 +161,13 @@ impl CommitCharge {
             .expect("commit charge: more pages uncharged than charged");
     }
 
-    /// Returns the percentage (0–100) of the limit in use (`GetMemoryLoad`, host-abi §5).
+    /// Returns the percentage (0–100) of the system limit in use, tables included
+    /// (`GetMemoryLoad`, host-abi §5).
     pub fn load_percent(&self) -> u32 {
         if self.limit_pages == 0 {
             return 100;
         }
-        ((self.committed_pages.min(self.limit_pages) * 100) / self.limit_pages) as u32
+        ((self.total().min(self.limit_pages) * 100) / self.limit_pages) as u32
     }
 }
 
@@ -138,7 +183,7 @@ mod tests {
         assert_eq!(c.cap(CriticalLevel::Process), 100);
         assert_eq!(c.check(81, CriticalLevel::Task), Err(VmError::CommitmentLimit));
         assert_eq!(c.check(80, CriticalLevel::Task), Ok(()));
-        c.charge(80);
+        c.charge(80, 0);
         assert_eq!(c.check(1, CriticalLevel::Task), Err(VmError::CommitmentLimit));
         assert_eq!(c.check(10, CriticalLevel::AppDomain), Ok(()));
         assert_eq!(c.check(11, CriticalLevel::AppDomain), Err(VmError::CommitmentLimit));
@@ -148,5 +193,21 @@ mod tests {
         c.uncharge(80);
         assert_eq!(c.committed_pages(), 0);
         assert_eq!(CriticalLevel::from_raw(3), None);
+    }
+
+    #[test]
+    fn tables_shrink_the_guest_limit_and_share_the_caps() {
+        let mut c = CommitCharge::new(100, 20);
+        c.charge(40, 10);
+        assert_eq!((c.limit_pages(), c.system_limit_pages(), c.committed_pages(), c.table_pages()), (90, 100, 40, 10));
+        assert_eq!(c.available(CriticalLevel::Task), 30);
+        assert_eq!(c.available(CriticalLevel::Process), 50);
+        assert_eq!(c.load_percent(), 50);
+        // 30 pages more at Task level, tables included.
+        assert_eq!(c.check(30, CriticalLevel::Task), Ok(()));
+        assert_eq!(c.check(31, CriticalLevel::Task), Err(VmError::CommitmentLimit));
+        c.uncharge_tables(10);
+        c.uncharge(40);
+        assert_eq!((c.limit_pages(), c.available(CriticalLevel::Process)), (100, 100));
     }
 }

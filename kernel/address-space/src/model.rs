@@ -249,21 +249,22 @@ impl Model {
             let commit = ty & MEM_COMMIT != 0;
             if commit {
                 let n = sz / PG;
-                if self.committed + n > self.cap(level) {
+                let before = self.tables((0, 0), (0, 0));
+                let need = if large {
+                    self.tables((0, 0), (base, base + sz)) - before
+                } else {
+                    self.tables((base, base + sz), (0, 0)) - before
+                };
+                // Table pages are charged with the pages they map (charge.rs).
+                if self.committed + before + n + need > self.cap(level) {
                     return Err(CommitmentLimit);
                 }
-                let before = self.tables((0, 0), (0, 0));
-                if large {
-                    let need = self.tables((0, 0), (base, base + sz)) - before;
-                    let runs = sz / L;
-                    if env.runs < runs || env.available < runs * 512 + need {
-                        return Err(NoMemory);
-                    }
-                } else {
-                    let need = self.tables((base, base + sz), (0, 0)) - before;
-                    if env.available < n + need {
-                        return Err(NoMemory);
-                    }
+                let runs = sz / L;
+                if large && (env.runs < runs || env.available < runs * 512 + need) {
+                    return Err(NoMemory);
+                }
+                if !large && env.available < n + need {
+                    return Err(NoMemory);
                 }
                 self.committed += n;
             }
@@ -288,10 +289,11 @@ impl Model {
             return Err(InvalidParameter);
         }
         let n = (s..e).step_by(PG as usize).filter(|&va| self.page(va).st != St::Committed).count() as u64;
-        if self.committed + n > self.cap(level) {
+        let before = self.tables((0, 0), (0, 0));
+        let need = self.tables((s, e), (0, 0)) - before;
+        if self.committed + before + n + need > self.cap(level) {
             return Err(CommitmentLimit);
         }
-        let need = self.tables((s, e), (0, 0)) - self.tables((0, 0), (0, 0));
         if env.available < n + need {
             return Err(NoMemory);
         }
@@ -337,10 +339,11 @@ impl Model {
             return Err(ConflictingAddresses);
         }
         let n = prots.len() as u64;
-        if self.committed + n > self.cap(level) {
+        let before = self.tables((0, 0), (0, 0));
+        let need = self.tables((base, base + size), (0, 0)) - before;
+        if self.committed + before + n + need > self.cap(level) {
             return Err(CommitmentLimit);
         }
-        let need = self.tables((base, base + size), (0, 0)) - self.tables((0, 0), (0, 0));
         if env.available < n + need {
             return Err(NoMemory);
         }

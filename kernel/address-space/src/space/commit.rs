@@ -1,8 +1,9 @@
 //! Committing and decommitting ranges: the shared core of VirtualAlloc(MEM_COMMIT), image
 //! creation, VirtualFree(MEM_DECOMMIT / MEM_RELEASE) and teardown.
 //!
-//! Commit is split into [`AddressSpace::prepare_commit`] (may fail; obtains the charge, the frame
-//! reservation and the table pages, in that order, undoing what it took if a later step fails)
+//! Commit is split into [`AddressSpace::prepare_commit`] (may fail; obtains the charge — of the
+//! new pages and the table pages they need, see `charge.rs` — the frame reservation and the
+//! table pages, in that order, undoing what it took if a later step fails)
 //! and [`AddressSpace::perform_commit`] (writes entries; cannot fail).
 
 use ::alloc::vec::Vec;
@@ -126,8 +127,9 @@ impl AddressSpace {
         level: CriticalLevel,
         new_pages: u64,
     ) -> Result<CommitPlan, VmError> {
-        cx.charge.check(new_pages, level)?;
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 0);
+        // The tables are charged with the pages (charge.rs): checked together, first.
+        cx.charge.check(new_pages + missing, level)?;
         if new_pages > 0 {
             cx.frames.reserve(new_pages).map_err(|_| VmError::NoMemory)?;
         }
@@ -156,7 +158,8 @@ impl AddressSpace {
         level: CriticalLevel,
     ) -> Result<CommitPlan, VmError> {
         let pages = (end - start) / PAGE;
-        cx.charge.check(pages, level)?;
+        let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 1);
+        cx.charge.check(pages + missing, level)?;
         let mut large = Vec::with_capacity(((end - start) / SPAN_2M) as usize);
         for _ in 0..(end - start) / SPAN_2M {
             match cx.frames.alloc_2mib() {
@@ -169,7 +172,6 @@ impl AddressSpace {
                 }
             }
         }
-        let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 1);
         match table::alloc_tables(missing, cx.frames, cx.mem, cx.counters) {
             Ok(tables) => Ok(CommitPlan { new_pages: pages, tables, large }),
             Err(e) => {
@@ -193,7 +195,7 @@ impl AddressSpace {
         mut plan: CommitPlan,
         mut prot_of: impl FnMut(u64) -> (BaseProtection, bool),
     ) {
-        cx.charge.charge(plan.new_pages);
+        cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         let mut batch = self.batch();
         cx.tables(self.root_pa()).update_range(start, end, Some(&mut plan.tables), &mut batch, |_, va, old| {
@@ -217,7 +219,7 @@ impl AddressSpace {
         cache: CacheMode,
         mut plan: CommitPlan,
     ) {
-        cx.charge.charge(plan.new_pages);
+        cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         let root = self.root_pa();
         let large = core::mem::take(&mut plan.large);
@@ -275,6 +277,7 @@ impl AddressSpace {
             cx.frames.unreserve(unreserve);
         }
         cx.charge.uncharge(decommitted);
+        cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
         self.table_pages -= cx.counters.table_pages_freed - freed_before;
         batch.flush(cx.tlb, cx.counters);
         self.note_committed(a.base, -(decommitted as i64));
@@ -296,6 +299,7 @@ impl AddressSpace {
                 va += SPAN_2M;
             }
             cx.charge.uncharge(a.size / PAGE);
+            cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
             batch.flush(cx.tlb, cx.counters);
         } else {

@@ -338,6 +338,7 @@ fn check_against_model(fx: &Fx, m: &Model, last: &str) {
     assert_eq!(census.bad_counts, 0, "table child counts after {last}");
     let tables = m.tables((0, 0), (0, 0));
     assert_eq!(census.table_pages, tables, "table pages after {last}");
+    assert_eq!(fx.charge.table_pages(), tables, "table pages charged after {last}");
     assert_eq!(fx.sp().table_pages(), tables, "kept table-page count after {last}");
     assert_eq!(fx.frames.used_frames() - fx.start_used, held + tables + 1 + large * 512, "frames in use after {last}");
     assert_eq!(fx.frames.reserved_frames(), committed4k - held, "reserved frames after {last}");

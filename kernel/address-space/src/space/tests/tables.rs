@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::paging::pte::{self, NO_EXECUTE, PRESENT, USER, WRITABLE};
-use crate::paging::table::Leaf;
+use crate::paging::table::{Leaf, SPAN_2M};
 
 #[test]
 fn present_entries_carry_the_protection() {
@@ -146,5 +146,41 @@ fn spaces_share_the_allocator_and_the_charge() {
     assert_eq!(fx.charge.committed_pages(), 16);
     assert_eq!(fx.read_u64(a), Ok(1));
     fx.check();
+    fx.teardown();
+}
+
+/// Issue 12: committing one page per 2 MiB needs a page table per page. With the limit set to
+/// exactly the frames there are (as the kernel sets it, no overcommit), the commits run into the
+/// commit limit — never into a lack of frames — and at that point the limit a guest is told,
+/// less what it committed, is smaller than one more commit (a page and its table); every
+/// committed page can be touched; releasing gives every frame and every charged page back.
+#[test]
+fn one_page_per_2mib_reaches_the_reported_limit_and_never_lacks_frames() {
+    let mut fx = Fx::with(SpaceConfig::default(), 16 << 20, 0, 0);
+    let limit = fx.frames.available_frames();
+    fx.charge = CommitCharge::new(limit, limit / 16);
+    let span = 8u64 << 30;
+    let a = fx.alloc(0, span, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    let mut committed = Vec::new();
+    let error = loop {
+        let at = a + committed.len() as u64 * SPAN_2M;
+        assert!(at < a + span, "the reservation ran out before the limit");
+        match fx.alloc_at(at, 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process) {
+            Ok(_) => committed.push(at),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(error, VmError::CommitmentLimit, "the commit limit decides, not the frames");
+    let c = &fx.charge;
+    assert_eq!(c.committed_pages(), committed.len() as u64);
+    assert_eq!(c.table_pages(), fx.sp().table_pages());
+    assert!(c.limit_pages() - c.committed_pages() < 2, "a page and its table would have fitted");
+    assert!(committed.len() as u64 >= limit / 2 - 8, "about half the frames are tables");
+    for (i, &at) in committed.iter().enumerate() {
+        fx.write_u64(at, i as u64).unwrap();
+    }
+    fx.check();
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    assert_eq!((fx.charge.committed_pages(), fx.charge.table_pages(), fx.charge.limit_pages()), (0, 0, limit));
     fx.teardown();
 }
