@@ -129,7 +129,7 @@ impl AddressSpace {
     ) -> Result<CommitPlan, VmError> {
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 0);
         // The tables are charged with the pages (charge.rs): checked together, first.
-        cx.charge.check(new_pages + missing, level)?;
+        cx.charge.check(new_pages, missing, level)?;
         if new_pages > 0 {
             cx.frames.reserve(new_pages).map_err(|_| VmError::NoMemory)?;
         }
@@ -159,7 +159,7 @@ impl AddressSpace {
     ) -> Result<CommitPlan, VmError> {
         let pages = (end - start) / PAGE;
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 1);
-        cx.charge.check(pages + missing, level)?;
+        cx.charge.check(pages, missing, level)?;
         let mut large = Vec::with_capacity(((end - start) / SPAN_2M) as usize);
         for _ in 0..(end - start) / SPAN_2M {
             match cx.frames.alloc_2mib() {
