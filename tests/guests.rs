@@ -177,6 +177,14 @@ fn bad_elf_files_are_refused_and_the_kernel_carries_on() -> Result<(), String> {
         ("R_X86_64_64 relocation", with_relocation_type(1), "unsupported relocation type 1"),
         ("R_X86_64_GLOB_DAT relocation", with_relocation_type(6), "unsupported relocation type 6"),
         ("1 TiB of bss", patched(|e| { let o = ph(e, 3); e[o + 40..o + 48].copy_from_slice(&(1u64 << 40).to_le_bytes()); }), "more than"),
+        // Issue 12: these used to overflow in the kernel's own parser.
+        ("segment in the last page", patched(|e| { let o = ph(e, 3); e[o + 16..o + 24].copy_from_slice(&0xFFFF_FFFF_FFFF_F000u64.to_le_bytes()); }), "wraps"),
+        ("huge p_offset", patched(|e| { let o = ph(e, 3); e[o + 8..o + 16].copy_from_slice(&(u64::MAX - 1).to_le_bytes()); }), "beyond the end of the file"),
+        ("p_memsz 0 with a wrapping file range", patched(|e| {
+            let o = ph(e, 0);
+            e[o + 8..o + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+            e[o + 32..o + 48].copy_from_slice(&[0xFF; 8].iter().chain(&[0; 8]).copied().collect::<Vec<u8>>());
+        }), "exceeds memory size"),
     ];
     for (what, file, reason) in cases {
         match run(what, &file).0 {
@@ -187,6 +195,16 @@ fn bad_elf_files_are_refused_and_the_kernel_carries_on() -> Result<(), String> {
     ensure_eq!(frames(), before);
     let sample = &kernel::bundled_guests()[1];
     ensure_eq!(run(&sample.name, &sample.data).0, GuestOutcome::Exited(0));
+    // An empty PT_LOAD (p_memsz 0) with a wrapping range and a huge p_offset maps nothing: the
+    // C sample with its GNU_STACK header (index 7) turned into one still runs.
+    let empty_load = patched(|e| {
+        let o = ph(e, 7);
+        e[o..o + 4].copy_from_slice(&1u32.to_le_bytes());
+        e[o + 8..o + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+        e[o + 16..o + 24].copy_from_slice(&(u64::MAX - 7).to_le_bytes());
+    });
+    ensure_eq!(run("empty wrapping segment", &empty_load).0, GuestOutcome::Exited(0));
+    ensure_eq!(frames(), before);
     Ok(())
 }
 

@@ -175,7 +175,7 @@ impl<'a> Image<'a> {
                 elf::PT_DYNAMIC if dynamic.replace(h).is_some() => return Err(LoadError::DuplicateHeader("PT_DYNAMIC")),
                 elf::PT_GNU_RELRO if relro.replace(h).is_some() => return Err(LoadError::DuplicateHeader("PT_GNU_RELRO")),
                 elf::PT_LOAD if h.p_memsz(LE) != 0 || h.p_filesz(LE) != 0 => {
-                    let (start, end) = check_load(file, index, h)?;
+                    let (start, end, page_end) = check_load(file, index, h)?;
                     if let Some(p) = previous {
                         let (p_start, p_end) = range(p);
                         if start < p_end && p_start < end {
@@ -192,8 +192,7 @@ impl<'a> Image<'a> {
                     } else {
                         low = page_down(start);
                     }
-                    // check_load made sure the rounded end does not wrap.
-                    high = page_up(end).unwrap_or(u64::MAX & !(PAGE - 1));
+                    high = page_end;
                     previous = Some(h);
                 }
                 _ => {}
@@ -416,8 +415,9 @@ fn program_headers<'a>(header: &FileHeader64<LittleEndian>, file: &'a [u8]) -> R
     Ok(headers)
 }
 
-/// Checks one `PT_LOAD` that maps something; returns its link-time `[start, end)`.
-fn check_load(file: &[u8], index: usize, h: &ProgramHeader64<LittleEndian>) -> Result<(u64, u64), LoadError> {
+/// Checks one `PT_LOAD` that maps something; returns its link-time `[start, end)` and `end`
+/// rounded up to a page.
+fn check_load(file: &[u8], index: usize, h: &ProgramHeader64<LittleEndian>) -> Result<(u64, u64, u64), LoadError> {
     let (offset, file_size, vaddr, mem_size) = (h.p_offset(LE), h.p_filesz(LE), h.p_vaddr(LE), h.p_memsz(LE));
     if file_size > mem_size {
         return Err(LoadError::FileSizeExceedsMemSize { index, file_size, mem_size });
@@ -425,12 +425,12 @@ fn check_load(file: &[u8], index: usize, h: &ProgramHeader64<LittleEndian>) -> R
     if offset.checked_add(file_size).is_none_or(|end| end > file.len() as u64) {
         return Err(LoadError::SegmentBeyondFile { index, offset, file_size });
     }
-    let end = vaddr.checked_add(mem_size).filter(|&end| page_up(end).is_some());
-    let Some(end) = end else { return Err(LoadError::SegmentWraps { index, vaddr, mem_size }) };
+    let ends = vaddr.checked_add(mem_size).and_then(|end| Some((end, page_up(end)?)));
+    let Some((end, page_end)) = ends else { return Err(LoadError::SegmentWraps { index, vaddr, mem_size }) };
     if h.p_flags(LE) & elf::PF_W != 0 && h.p_flags(LE) & elf::PF_X != 0 {
         return Err(LoadError::WritableExecutable { index, vaddr });
     }
-    Ok((vaddr, end))
+    Ok((vaddr, end, page_end))
 }
 
 /// The pages wholly inside `PT_GNU_RELRO` (both ends rounded down, as `ld.so` does).
