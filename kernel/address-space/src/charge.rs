@@ -17,9 +17,11 @@
 //! sizes from its frames, and a commit never passes the check and then fails for lack of
 //! frames. [`committed_pages`](CommitCharge::committed_pages) stays the guests' own pages;
 //! [`limit_pages`](CommitCharge::limit_pages) — what a guest is told its limit is — is the limit
-//! less the tables charged to it, so `limit - committed` is always what can still be committed. A part of the limit, the *critical reserve*, is kept for critical requests
-//! (host-abi §5): [`CriticalLevel::Task`] may not use it, [`CriticalLevel::AppDomain`] may use
-//! half of it, [`CriticalLevel::Process`] all of it.
+//! less the tables charged to it, so `limit - committed` is always what can still be committed.
+//!
+//! A part of the limit, the *critical reserve*, is kept for critical requests (host-abi §5):
+//! [`CriticalLevel::Task`] may not use it, [`CriticalLevel::AppDomain`] may use half of it,
+//! [`CriticalLevel::Process`] all of it.
 
 use crate::VmError;
 

@@ -72,6 +72,8 @@ pub struct Model {
     pub committed: u64,
     pub limit: u64,
     pub reserve: u64,
+    /// Page-table pages paid from the kernel's reserve before the limit (charge.rs).
+    pub allowance: u64,
     pub large_ok: bool,
 }
 
@@ -114,6 +116,7 @@ impl Model {
             committed: 0,
             limit,
             reserve,
+            allowance: 0,
             large_ok: true,
         }
     }
@@ -140,6 +143,17 @@ impl Model {
             CriticalLevel::AppDomain => self.limit - self.reserve / 2,
             CriticalLevel::Process => self.limit,
         }
+    }
+
+    /// The total charge if `n` more pages were committed with `need` more tables, `before` tables
+    /// existing: guest pages and the tables beyond the allowance (charge.rs).
+    fn charge_after(&self, n: u64, before: u64, need: u64) -> u64 {
+        self.committed + n + (before + need).saturating_sub(self.allowance)
+    }
+
+    /// The limit a guest is told: the limit less the tables beyond the allowance.
+    pub fn reported_limit(&self) -> u64 {
+        self.limit - self.tables((0, 0), (0, 0)).saturating_sub(self.allowance)
     }
 
     /// Page-table pages below the root if the 4 KiB pages `extra` and the 2 MiB pages `extra_large`
@@ -255,8 +269,8 @@ impl Model {
                 } else {
                     self.tables((base, base + sz), (0, 0)) - before
                 };
-                // Table pages are charged with the pages they map (charge.rs).
-                if self.committed + before + n + need > self.cap(level) {
+                // Table pages beyond the allowance are charged with the pages they map (charge.rs).
+                if self.charge_after(n, before, need) > self.cap(level) {
                     return Err(CommitmentLimit);
                 }
                 let runs = sz / L;
@@ -291,7 +305,7 @@ impl Model {
         let n = (s..e).step_by(PG as usize).filter(|&va| self.page(va).st != St::Committed).count() as u64;
         let before = self.tables((0, 0), (0, 0));
         let need = self.tables((s, e), (0, 0)) - before;
-        if self.committed + before + n + need > self.cap(level) {
+        if self.charge_after(n, before, need) > self.cap(level) {
             return Err(CommitmentLimit);
         }
         if env.available < n + need {
@@ -341,7 +355,7 @@ impl Model {
         let n = prots.len() as u64;
         let before = self.tables((0, 0), (0, 0));
         let need = self.tables((base, base + size), (0, 0)) - before;
-        if self.committed + before + n + need > self.cap(level) {
+        if self.charge_after(n, before, need) > self.cap(level) {
             return Err(CommitmentLimit);
         }
         if env.available < n + need {
