@@ -172,8 +172,16 @@ impl<'a> Image<'a> {
         for (index, h) in headers.iter().enumerate() {
             match h.p_type(LE) {
                 elf::PT_INTERP => return Err(LoadError::Interpreter),
-                elf::PT_DYNAMIC if dynamic.replace(h).is_some() => return Err(LoadError::DuplicateHeader("PT_DYNAMIC")),
-                elf::PT_GNU_RELRO if relro.replace(h).is_some() => return Err(LoadError::DuplicateHeader("PT_GNU_RELRO")),
+                elf::PT_DYNAMIC => {
+                    if dynamic.replace(h).is_some() {
+                        return Err(LoadError::DuplicateHeader("PT_DYNAMIC"));
+                    }
+                }
+                elf::PT_GNU_RELRO => {
+                    if relro.replace(h).is_some() {
+                        return Err(LoadError::DuplicateHeader("PT_GNU_RELRO"));
+                    }
+                }
                 elf::PT_LOAD if h.p_memsz(LE) != 0 || h.p_filesz(LE) != 0 => {
                     let (start, end, page_end) = check_load(file, index, h)?;
                     if let Some(p) = previous {
