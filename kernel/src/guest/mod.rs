@@ -19,6 +19,7 @@
 //! One guest runs at a time, on the kernel stack of the code that called [`run_guest`].
 
 pub mod calls;
+pub mod cpu_time;
 pub mod exceptions;
 pub mod host_pages;
 pub mod hresult;
@@ -157,8 +158,16 @@ pub struct Guest {
     next_handle: u64,
     /// Lowest address of the stack reservation and its end.
     stack: (u64, u64),
-    /// Nesting of upcalls (exception handlers, callbacks) in progress.
-    upcall_depth: u32,
+    /// Resumes at a `rip` outside user space since the last good one (bounded, see
+    /// [`exceptions::MAX_BAD_RESUMES`]).
+    bad_resumes: u32,
+    /// A notification callback was entered and has not come back (host-abi §9: never entered
+    /// while another one runs).
+    notifying: bool,
+    /// The lowest address (the dispatcher's `rsp`) of the outermost exception frame whose
+    /// handlers may still run: a host call from below it comes from a handler, and a band change
+    /// it makes is delivered once the handlers are left (a host call or resume above it).
+    handler_frame: Option<u64>,
     /// The manager's reference count (host-abi §9: starts at 1, never destroys).
     manager_refs: u32,
     /// Set after E_FAIL: every later manager call returns HOST_E_CLRNOTAVAILABLE.
@@ -169,6 +178,8 @@ pub struct Guest {
     callback: Option<u64>,
     /// The memory band last reported (or current at registration): 1 low, 2 neutral, 3 high.
     band: u32,
+    /// CPU time used and its limit (started when the guest starts running).
+    cpu: cpu_time::CpuClock,
 }
 
 /// How a guest ended.
@@ -235,12 +246,15 @@ impl Guest {
             handlers: Vec::new(),
             next_handle: 1,
             stack: (stack_base, stack_top),
-            upcall_depth: 0,
+            bad_resumes: 0,
+            notifying: false,
+            handler_frame: None,
             manager_refs: 1,
             poisoned: false,
             acquired: Vec::new(),
             callback: None,
             band: 0,
+            cpu: cpu_time::CpuClock::start(),
         })
     }
 
@@ -257,80 +271,59 @@ impl Guest {
     /// Runs the guest to its end and returns its exit code; its address space is destroyed.
     pub fn run(mut self) -> i32 {
         self.space.activate();
+        // Nothing of the previous guest (or the firmware) in the registers (host-abi §10.1).
+        crate::arch::user::reset_user_state();
+        self.cpu = cpu_time::CpuClock::start();
         let mut context = self.entry_context;
-        match self.run_loop(&mut context, false) {
-            Ok(_) => unreachable!("the main run loop returns only when the guest ends"),
+        match self.run_loop(&mut context) {
+            Ok(never) => match never {},
             Err(code) => code,
         }
     }
 
-    /// Runs `context` in ring 3, serving system calls and exceptions, until the guest ends
-    /// (`Err(exit code)`) or, for an upcall, until the upcall returns (`Ok(rax)`).
-    fn run_loop(&mut self, context: &mut UserContext, upcall: bool) -> Result<u64, Ended> {
+    /// Runs `context` in ring 3, serving system calls and exceptions, until the guest ends with
+    /// an exit code. Each iteration enters ring 3 once and handles one exit; nothing here waits
+    /// for ring 3 or nests: exception handlers and callbacks are entered as ordinary returns to
+    /// ring 3 (see [`exceptions`]).
+    fn run_loop(&mut self, context: &mut UserContext) -> Result<core::convert::Infallible, Ended> {
         let mut after_syscall = false;
         loop {
-            // SAFETY: the context is this guest's (entry point, stub or handler addresses in its
-            // user half, with rflags from sanitize_rflags or 0x202), and its space is in CR3.
+            // SAFETY: the context is this guest's (entry point, a resumed context whose rip was
+            // checked against user space, or a stub address), its rflags from sanitize_rflags or
+            // 0x202, and its space is in CR3.
             let exit = unsafe { enter_user(context, after_syscall) };
-            KERNEL_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            // Timer ticks are not entries the guest asked for (and vary with time): not counted.
+            if !matches!(exit, UserExit::Interrupt { .. }) {
+                KERNEL_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            }
             match exit {
                 UserExit::Syscall => {
-                    if context.rax == host_pages::nr::UPCALL_RETURN && upcall {
-                        return Ok(context.rdi);
-                    }
-                    context.rax = self.syscall(context)?;
-                    after_syscall = true;
+                    after_syscall = self.syscall(context)? == calls::Return::Sysret;
                 }
                 UserExit::Exception { vector, error_code, cr2 } => {
                     self.exception(context, vector, error_code, cr2)?;
+                    after_syscall = false;
+                }
+                UserExit::Interrupt { vector } => {
+                    crate::arch::apic::on_interrupt(vector);
+                    self.cpu.check(&self.name)?;
                     after_syscall = false;
                 }
             }
         }
     }
 
-    /// Calls the guest function `function(argument)` in ring 3 on a stack whose entry `rsp` is
-    /// `rsp` (the caller wrote the return address there: the upcall-return stub), and returns
-    /// what it returned.
-    fn upcall(&mut self, function: u64, argument: u64, rsp: u64) -> Result<u64, Ended> {
-        self.upcall2(function, argument, 0, rsp)
-    }
-
-    /// As [`upcall`](Self::upcall), with two arguments.
-    fn upcall2(&mut self, function: u64, a0: u64, a1: u64, rsp: u64) -> Result<u64, Ended> {
-        let mut context = UserContext { rip: function, rsp, rdi: a0, rsi: a1, rflags: 0x202, ..UserContext::default() };
-        self.upcall_depth += 1;
-        let result = self.run_loop(&mut context, true);
-        self.upcall_depth -= 1;
-        result
-    }
-
-    /// Calls `function(a0, a1)` in ring 3 from inside a host call whose caller's context is `at`:
-    /// on the caller's stack below its red zone, with the caller's FPU state saved and restored
-    /// (host-abi §9). A fault in the function ends the guest.
-    pub(crate) fn call_guest(&mut self, at: &UserContext, function: u64, a0: u64, a1: u64) -> Result<u64, Ended> {
-        let frame = at.rsp.wrapping_sub(128) & !15;
-        let entry_rsp = frame.wrapping_sub(8);
-        if self.write_bytes(entry_rsp, &stub(Stub::UpcallReturn).to_le_bytes()).is_err() {
-            crate::kprintln!("guest {}: no usable stack for an upcall (rsp {:#x})", self.name, at.rsp);
-            return Err(exceptions::status::ACCESS_VIOLATION as i32);
-        }
-        let fpu = crate::arch::user::FpuState::save();
-        let result = self.upcall2(function, a0, a1, entry_rsp);
-        fpu.restore();
-        result
-    }
-
     /// Runs a checked access to guest memory at `[addr, addr+len)`; if it hit the guard page of
     /// the guest's own stack (the check cleared that guard), grows the stack as a touch from the
     /// guest would (Windows grows a thread's stack when the kernel touches its guard too) and
-    /// retries. Any other guard page stays the caller's 0x80000001.
+    /// retries. Any other guard page stays the caller's 0x80000001, and so does the end of the
+    /// stack (the last pages are then committed: the retried call succeeds).
     fn with_stack_growth<T>(&self, addr: u64, len: u64, mut access: impl FnMut() -> Result<T, VmError>) -> Result<T, VmError> {
         for _ in 0..4 {
             match access() {
                 Err(VmError::GuardPage) => {
                     let Some(page) = self.stack_bottom_in(addr, len) else { return Err(VmError::GuardPage) };
-                    if !self.grow_stack(page) {
+                    if self.grow_stack(page) == exceptions::StackGrowth::Overflow {
                         return Err(VmError::GuardPage);
                     }
                 }

@@ -79,11 +79,15 @@ pub struct MemoryConfig {
     /// `commit_limit_mb`: caps the commit limit (to show behaviour under pressure); default: none,
     /// the limit is what the frames allow.
     pub commit_limit_mb: Option<u64>,
+    /// `guest_cpu_limit_s`: the CPU time a guest may use before it is ended with
+    /// HOST_E_TIMEOUT (host-abi §10.1); 0, the default, is no limit. Not a memory setting, but
+    /// read with the others from the same boot configuration (`crate::guest::cpu_time`).
+    pub guest_cpu_limit_s: u64,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
-        MemoryConfig { critical_reserve_percent: 6, low_threshold_percent: 12, high_threshold_percent: 25, commit_limit_mb: None }
+        MemoryConfig { critical_reserve_percent: 6, low_threshold_percent: 12, high_threshold_percent: 25, commit_limit_mb: None, guest_cpu_limit_s: 0 }
     }
 }
 
@@ -102,6 +106,7 @@ impl MemoryConfig {
                 "low_threshold_percent" if n <= 100 => c.low_threshold_percent = n,
                 "high_threshold_percent" if n <= 100 => c.high_threshold_percent = n,
                 "commit_limit_mb" if n > 0 => c.commit_limit_mb = Some(n),
+                "guest_cpu_limit_s" => c.guest_cpu_limit_s = n,
                 _ => {
                     log::warn!("config: {key}={value}: unknown key or out of range, ignored");
                     continue;
@@ -151,6 +156,29 @@ pub struct BootSnapshot {
     pub window_offset: u64,
     /// The ramdisk: its length and the physical address of each of its pages.
     pub ramdisk: Option<(u64, Vec<u64>)>,
+    /// Physical address of the ACPI RSDP, if the firmware has one.
+    pub rsdp: Option<u64>,
+    /// Physical ranges the physical-memory window maps besides RAM: the firmware's ACPI regions
+    /// (E820 types 3 and 4, UEFI types 9 and 10) and the RSDP's page, where the ACPI tables are.
+    pub firmware_tables: Vec<(u64, u64)>,
+}
+
+impl BootSnapshot {
+    /// Whether the physical-memory window maps `[pa, pa + len)`: it maps every 2 MiB block that
+    /// holds RAM or one of [`firmware_tables`](Self::firmware_tables) (`kernel_tables::build`).
+    pub fn window_covers(&self, pa: u64, len: u64) -> bool {
+        const BLOCK: u64 = 2 << 20;
+        let Some(end) = pa.checked_add(len.max(1)) else { return false };
+        let mut block = pa & !(BLOCK - 1);
+        while block < end {
+            let mapped = self.ram.iter().chain(&self.firmware_tables).any(|r| r.0 < block + BLOCK && r.1 > block);
+            if !mapped {
+                return false;
+            }
+            block += BLOCK;
+        }
+        true
+    }
 }
 
 static SNAPSHOT: Once<BootSnapshot> = Once::new();
@@ -183,7 +211,7 @@ pub struct MemoryManager {
     /// The commit limit set at boot (what the frames allow, or the configured cap).
     boot_commit_limit: u64,
     /// Kernel-stack slots in use (bit i: slot i, see [`kstack`]).
-    kstack_slots: u64,
+    kstack_slots: u128,
 }
 
 /// The memory manager (after [`init`]).
@@ -209,6 +237,15 @@ fn snapshot(boot_info: &BootInfo) -> BootSnapshot {
             .collect();
         (boot_info.ramdisk_len, frames)
     });
+    let rsdp = boot_info.rsdp_addr.into_option();
+    let mut firmware_tables: Vec<(u64, u64)> = regions
+        .iter()
+        .filter(|r| matches!(r.kind, MemoryRegionKind::UnknownBios(3 | 4) | MemoryRegionKind::UnknownUefi(9 | 10)))
+        .map(|r| (r.start, r.end))
+        .collect();
+    if let Some(pa) = rsdp {
+        firmware_tables.push((pa & !(PAGE - 1), (pa & !(PAGE - 1)) + PAGE));
+    }
     BootSnapshot {
         regions,
         ram,
@@ -219,6 +256,8 @@ fn snapshot(boot_info: &BootInfo) -> BootSnapshot {
         stack_len: boot_info.kernel_stack_len,
         window_offset,
         ramdisk,
+        rsdp,
+        firmware_tables,
     }
 }
 

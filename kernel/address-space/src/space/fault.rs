@@ -221,6 +221,52 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// Copies guest memory at `addr` into `buf` for the kernel's own inspection (an instruction
+    /// decoder, a report), changing nothing: unlike [`read_user`](Self::read_user) a guard page is
+    /// refused with its guard left armed, and a committed page without a frame reads as zero
+    /// without being given one.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::NoAccess`] if any byte is beyond user space, free, reserved, a guard page, or
+    /// not readable; nothing is read then.
+    ///
+    /// Cost: O(len) plus one walk per page.
+    pub fn peek_user(&self, mem: &impl PhysMemory, addr: u64, buf: &mut [u8]) -> Result<(), VmError> {
+        let end = match addr.checked_add(buf.len() as u64) {
+            Some(e) if e <= self.config.max_address_end => e,
+            _ => return Err(VmError::NoAccess),
+        };
+        let mut page = addr & !(PAGE - 1);
+        while page < end {
+            let a = self.allocation_at(page).ok_or(VmError::NoAccess)?;
+            if !a.large {
+                let e = table::read_pte(mem, self.root_pa(), page);
+                if !e.is_committed() || e.guard() || !Access::Read.allowed_by(e.prot()) {
+                    return Err(VmError::NoAccess);
+                }
+            }
+            page += PAGE;
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let va = addr + done as u64;
+            let n = ((PAGE - (va & (PAGE - 1))) as usize).min(buf.len() - done);
+            let large = self.allocation_at(va).is_some_and(|a| a.large);
+            let frame = if large {
+                table::translate(mem, self.root_pa(), va).map(|(pa, _)| pa)
+            } else {
+                table::read_pte(mem, self.root_pa(), va & !(PAGE - 1)).frame().map(|f| f | (va & (PAGE - 1)))
+            };
+            match frame {
+                Some(pa) => mem.read_bytes(PhysAddr::new(pa), &mut buf[done..done + n]),
+                None => buf[done..done + n].fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Copies `data` into guest memory at `addr` as a system service would: checks like
     /// [`check_user_access`](Self::check_user_access) with `write`, then writes through the
     /// physical frames and marks the pages written (kernel-side writes count for write watch,
