@@ -177,6 +177,14 @@ fn bad_elf_files_are_refused_and_the_kernel_carries_on() -> Result<(), String> {
         ("R_X86_64_64 relocation", with_relocation_type(1), "unsupported relocation type 1"),
         ("R_X86_64_GLOB_DAT relocation", with_relocation_type(6), "unsupported relocation type 6"),
         ("1 TiB of bss", patched(|e| { let o = ph(e, 3); e[o + 40..o + 48].copy_from_slice(&(1u64 << 40).to_le_bytes()); }), "more than"),
+        // Issue 12: these used to overflow in the kernel's own parser.
+        ("segment in the last page", patched(|e| { let o = ph(e, 3); e[o + 16..o + 24].copy_from_slice(&0xFFFF_FFFF_FFFF_F000u64.to_le_bytes()); }), "wraps"),
+        ("huge p_offset", patched(|e| { let o = ph(e, 3); e[o + 8..o + 16].copy_from_slice(&(u64::MAX - 1).to_le_bytes()); }), "beyond the end of the file"),
+        ("p_memsz 0 with a wrapping file range", patched(|e| {
+            let o = ph(e, 0);
+            e[o + 8..o + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+            e[o + 32..o + 48].copy_from_slice(&[0xFF; 8].iter().chain(&[0; 8]).copied().collect::<Vec<u8>>());
+        }), "exceeds memory size"),
     ];
     for (what, file, reason) in cases {
         match run(what, &file).0 {
@@ -186,6 +194,50 @@ fn bad_elf_files_are_refused_and_the_kernel_carries_on() -> Result<(), String> {
     }
     ensure_eq!(frames(), before);
     let sample = &kernel::bundled_guests()[1];
+    ensure_eq!(run(&sample.name, &sample.data).0, GuestOutcome::Exited(0));
+    // An empty PT_LOAD (p_memsz 0) with a wrapping range and a huge p_offset maps nothing: the
+    // C sample with its GNU_STACK header (index 7) turned into one still runs.
+    let empty_load = patched(|e| {
+        let o = ph(e, 7);
+        e[o..o + 4].copy_from_slice(&1u32.to_le_bytes());
+        e[o + 8..o + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+        e[o + 16..o + 24].copy_from_slice(&(u64::MAX - 7).to_le_bytes());
+    });
+    ensure_eq!(run("empty wrapping segment", &empty_load).0, GuestOutcome::Exited(0));
+    ensure_eq!(frames(), before);
+    Ok(())
+}
+
+/// A 14 MB static PIE with 600,000 R_X86_64_RELATIVE relocations (issue 12: collecting them
+/// exhausted the 32 MiB kernel heap) loads and runs; the same file with a bad last relocation is
+/// refused before anything is mapped; the kernel heap is back where it was.
+fn six_hundred_thousand_relocations_load_in_bounded_heap() -> Result<(), String> {
+    let before = frames();
+    let mut file = guest_loader::build::static_pie(600_000);
+    let heap_before = memory::accounting().kernel_heap_used;
+    ensure_eq!(run("relocations", &file).0, GuestOutcome::Exited(0));
+    let last = guest_loader::build::pie_layout(600_000).rela as usize + 599_999 * 24;
+    file[last + 8] = 1;
+    match run("bad last relocation", &file).0 {
+        GuestOutcome::Refused(msg) => ensure!(msg.contains("relocation 599999: unsupported relocation type 1"), "refused with {msg:?}"),
+        other => return Err(alloc::format!("not refused: {other:?}")),
+    }
+    ensure_eq!(memory::accounting().kernel_heap_used, heap_before);
+    ensure_eq!(frames(), before);
+    Ok(())
+}
+
+/// host-abi §10.1: the host library's vtables are read-only (PT_GNU_RELRO applied by the loader):
+/// a write to the IHostMalloc vtable is an access violation, and the next guest runs.
+fn host_library_vtables_are_read_only() -> Result<(), String> {
+    let before = frames();
+    let (outcome, out) = run("vtable_write", guest_elf!("vtable_write"));
+    ensure!(out.contains(" passed, 0 failed"), "vtable_write printed: {out}");
+    ensure!(out.contains("about to write"), "vtable_write printed: {out}");
+    ensure!(!out.contains("still alive"), "the guest went on after writing to the vtable: {out}");
+    ensure_eq!(outcome, GuestOutcome::Exited(0xC000_0005_u32 as i32));
+    ensure_eq!(frames(), before);
+    let sample = &kernel::bundled_guests()[0];
     ensure_eq!(run(&sample.name, &sample.data).0, GuestOutcome::Exited(0));
     Ok(())
 }
@@ -326,6 +378,8 @@ kernel::kernel_test_image!(
     exceptions_reach_handlers_which_may_edit_the_context,
     faults_end_the_guest_with_the_right_code,
     bad_elf_files_are_refused_and_the_kernel_carries_on,
+    six_hundred_thousand_relocations_load_in_bounded_heap,
+    host_library_vtables_are_read_only,
     guests_in_a_row_leave_every_frame_behind,
     hostile_handlers_and_callbacks_end_only_their_guest,
     exceptions_are_dispatched_in_ring_3,

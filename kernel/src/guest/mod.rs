@@ -1,10 +1,11 @@
 //! Guests: untrusted ring-3 programs, each in an address space of its own, loaded from ELF files
 //! and calling the host through the binary contract of `host-abi.md`.
 //!
-//! - [`elf`] checks the file; [`Guest::load`] maps its segments as one `MEM_IMAGE` allocation
-//!   (per-page protections from the segment flags), applies its `R_X86_64_RELATIVE` relocations,
-//!   maps the host's pages ([`host_pages`]) and reserves its stack: 1 MiB, the top two pages
-//!   committed, a guard page below them.
+//! - The `guest-loader` crate (host-tested) checks the file and decides its layout; [`Guest::load`]
+//!   maps its segments as one `MEM_IMAGE` allocation (per-page protections from the segment
+//!   flags, `PT_GNU_RELRO` pages read-only), applies its `R_X86_64_RELATIVE` relocations as it
+//!   reads them, maps the host's library and pages ([`host_pages`]) the same way and reserves its
+//!   stack: 1 MiB, the top two pages committed, a guard page below them.
 //! - [`Guest::run`] drops to ring 3 at the entry point with `rdi` = the `IHostMemoryManager`
 //!   object and `rsi` = `HOST_SERVICES`, and serves its system calls ([`calls`]) and exceptions
 //!   ([`exceptions`]) until it ends: by returning from its entry point, by `exit`, or by an
@@ -19,18 +20,18 @@
 
 pub mod calls;
 pub mod cpu_time;
-pub mod elf;
 pub mod exceptions;
 pub mod host_pages;
 pub mod hresult;
 pub mod ramdisk;
 
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use address_space::win32::*;
-use address_space::{AllocationKind, CriticalLevel, VmError};
+use address_space::{AllocationKind, CriticalLevel, SpaceConfig, VmError};
+use guest_loader::{Image, Policy, Rights};
 
 use crate::arch::user::{UserContext, UserExit, enter_user};
 use crate::memory::Space;
@@ -64,56 +65,55 @@ fn fail(what: &str, e: VmError) -> String {
     format!("{what}: {e:?} (Win32 {})", e.win32_code())
 }
 
-/// Maps a checked ELF image into `space` as one `MEM_IMAGE` allocation (per-page protections from
-/// the segments: the union of the rights of the segments sharing a page), copies its segments and
-/// applies its relocations. A relocatable image is placed at `pie_base`; returns the entry point.
-fn map_image(space: &Space, file: &[u8], image: &elf::GuestImage, pie_base: u64, host_owned: bool) -> Result<u64, String> {
-    let bias = if image.relocatable { pie_base.wrapping_sub(image.low) } else { 0 };
-    let base = image.low.wrapping_add(bias);
-    if base % 0x1_0000 != 0 {
-        return Err(format!("the image starts at {base:#x}, which is not 64 KiB aligned"));
+/// The layout policy for images whose space ends at `user_end`, a static PIE going to `pie_base`.
+fn image_policy(cfg: &SpaceConfig, user_end: u64, pie_base: u64) -> Policy {
+    Policy { user_min: cfg.min_address, user_end, max_image_size: MAX_IMAGE_SIZE, base_alignment: 0x1_0000, pie_base }
+}
+
+/// The page protection the image's pages get for the rights of the segments on them.
+fn page_protection(r: Rights) -> u32 {
+    match (r.read || r.write, r.write, r.execute) {
+        (_, true, _) => PAGE_READWRITE,
+        (true, false, true) => PAGE_EXECUTE_READ,
+        (false, false, true) => PAGE_EXECUTE,
+        (true, false, false) => PAGE_READONLY,
+        (false, false, false) => PAGE_NOACCESS,
     }
-    let limit = if host_owned { HOST_BASE } else { HOST_LIB_BASE };
-    if base.checked_add(image.high - image.low).is_none_or(|end| end > limit) {
-        return Err("the image overlaps the host's pages at the top of user space".into());
-    }
-    // The per-page protection list lives in the kernel heap: bound it before making it (an image
-    // of more than 1 GiB would not fit the commit limit of any machine this runs on anyway).
-    if image.high - image.low > MAX_IMAGE_SIZE {
-        return Err(format!("the image spans {:#x} bytes, more than the {MAX_IMAGE_SIZE:#x} this kernel maps", image.high - image.low));
-    }
-    let pages = ((image.high - image.low) / PAGE) as usize;
-    let mut prots = alloc::vec![PAGE_NOACCESS; pages];
-    for (i, prot) in prots.iter_mut().enumerate() {
-        let va = image.low + i as u64 * PAGE;
-        let (mut r, mut w, mut x) = (false, false, false);
-        for s in image.segments.iter().filter(|s| s.vaddr < va + PAGE && s.vaddr + s.mem_size > va) {
-            r |= s.read;
-            w |= s.write;
-            x |= s.execute;
-        }
-        *prot = match (r || w, w, x) {
-            (_, true, _) => PAGE_READWRITE,
-            (true, false, true) => PAGE_EXECUTE_READ,
-            (false, false, true) => PAGE_EXECUTE,
-            (true, false, false) => PAGE_READONLY,
-            (false, false, false) => PAGE_NOACCESS,
-        };
-    }
+}
+
+/// Maps a checked image into `space` as one `MEM_IMAGE` allocation with its final per-page
+/// protections (RELRO pages already read-only: the loader's writes ignore protections), copies
+/// its segments and applies its relocations as it reads them, in runs of adjacent targets
+/// written together from a fixed buffer (no heap per relocation). Returns the entry point.
+///
+/// Kernel heap per file: the protection list, 4 bytes per page, at most `MAX_IMAGE_SIZE / 1024`.
+fn map_image(space: &Space, image: &Image<'_>, host_owned: bool) -> Result<u64, String> {
+    let prots: Vec<u32> = image.page_rights().map(page_protection).collect();
     space
-        .with(|s, cx| s.create_image(cx, base, &prots, host_owned, CriticalLevel::Process))
+        .with(|s, cx| s.create_image(cx, image.base(), &prots, host_owned, CriticalLevel::Process))
         .map_err(|e| fail("mapping the image", e))?;
-    for seg in &image.segments {
-        let bytes = &file[seg.file_offset as usize..(seg.file_offset + seg.file_size) as usize];
-        space.with(|s, cx| s.write_image(cx, seg.vaddr.wrapping_add(bias), bytes)).map_err(|e| fail("copying a segment", e))?;
+    drop(prots);
+    for seg in image.segments().filter(|s| !s.bytes.is_empty()) {
+        space.with(|s, cx| s.write_image(cx, seg.address, seg.bytes)).map_err(|e| fail("copying a segment", e))?;
     }
-    for &(offset, addend) in &image.relocations {
-        let value = addend.wrapping_add(bias);
-        space
-            .with(|s, cx| s.write_image(cx, offset.wrapping_add(bias), &value.to_le_bytes()))
-            .map_err(|e| fail("relocating", e))?;
+    let write_run = |at: u64, bytes: &[u8]| space.with(|s, cx| s.write_image(cx, at, bytes)).map_err(|e| fail("relocating", e));
+    let mut run = [0u8; 512];
+    let (mut run_start, mut run_len) = (0u64, 0usize);
+    for r in image.relocations() {
+        if run_len > 0 && (run_len == run.len() || run_start.wrapping_add(run_len as u64) != r.address) {
+            write_run(run_start, &run[..run_len])?;
+            run_len = 0;
+        }
+        if run_len == 0 {
+            run_start = r.address;
+        }
+        run[run_len..run_len + 8].copy_from_slice(&r.value.to_le_bytes());
+        run_len += 8;
     }
-    Ok(image.entry.wrapping_add(bias))
+    if run_len > 0 {
+        write_run(run_start, &run[..run_len])?;
+    }
+    Ok(image.entry())
 }
 
 /// Set by [`set_guest_args_for_test`]: the argument string instead of fw_cfg's.
@@ -202,11 +202,11 @@ impl Guest {
     pub fn load(name: &str, file: &[u8]) -> Result<Guest, String> {
         let space = Space::new().map_err(|e| format!("no address space: {e:?}"))?;
         let cfg = space.with(|s, _| *s.config());
-        let image = elf::parse(file, cfg.min_address, cfg.max_address_end)?;
-        let entry = map_image(&space, file, &image, PIE_BASE, false)?;
+        let image = Image::parse(file, &image_policy(&cfg, HOST_LIB_BASE, PIE_BASE)).map_err(|e| e.to_string())?;
+        let entry = map_image(&space, &image, false)?;
         // The host's ring-3 library (IHostMalloc), as a host-owned image below the host pages.
-        let host_lib = elf::parse(HOST_LIB, cfg.min_address, cfg.max_address_end).map_err(|e| format!("host library: {e}"))?;
-        let create_malloc = map_image(&space, HOST_LIB, &host_lib, HOST_LIB_BASE, true).map_err(|e| format!("host library: {e}"))?;
+        let host_lib = Image::parse(HOST_LIB, &image_policy(&cfg, HOST_BASE, HOST_LIB_BASE)).map_err(|e| format!("host library: {e}"))?;
+        let create_malloc = map_image(&space, &host_lib, true).map_err(|e| format!("host library: {e}"))?;
         space
             .with(|s, cx| s.create_image(cx, HOST_BASE, &[PAGE_EXECUTE_READ, PAGE_READONLY], true, CriticalLevel::Process))
             .map_err(|e| fail("mapping the host pages", e))?;

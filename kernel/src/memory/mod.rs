@@ -16,7 +16,9 @@
 //!    the kernel stack and the ramdisk;
 //! 6. sets the commit limit: the frames then available minus a kernel reserve (page-table pages
 //!    and other kernel allocations come from there; see [`KERNEL_RESERVE_DIVISOR`]), so that there
-//!    is no overcommit and a committed page always faults in.
+//!    is no overcommit and a committed page always faults in. Half the reserve is the commit
+//!    charge's page-table allowance: guest page tables beyond it are charged to the limit, so a
+//!    sparse guest's tables can never eat the frames its commits were promised.
 //!
 //! Guest address spaces ([`Space`]) each own a PML4 whose upper half is a copy of the kernel's 256
 //! upper-half entries (all pre-allocated, so they never change) and whose lower half is managed by
@@ -319,7 +321,10 @@ pub fn init(boot_info: &'static BootInfo) {
     if let Some(mb) = config.commit_limit_mb {
         limit_pages = limit_pages.min(mb * 256);
     }
-    let charge = CommitCharge::new(limit_pages, limit_pages * config.critical_reserve_percent / 100);
+    // Half the kernel reserve (and every frame a configured cap leaves out) is the page-table
+    // allowance: tables beyond it are charged to the limit (address-space charge.rs).
+    let table_allowance = available - limit_pages - reserve / 2;
+    let charge = CommitCharge::new(limit_pages, limit_pages * config.critical_reserve_percent / 100).with_table_allowance(table_allowance);
     let usable_bytes = snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.end - r.start).sum();
     let ram_bytes = snap.ram.iter().map(|r| r.1 - r.0).sum();
     *MM.lock() = Some(MemoryManager {
@@ -467,7 +472,9 @@ pub fn set_commit_limit(pages: u64) -> bool {
         }
         let ceiling = mm.boot_commit_limit;
         let limit = pages.min(ceiling);
-        mm.charge = CommitCharge::new(limit, limit * config().critical_reserve_percent / 100);
+        // The frames the limit gives up (or takes back) go to (or come from) the table allowance.
+        let table_allowance = mm.charge.table_allowance() + mm.charge.system_limit_pages() - limit;
+        mm.charge = CommitCharge::new(limit, limit * config().critical_reserve_percent / 100).with_table_allowance(table_allowance);
         true
     })
 }

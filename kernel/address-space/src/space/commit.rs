@@ -1,8 +1,9 @@
 //! Committing and decommitting ranges: the shared core of VirtualAlloc(MEM_COMMIT), image
 //! creation, VirtualFree(MEM_DECOMMIT / MEM_RELEASE) and teardown.
 //!
-//! Commit is split into [`AddressSpace::prepare_commit`] (may fail; obtains the charge, the frame
-//! reservation and the table pages, in that order, undoing what it took if a later step fails)
+//! Commit is split into [`AddressSpace::prepare_commit`] (may fail; obtains the charge — of the
+//! new pages and the table pages they need, see `charge.rs` — the frame reservation and the
+//! table pages, in that order, undoing what it took if a later step fails)
 //! and [`AddressSpace::perform_commit`] (writes entries; cannot fail).
 
 use ::alloc::vec::Vec;
@@ -137,8 +138,9 @@ impl AddressSpace {
         level: CriticalLevel,
         new_pages: u64,
     ) -> Result<CommitPlan, VmError> {
-        cx.charge.check(new_pages, level)?;
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 0);
+        // The tables are charged with the pages (charge.rs): checked together, first.
+        cx.charge.check(new_pages, missing, level)?;
         let frames = if new_pages > 0 {
             cx.frames.reserve(new_pages).map_err(|_| VmError::NoMemory)?
         } else {
@@ -167,7 +169,8 @@ impl AddressSpace {
         level: CriticalLevel,
     ) -> Result<CommitPlan, VmError> {
         let pages = (end - start) / PAGE_SIZE;
-        cx.charge.check(pages, level)?;
+        let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 1);
+        cx.charge.check(pages, missing, level)?;
         let mut large = Vec::with_capacity(((end - start) / LARGE_PAGE_SIZE) as usize);
         for _ in 0..(end - start) / LARGE_PAGE_SIZE {
             match cx.frames.alloc_2mib() {
@@ -180,7 +183,6 @@ impl AddressSpace {
                 }
             }
         }
-        let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 1);
         match table::alloc_tables(missing, cx.frames, cx.mem, cx.counters) {
             Ok(tables) => Ok(CommitPlan { new_pages: pages, frames: FrameReservation::empty(), tables, large }),
             Err(e) => {
@@ -204,7 +206,7 @@ impl AddressSpace {
         mut plan: CommitPlan,
         mut prot_of: impl FnMut(u64) -> (BaseProtection, bool),
     ) {
-        cx.charge.charge(plan.new_pages);
+        cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         self.demand_zero.absorb(core::mem::replace(&mut plan.frames, FrameReservation::empty()));
         let mut batch = self.batch();
@@ -229,7 +231,7 @@ impl AddressSpace {
         cache: CacheMode,
         mut plan: CommitPlan,
     ) {
-        cx.charge.charge(plan.new_pages);
+        cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         let root = self.root_pa();
         let large = core::mem::take(&mut plan.large);
@@ -287,6 +289,7 @@ impl AddressSpace {
             cx.frames.unreserve(self.demand_zero.split(unreserve));
         }
         cx.charge.uncharge(decommitted);
+        cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
         self.table_pages -= cx.counters.table_pages_freed - freed_before;
         batch.flush(cx.tlb, cx.counters);
         self.note_committed(a.base, -(decommitted as i64));
@@ -308,6 +311,7 @@ impl AddressSpace {
                 va += LARGE_PAGE_SIZE;
             }
             cx.charge.uncharge(a.size / PAGE_SIZE);
+            cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
             batch.flush(cx.tlb, cx.counters);
         } else {

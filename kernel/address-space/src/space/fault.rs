@@ -236,7 +236,7 @@ impl AddressSpace {
             Some(e) if e <= self.config.max_address_end => e,
             _ => return Err(VmError::NoAccess),
         };
-        let mut page = addr & !(PAGE - 1);
+        let mut page = addr & !(PAGE_SIZE - 1);
         while page < end {
             let a = self.allocation_at(page).ok_or(VmError::NoAccess)?;
             if !a.large {
@@ -245,17 +245,17 @@ impl AddressSpace {
                     return Err(VmError::NoAccess);
                 }
             }
-            page += PAGE;
+            page += PAGE_SIZE;
         }
         let mut done = 0usize;
         while done < buf.len() {
             let va = addr + done as u64;
-            let n = ((PAGE - (va & (PAGE - 1))) as usize).min(buf.len() - done);
+            let n = ((PAGE_SIZE - (va & (PAGE_SIZE - 1))) as usize).min(buf.len() - done);
             let large = self.allocation_at(va).is_some_and(|a| a.large);
             let frame = if large {
                 table::translate(mem, self.root_pa(), va).map(|(pa, _)| pa)
             } else {
-                table::read_pte(mem, self.root_pa(), va & !(PAGE - 1)).frame().map(|f| f | (va & (PAGE - 1)))
+                table::read_pte(mem, self.root_pa(), va & !(PAGE_SIZE - 1)).frame().map(|f| f | (va & (PAGE_SIZE - 1)))
             };
             match frame {
                 Some(pa) => mem.read_bytes(PhysAddr::new(pa), &mut buf[done..done + n]),

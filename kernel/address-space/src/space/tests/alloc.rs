@@ -340,15 +340,20 @@ mod commit {
     fn commit_limit_and_critical_levels() {
         let mut fx = Fx::with(SpaceConfig::default(), 16 << 20, 100, 20);
         let a = fx.alloc(0, 0x100000, MEM_RESERVE, PAGE_READWRITE).unwrap();
-        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 81 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task));
-        fx.alloc_at(a, 80 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).unwrap();
+        // The first commit needs a PDPT, a PD and a PT: 3 table pages charged with its pages.
+        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 78 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task));
+        fx.alloc_at(a, 77 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).unwrap();
+        assert_eq!((fx.charge.committed_pages(), fx.charge.table_pages(), fx.charge.limit_pages()), (77, 3, 97));
         // Re-committing committed pages charges nothing.
-        fx.alloc_at(a, 80 * 0x1000, MEM_COMMIT, PAGE_READONLY, CriticalLevel::Task).unwrap();
-        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 81 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task));
-        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 91 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::AppDomain));
-        fx.alloc_at(a, 90 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::AppDomain).unwrap();
-        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 101 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process));
-        fx.alloc_at(a, 100 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process).unwrap();
+        fx.alloc_at(a, 77 * 0x1000, MEM_COMMIT, PAGE_READONLY, CriticalLevel::Task).unwrap();
+        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 78 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task));
+        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 88 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::AppDomain));
+        fx.alloc_at(a, 87 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::AppDomain).unwrap();
+        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 98 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process));
+        fx.alloc_at(a, 97 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process).unwrap();
+        // What a guest is told: committed = its limit, nothing available.
+        assert_eq!((fx.charge.committed_pages(), fx.charge.limit_pages()), (97, 97));
+        assert_eq!(fx.charge.available(CriticalLevel::Process), 0);
         // A NULL-address RESERVE|COMMIT over the limit creates no reservation either.
         fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(0, 0x1000, RC, PAGE_READWRITE, CriticalLevel::Process));
         assert_eq!(VmError::CommitmentLimit.win32_code(), 1455);

@@ -41,7 +41,7 @@ pub(crate) struct Snapshot {
     allocations: Vec<Allocation>,
     entries: Vec<(u64, u64)>,
     census: TableCensus,
-    charge: u64,
+    charge: (u64, u64),
     frames: (u64, u64, u64),
     counters: WorkCounters,
 }
@@ -144,7 +144,7 @@ impl Fx {
             allocations: self.sp().allocations().copied().collect(),
             entries,
             census,
-            charge: self.charge.committed_pages(),
+            charge: (self.charge.committed_pages(), self.charge.table_pages()),
             frames: (self.frames.free_frames(), self.frames.reserved_frames(), self.frames.used_frames()),
             counters: self.counters,
         }
@@ -168,6 +168,7 @@ impl Fx {
         assert_eq!(c.bad_counts, 0, "kept child counts disagree with tables");
         assert_eq!(c.table_pages, self.sp().table_pages(), "kept table-page count");
         assert_eq!(self.charge.committed_pages(), c.committed_pages + c.large_pages * 512, "charge");
+        assert_eq!(self.charge.table_pages(), c.table_pages, "table pages charged");
         assert_eq!(
             self.frames.used_frames() - self.start_used,
             c.pages_with_frame + c.table_pages + 1 + c.large_pages * 512,
@@ -194,6 +195,7 @@ impl Fx {
         assert_eq!(self.frames.used_frames(), self.start_used);
         assert_eq!(self.frames.reserved_frames(), 0);
         assert_eq!(self.charge.committed_pages(), 0);
+        assert_eq!(self.charge.table_pages(), 0);
     }
 }
 

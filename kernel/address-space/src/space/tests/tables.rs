@@ -188,3 +188,58 @@ fn the_tlb_model_catches_a_missing_invlpg_after_a_table_page_is_freed() {
     crate::paging::tlb::Tlb::flush_all(&mut fx.tlb);
     fx.check();
 }
+
+/// Issue 12: committing one page per 2 MiB needs a page table per page. With the limit and the
+/// table allowance together set to exactly the frames there are (as the kernel sets them, no
+/// overcommit), the commits run into the commit limit — never into a lack of frames — and at
+/// that point the limit a guest is told, less what it committed, is smaller than one more commit
+/// (a page and its table); every committed page can be touched; releasing gives every frame
+/// and every charged page back.
+#[test]
+fn one_page_per_2mib_reaches_the_reported_limit_and_never_lacks_frames() {
+    for allowance in [0, 64] {
+        let mut fx = Fx::with(SpaceConfig::default(), 16 << 20, 0, 0);
+        let limit = fx.frames.available_frames() - allowance;
+        fx.charge = CommitCharge::new(limit, limit / 16).with_table_allowance(allowance);
+        let span = 8u64 << 30;
+        let a = fx.alloc(0, span, MEM_RESERVE, PAGE_READWRITE).unwrap();
+        let mut committed = Vec::new();
+        let error = loop {
+            let at = a + committed.len() as u64 * crate::LARGE_PAGE_SIZE;
+            assert!(at < a + span, "the reservation ran out before the limit");
+            match fx.alloc_at(at, 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process) {
+                Ok(_) => committed.push(at),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(error, VmError::CommitmentLimit, "the commit limit decides, not the frames");
+        let c = &fx.charge;
+        assert_eq!(c.committed_pages(), committed.len() as u64);
+        assert_eq!(c.table_pages(), fx.sp().table_pages());
+        assert_eq!(c.limit_pages(), limit - (c.table_pages() - allowance));
+        assert!(c.limit_pages() - c.committed_pages() < 2, "a page and its table would have fitted");
+        assert!(committed.len() as u64 >= limit / 2 - 8, "about half the frames are tables");
+        for (i, &at) in committed.iter().enumerate() {
+            fx.write_u64(at, i as u64).unwrap();
+        }
+        fx.check();
+        fx.free(a, 0, MEM_RELEASE).unwrap();
+        assert_eq!((fx.charge.committed_pages(), fx.charge.table_pages(), fx.charge.limit_pages()), (0, 0, limit));
+        fx.teardown();
+    }
+}
+
+/// Dense commits within the table allowance cost the limit nothing: what is committed is
+/// exactly what the reported limit loses.
+#[test]
+fn dense_commits_use_the_table_allowance_only() {
+    let mut fx = Fx::with(SpaceConfig::default(), 16 << 20, 0, 0);
+    let limit = fx.frames.available_frames() - 16;
+    fx.charge = CommitCharge::new(limit, 0).with_table_allowance(16);
+    let a = fx.alloc(0, limit * 0x1000, RC, PAGE_READWRITE).unwrap();
+    assert_eq!((fx.charge.committed_pages(), fx.charge.limit_pages()), (limit, limit));
+    assert!(fx.charge.table_pages() <= 16);
+    fx.fails(VmError::CommitmentLimit, |fx| fx.alloc(0, 0x1000, RC, PAGE_READWRITE));
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    fx.teardown();
+}
