@@ -28,7 +28,7 @@ usage: tests/bench/report.sh [--kvm] [--install-peers] [--skip-host] [--skip-ker
   --install-peers  apt-get install wine64 and gcc-mingw-w64-x86-64 if they are missing
   --skip-host      do not run the cargo host benchmarks (reported as not run)
   --skip-kernel    do not boot the benchmark image or Linux in QEMU (reported as not run)
-  --rounds N       rounds of the same-emulator comparison (default 5; each boots Linux twice and
+  --rounds N       rounds of the same-emulator comparison (default 4; each boots Linux twice and
                    the benchmark image once, about a minute per round under TCG)
   -h, --help       this text
 
@@ -40,7 +40,7 @@ leaves QEMU paused until the timeout).
 USAGE
 }
 
-kvm=0; install=0; host=1; kernel=1; rounds=5
+kvm=0; install=0; host=1; kernel=1; rounds=4
 while [ $# -gt 0 ]; do
   case "$1" in
     --kvm) kvm=1 ;;

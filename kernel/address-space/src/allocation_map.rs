@@ -7,9 +7,11 @@
 //! 11 values, edges after them) costs a cache miss or two per level over five or six levels. Here:
 //!
 //! * inner nodes hold only keys and child numbers: up to [`INNER`] children, the separator keys in
-//!   one 256-byte array searched by bisection. At 100,000 entries the tree has three inner levels,
-//!   whose few hundred nodes (about 400 bytes each) stay in the CPU's caches;
+//!   one 256-byte array. At 100,000 entries the tree has three inner levels, whose few hundred
+//!   nodes (about 400 bytes each) stay in the CPU's caches;
 //! * leaves hold up to [`LEAF`] keys (two cache lines) and the numbers of their values' slots;
+//! * key arrays are full-size and padded with `u64::MAX` past their length, so a node is searched
+//!   by a fixed number of halving steps without branches to mispredict ([`count_le`]);
 //! * the values (the `Allocation` records) live in a slab of their own, so a lookup touches the
 //!   inner levels, one leaf's keys and then one value.
 //!
@@ -49,30 +51,66 @@ struct Leaf {
     len: usize,
     prev: u32,
     next: u32,
+    /// Sorted; `u64::MAX` past `len`.
     keys: [u64; LEAF],
     slots: [u32; LEAF],
 }
 
 impl Leaf {
-    const EMPTY: Leaf = Leaf { len: 0, prev: NIL, next: NIL, keys: [0; LEAF], slots: [0; LEAF] };
+    const EMPTY: Leaf = Leaf { len: 0, prev: NIL, next: NIL, keys: [PAD; LEAF], slots: [0; LEAF] };
+
+    /// The number of keys ≤ `key`.
+    #[inline]
+    fn count_le(&self, key: u64) -> usize {
+        count_le(&self.keys, key).min(self.len)
+    }
+
+    /// The number of keys < `key`.
+    #[inline]
+    fn count_lt(&self, key: u64) -> usize {
+        if key == 0 { 0 } else { self.count_le(key - 1) }
+    }
+}
+
+/// The key value of unused slots (never a key: see [`WideMap::insert`]).
+const PAD: u64 = u64::MAX;
+
+/// The number of elements ≤ `key` of the sorted array `a` (`N` a power of two): halving steps
+/// whose comparisons become conditional moves, no data-dependent branch.
+#[inline]
+fn count_le<const N: usize>(a: &[u64; N], key: u64) -> usize {
+    let mut base = 0;
+    let mut half = N / 2;
+    while half > 0 {
+        if a[base + half - 1] <= key {
+            base += half;
+        }
+        half /= 2;
+    }
+    base + usize::from(a[base] <= key)
 }
 
 #[derive(Debug, Clone)]
 struct Inner {
     /// Number of children.
     len: usize,
-    /// `seps[i]` for child `i` ≥ 1; `seps[0]` is unused.
+    /// `seps[i]` for child `i` ≥ 1; `seps[0]` is 0 (below every key); `u64::MAX` past `len`.
     seps: [u64; INNER],
     kids: [u32; INNER],
 }
 
 impl Inner {
-    const EMPTY: Inner = Inner { len: 0, seps: [0; INNER], kids: [NIL; INNER] };
+    const EMPTY: Inner = {
+        let mut seps = [PAD; INNER];
+        seps[0] = 0;
+        Inner { len: 0, seps, kids: [NIL; INNER] }
+    };
 
     /// The child whose key range holds `key`.
     #[inline]
     fn child_for(&self, key: u64) -> usize {
-        self.seps[1..self.len].partition_point(|&s| s <= key)
+        // seps[0] = 0 ≤ key, so the count is at least 1.
+        (count_le(&self.seps, key) - 1).min(self.len - 1)
     }
 
     /// Inserts child `kid` with separator `sep` at position `at` (≥ 1); the node must have room.
@@ -150,14 +188,14 @@ impl<V: Copy> WideMap<V> {
     /// Returns the value of `key`, if present.
     pub fn get(&self, key: &u64) -> Option<&V> {
         let l = &self.leaves[self.leaf_for(*key) as usize];
-        let i = l.keys[..l.len].partition_point(|&k| k < *key);
+        let i = l.count_lt(*key);
         (i < l.len && l.keys[i] == *key).then(|| &self.values[l.slots[i] as usize])
     }
 
     /// Returns the value of `key` mutably, if present.
     pub fn get_mut(&mut self, key: &u64) -> Option<&mut V> {
         let l = &self.leaves[self.leaf_for(*key) as usize];
-        let i = l.keys[..l.len].partition_point(|&k| k < *key);
+        let i = l.count_lt(*key);
         if i < l.len && l.keys[i] == *key { Some(&mut self.values[l.slots[i] as usize]) } else { None }
     }
 
@@ -165,7 +203,7 @@ impl<V: Copy> WideMap<V> {
     pub fn floor(&self, key: u64) -> Option<(u64, &V)> {
         let leaf = self.leaf_for(key);
         let l = &self.leaves[leaf as usize];
-        let i = l.keys[..l.len].partition_point(|&k| k <= key);
+        let i = l.count_le(key);
         if i > 0 {
             return Some(self.entry(leaf, i - 1));
         }
@@ -178,7 +216,7 @@ impl<V: Copy> WideMap<V> {
     pub fn ceil(&self, key: u64) -> Option<(u64, &V)> {
         let leaf = self.leaf_for(key);
         let l = &self.leaves[leaf as usize];
-        let i = l.keys[..l.len].partition_point(|&k| k < key);
+        let i = l.count_lt(key);
         if i < l.len {
             return Some(self.entry(leaf, i));
         }
@@ -199,50 +237,28 @@ impl<V: Copy> WideMap<V> {
     }
 
     fn new_leaf(&mut self) -> u32 {
-        match self.free_leaves.pop() {
-            Some(i) => {
-                self.leaves[i as usize] = Leaf::EMPTY;
-                i
-            }
-            None => {
-                self.leaves.push(Leaf::EMPTY);
-                (self.leaves.len() - 1) as u32
-            }
-        }
+        arena_put(&mut self.leaves, &mut self.free_leaves, Leaf::EMPTY)
     }
 
     fn new_inner(&mut self) -> u32 {
-        match self.free_inners.pop() {
-            Some(i) => {
-                self.inners[i as usize] = Inner::EMPTY;
-                i
-            }
-            None => {
-                self.inners.push(Inner::EMPTY);
-                (self.inners.len() - 1) as u32
-            }
-        }
+        arena_put(&mut self.inners, &mut self.free_inners, Inner::EMPTY)
     }
 
     fn new_value(&mut self, v: V) -> u32 {
-        match self.free_values.pop() {
-            Some(i) => {
-                self.values[i as usize] = v;
-                i
-            }
-            None => {
-                self.values.push(v);
-                (self.values.len() - 1) as u32
-            }
-        }
+        arena_put(&mut self.values, &mut self.free_values, v)
     }
 
     /// Inserts `key` → `value`; returns the previous value of `key`, if any.
+    ///
+    /// # Panics
+    ///
+    /// If `key` is `u64::MAX`, the padding of the key arrays (no allocation starts there).
     pub fn insert(&mut self, key: u64, value: V) -> Option<V> {
+        assert!(key != PAD, "allocation map: key u64::MAX");
         let mut path = [(NIL, 0usize); MAX_HEIGHT];
         let leaf = self.path_to(key, &mut path);
         let l = &self.leaves[leaf as usize];
-        let i = l.keys[..l.len].partition_point(|&k| k < key);
+        let i = l.count_lt(key);
         if i < l.len && l.keys[i] == key {
             let slot = l.slots[i] as usize;
             return Some(core::mem::replace(&mut self.values[slot], value));
@@ -261,6 +277,7 @@ impl<V: Copy> WideMap<V> {
         hi.slots[..LEAF - half].copy_from_slice(&lo.slots[half..]);
         hi.len = LEAF - half;
         lo.len = half;
+        lo.keys[half..].fill(PAD);
         hi.prev = leaf;
         hi.next = lo.next;
         lo.next = right;
@@ -303,7 +320,9 @@ impl<V: Copy> WideMap<V> {
             hi.kids[..INNER - half].copy_from_slice(&lo.kids[half..]);
             hi.len = INNER - half;
             lo.len = half;
+            lo.seps[half..].fill(PAD);
             let up = hi.seps[0];
+            hi.seps[0] = 0;
             if c < half {
                 lo.insert_at(c + 1, sep, kid);
             } else {
@@ -329,7 +348,7 @@ impl<V: Copy> WideMap<V> {
         let mut path = [(NIL, 0usize); MAX_HEIGHT];
         let leaf = self.path_to(*key, &mut path);
         let l = &mut self.leaves[leaf as usize];
-        let i = l.keys[..l.len].partition_point(|&k| k < *key);
+        let i = l.count_lt(*key);
         if i >= l.len || l.keys[i] != *key {
             return None;
         }
@@ -337,6 +356,7 @@ impl<V: Copy> WideMap<V> {
         l.keys.copy_within(i + 1..l.len, i);
         l.slots.copy_within(i + 1..l.len, i);
         l.len -= 1;
+        l.keys[l.len] = PAD;
         let emptied = l.len == 0;
         self.free_values.push(slot);
         self.len -= 1;
@@ -375,6 +395,7 @@ impl<V: Copy> WideMap<V> {
                 n.seps.copy_within(from + 1..n.len, from);
             }
             n.len -= 1;
+            n.seps[n.len.max(1)] = PAD;
             if n.len > 0 {
                 break;
             }
@@ -417,6 +438,7 @@ impl<V: Copy> WideMap<V> {
                 for w in l.keys[..l.len].windows(2) {
                     assert!(w[0] < w[1]);
                 }
+                assert!(l.keys[l.len..].iter().all(|&k| k == PAD), "leaf padding");
                 for &k in &l.keys[..l.len] {
                     assert!(k >= lo && (open_hi || k < hi), "key {k} outside [{lo}, {hi})");
                 }
@@ -429,6 +451,7 @@ impl<V: Copy> WideMap<V> {
             for w in n.seps[1..n.len].windows(2) {
                 assert!(w[0] < w[1]);
             }
+            assert!(n.seps[0] == 0 && n.seps[n.len..].iter().all(|&k| k == PAD), "inner padding");
             // Push right to left, so leaves pop in order.
             for c in (0..n.len).rev() {
                 let clo = if c == 0 { lo } else { n.seps[c] };
@@ -446,6 +469,20 @@ impl<V: Copy> WideMap<V> {
             assert_eq!(l.next, leaves_in_order.get(i + 1).copied().unwrap_or(NIL));
         }
         assert_eq!(self.values.len() - self.free_values.len(), self.len);
+    }
+}
+
+/// Stores `v` in a free slot of `arena` (or a new one) and returns the slot's number.
+fn arena_put<T>(arena: &mut Vec<T>, free: &mut Vec<u32>, v: T) -> u32 {
+    match free.pop() {
+        Some(i) => {
+            arena[i as usize] = v;
+            i
+        }
+        None => {
+            arena.push(v);
+            (arena.len() - 1) as u32
+        }
     }
 }
 
