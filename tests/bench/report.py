@@ -544,6 +544,9 @@ def main(argv):
     rr = fig.get(("reserve_release_64k", "host"))
     md.append(target("frame alloc+free", fa[0] if fa else None, 25, "host"))
     md.append(target("reserve+release", rr[0] if rr else None, 300, "host, 1 live allocation"))
+    vq = next((ns for what, live, ns, _ in host_lines
+               if what == "query, allocations in random order" and live == 100_000), None)
+    md.append(target("VirtualQuery, 100,000 live allocations in random order", vq, 100, "host"))
     if krows:
         at_min = [n for n, r in krows.items() if r["verdict"] == "= min"]
         md.append(f"- in-kernel work counters equal to the minimum for every workload: {len(at_min)} of {len(krows)} "
