@@ -47,6 +47,15 @@ else
   echo "test host-benchmarks-run ... FAILED"; host_failed=$((host_failed + 1))
 fi
 
+echo "==> tests/bench/report.py self-test (the benchmark report's parsing and ratios; no QEMU)"
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "test bench-report-py ... skipped (no python3; counted neither passed nor failed)"
+elif python3 tests/bench/test_report.py > "$log/report-py.txt" 2>&1; then
+  echo "test bench-report-py ... ok"; host_passed=$((host_passed + 1))
+else
+  cat "$log/report-py.txt"; echo "test bench-report-py ... FAILED"; host_failed=$((host_failed + 1))
+fi
+
 echo "==> the address-space crate packages for crates.io (cargo package: builds it, and host-abi, from their tarballs)"
 if cargo package --quiet -p host-abi -p address-space --allow-dirty > "$log/package.txt" 2>&1; then
   echo "test cargo-package-address-space ... ok"; host_passed=$((host_passed + 1))
