@@ -1,6 +1,5 @@
-;; WasmGC test module: allocates structs and arrays in a loop, five times more bytes than the GC
-;; heap's whole 64 MiB reservation can hold, keeps a ring of 64 live lists, and checks every
-;; result. Exits through WASI proc_exit: 0 if every check held, 1 otherwise.
+;; WasmGC test module: allocates structs and arrays in a loop, twice as many bytes as the GC heap's
+;; whole 64 MiB reservation could hold, keeps a ring of 64 live lists, and checks every result. Exits through WASI proc_exit: 0 if every check held, 1 otherwise.
 (module
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
@@ -42,16 +41,16 @@
     (local $i i32) (local $ok i32) (local $arr (ref null $bytes)) (local $ring (ref $ring))
     (local.set $ok (i32.const 1))
     (local.set $ring (array.new_default $ring (i32.const 64)))
-    ;; 5,000 rounds: a list of 100 nodes (about 3 KiB) and a 16,384-element array (64 KiB):
-    ;; about 330 MiB allocated in all, against a heap of at most 64 MiB.
+    ;; 1,000 rounds: a list of 20 nodes and a 32,768-element array (128 KiB): about 130 MiB
+    ;; allocated in all, against a heap of at most 64 MiB.
     (block $done
       (loop $round
-        (br_if $done (i32.ge_u (local.get $i) (i32.const 5000)))
-        (array.set $ring (local.get $ring) (i32.and (local.get $i) (i32.const 63)) (call $list (i32.const 100)))
-        (local.set $arr (array.new $bytes (local.get $i) (i32.const 16384)))
-        (if (i32.ne (array.get $bytes (local.get $arr) (i32.const 16383)) (local.get $i))
+        (br_if $done (i32.ge_u (local.get $i) (i32.const 1000)))
+        (array.set $ring (local.get $ring) (i32.and (local.get $i) (i32.const 63)) (call $list (i32.const 20)))
+        (local.set $arr (array.new $bytes (local.get $i) (i32.const 32768)))
+        (if (i32.ne (array.get $bytes (local.get $arr) (i32.const 32767)) (local.get $i))
           (then (local.set $ok (i32.const 0))))
-        (if (i64.ne (call $sum (array.get $ring (local.get $ring) (i32.and (local.get $i) (i32.const 63)))) (i64.const 5050))
+        (if (i64.ne (call $sum (array.get $ring (local.get $ring) (i32.and (local.get $i) (i32.const 63)))) (i64.const 210))
           (then (local.set $ok (i32.const 0))))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $round)))
@@ -60,7 +59,7 @@
     (block $done
       (loop $check
         (br_if $done (i32.ge_u (local.get $i) (i32.const 64)))
-        (if (i64.ne (call $sum (array.get $ring (local.get $ring) (local.get $i))) (i64.const 5050))
+        (if (i64.ne (call $sum (array.get $ring (local.get $ring) (local.get $i))) (i64.const 210))
           (then (local.set $ok (i32.const 0))))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $check)))

@@ -55,21 +55,30 @@ fn code(r: Result<impl Sized, HResult>) -> i32 {
     }
 }
 
-/// The mappings `wasmtime_mmap_new` made: (base, size).
-struct Mappings(UnsafeCell<Vec<(usize, usize)>>);
+/// A table of (base, size) allocations of this layer.
+struct Table(UnsafeCell<Vec<(usize, usize)>>);
 // SAFETY: one guest thread; the platform functions are never re-entered (the exception handler
-// does not touch this table).
-unsafe impl Sync for Mappings {}
-static MAPPINGS: Mappings = Mappings(UnsafeCell::new(Vec::new()));
+// does not touch these tables).
+unsafe impl Sync for Table {}
+/// The mappings `wasmtime_mmap_new` made.
+static MAPPINGS: Table = Table(UnsafeCell::new(Vec::new()));
+/// The memory images' copies.
+static IMAGES: Table = Table(UnsafeCell::new(Vec::new()));
 
-fn mappings() -> &'static mut Vec<(usize, usize)> {
-    // SAFETY: see Mappings; every borrow ends within the platform function that takes it.
-    unsafe { &mut *MAPPINGS.0.get() }
+impl Table {
+    fn get(&'static self) -> &'static mut Vec<(usize, usize)> {
+        // SAFETY: see Table; every borrow ends within the platform function that takes it.
+        unsafe { &mut *self.0.get() }
+    }
 }
 
-/// The live mappings (base, size), for the address-space report.
-pub fn live_mappings() -> Vec<(usize, usize)> {
-    mappings().clone()
+fn mappings() -> &'static mut Vec<(usize, usize)> {
+    MAPPINGS.get()
+}
+
+/// The live mappings and memory-image copies (base, size), for the address-space report.
+pub fn live_allocations() -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+    (MAPPINGS.get().clone(), IMAGES.get().clone())
 }
 
 /// Calls `f(base, len, committed)` for each run of pages of [start, start + len) that is wholly
@@ -197,6 +206,7 @@ pub unsafe extern "C" fn wasmtime_memory_image_new(ptr: *const u8, len: usize, r
         let _ = h.virtual_free(base, 0, MEM_RELEASE);
         return code(Err::<(), _>(e));
     }
+    IMAGES.get().push((base, size));
     *ret = Box::into_raw(Box::new(MemoryImage { base, len })).cast();
     0
 }
@@ -226,6 +236,7 @@ pub unsafe extern "C" fn wasmtime_memory_image_free(image: *mut u8) {
     }
     // SAFETY: made by Box::into_raw in wasmtime_memory_image_new (caller).
     let image = unsafe { Box::from_raw(image.cast::<MemoryImage>()) };
+    IMAGES.get().retain(|&(b, _)| b != image.base);
     let _ = host().virtual_free(image.base, 0, MEM_RELEASE);
 }
 

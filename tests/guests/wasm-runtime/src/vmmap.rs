@@ -71,9 +71,10 @@ pub struct LinearMemory {
 /// the module's compiled code, `stack` one on the main stack.
 pub fn print(memory: Option<&LinearMemory>, heap: usize, code: usize, stack: usize) {
     let list = allocations();
-    let wasmtime = crate::platform::live_mappings();
+    let (wasmtime, images) = crate::platform::live_allocations();
+    let gc_heap = (crate::engine_config::GC_HEAP_RESERVATION + crate::engine_config::GC_HEAP_GUARD) as usize;
     out!("address space (VirtualQuery over the user range): {} allocations\n", list.len());
-    out!("  {:<18} {:>10} {:>10}  {:<7} {:<9} what\n", "base", "reserved", "committed", "type", "protect");
+    out!("  {:<18} {:>10} {:>10}  {:<7} {:<10} what\n", "base", "reserved", "committed", "type", "protect");
     let (mut reserved, mut committed) = (0usize, 0usize);
     for a in &list {
         let inside = |p: usize| (a.base..a.end).contains(&p);
@@ -85,6 +86,10 @@ pub fn print(memory: Option<&LinearMemory>, heap: usize, code: usize, stack: usi
             "IHostMalloc heap (Wasmtime's own data)"
         } else if inside(stack) {
             "main stack (committed ahead for wasm's stack)"
+        } else if images.iter().any(|&(b, _)| b == a.base) {
+            "memory image (a linear memory's initial data, read-only copy)"
+        } else if wasmtime.iter().any(|&(b, s)| b == a.base && s >= gc_heap) {
+            "WasmGC heap (Wasmtime mapping: reservation and guard)"
         } else if wasmtime.iter().any(|&(b, _)| b == a.base) {
             "Wasmtime mapping"
         } else if a.image && a.base >= 0x7fff_0000_0000 {
@@ -100,12 +105,15 @@ pub fn print(memory: Option<&LinearMemory>, heap: usize, code: usize, stack: usi
                 protect.push('/');
             }
             protect.push_str(protection_name(*p));
+            if p & PAGE_GUARD != 0 {
+                protect.push_str("+G");
+            }
         }
         if protect.is_empty() {
             protect.push('-');
         }
         out!(
-            "  {:#018x} {:>10} {:>10}  {:<7} {:<9} {what}\n",
+            "  {:#018x} {:>10} {:>10}  {:<7} {:<10} {what}\n",
             a.base,
             size((a.end - a.base) as u64),
             size(a.committed as u64),
