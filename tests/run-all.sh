@@ -32,7 +32,7 @@ echo "host tests: $host_passed passed, $host_failed failed"
 
 echo "==> lints (cargo clippy: host crates, the kernel, the guest crates and the QEMU test images)"
 # The workspace denies undocumented unsafe blocks and unsafe fns without a Safety section.
-if cargo clippy --quiet -p boot -p address-space --all-targets \
+if cargo clippy --quiet -p boot -p address-space -p wasm-payload --all-targets \
   && cargo clippy --quiet -p kernel -p host-lib -p guest-abi -p guest-sample-rust -p gc-runtime -p wasm-runtime -p wasm-bundle --target x86_64-unknown-none \
   && cargo clippy --quiet -p wasm-precompile \
   && cargo clippy --quiet -p qemu-tests --tests --target x86_64-unknown-none; then

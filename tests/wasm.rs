@@ -112,12 +112,11 @@ fn the_bundled_demo_reports_its_linear_memory() -> Result<(), String> {
 }
 
 fn a_damaged_module_or_none_is_an_error() -> Result<(), String> {
-    // Break the serialized module's own header (it starts right after the payload header and
-    // the name, 16-byte aligned).
+    // Break the serialized module's own header.
     let mut elf = wasm_bundle::WASI_TEST.to_vec();
     let at = elf.windows(8).rposition(|w| w == b"VMKWASM1").ok_or("no payload")?;
-    let name_len = u32::from_le_bytes(elf[at + 12..at + 16].try_into().expect("4 bytes")) as usize;
-    let module = at + (24 + name_len).next_multiple_of(16);
+    let module = wasm_payload::parse(&elf[at..]).ok_or("no payload")??.module;
+    let module = module.as_ptr() as usize - elf.as_ptr() as usize;
     elf[module..module + 4].copy_from_slice(b"XXXX");
     let (outcome, out) = run("damaged.wasm", &elf, "")?;
     ensure!(outcome == GuestOutcome::Exited(1), "{outcome:?}: {out}");

@@ -1,6 +1,6 @@
 //! wasm-runtime: Wasmtime hosted through `IHostMemoryManager` — a third-party runtime on the
 //! kernel. It runs one precompiled WebAssembly module (a WASI preview 1 command, possibly using
-//! WasmGC) that `tools/wasm-precompile` appended to this ELF file (see there for the format).
+//! WasmGC) that `tools/wasm-precompile` appended to this ELF file (format: `tools/wasm-payload`).
 //!
 //! * `platform.rs`: Wasmtime's custom platform (virtual memory, memory images, TLS) over the host;
 //! * `traps.rs`: hardware faults → the kernel's exception delivery → Wasmtime's trap handler;
@@ -39,7 +39,7 @@ guest_abi::guest_entry!(main);
 /// Exit code after a wasm trap (that of `wasmtime run` on Unix: 128 + SIGABRT).
 const TRAP_EXIT: i32 = 134;
 
-/// The module appended by `wasm-precompile --runtime` (format in tools/wasm-precompile).
+/// The module appended by `wasm-precompile --runtime` (format: the wasm-payload crate).
 struct Payload {
     name: String,
     report: bool,
@@ -65,23 +65,11 @@ fn find_payload() -> Result<Payload, &'static str> {
         }
         end = (q.base_address + q.region_size) as usize;
     }
-    if end < at + 24 {
-        return Err(NONE);
-    }
     // SAFETY: [at, end) is committed, readable memory of this image, which lives as long as the
     // guest and is never written (a read-only segment).
-    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(at as *const u8, end - at) };
-    if &bytes[..8] != b"VMKWASM1" {
-        return Err(NONE);
-    }
-    let word = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
-    let (flags, name_len) = (word(8), word(12) as usize);
-    let module_len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")) as usize;
-    let module_at = (24 + name_len).next_multiple_of(16);
-    let corrupt = "the appended module's header is corrupt";
-    let module = module_at.checked_add(module_len).and_then(|e| bytes.get(module_at..e)).ok_or(corrupt)?;
-    let name = bytes.get(24..24 + name_len).ok_or(corrupt)?;
-    Ok(Payload { name: String::from_utf8_lossy(name).into_owned(), report: flags & 1 != 0, module })
+    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(at as *const u8, end.saturating_sub(at)) };
+    let p = wasm_payload::parse(bytes).ok_or(NONE)??;
+    Ok(Payload { name: String::from_utf8_lossy(p.name).into_owned(), report: p.flags & wasm_payload::FLAG_REPORT != 0, module: p.module })
 }
 
 /// Commits the main stack ahead down to 64 KiB above its reservation's end. The kernel grows a

@@ -55,10 +55,13 @@ fn code(r: Result<impl Sized, HResult>) -> i32 {
     }
 }
 
-/// A table of (base, size) allocations of this layer.
-struct Table(UnsafeCell<Vec<(usize, usize)>>);
+/// (base, size) of allocations.
+pub type Ranges = Vec<(usize, usize)>;
+
+/// A table of allocations of this layer.
+struct Table(UnsafeCell<Ranges>);
 // SAFETY: one guest thread; the platform functions are never re-entered (the exception handler
-// does not touch these tables).
+// does not touch these tables), and `with` lends the contents only for the closure's duration.
 unsafe impl Sync for Table {}
 /// The mappings `wasmtime_mmap_new` made.
 static MAPPINGS: Table = Table(UnsafeCell::new(Vec::new()));
@@ -66,19 +69,16 @@ static MAPPINGS: Table = Table(UnsafeCell::new(Vec::new()));
 static IMAGES: Table = Table(UnsafeCell::new(Vec::new()));
 
 impl Table {
-    fn get(&'static self) -> &'static mut Vec<(usize, usize)> {
-        // SAFETY: see Table; every borrow ends within the platform function that takes it.
-        unsafe { &mut *self.0.get() }
+    fn with<R>(&self, f: impl FnOnce(&mut Ranges) -> R) -> R {
+        // SAFETY: see Table: no other borrow of the contents exists while `f` runs (`f` never
+        // calls back into `with`).
+        f(unsafe { &mut *self.0.get() })
     }
 }
 
-fn mappings() -> &'static mut Vec<(usize, usize)> {
-    MAPPINGS.get()
-}
-
-/// The live mappings and memory-image copies (base, size), for the address-space report.
-pub fn live_allocations() -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
-    (MAPPINGS.get().clone(), IMAGES.get().clone())
+/// The live mappings and memory-image copies, for the address-space report.
+pub fn live_allocations() -> (Ranges, Ranges) {
+    (MAPPINGS.with(|m| m.clone()), IMAGES.with(|m| m.clone()))
 }
 
 /// Calls `f(base, len, committed)` for each run of pages of [start, start + len) that is wholly
@@ -126,7 +126,7 @@ pub unsafe extern "C" fn wasmtime_mmap_new(size: usize, prot_flags: u32, ret: &m
         let _ = h.virtual_free(base, 0, MEM_RELEASE);
         return code(Err::<(), _>(e));
     }
-    mappings().push((base, size));
+    MAPPINGS.with(|m| m.push((base, size)));
     *ret = base as *mut u8;
     0
 }
@@ -155,9 +155,11 @@ pub unsafe extern "C" fn wasmtime_mmap_remap(addr: *mut u8, size: usize, prot_fl
 pub unsafe extern "C" fn wasmtime_munmap(ptr: *mut u8, size: usize) -> i32 {
     let h = host();
     let (ptr, size) = (ptr as usize, size.next_multiple_of(PAGE));
-    let maps = mappings();
-    if let Some(i) = maps.iter().position(|&(b, s)| b == ptr && s == size) {
-        maps.swap_remove(i);
+    let whole = MAPPINGS.with(|maps| {
+        let i = maps.iter().position(|&(b, s)| b == ptr && s == size);
+        i.map(|i| maps.swap_remove(i)).is_some()
+    });
+    if whole {
         return code(h.virtual_free(ptr, 0, MEM_RELEASE));
     }
     // Part of a mapping: give its memory back; the address space stays reserved until the
@@ -206,7 +208,7 @@ pub unsafe extern "C" fn wasmtime_memory_image_new(ptr: *const u8, len: usize, r
         let _ = h.virtual_free(base, 0, MEM_RELEASE);
         return code(Err::<(), _>(e));
     }
-    IMAGES.get().push((base, size));
+    IMAGES.with(|m| m.push((base, size)));
     *ret = Box::into_raw(Box::new(MemoryImage { base, len })).cast();
     0
 }
@@ -236,7 +238,7 @@ pub unsafe extern "C" fn wasmtime_memory_image_free(image: *mut u8) {
     }
     // SAFETY: made by Box::into_raw in wasmtime_memory_image_new (caller).
     let image = unsafe { Box::from_raw(image.cast::<MemoryImage>()) };
-    IMAGES.get().retain(|&(b, _)| b != image.base);
+    IMAGES.with(|m| m.retain(|&(b, _)| b != image.base));
     let _ = host().virtual_free(image.base, 0, MEM_RELEASE);
 }
 
