@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! "VMKWASM1"            8 bytes
-//! flags                 u32 LE   (bit 0: print the address-space report after the run)
+//! flags                 u32 LE   (bit 0: print a banner and the address-space report)
 //! name_len              u32 LE
 //! module_len            u64 LE
 //! name                  name_len bytes (argv[0] of the program)
@@ -26,7 +26,7 @@ use alloc::vec::Vec;
 
 /// The payload's magic.
 pub const MAGIC: &[u8; 8] = b"VMKWASM1";
-/// Flag: print the address-space report after the run.
+/// Flag: the runtime prints a banner and, after the run, its address-space report.
 pub const FLAG_REPORT: u32 = 1;
 const PAGE: u64 = 4096;
 const HEADER: usize = 24;

@@ -10,7 +10,7 @@
 //! Without `--runtime` OUTPUT is the serialized module (`Engine::precompile_module`). With it,
 //! OUTPUT is RUNTIME.elf with the module appended as one more segment (format: the
 //! `wasm-payload` crate), named NAME (default: INPUT's file name; the program's argv[0]);
-//! `--report` asks the runtime to print its address-space report after the run.
+//! `--report` asks the runtime to print a banner and, after the run, its address-space report.
 //!
 //! The engine's settings come from the guest's own `engine_config.rs`, so both sides always
 //! agree; the target is `x86_64-unknown-none` with the CPU features of `CRANELIFT_FLAGS`.

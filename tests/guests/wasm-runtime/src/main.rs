@@ -164,6 +164,9 @@ fn main(h: &Host) -> i32 {
             return 1;
         }
     };
+    if payload.report {
+        out!("wasm-runtime: hello from ring 3: Wasmtime 51.0.0 running {}\n", payload.name);
+    }
     let committed_at_start = h.commit_info().committed;
     let mut args: Vec<String> = alloc::vec![payload.name.clone()];
     args.extend(h.args().split(' ').filter(|w| !w.is_empty()).map(String::from));
