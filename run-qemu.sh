@@ -18,6 +18,7 @@ options:
   --kvm           use KVM (-enable-kvm -cpu host,-arch-capabilities) if /dev/kvm is usable; otherwise say so and use TCG
   --gdb           QEMU waits for a debugger: gdb target/x86_64-unknown-none/debug/kernel -ex 'target remote :1234'
   --mem SIZE      guest RAM in QEMU syntax (default 256M)
+  --smp N         CPUs (default 2); the kernel starts every one (guests run on the first)
   --release       build the kernel with the release profile
   --debug         build the kernel with the dev profile (default)
   --timeout SECS  kill QEMU after SECS seconds (default: no limit)
@@ -28,7 +29,8 @@ options:
                   The exit status is 0 only if every guest exited with code 0.
   --config "K=V,..."  kernel settings at boot: critical_reserve_percent (default 6),
                   low_threshold_percent (12), high_threshold_percent (25) of the commit limit for
-                  memory notifications, commit_limit_mb (cap the commit limit; default: what RAM allows)
+                  memory notifications, commit_limit_mb (cap the commit limit; default: what RAM allows),
+                  guest_cpu_limit_s (end a guest past N seconds of CPU time with 0x80131024; 0 = none)
   --guest-args "ARGS"  the argument string guests receive (HOST_SERVICES.args); alias --runtime-args
   --wasm FILE     run a WebAssembly module (.wasm, or .wat text) in the Wasmtime guest
                   (tests/guests/wasm-runtime) instead of the bundled guests: FILE is precompiled on
@@ -41,7 +43,7 @@ options:
 USAGE
 }
 
-firmware=(); kvm=(); gdb=(); mem=256M; profile=debug; timeout=0; guests=(); config=(); guest_args=()
+smp=(); firmware=(); kvm=(); gdb=(); mem=256M; profile=debug; timeout=0; guests=(); config=(); guest_args=()
 bin=kernel; mem_set=; profile_set=; wasm=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,6 +52,7 @@ while [ $# -gt 0 ]; do
     --gdb) gdb=(--gdb) ;;
     --mem) [ $# -ge 2 ] || { echo "--mem needs a size" >&2; exit 2; }; mem="$2"; mem_set=1; shift ;;
     --mem=*) mem="${1#--mem=}"; mem_set=1 ;;
+    --smp) [ $# -ge 2 ] || { echo "--smp needs a CPU count" >&2; exit 2; }; smp=(--smp "$2"); shift ;;
     --release) profile=release; profile_set=1 ;;
     --debug) profile=debug; profile_set=1 ;;
     --bench) bin=bench ;;
@@ -101,7 +104,7 @@ if [ -n "$wasm" ]; then
   "$precompile" --runtime "$runtime" "$wasm" -o "$elf" || exit 1
   guests=(--guest "$elf")
 fi
-boot_run=("$target/debug/boot" run "${firmware[@]}" "${kvm[@]}" "${gdb[@]}" "${guests[@]}" "${config[@]}" "${guest_args[@]}" --mem "$mem" --timeout "$timeout" \
+boot_run=("$target/debug/boot" run "${smp[@]}" "${firmware[@]}" "${kvm[@]}" "${gdb[@]}" "${guests[@]}" "${config[@]}" "${guest_args[@]}" --mem "$mem" --timeout "$timeout" \
   "$target/x86_64-unknown-none/$profile/$bin")
 set +e
 if [ -z "$wasm" ]; then

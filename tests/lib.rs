@@ -32,3 +32,17 @@ macro_rules! ensure {
         }
     }};
 }
+
+/// The bytes of the C test guest `tests/guests/c/NAME.c`, built by `tests/build.rs`.
+#[macro_export]
+macro_rules! guest_elf {
+    ($name:literal) => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".elf"))
+    };
+}
+
+/// The memory counts a guest must leave as it found them: free frames, reserved frames,
+/// committed pages, page-table pages.
+pub fn frame_counts() -> (u64, u64, u64, u64) {
+    kernel::memory::with_mm(|mm| (mm.frames.free_frames(), mm.frames.reserved_frames(), mm.charge.committed_pages(), mm.page_table_pages()))
+}

@@ -19,7 +19,7 @@ log="$(mktemp -d)"
 trap 'rm -rf "$log"' EXIT
 host_passed=0; host_failed=0; status=0
 
-echo "==> host tests (cargo test: the host crates boot and address-space, the workspace's default members)"
+echo "==> host tests (cargo test: the host crates boot, address-space, guest-loader and host-abi, the workspace's default members)"
 cargo test 2>&1 | tee "$log/host.txt"
 host_rc=${PIPESTATUS[0]}
 while read -r p f; do
@@ -32,8 +32,8 @@ echo "host tests: $host_passed passed, $host_failed failed"
 
 echo "==> lints (cargo clippy: host crates, the kernel, the guest crates and the QEMU test images)"
 # The workspace denies undocumented unsafe blocks and unsafe fns without a Safety section.
-if cargo clippy --quiet -p boot -p address-space -p wasm-payload --all-targets \
-  && cargo clippy --quiet -p kernel -p host-lib -p guest-abi -p guest-sample-rust -p gc-runtime -p wasm-runtime -p wasm-bundle --target x86_64-unknown-none \
+if cargo clippy --quiet -p boot -p address-space -p guest-loader -p host-abi -p wasm-payload --all-targets \
+  && cargo clippy --quiet -p kernel -p host-lib -p guest-abi -p host-abi -p guest-sample-rust -p gc-runtime -p wasm-runtime -p wasm-bundle --target x86_64-unknown-none \
   && cargo clippy --quiet -p wasm-precompile \
   && cargo clippy --quiet -p qemu-tests --tests --target x86_64-unknown-none; then
   echo "test clippy ... ok"; host_passed=$((host_passed + 1))
@@ -48,12 +48,17 @@ else
   echo "test host-benchmarks-run ... FAILED"; host_failed=$((host_failed + 1))
 fi
 
-echo "==> the address-space crate packages for crates.io (cargo package: builds it from its own tarball)"
-if cargo package --quiet -p address-space --allow-dirty > "$log/package.txt" 2>&1; then
+echo "==> the address-space crate packages for crates.io (cargo package: builds it, and host-abi, from their tarballs)"
+if cargo package --quiet -p host-abi -p address-space --allow-dirty > "$log/package.txt" 2>&1; then
   echo "test cargo-package-address-space ... ok"; host_passed=$((host_passed + 1))
 else
   cat "$log/package.txt"; echo "test cargo-package-address-space ... FAILED"; host_failed=$((host_failed + 1))
 fi
+
+echo "==> the reusable crates outside the workspace: stable rust-version, a guest project of its own"
+for check in stable guest; do
+  if "$root/tests/outside-workspace.sh" "$check"; then host_passed=$((host_passed + 1)); else host_failed=$((host_failed + 1)); fi
+done
 
 echo "==> QEMU test images"
 qemu_passed=0; qemu_failed=0

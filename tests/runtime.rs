@@ -63,7 +63,6 @@ fn workloads_at_small_sizes_give_the_right_results() -> Result<(), String> {
         "ok mixed: record checksum (executable stub vs expected)",
         "ok heap verified after the final collection",
         "ok every old-generation segment decommitted: 0",
-        "first ",
     ] {
         ensure!(out.contains(line), "missing {line:?} in:\n{out}");
     }
@@ -73,9 +72,90 @@ fn workloads_at_small_sizes_give_the_right_results() -> Result<(), String> {
     ensure!(summary(&out, "compactions")? > 0, "the old generation was never compacted");
     ensure!(summary(&out, "reset")? > 0, "nothing reset");
     ensure!(summary(&out, "dirty_pages")? > 0, "the write watch found no old-to-young stores");
-    // The address-space picture: the 64 GiB reservation and the guarded managed stack.
-    ensure!(out.contains("64.0 GiB  private"), "no 64 GiB row:\n{out}");
-    ensure!(out.lines().any(|l| l.contains("managed thread stack") && l.contains("g") && l.contains("RW+G")), "no guarded managed stack row:\n{out}");
+    vmmap_shows_the_heap_and_the_stack(&out)
+}
+
+/// One row of the runtime's VMMap picture: `base size type committed [bar] protect what`.
+struct Row<'a> {
+    size: u64,
+    committed: u64,
+    cells: &'a str,
+    protect: &'a str,
+}
+
+/// A size as the runtime prints it (`19.0 MiB`, `256 KiB`, `12 B`: rounded down) in bytes.
+fn parse_size(number: &str, unit: &str) -> Option<u64> {
+    let shift = match unit {
+        "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => return None,
+    };
+    let (whole, tenths) = match number.split_once('.') {
+        Some((w, t)) => (w.parse::<u64>().ok()?, t.parse::<u64>().ok()?),
+        None => (number.parse::<u64>().ok()?, 0),
+    };
+    Some((whole << shift) + ((tenths << shift) / 10))
+}
+
+/// The cells between `[` and `]`.
+fn cells(line: &str) -> Option<&str> {
+    let open = line.find('[')?;
+    let close = open + line[open..].find(']')?;
+    Some(&line[open + 1..close])
+}
+
+fn parse_row(line: &str) -> Option<Row<'_>> {
+    let before: alloc::vec::Vec<&str> = line[..line.find('[')?].split_whitespace().collect();
+    let [_base, size, size_unit, _type, committed, committed_unit] = before[..] else { return None };
+    Some(Row {
+        size: parse_size(size, size_unit)?,
+        committed: parse_size(committed, committed_unit)?,
+        cells: cells(line)?,
+        protect: line[line.find(']')? + 1..].split_whitespace().next()?,
+    })
+}
+
+/// The address-space picture: the 64 GiB reservation with its zoom row, and the guarded managed
+/// stack, checked cell by cell against the committed sizes the rows print.
+fn vmmap_shows_the_heap_and_the_stack(out: &str) -> Result<(), String> {
+    const CELLS: u64 = 40;
+    const TENTH_MIB: u64 = (1 << 20) / 10;
+    let lines: alloc::vec::Vec<&str> = out.lines().collect();
+    let at = lines.iter().position(|l| l.contains("64.0 GiB  private")).ok_or(format!("no 64 GiB row:\n{out}"))?;
+    let heap = parse_row(lines[at]).ok_or(format!("unreadable heap row {:?}", lines[at]))?;
+    ensure_eq!(heap.size, 64 << 30);
+    ensure_eq!(heap.protect, "RW");
+    // The zoom row follows: `[cells]  first Z of it`, Z the committed top rounded up to 1 MiB.
+    let zoom_row = *lines.get(at + 1).ok_or("no row after the heap")?;
+    let zoom_text = zoom_row.split("first ").nth(1).and_then(|t| t.strip_suffix(" of it")).ok_or(format!("no zoom row: {zoom_row:?}"))?;
+    let (number, unit) = zoom_text.split_once(' ').ok_or(format!("bad zoom size {zoom_text:?}"))?;
+    let zoom = parse_size(number, unit).ok_or(format!("bad zoom size {zoom_text:?}"))?;
+    let zoom_cells = cells(zoom_row).ok_or(format!("no cells in {zoom_row:?}"))?;
+    ensure_eq!(zoom_cells.len() as u64, CELLS);
+    // Only a heap whose commit lies in the first 1/40 of it gets a zoom row; the window is at
+    // least 40 pages.
+    ensure!(zoom >= CELLS * 4096 && zoom <= heap.size / CELLS + (1 << 20), "zoom window {zoom:#x}");
+    // The nursery is committed at the start of the heap, and so the first cell is.
+    ensure!(zoom_cells.starts_with(['#', '+']), "the zoom row does not start committed: {zoom_row:?}");
+    // Every committed byte of the heap lies in the window: full cells are a lower bound of the
+    // committed size the heap row prints (rounded down to 0.1 MiB), full and partial cells an
+    // upper bound.
+    let full = zoom_cells.chars().filter(|&c| c == '#').count() as u64;
+    let partial = zoom_cells.chars().filter(|&c| c == '+').count() as u64;
+    ensure!(full * (zoom / CELLS) < heap.committed + TENTH_MIB, "{full} full cells of {} bytes, {} committed", zoom / CELLS, heap.committed);
+    ensure!(heap.committed <= (full + partial) * zoom.div_ceil(CELLS), "{full}+{partial} cells of {} bytes, {} committed", zoom / CELLS, heap.committed);
+    ensure!(zoom_cells.chars().all(|c| matches!(c, '#' | '+' | '.')), "a guard page in the heap: {zoom_row:?}");
+
+    let line = lines.iter().find(|l| l.contains("managed thread stack")).ok_or(format!("no managed stack row:\n{out}"))?;
+    let stack = parse_row(line).ok_or(format!("unreadable stack row {line:?}"))?;
+    ensure_eq!(stack.protect, "RW+G");
+    ensure!(stack.cells.contains('g'), "no guard-page cell in {line:?}");
+    // A stack grows down: its top is committed, most of it below is only reserved.
+    ensure!(stack.cells.ends_with(['#', 'g']), "the stack's top is not committed: {line:?}");
+    ensure!(stack.cells.starts_with('.'), "the stack's bottom is committed: {line:?}");
+    ensure!(stack.committed > 0 && stack.committed < stack.size, "stack committed {} of {}", stack.committed, stack.size);
     Ok(())
 }
 

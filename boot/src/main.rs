@@ -11,8 +11,9 @@
 //!          --timeout SECS (0 = none; default 120)   --ramdisk FILE   --guest FILE (repeatable)
 //!          --config "key=value,..." (the kernel's boot configuration, through QEMU's fw_cfg)
 //!          --guest-args "..." (the argument string every guest finds in HOST_SERVICES)
+//!          --smp N (CPUs; default 2; the `smp` test image runs at 1, 2 and 4 whatever this says)
 //!          --quiet
-//! Environment (for the cargo-runner form): VMK_FIRMWARE, VMK_TIMEOUT, VMK_MEM, VMK_KVM=1
+//! Environment (for the cargo-runner form): VMK_FIRMWARE, VMK_TIMEOUT, VMK_MEM, VMK_SMP, VMK_KVM=1
 //! ```
 
 use std::path::PathBuf;
@@ -23,8 +24,8 @@ use boot::image::{self, Firmware};
 use boot::qemu::{self, QemuOptions};
 use boot::suite;
 
-const USAGE: &str = "usage: boot run [--uefi] [--kvm] [--gdb] [--mem SIZE] [--timeout SECS] [--ramdisk FILE | --guest FILE...] KERNEL
-       boot suite [--firmware bios|uefi|both] [--kvm] [--mem SIZE] [--timeout SECS] IMAGE...
+const USAGE: &str = "usage: boot run [--uefi] [--kvm] [--gdb] [--mem SIZE] [--smp N] [--timeout SECS] [--ramdisk FILE | --guest FILE...] KERNEL
+       boot suite [--firmware bios|uefi|both] [--kvm] [--mem SIZE] [--smp N] [--timeout SECS] IMAGE...
        boot KERNEL [ARGS...]   (cargo runner)";
 
 struct Cli {
@@ -47,6 +48,9 @@ fn parse(args: &[String]) -> Result<Cli, String> {
     if let Ok(m) = std::env::var("VMK_MEM") {
         opts.memory = m;
     }
+    if let Ok(n) = std::env::var("VMK_SMP") {
+        opts.cpus = parse_cpus(&n)?;
+    }
     opts.kvm = std::env::var("VMK_KVM").is_ok_and(|v| v == "1");
     let mut ramdisk = None;
     let mut guests = Vec::new();
@@ -64,6 +68,7 @@ fn parse(args: &[String]) -> Result<Cli, String> {
             "--kvm" => opts.kvm = true,
             "--gdb" => opts.gdb = true,
             "--mem" => opts.memory = value("--mem")?,
+            "--smp" => opts.cpus = parse_cpus(&value("--smp")?)?,
             "--timeout" => opts.timeout = parse_timeout(&value("--timeout")?)?,
             "--ramdisk" => ramdisk = Some(PathBuf::from(value("--ramdisk")?)),
             "--guest" => guests.push(PathBuf::from(value("--guest")?)),
@@ -82,6 +87,13 @@ fn parse(args: &[String]) -> Result<Cli, String> {
         return Err("--ramdisk and --guest exclude each other (guests travel in the ramdisk)".into());
     }
     Ok(Cli { firmwares, opts, ramdisk, guests, files })
+}
+
+fn parse_cpus(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=255).contains(&n) => Ok(n),
+        _ => Err(format!("--smp {s:?}: expected a CPU count from 1 to 255")),
+    }
 }
 
 fn parse_timeout(s: &str) -> Result<Option<Duration>, String> {

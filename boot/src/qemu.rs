@@ -18,6 +18,9 @@ pub const STATUS_SUCCESS: i32 = 33;
 /// QEMU status for a kernel that reported failure.
 pub const STATUS_FAILURE: i32 = 35;
 
+/// CPUs a machine gets unless told otherwise (`--smp`).
+pub const DEFAULT_CPUS: u32 = 2;
+
 /// How to run QEMU.
 #[derive(Debug, Clone)]
 pub struct QemuOptions {
@@ -38,6 +41,8 @@ pub struct QemuOptions {
     pub config: Option<String>,
     /// The guests' argument string, passed as the fw_cfg file `opt/vmk/args`.
     pub guest_args: Option<String>,
+    /// CPUs (`-smp`).
+    pub cpus: u32,
 }
 
 impl Default for QemuOptions {
@@ -51,6 +56,7 @@ impl Default for QemuOptions {
             echo: true,
             config: None,
             guest_args: None,
+            cpus: DEFAULT_CPUS,
         }
     }
 }
@@ -151,6 +157,8 @@ pub fn command_line(image: &Path, opts: &QemuOptions) -> Result<Vec<String>, Str
         "isa-debug-exit,iobase=0xf4,iosize=0x04".into(),
         "-m".into(),
         opts.memory.clone(),
+        "-smp".into(),
+        opts.cpus.to_string(),
     ];
     if opts.firmware == Firmware::Uefi {
         let ovmf = ovmf_path().ok_or("OVMF firmware not found (apt-get install ovmf)")?;
@@ -266,6 +274,7 @@ mod tests {
         assert!(joined.contains("-no-reboot"));
         assert!(joined.contains("isa-debug-exit,iobase=0xf4,iosize=0x04"));
         assert!(joined.contains("-m 256M"));
+        assert!(joined.contains("-smp 2"));
         assert!(!joined.contains("-enable-kvm"));
         assert!(!joined.contains("fw_cfg"));
     }

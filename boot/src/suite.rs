@@ -53,6 +53,12 @@ pub fn expectation_for(name: &str) -> Expectation {
     }
 }
 
+/// The CPU counts an image runs with: the `smp` image at 1, 2 and 4 CPUs (it checks that every
+/// CPU comes online), every other image once with `default`.
+pub fn cpu_counts_for(name: &str, default: u32) -> Vec<u32> {
+    if name == "smp" { vec![1, 2, 4] } else { vec![default] }
+}
+
 /// The image's name: its file name without cargo's `-<16 hex digits>` suffix.
 pub fn image_name(path: &Path) -> String {
     let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
@@ -119,10 +125,11 @@ pub struct SuiteTotals {
 pub fn run(images: &[PathBuf], opts: &QemuOptions) -> SuiteTotals {
     let mut totals = SuiteTotals::default();
     let mut failures = Vec::new();
-    for path in images {
+    let runs = images.iter().flat_map(|path| cpu_counts_for(&image_name(path), opts.cpus).into_iter().map(move |cpus| (path, cpus)));
+    for (path, cpus) in runs {
         let name = image_name(path);
         let expectation = expectation_for(&name);
-        let mut run_opts = opts.clone();
+        let mut run_opts = QemuOptions { cpus, ..opts.clone() };
         if let Expectation::Hang { timeout } = expectation {
             run_opts.timeout = Some(timeout);
         }
@@ -130,6 +137,7 @@ pub fn run(images: &[PathBuf], opts: &QemuOptions) -> SuiteTotals {
         if name == "wasm" && run_opts.memory == "256M" {
             run_opts.memory = "1G".into();
         }
+        let name = if cpus == opts.cpus { name } else { format!("{name} ({cpus} CPUs)") };
         println!("\n=== {name} ({}{})", opts.firmware.name(), if expectation == Expectation::Pass { "" } else { ", expected to fail: harness self-test" });
         let verdict = match image::build(path, opts.firmware, None).and_then(|img| qemu::run(&img, &run_opts)) {
             Ok(result) => {
@@ -177,6 +185,13 @@ pub fn parse_firmwares(s: &str) -> Option<Vec<Firmware>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_smp_image_runs_at_1_2_and_4_cpus_others_once() {
+        assert_eq!(cpu_counts_for("smp", 2), vec![1, 2, 4]);
+        assert_eq!(cpu_counts_for("basic", 2), vec![2]);
+        assert_eq!(cpu_counts_for("basic", 3), vec![3]);
+    }
 
     #[test]
     fn image_names_drop_the_cargo_hash() {

@@ -66,6 +66,9 @@ pub fn init(boot_info: &'static mut BootInfo) {
     memory::init(boot_info);
     arch::user::init();
     arch::time::init();
+    arch::apic::init_bsp();
+    arch::percpu::register_boot_cpu(arch::apic::id());
+    arch::smp::init();
 }
 
 /// The guests `./run-qemu.sh` runs when none is given: the C and Rust samples, then the bundled

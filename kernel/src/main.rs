@@ -24,6 +24,7 @@ fn kernel_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     );
     boot_memory::print_map(&boot.regions);
     kprintln!("running on the kernel's own page tables (CR3 = {:#x})", x86_64::registers::control::Cr3::read().0.start_address().as_u64());
+    kernel::arch::smp::print_cpus();
     memory::print_accounting();
 
     let guests: Vec<ramdisk::GuestFile> = match ramdisk::read() {

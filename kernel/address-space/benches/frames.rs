@@ -118,8 +118,8 @@ fn main() {
     for gib in [1, 16] {
         let mut fa = allocator(gib, Fill::NearlyEmpty);
         let ns = time(ITERS, || {
-            fa.reserve(1).unwrap();
-            let f = fa.alloc_reserved();
+            let mut promised = fa.reserve(1).unwrap();
+            let f = fa.alloc_reserved(&mut promised);
             fa.free(black_box(f)).unwrap();
         });
         println!(

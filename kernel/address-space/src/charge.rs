@@ -3,9 +3,25 @@
 //! Committing a page charges one page; decommitting or releasing it gives it back. The charge
 //! is checked when memory is committed, never later: together with the frame reservation made
 //! at the same time (see [`crate::AddressSpace::virtual_alloc`]) a committed page can always be
-//! faulted in. A part of the limit, the *critical reserve*, is kept for critical requests
-//! (host-abi §5): [`CriticalLevel::Task`] may not use it, [`CriticalLevel::AppDomain`] may use
-//! half of it, [`CriticalLevel::Process`] all of it.
+//! faulted in.
+//!
+//! Page-table pages are kernel overhead, not guest commit (host-abi §9), kept inside the
+//! kernel's reserve so that the limit stays honest. The kernel gives the charge a *table
+//! allowance*: frames of its reserve, outside the limit, set aside for table pages. Tables are
+//! paid from the allowance while it lasts, which covers any dense use (a full page table maps
+//! 512 pages), so there the limit is exactly what a guest can commit. Tables beyond the
+//! allowance (a sparse pattern: one page per 2 MiB needs a table per page) are charged to the
+//! limit as the kernel's part, as Windows charges page tables to commit: a commit is checked for
+//! its pages *and* the tables it needs, and a freed table gives its charge back. So every frame
+//! a guest can make the kernel take is inside the limit plus the allowance, which the kernel
+//! sizes from its frames, and a commit never passes the check and then fails for lack of
+//! frames. [`committed_pages`](CommitCharge::committed_pages) stays the guests' own pages;
+//! [`limit_pages`](CommitCharge::limit_pages) — what a guest is told its limit is — is the limit
+//! less the tables charged to it, so `limit - committed` is always what can still be committed.
+//!
+//! A part of the limit, the *critical reserve*, is kept for critical requests (host-abi §5):
+//! [`CriticalLevel::Task`] may not use it, [`CriticalLevel::AppDomain`] may use half of it,
+//! [`CriticalLevel::Process`] all of it.
 
 use crate::VmError;
 
@@ -36,12 +52,15 @@ impl CriticalLevel {
 ///
 /// One object for the whole system, passed to every address-space call that commits or frees
 /// (the kernel keeps it behind a lock with the frame allocator). Large pages and image pages are
-/// charged like ordinary pages (one per 4 KiB). Page-table pages are not charged (host-abi §9:
-/// they are kernel overhead, which the kernel keeps outside the limit).
+/// charged like ordinary pages (one per 4 KiB). Page-table pages below the roots are charged as
+/// the kernel's part (module docs); the roots themselves, one per space, come from the kernel's
+/// own reserve outside the limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitCharge {
     limit_pages: u64,
     committed_pages: u64,
+    table_pages: u64,
+    table_allowance: u64,
     critical_reserve_pages: u64,
 }
 
@@ -55,18 +74,49 @@ impl CommitCharge {
         CommitCharge {
             limit_pages,
             committed_pages: 0,
+            table_pages: 0,
+            table_allowance: 0,
             critical_reserve_pages: critical_reserve_pages.min(limit_pages),
         }
     }
 
-    /// Returns the limit in pages.
+    /// Sets aside `pages` frames of the kernel's reserve (outside the limit) for page-table pages,
+    /// which are charged to the limit only beyond them (module docs). Default: none.
+    #[must_use]
+    pub fn with_table_allowance(mut self, pages: u64) -> Self {
+        self.table_allowance = pages;
+        self
+    }
+
+    /// Returns the table allowance in pages.
+    pub fn table_allowance(&self) -> u64 {
+        self.table_allowance
+    }
+
+    /// Returns the page-table pages charged to the limit: those beyond the allowance.
+    fn tables_over_allowance(&self) -> u64 {
+        self.table_pages.saturating_sub(self.table_allowance)
+    }
+
+    /// Returns the limit in pages for guest commit: the system limit less the page-table pages
+    /// charged to it now (what `query_commit` and `GetMemoryLoad` report).
     pub fn limit_pages(&self) -> u64 {
+        self.limit_pages - self.tables_over_allowance()
+    }
+
+    /// Returns the system limit in pages (guest commit and page tables together).
+    pub fn system_limit_pages(&self) -> u64 {
         self.limit_pages
     }
 
-    /// Returns the pages charged now.
+    /// Returns the pages committed by guests now (page tables excluded).
     pub fn committed_pages(&self) -> u64 {
         self.committed_pages
+    }
+
+    /// Returns the page-table pages in use now (inside the allowance or charged to the limit).
+    pub fn table_pages(&self) -> u64 {
+        self.table_pages
     }
 
     /// Returns the size of the critical reserve in pages.
@@ -74,7 +124,7 @@ impl CommitCharge {
         self.critical_reserve_pages
     }
 
-    /// Returns the highest total charge a request of `level` may reach.
+    /// Returns the highest total charge (guest commit and tables) a request of `level` may reach.
     pub fn cap(&self, level: CriticalLevel) -> u64 {
         match level {
             CriticalLevel::Task => self.limit_pages - self.critical_reserve_pages,
@@ -83,26 +133,48 @@ impl CommitCharge {
         }
     }
 
-    /// Returns how many more pages a request of `level` could commit now.
-    pub fn available(&self, level: CriticalLevel) -> u64 {
-        self.cap(level).saturating_sub(self.committed_pages)
+    /// Returns the total charge now: guest commit and the page tables charged to the limit.
+    fn total(&self) -> u64 {
+        self.committed_pages + self.tables_over_allowance()
     }
 
-    /// Checks that `pages` more pages may be charged at `level`, without charging them.
+    /// Returns how many more pages a request of `level` could commit now (tables it may need
+    /// not counted).
+    pub fn available(&self, level: CriticalLevel) -> u64 {
+        self.cap(level).saturating_sub(self.total())
+    }
+
+    /// Checks that `pages` more guest pages and `tables` more page-table pages (those beyond the
+    /// allowance) may be charged at `level`, without charging them.
     ///
     /// # Errors
     ///
     /// [`VmError::CommitmentLimit`] when the charge would pass [`cap`](Self::cap)`(level)`.
-    pub fn check(&self, pages: u64, level: CriticalLevel) -> Result<(), VmError> {
-        match self.committed_pages.checked_add(pages) {
+    pub fn check(&self, pages: u64, tables: u64, level: CriticalLevel) -> Result<(), VmError> {
+        let over = self.table_pages.checked_add(tables).map(|t| t.saturating_sub(self.table_allowance));
+        match over.and_then(|over| self.committed_pages.checked_add(over)?.checked_add(pages)) {
             Some(total) if total <= self.cap(level) => Ok(()),
             _ => Err(VmError::CommitmentLimit),
         }
     }
 
-    /// Charges `pages` pages (after a successful [`check`](Self::check)).
-    pub(crate) fn charge(&mut self, pages: u64) {
+    /// Charges `pages` guest pages and `tables` table pages (after a successful
+    /// [`check`](Self::check)).
+    pub(crate) fn charge(&mut self, pages: u64, tables: u64) {
         self.committed_pages += pages;
+        self.table_pages += tables;
+    }
+
+    /// Gives back the charge of `tables` freed table pages.
+    ///
+    /// # Panics
+    ///
+    /// If more are given back than are charged (a kernel bug).
+    pub(crate) fn uncharge_tables(&mut self, tables: u64) {
+        self.table_pages = self
+            .table_pages
+            .checked_sub(tables)
+            .expect("commit charge: more table pages uncharged than charged");
     }
 
     /// Gives `pages` pages back.
@@ -117,12 +189,13 @@ impl CommitCharge {
             .expect("commit charge: more pages uncharged than charged");
     }
 
-    /// Returns the percentage (0–100) of the limit in use (`GetMemoryLoad`, host-abi §5).
+    /// Returns the percentage (0–100) of the system limit in use, tables charged to it included
+    /// (`GetMemoryLoad`, host-abi §5).
     pub fn load_percent(&self) -> u32 {
         if self.limit_pages == 0 {
             return 100;
         }
-        ((self.committed_pages.min(self.limit_pages) * 100) / self.limit_pages) as u32
+        ((self.total().min(self.limit_pages) * 100) / self.limit_pages) as u32
     }
 }
 
@@ -136,17 +209,50 @@ mod tests {
         assert_eq!(c.cap(CriticalLevel::Task), 80);
         assert_eq!(c.cap(CriticalLevel::AppDomain), 90);
         assert_eq!(c.cap(CriticalLevel::Process), 100);
-        assert_eq!(c.check(81, CriticalLevel::Task), Err(VmError::CommitmentLimit));
-        assert_eq!(c.check(80, CriticalLevel::Task), Ok(()));
-        c.charge(80);
-        assert_eq!(c.check(1, CriticalLevel::Task), Err(VmError::CommitmentLimit));
-        assert_eq!(c.check(10, CriticalLevel::AppDomain), Ok(()));
-        assert_eq!(c.check(11, CriticalLevel::AppDomain), Err(VmError::CommitmentLimit));
-        assert_eq!(c.check(20, CriticalLevel::Process), Ok(()));
-        assert_eq!(c.check(u64::MAX, CriticalLevel::Process), Err(VmError::CommitmentLimit));
+        assert_eq!(c.check(81, 0, CriticalLevel::Task), Err(VmError::CommitmentLimit));
+        assert_eq!(c.check(80, 0, CriticalLevel::Task), Ok(()));
+        c.charge(80, 0);
+        assert_eq!(c.check(1, 0, CriticalLevel::Task), Err(VmError::CommitmentLimit));
+        assert_eq!(c.check(10, 0, CriticalLevel::AppDomain), Ok(()));
+        assert_eq!(c.check(11, 0, CriticalLevel::AppDomain), Err(VmError::CommitmentLimit));
+        assert_eq!(c.check(20, 0, CriticalLevel::Process), Ok(()));
+        assert_eq!(c.check(u64::MAX, 0, CriticalLevel::Process), Err(VmError::CommitmentLimit));
+        assert_eq!(c.check(0, u64::MAX, CriticalLevel::Process), Err(VmError::CommitmentLimit));
         assert_eq!(c.load_percent(), 80);
         c.uncharge(80);
         assert_eq!(c.committed_pages(), 0);
         assert_eq!(CriticalLevel::from_raw(3), None);
+    }
+
+    #[test]
+    fn tables_shrink_the_guest_limit_and_share_the_caps() {
+        let mut c = CommitCharge::new(100, 20);
+        c.charge(40, 10);
+        assert_eq!((c.limit_pages(), c.system_limit_pages(), c.committed_pages(), c.table_pages()), (90, 100, 40, 10));
+        assert_eq!(c.available(CriticalLevel::Task), 30);
+        assert_eq!(c.available(CriticalLevel::Process), 50);
+        assert_eq!(c.load_percent(), 50);
+        // 30 pages more at Task level, tables included.
+        assert_eq!(c.check(28, 2, CriticalLevel::Task), Ok(()));
+        assert_eq!(c.check(29, 2, CriticalLevel::Task), Err(VmError::CommitmentLimit));
+        c.uncharge_tables(10);
+        c.uncharge(40);
+        assert_eq!((c.limit_pages(), c.available(CriticalLevel::Process)), (100, 100));
+    }
+
+    #[test]
+    fn tables_within_the_allowance_cost_the_limit_nothing() {
+        let mut c = CommitCharge::new(100, 20).with_table_allowance(5);
+        c.charge(40, 4);
+        assert_eq!((c.limit_pages(), c.available(CriticalLevel::Task)), (100, 40));
+        // One more table still fits the allowance; the next two are charged to the limit.
+        assert_eq!(c.check(40, 1, CriticalLevel::Task), Ok(()));
+        assert_eq!(c.check(40, 2, CriticalLevel::Task), Err(VmError::CommitmentLimit));
+        assert_eq!(c.check(39, 2, CriticalLevel::Task), Ok(()));
+        c.charge(39, 2);
+        assert_eq!((c.table_pages(), c.limit_pages(), c.committed_pages(), c.available(CriticalLevel::Task)), (6, 99, 79, 0));
+        c.uncharge_tables(6);
+        c.uncharge(79);
+        assert_eq!((c.limit_pages(), c.load_percent()), (100, 0));
     }
 }

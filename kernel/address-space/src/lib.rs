@@ -13,6 +13,7 @@ pub mod paging;
 mod phys;
 pub mod placement;
 pub mod protection;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod space;
 pub mod win32;
@@ -21,6 +22,9 @@ pub mod win32;
 mod model;
 
 pub use charge::{CommitCharge, CriticalLevel};
+/// The crate's units, used throughout instead of literals: the page size, the 64 KiB
+/// reservation granularity and the 2 MiB large-page size (the ABI's values, [`win32`]).
+pub use win32::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE, PAGE_SIZE};
 pub use counters::WorkCounters;
 pub use error::VmError;
 pub use phys::PhysMemory;

@@ -72,6 +72,8 @@ pub struct Model {
     pub committed: u64,
     pub limit: u64,
     pub reserve: u64,
+    /// Page-table pages paid from the kernel's reserve before the limit (charge.rs).
+    pub allowance: u64,
     pub large_ok: bool,
 }
 
@@ -114,6 +116,7 @@ impl Model {
             committed: 0,
             limit,
             reserve,
+            allowance: 0,
             large_ok: true,
         }
     }
@@ -140,6 +143,17 @@ impl Model {
             CriticalLevel::AppDomain => self.limit - self.reserve / 2,
             CriticalLevel::Process => self.limit,
         }
+    }
+
+    /// The total charge if `n` more pages were committed with `need` more tables, `before` tables
+    /// existing: guest pages and the tables beyond the allowance (charge.rs).
+    fn charge_after(&self, n: u64, before: u64, need: u64) -> u64 {
+        self.committed + n + (before + need).saturating_sub(self.allowance)
+    }
+
+    /// The limit a guest is told: the limit less the tables beyond the allowance.
+    pub fn reported_limit(&self) -> u64 {
+        self.limit - self.tables((0, 0), (0, 0)).saturating_sub(self.allowance)
     }
 
     /// Page-table pages below the root if the 4 KiB pages `extra` and the 2 MiB pages `extra_large`
@@ -249,21 +263,22 @@ impl Model {
             let commit = ty & MEM_COMMIT != 0;
             if commit {
                 let n = sz / PG;
-                if self.committed + n > self.cap(level) {
+                let before = self.tables((0, 0), (0, 0));
+                let need = if large {
+                    self.tables((0, 0), (base, base + sz)) - before
+                } else {
+                    self.tables((base, base + sz), (0, 0)) - before
+                };
+                // Table pages beyond the allowance are charged with the pages they map (charge.rs).
+                if self.charge_after(n, before, need) > self.cap(level) {
                     return Err(CommitmentLimit);
                 }
-                let before = self.tables((0, 0), (0, 0));
-                if large {
-                    let need = self.tables((0, 0), (base, base + sz)) - before;
-                    let runs = sz / L;
-                    if env.runs < runs || env.available < runs * 512 + need {
-                        return Err(NoMemory);
-                    }
-                } else {
-                    let need = self.tables((base, base + sz), (0, 0)) - before;
-                    if env.available < n + need {
-                        return Err(NoMemory);
-                    }
+                let runs = sz / L;
+                if large && (env.runs < runs || env.available < runs * 512 + need) {
+                    return Err(NoMemory);
+                }
+                if !large && env.available < n + need {
+                    return Err(NoMemory);
                 }
                 self.committed += n;
             }
@@ -288,10 +303,11 @@ impl Model {
             return Err(InvalidParameter);
         }
         let n = (s..e).step_by(PG as usize).filter(|&va| self.page(va).st != St::Committed).count() as u64;
-        if self.committed + n > self.cap(level) {
+        let before = self.tables((0, 0), (0, 0));
+        let need = self.tables((s, e), (0, 0)) - before;
+        if self.charge_after(n, before, need) > self.cap(level) {
             return Err(CommitmentLimit);
         }
-        let need = self.tables((s, e), (0, 0)) - self.tables((0, 0), (0, 0));
         if env.available < n + need {
             return Err(NoMemory);
         }
@@ -337,10 +353,11 @@ impl Model {
             return Err(ConflictingAddresses);
         }
         let n = prots.len() as u64;
-        if self.committed + n > self.cap(level) {
+        let before = self.tables((0, 0), (0, 0));
+        let need = self.tables((base, base + size), (0, 0)) - before;
+        if self.charge_after(n, before, need) > self.cap(level) {
             return Err(CommitmentLimit);
         }
-        let need = self.tables((base, base + size), (0, 0)) - self.tables((0, 0), (0, 0));
         if env.available < n + need {
             return Err(NoMemory);
         }

@@ -3,7 +3,7 @@
 //! The crate has no `unsafe`: page tables and page contents are read and written through this
 //! safe trait. The kernel implements it over its physical-memory window (a virtual mapping of
 //! all RAM at a fixed offset, with volatile accesses in its own unsafe code); host tests use
-//! [`crate::sim::SimPhysMemory`], a `Vec` standing in for RAM at real physical addresses.
+//! `sim::SimPhysMemory` (feature `sim`), a `Vec` standing in for RAM at real physical addresses.
 
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};

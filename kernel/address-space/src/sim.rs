@@ -4,12 +4,16 @@
 //! * [`SimPhysMemory`]: a `Vec` standing in for RAM at real physical addresses
 //!   (`base..base+size`), implementing [`PhysMemory`]; the page tables of an
 //!   [`AddressSpace`] live in it, so tests read the real table bytes.
-//! * [`TlbModel`]: caches translations when [`sim_access`] uses them and drops them on
-//!   invalidation; [`TlbModel::stale_entries`] lists cached translations that no longer agree
-//!   with the tables (what a missing `invlpg` would leave behind).
-//! * [`sim_access`]: one access as the MMU does it: TLB hit, else a walk checking P/RW/US/NX
-//!   and setting A/D like hardware, else a page fault handed to
-//!   [`AddressSpace::handle_fault`] and the access retried.
+//! * [`TlbModel`]: caches translations when [`sim_access`] uses them, and the paging-structure
+//!   entries (PML4E, PDPTE, PDE) its walks go through, even walks that end in a fault (Intel SDM
+//!   vol. 3A §4.10.3); `invlpg` drops the page's translation and *every* paging-structure entry,
+//!   a full flush drops everything (§4.10.4.1). [`TlbModel::stale_entries`] lists cached
+//!   translations and structure entries that no longer agree with the tables: what a missing
+//!   `invlpg` would leave behind, including after a page-table page is freed.
+//! * [`sim_access`]: one access as the MMU does it: TLB hit, else a walk that starts from the
+//!   deepest cached paging-structure entry (§4.10.3.3), checks P/RW/US/NX and sets A/D like
+//!   hardware, else a page fault handed to [`AddressSpace::handle_fault`] and the access
+//!   retried.
 
 use alloc::collections::BTreeMap;
 use alloc::vec;
@@ -20,10 +24,11 @@ use x86_64::{PhysAddr, VirtAddr};
 
 use crate::frame::PhysRange;
 use crate::paging::pte::{ACCESSED, ADDR_MASK, DIRTY, HUGE, NO_EXECUTE, PRESENT, USER, WRITABLE};
-use crate::paging::table::{self, Leaf, SPAN_2M};
+use crate::paging::table;
 use crate::paging::tlb::Tlb;
 use crate::space::{Access, AddressSpace, FaultOutcome, VmContext};
 use crate::PhysMemory;
+use crate::{LARGE_PAGE_SIZE, PAGE_SIZE};
 
 /// Simulated RAM: `size` bytes at physical address `base`.
 #[derive(Clone)]
@@ -46,8 +51,8 @@ impl SimPhysMemory {
     ///
     /// If `base` is not 4 KiB aligned.
     pub fn new(base: u64, size: usize) -> Self {
-        assert_eq!(base % 4096, 0, "simulated RAM must start on a frame");
-        SimPhysMemory { base, bytes: vec![0xA5; size & !0xFFF] }
+        assert_eq!(base % PAGE_SIZE, 0, "simulated RAM must start on a frame");
+        SimPhysMemory { base, bytes: vec![0xA5; size & !(PAGE_SIZE as usize - 1)] }
     }
 
     /// Returns the range of RAM, as the frame allocator takes it.
@@ -75,8 +80,8 @@ impl PhysMemory for SimPhysMemory {
         self.bytes[o..o + 8].copy_from_slice(&value.to_le_bytes());
     }
     fn zero_frame(&mut self, frame: PhysFrame<Size4KiB>) {
-        let o = self.offset(frame.start_address(), 4096);
-        self.bytes[o..o + 4096].fill(0);
+        let o = self.offset(frame.start_address(), PAGE_SIZE as usize);
+        self.bytes[o..o + PAGE_SIZE as usize].fill(0);
     }
     fn read_bytes(&self, pa: PhysAddr, buf: &mut [u8]) {
         let o = self.offset(pa, buf.len());
@@ -103,10 +108,14 @@ pub struct TlbEntry {
     pub large: bool,
 }
 
-/// A model of a TLB: translations cached by [`sim_access`], dropped by invalidation.
+/// A model of a TLB: translations and paging-structure entries cached by [`sim_access`],
+/// dropped by invalidation.
 #[derive(Debug, Default, Clone)]
 pub struct TlbModel {
     entries: BTreeMap<u64, TlbEntry>,
+    /// Paging-structure caches: (level of the entry: 3 PML4E, 2 PDPTE, 1 PDE; the first
+    /// address it maps) → the physical address of the table it pointed to.
+    structures: BTreeMap<(u32, u64), u64>,
     /// `invlpg`s received.
     pub invalidations: u64,
     /// Full flushes received.
@@ -131,37 +140,78 @@ impl TlbModel {
 
     /// Returns the cached translation of the page of `addr`.
     pub fn get(&self, addr: u64) -> Option<TlbEntry> {
-        self.entries.get(&(addr & !0xFFF)).copied()
+        self.entries.get(&(addr & !(PAGE_SIZE - 1))).copied()
+    }
+
+    /// Returns the number of cached paging-structure entries.
+    pub fn structure_entries(&self) -> usize {
+        self.structures.len()
+    }
+
+    /// The deepest cached paging-structure entry for `addr`: (level of the table it points to,
+    /// that table's physical address).
+    fn deepest_structure(&self, addr: u64) -> Option<(u32, u64)> {
+        (1..=3).find_map(|level| {
+            let key = (level, addr & !(table::entry_span(level) - 1));
+            self.structures.get(&key).map(|&t| (level - 1, t))
+        })
     }
 
     /// Returns the pages whose cached translation disagrees with the current page tables of
     /// `space` (not present any more, another frame, other rights, or cached dirty while the
     /// entry is clean). Empty after every correct operation.
+    /// A cached paging-structure entry is stale when the entry it copied is now absent or points
+    /// to another table (its table page was freed); it is listed by the first address it maps.
     pub fn stale_entries(&self, space: &AddressSpace, mem: &impl PhysMemory) -> Vec<u64> {
-        self.entries
+        let root = space.root().start_address().as_u64();
+        let stale_structures = self.structures.iter().filter(|&(&(level, va), &table)| {
+            structure_entry(mem, root, level, va).is_none_or(|e| e & ADDR_MASK != table)
+        });
+        stale_structures
+            .map(|(&(_, va), _)| va)
+            .chain(self.entries
             .iter()
             .filter(|(va, t)| match space.translate(mem, **va) {
                 None => true,
                 Some((pa, e)) => {
-                    pa.as_u64() & !0xFFF != t.frame
+                    pa.as_u64() & !(PAGE_SIZE - 1) != t.frame
                         || (e & WRITABLE != 0) != t.writable
                         || (e & NO_EXECUTE != 0) != t.no_execute
                         || (t.dirty && e & DIRTY == 0)
                 }
             })
-            .map(|(va, _)| *va)
+            .map(|(va, _)| *va))
             .collect()
     }
 }
 
+/// The present non-leaf entry at `level` on the walk to `va` in the tables at `root`, if the
+/// walk gets there.
+fn structure_entry(mem: &impl PhysMemory, root: u64, level: u32, va: u64) -> Option<u64> {
+    let mut table = root;
+    for l in (level..=3).rev() {
+        let e = mem.read_u64(PhysAddr::new(table + table::index(va, l) * 8));
+        if e & PRESENT == 0 || (l == 1 && e & HUGE != 0) {
+            return None;
+        }
+        if l == level {
+            return Some(e);
+        }
+        table = e & ADDR_MASK;
+    }
+    None
+}
+
 impl Tlb for TlbModel {
     fn invalidate_page(&mut self, addr: VirtAddr) {
-        let page = addr.as_u64() & !0xFFF;
+        let page = addr.as_u64() & !(PAGE_SIZE - 1);
         self.invalidations += 1;
         self.entries.remove(&page);
+        // invlpg drops every paging-structure entry, whatever address it maps (SDM §4.10.4.1).
+        self.structures.clear();
         // invlpg drops a 2 MiB translation whatever 4 KiB page of it is named.
-        let big = page & !(SPAN_2M - 1);
-        let large: Vec<u64> = self.entries.range(big..big + SPAN_2M).filter(|(_, e)| e.large).map(|(k, _)| *k).collect();
+        let big = page & !(LARGE_PAGE_SIZE - 1);
+        let large: Vec<u64> = self.entries.range(big..big + LARGE_PAGE_SIZE).filter(|(_, e)| e.large).map(|(k, _)| *k).collect();
         for k in large {
             self.entries.remove(&k);
         }
@@ -169,6 +219,7 @@ impl Tlb for TlbModel {
     fn flush_all(&mut self) {
         self.full_flushes += 1;
         self.entries.clear();
+        self.structures.clear();
     }
 }
 
@@ -201,13 +252,13 @@ pub fn sim_access<M: PhysMemory>(
     addr: u64,
     access: Access,
 ) -> SimAccess {
-    let page = addr & !0xFFF;
+    let page = addr & !(PAGE_SIZE - 1);
     for _ in 0..3 {
         if let Some(t) = cx.tlb.get(page)
             && permits(access, t.writable, t.no_execute)
             && (access != Access::Write || t.dirty)
         {
-            return SimAccess::Done(PhysAddr::new(t.frame | (addr & 0xFFF)));
+            return SimAccess::Done(PhysAddr::new(t.frame | (addr & (PAGE_SIZE - 1))));
         }
         if let Some(pa) = walk_and_mark(space, cx, addr, access) {
             return SimAccess::Done(pa);
@@ -230,15 +281,25 @@ fn walk_and_mark<M: PhysMemory>(
     if addr >= space.config().max_address_end {
         return None;
     }
+    // The walk starts from the deepest cached paging-structure entry (a stale one reads a freed
+    // table, as the hardware would), and caches the non-leaf entries it goes through.
     let root = space.root().start_address().as_u64();
-    let (entry_at, large) = match table::walk(cx.mem, root, addr) {
-        Leaf::Table(t) => (t + table::index(addr, 0) * 8, false),
-        Leaf::Large(_) => {
-            let pdpt = cx.mem.read_u64(PhysAddr::new(root + table::index(addr, 3) * 8)) & ADDR_MASK;
-            let pd = cx.mem.read_u64(PhysAddr::new(pdpt + table::index(addr, 2) * 8)) & ADDR_MASK;
-            (pd + table::index(addr, 1) * 8, true)
+    let (mut level, mut table) = cx.tlb.deepest_structure(addr).unwrap_or((3, root));
+    let (entry_at, large) = loop {
+        let at = table + table::index(addr, level) * 8;
+        if level == 0 {
+            break (at, false);
         }
-        Leaf::Absent(_) => return None,
+        let e = cx.mem.read_u64(PhysAddr::new(at));
+        if e & PRESENT == 0 {
+            return None;
+        }
+        if level == 1 && e & HUGE != 0 {
+            break (at, true);
+        }
+        cx.tlb.structures.insert((level, addr & !(table::entry_span(level) - 1)), e & ADDR_MASK);
+        table = e & ADDR_MASK;
+        level -= 1;
     };
     let e = cx.mem.read_u64(PhysAddr::new(entry_at));
     if e & PRESENT == 0 || e & USER == 0 {
@@ -260,14 +321,14 @@ fn walk_and_mark<M: PhysMemory>(
         cx.mem.write_u64(PhysAddr::new(entry_at), new);
     }
     let frame = if large {
-        ((e & ADDR_MASK) & !(SPAN_2M - 1)) | (addr & (SPAN_2M - 1) & !0xFFF)
+        ((e & ADDR_MASK) & !(LARGE_PAGE_SIZE - 1)) | (addr & (LARGE_PAGE_SIZE - 1) & !(PAGE_SIZE - 1))
     } else {
         e & ADDR_MASK
     };
     cx.tlb
         .entries
-        .insert(addr & !0xFFF, TlbEntry { frame, writable, no_execute, dirty: new & DIRTY != 0, large });
-    Some(PhysAddr::new(frame | (addr & 0xFFF)))
+        .insert(addr & !(PAGE_SIZE - 1), TlbEntry { frame, writable, no_execute, dirty: new & DIRTY != 0, large });
+    Some(PhysAddr::new(frame | (addr & (PAGE_SIZE - 1))))
 }
 
 /// Reads guest memory like a sequence of guest loads (page by page).
@@ -284,7 +345,7 @@ pub fn sim_read<M: PhysMemory>(
     let mut done = 0;
     while done < buf.len() {
         let va = addr + done as u64;
-        let n = ((0x1000 - (va & 0xFFF)) as usize).min(buf.len() - done);
+        let n = ((PAGE_SIZE - (va & (PAGE_SIZE - 1))) as usize).min(buf.len() - done);
         match sim_access(space, cx, va, Access::Read) {
             SimAccess::Done(pa) => cx.mem.read_bytes(pa, &mut buf[done..done + n]),
             SimAccess::Fault(f) => return Err(f),
@@ -309,7 +370,7 @@ pub fn sim_write<M: PhysMemory>(
     let mut done = 0;
     while done < data.len() {
         let va = addr + done as u64;
-        let n = ((0x1000 - (va & 0xFFF)) as usize).min(data.len() - done);
+        let n = ((PAGE_SIZE - (va & (PAGE_SIZE - 1))) as usize).min(data.len() - done);
         match sim_access(space, cx, va, Access::Write) {
             SimAccess::Done(pa) => cx.mem.write_bytes(pa, &data[done..done + n]),
             SimAccess::Fault(f) => return Err(f),

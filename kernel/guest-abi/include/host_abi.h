@@ -76,6 +76,7 @@ typedef const IID *REFIID;
 #define MEM_RESET_UNDO 0x1000000u
 #define MEM_IMAGE 0x1000000u
 #define MEM_LARGE_PAGES 0x20000000u
+#define AT_ROUND_TO_PAGE 0x40000000u /* not a valid VirtualAlloc flag */
 
 /* Protections. */
 #define PAGE_NOACCESS 0x01u

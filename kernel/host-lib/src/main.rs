@@ -26,31 +26,22 @@ use core::ptr::{self, NonNull};
 
 use linked_list_allocator::Heap;
 
-type HResult = i32;
-const S_OK: HResult = 0;
-const E_OUTOFMEMORY: HResult = 0x8007_000E_u32 as i32;
-const E_INVALIDARG: HResult = 0x8007_0057_u32 as i32;
-const E_POINTER: HResult = 0x8000_4003_u32 as i32;
-const E_NOINTERFACE: HResult = 0x8000_4002_u32 as i32;
-const E_NOACCESS: HResult = 0x8007_03E6_u32 as i32;
-const E_FAIL: HResult = 0x8000_4005_u32 as i32;
-const HOST_E_CLRNOTAVAILABLE: HResult = 0x8013_1023_u32 as i32;
+use host_abi::host::{MANAGER_OBJECT, nr};
+use host_abi::win32::{
+    ERROR_NOACCESS, MALLOC_EXECUTABLE, MALLOC_THREADSAFE, MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_EXECUTE_READWRITE,
+    PAGE_READWRITE, PAGE_SIZE,
+};
+use host_abi::{CriticalLevel, HResult, HostMallocVtbl, HostMemoryManager, HostServices, IID_IHOST_MALLOC, IID_IUNKNOWN};
 
-/// Where the kernel puts the manager object and `HOST_SERVICES` (kernel/src/guest/host_pages.rs).
-const MANAGER_OBJECT: usize = 0x7FFF_FFFE_1000;
-const HOST_SERVICES: usize = 0x7FFF_FFFE_1100;
-/// The kernel's probe call: `probe(ptr, len, write) -> 0 | HRESULT`.
-const NR_PROBE: u64 = 9;
-
-const MEM_COMMIT: u32 = 0x1000;
-const MEM_RESERVE: u32 = 0x2000;
-const MEM_RELEASE: u32 = 0x8000;
-const PAGE_READWRITE: u32 = 0x04;
-const PAGE_EXECUTE_READWRITE: u32 = 0x40;
-const MALLOC_EXECUTABLE: u32 = 0x2;
-
-const IID_IUNKNOWN: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0xC0, 0, 0, 0, 0, 0, 0, 0x46];
-const IID_IHOST_MALLOC: [u8; 16] = [0x1C, 0x99, 0x31, 0x18, 0x53, 0xCC, 0x31, 0x4A, 0xB2, 0x18, 0x04, 0xE9, 0x10, 0x44, 0x64, 0x79];
+// Short names for the results this library returns (the values are host-abi's).
+const S_OK: HResult = HResult::S_OK;
+const E_OUTOFMEMORY: HResult = HResult::E_OUTOFMEMORY;
+const E_INVALIDARG: HResult = HResult::E_INVALIDARG;
+const E_POINTER: HResult = HResult::E_POINTER;
+const E_NOINTERFACE: HResult = HResult::E_NOINTERFACE;
+const E_NOACCESS: HResult = HResult::from_win32(ERROR_NOACCESS);
+const E_FAIL: HResult = HResult::E_FAIL;
+const HOST_E_CLRNOTAVAILABLE: HResult = HResult::HOST_E_CLRNOTAVAILABLE;
 
 const HEAP_MAGIC: u64 = 0x4845_4150_4F42_4A31; // "HEAPOBJ1"
 const BLOCK_MAGIC: u64 = 0xB10C_4EAD_5AFE_C0DE;
@@ -58,35 +49,26 @@ const LIVE: u32 = 0x11FE;
 const FREED: u32 = 0xDEAD;
 const HEADER: usize = 64;
 const ALIGN: usize = 16;
-const PAGE: usize = 4096;
+const PAGE: usize = PAGE_SIZE as usize;
 /// Address space each region reserves (at least; a larger block gets a larger region).
 const REGION_RESERVE: usize = 16 << 20;
 /// How much a region commits at a time.
 const COMMIT_STEP: usize = 64 << 10;
 
-/// The manager's vtable, as far as this library calls it.
-#[repr(C)]
-struct ManagerVtbl {
-    _unknown: [usize; 4],
-    virtual_alloc: extern "C" fn(usize, usize, usize, u32, u32, u32, *mut usize) -> HResult,
-    virtual_free: extern "C" fn(usize, usize, usize, u32) -> HResult,
-}
-
-#[repr(C)]
-struct Services {
-    _fields: [u8; 32],
-    write: extern "C" fn(*const u8, u64),
-}
-
-fn manager() -> &'static ManagerVtbl {
+fn manager() -> &'static host_abi::HostMemoryManagerVtbl {
     // SAFETY: the kernel maps the manager object and its vtable, read-only, at these addresses in
     // every guest for the guest's whole life.
-    unsafe { &**(MANAGER_OBJECT as *const *const ManagerVtbl) }
+    unsafe { &*(*(MANAGER_OBJECT as *const HostMemoryManager)).vtbl }
+}
+
+/// The manager object, as the first argument of its methods.
+fn manager_object() -> *mut HostMemoryManager {
+    MANAGER_OBJECT as *mut HostMemoryManager
 }
 
 fn print(s: &[u8]) {
     // SAFETY: as for manager(): HOST_SERVICES is mapped read-only by the kernel.
-    let services = unsafe { &*(HOST_SERVICES as *const Services) };
+    let services = unsafe { &*(host_abi::host::HOST_SERVICES as *const HostServices) };
     (services.write)(s.as_ptr(), s.len() as u64);
 }
 
@@ -98,10 +80,10 @@ fn probe(ptr: usize, len: usize, write: bool) -> HResult {
     // SAFETY: the kernel's probe call reads nothing from us but its three arguments; syscall
     // clobbers rcx and r11.
     unsafe {
-        asm!("syscall", inlateout("rax") NR_PROBE => result, in("rdi") ptr, in("rsi") len, in("rdx") write as u64,
+        asm!("syscall", inlateout("rax") nr::PROBE => result, in("rdi") ptr, in("rsi") len, in("rdx") write as u64,
              lateout("rcx") _, lateout("r11") _, options(nostack));
     }
-    result as i32
+    HResult(result as i32)
 }
 
 /// Checks that the NUL-terminated string at `s` is readable up to its NUL (or 4 KiB): 0, or the
@@ -110,7 +92,7 @@ fn probe_string(s: usize) -> HResult {
     // The first byte first: the kernel refuses addresses outside user space before any arithmetic
     // here could wrap.
     match probe(s, 1, false) {
-        0 => {}
+        S_OK => {}
         e => return e,
     }
     let limit = s.saturating_add(4096);
@@ -119,38 +101,38 @@ fn probe_string(s: usize) -> HResult {
         let page_end = (at & !(PAGE - 1)).saturating_add(PAGE);
         let n = page_end.min(limit) - at;
         match probe(at, n, false) {
-            0 => {}
+            S_OK => {}
             e => return e,
         }
         for i in 0..n {
             // SAFETY: [at, at + n) was probed readable just now.
             if unsafe { *((at + i) as *const u8) } == 0 {
-                return 0;
+                return S_OK;
             }
         }
         at += n;
     }
-    0
+    S_OK
 }
 
-fn reserve(size: usize, protect: u32, level: u32) -> Result<usize, HResult> {
-    let mut out = 0usize;
-    match (manager().virtual_alloc)(MANAGER_OBJECT, 0, size, MEM_RESERVE, protect, level, &mut out) {
-        S_OK => Ok(out),
+fn reserve(size: usize, protect: u32, level: CriticalLevel) -> Result<usize, HResult> {
+    let mut out = ptr::null_mut();
+    match (manager().virtual_alloc)(manager_object(), ptr::null_mut(), size as u64, MEM_RESERVE, protect, level, &mut out) {
+        S_OK => Ok(out as usize),
         e => Err(e),
     }
 }
 
-fn commit(addr: usize, size: usize, protect: u32, level: u32) -> Result<(), HResult> {
-    let mut out = 0usize;
-    match (manager().virtual_alloc)(MANAGER_OBJECT, addr, size, MEM_COMMIT, protect, level, &mut out) {
+fn commit(addr: usize, size: usize, protect: u32, level: CriticalLevel) -> Result<(), HResult> {
+    let mut out = ptr::null_mut();
+    match (manager().virtual_alloc)(manager_object(), addr as *mut u8, size as u64, MEM_COMMIT, protect, level, &mut out) {
         S_OK => Ok(()),
         e => Err(e),
     }
 }
 
 fn release(addr: usize) {
-    let _ = (manager().virtual_free)(MANAGER_OBJECT, addr, 0, MEM_RELEASE);
+    let _ = (manager().virtual_free)(manager_object(), addr as *mut u8, 0, MEM_RELEASE);
 }
 
 /// A reserved region of a heap; lives at the region's start.
@@ -188,6 +170,9 @@ struct Block {
     _pad: [u64; 2],
 }
 
+/// `IHostMalloc`'s vtable as this library implements it: host-abi's [`HostMallocVtbl`] with every
+/// guest-supplied pointer and level taken as a plain integer, checked before use (the guest can
+/// pass anything). The const block below keeps the two layouts identical.
 #[repr(C)]
 struct MallocVtbl {
     query_interface: extern "C" fn(*mut Malloc, usize, usize) -> HResult,
@@ -197,6 +182,19 @@ struct MallocVtbl {
     debug_alloc: extern "C" fn(*mut Malloc, usize, u32, usize, i32, usize) -> HResult,
     free: extern "C" fn(*mut Malloc, usize) -> HResult,
 }
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<MallocVtbl>() == size_of::<HostMallocVtbl>());
+    assert!(offset_of!(MallocVtbl, query_interface) == offset_of!(HostMallocVtbl, query_interface));
+    assert!(offset_of!(MallocVtbl, add_ref) == offset_of!(HostMallocVtbl, add_ref));
+    assert!(offset_of!(MallocVtbl, release) == offset_of!(HostMallocVtbl, release));
+    assert!(offset_of!(MallocVtbl, alloc) == offset_of!(HostMallocVtbl, alloc));
+    assert!(offset_of!(MallocVtbl, debug_alloc) == offset_of!(HostMallocVtbl, debug_alloc));
+    assert!(offset_of!(MallocVtbl, free) == offset_of!(HostMallocVtbl, free));
+    // The object starts with its vtable pointer, as `IHostMalloc` does.
+    assert!(offset_of!(Malloc, vtbl) == offset_of!(host_abi::HostMallocObject, vtbl));
+};
 
 static VTBL: MallocVtbl = MallocVtbl {
     query_interface: malloc_query_interface,
@@ -219,7 +217,7 @@ fn put<T>(ptr: usize, value: T) {
 
 /// Returns the heap object if `this` is readable and carries the heap magic.
 fn heap_of(this: *mut Malloc) -> Option<&'static mut Malloc> {
-    if probe(this as usize, core::mem::size_of::<Malloc>(), true) != 0 {
+    if probe(this as usize, core::mem::size_of::<Malloc>(), true) != S_OK {
         return None;
     }
     // SAFETY: probed as writable guest memory just now; a forged object only hurts the guest.
@@ -228,7 +226,7 @@ fn heap_of(this: *mut Malloc) -> Option<&'static mut Malloc> {
 }
 
 /// Creates a new region able to hold a block of `need` bytes and links it first.
-fn new_region(m: &mut Malloc, need: usize, level: u32) -> Result<(), HResult> {
+fn new_region(m: &mut Malloc, need: usize, level: CriticalLevel) -> Result<(), HResult> {
     let header = core::mem::size_of::<Region>().next_multiple_of(ALIGN);
     let reserve_size = (need + header + COMMIT_STEP).next_multiple_of(PAGE).max(REGION_RESERVE);
     let protect = protect_for(m.flags);
@@ -259,7 +257,7 @@ fn layout(size: usize) -> Result<Layout, HResult> {
     Layout::from_size_align(total, ALIGN).map_err(|_| E_OUTOFMEMORY)
 }
 
-fn allocate(m: &mut Malloc, size: usize, level: u32) -> Result<NonNull<u8>, HResult> {
+fn allocate(m: &mut Malloc, size: usize, level: CriticalLevel) -> Result<NonNull<u8>, HResult> {
     let layout = layout(size)?;
     let protect = protect_for(m.flags);
     let mut region = m.regions;
@@ -296,14 +294,14 @@ fn do_alloc(this: *mut Malloc, size: usize, level: u32, file: usize, line: i32, 
         return E_POINTER;
     }
     match probe(pp, 8, true) {
-        0 => {}
+        S_OK => {}
         e => return e,
     }
     let Some(m) = heap_of(this) else { return E_NOACCESS };
     put(pp, 0usize);
-    if level > 2 {
+    let Some(level) = CriticalLevel::from_u32(level) else {
         return E_INVALIDARG;
-    }
+    };
     let block = match allocate(m, size, level) {
         Ok(b) => b.as_ptr() as *mut Block,
         Err(e) => return e,
@@ -335,18 +333,18 @@ fn do_alloc(this: *mut Malloc, size: usize, level: u32, file: usize, line: i32, 
 /// `IHostMemoryManager::CreateMalloc` (vtable slot 3): the library's entry point.
 #[unsafe(no_mangle)]
 pub extern "C" fn host_create_malloc(this: usize, flags: u32, pp: usize) -> HResult {
-    if this != MANAGER_OBJECT {
+    if this as u64 != MANAGER_OBJECT {
         return E_NOACCESS;
     }
     if pp == 0 {
         return E_POINTER;
     }
     match probe(pp, 8, true) {
-        0 => {}
+        S_OK => {}
         e => return e,
     }
     put(pp, 0usize);
-    if flags & !0x3 != 0 {
+    if flags & !(MALLOC_THREADSAFE | MALLOC_EXECUTABLE) != 0 {
         return E_INVALIDARG;
     }
     // The object lives in a small block of its own first region.
@@ -360,7 +358,7 @@ pub extern "C" fn host_create_malloc(this: usize, flags: u32, pp: usize) -> HRes
         live_blocks: 0,
         live_bytes: 0,
     };
-    if let Err(e) = new_region(&mut m, core::mem::size_of::<Malloc>(), 2) {
+    if let Err(e) = new_region(&mut m, core::mem::size_of::<Malloc>(), CriticalLevel::Process) {
         return e;
     }
     // SAFETY: the first region was just created for this heap.
@@ -383,7 +381,7 @@ extern "C" fn malloc_query_interface(this: *mut Malloc, riid: usize, ppv: usize)
         return E_POINTER;
     }
     match probe(ppv, 8, true) {
-        0 => {}
+        S_OK => {}
         e => return e,
     }
     put(ppv, 0usize);
@@ -391,13 +389,13 @@ extern "C" fn malloc_query_interface(this: *mut Malloc, riid: usize, ppv: usize)
         return E_POINTER;
     }
     match probe(riid, 16, false) {
-        0 => {}
+        S_OK => {}
         e => return e,
     }
     let Some(m) = heap_of(this) else { return E_NOACCESS };
     // SAFETY: probed readable just now.
     let iid = unsafe { ptr::read_unaligned(riid as *const [u8; 16]) };
-    if iid == IID_IUNKNOWN || iid == IID_IHOST_MALLOC {
+    if iid == IID_IUNKNOWN.to_bytes() || iid == IID_IHOST_MALLOC.to_bytes() {
         m.refs = m.refs.saturating_add(1);
         put(ppv, this as usize);
         S_OK
@@ -446,7 +444,7 @@ fn leak_report(m: &Malloc) {
             print(b"  leak: ");
             let mut name = [0u8; 96];
             let mut n = 0;
-            while n < name.len() && probe(blk.file + n, 1, false) == 0 {
+            while n < name.len() && probe(blk.file + n, 1, false) == S_OK {
                 // SAFETY: probed readable just now.
                 let c = unsafe { *((blk.file + n) as *const u8) };
                 if c == 0 {
@@ -497,16 +495,16 @@ extern "C" fn malloc_debug_alloc(this: *mut Malloc, size: usize, level: u32, fil
         return E_POINTER;
     }
     if file == 0 {
-        if probe(pp, 8, true) == 0 {
+        if probe(pp, 8, true) == S_OK {
             put(pp, 0usize);
         }
         return E_POINTER;
     }
     // The whole name must be readable, up to its NUL (a name longer than 4 KiB is cut there).
     match probe_string(file) {
-        0 => {}
+        S_OK => {}
         e => {
-            if probe(pp, 8, true) == 0 {
+            if probe(pp, 8, true) == S_OK {
                 put(pp, 0usize);
             }
             return e;

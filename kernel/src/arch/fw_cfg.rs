@@ -2,7 +2,8 @@
 //! kernel at boot (`run-qemu.sh --config "key=value,..."` becomes `-fw_cfg name=opt/vmk/config,...`).
 //!
 //! Protocol (QEMU docs/specs/fw_cfg.rst): write a 16-bit selector to port 0x510, then read the
-//! item byte by byte from port 0x511. Item 0x0000 is the signature "QEMU"; item 0x0019 is the file
+//! item byte by byte from port 0x511. Item 0x0000 is the signature "QEMU"; item 0x0005 the CPU
+//! count; item 0x0019 is the file
 //! directory (big-endian count, then 64-byte entries: size u32 BE, select u16 BE, reserved u16,
 //! name[56]). On a machine without fw_cfg the signature does not match and nothing is read.
 
@@ -15,6 +16,7 @@ const SELECTOR: u16 = 0x510;
 const DATA: u16 = 0x511;
 const SIGNATURE: u16 = 0x0000;
 const FILE_DIR: u16 = 0x0019;
+const NB_CPUS: u16 = 0x0005;
 
 fn select(key: u16) {
     // SAFETY: port 0x510 is fw_cfg's selector on QEMU's PC machine; writing it only chooses the
@@ -30,12 +32,29 @@ fn read(buf: &mut [u8]) {
     }
 }
 
-/// The contents of the fw_cfg file `name`, if QEMU provides it.
-pub fn file(name: &str) -> Option<Vec<u8>> {
+/// Whether the device is there (its signature item reads "QEMU").
+fn present() -> bool {
     select(SIGNATURE);
     let mut sig = [0u8; 4];
     read(&mut sig);
-    if &sig != b"QEMU" {
+    &sig == b"QEMU"
+}
+
+/// The number of CPUs QEMU was started with (`-smp`; item 0x0005, little-endian u16), for tests
+/// that check the kernel brought every one up.
+pub fn cpu_count() -> Option<u16> {
+    if !present() {
+        return None;
+    }
+    select(NB_CPUS);
+    let mut n = [0u8; 2];
+    read(&mut n);
+    Some(u16::from_le_bytes(n))
+}
+
+/// The contents of the fw_cfg file `name`, if QEMU provides it.
+pub fn file(name: &str) -> Option<Vec<u8>> {
+    if !present() {
         return None;
     }
     select(FILE_DIR);

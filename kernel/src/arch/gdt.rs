@@ -6,6 +6,8 @@
 //! guard page below the stack, which cannot push its frame) becomes a reported double fault instead
 //! of a triple fault and reset.
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
@@ -76,28 +78,52 @@ pub fn init() {
         tss.privilege_stack_table[0] = stack_top(core::ptr::addr_of!(ENTRY_STACK));
         tss
     });
-    let (gdt, selectors) = GDT.call_once(|| {
-        let mut gdt = GlobalDescriptorTable::new();
-        let kernel_code = gdt.append(Descriptor::kernel_code_segment());
-        let kernel_data = gdt.append(Descriptor::kernel_data_segment());
-        let user_data = gdt.append(Descriptor::user_data_segment());
-        let user_code = gdt.append(Descriptor::user_code_segment());
-        let tss = gdt.append(Descriptor::tss_segment(tss));
-        (gdt, Selectors { kernel_code, kernel_data, user_data, user_code, tss })
-    });
+    let (gdt, selectors) = GDT.call_once(|| build_gdt(tss));
+    // ltr faults on a busy TSS: the boot CPU's is loaded on the first call only.
+    static TSS_LOADED: AtomicBool = AtomicBool::new(false);
+    load(gdt, selectors, !TSS_LOADED.swap(true, Ordering::SeqCst));
+}
+
+/// The GDT layout every CPU uses (so the selectors, and STAR, are the same everywhere).
+fn build_gdt(tss: &'static TaskStateSegment) -> (GlobalDescriptorTable, Selectors) {
+    let mut gdt = GlobalDescriptorTable::new();
+    let kernel_code = gdt.append(Descriptor::kernel_code_segment());
+    let kernel_data = gdt.append(Descriptor::kernel_data_segment());
+    let user_data = gdt.append(Descriptor::user_data_segment());
+    let user_code = gdt.append(Descriptor::user_code_segment());
+    let tss = gdt.append(Descriptor::tss_segment(tss));
+    (gdt, Selectors { kernel_code, kernel_data, user_data, user_code, tss })
+}
+
+/// Loads `gdt`, reloads the segment registers, and loads its TSS if `load_task` says so.
+fn load(gdt: &'static GlobalDescriptorTable, selectors: &Selectors, load_task: bool) {
     gdt.load();
-    // SAFETY: the selectors come from the GDT just loaded (which lives in a static for the whole
-    // run): kernel code/data are valid ring-0 descriptors and `tss` is an available 64-bit TSS
-    // descriptor pointing at the static TSS. Loading the TSS a second time is avoided because ltr
-    // faults on a busy TSS.
+    // SAFETY: the selectors come from the GDT just loaded (which lives for the whole run):
+    // kernel code/data are valid ring-0 descriptors and `tss` is an available 64-bit TSS
+    // descriptor pointing at a TSS that lives for the whole run.
     unsafe {
         CS::set_reg(selectors.kernel_code);
         SS::set_reg(selectors.kernel_data);
         DS::set_reg(selectors.kernel_data);
         ES::set_reg(selectors.kernel_data);
-        static TSS_LOADED: Once<()> = Once::new();
-        TSS_LOADED.call_once(|| load_tss(selectors.tss));
+        if load_task {
+            load_tss(selectors.tss);
+        }
     }
+}
+
+/// Builds and loads a GDT and TSS of its own for an application processor (leaked: CPUs live
+/// for the whole run), with the boot CPU's layout and the given stack tops for the double-fault
+/// and NMI IST slots and for ring-3 entries (RSP0).
+pub fn init_ap(double_fault_top: u64, nmi_top: u64, entry_top: u64) {
+    let mut tss = TaskStateSegment::new();
+    tss.interrupt_stack_table[DOUBLE_FAULT_IST_INDEX as usize] = VirtAddr::new(double_fault_top);
+    tss.interrupt_stack_table[NMI_IST_INDEX as usize] = VirtAddr::new(nmi_top);
+    tss.privilege_stack_table[0] = VirtAddr::new(entry_top);
+    let tss: &'static TaskStateSegment = alloc::boxed::Box::leak(alloc::boxed::Box::new(tss));
+    let (gdt, selectors) = build_gdt(tss);
+    let gdt: &'static GlobalDescriptorTable = alloc::boxed::Box::leak(alloc::boxed::Box::new(gdt));
+    load(gdt, &selectors, true);
 }
 
 /// The selectors of the loaded GDT.

@@ -46,6 +46,9 @@ pub fn init() {
             idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(NMI_IST_INDEX);
             idt.machine_check.set_handler_fn(machine_check).set_stack_index(NMI_IST_INDEX);
         }
+        // The spurious vector needs no acknowledgement and touches nothing (not even GS, which
+        // is the guest's when it interrupts ring 3), so one plain handler serves both rings.
+        idt[super::apic::SPURIOUS_VECTOR].set_handler_fn(spurious_interrupt);
         // Vectors ring 3 can raise enter through the stubs of `super::user`, which send kernel-mode
         // exceptions on to the handlers above (exported as `kexc_*`) and user-mode ones to the
         // guest's run loop. int3 and into may be executed by guests (DPL 3); every other gate is
@@ -73,6 +76,7 @@ pub fn init() {
                     19 => idt.simd_floating_point.set_handler_addr(addr),
                     20 => idt.virtualization.set_handler_addr(addr),
                     21 => idt.cp_protection_exception.set_handler_addr(addr),
+                    super::apic::TIMER_VECTOR | super::apic::WAKE_VECTOR => idt[vector].set_handler_addr(addr),
                     _ => unreachable!("user::vector_stubs lists only the vectors above"),
                 }
             };
@@ -198,6 +202,22 @@ extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, error_code:
     }
     fatal("PAGE FAULT", 14, Some(code), memory, &frame)
 }
+
+/// Interrupts from the local APIC in ring 0 (an idle CPU; ring-3 ones go to the guest's run loop
+/// through `super::user`'s stubs): count, acknowledge, return.
+macro_rules! apic_interrupt {
+    ($fn:ident, $vector:expr) => {
+        #[unsafe(export_name = concat!("kexc_", stringify!($fn)))]
+        extern "x86-interrupt" fn $fn(_frame: InterruptStackFrame) {
+            super::apic::on_interrupt($vector)
+        }
+    };
+}
+
+apic_interrupt!(apic_timer, super::apic::TIMER_VECTOR);
+apic_interrupt!(apic_wake, super::apic::WAKE_VECTOR);
+
+extern "x86-interrupt" fn spurious_interrupt(_frame: InterruptStackFrame) {}
 
 extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, error_code: u64) -> ! {
     fatal("DOUBLE FAULT", 8, Some(error_code), None, &frame)

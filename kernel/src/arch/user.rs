@@ -20,9 +20,10 @@
 //! - `sysretq` is used only when the return address is canonical and below the user limit (never a
 //!   non-canonical `rcx`, the classic `sysret` hazard); anything else returns with `iretq`.
 //! - The kernel is built without SSE, so the guest's x87/SSE/AVX state stays in the registers
-//!   across system calls; [`FpuState`] saves and restores it around upcalls and exception delivery.
+//!   across system calls; [`FpuImage`] saves it at exception and callback delivery (it goes onto the
+//!   guest's stack) and loads it, checked, on resume. [`reset_user_state`] gives each guest the clean
+//!   state of host-abi §10.1.
 
-use alloc::alloc::{Layout, alloc_zeroed, dealloc};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -122,9 +123,15 @@ struct PerCpu {
     vector: u64,
     /// 40: its error code.
     error_code: u64,
+    /// 48: this CPU's index in `super::percpu` (0 for the boot CPU).
+    cpu_index: u64,
 }
 
-static mut PER_CPU: PerCpu = PerCpu { kernel_rsp: 0, user_rsp: 0, context: 0, scratch: 0, vector: 0, error_code: 0 };
+/// Offset of [`PerCpu::cpu_index`] from the GS base (read by `super::percpu`).
+pub(crate) const PER_CPU_INDEX_OFFSET: usize = 48;
+
+static mut PER_CPU: PerCpu =
+    PerCpu { kernel_rsp: 0, user_rsp: 0, context: 0, scratch: 0, vector: 0, error_code: 0, cpu_index: 0 };
 
 /// Why [`enter_user`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +147,12 @@ pub enum UserExit {
         error_code: u64,
         /// CR2 (page faults only).
         cr2: u64,
+    },
+    /// A device interrupt (the local APIC timer, an IPI) arrived while the guest ran; nothing of
+    /// the guest's state changed. The caller serves it (`super::apic::on_interrupt`).
+    Interrupt {
+        /// The vector.
+        vector: u8,
     },
 }
 
@@ -334,6 +347,8 @@ user_vector_stubs!(
     (19, vmk_vec_19, "simd_floating_point", noerr),
     (20, vmk_vec_20, "virtualization", noerr),
     (21, vmk_vec_21, "cp_protection", err),
+    (48, vmk_vec_48, "apic_timer", noerr),
+    (240, vmk_vec_240, "apic_wake", noerr),
 );
 
 unsafe extern "C" {
@@ -346,16 +361,15 @@ const IA32_LSTAR: u32 = 0xC000_0082;
 const IA32_FMASK: u32 = 0xC000_0084;
 const IA32_GS_BASE: u32 = 0xC000_0101;
 const IA32_KERNEL_GS_BASE: u32 = 0xC000_0102;
-const IA32_APIC_BASE: u32 = 0x1B;
 /// RFLAGS bits cleared on `syscall`: TF, IF, DF, NT, AC.
 const FMASK: u64 = (1 << 8) | (1 << 9) | (1 << 10) | (1 << 14) | (1 << 18);
 
 static XSAVE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
 /// Sets up everything ring 3 needs: `syscall` MSRs, the per-CPU area in GS, the FPU/SSE/AVX state
-/// (so guests may use vector registers), alignment checking for ring 3 (`CR0.AM`), and silences the
-/// legacy PIC and the local APIC (no device interrupts are used; a guest runs with IF = 1, and
-/// the PIC's power-on vectors would collide with CPU exceptions).
+/// (so guests may use vector registers), alignment checking for ring 3 (`CR0.AM`), and remaps and
+/// masks the legacy PIC (its power-on vectors would collide with CPU exceptions; a guest runs with
+/// IF = 1). The local APIC stays enabled: its timer is the only device interrupt (`super::apic`).
 pub fn init() {
     let sel = super::gdt::selectors();
     assert_eq!(
@@ -383,13 +397,27 @@ pub fn init() {
         data1.write(0xff);
         data2.write(0xff);
     }
-    // SAFETY: clearing the global-enable bit of IA32_APIC_BASE switches the local APIC off, so no
-    // timer or other local interrupt can arrive; the kernel uses none.
-    unsafe {
-        let mut apic = Msr::new(IA32_APIC_BASE);
-        let v = apic.read();
-        apic.write(v & !(1 << 11));
-    }
+    init_cpu(core::ptr::addr_of!(PER_CPU) as u64);
+}
+
+/// Sets up ring 3 on an application processor (whose GDT has the boot CPU's layout): its own
+/// per-CPU entry area (leaked: CPUs live forever) with index `cpu_index`, the `syscall` MSRs and
+/// the FPU state, as [`init`] does for the boot CPU.
+pub fn init_ap(cpu_index: usize) {
+    let area = alloc::boxed::Box::leak(alloc::boxed::Box::new(PerCpu {
+        kernel_rsp: 0,
+        user_rsp: 0,
+        context: 0,
+        scratch: 0,
+        vector: 0,
+        error_code: 0,
+        cpu_index: cpu_index as u64,
+    }));
+    init_cpu(area as *mut PerCpu as u64);
+}
+
+/// The per-CPU part of [`init`]: MSRs (with GS at `per_cpu`) and the FPU.
+fn init_cpu(per_cpu: u64) {
     // SAFETY: STAR/LSTAR/FMASK define where `syscall` enters (vmk_syscall_entry, written for
     // exactly this) and the selectors it loads (checked against the GDT above); SCE enables it.
     unsafe {
@@ -398,12 +426,16 @@ pub fn init() {
         Msr::new(IA32_FMASK).write(FMASK);
         Efer::update(|e| e.insert(EferFlags::SYSTEM_CALL_EXTENSIONS));
     }
-    // SAFETY: GS_BASE points at the static per-CPU area while in ring 0; KERNEL_GS_BASE holds the
-    // guest's GS base (0) and is swapped in by `swapgs` on the way out.
+    // SAFETY: GS_BASE points at this CPU's per-CPU area (static or leaked, so it lives forever)
+    // while in ring 0; KERNEL_GS_BASE holds the guest's GS base (0) and is swapped in by `swapgs`
+    // on the way out.
     unsafe {
-        Msr::new(IA32_GS_BASE).write(core::ptr::addr_of!(PER_CPU) as u64);
+        Msr::new(IA32_GS_BASE).write(per_cpu);
         Msr::new(IA32_KERNEL_GS_BASE).write(0);
     }
+    // SAFETY: a null LDT selector: ring 3 gets no LDT, so `lar`/`lsl`/`verr` with an LDT selector
+    // fail (ZF = 0) instead of reading a descriptor wherever the firmware left LDTR.
+    unsafe { asm!("lldt {0:x}", in(reg) 0u16, options(nostack, preserves_flags)) };
     enable_fpu();
 }
 
@@ -412,11 +444,13 @@ fn enable_fpu() {
     let has_xsave = leaf1.ecx & (1 << 26) != 0;
     // SAFETY: CR0.MP/!EM/!TS and CR4.OSFXSR/OSXMMEXCPT make x87/SSE instructions usable; the
     // kernel itself is compiled without them, so only guests are affected. AM makes ring 3 honour
-    // RFLAGS.AC (alignment checks), as the contract lets guests set it.
+    // RFLAGS.AC (alignment checks), as the contract lets guests set it. NE reports x87 errors as
+    // #MF (without it they go to FERR/IRQ 13, a masked PIC line) and OSXMMEXCPT SIMD ones as #XM
+    // rather than #UD (host-abi §10.1; smp-and-dispatch §5).
     unsafe {
         Cr0::update(|c| {
             c.remove(Cr0Flags::EMULATE_COPROCESSOR | Cr0Flags::TASK_SWITCHED);
-            c.insert(Cr0Flags::MONITOR_COPROCESSOR | Cr0Flags::ALIGNMENT_MASK);
+            c.insert(Cr0Flags::MONITOR_COPROCESSOR | Cr0Flags::ALIGNMENT_MASK | Cr0Flags::NUMERIC_ERROR);
         });
         Cr4::update(|c| c.insert(Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE));
     }
@@ -430,10 +464,16 @@ fn enable_fpu() {
         // SAFETY: xsetbv with a value CPUID allows, in ring 0, with OSXSAVE set.
         unsafe { asm!("xsetbv", in("ecx") 0, in("eax") xcr0 as u32, in("edx") (xcr0 >> 32) as u32, options(nostack)) };
         let size = core::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize;
+        assert!(size <= FPU_IMAGE_MAX, "XSAVE area of {size} bytes for XCR0 {xcr0:#x}");
         XSAVE_SIZE.store(size.max(576), Ordering::SeqCst);
+        XCR0.store(xcr0 as usize, Ordering::SeqCst);
     } else {
         XSAVE_SIZE.store(0, Ordering::SeqCst);
+        XCR0.store(0, Ordering::SeqCst);
     }
+    let mask = u32::from_le_bytes(FpuImage::save().bytes[28..32].try_into().expect("4 bytes"));
+    MXCSR_MASK.store(if mask == 0 { 0xFFBF } else { mask as usize }, Ordering::SeqCst);
+    reset_user_state();
 }
 
 /// Runs the guest context `context` in ring 3 until it makes a system call or raises an exception.
@@ -455,6 +495,9 @@ pub unsafe fn enter_user(context: &mut UserContext, after_syscall: bool) -> User
     } else {
         // SAFETY: the per-CPU area was written by the entry code of this CPU just now.
         let (vector, error_code) = unsafe { (PER_CPU.vector, PER_CPU.error_code) };
+        if vector >= 32 {
+            return UserExit::Interrupt { vector: vector as u8 };
+        }
         let cr2 = if vector == 14 { x86_64::registers::control::Cr2::read_raw() } else { 0 };
         UserExit::Exception { vector: vector as u8, error_code, cr2 }
     }
@@ -505,45 +548,124 @@ pub fn sanitize_rflags(rflags: u64) -> u64 {
     (rflags & KEEP) | 0x2 | (1 << 9)
 }
 
-/// A saved copy of the guest's x87/SSE/AVX registers (XSAVE, or FXSAVE without XSAVE).
-pub struct FpuState {
-    buf: *mut u8,
-    layout: Layout,
+/// The largest register image [`FpuImage`] holds: XCR0 is limited to x87 | SSE | AVX (832 bytes).
+pub const FPU_IMAGE_MAX: usize = 1024;
+/// MXCSR bits the CPU accepts (MXCSR_MASK of the FXSAVE image; 0xFFBF where it reports 0).
+static MXCSR_MASK: AtomicUsize = AtomicUsize::new(0xFFBF);
+/// The XSAVE components enabled in XCR0 (0 without XSAVE).
+static XCR0: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes of a guest's x87/SSE/AVX image: what XSAVE writes for XCR0, or the 512-byte FXSAVE
+/// image on a CPU without XSAVE. The image is 64-byte aligned wherever it is stored.
+pub fn fpu_image_size() -> usize {
+    XSAVE_SIZE.load(Ordering::Relaxed).max(512)
 }
 
-impl FpuState {
-    /// Saves the current FPU/vector state.
-    pub fn save() -> FpuState {
-        let size = XSAVE_SIZE.load(Ordering::SeqCst).max(512);
-        let layout = Layout::from_size_align(size, 64).expect("xsave layout");
-        // SAFETY: a non-zero size.
-        let buf = unsafe { alloc_zeroed(layout) };
-        assert!(!buf.is_null(), "kernel heap exhausted saving FPU state");
-        if XSAVE_SIZE.load(Ordering::SeqCst) != 0 {
-            // SAFETY: buf is 64-aligned and as large as CPUID says XSAVE needs for XCR0.
+/// A guest's x87/SSE/AVX registers in the XSAVE standard layout (FXSAVE layout without XSAVE):
+/// saved at exception and callback delivery, written to the guest's stack, checked and loaded
+/// again on resume. The kernel is built without SSE, so the registers hold the running guest's
+/// state whenever the kernel runs; nothing else ever touches them.
+#[repr(C, align(64))]
+pub struct FpuImage {
+    /// The image; the first [`fpu_image_size`] bytes are meaningful.
+    pub bytes: [u8; FPU_IMAGE_MAX],
+}
+
+impl FpuImage {
+    /// The clean state of host-abi §10.1: FCW 0x037F, an empty x87 stack, MXCSR 0x1F80, every
+    /// register zero (an XSAVE header with XSTATE_BV = 0 makes XRSTOR load every component's
+    /// initial state; MXCSR comes from the legacy area either way).
+    pub fn initial() -> FpuImage {
+        let mut image = FpuImage { bytes: [0; FPU_IMAGE_MAX] };
+        image.bytes[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
+        image.bytes[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
+        image
+    }
+
+    /// Saves the current registers.
+    pub fn save() -> FpuImage {
+        let mut image = FpuImage { bytes: [0; FPU_IMAGE_MAX] };
+        let buf = image.bytes.as_mut_ptr();
+        if XCR0.load(Ordering::Relaxed) != 0 {
+            // SAFETY: buf is 64-aligned and FPU_IMAGE_MAX ≥ the XSAVE size for XCR0 (checked at
+            // init); XSAVE does not raise pending x87 exceptions.
             unsafe { asm!("xsave64 [{}]", in(reg) buf, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack)) };
         } else {
-            // SAFETY: buf is 16-aligned and 512 bytes.
+            // SAFETY: buf is 16-aligned and at least 512 bytes.
             unsafe { asm!("fxsave64 [{}]", in(reg) buf, options(nostack)) };
         }
-        FpuState { buf, layout }
+        image
     }
 
-    /// Puts the saved state back into the registers.
-    pub fn restore(&self) {
-        if XSAVE_SIZE.load(Ordering::SeqCst) != 0 {
-            // SAFETY: the buffer holds an image written by xsave64 above.
-            unsafe { asm!("xrstor64 [{}]", in(reg) self.buf, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack)) };
-        } else {
-            // SAFETY: the buffer holds an image written by fxsave64 above.
-            unsafe { asm!("fxrstor64 [{}]", in(reg) self.buf, options(nostack)) };
+    /// The x87 control word.
+    pub fn fcw(&self) -> u16 {
+        u16::from_le_bytes([self.bytes[0], self.bytes[1]])
+    }
+
+    /// The x87 status word.
+    pub fn fsw(&self) -> u16 {
+        u16::from_le_bytes([self.bytes[2], self.bytes[3]])
+    }
+
+    /// MXCSR.
+    pub fn mxcsr(&self) -> u32 {
+        u32::from_le_bytes(self.bytes[24..28].try_into().expect("4 bytes"))
+    }
+
+    /// Whether loading the image cannot fault (as Linux and NtContinue check an image from user
+    /// memory): MXCSR has no bit outside MXCSR_MASK; with XSAVE, the header's XSTATE_BV names
+    /// only components of XCR0, XCOMP_BV is 0 (standard form) and the reserved header bytes are 0.
+    pub fn is_loadable(&self) -> bool {
+        if self.mxcsr() as usize & !MXCSR_MASK.load(Ordering::Relaxed) != 0 {
+            return false;
         }
+        let xcr0 = XCR0.load(Ordering::Relaxed) as u64;
+        if xcr0 == 0 {
+            return true;
+        }
+        let xstate_bv = u64::from_le_bytes(self.bytes[512..520].try_into().expect("8 bytes"));
+        xstate_bv & !xcr0 == 0 && self.bytes[520..576].iter().all(|&b| b == 0)
+    }
+
+    /// Makes an image from guest memory loadable as NtContinue and Linux' sigreturn do: MXCSR
+    /// masked with MXCSR_MASK; XSTATE_BV limited to XCR0, XCOMP_BV and the reserved header bytes
+    /// zeroed (every register value itself is acceptable to XRSTOR/FXRSTOR).
+    pub fn make_loadable(&mut self) {
+        let mxcsr = self.mxcsr() & MXCSR_MASK.load(Ordering::Relaxed) as u32;
+        self.bytes[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+        let xcr0 = XCR0.load(Ordering::Relaxed) as u64;
+        if xcr0 != 0 {
+            let xstate_bv = u64::from_le_bytes(self.bytes[512..520].try_into().expect("8 bytes")) & xcr0;
+            self.bytes[512..520].copy_from_slice(&xstate_bv.to_le_bytes());
+            self.bytes[520..576].fill(0);
+        }
+    }
+
+    /// Loads the image into the registers; false (nothing loaded) if it is not
+    /// [loadable](Self::is_loadable).
+    pub fn load(&self) -> bool {
+        if !self.is_loadable() {
+            return false;
+        }
+        let buf = self.bytes.as_ptr();
+        if XCR0.load(Ordering::Relaxed) != 0 {
+            // SAFETY: a 64-aligned standard-form image whose header and MXCSR were checked above,
+            // so XRSTOR cannot fault; it changes only the guest's FPU registers.
+            unsafe { asm!("xrstor64 [{}]", in(reg) buf, in("eax") u32::MAX, in("edx") u32::MAX, options(nostack)) };
+        } else {
+            // SAFETY: a 16-aligned 512-byte image whose MXCSR was checked, so FXRSTOR cannot fault.
+            unsafe { asm!("fxrstor64 [{}]", in(reg) buf, options(nostack)) };
+        }
+        true
     }
 }
 
-impl Drop for FpuState {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `save` with this layout.
-        unsafe { dealloc(self.buf, self.layout) };
-    }
+/// Gives the CPU the clean user state every guest starts with (host-abi §10.1): the initial
+/// x87/SSE/AVX state, and no user GS base left by the previous guest.
+pub fn reset_user_state() {
+    let loaded = FpuImage::initial().load();
+    debug_assert!(loaded, "the initial FPU image is loadable");
+    // SAFETY: KERNEL_GS_BASE holds the user GS base while the kernel runs; 0 is what a fresh
+    // guest has (it is swapped in by `swapgs` on the way out).
+    unsafe { Msr::new(IA32_KERNEL_GS_BASE).write(0) };
 }

@@ -9,10 +9,11 @@
 use address_space::win32::*;
 use address_space::{CriticalLevel, VmError};
 
-use super::host_pages::{MANAGER_OBJECT, nr};
+use super::exceptions::{self, FrameError};
+use super::host_pages::{self, MANAGER_OBJECT, Stub, nr, stub};
 use super::hresult::{self, E_INVALIDARG, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, S_OK};
-use super::{Ended, Guest, Handler, exceptions};
-use crate::arch::user::UserContext;
+use super::{Ended, Guest, Handler};
+use crate::arch::user::{FpuImage, UserContext, sanitize_rflags};
 
 /// `IID_IUnknown` as its 16 bytes in memory (GUID layout: u32, u16, u16, 8 bytes).
 const IID_IUNKNOWN: [u8; 16] = guid(0x0000_0000, 0x0000, 0x0000, [0xC0, 0, 0, 0, 0, 0, 0, 0x46]);
@@ -34,6 +35,8 @@ pub const MAX_ACQUIRED_RANGES: usize = 4096;
 
 /// Bytes a `write` copies at once (longer writes go in pieces).
 const WRITE_CHUNK: usize = 4096;
+/// Most bytes one `write` system call prints; the stub calls again for the rest.
+const WRITE_PIECE: u64 = 64 * 1024;
 
 /// Benchmark hook: when set, called with each piece (at most [`WRITE_CHUNK`] bytes) of console
 /// output a guest writes, before it is printed, inside the guest's system call (its space in CR3,
@@ -108,16 +111,46 @@ fn hr(result: Result<(), u32>) -> u64 {
 /// ERROR_NOACCESS as an HRESULT.
 const E_NOACCESS: u32 = hresult::from_win32(ERROR_NOACCESS);
 
+/// How a system call returns to ring 3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Return {
+    /// To the caller with the result in `rax` (`sysretq` may be used).
+    Sysret,
+    /// To a context that replaced the caller's (`iretq`: every register is loaded).
+    Context,
+}
+
+/// The callbacks a host call leaves for ring 3 to make before its caller sees the result
+/// (host-abi §5): AddRef of a newly registered callback, Release of the one it replaces, and
+/// `OnMemoryNotification` on a band change.
+#[derive(Debug, Default)]
+pub(super) struct Callbacks {
+    /// `(method, object, argument)`, in call order.
+    calls: [(u64, u64, u64); 3],
+    len: usize,
+    /// One of them is `OnMemoryNotification`.
+    notification: bool,
+}
+
+impl Callbacks {
+    fn push(&mut self, method: u64, object: u64, argument: u64) {
+        self.calls[self.len] = (method, object, argument);
+        self.len += 1;
+    }
+}
+
 impl Guest {
-    /// Serves one system call; returns the value for `rax`, or ends the guest.
-    pub(super) fn syscall(&mut self, c: &UserContext) -> Result<u64, Ended> {
+    /// Serves one system call of the guest running `c` (its result goes to `c.rax`, or `c` is
+    /// replaced), or ends the guest.
+    pub(super) fn syscall(&mut self, c: &mut UserContext) -> Result<Return, Ended> {
         let (a1, a2, a3, a4, a5, a6, a7) = (c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx);
-        Ok(match c.rax {
+        self.note_stack(c.rsp);
+        // The dispatchers' calls are private to the host's code page (`rcx` = the return rip):
+        // made from anywhere else they are unknown calls (host-abi §9: E_NOTIMPL).
+        let dispatcher = (host_pages::HOST_CODE..host_pages::HOST_CODE + super::PAGE).contains(&c.rcx);
+        c.rax = match c.rax {
             nr::EXIT => return Err(a1 as i32),
-            nr::WRITE => {
-                self.write_console(a1, a2);
-                0
-            }
+            nr::WRITE => self.write_console(a1, a2, a3 != 0),
             nr::TICKS_NS => crate::arch::time::ticks_ns(),
             nr::ADD_VEH => self.add_handler(a1 != 0, a2),
             nr::REMOVE_VEH => self.remove_handler(a1),
@@ -135,26 +168,114 @@ impl Guest {
                 self.query_commit(a1);
                 0
             }
+            nr::EXCEPTION_HANDLER if dispatcher => self.exception_handler(a1),
+            nr::CONTINUE if dispatcher => {
+                self.resume(c, a1, a2)?;
+                self.deliver_band_change(c)?;
+                return Ok(Return::Context);
+            }
+            nr::UNHANDLED if dispatcher => return Err(self.unhandled_call(a1)),
+            nr::CALLBACKS_DONE if dispatcher => {
+                self.callbacks_done(c, a1, a2, a3 != 0)?;
+                return Ok(Return::Context);
+            }
             n if (nr::MANAGER..nr::MANAGER + 13).contains(&n) => {
-                let result = self.manager_call(c, n - nr::MANAGER, [a1, a2, a3, a4, a5, a6, a7])?;
-                self.notify_if_band_changed(c)?;
-                result
+                let mut callbacks = Callbacks::default();
+                c.rax = self.manager_call(n - nr::MANAGER, [a1, a2, a3, a4, a5, a6, a7], &mut callbacks)?;
+                self.note_band_change(&mut callbacks)?;
+                return self.enter_callbacks(c, &callbacks);
             }
             _ => E_NOTIMPL as u64,
-        })
+        };
+        Ok(Return::Sysret)
     }
 
-    fn write_console(&self, buf: u64, len: u64) {
-        // Nothing is written unless the whole buffer is readable.
-        if len == 0 || self.with_stack_growth(buf, len, || self.space.with(|s, cx| s.check_user_access(cx, buf, len, false))).is_err() {
-            return;
+    /// Returns to ring 3 through the callback dispatcher ([`Stub::DispatchCallbacks`]) when a
+    /// host call left callbacks: the caller's context `c` (with its result) and register image go
+    /// on its stack below `rsp - 128` as for an exception, the `(method, object, argument)`
+    /// triples below them; the dispatcher calls each and resumes `c` through `callbacks_done`.
+    /// Ring 3 enters each method with a `call`, so a method at a bad address faults there, as
+    /// a guest exception.
+    fn enter_callbacks(&mut self, c: &mut UserContext, callbacks: &Callbacks) -> Result<Return, Ended> {
+        if callbacks.len == 0 {
+            return Ok(Return::Sysret);
+        }
+        let fpu = FpuImage::save();
+        let payload = (callbacks.len as u64 * 24).next_multiple_of(16);
+        let frame = match self.write_frame(c, &fpu, payload) {
+            Ok(frame) => frame,
+            Err(FrameError::StackOverflow { address }) => {
+                // No room left on the stack for the calls: the overflow is the guest's exception.
+                let e = exceptions::GuestException { code: exceptions::status::STACK_OVERFLOW, access: 1, address };
+                self.raise(c, e)?;
+                return Ok(Return::Context);
+            }
+            Err(FrameError::NoRoom) => {
+                crate::kprintln!("guest {}: no usable stack for its callbacks (rsp {:#x})", self.name, c.rsp);
+                return Err(exceptions::status::ACCESS_VIOLATION as i32);
+            }
+        };
+        let mut triples = [0u8; 3 * 24];
+        for (i, word) in callbacks.calls[..callbacks.len].iter().flat_map(|&(m, o, a)| [m, o, a]).enumerate() {
+            triples[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        if self.write_stack(frame.low, &triples[..callbacks.len * 24]).is_err() {
+            crate::kprintln!("guest {}: no usable stack for its callbacks (rsp {:#x})", self.name, c.rsp);
+            return Err(exceptions::status::ACCESS_VIOLATION as i32);
+        }
+        self.notifying |= callbacks.notification;
+        *c = UserContext {
+            rip: stub(Stub::DispatchCallbacks),
+            rsp: frame.low,
+            rbx: frame.low,
+            r12: callbacks.len as u64,
+            r13: frame.context_at,
+            r14: frame.fpu_at,
+            r15: callbacks.notification as u64,
+            rflags: sanitize_rflags(0),
+            ..UserContext::default()
+        };
+        Ok(Return::Context)
+    }
+
+    /// `callbacks_done(context, image, notified)`: the callback dispatcher ran a host call's
+    /// callbacks; resumes its caller as `continue` does. A band change that happened while a
+    /// notification ran is delivered now (host-abi §10.3: after the callback returns).
+    fn callbacks_done(&mut self, c: &mut UserContext, context_at: u64, fpu_at: u64, notified: bool) -> Result<(), Ended> {
+        if notified {
+            self.notifying = false;
+        }
+        self.resume(c, context_at, fpu_at)?;
+        self.deliver_band_change(c)
+    }
+
+    /// After a resume: delivers a band change that was held back (while a notification or an
+    /// exception handler ran), entering the callback dispatcher from the resumed context `c`.
+    fn deliver_band_change(&mut self, c: &mut UserContext) -> Result<(), Ended> {
+        let mut callbacks = Callbacks::default();
+        self.note_band_change(&mut callbacks)?;
+        self.enter_callbacks(c, &callbacks).map(|_| ())
+    }
+
+    /// `write(buf, len)` as the stub makes it: prints at most [`WRITE_PIECE`] bytes of `buf` and
+    /// returns how many (0: nothing), so that one kernel entry does a bounded amount of work
+    /// whatever `len` is (the stub loops in ring 3). With `whole`, set on the stub's first call,
+    /// nothing is written unless the whole buffer is readable.
+    fn write_console(&self, buf: u64, len: u64, whole: bool) -> u64 {
+        let check = |len| self.with_stack_growth(buf, len, || self.space.with(|s, cx| s.check_user_access(cx, buf, len, false)));
+        if len == 0 || (whole && check(len).is_err()) {
+            return 0;
+        }
+        let piece = len.min(WRITE_PIECE);
+        if check(piece).is_err() {
+            return 0;
         }
         let mut chunk = [0u8; WRITE_CHUNK];
         let mut done = 0;
-        while done < len {
-            let n = (len - done).min(WRITE_CHUNK as u64) as usize;
+        while done < piece {
+            let n = (piece - done).min(WRITE_CHUNK as u64) as usize;
             if self.read_bytes(buf + done, &mut chunk[..n]).is_err() {
-                return;
+                return done;
             }
             if let Some(hook) = WRITE_HOOK.get() {
                 hook(&chunk[..n]);
@@ -162,6 +283,7 @@ impl Guest {
             crate::console::write_bytes(&chunk[..n]);
             done += n as u64;
         }
+        piece
     }
 
     fn add_handler(&mut self, first: bool, function: u64) -> u64 {
@@ -250,9 +372,9 @@ impl Guest {
         let _ = self.write_bytes(out, &bytes);
     }
 
-    /// An `IHostMemoryManager` method; `args[0]` is `this`; `c` is the caller's context (for
-    /// upcalls to the notification callback).
-    fn manager_call(&mut self, c: &UserContext, slot: u64, args: [u64; 7]) -> Result<u64, Ended> {
+    /// An `IHostMemoryManager` method; `args[0]` is `this`. Callbacks it leaves for ring 3 go
+    /// to `callbacks`.
+    fn manager_call(&mut self, slot: u64, args: [u64; 7], callbacks: &mut Callbacks) -> Result<u64, Ended> {
         if args[0] != MANAGER_OBJECT {
             return Ok(E_NOACCESS as u64);
         }
@@ -278,7 +400,7 @@ impl Guest {
             slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
             slot::VIRTUAL_PROTECT => hr(self.virtual_protect(args[1], args[2], args[3] as u32, args[4])),
             slot::GET_MEMORY_LOAD => hr(self.get_memory_load(args[1], args[2])),
-            slot::REGISTER_CALLBACK => hr(self.register_callback(c, args[1])?),
+            slot::REGISTER_CALLBACK => hr(self.register_callback(args[1], callbacks)?),
             slot::NEEDS_ADDRESS_SPACE => hr(self.check_address_range(args[1], args[2])),
             slot::ACQUIRED_ADDRESS_SPACE => hr(self.acquired(args[1], args[2])),
             slot::RELEASED_ADDRESS_SPACE => hr(self.released(args[1])),
@@ -309,11 +431,12 @@ impl Guest {
         })
     }
 
-    /// Calls the registered callback's `OnMemoryNotification` if the band changed since the last
-    /// report, just before the host call returns; never from inside another upcall.
-    fn notify_if_band_changed(&mut self, c: &UserContext) -> Result<(), Ended> {
+    /// Leaves a call of the registered callback's `OnMemoryNotification` in `callbacks` if the
+    /// band changed since the last report, unless a notification or an exception handler is
+    /// running (it is delivered when that one returns or is left).
+    fn note_band_change(&mut self, callbacks: &mut Callbacks) -> Result<(), Ended> {
         let Some(object) = self.callback else { return Ok(()) };
-        if self.upcall_depth > 0 {
+        if self.notifying || self.handler_frame.is_some() {
             return Ok(());
         }
         let band = Self::current_band();
@@ -322,11 +445,13 @@ impl Guest {
         }
         self.band = band;
         let function = self.callback_method(object, 3)?;
-        self.call_guest(c, function, object, band as u64).map(|_| ())
+        callbacks.push(function, object, band as u64);
+        callbacks.notification = true;
+        Ok(())
     }
 
     /// Reads slot `slot` of a guest COM object's vtable; an unreadable object ends the guest with
-    /// an access violation (host-abi §9: a bad callback object, for an upcall).
+    /// an access violation (host-abi §9: a bad callback object, for a callback).
     fn callback_method(&self, object: u64, slot: u64) -> Result<u64, Ended> {
         let vtbl = self.read_u64(object).map_err(|_| self.bad_callback(object))?;
         self.read_u64(vtbl.wrapping_add(slot * 8)).map_err(|_| self.bad_callback(object))
@@ -337,9 +462,9 @@ impl Guest {
         exceptions::status::ACCESS_VIOLATION as i32
     }
 
-    /// `RegisterMemoryNotificationCallback`: AddRef the new object, Release the old one, no call
-    /// now (host-abi §5, §9).
-    fn register_callback(&mut self, c: &UserContext, object: u64) -> Result<Result<(), u32>, Ended> {
+    /// `RegisterMemoryNotificationCallback`: AddRef the new object, Release the old one (both
+    /// made by ring 3 before the call returns), no notification now (host-abi §5, §9).
+    fn register_callback(&mut self, object: u64, callbacks: &mut Callbacks) -> Result<Result<(), u32>, Ended> {
         if object != 0 {
             let mut header = [0u8; 8];
             if self.read_bytes(object, &mut header).is_err() {
@@ -350,12 +475,12 @@ impl Guest {
             if self.read_bytes(vtbl, &mut table).is_err() {
                 return Ok(Err(E_NOACCESS));
             }
-            let add_ref = self.callback_method(object, 1)?;
-            self.call_guest(c, add_ref, object, 0)?;
+            let add_ref = u64::from_le_bytes(table[8..16].try_into().expect("8 bytes"));
+            callbacks.push(add_ref, object, 0);
         }
         if let Some(old) = self.callback.take() {
             let release = self.callback_method(old, 2)?;
-            self.call_guest(c, release, old, 0)?;
+            callbacks.push(release, old, 0);
         }
         self.callback = (object != 0).then_some(object);
         self.band = Self::current_band();

@@ -1,28 +1,43 @@
-//! CPU exceptions of a guest, as Windows would report them (host-abi §8).
+//! CPU exceptions of a guest, as Windows reports and dispatches them (host-abi §8, §9, §10.1).
 //!
 //! A page fault goes to the address space first: demand-zero and kept frames resolve silently; a
 //! guard page on the guest's own stack grows the stack (the next page down becomes the guard) or,
-//! at the end of the reservation, raises STATUS_STACK_OVERFLOW; any other guard page raises
-//! STATUS_GUARD_PAGE_VIOLATION once; everything else is an access violation with the access kind.
-//! Other vectors map to their NTSTATUS; a #GP is decoded (privileged instruction, `int n` on a
-//! kernel gate, `sysenter`, or a non-canonical access).
+//! near the end of the reservation, raises STATUS_STACK_OVERFLOW (§10.3); any other guard page
+//! raises STATUS_GUARD_PAGE_VIOLATION once; everything else is an access violation with the access
+//! kind. Other vectors map to their NTSTATUS; a #GP is decoded (privileged instruction, `int n` on
+//! a kernel gate, `sysenter`, or a non-canonical access) from a side-effect-free read of the code;
+//! #MF and #XM are decoded from the x87 status word and MXCSR.
 //!
-//! Raising an exception writes a `GUEST_CONTEXT` and a `GUEST_EXCEPTION` below the faulting
-//! `rsp - 128` and calls the vectored handlers in ring 3 in order, each as a function
-//! `int32_t handler(GUEST_EXCEPTION *)` entered as at a call with DF clear. A handler returning
-//! EXCEPTION_CONTINUE_EXECUTION (-1) resumes with the (possibly edited) context read back from
-//! guest memory, with RFLAGS sanitised; the x87/SSE/AVX state of the faulting code is restored
-//! whatever the handler did to it. No handler, a handler that faults, or a frame that cannot be
-//! written (unusable `rsp`) ends the guest with the exception's code.
+//! Dispatch runs in ring 3, as Windows' `KiUserExceptionDispatcher` does; the kernel never calls
+//! ring 3 and waits. Raising writes a frame below the faulting `rsp - 128` (the System V red
+//! zone) and returns to ring 3 at the host's dispatcher stub ([`Stub::DispatchException`]):
+//!
+//! ```text
+//!   faulting rsp - 128
+//!   register image      x87/SSE/AVX (XSAVE layout), 64-byte aligned   <- r13
+//!   GUEST_CONTEXT       144 bytes                                     <- r12
+//!   GUEST_EXCEPTION     32 bytes, its `context` pointing above        <- rsp = rbx = rdi
+//! ```
+//!
+//! The dispatcher runs with DF clear and the clean FPU state and calls the handlers in order, each
+//! as `int32_t handler(GUEST_EXCEPTION *)` on that stack: the first is handed to it, the next ones
+//! it asks for one by one ([`Guest::exception_handler`]) while they pass the exception on. EXCEPTION_CONTINUE_EXECUTION makes a `continue` call ([`Guest::resume`], NtContinue):
+//! the context and image are read back, the image made loadable (MXCSR masked, XSAVE header
+//! cleaned), RFLAGS sanitised, and a `rip` outside user space faults again as an execute access
+//! violation. No handler taking it makes an `unhandled` call, which ends the guest with the code
+//! and prints code, access, address and rip. The kernel keeps no state per exception: a handler
+//! may leave without returning, and a fault inside a handler is a new exception dispatched
+//! further down the same stack, so nesting is bounded by the stack: a frame that cannot be
+//! written ends the guest with that fault's code.
 
 use address_space::FaultOutcome;
 use address_space::win32::*;
 
 use super::host_pages::{Stub, stub};
 use super::{Ended, Guest, PAGE};
-use crate::arch::user::{FpuState, UserContext, sanitize_rflags};
+use crate::arch::user::{FpuImage, UserContext, fpu_image_size, reset_user_state, sanitize_rflags};
 
-/// NTSTATUS codes (host-abi §8, §9).
+/// NTSTATUS codes (host-abi §8, §9, §10.1).
 pub mod status {
     pub const ACCESS_VIOLATION: u32 = 0xC000_0005;
     pub const GUARD_PAGE_VIOLATION: u32 = 0x8000_0001;
@@ -35,17 +50,24 @@ pub mod status {
     pub const BREAKPOINT: u32 = 0x8000_0003;
     pub const SINGLE_STEP: u32 = 0x8000_0004;
     pub const DATATYPE_MISALIGNMENT: u32 = 0x8000_0002;
-    pub const FLOAT_MULTIPLE_FAULTS: u32 = 0xC000_02B4;
+    pub const FLOAT_DENORMAL_OPERAND: u32 = 0xC000_008D;
+    pub const FLOAT_DIVIDE_BY_ZERO: u32 = 0xC000_008E;
+    pub const FLOAT_INEXACT_RESULT: u32 = 0xC000_008F;
+    pub const FLOAT_INVALID_OPERATION: u32 = 0xC000_0090;
+    pub const FLOAT_OVERFLOW: u32 = 0xC000_0091;
+    pub const FLOAT_UNDERFLOW: u32 = 0xC000_0093;
     pub const FLOAT_MULTIPLE_TRAPS: u32 = 0xC000_02B5;
 }
 
-/// EXCEPTION_CONTINUE_EXECUTION.
-const CONTINUE_EXECUTION: i32 = -1;
 /// Size of GUEST_EXCEPTION.
-const EXCEPTION_RECORD_SIZE: u64 = 40;
+const EXCEPTION_RECORD_SIZE: u64 = 32;
 /// The red zone below a faulting `rsp` that exception delivery leaves alone.
 const RED_ZONE: u64 = 128;
 const ALL_ONES: u64 = u64::MAX;
+/// Resumes at a `rip` outside user space in a row after which the kernel ends the guest (host-abi
+/// §10.1: a fault repeated forever ends that guest whenever the kernel decides). A real program
+/// never does this twice; the bound only keeps a hostile handler from spinning forever.
+pub const MAX_BAD_RESUMES: u32 = 1000;
 
 /// One exception to deliver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,15 +76,47 @@ pub struct GuestException {
     pub code: u32,
     /// 0 read, 1 write, 8 execute (memory exceptions), else 0.
     pub access: u64,
-    /// Faulting data address, rip for execute and breakpoint, else 0.
+    /// Faulting data address, rip for execute, breakpoint and floating point, else 0.
     pub address: u64,
+}
+
+/// Where a frame went on the guest's stack.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Frame {
+    /// The register image.
+    pub fpu_at: u64,
+    /// The saved GUEST_CONTEXT.
+    pub context_at: u64,
+    /// The lowest byte of the frame (16-aligned): the payload below the context, and the ring-3
+    /// entry `rsp`.
+    pub low: u64,
+}
+
+/// Why a frame could not be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FrameError {
+    /// Writing it reached the end of the guest's stack: the last pages are now committed and
+    /// STACK_OVERFLOW (write at `address`) is to be raised instead (Windows does the same).
+    StackOverflow { address: u64 },
+    /// No usable stack (unmapped, read-only, non-canonical `rsp`, a foreign guard page).
+    NoRoom,
+}
+
+/// What the growth of the guest's stack at a touched guard page did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StackGrowth {
+    /// The page below is the new guard.
+    Grown,
+    /// Fewer than three pages would remain: the pages down to the hard end (the lowest page,
+    /// never committed) are committed for the handlers, and STACK_OVERFLOW is raised.
+    Overflow,
 }
 
 impl Guest {
     /// Handles CPU exception `vector` of the guest running `context`: resolves it or raises it.
     pub(super) fn exception(&mut self, context: &mut UserContext, vector: u8, error_code: u64, cr2: u64) -> Result<(), Ended> {
         let e = match vector {
-            14 => match self.page_fault(cr2, error_code)? {
+            14 => match self.page_fault(cr2, error_code) {
                 None => return Ok(()),
                 Some(e) => e,
             },
@@ -80,42 +134,52 @@ impl Guest {
             4 => simple(status::INTEGER_OVERFLOW),
             5 => simple(status::ARRAY_BOUNDS_EXCEEDED),
             12 => GuestException { code: status::ACCESS_VIOLATION, access: 0, address: ALL_ONES },
-            16 => simple(status::FLOAT_MULTIPLE_FAULTS),
+            16 | 19 => {
+                let fpu = FpuImage::save();
+                GuestException { code: float_status(vector, fpu.fcw(), fpu.fsw(), fpu.mxcsr()), access: 0, address: context.rip }
+            }
             17 => simple(status::DATATYPE_MISALIGNMENT),
-            19 => simple(status::FLOAT_MULTIPLE_TRAPS),
             _ => simple(status::ILLEGAL_INSTRUCTION),
         };
         self.raise(context, e)
     }
 
-    /// A page fault from ring 3: `Ok(None)` when resolved (retry), else the exception to raise.
-    fn page_fault(&mut self, addr: u64, error_code: u64) -> Result<Option<GuestException>, Ended> {
+    /// A page fault from ring 3: `None` when resolved (retry), else the exception to raise.
+    fn page_fault(&mut self, addr: u64, error_code: u64) -> Option<GuestException> {
         let access = crate::memory::fault_access(error_code);
         let outcome = self.space.with(|s, cx| s.handle_fault(cx, addr, access));
         let e = |code| Some(GuestException { code, access: access.code(), address: addr });
-        Ok(match outcome {
+        match outcome {
             FaultOutcome::Resolved => None,
-            FaultOutcome::GuardPage { .. } if (self.stack.0..self.stack.1).contains(&addr) => {
-                if self.grow_stack(addr & !(PAGE - 1)) { None } else { e(status::STACK_OVERFLOW) }
-            }
+            FaultOutcome::GuardPage { .. } if (self.stack.0..self.stack.1).contains(&addr) => match self.grow_stack(addr & !(PAGE - 1)) {
+                StackGrowth::Grown => None,
+                StackGrowth::Overflow => e(status::STACK_OVERFLOW),
+            },
             FaultOutcome::GuardPage { .. } => e(status::GUARD_PAGE_VIOLATION),
             FaultOutcome::AccessViolation { .. } => e(status::ACCESS_VIOLATION),
-        })
+        }
     }
 
-    /// The guard page at `page` of the guest's stack was touched (its guard is gone): commit the
-    /// page below as the new guard. False when there is no room left (the last page of the
-    /// reservation is never committed, as the "hard" end) or no commit.
-    pub(super) fn grow_stack(&self, page: u64) -> bool {
+    /// The guard page at `page` of the guest's stack was touched (its guard is gone): commits the
+    /// page below as the new guard, or, when that would leave fewer than three pages of the
+    /// reservation below the guard, commits the remaining pages but the lowest for the exception
+    /// handlers and reports the overflow (host-abi §10.3). No commit left for the new guard is an
+    /// overflow too (as on Windows), with no pages added.
+    pub(super) fn grow_stack(&self, page: u64) -> StackGrowth {
+        let (low, _) = self.stack;
         let below = page.wrapping_sub(PAGE);
-        if below <= self.stack.0 {
-            return false;
+        let level = address_space::CriticalLevel::Process;
+        if page >= low + 4 * PAGE
+            && self.space.with(|s, cx| s.virtual_alloc(cx, below, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, level)).is_ok()
+        {
+            return StackGrowth::Grown;
         }
-        self.space
-            .with(|s, cx| {
-                s.virtual_alloc(cx, below, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, address_space::CriticalLevel::Process)
-            })
-            .is_ok()
+        let cushion = low + PAGE;
+        if page > cushion && page < low + 4 * PAGE {
+            // Best effort: without commit the handlers find no room and the guest ends with the code.
+            let _ = self.space.with(|s, cx| s.virtual_alloc(cx, cushion, page - cushion, MEM_COMMIT, PAGE_READWRITE, level));
+        }
+        StackGrowth::Overflow
     }
 
     /// A #GP from ring 3, decoded: `None` when handled without an exception (`sysenter`).
@@ -124,9 +188,11 @@ impl Guest {
             // `int n` through a gate guests may not use.
             return Some(simple(status::ACCESS_VIOLATION));
         }
+        // Only the bytes that can be read without changing anything (a guard page after the
+        // instruction stays armed: an observation by the kernel is not a touch by the guest).
         let mut bytes = [0u8; 16];
         let mut n = 0;
-        while n < bytes.len() && self.read_bytes(context.rip + n as u64, &mut bytes[n..n + 1]).is_ok() {
+        while n < bytes.len() && self.space.with(|s, cx| s.peek_user(cx.mem, context.rip.wrapping_add(n as u64), &mut bytes[n..n + 1])).is_ok() {
             n += 1;
         }
         let code = &bytes[..n];
@@ -146,7 +212,7 @@ impl Guest {
         if op == Some(0x0f) && op2 == Some(0x34) {
             // sysenter: not how the host is called; fails cleanly and the guest continues.
             context.rax = super::hresult::E_NOTIMPL as u64;
-            context.rip += i as u64 + 2;
+            context.rip = context.rip.wrapping_add(i as u64 + 2);
             return None;
         }
         if privileged {
@@ -157,53 +223,160 @@ impl Guest {
         }
     }
 
-    /// Delivers `e` to the vectored handlers (see the module docs).
+    /// Delivers `e`, raised by the guest running `context`: writes the exception frame and
+    /// returns with `context` at the ring-3 dispatcher (see the module docs), or ends the guest.
     pub(super) fn raise(&mut self, context: &mut UserContext, e: GuestException) -> Result<(), Ended> {
-        if self.upcall_depth > 0 {
-            // A fault inside a handler or callback ends the guest with that fault's code.
-            return Err(self.unhandled(context, e, "inside a handler"));
-        }
         if self.handlers.is_empty() {
             return Err(self.unhandled(context, e, "no handler"));
         }
-        let fpu = FpuState::save();
-        let context_at = (context.rsp.wrapping_sub(RED_ZONE).wrapping_sub(UserContext::SIZE as u64)) & !15;
-        let record_at = (context_at.wrapping_sub(EXCEPTION_RECORD_SIZE)) & !15;
-        let entry_rsp = record_at.wrapping_sub(8);
+        let fpu = FpuImage::save();
+        let mut e = e;
+        let mut frame = self.write_frame(context, &fpu, EXCEPTION_RECORD_SIZE);
+        if let Err(FrameError::StackOverflow { address }) = frame {
+            // The frame reached the end of the stack: that is the exception now (as on Windows),
+            // delivered on the pages just committed for it.
+            e = GuestException { code: status::STACK_OVERFLOW, access: 1, address };
+            frame = self.write_frame(context, &fpu, EXCEPTION_RECORD_SIZE);
+        }
+        let Ok(frame) = frame else {
+            return Err(self.unhandled(context, e, "no room for the exception frame below rsp"));
+        };
         let mut record = [0u8; EXCEPTION_RECORD_SIZE as usize];
         record[0..4].copy_from_slice(&e.code.to_le_bytes());
         record[8..16].copy_from_slice(&e.access.to_le_bytes());
         record[16..24].copy_from_slice(&e.address.to_le_bytes());
-        record[24..32].copy_from_slice(&context_at.to_le_bytes());
-        let written = self
-            .write_bytes(context_at, &context.to_bytes())
-            .and_then(|_| self.write_bytes(record_at, &record))
-            .and_then(|_| self.write_bytes(entry_rsp, &stub(Stub::UpcallReturn).to_le_bytes()));
-        if written.is_err() {
-            return Err(self.unhandled(context, e, "the exception frame cannot be written below rsp"));
+        record[24..32].copy_from_slice(&frame.context_at.to_le_bytes());
+        if self.write_stack(frame.low, &record).is_err() {
+            return Err(self.unhandled(context, e, "no room for the exception frame below rsp"));
         }
-        for handler in self.handlers.clone() {
-            let result = self.upcall(handler.function, record_at, entry_rsp)? as u32 as i32;
-            if result == CONTINUE_EXECUTION {
-                let mut bytes = [0u8; UserContext::SIZE];
-                if self.read_bytes(context_at, &mut bytes).is_err() {
-                    return Err(self.unhandled(context, e, "the handler's context cannot be read back"));
+        // A fault below the outermost frame whose handlers still run is nested in them.
+        self.handler_frame = match self.handler_frame {
+            Some(outer) if context.rsp < outer => Some(outer),
+            _ => Some(frame.low),
+        };
+        *context = UserContext {
+            rip: stub(Stub::DispatchException),
+            rsp: frame.low,
+            rdi: frame.low,
+            rbx: frame.low,
+            r12: frame.context_at,
+            r13: frame.fpu_at,
+            r14: 0,
+            r15: self.handlers[0].function,
+            rflags: sanitize_rflags(0),
+            ..UserContext::default()
+        };
+        // Handlers run with the clean FPU state (a pending x87 exception would fault again in
+        // the first handler that touches the x87 unit); the faulting state is in the frame.
+        reset_user_state();
+        Ok(())
+    }
+
+    /// Writes the register image and `context` below `context.rsp - 128`, leaving `payload` bytes
+    /// (a multiple of 16) below them for the caller; the frame's `low` is 16-aligned.
+    pub(super) fn write_frame(&self, context: &UserContext, fpu: &FpuImage, payload: u64) -> Result<Frame, FrameError> {
+        let size = fpu_image_size();
+        let fpu_at = context.rsp.checked_sub(RED_ZONE + size as u64).ok_or(FrameError::NoRoom)? & !63;
+        let context_at = fpu_at.checked_sub(UserContext::SIZE as u64).ok_or(FrameError::NoRoom)?;
+        let low = context_at.checked_sub(payload).ok_or(FrameError::NoRoom)? & !15;
+        self.write_stack(fpu_at, &fpu.bytes[..size])?;
+        self.write_stack(context_at, &context.to_bytes())?;
+        Ok(Frame { fpu_at, context_at, low })
+    }
+
+    /// Writes `data` to the guest's stack a page at a time from the top down, as pushes would
+    /// touch it, so that the stack grows through its guard page.
+    pub(super) fn write_stack(&self, addr: u64, data: &[u8]) -> Result<(), FrameError> {
+        let end = addr.checked_add(data.len() as u64).ok_or(FrameError::NoRoom)?;
+        let mut top = end;
+        while top > addr {
+            let start = (top.wrapping_sub(1) & !(PAGE - 1)).max(addr);
+            let piece = &data[(start - addr) as usize..(top - addr) as usize];
+            self.write_stack_page(start, piece)?;
+            top = start;
+        }
+        Ok(())
+    }
+
+    /// Writes `data`, within one page, growing the stack if that page is its guard page.
+    fn write_stack_page(&self, addr: u64, data: &[u8]) -> Result<(), FrameError> {
+        match self.space.with(|s, cx| s.write_user(cx, addr, data)) {
+            Ok(()) => Ok(()),
+            Err(address_space::VmError::GuardPage) => {
+                // The check cleared the guard of this page: it is committed and writable now.
+                let page = self.stack_bottom_in(addr, data.len() as u64).ok_or(FrameError::NoRoom)?;
+                if self.grow_stack(page) == StackGrowth::Overflow {
+                    return Err(FrameError::StackOverflow { address: addr });
                 }
-                let mut resumed = UserContext::from_bytes(&bytes);
-                resumed.rflags = sanitize_rflags(resumed.rflags);
-                fpu.restore();
-                *context = resumed;
-                let max = self.space.with(|s, _| s.config().max_application_address());
-                if context.rip > max {
-                    // Resuming there would fetch outside user space: an execute violation.
-                    let address = context.rip;
-                    return self.raise(context, GuestException { code: status::ACCESS_VIOLATION, access: 8, address });
-                }
-                return Ok(());
+                self.space.with(|s, cx| s.write_user(cx, addr, data)).map_err(|_| FrameError::NoRoom)
             }
+            Err(_) => Err(FrameError::NoRoom),
         }
-        fpu.restore();
-        Err(self.unhandled(context, e, "no handler took it"))
+    }
+
+    /// The dispatcher's `exception_handler(index)`: the handler to call `index`-th, or 0.
+    pub(super) fn exception_handler(&self, index: u64) -> u64 {
+        usize::try_from(index).ok().and_then(|i| self.handlers.get(i)).map_or(0, |h| h.function)
+    }
+
+    /// `continue(context, image)` (NtContinue): resumes `context` (the caller's, replaced) with
+    /// the GUEST_CONTEXT at `context_at` and the register image at `fpu_at`. Every register may
+    /// be changed; RFLAGS is sanitised (host-abi §9), the image made loadable, and a `rip`
+    /// outside user space faults again as an execute access violation.
+    pub(super) fn resume(&mut self, context: &mut UserContext, context_at: u64, fpu_at: u64) -> Result<(), Ended> {
+        let mut bytes = [0u8; UserContext::SIZE];
+        let mut fpu = FpuImage::initial();
+        let size = fpu_image_size();
+        if self.read_bytes(context_at, &mut bytes).is_err() || self.read_bytes(fpu_at, &mut fpu.bytes[..size]).is_err() {
+            crate::kprintln!("guest {}: the context to resume (at {context_at:#x}, image at {fpu_at:#x}) is unreadable", self.name);
+            return Err(status::ACCESS_VIOLATION as i32);
+        }
+        fpu.make_loadable();
+        let loaded = fpu.load();
+        debug_assert!(loaded, "a sanitised image loads");
+        let mut resumed = UserContext::from_bytes(&bytes);
+        resumed.rflags = sanitize_rflags(resumed.rflags);
+        *context = resumed;
+        self.note_stack(context.rsp);
+        let max = self.space.with(|s, _| s.config().max_application_address());
+        if context.rip <= max {
+            self.bad_resumes = 0;
+            return Ok(());
+        }
+        // Resuming there would fetch outside user space: an execute violation at that rip,
+        // delivered without entering ring 3 there (no iretq to a non-canonical address).
+        self.bad_resumes += 1;
+        let e = GuestException { code: status::ACCESS_VIOLATION, access: 8, address: context.rip };
+        if self.bad_resumes >= MAX_BAD_RESUMES {
+            return Err(self.unhandled(context, e, "handlers resumed outside user space too often"));
+        }
+        self.raise(context, e)
+    }
+
+    /// Notes that the guest runs at `rsp`: above the outermost exception frame, no handler of it
+    /// runs any more (they returned, or left by a jump of their own).
+    pub(super) fn note_stack(&mut self, rsp: u64) {
+        if self.handler_frame.is_some_and(|low| rsp > low) {
+            self.handler_frame = None;
+        }
+    }
+
+    /// The dispatcher's `unhandled(record)`: ends the guest with the code of the GUEST_EXCEPTION
+    /// at `record`, reporting it (an unreadable record ends it with an access violation).
+    pub(super) fn unhandled_call(&self, record: u64) -> Ended {
+        let mut r = [0u8; EXCEPTION_RECORD_SIZE as usize];
+        if self.read_bytes(record, &mut r).is_err() {
+            crate::kprintln!("guest {}: unhandled exception, its record at {record:#x} unreadable", self.name);
+            return status::ACCESS_VIOLATION as i32;
+        }
+        let u = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
+        let e = GuestException { code: u32::from_le_bytes(r[0..4].try_into().expect("4 bytes")), access: u(8), address: u(16) };
+        let mut c = [0u8; UserContext::SIZE];
+        let context = match self.read_bytes(u(24), &mut c) {
+            Ok(()) => UserContext::from_bytes(&c),
+            Err(_) => UserContext { rip: ALL_ONES, ..UserContext::default() },
+        };
+        self.unhandled(&context, e, "no handler took it")
     }
 
     /// Prints the report of an exception that ends the guest and returns its exit code.
@@ -231,4 +404,27 @@ impl Guest {
 
 fn simple(code: u32) -> GuestException {
     GuestException { code, access: 0, address: 0 }
+}
+
+/// The NTSTATUS of a #MF (vector 16) or #XM (19) from the unmasked exceptions pending in the x87
+/// status word (`fsw` against the control word `fcw`) or in `mxcsr`, in the order Windows and
+/// Linux test them (host-abi §10.1).
+pub fn float_status(vector: u8, fcw: u16, fsw: u16, mxcsr: u32) -> u32 {
+    let pending = if vector == 16 { fsw as u32 & !(fcw as u32) } else { mxcsr & !(mxcsr >> 7) } & 0x3F;
+    // IE 0x01, DE 0x02, ZE 0x04, OE 0x08, UE 0x10, PE 0x20.
+    if pending & 0x01 != 0 {
+        status::FLOAT_INVALID_OPERATION
+    } else if pending & 0x04 != 0 {
+        status::FLOAT_DIVIDE_BY_ZERO
+    } else if pending & 0x02 != 0 {
+        status::FLOAT_DENORMAL_OPERAND
+    } else if pending & 0x08 != 0 {
+        status::FLOAT_OVERFLOW
+    } else if pending & 0x10 != 0 {
+        status::FLOAT_UNDERFLOW
+    } else if pending & 0x20 != 0 {
+        status::FLOAT_INEXACT_RESULT
+    } else {
+        status::FLOAT_MULTIPLE_TRAPS
+    }
 }

@@ -49,9 +49,19 @@ pub mod nr {
     pub const GET_WRITE_WATCH: u64 = 5;
     pub const RESET_WRITE_WATCH: u64 = 6;
     pub const QUERY_COMMIT: u64 = 7;
-    pub const UPCALL_RETURN: u64 = 8;
     /// `probe(ptr, len, write)`: used by the host library to check guest pointers.
     pub const PROBE: u64 = 9;
+    /// `exception_handler(index)`: the `index`-th vectored handler in call order, or 0 (used by
+    /// the exception dispatcher).
+    pub const EXCEPTION_HANDLER: u64 = 10;
+    /// `continue(context, fpu_image)`: resumes with a context and register image from guest
+    /// memory, checked (NtContinue).
+    pub const CONTINUE: u64 = 11;
+    /// `unhandled(record)`: no handler took the exception; the guest ends with its code.
+    pub const UNHANDLED: u64 = 12;
+    /// `callbacks_done(context, fpu_image, notified)`: the callbacks of a host call ran; resumes
+    /// as `continue` does (and delivers a band change that happened meanwhile).
+    pub const CALLBACKS_DONE: u64 = 13;
     /// `IHostMemoryManager` method `i` (vtable slot) is `MANAGER + i`.
     pub const MANAGER: u64 = 16;
 }
@@ -66,9 +76,30 @@ hs_exit:
     mov eax, {exit}
     syscall
     ud2
+# write(buf, len): the kernel writes at most a bounded piece per call and returns its length (0:
+# nothing more); rdx = 1 on the first call asks it to check the whole buffer first.
 hs_write:
+    push rbx
+    push r12
+    mov rbx, rdi
+    mov r12, rsi
+    mov edx, 1
+7:
+    test r12, r12
+    jz 8f
+    mov rdi, rbx
+    mov rsi, r12
     mov eax, {write}
     syscall
+    test rax, rax
+    jz 8f
+    add rbx, rax
+    sub r12, rax
+    xor edx, edx
+    jmp 7b
+8:
+    pop r12
+    pop rbx
     ret
 hs_ticks:
     mov eax, {ticks}
@@ -95,9 +126,54 @@ hs_query_commit:
     mov eax, {qc}
     syscall
     ret
-hs_upcall_return:
-    mov rdi, rax
-    mov eax, {upcall_return}
+# The exception dispatcher (KiUserExceptionDispatcher): the kernel enters it with rsp = rbx = the
+# GUEST_EXCEPTION it wrote, r12 = its GUEST_CONTEXT, r13 = the saved register image, r14 = 0 and
+# r15 = the first handler (all saved in the context; rsp 16-aligned, so each handler is entered as
+# at a call). Handler r14 + 1 is asked for only when handler r14 passes the exception on.
+hs_dispatch_exception:
+    cld
+    mov rax, r15
+3:
+    mov rdi, rbx
+    call rax
+    cmp eax, -1
+    je 4f
+    inc r14
+    mov rdi, r14
+    mov eax, {exception_handler}
+    syscall
+    test rax, rax
+    jnz 3b
+    mov rdi, rbx
+    mov eax, {unhandled}
+    syscall
+    ud2
+4:
+    mov rdi, r12
+    mov rsi, r13
+    mov eax, {continue_}
+    syscall
+    ud2
+# The callback dispatcher: calls `method(object, argument)` for each of the r12 triples
+# (method, object, argument) at rbx (= rsp, 16-aligned), then resumes the host call's caller from
+# the context at r13 and the image at r14; r15 says whether a notification was among them.
+hs_dispatch_callbacks:
+    cld
+5:
+    test r12, r12
+    jz 6f
+    mov rax, [rbx]
+    mov rdi, [rbx + 8]
+    mov rsi, [rbx + 16]
+    add rbx, 24
+    dec r12
+    call rax
+    jmp 5b
+6:
+    mov rdi, r13
+    mov rsi, r14
+    mov rdx, r15
+    mov eax, {callbacks_done}
     syscall
     ud2
 hs_guest_return:
@@ -167,7 +243,8 @@ vmk_host_offsets:
     .quad hs_get_write_watch - vmk_host_code_start
     .quad hs_reset_write_watch - vmk_host_code_start
     .quad hs_query_commit - vmk_host_code_start
-    .quad hs_upcall_return - vmk_host_code_start
+    .quad hs_dispatch_exception - vmk_host_code_start
+    .quad hs_dispatch_callbacks - vmk_host_code_start
     .quad hs_guest_return - vmk_host_code_start
     .quad hm_0 - vmk_host_code_start
     .quad hm_1 - vmk_host_code_start
@@ -192,14 +269,17 @@ vmk_host_offsets:
     gww = const nr::GET_WRITE_WATCH,
     rww = const nr::RESET_WRITE_WATCH,
     qc = const nr::QUERY_COMMIT,
-    upcall_return = const nr::UPCALL_RETURN,
+    exception_handler = const nr::EXCEPTION_HANDLER,
+    continue_ = const nr::CONTINUE,
+    unhandled = const nr::UNHANDLED,
+    callbacks_done = const nr::CALLBACKS_DONE,
     m = const nr::MANAGER,
 );
 
 unsafe extern "C" {
     static vmk_host_code_start: [u8; 0];
     static vmk_host_code_end: [u8; 0];
-    static vmk_host_offsets: [u64; 23];
+    static vmk_host_offsets: [u64; 24];
 }
 
 /// Offsets of the stubs in the code page, in the order of [`Stub`].
@@ -214,7 +294,10 @@ pub enum Stub {
     GetWriteWatch,
     ResetWriteWatch,
     QueryCommit,
-    UpcallReturn,
+    /// Where the kernel enters ring 3 to deliver an exception.
+    DispatchException,
+    /// Where the kernel enters ring 3 to run a host call's callbacks.
+    DispatchCallbacks,
     GuestReturn,
     /// `IHostMemoryManager` slot 0; slot `i` is `Manager0 as usize + i`.
     Manager0,
@@ -226,7 +309,7 @@ pub fn stub(s: Stub) -> u64 {
 }
 
 fn stub_at(index: usize) -> u64 {
-    // SAFETY: a static table emitted by the global_asm! above, with 23 entries.
+    // SAFETY: a static table emitted by the global_asm! above, with 24 entries.
     HOST_CODE + unsafe { vmk_host_offsets[index] }
 }
 

@@ -20,6 +20,8 @@ pub const E_NOTIMPL: u32 = 0x8000_4001;
 pub const E_FAIL: u32 = 0x8000_4005;
 /// HOST_E_CLRNOTAVAILABLE.
 pub const HOST_E_CLRNOTAVAILABLE: u32 = 0x8013_1023;
+/// HOST_E_TIMEOUT: the exit code of a guest ended at its CPU-time limit (host-abi §10.1).
+pub const HOST_E_TIMEOUT: u32 = 0x8013_1024;
 
 /// HRESULT_FROM_WIN32.
 pub const fn from_win32(e: u32) -> u32 {

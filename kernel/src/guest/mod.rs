@@ -1,10 +1,11 @@
 //! Guests: untrusted ring-3 programs, each in an address space of its own, loaded from ELF files
 //! and calling the host through the binary contract of `host-abi.md`.
 //!
-//! - [`elf`] checks the file; [`Guest::load`] maps its segments as one `MEM_IMAGE` allocation
-//!   (per-page protections from the segment flags), applies its `R_X86_64_RELATIVE` relocations,
-//!   maps the host's pages ([`host_pages`]) and reserves its stack: 1 MiB, the top two pages
-//!   committed, a guard page below them.
+//! - The `guest-loader` crate (host-tested) checks the file and decides its layout; [`Guest::load`]
+//!   maps its segments as one `MEM_IMAGE` allocation (per-page protections from the segment
+//!   flags, `PT_GNU_RELRO` pages read-only), applies its `R_X86_64_RELATIVE` relocations as it
+//!   reads them, maps the host's library and pages ([`host_pages`]) the same way and reserves its
+//!   stack: 1 MiB, the top two pages committed, a guard page below them.
 //! - [`Guest::run`] drops to ring 3 at the entry point with `rdi` = the `IHostMemoryManager`
 //!   object and `rsi` = `HOST_SERVICES`, and serves its system calls ([`calls`]) and exceptions
 //!   ([`exceptions`]) until it ends: by returning from its entry point, by `exit`, or by an
@@ -18,18 +19,19 @@
 //! One guest runs at a time, on the kernel stack of the code that called [`run_guest`].
 
 pub mod calls;
-pub mod elf;
+pub mod cpu_time;
 pub mod exceptions;
 pub mod host_pages;
 pub mod hresult;
 pub mod ramdisk;
 
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use address_space::win32::*;
-use address_space::{AllocationKind, CriticalLevel, VmError};
+use address_space::{AllocationKind, CriticalLevel, SpaceConfig, VmError};
+use guest_loader::{Image, Policy, Rights};
 
 use crate::arch::user::{UserContext, UserExit, enter_user};
 use crate::memory::Space;
@@ -63,56 +65,55 @@ fn fail(what: &str, e: VmError) -> String {
     format!("{what}: {e:?} (Win32 {})", e.win32_code())
 }
 
-/// Maps a checked ELF image into `space` as one `MEM_IMAGE` allocation (per-page protections from
-/// the segments: the union of the rights of the segments sharing a page), copies its segments and
-/// applies its relocations. A relocatable image is placed at `pie_base`; returns the entry point.
-fn map_image(space: &Space, file: &[u8], image: &elf::GuestImage, pie_base: u64, host_owned: bool) -> Result<u64, String> {
-    let bias = if image.relocatable { pie_base.wrapping_sub(image.low) } else { 0 };
-    let base = image.low.wrapping_add(bias);
-    if base % 0x1_0000 != 0 {
-        return Err(format!("the image starts at {base:#x}, which is not 64 KiB aligned"));
+/// The layout policy for images whose space ends at `user_end`, a static PIE going to `pie_base`.
+fn image_policy(cfg: &SpaceConfig, user_end: u64, pie_base: u64) -> Policy {
+    Policy { user_min: cfg.min_address, user_end, max_image_size: MAX_IMAGE_SIZE, base_alignment: 0x1_0000, pie_base }
+}
+
+/// The page protection the image's pages get for the rights of the segments on them.
+fn page_protection(r: Rights) -> u32 {
+    match (r.read || r.write, r.write, r.execute) {
+        (_, true, _) => PAGE_READWRITE,
+        (true, false, true) => PAGE_EXECUTE_READ,
+        (false, false, true) => PAGE_EXECUTE,
+        (true, false, false) => PAGE_READONLY,
+        (false, false, false) => PAGE_NOACCESS,
     }
-    let limit = if host_owned { HOST_BASE } else { HOST_LIB_BASE };
-    if base.checked_add(image.high - image.low).is_none_or(|end| end > limit) {
-        return Err("the image overlaps the host's pages at the top of user space".into());
-    }
-    // The per-page protection list lives in the kernel heap: bound it before making it (an image
-    // of more than 1 GiB would not fit the commit limit of any machine this runs on anyway).
-    if image.high - image.low > MAX_IMAGE_SIZE {
-        return Err(format!("the image spans {:#x} bytes, more than the {MAX_IMAGE_SIZE:#x} this kernel maps", image.high - image.low));
-    }
-    let pages = ((image.high - image.low) / PAGE) as usize;
-    let mut prots = alloc::vec![PAGE_NOACCESS; pages];
-    for (i, prot) in prots.iter_mut().enumerate() {
-        let va = image.low + i as u64 * PAGE;
-        let (mut r, mut w, mut x) = (false, false, false);
-        for s in image.segments.iter().filter(|s| s.vaddr < va + PAGE && s.vaddr + s.mem_size > va) {
-            r |= s.read;
-            w |= s.write;
-            x |= s.execute;
-        }
-        *prot = match (r || w, w, x) {
-            (_, true, _) => PAGE_READWRITE,
-            (true, false, true) => PAGE_EXECUTE_READ,
-            (false, false, true) => PAGE_EXECUTE,
-            (true, false, false) => PAGE_READONLY,
-            (false, false, false) => PAGE_NOACCESS,
-        };
-    }
+}
+
+/// Maps a checked image into `space` as one `MEM_IMAGE` allocation with its final per-page
+/// protections (RELRO pages already read-only: the loader's writes ignore protections), copies
+/// its segments and applies its relocations as it reads them, in runs of adjacent targets
+/// written together from a fixed buffer (no heap per relocation). Returns the entry point.
+///
+/// Kernel heap per file: the protection list, 4 bytes per page, at most `MAX_IMAGE_SIZE / 1024`.
+fn map_image(space: &Space, image: &Image<'_>, host_owned: bool) -> Result<u64, String> {
+    let prots: Vec<u32> = image.page_rights().map(page_protection).collect();
     space
-        .with(|s, cx| s.create_image(cx, base, &prots, host_owned, CriticalLevel::Process))
+        .with(|s, cx| s.create_image(cx, image.base(), &prots, host_owned, CriticalLevel::Process))
         .map_err(|e| fail("mapping the image", e))?;
-    for seg in &image.segments {
-        let bytes = &file[seg.file_offset as usize..(seg.file_offset + seg.file_size) as usize];
-        space.with(|s, cx| s.write_image(cx, seg.vaddr.wrapping_add(bias), bytes)).map_err(|e| fail("copying a segment", e))?;
+    drop(prots);
+    for seg in image.segments().filter(|s| !s.bytes.is_empty()) {
+        space.with(|s, cx| s.write_image(cx, seg.address, seg.bytes)).map_err(|e| fail("copying a segment", e))?;
     }
-    for &(offset, addend) in &image.relocations {
-        let value = addend.wrapping_add(bias);
-        space
-            .with(|s, cx| s.write_image(cx, offset.wrapping_add(bias), &value.to_le_bytes()))
-            .map_err(|e| fail("relocating", e))?;
+    let write_run = |at: u64, bytes: &[u8]| space.with(|s, cx| s.write_image(cx, at, bytes)).map_err(|e| fail("relocating", e));
+    let mut run = [0u8; 512];
+    let (mut run_start, mut run_len) = (0u64, 0usize);
+    for r in image.relocations() {
+        if run_len > 0 && (run_len == run.len() || run_start.wrapping_add(run_len as u64) != r.address) {
+            write_run(run_start, &run[..run_len])?;
+            run_len = 0;
+        }
+        if run_len == 0 {
+            run_start = r.address;
+        }
+        run[run_len..run_len + 8].copy_from_slice(&r.value.to_le_bytes());
+        run_len += 8;
     }
-    Ok(image.entry.wrapping_add(bias))
+    if run_len > 0 {
+        write_run(run_start, &run[..run_len])?;
+    }
+    Ok(image.entry())
 }
 
 /// Set by [`set_guest_args_for_test`]: the argument string instead of fw_cfg's.
@@ -157,8 +158,16 @@ pub struct Guest {
     next_handle: u64,
     /// Lowest address of the stack reservation and its end.
     stack: (u64, u64),
-    /// Nesting of upcalls (exception handlers, callbacks) in progress.
-    upcall_depth: u32,
+    /// Resumes at a `rip` outside user space since the last good one (bounded, see
+    /// [`exceptions::MAX_BAD_RESUMES`]).
+    bad_resumes: u32,
+    /// A notification callback was entered and has not come back (host-abi §9: never entered
+    /// while another one runs).
+    notifying: bool,
+    /// The lowest address (the dispatcher's `rsp`) of the outermost exception frame whose
+    /// handlers may still run: a host call from below it comes from a handler, and a band change
+    /// it makes is delivered once the handlers are left (a host call or resume above it).
+    handler_frame: Option<u64>,
     /// The manager's reference count (host-abi §9: starts at 1, never destroys).
     manager_refs: u32,
     /// Set after E_FAIL: every later manager call returns HOST_E_CLRNOTAVAILABLE.
@@ -169,6 +178,8 @@ pub struct Guest {
     callback: Option<u64>,
     /// The memory band last reported (or current at registration): 1 low, 2 neutral, 3 high.
     band: u32,
+    /// CPU time used and its limit (started when the guest starts running).
+    cpu: cpu_time::CpuClock,
 }
 
 /// How a guest ended.
@@ -191,11 +202,11 @@ impl Guest {
     pub fn load(name: &str, file: &[u8]) -> Result<Guest, String> {
         let space = Space::new().map_err(|e| format!("no address space: {e:?}"))?;
         let cfg = space.with(|s, _| *s.config());
-        let image = elf::parse(file, cfg.min_address, cfg.max_address_end)?;
-        let entry = map_image(&space, file, &image, PIE_BASE, false)?;
+        let image = Image::parse(file, &image_policy(&cfg, HOST_LIB_BASE, PIE_BASE)).map_err(|e| e.to_string())?;
+        let entry = map_image(&space, &image, false)?;
         // The host's ring-3 library (IHostMalloc), as a host-owned image below the host pages.
-        let host_lib = elf::parse(HOST_LIB, cfg.min_address, cfg.max_address_end).map_err(|e| format!("host library: {e}"))?;
-        let create_malloc = map_image(&space, HOST_LIB, &host_lib, HOST_LIB_BASE, true).map_err(|e| format!("host library: {e}"))?;
+        let host_lib = Image::parse(HOST_LIB, &image_policy(&cfg, HOST_BASE, HOST_LIB_BASE)).map_err(|e| format!("host library: {e}"))?;
+        let create_malloc = map_image(&space, &host_lib, true).map_err(|e| format!("host library: {e}"))?;
         space
             .with(|s, cx| s.create_image(cx, HOST_BASE, &[PAGE_EXECUTE_READ, PAGE_READONLY], true, CriticalLevel::Process))
             .map_err(|e| fail("mapping the host pages", e))?;
@@ -235,12 +246,15 @@ impl Guest {
             handlers: Vec::new(),
             next_handle: 1,
             stack: (stack_base, stack_top),
-            upcall_depth: 0,
+            bad_resumes: 0,
+            notifying: false,
+            handler_frame: None,
             manager_refs: 1,
             poisoned: false,
             acquired: Vec::new(),
             callback: None,
             band: 0,
+            cpu: cpu_time::CpuClock::start(),
         })
     }
 
@@ -257,80 +271,59 @@ impl Guest {
     /// Runs the guest to its end and returns its exit code; its address space is destroyed.
     pub fn run(mut self) -> i32 {
         self.space.activate();
+        // Nothing of the previous guest (or the firmware) in the registers (host-abi §10.1).
+        crate::arch::user::reset_user_state();
+        self.cpu = cpu_time::CpuClock::start();
         let mut context = self.entry_context;
-        match self.run_loop(&mut context, false) {
-            Ok(_) => unreachable!("the main run loop returns only when the guest ends"),
+        match self.run_loop(&mut context) {
+            Ok(never) => match never {},
             Err(code) => code,
         }
     }
 
-    /// Runs `context` in ring 3, serving system calls and exceptions, until the guest ends
-    /// (`Err(exit code)`) or, for an upcall, until the upcall returns (`Ok(rax)`).
-    fn run_loop(&mut self, context: &mut UserContext, upcall: bool) -> Result<u64, Ended> {
+    /// Runs `context` in ring 3, serving system calls and exceptions, until the guest ends with
+    /// an exit code. Each iteration enters ring 3 once and handles one exit; nothing here waits
+    /// for ring 3 or nests: exception handlers and callbacks are entered as ordinary returns to
+    /// ring 3 (see [`exceptions`]).
+    fn run_loop(&mut self, context: &mut UserContext) -> Result<core::convert::Infallible, Ended> {
         let mut after_syscall = false;
         loop {
-            // SAFETY: the context is this guest's (entry point, stub or handler addresses in its
-            // user half, with rflags from sanitize_rflags or 0x202), and its space is in CR3.
+            // SAFETY: the context is this guest's (entry point, a resumed context whose rip was
+            // checked against user space, or a stub address), its rflags from sanitize_rflags or
+            // 0x202, and its space is in CR3.
             let exit = unsafe { enter_user(context, after_syscall) };
-            KERNEL_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            // Timer ticks are not entries the guest asked for (and vary with time): not counted.
+            if !matches!(exit, UserExit::Interrupt { .. }) {
+                KERNEL_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            }
             match exit {
                 UserExit::Syscall => {
-                    if context.rax == host_pages::nr::UPCALL_RETURN && upcall {
-                        return Ok(context.rdi);
-                    }
-                    context.rax = self.syscall(context)?;
-                    after_syscall = true;
+                    after_syscall = self.syscall(context)? == calls::Return::Sysret;
                 }
                 UserExit::Exception { vector, error_code, cr2 } => {
                     self.exception(context, vector, error_code, cr2)?;
+                    after_syscall = false;
+                }
+                UserExit::Interrupt { vector } => {
+                    crate::arch::apic::on_interrupt(vector);
+                    self.cpu.check(&self.name)?;
                     after_syscall = false;
                 }
             }
         }
     }
 
-    /// Calls the guest function `function(argument)` in ring 3 on a stack whose entry `rsp` is
-    /// `rsp` (the caller wrote the return address there: the upcall-return stub), and returns
-    /// what it returned.
-    fn upcall(&mut self, function: u64, argument: u64, rsp: u64) -> Result<u64, Ended> {
-        self.upcall2(function, argument, 0, rsp)
-    }
-
-    /// As [`upcall`](Self::upcall), with two arguments.
-    fn upcall2(&mut self, function: u64, a0: u64, a1: u64, rsp: u64) -> Result<u64, Ended> {
-        let mut context = UserContext { rip: function, rsp, rdi: a0, rsi: a1, rflags: 0x202, ..UserContext::default() };
-        self.upcall_depth += 1;
-        let result = self.run_loop(&mut context, true);
-        self.upcall_depth -= 1;
-        result
-    }
-
-    /// Calls `function(a0, a1)` in ring 3 from inside a host call whose caller's context is `at`:
-    /// on the caller's stack below its red zone, with the caller's FPU state saved and restored
-    /// (host-abi §9). A fault in the function ends the guest.
-    pub(crate) fn call_guest(&mut self, at: &UserContext, function: u64, a0: u64, a1: u64) -> Result<u64, Ended> {
-        let frame = at.rsp.wrapping_sub(128) & !15;
-        let entry_rsp = frame.wrapping_sub(8);
-        if self.write_bytes(entry_rsp, &stub(Stub::UpcallReturn).to_le_bytes()).is_err() {
-            crate::kprintln!("guest {}: no usable stack for an upcall (rsp {:#x})", self.name, at.rsp);
-            return Err(exceptions::status::ACCESS_VIOLATION as i32);
-        }
-        let fpu = crate::arch::user::FpuState::save();
-        let result = self.upcall2(function, a0, a1, entry_rsp);
-        fpu.restore();
-        result
-    }
-
     /// Runs a checked access to guest memory at `[addr, addr+len)`; if it hit the guard page of
     /// the guest's own stack (the check cleared that guard), grows the stack as a touch from the
     /// guest would (Windows grows a thread's stack when the kernel touches its guard too) and
-    /// retries. Any other guard page stays the caller's 0x80000001.
+    /// retries. Any other guard page stays the caller's 0x80000001, and so does the end of the
+    /// stack (the last pages are then committed: the retried call succeeds).
     fn with_stack_growth<T>(&self, addr: u64, len: u64, mut access: impl FnMut() -> Result<T, VmError>) -> Result<T, VmError> {
         for _ in 0..4 {
             match access() {
                 Err(VmError::GuardPage) => {
                     let Some(page) = self.stack_bottom_in(addr, len) else { return Err(VmError::GuardPage) };
-                    if !self.grow_stack(page) {
+                    if self.grow_stack(page) == exceptions::StackGrowth::Overflow {
                         return Err(VmError::GuardPage);
                     }
                 }

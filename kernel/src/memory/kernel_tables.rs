@@ -11,7 +11,8 @@
 //!                        │ choice), kernel stack with an │  data/bss (heap, IST stacks with a
 //!                        │                               │  guard page each) RW+NX,
 //!                        │ unmapped guard page below it, │  stack RW+NX; all global, supervisor
-//!                        │ physical-memory window        │  window RW+NX, 2 MiB pages, supervisor
+//!                        │ physical-memory window,       │  window RW+NX, 2 MiB pages, supervisor
+//!                        │ local APIC page, kernel stacks│  APIC page UC+NX (arch::apic::MMIO_VA)
 //!  0xffff_ffff_ffff_ffff └──────────────────────────────┘
 //! ```
 //!
@@ -201,7 +202,7 @@ pub unsafe fn build(frames: &mut FrameAllocator, window: &mut PhysWindow, snapsh
     let window_flags = F::PRESENT | F::WRITABLE | F::NO_EXECUTE | F::GLOBAL | F::HUGE_PAGE;
     let mut blocks = BTreeSet::new();
     let block = if gib_pages { 1u64 << 30 } else { 2 << 20 };
-    for r in &snapshot.ram {
+    for r in snapshot.ram.iter().chain(&snapshot.firmware_tables) {
         let mut b = r.0 & !(block - 1);
         while b < r.1 {
             blocks.insert(b);
@@ -238,6 +239,22 @@ pub unsafe fn build(frames: &mut FrameAllocator, window: &mut PhysWindow, snapsh
         };
         r.expect("mapping the physical-memory window");
     }
+
+    // The local APIC's register page: uncached (PCD|PWT: PAT entry 3, UC), like any MMIO.
+    let apic = crate::arch::apic::base_phys();
+    // SAFETY: maps the APIC's MMIO page (not RAM, owned by no Rust object) at an address in the
+    // kernel half that nothing else uses, supervisor-only and non-executable.
+    unsafe {
+        new.map_to_with_table_flags(
+            Page::<Size4KiB>::containing_address(VirtAddr::new(crate::arch::apic::MMIO_VA)),
+            PhysFrame::containing_address(PhysAddr::new(apic)),
+            F::PRESENT | F::WRITABLE | F::NO_EXECUTE | F::GLOBAL | F::NO_CACHE | F::WRITE_THROUGH,
+            F::PRESENT | F::WRITABLE,
+            &mut alloc,
+        )
+    }
+    .expect("mapping the local APIC")
+    .ignore();
 
     // Give every upper-half PML4 entry its PDPT now (see the module docs).
     for i in 256..512 {

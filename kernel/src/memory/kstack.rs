@@ -20,8 +20,9 @@ pub const KSTACK_REGION: u64 = 0xffff_c000_0000_0000;
 pub const STACK_PAGES: u64 = 16;
 /// Address space per slot: the guard page plus the stack.
 pub const SLOT_SIZE: u64 = (STACK_PAGES + 1) * 4096;
-/// Slots (guests with a stack at the same time; one runs at a time, so few are needed).
-pub const SLOTS: usize = 64;
+/// Slots: one per guest running (one at a time today) and four per application processor
+/// (its idle stack, double-fault and NMI IST stacks, ring-3 entry stack; `arch::smp`).
+pub const SLOTS: usize = 128;
 
 /// A mapped kernel stack; unmapped (frames returned) on drop.
 pub struct KernelStack {
@@ -38,12 +39,12 @@ impl KernelStack {
     /// Maps a new stack. `None` if every slot is taken or frames ran out (then nothing changed).
     pub fn new() -> Option<KernelStack> {
         with_mm(|mm| {
-            let slot = (0..SLOTS).find(|&i| mm.kstack_slots & (1u64 << i) == 0)?;
-            mm.frames.reserve(STACK_PAGES).ok()?;
+            let slot = (0..SLOTS).find(|&i| mm.kstack_slots & (1u128 << i) == 0)?;
+            let mut promised = mm.frames.reserve(STACK_PAGES).ok()?;
             let base = KSTACK_REGION + slot as u64 * SLOT_SIZE + 4096;
             let mut tables = kernel_tables(mm);
             for i in 0..STACK_PAGES {
-                let frame = mm.frames.alloc_reserved();
+                let frame = mm.frames.alloc_reserved(&mut promised);
                 let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * 4096));
                 let mut table_frames = TableFrames { frames: &mut mm.frames, taken: 0 };
                 // SAFETY: the page is in this slot's range, which nothing else maps; the frame is

@@ -16,7 +16,9 @@
 //!    the kernel stack and the ramdisk;
 //! 6. sets the commit limit: the frames then available minus a kernel reserve (page-table pages
 //!    and other kernel allocations come from there; see [`KERNEL_RESERVE_DIVISOR`]), so that there
-//!    is no overcommit and a committed page always faults in.
+//!    is no overcommit and a committed page always faults in. Half the reserve is the commit
+//!    charge's page-table allowance: guest page tables beyond it are charged to the limit, so a
+//!    sparse guest's tables can never eat the frames its commits were promised.
 //!
 //! Guest address spaces ([`Space`]) each own a PML4 whose upper half is a copy of the kernel's 256
 //! upper-half entries (all pre-allocated, so they never change) and whose lower half is managed by
@@ -77,11 +79,15 @@ pub struct MemoryConfig {
     /// `commit_limit_mb`: caps the commit limit (to show behaviour under pressure); default: none,
     /// the limit is what the frames allow.
     pub commit_limit_mb: Option<u64>,
+    /// `guest_cpu_limit_s`: the CPU time a guest may use before it is ended with
+    /// HOST_E_TIMEOUT (host-abi §10.1); 0, the default, is no limit. Not a memory setting, but
+    /// read with the others from the same boot configuration (`crate::guest::cpu_time`).
+    pub guest_cpu_limit_s: u64,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
-        MemoryConfig { critical_reserve_percent: 6, low_threshold_percent: 12, high_threshold_percent: 25, commit_limit_mb: None }
+        MemoryConfig { critical_reserve_percent: 6, low_threshold_percent: 12, high_threshold_percent: 25, commit_limit_mb: None, guest_cpu_limit_s: 0 }
     }
 }
 
@@ -100,6 +106,7 @@ impl MemoryConfig {
                 "low_threshold_percent" if n <= 100 => c.low_threshold_percent = n,
                 "high_threshold_percent" if n <= 100 => c.high_threshold_percent = n,
                 "commit_limit_mb" if n > 0 => c.commit_limit_mb = Some(n),
+                "guest_cpu_limit_s" => c.guest_cpu_limit_s = n,
                 _ => {
                     log::warn!("config: {key}={value}: unknown key or out of range, ignored");
                     continue;
@@ -149,6 +156,29 @@ pub struct BootSnapshot {
     pub window_offset: u64,
     /// The ramdisk: its length and the physical address of each of its pages.
     pub ramdisk: Option<(u64, Vec<u64>)>,
+    /// Physical address of the ACPI RSDP, if the firmware has one.
+    pub rsdp: Option<u64>,
+    /// Physical ranges the physical-memory window maps besides RAM: the firmware's ACPI regions
+    /// (E820 types 3 and 4, UEFI types 9 and 10) and the RSDP's page, where the ACPI tables are.
+    pub firmware_tables: Vec<(u64, u64)>,
+}
+
+impl BootSnapshot {
+    /// Whether the physical-memory window maps `[pa, pa + len)`: it maps every 2 MiB block that
+    /// holds RAM or one of [`firmware_tables`](Self::firmware_tables) (`kernel_tables::build`).
+    pub fn window_covers(&self, pa: u64, len: u64) -> bool {
+        const BLOCK: u64 = 2 << 20;
+        let Some(end) = pa.checked_add(len.max(1)) else { return false };
+        let mut block = pa & !(BLOCK - 1);
+        while block < end {
+            let mapped = self.ram.iter().chain(&self.firmware_tables).any(|r| r.0 < block + BLOCK && r.1 > block);
+            if !mapped {
+                return false;
+            }
+            block += BLOCK;
+        }
+        true
+    }
 }
 
 static SNAPSHOT: Once<BootSnapshot> = Once::new();
@@ -181,7 +211,7 @@ pub struct MemoryManager {
     /// The commit limit set at boot (what the frames allow, or the configured cap).
     boot_commit_limit: u64,
     /// Kernel-stack slots in use (bit i: slot i, see [`kstack`]).
-    kstack_slots: u64,
+    kstack_slots: u128,
 }
 
 /// The memory manager (after [`init`]).
@@ -207,6 +237,15 @@ fn snapshot(boot_info: &BootInfo) -> BootSnapshot {
             .collect();
         (boot_info.ramdisk_len, frames)
     });
+    let rsdp = boot_info.rsdp_addr.into_option();
+    let mut firmware_tables: Vec<(u64, u64)> = regions
+        .iter()
+        .filter(|r| matches!(r.kind, MemoryRegionKind::UnknownBios(3 | 4) | MemoryRegionKind::UnknownUefi(9 | 10)))
+        .map(|r| (r.start, r.end))
+        .collect();
+    if let Some(pa) = rsdp {
+        firmware_tables.push((pa & !(PAGE - 1), (pa & !(PAGE - 1)) + PAGE));
+    }
     BootSnapshot {
         regions,
         ram,
@@ -217,6 +256,8 @@ fn snapshot(boot_info: &BootInfo) -> BootSnapshot {
         stack_len: boot_info.kernel_stack_len,
         window_offset,
         ramdisk,
+        rsdp,
+        firmware_tables,
     }
 }
 
@@ -280,7 +321,10 @@ pub fn init(boot_info: &'static BootInfo) {
     if let Some(mb) = config.commit_limit_mb {
         limit_pages = limit_pages.min(mb * 256);
     }
-    let charge = CommitCharge::new(limit_pages, limit_pages * config.critical_reserve_percent / 100);
+    // Half the kernel reserve (and every frame a configured cap leaves out) is the page-table
+    // allowance: tables beyond it are charged to the limit (address-space charge.rs).
+    let table_allowance = available - limit_pages - reserve / 2;
+    let charge = CommitCharge::new(limit_pages, limit_pages * config.critical_reserve_percent / 100).with_table_allowance(table_allowance);
     let usable_bytes = snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.end - r.start).sum();
     let ram_bytes = snap.ram.iter().map(|r| r.1 - r.0).sum();
     *MM.lock() = Some(MemoryManager {
@@ -428,7 +472,9 @@ pub fn set_commit_limit(pages: u64) -> bool {
         }
         let ceiling = mm.boot_commit_limit;
         let limit = pages.min(ceiling);
-        mm.charge = CommitCharge::new(limit, limit * config().critical_reserve_percent / 100);
+        // The frames the limit gives up (or takes back) go to (or come from) the table allowance.
+        let table_allowance = mm.charge.table_allowance() + mm.charge.system_limit_pages() - limit;
+        mm.charge = CommitCharge::new(limit, limit * config().critical_reserve_percent / 100).with_table_allowance(table_allowance);
         true
     })
 }

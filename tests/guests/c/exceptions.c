@@ -5,13 +5,14 @@
 #include "guest_util.h"
 
 static int order[8], n_order;
-static volatile uint64_t seen_code, seen_access, seen_address;
+static volatile uint64_t seen_code, seen_access, seen_address, seen_rip;
 
 static int32_t first(GUEST_EXCEPTION *e) {
     order[n_order++] = 1;
     seen_code = e->code;
     seen_access = e->access;
     seen_address = e->address;
+    seen_rip = e->context->rip;
     return EXCEPTION_CONTINUE_SEARCH;
 }
 
@@ -41,8 +42,16 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     h1 = services->add_vectored_exception_handler(1, first); /* first != 0: called before fixer */
     check("handlers registered", h1 && h2, 1);
 
-    __asm__ volatile("ud2");
-    check("ud2 resumed after the handler", 1, 1);
+    {
+        /* The context names the ud2 itself; the handler's rip + 2 resumes at the mov after it. */
+        uint64_t ud2_at, after = 0;
+        __asm__ volatile("lea 1f(%%rip), %0\n"
+                         "1: ud2\n"
+                         "mov $0x55, %1"
+                         : "=&r"(ud2_at), "+r"(after));
+        check("ud2 reported at its address", seen_rip, ud2_at);
+        check("ud2 resumed at the next instruction", after, 0x55);
+    }
     check("handlers in order", (uint64_t)(order[0] * 10 + order[1]), 12);
     check("code", seen_code, STATUS_ILLEGAL_INSTRUCTION);
 

@@ -115,9 +115,9 @@ use layout::Layout;
 use summary::Summary;
 
 /// log2 of the frame size (4 KiB).
-const FRAME_SHIFT: u32 = 12;
+const FRAME_SHIFT: u32 = crate::PAGE_SIZE.trailing_zeros();
 /// log2 of the chunk size (2 MiB).
-const CHUNK_SHIFT: u32 = 21;
+const CHUNK_SHIFT: u32 = crate::LARGE_PAGE_SIZE.trailing_zeros();
 /// Frames per 2 MiB chunk.
 const CHUNK_FRAMES: u64 = 1 << (CHUNK_SHIFT - FRAME_SHIFT);
 /// Bitmap words per chunk.
@@ -125,6 +125,66 @@ const CHUNK_WORDS: usize = (CHUNK_FRAMES / 64) as usize;
 
 /// The number of 4 KiB frames in a 2 MiB run.
 pub const FRAMES_PER_2MIB: u64 = CHUNK_FRAMES;
+
+/// Frames promised by [`FrameAllocator::reserve`]: every one of them can later be taken with
+/// [`FrameAllocator::alloc_reserved`], which cannot fail.
+///
+/// A reservation is an owned, move-only value (neither `Copy` nor `Clone`), as Theseus'
+/// `AllocatedFrames`: its frames are taken one by one, handed over whole or in part to another
+/// owner ([`absorb`](Self::absorb), [`split`](Self::split)), or returned with
+/// [`FrameAllocator::unreserve`]. Dropping one that still promises frames would leak them from the
+/// allocator's count; debug builds panic then.
+///
+/// It cannot be copied, so a frame cannot be promised twice:
+///
+/// ```compile_fail,E0599
+/// let promised = address_space::frame::FrameReservation::empty();
+/// let copy = promised.clone();
+/// ```
+#[must_use = "a frame reservation must be taken from, handed over or given back (FrameAllocator::unreserve)"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct FrameReservation {
+    frames: u64,
+}
+
+impl FrameReservation {
+    /// A reservation of no frame (dropping it is fine).
+    pub const fn empty() -> FrameReservation {
+        FrameReservation { frames: 0 }
+    }
+
+    /// Returns how many frames it still promises.
+    pub const fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Moves every frame of `other` into this reservation.
+    pub fn absorb(&mut self, mut other: FrameReservation) {
+        self.frames += core::mem::take(&mut other.frames);
+    }
+
+    /// Moves `n` of its frames into a reservation of their own.
+    ///
+    /// # Panics
+    ///
+    /// If it holds fewer than `n` frames (a kernel bug).
+    pub fn split(&mut self, n: u64) -> FrameReservation {
+        assert!(n <= self.frames, "frame reservation: split({n}) of {} frames (kernel bug)", self.frames);
+        self.frames -= n;
+        FrameReservation { frames: n }
+    }
+}
+
+impl Drop for FrameReservation {
+    fn drop(&mut self) {
+        // A test that fails while holding a reservation must report its own failure.
+        #[cfg(test)]
+        if std::thread::panicking() {
+            return;
+        }
+        debug_assert_eq!(self.frames, 0, "frame reservation dropped with {} frames still promised (a leak)", self.frames);
+    }
+}
 
 /// A half-open range of physical memory `[start, end)`.
 ///
@@ -450,7 +510,8 @@ impl FrameAllocator {
         Ok(())
     }
 
-    /// Promises `n` frames for later [`alloc_reserved`](Self::alloc_reserved) calls.
+    /// Promises `n` frames for later [`alloc_reserved`](Self::alloc_reserved) calls, and returns
+    /// the promise as an owned [`FrameReservation`].
     ///
     /// Afterwards `available_frames()` is `n` lower and `reserved_frames()` `n` higher; no
     /// particular frames are set aside, so 2 MiB runs stay intact until frames are taken.
@@ -462,23 +523,25 @@ impl FrameAllocator {
     /// nothing changes then.
     ///
     /// Cost: O(1).
-    pub fn reserve(&mut self, n: u64) -> Result<(), FrameError> {
+    pub fn reserve(&mut self, n: u64) -> Result<FrameReservation, FrameError> {
         self.count_request()?;
         if self.available_frames() < n {
             return Err(FrameError::OutOfFrames);
         }
         self.reserved += n;
-        Ok(())
+        Ok(FrameReservation { frames: n })
     }
 
-    /// Gives back `n` promised frames that will not be taken.
+    /// Gives back the promised frames of `reservation` that will not be taken.
     ///
     /// Cost: O(1).
     ///
     /// # Panics
     ///
-    /// If `n > reserved_frames()`: returning more than was promised is a kernel bug.
-    pub fn unreserve(&mut self, n: u64) {
+    /// If it promises more than `reserved_frames()`: a reservation made by another allocator
+    /// (a kernel bug).
+    pub fn unreserve(&mut self, mut reservation: FrameReservation) {
+        let n = core::mem::take(&mut reservation.frames);
         assert!(
             n <= self.reserved,
             "frame allocator: unreserve({n}) but only {} frames are reserved (kernel bug)",
@@ -487,22 +550,24 @@ impl FrameAllocator {
         self.reserved -= n;
     }
 
-    /// Takes one of the promised frames. The frame is **not zeroed**.
+    /// Takes one of the frames `reservation` promises. The frame is **not zeroed**.
     ///
-    /// Cannot fail while `reserved_frames() > 0`: the reservation contract keeps
+    /// Cannot fail while the reservation holds a frame: the reservation contract keeps
     /// `free_frames() >= reserved_frames()`. Not subject to injected failures.
     ///
     /// Cost: O(log64 n + s).
     ///
     /// # Panics
     ///
-    /// If `reserved_frames() == 0`: taking a frame that was never promised is a kernel bug.
+    /// If the reservation is empty, or promises more than `reserved_frames()` (it was made by
+    /// another allocator): taking a frame that was never promised is a kernel bug.
     #[must_use = "dropping the frame leaks it"]
-    pub fn alloc_reserved(&mut self) -> PhysFrame<Size4KiB> {
+    pub fn alloc_reserved(&mut self, reservation: &mut FrameReservation) -> PhysFrame<Size4KiB> {
         assert!(
-            self.reserved > 0,
+            reservation.frames > 0 && self.reserved > 0,
             "frame allocator: alloc_reserved() with no frame reserved (kernel bug)"
         );
+        reservation.frames -= 1;
         self.reserved -= 1;
         let frame = self.take_any();
         self.stats.allocs += 1;
@@ -754,7 +819,8 @@ impl FrameAllocator {
             .find(|(_, w)| **w != 0)
             .map(|(i, w)| (i, *w))
             .expect("frame allocator: chunk in a summary has no free frame");
-        let mask = bits.isolate_lowest_one();
+        // The lowest set bit (`isolate_lowest_one`, not stable in 1.95).
+        let mask = bits & bits.wrapping_neg();
         self.take(Slot {
             chunk: ci,
             word,

@@ -7,7 +7,13 @@ use std::vec::Vec;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size2MiB, Size4KiB};
 
-use super::{FrameAllocator, FrameError, FrameStats, PhysRange};
+use super::{FrameAllocator, FrameError, FrameReservation, FrameStats, PhysRange};
+
+/// Keeps `reservation` promised for the rest of the test: these tests check the allocator's
+/// counts while frames are promised to an owner that is not part of the test.
+fn keep_promised(reservation: FrameReservation) {
+    core::mem::forget(reservation);
+}
 
 mod model;
 
@@ -105,7 +111,7 @@ mod construction {
             fa.free_2mib(big(0)),
             Err(FrameError::Foreign(PhysAddr::new(0)))
         );
-        assert_eq!(fa.reserve(0), Ok(()));
+        assert_eq!(fa.reserve(0), Ok(FrameReservation::empty()));
         assert_eq!(fa.reserve(1), Err(FrameError::OutOfFrames));
         check_counts(&fa);
     }
@@ -202,11 +208,12 @@ mod counts {
         expect(&fa, total - 1, 0, 2);
         let r = fa.alloc_2mib().unwrap();
         expect(&fa, total - 513, 0, 1);
-        fa.reserve(10).unwrap();
+        let mut promised = fa.reserve(10).unwrap();
         expect(&fa, total - 513, 10, 1);
-        let p = fa.alloc_reserved();
+        let p = fa.alloc_reserved(&mut promised);
         expect(&fa, total - 514, 9, 1);
-        fa.unreserve(9);
+        assert_eq!(promised.frames(), 9);
+        fa.unreserve(promised);
         expect(&fa, total - 514, 0, 1);
         fa.mark_allocated(frame(2 * MIB + 4096)).unwrap();
         expect(&fa, total - 515, 0, 0);
@@ -308,7 +315,7 @@ mod errors {
         let mut fa = FrameAllocator::new(&[range(0x1000, 3 * MIB), range(4 * MIB, 6 * MIB)]);
         fa.mark_allocated(frame(0x5000)).unwrap();
         fa.mark_allocated(frame(4 * MIB + 0x3000)).unwrap();
-        fa.reserve(3).unwrap();
+        keep_promised(fa.reserve(3).unwrap());
         fa
     }
 
@@ -377,7 +384,7 @@ mod errors {
     fn mark_allocated_respects_reservations() {
         let mut fa = setup();
         let n = fa.available_frames();
-        fa.reserve(n).unwrap();
+        keep_promised(fa.reserve(n).unwrap());
         let before = snapshot(&fa, 8 * MIB);
         assert_eq!(
             fa.mark_allocated(frame(0x9000)),
@@ -535,14 +542,15 @@ mod two_mib {
     #[test]
     fn needs_512_available_frames() {
         let mut fa = FrameAllocator::new(&[range(0, 4 * MIB)]);
-        fa.reserve(513).unwrap();
+        let mut promised = fa.reserve(513).unwrap();
         assert_eq!(fa.available_frames(), 511);
         assert_eq!(fa.free_2mib_runs(), 2);
         assert_eq!(fa.alloc_2mib(), Err(FrameError::OutOfFrames));
-        fa.unreserve(1);
+        fa.unreserve(promised.split(1));
         assert!(fa.alloc_2mib().is_ok());
         assert_eq!(fa.available_frames(), 0);
         check_counts(&fa);
+        keep_promised(promised);
     }
 }
 
@@ -552,7 +560,7 @@ mod reservation {
     #[test]
     fn reserved_frames_are_not_handed_to_alloc() {
         let mut fa = FrameAllocator::new(&[range(0, 16 * 4096)]);
-        fa.reserve(10).unwrap();
+        let mut promised = fa.reserve(10).unwrap();
         assert_eq!(fa.available_frames(), 6);
         for _ in 0..6 {
             fa.alloc().unwrap();
@@ -563,11 +571,12 @@ mod reservation {
         let mut got = BTreeSet::new();
         for i in 0..10 {
             assert_eq!(fa.reserved_frames(), 10 - i);
-            assert!(got.insert(fa.alloc_reserved()));
+            assert!(got.insert(fa.alloc_reserved(&mut promised)));
             check_counts(&fa);
         }
         assert_eq!(fa.free_frames(), 0);
         assert_eq!(fa.stats().allocs_reserved, 10);
+        assert_eq!(promised.frames(), 0);
     }
 
     #[test]
@@ -575,13 +584,13 @@ mod reservation {
         let mut fa = FrameAllocator::new(&[range(0, 16 * 4096)]);
         assert_eq!(fa.reserve(17), Err(FrameError::OutOfFrames));
         assert_eq!(fa.reserved_frames(), 0);
-        fa.reserve(16).unwrap();
+        let mut promised = fa.reserve(16).unwrap();
         assert_eq!(fa.alloc(), Err(FrameError::OutOfFrames));
         assert!(fa.mark_allocated(frame(0)).is_err());
-        fa.unreserve(4);
+        fa.unreserve(promised.split(4));
         assert_eq!(fa.available_frames(), 4);
         fa.alloc().unwrap();
-        fa.unreserve(12);
+        fa.unreserve(promised);
         assert_eq!((fa.reserved_frames(), fa.available_frames()), (0, 15));
         check_counts(&fa);
     }
@@ -590,15 +599,50 @@ mod reservation {
     #[should_panic(expected = "alloc_reserved() with no frame reserved")]
     fn alloc_reserved_without_reservation_panics() {
         let mut fa = FrameAllocator::new(&[range(0, 16 * 4096)]);
-        let _ = fa.alloc_reserved();
+        let _ = fa.alloc_reserved(&mut FrameReservation::empty());
+    }
+
+    #[test]
+    fn a_reservation_is_handed_over_whole_or_in_part() {
+        let mut fa = FrameAllocator::new(&[range(0, 16 * 4096)]);
+        let mut a = fa.reserve(5).unwrap();
+        let mut b = a.split(2);
+        assert_eq!((a.frames(), b.frames()), (3, 2));
+        b.absorb(a);
+        assert_eq!(b.frames(), 5);
+        assert_eq!(fa.reserved_frames(), 5);
+        let _ = fa.alloc_reserved(&mut b);
+        fa.unreserve(b);
+        assert_eq!(fa.reserved_frames(), 0);
+        check_counts(&fa);
+    }
+
+    #[test]
+    #[should_panic(expected = "split(3) of 2 frames")]
+    fn splitting_more_than_it_holds_panics() {
+        let mut fa = FrameAllocator::new(&[range(0, 16 * 4096)]);
+        let mut promised = fa.reserve(2).unwrap();
+        let _ = promised.split(3);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "frame reservation dropped with 2 frames still promised")]
+    fn dropping_a_reservation_that_holds_frames_is_caught() {
+        let mut fa = FrameAllocator::new(&[range(0, 16 * 4096)]);
+        let promised = fa.reserve(2).unwrap();
+        drop(promised);
     }
 
     #[test]
     #[should_panic(expected = "unreserve(3) but only 2 frames are reserved")]
     fn unreserve_more_than_reserved_panics() {
+        // A reservation made by another allocator.
+        let mut other = FrameAllocator::new(&[range(0, 16 * 4096)]);
+        let foreign = other.reserve(3).unwrap();
         let mut fa = FrameAllocator::new(&[range(0, 16 * 4096)]);
-        fa.reserve(2).unwrap();
-        fa.unreserve(3);
+        keep_promised(fa.reserve(2).unwrap());
+        fa.unreserve(foreign);
     }
 }
 
@@ -666,6 +710,7 @@ mod failure_injection {
     fn run(skip: Option<usize>, inject: Option<u64>) -> Vec<(Out, Snapshot)> {
         let mut fa = FrameAllocator::new(&[range(0x1000, 4 * MIB + 0x8000)]);
         fa.fail_request_after(inject);
+        let mut held = FrameReservation::empty();
         let mut outs: Vec<(Out, Snapshot)> = Vec::new();
         for (i, step) in script().into_iter().enumerate() {
             let out = if skip == Some(i) {
@@ -679,13 +724,13 @@ mod failure_injection {
                 match step {
                     Step::Alloc => Out::Frame(fa.alloc()),
                     Step::Alloc2M => Out::Run(fa.alloc_2mib()),
-                    Step::Reserve(n) => Out::Unit(fa.reserve(n)),
+                    Step::Reserve(n) => Out::Unit(fa.reserve(n).map(|r| held.absorb(r))),
                     Step::Unreserve(n) => {
-                        fa.unreserve(n.min(fa.reserved_frames()));
+                        fa.unreserve(held.split(n.min(held.frames())));
                         Out::Skipped
                     }
-                    Step::AllocReserved if fa.reserved_frames() > 0 => {
-                        Out::Frame(Ok(fa.alloc_reserved()))
+                    Step::AllocReserved if held.frames() > 0 => {
+                        Out::Frame(Ok(fa.alloc_reserved(&mut held)))
                     }
                     Step::AllocReserved => Out::Skipped,
                     Step::Free(j) => match outs[j].0 {
@@ -699,6 +744,7 @@ mod failure_injection {
             check_counts(&fa);
             outs.push((out, snapshot(&fa, LIMIT)));
         }
+        fa.unreserve(held);
         outs
     }
 
@@ -738,7 +784,7 @@ mod failure_injection {
     fn fires_once_and_can_be_rearmed() {
         let mut fa = FrameAllocator::new(&[range(0, 64 * 4096)]);
         fa.fail_request_after(Some(2));
-        assert!(fa.reserve(1).is_ok());
+        assert!(fa.reserve(1).map(keep_promised).is_ok());
         let before = fa.stats();
         assert_eq!(fa.alloc(), Err(FrameError::OutOfFrames));
         assert_eq!(fa.stats(), before);

@@ -138,11 +138,6 @@ impl Pte {
     pub fn without_dirty(self) -> Pte {
         Pte(self.0 & !DIRTY)
     }
-    /// Returns the hardware-visible permission bits (what a TLB may cache): present, RW, US,
-    /// NX, cache bits and frame.
-    pub const fn hw_bits(self) -> u64 {
-        self.0 & (P | RW | US | PWT | PCD | PAT_4K | NX | ADDR_MASK)
-    }
 }
 
 /// Returns RW/NX for a base protection (P and US are added by the caller).

@@ -20,15 +20,13 @@ use core::ops::ControlFlow;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
-use super::pte::{self, ADDR_MASK, HUGE, PRESENT, Pte, TABLE_FLAGS};
+use super::pte::{ADDR_MASK, HUGE, PRESENT, Pte, TABLE_FLAGS};
 use super::tlb::TlbBatch;
 use crate::frame::FrameAllocator;
-use crate::{PhysMemory, VmError, WorkCounters};
+use crate::{LARGE_PAGE_SIZE, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
 
 const COUNT_SHIFT: u32 = 52;
 const COUNT_MASK: u64 = 0x3FF << COUNT_SHIFT;
-/// Bytes mapped by a 2 MiB directory entry.
-pub const SPAN_2M: u64 = 1 << 21;
 
 /// Returns the index of `va` in its table at `level` (0 = page table … 3 = PML4).
 #[inline]
@@ -89,6 +87,34 @@ impl<M: PhysMemory> Tables<'_, M> {
         batch.note_table_freed(va);
     }
 
+    /// Sets the child count kept in the non-leaf entry at `at` (whose value is `e`). A count of
+    /// zero clears the entry and frees the child table (`va`, an address it mapped, tells the
+    /// TLB's paging-structure caches what to forget); returns whether it did, i.e. whether the
+    /// table holding `at` lost an entry.
+    fn set_children(&mut self, at: u64, e: u64, count: u64, va: u64, batch: &mut TlbBatch) -> bool {
+        if count != 0 {
+            self.write(at, with_count(e, count));
+            return false;
+        }
+        self.write(at, 0);
+        self.free_table(e & ADDR_MASK, va, batch);
+        true
+    }
+
+    /// Counts one more non-zero entry in the child table of the entry at `at` (value `e`);
+    /// returns the entry's new value.
+    fn link_child(&mut self, at: u64, e: u64) -> u64 {
+        let e = with_count(e, child_count(e) + 1);
+        self.write(at, e);
+        e
+    }
+
+    /// Counts one non-zero entry fewer in the child table of the entry at `at` (value `e`),
+    /// freeing the child table if it emptied; returns whether it did (see [`Self::set_children`]).
+    fn unlink_child(&mut self, at: u64, e: u64, va: u64, batch: &mut TlbBatch) -> bool {
+        self.set_children(at, e, child_count(e) - 1, va, batch)
+    }
+
     /// Returns the entry address at `level` for `va` below `table`, creating the child table
     /// from `pool` if the entry is absent. Returns the child table address and the entry value.
     fn ensure(&mut self, entry_at: u64, pool: &mut Vec<PhysFrame>) -> (u64, u64, bool) {
@@ -139,8 +165,7 @@ impl<M: PhysMemory> Tables<'_, M> {
                     pd = t;
                     e3 = e;
                     if new {
-                        e4 = with_count(e4, child_count(e4) + 1);
-                        self.write(i4, e4);
+                        e4 = self.link_child(i4, e4);
                     }
                     i2 = pd + index(va, 1) * 8;
                     let (t, e, new) = self.ensure(i2, pool);
@@ -148,8 +173,7 @@ impl<M: PhysMemory> Tables<'_, M> {
                     pt = t;
                     e2 = e;
                     if new {
-                        e3 = with_count(e3, child_count(e3) + 1);
-                        self.write(i3, e3);
+                        e3 = self.link_child(i3, e3);
                     }
                 }
                 None => {
@@ -176,7 +200,7 @@ impl<M: PhysMemory> Tables<'_, M> {
                     pt = e2 & ADDR_MASK;
                 }
             }
-            let chunk_end = next_boundary(va, SPAN_2M, end);
+            let chunk_end = next_boundary(va, LARGE_PAGE_SIZE, end);
             let old_count = child_count(e2);
             let mut count = old_count;
             let mut at = pt + index(va, 0) * 8;
@@ -194,34 +218,17 @@ impl<M: PhysMemory> Tables<'_, M> {
                         _ => {}
                     }
                 }
-                va += 4096;
+                va += PAGE_SIZE;
                 at += 8;
             }
             if count == old_count {
                 continue;
             }
-            if count != 0 {
-                self.write(i2, with_count(e2, count));
-                continue;
+            // An emptied page table is freed, then its parents if they empty too.
+            let here = va - PAGE_SIZE;
+            if self.set_children(i2, e2, count, here, batch) && self.unlink_child(i3, e3, here, batch) {
+                self.unlink_child(i4, e4, here, batch);
             }
-            // The page table is empty: free it, then its parents if they empty too.
-            let here = va - 4096;
-            self.write(i2, 0);
-            self.free_table(pt, here, batch);
-            let c3 = child_count(e3) - 1;
-            if c3 != 0 {
-                self.write(i3, with_count(e3, c3));
-                continue;
-            }
-            self.write(i3, 0);
-            self.free_table(pd, here, batch);
-            let c4 = child_count(e4) - 1;
-            if c4 != 0 {
-                self.write(i4, with_count(e4, c4));
-                continue;
-            }
-            self.write(i4, 0);
-            self.free_table(pdpt, here, batch);
         }
     }
 
@@ -231,15 +238,14 @@ impl<M: PhysMemory> Tables<'_, M> {
         let i4 = self.root + index(va, 3) * 8;
         let (pdpt, e4, _) = self.ensure(i4, pool);
         let i3 = pdpt + index(va, 2) * 8;
-        let (pd, mut e3, new) = self.ensure(i3, pool);
+        let (pd, e3, new) = self.ensure(i3, pool);
         if new {
-            self.write(i4, with_count(e4, child_count(e4) + 1));
+            self.link_child(i4, e4);
         }
         let i2 = pd + index(va, 1) * 8;
         debug_assert_eq!(self.mem.read_u64(pa(i2)), 0, "large page over an existing entry");
         self.write(i2, entry);
-        e3 = with_count(e3, child_count(e3) + 1);
-        self.write(i3, e3);
+        self.link_child(i3, e3);
     }
 
     /// Removes the 2 MiB mapping at `va`, returning its directory entry; frees emptied tables.
@@ -262,19 +268,8 @@ impl<M: PhysMemory> Tables<'_, M> {
         );
         self.write(i2, 0);
         batch.add(va);
-        let c3 = child_count(e3) - 1;
-        if c3 != 0 {
-            self.write(i3, with_count(e3, c3));
-            return e2;
-        }
-        self.write(i3, 0);
-        self.free_table(pd, va, batch);
-        let c4 = child_count(e4) - 1;
-        if c4 != 0 {
-            self.write(i4, with_count(e4, c4));
-        } else {
-            self.write(i4, 0);
-            self.free_table(pdpt, va, batch);
+        if self.unlink_child(i3, e3, va, batch) {
+            self.unlink_child(i4, e4, va, batch);
         }
         e2
     }
@@ -374,7 +369,7 @@ pub fn visit(
     }
 }
 
-/// Calls `f(va, va + 4096, Some(pte))` for every page of `[start, end)` in a present table,
+/// Calls `f(va, va + PAGE_SIZE, Some(pte))` for every page of `[start, end)` in a present table,
 /// and `f(span_start, span_end, None)` for spans without a table (reserved or free pages).
 /// Stops when `f` breaks.
 pub fn scan(
@@ -389,8 +384,8 @@ pub fn scan(
             let mut at = t + index(a, 0) * 8;
             let mut va = a;
             while va < b {
-                f(va, va + 4096, Some(Pte(mem.read_u64(pa(at)))))?;
-                va += 4096;
+                f(va, va + PAGE_SIZE, Some(Pte(mem.read_u64(pa(at)))))?;
+                va += PAGE_SIZE;
                 at += 8;
             }
             ControlFlow::Continue(())
@@ -429,9 +424,9 @@ pub fn translate(mem: &impl PhysMemory, root: u64, va: u64) -> Option<(u64, u64)
     match walk(mem, root, va) {
         Leaf::Table(t) => {
             let e = mem.read_u64(pa(t + index(va, 0) * 8));
-            (e & PRESENT != 0).then_some(((e & ADDR_MASK) | (va & 0xFFF), e))
+            (e & PRESENT != 0).then_some(((e & ADDR_MASK) | (va & (PAGE_SIZE - 1)), e))
         }
-        Leaf::Large(e) => Some(((e & ADDR_MASK & !(SPAN_2M - 1)) | (va & (SPAN_2M - 1)), e)),
+        Leaf::Large(e) => Some(((e & ADDR_MASK & !(LARGE_PAGE_SIZE - 1)) | (va & (LARGE_PAGE_SIZE - 1)), e)),
         Leaf::Absent(_) => None,
     }
 }
@@ -525,6 +520,3 @@ pub fn census(
     }
     c
 }
-
-/// Re-exported for the address-space layer.
-pub use pte::cache_bits_2m;

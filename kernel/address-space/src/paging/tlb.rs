@@ -15,7 +15,7 @@ use crate::WorkCounters;
 ///
 /// The kernel's implementation executes `invlpg` / reloads CR3 only when the space is active
 /// on the CPU (and shoots down other CPUs if it ever runs a space on several);
-/// [`crate::sim::TlbModel`] models a TLB on the host.
+/// `sim::TlbModel` (feature `sim`) models a TLB on the host.
 pub trait Tlb {
     /// Invalidates the translation of the page containing `addr`.
     fn invalidate_page(&mut self, addr: VirtAddr);

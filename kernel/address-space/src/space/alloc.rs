@@ -1,13 +1,13 @@
 //! `VirtualAlloc`: validation (win32-semantics §3.1, in order), reserve (§3.2), commit (§3.3),
 //! `MEM_RESET` / `MEM_RESET_UNDO` (§3.4), large pages (§3.5).
 
-use super::{AddressSpace, Allocation, AllocationKind, GRAN, PAGE, VmContext, round_up};
+use super::{AddressSpace, Allocation, AllocationKind, VmContext, round_up};
 use crate::charge::CriticalLevel;
-use crate::paging::table::SPAN_2M;
 use crate::paging::tlb::Tlb;
 use crate::protection::{BaseProtection, CacheMode, PageProtection};
 use crate::win32::*;
 use crate::{PhysMemory, VmError};
+use crate::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE, PAGE_SIZE};
 
 const VALID_TYPES: u32 = MEM_COMMIT
     | MEM_RESERVE
@@ -137,7 +137,7 @@ impl AddressSpace {
                 return Err(VmError::PrivilegeNotHeld);
             }
             let rw = matches!(protect, PAGE_READWRITE | PAGE_EXECUTE_READWRITE);
-            if !addr.is_multiple_of(SPAN_2M) || !size.is_multiple_of(SPAN_2M) || !rw {
+            if !addr.is_multiple_of(LARGE_PAGE_SIZE) || !size.is_multiple_of(LARGE_PAGE_SIZE) || !rw {
                 return Err(Inval);
             }
         }
@@ -156,8 +156,8 @@ impl AddressSpace {
     }
 
     fn reset(&self, req: &Request) -> Result<u64, VmError> {
-        let start = req.addr & !(PAGE - 1);
-        let end = round_up(req.addr + req.size, PAGE);
+        let start = req.addr & !(PAGE_SIZE - 1);
+        let end = round_up(req.addr + req.size, PAGE_SIZE);
         let a = self.single_allocation(start, end)?;
         if a.large {
             return Err(VmError::InvalidParameter);
@@ -174,14 +174,14 @@ impl AddressSpace {
     ) -> Result<u64, VmError> {
         let large = req.ty & MEM_LARGE_PAGES != 0;
         let (base, size) = if req.addr == 0 {
-            let size = round_up(req.size, PAGE);
+            let size = round_up(req.size, PAGE_SIZE);
             (self.place(size, req.ty & MEM_TOP_DOWN != 0, large)?, size)
         } else {
-            let base = req.addr & !(GRAN - 1);
-            let end = round_up(req.addr + req.size, PAGE);
-            let blocks = (round_up(end, GRAN) - base) / GRAN;
-            match self.gaps.floor(base / GRAN) {
-                Some((s, l)) if base / GRAN + blocks <= s + l => {}
+            let base = req.addr & !(ALLOCATION_GRANULARITY - 1);
+            let end = round_up(req.addr + req.size, PAGE_SIZE);
+            let blocks = (round_up(end, ALLOCATION_GRANULARITY) - base) / ALLOCATION_GRANULARITY;
+            match self.gaps.floor(base / ALLOCATION_GRANULARITY) {
+                Some((s, l)) if base / ALLOCATION_GRANULARITY + blocks <= s + l => {}
                 _ => return Err(VmError::ConflictingAddresses),
             }
             (base, end - base)
@@ -209,7 +209,7 @@ impl AddressSpace {
             committed_pages: plan.as_ref().map_or(0, |p| p.new_pages),
         };
         self.allocations.insert(base, a);
-        self.gaps.take(base / GRAN, (a.block_end() - base) / GRAN);
+        self.gaps.take(base / ALLOCATION_GRANULARITY, (a.block_end() - base) / ALLOCATION_GRANULARITY);
         if let Some(plan) = plan {
             let (prot, guard) = (req.prot.base, req.prot.guard);
             if large {
@@ -223,21 +223,21 @@ impl AddressSpace {
 
     /// Finds a 64 KiB-aligned base for `size` bytes (2 MiB aligned for large pages).
     fn place(&self, size: u64, top_down: bool, large: bool) -> Result<u64, VmError> {
-        let blocks = round_up(size, GRAN) / GRAN;
+        let blocks = round_up(size, ALLOCATION_GRANULARITY) / ALLOCATION_GRANULARITY;
         // A large-page allocation needs a 2 MiB-aligned base: ask for enough slack to align
         // within the gap found (so it is the lowest/highest gap that surely fits).
-        let slack = if large { SPAN_2M / GRAN - 1 } else { 0 };
+        let slack = if large { LARGE_PAGE_SIZE / ALLOCATION_GRANULARITY - 1 } else { 0 };
         let need = blocks + slack;
         let found = if top_down { self.gaps.highest_fit(need) } else { self.gaps.lowest_fit(need) };
         let (s, l) = found.ok_or(VmError::NoMemory)?;
-        let (gs, ge) = (s * GRAN, (s + l) * GRAN);
+        let (gs, ge) = (s * ALLOCATION_GRANULARITY, (s + l) * ALLOCATION_GRANULARITY);
         let base = match (top_down, large) {
             (false, false) => gs,
-            (false, true) => round_up(gs, SPAN_2M),
-            (true, false) => (ge - size) & !(GRAN - 1),
-            (true, true) => (ge - size) & !(SPAN_2M - 1),
+            (false, true) => round_up(gs, LARGE_PAGE_SIZE),
+            (true, false) => (ge - size) & !(ALLOCATION_GRANULARITY - 1),
+            (true, true) => (ge - size) & !(LARGE_PAGE_SIZE - 1),
         };
-        debug_assert!(base >= gs && round_up(base + size, GRAN) <= ge);
+        debug_assert!(base >= gs && round_up(base + size, ALLOCATION_GRANULARITY) <= ge);
         Ok(base)
     }
 
@@ -247,8 +247,8 @@ impl AddressSpace {
         req: &Request,
         level: CriticalLevel,
     ) -> Result<u64, VmError> {
-        let start = req.addr & !(PAGE - 1);
-        let end = round_up(req.addr + req.size, PAGE);
+        let start = req.addr & !(PAGE_SIZE - 1);
+        let end = round_up(req.addr + req.size, PAGE_SIZE);
         let a = self.single_allocation(start, end)?;
         match (a.kind, a.large) {
             (AllocationKind::Image, _) => return Err(VmError::AlreadyCommitted),

@@ -1,8 +1,9 @@
 //! Committing and decommitting ranges: the shared core of VirtualAlloc(MEM_COMMIT), image
 //! creation, VirtualFree(MEM_DECOMMIT / MEM_RELEASE) and teardown.
 //!
-//! Commit is split into [`AddressSpace::prepare_commit`] (may fail; obtains the charge, the frame
-//! reservation and the table pages, in that order, undoing what it took if a later step fails)
+//! Commit is split into [`AddressSpace::prepare_commit`] (may fail; obtains the charge — of the
+//! new pages and the table pages they need, see `charge.rs` — the frame reservation and the
+//! table pages, in that order, undoing what it took if a later step fails)
 //! and [`AddressSpace::perform_commit`] (writes entries; cannot fail).
 
 use ::alloc::vec::Vec;
@@ -10,23 +11,34 @@ use core::ops::ControlFlow;
 
 use x86_64::structures::paging::{PhysFrame, Size2MiB};
 
-use super::{AddressSpace, Allocation, PAGE, VmContext};
+use super::{AddressSpace, Allocation, VmContext};
 use crate::charge::CriticalLevel;
+use crate::frame::FrameReservation;
 use crate::paging::pte::{self, Pte};
-use crate::paging::table::{self, SPAN_2M};
+use crate::paging::table;
 use crate::paging::tlb::Tlb;
 use crate::protection::{BaseProtection, CacheMode};
 use crate::{PhysMemory, VmError};
+use crate::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE, PAGE_SIZE};
 
-/// What a commit obtained in its fallible phase.
+/// What a commit obtained in its fallible phase. It owns what it took: the perform phase
+/// consumes it (dropping one that still holds frames is a leak, a debug assertion).
 #[must_use = "a commit plan holds frames and charge"]
 pub(crate) struct CommitPlan {
     /// Pages that were reserved and become committed (charged and frame-reserved).
     pub new_pages: u64,
+    /// One frame for each new 4 KiB page, taken when the page is first touched.
+    pub frames: FrameReservation,
     /// Zeroed table pages for the entries the range needs.
     pub tables: Vec<PhysFrame>,
     /// 2 MiB frames (large-page commits only).
     pub large: Vec<PhysFrame<Size2MiB>>,
+}
+
+impl Drop for CommitPlan {
+    fn drop(&mut self) {
+        debug_assert!(self.tables.is_empty() && self.large.is_empty(), "commit plan dropped holding table pages or large frames");
+    }
 }
 
 impl AddressSpace {
@@ -39,9 +51,9 @@ impl AddressSpace {
     /// Counts the reserved (not committed) pages of `[start, end)` of allocation `a`.
     pub(crate) fn count_reserved(&self, mem: &impl PhysMemory, start: u64, end: u64, a: &Allocation) -> u64 {
         if a.committed_pages == 0 {
-            return (end - start) / PAGE;
+            return (end - start) / PAGE_SIZE;
         }
-        if a.committed_pages == a.size / PAGE {
+        if a.committed_pages == a.size / PAGE_SIZE {
             return 0;
         }
         let mut n = 0;
@@ -53,7 +65,7 @@ impl AddressSpace {
             |a, b, e| {
                 match e {
                     Some(e) => n += u64::from(!e.is_committed()),
-                    None => n += (b - a) / PAGE,
+                    None => n += (b - a) / PAGE_SIZE,
                 }
                 ControlFlow::Continue(())
             },
@@ -63,7 +75,7 @@ impl AddressSpace {
 
     /// Returns `true` if every page of `[start, end)` (inside `a`) is committed.
     pub(crate) fn all_committed(&self, mem: &impl PhysMemory, start: u64, end: u64, a: &Allocation) -> bool {
-        if a.committed_pages == a.size / PAGE {
+        if a.committed_pages == a.size / PAGE_SIZE {
             return true;
         }
         if a.committed_pages == 0 {
@@ -115,7 +127,7 @@ impl AddressSpace {
         end: u64,
         level: CriticalLevel,
     ) -> Result<CommitPlan, VmError> {
-        self.prepare_pages(cx, start, end, level, (end - start) / PAGE)
+        self.prepare_pages(cx, start, end, level, (end - start) / PAGE_SIZE)
     }
 
     fn prepare_pages<M: PhysMemory, T: Tlb>(
@@ -126,17 +138,18 @@ impl AddressSpace {
         level: CriticalLevel,
         new_pages: u64,
     ) -> Result<CommitPlan, VmError> {
-        cx.charge.check(new_pages, level)?;
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 0);
-        if new_pages > 0 {
-            cx.frames.reserve(new_pages).map_err(|_| VmError::NoMemory)?;
-        }
+        // The tables are charged with the pages (charge.rs): checked together, first.
+        cx.charge.check(new_pages, missing, level)?;
+        let frames = if new_pages > 0 {
+            cx.frames.reserve(new_pages).map_err(|_| VmError::NoMemory)?
+        } else {
+            FrameReservation::empty()
+        };
         match table::alloc_tables(missing, cx.frames, cx.mem, cx.counters) {
-            Ok(tables) => Ok(CommitPlan { new_pages, tables, large: Vec::new() }),
+            Ok(tables) => Ok(CommitPlan { new_pages, frames, tables, large: Vec::new() }),
             Err(e) => {
-                if new_pages > 0 {
-                    cx.frames.unreserve(new_pages);
-                }
+                cx.frames.unreserve(frames);
                 Err(e)
             }
         }
@@ -155,10 +168,11 @@ impl AddressSpace {
         end: u64,
         level: CriticalLevel,
     ) -> Result<CommitPlan, VmError> {
-        let pages = (end - start) / PAGE;
-        cx.charge.check(pages, level)?;
-        let mut large = Vec::with_capacity(((end - start) / SPAN_2M) as usize);
-        for _ in 0..(end - start) / SPAN_2M {
+        let pages = (end - start) / PAGE_SIZE;
+        let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 1);
+        cx.charge.check(pages, missing, level)?;
+        let mut large = Vec::with_capacity(((end - start) / LARGE_PAGE_SIZE) as usize);
+        for _ in 0..(end - start) / LARGE_PAGE_SIZE {
             match cx.frames.alloc_2mib() {
                 Ok(f) => large.push(f),
                 Err(_) => {
@@ -169,9 +183,8 @@ impl AddressSpace {
                 }
             }
         }
-        let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 1);
         match table::alloc_tables(missing, cx.frames, cx.mem, cx.counters) {
-            Ok(tables) => Ok(CommitPlan { new_pages: pages, tables, large }),
+            Ok(tables) => Ok(CommitPlan { new_pages: pages, frames: FrameReservation::empty(), tables, large }),
             Err(e) => {
                 for f in large {
                     cx.frames.free_2mib(f).expect("large page: freeing a run just allocated");
@@ -193,8 +206,9 @@ impl AddressSpace {
         mut plan: CommitPlan,
         mut prot_of: impl FnMut(u64) -> (BaseProtection, bool),
     ) {
-        cx.charge.charge(plan.new_pages);
+        cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
+        self.demand_zero.absorb(core::mem::replace(&mut plan.frames, FrameReservation::empty()));
         let mut batch = self.batch();
         cx.tables(self.root_pa()).update_range(start, end, Some(&mut plan.tables), &mut batch, |_, va, old| {
             let (prot, guard) = prot_of(va);
@@ -217,14 +231,14 @@ impl AddressSpace {
         cache: CacheMode,
         mut plan: CommitPlan,
     ) {
-        cx.charge.charge(plan.new_pages);
+        cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         let root = self.root_pa();
         let large = core::mem::take(&mut plan.large);
         for (i, frame) in large.into_iter().enumerate() {
             let base = frame.start_address().as_u64();
             for k in 0..512u64 {
-                let f = x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(base + k * PAGE));
+                let f = x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(base + k * PAGE_SIZE));
                 cx.mem.zero_frame(f);
             }
             cx.counters.frames_zeroed += 512;
@@ -237,7 +251,7 @@ impl AddressSpace {
                 | pte::SW_COMMITTED
                 | pte::SW_HAS_FRAME
                 | (u64::from(prot.code()) << pte::SW_PROT_SHIFT);
-            cx.tables(root).map_large(start + i as u64 * SPAN_2M, entry, &mut plan.tables);
+            cx.tables(root).map_large(start + i as u64 * LARGE_PAGE_SIZE, entry, &mut plan.tables);
         }
         debug_assert!(plan.tables.is_empty(), "large commit: table pool not used up");
     }
@@ -272,9 +286,10 @@ impl AddressSpace {
             Pte::RESERVED
         });
         if unreserve > 0 {
-            cx.frames.unreserve(unreserve);
+            cx.frames.unreserve(self.demand_zero.split(unreserve));
         }
         cx.charge.uncharge(decommitted);
+        cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
         self.table_pages -= cx.counters.table_pages_freed - freed_before;
         batch.flush(cx.tlb, cx.counters);
         self.note_committed(a.base, -(decommitted as i64));
@@ -291,17 +306,18 @@ impl AddressSpace {
             let mut va = a.base;
             while va < a.end() {
                 let e = cx.tables(root).unmap_large(va, &mut batch);
-                let f = PhysFrame::<Size2MiB>::containing_address(x86_64::PhysAddr::new(e & pte::ADDR_MASK & !(SPAN_2M - 1)));
+                let f = PhysFrame::<Size2MiB>::containing_address(x86_64::PhysAddr::new(e & pte::ADDR_MASK & !(LARGE_PAGE_SIZE - 1)));
                 cx.frames.free_2mib(f).expect("release: large page run not allocated");
-                va += SPAN_2M;
+                va += LARGE_PAGE_SIZE;
             }
-            cx.charge.uncharge(a.size / PAGE);
+            cx.charge.uncharge(a.size / PAGE_SIZE);
+            cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
             batch.flush(cx.tlb, cx.counters);
         } else {
             self.decommit_range(cx, a, a.base, a.end());
         }
         self.allocations.remove(&a.base);
-        self.gaps.give(a.base / super::GRAN, (a.block_end() - a.base) / super::GRAN);
+        self.gaps.give(a.base / ALLOCATION_GRANULARITY, (a.block_end() - a.base) / ALLOCATION_GRANULARITY);
     }
 }

@@ -3,12 +3,13 @@
 use x86_64::PhysAddr;
 use x86_64::structures::paging::PhysFrame;
 
-use super::{AddressSpace, Allocation, PAGE, VmContext};
+use super::{AddressSpace, Allocation, VmContext};
 use crate::paging::pte::{DIRTY, Pte};
 use crate::paging::table;
 use crate::paging::tlb::Tlb;
 use crate::protection::BaseProtection;
 use crate::{PhysMemory, VmError};
+use crate::PAGE_SIZE;
 
 /// The kind of a memory access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,9 +89,8 @@ impl AddressSpace {
         let Some(a) = self.allocation_at(addr).copied() else {
             return av;
         };
-        let page = addr & !(PAGE - 1);
-        if a.large {
-            let prot = BaseProtection::from_code(if a.allocation_protect & 0x40 != 0 { 6 } else { 2 });
+        let page = addr & !(PAGE_SIZE - 1);
+        if let Some(prot) = a.large_protection() {
             if !access.allowed_by(prot) {
                 return av;
             }
@@ -125,7 +125,7 @@ impl AddressSpace {
     /// commit-time reservation and writes its entry. Returns the new entry.
     fn populate<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, e: Pte, a: &Allocation) -> Pte {
         debug_assert!(e.frame().is_none());
-        let frame = cx.frames.alloc_reserved();
+        let frame = cx.frames.alloc_reserved(&mut self.demand_zero);
         cx.mem.zero_frame(frame);
         cx.counters.frames_zeroed += 1;
         let new = Pte::committed(e.prot(), e.guard(), Some(frame.start_address().as_u64()), e.dirty(), a.cache);
@@ -136,7 +136,7 @@ impl AddressSpace {
     /// Rewrites the entry of one committed page (its table exists).
     fn set_pte<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, new: Pte) {
         let mut batch = self.batch();
-        cx.tables(self.root_pa()).update_range(page, page + PAGE, None, &mut batch, |_, _, _| new);
+        cx.tables(self.root_pa()).update_range(page, page + PAGE_SIZE, None, &mut batch, |_, _, _| new);
         batch.flush(cx.tlb, cx.counters);
     }
 
@@ -165,17 +165,16 @@ impl AddressSpace {
             _ => return Err(VmError::NoAccess),
         };
         let access = if write { Access::Write } else { Access::Read };
-        let mut page = addr & !(PAGE - 1);
+        let mut page = addr & !(PAGE_SIZE - 1);
         while page < end {
             let Some(a) = self.allocation_at(page).copied() else {
                 return Err(VmError::NoAccess);
             };
-            if a.large {
-                let writable = a.allocation_protect & 0x44 != 0;
-                if write && !writable {
+            if let Some(prot) = a.large_protection() {
+                if write && !prot.can_write() {
                     return Err(VmError::NoAccess);
                 }
-                page += PAGE;
+                page += PAGE_SIZE;
                 continue;
             }
             let e = table::read_pte(cx.mem, self.root_pa(), page);
@@ -189,7 +188,7 @@ impl AddressSpace {
             if !access.allowed_by(e.prot()) {
                 return Err(VmError::NoAccess);
             }
-            page += PAGE;
+            page += PAGE_SIZE;
         }
         Ok(())
     }
@@ -213,9 +212,55 @@ impl AddressSpace {
         let mut done = 0usize;
         while done < buf.len() {
             let va = addr + done as u64;
-            let n = ((PAGE - (va & (PAGE - 1))) as usize).min(buf.len() - done);
+            let n = ((PAGE_SIZE - (va & (PAGE_SIZE - 1))) as usize).min(buf.len() - done);
             let pa = self.frame_for_kernel(cx, va, false);
             cx.mem.read_bytes(pa, &mut buf[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies guest memory at `addr` into `buf` for the kernel's own inspection (an instruction
+    /// decoder, a report), changing nothing: unlike [`read_user`](Self::read_user) a guard page is
+    /// refused with its guard left armed, and a committed page without a frame reads as zero
+    /// without being given one.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::NoAccess`] if any byte is beyond user space, free, reserved, a guard page, or
+    /// not readable; nothing is read then.
+    ///
+    /// Cost: O(len) plus one walk per page.
+    pub fn peek_user(&self, mem: &impl PhysMemory, addr: u64, buf: &mut [u8]) -> Result<(), VmError> {
+        let end = match addr.checked_add(buf.len() as u64) {
+            Some(e) if e <= self.config.max_address_end => e,
+            _ => return Err(VmError::NoAccess),
+        };
+        let mut page = addr & !(PAGE_SIZE - 1);
+        while page < end {
+            let a = self.allocation_at(page).ok_or(VmError::NoAccess)?;
+            if !a.large {
+                let e = table::read_pte(mem, self.root_pa(), page);
+                if !e.is_committed() || e.guard() || !Access::Read.allowed_by(e.prot()) {
+                    return Err(VmError::NoAccess);
+                }
+            }
+            page += PAGE_SIZE;
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let va = addr + done as u64;
+            let n = ((PAGE_SIZE - (va & (PAGE_SIZE - 1))) as usize).min(buf.len() - done);
+            let large = self.allocation_at(va).is_some_and(|a| a.large);
+            let frame = if large {
+                table::translate(mem, self.root_pa(), va).map(|(pa, _)| pa)
+            } else {
+                table::read_pte(mem, self.root_pa(), va & !(PAGE_SIZE - 1)).frame().map(|f| f | (va & (PAGE_SIZE - 1)))
+            };
+            match frame {
+                Some(pa) => mem.read_bytes(PhysAddr::new(pa), &mut buf[done..done + n]),
+                None => buf[done..done + n].fill(0),
+            }
             done += n;
         }
         Ok(())
@@ -248,7 +293,7 @@ impl AddressSpace {
         let mut done = 0usize;
         while done < data.len() {
             let va = addr + done as u64;
-            let n = ((PAGE - (va & (PAGE - 1))) as usize).min(data.len() - done);
+            let n = ((PAGE_SIZE - (va & (PAGE_SIZE - 1))) as usize).min(data.len() - done);
             let pa = self.frame_for_kernel(cx, va, mark);
             cx.mem.write_bytes(pa, &data[done..done + n]);
             done += n;
@@ -263,7 +308,7 @@ impl AddressSpace {
             let (pa, _) = table::translate(cx.mem, self.root_pa(), va).expect("large page not mapped");
             return PhysAddr::new(pa);
         }
-        let page = va & !(PAGE - 1);
+        let page = va & !(PAGE_SIZE - 1);
         let mut e = table::read_pte(cx.mem, self.root_pa(), page);
         assert!(e.is_committed(), "kernel access to an uncommitted page");
         if e.frame().is_none() {
@@ -274,6 +319,6 @@ impl AddressSpace {
             self.set_pte(cx, page, Pte(e.0 | DIRTY));
         }
         let frame: PhysFrame = PhysFrame::containing_address(PhysAddr::new(e.frame().expect("frame just given")));
-        frame.start_address() + (va & (PAGE - 1))
+        frame.start_address() + (va & (PAGE_SIZE - 1))
     }
 }

@@ -1,9 +1,10 @@
 //! `VirtualFree`: decommit and release (win32-semantics §4).
 
-use super::{AddressSpace, AllocationKind, PAGE, VmContext, round_up};
+use super::{AddressSpace, AllocationKind, VmContext, round_up};
 use crate::paging::tlb::Tlb;
 use crate::win32::{MEM_DECOMMIT, MEM_RELEASE};
 use crate::{PhysMemory, VmError};
+use crate::PAGE_SIZE;
 
 impl AddressSpace {
     /// `VirtualFree(addr, size, free_type)`: decommits pages or releases a whole allocation.
@@ -46,7 +47,7 @@ impl AddressSpace {
         if addr > self.config.max_application_address() {
             return Err(VmError::InvalidParameter);
         }
-        let page = addr & !(PAGE - 1);
+        let page = addr & !(PAGE_SIZE - 1);
         let a = match self.allocation_at(page) {
             Some(a) if a.kind != AllocationKind::HostOwned => *a,
             _ => return Err(VmError::NotAllocated),
@@ -68,7 +69,7 @@ impl AddressSpace {
             (a.base, a.end())
         } else {
             match addr.checked_add(size) {
-                Some(e) if round_up(e, PAGE) <= a.end() => (page, round_up(e, PAGE)),
+                Some(e) if round_up(e, PAGE_SIZE) <= a.end() => (page, round_up(e, PAGE_SIZE)),
                 _ => return Err(VmError::UnableToFree),
             }
         };

@@ -1,12 +1,13 @@
 //! Image and host-owned allocations (host-abi §1 and §9): created committed by the kernel's
 //! loader, shown as `MEM_IMAGE`.
 
-use super::{AddressSpace, Allocation, AllocationKind, GRAN, PAGE, VmContext};
+use super::{AddressSpace, Allocation, AllocationKind, VmContext};
 use crate::charge::CriticalLevel;
 use crate::paging::tlb::Tlb;
 use crate::protection::{CacheMode, PageProtection};
 use crate::win32::PAGE_EXECUTE_WRITECOPY;
 use crate::{PhysMemory, VmError};
+use crate::{ALLOCATION_GRANULARITY, PAGE_SIZE};
 
 impl AddressSpace {
     /// Creates a committed `MEM_IMAGE` allocation at `base` with one protection per page
@@ -37,10 +38,10 @@ impl AddressSpace {
         host_owned: bool,
         level: CriticalLevel,
     ) -> Result<(), VmError> {
-        if !base.is_multiple_of(GRAN) || page_protections.is_empty() || base < self.config.min_address {
+        if !base.is_multiple_of(ALLOCATION_GRANULARITY) || page_protections.is_empty() || base < self.config.min_address {
             return Err(VmError::InvalidParameter);
         }
-        let size = (page_protections.len() as u64).checked_mul(PAGE).ok_or(VmError::InvalidParameter)?;
+        let size = (page_protections.len() as u64).checked_mul(PAGE_SIZE).ok_or(VmError::InvalidParameter)?;
         let end = base.checked_add(size).ok_or(VmError::InvalidParameter)?;
         if end > self.config.max_address_end {
             return Err(VmError::InvalidParameter);
@@ -52,9 +53,9 @@ impl AddressSpace {
                 _ => return Err(VmError::InvalidParameter),
             }
         }
-        let blocks = (super::round_up(end, GRAN) - base) / GRAN;
-        match self.gaps.floor(base / GRAN) {
-            Some((s, l)) if base / GRAN + blocks <= s + l => {}
+        let blocks = (super::round_up(end, ALLOCATION_GRANULARITY) - base) / ALLOCATION_GRANULARITY;
+        match self.gaps.floor(base / ALLOCATION_GRANULARITY) {
+            Some((s, l)) if base / ALLOCATION_GRANULARITY + blocks <= s + l => {}
             _ => return Err(VmError::ConflictingAddresses),
         }
         let plan = self.prepare_commit_new(cx, base, end, level)?;
@@ -69,8 +70,8 @@ impl AddressSpace {
             committed_pages: plan.new_pages,
         };
         self.allocations.insert(base, a);
-        self.gaps.take(base / GRAN, blocks);
-        self.perform_commit(cx, base, end, CacheMode::WriteBack, plan, |va| (prots[((va - base) / PAGE) as usize], false));
+        self.gaps.take(base / ALLOCATION_GRANULARITY, blocks);
+        self.perform_commit(cx, base, end, CacheMode::WriteBack, plan, |va| (prots[((va - base) / PAGE_SIZE) as usize], false));
         Ok(())
     }
 

@@ -58,17 +58,12 @@ use x86_64::structures::paging::{PhysFrame, Size4KiB};
 pub use fault::{Access, FaultOutcome};
 pub use query::MemoryBasicInformation;
 
-use crate::frame::FrameAllocator;
+use crate::frame::{FrameAllocator, FrameReservation};
 use crate::paging::table::{self, TableCensus, Tables};
 use crate::paging::tlb::{DEFAULT_FLUSH_THRESHOLD, Tlb, TlbBatch};
 use crate::placement::GapTree;
-use crate::protection::CacheMode;
-use crate::{CommitCharge, PhysMemory, VmError, WorkCounters};
-
-/// Page size.
-pub(crate) const PAGE: u64 = 0x1000;
-/// Allocation granularity.
-pub(crate) const GRAN: u64 = 0x10000;
+use crate::protection::{BaseProtection, CacheMode};
+use crate::{ALLOCATION_GRANULARITY, CommitCharge, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
 
 /// The configuration of an address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +145,19 @@ impl Allocation {
     }
     /// Returns the end of the 64 KiB blocks the allocation occupies.
     pub const fn block_end(&self) -> u64 {
-        (self.end() + GRAN - 1) & !(GRAN - 1)
+        (self.end() + ALLOCATION_GRANULARITY - 1) & !(ALLOCATION_GRANULARITY - 1)
+    }
+    /// Returns the protection of every page of a large-page allocation, fixed when it was made
+    /// (`PAGE_READWRITE` or `PAGE_EXECUTE_READWRITE`, win32-semantics §3.5); `None` for an
+    /// allocation of 4 KiB pages.
+    pub const fn large_protection(&self) -> Option<BaseProtection> {
+        if !self.large {
+            return None;
+        }
+        Some(match self.allocation_protect & 0xFF {
+            crate::win32::PAGE_EXECUTE_READWRITE => BaseProtection::ExecuteReadWrite,
+            _ => BaseProtection::ReadWrite,
+        })
     }
 }
 
@@ -202,6 +209,9 @@ pub struct AddressSpace {
     allocations: BTreeMap<u64, Allocation>,
     gaps: GapTree,
     table_pages: u64,
+    /// The frames promised to committed pages that have none yet (demand-zero): one per such
+    /// page, taken when the page is first touched, given back when it is decommitted untouched.
+    demand_zero: FrameReservation,
 }
 
 impl AddressSpace {
@@ -219,9 +229,9 @@ impl AddressSpace {
         mem: &mut impl PhysMemory,
         counters: &mut WorkCounters,
     ) -> Result<Self, VmError> {
-        let ok = config.min_address >= GRAN
-            && config.min_address.is_multiple_of(GRAN)
-            && config.max_address_end.is_multiple_of(GRAN)
+        let ok = config.min_address >= ALLOCATION_GRANULARITY
+            && config.min_address.is_multiple_of(ALLOCATION_GRANULARITY)
+            && config.max_address_end.is_multiple_of(ALLOCATION_GRANULARITY)
             && config.max_address_end <= 0x8000_0000_0000
             && config.min_address < config.max_address_end;
         if !ok {
@@ -234,8 +244,9 @@ impl AddressSpace {
             root,
             config,
             allocations: BTreeMap::new(),
-            gaps: GapTree::new(config.min_address / GRAN, config.max_address_end / GRAN),
+            gaps: GapTree::new(config.min_address / ALLOCATION_GRANULARITY, config.max_address_end / ALLOCATION_GRANULARITY),
             table_pages: 0,
+            demand_zero: FrameReservation::empty(),
         })
     }
 
@@ -270,6 +281,12 @@ impl AddressSpace {
         self.table_pages
     }
 
+    /// Returns how many frames this space holds promised to its committed pages that have none
+    /// yet (demand-zero): each is taken at the page's first touch. Cost: O(1).
+    pub fn demand_zero_frames(&self) -> u64 {
+        self.demand_zero.frames()
+    }
+
     /// Returns the number of allocations.
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
@@ -288,7 +305,7 @@ impl AddressSpace {
     }
 
     fn summary(&self, mem: &impl PhysMemory, a: &Allocation) -> AllocationSummary {
-        let pages = a.size / PAGE;
+        let pages = a.size / PAGE_SIZE;
         if a.large {
             return AllocationSummary {
                 allocation: *a,
@@ -358,6 +375,8 @@ impl AddressSpace {
             let e = cx.mem.read_u64(PhysAddr::new(self.root_pa() + i * 8));
             assert_eq!(e, 0, "address space: PML4 entry {i} survives teardown");
         }
+        // Every committed page is gone, and with it every promised frame.
+        cx.frames.unreserve(core::mem::replace(&mut self.demand_zero, FrameReservation::empty()));
         self.root
     }
 }

@@ -1,10 +1,11 @@
 //! `VirtualProtect` (win32-semantics §5).
 
-use super::{AddressSpace, PAGE, VmContext, round_up};
+use super::{AddressSpace, VmContext, round_up};
 use crate::paging::table;
 use crate::paging::tlb::Tlb;
 use crate::protection::PageProtection;
 use crate::{PhysMemory, VmError};
+use crate::PAGE_SIZE;
 
 impl AddressSpace {
     /// Validates a `VirtualProtect` protection value alone (win32-semantics §5 step 1).
@@ -53,10 +54,10 @@ impl AddressSpace {
             return Err(VmError::InvalidParameter);
         }
         let end = match addr.checked_add(size) {
-            Some(e) if e <= self.config.max_address_end => round_up(e, PAGE),
+            Some(e) if e <= self.config.max_address_end => round_up(e, PAGE_SIZE),
             _ => return Err(VmError::InvalidParameter),
         };
-        let start = addr & !(PAGE - 1);
+        let start = addr & !(PAGE_SIZE - 1);
         let a = self.single_allocation(start, end)?;
         if !a.large && !self.all_committed(cx.mem, start, end, &a) {
             return Err(VmError::NotCommitted);

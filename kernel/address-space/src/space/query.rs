@@ -2,11 +2,12 @@
 
 use core::ops::ControlFlow;
 
-use super::{AddressSpace, Allocation, AllocationKind, PAGE};
+use super::{AddressSpace, Allocation, AllocationKind};
 use crate::paging::pte::{Pte, QUERY_KEY_MASK};
 use crate::paging::table;
 use crate::win32::*;
 use crate::{PhysMemory, VmError};
+use crate::PAGE_SIZE;
 
 /// `MEMORY_BASIC_INFORMATION` (x64 layout: 48 bytes, host-abi §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,7 +80,7 @@ impl AddressSpace {
         if addr > self.config.max_application_address() {
             return Err(VmError::InvalidParameter);
         }
-        let page = addr & !(PAGE - 1);
+        let page = addr & !(PAGE_SIZE - 1);
         let Some(a) = self.allocation_at(page).copied() else {
             let next = self.allocations.range(page..).next().map_or(self.config.max_address_end, |(b, _)| *b);
             return Ok(MemoryBasicInformation {
@@ -101,10 +102,10 @@ impl AddressSpace {
             type_,
             ..Default::default()
         };
-        if a.large {
+        if let Some(prot) = a.large_protection() {
             info.region_size = a.end() - page;
             info.state = MEM_COMMIT;
-            info.protect = (a.allocation_protect & 0xFF) | a.cache.to_win32();
+            info.protect = prot.to_win32() | a.cache.to_win32();
             return Ok(info);
         }
         if a.committed_pages == 0 {

@@ -9,18 +9,19 @@
 
 use core::ops::ControlFlow;
 
-use super::{AddressSpace, Allocation, PAGE, VmContext, round_up};
+use super::{AddressSpace, Allocation, VmContext, round_up};
 use crate::paging::table;
 use crate::paging::tlb::Tlb;
 use crate::win32::WRITE_WATCH_FLAG_RESET;
 use crate::{PhysMemory, VmError};
+use crate::PAGE_SIZE;
 
 impl AddressSpace {
     /// The write-watch allocation holding the pages touching `[base, base+size)`.
     fn watched(&self, base: u64, size: u64) -> Result<(Allocation, u64, u64), VmError> {
         let end = base.checked_add(size).ok_or(VmError::InvalidParameter)?;
-        let start = base & !(PAGE - 1);
-        let end = round_up(end, PAGE);
+        let start = base & !(PAGE_SIZE - 1);
+        let end = round_up(end, PAGE_SIZE);
         match self.allocation_at(start) {
             Some(a) if a.write_watch && end <= a.end() => Ok((*a, start, end)),
             _ => Err(VmError::InvalidParameter),
@@ -73,7 +74,7 @@ impl AddressSpace {
         );
         if flags & WRITE_WATCH_FLAG_RESET != 0 && n > 0 {
             // The returned pages are all the dirty pages of [start, last returned].
-            self.clear_marks(cx, start, out[n - 1] + PAGE);
+            self.clear_marks(cx, start, out[n - 1] + PAGE_SIZE);
         }
         Ok(n)
     }

@@ -11,7 +11,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-use super::{FrameAllocator, FrameError, FrameStats, PhysRange, big, frame, range};
+use super::{FrameAllocator, FrameError, FrameReservation, FrameStats, PhysRange, big, frame, range};
 use x86_64::PhysAddr;
 
 /// Physical memory the generated ranges live in: 12 MiB (6 chunks, 3072 frames).
@@ -282,6 +282,8 @@ macro_rules! same {
 
 fn run(ranges: &[PhysRange], ops: &[Op], cov: &Coverage) {
     let mut fa = FrameAllocator::new(ranges);
+    // Every frame reserved by the sequence, as one owned reservation.
+    let mut held = FrameReservation::empty();
     let mut m = Model::new(ranges);
     let check = |fa: &FrameAllocator, m: &Model| {
         assert_eq!(fa.stats(), m.expected_stats());
@@ -346,15 +348,15 @@ fn run(ranges: &[PhysRange], ops: &[Op], cov: &Coverage) {
                 fa.mark_allocated(frame(u64::from(f) * 4096)),
                 m.mark(u64::from(f))
             ),
-            Op::Reserve(n) => same!(cov, fa.reserve(u64::from(n)), m.reserve(u64::from(n))),
+            Op::Reserve(n) => same!(cov, fa.reserve(u64::from(n)).map(|r| held.absorb(r)), m.reserve(u64::from(n))),
             Op::Unreserve(sel) => {
                 let n = u64::from(sel) % (m.reserved + 1);
-                fa.unreserve(n);
+                fa.unreserve(held.split(n));
                 m.reserved -= n;
             }
             Op::AllocReserved => {
                 if m.reserved > 0 {
-                    assert_eq!(fno(fa.alloc_reserved()), m.alloc_reserved());
+                    assert_eq!(fno(fa.alloc_reserved(&mut held)), m.alloc_reserved());
                     cov.alloc_reserved.set(cov.alloc_reserved.get() + 1);
                 }
             }
@@ -366,6 +368,8 @@ fn run(ranges: &[PhysRange], ops: &[Op], cov: &Coverage) {
         }
         check(&fa, &m);
     }
+    assert_eq!(held.frames(), m.reserved);
+    fa.unreserve(held);
 }
 
 #[test]

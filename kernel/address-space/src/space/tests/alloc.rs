@@ -200,6 +200,29 @@ mod reserve {
     }
 
     #[test]
+    fn top_down_takes_the_highest_gap_that_fits() {
+        let mut fx = Fx::new();
+        let td = MEM_RESERVE | MEM_TOP_DOWN;
+        let t1 = fx.alloc(0, 0x1_0000, td, PAGE_READWRITE).unwrap();
+        let t2 = fx.alloc(0, 0x1_0000, td, PAGE_READWRITE).unwrap();
+        let t3 = fx.alloc(0, 0x1_0000, td, PAGE_READWRITE).unwrap();
+        assert_eq!((t1, t2, t3), (0x7FFF_FFFE_0000, 0x7FFF_FFFD_0000, 0x7FFF_FFFC_0000));
+        fx.free(t2, 0, MEM_RELEASE).unwrap();
+        // 128 KiB does not fit the 64 KiB hole: it goes below t3.
+        assert_eq!(fx.alloc(0, 0x2_0000, td, PAGE_READWRITE), Ok(0x7FFF_FFFA_0000));
+        // A page does: the hole is the highest gap that fits.
+        assert_eq!(fx.alloc(0, 0x1000, td, PAGE_READWRITE), Ok(t2));
+        // An unaligned size: its last 64 KiB block ends where the gap does.
+        assert_eq!(fx.alloc(0, 0x1_1000, td, PAGE_READWRITE), Ok(0x7FFF_FFF8_0000));
+        assert_eq!(fx.q(0x7FFF_FFF8_0000), (0x1_1000, MEM_RESERVE, 0));
+        assert_eq!(fx.q(0x7FFF_FFF9_1000).1, MEM_FREE);
+        // Bottom-up placement is unaffected.
+        assert_eq!(fx.alloc(0, 0x1000, MEM_RESERVE, PAGE_READWRITE), Ok(0x1_0000));
+        fx.check();
+        fx.teardown();
+    }
+
+    #[test]
     fn address_space_exhaustion_is_out_of_memory() {
         let cfg = SpaceConfig { min_address: 0x10000, max_address_end: 0x50000, ..SpaceConfig::default() };
         let mut fx = Fx::with(cfg, 16 << 20, 100_000, 0);
@@ -317,15 +340,20 @@ mod commit {
     fn commit_limit_and_critical_levels() {
         let mut fx = Fx::with(SpaceConfig::default(), 16 << 20, 100, 20);
         let a = fx.alloc(0, 0x100000, MEM_RESERVE, PAGE_READWRITE).unwrap();
-        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 81 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task));
-        fx.alloc_at(a, 80 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).unwrap();
+        // The first commit needs a PDPT, a PD and a PT: 3 table pages charged with its pages.
+        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 78 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task));
+        fx.alloc_at(a, 77 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).unwrap();
+        assert_eq!((fx.charge.committed_pages(), fx.charge.table_pages(), fx.charge.limit_pages()), (77, 3, 97));
         // Re-committing committed pages charges nothing.
-        fx.alloc_at(a, 80 * 0x1000, MEM_COMMIT, PAGE_READONLY, CriticalLevel::Task).unwrap();
-        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 81 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task));
-        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 91 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::AppDomain));
-        fx.alloc_at(a, 90 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::AppDomain).unwrap();
-        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 101 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process));
-        fx.alloc_at(a, 100 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process).unwrap();
+        fx.alloc_at(a, 77 * 0x1000, MEM_COMMIT, PAGE_READONLY, CriticalLevel::Task).unwrap();
+        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 78 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task));
+        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 88 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::AppDomain));
+        fx.alloc_at(a, 87 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::AppDomain).unwrap();
+        fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(a, 98 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process));
+        fx.alloc_at(a, 97 * 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process).unwrap();
+        // What a guest is told: committed = its limit, nothing available.
+        assert_eq!((fx.charge.committed_pages(), fx.charge.limit_pages()), (97, 97));
+        assert_eq!(fx.charge.available(CriticalLevel::Process), 0);
         // A NULL-address RESERVE|COMMIT over the limit creates no reservation either.
         fx.fails(VmError::CommitmentLimit, |fx| fx.alloc_at(0, 0x1000, RC, PAGE_READWRITE, CriticalLevel::Process));
         assert_eq!(VmError::CommitmentLimit.win32_code(), 1455);

@@ -124,10 +124,17 @@ impl Gen<'_> {
 }
 
 /// Runs `ops` random steps from `seed` on a space over `[min, end)`.
-fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u64) {
-    let mut fx = Fx::with(cfg, ram, limit, reserve);
-    let mut m = Model::new(cfg.min_address, cfg.max_address_end, limit, reserve);
-    m.large_ok = cfg.large_pages_allowed;
+/// `allowance`: the commit charge's page-table allowance (charge.rs).
+fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u64, allowance: u64) {
+    let fresh = || {
+        let mut fx = Fx::with(cfg, ram, limit, reserve);
+        fx.charge = CommitCharge::new(limit, reserve).with_table_allowance(allowance);
+        let mut m = Model::new(cfg.min_address, cfg.max_address_end, limit, reserve);
+        m.large_ok = cfg.large_pages_allowed;
+        m.allowance = allowance;
+        (fx, m)
+    };
+    let (mut fx, mut m) = fresh();
     let mut r = Rng(seed);
     let mut last;
     let mut stats: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
@@ -144,9 +151,7 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 }
             }
             fx.teardown();
-            fx = Fx::with(cfg, ram, limit, reserve);
-            m = Model::new(cfg.min_address, cfg.max_address_end, limit, reserve);
-            m.large_ok = cfg.large_pages_allowed;
+            (fx, m) = fresh();
         }
         if step % 1000 == 999 {
             // Start over now and then: release everything (so placement sees an empty space
@@ -338,6 +343,8 @@ fn check_against_model(fx: &Fx, m: &Model, last: &str) {
     assert_eq!(census.bad_counts, 0, "table child counts after {last}");
     let tables = m.tables((0, 0), (0, 0));
     assert_eq!(census.table_pages, tables, "table pages after {last}");
+    assert_eq!(fx.charge.table_pages(), tables, "table pages charged after {last}");
+    assert_eq!(fx.charge.limit_pages(), m.reported_limit(), "reported limit after {last}");
     assert_eq!(fx.sp().table_pages(), tables, "kept table-page count after {last}");
     assert_eq!(fx.frames.used_frames() - fx.start_used, held + tables + 1 + large * 512, "frames in use after {last}");
     assert_eq!(fx.frames.reserved_frames(), committed4k - held, "reserved frames after {last}");
@@ -382,7 +389,8 @@ fn model_equivalence_across_a_pml4_boundary() {
         tlb_flush_threshold: 8,
         ..SpaceConfig::default()
     };
-    run(seed(0xA5A5_0001), ops(), cfg, 12 << 20, 2400, 200);
+    // Some of the tables come from the allowance, the rest are charged to the limit.
+    run(seed(0xA5A5_0001), ops(), cfg, 12 << 20, 2400, 200, 6);
 }
 
 /// The bottom of user space (8 MiB), no large-page privilege, a commit limit well below RAM so
@@ -395,7 +403,7 @@ fn model_equivalence_low_range_no_privilege() {
         large_pages_allowed: false,
         ..SpaceConfig::default()
     };
-    run(seed(0xA5A5_0002), ops(), cfg, 8 << 20, 400, 64);
+    run(seed(0xA5A5_0002), ops(), cfg, 8 << 20, 400, 64, 0);
 }
 
 /// 8 MiB crossing a 1 GiB boundary with only 2 MiB of RAM (512 frames) and a generous limit:
@@ -407,5 +415,5 @@ fn model_equivalence_scarce_frames() {
         max_address_end: 0x4000_0000 + 0x40_0000,
         ..SpaceConfig::default()
     };
-    run(seed(0xA5A5_0003), ops(), cfg, 2 << 20, 5000, 100);
+    run(seed(0xA5A5_0003), ops(), cfg, 2 << 20, 5000, 100, 0);
 }

@@ -145,3 +145,32 @@ fn stack_growth_flow_the_kernel_drives() {
     assert_eq!(fx.q(stack), (guard - stack, MEM_RESERVE, 0));
     fx.check();
 }
+
+#[test]
+fn peek_reads_without_changing_anything() {
+    // Issue 12: the kernel's own inspection (the #GP decoder) must leave guards armed and give no
+    // frame to an untouched page.
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x10000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    fx.alloc(a, 0x4000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    fx.write_u64(a + 0xFF8, 0x1122_3344_5566_7788).unwrap();
+    fx.protect(a + 0x1000, 0x1000, PAGE_READWRITE | PAGE_GUARD).unwrap();
+    fx.protect(a + 0x3000, 0x1000, PAGE_NOACCESS).unwrap();
+    let before = fx.snapshot();
+    let peek = |fx: &Fx, addr: u64, len: usize| {
+        let mut buf = ::alloc::vec![0xAAu8; len];
+        fx.sp().peek_user(&fx.mem, addr, &mut buf).map(|()| buf)
+    };
+    assert_eq!(peek(&fx, a + 0xFF8, 8), Ok(0x1122_3344_5566_7788u64.to_le_bytes().to_vec()));
+    // Crossing into the guard page: refused, guard still armed.
+    assert_eq!(peek(&fx, a + 0xFF8, 16), Err(VmError::NoAccess));
+    // An untouched committed page reads as zero and gets no frame.
+    assert_eq!(peek(&fx, a + 0x2000, 4), Ok(::alloc::vec![0; 4]));
+    assert_eq!(peek(&fx, a + 0x3000, 1), Err(VmError::NoAccess));
+    assert_eq!(peek(&fx, a + 0x4000, 1), Err(VmError::NoAccess));
+    assert_eq!(peek(&fx, u64::MAX - 1, 4), Err(VmError::NoAccess));
+    assert_eq!(peek(&fx, a, 0), Ok(::alloc::vec![]));
+    assert_eq!(fx.snapshot(), before);
+    assert_eq!(fx.q(a + 0x1000).2, PAGE_READWRITE | PAGE_GUARD);
+    fx.check();
+}

@@ -86,3 +86,68 @@ fn large_pages_without_runs_are_out_of_memory() {
     // The root frame broke the only 2 MiB run.
     fx.fails(VmError::NoMemory, |fx| fx.alloc(0, 0x20_0000, MEM_LARGE_PAGES | RC, PAGE_READWRITE));
 }
+
+#[test]
+fn large_page_protection_is_fixed_and_enforced() {
+    let mut fx = Fx::new();
+    let rw = fx.alloc(0, 0x20_0000, MEM_LARGE_PAGES | RC, PAGE_READWRITE).unwrap();
+    let rwx = fx.alloc(0, 0x20_0000, MEM_LARGE_PAGES | RC, PAGE_EXECUTE_READWRITE).unwrap();
+    assert_eq!(fx.sp().allocation_at(rw).unwrap().large_protection(), Some(BaseProtection::ReadWrite));
+    assert_eq!(fx.sp().allocation_at(rwx).unwrap().large_protection(), Some(BaseProtection::ExecuteReadWrite));
+    // Reads and writes anywhere in the 2 MiB page; instruction fetches only from the RWX one.
+    assert!(matches!(fx.touch(rw + 0x1F_F008, Access::Write), SimAccess::Done(_)));
+    assert!(matches!(fx.touch(rw + 0x1000, Access::Read), SimAccess::Done(_)));
+    assert_eq!(
+        fx.touch(rw + 0x1000, Access::Execute),
+        SimAccess::Fault(FaultOutcome::AccessViolation { access: Access::Execute, address: rw + 0x1000 })
+    );
+    assert!(matches!(fx.touch(rwx + 0x10_0000, Access::Execute), SimAccess::Done(_)));
+    // Query: committed to the end of the allocation, with the fixed protection.
+    assert_eq!(fx.q(rwx + 0x10_0000), (0x10_0000, MEM_COMMIT, PAGE_EXECUTE_READWRITE));
+    assert_eq!(fx.q(rw), (0x20_0000, MEM_COMMIT, PAGE_READWRITE));
+    fx.check();
+    fx.teardown();
+}
+
+#[test]
+fn only_large_page_allocations_have_a_large_protection() {
+    let mut fx = Fx::new();
+    let small = fx.alloc(0, 0x20_0000, RC, PAGE_EXECUTE_READWRITE).unwrap();
+    assert_eq!(fx.sp().allocation_at(small).unwrap().large_protection(), None);
+}
+
+#[test]
+fn large_page_placement_aligns_up_and_keeps_the_gap_below() {
+    let mut fx = Fx::new();
+    assert_eq!(fx.alloc(0, 0x1_0000, MEM_RESERVE, PAGE_READWRITE), Ok(0x1_0000));
+    // The lowest gap starts at 0x2_0000: the large allocation goes to the next 2 MiB boundary.
+    assert_eq!(fx.alloc(0, 0x20_0000, MEM_LARGE_PAGES | RC, PAGE_READWRITE), Ok(0x20_0000));
+    // The gap below it still serves small allocations, to its last block.
+    assert_eq!(fx.alloc(0, 0x1_0000, MEM_RESERVE, PAGE_READWRITE), Ok(0x2_0000));
+    assert_eq!(fx.alloc(0, 0x1D_0000, MEM_RESERVE, PAGE_READWRITE), Ok(0x3_0000));
+    assert_eq!(fx.alloc(0, 0x1000, MEM_RESERVE, PAGE_READWRITE), Ok(0x40_0000));
+    // Top down, below a small top-down allocation: the highest 2 MiB boundary that fits.
+    assert_eq!(fx.alloc(0, 0x1000, MEM_RESERVE | MEM_TOP_DOWN, PAGE_READWRITE), Ok(0x7FFF_FFFE_0000));
+    assert_eq!(fx.alloc(0, 0x20_0000, MEM_LARGE_PAGES | RC | MEM_TOP_DOWN, PAGE_READWRITE), Ok(0x7FFF_FFC0_0000));
+    // And the gap above it (up to 0x7FFF_FFFE_0000) is still free for small top-down ones.
+    assert_eq!(fx.alloc(0, 0x1000, MEM_RESERVE | MEM_TOP_DOWN, PAGE_READWRITE), Ok(0x7FFF_FFFD_0000));
+    fx.check();
+    fx.teardown();
+}
+
+#[test]
+fn releasing_large_pages_frees_their_directories() {
+    let mut fx = Fx::new();
+    let tables = fx.sp().table_pages();
+    let a = fx.alloc(0x4000_0000, 0x40_0000, MEM_LARGE_PAGES | RC, PAGE_READWRITE).unwrap();
+    // A PDPT and a PD; no page table under 2 MiB entries.
+    assert_eq!(fx.sp().table_pages(), tables + 2);
+    fx.write_u64(a, 1).unwrap();
+    assert_eq!(fx.tlb.structure_entries(), 2);
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    assert_eq!(fx.sp().table_pages(), tables);
+    assert_eq!(fx.tlb.structure_entries(), 0);
+    assert_eq!(fx.query(a).map(|i| i.state), Ok(MEM_FREE));
+    fx.check();
+    fx.teardown();
+}

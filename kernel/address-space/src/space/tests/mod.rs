@@ -41,7 +41,7 @@ pub(crate) struct Snapshot {
     allocations: Vec<Allocation>,
     entries: Vec<(u64, u64)>,
     census: TableCensus,
-    charge: u64,
+    charge: (u64, u64),
     frames: (u64, u64, u64),
     counters: WorkCounters,
 }
@@ -70,14 +70,8 @@ impl Fx {
 
     /// Runs `f` with the space and a context.
     pub fn run<R>(&mut self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, SimPhysMemory, TlbModel>) -> R) -> R {
-        let mut cx = VmContext {
-            frames: &mut self.frames,
-            mem: &mut self.mem,
-            tlb: &mut self.tlb,
-            charge: &mut self.charge,
-            counters: &mut self.counters,
-        };
-        f(self.space.as_mut().expect("space"), &mut cx)
+        let Fx { frames, mem, tlb, charge, counters, space, .. } = self;
+        f(space.as_mut().expect("space"), &mut VmContext { frames, mem, tlb, charge, counters })
     }
 
     pub fn sp(&self) -> &AddressSpace {
@@ -150,7 +144,7 @@ impl Fx {
             allocations: self.sp().allocations().copied().collect(),
             entries,
             census,
-            charge: self.charge.committed_pages(),
+            charge: (self.charge.committed_pages(), self.charge.table_pages()),
             frames: (self.frames.free_frames(), self.frames.reserved_frames(), self.frames.used_frames()),
             counters: self.counters,
         }
@@ -174,33 +168,44 @@ impl Fx {
         assert_eq!(c.bad_counts, 0, "kept child counts disagree with tables");
         assert_eq!(c.table_pages, self.sp().table_pages(), "kept table-page count");
         assert_eq!(self.charge.committed_pages(), c.committed_pages + c.large_pages * 512, "charge");
+        assert_eq!(self.charge.table_pages(), c.table_pages, "table pages charged");
         assert_eq!(
             self.frames.used_frames() - self.start_used,
             c.pages_with_frame + c.table_pages + 1 + c.large_pages * 512,
             "frames in use"
         );
         assert_eq!(self.frames.reserved_frames(), c.committed_pages - c.pages_with_frame, "reserved frames");
+        assert_eq!(self.sp().demand_zero_frames(), c.committed_pages - c.pages_with_frame, "frames the space holds promised");
         assert_eq!(self.tlb.stale_entries(self.sp(), &self.mem), Vec::<u64>::new(), "stale TLB entries");
         for s in self.sp().summaries(&self.mem) {
             assert_eq!(s.committed_pages, s.allocation.committed_pages, "committed count of {:#x}", s.allocation.base);
         }
     }
 
+    /// Destroys the space (every allocation released, every frame and promise given back).
+    fn destroy_space(&mut self) {
+        let Fx { frames, mem, tlb, charge, counters, space, .. } = self;
+        let root = space.take().expect("space").destroy(&mut VmContext { frames, mem, tlb, charge, counters });
+        self.frames.free(root).expect("root frame");
+    }
+
     /// Tears the space down and checks every frame came back.
     pub fn teardown(&mut self) {
-        let space = self.space.take().expect("space");
-        let mut cx = VmContext {
-            frames: &mut self.frames,
-            mem: &mut self.mem,
-            tlb: &mut self.tlb,
-            charge: &mut self.charge,
-            counters: &mut self.counters,
-        };
-        let root = space.destroy(&mut cx);
-        self.frames.free(root).expect("root frame");
+        self.destroy_space();
         assert_eq!(self.frames.used_frames(), self.start_used);
         assert_eq!(self.frames.reserved_frames(), 0);
         assert_eq!(self.charge.committed_pages(), 0);
+        assert_eq!(self.charge.table_pages(), 0);
+    }
+}
+
+impl Drop for Fx {
+    /// A space must be destroyed, not dropped (it owns the frames promised to its committed
+    /// pages): a test that does not end with [`Fx::teardown`] has it destroyed here.
+    fn drop(&mut self) {
+        if self.space.is_some() && !std::thread::panicking() {
+            self.destroy_space();
+        }
     }
 }
 

@@ -148,3 +148,98 @@ fn spaces_share_the_allocator_and_the_charge() {
     fx.check();
     fx.teardown();
 }
+
+/// A committed `PAGE_NOACCESS` page at `A`, the only page of its tables, after a faulting walk
+/// that cached its PML4E, PDPTE and PDE (the model caches structure entries of faulting walks,
+/// as the hardware may, SDM vol. 3A §4.10.3.1).
+fn walked_noaccess_page() -> Fx {
+    let mut fx = Fx::new();
+    assert_eq!(fx.alloc(A, 0x1000, RC, PAGE_NOACCESS), Ok(A));
+    assert!(matches!(fx.touch(A, Access::Read), SimAccess::Fault(FaultOutcome::AccessViolation { .. })));
+    assert!(fx.tlb.get(A).is_none());
+    assert_eq!(fx.tlb.structure_entries(), 3);
+    fx
+}
+
+#[test]
+fn freeing_a_table_page_invalidates_the_paging_structure_caches() {
+    let mut fx = walked_noaccess_page();
+    let tables = fx.sp().table_pages();
+    let before = fx.counters;
+    fx.free(A, 0x1000, MEM_DECOMMIT).unwrap();
+    // No present entry changed, but the PT, PD and PDPT went: one invlpg, for the caches.
+    assert_eq!(fx.sp().table_pages(), tables - 3);
+    assert_eq!(fx.counters.invlpg - before.invlpg, 1);
+    assert_eq!(fx.tlb.structure_entries(), 0);
+    fx.check();
+}
+
+#[test]
+fn the_tlb_model_catches_a_missing_invlpg_after_a_table_page_is_freed() {
+    let mut fx = walked_noaccess_page();
+    // The same decommit, with every invalidation lost.
+    let mut lost = crate::paging::tlb::NoTlb;
+    let mut cx = VmContext { frames: &mut fx.frames, mem: &mut fx.mem, tlb: &mut lost, charge: &mut fx.charge, counters: &mut fx.counters };
+    fx.space.as_mut().unwrap().virtual_free(&mut cx, A, 0x1000, MEM_DECOMMIT).unwrap();
+    // The cached PDE, PDPTE and PML4E name freed tables: all three are stale.
+    let pml4e_span = table::entry_span(3);
+    assert_eq!(fx.tlb.stale_entries(fx.sp(), &fx.mem), ::alloc::vec![A, A & !((1 << 30) - 1), A & !(pml4e_span - 1)]);
+    // A full flush (as a CR3 reload) clears them.
+    crate::paging::tlb::Tlb::flush_all(&mut fx.tlb);
+    fx.check();
+}
+
+/// Issue 12: committing one page per 2 MiB needs a page table per page. With the limit and the
+/// table allowance together set to exactly the frames there are (as the kernel sets them, no
+/// overcommit), the commits run into the commit limit — never into a lack of frames — and at
+/// that point the limit a guest is told, less what it committed, is smaller than one more commit
+/// (a page and its table); every committed page can be touched; releasing gives every frame
+/// and every charged page back.
+#[test]
+fn one_page_per_2mib_reaches_the_reported_limit_and_never_lacks_frames() {
+    for allowance in [0, 64] {
+        let mut fx = Fx::with(SpaceConfig::default(), 16 << 20, 0, 0);
+        let limit = fx.frames.available_frames() - allowance;
+        fx.charge = CommitCharge::new(limit, limit / 16).with_table_allowance(allowance);
+        let span = 8u64 << 30;
+        let a = fx.alloc(0, span, MEM_RESERVE, PAGE_READWRITE).unwrap();
+        let mut committed = Vec::new();
+        let error = loop {
+            let at = a + committed.len() as u64 * crate::LARGE_PAGE_SIZE;
+            assert!(at < a + span, "the reservation ran out before the limit");
+            match fx.alloc_at(at, 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process) {
+                Ok(_) => committed.push(at),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(error, VmError::CommitmentLimit, "the commit limit decides, not the frames");
+        let c = &fx.charge;
+        assert_eq!(c.committed_pages(), committed.len() as u64);
+        assert_eq!(c.table_pages(), fx.sp().table_pages());
+        assert_eq!(c.limit_pages(), limit - (c.table_pages() - allowance));
+        assert!(c.limit_pages() - c.committed_pages() < 2, "a page and its table would have fitted");
+        assert!(committed.len() as u64 >= limit / 2 - 8, "about half the frames are tables");
+        for (i, &at) in committed.iter().enumerate() {
+            fx.write_u64(at, i as u64).unwrap();
+        }
+        fx.check();
+        fx.free(a, 0, MEM_RELEASE).unwrap();
+        assert_eq!((fx.charge.committed_pages(), fx.charge.table_pages(), fx.charge.limit_pages()), (0, 0, limit));
+        fx.teardown();
+    }
+}
+
+/// Dense commits within the table allowance cost the limit nothing: what is committed is
+/// exactly what the reported limit loses.
+#[test]
+fn dense_commits_use_the_table_allowance_only() {
+    let mut fx = Fx::with(SpaceConfig::default(), 16 << 20, 0, 0);
+    let limit = fx.frames.available_frames() - 16;
+    fx.charge = CommitCharge::new(limit, 0).with_table_allowance(16);
+    let a = fx.alloc(0, limit * 0x1000, RC, PAGE_READWRITE).unwrap();
+    assert_eq!((fx.charge.committed_pages(), fx.charge.limit_pages()), (limit, limit));
+    assert!(fx.charge.table_pages() <= 16);
+    fx.fails(VmError::CommitmentLimit, |fx| fx.alloc(0, 0x1000, RC, PAGE_READWRITE));
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    fx.teardown();
+}

@@ -1,0 +1,64 @@
+//! A guest's CPU time and its limit (host-abi §10.1: `--config guest_cpu_limit_s=N`).
+//!
+//! A guest owns the boot CPU from its start to its end (one guest runs at a time, and the kernel
+//! serves its system calls and exceptions on its behalf), so its CPU time is the time since it
+//! started, user and kernel time together, as Windows charges a process both. The run loop
+//! checks it at every timer interrupt that reaches the guest (every 10 ms of ring-3 time, see
+//! `crate::arch::apic`); a guest cannot avoid those ticks, as it runs with interrupts on and
+//! `cli` is privileged in ring 3. Past the limit the guest ends with [`HOST_E_TIMEOUT`].
+
+use super::hresult::HOST_E_TIMEOUT;
+use crate::arch::time;
+
+/// Set by [`set_limit_for_test`]: the limit in nanoseconds instead of the configuration's.
+static LIMIT_OVERRIDE: spin::Mutex<Option<Option<u64>>> = spin::Mutex::new(None);
+
+/// For QEMU test images, which cannot pass fw_cfg: guests started from now on have `limit_ms`
+/// milliseconds of CPU time (`None`: no limit).
+pub fn set_limit_for_test(limit_ms: Option<u64>) {
+    *LIMIT_OVERRIDE.lock() = Some(limit_ms.map(|ms| ms.saturating_mul(1_000_000)));
+}
+
+/// The CPU-time limit of a guest in nanoseconds, if there is one: a test's override, else the
+/// boot configuration's `guest_cpu_limit_s` (0 = none).
+pub fn limit_ns() -> Option<u64> {
+    if let Some(limit) = *LIMIT_OVERRIDE.lock() {
+        return limit;
+    }
+    let seconds = crate::memory::config().guest_cpu_limit_s;
+    (seconds != 0).then(|| seconds.saturating_mul(1_000_000_000))
+}
+
+/// One guest's CPU clock.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuClock {
+    started_ns: u64,
+    limit_ns: Option<u64>,
+}
+
+impl CpuClock {
+    /// Starts the clock now, with the limit in force now.
+    pub fn start() -> CpuClock {
+        CpuClock { started_ns: time::ticks_ns(), limit_ns: limit_ns() }
+    }
+
+    /// CPU time used so far, in nanoseconds.
+    pub fn used_ns(&self) -> u64 {
+        time::ticks_ns().saturating_sub(self.started_ns)
+    }
+
+    /// `Err(HOST_E_TIMEOUT)` (with the reason printed) once the guest `name` is past its limit.
+    pub fn check(&self, name: &str) -> Result<(), super::Ended> {
+        let Some(limit) = self.limit_ns else { return Ok(()) };
+        let used = self.used_ns();
+        if used <= limit {
+            return Ok(());
+        }
+        crate::kprintln!(
+            "guest {name}: CPU time limit of {} ms reached ({} ms used): ended with HOST_E_TIMEOUT",
+            limit / 1_000_000,
+            used / 1_000_000
+        );
+        Err(HOST_E_TIMEOUT as i32)
+    }
+}
