@@ -3,7 +3,8 @@
 //!
 //! `hello` · `args A B…` (prints them) · `exit N` (`proc_exit`) · `clocks` · `random` ·
 //! `unsupported` (calls outside the subset: each must return an errno) · `grow MIB` (grows its
-//! memory by MIB MiB, writes and checks every page, prints the memory size) · traps: `oob`,
+//! memory by MIB MiB, writes and checks every page, prints the memory size) · `growbench N`
+//! (N × `memory.grow(1)` and a touch, timed) · traps: `oob`,
 //! `stack`, `div`, `unreachable`, `indirect`.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
@@ -125,6 +126,22 @@ fn main() {
             let pages = core::arch::wasm32::memory_size(0);
             println!("grew to {} MiB of linear memory ({pages} wasm pages)", pages * 64 / 1024);
             check(&format!("{mib} MiB written and read back"), bad == 0 && pages * 65536 >= mib << 20);
+        }
+        "growbench" => {
+            // memory.grow by one 64 KiB page at a time, each new page touched once: the cost of
+            // growth (benchmark figures; nothing asserted).
+            let pages: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2048);
+            let start = std::time::Instant::now();
+            for _ in 0..pages {
+                let old = core::arch::wasm32::memory_grow(0, 1);
+                if old == usize::MAX {
+                    check("memory.grow", false);
+                }
+                // SAFETY: the page [old * 64 KiB, +64 KiB) was just added to the memory.
+                unsafe { std::ptr::write_volatile((old * 65536) as *mut u8, 1) };
+            }
+            let ns = start.elapsed().as_nanos() / pages as u128;
+            println!("growbench: {pages} x memory.grow(1) + first touch: {ns} ns per 64 KiB page");
         }
         "oob" => {
             println!("reading far beyond the linear memory");
