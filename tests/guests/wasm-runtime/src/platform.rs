@@ -155,6 +155,10 @@ pub unsafe extern "C" fn wasmtime_mmap_remap(addr: *mut u8, size: usize, prot_fl
 pub unsafe extern "C" fn wasmtime_munmap(ptr: *mut u8, size: usize) -> i32 {
     let h = host();
     let (ptr, size) = (ptr as usize, size.next_multiple_of(PAGE));
+    if size == 0 {
+        // (MEM_DECOMMIT with size 0 would decommit a whole allocation.)
+        return 0;
+    }
     let whole = MAPPINGS.with(|maps| {
         let i = maps.iter().position(|&(b, s)| b == ptr && s == size);
         i.map(|i| maps.swap_remove(i)).is_some()
