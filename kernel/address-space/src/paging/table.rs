@@ -81,8 +81,8 @@ impl<M: PhysMemory> Tables<'_, M> {
     }
 
     fn free_table(&mut self, table: u64, va: u64, batch: &mut TlbBatch) {
-        let frame = PhysFrame::<Size4KiB>::containing_address(pa(table));
-        self.frames.free(frame).expect("page table: freeing a table page the allocator disowns");
+        // Freed only after the batch's round: other CPUs may still walk it (§4(b), (c)).
+        batch.defer_free(PhysFrame::<Size4KiB>::containing_address(pa(table)));
         self.counters.table_pages_freed += 1;
         batch.note_table_freed(va);
     }
@@ -128,8 +128,8 @@ impl<M: PhysMemory> Tables<'_, M> {
         (e & ADDR_MASK, e, true)
     }
 
-    /// Rewrites every leaf entry of `[start, end)` (4 KiB pages) as `f(frames, va, old)` (`f`
-    /// may free the frames of the pages it unmaps).
+    /// Rewrites every leaf entry of `[start, end)` (4 KiB pages) as `f(batch, va, old)` (`f`
+    /// hands the frames of the pages it unmaps to the batch, which frees them after its round).
     ///
     /// With `pool` = `Some`, missing tables are created from the pool (which must hold at least
     /// [`count_missing_tables`] zeroed frames) and `f` must return a non-zero entry for every
@@ -144,7 +144,7 @@ impl<M: PhysMemory> Tables<'_, M> {
         end: u64,
         mut pool: Option<&mut Vec<PhysFrame>>,
         batch: &mut TlbBatch,
-        mut f: impl FnMut(&mut FrameAllocator, u64, Pte) -> Pte,
+        mut f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) {
         let mut va = start;
         while va < end {
@@ -206,7 +206,7 @@ impl<M: PhysMemory> Tables<'_, M> {
             let mut at = pt + index(va, 0) * 8;
             while va < chunk_end {
                 let old = Pte(self.mem.read_u64(pa(at)));
-                let new = f(self.frames, va, old);
+                let new = f(batch, va, old);
                 if new != old {
                     self.write(at, new.0);
                     if old.is_present() {

@@ -219,7 +219,7 @@ impl AddressSpace {
             }
         });
         debug_assert!(plan.tables.is_empty(), "commit: table pool not used up");
-        batch.flush(cx.tlb, cx.counters);
+        self.complete(batch, cx);
     }
 
     /// Maps the large pages of `plan` over `[start, end)`, zeroing them. Cannot fail.
@@ -273,13 +273,11 @@ impl AddressSpace {
         let mut unreserve = 0;
         let freed_before = cx.counters.table_pages_freed;
         let mut batch = self.batch();
-        cx.tables(self.root_pa()).update_range(start, end, None, &mut batch, |frames, _, old| {
+        cx.tables(self.root_pa()).update_range(start, end, None, &mut batch, |batch, _, old| {
             if old.is_committed() {
                 decommitted += 1;
                 match old.frame() {
-                    Some(pa) => frames
-                        .free(PhysFrame::containing_address(x86_64::PhysAddr::new(pa)))
-                        .expect("decommit: the frame of a committed page is not allocated"),
+                    Some(pa) => batch.defer_free(PhysFrame::containing_address(x86_64::PhysAddr::new(pa))),
                     None => unreserve += 1,
                 }
             }
@@ -291,7 +289,7 @@ impl AddressSpace {
         cx.charge.uncharge(decommitted);
         cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
         self.table_pages -= cx.counters.table_pages_freed - freed_before;
-        batch.flush(cx.tlb, cx.counters);
+        self.complete(batch, cx);
         self.note_committed(a.base, -(decommitted as i64));
         decommitted
     }
@@ -307,13 +305,13 @@ impl AddressSpace {
             while va < a.end() {
                 let e = cx.tables(root).unmap_large(va, &mut batch);
                 let f = PhysFrame::<Size2MiB>::containing_address(x86_64::PhysAddr::new(e & pte::ADDR_MASK & !(LARGE_PAGE_SIZE - 1)));
-                cx.frames.free_2mib(f).expect("release: large page run not allocated");
+                batch.defer_free_2mib(f);
                 va += LARGE_PAGE_SIZE;
             }
             cx.charge.uncharge(a.size / PAGE_SIZE);
             cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
-            batch.flush(cx.tlb, cx.counters);
+            self.complete(batch, cx);
         } else {
             self.decommit_range(cx, a, a.base, a.end());
         }
