@@ -328,4 +328,35 @@ mod tests {
         b.flush(CpuSet::EMPTY, &mut log, &mut fa, &mut c);
         assert_eq!(log.pages.last(), Some(&0x5000));
     }
+
+    /// The frames a batch carries are freed only once the round returned: a round that never
+    /// completes (here: panics) leaves them allocated.
+    #[test]
+    fn deferred_frames_are_freed_after_the_round_only() {
+        struct Fails;
+        impl Tlb for Fails {
+            fn invalidate_page(&mut self, _: VirtAddr) {}
+            fn flush_all(&mut self) {}
+            fn shootdown(&mut self, _: &FlushRound<'_>) {
+                panic!("round not acknowledged");
+            }
+        }
+        let range = crate::frame::PhysRange::new(x86_64::PhysAddr::new(0x20_0000), x86_64::PhysAddr::new(0x40_0000));
+        let mut fa = FrameAllocator::new(&[range]);
+        let mut c = WorkCounters::default();
+        let f = fa.alloc().unwrap();
+        let mut b = TlbBatch::new(4);
+        b.add(0x1000);
+        b.defer_free(f);
+        assert_eq!(b.deferred_frames(), (1, 0));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.flush(CpuSet(0b11), &mut Fails, &mut fa, &mut c)));
+        assert!(r.is_err());
+        assert_eq!(fa.is_allocated(f), Ok(true), "freed before the round completed");
+        let mut b = TlbBatch::new(4);
+        b.add(0x1000);
+        b.defer_free(f);
+        b.flush(CpuSet(0b11), &mut NoTlb, &mut fa, &mut c);
+        assert_eq!(fa.is_allocated(f), Ok(false));
+        assert_eq!((c.shootdown_rounds, c.shootdown_ipis), (2, 4), "the caller's CPU is unknown to NoTlb: every target counts");
+    }
 }

@@ -9,6 +9,7 @@ mod free;
 mod images_large;
 mod protect;
 mod query;
+mod smp;
 mod tables;
 mod write_watch;
 
