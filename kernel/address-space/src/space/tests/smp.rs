@@ -7,7 +7,7 @@ use ::alloc::string::String;
 use ::alloc::vec::Vec;
 use std::sync::{Arc, Mutex};
 
-use super::RAM_BASE;
+use super::{RAM_BASE, Rng};
 use crate::frame::FrameAllocator;
 use crate::model::{Env, Model};
 use crate::paging::table;
@@ -162,22 +162,6 @@ fn a_cpu_missing_from_the_set_is_caught() {
     assert!(w.tlb.cpus[0].is_empty());
     crate::paging::tlb::Tlb::flush_all(&mut w.tlb.cpus[1]);
     w.teardown();
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// One call as it took effect, in lock order.
