@@ -259,6 +259,7 @@ impl TlbBatch {
     ///
     /// If a deferred frame is not allocated (a kernel bug: the tables held a frame the
     /// allocator disowns).
+    #[inline]
     pub fn flush(self, targets: CpuSet, tlb: &mut impl Tlb, frames: &mut FrameAllocator, counters: &mut WorkCounters) {
         if !self.is_empty() {
             let single;

@@ -273,6 +273,7 @@ impl AddressSpace {
 
     /// Completes an operation's batch: one TLB round on the CPUs running the space (read after
     /// the entries were written), then the frees it deferred.
+    #[inline]
     fn complete<M: PhysMemory, T: Tlb>(&self, batch: TlbBatch, cx: &mut VmContext<'_, M, T>) {
         batch.flush(self.active.get(), cx.tlb, cx.frames, cx.counters);
     }
