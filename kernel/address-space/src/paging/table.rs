@@ -20,7 +20,7 @@ use core::ops::ControlFlow;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
-use super::pte::{ADDR_MASK, HUGE, PRESENT, Pte, TABLE_FLAGS};
+use super::pte::{ACCESSED, ADDR_MASK, DIRTY, HUGE, PRESENT, Pte, TABLE_FLAGS};
 use super::tlb::TlbBatch;
 use crate::frame::FrameAllocator;
 use crate::{LARGE_PAGE_SIZE, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
@@ -77,6 +77,28 @@ impl<M: PhysMemory> Tables<'_, M> {
     #[inline]
     fn write(&mut self, at: u64, v: u64) {
         self.mem.write_u64(pa(at), v);
+        self.counters.pte_writes += 1;
+    }
+
+    /// Replaces the present leaf entry `old` at `at` with `new` by compare-and-exchange: the MMU
+    /// of another CPU running the space may set A or D in it between the read and the write
+    /// (pitfall 12). A D bit set meanwhile is carried into `new` if `new` keeps the frame (the
+    /// D bit is the write-watch mark, present or not), so no write escapes write watch. Hardware
+    /// only ever sets those two bits, so at most three attempts.
+    fn replace_present(&mut self, at: u64, old: Pte, mut new: Pte) {
+        let mut seen = old.0;
+        loop {
+            match self.mem.compare_exchange_u64(pa(at), seen, new.0) {
+                Ok(()) => break,
+                Err(now) => {
+                    debug_assert_eq!(now & !(ACCESSED | DIRTY), seen & !(ACCESSED | DIRTY), "a present entry changed beyond A/D under the space lock");
+                    if new.frame().is_some() {
+                        new = Pte(new.0 | (now & !seen & DIRTY));
+                    }
+                    seen = now;
+                }
+            }
+        }
         self.counters.pte_writes += 1;
     }
 
@@ -208,9 +230,11 @@ impl<M: PhysMemory> Tables<'_, M> {
                 let old = Pte(self.mem.read_u64(pa(at)));
                 let new = f(batch, va, old);
                 if new != old {
-                    self.write(at, new.0);
                     if old.is_present() {
+                        self.replace_present(at, old, new);
                         batch.add(va);
+                    } else {
+                        self.write(at, new.0);
                     }
                     match (old.0 != 0, new.0 != 0) {
                         (false, true) => count += 1,

@@ -164,6 +164,57 @@ fn a_cpu_missing_from_the_set_is_caught() {
     w.teardown();
 }
 
+/// Another CPU's MMU sets the D bit of a present entry between the read and the write of a
+/// protect (pitfall 12): the write-watch mark survives, and `GetWriteWatch` reports the page.
+#[test]
+fn a_d_bit_set_by_another_cpu_during_an_update_is_kept() {
+    /// RAM whose next compare-and-exchange at `at` first sees a hardware write (A and D set).
+    struct Racy {
+        ram: SimPhysMemory,
+        at: Option<u64>,
+    }
+    impl PhysMemory for Racy {
+        fn read_u64(&self, pa: x86_64::PhysAddr) -> u64 {
+            self.ram.read_u64(pa)
+        }
+        fn write_u64(&mut self, pa: x86_64::PhysAddr, value: u64) {
+            self.ram.write_u64(pa, value);
+        }
+        fn compare_exchange_u64(&mut self, pa: x86_64::PhysAddr, current: u64, new: u64) -> Result<(), u64> {
+            if self.at == Some(pa.as_u64()) {
+                self.at = None;
+                let e = self.ram.read_u64(pa);
+                self.ram.write_u64(pa, e | crate::paging::pte::ACCESSED | crate::paging::pte::DIRTY);
+            }
+            self.ram.compare_exchange_u64(pa, current, new)
+        }
+        fn zero_frame(&mut self, frame: x86_64::structures::paging::PhysFrame) {
+            self.ram.zero_frame(frame);
+        }
+        fn read_bytes(&self, pa: x86_64::PhysAddr, buf: &mut [u8]) {
+            self.ram.read_bytes(pa, buf);
+        }
+        fn write_bytes(&mut self, pa: x86_64::PhysAddr, data: &[u8]) {
+            self.ram.write_bytes(pa, data);
+        }
+    }
+    let mut w = World::new(cfg(), 2, 16 << 20, 10_000);
+    let a = w.on(0, |s, cx| s.virtual_alloc(cx, BASE, 0x2000, MEM_RESERVE | MEM_COMMIT | MEM_WRITE_WATCH, PAGE_READWRITE, CriticalLevel::Task)).unwrap();
+    w.touch(0, a, Access::Read, 0).unwrap(); // present, clean
+    let root = w.space.root().start_address().as_u64();
+    let table::Leaf::Table(pt) = table::walk(&w.mem, root, a) else { panic!("no page table") };
+    let World { frames, mem, tlb, charge, counters, space, .. } = &mut w;
+    let mut racy = Racy { ram: core::mem::replace(mem, SimPhysMemory::new(0, 0)), at: Some(pt + table::index(a, 0) * 8) };
+    let mut cx = VmContext { frames, mem: &mut racy, tlb, charge, counters };
+    assert_eq!(space.virtual_protect(&mut cx, a, 0x1000, PAGE_READONLY), Ok(PAGE_READWRITE));
+    assert!(racy.at.is_none(), "the protect did not update the entry by compare-and-exchange");
+    *mem = racy.ram;
+    let mut out = [0u64; 4];
+    let n = w.on(0, |s, cx| s.get_write_watch(cx, 0, a, 0x2000, &mut out)).unwrap();
+    assert_eq!(&out[..n], &[a], "the concurrent write's mark was lost");
+    w.teardown();
+}
+
 /// One call as it took effect, in lock order.
 #[derive(Debug, Clone)]
 enum Op {
