@@ -16,6 +16,8 @@
 //! [`TlbBatch::flush`], after [`Tlb::shootdown`] has returned — and `shootdown` returns only when
 //! every target CPU has flushed. Until then no other user can get the frame while a stale
 //! translation (or a cached paging-structure entry pointing at a table page) may still reach it.
+//! The list is bounded ([`MAX_DEFERRED`]): a decommit that frees more frames than that makes a
+//! round each time its list fills (as Linux's `mmu_gather`), so such a call makes more than one.
 //!
 //! **Who is a target.** [`ActiveCpus`] (one per [`AddressSpace`](crate::AddressSpace), atomic so
 //! that a context switch updates it without the space lock) holds the CPUs that have the
@@ -183,6 +185,10 @@ impl Tlb for NoTlb {
 pub const MAX_BATCH: usize = 64;
 /// The default threshold above which a batch becomes a full flush.
 pub const DEFAULT_FLUSH_THRESHOLD: usize = 32;
+
+/// The most 4 KiB frames a batch carries: a decommit or release that frees more makes a round
+/// each time its list would pass this (so a batch's heap use stays under 16 KiB).
+pub const MAX_DEFERRED: usize = 2048;
 
 /// Invalidations collected during one operation, and the frames it may free only once they are
 /// done (see the module docs).

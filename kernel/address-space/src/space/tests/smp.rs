@@ -148,6 +148,29 @@ fn one_round_to_exactly_the_cpus_running_the_space() {
     w.teardown();
 }
 
+/// A release freeing more frames than a batch carries makes a round each time the list fills
+/// (bounded heap), and still leaves nothing stale and every frame back.
+#[test]
+fn a_huge_release_makes_bounded_rounds() {
+    let cfg = SpaceConfig { min_address: BASE, max_address_end: BASE + (32 << 20), ..SpaceConfig::default() };
+    let mut w = World::new(cfg, 2, 24 << 20, 10_000);
+    w.tlb.switch_to(0, &w.space);
+    w.tlb.switch_to(1, &w.space);
+    let pages = 4096u64; // 16 MiB
+    let a = w.on(0, |s, cx| s.virtual_alloc(cx, 0, pages * 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)).unwrap();
+    for p in 0..pages {
+        w.touch(1, a + p * 0x1000, Access::Write, p).unwrap();
+    }
+    let (rounds, used) = (w.tlb.rounds, w.frames.used_frames());
+    w.on(0, |s, cx| s.virtual_free(cx, a, 0, MEM_RELEASE)).unwrap();
+    let made = w.tlb.rounds - rounds;
+    // 4096 frames and 10 tables (8 PTs, a PD, a PDPT), at most 2048 per round, 2 MiB at a time: 3 rounds.
+    assert_eq!(made, 3, "rounds for 4096 frames");
+    assert_eq!(used - w.frames.used_frames(), pages + 8 + 1 + 1, "frames and tables back");
+    assert!(w.stale().is_empty());
+    w.teardown();
+}
+
 /// The checks can fail: a CPU that caches translations without being in the set (a kernel that
 /// forgot `activate`) keeps stale entries, and the check reports them.
 #[test]
