@@ -10,6 +10,11 @@
 //! The global allocator is reached through [`SharedFrames`], which the kernel implements over its
 //! lock (and the host tests over `std::sync::Mutex`).
 //!
+//! Measured (`cargo bench --bench frames`, release, shared 2-core host, so ± 50 %): an alloc + free
+//! pair through the cache 8.6 ns, through the global allocator behind a `std` mutex 23 ns; wall
+//! time per pair with 2 / 4 threads at once: cache 9.9 / 13.4 ns, global 23.2 / 23.4 ns. Batches
+//! of 1,024 allocations then 1,024 frees cost 35 ns a pair (a refill or drain every 32).
+//!
 //! # Accounting
 //!
 //! To the global allocator a cached frame is allocated (`used_frames` counts it), so
