@@ -17,4 +17,8 @@ pub struct WorkCounters {
     pub table_pages_freed: u64,
     /// Faults resolved by mapping a page (demand-zero or a kept frame).
     pub faults_resolved: u64,
+    /// TLB invalidation rounds (at most one per call, [`crate::paging::tlb::TlbBatch::flush`]).
+    pub shootdown_rounds: u64,
+    /// Inter-processor interrupts those rounds needed: the target CPUs other than the caller's.
+    pub shootdown_ipis: u64,
 }

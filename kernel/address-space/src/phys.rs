@@ -18,6 +18,24 @@ pub trait PhysMemory {
     fn read_u64(&self, pa: PhysAddr) -> u64;
     /// Writes the aligned 8-byte word at `pa` (a page-table entry).
     fn write_u64(&mut self, pa: PhysAddr, value: u64);
+    /// Replaces the aligned 8-byte word at `pa` with `new` if it still holds `current`; else
+    /// returns what it holds. Used for present leaf entries, whose A and D bits the MMU of
+    /// another CPU may set at any time (smp-and-dispatch §4(a), pitfall 12).
+    ///
+    /// The default reads, compares and writes: right while no other CPU runs the space. A kernel
+    /// that runs a space on several CPUs implements it with `lock cmpxchg`.
+    ///
+    /// # Errors
+    ///
+    /// The word's value if it was not `current` (nothing written).
+    fn compare_exchange_u64(&mut self, pa: PhysAddr, current: u64, new: u64) -> Result<(), u64> {
+        let now = self.read_u64(pa);
+        if now != current {
+            return Err(now);
+        }
+        self.write_u64(pa, new);
+        Ok(())
+    }
     /// Fills the 4 KiB frame with zeroes.
     fn zero_frame(&mut self, frame: PhysFrame<Size4KiB>);
     /// Copies `buf.len()` bytes starting at `pa` into `buf` (may cross frames).

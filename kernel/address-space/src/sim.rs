@@ -10,6 +10,10 @@
 //!   a full flush drops everything (§4.10.4.1). [`TlbModel::stale_entries`] lists cached
 //!   translations and structure entries that no longer agree with the tables: what a missing
 //!   `invlpg` would leave behind, including after a page-table page is freed.
+//! * [`SmpTlbModel`]: one [`TlbModel`] per simulated CPU, and the shootdown protocol of
+//!   [`Tlb::shootdown`]: a round reaches exactly the CPUs of its target set (so a CPU running the
+//!   space but missing from the set keeps its stale entries, and the checks see them); it counts
+//!   rounds and IPIs. [`SmpTlbModel::stale_entries`] checks every CPU.
 //! * [`sim_access`]: one access as the MMU does it: TLB hit, else a walk that starts from the
 //!   deepest cached paging-structure entry (§4.10.3.3), checks P/RW/US/NX and sets A/D like
 //!   hardware, else a page fault handed to [`AddressSpace::handle_fault`] and the access
@@ -25,7 +29,7 @@ use x86_64::{PhysAddr, VirtAddr};
 use crate::frame::PhysRange;
 use crate::paging::pte::{ACCESSED, ADDR_MASK, DIRTY, HUGE, NO_EXECUTE, PRESENT, USER, WRITABLE};
 use crate::paging::table;
-use crate::paging::tlb::Tlb;
+use crate::paging::tlb::{CpuSet, FlushRound, FlushScope, Tlb};
 use crate::space::{Access, AddressSpace, FaultOutcome, VmContext};
 use crate::PhysMemory;
 use crate::{LARGE_PAGE_SIZE, PAGE_SIZE};
@@ -223,6 +227,96 @@ impl Tlb for TlbModel {
     }
 }
 
+/// A simulated TLB that [`sim_access`] can fill: the TLB of the CPU doing the access.
+pub trait SimTlb: Tlb {
+    /// The TLB of the CPU that performs accesses now.
+    fn cpu_tlb(&mut self) -> &mut TlbModel;
+}
+
+impl SimTlb for TlbModel {
+    fn cpu_tlb(&mut self) -> &mut TlbModel {
+        self
+    }
+}
+
+/// The TLBs of several simulated CPUs running one address space. Accesses and local
+/// invalidations use the TLB of [`current`](Self::current); [`Tlb::shootdown`] flushes the
+/// TLB of each target CPU and of no other.
+#[derive(Debug, Clone)]
+pub struct SmpTlbModel {
+    /// One TLB per CPU (index = CPU number).
+    pub cpus: Vec<TlbModel>,
+    /// The CPU that runs the code now (accesses, calls).
+    pub current: usize,
+    /// Rounds received.
+    pub rounds: u64,
+    /// IPIs those rounds needed (targets other than the current CPU).
+    pub ipis: u64,
+    /// The targets of the last round.
+    pub last_targets: CpuSet,
+}
+
+impl SmpTlbModel {
+    /// Creates `n` empty TLBs, CPU 0 current.
+    pub fn new(n: usize) -> Self {
+        SmpTlbModel { cpus: vec![TlbModel::new(); n], current: 0, rounds: 0, ipis: 0, last_targets: CpuSet::EMPTY }
+    }
+
+    /// CPU `cpu` starts running `space`: its bit is set, then (as the CR3 load would) nothing is
+    /// cached yet.
+    pub fn switch_to(&mut self, cpu: usize, space: &AddressSpace) {
+        space.activate(cpu);
+    }
+
+    /// CPU `cpu` stops running `space`: the CR3 load of another space drops every translation
+    /// of this one (no PCID, §4(e)), then the bit is cleared.
+    pub fn switch_away(&mut self, cpu: usize, space: &AddressSpace) {
+        self.cpus[cpu].flush_all();
+        space.deactivate(cpu);
+    }
+
+    /// Returns `(cpu, address)` of every stale translation or paging-structure entry on any CPU
+    /// (see [`TlbModel::stale_entries`]). Empty after every correct operation.
+    pub fn stale_entries(&self, space: &AddressSpace, mem: &impl PhysMemory) -> Vec<(usize, u64)> {
+        self.cpus
+            .iter()
+            .enumerate()
+            .flat_map(|(cpu, t)| t.stale_entries(space, mem).into_iter().map(move |va| (cpu, va)))
+            .collect()
+    }
+}
+
+impl Tlb for SmpTlbModel {
+    fn invalidate_page(&mut self, addr: VirtAddr) {
+        self.cpus[self.current].invalidate_page(addr);
+    }
+    fn flush_all(&mut self) {
+        self.cpus[self.current].flush_all();
+    }
+    fn current_cpu(&self) -> Option<usize> {
+        Some(self.current)
+    }
+    fn shootdown(&mut self, round: &FlushRound<'_>) {
+        self.rounds += 1;
+        self.ipis += u64::from(round.targets.without(self.current).len());
+        self.last_targets = round.targets;
+        let n = self.cpus.len();
+        for cpu in round.targets.iter().filter(|&c| c < n) {
+            let tlb = &mut self.cpus[cpu];
+            match round.scope {
+                FlushScope::All => tlb.flush_all(),
+                FlushScope::Pages(pages) => pages.iter().for_each(|&a| tlb.invalidate_page(VirtAddr::new_truncate(a))),
+            }
+        }
+    }
+}
+
+impl SimTlb for SmpTlbModel {
+    fn cpu_tlb(&mut self) -> &mut TlbModel {
+        &mut self.cpus[self.current]
+    }
+}
+
 /// The result of a simulated access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SimAccess {
@@ -246,15 +340,15 @@ fn permits(access: Access, writable: bool, no_execute: bool) -> bool {
 /// # Panics
 ///
 /// If a fault is "resolved" three times without the access succeeding (a bug in the space).
-pub fn sim_access<M: PhysMemory>(
+pub fn sim_access<M: PhysMemory, T: SimTlb>(
     space: &mut AddressSpace,
-    cx: &mut VmContext<'_, M, TlbModel>,
+    cx: &mut VmContext<'_, M, T>,
     addr: u64,
     access: Access,
 ) -> SimAccess {
     let page = addr & !(PAGE_SIZE - 1);
     for _ in 0..3 {
-        if let Some(t) = cx.tlb.get(page)
+        if let Some(t) = cx.tlb.cpu_tlb().get(page)
             && permits(access, t.writable, t.no_execute)
             && (access != Access::Write || t.dirty)
         {
@@ -272,9 +366,9 @@ pub fn sim_access<M: PhysMemory>(
 }
 
 /// The page walk of the MMU: checks rights, sets A (and D for writes), fills the TLB.
-fn walk_and_mark<M: PhysMemory>(
+fn walk_and_mark<M: PhysMemory, T: SimTlb>(
     space: &AddressSpace,
-    cx: &mut VmContext<'_, M, TlbModel>,
+    cx: &mut VmContext<'_, M, T>,
     addr: u64,
     access: Access,
 ) -> Option<PhysAddr> {
@@ -284,7 +378,7 @@ fn walk_and_mark<M: PhysMemory>(
     // The walk starts from the deepest cached paging-structure entry (a stale one reads a freed
     // table, as the hardware would), and caches the non-leaf entries it goes through.
     let root = space.root().start_address().as_u64();
-    let (mut level, mut table) = cx.tlb.deepest_structure(addr).unwrap_or((3, root));
+    let (mut level, mut table) = cx.tlb.cpu_tlb().deepest_structure(addr).unwrap_or((3, root));
     let (entry_at, large) = loop {
         let at = table + table::index(addr, level) * 8;
         if level == 0 {
@@ -297,7 +391,7 @@ fn walk_and_mark<M: PhysMemory>(
         if level == 1 && e & HUGE != 0 {
             break (at, true);
         }
-        cx.tlb.structures.insert((level, addr & !(table::entry_span(level) - 1)), e & ADDR_MASK);
+        cx.tlb.cpu_tlb().structures.insert((level, addr & !(table::entry_span(level) - 1)), e & ADDR_MASK);
         table = e & ADDR_MASK;
         level -= 1;
     };
@@ -326,6 +420,7 @@ fn walk_and_mark<M: PhysMemory>(
         e & ADDR_MASK
     };
     cx.tlb
+        .cpu_tlb()
         .entries
         .insert(addr & !(PAGE_SIZE - 1), TlbEntry { frame, writable, no_execute, dirty: new & DIRTY != 0, large });
     Some(PhysAddr::new(frame | (addr & (PAGE_SIZE - 1))))
@@ -336,9 +431,9 @@ fn walk_and_mark<M: PhysMemory>(
 /// # Errors
 ///
 /// The fault outcome of the first page that could not be read.
-pub fn sim_read<M: PhysMemory>(
+pub fn sim_read<M: PhysMemory, T: SimTlb>(
     space: &mut AddressSpace,
-    cx: &mut VmContext<'_, M, TlbModel>,
+    cx: &mut VmContext<'_, M, T>,
     addr: u64,
     buf: &mut [u8],
 ) -> Result<(), FaultOutcome> {
@@ -361,9 +456,9 @@ pub fn sim_read<M: PhysMemory>(
 /// # Errors
 ///
 /// The fault outcome of the first page that could not be written (earlier pages are written).
-pub fn sim_write<M: PhysMemory>(
+pub fn sim_write<M: PhysMemory, T: SimTlb>(
     space: &mut AddressSpace,
-    cx: &mut VmContext<'_, M, TlbModel>,
+    cx: &mut VmContext<'_, M, T>,
     addr: u64,
     data: &[u8],
 ) -> Result<(), FaultOutcome> {

@@ -99,6 +99,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cache;
 mod layout;
 mod summary;
 #[cfg(test)]
@@ -111,6 +112,7 @@ use core::fmt;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size2MiB, Size4KiB};
 
+pub use cache::{CACHE_BATCH, CACHE_CAPACITY, FrameAccounting, FrameCache, SharedFrames};
 use layout::Layout;
 use summary::Summary;
 

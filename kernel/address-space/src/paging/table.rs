@@ -20,7 +20,7 @@ use core::ops::ControlFlow;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
-use super::pte::{ADDR_MASK, HUGE, PRESENT, Pte, TABLE_FLAGS};
+use super::pte::{ACCESSED, ADDR_MASK, DIRTY, HUGE, PRESENT, Pte, TABLE_FLAGS};
 use super::tlb::TlbBatch;
 use crate::frame::FrameAllocator;
 use crate::{LARGE_PAGE_SIZE, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
@@ -80,9 +80,31 @@ impl<M: PhysMemory> Tables<'_, M> {
         self.counters.pte_writes += 1;
     }
 
+    /// Replaces the present leaf entry `old` at `at` with `new` by compare-and-exchange: the MMU
+    /// of another CPU running the space may set A or D in it between the read and the write
+    /// (pitfall 12). A D bit set meanwhile is carried into `new` if `new` keeps the frame (the
+    /// D bit is the write-watch mark, present or not), so no write escapes write watch. Hardware
+    /// only ever sets those two bits, so at most three attempts.
+    fn replace_present(&mut self, at: u64, old: Pte, mut new: Pte) {
+        let mut seen = old.0;
+        loop {
+            match self.mem.compare_exchange_u64(pa(at), seen, new.0) {
+                Ok(()) => break,
+                Err(now) => {
+                    debug_assert_eq!(now & !(ACCESSED | DIRTY), seen & !(ACCESSED | DIRTY), "a present entry changed beyond A/D under the space lock");
+                    if new.frame().is_some() {
+                        new = Pte(new.0 | (now & !seen & DIRTY));
+                    }
+                    seen = now;
+                }
+            }
+        }
+        self.counters.pte_writes += 1;
+    }
+
     fn free_table(&mut self, table: u64, va: u64, batch: &mut TlbBatch) {
-        let frame = PhysFrame::<Size4KiB>::containing_address(pa(table));
-        self.frames.free(frame).expect("page table: freeing a table page the allocator disowns");
+        // Freed only after the batch's round: other CPUs may still walk it (§4(b), (c)).
+        batch.defer_free(PhysFrame::<Size4KiB>::containing_address(pa(table)));
         self.counters.table_pages_freed += 1;
         batch.note_table_freed(va);
     }
@@ -128,8 +150,8 @@ impl<M: PhysMemory> Tables<'_, M> {
         (e & ADDR_MASK, e, true)
     }
 
-    /// Rewrites every leaf entry of `[start, end)` (4 KiB pages) as `f(frames, va, old)` (`f`
-    /// may free the frames of the pages it unmaps).
+    /// Rewrites every leaf entry of `[start, end)` (4 KiB pages) as `f(batch, va, old)` (`f`
+    /// hands the frames of the pages it unmaps to the batch, which frees them after its round).
     ///
     /// With `pool` = `Some`, missing tables are created from the pool (which must hold at least
     /// [`count_missing_tables`] zeroed frames) and `f` must return a non-zero entry for every
@@ -144,7 +166,7 @@ impl<M: PhysMemory> Tables<'_, M> {
         end: u64,
         mut pool: Option<&mut Vec<PhysFrame>>,
         batch: &mut TlbBatch,
-        mut f: impl FnMut(&mut FrameAllocator, u64, Pte) -> Pte,
+        mut f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) {
         let mut va = start;
         while va < end {
@@ -206,11 +228,13 @@ impl<M: PhysMemory> Tables<'_, M> {
             let mut at = pt + index(va, 0) * 8;
             while va < chunk_end {
                 let old = Pte(self.mem.read_u64(pa(at)));
-                let new = f(self.frames, va, old);
+                let new = f(batch, va, old);
                 if new != old {
-                    self.write(at, new.0);
                     if old.is_present() {
+                        self.replace_present(at, old, new);
                         batch.add(va);
+                    } else {
+                        self.write(at, new.0);
                     }
                     match (old.0 != 0, new.0 != 0) {
                         (false, true) => count += 1,

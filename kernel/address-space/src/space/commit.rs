@@ -16,7 +16,7 @@ use crate::charge::CriticalLevel;
 use crate::frame::FrameReservation;
 use crate::paging::pte::{self, Pte};
 use crate::paging::table;
-use crate::paging::tlb::Tlb;
+use crate::paging::tlb::{MAX_DEFERRED, Tlb, TlbBatch};
 use crate::protection::{BaseProtection, CacheMode};
 use crate::{PhysMemory, VmError};
 use crate::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE, PAGE_SIZE};
@@ -40,6 +40,10 @@ impl Drop for CommitPlan {
         debug_assert!(self.tables.is_empty() && self.large.is_empty(), "commit plan dropped holding table pages or large frames");
     }
 }
+
+/// The most frames one 2 MiB chunk of a decommit defers: 512 data frames and its page table,
+/// directory and directory-pointer table.
+const CHUNK_DEFERRED: usize = 512 + 3;
 
 impl AddressSpace {
     /// Adds `delta` to the committed-page count of the allocation at `base`.
@@ -219,7 +223,7 @@ impl AddressSpace {
             }
         });
         debug_assert!(plan.tables.is_empty(), "commit: table pool not used up");
-        batch.flush(cx.tlb, cx.counters);
+        self.complete(batch, cx);
     }
 
     /// Maps the large pages of `plan` over `[start, end)`, zeroing them. Cannot fail.
@@ -273,25 +277,35 @@ impl AddressSpace {
         let mut unreserve = 0;
         let freed_before = cx.counters.table_pages_freed;
         let mut batch = self.batch();
-        cx.tables(self.root_pa()).update_range(start, end, None, &mut batch, |frames, _, old| {
+        let mut unmap = |batch: &mut TlbBatch, _, old: Pte| {
             if old.is_committed() {
                 decommitted += 1;
                 match old.frame() {
-                    Some(pa) => frames
-                        .free(PhysFrame::containing_address(x86_64::PhysAddr::new(pa)))
-                        .expect("decommit: the frame of a committed page is not allocated"),
+                    Some(pa) => batch.defer_free(PhysFrame::containing_address(x86_64::PhysAddr::new(pa))),
                     None => unreserve += 1,
                 }
             }
             Pte::RESERVED
-        });
+        };
+        // 2 MiB at a time (at most 512 frames and 3 tables deferred each): when the batch could
+        // not take another chunk, a round now, so the list of frames to free stays bounded
+        // (MAX_DEFERRED, as Linux's mmu_gather); a call freeing fewer makes one round.
+        let mut va = start;
+        while va < end {
+            let chunk_end = end.min((va & !(LARGE_PAGE_SIZE - 1)) + LARGE_PAGE_SIZE);
+            cx.tables(self.root_pa()).update_range(va, chunk_end, None, &mut batch, &mut unmap);
+            va = chunk_end;
+            if va < end && batch.deferred_frames().0 + CHUNK_DEFERRED > MAX_DEFERRED {
+                self.complete(core::mem::replace(&mut batch, self.batch()), cx);
+            }
+        }
         if unreserve > 0 {
             cx.frames.unreserve(self.demand_zero.split(unreserve));
         }
         cx.charge.uncharge(decommitted);
         cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
         self.table_pages -= cx.counters.table_pages_freed - freed_before;
-        batch.flush(cx.tlb, cx.counters);
+        self.complete(batch, cx);
         self.note_committed(a.base, -(decommitted as i64));
         decommitted
     }
@@ -307,13 +321,13 @@ impl AddressSpace {
             while va < a.end() {
                 let e = cx.tables(root).unmap_large(va, &mut batch);
                 let f = PhysFrame::<Size2MiB>::containing_address(x86_64::PhysAddr::new(e & pte::ADDR_MASK & !(LARGE_PAGE_SIZE - 1)));
-                cx.frames.free_2mib(f).expect("release: large page run not allocated");
+                batch.defer_free_2mib(f);
                 va += LARGE_PAGE_SIZE;
             }
             cx.charge.uncharge(a.size / PAGE_SIZE);
             cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
-            batch.flush(cx.tlb, cx.counters);
+            self.complete(batch, cx);
         } else {
             self.decommit_range(cx, a, a.base, a.end());
         }

@@ -137,7 +137,7 @@ impl AddressSpace {
     fn set_pte<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, new: Pte) {
         let mut batch = self.batch();
         cx.tables(self.root_pa()).update_range(page, page + PAGE_SIZE, None, &mut batch, |_, _, _| new);
-        batch.flush(cx.tlb, cx.counters);
+        self.complete(batch, cx);
     }
 
     /// Checks that the guest range `[addr, addr+len)` is committed memory that allows reads

@@ -61,7 +61,7 @@ pub use query::MemoryBasicInformation;
 use crate::allocation_map::WideMap;
 use crate::frame::{FrameAllocator, FrameReservation};
 use crate::paging::table::{self, TableCensus, Tables};
-use crate::paging::tlb::{DEFAULT_FLUSH_THRESHOLD, Tlb, TlbBatch};
+use crate::paging::tlb::{ActiveCpus, CpuSet, DEFAULT_FLUSH_THRESHOLD, Tlb, TlbBatch};
 use crate::placement::GapTree;
 use crate::protection::{BaseProtection, CacheMode};
 use crate::{ALLOCATION_GRANULARITY, CommitCharge, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
@@ -213,6 +213,8 @@ pub struct AddressSpace {
     /// The frames promised to committed pages that have none yet (demand-zero): one per such
     /// page, taken when the page is first touched, given back when it is decommitted untouched.
     demand_zero: FrameReservation,
+    /// The CPUs that have this space's root in CR3: the targets of every TLB round.
+    active: ActiveCpus,
 }
 
 impl AddressSpace {
@@ -248,6 +250,7 @@ impl AddressSpace {
             gaps: GapTree::new(config.min_address / ALLOCATION_GRANULARITY, config.max_address_end / ALLOCATION_GRANULARITY),
             table_pages: 0,
             demand_zero: FrameReservation::empty(),
+            active: ActiveCpus::default(),
         })
     }
 
@@ -267,6 +270,37 @@ impl AddressSpace {
 
     fn batch(&self) -> TlbBatch {
         TlbBatch::new(self.config.tlb_flush_threshold)
+    }
+
+    /// Completes an operation's batch: one TLB round on the CPUs running the space (read after
+    /// the entries were written), then the frees it deferred.
+    #[inline]
+    fn complete<M: PhysMemory, T: Tlb>(&self, batch: TlbBatch, cx: &mut VmContext<'_, M, T>) {
+        batch.flush(self.active.get(), cx.tlb, cx.frames, cx.counters);
+    }
+
+    /// Records that `cpu` is about to load this space's root into CR3 (before the load). Takes
+    /// `&self`: the context switch does not take the space lock (see [`ActiveCpus`]).
+    ///
+    /// # Panics
+    ///
+    /// If `cpu >= MAX_CPUS` (64).
+    pub fn activate(&self, cpu: usize) {
+        self.active.activate(cpu);
+    }
+
+    /// Records that `cpu` has loaded another root into CR3 (after the load).
+    ///
+    /// # Panics
+    ///
+    /// If `cpu >= MAX_CPUS` (64).
+    pub fn deactivate(&self, cpu: usize) {
+        self.active.deactivate(cpu);
+    }
+
+    /// Returns the CPUs running this space: the targets of its TLB rounds.
+    pub fn active_cpus(&self) -> CpuSet {
+        self.active.get()
     }
 
     /// Returns the allocation containing `addr`, if any (the unusable 64 KiB tail is not part of

@@ -71,7 +71,7 @@ impl AddressSpace {
         cx.tables(self.root_pa()).update_range(start, end, None, &mut batch, |_, _, old| {
             old.with_protection(prot.base, prot.guard, a.cache)
         });
-        batch.flush(cx.tlb, cx.counters);
+        self.complete(batch, cx);
         Ok(old)
     }
 }

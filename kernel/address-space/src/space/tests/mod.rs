@@ -9,6 +9,7 @@ mod free;
 mod images_large;
 mod protect;
 mod query;
+mod smp;
 mod tables;
 mod write_watch;
 
@@ -20,6 +21,26 @@ use crate::paging::table::{self, TableCensus};
 use crate::sim::{SimAccess, SimPhysMemory, TlbModel, sim_access, sim_read, sim_write};
 use crate::win32::*;
 use crate::*;
+
+/// The tests' random numbers (splitmix64): seeded, reproducible.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
 
 /// Physical base of the simulated RAM (2 MiB aligned, so 2 MiB runs exist).
 pub(crate) const RAM_BASE: u64 = 0x20_0000;

@@ -1,0 +1,399 @@
+//! Several CPUs on one address space: the shootdown protocol (one round per call, exactly the
+//! CPUs running the space, none when only the caller runs it, frames freed after the round),
+//! and a concurrency test with real threads against the reference model.
+
+use ::alloc::format;
+use ::alloc::string::String;
+use ::alloc::vec::Vec;
+use std::sync::{Arc, Mutex};
+
+use super::{RAM_BASE, Rng};
+use crate::frame::FrameAllocator;
+use crate::model::{Env, Model};
+use crate::paging::table;
+use crate::paging::tlb::CpuSet;
+use crate::sim::{SimAccess, SimPhysMemory, SmpTlbModel, sim_access};
+use crate::win32::*;
+use crate::*;
+
+/// RAM, allocator, charge, one TLB per CPU and one space: what the kernel keeps behind its locks.
+struct World {
+    frames: FrameAllocator,
+    mem: SimPhysMemory,
+    tlb: SmpTlbModel,
+    charge: CommitCharge,
+    counters: WorkCounters,
+    space: AddressSpace,
+    start_used: u64,
+}
+
+impl World {
+    fn new(cfg: SpaceConfig, cpus: usize, ram: usize, limit: u64) -> Self {
+        let mut mem = SimPhysMemory::new(RAM_BASE, ram);
+        let mut frames = FrameAllocator::new(&[mem.range()]);
+        let mut counters = WorkCounters::default();
+        let start_used = frames.used_frames();
+        let space = AddressSpace::new(cfg, &mut frames, &mut mem, &mut counters).expect("space");
+        World { frames, mem, tlb: SmpTlbModel::new(cpus), charge: CommitCharge::new(limit, 0), counters, space, start_used }
+    }
+
+    /// Runs `f` on CPU `cpu` with the space and a context.
+    fn on<R>(&mut self, cpu: usize, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, SimPhysMemory, SmpTlbModel>) -> R) -> R {
+        let World { frames, mem, tlb, charge, counters, space, .. } = self;
+        tlb.current = cpu;
+        f(space, &mut VmContext { frames, mem, tlb, charge, counters })
+    }
+
+    /// A guest access of the u64 at `addr` on CPU `cpu` (writes store `value`).
+    fn touch(&mut self, cpu: usize, addr: u64, access: Access, value: u64) -> Result<u64, FaultOutcome> {
+        match self.on(cpu, |s, cx| sim_access(s, cx, addr, access)) {
+            SimAccess::Done(pa) => {
+                if access == Access::Write {
+                    self.mem.write_bytes(pa, &value.to_le_bytes());
+                }
+                let mut b = [0u8; 8];
+                self.mem.read_bytes(pa, &mut b);
+                Ok(u64::from_le_bytes(b))
+            }
+            SimAccess::Fault(f) => Err(f),
+        }
+    }
+
+    fn stale(&self) -> Vec<(usize, u64)> {
+        self.tlb.stale_entries(&self.space, &self.mem)
+    }
+
+    /// Releases everything, destroys the space and checks every frame and charge came back.
+    fn teardown(self) {
+        let World { mut frames, mut mem, mut tlb, mut charge, mut counters, mut space, start_used } = self;
+        let mut cx = VmContext { frames: &mut frames, mem: &mut mem, tlb: &mut tlb, charge: &mut charge, counters: &mut counters };
+        let bases: Vec<u64> = space.allocations().filter(|a| a.kind == AllocationKind::Private).map(|a| a.base).collect();
+        for b in bases {
+            space.virtual_free(&mut cx, b, 0, MEM_RELEASE).expect("release");
+        }
+        let root = space.destroy(&mut cx);
+        frames.free(root).expect("root");
+        assert_eq!(frames.used_frames(), start_used, "frames after teardown");
+        assert_eq!(frames.reserved_frames(), 0);
+        assert_eq!((charge.committed_pages(), charge.table_pages()), (0, 0));
+    }
+}
+
+const BASE: u64 = 0x4000_0000;
+
+fn cfg() -> SpaceConfig {
+    SpaceConfig { min_address: BASE, max_address_end: BASE + (8 << 20), ..SpaceConfig::default() }
+}
+
+/// Only the caller runs the space: one round per narrowing call, no IPI.
+#[test]
+fn no_ipi_when_only_the_caller_runs_the_space() {
+    let mut w = World::new(cfg(), 2, 16 << 20, 10_000);
+    w.tlb.switch_to(0, &w.space);
+    let a = w.on(0, |s, cx| s.virtual_alloc(cx, BASE, 0x8000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)).unwrap();
+    // A commit of new pages changes no present entry: no round at all.
+    assert_eq!((w.tlb.rounds, w.counters.shootdown_rounds), (0, 0));
+    for p in 0..8 {
+        w.touch(0, a + p * 0x1000, Access::Write, p).unwrap();
+    }
+    assert_eq!(w.on(0, |s, cx| s.virtual_protect(cx, a, 0x8000, PAGE_READONLY)), Ok(PAGE_READWRITE));
+    assert_eq!((w.tlb.rounds, w.tlb.ipis, w.counters.shootdown_ipis), (1, 0, 0));
+    assert_eq!(w.tlb.last_targets, CpuSet::single(0));
+    assert!(w.stale().is_empty());
+    w.teardown();
+}
+
+/// Two CPUs run the space: each narrowing call is one round reaching both, with one IPI, and
+/// leaves no stale entry on either; a CPU that left the space is no target.
+#[test]
+fn one_round_to_exactly_the_cpus_running_the_space() {
+    let mut w = World::new(cfg(), 3, 16 << 20, 10_000);
+    w.tlb.switch_to(0, &w.space);
+    w.tlb.switch_to(1, &w.space);
+    let a = w.on(0, |s, cx| s.virtual_alloc(cx, BASE, 0x10_0000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)).unwrap();
+    for p in 0..256 {
+        w.touch(1, a + p * 0x1000, Access::Write, p).unwrap();
+    }
+    assert!(w.tlb.cpus[1].len() >= 256);
+    let before = (w.tlb.rounds, w.tlb.ipis);
+    // 4 pages: invlpg each, one round, one IPI (to CPU 1).
+    w.on(0, |s, cx| s.virtual_protect(cx, a, 0x4000, PAGE_READONLY)).unwrap();
+    assert_eq!((w.tlb.rounds - before.0, w.tlb.ipis - before.1), (1, 1));
+    assert_eq!(w.tlb.last_targets, CpuSet(0b11));
+    assert!(w.stale().is_empty(), "{:x?}", w.stale());
+    // CPU 1 writes through the stale-free TLB: the read-only page faults.
+    assert!(matches!(w.touch(1, a, Access::Write, 9), Err(FaultOutcome::AccessViolation { .. })));
+    // 256 pages decommitted (frames and the page table freed): still one round (a full flush).
+    let full = w.counters.full_flushes;
+    let used = w.frames.used_frames();
+    w.on(0, |s, cx| s.virtual_free(cx, a, 0x10_0000, MEM_DECOMMIT)).unwrap();
+    assert_eq!((w.tlb.rounds - before.0, w.tlb.ipis - before.1), (2, 2));
+    assert_eq!(w.counters.full_flushes, full + 1);
+    assert_eq!(used - w.frames.used_frames(), 256 + w.counters.table_pages_freed, "frames given back after the round");
+    assert!(w.stale().is_empty(), "{:x?}", w.stale());
+    // CPU 1 leaves (its CR3 load flushed it): CPU 0 alone is the target again.
+    w.tlb.switch_away(1, &w.space);
+    w.on(0, |s, cx| s.virtual_alloc(cx, a, 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)).unwrap();
+    w.touch(0, a, Access::Write, 1).unwrap();
+    let ipis = w.tlb.ipis;
+    w.on(0, |s, cx| s.virtual_protect(cx, a, 0x1000, PAGE_NOACCESS)).unwrap();
+    assert_eq!((w.tlb.ipis, w.tlb.last_targets), (ipis, CpuSet::single(0)));
+    // A call from a CPU that does not run the space (the kernel working on it from elsewhere)
+    // still reaches the CPUs that do: CPU 2 calls, CPU 0 is flushed, one IPI.
+    w.on(0, |s, cx| s.virtual_protect(cx, a, 0x1000, PAGE_READWRITE)).unwrap();
+    w.touch(0, a, Access::Read, 0).unwrap();
+    w.on(2, |s, cx| s.virtual_protect(cx, a, 0x1000, PAGE_READONLY)).unwrap();
+    assert_eq!((w.tlb.ipis - ipis, w.tlb.last_targets), (1, CpuSet::single(0)));
+    assert!(w.stale().is_empty());
+    w.teardown();
+}
+
+/// A release freeing more frames than a batch carries makes a round each time the list fills
+/// (bounded heap), and still leaves nothing stale and every frame back.
+#[test]
+fn a_huge_release_makes_bounded_rounds() {
+    let cfg = SpaceConfig { min_address: BASE, max_address_end: BASE + (32 << 20), ..SpaceConfig::default() };
+    let mut w = World::new(cfg, 2, 24 << 20, 10_000);
+    w.tlb.switch_to(0, &w.space);
+    w.tlb.switch_to(1, &w.space);
+    let pages = 4096u64; // 16 MiB
+    let a = w.on(0, |s, cx| s.virtual_alloc(cx, 0, pages * 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)).unwrap();
+    for p in 0..pages {
+        w.touch(1, a + p * 0x1000, Access::Write, p).unwrap();
+    }
+    let (rounds, used) = (w.tlb.rounds, w.frames.used_frames());
+    w.on(0, |s, cx| s.virtual_free(cx, a, 0, MEM_RELEASE)).unwrap();
+    let made = w.tlb.rounds - rounds;
+    // 4096 frames and 10 tables (8 PTs, a PD, a PDPT), at most 2048 per round, 2 MiB at a time: 3 rounds.
+    assert_eq!(made, 3, "rounds for 4096 frames");
+    assert_eq!(used - w.frames.used_frames(), pages + 8 + 1 + 1, "frames and tables back");
+    assert!(w.stale().is_empty());
+    w.teardown();
+}
+
+/// The checks can fail: a CPU that caches translations without being in the set (a kernel that
+/// forgot `activate`) keeps stale entries, and the check reports them.
+#[test]
+fn a_cpu_missing_from_the_set_is_caught() {
+    let mut w = World::new(cfg(), 2, 16 << 20, 10_000);
+    w.tlb.switch_to(0, &w.space);
+    let a = w.on(0, |s, cx| s.virtual_alloc(cx, BASE, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)).unwrap();
+    w.touch(1, a, Access::Write, 5).unwrap(); // CPU 1 never activated
+    w.on(0, |s, cx| s.virtual_free(cx, a, 0x1000, MEM_DECOMMIT)).unwrap();
+    let stale = w.stale();
+    assert!(stale.contains(&(1, a)), "{stale:x?}");
+    assert!(w.tlb.cpus[0].is_empty());
+    crate::paging::tlb::Tlb::flush_all(&mut w.tlb.cpus[1]);
+    w.teardown();
+}
+
+/// Another CPU's MMU sets the D bit of a present entry between the read and the write of a
+/// protect (pitfall 12): the write-watch mark survives, and `GetWriteWatch` reports the page.
+#[test]
+fn a_d_bit_set_by_another_cpu_during_an_update_is_kept() {
+    /// RAM whose next compare-and-exchange at `at` first sees a hardware write (A and D set).
+    struct Racy {
+        ram: SimPhysMemory,
+        at: Option<u64>,
+    }
+    impl PhysMemory for Racy {
+        fn read_u64(&self, pa: x86_64::PhysAddr) -> u64 {
+            self.ram.read_u64(pa)
+        }
+        fn write_u64(&mut self, pa: x86_64::PhysAddr, value: u64) {
+            self.ram.write_u64(pa, value);
+        }
+        fn compare_exchange_u64(&mut self, pa: x86_64::PhysAddr, current: u64, new: u64) -> Result<(), u64> {
+            if self.at == Some(pa.as_u64()) {
+                self.at = None;
+                let e = self.ram.read_u64(pa);
+                self.ram.write_u64(pa, e | crate::paging::pte::ACCESSED | crate::paging::pte::DIRTY);
+            }
+            self.ram.compare_exchange_u64(pa, current, new)
+        }
+        fn zero_frame(&mut self, frame: x86_64::structures::paging::PhysFrame) {
+            self.ram.zero_frame(frame);
+        }
+        fn read_bytes(&self, pa: x86_64::PhysAddr, buf: &mut [u8]) {
+            self.ram.read_bytes(pa, buf);
+        }
+        fn write_bytes(&mut self, pa: x86_64::PhysAddr, data: &[u8]) {
+            self.ram.write_bytes(pa, data);
+        }
+    }
+    let mut w = World::new(cfg(), 2, 16 << 20, 10_000);
+    let a = w.on(0, |s, cx| s.virtual_alloc(cx, BASE, 0x2000, MEM_RESERVE | MEM_COMMIT | MEM_WRITE_WATCH, PAGE_READWRITE, CriticalLevel::Task)).unwrap();
+    w.touch(0, a, Access::Read, 0).unwrap(); // present, clean
+    let root = w.space.root().start_address().as_u64();
+    let table::Leaf::Table(pt) = table::walk(&w.mem, root, a) else { panic!("no page table") };
+    let World { frames, mem, tlb, charge, counters, space, .. } = &mut w;
+    let mut racy = Racy { ram: core::mem::replace(mem, SimPhysMemory::new(0, 0)), at: Some(pt + table::index(a, 0) * 8) };
+    let mut cx = VmContext { frames, mem: &mut racy, tlb, charge, counters };
+    assert_eq!(space.virtual_protect(&mut cx, a, 0x1000, PAGE_READONLY), Ok(PAGE_READWRITE));
+    assert!(racy.at.is_none(), "the protect did not update the entry by compare-and-exchange");
+    *mem = racy.ram;
+    let mut out = [0u64; 4];
+    let n = w.on(0, |s, cx| s.get_write_watch(cx, 0, a, 0x2000, &mut out)).unwrap();
+    assert_eq!(&out[..n], &[a], "the concurrent write's mark was lost");
+    w.teardown();
+}
+
+/// One call as it took effect, in lock order.
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc { addr: u64, size: u64, ty: u32, prot: u32, env: Env, got: Result<u64, VmError> },
+    Free { addr: u64, size: u64, ty: u32, got: Result<(), VmError> },
+    Protect { addr: u64, size: u64, prot: u32, got: Result<u32, VmError> },
+    Query { addr: u64, got: Result<MemoryBasicInformation, VmError> },
+    Touch { addr: u64, access: Access, value: u64, got: Result<u64, FaultOutcome> },
+}
+
+const THREADS: usize = 4;
+/// Each thread's own 1.5 MiB; the last 2 MiB of the space are shared by all.
+const REGION: u64 = 0x18_0000;
+const SHARED: u64 = BASE + THREADS as u64 * REGION;
+
+/// A random call on CPU `cpu`, mostly in its own region, else in the shared one.
+fn random_op(w: &mut World, r: &mut Rng, cpu: usize) -> Op {
+    let (lo, len) = if r.below(10) < 7 { (BASE + cpu as u64 * REGION, REGION) } else { (SHARED, 0x20_0000) };
+    // Mostly inside an allocation of the region (looked up under the lock), else anywhere in it.
+    let inside: Vec<(u64, u64)> = w.space.allocations().filter(|a| a.base >= lo && a.base < lo + len).map(|a| (a.base, a.size)).collect();
+    let page = match inside.len() {
+        n if n > 0 && r.below(10) < 7 => {
+            let (base, size) = inside[r.below(n as u64) as usize];
+            base + r.below(size / 0x1000) * 0x1000
+        }
+        _ => lo + r.below(len / 0x1000) * 0x1000,
+    };
+    let block = page & !0xFFFF;
+    let size = (1 + r.below(8)) * 0x1000 - [0, 1, 0x800][r.below(3) as usize];
+    let prot = [PAGE_READWRITE, PAGE_READWRITE, PAGE_READONLY, PAGE_NOACCESS, PAGE_EXECUTE_READ, PAGE_READWRITE | PAGE_GUARD][r.below(6) as usize];
+    match r.below(100) {
+        0..=14 => {
+            let ty = [MEM_RESERVE, MEM_RESERVE | MEM_COMMIT, MEM_RESERVE | MEM_COMMIT, MEM_RESERVE | MEM_COMMIT | MEM_WRITE_WATCH][r.below(4) as usize];
+            let addr = if r.below(20) == 0 { 0 } else { block };
+            let env = Env { available: w.frames.available_frames(), runs: w.frames.free_2mib_runs() };
+            let got = w.on(cpu, |s, cx| s.virtual_alloc(cx, addr, size, ty, prot, CriticalLevel::Task));
+            Op::Alloc { addr, size, ty, prot, env, got }
+        }
+        15..=29 => {
+            let env = Env { available: w.frames.available_frames(), runs: w.frames.free_2mib_runs() };
+            let got = w.on(cpu, |s, cx| s.virtual_alloc(cx, page, size, MEM_COMMIT, prot, CriticalLevel::Task));
+            Op::Alloc { addr: page, size, ty: MEM_COMMIT, prot, env, got }
+        }
+        30..=39 => {
+            let size = if r.below(4) == 0 { 0 } else { size };
+            let got = w.on(cpu, |s, cx| s.virtual_free(cx, page, size, MEM_DECOMMIT));
+            Op::Free { addr: page, size, ty: MEM_DECOMMIT, got }
+        }
+        40..=47 => {
+            let got = w.on(cpu, |s, cx| s.virtual_free(cx, block, 0, MEM_RELEASE));
+            Op::Free { addr: block, size: 0, ty: MEM_RELEASE, got }
+        }
+        48..=59 => {
+            let got = w.on(cpu, |s, cx| s.virtual_protect(cx, page, size, prot));
+            Op::Protect { addr: page, size, prot, got }
+        }
+        60..=64 => Op::Query { addr: page, got: w.space.virtual_query(&w.mem, page) },
+        _ => {
+            let access = if r.below(2) == 0 { Access::Read } else { Access::Write };
+            let value = r.next();
+            Op::Touch { addr: page, access, value, got: w.touch(cpu, page, access, value) }
+        }
+    }
+}
+
+/// The call's answer from the model, to compare with what the space answered.
+fn replay(m: &mut Model, op: &Op) -> bool {
+    match op {
+        Op::Alloc { addr, size, ty, prot, env, got } => m.alloc(*addr, *size, *ty, *prot, CriticalLevel::Task, *env) == *got,
+        Op::Free { addr, size, ty, got } => m.free(*addr, *size, *ty) == *got,
+        Op::Protect { addr, size, prot, got } => m.protect(*addr, *size, *prot) == *got,
+        Op::Query { addr, got } => m.query(*addr) == *got,
+        Op::Touch { addr, access, value, got } => m.touch(*addr, *access, *value) == *got,
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("AS_CONC_SEED")
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64))
+}
+
+/// Four threads, each a simulated CPU running the space, call reserve / commit / decommit /
+/// release / protect / query and touch pages — in their own regions and in a shared one —
+/// on one space behind one lock (the space lock of the README's design, which the call holds
+/// with the charge and frame locks). Each call is logged with its answer under the lock; the
+/// log, replayed on the model in lock order, must give the same answers. After every call no
+/// CPU holds a stale entry, the call made at most one round, and a fifth CPU that never runs
+/// the space is never a target. At the end the state and the frame, commit and table accounting
+/// match the model exactly. Context switches (a CPU leaving and re-entering the space) happen
+/// now and then. `AS_CONC_SEED=0x…` picks the seed (printed); `AS_CONC_OPS` the calls per thread.
+#[test]
+fn threads_on_one_space_agree_with_the_model() {
+    let seed = seed();
+    let ops: u64 = std::env::var("AS_CONC_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    std::eprintln!("concurrency test: AS_CONC_SEED={seed:#x}, {THREADS} threads x {ops} calls");
+    const IDLE_CPU: usize = THREADS;
+    let world = World::new(cfg(), THREADS + 1, 8 << 20, 1500);
+    for cpu in 0..THREADS {
+        world.space.activate(cpu);
+    }
+    let shared = Arc::new(Mutex::new((world, Vec::<(usize, Op)>::new())));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|cpu| {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let mut r = Rng(seed ^ (cpu as u64).wrapping_mul(0x1234_5678_9ABC_DEF1));
+                for i in 0..ops {
+                    let mut guard = shared.lock().expect("lock");
+                    let (w, log) = &mut *guard;
+                    if r.below(64) == 0 {
+                        w.tlb.switch_away(cpu, &w.space);
+                        w.tlb.switch_to(cpu, &w.space);
+                    }
+                    let rounds = w.tlb.rounds;
+                    let op = random_op(w, &mut r, cpu);
+                    assert!(w.tlb.rounds - rounds <= 1, "[seed {seed:#x}] cpu {cpu} call {i}: more than one round: {op:x?}");
+                    assert!(!w.tlb.last_targets.contains(IDLE_CPU), "[seed {seed:#x}] a CPU not running the space was a target");
+                    if !matches!(op, Op::Query { .. } | Op::Touch { .. }) {
+                        let stale = w.stale();
+                        assert!(stale.is_empty(), "[seed {seed:#x}] cpu {cpu} call {i}: stale (cpu, page) {stale:x?} after {op:x?}");
+                    }
+                    log.push((cpu, op));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a thread failed");
+    }
+    let (w, log) = Arc::into_inner(shared).expect("threads done").into_inner().expect("lock");
+    let mut m = Model::new(cfg().min_address, cfg().max_address_end, 1500, 0);
+    let mut outcomes = std::collections::BTreeMap::<String, u64>::new();
+    for (i, (cpu, op)) in log.iter().enumerate() {
+        assert!(replay(&mut m, op), "[seed {seed:#x}] call {i} (cpu {cpu}) disagrees with the model replayed in lock order: {op:x?}");
+        let kind = format!("{op:?}");
+        let ok = !kind.contains("Err(");
+        *outcomes.entry(format!("{} {}", kind.split(' ').next().unwrap_or(""), if ok { "ok" } else { "err" })).or_default() += 1;
+    }
+    std::eprintln!("outcomes: {outcomes:?}, rounds {}, IPIs {}", w.tlb.rounds, w.tlb.ipis);
+    // Final state: every entry, the commit charge, tables and frames, exactly as the model says.
+    let (held, _, committed4k) = m.frame_counts();
+    let tables = m.tables((0, 0), (0, 0));
+    let census = table::census(&w.mem, w.space.root().start_address().as_u64(), |_, _| {}, |_, _| {});
+    assert_eq!(w.charge.committed_pages(), m.committed, "[seed {seed:#x}] commit charge");
+    assert_eq!((census.committed_pages, census.pages_with_frame, census.bad_counts), (committed4k, held, 0), "[seed {seed:#x}] entries");
+    assert_eq!((census.table_pages, w.space.table_pages(), w.charge.table_pages()), (tables, tables, tables), "[seed {seed:#x}] table pages");
+    assert_eq!(w.frames.used_frames() - w.start_used, held + tables + 1, "[seed {seed:#x}] frames in use");
+    assert_eq!(w.frames.reserved_frames(), committed4k - held, "[seed {seed:#x}] reserved frames");
+    let mut a = 0;
+    while a < m.end {
+        let q = w.space.virtual_query(&w.mem, a);
+        assert_eq!(q, m.query(a), "[seed {seed:#x}] query view at {a:#x}");
+        a = q.expect("query").base_address + q.expect("query").region_size;
+    }
+    assert!(outcomes.keys().any(|k| k == "Touch ok") && outcomes.keys().any(|k| k == "Free ok"), "the run did work: {outcomes:?}");
+    w.teardown();
+}
