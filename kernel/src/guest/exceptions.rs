@@ -35,7 +35,10 @@ use address_space::win32::*;
 
 use super::host_pages::{Stub, stub};
 use super::{Ended, Guest, PAGE};
-use crate::arch::user::{FpuImage, UserContext, fpu_image_size, reset_user_state, sanitize_rflags};
+use crate::arch::user::{
+    FpuImage, USER_CONTEXT_SIZE, UserContext, context_from_bytes, context_to_bytes, fpu_image_size, reset_user_state,
+    sanitize_rflags,
+};
 
 /// NTSTATUS codes (host-abi §8, §9, §10.1).
 pub mod status {
@@ -277,10 +280,10 @@ impl Guest {
     pub(super) fn write_frame(&self, context: &UserContext, fpu: &FpuImage, payload: u64) -> Result<Frame, FrameError> {
         let size = fpu_image_size();
         let fpu_at = context.rsp.checked_sub(RED_ZONE + size as u64).ok_or(FrameError::NoRoom)? & !63;
-        let context_at = fpu_at.checked_sub(UserContext::SIZE as u64).ok_or(FrameError::NoRoom)?;
+        let context_at = fpu_at.checked_sub(USER_CONTEXT_SIZE as u64).ok_or(FrameError::NoRoom)?;
         let low = context_at.checked_sub(payload).ok_or(FrameError::NoRoom)? & !15;
         self.write_stack(fpu_at, &fpu.bytes[..size])?;
-        self.write_stack(context_at, &context.to_bytes())?;
+        self.write_stack(context_at, &context_to_bytes(context))?;
         Ok(Frame { fpu_at, context_at, low })
     }
 
@@ -324,7 +327,7 @@ impl Guest {
     /// be changed; RFLAGS is sanitised (host-abi §9), the image made loadable, and a `rip`
     /// outside user space faults again as an execute access violation.
     pub(super) fn resume(&mut self, context: &mut UserContext, context_at: u64, fpu_at: u64) -> Result<(), Ended> {
-        let mut bytes = [0u8; UserContext::SIZE];
+        let mut bytes = [0u8; USER_CONTEXT_SIZE];
         let mut fpu = FpuImage::initial();
         let size = fpu_image_size();
         if self.read_bytes(context_at, &mut bytes).is_err() || self.read_bytes(fpu_at, &mut fpu.bytes[..size]).is_err() {
@@ -334,7 +337,7 @@ impl Guest {
         fpu.make_loadable();
         let loaded = fpu.load();
         debug_assert!(loaded, "a sanitised image loads");
-        let mut resumed = UserContext::from_bytes(&bytes);
+        let mut resumed = context_from_bytes(&bytes);
         resumed.rflags = sanitize_rflags(resumed.rflags);
         *context = resumed;
         self.note_stack(context.rsp);
@@ -371,9 +374,9 @@ impl Guest {
         }
         let u = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
         let e = GuestException { code: u32::from_le_bytes(r[0..4].try_into().expect("4 bytes")), access: u(8), address: u(16) };
-        let mut c = [0u8; UserContext::SIZE];
+        let mut c = [0u8; USER_CONTEXT_SIZE];
         let context = match self.read_bytes(u(24), &mut c) {
-            Ok(()) => UserContext::from_bytes(&c),
+            Ok(()) => context_from_bytes(&c),
             Err(_) => UserContext { rip: ALL_ONES, ..UserContext::default() },
         };
         self.unhandled(&context, e, "no handler took it")

@@ -4,28 +4,21 @@
 
 use address_space::VmError;
 
-/// S_OK.
-pub const S_OK: u32 = 0;
-/// E_OUTOFMEMORY.
-pub const E_OUTOFMEMORY: u32 = 0x8007_000E;
-/// E_INVALIDARG (= HRESULT_FROM_WIN32(ERROR_INVALID_PARAMETER)).
-pub const E_INVALIDARG: u32 = 0x8007_0057;
-/// E_POINTER.
-pub const E_POINTER: u32 = 0x8000_4003;
-/// E_NOINTERFACE.
-pub const E_NOINTERFACE: u32 = 0x8000_4002;
-/// E_NOTIMPL.
-pub const E_NOTIMPL: u32 = 0x8000_4001;
-/// E_FAIL.
-pub const E_FAIL: u32 = 0x8000_4005;
-/// HOST_E_CLRNOTAVAILABLE.
-pub const HOST_E_CLRNOTAVAILABLE: u32 = 0x8013_1023;
-/// HOST_E_TIMEOUT: the exit code of a guest ended at its CPU-time limit (host-abi §10.1).
-pub const HOST_E_TIMEOUT: u32 = 0x8013_1024;
+use host_abi::HResult;
+
+/// The guest layer passes HRESULTs as the `u32` a system call returns in `eax`; the values are
+/// host-abi's.
+macro_rules! codes {
+    ($($name:ident),*) => {
+        $(#[doc = concat!("`", stringify!($name), "` (host-abi).")] pub const $name: u32 = HResult::$name.0 as u32;)*
+    };
+}
+
+codes!(S_OK, E_OUTOFMEMORY, E_INVALIDARG, E_POINTER, E_NOINTERFACE, E_NOTIMPL, E_FAIL, HOST_E_CLRNOTAVAILABLE, HOST_E_TIMEOUT);
 
 /// HRESULT_FROM_WIN32.
 pub const fn from_win32(e: u32) -> u32 {
-    if e == 0 { 0 } else { 0x8007_0000 | (e & 0xFFFF) }
+    HResult::from_win32(e).0 as u32
 }
 
 /// The HRESULT for a failed address-space call.
