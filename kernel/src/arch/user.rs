@@ -15,7 +15,7 @@
 //!   trap and SMAP enforced.
 //! - An exception from ring 3 arrives on the TSS's `RSP0` stack (a dedicated entry stack with a
 //!   guard page); the per-vector stub checks the saved CS: from ring 0 it jumps straight to the
-//!   kernel's own handler (`super::interrupts`), from ring 3 it records vector and error code and
+//!   kernel's own handler (`crate::trap`), from ring 3 it records vector and error code and
 //!   leaves through `enter_user`'s return path.
 //! - `sysretq` is used only when the return address is canonical and below the user limit (never a
 //!   non-canonical `rcx`, the classic `sysret` hazard); anything else returns with `iretq`.
@@ -283,7 +283,7 @@ vmk_user_exception:
 );
 
 /// Declares the ring-3-capable entry stubs of the exception vectors: from ring 0 a stub jumps to
-/// the kernel's handler `kexc_<name>` (defined in `super::interrupts`), from ring 3 it goes to
+/// the kernel's handler `kexc_<name>` (defined in `crate::trap`), from ring 3 it goes to
 /// `vmk_user_exception` with the vector and error code on the stack. Also declares
 /// [`vector_stubs`], the stub address of each vector, for the IDT.
 macro_rules! user_vector_stubs {

@@ -69,6 +69,14 @@ impl KernelStack {
         })
     }
 
+    /// Maps a stack that is kept for the whole run (a CPU's); its top. `None` as for [`new`](Self::new).
+    pub fn new_permanent() -> Option<u64> {
+        let stack = KernelStack::new()?;
+        let top = stack.top();
+        core::mem::forget(stack);
+        Some(top)
+    }
+
     /// The top of the stack (16-byte aligned; the first push goes just below it).
     pub fn top(&self) -> u64 {
         KSTACK_REGION + (self.slot as u64 + 1) * SLOT_SIZE

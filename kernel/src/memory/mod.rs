@@ -214,6 +214,11 @@ pub struct MemoryManager {
     kstack_slots: u128,
 }
 
+/// Runs `f` with physical memory, through the window (after [`init`]).
+pub fn with_phys(f: &mut dyn FnMut(&mut dyn PhysMemory)) {
+    with_mm(|mm| f(&mut mm.window))
+}
+
 /// The memory manager (after [`init`]).
 pub static MM: Mutex<Option<MemoryManager>> = Mutex::new(None);
 
