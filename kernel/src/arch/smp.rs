@@ -215,6 +215,9 @@ static AP_STARTED: AtomicBool = AtomicBool::new(false);
 /// What [`init`] found, for the boot report.
 static SUMMARY: spin::Mutex<Option<String>> = spin::Mutex::new(None);
 
+/// A closure given physical memory.
+pub type PhysAccess<'a> = dyn FnMut(&mut dyn PhysMemory) + 'a;
+
 /// What AP bring-up needs from the floors above `arch` (the boot facts, physical memory, kernel
 /// stacks, the IDT), handed in by `kernel::init` so that `arch` imports nothing above it.
 pub struct Support {
@@ -227,7 +230,7 @@ pub struct Support {
     /// Whether the window maps `[pa, pa + len)`.
     pub window_covers: fn(u64, u64) -> bool,
     /// Runs a closure with physical memory (through the window, under the memory manager's lock).
-    pub with_phys: fn(&mut dyn FnMut(&mut dyn PhysMemory)),
+    pub with_phys: fn(&mut PhysAccess),
     /// A kernel stack with a guard page, kept for the whole run: its top (`None`: out of memory).
     pub kernel_stack: fn() -> Option<u64>,
     /// Loads the IDT on the calling CPU.

@@ -215,7 +215,7 @@ pub struct MemoryManager {
 }
 
 /// Runs `f` with physical memory, through the window (after [`init`]).
-pub fn with_phys(f: &mut dyn FnMut(&mut dyn PhysMemory)) {
+pub fn with_phys(f: &mut crate::arch::smp::PhysAccess<'_>) {
     with_mm(|mm| f(&mut mm.window))
 }
 
