@@ -81,7 +81,8 @@ fi
 
 cargo_profile=(); [ "$profile" = release ] && cargo_profile=(--release)
 cargo build --quiet -p boot
-cargo build --quiet -p kernel --bin "$bin" --target x86_64-unknown-none "${cargo_profile[@]}"
+features=(); [ "$bin" = bench ] && features=(--features test-hooks)
+cargo build --quiet -p kernel --bin "$bin" "${features[@]}" --target x86_64-unknown-none "${cargo_profile[@]}"
 target="${CARGO_TARGET_DIR:-$root/target}"
 set +e
 "$target/debug/boot" run "${smp[@]}" "${firmware[@]}" "${kvm[@]}" "${gdb[@]}" "${guests[@]}" "${config[@]}" "${guest_args[@]}" --mem "$mem" --timeout "$timeout" \

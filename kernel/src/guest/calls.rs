@@ -38,10 +38,11 @@ const WRITE_CHUNK: usize = 4096;
 /// Most bytes one `write` system call prints; the stub calls again for the rest.
 const WRITE_PIECE: u64 = 64 * 1024;
 
-/// Benchmark hook: when set, called with each piece (at most [`WRITE_CHUNK`] bytes) of console
+/// Benchmark hook (`test-hooks` feature): when set, called with each piece (at most [`WRITE_CHUNK`] bytes) of console
 /// output a guest writes, before it is printed, inside the guest's system call (its space in CR3,
 /// no lock held). Set only by the benchmark image (`src/bin/bench.rs`), which reads the work
 /// counters and [`super::kernel_entries`] at the in-guest benchmark's marker lines.
+#[cfg(feature = "test-hooks")]
 pub static WRITE_HOOK: spin::Once<fn(&[u8])> = spin::Once::new();
 
 /// The `IHostMemoryManager` methods, by vtable slot.
@@ -61,13 +62,15 @@ mod slot {
 }
 
 
-/// Test-only fault injection: when non-zero, the manager call that brings it from 1 to 0 acts as
+/// Test-only fault injection (`test-hooks` feature): when non-zero, the manager call that brings it from 1 to 0 acts as
 /// if the kernel had found its own state inconsistent (E_FAIL, the manager poisoned). Set by the
 /// QEMU tests through [`inject_inconsistency_after`]; never set otherwise.
+#[cfg(feature = "test-hooks")]
 static INJECT_INCONSISTENCY: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// Makes the `n`-th manager call from now (of the next guest that runs) report E_FAIL as if the
 /// kernel had found its own state inconsistent (host-abi §4); 0 disarms. For tests only.
+#[cfg(feature = "test-hooks")]
 pub fn inject_inconsistency_after(n: u64) {
     INJECT_INCONSISTENCY.store(n, core::sync::atomic::Ordering::SeqCst);
 }
@@ -90,6 +93,8 @@ fn thresholds() -> (u64, u64) {
     (limit * c.low_threshold_percent / 100, limit * c.high_threshold_percent / 100)
 }
 
+/// Whether a test's injected inconsistency fires on this call (never without `test-hooks`).
+#[cfg(feature = "test-hooks")]
 fn injected_inconsistency() -> bool {
     use core::sync::atomic::Ordering;
     // One CPU, and guests run with the kernel not re-entered: a load and a store suffice.
@@ -99,6 +104,11 @@ fn injected_inconsistency() -> bool {
     }
     INJECT_INCONSISTENCY.store(n - 1, Ordering::SeqCst);
     n == 1
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn injected_inconsistency() -> bool {
+    false
 }
 
 fn hr(result: Result<(), u32>) -> u64 {
@@ -277,6 +287,7 @@ impl Guest {
             if self.read_bytes(buf + done, &mut chunk[..n]).is_err() {
                 return done;
             }
+            #[cfg(feature = "test-hooks")]
             if let Some(hook) = WRITE_HOOK.get() {
                 hook(&chunk[..n]);
             }

@@ -117,10 +117,12 @@ fn map_image(space: &Space, image: &Image<'_>, host_owned: bool) -> Result<u64, 
 }
 
 /// Set by [`set_guest_args_for_test`]: the argument string instead of fw_cfg's.
+#[cfg(feature = "test-hooks")]
 static GUEST_ARGS_OVERRIDE: spin::Mutex<Option<Vec<u8>>> = spin::Mutex::new(None);
 
-/// For QEMU test images, which cannot pass fw_cfg: guests loaded from now on get `args` as their
+/// For QEMU test images (`test-hooks` feature), which cannot pass fw_cfg: guests loaded from now on get `args` as their
 /// argument string (an empty string is an empty argument string).
+#[cfg(feature = "test-hooks")]
 pub fn set_guest_args_for_test(args: &str) {
     *GUEST_ARGS_OVERRIDE.lock() = Some(args.as_bytes().to_vec());
 }
@@ -128,6 +130,7 @@ pub fn set_guest_args_for_test(args: &str) {
 /// The argument string every guest gets (`run-qemu.sh --guest-args "..."`, QEMU's fw_cfg file
 /// `opt/vmk/args`, or what a test set with [`set_guest_args_for_test`]); empty without one.
 pub fn guest_args() -> Vec<u8> {
+    #[cfg(feature = "test-hooks")]
     if let Some(args) = GUEST_ARGS_OVERRIDE.lock().as_ref() {
         return args.clone();
     }
