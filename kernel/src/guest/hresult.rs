@@ -21,6 +21,9 @@ pub const fn from_win32(e: u32) -> u32 {
     HResult::from_win32(e).0 as u32
 }
 
+/// ERROR_NOACCESS as an HRESULT.
+pub const E_NOACCESS: u32 = from_win32(host_abi::win32::ERROR_NOACCESS);
+
 /// The HRESULT for a failed address-space call.
 pub const fn from_vm(e: VmError) -> u32 {
     match e {

@@ -23,7 +23,10 @@ pub mod cpu_time;
 pub mod exceptions;
 pub mod host_pages;
 pub mod hresult;
+mod manager;
+mod notification;
 pub mod ramdisk;
+mod services;
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -128,7 +131,7 @@ pub fn set_guest_args_for_test(args: &str) {
 }
 
 /// The argument string every guest gets (`run-qemu.sh --guest-args "..."`, QEMU's fw_cfg file
-/// `opt/vmk/args`, or what a test set with [`set_guest_args_for_test`]); empty without one.
+/// `opt/vmk/args`, or what a test set with `set_guest_args_for_test` (`test-hooks`)); empty without one.
 pub fn guest_args() -> Vec<u8> {
     #[cfg(feature = "test-hooks")]
     if let Some(args) = GUEST_ARGS_OVERRIDE.lock().as_ref() {
@@ -179,8 +182,9 @@ pub struct Guest {
     acquired: Vec<(u64, u64)>,
     /// The registered `ICLRMemoryNotificationCallback` object, if any.
     callback: Option<u64>,
-    /// The memory band last reported (or current at registration): 1 low, 2 neutral, 3 high.
-    band: u32,
+    /// The memory band last reported (or current at registration); `None` before a callback is
+    /// registered.
+    band: Option<host_abi::MemoryAvailable>,
     /// CPU time used and its limit (started when the guest starts running).
     cpu: cpu_time::CpuClock,
 }
@@ -256,7 +260,7 @@ impl Guest {
             poisoned: false,
             acquired: Vec::new(),
             callback: None,
-            band: 0,
+            band: None,
             cpu: cpu_time::CpuClock::start(),
         })
     }
