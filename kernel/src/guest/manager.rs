@@ -170,20 +170,20 @@ impl Guest {
     fn query_interface(&mut self, riid: u64, ppv: u64) -> Result<(), u32> {
         self.out_pointer(ppv, 8)?;
         if riid == 0 {
-            let _ = self.write_bytes(ppv, &0u64.to_le_bytes());
+            self.put_result(ppv, &0u64.to_le_bytes());
             return Err(E_POINTER);
         }
         let mut iid = [0u8; 16];
         if let Err(e) = self.read_bytes(riid, &mut iid) {
-            let _ = self.write_bytes(ppv, &0u64.to_le_bytes());
+            self.put_result(ppv, &0u64.to_le_bytes());
             return Err(hresult::from_vm(e));
         }
         if iid == IID_IUNKNOWN || iid == IID_IHOST_MEMORY_MANAGER {
             self.manager_refs = self.manager_refs.saturating_add(1);
-            let _ = self.write_bytes(ppv, &MANAGER_OBJECT.to_le_bytes());
+            self.put_result(ppv, &MANAGER_OBJECT.to_le_bytes());
             Ok(())
         } else {
-            let _ = self.write_bytes(ppv, &0u64.to_le_bytes());
+            self.put_result(ppv, &0u64.to_le_bytes());
             Err(E_NOINTERFACE)
         }
     }
@@ -195,17 +195,17 @@ impl Guest {
             1 => CriticalLevel::AppDomain,
             2 => CriticalLevel::Process,
             _ => {
-                let _ = self.write_bytes(pp_mem, &0u64.to_le_bytes());
+                self.put_result(pp_mem, &0u64.to_le_bytes());
                 return Err(E_INVALIDARG);
             }
         };
         match self.space.with(|s, cx| s.virtual_alloc(cx, addr, size, alloc_type, protect, level)) {
             Ok(base) => {
-                let _ = self.write_bytes(pp_mem, &base.to_le_bytes());
+                self.put_result(pp_mem, &base.to_le_bytes());
                 Ok(())
             }
             Err(e) => {
-                let _ = self.write_bytes(pp_mem, &0u64.to_le_bytes());
+                self.put_result(pp_mem, &0u64.to_le_bytes());
                 Err(hresult::from_vm(e))
             }
         }
@@ -214,7 +214,7 @@ impl Guest {
     fn virtual_query(&mut self, addr: u64, buffer: u64, length: u64, p_result: u64) -> Result<(), u32> {
         self.out_pointer(p_result, 8)?;
         let zero = |g: &Self| {
-            let _ = g.write_bytes(p_result, &0u64.to_le_bytes());
+            g.put_result(p_result, &0u64.to_le_bytes());
         };
         if length < address_space::MemoryBasicInformation::SIZE as u64 {
             zero(self);
@@ -231,7 +231,7 @@ impl Guest {
             zero(self);
             return Err(hresult::from_vm(if buffer == 0 { VmError::NoAccess } else { e }));
         }
-        let _ = self.write_bytes(p_result, &(address_space::MemoryBasicInformation::SIZE as u64).to_le_bytes());
+        self.put_result(p_result, &(address_space::MemoryBasicInformation::SIZE as u64).to_le_bytes());
         Ok(())
     }
 
@@ -242,7 +242,7 @@ impl Guest {
         }
         self.check_writable(p_old, 4).map_err(hresult::from_vm)?;
         let old = self.space.virtual_protect(addr, size, protect).map_err(hresult::from_vm)?;
-        let _ = self.write_bytes(p_old, &old.to_le_bytes());
+        self.put_result(p_old, &old.to_le_bytes());
         Ok(())
     }
 
@@ -263,8 +263,8 @@ impl Guest {
         let acquired: u64 = self.acquired.iter().map(|&(_, l)| l).sum();
         let space_load = ((reserved + acquired) as u128 * 100 / span as u128) as u32;
         let load = commit_load.max(space_load).min(100);
-        let _ = self.write_bytes(p_load, &load.to_le_bytes());
-        let _ = self.write_bytes(p_available, &available.to_le_bytes());
+        self.put_result(p_load, &load.to_le_bytes());
+        self.put_result(p_available, &available.to_le_bytes());
         Ok(())
     }
 }

@@ -366,6 +366,16 @@ impl Guest {
         self.with_stack_growth(addr, data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, addr, data)))
     }
 
+    /// Writes a call's result to a guest out-pointer, dropping a failure: that is the contract
+    /// of every caller. A result goes to a pointer the call checked writable before changing
+    /// anything (`out_pointer`, `check_writable`), and the guest runs no code in between, so the
+    /// write cannot fail; the NULL a failed call stores (host-abi §9) is best effort, the call's
+    /// own error being what the caller sees; `query_commit` returns nothing to report a failure
+    /// with (Windows' `void` functions ignore a bad buffer the same way).
+    fn put_result(&self, addr: u64, data: &[u8]) {
+        let _ = self.write_bytes(addr, data);
+    }
+
     fn read_u64(&self, addr: u64) -> Result<u64, VmError> {
         let mut b = [0u8; 8];
         self.read_bytes(addr, &mut b)?;

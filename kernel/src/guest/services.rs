@@ -133,8 +133,8 @@ impl Guest {
             }
             at = chunk[k - 1] + 4096;
         }
-        let _ = self.write_bytes(count_ptr, &found.to_le_bytes());
-        let _ = self.write_bytes(gran_ptr, &4096u32.to_le_bytes());
+        self.put_result(count_ptr, &found.to_le_bytes());
+        self.put_result(gran_ptr, &4096u32.to_le_bytes());
         0
     }
 
@@ -143,6 +143,6 @@ impl Guest {
         let c = crate::memory::commit_state();
         let info = [c.limit_bytes, c.committed_bytes, c.critical_reserve_bytes, low, high];
         let bytes: alloc::vec::Vec<u8> = info.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let _ = self.write_bytes(out, &bytes);
+        self.put_result(out, &bytes);
     }
 }

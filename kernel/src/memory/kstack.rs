@@ -1,4 +1,4 @@
-//! Kernel stacks for guests: each guest's run loop (its system calls, exceptions, upcalls) runs
+//! Kernel stacks for guests: each guest's run loop (its system calls, exceptions, and the callbacks it enters ring 3 for) runs
 //! on a kernel stack of its own, mapped in the kernel half with an unmapped guard page below it,
 //! so a kernel stack overflow while serving one guest faults (and is reported) instead of
 //! running into other memory.
