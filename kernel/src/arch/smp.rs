@@ -29,6 +29,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use acpi::platform::ProcessorState;
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
+use address_space::PAGE_SIZE;
 use address_space::PhysMemory;
 use bootloader_api::info::{MemoryRegion, MemoryRegionKind};
 use x86_64::PhysAddr;
@@ -38,7 +39,6 @@ use x86_64::registers::model_specific::{Efer, EferFlags, Msr};
 
 use super::{apic, percpu, time};
 
-const PAGE: u64 = 4096;
 /// The preferred trampoline page (Asterinas uses it too); any usable page below the EBDA does.
 const PREFERRED_TRAMPOLINE: u64 = 0x8000;
 /// Pages the trampoline needs: its code and data, then the temporary PML4, PDPT and PD.
@@ -193,13 +193,13 @@ fn read_madt(rsdp: u64) -> Result<Madt, String> {
 /// The first page of `TRAMPOLINE_PAGES` usable pages below 1 MiB (not page 0): 0x8000 if usable.
 fn trampoline_page() -> Option<u64> {
     let usable = |start: u64| {
-        let end = start + TRAMPOLINE_PAGES * PAGE;
+        let end = start + TRAMPOLINE_PAGES * PAGE_SIZE;
         support().regions.iter().any(|r| r.kind == MemoryRegionKind::Usable && r.start <= start && r.end >= end)
     };
     if usable(PREFERRED_TRAMPOLINE) {
         return Some(PREFERRED_TRAMPOLINE);
     }
-    (1..TRAMPOLINE_LIMIT / PAGE - TRAMPOLINE_PAGES).map(|p| p * PAGE).find(|&p| usable(p))
+    (1..TRAMPOLINE_LIMIT / PAGE_SIZE - TRAMPOLINE_PAGES).map(|p| p * PAGE_SIZE).find(|&p| usable(p))
 }
 
 /// The boot CPU's control state, which every AP copies.
@@ -300,15 +300,15 @@ fn install_trampoline(page: u64) {
     let len = offset_of(core::ptr::addr_of!(vmk_ap_trampoline_end)) as usize;
     // SAFETY: the two symbols delimit the trampoline's bytes in the kernel's read-only data.
     let code = unsafe { core::slice::from_raw_parts(start, len) };
-    let (pml4, pdpt, pd) = (page + PAGE, page + 2 * PAGE, page + 3 * PAGE);
+    let (pml4, pdpt, pd) = (page + PAGE_SIZE, page + 2 * PAGE_SIZE, page + 3 * PAGE_SIZE);
     let kernel_root = Cr3::read().0.start_address().as_u64();
     const PRESENT_WRITABLE: u64 = 0b11;
     const HUGE: u64 = 1 << 7;
     (support().with_phys)(&mut |w| {
-        w.write_bytes(PhysAddr::new(page), &[0; PAGE as usize]);
+        w.write_bytes(PhysAddr::new(page), &[0; PAGE_SIZE as usize]);
         w.write_bytes(PhysAddr::new(page), code);
         for table in [pml4, pdpt, pd] {
-            w.write_bytes(PhysAddr::new(table), &[0; PAGE as usize]);
+            w.write_bytes(PhysAddr::new(table), &[0; PAGE_SIZE as usize]);
         }
         w.write_u64(PhysAddr::new(pml4), pdpt | PRESENT_WRITABLE);
         w.write_u64(PhysAddr::new(pdpt), pd | PRESENT_WRITABLE);

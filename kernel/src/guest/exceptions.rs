@@ -32,9 +32,10 @@
 
 use address_space::FaultOutcome;
 use address_space::win32::*;
+use x86_64::align_down;
 
 use super::host_pages::{Stub, stub};
-use super::{Ended, Guest, PAGE};
+use super::{Ended, Guest, PAGE_SIZE};
 use crate::arch::user::{
     FpuImage, USER_CONTEXT_SIZE, UserContext, context_from_bytes, context_to_bytes, fpu_image_size, reset_user_state,
     sanitize_rflags,
@@ -154,7 +155,7 @@ impl Guest {
         let e = |code| Some(GuestException { code, access: access.code(), address: addr });
         match outcome {
             FaultOutcome::Resolved => None,
-            FaultOutcome::GuardPage { .. } if (self.stack.0..self.stack.1).contains(&addr) => match self.grow_stack(addr & !(PAGE - 1)) {
+            FaultOutcome::GuardPage { .. } if (self.stack.0..self.stack.1).contains(&addr) => match self.grow_stack(align_down(addr, PAGE_SIZE)) {
                 StackGrowth::Grown => None,
                 StackGrowth::Overflow => e(status::STACK_OVERFLOW),
             },
@@ -170,15 +171,15 @@ impl Guest {
     /// overflow too (as on Windows), with no pages added.
     pub(super) fn grow_stack(&self, page: u64) -> StackGrowth {
         let (low, _) = self.stack;
-        let below = page.wrapping_sub(PAGE);
+        let below = page.wrapping_sub(PAGE_SIZE);
         let level = address_space::CriticalLevel::Process;
-        if page >= low + 4 * PAGE
-            && self.space.with(|s, cx| s.virtual_alloc(cx, below, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, level)).is_ok()
+        if page >= low + 4 * PAGE_SIZE
+            && self.space.with(|s, cx| s.virtual_alloc(cx, below, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, level)).is_ok()
         {
             return StackGrowth::Grown;
         }
-        let cushion = low + PAGE;
-        if page > cushion && page < low + 4 * PAGE {
+        let cushion = low + PAGE_SIZE;
+        if page > cushion && page < low + 4 * PAGE_SIZE {
             // Best effort: without commit the handlers find no room and the guest ends with the code.
             let _ = self.space.with(|s, cx| s.virtual_alloc(cx, cushion, page - cushion, MEM_COMMIT, PAGE_READWRITE, level));
         }
@@ -293,7 +294,7 @@ impl Guest {
         let end = addr.checked_add(data.len() as u64).ok_or(FrameError::NoRoom)?;
         let mut top = end;
         while top > addr {
-            let start = (top.wrapping_sub(1) & !(PAGE - 1)).max(addr);
+            let start = align_down(top.wrapping_sub(1), PAGE_SIZE).max(addr);
             let piece = &data[(start - addr) as usize..(top - addr) as usize];
             self.write_stack_page(start, piece)?;
             top = start;

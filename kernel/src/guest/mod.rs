@@ -35,12 +35,12 @@ use alloc::vec::Vec;
 use address_space::win32::*;
 use address_space::{AllocationKind, CriticalLevel, SpaceConfig, VmError};
 use guest_loader::{Image, Policy, Rights};
+use x86_64::align_down;
 
 use crate::arch::user::{UserContext, UserExit, enter_user};
 use crate::memory::Space;
 use host_pages::{HOST_BASE, HOST_SERVICES, MANAGER_OBJECT, Stub, stub};
 
-const PAGE: u64 = 4096;
 /// Where a static-PIE guest is placed (the default image base of 64-bit Windows executables).
 pub const PIE_BASE: u64 = 0x1_4000_0000;
 /// Reserved size of a guest's stack.
@@ -227,11 +227,11 @@ impl Guest {
             .with(|s, cx| s.virtual_alloc(cx, 0, STACK_RESERVE, MEM_RESERVE | MEM_TOP_DOWN, PAGE_READWRITE, CriticalLevel::Process))
             .map_err(|e| fail("reserving the stack", e))?;
         let stack_top = stack_base + STACK_RESERVE;
-        let committed = stack_top - STACK_INITIAL_PAGES * PAGE;
+        let committed = stack_top - STACK_INITIAL_PAGES * PAGE_SIZE;
         space
             .with(|s, cx| {
-                s.virtual_alloc(cx, committed, STACK_INITIAL_PAGES * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process)?;
-                s.virtual_alloc(cx, committed - PAGE, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Process)?;
+                s.virtual_alloc(cx, committed, STACK_INITIAL_PAGES * PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process)?;
+                s.virtual_alloc(cx, committed - PAGE_SIZE, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Process)?;
                 // The entry point is called: its return address leads to `exit(eax)`.
                 s.write_user(cx, stack_top - 8, &stub(Stub::GuestReturn).to_le_bytes())
             })
@@ -344,15 +344,15 @@ impl Guest {
     /// access check cleared the stack's guard, that page is where the guard was.
     fn stack_bottom_in(&self, addr: u64, len: u64) -> Option<u64> {
         let (low, high) = self.stack;
-        let start = addr.max(low) & !(PAGE - 1);
+        let start = align_down(addr.max(low), PAGE_SIZE);
         let end = addr.saturating_add(len.max(1)).min(high);
         let mut page = start;
         while page < end {
-            let below_reserved = page > low && self.space.virtual_query(page - PAGE).is_ok_and(|q| q.state == MEM_RESERVE);
+            let below_reserved = page > low && self.space.virtual_query(page - PAGE_SIZE).is_ok_and(|q| q.state == MEM_RESERVE);
             if below_reserved && self.space.virtual_query(page).is_ok_and(|q| q.state == MEM_COMMIT) {
                 return Some(page);
             }
-            page += PAGE;
+            page += PAGE_SIZE;
         }
         None
     }

@@ -9,6 +9,9 @@ use super::notification::thresholds;
 
 /// Most vectored exception handlers a guest may register (kept in the kernel heap).
 pub const MAX_HANDLERS: usize = 4096;
+/// Addresses `GetWriteWatch` collects per pass (a bounded kernel buffer).
+const WATCH_CHUNK: usize = 4096;
+
 /// Bytes a `write` copies at once (longer writes go in pieces).
 const WRITE_CHUNK: usize = 4096;
 /// Most bytes one `write` system call prints; the stub calls again for the rest.
@@ -103,22 +106,22 @@ impl Guest {
         if let Err(e) = self.space.get_write_watch(flags & !WRITE_WATCH_FLAG_RESET, base, size, if count == 0 { &mut [] } else { &mut probe }) {
             return e.win32_code();
         }
-        let pages = size.div_ceil(4096);
+        let pages = size.div_ceil(PAGE_SIZE);
         let capacity = count.min(pages);
         if capacity > 0
             && let Err(e) = self.check_writable(addresses, capacity * 8)
         {
             return service_error(e);
         }
-        // Collect in pieces of at most 4096 addresses, each call resuming after the last page the
+        // Collect in pieces of at most WATCH_CHUNK addresses, each call resuming after the last page the
         // previous one returned, so a huge request needs no huge kernel buffer and the cost stays
         // proportional to the tables present, not to the size of the range.
         let mut found = 0u64;
-        let mut chunk = alloc::vec![0u64; 4096];
+        let mut chunk = alloc::vec![0u64; WATCH_CHUNK];
         let end = base + size;
         let mut at = base;
         while at < end && found < capacity {
-            let room = (capacity - found).min(4096) as usize;
+            let room = (capacity - found).min(WATCH_CHUNK as u64) as usize;
             let k = match self.space.get_write_watch(flags, at, end - at, &mut chunk[..room]) {
                 Ok(k) => k,
                 Err(e) => return e.win32_code(),
@@ -131,10 +134,10 @@ impl Guest {
             if k < room {
                 break;
             }
-            at = chunk[k - 1] + 4096;
+            at = chunk[k - 1] + PAGE_SIZE;
         }
         self.put_result(count_ptr, &found.to_le_bytes());
-        self.put_result(gran_ptr, &4096u32.to_le_bytes());
+        self.put_result(gran_ptr, &(PAGE_SIZE as u32).to_le_bytes());
         0
     }
 

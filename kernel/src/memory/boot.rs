@@ -7,10 +7,11 @@ use bootloader_api::BootInfo;
 use bootloader_api::info::{MemoryRegion, MemoryRegionKind};
 use spin::Once;
 use x86_64::VirtAddr;
+use x86_64::align_down;
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::Translate;
 
-use super::{PAGE, kernel_tables};
+use super::{PAGE_SIZE, kernel_tables};
 
 /// What the kernel keeps of the boot info (which is unmapped once the kernel's own tables are in).
 #[derive(Debug, Clone)]
@@ -83,9 +84,9 @@ pub(super) fn snapshot(boot_info: &BootInfo) -> BootSnapshot {
         let (root, _) = Cr3::read();
         // SAFETY: the bootloader's PML4 is mapped by its physical-memory window; only read here.
         let tables = unsafe { kernel_tables::tables_at(window_offset, root.start_address().as_u64()) };
-        let pages = boot_info.ramdisk_len.div_ceil(PAGE);
+        let pages = boot_info.ramdisk_len.div_ceil(PAGE_SIZE);
         let frames = (0..pages)
-            .map(|i| tables.translate_addr(VirtAddr::new(va + i * PAGE)).expect("ramdisk page mapped").as_u64())
+            .map(|i| tables.translate_addr(VirtAddr::new(va + i * PAGE_SIZE)).expect("ramdisk page mapped").as_u64())
             .collect();
         (boot_info.ramdisk_len, frames)
     });
@@ -96,7 +97,7 @@ pub(super) fn snapshot(boot_info: &BootInfo) -> BootSnapshot {
         .map(|r| (r.start, r.end))
         .collect();
     if let Some(pa) = rsdp {
-        firmware_tables.push((pa & !(PAGE - 1), (pa & !(PAGE - 1)) + PAGE));
+        firmware_tables.push((align_down(pa, PAGE_SIZE), align_down(pa, PAGE_SIZE) + PAGE_SIZE));
     }
     BootSnapshot {
         regions,

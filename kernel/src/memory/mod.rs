@@ -55,19 +55,20 @@ pub use tlb::KernelTlb;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
+use address_space::PAGE_SIZE;
 use address_space::frame::{FrameAllocator, PhysRange};
 use address_space::{AddressSpace, CommitCharge, VmContext, WorkCounters};
 use bootloader_api::BootInfo;
 use bootloader_api::info::MemoryRegionKind;
 use spin::Mutex;
 use x86_64::PhysAddr;
+use x86_64::align_down;
 use x86_64::structures::paging::PhysFrame;
 
 use crate::arch::cpu;
 use crate::arch::probe;
 use window::PhysWindow;
 
-const PAGE: u64 = 4096;
 /// Frames below this physical address are never allocated (real-mode IVT, BIOS data, EBDA).
 pub const LOW_MEMORY_END: u64 = 0x10_0000;
 /// The kernel keeps `1 / KERNEL_RESERVE_DIVISOR` of the frames available after boot (at least
@@ -136,8 +137,8 @@ pub fn init(boot_info: &'static BootInfo) {
         .collect();
     let mut frames = FrameAllocator::new(&ranges);
     for r in snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Bootloader) {
-        let start = r.start.max(LOW_MEMORY_END) & !(PAGE - 1);
-        for pa in (start..r.end.div_ceil(PAGE) * PAGE).step_by(PAGE as usize) {
+        let start = align_down(r.start.max(LOW_MEMORY_END), PAGE_SIZE);
+        for pa in (start..r.end.div_ceil(PAGE_SIZE) * PAGE_SIZE).step_by(PAGE_SIZE as usize) {
             let _ = frames.mark_allocated(frame(pa));
         }
     }
@@ -160,8 +161,8 @@ pub fn init(boot_info: &'static BootInfo) {
     }
     let mut returned = 0;
     for r in snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Bootloader) {
-        let start = r.start.max(LOW_MEMORY_END) & !(PAGE - 1);
-        for pa in (start..r.end.div_ceil(PAGE) * PAGE).step_by(PAGE as usize) {
+        let start = align_down(r.start.max(LOW_MEMORY_END), PAGE_SIZE);
+        for pa in (start..r.end.div_ceil(PAGE_SIZE) * PAGE_SIZE).step_by(PAGE_SIZE as usize) {
             if !keep.contains(&pa) && frames.free(frame(pa)).is_ok() {
                 returned += 1;
             }
