@@ -41,19 +41,22 @@ use crate::arch::user::{
     sanitize_rflags,
 };
 
-/// NTSTATUS codes (host-abi §8, §9, §10.1).
+/// NTSTATUS codes (host-abi §8, §9, §10.1): host-abi's where the contract names them; the
+/// x87/SSE and bound-range codes Windows raises besides are defined here.
 pub mod status {
-    pub const ACCESS_VIOLATION: u32 = 0xC000_0005;
-    pub const GUARD_PAGE_VIOLATION: u32 = 0x8000_0001;
-    pub const STACK_OVERFLOW: u32 = 0xC000_00FD;
-    pub const ILLEGAL_INSTRUCTION: u32 = 0xC000_001D;
-    pub const PRIVILEGED_INSTRUCTION: u32 = 0xC000_0096;
-    pub const INTEGER_DIVIDE_BY_ZERO: u32 = 0xC000_0094;
-    pub const INTEGER_OVERFLOW: u32 = 0xC000_0095;
+    use host_abi::win32;
+
+    pub const ACCESS_VIOLATION: u32 = win32::STATUS_ACCESS_VIOLATION;
+    pub const GUARD_PAGE_VIOLATION: u32 = win32::STATUS_GUARD_PAGE_VIOLATION;
+    pub const STACK_OVERFLOW: u32 = win32::STATUS_STACK_OVERFLOW;
+    pub const ILLEGAL_INSTRUCTION: u32 = win32::STATUS_ILLEGAL_INSTRUCTION;
+    pub const PRIVILEGED_INSTRUCTION: u32 = win32::STATUS_PRIVILEGED_INSTRUCTION;
+    pub const INTEGER_DIVIDE_BY_ZERO: u32 = win32::STATUS_INTEGER_DIVIDE_BY_ZERO;
+    pub const INTEGER_OVERFLOW: u32 = win32::STATUS_INTEGER_OVERFLOW;
+    pub const BREAKPOINT: u32 = win32::STATUS_BREAKPOINT;
+    pub const SINGLE_STEP: u32 = win32::STATUS_SINGLE_STEP;
+    pub const DATATYPE_MISALIGNMENT: u32 = win32::STATUS_DATATYPE_MISALIGNMENT;
     pub const ARRAY_BOUNDS_EXCEEDED: u32 = 0xC000_008C;
-    pub const BREAKPOINT: u32 = 0x8000_0003;
-    pub const SINGLE_STEP: u32 = 0x8000_0004;
-    pub const DATATYPE_MISALIGNMENT: u32 = 0x8000_0002;
     pub const FLOAT_DENORMAL_OPERAND: u32 = 0xC000_008D;
     pub const FLOAT_DIVIDE_BY_ZERO: u32 = 0xC000_008E;
     pub const FLOAT_INEXACT_RESULT: u32 = 0xC000_008F;
@@ -64,7 +67,7 @@ pub mod status {
 }
 
 /// Size of GUEST_EXCEPTION.
-const EXCEPTION_RECORD_SIZE: u64 = 32;
+const EXCEPTION_RECORD_SIZE: u64 = size_of::<host_abi::GuestException>() as u64;
 /// The red zone below a faulting `rsp` that exception delivery leaves alone.
 const RED_ZONE: u64 = 128;
 const ALL_ONES: u64 = u64::MAX;
