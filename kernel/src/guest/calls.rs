@@ -77,8 +77,8 @@ impl Guest {
             },
             nr::PROBE => match self.with_stack_growth(a1, a2, || self.space.with(|s, cx| s.check_user_access(cx, a1, a2, a3 != 0))) {
                 Ok(()) if a1 != 0 => 0,
-                Ok(()) => E_NOACCESS as u64,
-                Err(e) => hresult::from_vm(e) as u64,
+                Ok(()) => hresult::to_rax(E_NOACCESS),
+                Err(e) => hresult::to_rax(hresult::from_vm(e)),
             },
             nr::QUERY_COMMIT => {
                 self.query_commit(a1);
@@ -101,7 +101,7 @@ impl Guest {
                 self.note_band_change(&mut callbacks)?;
                 return self.enter_callbacks(c, &callbacks);
             }
-            _ => E_NOTIMPL as u64,
+            _ => hresult::to_rax(E_NOTIMPL),
         };
         Ok(Return::Sysret)
     }

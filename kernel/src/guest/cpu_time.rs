@@ -7,7 +7,7 @@
 //! `crate::arch::apic`); a guest cannot avoid those ticks, as it runs with interrupts on and
 //! `cli` is privileged in ring 3. Past the limit the guest ends with [`HOST_E_TIMEOUT`].
 
-use super::hresult::HOST_E_TIMEOUT;
+use super::hresult::{self, HOST_E_TIMEOUT};
 use crate::arch::time;
 
 /// Set by [`set_limit_for_test`]: the limit in nanoseconds instead of the configuration's.
@@ -62,6 +62,6 @@ impl CpuClock {
             limit / 1_000_000,
             used / 1_000_000
         );
-        Err(HOST_E_TIMEOUT as i32)
+        Err(hresult::to_exit_code(HOST_E_TIMEOUT))
     }
 }

@@ -218,7 +218,7 @@ impl Guest {
         );
         if op == Some(0x0f) && op2 == Some(0x34) {
             // sysenter: not how the host is called; fails cleanly and the guest continues.
-            context.rax = super::hresult::E_NOTIMPL as u64;
+            context.rax = super::hresult::to_rax(super::hresult::E_NOTIMPL);
             context.rip = context.rip.wrapping_add(i as u64 + 2);
             return None;
         }

@@ -4,33 +4,43 @@
 
 use address_space::VmError;
 
-use host_abi::HResult;
+pub use host_abi::HResult;
 
-/// The guest layer passes HRESULTs as the `u32` a system call returns in `eax`; the values are
-/// host-abi's.
+/// The HRESULTs the guest layer returns, host-abi's values.
 macro_rules! codes {
     ($($name:ident),*) => {
-        $(#[doc = concat!("`", stringify!($name), "` (host-abi).")] pub const $name: u32 = HResult::$name.0 as u32;)*
+        $(#[doc = concat!("`", stringify!($name), "` (host-abi).")] pub const $name: HResult = HResult::$name;)*
     };
 }
 
 codes!(S_OK, E_OUTOFMEMORY, E_INVALIDARG, E_POINTER, E_NOINTERFACE, E_NOTIMPL, E_FAIL, HOST_E_CLRNOTAVAILABLE, HOST_E_TIMEOUT);
 
 /// HRESULT_FROM_WIN32.
-pub const fn from_win32(e: u32) -> u32 {
-    HResult::from_win32(e).0 as u32
+pub const fn from_win32(e: u32) -> HResult {
+    HResult::from_win32(e)
 }
 
 /// ERROR_NOACCESS as an HRESULT.
-pub const E_NOACCESS: u32 = from_win32(host_abi::win32::ERROR_NOACCESS);
+pub const E_NOACCESS: HResult = from_win32(host_abi::win32::ERROR_NOACCESS);
+
+/// The value a system call returns in `rax` for `h`: its 32 bits, zero-extended (the guest reads
+/// `eax`).
+pub const fn to_rax(h: HResult) -> u64 {
+    h.0 as u32 as u64
+}
+
+/// A guest's exit code for `h` (the guest ends as if it had called `exit(h)`).
+pub const fn to_exit_code(h: HResult) -> i32 {
+    h.0
+}
 
 /// The HRESULT for a failed address-space call.
-pub const fn from_vm(e: VmError) -> u32 {
+pub const fn from_vm(e: VmError) -> HResult {
     match e {
         // Exhaustion of commit, frames or address space (host-abi §4).
         VmError::NoMemory | VmError::CommitmentLimit => E_OUTOFMEMORY,
         // A guard page hit by the kernel on the guest's behalf surfaces unchanged (§9).
-        VmError::GuardPage => e.win32_code(),
+        VmError::GuardPage => HResult(e.win32_code() as i32),
         VmError::InvalidParameter
         | VmError::InvalidProtection
         | VmError::UnableToFree

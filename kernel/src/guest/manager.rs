@@ -6,7 +6,7 @@ use address_space::{CriticalLevel, VmError};
 
 use super::calls::Callbacks;
 use super::host_pages::MANAGER_OBJECT;
-use super::hresult::{self, E_INVALIDARG, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, S_OK};
+use super::hresult::{self, E_INVALIDARG, HResult, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, S_OK};
 use super::{Ended, Guest};
 
 /// `IID_IUnknown` as its 16 bytes in memory.
@@ -65,11 +65,8 @@ fn injected_inconsistency() -> bool {
     false
 }
 
-fn hr(result: Result<(), u32>) -> u64 {
-    match result {
-        Ok(()) => S_OK as u64,
-        Err(h) => h as u64,
-    }
+fn hr(result: Result<(), HResult>) -> u64 {
+    hresult::to_rax(result.err().unwrap_or(S_OK))
 }
 
 impl Guest {
@@ -77,14 +74,14 @@ impl Guest {
     /// to `callbacks`.
     pub(super) fn manager_call(&mut self, slot: u64, args: [u64; 7], callbacks: &mut Callbacks) -> Result<u64, Ended> {
         if args[0] != MANAGER_OBJECT {
-            return Ok(E_NOACCESS as u64);
+            return Ok(hresult::to_rax(E_NOACCESS));
         }
         let lifetime = matches!(slot, slot::QUERY_INTERFACE | slot::ADD_REF | slot::RELEASE);
         if self.poisoned && !lifetime {
-            return Ok(HOST_E_CLRNOTAVAILABLE as u64);
+            return Ok(hresult::to_rax(HOST_E_CLRNOTAVAILABLE));
         }
         if !lifetime && injected_inconsistency() {
-            return Ok(self.internal_inconsistency("injected by a test") as u64);
+            return Ok(hresult::to_rax(self.internal_inconsistency("injected by a test")));
         }
         Ok(match slot {
             slot::QUERY_INTERFACE => hr(self.query_interface(args[1], args[2])),
@@ -106,19 +103,19 @@ impl Guest {
             slot::ACQUIRED_ADDRESS_SPACE => hr(self.acquired(args[1], args[2])),
             slot::RELEASED_ADDRESS_SPACE => hr(self.released(args[1])),
             // CreateMalloc (slot 3) is ring-3 code of the host library, never a system call.
-            _ => E_NOTIMPL as u64,
+            _ => hresult::to_rax(E_NOTIMPL),
         })
     }
 
     /// The kernel found its own state inconsistent: the manager is poisoned (host-abi §4).
-    pub(super) fn internal_inconsistency(&mut self, what: &str) -> u32 {
+    pub(super) fn internal_inconsistency(&mut self, what: &str) -> HResult {
         crate::kprintln!("guest {}: internal inconsistency ({what}); its memory manager is now unavailable", self.name);
         self.poisoned = true;
         hresult::E_FAIL
     }
 
     /// Validates a range for the `*VirtualAddressSpace` methods: in user space, size > 0.
-    fn check_address_range(&self, start: u64, size: u64) -> Result<(), u32> {
+    fn check_address_range(&self, start: u64, size: u64) -> Result<(), HResult> {
         let cfg = self.space.with(|s, _| *s.config());
         let ok = size > 0 && start >= cfg.min_address && start.checked_add(size).is_some_and(|end| end <= cfg.max_address_end);
         if ok { Ok(()) } else { Err(E_INVALIDARG) }
@@ -126,7 +123,7 @@ impl Guest {
 
     /// `AcquiredVirtualAddressSpace`: records the range, which must overlap no allocation of the
     /// host's and no range recorded before.
-    fn acquired(&mut self, start: u64, size: u64) -> Result<(), u32> {
+    fn acquired(&mut self, start: u64, size: u64) -> Result<(), HResult> {
         self.check_address_range(start, size)?;
         if self.acquired.len() >= MAX_ACQUIRED_RANGES {
             return Err(hresult::E_OUTOFMEMORY);
@@ -148,7 +145,7 @@ impl Guest {
     }
 
     /// `ReleasedVirtualAddressSpace`: forgets the range recorded at `start`.
-    fn released(&mut self, start: u64) -> Result<(), u32> {
+    fn released(&mut self, start: u64) -> Result<(), HResult> {
         match self.acquired.iter().position(|&(s, _)| s == start) {
             Some(i) => {
                 self.acquired.remove(i);
@@ -160,14 +157,14 @@ impl Guest {
 
     /// Checks a COM out-pointer: NULL → E_POINTER, not writable → ERROR_NOACCESS (or the guard
     /// page status, the guard now cleared).
-    fn out_pointer(&self, ptr: u64, len: u64) -> Result<(), u32> {
+    fn out_pointer(&self, ptr: u64, len: u64) -> Result<(), HResult> {
         if ptr == 0 {
             return Err(E_POINTER);
         }
         self.check_writable(ptr, len).map_err(hresult::from_vm)
     }
 
-    fn query_interface(&mut self, riid: u64, ppv: u64) -> Result<(), u32> {
+    fn query_interface(&mut self, riid: u64, ppv: u64) -> Result<(), HResult> {
         self.out_pointer(ppv, 8)?;
         if riid == 0 {
             self.put_result(ppv, &0u64.to_le_bytes());
@@ -188,7 +185,7 @@ impl Guest {
         }
     }
 
-    fn virtual_alloc(&mut self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32, pp_mem: u64) -> Result<(), u32> {
+    fn virtual_alloc(&mut self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32, pp_mem: u64) -> Result<(), HResult> {
         self.out_pointer(pp_mem, 8)?;
         let level = match level {
             0 => CriticalLevel::Task,
@@ -211,7 +208,7 @@ impl Guest {
         }
     }
 
-    fn virtual_query(&mut self, addr: u64, buffer: u64, length: u64, p_result: u64) -> Result<(), u32> {
+    fn virtual_query(&mut self, addr: u64, buffer: u64, length: u64, p_result: u64) -> Result<(), HResult> {
         self.out_pointer(p_result, 8)?;
         let zero = |g: &Self| {
             g.put_result(p_result, &0u64.to_le_bytes());
@@ -235,7 +232,7 @@ impl Guest {
         Ok(())
     }
 
-    fn virtual_protect(&mut self, addr: u64, size: u64, protect: u32, p_old: u64) -> Result<(), u32> {
+    fn virtual_protect(&mut self, addr: u64, size: u64, protect: u32, p_old: u64) -> Result<(), HResult> {
         address_space::AddressSpace::check_protect_value(protect).map_err(hresult::from_vm)?;
         if p_old == 0 {
             return Err(E_NOACCESS);
@@ -246,7 +243,7 @@ impl Guest {
         Ok(())
     }
 
-    fn get_memory_load(&mut self, p_load: u64, p_available: u64) -> Result<(), u32> {
+    fn get_memory_load(&mut self, p_load: u64, p_available: u64) -> Result<(), HResult> {
         // E_POINTER for either NULL first, then writability (host-abi §9 order).
         if p_load == 0 || p_available == 0 {
             return Err(E_POINTER);

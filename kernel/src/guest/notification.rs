@@ -5,7 +5,7 @@
 use host_abi::MemoryAvailable;
 
 use super::calls::Callbacks;
-use super::hresult::E_NOACCESS;
+use super::hresult::{E_NOACCESS, HResult};
 use super::{Ended, Guest, exceptions};
 
 /// The notification thresholds in bytes of free commit: (low, high) (host-abi §5; set at boot,
@@ -62,7 +62,7 @@ impl Guest {
 
     /// `RegisterMemoryNotificationCallback`: AddRef the new object, Release the old one (both
     /// made by ring 3 before the call returns), no notification now (host-abi §5, §9).
-    pub(super) fn register_callback(&mut self, object: u64, callbacks: &mut Callbacks) -> Result<Result<(), u32>, Ended> {
+    pub(super) fn register_callback(&mut self, object: u64, callbacks: &mut Callbacks) -> Result<Result<(), HResult>, Ended> {
         if object != 0 {
             let mut header = [0u8; 8];
             if self.read_bytes(object, &mut header).is_err() {
