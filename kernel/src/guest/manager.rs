@@ -6,7 +6,7 @@ use address_space::{CriticalLevel, VmError};
 
 use super::calls::Callbacks;
 use super::host_pages::MANAGER_OBJECT;
-use super::hresult::{self, E_INVALIDARG, HResult, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, S_OK};
+use super::hresult::{self, E_INVALIDARG, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, HResult, S_OK};
 use super::{Ended, Guest};
 
 /// `IID_IUnknown` as its 16 bytes in memory.
