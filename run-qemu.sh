@@ -32,6 +32,11 @@ options:
                   memory notifications, commit_limit_mb (cap the commit limit; default: what RAM allows),
                   guest_cpu_limit_s (end a guest past N seconds of CPU time with 0x80131024; 0 = none)
   --guest-args "ARGS"  the argument string guests receive (HOST_SERVICES.args); alias --runtime-args
+  --wasm FILE     run a WebAssembly module (.wasm, or .wat text) in the Wasmtime guest
+                  (tests/guests/wasm-runtime) instead of the bundled guests: FILE is precompiled on
+                  the host (tools/wasm-precompile, Cranelift), argv[0] is FILE's name and the words
+                  of --guest-args follow; WASI preview 1 subset (README). The exit status is the
+                  program's exit code (134 after a wasm trap, 1 if FILE does not compile)
   --bench         boot the benchmark image (kernel/src/bin/bench.rs) instead of the kernel: release
                   profile and --mem 1G unless --debug / --mem say otherwise
   -h, --help      this text
@@ -39,7 +44,7 @@ USAGE
 }
 
 smp=(); firmware=(); kvm=(); gdb=(); mem=256M; profile=debug; timeout=0; guests=(); config=(); guest_args=()
-bin=kernel; mem_set=; profile_set=
+bin=kernel; mem_set=; profile_set=; wasm=
 while [ $# -gt 0 ]; do
   case "$1" in
     --uefi) firmware=(--uefi) ;;
@@ -58,6 +63,10 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || { echo "--guest needs a file" >&2; exit 2; }
       [ -f "$2" ] || { echo "--guest $2: no such file" >&2; exit 2; }
       guests+=(--guest "$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"); shift ;;
+    --wasm)
+      [ $# -ge 2 ] || { echo "--wasm needs a file" >&2; exit 2; }
+      [ -f "$2" ] || { echo "--wasm $2: no such file" >&2; exit 2; }
+      wasm="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -84,7 +93,30 @@ cargo build --quiet -p boot
 features=(); [ "$bin" = bench ] && features=(--features test-hooks)
 cargo build --quiet -p kernel --bin "$bin" "${features[@]}" --target x86_64-unknown-none "${cargo_profile[@]}"
 target="${CARGO_TARGET_DIR:-$root/target}"
+if [ -n "$wasm" ]; then
+  # The kernel's build made the precompiler (a host tool) and the runtime guest as artifacts of
+  # tests/guests/wasm-bundle; cargo's JSON messages say where.
+  artifacts="$(cargo build --quiet -p kernel --bin "$bin" "${features[@]}" --target x86_64-unknown-none "${cargo_profile[@]}" --message-format=json)"
+  exe() { grep "\"name\":\"$1\"" <<<"$artifacts" | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/'; }
+  precompile="$(exe wasm-precompile)"; runtime="$(exe wasm-runtime)"
+  [ -x "$precompile" ] && [ -f "$runtime" ] || { echo "run-qemu.sh: wasm-precompile or wasm-runtime was not built" >&2; exit 2; }
+  mkdir -p "$target/wasm-run"
+  elf="$target/wasm-run/$(basename "$wasm").elf"
+  "$precompile" --runtime "$runtime" "$wasm" -o "$elf" || exit 1
+  guests=(--guest "$elf")
+fi
+boot_run=("$target/debug/boot" run "${smp[@]}" "${firmware[@]}" "${kvm[@]}" "${gdb[@]}" "${guests[@]}" "${config[@]}" "${guest_args[@]}" --mem "$mem" --timeout "$timeout" \
+  "$target/x86_64-unknown-none/$profile/$bin")
 set +e
-"$target/debug/boot" run "${smp[@]}" "${firmware[@]}" "${kvm[@]}" "${gdb[@]}" "${guests[@]}" "${config[@]}" "${guest_args[@]}" --mem "$mem" --timeout "$timeout" \
-  "$target/x86_64-unknown-none/$profile/$bin"
-exit $?
+if [ -z "$wasm" ]; then
+  "${boot_run[@]}"
+  exit $?
+fi
+"${boot_run[@]}" | tee "$target/wasm-run/output.txt"
+status=${PIPESTATUS[0]}
+if [ "$status" -le 1 ]; then
+  # The program's exit code, from the kernel's line for the guest.
+  code="$(tr -d '\r' < "$target/wasm-run/output.txt" | sed -nE 's/^guest .* exited with code (-?[0-9]+).*/\1/p' | tail -n 1)"
+  [ -n "$code" ] && exit $((code & 255))
+fi
+exit "$status"

@@ -38,8 +38,10 @@ fn ends_at_the_limit(name: &str, file: &[u8], announces: &str) -> Result<(), Str
     ensure!(out.contains(announces), "{name} did not start as expected: {out}");
     ensure!(ms >= LIMIT_MS, "{name} ended after {ms} ms, before its limit");
     ensure!(ms < LIMIT_MS * 10, "{name} ended only after {ms} ms");
-    // 100 Hz: about 100 ticks in a second; each one reached the guest's run loop.
-    ensure!(ticks >= 50, "only {ticks} timer ticks on the boot CPU in {ms} ms");
+    // 100 Hz: about 100 ticks in a second, each reaching the guest's run loop. When the host
+    // starves the vCPU thread (a loaded machine), QEMU coalesces the periods it missed, so only
+    // a floor well below the nominal rate is a fact about the kernel rather than the host.
+    ensure!(ticks >= 10, "only {ticks} timer ticks on the boot CPU in {ms} ms");
     Ok(())
 }
 

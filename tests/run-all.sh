@@ -19,7 +19,7 @@ log="$(mktemp -d)"
 trap 'rm -rf "$log"' EXIT
 host_passed=0; host_failed=0; status=0
 
-echo "==> host tests (cargo test: the host crates boot, address-space, guest-loader and host-abi, the workspace's default members)"
+echo "==> host tests (cargo test: the host crates boot, address-space, guest-loader, host-abi and wasm-payload, the workspace's default members)"
 cargo test 2>&1 | tee "$log/host.txt"
 host_rc=${PIPESTATUS[0]}
 while read -r p f; do
@@ -32,8 +32,9 @@ echo "host tests: $host_passed passed, $host_failed failed"
 
 echo "==> lints (cargo clippy: host crates, the kernel, the guest crates and the QEMU test images)"
 # The workspace denies undocumented unsafe blocks and unsafe fns without a Safety section.
-if cargo clippy --quiet -p boot -p address-space -p guest-loader -p host-abi --all-targets \
-  && cargo clippy --quiet -p kernel -p host-lib -p guest-abi -p host-abi -p guest-sample-rust -p gc-runtime --target x86_64-unknown-none \
+if cargo clippy --quiet -p boot -p address-space -p guest-loader -p host-abi -p wasm-payload --all-targets \
+  && cargo clippy --quiet -p kernel -p host-lib -p guest-abi -p host-abi -p guest-sample-rust -p gc-runtime -p wasm-runtime -p wasm-bundle --target x86_64-unknown-none \
+  && cargo clippy --quiet -p wasm-precompile \
   && cargo clippy --quiet -p qemu-tests --tests --target x86_64-unknown-none; then
   echo "test clippy ... ok"; host_passed=$((host_passed + 1))
 else
@@ -45,6 +46,15 @@ if cargo bench --quiet -p address-space --bench host --bench frames 2>&1 | tee "
   echo "test host-benchmarks-run ... ok"; host_passed=$((host_passed + 1))
 else
   echo "test host-benchmarks-run ... FAILED"; host_failed=$((host_failed + 1))
+fi
+
+echo "==> tests/bench/report.py self-test (the benchmark report's parsing and ratios; no QEMU)"
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "test bench-report-py ... skipped (no python3; counted neither passed nor failed)"
+elif python3 tests/bench/test_report.py > "$log/report-py.txt" 2>&1; then
+  echo "test bench-report-py ... ok"; host_passed=$((host_passed + 1))
+else
+  cat "$log/report-py.txt"; echo "test bench-report-py ... FAILED"; host_failed=$((host_failed + 1))
 fi
 
 echo "==> the address-space crate packages for crates.io (cargo package: builds it, and host-abi, from their tarballs)"

@@ -133,6 +133,10 @@ pub fn run(images: &[PathBuf], opts: &QemuOptions) -> SuiteTotals {
         if let Expectation::Hang { timeout } = expectation {
             run_opts.timeout = Some(timeout);
         }
+        // The wasm image grows a linear memory to hundreds of MiB (tests/wasm.rs).
+        if name == "wasm" && run_opts.memory == "256M" {
+            run_opts.memory = "1G".into();
+        }
         let name = if cpus == opts.cpus { name } else { format!("{name} ({cpus} CPUs)") };
         println!("\n=== {name} ({}{})", opts.firmware.name(), if expectation == Expectation::Pass { "" } else { ", expected to fail: harness self-test" });
         let verdict = match image::build(path, opts.firmware, None).and_then(|img| qemu::run(&img, &run_opts)) {

@@ -82,8 +82,9 @@ pub fn init(boot_info: &'static mut BootInfo) {
 }
 
 /// The guests `./run-qemu.sh` runs when none is given: the C and Rust samples, then the bundled
-/// garbage-collected runtime (`tests/guests/gc-runtime`), built by the
-/// normal build (see `build.rs`) and embedded in the kernel image.
+/// garbage-collected runtime (`tests/guests/gc-runtime`), then Wasmtime (`tests/guests/wasm-runtime`)
+/// running the bundled WASI demo; built by the normal build (see `build.rs` and
+/// `tests/guests/wasm-bundle`) and embedded in the kernel image.
 pub fn bundled_guests() -> alloc::vec::Vec<guest::ramdisk::GuestFile> {
     alloc::vec![
         guest::ramdisk::GuestFile { name: "sample-c".into(), data: include_bytes!(concat!(env!("OUT_DIR"), "/sample-c.elf")).to_vec() },
@@ -95,6 +96,7 @@ pub fn bundled_guests() -> alloc::vec::Vec<guest::ramdisk::GuestFile> {
             name: "gc-runtime".into(),
             data: include_bytes!(env!("CARGO_BIN_FILE_GC_RUNTIME_gc-runtime")).to_vec(),
         },
+        guest::ramdisk::GuestFile { name: "hello-wasi.wasm".into(), data: wasm_bundle::HELLO_WASI.to_vec() },
     ]
 }
 

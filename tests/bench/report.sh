@@ -1,42 +1,53 @@
 #!/usr/bin/env bash
 # Runs every benchmark of the virtual-memory workloads and writes one report:
-#   (a) the peer program ../shared/peers/vmbench.c natively (cc -O2: Linux mmap/mprotect/munmap),
+#   (a) the peer program tests/bench/vmbench_peer.c natively (cc -O2: Linux mmap/mprotect/munmap),
 #   (b) the same program under Wine (x86_64-w64-mingw32-gcc + wine64: VirtualAlloc...), if installed,
 #   (c) the host benchmarks of the address-space crate (cargo bench --bench host / --bench frames),
-#   (d) the in-kernel benchmark image (./run-qemu.sh --bench) under TCG, and under KVM with --kvm,
+#   (d) the same-emulator comparison, in alternating rounds in this one run: Linux (Debian's
+#       linux-image-cloud-amd64, apt-installed when missing) booted in the same QEMU
+#       (-accel tcg -cpu max -m 1G) with the peer program as /init of an initramfs, in two
+#       configurations (Debian's defaults, and the fair one: mitigations=off no5lvl clearcpuid=erms
+#       transparent_hugepage=madvise), and the benchmark image ./run-qemu.sh --bench (in-kernel and
+#       in-guest workloads), each round booting all three; under KVM once more with --kvm,
 # then tests/bench/report.py turns the raw outputs (tests/bench/results/raw/) into
-# tests/bench/results/report.md (tables) and tests/bench/results/chart.svg.
+# tests/bench/results/report.md (tables) and tests/bench/results/chart.svg (matplotlib; the Debian
+# package python3-matplotlib is apt-installed when missing).
 #
 # A part that cannot run is written as "not available: <why>" and shown so in the report; no figure
-# is ever made up. Timings are printed, never asserted.
+# is ever made up. Timings are printed, never asserted. Not part of tests/run-all.sh (it takes
+# about 10 minutes); tests/bench/test_report.py checks report.py's parsing and arithmetic.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
 usage() {
   cat <<'USAGE'
-usage: tests/bench/report.sh [--kvm] [--install-peers] [--skip-host] [--skip-kernel]
+usage: tests/bench/report.sh [--kvm] [--install-peers] [--skip-host] [--skip-kernel] [--rounds N]
 
   --kvm            also boot the benchmark image under KVM (QEMU takes about two minutes to start)
   --install-peers  apt-get install wine64 and gcc-mingw-w64-x86-64 if they are missing
   --skip-host      do not run the cargo host benchmarks (reported as not run)
-  --skip-kernel    do not boot the benchmark image (reported as not run)
+  --skip-kernel    do not boot the benchmark image or Linux in QEMU (reported as not run)
+  --rounds N       rounds of the same-emulator comparison (default 4; each boots Linux twice and
+                   the benchmark image once, about a minute per round under TCG)
   -h, --help       this text
 
-Environment: VMBENCH_C (peer source; default ../shared/peers/vmbench.c next to the repository),
+Environment: VMBENCH_C (peer source; default tests/bench/vmbench_peer.c),
+LINUX_KERNEL (the Linux kernel to boot; default the newest /boot/vmlinuz-*-cloud-amd64),
 CARGO_TARGET_DIR (honoured by cargo and run-qemu.sh), KVM_TIMEOUT (seconds for the KVM boot,
 default 420: QEMU needs about two minutes to start under KVM here, and a KVM internal error
 leaves QEMU paused until the timeout).
 USAGE
 }
 
-kvm=0; install=0; host=1; kernel=1
+kvm=0; install=0; host=1; kernel=1; rounds=4
 while [ $# -gt 0 ]; do
   case "$1" in
     --kvm) kvm=1 ;;
     --install-peers) install=1 ;;
     --skip-host) host=0 ;;
     --skip-kernel) kernel=0 ;;
+    --rounds) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || { echo "--rounds needs a number >= 1" >&2; exit 2; }; rounds="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -46,11 +57,17 @@ done
 out="$here/results"
 raw="$out/raw"
 mkdir -p "$raw"
-rm -f "$raw"/*.txt
+rm -f "$raw"/*.txt "$raw"/rounds/*.txt
+mkdir -p "$raw/rounds"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-peer_src="${VMBENCH_C:-$root/../shared/peers/vmbench.c}"
+peer_src="${VMBENCH_C:-$here/vmbench_peer.c}"
 step() { echo "==> $*" >&2; }
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+apt_install() { # packages...; logs to $work/apt.log
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"; } >> "$work/apt.log" 2>&1
+}
+load() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # --- where it runs ---------------------------------------------------------------------------
 {
@@ -85,9 +102,7 @@ find_wine() {
 }
 if [ "$install" = 1 ] && { ! find_wine >/dev/null || ! command -v x86_64-w64-mingw32-gcc >/dev/null; }; then
   step "installing wine64 and gcc-mingw-w64-x86-64 (apt-get)"
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wine64 gcc-mingw-w64-x86-64; } \
-    > "$work/apt.log" 2>&1 || echo "apt-get install failed: $(tail -2 "$work/apt.log" | tr '\n' ' ')" > "$work/apt.err"
+  apt_install wine64 gcc-mingw-w64-x86-64 || echo "apt-get install failed: $(tail -2 "$work/apt.log" | tr '\n' ' ')" > "$work/apt.err"
 fi
 if [ ! -f "$peer_src" ]; then
   echo "not available: peer source $peer_src not found" > "$raw/peer-wine.txt"
@@ -122,38 +137,111 @@ for b in host frames; do
   fi
 done
 
-# --- (d) the in-kernel benchmark image -----------------------------------------------------------
-run_kernel() { # $1 = tcg|kvm
-  local name="$1" flags=()
-  [ "$name" = kvm ] && flags=(--kvm)
-  step "./run-qemu.sh --bench ${flags[*]}"
-  if [ "$kernel" = 0 ]; then
-    echo "not available: not run (--skip-kernel)" > "$raw/kernel-$name.txt"
-    return
-  fi
-  if [ "$name" = kvm ] && ! { [ -r /dev/kvm ] && [ -w /dev/kvm ]; }; then
-    echo "not available: /dev/kvm is not usable on this machine" > "$raw/kernel-$name.txt"
-    return
-  fi
-  local status=0 limit=600
-  [ "$name" = kvm ] && limit="${KVM_TIMEOUT:-420}"
-  "$root/run-qemu.sh" --bench "${flags[@]}" --timeout "$limit" > "$work/kernel-$name.log" 2>&1 || status=$?
+# --- (d) the same-emulator comparison: Linux and this kernel in the same QEMU, alternating rounds ---
+# The benchmark image's figures (in-kernel and in-guest) come from these rounds; under KVM it boots once.
+run_image() { # $1 = tcg|kvm, $2 = output file
+  local name="$1" file="$2" flags=() status=0 limit=600
+  [ "$name" = kvm ] && { flags=(--kvm); limit="${KVM_TIMEOUT:-420}"; }
+  echo "load before: $(load)" > "$file"
+  "$root/run-qemu.sh" --bench "${flags[@]}" --timeout "$limit" > "$work/image.log" 2>&1 || status=$?
   if [ "$status" != 0 ]; then
     { echo "not available: run-qemu.sh --bench ${flags[*]} exited with $status (0 ok, 1 kernel failure, 2 crash, 3 timeout);" \
-        "$(grep -m2 -E 'KVM internal error|emulation failure|FAILURE|panicked' "$work/kernel-$name.log" | tr '\n' ' ')" \
-        "$(grep -m1 -E '^Code=' "$work/kernel-$name.log" || true)"; } | tr '\n' ' ' > "$raw/kernel-$name.txt"
-    echo >> "$raw/kernel-$name.txt"
+        "$(grep -m2 -E 'KVM internal error|emulation failure|FAILURE|panicked' "$work/image.log" | tr '\n' ' ')" \
+        "$(grep -m1 -E '^Code=' "$work/image.log" || true)"; } | tr '\n' ' ' >> "$file"
+    echo >> "$file"
   fi
-  grep -E '^(bench|tlb-|\[boot\] qemu)' "$work/kernel-$name.log" >> "$raw/kernel-$name.txt" || true
+  grep -E '^(bench|tlb-|\[boot\] qemu)' "$work/image.log" >> "$file" || true
+  echo "load after: $(load)" >> "$file"
 }
-run_kernel tcg
-if [ "$kvm" = 1 ]; then
-  run_kernel kvm
+
+# Linux's kernel command lines: Debian's defaults, and the configuration that compares memory
+# management fairly under TCG (report.py explains each setting).
+linux_default="console=ttyS0 quiet panic=-1"
+linux_fair="$linux_default mitigations=off no5lvl clearcpuid=erms transparent_hugepage=madvise"
+linux_kernel="${LINUX_KERNEL:-}"
+find_linux() { ls -1 /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -1; }
+linux_missing=""
+if [ "$kernel" = 0 ]; then
+  linux_missing="not available: not run (--skip-kernel)"
 else
-  echo "not available: not run (report.sh without --kvm)" > "$raw/kernel-kvm.txt"
+  step "Linux for the same-emulator comparison"
+  if [ -z "$linux_kernel" ] && [ -z "$(find_linux)" ]; then
+    step "installing linux-image-cloud-amd64 (apt-get)"
+    apt_install linux-image-cloud-amd64 || true
+  fi
+  [ -n "$linux_kernel" ] || linux_kernel="$(find_linux)"
+  if [ -z "$linux_kernel" ] || [ ! -r "$linux_kernel" ]; then
+    linux_missing="not available: no readable /boot/vmlinuz-*-cloud-amd64 (apt-get install linux-image-cloud-amd64: $(tail -1 "$work/apt.log" 2>/dev/null))"
+  elif [ ! -f "$peer_src" ]; then
+    linux_missing="not available: peer source $peer_src not found"
+  elif ! gcc -O2 -static -o "$work/init" "$peer_src" 2> "$work/static.err"; then
+    linux_missing="not available: gcc -O2 -static failed: $(head -3 "$work/static.err" | tr '\n' ' ')"
+  elif ! python3 "$here/mkinitramfs.py" "$work/init" "$work/initramfs.cpio"; then
+    linux_missing="not available: mkinitramfs.py failed"
+  else
+    echo "linux: $(basename "$linux_kernel") ($(dpkg -S "$linux_kernel" 2>/dev/null | cut -d: -f1 | head -1 || echo 'package unknown'))" >> "$raw/env.txt"
+  fi
+fi
+run_linux() { # $1 = default|fair, $2 = output file
+  local append="$linux_default"
+  [ "$1" = fair ] && append="$linux_fair"
+  echo "load before: $(load)" > "$2"
+  if [ -n "$linux_missing" ]; then
+    echo "$linux_missing" >> "$2"
+    return
+  fi
+  local status=0
+  timeout 300 qemu-system-x86_64 -accel tcg -cpu max -m 1G -kernel "$linux_kernel" -initrd "$work/initramfs.cpio" \
+    -append "$append" -serial stdio -display none -monitor none -no-reboot > "$work/linux.log" 2>&1 || status=$?
+  tr -d '\r' < "$work/linux.log" | grep -E '^(peer|[a-z_0-9]+ +[0-9.]+ ns/)' > "$work/linux.txt" || true
+  if ! grep -q '^peer-done errors=0' "$work/linux.txt"; then
+    echo "not available: Linux in QEMU did not finish the workloads (qemu exit $status): $(tr -d '\r' < "$work/linux.log" | grep -E 'peer-error|Kernel panic|segfault' | head -2 | tr '\n' ' ')" >> "$2"
+  fi
+  cat "$work/linux.txt" >> "$2"
+  echo "load after: $(load)" >> "$2"
+}
+
+for r in $(seq 1 "$rounds"); do
+  # The order rotates each round, so a slow phase of the machine does not always hit the same side.
+  order=(linux-default linux-fair guest)
+  case $(( (r - 1) % 3 )) in 1) order=(guest linux-default linux-fair) ;; 2) order=(linux-fair guest linux-default) ;; esac
+  for what in "${order[@]}"; do
+    step "round $r of $rounds: $what"
+    case "$what" in
+      linux-default) run_linux default "$raw/rounds/linux-default-$r.txt" ;;
+      linux-fair) run_linux fair "$raw/rounds/linux-fair-$r.txt" ;;
+      guest)
+        if [ "$kernel" = 0 ]; then
+          echo "not available: not run (--skip-kernel)" > "$raw/rounds/guest-$r.txt"
+        else
+          step "./run-qemu.sh --bench"
+          run_image tcg "$raw/rounds/guest-$r.txt"
+        fi ;;
+    esac
+  done
+done
+
+if [ "$kvm" = 1 ] && [ "$kernel" = 1 ]; then
+  step "./run-qemu.sh --bench --kvm"
+  if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+    run_image kvm "$raw/kernel-kvm.txt"
+  else
+    echo "not available: /dev/kvm is not usable on this machine" > "$raw/kernel-kvm.txt"
+  fi
+else
+  echo "not available: not run (report.sh $( [ "$kernel" = 0 ] && echo --skip-kernel || echo without --kvm))" > "$raw/kernel-kvm.txt"
 fi
 
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$raw/env.txt"
+# The chart needs matplotlib: the python3 on PATH if it has it, else Debian's (installed if missing).
+py=python3
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+  if ! /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+    step "installing python3-matplotlib (apt-get)"
+    apt_install python3-matplotlib || true
+  fi
+  /usr/bin/python3 -c 'import matplotlib' 2>/dev/null && py=/usr/bin/python3
+fi
 step "writing $out/report.md and $out/chart.svg"
-python3 "$here/report.py" "$raw" "$out"
+"$py" "$here/report.py" "$raw" "$out"
 echo "$out/report.md"

@@ -5,6 +5,7 @@
 
 extern crate alloc;
 
+mod allocation_map;
 pub mod charge;
 mod counters;
 pub mod error;

@@ -17,7 +17,8 @@
 //!
 //! State lives in two places only:
 //!
-//! * an ordered map of [`Allocation`] records (base, size, `AllocationProtect`, kind, flags) plus
+//! * an ordered map of [`Allocation`] records (base, size, `AllocationProtect`, kind, flags; a
+//!   B+ tree of wide nodes (`allocation_map.rs`) for lookups with few cache misses) plus
 //!   the [`GapTree`] of free 64 KiB blocks — O(log n) in the number of allocations;
 //! * the page tables, which *are* the per-page store (see [`crate::paging::pte`]): a reserved
 //!   page costs nothing, a committed page costs its 8-byte entry and no other metadata.
@@ -49,7 +50,6 @@ mod write_watch;
 #[cfg(test)]
 mod tests;
 
-use ::alloc::collections::BTreeMap;
 use core::ops::ControlFlow;
 
 use x86_64::PhysAddr;
@@ -58,6 +58,7 @@ use x86_64::structures::paging::{PhysFrame, Size4KiB};
 pub use fault::{Access, FaultOutcome};
 pub use query::MemoryBasicInformation;
 
+use crate::allocation_map::WideMap;
 use crate::frame::{FrameAllocator, FrameReservation};
 use crate::paging::table::{self, TableCensus, Tables};
 use crate::paging::tlb::{DEFAULT_FLUSH_THRESHOLD, Tlb, TlbBatch};
@@ -206,7 +207,7 @@ impl<M: PhysMemory, T: Tlb> VmContext<'_, M, T> {
 pub struct AddressSpace {
     root: PhysFrame<Size4KiB>,
     config: SpaceConfig,
-    allocations: BTreeMap<u64, Allocation>,
+    allocations: WideMap<Allocation>,
     gaps: GapTree,
     table_pages: u64,
     /// The frames promised to committed pages that have none yet (demand-zero): one per such
@@ -243,7 +244,7 @@ impl AddressSpace {
         Ok(AddressSpace {
             root,
             config,
-            allocations: BTreeMap::new(),
+            allocations: WideMap::new(),
             gaps: GapTree::new(config.min_address / ALLOCATION_GRANULARITY, config.max_address_end / ALLOCATION_GRANULARITY),
             table_pages: 0,
             demand_zero: FrameReservation::empty(),
@@ -269,9 +270,9 @@ impl AddressSpace {
     }
 
     /// Returns the allocation containing `addr`, if any (the unusable 64 KiB tail is not part of
-    /// it). Cost: O(log n).
+    /// it). Cost: O(log n), a few cache misses at 100,000 allocations ([`WideMap`]).
     pub fn allocation_at(&self, addr: u64) -> Option<&Allocation> {
-        self.allocations.range(..=addr).next_back().map(|(_, a)| a).filter(|a| addr < a.end())
+        self.allocations.floor(addr).map(|(_, a)| a).filter(|a| addr < a.end())
     }
 
     /// Returns the page-table pages below the root (PDPTs, PDs, PTs) this space holds now; the

@@ -82,7 +82,7 @@ impl AddressSpace {
         }
         let page = addr & !(PAGE_SIZE - 1);
         let Some(a) = self.allocation_at(page).copied() else {
-            let next = self.allocations.range(page..).next().map_or(self.config.max_address_end, |(b, _)| *b);
+            let next = self.allocations.ceil(page).map_or(self.config.max_address_end, |(b, _)| b);
             return Ok(MemoryBasicInformation {
                 base_address: page,
                 region_size: next - page,
