@@ -90,12 +90,13 @@ fi
 
 cargo_profile=(); [ "$profile" = release ] && cargo_profile=(--release)
 cargo build --quiet -p boot
-cargo build --quiet -p kernel --bin "$bin" --target x86_64-unknown-none "${cargo_profile[@]}"
+features=(); [ "$bin" = bench ] && features=(--features test-hooks)
+cargo build --quiet -p kernel --bin "$bin" "${features[@]}" --target x86_64-unknown-none "${cargo_profile[@]}"
 target="${CARGO_TARGET_DIR:-$root/target}"
 if [ -n "$wasm" ]; then
   # The kernel's build made the precompiler (a host tool) and the runtime guest as artifacts of
   # tests/guests/wasm-bundle; cargo's JSON messages say where.
-  artifacts="$(cargo build --quiet -p kernel --bin "$bin" --target x86_64-unknown-none "${cargo_profile[@]}" --message-format=json)"
+  artifacts="$(cargo build --quiet -p kernel --bin "$bin" "${features[@]}" --target x86_64-unknown-none "${cargo_profile[@]}" --message-format=json)"
   exe() { grep "\"name\":\"$1\"" <<<"$artifacts" | grep -o '"executable":"[^"]*"' | tail -n 1 | sed 's/"executable":"\(.*\)"/\1/'; }
   precompile="$(exe wasm-precompile)"; runtime="$(exe wasm-runtime)"
   [ -x "$precompile" ] && [ -f "$runtime" ] || { echo "run-qemu.sh: wasm-precompile or wasm-runtime was not built" >&2; exit 2; }

@@ -34,7 +34,7 @@ fn ends_at_the_limit(name: &str, file: &[u8], announces: &str) -> Result<(), Str
     let out = console::take_capture();
     let (ticks, ms) = (boot_cpu_ticks() - ticks, (time::ticks_ns() - start) / 1_000_000);
     cpu_time::set_limit_for_test(None);
-    ensure_eq!(outcome, GuestOutcome::Exited(HOST_E_TIMEOUT as i32));
+    ensure_eq!(outcome, GuestOutcome::Exited(HOST_E_TIMEOUT.0));
     ensure!(out.contains(announces), "{name} did not start as expected: {out}");
     ensure!(ms >= LIMIT_MS, "{name} ended after {ms} ms, before its limit");
     ensure!(ms < LIMIT_MS * 10, "{name} ended only after {ms} ms");

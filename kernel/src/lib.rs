@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | [`console`] | COM1 through `uart_16550`, the `kprint!` macros and the `log` backend |
 //! | [`arch::gdt`] | GDT with kernel/user segments and a TSS whose IST stacks serve double faults and NMIs |
-//! | [`arch::interrupts`] | the IDT: every CPU exception prints a report (vector, error code, CR2, RIP, RSP) and stops QEMU with failure, unless a [`arch::probe`] expected it |
+//! | [`trap`] | the IDT: every CPU exception prints a report (vector, error code, CR2, RIP, RSP) and stops QEMU with failure, unless a [`arch::probe`] expected it; page faults go to [`memory`] first |
 //! | [`heap`] | the kernel heap (`linked_list_allocator`) behind `#[global_allocator]` |
 //! | [`guest`] | guests in ring 3: ELF loading, host calls, exceptions delivered to the guest |
 //! | [`memory`] | frames from the memory map, the kernel's own page tables, guest address spaces, page faults |
@@ -29,6 +29,7 @@ pub mod heap;
 pub mod memory;
 pub mod qemu;
 pub mod testing;
+pub mod trap;
 
 pub use bootloader_api;
 
@@ -61,14 +62,23 @@ pub fn init(boot_info: &'static mut BootInfo) {
     let boot_info: &'static BootInfo = boot_info;
     console::init();
     arch::gdt::init();
-    arch::interrupts::init();
+    trap::init();
     heap::init();
     memory::init(boot_info);
     arch::user::init();
     arch::time::init();
     arch::apic::init_bsp();
     arch::percpu::register_boot_cpu(arch::apic::id());
-    arch::smp::init();
+    let snap = memory::boot_snapshot();
+    arch::smp::init(arch::smp::Support {
+        regions: &snap.regions,
+        rsdp: snap.rsdp,
+        window_offset: snap.window_offset,
+        window_covers: |pa, len| memory::boot_snapshot().window_covers(pa, len),
+        with_phys: memory::with_phys,
+        kernel_stack: memory::kstack::KernelStack::new_permanent,
+        load_idt: trap::init,
+    });
 }
 
 /// The guests `./run-qemu.sh` runs when none is given: the C and Rust samples, then the bundled
@@ -90,13 +100,7 @@ pub fn bundled_guests() -> alloc::vec::Vec<guest::ramdisk::GuestFile> {
     ]
 }
 
-/// Stops this CPU for good (interrupts off, `hlt` forever); used after QEMU was asked to exit.
-pub fn halt_forever() -> ! {
-    loop {
-        x86_64::instructions::interrupts::disable();
-        x86_64::instructions::hlt();
-    }
-}
+pub use arch::cpu::halt_forever;
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {

@@ -24,5 +24,5 @@ pub fn exit(code: ExitCode) -> ! {
     // SAFETY: port 0xf4 is QEMU's isa-debug-exit device, which has no side effect other than
     // ending the virtual machine; on a machine without it the write is ignored.
     unsafe { port.write(code as u32) };
-    crate::halt_forever()
+    crate::arch::cpu::halt_forever()
 }

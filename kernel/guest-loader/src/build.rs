@@ -6,6 +6,8 @@ use alloc::vec::Vec;
 
 use object::elf;
 
+use crate::PAGE_SIZE;
+
 /// One program header to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -54,7 +56,7 @@ pub fn elf_file(e_type: u16, entry: u64, headers: &[Header], len: usize) -> Vec<
         put(&mut f, o + 24, &h.vaddr.to_le_bytes());
         put(&mut f, o + 32, &h.file_size.to_le_bytes());
         put(&mut f, o + 40, &h.mem_size.to_le_bytes());
-        put(&mut f, o + 48, &0x1000u64.to_le_bytes());
+        put(&mut f, o + 48, &PAGE_SIZE.to_le_bytes());
     }
     f
 }
@@ -86,9 +88,9 @@ pub struct PieLayout {
 /// The layout of [`static_pie`]`(relocations)`.
 pub fn pie_layout(relocations: usize) -> PieLayout {
     let rela = 0x200;
-    let text = (rela + relocations as u64 * 24).div_ceil(0x1000) * 0x1000;
-    let data = text + 0x1000;
-    let data_size = 0x1000 + (relocations as u64 * 8).div_ceil(0x1000) * 0x1000;
+    let text = (rela + relocations as u64 * 24).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let data = text + PAGE_SIZE;
+    let data_size = PAGE_SIZE + (relocations as u64 * 8).div_ceil(PAGE_SIZE) * PAGE_SIZE;
     PieLayout { dynamic: 0x180, rela, text, data, data_size }
 }
 
@@ -101,9 +103,9 @@ pub fn pie_headers(relocations: usize) -> [Header; 5] {
     [
         load(elf::PF_R, 0, rela_end, rela_end),
         load(elf::PF_R | elf::PF_X, l.text, 3, 3),
-        load(elf::PF_R | elf::PF_W, l.data, 0x1000, l.data_size),
+        load(elf::PF_R | elf::PF_W, l.data, PAGE_SIZE, l.data_size),
         Header { p_type: elf::PT_DYNAMIC, flags: elf::PF_R, offset: l.dynamic, vaddr: l.dynamic, file_size: 64, mem_size: 64 },
-        Header { p_type: elf::PT_GNU_RELRO, flags: elf::PF_R, offset: l.data, vaddr: l.data, file_size: 0x1000, mem_size: 0x1000 },
+        Header { p_type: elf::PT_GNU_RELRO, flags: elf::PF_R, offset: l.data, vaddr: l.data, file_size: PAGE_SIZE, mem_size: PAGE_SIZE },
     ]
 }
 
@@ -112,7 +114,7 @@ pub fn pie_headers(relocations: usize) -> [Header; 5] {
 /// `load base + text + k` at `data + 8k` (the first 512 in the RELRO page).
 pub fn static_pie(relocations: usize) -> Vec<u8> {
     let l = pie_layout(relocations);
-    let mut f = elf_file(elf::ET_DYN, l.text, &pie_headers(relocations), (l.data + 0x1000) as usize);
+    let mut f = elf_file(elf::ET_DYN, l.text, &pie_headers(relocations), (l.data + PAGE_SIZE) as usize);
     let dynamic = [(elf::DT_RELA, l.rela), (elf::DT_RELASZ, relocations as u64 * 24), (elf::DT_RELAENT, 24), (elf::DT_NULL, 0)];
     for (i, (tag, value)) in dynamic.iter().enumerate() {
         let o = l.dynamic as usize + i * 16;

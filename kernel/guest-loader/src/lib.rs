@@ -45,8 +45,8 @@ use object::{LittleEndian, ReadRef};
 
 const LE: LittleEndian = LittleEndian;
 
-/// Page size.
-pub const PAGE: u64 = 4096;
+/// The page size (host-abi's, the one definition).
+pub use host_abi::win32::PAGE_SIZE;
 /// Most program headers a file may have (gcc and lld write about ten).
 pub const MAX_PROGRAM_HEADERS: usize = 64;
 /// Size of one RELA record.
@@ -131,11 +131,11 @@ pub struct Image<'a> {
 }
 
 fn page_down(v: u64) -> u64 {
-    v & !(PAGE - 1)
+    v - v % PAGE_SIZE
 }
 
 fn page_up(v: u64) -> Option<u64> {
-    v.checked_add(PAGE - 1).map(page_down)
+    v.checked_add(PAGE_SIZE - 1).map(page_down)
 }
 
 /// The `PT_LOAD` headers that map something, with their indices.
@@ -261,7 +261,7 @@ impl<'a> Image<'a> {
 
     /// Pages of the image.
     pub fn pages(&self) -> u64 {
-        self.size() / PAGE
+        self.size() / PAGE_SIZE
     }
 
     /// Load address of the entry point.
@@ -296,7 +296,7 @@ impl<'a> Image<'a> {
         // Index of the first header that may still touch the current page (loads ascend).
         let mut first = 0;
         (0..self.pages()).map(move |i| {
-            let page = low + i * PAGE;
+            let page = low + i * PAGE_SIZE;
             let mut rights = Rights::default();
             for (k, h) in headers.iter().enumerate().skip(first) {
                 if h.p_type(LE) != elf::PT_LOAD || (h.p_memsz(LE) == 0 && h.p_filesz(LE) == 0) {
@@ -307,7 +307,7 @@ impl<'a> Image<'a> {
                     first = k + 1;
                     continue;
                 }
-                if start >= page + PAGE {
+                if start >= page + PAGE_SIZE {
                     break;
                 }
                 rights = rights.union(Rights::of(h.p_flags(LE)));

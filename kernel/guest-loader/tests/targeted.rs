@@ -6,7 +6,7 @@ mod common;
 
 use common::{GUEST, check_invariants};
 use guest_loader::build::{Header, elf_file, pie_headers, pie_layout, put, static_pie};
-use guest_loader::{Image, LoadError, PAGE, Rights};
+use guest_loader::{Image, LoadError, PAGE_SIZE as PAGE, Rights};
 use object::elf;
 
 fn parse(file: &[u8]) -> Result<Image<'_>, LoadError> {

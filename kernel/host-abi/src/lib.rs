@@ -549,11 +549,20 @@ pub mod host {
         pub const RESET_WRITE_WATCH: u64 = 6;
         /// `query_commit(out)`.
         pub const QUERY_COMMIT: u64 = 7;
-        /// Returns from an upcall (exception handler, notification callback) to the kernel.
-        pub const UPCALL_RETURN: u64 = 8;
         /// `probe(ptr, len, write) -> 0 | HRESULT`: used by the host library to check guest
         /// pointers.
         pub const PROBE: u64 = 9;
+        /// `exception_handler(index)`: the `index`-th vectored handler in call order, or 0 (used
+        /// by the exception dispatcher).
+        pub const EXCEPTION_HANDLER: u64 = 10;
+        /// `continue(context, fpu_image)`: resumes with a context and register image from guest
+        /// memory, checked (NtContinue).
+        pub const CONTINUE: u64 = 11;
+        /// `unhandled(record)`: no handler took the exception; the guest ends with its code.
+        pub const UNHANDLED: u64 = 12;
+        /// `callbacks_done(context, fpu_image, notified)`: the callbacks of a host call ran;
+        /// resumes as `continue` does (and delivers a band change that happened meanwhile).
+        pub const CALLBACKS_DONE: u64 = 13;
         /// `IHostMemoryManager` method `i` (vtable slot) is `MANAGER + i`.
         pub const MANAGER: u64 = 16;
     }

@@ -208,6 +208,6 @@ pub fn send_init(destination: u32) -> bool {
 /// Sends a start-up IPI: the target starts in real mode at `page` (a 4 KiB-aligned physical
 /// address below 1 MiB).
 pub fn send_startup(destination: u32, page: u64) -> bool {
-    debug_assert!(page < 0x10_0000 && page % 4096 == 0);
+    debug_assert!(page < 0x10_0000 && page.is_multiple_of(address_space::PAGE_SIZE));
     send(destination, ICR_STARTUP | ICR_LEVEL_ASSERT | (page >> 12) as u32)
 }

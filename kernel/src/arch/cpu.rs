@@ -140,3 +140,11 @@ pub fn without_smep<R>(f: impl FnOnce() -> R) -> R {
         r
     })
 }
+
+/// Stops this CPU for good (interrupts off, `hlt` forever); used after QEMU was asked to exit.
+pub fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}

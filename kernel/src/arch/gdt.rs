@@ -26,15 +26,15 @@ const IST_STACK_SIZE: usize = 64 * 1024;
 /// (see [`guard_pages`]), so running off the bottom faults instead of corrupting `.bss`.
 #[repr(C, align(4096))]
 struct IstStack {
-    guard: [u8; 4096],
+    guard: [u8; address_space::PAGE_SIZE as usize],
     stack: [u8; IST_STACK_SIZE],
 }
 
-static mut DOUBLE_FAULT_STACK: IstStack = IstStack { guard: [0; 4096], stack: [0; IST_STACK_SIZE] };
-static mut NMI_STACK: IstStack = IstStack { guard: [0; 4096], stack: [0; IST_STACK_SIZE] };
+static mut DOUBLE_FAULT_STACK: IstStack = IstStack { guard: [0; address_space::PAGE_SIZE as usize], stack: [0; IST_STACK_SIZE] };
+static mut NMI_STACK: IstStack = IstStack { guard: [0; address_space::PAGE_SIZE as usize], stack: [0; IST_STACK_SIZE] };
 /// The stack exceptions from ring 3 arrive on (TSS RSP0); the entry code leaves it at once for
 /// the kernel stack of the guest's run loop (see `super::user`).
-static mut ENTRY_STACK: IstStack = IstStack { guard: [0; 4096], stack: [0; IST_STACK_SIZE] };
+static mut ENTRY_STACK: IstStack = IstStack { guard: [0; address_space::PAGE_SIZE as usize], stack: [0; IST_STACK_SIZE] };
 
 /// Virtual addresses of the guard pages below the IST stacks and the ring-3 entry stack (left
 /// unmapped by the kernel's page tables).

@@ -4,9 +4,10 @@
 //! This is the kernel's exception table, in the small: each probe is a short assembly routine whose
 //! one faulting instruction has a known address. When an exception handler sees `rip` at such an
 //! address it records the fault ([`FaultRecord`]: vector, error code, CR2, RIP) and resumes at a
-//! fix-up that makes the probe return `u64::MAX`. Tests use this to assert "this access must raise a
-//! page fault at address X with these error bits"; later, host calls use the same mechanism to
-//! touch guest memory without trusting it.
+//! fix-up that makes the probe return `u64::MAX`. The QEMU tests and the benchmark image use this to
+//! assert "this access must raise a page fault at address X with these error bits". Host calls do
+//! not use probes: they reach guest memory through the address space's own page-table walk
+//! (`AddressSpace::read_user`/`write_user`), which never faults.
 //!
 //! `call` runs code at an address; if the *first* instruction cannot be fetched (NX, not present),
 //! the fault arrives with the return address still on top of the stack, and the fix-up pops it.
@@ -122,9 +123,9 @@ pub struct MemoryFault {
 
 impl MemoryFault {
     /// STATUS_ACCESS_VIOLATION.
-    pub const ACCESS_VIOLATION: u32 = 0xC000_0005;
+    pub const ACCESS_VIOLATION: u32 = host_abi::win32::STATUS_ACCESS_VIOLATION;
     /// STATUS_GUARD_PAGE_VIOLATION.
-    pub const GUARD_PAGE: u32 = 0x8000_0001;
+    pub const GUARD_PAGE: u32 = host_abi::win32::STATUS_GUARD_PAGE_VIOLATION;
 }
 
 /// Page-fault error-code bits (Intel SDM Vol. 3A §4.7).

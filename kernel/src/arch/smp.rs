@@ -29,17 +29,16 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use acpi::platform::ProcessorState;
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
+use address_space::PAGE_SIZE;
 use address_space::PhysMemory;
-use bootloader_api::info::MemoryRegionKind;
+use bootloader_api::info::{MemoryRegion, MemoryRegionKind};
 use x86_64::PhysAddr;
 use x86_64::registers::control::{Cr0, Cr3, Cr3Flags, Cr4};
 use x86_64::structures::paging::PhysFrame;
 use x86_64::registers::model_specific::{Efer, EferFlags, Msr};
 
 use super::{apic, percpu, time};
-use crate::memory::kstack::KernelStack;
 
-const PAGE: u64 = 4096;
 /// The preferred trampoline page (Asterinas uses it too); any usable page below the EBDA does.
 const PREFERRED_TRAMPOLINE: u64 = 0x8000;
 /// Pages the trampoline needs: its code and data, then the temporary PML4, PDPT and PD.
@@ -158,12 +157,12 @@ struct WindowHandler;
 
 impl AcpiHandler for WindowHandler {
     unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
-        let snap = crate::memory::boot_snapshot();
+        let support = support();
         assert!(
-            snap.window_covers(physical_address as u64, size as u64),
+            (support.window_covers)(physical_address as u64, size as u64),
             "ACPI table at {physical_address:#x}+{size:#x} outside the RAM and ACPI regions of the memory map"
         );
-        let virt = (snap.window_offset + physical_address as u64) as *mut T;
+        let virt = (support.window_offset + physical_address as u64) as *mut T;
         // SAFETY: the window maps the range (checked above) read-write at this address for the
         // whole run, and the tables are firmware data no Rust object owns; the crate only reads.
         unsafe { PhysicalMapping::new(physical_address, NonNull::new(virt).expect("window addresses are non-null"), size, size, *self) }
@@ -193,15 +192,14 @@ fn read_madt(rsdp: u64) -> Result<Madt, String> {
 
 /// The first page of `TRAMPOLINE_PAGES` usable pages below 1 MiB (not page 0): 0x8000 if usable.
 fn trampoline_page() -> Option<u64> {
-    let snap = crate::memory::boot_snapshot();
     let usable = |start: u64| {
-        let end = start + TRAMPOLINE_PAGES * PAGE;
-        snap.regions.iter().any(|r| r.kind == MemoryRegionKind::Usable && r.start <= start && r.end >= end)
+        let end = start + TRAMPOLINE_PAGES * PAGE_SIZE;
+        support().regions.iter().any(|r| r.kind == MemoryRegionKind::Usable && r.start <= start && r.end >= end)
     };
     if usable(PREFERRED_TRAMPOLINE) {
         return Some(PREFERRED_TRAMPOLINE);
     }
-    (1..TRAMPOLINE_LIMIT / PAGE - TRAMPOLINE_PAGES).map(|p| p * PAGE).find(|&p| usable(p))
+    (1..TRAMPOLINE_LIMIT / PAGE_SIZE - TRAMPOLINE_PAGES).map(|p| p * PAGE_SIZE).find(|&p| usable(p))
 }
 
 /// The boot CPU's control state, which every AP copies.
@@ -217,9 +215,38 @@ static AP_STARTED: AtomicBool = AtomicBool::new(false);
 /// What [`init`] found, for the boot report.
 static SUMMARY: spin::Mutex<Option<String>> = spin::Mutex::new(None);
 
+/// A closure given physical memory.
+pub type PhysAccess<'a> = dyn FnMut(&mut dyn PhysMemory) + 'a;
+
+/// What AP bring-up needs from the floors above `arch` (the boot facts, physical memory, kernel
+/// stacks, the IDT), handed in by `kernel::init` so that `arch` imports nothing above it.
+pub struct Support {
+    /// The bootloader's memory map.
+    pub regions: &'static [MemoryRegion],
+    /// Physical address of the ACPI RSDP, if the firmware has one.
+    pub rsdp: Option<u64>,
+    /// Virtual base of the physical-memory window.
+    pub window_offset: u64,
+    /// Whether the window maps `[pa, pa + len)`.
+    pub window_covers: fn(u64, u64) -> bool,
+    /// Runs a closure with physical memory (through the window, under the memory manager's lock).
+    pub with_phys: fn(&mut PhysAccess),
+    /// A kernel stack with a guard page, kept for the whole run: its top (`None`: out of memory).
+    pub kernel_stack: fn() -> Option<u64>,
+    /// Loads the IDT on the calling CPU.
+    pub load_idt: fn(),
+}
+
+static SUPPORT: spin::Once<Support> = spin::Once::new();
+
+fn support() -> &'static Support {
+    SUPPORT.get().expect("smp::init has run")
+}
+
 /// Finds the CPUs and starts every AP (see the module docs). Call once from `kernel::init`, on
 /// the boot CPU, after its APIC is up.
-pub fn init() {
+pub fn init(support: Support) {
+    SUPPORT.call_once(|| support);
     let summary = match start_all() {
         Ok(s) => s,
         Err(e) => alloc::format!("the boot CPU only ({e})"),
@@ -229,7 +256,7 @@ pub fn init() {
 }
 
 fn start_all() -> Result<String, String> {
-    let rsdp = crate::memory::boot_snapshot().rsdp.ok_or("no ACPI RSDP from the bootloader")?;
+    let rsdp = support().rsdp.ok_or("no ACPI RSDP from the bootloader")?;
     let madt = read_madt(rsdp)?;
     let own = apic::id();
     if madt.boot_apic_id != own {
@@ -273,16 +300,15 @@ fn install_trampoline(page: u64) {
     let len = offset_of(core::ptr::addr_of!(vmk_ap_trampoline_end)) as usize;
     // SAFETY: the two symbols delimit the trampoline's bytes in the kernel's read-only data.
     let code = unsafe { core::slice::from_raw_parts(start, len) };
-    let (pml4, pdpt, pd) = (page + PAGE, page + 2 * PAGE, page + 3 * PAGE);
+    let (pml4, pdpt, pd) = (page + PAGE_SIZE, page + 2 * PAGE_SIZE, page + 3 * PAGE_SIZE);
     let kernel_root = Cr3::read().0.start_address().as_u64();
     const PRESENT_WRITABLE: u64 = 0b11;
     const HUGE: u64 = 1 << 7;
-    crate::memory::with_mm(|mm| {
-        let w = &mut mm.window;
-        w.write_bytes(PhysAddr::new(page), &[0; PAGE as usize]);
+    (support().with_phys)(&mut |w| {
+        w.write_bytes(PhysAddr::new(page), &[0; PAGE_SIZE as usize]);
         w.write_bytes(PhysAddr::new(page), code);
         for table in [pml4, pdpt, pd] {
-            w.write_bytes(PhysAddr::new(table), &[0; PAGE as usize]);
+            w.write_bytes(PhysAddr::new(table), &[0; PAGE_SIZE as usize]);
         }
         w.write_u64(PhysAddr::new(pml4), pdpt | PRESENT_WRITABLE);
         w.write_u64(PhysAddr::new(pdpt), pd | PRESENT_WRITABLE);
@@ -302,10 +328,7 @@ fn install_trampoline(page: u64) {
 
 /// A kernel stack for a CPU, kept for the whole run; its top.
 fn cpu_stack() -> Result<u64, &'static str> {
-    let stack = KernelStack::new().ok_or("no kernel stack")?;
-    let top = stack.top();
-    core::mem::forget(stack);
-    Ok(top)
+    (support().kernel_stack)().ok_or("no kernel stack")
 }
 
 /// Waits until `done` or `ms` milliseconds passed; whether `done` held.
@@ -326,9 +349,9 @@ fn start_ap(page: u64, index: usize, apic_id: u32) -> Result<(), &'static str> {
     for slot in &AP_STACKS {
         slot.store(cpu_stack()?, Ordering::SeqCst);
     }
-    crate::memory::with_mm(|mm| {
-        mm.window.write_u64(PhysAddr::new(page + offset_of(core::ptr::addr_of!(vmk_ap_stack))), main);
-        mm.window.write_u64(PhysAddr::new(page + offset_of(core::ptr::addr_of!(vmk_ap_arg))), index as u64);
+    (support().with_phys)(&mut |w| {
+        w.write_u64(PhysAddr::new(page + offset_of(core::ptr::addr_of!(vmk_ap_stack))), main);
+        w.write_u64(PhysAddr::new(page + offset_of(core::ptr::addr_of!(vmk_ap_arg))), index as u64);
     });
     AP_STARTED.store(false, Ordering::SeqCst);
     if !apic::send_init(apic_id) {
@@ -371,7 +394,7 @@ extern "C" fn ap_main(index: u64) -> ! {
     unsafe { Msr::new(0x277).write(super::cpu::PAT_VALUE) };
     let [df, nmi, entry] = [0, 1, 2].map(|i| AP_STACKS[i].load(Ordering::SeqCst));
     super::gdt::init_ap(df, nmi, entry);
-    super::interrupts::init();
+    (support().load_idt)();
     super::user::init_ap(index as usize);
     apic::init_ap();
     percpu::set_online(index as usize);

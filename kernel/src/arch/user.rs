@@ -15,7 +15,7 @@
 //!   trap and SMAP enforced.
 //! - An exception from ring 3 arrives on the TSS's `RSP0` stack (a dedicated entry stack with a
 //!   guard page); the per-vector stub checks the saved CS: from ring 0 it jumps straight to the
-//!   kernel's own handler (`super::interrupts`), from ring 3 it records vector and error code and
+//!   kernel's own handler (`crate::trap`), from ring 3 it records vector and error code and
 //!   leaves through `enter_user`'s return path.
 //! - `sysretq` is used only when the return address is canonical and below the user limit (never a
 //!   non-canonical `rcx`, the classic `sysret` hazard); anything else returns with `iretq`.
@@ -25,6 +25,7 @@
 //!   state of host-abi §10.1.
 
 use core::arch::{asm, global_asm};
+use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
@@ -37,98 +38,64 @@ pub const USER_SS: u64 = 0x1b;
 /// The highest address a guest's `rip` may hold on return to ring 3 through `sysretq`.
 pub const SYSRET_LIMIT: u64 = 0x0000_7fff_ffff_f000;
 
-/// Saved user registers; the same layout as the contract's `GUEST_CONTEXT` (host-abi §8).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct UserContext {
-    pub rax: u64,
-    pub rbx: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub rbp: u64,
-    pub rsp: u64,
-    pub r8: u64,
-    pub r9: u64,
-    pub r10: u64,
-    pub r11: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
-    pub rip: u64,
-    pub rflags: u64,
+/// Saved user registers: the contract's `GUEST_CONTEXT` (host-abi §8), defined once in
+/// `host-abi`. The entry code below addresses its fields through `offset_of!`.
+pub type UserContext = host_abi::GuestContext;
+
+/// Bytes of a [`UserContext`] as it is written to guest memory.
+pub const USER_CONTEXT_SIZE: usize = size_of::<UserContext>();
+
+/// Every register of a [`UserContext`] with its offset in the `GUEST_CONTEXT` layout.
+macro_rules! context_fields {
+    ($m:ident) => {
+        $m!(rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, r8, r9, r10, r11, r12, r13, r14, r15, rip, rflags)
+    };
 }
 
-impl UserContext {
-    /// Size in bytes (18 registers).
-    pub const SIZE: usize = 18 * 8;
-
-    /// The registers as little-endian bytes, in `GUEST_CONTEXT` order.
-    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
-        let regs = self.regs();
-        let mut out = [0u8; Self::SIZE];
-        for (i, r) in regs.iter().enumerate() {
-            out[i * 8..i * 8 + 8].copy_from_slice(&r.to_le_bytes());
-        }
-        out
+/// The registers as little-endian bytes, in the `GUEST_CONTEXT` layout.
+pub fn context_to_bytes(context: &UserContext) -> [u8; USER_CONTEXT_SIZE] {
+    let mut out = [0u8; USER_CONTEXT_SIZE];
+    macro_rules! put {
+        ($($field:ident),*) => {
+            $(out[offset_of!(UserContext, $field)..][..8].copy_from_slice(&context.$field.to_le_bytes());)*
+        };
     }
+    context_fields!(put);
+    out
+}
 
-    /// The inverse of [`to_bytes`](Self::to_bytes).
-    pub fn from_bytes(b: &[u8; Self::SIZE]) -> UserContext {
-        let r = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        UserContext {
-            rax: r(0),
-            rbx: r(1),
-            rcx: r(2),
-            rdx: r(3),
-            rsi: r(4),
-            rdi: r(5),
-            rbp: r(6),
-            rsp: r(7),
-            r8: r(8),
-            r9: r(9),
-            r10: r(10),
-            r11: r(11),
-            r12: r(12),
-            r13: r(13),
-            r14: r(14),
-            r15: r(15),
-            rip: r(16),
-            rflags: r(17),
-        }
+/// The inverse of [`context_to_bytes`].
+pub fn context_from_bytes(bytes: &[u8; USER_CONTEXT_SIZE]) -> UserContext {
+    let read = |offset: usize| u64::from_le_bytes(bytes[offset..][..8].try_into().expect("8 bytes"));
+    macro_rules! get {
+        ($($field:ident),*) => {
+            UserContext { $($field: read(offset_of!(UserContext, $field))),* }
+        };
     }
-
-    fn regs(&self) -> [u64; 18] {
-        [
-            self.rax, self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.rbp, self.rsp, self.r8, self.r9, self.r10,
-            self.r11, self.r12, self.r13, self.r14, self.r15, self.rip, self.rflags,
-        ]
-    }
+    context_fields!(get)
 }
 
 /// Per-CPU data the entry code reaches through GS (one CPU).
 #[repr(C)]
 struct PerCpu {
-    /// 0: kernel rsp saved by `enter_user`.
+    /// Kernel rsp saved by `enter_user`.
     kernel_rsp: u64,
-    /// 8: the user rsp at `syscall`.
+    /// The user rsp at `syscall`.
     user_rsp: u64,
-    /// 16: `*mut UserContext` of the running guest.
+    /// `*mut UserContext` of the running guest.
     context: u64,
-    /// 24: scratch.
+    /// Scratch.
     scratch: u64,
-    /// 32: vector of the last user exception.
+    /// Vector of the last user exception.
     vector: u64,
-    /// 40: its error code.
+    /// Its error code.
     error_code: u64,
-    /// 48: this CPU's index in `super::percpu` (0 for the boot CPU).
+    /// This CPU's index in `super::percpu` (0 for the boot CPU).
     cpu_index: u64,
 }
 
 /// Offset of [`PerCpu::cpu_index`] from the GS base (read by `super::percpu`).
-pub(crate) const PER_CPU_INDEX_OFFSET: usize = 48;
+pub(crate) const PER_CPU_INDEX_OFFSET: usize = offset_of!(PerCpu, cpu_index);
 
 static mut PER_CPU: PerCpu =
     PerCpu { kernel_rsp: 0, user_rsp: 0, context: 0, scratch: 0, vector: 0, error_code: 0, cpu_index: 0 };
@@ -162,40 +129,40 @@ const EXIT_EXCEPTION: u64 = 2;
 global_asm!(
     r#"
     .text
-    # Stores every general register but rax and rsp into the UserContext at rax (the GUEST_CONTEXT
-    # layout: rax 0, rbx 8, rcx 16, rdx 24, rsi 32, rdi 40, rbp 48, rsp 56, r8..r15 64..120).
+    # Stores every general register but rax and rsp into the UserContext at rax (c_*: the
+    # GUEST_CONTEXT field offsets; pc_*: the PerCpu field offsets from the GS base).
     .macro vmk_save_gprs
-    mov [rax + 8], rbx
-    mov [rax + 16], rcx
-    mov [rax + 24], rdx
-    mov [rax + 32], rsi
-    mov [rax + 40], rdi
-    mov [rax + 48], rbp
-    mov [rax + 64], r8
-    mov [rax + 72], r9
-    mov [rax + 80], r10
-    mov [rax + 88], r11
-    mov [rax + 96], r12
-    mov [rax + 104], r13
-    mov [rax + 112], r14
-    mov [rax + 120], r15
+    mov [rax + {c_rbx}], rbx
+    mov [rax + {c_rcx}], rcx
+    mov [rax + {c_rdx}], rdx
+    mov [rax + {c_rsi}], rsi
+    mov [rax + {c_rdi}], rdi
+    mov [rax + {c_rbp}], rbp
+    mov [rax + {c_r8}], r8
+    mov [rax + {c_r9}], r9
+    mov [rax + {c_r10}], r10
+    mov [rax + {c_r11}], r11
+    mov [rax + {c_r12}], r12
+    mov [rax + {c_r13}], r13
+    mov [rax + {c_r14}], r14
+    mov [rax + {c_r15}], r15
     .endm
 
     # Loads every general register but rcx, r11 (whose values differ between the iretq and the
     # sysretq return), rsp and rdi (the context pointer, loaded last) from the UserContext at rdi.
     .macro vmk_load_gprs
-    mov rax, [rdi + 0]
-    mov rbx, [rdi + 8]
-    mov rdx, [rdi + 24]
-    mov rsi, [rdi + 32]
-    mov rbp, [rdi + 48]
-    mov r8, [rdi + 64]
-    mov r9, [rdi + 72]
-    mov r10, [rdi + 80]
-    mov r12, [rdi + 96]
-    mov r13, [rdi + 104]
-    mov r14, [rdi + 112]
-    mov r15, [rdi + 120]
+    mov rax, [rdi + {c_rax}]
+    mov rbx, [rdi + {c_rbx}]
+    mov rdx, [rdi + {c_rdx}]
+    mov rsi, [rdi + {c_rsi}]
+    mov rbp, [rdi + {c_rbp}]
+    mov r8, [rdi + {c_r8}]
+    mov r9, [rdi + {c_r9}]
+    mov r10, [rdi + {c_r10}]
+    mov r12, [rdi + {c_r12}]
+    mov r13, [rdi + {c_r13}]
+    mov r14, [rdi + {c_r14}]
+    mov r15, [rdi + {c_r15}]
     .endm
 
     .global vmk_enter_user
@@ -206,27 +173,27 @@ vmk_enter_user:
     push r13
     push r14
     push r15
-    mov gs:[0], rsp
-    mov gs:[16], rdi
+    mov gs:[{pc_kernel_rsp}], rsp
+    mov gs:[{pc_context}], rdi
     test rsi, rsi
     jnz 2f
     push {user_ss}
-    push qword ptr [rdi + 56]
-    push qword ptr [rdi + 136]
+    push qword ptr [rdi + {c_rsp}]
+    push qword ptr [rdi + {c_rflags}]
     push {user_cs}
-    push qword ptr [rdi + 128]
+    push qword ptr [rdi + {c_rip}]
     vmk_load_gprs
-    mov rcx, [rdi + 16]
-    mov r11, [rdi + 88]
-    mov rdi, [rdi + 40]
+    mov rcx, [rdi + {c_rcx}]
+    mov r11, [rdi + {c_r11}]
+    mov rdi, [rdi + {c_rdi}]
     swapgs
     iretq
 2:
     vmk_load_gprs
-    mov rcx, [rdi + 128]
-    mov r11, [rdi + 136]
-    mov rsp, [rdi + 56]
-    mov rdi, [rdi + 40]
+    mov rcx, [rdi + {c_rip}]
+    mov r11, [rdi + {c_rflags}]
+    mov rsp, [rdi + {c_rsp}]
+    mov rdi, [rdi + {c_rdi}]
     swapgs
     sysretq
 
@@ -242,17 +209,17 @@ vmk_enter_user_exit:
     .global vmk_syscall_entry
 vmk_syscall_entry:
     swapgs
-    mov gs:[8], rsp
-    mov rsp, gs:[0]
-    mov gs:[24], rax
-    mov rax, gs:[16]
+    mov gs:[{pc_user_rsp}], rsp
+    mov rsp, gs:[{pc_kernel_rsp}]
+    mov gs:[{pc_scratch}], rax
+    mov rax, gs:[{pc_context}]
     vmk_save_gprs
-    mov [rax + 128], rcx
-    mov [rax + 136], r11
-    mov rbx, gs:[8]
-    mov [rax + 56], rbx
-    mov rbx, gs:[24]
-    mov [rax + 0], rbx
+    mov [rax + {c_rip}], rcx
+    mov [rax + {c_rflags}], r11
+    mov rbx, gs:[{pc_user_rsp}]
+    mov [rax + {c_rsp}], rbx
+    mov rbx, gs:[{pc_scratch}]
+    mov [rax + {c_rax}], rbx
     mov eax, {exit_syscall}
     jmp vmk_enter_user_exit
 
@@ -266,22 +233,22 @@ vmk_user_exception:
     clac
 1:
     swapgs
-    mov gs:[24], rax
-    mov rax, gs:[16]
+    mov gs:[{pc_scratch}], rax
+    mov rax, gs:[{pc_context}]
     vmk_save_gprs
-    mov rbx, gs:[24]
-    mov [rax + 0], rbx
+    mov rbx, gs:[{pc_scratch}]
+    mov [rax + {c_rax}], rbx
     mov rbx, [rsp]
-    mov gs:[32], rbx
+    mov gs:[{pc_vector}], rbx
     mov rbx, [rsp + 8]
-    mov gs:[40], rbx
+    mov gs:[{pc_error_code}], rbx
     mov rbx, [rsp + 16]
-    mov [rax + 128], rbx
+    mov [rax + {c_rip}], rbx
     mov rbx, [rsp + 32]
-    mov [rax + 136], rbx
+    mov [rax + {c_rflags}], rbx
     mov rbx, [rsp + 40]
-    mov [rax + 56], rbx
-    mov rsp, gs:[0]
+    mov [rax + {c_rsp}], rbx
+    mov rsp, gs:[{pc_kernel_rsp}]
     mov eax, {exit_exception}
     jmp vmk_enter_user_exit
 "#,
@@ -289,10 +256,34 @@ vmk_user_exception:
     user_cs = const USER_CS,
     exit_syscall = const EXIT_SYSCALL,
     exit_exception = const EXIT_EXCEPTION,
+    c_rax = const offset_of!(UserContext, rax),
+    c_rbx = const offset_of!(UserContext, rbx),
+    c_rcx = const offset_of!(UserContext, rcx),
+    c_rdx = const offset_of!(UserContext, rdx),
+    c_rsi = const offset_of!(UserContext, rsi),
+    c_rdi = const offset_of!(UserContext, rdi),
+    c_rbp = const offset_of!(UserContext, rbp),
+    c_rsp = const offset_of!(UserContext, rsp),
+    c_r8 = const offset_of!(UserContext, r8),
+    c_r9 = const offset_of!(UserContext, r9),
+    c_r10 = const offset_of!(UserContext, r10),
+    c_r11 = const offset_of!(UserContext, r11),
+    c_r12 = const offset_of!(UserContext, r12),
+    c_r13 = const offset_of!(UserContext, r13),
+    c_r14 = const offset_of!(UserContext, r14),
+    c_r15 = const offset_of!(UserContext, r15),
+    c_rip = const offset_of!(UserContext, rip),
+    c_rflags = const offset_of!(UserContext, rflags),
+    pc_kernel_rsp = const offset_of!(PerCpu, kernel_rsp),
+    pc_user_rsp = const offset_of!(PerCpu, user_rsp),
+    pc_context = const offset_of!(PerCpu, context),
+    pc_scratch = const offset_of!(PerCpu, scratch),
+    pc_vector = const offset_of!(PerCpu, vector),
+    pc_error_code = const offset_of!(PerCpu, error_code),
 );
 
 /// Declares the ring-3-capable entry stubs of the exception vectors: from ring 0 a stub jumps to
-/// the kernel's handler `kexc_<name>` (defined in `super::interrupts`), from ring 3 it goes to
+/// the kernel's handler `kexc_<name>` (defined in `crate::trap`), from ring 3 it goes to
 /// `vmk_user_exception` with the vector and error code on the stack. Also declares
 /// [`vector_stubs`], the stub address of each vector, for the IDT.
 macro_rules! user_vector_stubs {

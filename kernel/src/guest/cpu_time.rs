@@ -7,14 +7,16 @@
 //! `crate::arch::apic`); a guest cannot avoid those ticks, as it runs with interrupts on and
 //! `cli` is privileged in ring 3. Past the limit the guest ends with [`HOST_E_TIMEOUT`].
 
-use super::hresult::HOST_E_TIMEOUT;
+use super::hresult::{self, HOST_E_TIMEOUT};
 use crate::arch::time;
 
 /// Set by [`set_limit_for_test`]: the limit in nanoseconds instead of the configuration's.
+#[cfg(feature = "test-hooks")]
 static LIMIT_OVERRIDE: spin::Mutex<Option<Option<u64>>> = spin::Mutex::new(None);
 
-/// For QEMU test images, which cannot pass fw_cfg: guests started from now on have `limit_ms`
+/// For QEMU test images (`test-hooks` feature), which cannot pass fw_cfg: guests started from now on have `limit_ms`
 /// milliseconds of CPU time (`None`: no limit).
+#[cfg(feature = "test-hooks")]
 pub fn set_limit_for_test(limit_ms: Option<u64>) {
     *LIMIT_OVERRIDE.lock() = Some(limit_ms.map(|ms| ms.saturating_mul(1_000_000)));
 }
@@ -22,6 +24,7 @@ pub fn set_limit_for_test(limit_ms: Option<u64>) {
 /// The CPU-time limit of a guest in nanoseconds, if there is one: a test's override, else the
 /// boot configuration's `guest_cpu_limit_s` (0 = none).
 pub fn limit_ns() -> Option<u64> {
+    #[cfg(feature = "test-hooks")]
     if let Some(limit) = *LIMIT_OVERRIDE.lock() {
         return limit;
     }
@@ -59,6 +62,6 @@ impl CpuClock {
             limit / 1_000_000,
             used / 1_000_000
         );
-        Err(HOST_E_TIMEOUT as i32)
+        Err(hresult::to_exit_code(HOST_E_TIMEOUT))
     }
 }

@@ -32,24 +32,31 @@
 
 use address_space::FaultOutcome;
 use address_space::win32::*;
+use x86_64::align_down;
 
 use super::host_pages::{Stub, stub};
-use super::{Ended, Guest, PAGE};
-use crate::arch::user::{FpuImage, UserContext, fpu_image_size, reset_user_state, sanitize_rflags};
+use super::{Ended, Guest, PAGE_SIZE};
+use crate::arch::user::{
+    FpuImage, USER_CONTEXT_SIZE, UserContext, context_from_bytes, context_to_bytes, fpu_image_size, reset_user_state,
+    sanitize_rflags,
+};
 
-/// NTSTATUS codes (host-abi §8, §9, §10.1).
+/// NTSTATUS codes (host-abi §8, §9, §10.1): host-abi's where the contract names them; the
+/// x87/SSE and bound-range codes Windows raises besides are defined here.
 pub mod status {
-    pub const ACCESS_VIOLATION: u32 = 0xC000_0005;
-    pub const GUARD_PAGE_VIOLATION: u32 = 0x8000_0001;
-    pub const STACK_OVERFLOW: u32 = 0xC000_00FD;
-    pub const ILLEGAL_INSTRUCTION: u32 = 0xC000_001D;
-    pub const PRIVILEGED_INSTRUCTION: u32 = 0xC000_0096;
-    pub const INTEGER_DIVIDE_BY_ZERO: u32 = 0xC000_0094;
-    pub const INTEGER_OVERFLOW: u32 = 0xC000_0095;
+    use host_abi::win32;
+
+    pub const ACCESS_VIOLATION: u32 = win32::STATUS_ACCESS_VIOLATION;
+    pub const GUARD_PAGE_VIOLATION: u32 = win32::STATUS_GUARD_PAGE_VIOLATION;
+    pub const STACK_OVERFLOW: u32 = win32::STATUS_STACK_OVERFLOW;
+    pub const ILLEGAL_INSTRUCTION: u32 = win32::STATUS_ILLEGAL_INSTRUCTION;
+    pub const PRIVILEGED_INSTRUCTION: u32 = win32::STATUS_PRIVILEGED_INSTRUCTION;
+    pub const INTEGER_DIVIDE_BY_ZERO: u32 = win32::STATUS_INTEGER_DIVIDE_BY_ZERO;
+    pub const INTEGER_OVERFLOW: u32 = win32::STATUS_INTEGER_OVERFLOW;
+    pub const BREAKPOINT: u32 = win32::STATUS_BREAKPOINT;
+    pub const SINGLE_STEP: u32 = win32::STATUS_SINGLE_STEP;
+    pub const DATATYPE_MISALIGNMENT: u32 = win32::STATUS_DATATYPE_MISALIGNMENT;
     pub const ARRAY_BOUNDS_EXCEEDED: u32 = 0xC000_008C;
-    pub const BREAKPOINT: u32 = 0x8000_0003;
-    pub const SINGLE_STEP: u32 = 0x8000_0004;
-    pub const DATATYPE_MISALIGNMENT: u32 = 0x8000_0002;
     pub const FLOAT_DENORMAL_OPERAND: u32 = 0xC000_008D;
     pub const FLOAT_DIVIDE_BY_ZERO: u32 = 0xC000_008E;
     pub const FLOAT_INEXACT_RESULT: u32 = 0xC000_008F;
@@ -60,7 +67,7 @@ pub mod status {
 }
 
 /// Size of GUEST_EXCEPTION.
-const EXCEPTION_RECORD_SIZE: u64 = 32;
+const EXCEPTION_RECORD_SIZE: u64 = size_of::<host_abi::GuestException>() as u64;
 /// The red zone below a faulting `rsp` that exception delivery leaves alone.
 const RED_ZONE: u64 = 128;
 const ALL_ONES: u64 = u64::MAX;
@@ -151,7 +158,7 @@ impl Guest {
         let e = |code| Some(GuestException { code, access: access.code(), address: addr });
         match outcome {
             FaultOutcome::Resolved => None,
-            FaultOutcome::GuardPage { .. } if (self.stack.0..self.stack.1).contains(&addr) => match self.grow_stack(addr & !(PAGE - 1)) {
+            FaultOutcome::GuardPage { .. } if (self.stack.0..self.stack.1).contains(&addr) => match self.grow_stack(align_down(addr, PAGE_SIZE)) {
                 StackGrowth::Grown => None,
                 StackGrowth::Overflow => e(status::STACK_OVERFLOW),
             },
@@ -167,15 +174,15 @@ impl Guest {
     /// overflow too (as on Windows), with no pages added.
     pub(super) fn grow_stack(&self, page: u64) -> StackGrowth {
         let (low, _) = self.stack;
-        let below = page.wrapping_sub(PAGE);
+        let below = page.wrapping_sub(PAGE_SIZE);
         let level = address_space::CriticalLevel::Process;
-        if page >= low + 4 * PAGE
-            && self.space.with(|s, cx| s.virtual_alloc(cx, below, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, level)).is_ok()
+        if page >= low + 4 * PAGE_SIZE
+            && self.space.with(|s, cx| s.virtual_alloc(cx, below, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, level)).is_ok()
         {
             return StackGrowth::Grown;
         }
-        let cushion = low + PAGE;
-        if page > cushion && page < low + 4 * PAGE {
+        let cushion = low + PAGE_SIZE;
+        if page > cushion && page < low + 4 * PAGE_SIZE {
             // Best effort: without commit the handlers find no room and the guest ends with the code.
             let _ = self.space.with(|s, cx| s.virtual_alloc(cx, cushion, page - cushion, MEM_COMMIT, PAGE_READWRITE, level));
         }
@@ -211,7 +218,7 @@ impl Guest {
         );
         if op == Some(0x0f) && op2 == Some(0x34) {
             // sysenter: not how the host is called; fails cleanly and the guest continues.
-            context.rax = super::hresult::E_NOTIMPL as u64;
+            context.rax = super::hresult::to_rax(super::hresult::E_NOTIMPL);
             context.rip = context.rip.wrapping_add(i as u64 + 2);
             return None;
         }
@@ -277,10 +284,10 @@ impl Guest {
     pub(super) fn write_frame(&self, context: &UserContext, fpu: &FpuImage, payload: u64) -> Result<Frame, FrameError> {
         let size = fpu_image_size();
         let fpu_at = context.rsp.checked_sub(RED_ZONE + size as u64).ok_or(FrameError::NoRoom)? & !63;
-        let context_at = fpu_at.checked_sub(UserContext::SIZE as u64).ok_or(FrameError::NoRoom)?;
+        let context_at = fpu_at.checked_sub(USER_CONTEXT_SIZE as u64).ok_or(FrameError::NoRoom)?;
         let low = context_at.checked_sub(payload).ok_or(FrameError::NoRoom)? & !15;
         self.write_stack(fpu_at, &fpu.bytes[..size])?;
-        self.write_stack(context_at, &context.to_bytes())?;
+        self.write_stack(context_at, &context_to_bytes(context))?;
         Ok(Frame { fpu_at, context_at, low })
     }
 
@@ -290,7 +297,7 @@ impl Guest {
         let end = addr.checked_add(data.len() as u64).ok_or(FrameError::NoRoom)?;
         let mut top = end;
         while top > addr {
-            let start = (top.wrapping_sub(1) & !(PAGE - 1)).max(addr);
+            let start = align_down(top.wrapping_sub(1), PAGE_SIZE).max(addr);
             let piece = &data[(start - addr) as usize..(top - addr) as usize];
             self.write_stack_page(start, piece)?;
             top = start;
@@ -324,7 +331,7 @@ impl Guest {
     /// be changed; RFLAGS is sanitised (host-abi §9), the image made loadable, and a `rip`
     /// outside user space faults again as an execute access violation.
     pub(super) fn resume(&mut self, context: &mut UserContext, context_at: u64, fpu_at: u64) -> Result<(), Ended> {
-        let mut bytes = [0u8; UserContext::SIZE];
+        let mut bytes = [0u8; USER_CONTEXT_SIZE];
         let mut fpu = FpuImage::initial();
         let size = fpu_image_size();
         if self.read_bytes(context_at, &mut bytes).is_err() || self.read_bytes(fpu_at, &mut fpu.bytes[..size]).is_err() {
@@ -334,7 +341,7 @@ impl Guest {
         fpu.make_loadable();
         let loaded = fpu.load();
         debug_assert!(loaded, "a sanitised image loads");
-        let mut resumed = UserContext::from_bytes(&bytes);
+        let mut resumed = context_from_bytes(&bytes);
         resumed.rflags = sanitize_rflags(resumed.rflags);
         *context = resumed;
         self.note_stack(context.rsp);
@@ -371,9 +378,9 @@ impl Guest {
         }
         let u = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
         let e = GuestException { code: u32::from_le_bytes(r[0..4].try_into().expect("4 bytes")), access: u(8), address: u(16) };
-        let mut c = [0u8; UserContext::SIZE];
+        let mut c = [0u8; USER_CONTEXT_SIZE];
         let context = match self.read_bytes(u(24), &mut c) {
-            Ok(()) => UserContext::from_bytes(&c),
+            Ok(()) => context_from_bytes(&c),
             Err(_) => UserContext { rip: ALL_ONES, ..UserContext::default() },
         };
         self.unhandled(&context, e, "no handler took it")

@@ -17,54 +17,11 @@
 //! itself clobbers (caller-saved in the System V ABI).
 
 use core::arch::global_asm;
+use core::mem::offset_of;
 
-/// Where the host's pages live in every guest (64 KiB aligned, just below the top of user space).
-pub const HOST_BASE: u64 = 0x7FFF_FFFE_0000;
-/// The code page.
-pub const HOST_CODE: u64 = HOST_BASE;
-/// The data page.
-pub const HOST_DATA: u64 = HOST_BASE + 0x1000;
-/// The `IHostMemoryManager` object.
-pub const MANAGER_OBJECT: u64 = HOST_DATA;
-/// Its vtable.
-pub const MANAGER_VTABLE: u64 = HOST_DATA + 0x40;
-/// `HOST_SERVICES`.
-pub const HOST_SERVICES: u64 = HOST_DATA + 0x100;
-/// `sizeof(HOST_SERVICES)` (version 1, exactly the contract's layout).
-pub const HOST_SERVICES_SIZE: u32 = 96;
-/// Where the guest's argument string is kept (in the read-only data page, NUL-terminated). Its
-/// address is the entry point's third argument (`rdx`): a guest declared with the contract's two
-/// parameters simply ignores it (System V passes it in a register).
-pub const ARGS: u64 = HOST_DATA + 0x200;
-/// Longest argument string.
-pub const ARGS_MAX: usize = 0xE00 - 1;
-
-/// System-call numbers used by the stubs (private to the host; guests call through the stubs).
-pub mod nr {
-    pub const EXIT: u64 = 0;
-    pub const WRITE: u64 = 1;
-    pub const TICKS_NS: u64 = 2;
-    pub const ADD_VEH: u64 = 3;
-    pub const REMOVE_VEH: u64 = 4;
-    pub const GET_WRITE_WATCH: u64 = 5;
-    pub const RESET_WRITE_WATCH: u64 = 6;
-    pub const QUERY_COMMIT: u64 = 7;
-    /// `probe(ptr, len, write)`: used by the host library to check guest pointers.
-    pub const PROBE: u64 = 9;
-    /// `exception_handler(index)`: the `index`-th vectored handler in call order, or 0 (used by
-    /// the exception dispatcher).
-    pub const EXCEPTION_HANDLER: u64 = 10;
-    /// `continue(context, fpu_image)`: resumes with a context and register image from guest
-    /// memory, checked (NtContinue).
-    pub const CONTINUE: u64 = 11;
-    /// `unhandled(record)`: no handler took the exception; the guest ends with its code.
-    pub const UNHANDLED: u64 = 12;
-    /// `callbacks_done(context, fpu_image, notified)`: the callbacks of a host call ran; resumes
-    /// as `continue` does (and delivers a band change that happened meanwhile).
-    pub const CALLBACKS_DONE: u64 = 13;
-    /// `IHostMemoryManager` method `i` (vtable slot) is `MANAGER + i`.
-    pub const MANAGER: u64 = 16;
-}
+use host_abi::HostServices;
+pub use host_abi::host::{ARGS, ARGS_MAX, HOST_BASE, HOST_CODE, HOST_DATA, HOST_SERVICES, HOST_SERVICES_SIZE, MANAGER_OBJECT, MANAGER_VTABLE, nr};
+use host_abi::win32::{ALLOCATION_GRANULARITY, PAGE_SIZE};
 
 global_asm!(
     r#"
@@ -314,41 +271,45 @@ fn stub_at(index: usize) -> u64 {
 }
 
 /// The code page's bytes (the stubs), padded to a page.
-pub fn code_page() -> [u8; 4096] {
+pub fn code_page() -> [u8; PAGE_SIZE as usize] {
     // SAFETY: start and end delimit the stub bytes in the kernel's read-only data.
     let code = unsafe {
         let start = vmk_host_code_start.as_ptr();
         let len = vmk_host_code_end.as_ptr() as usize - start as usize;
         core::slice::from_raw_parts(start, len)
     };
-    let mut page = [0xCCu8; 4096]; // int3 padding
+    let mut page = [0xCCu8; PAGE_SIZE as usize]; // int3 padding
     page[..code.len()].copy_from_slice(code);
     page
 }
 
+/// Slots of the `IHostMemoryManager` vtable.
+const VTABLE_SLOTS: usize = size_of::<host_abi::HostMemoryManagerVtbl>() / 8;
+
 /// The data page's bytes: manager object, vtable, HOST_SERVICES (host-abi §3, §7).
 /// `create_malloc` is the host library's `CreateMalloc` (vtable slot 3 is ring-3 code, not a
 /// system call: the heaps live in guest memory).
-pub fn data_page(max_application_address: u64, create_malloc: u64, args: &[u8]) -> [u8; 4096] {
-    let mut page = [0u8; 4096];
+pub fn data_page(max_application_address: u64, create_malloc: u64, args: &[u8]) -> [u8; PAGE_SIZE as usize] {
+    let mut page = [0u8; PAGE_SIZE as usize];
     let mut put = |off: usize, v: u64| page[off..off + 8].copy_from_slice(&v.to_le_bytes());
-    put(0, MANAGER_VTABLE);
-    for slot in 0..13 {
-        put(0x40 + slot * 8, if slot == 3 { create_malloc } else { stub_at(Stub::Manager0 as usize + slot) });
+    put((MANAGER_OBJECT - HOST_DATA) as usize, MANAGER_VTABLE);
+    for slot in 0..VTABLE_SLOTS {
+        put((MANAGER_VTABLE - HOST_DATA) as usize + slot * 8, if slot == 3 { create_malloc } else { stub_at(Stub::Manager0 as usize + slot) });
     }
     let s = (HOST_SERVICES - HOST_DATA) as usize;
-    put(s, HOST_SERVICES_SIZE as u64 | (1u64 << 32)); // cbSize, version
-    put(s + 8, 4096 | (65536u64 << 32)); // page_size, allocation_granularity
-    put(s + 16, 0x1_0000);
-    put(s + 24, max_application_address);
-    put(s + 32, stub(Stub::Write));
-    put(s + 40, stub(Stub::Exit));
-    put(s + 48, stub(Stub::TicksNs));
-    put(s + 56, stub(Stub::AddVeh));
-    put(s + 64, stub(Stub::RemoveVeh));
-    put(s + 72, stub(Stub::GetWriteWatch));
-    put(s + 80, stub(Stub::ResetWriteWatch));
-    put(s + 88, stub(Stub::QueryCommit));
+    let mut field = |off: usize, v: u64| put(s + off, v);
+    field(offset_of!(HostServices, cb_size), HOST_SERVICES_SIZE as u64 | (1u64 << 32)); // cbSize, version
+    field(offset_of!(HostServices, page_size), PAGE_SIZE | (ALLOCATION_GRANULARITY << 32)); // page_size, allocation_granularity
+    field(offset_of!(HostServices, min_application_address), ALLOCATION_GRANULARITY); // the lowest 64 KiB are never mapped
+    field(offset_of!(HostServices, max_application_address), max_application_address);
+    field(offset_of!(HostServices, write), stub(Stub::Write));
+    field(offset_of!(HostServices, exit), stub(Stub::Exit));
+    field(offset_of!(HostServices, ticks_ns), stub(Stub::TicksNs));
+    field(offset_of!(HostServices, add_vectored_exception_handler), stub(Stub::AddVeh));
+    field(offset_of!(HostServices, remove_vectored_exception_handler), stub(Stub::RemoveVeh));
+    field(offset_of!(HostServices, get_write_watch), stub(Stub::GetWriteWatch));
+    field(offset_of!(HostServices, reset_write_watch), stub(Stub::ResetWriteWatch));
+    field(offset_of!(HostServices, query_commit), stub(Stub::QueryCommit));
     let args = &args[..args.len().min(ARGS_MAX)];
     let a = (ARGS - HOST_DATA) as usize;
     page[a..a + args.len()].copy_from_slice(args);

@@ -4,37 +4,43 @@
 
 use address_space::VmError;
 
-/// S_OK.
-pub const S_OK: u32 = 0;
-/// E_OUTOFMEMORY.
-pub const E_OUTOFMEMORY: u32 = 0x8007_000E;
-/// E_INVALIDARG (= HRESULT_FROM_WIN32(ERROR_INVALID_PARAMETER)).
-pub const E_INVALIDARG: u32 = 0x8007_0057;
-/// E_POINTER.
-pub const E_POINTER: u32 = 0x8000_4003;
-/// E_NOINTERFACE.
-pub const E_NOINTERFACE: u32 = 0x8000_4002;
-/// E_NOTIMPL.
-pub const E_NOTIMPL: u32 = 0x8000_4001;
-/// E_FAIL.
-pub const E_FAIL: u32 = 0x8000_4005;
-/// HOST_E_CLRNOTAVAILABLE.
-pub const HOST_E_CLRNOTAVAILABLE: u32 = 0x8013_1023;
-/// HOST_E_TIMEOUT: the exit code of a guest ended at its CPU-time limit (host-abi §10.1).
-pub const HOST_E_TIMEOUT: u32 = 0x8013_1024;
+pub use host_abi::HResult;
+
+/// The HRESULTs the guest layer returns, host-abi's values.
+macro_rules! codes {
+    ($($name:ident),*) => {
+        $(#[doc = concat!("`", stringify!($name), "` (host-abi).")] pub const $name: HResult = HResult::$name;)*
+    };
+}
+
+codes!(S_OK, E_OUTOFMEMORY, E_INVALIDARG, E_POINTER, E_NOINTERFACE, E_NOTIMPL, E_FAIL, HOST_E_CLRNOTAVAILABLE, HOST_E_TIMEOUT);
 
 /// HRESULT_FROM_WIN32.
-pub const fn from_win32(e: u32) -> u32 {
-    if e == 0 { 0 } else { 0x8007_0000 | (e & 0xFFFF) }
+pub const fn from_win32(e: u32) -> HResult {
+    HResult::from_win32(e)
+}
+
+/// ERROR_NOACCESS as an HRESULT.
+pub const E_NOACCESS: HResult = from_win32(host_abi::win32::ERROR_NOACCESS);
+
+/// The value a system call returns in `rax` for `h`: its 32 bits, zero-extended (the guest reads
+/// `eax`).
+pub const fn to_rax(h: HResult) -> u64 {
+    h.0 as u32 as u64
+}
+
+/// A guest's exit code for `h` (the guest ends as if it had called `exit(h)`).
+pub const fn to_exit_code(h: HResult) -> i32 {
+    h.0
 }
 
 /// The HRESULT for a failed address-space call.
-pub const fn from_vm(e: VmError) -> u32 {
+pub const fn from_vm(e: VmError) -> HResult {
     match e {
         // Exhaustion of commit, frames or address space (host-abi §4).
         VmError::NoMemory | VmError::CommitmentLimit => E_OUTOFMEMORY,
         // A guard page hit by the kernel on the guest's behalf surfaces unchanged (§9).
-        VmError::GuardPage => e.win32_code(),
+        VmError::GuardPage => HResult(e.win32_code() as i32),
         VmError::InvalidParameter
         | VmError::InvalidProtection
         | VmError::UnableToFree

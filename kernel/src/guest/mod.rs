@@ -23,7 +23,10 @@ pub mod cpu_time;
 pub mod exceptions;
 pub mod host_pages;
 pub mod hresult;
+mod manager;
+mod notification;
 pub mod ramdisk;
+mod services;
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -32,12 +35,12 @@ use alloc::vec::Vec;
 use address_space::win32::*;
 use address_space::{AllocationKind, CriticalLevel, SpaceConfig, VmError};
 use guest_loader::{Image, Policy, Rights};
+use x86_64::align_down;
 
 use crate::arch::user::{UserContext, UserExit, enter_user};
 use crate::memory::Space;
 use host_pages::{HOST_BASE, HOST_SERVICES, MANAGER_OBJECT, Stub, stub};
 
-const PAGE: u64 = 4096;
 /// Where a static-PIE guest is placed (the default image base of 64-bit Windows executables).
 pub const PIE_BASE: u64 = 0x1_4000_0000;
 /// Reserved size of a guest's stack.
@@ -117,17 +120,20 @@ fn map_image(space: &Space, image: &Image<'_>, host_owned: bool) -> Result<u64, 
 }
 
 /// Set by [`set_guest_args_for_test`]: the argument string instead of fw_cfg's.
+#[cfg(feature = "test-hooks")]
 static GUEST_ARGS_OVERRIDE: spin::Mutex<Option<Vec<u8>>> = spin::Mutex::new(None);
 
-/// For QEMU test images, which cannot pass fw_cfg: guests loaded from now on get `args` as their
+/// For QEMU test images (`test-hooks` feature), which cannot pass fw_cfg: guests loaded from now on get `args` as their
 /// argument string (an empty string is an empty argument string).
+#[cfg(feature = "test-hooks")]
 pub fn set_guest_args_for_test(args: &str) {
     *GUEST_ARGS_OVERRIDE.lock() = Some(args.as_bytes().to_vec());
 }
 
 /// The argument string every guest gets (`run-qemu.sh --guest-args "..."`, QEMU's fw_cfg file
-/// `opt/vmk/args`, or what a test set with [`set_guest_args_for_test`]); empty without one.
+/// `opt/vmk/args`, or what a test set with `set_guest_args_for_test` (`test-hooks`)); empty without one.
 pub fn guest_args() -> Vec<u8> {
+    #[cfg(feature = "test-hooks")]
     if let Some(args) = GUEST_ARGS_OVERRIDE.lock().as_ref() {
         return args.clone();
     }
@@ -176,8 +182,9 @@ pub struct Guest {
     acquired: Vec<(u64, u64)>,
     /// The registered `ICLRMemoryNotificationCallback` object, if any.
     callback: Option<u64>,
-    /// The memory band last reported (or current at registration): 1 low, 2 neutral, 3 high.
-    band: u32,
+    /// The memory band last reported (or current at registration); `None` before a callback is
+    /// registered.
+    band: Option<host_abi::MemoryAvailable>,
     /// CPU time used and its limit (started when the guest starts running).
     cpu: cpu_time::CpuClock,
 }
@@ -220,11 +227,11 @@ impl Guest {
             .with(|s, cx| s.virtual_alloc(cx, 0, STACK_RESERVE, MEM_RESERVE | MEM_TOP_DOWN, PAGE_READWRITE, CriticalLevel::Process))
             .map_err(|e| fail("reserving the stack", e))?;
         let stack_top = stack_base + STACK_RESERVE;
-        let committed = stack_top - STACK_INITIAL_PAGES * PAGE;
+        let committed = stack_top - STACK_INITIAL_PAGES * PAGE_SIZE;
         space
             .with(|s, cx| {
-                s.virtual_alloc(cx, committed, STACK_INITIAL_PAGES * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process)?;
-                s.virtual_alloc(cx, committed - PAGE, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Process)?;
+                s.virtual_alloc(cx, committed, STACK_INITIAL_PAGES * PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process)?;
+                s.virtual_alloc(cx, committed - PAGE_SIZE, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Process)?;
                 // The entry point is called: its return address leads to `exit(eax)`.
                 s.write_user(cx, stack_top - 8, &stub(Stub::GuestReturn).to_le_bytes())
             })
@@ -253,7 +260,7 @@ impl Guest {
             poisoned: false,
             acquired: Vec::new(),
             callback: None,
-            band: 0,
+            band: None,
             cpu: cpu_time::CpuClock::start(),
         })
     }
@@ -337,15 +344,15 @@ impl Guest {
     /// access check cleared the stack's guard, that page is where the guard was.
     fn stack_bottom_in(&self, addr: u64, len: u64) -> Option<u64> {
         let (low, high) = self.stack;
-        let start = addr.max(low) & !(PAGE - 1);
+        let start = align_down(addr.max(low), PAGE_SIZE);
         let end = addr.saturating_add(len.max(1)).min(high);
         let mut page = start;
         while page < end {
-            let below_reserved = page > low && self.space.virtual_query(page - PAGE).is_ok_and(|q| q.state == MEM_RESERVE);
+            let below_reserved = page > low && self.space.virtual_query(page - PAGE_SIZE).is_ok_and(|q| q.state == MEM_RESERVE);
             if below_reserved && self.space.virtual_query(page).is_ok_and(|q| q.state == MEM_COMMIT) {
                 return Some(page);
             }
-            page += PAGE;
+            page += PAGE_SIZE;
         }
         None
     }
@@ -357,6 +364,16 @@ impl Guest {
 
     fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), VmError> {
         self.with_stack_growth(addr, data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, addr, data)))
+    }
+
+    /// Writes a call's result to a guest out-pointer, dropping a failure: that is the contract
+    /// of every caller. A result goes to a pointer the call checked writable before changing
+    /// anything (`out_pointer`, `check_writable`), and the guest runs no code in between, so the
+    /// write cannot fail; the NULL a failed call stores (host-abi §9) is best effort, the call's
+    /// own error being what the caller sees; `query_commit` returns nothing to report a failure
+    /// with (Windows' `void` functions ignore a bad buffer the same way).
+    fn put_result(&self, addr: u64, data: &[u8]) {
+        let _ = self.write_bytes(addr, data);
     }
 
     fn read_u64(&self, addr: u64) -> Result<u64, VmError> {

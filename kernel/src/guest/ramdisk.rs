@@ -14,6 +14,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use address_space::PAGE_SIZE;
 use address_space::PhysMemory;
 use x86_64::PhysAddr;
 
@@ -43,7 +44,7 @@ pub fn read() -> Option<Result<Vec<u8>, String>> {
     }
     let mut out = alloc::vec![0u8; len as usize];
     crate::memory::with_mm(|mm| {
-        for (i, chunk) in out.chunks_mut(4096).enumerate() {
+        for (i, chunk) in out.chunks_mut(PAGE_SIZE as usize).enumerate() {
             mm.window.read_bytes(PhysAddr::new(pages[i]), chunk);
         }
     });

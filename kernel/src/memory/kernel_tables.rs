@@ -31,8 +31,10 @@
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
+use address_space::PAGE_SIZE;
 use address_space::PhysMemory;
 use address_space::frame::FrameAllocator;
+use x86_64::align_down;
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::{
     Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as F, PhysFrame, Size2MiB, Size4KiB, Translate,
@@ -114,7 +116,6 @@ fn read_segments(window: &PhysWindow, elf_phys: u64, elf_len: u64) -> Vec<Segmen
         .collect()
 }
 
-const PAGE: u64 = 4096;
 
 /// Builds the kernel's PML4 as described in the module docs and returns it; CR3 is not changed.
 ///
@@ -137,9 +138,9 @@ pub unsafe fn build(frames: &mut FrameAllocator, window: &mut PhysWindow, snapsh
     let segments = read_segments(window, snapshot.kernel_phys, snapshot.kernel_len);
     let mut pages: alloc::collections::BTreeMap<u64, F> = alloc::collections::BTreeMap::new();
     for s in segments.iter().filter(|s| s.kind == PT_LOAD && s.memsz > 0) {
-        let start = (snapshot.kernel_image_offset + s.vaddr) & !(PAGE - 1);
-        let end = (snapshot.kernel_image_offset + s.vaddr + s.memsz).div_ceil(PAGE) * PAGE;
-        for page in (start..end).step_by(PAGE as usize) {
+        let start = align_down(snapshot.kernel_image_offset + s.vaddr, PAGE_SIZE);
+        let end = (snapshot.kernel_image_offset + s.vaddr + s.memsz).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        for page in (start..end).step_by(PAGE_SIZE as usize) {
             let mut f = F::PRESENT | F::GLOBAL;
             if s.flags & PF_W != 0 {
                 f |= F::WRITABLE;
@@ -163,9 +164,9 @@ pub unsafe fn build(frames: &mut FrameAllocator, window: &mut PhysWindow, snapsh
     // RELRO: pages wholly inside it become read-only once relocated (the bootloader has applied
     // the relocations by now).
     for s in segments.iter().filter(|s| s.kind == PT_GNU_RELRO) {
-        let start = (snapshot.kernel_image_offset + s.vaddr).div_ceil(PAGE) * PAGE;
-        let end = (snapshot.kernel_image_offset + s.vaddr + s.memsz) & !(PAGE - 1);
-        for page in (start..end).step_by(PAGE as usize) {
+        let start = (snapshot.kernel_image_offset + s.vaddr).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let end = align_down(snapshot.kernel_image_offset + s.vaddr + s.memsz, PAGE_SIZE);
+        for page in (start..end).step_by(PAGE_SIZE as usize) {
             if let Some(f) = pages.get_mut(&page) {
                 f.remove(F::WRITABLE);
             }
@@ -176,13 +177,13 @@ pub unsafe fn build(frames: &mut FrameAllocator, window: &mut PhysWindow, snapsh
         pages.remove(&guard);
     }
     // The kernel stack: the page below its bottom stays unmapped as the guard.
-    let stack_start = snapshot.stack_bottom & !(PAGE - 1);
-    let stack_end = (snapshot.stack_bottom + snapshot.stack_len).div_ceil(PAGE) * PAGE;
-    for page in (stack_start..stack_end).step_by(PAGE as usize) {
+    let stack_start = align_down(snapshot.stack_bottom, PAGE_SIZE);
+    let stack_end = (snapshot.stack_bottom + snapshot.stack_len).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    for page in (stack_start..stack_end).step_by(PAGE_SIZE as usize) {
         pages.insert(page, F::PRESENT | F::WRITABLE | F::NO_EXECUTE | F::GLOBAL);
     }
     for (&va, &flags) in &pages {
-        let phys = old.translate_addr(VirtAddr::new(va)).expect("the bootloader mapped every kernel page").as_u64() & !(PAGE - 1);
+        let phys = align_down(old.translate_addr(VirtAddr::new(va)).expect("the bootloader mapped every kernel page").as_u64(), PAGE_SIZE);
         kept_frames.insert(phys);
         // SAFETY: maps a kernel page to the frame the bootloader gave it, in a table not yet in use.
         unsafe {

@@ -1,4 +1,4 @@
-//! Kernel stacks for guests: each guest's run loop (its system calls, exceptions, upcalls) runs
+//! Kernel stacks for guests: each guest's run loop (its system calls, exceptions, and the callbacks it enters ring 3 for) runs
 //! on a kernel stack of its own, mapped in the kernel half with an unmapped guard page below it,
 //! so a kernel stack overflow while serving one guest faults (and is reported) instead of
 //! running into other memory.
@@ -7,6 +7,7 @@
 //! page-directory pointer tables every address space shares): a slot is its guard page and then
 //! [`STACK_PAGES`] mapped pages. Slots are reused, so their page-table pages are allocated once.
 
+use address_space::PAGE_SIZE;
 use x86_64::VirtAddr;
 use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PageTableFlags as F, Size4KiB};
 
@@ -19,7 +20,7 @@ pub const KSTACK_REGION: u64 = 0xffff_c000_0000_0000;
 /// Pages of each stack (64 KiB).
 pub const STACK_PAGES: u64 = 16;
 /// Address space per slot: the guard page plus the stack.
-pub const SLOT_SIZE: u64 = (STACK_PAGES + 1) * 4096;
+pub const SLOT_SIZE: u64 = (STACK_PAGES + 1) * PAGE_SIZE;
 /// Slots: one per guest running (one at a time today) and four per application processor
 /// (its idle stack, double-fault and NMI IST stacks, ring-3 entry stack; `arch::smp`).
 pub const SLOTS: usize = 128;
@@ -41,11 +42,11 @@ impl KernelStack {
         with_mm(|mm| {
             let slot = (0..SLOTS).find(|&i| mm.kstack_slots & (1u128 << i) == 0)?;
             let mut promised = mm.frames.reserve(STACK_PAGES).ok()?;
-            let base = KSTACK_REGION + slot as u64 * SLOT_SIZE + 4096;
+            let base = KSTACK_REGION + slot as u64 * SLOT_SIZE + PAGE_SIZE;
             let mut tables = kernel_tables(mm);
             for i in 0..STACK_PAGES {
                 let frame = mm.frames.alloc_reserved(&mut promised);
-                let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * 4096));
+                let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * PAGE_SIZE));
                 let mut table_frames = TableFrames { frames: &mut mm.frames, taken: 0 };
                 // SAFETY: the page is in this slot's range, which nothing else maps; the frame is
                 // fresh from the allocator.
@@ -69,6 +70,14 @@ impl KernelStack {
         })
     }
 
+    /// Maps a stack that is kept for the whole run (a CPU's); its top. `None` as for [`new`](Self::new).
+    pub fn new_permanent() -> Option<u64> {
+        let stack = KernelStack::new()?;
+        let top = stack.top();
+        core::mem::forget(stack);
+        Some(top)
+    }
+
     /// The top of the stack (16-byte aligned; the first push goes just below it).
     pub fn top(&self) -> u64 {
         KSTACK_REGION + (self.slot as u64 + 1) * SLOT_SIZE
@@ -78,10 +87,10 @@ impl KernelStack {
 impl Drop for KernelStack {
     fn drop(&mut self) {
         with_mm(|mm| {
-            let base = KSTACK_REGION + self.slot as u64 * SLOT_SIZE + 4096;
+            let base = KSTACK_REGION + self.slot as u64 * SLOT_SIZE + PAGE_SIZE;
             let mut tables = kernel_tables(mm);
             for i in 0..STACK_PAGES {
-                let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * 4096));
+                let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * PAGE_SIZE));
                 match tables.unmap(page) {
                     Ok((frame, flush)) => {
                         flush.flush();
@@ -106,5 +115,5 @@ pub fn prepare() {
 
 /// Whether `addr` is a kernel-stack guard page (for fault reports).
 pub fn is_guard(addr: u64) -> bool {
-    addr >= KSTACK_REGION && addr < KSTACK_REGION + SLOTS as u64 * SLOT_SIZE && (addr - KSTACK_REGION) % SLOT_SIZE < 4096
+    addr >= KSTACK_REGION && addr < KSTACK_REGION + SLOTS as u64 * SLOT_SIZE && (addr - KSTACK_REGION) % SLOT_SIZE < PAGE_SIZE
 }

@@ -5,6 +5,7 @@
 //! address-space crate's safe [`PhysMemory`] trait, which is how that crate reads and writes page
 //! tables and zeroes frames; this module holds the unsafe code that makes it true.
 
+use address_space::PAGE_SIZE;
 use address_space::PhysMemory;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
@@ -60,10 +61,10 @@ impl PhysMemory for PhysWindow {
     }
 
     fn zero_frame(&mut self, frame: PhysFrame<Size4KiB>) {
-        let va = self.virt(frame.start_address().as_u64(), 4096);
+        let va = self.virt(frame.start_address().as_u64(), PAGE_SIZE);
         // SAFETY: the frame is mapped by the window and was just handed to the caller by the frame
         // allocator, so nothing else uses it.
-        unsafe { core::ptr::write_bytes(va as *mut u8, 0, 4096) }
+        unsafe { core::ptr::write_bytes(va as *mut u8, 0, PAGE_SIZE as usize) }
     }
 
     fn read_bytes(&self, pa: PhysAddr, buf: &mut [u8]) {

@@ -2,7 +2,7 @@
 //! accepted image must satisfy.
 #![allow(dead_code)]
 
-use guest_loader::{Image, PAGE, Policy};
+use guest_loader::{Image, PAGE_SIZE as PAGE, Policy};
 
 /// The policy the kernel applies to guests (kernel/src/guest/mod.rs).
 pub const GUEST: Policy = Policy {

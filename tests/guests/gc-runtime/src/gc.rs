@@ -146,7 +146,7 @@ extern "C" fn cb_add_ref(_: *mut guest_abi::MemoryNotificationCallback) -> u32 {
 extern "C" fn cb_release(_: *mut guest_abi::MemoryNotificationCallback) -> u32 {
     1
 }
-/// `OnMemoryNotification`: runs as an upcall inside some host call of ours; it must neither
+/// `OnMemoryNotification`: runs as a callback the host makes during some host call of ours; it must neither
 /// allocate nor collect, so it only records the news.
 extern "C" fn cb_on_memory_notification(_: *mut guest_abi::MemoryNotificationCallback, band: u32) -> guest_abi::HResult {
     if (1..=3).contains(&band) {

@@ -11,8 +11,8 @@ use guest_abi::{CriticalLevel, Host, Malloc};
 /// A cell for the runtime's single-threaded global state.
 pub struct Global<T>(UnsafeCell<T>);
 
-// SAFETY: the guest runs one thread; upcalls (exception handlers, the notification callback)
-// only touch atomics, never a `Global`.
+// SAFETY: the guest runs one thread; code the host calls back into (exception handlers, the
+// notification callback) only touches atomics, never a `Global`.
 unsafe impl<T> Sync for Global<T> {}
 
 impl<T> Global<T> {

@@ -1,17 +1,22 @@
-//! The IDT: a handler for every CPU exception.
+//! Traps: the IDT and the policy of every exception and interrupt the kernel takes in ring 0.
 //!
-//! Each handler first offers the fault to [`super::probe`] (a fault a test or a host call expected
+//! This module sits above both `arch` (the entry stubs, probes, APIC) and `memory` (the page-fault
+//! policy, kernel stacks), so that neither imports the other's floor upwards: `arch` is the ground
+//! floor and knows nothing of memory policy. Ring-3 exceptions do not come here: the stubs of
+//! `arch::user` return them to the guest's run loop (`crate::guest`).
+//!
+//! Each handler first offers the fault to [`crate::arch::probe`] (a fault a test or a host call expected
 //! is recorded and resumed). Anything else is a kernel bug: the handler prints a report (exception
 //! name and vector, error code decoded, CR2 for page faults, RIP, RSP, CS, RFLAGS) and stops QEMU
 //! with the failure code — never a triple fault. Double faults and NMIs run on IST stacks of their
-//! own (see [`super::gdt`]), so even a kernel stack overflow is reported.
+//! own (see [`crate::arch::gdt`]), so even a kernel stack overflow is reported.
 
 use spin::Once;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
-use super::gdt::{DOUBLE_FAULT_IST_INDEX, NMI_IST_INDEX};
-use super::probe;
+use crate::arch::gdt::{DOUBLE_FAULT_IST_INDEX, NMI_IST_INDEX};
+use crate::arch::{apic, probe, user};
 
 static IDT: Once<InterruptDescriptorTable> = Once::new();
 
@@ -48,12 +53,12 @@ pub fn init() {
         }
         // The spurious vector needs no acknowledgement and touches nothing (not even GS, which
         // is the guest's when it interrupts ring 3), so one plain handler serves both rings.
-        idt[super::apic::SPURIOUS_VECTOR].set_handler_fn(spurious_interrupt);
-        // Vectors ring 3 can raise enter through the stubs of `super::user`, which send kernel-mode
+        idt[apic::SPURIOUS_VECTOR].set_handler_fn(spurious_interrupt);
+        // Vectors ring 3 can raise enter through the stubs of `crate::arch::user`, which send kernel-mode
         // exceptions on to the handlers above (exported as `kexc_*`) and user-mode ones to the
         // guest's run loop. int3 and into may be executed by guests (DPL 3); every other gate is
         // DPL 0, so `int n` on it from ring 3 is a #GP.
-        for (vector, stub) in super::user::vector_stubs() {
+        for (vector, stub) in user::vector_stubs() {
             let addr = x86_64::VirtAddr::new(stub);
             // SAFETY: each stub is an interrupt entry point written for exactly this vector's
             // stack layout (with or without an error code).
@@ -76,7 +81,7 @@ pub fn init() {
                     19 => idt.simd_floating_point.set_handler_addr(addr),
                     20 => idt.virtualization.set_handler_addr(addr),
                     21 => idt.cp_protection_exception.set_handler_addr(addr),
-                    super::apic::TIMER_VECTOR | super::apic::WAKE_VECTOR => idt[vector].set_handler_addr(addr),
+                    apic::TIMER_VECTOR | apic::WAKE_VECTOR => idt[vector].set_handler_addr(addr),
                     _ => unreachable!("user::vector_stubs lists only the vectors above"),
                 }
             };
@@ -204,18 +209,18 @@ extern "x86-interrupt" fn page_fault(mut frame: InterruptStackFrame, error_code:
 }
 
 /// Interrupts from the local APIC in ring 0 (an idle CPU; ring-3 ones go to the guest's run loop
-/// through `super::user`'s stubs): count, acknowledge, return.
+/// through `crate::arch::user`'s stubs): count, acknowledge, return.
 macro_rules! apic_interrupt {
     ($fn:ident, $vector:expr) => {
         #[unsafe(export_name = concat!("kexc_", stringify!($fn)))]
         extern "x86-interrupt" fn $fn(_frame: InterruptStackFrame) {
-            super::apic::on_interrupt($vector)
+            apic::on_interrupt($vector)
         }
     };
 }
 
-apic_interrupt!(apic_timer, super::apic::TIMER_VECTOR);
-apic_interrupt!(apic_wake, super::apic::WAKE_VECTOR);
+apic_interrupt!(apic_timer, apic::TIMER_VECTOR);
+apic_interrupt!(apic_wake, apic::WAKE_VECTOR);
 
 extern "x86-interrupt" fn spurious_interrupt(_frame: InterruptStackFrame) {}
 

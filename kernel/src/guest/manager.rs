@@ -1,0 +1,267 @@
+//! `IHostMemoryManager` (host-abi §4, §5, §9): its COM methods, served for the stubs of the
+//! vtable in the host's data page.
+
+use address_space::win32::*;
+use address_space::{CriticalLevel, VmError};
+
+use super::calls::Callbacks;
+use super::host_pages::MANAGER_OBJECT;
+use super::hresult::{self, E_INVALIDARG, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, HResult, S_OK};
+use super::{Ended, Guest};
+
+/// `IID_IUnknown` as its 16 bytes in memory.
+const IID_IUNKNOWN: [u8; 16] = host_abi::IID_IUNKNOWN.to_bytes();
+/// `IID_IHostMemoryManager`.
+const IID_IHOST_MEMORY_MANAGER: [u8; 16] = host_abi::IID_IHOST_MEMORY_MANAGER.to_bytes();
+
+/// Most ranges a guest may record with `AcquiredVirtualAddressSpace` (kept in the kernel heap).
+pub const MAX_ACQUIRED_RANGES: usize = 4096;
+
+/// The `IHostMemoryManager` methods, by vtable slot.
+mod slot {
+    pub const QUERY_INTERFACE: u64 = 0;
+    pub const ADD_REF: u64 = 1;
+    pub const RELEASE: u64 = 2;
+    pub const VIRTUAL_ALLOC: u64 = 4;
+    pub const VIRTUAL_FREE: u64 = 5;
+    pub const VIRTUAL_QUERY: u64 = 6;
+    pub const VIRTUAL_PROTECT: u64 = 7;
+    pub const GET_MEMORY_LOAD: u64 = 8;
+    pub const REGISTER_CALLBACK: u64 = 9;
+    pub const NEEDS_ADDRESS_SPACE: u64 = 10;
+    pub const ACQUIRED_ADDRESS_SPACE: u64 = 11;
+    pub const RELEASED_ADDRESS_SPACE: u64 = 12;
+}
+
+
+/// Test-only fault injection (`test-hooks` feature): when non-zero, the manager call that brings it from 1 to 0 acts as
+/// if the kernel had found its own state inconsistent (E_FAIL, the manager poisoned). Set by the
+/// QEMU tests through [`inject_inconsistency_after`]; never set otherwise.
+#[cfg(feature = "test-hooks")]
+static INJECT_INCONSISTENCY: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Makes the `n`-th manager call from now (of the next guest that runs) report E_FAIL as if the
+/// kernel had found its own state inconsistent (host-abi §4); 0 disarms. For tests only.
+#[cfg(feature = "test-hooks")]
+pub fn inject_inconsistency_after(n: u64) {
+    INJECT_INCONSISTENCY.store(n, core::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether a test's injected inconsistency fires on this call (never without `test-hooks`).
+#[cfg(feature = "test-hooks")]
+fn injected_inconsistency() -> bool {
+    use core::sync::atomic::Ordering;
+    // One CPU, and guests run with the kernel not re-entered: a load and a store suffice.
+    let n = INJECT_INCONSISTENCY.load(Ordering::SeqCst);
+    if n == 0 {
+        return false;
+    }
+    INJECT_INCONSISTENCY.store(n - 1, Ordering::SeqCst);
+    n == 1
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn injected_inconsistency() -> bool {
+    false
+}
+
+fn hr(result: Result<(), HResult>) -> u64 {
+    hresult::to_rax(result.err().unwrap_or(S_OK))
+}
+
+impl Guest {
+    /// An `IHostMemoryManager` method; `args[0]` is `this`. Callbacks it leaves for ring 3 go
+    /// to `callbacks`.
+    pub(super) fn manager_call(&mut self, slot: u64, args: [u64; 7], callbacks: &mut Callbacks) -> Result<u64, Ended> {
+        if args[0] != MANAGER_OBJECT {
+            return Ok(hresult::to_rax(E_NOACCESS));
+        }
+        let lifetime = matches!(slot, slot::QUERY_INTERFACE | slot::ADD_REF | slot::RELEASE);
+        if self.poisoned && !lifetime {
+            return Ok(hresult::to_rax(HOST_E_CLRNOTAVAILABLE));
+        }
+        if !lifetime && injected_inconsistency() {
+            return Ok(hresult::to_rax(self.internal_inconsistency("injected by a test")));
+        }
+        Ok(match slot {
+            slot::QUERY_INTERFACE => hr(self.query_interface(args[1], args[2])),
+            slot::ADD_REF => {
+                self.manager_refs = self.manager_refs.saturating_add(1);
+                self.manager_refs as u64
+            }
+            slot::RELEASE => {
+                self.manager_refs = self.manager_refs.saturating_sub(1);
+                self.manager_refs as u64
+            }
+            slot::VIRTUAL_ALLOC => hr(self.virtual_alloc(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32, args[6])),
+            slot::VIRTUAL_FREE => hr(self.space.virtual_free(args[1], args[2], args[3] as u32).map_err(hresult::from_vm)),
+            slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
+            slot::VIRTUAL_PROTECT => hr(self.virtual_protect(args[1], args[2], args[3] as u32, args[4])),
+            slot::GET_MEMORY_LOAD => hr(self.get_memory_load(args[1], args[2])),
+            slot::REGISTER_CALLBACK => hr(self.register_callback(args[1], callbacks)?),
+            slot::NEEDS_ADDRESS_SPACE => hr(self.check_address_range(args[1], args[2])),
+            slot::ACQUIRED_ADDRESS_SPACE => hr(self.acquired(args[1], args[2])),
+            slot::RELEASED_ADDRESS_SPACE => hr(self.released(args[1])),
+            // CreateMalloc (slot 3) is ring-3 code of the host library, never a system call.
+            _ => hresult::to_rax(E_NOTIMPL),
+        })
+    }
+
+    /// The kernel found its own state inconsistent: the manager is poisoned (host-abi §4).
+    pub(super) fn internal_inconsistency(&mut self, what: &str) -> HResult {
+        crate::kprintln!("guest {}: internal inconsistency ({what}); its memory manager is now unavailable", self.name);
+        self.poisoned = true;
+        hresult::E_FAIL
+    }
+
+    /// Validates a range for the `*VirtualAddressSpace` methods: in user space, size > 0.
+    fn check_address_range(&self, start: u64, size: u64) -> Result<(), HResult> {
+        let cfg = self.space.with(|s, _| *s.config());
+        let ok = size > 0 && start >= cfg.min_address && start.checked_add(size).is_some_and(|end| end <= cfg.max_address_end);
+        if ok { Ok(()) } else { Err(E_INVALIDARG) }
+    }
+
+    /// `AcquiredVirtualAddressSpace`: records the range, which must overlap no allocation of the
+    /// host's and no range recorded before.
+    fn acquired(&mut self, start: u64, size: u64) -> Result<(), HResult> {
+        self.check_address_range(start, size)?;
+        if self.acquired.len() >= MAX_ACQUIRED_RANGES {
+            return Err(hresult::E_OUTOFMEMORY);
+        }
+        let end = start + size;
+        if self.acquired.iter().any(|&(s, l)| s < end && start < s + l) {
+            return Err(E_INVALIDARG);
+        }
+        // Walk the regions of the range: every one must be free.
+        let mut at = start;
+        while at < end {
+            match self.space.virtual_query(at) {
+                Ok(q) if q.state == MEM_FREE && q.region_size > 0 => at = q.base_address.saturating_add(q.region_size),
+                _ => return Err(E_INVALIDARG),
+            }
+        }
+        self.acquired.push((start, size));
+        Ok(())
+    }
+
+    /// `ReleasedVirtualAddressSpace`: forgets the range recorded at `start`.
+    fn released(&mut self, start: u64) -> Result<(), HResult> {
+        match self.acquired.iter().position(|&(s, _)| s == start) {
+            Some(i) => {
+                self.acquired.remove(i);
+                Ok(())
+            }
+            None => Err(hresult::from_win32(ERROR_INVALID_ADDRESS)),
+        }
+    }
+
+    /// Checks a COM out-pointer: NULL → E_POINTER, not writable → ERROR_NOACCESS (or the guard
+    /// page status, the guard now cleared).
+    fn out_pointer(&self, ptr: u64, len: u64) -> Result<(), HResult> {
+        if ptr == 0 {
+            return Err(E_POINTER);
+        }
+        self.check_writable(ptr, len).map_err(hresult::from_vm)
+    }
+
+    fn query_interface(&mut self, riid: u64, ppv: u64) -> Result<(), HResult> {
+        self.out_pointer(ppv, 8)?;
+        if riid == 0 {
+            self.put_result(ppv, &0u64.to_le_bytes());
+            return Err(E_POINTER);
+        }
+        let mut iid = [0u8; 16];
+        if let Err(e) = self.read_bytes(riid, &mut iid) {
+            self.put_result(ppv, &0u64.to_le_bytes());
+            return Err(hresult::from_vm(e));
+        }
+        if iid == IID_IUNKNOWN || iid == IID_IHOST_MEMORY_MANAGER {
+            self.manager_refs = self.manager_refs.saturating_add(1);
+            self.put_result(ppv, &MANAGER_OBJECT.to_le_bytes());
+            Ok(())
+        } else {
+            self.put_result(ppv, &0u64.to_le_bytes());
+            Err(E_NOINTERFACE)
+        }
+    }
+
+    fn virtual_alloc(&mut self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32, pp_mem: u64) -> Result<(), HResult> {
+        self.out_pointer(pp_mem, 8)?;
+        let level = match level {
+            0 => CriticalLevel::Task,
+            1 => CriticalLevel::AppDomain,
+            2 => CriticalLevel::Process,
+            _ => {
+                self.put_result(pp_mem, &0u64.to_le_bytes());
+                return Err(E_INVALIDARG);
+            }
+        };
+        match self.space.with(|s, cx| s.virtual_alloc(cx, addr, size, alloc_type, protect, level)) {
+            Ok(base) => {
+                self.put_result(pp_mem, &base.to_le_bytes());
+                Ok(())
+            }
+            Err(e) => {
+                self.put_result(pp_mem, &0u64.to_le_bytes());
+                Err(hresult::from_vm(e))
+            }
+        }
+    }
+
+    fn virtual_query(&mut self, addr: u64, buffer: u64, length: u64, p_result: u64) -> Result<(), HResult> {
+        self.out_pointer(p_result, 8)?;
+        let zero = |g: &Self| {
+            g.put_result(p_result, &0u64.to_le_bytes());
+        };
+        if length < address_space::MemoryBasicInformation::SIZE as u64 {
+            zero(self);
+            return Err(hresult::from_vm(VmError::BadLength));
+        }
+        let info = match self.space.virtual_query(addr) {
+            Ok(info) => info,
+            Err(e) => {
+                zero(self);
+                return Err(hresult::from_vm(e));
+            }
+        };
+        if let Err(e) = self.write_bytes(buffer, &info.to_bytes()) {
+            zero(self);
+            return Err(hresult::from_vm(if buffer == 0 { VmError::NoAccess } else { e }));
+        }
+        self.put_result(p_result, &(address_space::MemoryBasicInformation::SIZE as u64).to_le_bytes());
+        Ok(())
+    }
+
+    fn virtual_protect(&mut self, addr: u64, size: u64, protect: u32, p_old: u64) -> Result<(), HResult> {
+        address_space::AddressSpace::check_protect_value(protect).map_err(hresult::from_vm)?;
+        if p_old == 0 {
+            return Err(E_NOACCESS);
+        }
+        self.check_writable(p_old, 4).map_err(hresult::from_vm)?;
+        let old = self.space.virtual_protect(addr, size, protect).map_err(hresult::from_vm)?;
+        self.put_result(p_old, &old.to_le_bytes());
+        Ok(())
+    }
+
+    fn get_memory_load(&mut self, p_load: u64, p_available: u64) -> Result<(), HResult> {
+        // E_POINTER for either NULL first, then writability (host-abi §9 order).
+        if p_load == 0 || p_available == 0 {
+            return Err(E_POINTER);
+        }
+        self.out_pointer(p_load, 4)?;
+        self.out_pointer(p_available, 8)?;
+        let commit = crate::memory::commit_state();
+        let (commit_load, available) = (commit.load_percent, commit.available_bytes);
+        // Address space the runtime acquired by other means counts as in use (host-abi §5): the
+        // load is the larger of the commit load and the address-space load.
+        let cfg = self.space.with(|s, _| *s.config());
+        let span = cfg.max_address_end - cfg.min_address;
+        let reserved: u64 = self.space.with(|s, _| s.allocations().map(|a| a.size).sum::<u64>());
+        let acquired: u64 = self.acquired.iter().map(|&(_, l)| l).sum();
+        let space_load = ((reserved + acquired) as u128 * 100 / span as u128) as u32;
+        let load = commit_load.max(space_load).min(100);
+        self.put_result(p_load, &load.to_le_bytes());
+        self.put_result(p_available, &available.to_le_bytes());
+        Ok(())
+    }
+}

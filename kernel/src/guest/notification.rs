@@ -1,0 +1,87 @@
+//! Memory notifications (host-abi §5): the band of free commit, the registered
+//! `ICLRMemoryNotificationCallback`, and the `OnMemoryNotification` calls left for ring 3 when the
+//! band changes.
+
+use host_abi::MemoryAvailable;
+
+use super::calls::Callbacks;
+use super::hresult::{E_NOACCESS, HResult};
+use super::{Ended, Guest, exceptions};
+
+/// The notification thresholds in bytes of free commit: (low, high) (host-abi §5; set at boot,
+/// see `memory::MemoryConfig`).
+pub(super) fn thresholds() -> (u64, u64) {
+    let c = crate::memory::config();
+    let limit = crate::memory::commit_state().limit_bytes;
+    (limit * c.low_threshold_percent / 100, limit * c.high_threshold_percent / 100)
+}
+
+impl Guest {
+    /// The memory band now: free commit against the thresholds.
+    fn current_band() -> MemoryAvailable {
+        let (low, high) = thresholds();
+        let free = crate::memory::commit_state().free_bytes();
+        if free < low {
+            MemoryAvailable::Low
+        } else if free > high {
+            MemoryAvailable::High
+        } else {
+            MemoryAvailable::Neutral
+        }
+    }
+
+    /// Leaves a call of the registered callback's `OnMemoryNotification` in `callbacks` if the
+    /// band changed since the last report, unless a notification or an exception handler is
+    /// running (it is delivered when that one returns or is left).
+    pub(super) fn note_band_change(&mut self, callbacks: &mut Callbacks) -> Result<(), Ended> {
+        let Some(object) = self.callback else { return Ok(()) };
+        if self.notifying || self.handler_frame.is_some() {
+            return Ok(());
+        }
+        let band = Self::current_band();
+        if Some(band) == self.band {
+            return Ok(());
+        }
+        self.band = Some(band);
+        let function = self.callback_method(object, 3)?;
+        callbacks.push_notification(function, object, band);
+        Ok(())
+    }
+
+    /// Reads slot `slot` of a guest COM object's vtable; an unreadable object ends the guest with
+    /// an access violation (host-abi §9: a bad callback object, for a callback).
+    pub(super) fn callback_method(&self, object: u64, slot: u64) -> Result<u64, Ended> {
+        let vtbl = self.read_u64(object).map_err(|_| self.bad_callback(object))?;
+        self.read_u64(vtbl.wrapping_add(slot * 8)).map_err(|_| self.bad_callback(object))
+    }
+
+    fn bad_callback(&self, object: u64) -> Ended {
+        crate::kprintln!("guest {}: callback object {object:#x} is unreadable", self.name);
+        exceptions::status::ACCESS_VIOLATION as i32
+    }
+
+    /// `RegisterMemoryNotificationCallback`: AddRef the new object, Release the old one (both
+    /// made by ring 3 before the call returns), no notification now (host-abi §5, §9).
+    pub(super) fn register_callback(&mut self, object: u64, callbacks: &mut Callbacks) -> Result<Result<(), HResult>, Ended> {
+        if object != 0 {
+            let mut header = [0u8; 8];
+            if self.read_bytes(object, &mut header).is_err() {
+                return Ok(Err(E_NOACCESS));
+            }
+            let vtbl = u64::from_le_bytes(header);
+            let mut table = [0u8; 32];
+            if self.read_bytes(vtbl, &mut table).is_err() {
+                return Ok(Err(E_NOACCESS));
+            }
+            let add_ref = u64::from_le_bytes(table[8..16].try_into().expect("8 bytes"));
+            callbacks.push(add_ref, object, 0);
+        }
+        if let Some(old) = self.callback.take() {
+            let release = self.callback_method(old, 2)?;
+            callbacks.push(release, old, 0);
+        }
+        self.callback = (object != 0).then_some(object);
+        self.band = Some(Self::current_band());
+        Ok(Ok(()))
+    }
+}
