@@ -370,6 +370,19 @@ fn each_guest_starts_with_a_clean_fpu_state() -> Result<(), String> {
     Ok(())
 }
 
+/// Issue 12: the data selectors guest A loaded (sysretq keeps them) do not reach guest B.
+fn each_guest_starts_with_null_data_selectors() -> Result<(), String> {
+    for _ in 0..2 {
+        let (outcome, _) = contain("seg-dirty");
+        ensure_eq!(outcome, GuestOutcome::Exited(0));
+        let (outcome, out) = contain("seg-check");
+        ensure!(!out.contains("FAILED"), "seg-check printed: {out}");
+        ensure!(out.contains("4 passed, 0 failed"), "seg-check printed: {out}");
+        ensure_eq!(outcome, GuestOutcome::Exited(0));
+    }
+    Ok(())
+}
+
 kernel::kernel_test_image!(
     e_fail_poisons_the_manager,
     memory_notifications_and_acquired_address_space,
@@ -384,5 +397,6 @@ kernel::kernel_test_image!(
     hostile_handlers_and_callbacks_end_only_their_guest,
     exceptions_are_dispatched_in_ring_3,
     each_guest_starts_with_a_clean_fpu_state,
+    each_guest_starts_with_null_data_selectors,
     floating_point_exception_codes,
 );

@@ -350,6 +350,7 @@ unsafe extern "C" {
 const IA32_STAR: u32 = 0xC000_0081;
 const IA32_LSTAR: u32 = 0xC000_0082;
 const IA32_FMASK: u32 = 0xC000_0084;
+const IA32_FS_BASE: u32 = 0xC000_0100;
 const IA32_GS_BASE: u32 = 0xC000_0101;
 const IA32_KERNEL_GS_BASE: u32 = 0xC000_0102;
 /// RFLAGS bits cleared on `syscall`: TF, IF, DF, NT, AC.
@@ -652,11 +653,23 @@ impl FpuImage {
 }
 
 /// Gives the CPU the clean user state every guest starts with (host-abi §10.1): the initial
-/// x87/SSE/AVX state, and no user GS base left by the previous guest.
+/// x87/SSE/AVX state, null DS/ES/FS/GS selectors with FS and user GS bases 0 (`sysretq` keeps the
+/// data selectors a previous guest loaded, and `iretq` nulls only those it may not use).
 pub fn reset_user_state() {
     let loaded = FpuImage::initial().load();
     debug_assert!(loaded, "the initial FPU image is loadable");
-    // SAFETY: KERNEL_GS_BASE holds the user GS base while the kernel runs; 0 is what a fresh
-    // guest has (it is swapped in by `swapgs` on the way out).
-    unsafe { Msr::new(IA32_KERNEL_GS_BASE).write(0) };
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        // SAFETY: null selectors are valid in DS/ES/FS/GS in 64-bit mode and the kernel addresses
+        // nothing through DS/ES/FS. Loading GS may clear GS_BASE, which holds this CPU's per-CPU
+        // area: it is read first and written back, with interrupts off so no handler runs between.
+        // KERNEL_GS_BASE holds the user GS base while the kernel runs (swapped in by `swapgs` on
+        // the way out) and FS_BASE the user FS base: 0 is what a fresh guest has.
+        unsafe {
+            let per_cpu = Msr::new(IA32_GS_BASE).read();
+            asm!("mov ds, {0:x}", "mov es, {0:x}", "mov fs, {0:x}", "mov gs, {0:x}", in(reg) 0u32, options(nostack, preserves_flags));
+            Msr::new(IA32_GS_BASE).write(per_cpu);
+            Msr::new(IA32_FS_BASE).write(0);
+            Msr::new(IA32_KERNEL_GS_BASE).write(0);
+        }
+    });
 }

@@ -2,6 +2,8 @@
  * guest starts with. The argument string picks the case (tests/guests.rs runs each):
  *   fpu-dirty   leaves x87/SSE/AVX registers, MXCSR and FCW dirty, exits 0
  *   fpu-check   checks the clean start state of host-abi §10.1 (captured at the first instruction)
+ *   seg-dirty   loads the user data selector into DS/ES/FS/GS, exits 0
+ *   seg-check   checks DS/ES/FS/GS are null at the first instruction
  *   float       #MF and #XM codes of §10.1, each caught by a handler that longjmps out
  *   lar         lar/verr with LDT selectors fail with ZF = 0, no fault
  *   gp-guard    a #GP next to a guard page leaves the guard armed
@@ -17,12 +19,17 @@
 
 static uint8_t start_fx[512] __attribute__((aligned(64)));
 static uint8_t start_ymm_hi[16 * 16] __attribute__((aligned(64)));
+static uint16_t start_sel[4] __attribute__((used)); /* ds, es, fs, gs at entry */
 
 int32_t c_main(IHostMemoryManager *host, const HOST_SERVICES *services, const char *args);
 
 /* The entry point records the register state before any compiled code runs. */
 __asm__(".globl guest_main\n"
         "guest_main:\n"
+        "  movw %ds, start_sel+0(%rip)\n"
+        "  movw %es, start_sel+2(%rip)\n"
+        "  movw %fs, start_sel+4(%rip)\n"
+        "  movw %gs, start_sel+6(%rip)\n"
         "  fxsave64 start_fx(%rip)\n"
         "  vextractf128 $1, %ymm0, start_ymm_hi+0(%rip)\n"
         "  vextractf128 $1, %ymm1, start_ymm_hi+16(%rip)\n"
@@ -86,6 +93,22 @@ static void fpu_check(void) {
     check("st0..st7 zero at start", all_zero(start_fx + 32, 128), 1);
     check("xmm0..xmm15 zero at start", all_zero(start_fx + 160, 256), 1);
     check("ymm upper halves zero at start", all_zero(start_ymm_hi, sizeof start_ymm_hi), 1);
+}
+
+/* ---- seg-dirty / seg-check: data selectors a guest loads do not reach the next guest ---- */
+
+static void seg_dirty(void) {
+    /* 0x1B is the user data selector: a ring-3 guest may load it into every data register. */
+    __asm__ volatile("mov $0x1B, %%eax\n mov %%eax, %%ds\n mov %%eax, %%es\n mov %%eax, %%fs\n mov %%eax, %%gs"
+                     ::: "eax", "memory");
+    g_services->exit(0);
+}
+
+static void seg_check(void) {
+    check("DS null at start", start_sel[0], 0);
+    check("ES null at start", start_sel[1], 0);
+    check("FS null at start", start_sel[2], 0);
+    check("GS null at start", start_sel[3], 0);
 }
 
 /* ---- handlers that leave by longjmp ---- */
@@ -386,6 +409,10 @@ int32_t c_main(IHostMemoryManager *host, const HOST_SERVICES *services, const ch
         fpu_dirty();
     } else if (eq(args, "fpu-check")) {
         fpu_check();
+    } else if (eq(args, "seg-dirty")) {
+        seg_dirty();
+    } else if (eq(args, "seg-check")) {
+        seg_check();
     } else if (eq(args, "float")) {
         float_codes();
     } else if (eq(args, "lar")) {
