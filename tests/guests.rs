@@ -357,30 +357,28 @@ fn floating_point_exception_codes() -> Result<(), String> {
     Ok(())
 }
 
-/// Issue 12: guest B starts with the clean FPU state whatever guest A left in the registers.
-fn each_guest_starts_with_a_clean_fpu_state() -> Result<(), String> {
+/// Runs the `contain.c` case `dirty` (which leaves state behind and exits 0), then `check`, twice
+/// over: `check` must pass all of its checks (`summary`, e.g. "4 passed, 0 failed").
+fn next_guest_sees_nothing_of(dirty: &str, check: &str, summary: &str) -> Result<(), String> {
     for _ in 0..2 {
-        let (outcome, _) = contain("fpu-dirty");
+        let (outcome, _) = contain(dirty);
         ensure_eq!(outcome, GuestOutcome::Exited(0));
-        let (outcome, out) = contain("fpu-check");
-        ensure!(!out.contains("FAILED"), "fpu-check printed: {out}");
-        ensure!(out.contains(" passed, 0 failed"), "fpu-check printed: {out}");
+        let (outcome, out) = contain(check);
+        ensure!(!out.contains("FAILED"), "{check} printed: {out}");
+        ensure!(out.contains(summary), "{check} printed: {out}");
         ensure_eq!(outcome, GuestOutcome::Exited(0));
     }
     Ok(())
 }
 
+/// Issue 12: guest B starts with the clean FPU state whatever guest A left in the registers.
+fn each_guest_starts_with_a_clean_fpu_state() -> Result<(), String> {
+    next_guest_sees_nothing_of("fpu-dirty", "fpu-check", " passed, 0 failed")
+}
+
 /// Issue 12: the data selectors guest A loaded (sysretq keeps them) do not reach guest B.
 fn each_guest_starts_with_null_data_selectors() -> Result<(), String> {
-    for _ in 0..2 {
-        let (outcome, _) = contain("seg-dirty");
-        ensure_eq!(outcome, GuestOutcome::Exited(0));
-        let (outcome, out) = contain("seg-check");
-        ensure!(!out.contains("FAILED"), "seg-check printed: {out}");
-        ensure!(out.contains("4 passed, 0 failed"), "seg-check printed: {out}");
-        ensure_eq!(outcome, GuestOutcome::Exited(0));
-    }
-    Ok(())
+    next_guest_sees_nothing_of("seg-dirty", "seg-check", "4 passed, 0 failed")
 }
 
 kernel::kernel_test_image!(
