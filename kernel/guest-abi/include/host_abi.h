@@ -55,11 +55,14 @@ typedef const IID *REFIID;
 #define ERROR_ACCESS_DENIED 5u
 #define ERROR_NOT_ENOUGH_MEMORY 8u
 #define ERROR_BAD_LENGTH 24u
+#define ERROR_INVALID_HANDLE 6u
 #define ERROR_INVALID_PARAMETER 87u
 #define ERROR_INVALID_ADDRESS 487u
 #define ERROR_NOACCESS 998u
 #define ERROR_PRIVILEGE_NOT_HELD 1314u
 #define ERROR_COMMITMENT_LIMIT 1455u
+#define ERROR_TIMEOUT 0x5B4u
+#define WAIT_TIMEOUT 0x102u
 
 /* Allocation types, states and kinds (win32-semantics §1.3). */
 #define MEM_COMMIT 0x1000u
@@ -208,7 +211,9 @@ typedef struct GUEST_EXCEPTION {
 
 typedef int32_t (*GUEST_EXCEPTION_HANDLER)(GUEST_EXCEPTION *e);
 
-/* HOST_SERVICES (version 1, host-abi §7). */
+/* HOST_SERVICES (version 1, host-abi §7; version 2 appends the thread services of §10.2: check
+ * `version >= 2` or `cbSize >= 192` before using them). */
+typedef uint32_t (*GUEST_THREAD_START)(void *arg);
 typedef struct HOST_COMMIT_INFO {
     uint64_t commit_limit;
     uint64_t committed;
@@ -233,6 +238,20 @@ typedef struct HOST_SERVICES {
                                 uint32_t *granularity);
     uint32_t (*reset_write_watch)(void *base, uint64_t size);
     void (*query_commit)(HOST_COMMIT_INFO *out);
+    /* version 2 */
+    uint32_t cpu_count;
+    uint32_t reserved0;
+    uint64_t (*create_thread)(GUEST_THREAD_START start, void *arg, uint64_t stack_reserve, uint64_t stack_commit);
+    void (*exit_thread)(uint32_t code);
+    uint32_t (*wait_thread)(uint64_t thread, uint64_t timeout_ns, uint32_t *exit_code);
+    uint32_t (*close_thread)(uint64_t thread);
+    uint32_t (*current_thread_id)(void);
+    void (*yield)(void);
+    void (*sleep_ns)(uint64_t ns);
+    uint32_t (*wait_on_address)(volatile void *address, const void *compare, uint64_t size, uint64_t timeout_ns);
+    void (*wake_by_address)(void *address, uint32_t all);
+    void (*set_thread_pointer)(void *pointer);
+    void *(*get_thread_pointer)(void);
 } HOST_SERVICES;
 
 /* The entry point every guest defines. This kernel also passes a third argument, the guest's

@@ -105,6 +105,8 @@ pub mod win32 {
         ERROR_NOT_ENOUGH_MEMORY: u32 = 8;
         /// `ERROR_BAD_LENGTH`.
         ERROR_BAD_LENGTH: u32 = 24;
+        /// `ERROR_INVALID_HANDLE` (`wait_thread` on an unknown or closed handle).
+        ERROR_INVALID_HANDLE: u32 = 6;
         /// `ERROR_INVALID_PARAMETER`.
         ERROR_INVALID_PARAMETER: u32 = 87;
         /// `ERROR_INVALID_ADDRESS`.
@@ -115,6 +117,10 @@ pub mod win32 {
         ERROR_PRIVILEGE_NOT_HELD: u32 = 1314;
         /// `ERROR_COMMITMENT_LIMIT`.
         ERROR_COMMITMENT_LIMIT: u32 = 1455;
+        /// `ERROR_TIMEOUT` (`wait_on_address` timed out).
+        ERROR_TIMEOUT: u32 = 0x5B4;
+        /// `WAIT_TIMEOUT` (`wait_thread` timed out).
+        WAIT_TIMEOUT: u32 = 0x102;
 
         /// Exception code: access to memory the protection forbids (host-abi §8).
         STATUS_ACCESS_VIOLATION: u32 = 0xC000_0005;
@@ -404,7 +410,12 @@ pub struct HostCommitInfo {
     pub high_threshold: u64,
 }
 
-/// `HOST_SERVICES` version 1 (host-abi §7).
+/// A guest thread's entry point (`GUEST_THREAD_START`, host-abi §10.2): its return value is the
+/// thread's exit code.
+pub type ThreadStart = extern "C" fn(*mut c_void) -> u32;
+
+/// `HOST_SERVICES` version 2 (host-abi §7 and §10.2): the version-1 fields keep their offsets; a
+/// guest checks `version >= 2` (or `cb_size >= 192`) before it uses the thread services.
 #[repr(C)]
 pub struct HostServices {
     /// `sizeof(HOST_SERVICES)`: [`host::HOST_SERVICES_SIZE`].
@@ -435,6 +446,34 @@ pub struct HostServices {
     pub reset_write_watch: extern "C" fn(*mut u8, u64) -> u32,
     /// Fills a [`HostCommitInfo`].
     pub query_commit: extern "C" fn(*mut HostCommitInfo),
+    /// Version 2: CPUs the kernel runs guest threads on.
+    pub cpu_count: u32,
+    /// Version 2: 0.
+    pub reserved0: u32,
+    /// `create_thread(start, arg, stack_reserve, stack_commit)`: a handle, or 0.
+    pub create_thread: extern "C" fn(ThreadStart, *mut c_void, u64, u64) -> u64,
+    /// `exit_thread(code)`: ends the calling thread.
+    pub exit_thread: extern "C" fn(u32) -> !,
+    /// `wait_thread(handle, timeout_ns, exit_code)`: 0, `WAIT_TIMEOUT`, `ERROR_INVALID_HANDLE`
+    /// or `ERROR_NOACCESS`.
+    pub wait_thread: extern "C" fn(u64, u64, *mut u32) -> u32,
+    /// `close_thread(handle)`: 1 closed, 0 unknown.
+    pub close_thread: extern "C" fn(u64) -> u32,
+    /// The calling thread's id (the main thread's is 1).
+    pub current_thread_id: extern "C" fn() -> u32,
+    /// Gives up the rest of the time slice.
+    pub yield_now: extern "C" fn(),
+    /// Sleeps at least this many nanoseconds.
+    pub sleep_ns: extern "C" fn(u64),
+    /// `WaitOnAddress(address, compare, size, timeout_ns)`: 0, `ERROR_TIMEOUT`,
+    /// `ERROR_INVALID_PARAMETER` or `ERROR_NOACCESS`.
+    pub wait_on_address: extern "C" fn(*const c_void, *const c_void, u64, u64) -> u32,
+    /// `WakeByAddressSingle` (`all` 0) or `WakeByAddressAll` (`all` non-zero).
+    pub wake_by_address: extern "C" fn(*const c_void, u32),
+    /// Sets the calling thread's FS base (ignored unless a canonical user address).
+    pub set_thread_pointer: extern "C" fn(*mut c_void),
+    /// The calling thread's FS base.
+    pub get_thread_pointer: extern "C" fn() -> *mut c_void,
 }
 
 /// `IHostMemoryManager`'s vtable; the order is the ABI (host-abi §3).
@@ -523,7 +562,7 @@ pub mod host {
     pub const MANAGER_VTABLE: u64 = HOST_DATA + 0x40;
     /// `HOST_SERVICES`.
     pub const HOST_SERVICES: u64 = HOST_DATA + 0x100;
-    /// `sizeof(HOST_SERVICES)` (version 1, exactly the contract's layout).
+    /// `sizeof(HOST_SERVICES)` (version 2, exactly the contract's layout).
     pub const HOST_SERVICES_SIZE: u32 = size_of::<super::HostServices>() as u32;
     /// Where the guest's argument string is kept (in the read-only data page, NUL-terminated);
     /// its address is the entry point's third argument.
@@ -565,6 +604,28 @@ pub mod host {
         pub const CALLBACKS_DONE: u64 = 13;
         /// `IHostMemoryManager` method `i` (vtable slot) is `MANAGER + i`.
         pub const MANAGER: u64 = 16;
+        /// Version 2 (host-abi §10.2): `create_thread(start, arg, stack_reserve, stack_commit)`.
+        pub const CREATE_THREAD: u64 = 32;
+        /// `exit_thread(code)`.
+        pub const EXIT_THREAD: u64 = 33;
+        /// `wait_thread(handle, timeout_ns, exit_code)`.
+        pub const WAIT_THREAD: u64 = 34;
+        /// `close_thread(handle)`.
+        pub const CLOSE_THREAD: u64 = 35;
+        /// `current_thread_id()`.
+        pub const CURRENT_THREAD_ID: u64 = 36;
+        /// `yield()`.
+        pub const YIELD: u64 = 37;
+        /// `sleep_ns(ns)`.
+        pub const SLEEP_NS: u64 = 38;
+        /// `wait_on_address(address, compare, size, timeout_ns)`.
+        pub const WAIT_ON_ADDRESS: u64 = 39;
+        /// `wake_by_address(address, all)`.
+        pub const WAKE_BY_ADDRESS: u64 = 40;
+        /// `set_thread_pointer(pointer)`.
+        pub const SET_THREAD_POINTER: u64 = 41;
+        /// `get_thread_pointer()`.
+        pub const GET_THREAD_POINTER: u64 = 42;
     }
 
     const _: () = assert!(HOST_BASE.is_multiple_of(super::win32::ALLOCATION_GRANULARITY));
@@ -587,9 +648,12 @@ const _: () = {
     assert!(size_of::<GuestException>() == 32);
     assert!(offset_of!(GuestException, context) == 24);
     assert!(size_of::<HostCommitInfo>() == 40);
-    assert!(size_of::<HostServices>() == 96);
+    assert!(size_of::<HostServices>() == 192);
     assert!(offset_of!(HostServices, write) == 32);
     assert!(offset_of!(HostServices, query_commit) == 88);
+    assert!(offset_of!(HostServices, cpu_count) == 96);
+    assert!(offset_of!(HostServices, create_thread) == 104);
+    assert!(offset_of!(HostServices, get_thread_pointer) == 184);
     assert!(size_of::<HostMemoryManagerVtbl>() == 13 * 8);
     assert!(offset_of!(HostMemoryManagerVtbl, virtual_alloc) == 4 * 8);
     assert!(size_of::<HostMallocVtbl>() == 6 * 8);

@@ -298,7 +298,8 @@ pub fn data_page(max_application_address: u64, create_malloc: u64, args: &[u8]) 
     }
     let s = (HOST_SERVICES - HOST_DATA) as usize;
     let mut field = |off: usize, v: u64| put(s + off, v);
-    field(offset_of!(HostServices, cb_size), HOST_SERVICES_SIZE as u64 | (1u64 << 32)); // cbSize, version
+    // Version 1 until the thread services of §10.2 are served: cbSize covers only the v1 fields.
+    field(offset_of!(HostServices, cb_size), offset_of!(HostServices, cpu_count) as u64 | (1u64 << 32)); // cbSize, version
     field(offset_of!(HostServices, page_size), PAGE_SIZE | (ALLOCATION_GRANULARITY << 32)); // page_size, allocation_granularity
     field(offset_of!(HostServices, min_application_address), ALLOCATION_GRANULARITY); // the lowest 64 KiB are never mapped
     field(offset_of!(HostServices, max_application_address), max_application_address);
