@@ -189,7 +189,10 @@ fn cpu_loop(run: &GuestRun, owner: bool) {
     while !run.ended() {
         let picked = run.with(|g| {
             let picked = g.pick();
-            if picked.is_some() && !in_space {
+            if picked.is_some() {
+                // Loads the space's tables, and on a CPU already in the space reloads them: until
+                // TLB shootdowns exist, this drops the translations another CPU may have removed
+                // (a released stack reused by the next thread) before a thread runs here.
                 g.space.activate();
             }
             picked
@@ -298,8 +301,9 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
             run.kick_others();
             return;
         }
+        // A call may have made threads ready (create_thread, a wake): idle CPUs take them.
+        wake_idle_cpus();
     }
-    wake_idle_cpus();
 }
 
 impl Guest {
