@@ -400,6 +400,9 @@ extern "C" fn ap_main(index: u64) -> ! {
     percpu::set_online(index as usize);
     loop {
         x86_64::instructions::interrupts::enable_and_hlt();
+        x86_64::instructions::interrupts::disable();
+        #[cfg(feature = "test-hooks")]
+        apic::run_posted_work();
     }
 }
 
