@@ -54,6 +54,8 @@ pub fn init() {
         // The spurious vector needs no acknowledgement and touches nothing (not even GS, which
         // is the guest's when it interrupts ring 3), so one plain handler serves both rings.
         idt[apic::SPURIOUS_VECTOR].set_handler_fn(spurious_interrupt);
+        // So does the TLB shootdown IPI's handler (no GS, no lock; memory::tlb).
+        idt[apic::SHOOTDOWN_VECTOR].set_handler_fn(crate::memory::tlb::shootdown_interrupt);
         // Vectors ring 3 can raise enter through the stubs of `crate::arch::user`, which send kernel-mode
         // exceptions on to the handlers above (exported as `kexc_*`) and user-mode ones to the
         // guest's run loop. int3 and into may be executed by guests (DPL 3); every other gate is

@@ -16,6 +16,11 @@
 //! - A tick arriving in ring 0 (an idle CPU in `sti; hlt`) is counted and acknowledged by
 //!   [`on_timer_interrupt`]; one arriving in ring 3 leaves the guest through the ring-3 entry
 //!   stubs (`super::user`), and the guest's run loop calls the same function.
+//! - IPIs: [`WAKE_VECTOR`] (wakes a halted CPU), [`SHOOTDOWN_VECTOR`] (TLB shootdown, served by
+//!   the memory manager without a lock, in either ring). With the `test-hooks` feature,
+//!   [`run_on`] hands a closure to an idle application processor, which runs it in ring 0
+//!   ([`run_posted_work`], called by its idle loop): tests and benchmarks use it to work on
+//!   several CPUs before guests have threads.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -25,6 +30,9 @@ use x86_64::registers::model_specific::Msr;
 pub const TIMER_VECTOR: u8 = 0x30;
 /// A fixed IPI vector that only wakes the target (its handler counts it and acknowledges it).
 pub const WAKE_VECTOR: u8 = 0xF0;
+/// The TLB shootdown IPI: the target serves the flush requests posted to it
+/// (`memory::tlb::shootdown_interrupt`, installed by `trap::init`).
+pub const SHOOTDOWN_VECTOR: u8 = 0xF2;
 /// The spurious-interrupt vector (low nibble all ones, as older APICs require).
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
 /// Timer interrupts per second on every CPU.
@@ -210,4 +218,40 @@ pub fn send_init(destination: u32) -> bool {
 pub fn send_startup(destination: u32, page: u64) -> bool {
     debug_assert!(page < 0x10_0000 && page.is_multiple_of(address_space::PAGE_SIZE));
     send(destination, ICR_STARTUP | ICR_LEVEL_ASSERT | (page >> 12) as u32)
+}
+
+/// Closures waiting to run on each CPU's idle loop (`test-hooks`).
+#[cfg(feature = "test-hooks")]
+#[allow(clippy::type_complexity)]
+static POSTED_WORK: [spin::Mutex<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>; super::percpu::MAX_CPUS] =
+    [const { spin::Mutex::new(None) }; super::percpu::MAX_CPUS];
+
+/// Hands `work` to the idle loop of CPU `cpu` (an online application processor) and wakes it;
+/// the CPU runs it in ring 0 with interrupts off (the closure may enable them). Returns false,
+/// without posting, if `cpu` is this CPU, not online, or still has work pending.
+#[cfg(feature = "test-hooks")]
+pub fn run_on(cpu: usize, work: impl FnOnce() + Send + 'static) -> bool {
+    let online = super::percpu::cpus().nth(cpu).is_some_and(|c| c.online);
+    if cpu == super::percpu::current_index() || !online {
+        return false;
+    }
+    {
+        let mut slot = POSTED_WORK[cpu].lock();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(alloc::boxed::Box::new(work));
+    }
+    send_fixed(super::percpu::apic_id_of(cpu), WAKE_VECTOR)
+}
+
+/// Runs the closure posted to this CPU by [`run_on`], if any (called by the idle loop of an
+/// application processor, with interrupts off).
+#[cfg(feature = "test-hooks")]
+pub fn run_posted_work() {
+    let work = POSTED_WORK[super::percpu::current_index()].lock().take();
+    if let Some(work) = work {
+        work();
+        x86_64::instructions::interrupts::disable();
+    }
 }

@@ -52,6 +52,23 @@ pub fn current_index() -> usize {
     (index as usize).min(MAX_CPUS - 1)
 }
 
+/// The index of the CPU running this code, or 0 (the boot CPU) before the boot CPU's per-CPU
+/// area is set up (the only CPU running then). For code that runs early too (the memory manager).
+pub fn this_cpu() -> usize {
+    if CPUS[0].online.load(Ordering::Acquire) { current_index() } else { 0 }
+}
+
+/// The local APIC id of CPU `index` (0 for an index never registered).
+pub fn apic_id_of(index: usize) -> u32 {
+    CPUS.get(index).map_or(0, |c| c.apic_id.load(Ordering::Relaxed))
+}
+
+/// The index of the CPU with local APIC id `apic_id`, if it is registered; reads no GS, so an
+/// interrupt handler may use it whatever ring it interrupted.
+pub fn index_of_apic(apic_id: u32) -> Option<usize> {
+    (0..COUNT.load(Ordering::Acquire)).find(|&i| CPUS[i].apic_id.load(Ordering::Relaxed) == apic_id)
+}
+
 /// Records the boot CPU (index 0) as online with `apic_id`.
 pub fn register_boot_cpu(apic_id: u32) {
     CPUS[0].apic_id.store(apic_id, Ordering::SeqCst);

@@ -142,30 +142,54 @@ pub mod pf {
     pub const INSTRUCTION: u64 = 1 << 4;
 }
 
-static EXEC_PROBE_ARMED: AtomicBool = AtomicBool::new(false);
-static HAVE_RECORD: AtomicBool = AtomicBool::new(false);
-static REC_VECTOR: AtomicU64 = AtomicU64::new(0);
-static REC_ERROR: AtomicU64 = AtomicU64::new(0);
-static REC_CR2: AtomicU64 = AtomicU64::new(0);
-static REC_RIP: AtomicU64 = AtomicU64::new(0);
-static REC_MEM_CODE: AtomicU64 = AtomicU64::new(0);
-static REC_MEM_ACCESS: AtomicU64 = AtomicU64::new(0);
-static REC_MEM_ADDRESS: AtomicU64 = AtomicU64::new(0);
+/// The fault a probe caught, one record per CPU (probes may fault on several CPUs at once).
+struct Record {
+    exec_probe_armed: AtomicBool,
+    have: AtomicBool,
+    vector: AtomicU64,
+    error: AtomicU64,
+    cr2: AtomicU64,
+    rip: AtomicU64,
+    mem_code: AtomicU64,
+    mem_access: AtomicU64,
+    mem_address: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_RECORD: Record = Record {
+    exec_probe_armed: AtomicBool::new(false),
+    have: AtomicBool::new(false),
+    vector: AtomicU64::new(0),
+    error: AtomicU64::new(0),
+    cr2: AtomicU64::new(0),
+    rip: AtomicU64::new(0),
+    mem_code: AtomicU64::new(0),
+    mem_access: AtomicU64::new(0),
+    mem_address: AtomicU64::new(0),
+};
+
+static RECORDS: [Record; super::percpu::MAX_CPUS] = [EMPTY_RECORD; super::percpu::MAX_CPUS];
+
+/// This CPU's record (probes run in ring 0, where GS is the kernel's).
+fn record() -> &'static Record {
+    &RECORDS[super::percpu::this_cpu()]
+}
 
 fn take_record() -> FaultRecord {
-    let had = HAVE_RECORD.swap(false, Ordering::SeqCst);
+    let r = record();
+    let had = r.have.swap(false, Ordering::SeqCst);
     debug_assert!(had, "a probe returned the fault marker without a recorded fault");
     FaultRecord {
-        vector: REC_VECTOR.load(Ordering::SeqCst) as u8,
-        error_code: REC_ERROR.load(Ordering::SeqCst),
-        cr2: REC_CR2.load(Ordering::SeqCst),
-        rip: REC_RIP.load(Ordering::SeqCst),
-        memory: match REC_MEM_CODE.load(Ordering::SeqCst) {
+        vector: r.vector.load(Ordering::SeqCst) as u8,
+        error_code: r.error.load(Ordering::SeqCst),
+        cr2: r.cr2.load(Ordering::SeqCst),
+        rip: r.rip.load(Ordering::SeqCst),
+        memory: match r.mem_code.load(Ordering::SeqCst) {
             0 => None,
             code => Some(MemoryFault {
                 code: code as u32,
-                access: REC_MEM_ACCESS.load(Ordering::SeqCst),
-                address: REC_MEM_ADDRESS.load(Ordering::SeqCst),
+                access: r.mem_access.load(Ordering::SeqCst),
+                address: r.mem_address.load(Ordering::SeqCst),
             }),
         },
     }
@@ -202,10 +226,10 @@ pub unsafe fn write_u8(addr: u64, value: u8) -> Result<(), FaultRecord> {
 /// If the code at `addr` runs, it must be a function of that signature that returns something other
 /// than `u64::MAX` and breaks no kernel invariant.
 pub unsafe fn call(addr: u64) -> Result<u64, FaultRecord> {
-    EXEC_PROBE_ARMED.store(true, Ordering::SeqCst);
+    record().exec_probe_armed.store(true, Ordering::SeqCst);
     // SAFETY: per the contract, running the code at `addr` is allowed; a fetch fault is fixed up.
     let value = unsafe { kprobe_call(addr) };
-    EXEC_PROBE_ARMED.store(false, Ordering::SeqCst);
+    record().exec_probe_armed.store(false, Ordering::SeqCst);
     if value == u64::MAX { Err(take_record()) } else { Ok(value) }
 }
 
@@ -222,6 +246,10 @@ pub(crate) fn try_recover(
     memory: Option<MemoryFault>,
     frame: &mut InterruptStackFrame,
 ) -> bool {
+    if frame.code_segment.0 & 3 != 0 {
+        // Probes run in ring 0; and with ring 3 interrupted, GS (the per-CPU record) is the guest's.
+        return false;
+    }
     let rip = frame.instruction_pointer.as_u64();
     // SAFETY: taking the address of link-time symbols defined in the global_asm! above.
     let (read_at, write_at, fixup, call_return, call_fixup) = unsafe {
@@ -235,7 +263,7 @@ pub(crate) fn try_recover(
     };
     let resume = if rip == read_at || rip == write_at {
         fixup
-    } else if EXEC_PROBE_ARMED.load(Ordering::SeqCst) {
+    } else if record().exec_probe_armed.load(Ordering::SeqCst) {
         let rsp = frame.stack_pointer.as_u64();
         // SAFETY: the probe is armed only while kprobe_call runs on this CPU's kernel stack, so rsp
         // is a kernel stack address; only its top word is read, and it is compared, not trusted.
@@ -244,15 +272,16 @@ pub(crate) fn try_recover(
     } else {
         return false;
     };
-    REC_VECTOR.store(vector as u64, Ordering::SeqCst);
-    REC_ERROR.store(error_code, Ordering::SeqCst);
-    REC_CR2.store(cr2, Ordering::SeqCst);
-    REC_RIP.store(rip, Ordering::SeqCst);
+    let r = record();
+    r.vector.store(vector as u64, Ordering::SeqCst);
+    r.error.store(error_code, Ordering::SeqCst);
+    r.cr2.store(cr2, Ordering::SeqCst);
+    r.rip.store(rip, Ordering::SeqCst);
     let m = memory.unwrap_or(MemoryFault { code: 0, access: 0, address: 0 });
-    REC_MEM_CODE.store(m.code as u64, Ordering::SeqCst);
-    REC_MEM_ACCESS.store(m.access, Ordering::SeqCst);
-    REC_MEM_ADDRESS.store(m.address, Ordering::SeqCst);
-    HAVE_RECORD.store(true, Ordering::SeqCst);
+    r.mem_code.store(m.code as u64, Ordering::SeqCst);
+    r.mem_access.store(m.access, Ordering::SeqCst);
+    r.mem_address.store(m.address, Ordering::SeqCst);
+    r.have.store(true, Ordering::SeqCst);
     // SAFETY: the new rip is a fix-up routine of this module written for exactly this context
     // (same stack, same privilege level); nothing else in the frame changes.
     unsafe {

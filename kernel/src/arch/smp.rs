@@ -405,6 +405,8 @@ extern "C" fn ap_main(index: u64) -> ! {
     let idle = support().ap_idle;
     loop {
         idle();
+        #[cfg(feature = "test-hooks")]
+        apic::run_posted_work();
     }
 }
 

@@ -2,7 +2,10 @@
 //! (`shared/peers/vmbench.c`) run in the kernel on a guest address space ([`Space`]), plus
 //! `VirtualQuery`, large-page commit and guard-page fault round trips, the same workloads at
 //! 1 / 1,000 / 100,000 live allocations and at 64 MiB / 1 GiB / 16 GiB reservations, and the
-//! evidence for the TLB full-flush threshold.
+//! evidence for the TLB full-flush threshold; then, on several CPUs (in ring 0 on each, through
+//! `kernel::arch::apic::run_on`), the scaling of disjoint work in one space from 1, 2 and 4 CPUs
+//! (`bench-scaling` lines) and the cost of a TLB shootdown round (`bench-shootdown` lines).
+//! `./run-qemu.sh --bench` starts it with 4 CPUs unless `--smp` says otherwise.
 //!
 //! For every workload it prints one line (grammar below, parsed by `tests/bench/report.py`):
 //!
@@ -967,6 +970,186 @@ fn guest_benchmarks(env: Env) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Several CPUs: scaling of disjoint work in one space, and the cost of a TLB shootdown.
+
+/// The application processors online.
+fn aps() -> Vec<usize> {
+    kernel::arch::percpu::cpus().skip(1).filter(|c| c.online).map(|c| c.index).collect()
+}
+
+/// Waits for `done`, serving TLB flush requests (this CPU may run the space too).
+fn wait_for(done: impl Fn() -> bool) {
+    let start = rdtsc();
+    while !done() {
+        assert!(rdtsc() - start < 60 * tsc_hz(), "bench: a CPU did not finish its share within a minute");
+        memory::serve_flush_requests();
+        core::hint::spin_loop();
+    }
+}
+
+/// Runs `work(cpu, ops)` on `cpus` CPUs at once (the boot CPU and `cpus - 1` APs), each with
+/// its space activated and interrupts on (as a guest thread), started together; returns the
+/// wall-clock TSC cycles from the start to the last one's end.
+fn on_cpus(space: &alloc::sync::Arc<Space>, cpus: usize, ops: u64, work: fn(&Space, usize, u64)) -> u64 {
+    use alloc::sync::Arc;
+    use core::sync::atomic::AtomicUsize;
+    let aps = aps();
+    let ready = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicUsize::new(0));
+    for (i, &cpu) in aps.iter().take(cpus - 1).enumerate() {
+        let (space, ready, go, finished) = (Arc::clone(space), Arc::clone(&ready), Arc::clone(&go), Arc::clone(&finished));
+        let posted = kernel::arch::apic::run_on(cpu, move || {
+            space.activate();
+            x86_64::instructions::interrupts::enable();
+            ready.fetch_add(1, Ordering::SeqCst);
+            while !go.load(Ordering::SeqCst) {
+                core::hint::spin_loop();
+            }
+            work(&space, i + 1, ops);
+            x86_64::instructions::interrupts::disable();
+            Space::deactivate();
+            finished.fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(posted, "bench: CPU {cpu} took no work");
+    }
+    space.activate();
+    wait_for(|| ready.load(Ordering::SeqCst) == cpus - 1);
+    x86_64::instructions::interrupts::enable();
+    let t0 = rdtsc();
+    go.store(true, Ordering::SeqCst);
+    work(space, 0, ops);
+    x86_64::instructions::interrupts::disable();
+    wait_for(|| finished.load(Ordering::SeqCst) == cpus - 1);
+    let t1 = rdtsc();
+    Space::deactivate();
+    t1 - t0
+}
+
+/// The region of worker `i` (disjoint per worker, far from NULL-placed allocations).
+fn region(i: usize) -> u64 {
+    0x20_0000_0000 + i as u64 * 0x1_0000_0000
+}
+
+/// One op: commit 16 pages (64 KiB) of the worker's reservation, touch each, decommit them.
+fn scaling_commit_touch_decommit(s: &Space, i: usize, ops: u64) {
+    let base = region(i);
+    for _ in 0..ops {
+        alloc(s, base, KB64, MEM_COMMIT, PAGE_READWRITE);
+        touch_range(base, KB64);
+        free(s, base, KB64, MEM_DECOMMIT);
+    }
+}
+
+/// One op: reserve 64 KiB at the worker's address and release it.
+fn scaling_reserve_release(s: &Space, i: usize, ops: u64) {
+    let base = region(i) + 0x1000_0000;
+    for _ in 0..ops {
+        alloc(s, base, KB64, MEM_RESERVE, PAGE_NOACCESS);
+        free(s, base, 0, MEM_RELEASE);
+    }
+}
+
+/// The scaling table: each workload from 1, 2 and 4 CPUs at once (as many as are online), on
+/// disjoint regions of one space that every participating CPU runs; ops/s of all CPUs together
+/// and the speed-up over one CPU. Also the IPIs each op cost (a decommit of touched pages makes
+/// one round to every other CPU running the space).
+fn scaling(env: &Env) {
+    use alloc::sync::Arc;
+    let online = 1 + aps().len();
+    kprintln!(
+        "bench-scaling-title in-kernel on {online} CPUs (ring 0 on each CPU through the Space API, each CPU's space in CR3, interrupts on; \
+one space, disjoint regions; {} under QEMU, the vCPUs share the host's cores with everything else)",
+        env.place
+    );
+    kprintln!("bench-scaling {:<24} {:>4} {:>7} {:>12} {:>8} {:>8}", "workload", "cpus", "ops", "ops/s", "speed-up", "ipis/op");
+    let workloads: [(&str, fn(&Space, usize, u64), u64); 2] =
+        [("commit_touch_decommit_64k", scaling_commit_touch_decommit, 300), ("reserve_release_64k", scaling_reserve_release, 3_000)];
+    for (name, work, ops) in workloads {
+        let mut single = 0.0;
+        for cpus in [1usize, 2, 4] {
+            if cpus > online {
+                kprintln!("bench-scaling {name:<24} {cpus:>4}     n/a (only {online} CPUs online)");
+                continue;
+            }
+            let space = Arc::new(Space::new().expect("Space::new"));
+            for i in 0..cpus {
+                alloc(&space, region(i), KB64, MEM_RESERVE, PAGE_NOACCESS);
+            }
+            // A warm-up pass (tables created, caches filled), then the timed one.
+            on_cpus(&space, cpus, ops / 10, work);
+            let before = memory::shootdown_stats();
+            let cycles = on_cpus(&space, cpus, ops, work);
+            let ipis = memory::shootdown_stats().ipis - before.ipis;
+            let total = ops * cpus as u64;
+            let per_s = total as f64 * env.tsc_hz as f64 / cycles as f64;
+            if cpus == 1 {
+                single = per_s;
+            }
+            kprintln!(
+                "bench-scaling {name:<24} {cpus:>4} {total:>7} {per_s:>12.0} {:>7.2}x {:>8.2}",
+                per_s / single,
+                ipis as f64 / total as f64
+            );
+        }
+    }
+}
+
+/// The cost of a shootdown round: `VirtualProtect` of one touched page read-only and back, with
+/// 0, 1 and 3 other CPUs running the space (idle with its root loaded: they take the IPI in
+/// `hlt`): IPIs per call, and TSC cycles per round from the first IPI to the last
+/// acknowledgement (the caller's own `invlpg` not included).
+fn shootdown_cost(env: &Env) {
+    use alloc::sync::Arc;
+    const CALLS: u64 = 2_000;
+    let aps = aps();
+    for others in [0usize, 1, 3] {
+        if others > aps.len() {
+            kprintln!("bench-shootdown others={others} n/a (only {} APs online)", aps.len());
+            continue;
+        }
+        let s = Arc::new(Space::new().expect("Space::new"));
+        let page = alloc(&s, 0, KB64, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+        s.with(|sp, cx| sp.write_user(cx, page, &[1])).expect("write");
+        for &cpu in &aps[..others] {
+            let sp = Arc::clone(&s);
+            let done = Arc::new(AtomicBool::new(false));
+            let d = Arc::clone(&done);
+            assert!(kernel::arch::apic::run_on(cpu, move || {
+                sp.activate();
+                d.store(true, Ordering::SeqCst);
+            }));
+            wait_for(|| done.load(Ordering::SeqCst));
+        }
+        let before = memory::shootdown_stats();
+        let t0 = rdtsc();
+        for i in 0..CALLS {
+            protect(&s, page, PAGE, if i % 2 == 0 { PAGE_READONLY } else { PAGE_READWRITE });
+        }
+        let cycles = rdtsc() - t0;
+        let after = memory::shootdown_stats();
+        let rounds = after.rounds - before.rounds;
+        let round_cycles = (after.cycles - before.cycles) / rounds.max(1);
+        kprintln!(
+            "bench-shootdown others={others} calls={CALLS} ipis_per_call={:.2} rounds={rounds} cycles_per_round={round_cycles} ns_per_round={:.0} cycles_per_call={} ns_per_call={:.0}",
+            (after.ipis - before.ipis) as f64 / CALLS as f64,
+            round_cycles as f64 * 1e9 / env.tsc_hz as f64,
+            cycles / CALLS,
+            (cycles / CALLS) as f64 * 1e9 / env.tsc_hz as f64
+        );
+        for &cpu in &aps[..others] {
+            let done = Arc::new(AtomicBool::new(false));
+            let d = Arc::clone(&done);
+            assert!(kernel::arch::apic::run_on(cpu, move || {
+                Space::deactivate();
+                d.store(true, Ordering::SeqCst);
+            }));
+            wait_for(|| done.load(Ordering::SeqCst));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     kernel::init(boot_info);
@@ -1145,6 +1328,8 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     }
 
     tlb_threshold(&env);
+    scaling(&env);
+    shootdown_cost(&env);
 
     // The same workloads from ring 3. (Running the guest first under KVM gains nothing on the
     // machine this was written on: there KVM stops the VM with an emulation failure at the `clac`

@@ -190,9 +190,7 @@ fn cpu_loop(run: &GuestRun, owner: bool) {
         let picked = run.with(|g| {
             let picked = g.pick();
             if picked.is_some() {
-                // Loads the space's tables, and on a CPU already in the space reloads them: until
-                // TLB shootdowns exist, this drops the translations another CPU may have removed
-                // (a released stack reused by the next thread) before a thread runs here.
+                // Loads the space's tables (and joins the CPUs its TLB rounds target).
                 g.space.activate();
             }
             picked
@@ -208,7 +206,7 @@ fn cpu_loop(run: &GuestRun, owner: bool) {
         }
     }
     if in_space && !owner {
-        run.with(|g| g.space.deactivate());
+        crate::memory::Space::deactivate();
     }
 }
 

@@ -63,7 +63,12 @@ pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdic
             return violation(MemoryFault::ACCESS_VIOLATION);
         }
     }
-    let Some(mut guard) = MM.try_lock() else { return PageFaultVerdict::NotGuestMemory };
+    // A fault taken while this CPU holds the manager's lock is a kernel bug (reported as a
+    // kernel fault); one taken while another CPU holds it waits, serving flush requests.
+    if MM.held_by_this_cpu() {
+        return PageFaultVerdict::NotGuestMemory;
+    }
+    let mut guard = MM.lock();
     let Some(mm) = guard.as_mut() else { return PageFaultVerdict::NotGuestMemory };
     let root = Cr3::read().0.start_address().as_u64();
     let populated_before = mm.counters.faults_resolved;

@@ -41,8 +41,9 @@ mod config;
 mod fault;
 pub mod kernel_tables;
 pub mod kstack;
+pub mod lock;
 mod space;
-mod tlb;
+pub mod tlb;
 pub mod window;
 
 pub use accounting::{Accounting, CommitState, commit_state, print_accounting, set_commit_limit, accounting};
@@ -50,7 +51,8 @@ pub use boot::{BootSnapshot, boot_snapshot};
 pub use config::{MemoryConfig, config};
 pub use fault::{PageFaultVerdict, fault_access, on_page_fault};
 pub use space::Space;
-pub use tlb::KernelTlb;
+pub use lock::SpinLock;
+pub use tlb::{KernelTlb, serve_flush_requests, shootdown_stats};
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -60,7 +62,6 @@ use address_space::frame::{FrameAllocator, PhysRange};
 use address_space::{AddressSpace, CommitCharge, VmContext, WorkCounters};
 use bootloader_api::BootInfo;
 use bootloader_api::info::MemoryRegionKind;
-use spin::Mutex;
 use x86_64::PhysAddr;
 use x86_64::align_down;
 use x86_64::structures::paging::PhysFrame;
@@ -98,7 +99,6 @@ pub struct MemoryManager {
     kernel_root: PhysFrame,
     kernel_table_pages: u64,
     spaces: BTreeMap<u64, AddressSpace>,
-    active_root: u64,
     ram_bytes: u64,
     usable_bytes: u64,
     boot_frames_returned: u64,
@@ -114,7 +114,7 @@ pub fn with_phys(f: &mut crate::arch::smp::PhysAccess<'_>) {
 }
 
 /// The memory manager (after [`init`]).
-pub static MM: Mutex<Option<MemoryManager>> = Mutex::new(None);
+pub static MM: SpinLock<Option<MemoryManager>> = SpinLock::new(None);
 
 fn frame(pa: u64) -> PhysFrame {
     PhysFrame::containing_address(PhysAddr::new(pa))
@@ -182,6 +182,7 @@ pub fn init(boot_info: &'static BootInfo) {
     let charge = CommitCharge::new(limit_pages, limit_pages * config.critical_reserve_percent / 100).with_table_allowance(table_allowance);
     let usable_bytes = snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.end - r.start).sum();
     let ram_bytes = snap.ram.iter().map(|r| r.1 - r.0).sum();
+    tlb::KERNEL_ROOT.store(tables.root.start_address().as_u64(), core::sync::atomic::Ordering::Relaxed);
     *MM.lock() = Some(MemoryManager {
         frames,
         charge,
@@ -190,7 +191,6 @@ pub fn init(boot_info: &'static BootInfo) {
         kernel_root: tables.root,
         kernel_table_pages: tables.table_pages,
         spaces: BTreeMap::new(),
-        active_root: tables.root.start_address().as_u64(),
         ram_bytes,
         usable_bytes,
         boot_frames_returned: returned,
@@ -212,8 +212,10 @@ pub fn init(boot_info: &'static BootInfo) {
 /// # Panics
 /// If [`init`] has not run, or (a kernel bug) if called from the page-fault path.
 pub fn with_mm<R>(f: impl FnOnce(&mut MemoryManager) -> R) -> R {
-    let mut guard = MM.lock();
-    f(guard.as_mut().expect("memory::init has run"))
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut guard = MM.lock();
+        f(guard.as_mut().expect("memory::init has run"))
+    })
 }
 
 impl MemoryManager {
@@ -233,7 +235,7 @@ impl MemoryManager {
         root: u64,
         f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R,
     ) -> Option<R> {
-        let mut tlb = KernelTlb { active: self.active_root == root };
+        let mut tlb = KernelTlb::new(root);
         let space = self.spaces.get_mut(&root)?;
         let mut cx = Self::context(&mut self.frames, &mut self.window, &mut tlb, &mut self.charge, &mut self.counters);
         Some(f(space, &mut cx))

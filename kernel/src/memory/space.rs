@@ -1,17 +1,32 @@
-//! [`Space`]: a guest address space registered with the memory manager.
+//! [`Space`]: a guest address space registered with the memory manager, and which CPUs run it.
 
+use alloc::sync::Arc;
+
+use address_space::paging::tlb::ActiveCpus;
 use address_space::{AddressSpace, CriticalLevel, MemoryBasicInformation, PhysMemory, SpaceConfig, VmContext, VmError};
 use x86_64::PhysAddr;
 
+use super::tlb::{self, KERNEL_ROOT, cr3_root};
 use super::window::PhysWindow;
 use super::{KernelTlb, MAX_ALLOCATIONS_PER_SPACE, MemoryManager, frame, kernel_tables, with_mm};
+use crate::arch::percpu::{self, MAX_CPUS};
 
 /// A guest address space: a handle to an `address_space::AddressSpace` registered with the
 /// memory manager, with its own PML4 (kernel half shared). Dropping it destroys the space and
-/// returns every frame, page-table pages and root included.
+/// returns every frame, page-table pages and root included (after every CPU still running it
+/// loaded the kernel's table).
 pub struct Space {
     root: u64,
+    /// The space's set of CPUs running it (shared with the `AddressSpace`), so that
+    /// [`activate`](Self::activate) needs no lock.
+    active: Arc<ActiveCpus>,
 }
+
+/// Per CPU: the `ActiveCpus` set of the space it last activated (its bit is set there), so that
+/// activating another space or the kernel's table clears it. Only its own CPU touches its slot,
+/// with interrupts off; the lock is never contended (the shootdown handler does not take it).
+#[allow(clippy::type_complexity)]
+static RUNNING: [spin::Mutex<Option<Arc<ActiveCpus>>>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
 
 impl Space {
     /// Creates an empty space with the default Windows x64 layout.
@@ -35,8 +50,9 @@ impl Space {
                 let entry = mm.window.read_u64(PhysAddr::new(kernel_root + i * 8));
                 mm.window.write_u64(PhysAddr::new(root + i * 8), entry);
             }
+            let active = space.active_set();
             mm.spaces.insert(root, space);
-            Ok(Space { root })
+            Ok(Space { root, active })
         })
     }
 
@@ -45,32 +61,60 @@ impl Space {
         self.root
     }
 
-    /// Loads this space into CR3 (the kernel half is the same in every space).
+    /// Makes this CPU run the space: records the CPU in the space's set of CPUs, loads the root
+    /// into CR3 (unless it is there), then removes the CPU from the set of the space it ran
+    /// before. Lock-free (no memory-manager lock), with interrupts off for its duration.
+    ///
+    /// The order is Linux's `switch_mm` (smp-and-dispatch §4): the set bit first (a locked
+    /// read-modify-write, a full barrier), then the CR3 load whose walks read the tables; an
+    /// operation writes its entries, then reads the set behind a full fence. So either its round
+    /// targets this CPU, or this CPU's walks already see its entries. The bit in the old space is
+    /// cleared only after the CR3 load has dropped the old space's translations (§4(e): no PCID,
+    /// guest mappings are never global). A CPU that idles with the root loaded stays in the set:
+    /// it can still walk the tables, so rounds still target it.
     pub fn activate(&self) {
-        with_mm(|mm| {
-            // SAFETY: the root maps the kernel half exactly like the kernel's own table (its 256
-            // upper entries are copies of the kernel's, whose PDPTs never change).
-            unsafe { kernel_tables::activate(frame(self.root)) };
-            mm.active_root = self.root;
-        })
-    }
-
-    /// Leaves this space on the calling CPU (the scheduler calls it when the CPU stops running
-    /// the space's threads): loads the kernel's own table if this space is in this CPU's CR3, so
-    /// that no CPU holds a space's tables once it is destroyed. Safe to call on a CPU that does
-    /// not run the space (nothing changes).
-    pub fn deactivate(&self) {
-        with_mm(|mm| {
-            if x86_64::registers::control::Cr3::read().0.start_address().as_u64() == self.root {
-                // SAFETY: the kernel's own table maps everything the kernel uses.
-                unsafe { kernel_tables::activate(mm.kernel_root) };
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            let cpu = percpu::this_cpu();
+            let mut running = RUNNING[cpu].lock();
+            self.active.activate(cpu);
+            if cr3_root() != self.root {
+                // SAFETY: the root maps the kernel half exactly like the kernel's own table (its
+                // 256 upper entries are copies of the kernel's, whose PDPTs never change).
+                unsafe { kernel_tables::activate(frame(self.root)) };
+            }
+            if let Some(old) = running.replace(Arc::clone(&self.active))
+                && !Arc::ptr_eq(&old, &self.active)
+            {
+                old.deactivate(cpu);
             }
         })
     }
 
-    /// Whether this space is the one in CR3.
+    /// Makes this CPU run no guest space: loads the kernel's own table (unless it is in CR3) and
+    /// removes the CPU from the set of the space it ran. Lock-free, interrupts off meanwhile.
+    pub fn deactivate() {
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            let cpu = percpu::this_cpu();
+            let mut running = RUNNING[cpu].lock();
+            let kernel = KERNEL_ROOT.load(core::sync::atomic::Ordering::Relaxed);
+            if cr3_root() != kernel {
+                // SAFETY: the kernel's own table maps everything the kernel uses.
+                unsafe { kernel_tables::activate(frame(kernel)) };
+            }
+            if let Some(old) = running.take() {
+                old.deactivate(cpu);
+            }
+        })
+    }
+
+    /// Whether this space is the one in this CPU's CR3.
     pub fn is_active(&self) -> bool {
-        with_mm(|mm| mm.active_root == self.root)
+        cr3_root() == self.root
+    }
+
+    /// The CPUs running the space now (the targets of its TLB rounds).
+    pub fn active_cpus(&self) -> address_space::paging::tlb::CpuSet {
+        self.active.get()
     }
 
     /// Runs `f` on the space with a context (frames, window, TLB, charge, counters).
@@ -111,14 +155,19 @@ impl Space {
 
 impl Drop for Space {
     fn drop(&mut self) {
+        if self.is_active() {
+            Space::deactivate();
+        }
         with_mm(|mm| {
-            if mm.active_root == self.root {
-                // SAFETY: the kernel's own table maps everything the kernel uses.
-                unsafe { kernel_tables::activate(mm.kernel_root) };
-                mm.active_root = mm.kernel_root.start_address().as_u64();
+            // Every other CPU still running the space (idle ones that kept its root in CR3) loads
+            // the kernel's table before the tables are freed (§4(b)); then none is left.
+            let others = self.active.get().without(percpu::this_cpu());
+            tlb::leave_round(others, self.root);
+            for cpu in others.iter() {
+                self.active.deactivate(cpu);
             }
             if let Some(space) = mm.spaces.remove(&self.root) {
-                let mut tlb = KernelTlb { active: false };
+                let mut tlb = KernelTlb::new(self.root);
                 let mut cx = MemoryManager::context(&mut mm.frames, &mut mm.window, &mut tlb, &mut mm.charge, &mut mm.counters);
                 let root = space.destroy(&mut cx);
                 mm.frames.free(root).expect("a space's root frame is allocated");
@@ -126,4 +175,3 @@ impl Drop for Space {
         })
     }
 }
-

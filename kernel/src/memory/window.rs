@@ -5,6 +5,8 @@
 //! address-space crate's safe [`PhysMemory`] trait, which is how that crate reads and writes page
 //! tables and zeroes frames; this module holds the unsafe code that makes it true.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use address_space::PAGE_SIZE;
 use address_space::PhysMemory;
 use x86_64::PhysAddr;
@@ -58,6 +60,15 @@ impl PhysMemory for PhysWindow {
         // SAFETY: as for read_u64; the frame belongs to the memory manager (a page table), which
         // is the only writer.
         unsafe { core::ptr::write_volatile(va as *mut u64, value) }
+    }
+
+    fn compare_exchange_u64(&mut self, pa: PhysAddr, current: u64, new: u64) -> Result<(), u64> {
+        let va = self.virt(pa.as_u64(), 8);
+        // SAFETY: the window maps `pa` (checked), 8-byte aligned as page-table entries are, for
+        // the whole run; the word is only ever accessed with aligned 8-byte accesses (the MMU's
+        // A/D updates are locked read-modify-writes too), so a `lock cmpxchg` on it is sound.
+        let word = unsafe { AtomicU64::from_ptr(va as *mut u64) };
+        word.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst).map(|_| ())
     }
 
     fn zero_frame(&mut self, frame: PhysFrame<Size4KiB>) {

@@ -109,7 +109,14 @@ impl ActiveCpus {
     }
 
     /// Returns the CPUs running the space now.
+    ///
+    /// A full fence comes first: the entries the caller just wrote (plain stores, not atomics)
+    /// must be visible before the set is read, or a CPU joining meanwhile could both miss them
+    /// in its walk and be missed by the round (a store-load reordering, which x86 allows). The
+    /// joining side's `fetch_or` is a locked instruction, a full barrier too: either the round
+    /// sees its bit or its walks see the new entries (Linux: cpumask bit, then `tlb_gen`).
     pub fn get(&self) -> CpuSet {
+        core::sync::atomic::fence(Ordering::SeqCst);
         CpuSet(self.0.load(Ordering::SeqCst))
     }
 }

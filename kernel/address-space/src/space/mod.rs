@@ -52,6 +52,8 @@ mod tests;
 
 use core::ops::ControlFlow;
 
+use ::alloc::sync::Arc;
+
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
@@ -214,7 +216,7 @@ pub struct AddressSpace {
     /// page, taken when the page is first touched, given back when it is decommitted untouched.
     demand_zero: FrameReservation,
     /// The CPUs that have this space's root in CR3: the targets of every TLB round.
-    active: ActiveCpus,
+    active: Arc<ActiveCpus>,
 }
 
 impl AddressSpace {
@@ -250,7 +252,7 @@ impl AddressSpace {
             gaps: GapTree::new(config.min_address / ALLOCATION_GRANULARITY, config.max_address_end / ALLOCATION_GRANULARITY),
             table_pages: 0,
             demand_zero: FrameReservation::empty(),
-            active: ActiveCpus::default(),
+            active: Arc::new(ActiveCpus::default()),
         })
     }
 
@@ -301,6 +303,13 @@ impl AddressSpace {
     /// Returns the CPUs running this space: the targets of its TLB rounds.
     pub fn active_cpus(&self) -> CpuSet {
         self.active.get()
+    }
+
+    /// Returns a shared handle to the space's [`ActiveCpus`], so that a context switch can set
+    /// and clear its CPU's bit without the space lock (and without the space itself: the handle
+    /// outlives it, so a CPU may clear its bit in the set of a space destroyed meanwhile).
+    pub fn active_set(&self) -> Arc<ActiveCpus> {
+        Arc::clone(&self.active)
     }
 
     /// Returns the allocation containing `addr`, if any (the unusable 64 KiB tail is not part of

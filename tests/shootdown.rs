@@ -1,0 +1,467 @@
+//! TLB shootdown and the memory manager under concurrency (issue 13), in ring 0 on every CPU,
+//! before guests have threads: application processors run closures handed to them with
+//! `apic::run_on` (test hooks), load a space's root with `Space::activate` and touch its pages
+//! through the fault probes (a `stac` window), as a guest thread would.
+//!
+//! - IPIs go to exactly the CPUs that run a space: none while no other CPU does, one per call
+//!   that narrows access per CPU that does (a CPU idling with the root loaded included).
+//! - The torture: APs read (and write) a page in a loop while the boot CPU decommits and
+//!   recommits, protects and unprotects, releases and reallocates it thousands of times. A read
+//!   made wholly after a call returned (and before the next began) must see exactly what the
+//!   call left: a fault after a decommit, release or `PAGE_NOACCESS`, a refused write after
+//!   `PAGE_READONLY`, the new page's contents after a recommit (never the old frame's).
+//! - Every CPU reserves, commits, touches, protects, queries, decommits and releases its own
+//!   regions of one shared space at once, checking data and results; frames, commit and page
+//!   tables are exactly as before at the end.
+//!
+//! The suite runs this image at 2 and 4 CPUs; with one CPU the cases that need another say so
+//! and pass.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use address_space::win32::*;
+use kernel::arch::probe::{self, FaultRecord};
+use kernel::arch::{apic, percpu, time};
+use kernel::memory::{self, Space, SpinLock};
+use qemu_tests::{ensure, ensure_eq, frame_counts};
+
+const PAGE: u64 = 4096;
+
+fn read(addr: u64) -> Result<u8, FaultRecord> {
+    // SAFETY: guest pages of a test space; reading them has no side effect.
+    unsafe { probe::read_u8(addr) }
+}
+
+fn write(addr: u64, value: u8) -> Result<(), FaultRecord> {
+    // SAFETY: guest pages of a test space, owned by this test.
+    unsafe { probe::write_u8(addr, value) }
+}
+
+fn aps() -> Vec<usize> {
+    percpu::cpus().skip(1).filter(|c| c.online).map(|c| c.index).collect()
+}
+
+/// Waits (boundedly, 20 s) until `done`, serving flush requests meanwhile.
+fn wait_until(what: &str, done: impl Fn() -> bool) -> Result<(), String> {
+    let start = time::ticks_ns();
+    while !done() {
+        ensure!(time::ticks_ns() - start < 20_000_000_000, "timed out waiting for {what}");
+        memory::serve_flush_requests();
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// Runs `work` on CPU `cpu` and returns a flag that turns true when it has finished.
+fn spawn(cpu: usize, work: impl FnOnce() + Send + 'static) -> Result<Arc<AtomicBool>, String> {
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&done);
+    ensure!(
+        apic::run_on(cpu, move || {
+            work();
+            flag.store(true, Ordering::SeqCst);
+        }),
+        "CPU {cpu} took no work"
+    );
+    Ok(done)
+}
+
+fn on(cpu: usize, work: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    let done = spawn(cpu, work)?;
+    wait_until("the AP's work", || done.load(Ordering::SeqCst))
+}
+
+fn vm<T>(r: Result<T, address_space::VmError>, what: &str) -> Result<T, String> {
+    r.map_err(|e| alloc::format!("{what}: {e:?}"))
+}
+
+/// Calls that narrow access make one round with one IPI per other CPU running the space, and
+/// none at all while no other CPU runs it.
+fn ipis_go_exactly_to_the_cpus_running_the_space() -> Result<(), String> {
+    let aps = aps();
+    if aps.is_empty() {
+        kernel::kprintln!("    (one CPU: nothing to check)");
+        return Ok(());
+    }
+    let space = Arc::new(vm(Space::new(), "Space::new")?);
+    let a = vm(space.virtual_alloc(0, 16 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE), "alloc")?;
+    vm(space.with(|s, cx| s.write_user(cx, a, &[1; 16 * PAGE as usize])), "touch")?;
+    let toggle = |n: u64| -> Result<(memory::tlb::ShootdownStats, u64), String> {
+        let (before, c0) = (memory::shootdown_stats(), memory::with_mm(|mm| mm.counters.shootdown_ipis));
+        for _ in 0..n {
+            vm(space.virtual_protect(a, 16 * PAGE, PAGE_READONLY), "protect")?;
+            vm(space.virtual_protect(a, 16 * PAGE, PAGE_READWRITE), "protect")?;
+        }
+        let (after, c1) = (memory::shootdown_stats(), memory::with_mm(|mm| mm.counters.shootdown_ipis));
+        Ok((memory::tlb::ShootdownStats { rounds: after.rounds - before.rounds, ipis: after.ipis - before.ipis, cycles: 0, served: after.served - before.served }, c1 - c0))
+    };
+    // Nobody runs it (the boot CPU is on the kernel's table): no IPI.
+    ensure_eq!(space.active_cpus().0, 0);
+    let (d, counted) = toggle(50)?;
+    ensure_eq!((d.rounds, d.ipis, counted), (0, 0, 0));
+    // Each AP activates it and idles with its root loaded: every narrowing call (RW → RO, 100 of
+    // them; RO → RW only widens, but the crate still flushes a present entry that changed) makes
+    // one round with one IPI per AP.
+    for &cpu in &aps {
+        let s = Arc::clone(&space);
+        on(cpu, move || s.activate())?;
+    }
+    let expected: u64 = aps.iter().map(|&c| 1 << c).sum();
+    ensure_eq!(space.active_cpus().0, expected);
+    let (d, counted) = toggle(50)?;
+    ensure_eq!(d.rounds, 100);
+    ensure_eq!(d.ipis, 100 * aps.len() as u64);
+    ensure_eq!(counted, d.ipis);
+    wait_until("the last acknowledgements", || memory::shootdown_stats().served >= d.served)?;
+    kernel::kprintln!("    {} APs running the space: {} IPIs for 100 calls", aps.len(), d.ipis);
+    // The boot CPU runs it too: still one IPI per AP, none to itself.
+    space.activate();
+    let (d, _) = toggle(10)?;
+    ensure_eq!((d.rounds, d.ipis), (20, 20 * aps.len() as u64));
+    Space::deactivate();
+    // The APs switch to the kernel's table: no IPI again.
+    for &cpu in &aps {
+        on(cpu, Space::deactivate)?;
+    }
+    ensure_eq!(space.active_cpus().0, 0);
+    let (d, counted) = toggle(50)?;
+    ensure_eq!((d.rounds, d.ipis, counted), (0, 0, 0));
+    Ok(())
+}
+
+/// A space dropped while APs idle with its root loaded: they are made to leave it first.
+fn a_space_dropped_while_aps_idle_in_it_is_left_first() -> Result<(), String> {
+    let aps = aps();
+    let before = frame_counts();
+    {
+        let space = Arc::new(vm(Space::new(), "Space::new")?);
+        let a = vm(space.virtual_alloc(0, 64 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE), "alloc")?;
+        vm(space.with(|s, cx| s.write_user(cx, a, &[7; 64 * PAGE as usize])), "touch")?;
+        for &cpu in &aps {
+            let s = Arc::clone(&space);
+            on(cpu, move || s.activate())?;
+        }
+        let root = space.root();
+        let space = Arc::into_inner(space).ok_or("the APs still hold the space")?;
+        drop(space);
+        for &cpu in &aps {
+            let left = Arc::new(AtomicU64::new(0));
+            let l = Arc::clone(&left);
+            on(cpu, move || l.store(x86_64::registers::control::Cr3::read().0.start_address().as_u64(), Ordering::SeqCst))?;
+            ensure!(left.load(Ordering::SeqCst) != root, "CPU {cpu} still has the dropped root in CR3");
+        }
+    }
+    ensure_eq!(frame_counts(), before);
+    Ok(())
+}
+
+// The torture's shared state: a phase word the boot CPU publishes around each call, which the
+// readers sample before and after each access.
+const CHANGING: u64 = 0;
+/// Readable and writable, the page holds the tag in bits 8.. of the state.
+const READ_WRITE: u64 = 1;
+/// Readable (holding the tag), writes refused.
+const READ_ONLY: u64 = 2;
+/// Every access refused.
+const NO_ACCESS: u64 = 3;
+
+fn state(phase: u64, tag: u8) -> u64 {
+    (u64::from(tag) << 8) | phase
+}
+
+#[derive(Default)]
+struct Torture {
+    state: AtomicU64,
+    stop: AtomicBool,
+    /// Accesses made while the state was settled (and so checked).
+    checked: AtomicU64,
+    /// A read or write that succeeded though the call that returned before it forbade it, or a
+    /// read of a value the page no longer holds: a stale translation.
+    stale: AtomicU64,
+    /// An access refused though the page allowed it.
+    refused: AtomicU64,
+    first_error: SpinLock<Option<String>>,
+}
+
+impl Torture {
+    fn error(&self, counter: &AtomicU64, what: String) {
+        counter.fetch_add(1, Ordering::SeqCst);
+        self.first_error.lock().get_or_insert(what);
+    }
+
+    /// A reader's loop on an AP (interrupts on, like a guest thread: the IPIs arrive in it).
+    fn read_loop(&self, space: &Space, addr: u64) {
+        space.activate();
+        x86_64::instructions::interrupts::enable();
+        let mut n = 0u64;
+        while !self.stop.load(Ordering::SeqCst) {
+            n += 1;
+            let s1 = self.state.load(Ordering::SeqCst);
+            let tag = (s1 >> 8) as u8;
+            // Writes go to the byte after the tag, so that a write allowed by the state read
+            // before it never overwrites a newer tag.
+            let write_now = n % 4 == 0 && s1 & 0xff != NO_ACCESS;
+            let result = if write_now { write(addr + 1, tag).map(|()| None) } else { read(addr).map(Some) };
+            let s2 = self.state.load(Ordering::SeqCst);
+            if s1 != s2 || s1 & 0xff == CHANGING {
+                continue;
+            }
+            self.checked.fetch_add(1, Ordering::Relaxed);
+            match (s1 & 0xff, write_now, result) {
+                (READ_WRITE | READ_ONLY, false, Ok(Some(v))) if v == tag => {}
+                (READ_WRITE | READ_ONLY, false, Ok(v)) => {
+                    self.error(&self.stale, alloc::format!("read {v:#x?}, the page holds {tag:#x} (state {s1:#x})"))
+                }
+                (READ_WRITE, true, Ok(_)) | (READ_ONLY | NO_ACCESS, _, Err(_)) => {}
+                (READ_ONLY, true, Ok(_)) => self.error(&self.stale, alloc::format!("write succeeded on a read-only page (state {s1:#x})")),
+                (NO_ACCESS, _, Ok(_)) => self.error(&self.stale, alloc::format!("access succeeded on an inaccessible page (state {s1:#x})")),
+                (_, _, Err(f)) => self.error(&self.refused, alloc::format!("access refused on an accessible page (state {s1:#x}): {f:?}")),
+                // No other settled phase exists (CHANGING was skipped above).
+                (_, _, Ok(_)) => {}
+            }
+        }
+        x86_64::instructions::interrupts::disable();
+        Space::deactivate();
+    }
+}
+
+/// Runs `rounds` of one torture mode: `narrow` then `widen` around settled phases.
+fn torture_mode(
+    t: &Torture,
+    rounds: u32,
+    mut narrow: impl FnMut(u8) -> Result<u64, String>,
+    mut widen: impl FnMut(u8) -> Result<u64, String>,
+    tag: &mut u8,
+) -> Result<(), String> {
+    for _ in 0..rounds {
+        let checked = t.checked.load(Ordering::SeqCst);
+        t.state.store(state(CHANGING, *tag), Ordering::SeqCst);
+        let phase = narrow(*tag)?;
+        t.state.store(state(phase, *tag), Ordering::SeqCst);
+        // Let the readers try the narrowed page at least once (bounded: they may be slow).
+        let start = time::ticks_ns();
+        while t.checked.load(Ordering::SeqCst) < checked + 2 && time::ticks_ns() - start < 50_000_000 {
+            core::hint::spin_loop();
+        }
+        *tag = if *tag == 0xff { 1 } else { *tag + 1 };
+        t.state.store(state(CHANGING, *tag), Ordering::SeqCst);
+        let phase = widen(*tag)?;
+        t.state.store(state(phase, *tag), Ordering::SeqCst);
+        let checked = t.checked.load(Ordering::SeqCst);
+        let start = time::ticks_ns();
+        while t.checked.load(Ordering::SeqCst) < checked + 2 && time::ticks_ns() - start < 50_000_000 {
+            core::hint::spin_loop();
+        }
+    }
+    Ok(())
+}
+
+/// See the module docs: after each call returns, no AP uses the old translation.
+fn no_stale_access_after_decommit_protect_or_release() -> Result<(), String> {
+    let aps = aps();
+    if aps.is_empty() {
+        kernel::kprintln!("    (one CPU: nothing to check)");
+        return Ok(());
+    }
+    let before = frame_counts();
+    // Thousands of calls in all; fewer per mode with more readers, whose busy loops share the
+    // host's cores with the vCPU making the calls (every round waits for all of them).
+    let rounds = (2000 / aps.len() as u32).clamp(500, 1000);
+    let space = Arc::new(vm(Space::new(), "Space::new")?);
+    let base = vm(space.virtual_alloc(0, 0x10000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE), "alloc")?;
+    let addr = base + 5 * PAGE + 123;
+    let t = Arc::new(Torture::default());
+    let mut tag = 1u8;
+    vm(space.with(|s, cx| s.write_user(cx, addr, &[tag])), "write")?;
+    t.state.store(state(READ_WRITE, tag), Ordering::SeqCst);
+    let readers: Vec<Arc<AtomicBool>> = aps
+        .iter()
+        .map(|&cpu| {
+            let (t, s) = (Arc::clone(&t), Arc::clone(&space));
+            spawn(cpu, move || t.read_loop(&s, addr))
+        })
+        .collect::<Result<_, _>>()?;
+    wait_until("the readers to run the space", || space.active_cpus().len() as usize == aps.len())?;
+    let stats0 = memory::shootdown_stats();
+    let page = addr & !(PAGE - 1);
+    let commit_and_tag = |tag: u8| -> Result<u64, String> {
+        vm(space.virtual_alloc(page, PAGE, MEM_COMMIT, PAGE_READWRITE), "recommit")?;
+        vm(space.with(|s, cx| s.write_user(cx, addr, &[tag])), "write")?;
+        Ok(READ_WRITE)
+    };
+    let mut outcome = Ok(());
+    // Decommit / recommit: the recommitted page is a new zero frame, tagged anew.
+    outcome = outcome.and_then(|()| {
+        torture_mode(&t, rounds, |_| vm(space.virtual_free(page, PAGE, MEM_DECOMMIT), "decommit").map(|()| NO_ACCESS), commit_and_tag, &mut tag)
+    });
+    // PAGE_NOACCESS and back.
+    outcome = outcome.and_then(|()| {
+        torture_mode(
+            &t,
+            rounds,
+            |_| vm(space.virtual_protect(page, PAGE, PAGE_NOACCESS), "protect").map(|_| NO_ACCESS),
+            |tag| {
+                vm(space.virtual_protect(page, PAGE, PAGE_READWRITE), "protect")?;
+                vm(space.with(|s, cx| s.write_user(cx, addr, &[tag])), "write")?;
+                Ok(READ_WRITE)
+            },
+            &mut tag,
+        )
+    });
+    // PAGE_READONLY (present entry, W taken away) and back.
+    outcome = outcome.and_then(|()| {
+        torture_mode(
+            &t,
+            rounds,
+            |_| vm(space.virtual_protect(page, PAGE, PAGE_READONLY), "protect").map(|_| READ_ONLY),
+            |tag| {
+                vm(space.virtual_protect(page, PAGE, PAGE_READWRITE), "protect")?;
+                vm(space.with(|s, cx| s.write_user(cx, addr, &[tag])), "write")?;
+                Ok(READ_WRITE)
+            },
+            &mut tag,
+        )
+    });
+    // Release / reallocate at the same address (the page table is freed and rebuilt each time).
+    outcome = outcome.and_then(|()| {
+        torture_mode(
+            &t,
+            rounds,
+            |_| vm(space.virtual_free(base, 0, MEM_RELEASE), "release").map(|()| NO_ACCESS),
+            |tag| {
+                let again = vm(space.virtual_alloc(base, 0x10000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE), "reallocate")?;
+                if again != base {
+                    return Err(alloc::format!("reallocated at {again:#x}, not {base:#x}"));
+                }
+                vm(space.with(|s, cx| s.write_user(cx, addr, &[tag])), "write")?;
+                Ok(READ_WRITE)
+            },
+            &mut tag,
+        )
+    });
+    t.stop.store(true, Ordering::SeqCst);
+    for r in &readers {
+        wait_until("the readers to stop", || r.load(Ordering::SeqCst))?;
+    }
+    outcome?;
+    let stats = memory::shootdown_stats();
+    let (ipis, rounds_sent) = (stats.ipis - stats0.ipis, stats.rounds - stats0.rounds);
+    let calls = 4 * u64::from(rounds);
+    kernel::kprintln!(
+        "    {} APs: {} checked accesses, {} stale, {} refused; {} narrowing calls, {} rounds, {} IPIs, {} cycles per round",
+        aps.len(),
+        t.checked.load(Ordering::SeqCst),
+        t.stale.load(Ordering::SeqCst),
+        t.refused.load(Ordering::SeqCst),
+        calls,
+        rounds_sent,
+        ipis,
+        (stats.cycles - stats0.cycles) / rounds_sent.max(1)
+    );
+    if let Some(e) = t.first_error.lock().clone() {
+        return Err(alloc::format!("{} stale, {} refused; first: {e}", t.stale.load(Ordering::SeqCst), t.refused.load(Ordering::SeqCst)));
+    }
+    ensure!(t.checked.load(Ordering::SeqCst) >= calls, "too few checked accesses");
+    // Every narrowing call made exactly one round to every reader (the readers' own faults
+    // make none: they only ever target themselves), and widening calls at most one each.
+    ensure!(rounds_sent >= calls && rounds_sent <= 2 * calls, "{rounds_sent} rounds for {calls} narrowing calls");
+    ensure_eq!(ipis, rounds_sent * aps.len() as u64);
+    drop(space);
+    ensure_eq!(frame_counts(), before);
+    Ok(())
+}
+
+/// Every CPU works on its own regions of one space at once; the data and every answer are
+/// checked, and the accounting is exact at the end.
+fn every_cpu_works_on_one_space_at_once() -> Result<(), String> {
+    const ITERATIONS: u64 = 150;
+    let cpus: Vec<usize> = core::iter::once(0).chain(aps()).collect();
+    let before = frame_counts();
+    let space = Arc::new(vm(Space::new(), "Space::new")?);
+    let errors = Arc::new(SpinLock::new(Vec::<String>::new()));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let work = |cpu: usize, space: Arc<Space>, errors: Arc<SpinLock<Vec<String>>>, finished: Arc<AtomicUsize>| {
+        move || {
+            space.activate();
+            // Interrupts on, as in a guest thread: IPIs arrive between the calls too.
+            x86_64::instructions::interrupts::enable();
+            let result = worker(cpu, &space, ITERATIONS);
+            x86_64::instructions::interrupts::disable();
+            if let Err(e) = result {
+                errors.lock().push(alloc::format!("CPU {cpu}: {e}"));
+            }
+            Space::deactivate();
+            finished.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    for &cpu in &cpus[1..] {
+        spawn(cpu, work(cpu, Arc::clone(&space), Arc::clone(&errors), Arc::clone(&finished)))?;
+    }
+    work(0, Arc::clone(&space), Arc::clone(&errors), Arc::clone(&finished))();
+    wait_until("every worker", || finished.load(Ordering::SeqCst) == cpus.len())?;
+    if let Some(e) = errors.lock().first() {
+        return Err(e.clone());
+    }
+    ensure_eq!(space.with(|s, _| s.allocations().count()), 0);
+    ensure_eq!(memory::with_mm(|mm| mm.charge.committed_pages()), before.2);
+    drop(space);
+    ensure_eq!(frame_counts(), before);
+    kernel::kprintln!("    {} CPUs x {ITERATIONS} iterations", cpus.len());
+    Ok(())
+}
+
+/// One CPU's share of [`every_cpu_works_on_one_space_at_once`]: each iteration reserves 16 pages
+/// (at an address of its own, or anywhere), commits 8, writes them through page faults, reads
+/// them back, protects 4 read-only (writes refused), queries, decommits 2 (accesses refused,
+/// the rest intact) and releases.
+fn worker(cpu: usize, space: &Space, iterations: u64) -> Result<(), String> {
+    let own_base = 0x10_0000_0000 + cpu as u64 * 0x1_0000_0000;
+    for i in 0..iterations {
+        let at = if i % 2 == 0 { own_base + (i % 64) * 0x10_0000 } else { 0 };
+        let base = vm(space.virtual_alloc(at, 16 * PAGE, MEM_RESERVE, PAGE_NOACCESS), "reserve")?;
+        ensure!(at == 0 || base == at, "reserved at {base:#x}, asked {at:#x}");
+        vm(space.virtual_alloc(base + 4 * PAGE, 8 * PAGE, MEM_COMMIT, PAGE_READWRITE), "commit")?;
+        let value = |p: u64| (cpu as u64 * 31 + i * 7 + p) as u8 | 1;
+        for p in 4..12 {
+            write(base + p * PAGE + p, value(p)).map_err(|f| alloc::format!("write page {p}: {f:?}"))?;
+        }
+        for p in 4..12 {
+            ensure_eq!(read(base + p * PAGE + p).map_err(|f| alloc::format!("{f:?}"))?, value(p));
+            ensure!(read(base + p * PAGE + p + 1) == Ok(0), "demand-zero page {p} not zero");
+        }
+        ensure!(read(base + 3 * PAGE).is_err(), "a reserved page was readable");
+        ensure_eq!(vm(space.virtual_protect(base + 4 * PAGE, 4 * PAGE, PAGE_READONLY), "protect")?, PAGE_READWRITE);
+        for p in 4..8 {
+            ensure!(write(base + p * PAGE, 1).is_err(), "a read-only page took a write");
+            ensure_eq!(read(base + p * PAGE + p), Ok(value(p)));
+        }
+        let q = vm(space.virtual_query(base + 4 * PAGE), "query")?;
+        ensure_eq!((q.base_address, q.region_size, q.state, q.protect), (base + 4 * PAGE, 4 * PAGE, MEM_COMMIT, PAGE_READONLY));
+        let q = vm(space.virtual_query(base + 8 * PAGE), "query")?;
+        ensure_eq!((q.region_size, q.state, q.protect), (4 * PAGE, MEM_COMMIT, PAGE_READWRITE));
+        vm(space.virtual_free(base + 8 * PAGE, 2 * PAGE, MEM_DECOMMIT), "decommit")?;
+        ensure!(read(base + 8 * PAGE + 8).is_err() && read(base + 9 * PAGE).is_err(), "a decommitted page was readable");
+        ensure_eq!(read(base + 10 * PAGE + 10), Ok(value(10)));
+        let q = vm(space.virtual_query(base + 8 * PAGE), "query")?;
+        ensure_eq!((q.region_size, q.state), (2 * PAGE, MEM_RESERVE));
+        vm(space.virtual_free(base, 0, MEM_RELEASE), "release")?;
+        // (A region placed anywhere may be another CPU's the moment it is released; this CPU's
+        // own range is only ever reserved by it.)
+        ensure!(at == 0 || read(base + 4 * PAGE).is_err(), "a released page was readable");
+    }
+    Ok(())
+}
+
+kernel::kernel_test_image!(
+    ipis_go_exactly_to_the_cpus_running_the_space,
+    a_space_dropped_while_aps_idle_in_it_is_left_first,
+    no_stale_access_after_decommit_protect_or_release,
+    every_cpu_works_on_one_space_at_once,
+);
