@@ -37,6 +37,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use host_abi::host::nr;
 
 use super::calls::Return;
+use super::host_pages;
 use super::threads::{Action, Continuation, Wait};
 use super::{Ended, Guest, KERNEL_ENTRIES};
 use crate::arch::user::{UserExit, enter_user, reset_user_state, set_fs_base};
@@ -323,7 +324,10 @@ impl Guest {
     fn serve(&mut self, key: u64, exit: UserExit, cont: &mut Continuation, since: &mut u64) -> Step {
         let c = &mut cont.context;
         match exit {
-            UserExit::Syscall if (nr::CREATE_THREAD..=nr::GET_THREAD_POINTER).contains(&c.rax) => {
+            // The thread services are made by the host's stubs (`rcx`, the return rip, in its code
+            // page); made from anywhere else they are unknown calls (E_NOTIMPL, host-abi §9), as
+            // the dispatchers' are.
+            UserExit::Syscall if (nr::CREATE_THREAD..=nr::GET_THREAD_POINTER).contains(&c.rax) && host_pages::is_stub_return(c.rcx) => {
                 cont.after_syscall = true;
                 match self.thread_call(key, c) {
                     Action::Return(v) => {
