@@ -75,7 +75,7 @@ impl Guest {
                 Ok(()) => 0,
                 Err(e) => e.win32_code() as u64,
             },
-            nr::PROBE => match self.with_stack_growth(a1, a2, || self.space.with(|s, cx| s.check_user_access(cx, a1, a2, a3 != 0))) {
+            nr::PROBE => match self.mem().with_stack_growth(a1, a2, || self.space.with(|s, cx| s.check_user_access(cx, a1, a2, a3 != 0))) {
                 Ok(()) if a1 != 0 => 0,
                 Ok(()) => hresult::to_rax(E_NOACCESS),
                 Err(e) => hresult::to_rax(hresult::from_vm(e)),

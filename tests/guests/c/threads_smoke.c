@@ -128,7 +128,11 @@ static uint32_t overflows(void *arg) {
     return (uint32_t)recurse(0);
 }
 
-static uint32_t closes_itself(void *arg) { return g_services->close_thread(*(volatile uint64_t *)arg); }
+static uint32_t closes_itself(void *arg) {
+    volatile uint64_t *handle = arg;
+    while (*handle == 0) g_services->yield();
+    return g_services->close_thread(*handle);
+}
 
 static void basic(const HOST_SERVICES *S) {
     uint64_t h, h2, hs[8], t0;
@@ -308,14 +312,19 @@ static void basic(const HOST_SERVICES *S) {
     }
 }
 
-/* One spinning thread per CPU; they meet (every one has arrived) before any leaves. */
+/* One spinning thread per CPU; they meet (every one has arrived) before any leaves, then spin
+ * on for 300 ms: whatever the host's scheduling of the virtual CPUs, each CPU then runs one of
+ * them at the same time (the kernel records the most CPUs running guest threads at once). */
 static volatile uint32_t g_arrived, g_spin_forever;
 static uint32_t meet(void *arg) {
     uint32_t n = (uint32_t)(uint64_t)arg;
-    uint64_t end = g_services->ticks_ns() + 60000 * MS;
+    uint64_t end = g_services->ticks_ns() + 60000 * MS, hold;
     __atomic_fetch_add(&g_arrived, 1, __ATOMIC_SEQ_CST);
     while (__atomic_load_n(&g_arrived, __ATOMIC_SEQ_CST) < n)
         if (g_services->ticks_ns() > end) return 1;
+    hold = g_services->ticks_ns() + 300 * MS;
+    while (g_services->ticks_ns() < hold) {
+    }
     return 0;
 }
 static void parallel(const HOST_SERVICES *S) {
