@@ -271,8 +271,7 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
     set_fs_base(cont.fs_base);
     let mut held = Some(cont);
     let mut since = time::ticks_ns();
-    loop {
-        let Some(cont) = held.as_mut() else { break };
+    while let Some(cont) = held.as_mut() {
         if run.ended() {
             return;
         }
