@@ -51,7 +51,8 @@ pub fn inject_inconsistency_after(n: u64) {
 #[cfg(feature = "test-hooks")]
 fn injected_inconsistency() -> bool {
     use core::sync::atomic::Ordering;
-    // One CPU, and guests run with the kernel not re-entered: a load and a store suffice.
+    // Called under the guest's lock (the unlocked memory calls are off while one is armed), and
+    // one guest runs at a time: a load and a store suffice.
     let n = INJECT_INCONSISTENCY.load(Ordering::SeqCst);
     if n == 0 {
         return false;
