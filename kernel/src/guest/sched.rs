@@ -37,14 +37,13 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering
 use host_abi::host::nr;
 
 use super::calls::Return;
-use super::host_pages;
-use super::threads::{Action, Continuation, Wait};
 use super::exceptions::GuestException;
-use super::host_pages::MANAGER_OBJECT;
+use super::host_pages::{self, MANAGER_OBJECT};
+use super::threads::{Action, Continuation, Wait};
 use super::{Ended, Guest, GuestMemory, KERNEL_ENTRIES};
-use crate::memory::Space;
 use crate::arch::user::{UserExit, enter_user, reset_user_state, set_fs_base};
 use crate::arch::{apic, percpu, time};
+use crate::memory::Space;
 
 /// STATUS_POSSIBLE_DEADLOCK: the end code of a guest whose threads all wait forever.
 pub const STATUS_POSSIBLE_DEADLOCK: u32 = 0xC000_0194;
@@ -345,7 +344,8 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
             }
             None
         });
-        if ended.is_some() || run.ended() {
+        if ended.is_some() {
+            // This CPU ended the guest: the others leave it at their next exit.
             run.kick_others();
             return;
         }
