@@ -81,6 +81,7 @@ fn the_guest_ends_with_its_last_threads_exit_code() -> Result<(), String> {
 fn a_deadlocked_guest_ends() -> Result<(), String> {
     let before = frame_counts();
     let (outcome, out) = run("deadlock");
+    ensure!(!out.contains("FAILED"), "{out}");
     ensure_eq!(outcome, GuestOutcome::Exited(sched::STATUS_POSSIBLE_DEADLOCK as i32));
     ensure_eq!(frame_counts(), before);
     Ok(())
@@ -91,6 +92,7 @@ fn the_cpu_time_limit_counts_every_thread() -> Result<(), String> {
     cpu_time::set_limit_for_test(Some(400));
     let (outcome, out) = run("spin");
     cpu_time::set_limit_for_test(None);
+    ensure!(out.contains("threads_smoke: spin") && !out.contains("FAILED"), "{out}");
     ensure_eq!(outcome, GuestOutcome::Exited(0x8013_1024u32 as i32));
     ensure_eq!(frame_counts(), before);
     passes("parallel")?;

@@ -423,9 +423,9 @@ impl Guest {
         if exit_code == 0 {
             return Some(0);
         }
-        Some(match self.check_writable(exit_code, 4) {
+        Some(match self.mem().check_writable(exit_code, 4) {
             Ok(()) => {
-                self.put_result(exit_code, &code.to_le_bytes());
+                self.mem().put_result(exit_code, &code.to_le_bytes());
                 0
             }
             Err(_) => ERROR_NOACCESS,
@@ -451,8 +451,8 @@ impl Guest {
         }
         let (mut now, mut expected) = ([0u8; 8], [0u8; 8]);
         let n = size as usize;
-        self.read_bytes(address, &mut now[..n]).map_err(|_| ERROR_NOACCESS)?;
-        self.read_bytes(compare, &mut expected[..n]).map_err(|_| ERROR_NOACCESS)?;
+        self.mem().read_bytes(address, &mut now[..n]).map_err(|_| ERROR_NOACCESS)?;
+        self.mem().read_bytes(compare, &mut expected[..n]).map_err(|_| ERROR_NOACCESS)?;
         Ok(now == expected)
     }
 
