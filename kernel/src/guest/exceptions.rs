@@ -154,7 +154,7 @@ impl Guest {
     /// A page fault from ring 3: `None` when resolved (retry), else the exception to raise.
     fn page_fault(&mut self, addr: u64, error_code: u64) -> Option<GuestException> {
         let access = crate::memory::fault_access(error_code);
-        let outcome = self.space.with(|s, cx| s.handle_fault(cx, addr, access));
+        let outcome = self.space.handle_fault(addr, access);
         let e = |code| Some(GuestException { code, access: access.code(), address: addr });
         match outcome {
             FaultOutcome::Resolved => None,
