@@ -6,7 +6,8 @@
 //! - IPIs go to exactly the CPUs that run a space: none while no other CPU does, one per call
 //!   that narrows access per CPU that does (a CPU idling with the root loaded included).
 //! - The torture: APs read (and write) a page in a loop while the boot CPU decommits and
-//!   recommits, protects and unprotects, releases and reallocates it thousands of times. A read
+//!   recommits, protects and unprotects, releases and reallocates it up to thousands of times
+//!   (each mode time-boxed, at least 30 rounds: the counts are printed). A read
 //!   made wholly after a call returned (and before the next began) must see exactly what the
 //!   call left: a fault after a decommit, release or `PAGE_NOACCESS`, a refused write after
 //!   `PAGE_READONLY`, the new page's contents after a recommit (never the old frame's).
@@ -162,6 +163,16 @@ fn a_space_dropped_while_aps_idle_in_it_is_left_first() -> Result<(), String> {
     Ok(())
 }
 
+/// Checked accesses a reader makes in each settled phase before it halts.
+const CHECKS_PER_PHASE: u32 = 6;
+
+/// Wakes the readers (halted once they checked the current phase) after a new phase is published.
+fn wake(readers: &[usize]) {
+    for &cpu in readers {
+        apic::send_fixed(percpu::apic_id_of(cpu), apic::WAKE_VECTOR);
+    }
+}
+
 // The torture's shared state: a phase word the boot CPU publishes around each call, which the
 // readers sample before and after each access.
 const CHANGING: u64 = 0;
@@ -197,13 +208,26 @@ impl Torture {
     }
 
     /// A reader's loop on an AP (interrupts on, like a guest thread: the IPIs arrive in it).
+    ///
+    /// A reader spins while a call is in flight, makes [`CHECKS_PER_PHASE`] checked accesses
+    /// once the state is settled, then halts until an interrupt: the boot CPU's shootdown IPI,
+    /// its wake-up IPI after it publishes the next settled state, or a timer tick. So the vCPUs
+    /// of idle readers leave the host's cores to the ones that have work.
     fn read_loop(&self, space: &Space, addr: u64) {
         space.activate();
         x86_64::instructions::interrupts::enable();
         let mut n = 0u64;
+        let (mut last, mut checks) = (u64::MAX, 0);
         while !self.stop.load(Ordering::SeqCst) {
             n += 1;
             let s1 = self.state.load(Ordering::SeqCst);
+            if s1 != last {
+                (last, checks) = (s1, 0);
+            } else if checks >= CHECKS_PER_PHASE && s1 & 0xff != CHANGING {
+                x86_64::instructions::hlt();
+                continue;
+            }
+            checks += 1;
             let tag = (s1 >> 8) as u8;
             // Writes go to the byte after the tag, so that a write allowed by the state read
             // before it never overwrites a newer tag.
@@ -232,19 +256,33 @@ impl Torture {
     }
 }
 
-/// Runs `rounds` of one torture mode: `narrow` then `widen` around settled phases.
+/// Most time one torture mode runs for: the vCPUs share the host's cores with everything
+/// else, and each round waits for every reader to take its IPI, so a loaded host makes rounds
+/// slow. A mode stops early (after at least [`MIN_ROUNDS`]) when its time is up.
+const MODE_BUDGET_NS: u64 = 6_000_000_000;
+/// Rounds every mode makes, whatever the time.
+const MIN_ROUNDS: u32 = 30;
+
+/// Runs up to `rounds` rounds of one torture mode (see [`MODE_BUDGET_NS`]): `narrow` then
+/// `widen` around settled phases. Returns the rounds made.
 fn torture_mode(
     t: &Torture,
+    readers: &[usize],
     rounds: u32,
     mut narrow: impl FnMut(u8) -> Result<u64, String>,
     mut widen: impl FnMut(u8) -> Result<u64, String>,
     tag: &mut u8,
-) -> Result<(), String> {
-    for _ in 0..rounds {
+) -> Result<u32, String> {
+    let deadline = time::ticks_ns() + MODE_BUDGET_NS;
+    for made in 0..rounds {
+        if made >= MIN_ROUNDS && time::ticks_ns() > deadline {
+            return Ok(made);
+        }
         let checked = t.checked.load(Ordering::SeqCst);
         t.state.store(state(CHANGING, *tag), Ordering::SeqCst);
         let phase = narrow(*tag)?;
         t.state.store(state(phase, *tag), Ordering::SeqCst);
+        wake(readers);
         // Let the readers try the narrowed page at least once (bounded: they may be slow).
         let start = time::ticks_ns();
         while t.checked.load(Ordering::SeqCst) < checked + 2 && time::ticks_ns() - start < 50_000_000 {
@@ -254,13 +292,14 @@ fn torture_mode(
         t.state.store(state(CHANGING, *tag), Ordering::SeqCst);
         let phase = widen(*tag)?;
         t.state.store(state(phase, *tag), Ordering::SeqCst);
+        wake(readers);
         let checked = t.checked.load(Ordering::SeqCst);
         let start = time::ticks_ns();
         while t.checked.load(Ordering::SeqCst) < checked + 2 && time::ticks_ns() - start < 50_000_000 {
             core::hint::spin_loop();
         }
     }
-    Ok(())
+    Ok(rounds)
 }
 
 /// See the module docs: after each call returns, no AP uses the old translation.
@@ -296,15 +335,17 @@ fn no_stale_access_after_decommit_protect_or_release() -> Result<(), String> {
         vm(space.with(|s, cx| s.write_user(cx, addr, &[tag])), "write")?;
         Ok(READ_WRITE)
     };
-    let mut outcome = Ok(());
+    let mut outcome = Ok(0);
     // Decommit / recommit: the recommitted page is a new zero frame, tagged anew.
-    outcome = outcome.and_then(|()| {
-        torture_mode(&t, rounds, |_| vm(space.virtual_free(page, PAGE, MEM_DECOMMIT), "decommit").map(|()| NO_ACCESS), commit_and_tag, &mut tag)
+    outcome = outcome.and_then(|n| {
+        torture_mode(&t, &aps, rounds, |_| vm(space.virtual_free(page, PAGE, MEM_DECOMMIT), "decommit").map(|()| NO_ACCESS), commit_and_tag, &mut tag)
+            .map(|m| n + m)
     });
     // PAGE_NOACCESS and back.
-    outcome = outcome.and_then(|()| {
+    outcome = outcome.and_then(|n| {
         torture_mode(
             &t,
+            &aps,
             rounds,
             |_| vm(space.virtual_protect(page, PAGE, PAGE_NOACCESS), "protect").map(|_| NO_ACCESS),
             |tag| {
@@ -314,11 +355,13 @@ fn no_stale_access_after_decommit_protect_or_release() -> Result<(), String> {
             },
             &mut tag,
         )
+        .map(|m| n + m)
     });
     // PAGE_READONLY (present entry, W taken away) and back.
-    outcome = outcome.and_then(|()| {
+    outcome = outcome.and_then(|n| {
         torture_mode(
             &t,
+            &aps,
             rounds,
             |_| vm(space.virtual_protect(page, PAGE, PAGE_READONLY), "protect").map(|_| READ_ONLY),
             |tag| {
@@ -328,11 +371,13 @@ fn no_stale_access_after_decommit_protect_or_release() -> Result<(), String> {
             },
             &mut tag,
         )
+        .map(|m| n + m)
     });
     // Release / reallocate at the same address (the page table is freed and rebuilt each time).
-    outcome = outcome.and_then(|()| {
+    outcome = outcome.and_then(|n| {
         torture_mode(
             &t,
+            &aps,
             rounds,
             |_| vm(space.virtual_free(base, 0, MEM_RELEASE), "release").map(|()| NO_ACCESS),
             |tag| {
@@ -345,15 +390,16 @@ fn no_stale_access_after_decommit_protect_or_release() -> Result<(), String> {
             },
             &mut tag,
         )
+        .map(|m| n + m)
     });
     t.stop.store(true, Ordering::SeqCst);
+    wake(&aps);
     for r in &readers {
         wait_until("the readers to stop", || r.load(Ordering::SeqCst))?;
     }
-    outcome?;
+    let calls = u64::from(outcome?);
     let stats = memory::shootdown_stats();
     let (ipis, rounds_sent) = (stats.ipis - stats0.ipis, stats.rounds - stats0.rounds);
-    let calls = 4 * u64::from(rounds);
     kernel::kprintln!(
         "    {} APs: {} checked accesses, {} stale, {} refused; {} narrowing calls, {} rounds, {} IPIs, {} cycles per round",
         aps.len(),
@@ -382,20 +428,25 @@ fn no_stale_access_after_decommit_protect_or_release() -> Result<(), String> {
 /// checked, and the accounting is exact at the end.
 fn every_cpu_works_on_one_space_at_once() -> Result<(), String> {
     const ITERATIONS: u64 = 150;
+    // At most 15 s (the vCPUs share a loaded host's cores), and at least MIN_ITERATIONS each.
+    let deadline = time::ticks_ns() + 15_000_000_000;
+    let made = Arc::new(AtomicU64::new(0));
     let cpus: Vec<usize> = core::iter::once(0).chain(aps()).collect();
     let before = frame_counts();
     let space = Arc::new(vm(Space::new(), "Space::new")?);
     let errors = Arc::new(SpinLock::new(Vec::<String>::new()));
     let finished = Arc::new(AtomicUsize::new(0));
     let work = |cpu: usize, space: Arc<Space>, errors: Arc<SpinLock<Vec<String>>>, finished: Arc<AtomicUsize>| {
+        let made = Arc::clone(&made);
         move || {
             space.activate();
             // Interrupts on, as in a guest thread: IPIs arrive between the calls too.
             x86_64::instructions::interrupts::enable();
-            let result = worker(cpu, &space, ITERATIONS);
+            let result = worker(cpu, &space, ITERATIONS, deadline);
             x86_64::instructions::interrupts::disable();
-            if let Err(e) = result {
-                errors.lock().push(alloc::format!("CPU {cpu}: {e}"));
+            match result {
+                Ok(n) => _ = made.fetch_add(n, Ordering::SeqCst),
+                Err(e) => errors.lock().push(alloc::format!("CPU {cpu}: {e}")),
             }
             Space::deactivate();
             finished.fetch_add(1, Ordering::SeqCst);
@@ -413,17 +464,23 @@ fn every_cpu_works_on_one_space_at_once() -> Result<(), String> {
     ensure_eq!(memory::with_mm(|mm| mm.charge.committed_pages()), before.2);
     drop(space);
     ensure_eq!(frame_counts(), before);
-    kernel::kprintln!("    {} CPUs x {ITERATIONS} iterations", cpus.len());
+    kernel::kprintln!("    {} CPUs, {} iterations in all (at most {ITERATIONS} each)", cpus.len(), made.load(Ordering::SeqCst));
     Ok(())
 }
+
+/// Iterations every worker makes, whatever the time.
+const MIN_ITERATIONS: u64 = 8;
 
 /// One CPU's share of [`every_cpu_works_on_one_space_at_once`]: each iteration reserves 16 pages
 /// (at an address of its own, or anywhere), commits 8, writes them through page faults, reads
 /// them back, protects 4 read-only (writes refused), queries, decommits 2 (accesses refused,
 /// the rest intact) and releases.
-fn worker(cpu: usize, space: &Space, iterations: u64) -> Result<(), String> {
+fn worker(cpu: usize, space: &Space, iterations: u64, deadline_ns: u64) -> Result<u64, String> {
     let own_base = 0x10_0000_0000 + cpu as u64 * 0x1_0000_0000;
     for i in 0..iterations {
+        if i >= MIN_ITERATIONS && time::ticks_ns() > deadline_ns {
+            return Ok(i);
+        }
         let at = if i % 2 == 0 { own_base + (i % 64) * 0x10_0000 } else { 0 };
         let base = vm(space.virtual_alloc(at, 16 * PAGE, MEM_RESERVE, PAGE_NOACCESS), "reserve")?;
         ensure!(at == 0 || base == at, "reserved at {base:#x}, asked {at:#x}");
@@ -456,7 +513,7 @@ fn worker(cpu: usize, space: &Space, iterations: u64) -> Result<(), String> {
         // own range is only ever reserved by it.)
         ensure!(at == 0 || read(base + 4 * PAGE).is_err(), "a released page was readable");
     }
-    Ok(())
+    Ok(iterations)
 }
 
 kernel::kernel_test_image!(

@@ -375,7 +375,7 @@ impl GuestMemory<'_> {
     /// A page fault from ring 3: `None` when resolved (retry), else the exception to raise.
     pub(super) fn page_fault(&self, addr: u64, error_code: u64) -> Option<GuestException> {
         let access = crate::memory::fault_access(error_code);
-        let outcome = self.space.with(|s, cx| s.handle_fault(cx, addr, access));
+        let outcome = self.space.handle_fault(addr, access);
         let e = |code| Some(GuestException { code, access: access.code(), address: addr });
         match outcome {
             FaultOutcome::Resolved => None,
@@ -409,7 +409,6 @@ impl GuestMemory<'_> {
         }
         StackGrowth::Overflow
     }
-
 }
 
 fn simple(code: u32) -> GuestException {

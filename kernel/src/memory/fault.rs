@@ -4,11 +4,12 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use address_space::{Access, FaultOutcome};
+use address_space::{Access, FaultOutcome, PhysMemory};
 use x86_64::registers::control::Cr3;
 
 use super::MM;
 use crate::arch::cpu;
+use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::probe::{self, MemoryFault};
 
 /// What the page-fault handler should do.
@@ -26,8 +27,8 @@ pub enum PageFaultVerdict {
 /// so the manager only invalidated the TLB entry). A stale entry explains one such fault; a run of
 /// them means the hardware keeps refusing what the manager allows (a kernel bug), which must be
 /// reported rather than spun on.
-static REPEAT_ADDR: AtomicU64 = AtomicU64::new(u64::MAX);
-static REPEAT_COUNT: AtomicU64 = AtomicU64::new(0);
+static REPEAT_ADDR: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(u64::MAX) }; MAX_CPUS];
+static REPEAT_COUNT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 /// The access a page fault's error code describes (Intel SDM Vol. 3A §4.7): an instruction fetch,
 /// a write, or else a read.
@@ -68,31 +69,76 @@ pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdic
     if MM.held_by_this_cpu() {
         return PageFaultVerdict::NotGuestMemory;
     }
-    let mut guard = MM.lock();
-    let Some(mm) = guard.as_mut() else { return PageFaultVerdict::NotGuestMemory };
     let root = Cr3::read().0.start_address().as_u64();
-    let populated_before = mm.counters.faults_resolved;
-    let Some(outcome) = mm.with_space(root, |space, cx| space.handle_fault(cx, addr, access)) else {
+    let Some((outcome, populated)) = resolve(root, addr, access) else {
         return PageFaultVerdict::NotGuestMemory;
     };
+    let cpu = percpu::this_cpu();
     match outcome {
-        FaultOutcome::Resolved if mm.counters.faults_resolved != populated_before => {
-            REPEAT_COUNT.store(0, Ordering::SeqCst);
+        FaultOutcome::Resolved if populated => {
+            REPEAT_COUNT[cpu].store(0, Ordering::Relaxed);
             PageFaultVerdict::Resolved
         }
         FaultOutcome::Resolved => {
             let key = addr ^ error_code.rotate_left(48);
-            if REPEAT_ADDR.swap(key, Ordering::SeqCst) == key {
-                if REPEAT_COUNT.fetch_add(1, Ordering::SeqCst) >= 8 {
-                    REPEAT_COUNT.store(0, Ordering::SeqCst);
+            if REPEAT_ADDR[cpu].swap(key, Ordering::Relaxed) == key {
+                if REPEAT_COUNT[cpu].fetch_add(1, Ordering::Relaxed) >= 8 {
+                    REPEAT_COUNT[cpu].store(0, Ordering::Relaxed);
                     return PageFaultVerdict::NotGuestMemory;
                 }
             } else {
-                REPEAT_COUNT.store(0, Ordering::SeqCst);
+                REPEAT_COUNT[cpu].store(0, Ordering::Relaxed);
             }
             PageFaultVerdict::Resolved
         }
         FaultOutcome::GuardPage { .. } => violation(MemoryFault::GUARD_PAGE),
         FaultOutcome::AccessViolation { .. } => violation(MemoryFault::ACCESS_VIOLATION),
     }
+}
+
+/// Resolves a fault at `addr` in the space with root `root` (`None`: no such space, or the
+/// manager is not up): the outcome, and whether a frame was mapped (demand-zero).
+///
+/// Demand-zero without zeroing under the lock (smp-and-dispatch §4(d), Linux
+/// `do_anonymous_page`): if the fault needs a new frame, one is taken from the allocator's
+/// unreserved pool under the lock, zeroed after the lock is dropped, and offered to the space
+/// under the lock again (`handle_fault_with_zeroed`), which reads the entry anew: if a decommit,
+/// protect or another CPU's fault changed it meanwhile, the frame is not used and goes back to
+/// the allocator; if it is used, the page's reserved frame goes back instead, so the counts are
+/// exactly those of a fault handled in one go. With no unreserved frame left, or for any fault
+/// that maps no frame (guard page, access violation, spurious), one pass under the lock.
+pub(super) fn resolve(root: u64, addr: u64, access: Access) -> Option<(FaultOutcome, bool)> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut zeroed = None;
+        let window = {
+            let mut guard = MM.lock();
+            let mm = guard.as_mut()?;
+            if let Some(outcome) = mm.with_space(root, |space, cx| {
+                if space.fault_needs_frame(cx.mem, addr, access) && let Ok(frame) = cx.frames.alloc() {
+                    zeroed = Some(frame);
+                    return None;
+                }
+                let populated_before = cx.counters.faults_resolved;
+                let outcome = space.handle_fault(cx, addr, access);
+                Some((outcome, cx.counters.faults_resolved != populated_before))
+            })? {
+                return Some(outcome);
+            }
+            mm.window
+        };
+        let mut window = window;
+        if let Some(frame) = zeroed {
+            // The frame is this CPU's alone (allocated, in no table): no lock needed.
+            window.zero_frame(frame);
+        }
+        let mut guard = MM.lock();
+        let mm = guard.as_mut()?;
+        let populated_before = mm.counters.faults_resolved;
+        let outcome = mm.with_space(root, |space, cx| space.handle_fault_with_zeroed(cx, addr, access, &mut zeroed));
+        let populated = mm.counters.faults_resolved != populated_before;
+        if let Some(unused) = zeroed {
+            mm.frames.free(unused).expect("the zeroed frame is allocated");
+        }
+        Some((outcome?, populated))
+    })
 }

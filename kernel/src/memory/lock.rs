@@ -1,4 +1,4 @@
-//! [`SpinLock`]: the memory manager's lock, whose waiters serve TLB flush requests.
+//! [`SpinLock`]: the memory manager's lock, fair, whose waiters serve TLB flush requests.
 //!
 //! Kernel code runs with interrupts off (IF = 0). A CPU holding the memory manager's lock may
 //! make a TLB shootdown round and wait for every target to acknowledge it; a target that spun on
@@ -11,47 +11,58 @@
 //! The lock also records which CPU holds it, so that the page-fault path can tell a fault taken
 //! while this CPU holds the lock (a kernel bug, reported) from one that only has to wait.
 
+use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::arch::percpu;
 
 const NO_OWNER: usize = usize::MAX;
 
-/// A spin lock whose waiters serve TLB flush requests (see the module docs).
+/// A fair (ticket) spin lock whose waiters serve TLB flush requests (see the module docs).
+/// Fair because faults in a loop on several CPUs (a guest thread hammering an inaccessible page)
+/// must not starve a CPU that waits to make a call: waiters are served in arrival order.
 pub struct SpinLock<T> {
-    inner: spin::Mutex<T>,
+    next_ticket: AtomicU32,
+    now_serving: AtomicU32,
     owner: AtomicUsize,
+    value: UnsafeCell<T>,
 }
+
+// SAFETY: the value is reached only through a guard, and at most one guard exists at a time
+// (a guard holds the ticket being served), so sharing the lock shares `T` between CPUs one at a
+// time, as a mutex does: `T: Send` suffices.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
 
 /// Holds a [`SpinLock`]; unlocks when dropped.
 pub struct SpinLockGuard<'a, T> {
-    guard: spin::MutexGuard<'a, T>,
-    owner: &'a AtomicUsize,
+    lock: &'a SpinLock<T>,
 }
 
 impl<T> SpinLock<T> {
     /// A new, unlocked lock.
     pub const fn new(value: T) -> Self {
-        SpinLock { inner: spin::Mutex::new(value), owner: AtomicUsize::new(NO_OWNER) }
+        SpinLock { next_ticket: AtomicU32::new(0), now_serving: AtomicU32::new(0), owner: AtomicUsize::new(NO_OWNER), value: UnsafeCell::new(value) }
     }
 
-    /// Takes the lock, serving this CPU's TLB flush requests while it waits.
+    /// Takes the lock (after every CPU that asked before), serving this CPU's TLB flush
+    /// requests while it waits.
     pub fn lock(&self) -> SpinLockGuard<'_, T> {
-        loop {
-            if let Some(guard) = self.try_lock() {
-                return guard;
-            }
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        while self.now_serving.load(Ordering::Acquire) != ticket {
             super::tlb::serve_flush_requests();
             core::hint::spin_loop();
         }
+        self.owner.store(percpu::this_cpu(), Ordering::Relaxed);
+        SpinLockGuard { lock: self }
     }
 
-    /// Takes the lock if it is free.
+    /// Takes the lock if it is free and nobody waits for it.
     pub fn try_lock(&self) -> Option<SpinLockGuard<'_, T>> {
-        let guard = self.inner.try_lock()?;
+        let serving = self.now_serving.load(Ordering::Relaxed);
+        self.next_ticket.compare_exchange(serving, serving.wrapping_add(1), Ordering::Acquire, Ordering::Relaxed).ok()?;
         self.owner.store(percpu::this_cpu(), Ordering::Relaxed);
-        Some(SpinLockGuard { guard, owner: &self.owner })
+        Some(SpinLockGuard { lock: self })
     }
 
     /// Whether the CPU running this code holds the lock.
@@ -69,19 +80,23 @@ impl<T: Default> Default for SpinLock<T> {
 impl<T> Deref for SpinLockGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.guard
+        // SAFETY: this guard holds the lock (its ticket is served), so no other reference to
+        // the value exists until it is dropped.
+        unsafe { &*self.lock.value.get() }
     }
 }
 
 impl<T> DerefMut for SpinLockGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        &mut self.guard
+        // SAFETY: as for `deref`; `&mut self` makes this the only reference through the guard.
+        unsafe { &mut *self.lock.value.get() }
     }
 }
 
 impl<T> Drop for SpinLockGuard<'_, T> {
     fn drop(&mut self) {
-        // Before the inner guard unlocks (fields drop after this).
-        self.owner.store(NO_OWNER, Ordering::Relaxed);
+        self.lock.owner.store(NO_OWNER, Ordering::Relaxed);
+        // Release: the holder's writes are visible to the next ticket's holder.
+        self.lock.now_serving.fetch_add(1, Ordering::Release);
     }
 }

@@ -27,13 +27,44 @@
 //!
 //! The rooms: this file holds the manager ([`MemoryManager`], [`MM`]) and [`init`]; `boot.rs` the
 //! boot snapshot, `config.rs` the boot configuration, `accounting.rs` the figures and the commit
-//! state guests are told about, `space.rs` the [`Space`] handle, `tlb.rs` [`KernelTlb`],
-//! `fault.rs` the page-fault policy, `kernel_tables.rs` the kernel's own tables, `kstack.rs`
-//! guests' kernel stacks, `window.rs` the physical-memory window.
+//! state guests are told about, `space.rs` the [`Space`] handle and which CPUs run each space,
+//! `tlb.rs` [`KernelTlb`] and TLB shootdown by IPI, `lock.rs` the manager's lock, `fault.rs`
+//! the page-fault policy, `kernel_tables.rs` the kernel's own tables, `kstack.rs` guests' kernel
+//! stacks, `window.rs` the physical-memory window.
 //!
-//! Locking: one spin lock ([`MM`]) over the whole manager. Interrupts are never enabled yet, so
-//! only a page fault can re-enter; the fault path uses `try_lock`, and a fault while the lock is
-//! held is reported as the kernel bug it is.
+//! # Locking and concurrency (every CPU)
+//!
+//! | what | protects | taken by |
+//! | --- | --- | --- |
+//! | [`MM`], a fair [`SpinLock`] (ticket lock) | everything in [`MemoryManager`]: frames, commit charge, work counters, every space's allocation map and page tables, kernel stacks | every `Space` call, page faults, accounting |
+//! | none: atomics | each space's `ActiveCpus` (the CPUs running it) | [`Space::activate`] / [`Space::deactivate`] (context switch), read by every round |
+//! | none: per-CPU atomics | the shootdown mailboxes (`tlb.rs`: each CPU's outgoing request, each CPU's pending mask) | rounds and the shootdown IPI handler |
+//! | per-CPU `spin::Mutex`, only its own CPU takes it | which space's set this CPU's bit is in (`space.rs`) | `activate` / `deactivate` |
+//!
+//! - **Lock order.** [`MM`] is a leaf for everything outside this module: it is never held while
+//!   taking another lock that some CPU may hold while it waits for [`MM`] (the kernel heap is
+//!   taken inside it, never the other way round). Inside, the address-space crate's order (space
+//!   → charge → frames, its README) is collapsed into this one lock for now.
+//! - **Interrupts.** [`with_mm`] runs with interrupts off, so a holder is never preempted. A CPU
+//!   waiting for [`MM`] (or for the acknowledgements of its own round) spins with IF = 0 but
+//!   serves the TLB flush requests posted to it in its spin loop, so a holder that waits for its
+//!   acknowledgements never deadlocks with it (smp-and-dispatch §4 pitfall 14). Any other lock a
+//!   CPU may spin on while its holder waits for [`MM`] must do the same: use [`SpinLock`], or
+//!   call [`serve_flush_requests`] in the loop. The shootdown IPI handler takes no lock.
+//! - **Each call is atomic**: it holds [`MM`] from its first check to the end of its TLB round
+//!   and the freeing of what it unmapped (frames reach the allocator only after every CPU that
+//!   may hold a translation has acknowledged, §4(c)).
+//! - **A page fault** (ring 0: [`on_page_fault`]; ring 3: [`Space::handle_fault`]) takes [`MM`]
+//!   to resolve the fault. A demand-zero fault takes it twice: once to take an unreserved frame,
+//!   then — after zeroing the frame with no lock held — to install it, the entry read anew
+//!   (§4(d)); if the page changed meanwhile the frame goes back. A fault taken while this CPU
+//!   holds [`MM`] is a kernel bug and is reported as a kernel fault.
+//! - **TLB shootdown** (`tlb.rs`): one round per call, by IPI to exactly the other CPUs in the
+//!   space's set (idle CPUs with its root still in CR3 included), pages or a full flush per the
+//!   crate's threshold; none when no other CPU runs the space. A space is destroyed only after
+//!   every CPU still running it loaded the kernel's table.
+//! - **Present entries** are changed with `lock cmpxchg` ([`window::PhysWindow`]'s
+//!   `compare_exchange_u64`): another CPU's MMU may set A or D at any moment.
 
 mod accounting;
 mod boot;

@@ -3,7 +3,7 @@
 use alloc::sync::Arc;
 
 use address_space::paging::tlb::ActiveCpus;
-use address_space::{AddressSpace, CriticalLevel, MemoryBasicInformation, PhysMemory, SpaceConfig, VmContext, VmError};
+use address_space::{Access, AddressSpace, CriticalLevel, FaultOutcome, MemoryBasicInformation, PhysMemory, SpaceConfig, VmContext, VmError};
 use x86_64::PhysAddr;
 
 use super::tlb::{self, KERNEL_ROOT, cr3_root};
@@ -120,6 +120,13 @@ impl Space {
     /// Runs `f` on the space with a context (frames, window, TLB, charge, counters).
     pub fn with<R>(&self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> R {
         with_mm(|mm| mm.with_space(self.root, f).expect("a Space handle's space is registered"))
+    }
+
+    /// Resolves a page fault at `addr` of a thread running this space (demand-zero, guard page,
+    /// access violation: `AddressSpace::handle_fault`), zeroing new frames outside the manager's
+    /// lock ([`super::fault`]'s spare frames).
+    pub fn handle_fault(&self, addr: u64, access: Access) -> FaultOutcome {
+        super::fault::resolve(self.root, addr, access).expect("a Space handle's space is registered").0
     }
 
     /// `VirtualAlloc` (see `AddressSpace::virtual_alloc`).

@@ -22,13 +22,14 @@
 //! **No deadlock with interrupts off** (§4 pitfall 14). Kernel code runs with IF = 0. Every wait
 //! that may stand between a CPU and the IPI serves this CPU's requests itself: the spin loop of
 //! the memory manager's lock ([`super::lock::SpinLock`]) and the acknowledgement wait of a round
-//! (two CPUs making rounds at once serve each other). A CPU in ring 3 or halted takes the IPI.
+//! (two CPUs making rounds at once serve each other; after 50 µs it halts with IF = 1, woken by
+//! the last acknowledgement's IPI). A CPU in ring 3 or halted takes the IPI.
 //! A round not acknowledged within [`ACK_TIMEOUT_MS`] is a kernel bug and panics, naming the CPUs.
 //!
 //! **Leaving a dying space** ([`leave_round`]): before a space's tables are freed, every other
 //! CPU still running it (lazily) is made to load the kernel's table.
 
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use address_space::paging::tlb::{CpuSet, FlushRound, FlushScope, MAX_BATCH, Tlb};
 use x86_64::VirtAddr;
@@ -150,6 +151,8 @@ struct Outgoing {
     root: AtomicU64,
     /// Targets that have not yet acknowledged.
     acks_left: AtomicU32,
+    /// The initiator halts until the last acknowledgement (which then wakes it by IPI).
+    sleeping: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -159,6 +162,7 @@ const IDLE: Outgoing = Outgoing {
     pages: [const { AtomicU64::new(0) }; MAX_BATCH],
     root: AtomicU64::new(0),
     acks_left: AtomicU32::new(0),
+    sleeping: AtomicBool::new(false),
 };
 
 static OUTGOING: [Outgoing; MAX_CPUS] = [IDLE; MAX_CPUS];
@@ -233,22 +237,43 @@ fn post(me: usize, targets: CpuSet, request: &Request<'_>) -> bool {
     true
 }
 
+/// How long a round's initiator spins for its acknowledgements before it halts (interrupts on)
+/// until the last one wakes it: on a loaded host a spinning vCPU takes host time from the very
+/// vCPUs it waits for.
+const SPIN_BEFORE_HALT_US: u64 = 50;
+
 /// Waits until every target of CPU `me`'s posted request acknowledged, serving requests posted
-/// to `me` meanwhile.
+/// to `me` meanwhile: spinning at first, then halted with interrupts on (the last target to
+/// acknowledge sends [`apic::WAKE_VECTOR`]; a shootdown IPI or a timer tick wakes it too). With
+/// interrupts on, this CPU takes other CPUs' shootdown IPIs like any other; no ring-0 interrupt
+/// handler takes a lock or switches threads.
 ///
 /// # Panics
 /// If a target does not acknowledge within [`ACK_TIMEOUT_MS`] (a kernel bug).
 fn wait_for_acks(me: usize, targets: CpuSet) {
     let out = &OUTGOING[me];
     let start = time::rdtsc();
-    let limit = time::tsc_per_ms().saturating_mul(ACK_TIMEOUT_MS);
+    let per_ms = time::tsc_per_ms();
+    let (spin, limit) = (per_ms * SPIN_BEFORE_HALT_US / 1000, per_ms.saturating_mul(ACK_TIMEOUT_MS));
     while out.acks_left.load(Ordering::Acquire) != 0 {
         serve(me);
-        if time::rdtsc().wrapping_sub(start) > limit {
+        let waited = time::rdtsc().wrapping_sub(start);
+        if waited > limit {
             let late: CpuSet = CpuSet(targets.iter().filter(|&t| PENDING[t].load(Ordering::Relaxed) & (1 << me) != 0).fold(0, |m, t| m | 1 << t));
             panic!("TLB shootdown of CPU {me}: CPUs {late:?} did not acknowledge within {ACK_TIMEOUT_MS} ms");
         }
-        core::hint::spin_loop();
+        if waited > spin {
+            // Dekker with the last acknowledgement (both sides full barriers): either it sees
+            // `sleeping` and wakes this CPU, or this CPU sees the count at zero and does not halt.
+            out.sleeping.store(true, Ordering::SeqCst);
+            if out.acks_left.load(Ordering::SeqCst) != 0 {
+                x86_64::instructions::interrupts::enable_and_hlt();
+                x86_64::instructions::interrupts::disable();
+            }
+            out.sleeping.store(false, Ordering::SeqCst);
+        } else {
+            core::hint::spin_loop();
+        }
     }
     ROUND_CYCLES.fetch_add(time::rdtsc(), Ordering::Relaxed);
 }
@@ -269,8 +294,11 @@ fn serve(cpu: usize) {
             _ => apply_pages(req.pages[..req.len.load(Ordering::Relaxed)].iter().map(|a| a.load(Ordering::Relaxed))),
         }
         REQUESTS_SERVED.fetch_add(1, Ordering::Relaxed);
-        // Release: the flush is done before the initiator sees the acknowledgement.
-        req.acks_left.fetch_sub(1, Ordering::Release);
+        // Release: the flush is done before the initiator sees the acknowledgement. The last
+        // one wakes the initiator if it halted (see `wait_for_acks`).
+        if req.acks_left.fetch_sub(1, Ordering::SeqCst) == 1 && req.sleeping.load(Ordering::SeqCst) {
+            apic::send_fixed(percpu::apic_id_of(from), apic::WAKE_VECTOR);
+        }
     }
 }
 

@@ -85,6 +85,27 @@ impl AddressSpace {
         addr: u64,
         access: Access,
     ) -> FaultOutcome {
+        self.handle_fault_with_zeroed(cx, addr, access, &mut None)
+    }
+
+    /// As [`handle_fault`](Self::handle_fault), except that a demand-zero page takes the frame
+    /// in `zeroed`, if it holds one, instead of taking a reserved frame and zeroing it here.
+    ///
+    /// This is how a kernel zeroes without the space lock (smp-and-dispatch §4(d)): it takes a
+    /// frame from the allocator's unreserved pool, zeroes it with no lock held, and offers it to
+    /// the next fault. The frame must be allocated, zeroed, and nobody else's. When it is used,
+    /// one frame of the space's demand-zero reservation goes back to the allocator
+    /// (`unreserve`), so the counts end as with `handle_fault` (one frame more in use, one
+    /// reserved frame fewer); `zeroed` is then `None`, and is left alone otherwise. The page's
+    /// entry is read under the lock as always, so a decommit or protect that ran while the frame
+    /// was being zeroed is seen: no recheck is needed, the frame is simply not used.
+    pub fn handle_fault_with_zeroed<M: PhysMemory, T: Tlb>(
+        &mut self,
+        cx: &mut VmContext<'_, M, T>,
+        addr: u64,
+        access: Access,
+        zeroed: &mut Option<PhysFrame>,
+    ) -> FaultOutcome {
         let av = FaultOutcome::AccessViolation { access, address: addr };
         let Some(a) = self.allocation_at(addr).copied() else {
             return av;
@@ -116,17 +137,40 @@ impl AddressSpace {
             return FaultOutcome::Resolved;
         }
         // Accessible, not guarded, not present: no frame yet (demand-zero).
-        self.populate(cx, page, e, &a);
+        self.populate(cx, page, e, &a, zeroed);
         cx.counters.faults_resolved += 1;
         FaultOutcome::Resolved
     }
 
-    /// Gives the committed page at `page` (entry `e`, without a frame) a zeroed frame from the
-    /// commit-time reservation and writes its entry. Returns the new entry.
-    fn populate<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, e: Pte, a: &Allocation) -> Pte {
+    /// Returns whether a fault at `addr` by `access` would map a new zeroed frame if it were
+    /// handled now (a committed, accessible page without a frame, not a guard page). Reads only;
+    /// the answer may change as soon as the space lock is dropped, which
+    /// [`handle_fault_with_zeroed`](Self::handle_fault_with_zeroed) copes with.
+    pub fn fault_needs_frame(&self, mem: &impl PhysMemory, addr: u64, access: Access) -> bool {
+        let Some(a) = self.allocation_at(addr) else { return false };
+        if a.large_protection().is_some() {
+            return false;
+        }
+        let e = table::read_pte(mem, self.root_pa(), addr & !(PAGE_SIZE - 1));
+        e.is_committed() && !e.guard() && access.allowed_by(e.prot()) && !e.is_present() && e.frame().is_none()
+    }
+
+    /// Gives the committed page at `page` (entry `e`, without a frame) a zeroed frame — the
+    /// caller's `zeroed` one (the reservation then gives one frame back), else one from the
+    /// commit-time reservation, zeroed here — and writes its entry. Returns the new entry.
+    fn populate<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, e: Pte, a: &Allocation, zeroed: &mut Option<PhysFrame>) -> Pte {
         debug_assert!(e.frame().is_none());
-        let frame = cx.frames.alloc_reserved(&mut self.demand_zero);
-        cx.mem.zero_frame(frame);
+        let frame = match zeroed.take() {
+            Some(frame) => {
+                cx.frames.unreserve(self.demand_zero.split(1));
+                frame
+            }
+            None => {
+                let frame = cx.frames.alloc_reserved(&mut self.demand_zero);
+                cx.mem.zero_frame(frame);
+                frame
+            }
+        };
         cx.counters.frames_zeroed += 1;
         let new = Pte::committed(e.prot(), e.guard(), Some(frame.start_address().as_u64()), e.dirty(), a.cache);
         self.set_pte(cx, page, new);
@@ -312,7 +356,7 @@ impl AddressSpace {
         let mut e = table::read_pte(cx.mem, self.root_pa(), page);
         assert!(e.is_committed(), "kernel access to an uncommitted page");
         if e.frame().is_none() {
-            e = self.populate(cx, page, e, &a);
+            e = self.populate(cx, page, e, &a, &mut None);
             cx.counters.faults_resolved += 1;
         }
         if mark && !e.dirty() {

@@ -52,6 +52,45 @@ fn demand_zero_counts_and_uses_the_reservation() {
     fx.check();
 }
 
+/// A frame zeroed by the caller (outside the lock) serves a demand-zero fault in place of a
+/// reserved one: same counts as `handle_fault` in the end, and not used (left to the caller)
+/// when the page needs none.
+#[test]
+fn a_caller_zeroed_frame_serves_a_demand_zero_fault() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x10000, RC, PAGE_READWRITE).unwrap();
+    let (used, reserved) = (fx.frames.used_frames(), fx.frames.reserved_frames());
+    let spare = fx.frames.alloc().unwrap();
+    fx.mem.write_bytes(spare.start_address(), &[0xAA; 8]);
+    fx.mem.zero_frame(spare);
+    assert!(fx.sp().fault_needs_frame(&fx.mem, a + 0x2010, Access::Write));
+    let mut zeroed = Some(spare);
+    let out = fx.run(|s, cx| s.handle_fault_with_zeroed(cx, a + 0x2010, Access::Write, &mut zeroed));
+    assert_eq!(out, FaultOutcome::Resolved);
+    assert_eq!(zeroed, None, "the offered frame was used");
+    assert_eq!(fx.pte(a + 0x2000).frame(), Some(spare.start_address().as_u64()));
+    assert_eq!((fx.frames.used_frames(), fx.frames.reserved_frames()), (used + 1, reserved - 1));
+    assert_eq!(fx.read_u64(a + 0x2010), Ok(0));
+    // Not needed (present page, free memory, decommitted page): the frame stays the caller's.
+    let spare = fx.frames.alloc().unwrap();
+    for at in [a + 0x2010, a + 0x20000 - 0x1000] {
+        assert!(!fx.sp().fault_needs_frame(&fx.mem, at, Access::Read));
+        let mut zeroed = Some(spare);
+        let _ = fx.run(|s, cx| s.handle_fault_with_zeroed(cx, at, Access::Read, &mut zeroed));
+        assert_eq!(zeroed, Some(spare));
+    }
+    fx.free(a + 0x3000, 0x1000, MEM_DECOMMIT).unwrap();
+    assert!(!fx.sp().fault_needs_frame(&fx.mem, a + 0x3000, Access::Read));
+    fx.protect(a + 0x4000, 0x1000, PAGE_READONLY).unwrap();
+    assert!(!fx.sp().fault_needs_frame(&fx.mem, a + 0x4000, Access::Write), "a refused write needs no frame");
+    assert!(fx.sp().fault_needs_frame(&fx.mem, a + 0x4000, Access::Read));
+    let mut zeroed = Some(spare);
+    assert!(matches!(fx.run(|s, cx| s.handle_fault_with_zeroed(cx, a + 0x3000, Access::Read, &mut zeroed)), FaultOutcome::AccessViolation { .. }));
+    assert_eq!(zeroed, Some(spare));
+    fx.frames.free(spare).unwrap();
+    fx.check();
+}
+
 #[test]
 fn guard_page_is_one_shot() {
     let mut fx = Fx::new();
