@@ -174,6 +174,7 @@ impl Guest {
         }
     }
 
+    /// [`GuestMemory::out_pointer`] for the thread being served.
     fn out_pointer(&self, ptr: u64, len: u64) -> Result<(), HResult> {
         self.mem().out_pointer(ptr, len)
     }

@@ -270,8 +270,9 @@ impl GuestMemory<'_> {
 
     /// Writes a call's result to a guest out-pointer, dropping a failure: that is the contract
     /// of every caller. A result goes to a pointer the call checked writable before changing
-    /// anything (`out_pointer`, `check_writable`), and the guest runs no code in between, so the
-    /// write cannot fail; the NULL a failed call stores (host-abi §9) is best effort, the call's
+    /// anything (`out_pointer`, `check_writable`), so the write fails only if another thread of
+    /// the guest freed or protected that page in between (the guest's own race, as on Windows,
+    /// where such a write faults in the kernel and is dropped the same way); the NULL a failed call stores (host-abi §9) is best effort, the call's
     /// own error being what the caller sees; `query_commit` returns nothing to report a failure
     /// with (Windows' `void` functions ignore a bad buffer the same way).
     fn put_result(&self, addr: u64, data: &[u8]) {
@@ -287,7 +288,6 @@ impl GuestMemory<'_> {
     fn check_writable(&self, addr: u64, len: u64) -> Result<(), VmError> {
         self.with_stack_growth(addr, len, || self.space.with(|s, cx| s.check_user_access(cx, addr, len, true)))
     }
-
 }
 
 /// How a guest ended.

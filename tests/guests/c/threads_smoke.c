@@ -313,7 +313,7 @@ static void basic(const HOST_SERVICES *S) {
 }
 
 /* One spinning thread per CPU; they meet (every one has arrived) before any leaves, then spin
- * on for 300 ms: whatever the host's scheduling of the virtual CPUs, each CPU then runs one of
+ * on for 1 s: whatever the host's scheduling of the virtual CPUs, each CPU then runs one of
  * them at the same time (the kernel records the most CPUs running guest threads at once). */
 static volatile uint32_t g_arrived, g_spin_forever;
 static uint32_t meet(void *arg) {
@@ -322,7 +322,7 @@ static uint32_t meet(void *arg) {
     __atomic_fetch_add(&g_arrived, 1, __ATOMIC_SEQ_CST);
     while (__atomic_load_n(&g_arrived, __ATOMIC_SEQ_CST) < n)
         if (g_services->ticks_ns() > end) return 1;
-    hold = g_services->ticks_ns() + 300 * MS;
+    hold = g_services->ticks_ns() + 1000 * MS;
     while (g_services->ticks_ns() < hold) {
     }
     return 0;
