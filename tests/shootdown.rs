@@ -330,52 +330,31 @@ fn no_stale_access_after_decommit_protect_or_release() -> Result<(), String> {
     wait_until("the readers to run the space", || space.active_cpus().len() as usize == aps.len())?;
     let stats0 = memory::shootdown_stats();
     let page = addr & !(PAGE - 1);
-    let commit_and_tag = |tag: u8| -> Result<u64, String> {
-        vm(space.virtual_alloc(page, PAGE, MEM_COMMIT, PAGE_READWRITE), "recommit")?;
-        vm(space.with(|s, cx| s.write_user(cx, addr, &[tag])), "write")?;
-        Ok(READ_WRITE)
-    };
-    let mut outcome = Ok(0);
-    // Decommit / recommit: the recommitted page is a new zero frame, tagged anew.
-    outcome = outcome.and_then(|n| {
-        torture_mode(&t, &aps, rounds, |_| vm(space.virtual_free(page, PAGE, MEM_DECOMMIT), "decommit").map(|()| NO_ACCESS), commit_and_tag, &mut tag)
-            .map(|m| n + m)
-    });
-    // PAGE_NOACCESS and back.
-    outcome = outcome.and_then(|n| {
-        torture_mode(
+    let tag_page = |tag: u8| vm(space.with(|s, cx| s.write_user(cx, addr, &[tag])), "write").map(|()| READ_WRITE);
+    let modes = |tag: &mut u8| -> Result<u32, String> {
+        // Decommit / recommit: the recommitted page is a new zero frame, tagged anew.
+        let mut calls = torture_mode(
             &t,
             &aps,
             rounds,
-            |_| vm(space.virtual_protect(page, PAGE, PAGE_NOACCESS), "protect").map(|_| NO_ACCESS),
-            |tag| {
-                vm(space.virtual_protect(page, PAGE, PAGE_READWRITE), "protect")?;
-                vm(space.with(|s, cx| s.write_user(cx, addr, &[tag])), "write")?;
-                Ok(READ_WRITE)
-            },
-            &mut tag,
-        )
-        .map(|m| n + m)
-    });
-    // PAGE_READONLY (present entry, W taken away) and back.
-    outcome = outcome.and_then(|n| {
-        torture_mode(
-            &t,
-            &aps,
-            rounds,
-            |_| vm(space.virtual_protect(page, PAGE, PAGE_READONLY), "protect").map(|_| READ_ONLY),
-            |tag| {
-                vm(space.virtual_protect(page, PAGE, PAGE_READWRITE), "protect")?;
-                vm(space.with(|s, cx| s.write_user(cx, addr, &[tag])), "write")?;
-                Ok(READ_WRITE)
-            },
-            &mut tag,
-        )
-        .map(|m| n + m)
-    });
-    // Release / reallocate at the same address (the page table is freed and rebuilt each time).
-    outcome = outcome.and_then(|n| {
-        torture_mode(
+            |_| vm(space.virtual_free(page, PAGE, MEM_DECOMMIT), "decommit").map(|()| NO_ACCESS),
+            |tag| vm(space.virtual_alloc(page, PAGE, MEM_COMMIT, PAGE_READWRITE), "recommit").and_then(|_| tag_page(tag)),
+            tag,
+        )?;
+        // PAGE_NOACCESS (entry no longer present) and PAGE_READONLY (present, W taken away), and
+        // back to PAGE_READWRITE.
+        for (protect, phase) in [(PAGE_NOACCESS, NO_ACCESS), (PAGE_READONLY, READ_ONLY)] {
+            calls += torture_mode(
+                &t,
+                &aps,
+                rounds,
+                |_| vm(space.virtual_protect(page, PAGE, protect), "protect").map(|_| phase),
+                |tag| vm(space.virtual_protect(page, PAGE, PAGE_READWRITE), "protect").and_then(|_| tag_page(tag)),
+                tag,
+            )?;
+        }
+        // Release / reallocate at the same address (the page table is freed and rebuilt each time).
+        calls += torture_mode(
             &t,
             &aps,
             rounds,
@@ -385,13 +364,13 @@ fn no_stale_access_after_decommit_protect_or_release() -> Result<(), String> {
                 if again != base {
                     return Err(alloc::format!("reallocated at {again:#x}, not {base:#x}"));
                 }
-                vm(space.with(|s, cx| s.write_user(cx, addr, &[tag])), "write")?;
-                Ok(READ_WRITE)
+                tag_page(tag)
             },
-            &mut tag,
-        )
-        .map(|m| n + m)
-    });
+            tag,
+        )?;
+        Ok(calls)
+    };
+    let outcome = modes(&mut tag);
     t.stop.store(true, Ordering::SeqCst);
     wake(&aps);
     for r in &readers {

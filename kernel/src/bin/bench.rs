@@ -987,26 +987,28 @@ fn wait_for(done: impl Fn() -> bool) {
     }
 }
 
-/// Runs `work(cpu, ops)` on `cpus` CPUs at once (the boot CPU and `cpus - 1` APs), each with
-/// its space activated and interrupts on (as a guest thread), started together; returns the
-/// wall-clock TSC cycles from the start to the last one's end.
-fn on_cpus(space: &alloc::sync::Arc<Space>, cpus: usize, ops: u64, work: fn(&Space, usize, u64)) -> u64 {
+/// Runs `work` on `cpus` CPUs at once (the boot CPU and `cpus - 1` APs), each with the space
+/// activated and interrupts on (as a guest thread), started together, each doing ops until the
+/// TSC passes `start + duration` (at least one op); returns (ops by all, wall cycles from the
+/// start to the last one's end).
+fn on_cpus(space: &alloc::sync::Arc<Space>, cpus: usize, duration: u64, work: Workload) -> (u64, u64) {
     use alloc::sync::Arc;
     use core::sync::atomic::AtomicUsize;
     let aps = aps();
     let ready = Arc::new(AtomicUsize::new(0));
-    let go = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
+    let ops = Arc::new(AtomicU64::new(0));
     for (i, &cpu) in aps.iter().take(cpus - 1).enumerate() {
-        let (space, ready, go, finished) = (Arc::clone(space), Arc::clone(&ready), Arc::clone(&go), Arc::clone(&finished));
+        let (space, ready, start, finished, ops) = (Arc::clone(space), Arc::clone(&ready), Arc::clone(&start), Arc::clone(&finished), Arc::clone(&ops));
         let posted = kernel::arch::apic::run_on(cpu, move || {
             space.activate();
             x86_64::instructions::interrupts::enable();
             ready.fetch_add(1, Ordering::SeqCst);
-            while !go.load(Ordering::SeqCst) {
+            while start.load(Ordering::SeqCst) == 0 {
                 core::hint::spin_loop();
             }
-            work(&space, i + 1, ops);
+            ops.fetch_add(work(&space, i + 1, start.load(Ordering::SeqCst) + duration), Ordering::SeqCst);
             x86_64::instructions::interrupts::disable();
             Space::deactivate();
             finished.fetch_add(1, Ordering::SeqCst);
@@ -1017,14 +1019,18 @@ fn on_cpus(space: &alloc::sync::Arc<Space>, cpus: usize, ops: u64, work: fn(&Spa
     wait_for(|| ready.load(Ordering::SeqCst) == cpus - 1);
     x86_64::instructions::interrupts::enable();
     let t0 = rdtsc();
-    go.store(true, Ordering::SeqCst);
-    work(space, 0, ops);
+    start.store(t0, Ordering::SeqCst);
+    ops.fetch_add(work(space, 0, t0 + duration), Ordering::SeqCst);
     x86_64::instructions::interrupts::disable();
     wait_for(|| finished.load(Ordering::SeqCst) == cpus - 1);
     let t1 = rdtsc();
     Space::deactivate();
-    t1 - t0
+    (ops.load(Ordering::SeqCst), t1 - t0)
 }
+
+/// A scaling workload: ops by worker `i` (its own region) until the TSC passes the deadline;
+/// returns how many.
+type Workload = fn(&Space, usize, u64) -> u64;
 
 /// The region of worker `i` (disjoint per worker, far from NULL-placed allocations).
 fn region(i: usize) -> u64 {
@@ -1032,22 +1038,30 @@ fn region(i: usize) -> u64 {
 }
 
 /// One op: commit 16 pages (64 KiB) of the worker's reservation, touch each, decommit them.
-fn scaling_commit_touch_decommit(s: &Space, i: usize, ops: u64) {
+/// Ops until the TSC passes `until`; returns how many.
+fn scaling_commit_touch_decommit(s: &Space, i: usize, until: u64) -> u64 {
     let base = region(i);
-    for _ in 0..ops {
+    let mut n = 0;
+    while n == 0 || rdtsc() < until {
         alloc(s, base, KB64, MEM_COMMIT, PAGE_READWRITE);
         touch_range(base, KB64);
         free(s, base, KB64, MEM_DECOMMIT);
+        n += 1;
     }
+    n
 }
 
-/// One op: reserve 64 KiB at the worker's address and release it.
-fn scaling_reserve_release(s: &Space, i: usize, ops: u64) {
+/// One op: reserve 64 KiB at the worker's address and release it. Ops until the TSC passes
+/// `until`; returns how many.
+fn scaling_reserve_release(s: &Space, i: usize, until: u64) -> u64 {
     let base = region(i) + 0x1000_0000;
-    for _ in 0..ops {
+    let mut n = 0;
+    while n == 0 || rdtsc() < until {
         alloc(s, base, KB64, MEM_RESERVE, PAGE_NOACCESS);
         free(s, base, 0, MEM_RELEASE);
+        n += 1;
     }
+    n
 }
 
 /// The scaling table: each workload from 1, 2 and 4 CPUs at once (as many as are online), on
@@ -1062,32 +1076,33 @@ fn scaling(env: &Env) {
 one space, disjoint regions; {} under QEMU, the vCPUs share the host's cores with everything else)",
         env.place
     );
-    kprintln!("bench-scaling {:<24} {:>4} {:>7} {:>12} {:>8} {:>8}", "workload", "cpus", "ops", "ops/s", "speed-up", "ipis/op");
-    let workloads: [(&str, fn(&Space, usize, u64), u64); 2] =
-        [("commit_touch_decommit_64k", scaling_commit_touch_decommit, 300), ("reserve_release_64k", scaling_reserve_release, 3_000)];
-    for (name, work, ops) in workloads {
+    kprintln!("bench-scaling {:<26} {:>4} {:>7} {:>12} {:>8} {:>8}", "workload", "cpus", "ops", "ops/s", "speed-up", "ipis/op");
+    let workloads: [(&str, Workload); 2] =
+        [("commit_touch_decommit_64k", scaling_commit_touch_decommit), ("reserve_release_64k", scaling_reserve_release)];
+    // Each row runs for a fixed time (a warm-up of a tenth first: tables created, caches
+    // filled) and counts the ops all CPUs completed.
+    let duration = env.tsc_hz * 2;
+    for (name, work) in workloads {
         let mut single = 0.0;
         for cpus in [1usize, 2, 4] {
             if cpus > online {
-                kprintln!("bench-scaling {name:<24} {cpus:>4}     n/a (only {online} CPUs online)");
+                kprintln!("bench-scaling {name:<26} {cpus:>4}     n/a (only {online} CPUs online)");
                 continue;
             }
             let space = Arc::new(Space::new().expect("Space::new"));
             for i in 0..cpus {
                 alloc(&space, region(i), KB64, MEM_RESERVE, PAGE_NOACCESS);
             }
-            // A warm-up pass (tables created, caches filled), then the timed one.
-            on_cpus(&space, cpus, ops / 10, work);
+            on_cpus(&space, cpus, duration / 10, work);
             let before = memory::shootdown_stats();
-            let cycles = on_cpus(&space, cpus, ops, work);
+            let (total, cycles) = on_cpus(&space, cpus, duration, work);
             let ipis = memory::shootdown_stats().ipis - before.ipis;
-            let total = ops * cpus as u64;
             let per_s = total as f64 * env.tsc_hz as f64 / cycles as f64;
             if cpus == 1 {
                 single = per_s;
             }
             kprintln!(
-                "bench-scaling {name:<24} {cpus:>4} {total:>7} {per_s:>12.0} {:>7.2}x {:>8.2}",
+                "bench-scaling {name:<26} {cpus:>4} {total:>7} {per_s:>12.0} {:>7.2}x {:>8.2}",
                 per_s / single,
                 ipis as f64 / total as f64
             );
@@ -1101,7 +1116,7 @@ one space, disjoint regions; {} under QEMU, the vCPUs share the host's cores wit
 /// acknowledgement (the caller's own `invlpg` not included).
 fn shootdown_cost(env: &Env) {
     use alloc::sync::Arc;
-    const CALLS: u64 = 2_000;
+    const CALLS: u64 = 400;
     let aps = aps();
     for others in [0usize, 1, 3] {
         if others > aps.len() {

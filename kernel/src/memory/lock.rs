@@ -8,14 +8,19 @@
 //! it waits. Any other lock that a CPU may spin on, with IF = 0, while another CPU holds it and
 //! waits for the memory manager must do the same (use this type).
 //!
+//! A waiter spins for 20 µs, then halts (interrupts on) until the unlock wakes it by IPI: under
+//! QEMU the vCPUs share the host's cores, and spinning would take host time from the holder.
+//!
 //! The lock also records which CPU holds it, so that the page-fault path can tell a fault taken
 //! while this CPU holds the lock (a kernel bug, reported) from one that only has to wait.
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::arch::percpu;
+use x86_64::instructions::interrupts;
+
+use crate::arch::{apic, percpu, time};
 
 const NO_OWNER: usize = usize::MAX;
 
@@ -26,8 +31,15 @@ pub struct SpinLock<T> {
     next_ticket: AtomicU32,
     now_serving: AtomicU32,
     owner: AtomicUsize,
+    /// CPUs halted while they wait (bit per CPU index); each unlock wakes them.
+    sleepers: AtomicU64,
     value: UnsafeCell<T>,
 }
+
+/// How long a waiter spins before it halts until the lock changes hands: under QEMU the vCPUs
+/// share the host's cores, and a spinning vCPU takes host time from the one holding the lock
+/// (Linux's paravirt spinlocks halt their waiters for the same reason).
+const SPIN_BEFORE_HALT_US: u64 = 20;
 
 // SAFETY: the value is reached only through a guard, and at most one guard exists at a time
 // (a guard holds the ticket being served), so sharing the lock shares `T` between CPUs one at a
@@ -42,19 +54,50 @@ pub struct SpinLockGuard<'a, T> {
 impl<T> SpinLock<T> {
     /// A new, unlocked lock.
     pub const fn new(value: T) -> Self {
-        SpinLock { next_ticket: AtomicU32::new(0), now_serving: AtomicU32::new(0), owner: AtomicUsize::new(NO_OWNER), value: UnsafeCell::new(value) }
+        SpinLock {
+            next_ticket: AtomicU32::new(0),
+            now_serving: AtomicU32::new(0),
+            owner: AtomicUsize::new(NO_OWNER),
+            sleepers: AtomicU64::new(0),
+            value: UnsafeCell::new(value),
+        }
     }
 
     /// Takes the lock (after every CPU that asked before), serving this CPU's TLB flush
-    /// requests while it waits.
+    /// requests while it waits: spinning for [`SPIN_BEFORE_HALT_US`], then halted with
+    /// interrupts on until an unlock wakes it (a wake-up IPI) or a shootdown IPI comes (served by
+    /// its handler). No interrupt handler takes this lock, so taking interrupts while waiting is
+    /// safe; the interrupt flag is as it was on return.
     pub fn lock(&self) -> SpinLockGuard<'_, T> {
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let start = time::rdtsc();
+        let spin = time::tsc_per_ms() * SPIN_BEFORE_HALT_US / 1000;
         while self.now_serving.load(Ordering::Acquire) != ticket {
             super::tlb::serve_flush_requests();
-            core::hint::spin_loop();
+            if time::rdtsc().wrapping_sub(start) > spin {
+                self.halt_until_unlocked(ticket);
+            } else {
+                core::hint::spin_loop();
+            }
         }
         self.owner.store(percpu::this_cpu(), Ordering::Relaxed);
         SpinLockGuard { lock: self }
+    }
+
+    /// Halts this CPU, interrupts on, unless `ticket` is served meanwhile.
+    fn halt_until_unlocked(&self, ticket: u32) {
+        let bit = 1u64 << percpu::this_cpu();
+        let enabled = interrupts::are_enabled();
+        // Dekker with the unlock (both sides locked read-modify-writes, full barriers): either it
+        // sees this CPU's bit and wakes it, or this CPU sees its ticket served and does not halt.
+        self.sleepers.fetch_or(bit, Ordering::SeqCst);
+        if self.now_serving.load(Ordering::SeqCst) != ticket {
+            interrupts::enable_and_hlt();
+            if !enabled {
+                interrupts::disable();
+            }
+        }
+        self.sleepers.fetch_and(!bit, Ordering::SeqCst);
     }
 
     /// Takes the lock if it is free and nobody waits for it.
@@ -97,6 +140,15 @@ impl<T> Drop for SpinLockGuard<'_, T> {
     fn drop(&mut self) {
         self.lock.owner.store(NO_OWNER, Ordering::Relaxed);
         // Release: the holder's writes are visible to the next ticket's holder.
-        self.lock.now_serving.fetch_add(1, Ordering::Release);
+        self.lock.now_serving.fetch_add(1, Ordering::SeqCst);
+        let sleepers = self.lock.sleepers.load(Ordering::SeqCst);
+        if sleepers != 0 {
+            // With interrupts off: no interrupt handler may split this CPU's ICR writes.
+            interrupts::without_interrupts(|| {
+                for cpu in (0..percpu::MAX_CPUS).filter(|&c| sleepers & (1 << c) != 0) {
+                    apic::send_fixed(percpu::apic_id_of(cpu), apic::WAKE_VECTOR);
+                }
+            });
+        }
     }
 }

@@ -123,8 +123,8 @@ impl Space {
     }
 
     /// Resolves a page fault at `addr` of a thread running this space (demand-zero, guard page,
-    /// access violation: `AddressSpace::handle_fault`), zeroing new frames outside the manager's
-    /// lock ([`super::fault`]'s spare frames).
+    /// access violation: `AddressSpace::handle_fault`), a new frame zeroed outside the manager's
+    /// lock (`memory::fault::resolve`). The page-fault path of guest threads.
     pub fn handle_fault(&self, addr: u64, access: Access) -> FaultOutcome {
         super::fault::resolve(self.root, addr, access).expect("a Space handle's space is registered").0
     }
