@@ -526,7 +526,7 @@ static uint32_t woa_waiter(void *arg) {
     uint32_t cmp = 0;
     volatile uint32_t *addr = i == 3 ? &g_woa_other : &g_woa_target;
     add32(&g_woa_ready, 1);
-    g_woa_results[i] = S->wait_on_address(addr, &cmp, 4, i == 3 ? 600 * MS : 8000 * MS);
+    g_woa_results[i] = S->wait_on_address(addr, &cmp, 4, i == 3 ? 1500 * MS : 8000 * MS);
     add32(&g_woa_woken, 1);
     return 0;
 }
