@@ -3,14 +3,16 @@
  *
  * Worker threads (one per other CPU, at least one) access pages of a region in a loop while the
  * main thread narrows access (PAGE_NOACCESS, PAGE_READONLY, decommit, release, MEM_COMMIT with a
- * narrower protection) and widens it again, thousands of rounds. The handshake: the main thread
- * bumps a generation counter after each call returns (odd: access removed, even: restored); a
- * worker reads the generation, makes one access (the exception handler turns a fault into a
- * result), reads the generation again, and keeps the sample only if both reads agree. A sample
- * that succeeded in an odd generation is stale (the call had returned, so it had to fault); one
- * that faulted in an even generation is late (the access was restored before it started); one
- * that read other data than the main thread wrote for that generation read a stale frame. Each
- * worker acknowledges every generation it sampled; the main thread moves on only when all have.
+ * narrower protection) and widens it again, thousands of rounds. The handshake: a generation
+ * counter whose value modulo 4 is the state: 1 while the narrowing call runs, 2 once it has
+ * returned, 3 while the widening call runs, 0 once it has returned (the main thread bumps it
+ * before and after each call). A worker reads the generation, makes one access (the exception
+ * handler turns a fault into a result), reads the generation again, and keeps the sample only if
+ * both reads agree and no call was running. A sample that succeeded in state 2 is stale (the
+ * call had returned, so it had to fault); one that faulted in state 0 is late (access was
+ * restored before it started); one that read other data than the main thread wrote for that
+ * generation read a stale frame. Each worker acknowledges every generation it sampled; the main
+ * thread moves on only when all have.
  * Every count of stale, late and bad samples must be zero. A last part does the same for write
  * watch: after get_write_watch with the reset flag returns, the next write must be seen. */
 #include "host_abi.h"
@@ -85,10 +87,11 @@ static uint32_t worker(void *arg) {
             value = (uint32_t)r;
         }
         g2 = ld32(&g_gen);
-        if (g1 != g2) continue; /* the generation changed during the access: no verdict */
+        /* The generation changed during the access, or a call was running: no verdict. */
+        if (g1 != g2 || (g1 & 1)) continue;
         g_samples[i]++;
         if (faulted) g_faults[i]++;
-        if (g1 & 1) {
+        if (g1 & 2) {
             if (!faulted) g_stale[i]++;
         } else if (faulted) {
             g_late[i]++;
@@ -163,19 +166,22 @@ static void variant(const char *name, enum narrow how, int write_mode, uint64_t 
     }
     if (wait_acks(0)) {
         for (round = 0; round < rounds; round++) {
-            uint32_t g = 2 * round + 1;
+            uint32_t g = 4 * round + 2;
+            st32(&g_gen, g - 1);
             if (!narrow(how)) { calls_ok = 0; break; }
             st32(&g_gen, g);
             if (!wait_acks(g)) break;
             if (write_mode && (how == READONLY || how == COMMIT_READONLY)) {
-                /* Read-only pages can be read: no write in an odd generation may have landed. */
+                /* Read-only pages can be read: no write begun after the call returned (a value of
+                 * state 2) may have landed. */
                 for (p = 0; p < pages; p++)
                     for (i = 0; i < g_workers; i++)
-                        if (*(volatile uint32_t *)(g_base + p * PAGE + 64 * (i + 1)) & 1) odd_slots++;
+                        if ((*(volatile uint32_t *)(g_base + p * PAGE + 64 * (i + 1)) & 3) == 2) odd_slots++;
             }
-            if (!widen(how, g + 1)) { calls_ok = 0; break; }
             st32(&g_gen, g + 1);
-            if (!wait_acks(g + 1)) break;
+            if (!widen(how, g + 2)) { calls_ok = 0; break; }
+            st32(&g_gen, g + 2);
+            if (!wait_acks(g + 2)) break;
             done++;
         }
     }
