@@ -54,10 +54,10 @@ pub fn expectation_for(name: &str) -> Expectation {
 }
 
 /// The CPU counts an image runs with: the `smp` image (it checks that every CPU comes online)
-/// and the `threads` image (guest threads, TLB shootdown) at 1, 2 and 4 CPUs, every other image
-/// once with `default`.
+/// and the `threads_kernel` and `threads` images (guest threads on every CPU, TLB shootdown) at
+/// 1, 2 and 4 CPUs, every other image once with `default`.
 pub fn cpu_counts_for(name: &str, default: u32) -> Vec<u32> {
-    if name == "smp" || name == "threads" { vec![1, 2, 4] } else { vec![default] }
+    if matches!(name, "smp" | "threads_kernel" | "threads") { vec![1, 2, 4] } else { vec![default] }
 }
 
 /// The image's name: its file name without cargo's `-<16 hex digits>` suffix.
@@ -191,6 +191,7 @@ mod tests {
     fn the_smp_and_threads_images_run_at_1_2_and_4_cpus_others_once() {
         assert_eq!(cpu_counts_for("smp", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("threads", 2), vec![1, 2, 4]);
+        assert_eq!(cpu_counts_for("threads_kernel", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("basic", 2), vec![2]);
         assert_eq!(cpu_counts_for("basic", 3), vec![3]);
     }
