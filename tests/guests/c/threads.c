@@ -119,7 +119,13 @@ static void start_state(void) {
     check("x87 status word 0 (empty stack, top 0)", *(uint16_t *)(g_probe_fx + 2), 0);
     check("x87 tag word: every register empty", g_probe_fx[4], 0);
     check("MXCSR 0x1F80 at the first instruction", *(uint32_t *)(g_probe_fx + 24), 0x1F80);
-    check("x87 registers zero", all_zero(g_probe_fx + 32, 128), 1);
+    {
+        /* Each ST slot is 16 bytes of which the first 10 are the register (FXSAVE leaves the
+         * rest alone). */
+        int i, zero = 1;
+        for (i = 0; i < 8; i++) zero &= all_zero(g_probe_fx + 32 + 16 * i, 10);
+        check("x87 registers zero", zero, 1);
+    }
     check("xmm0-15 zero", all_zero(g_probe_fx + 160, 256), 1);
     if (g_have_avx) check("ymm0-15 upper halves zero", all_zero(g_probe_hi, sizeof g_probe_hi), 1);
     check("a new thread starts with FS base 0 (the creator's is set)", g_probe_fs, 0);
@@ -622,11 +628,13 @@ static void wait_on_address_area(void) {
 
 /* ---- exceptions on threads ---- */
 static volatile uint32_t g_exc_tid, g_exc_count;
-static volatile uint64_t g_exc_rsp;
+static volatile uint64_t g_exc_rsp, g_exc_tp, g_exc_fs0;
 static int32_t thread_exc_handler(GUEST_EXCEPTION *e) {
     if (e->code == STATUS_ILLEGAL_INSTRUCTION) {
         g_exc_tid = S->current_thread_id();
         g_exc_rsp = e->context->rsp;
+        g_exc_tp = (uint64_t)S->get_thread_pointer();
+        g_exc_fs0 = fs_read0();
         add32(&g_exc_count, 1);
         e->context->rip += 2;
         return EXCEPTION_CONTINUE_EXECUTION;
@@ -640,13 +648,16 @@ static int32_t thread_exc_handler(GUEST_EXCEPTION *e) {
     return EXCEPTION_CONTINUE_SEARCH;
 }
 static volatile uint32_t g_ud_tid;
-static volatile uint64_t g_ud_stack_lo;
+static volatile uint64_t g_ud_stack_lo, g_ud_tp_after;
+static volatile uint64_t g_ud_tls[2] = {0x7E57AB1E, 0};
 static uint32_t ud_start(void *arg) {
     volatile char here;
     (void)arg;
     g_ud_tid = S->current_thread_id();
     g_ud_stack_lo = (uint64_t)&here;
+    S->set_thread_pointer((void *)g_ud_tls);
     __asm__ volatile("ud2");
+    g_ud_tp_after = fs_read0();
     return 0x0D;
 }
 static volatile uint32_t g_av_bad;
@@ -688,6 +699,9 @@ static void exceptions_area(void) {
     check("handler called once", g_exc_count, 1);
     check("handler ran on the faulting thread", g_exc_tid, g_ud_tid);
     check("... not the main thread", g_exc_tid != 1, 1);
+    check("the handler runs with the faulting thread's thread pointer", g_exc_tp, (uint64_t)g_ud_tls);
+    check("... and %fs:0 reads through it in the handler", g_exc_fs0, g_ud_tls[0]);
+    check("the thread's FS base is its own after the handler", g_ud_tp_after, g_ud_tls[0]);
     check("context rsp is on the thread's stack", g_exc_rsp <= g_ud_stack_lo && g_exc_rsp > g_ud_stack_lo - 0x10000, 1);
     g_av_bad = 0;
     for (i = 0; i < 4; i++) t[i] = S->create_thread(av_start, 0, 0, 0);

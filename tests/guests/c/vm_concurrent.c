@@ -30,7 +30,7 @@ static struct worker g_workers[THREADS];
 static uint8_t *g_shared, *g_race, *g_ww;
 static IHostMalloc *g_heap;
 static volatile uint64_t g_slots[SLOTS];
-static volatile uint32_t g_barrier_count, g_barrier_gen;
+static volatile uint32_t g_barrier_count, g_barrier_gen, g_guard_without_tp;
 
 static void fail(struct worker *w, const char *what, uint64_t got, uint64_t expected) {
     if (!w->errors++) {
@@ -60,7 +60,11 @@ static int32_t guard_handler(GUEST_EXCEPTION *e) {
     struct worker *w;
     if (e->code != STATUS_GUARD_PAGE_VIOLATION) return EXCEPTION_CONTINUE_SEARCH;
     w = (struct worker *)S->get_thread_pointer();
-    if (!w) return EXCEPTION_CONTINUE_SEARCH;
+    if (!w) {
+        /* Only workers touch guard pages, and each set its thread pointer first. */
+        add32(&g_guard_without_tp, 1);
+        return EXCEPTION_CONTINUE_EXECUTION;
+    }
     w->guard_faults++;
     {
         uint64_t self;
@@ -273,6 +277,7 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
         check("guard-page faults handled on the faulting thread", w->guard_wrong_thread, 0);
     }
     check("no worker saw a wrong result or datum", errors, 0);
+    check("guard-page handlers saw their thread's FS base", g_guard_without_tp, 0);
     for (i = 0; i < SLOTS; i++)
         if (g_slots[i]) {
             uint8_t *o = (uint8_t *)g_slots[i];
