@@ -197,9 +197,11 @@ static void create_area(void) {
 
 /* ---- the stack: layout in VirtualQuery, rounding, release ---- */
 struct stack_probe {
-    uint64_t rsp, alloc_base, total, top_base, top_size, top_protect, top_state, top_type;
-    uint64_t guard_size, guard_protect, guard_state, below_state, below_protect, committed_at_start;
+    uint64_t rsp, alloc_base, total, type, committed_at_start;
+    uint64_t regions, region[8][4]; /* the allocation's regions from its base: offset, size, state, protect */
 };
+/* Walks its own stack's allocation from the base: VirtualQuery gives maximal runs from the
+ * address asked for, so the walk sees each region whole. */
 static uint32_t stack_probe_start(void *arg) {
     struct stack_probe *p = (struct stack_probe *)arg;
     volatile char marker = 1;
@@ -209,25 +211,19 @@ static uint32_t stack_probe_start(void *arg) {
     p->rsp = (uint64_t)&marker;
     m = query((uint64_t)&marker);
     p->alloc_base = m.AllocationBase;
-    p->top_base = m.BaseAddress;
-    p->top_size = m.RegionSize;
-    p->top_protect = m.Protect;
-    p->top_state = m.State;
-    p->top_type = m.Type;
-    m = query(p->top_base - 4096);
-    p->guard_size = m.AllocationBase == p->alloc_base ? m.RegionSize : 0;
-    p->guard_protect = m.Protect;
-    p->guard_state = m.State;
-    p->below_state = 0;
-    if (m.BaseAddress > p->alloc_base) {
-        MEMORY_BASIC_INFORMATION b = query(m.BaseAddress - 4096);
-        p->below_state = b.State;
-        p->below_protect = b.Protect;
-    }
+    p->type = m.Type;
     p->total = 0;
+    p->regions = 0;
     for (q = p->alloc_base;;) {
         m = query(q);
         if (m.State == 0xFFFFFFFFu || m.AllocationBase != p->alloc_base || m.State == MEM_FREE) break;
+        if (p->regions < 8) {
+            p->region[p->regions][0] = m.BaseAddress - p->alloc_base;
+            p->region[p->regions][1] = m.RegionSize;
+            p->region[p->regions][2] = m.State;
+            p->region[p->regions][3] = m.Protect;
+            p->regions++;
+        }
         p->total += m.RegionSize;
         q += m.RegionSize;
     }
@@ -251,16 +247,42 @@ static void stack_case(const char *name, uint64_t reserve, uint64_t commit) {
     check("created", t != 0, 1);
     if (!t) return;
     check("ended", join(t), 0);
-    check("rsp inside the top committed region", p.rsp >= p.top_base && p.rsp < p.top_base + p.top_size, 1);
-    check("stack is a private allocation", p.top_type, MEM_PRIVATE);
-    check("top region committed", p.top_state, MEM_COMMIT);
-    check("top region read-write", p.top_protect, PAGE_READWRITE);
-    check("committed top = stack_commit rounded up to a page", p.top_size, c);
-    check("the stack starts at the top of its reservation", p.top_base + p.top_size, p.alloc_base + r);
-    check("a guard page below: one page", p.guard_size, 4096);
-    check("guard page committed", p.guard_state, MEM_COMMIT);
-    check("guard page PAGE_READWRITE|PAGE_GUARD", p.guard_protect, PAGE_READWRITE | PAGE_GUARD);
-    if (r > c + 4096) check("below the guard page: reserved", p.below_state, MEM_RESERVE);
+    {
+        uint64_t k;
+        put("   regions (offset size state protect):");
+        for (k = 0; k < p.regions; k++) {
+            put(" [");
+            put_hex(p.region[k][0]);
+            put(" ");
+            put_hex(p.region[k][1]);
+            put(" ");
+            put_hex(p.region[k][2]);
+            put(" ");
+            put_hex(p.region[k][3]);
+            put("]");
+        }
+        put("\n");
+    }
+    {
+        /* From the top: the committed stack, the guard page, then (if room) reserved pages. */
+        uint64_t n = p.regions, *top = p.region[n ? n - 1 : 0], *guard = p.region[n > 1 ? n - 2 : 0];
+        check("at least two regions (stack and guard page)", n >= 2, 1);
+        check("rsp inside the top region", p.rsp >= p.alloc_base + top[0] && p.rsp < p.alloc_base + top[0] + top[1], 1);
+        check("stack is a private allocation", p.type, MEM_PRIVATE);
+        check("top region committed", top[2], MEM_COMMIT);
+        check("top region read-write", top[3], PAGE_READWRITE);
+        check("committed top = stack_commit rounded up to a page", top[1], c);
+        check("the stack starts at the top of its reservation", top[0] + top[1], r);
+        check("a guard page below: one page", guard[1], 4096);
+        check("guard page committed", guard[2], MEM_COMMIT);
+        check("guard page PAGE_READWRITE|PAGE_GUARD", guard[3], PAGE_READWRITE | PAGE_GUARD);
+        if (r > c + 4096) {
+            check("below the guard page: reserved", n == 3 ? p.region[0][2] : 0, MEM_RESERVE);
+            check("... from the allocation base", n == 3 ? p.region[0][0] : 1, 0);
+        } else {
+            check("the guard page is the lowest page", n == 2 ? guard[0] : 1, 0);
+        }
+    }
     check("reservation = rounded stack_reserve (made larger when commit + guard does not fit)", p.total, r);
     check("commit charged for the stack = committed pages + guard page", p.committed_at_start - before, c + 4096);
     after = query(p.alloc_base);
@@ -634,7 +656,7 @@ static int32_t thread_exc_handler(GUEST_EXCEPTION *e) {
         g_exc_tid = S->current_thread_id();
         g_exc_rsp = e->context->rsp;
         g_exc_tp = (uint64_t)S->get_thread_pointer();
-        g_exc_fs0 = fs_read0();
+        g_exc_fs0 = g_exc_tp ? fs_read0() : 0; /* through FS base 0 it would fault here */
         add32(&g_exc_count, 1);
         e->context->rip += 2;
         return EXCEPTION_CONTINUE_EXECUTION;
@@ -657,7 +679,8 @@ static uint32_t ud_start(void *arg) {
     g_ud_stack_lo = (uint64_t)&here;
     S->set_thread_pointer((void *)g_ud_tls);
     __asm__ volatile("ud2");
-    g_ud_tp_after = fs_read0();
+    /* Read through FS only if it is still set (through base 0 the read would end the guest). */
+    g_ud_tp_after = (uint64_t)S->get_thread_pointer() == (uint64_t)g_ud_tls ? fs_read0() : 0;
     return 0x0D;
 }
 static volatile uint32_t g_av_bad;
