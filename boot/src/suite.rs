@@ -134,6 +134,11 @@ pub fn run(images: &[PathBuf], opts: &QemuOptions) -> SuiteTotals {
         if let Expectation::Hang { timeout } = expectation {
             run_opts.timeout = Some(timeout);
         }
+        // The threads image runs every thread guest and, at 4 CPUs, the conformance and fuzz
+        // guests again: 4 TCG vCPUs on a small host need more than the default.
+        if name == "threads" {
+            run_opts.timeout = run_opts.timeout.map(|t| t.max(Duration::from_secs(600)));
+        }
         // The wasm image grows a linear memory to hundreds of MiB (tests/wasm.rs).
         if name == "wasm" && run_opts.memory == "256M" {
             run_opts.memory = "1G".into();

@@ -79,6 +79,15 @@ static uint32_t worker(void *arg) {
         volatile uint8_t *p = (volatile uint8_t *)g_base + page * PAGE;
         uint32_t g1 = ld32(&g_gen), g2, value = 0;
         int faulted;
+        if (g1 == acked && (g1 & 3) == 2) {
+            /* Access is gone and this worker has shown it: faulting on would only load the
+             * machine. Wait for the widening to begin. */
+            while (ld32(&g_gen) == g1 && !ld32(&g_stop)) {
+                if (g_yield) S->yield();
+                else __asm__ volatile("pause");
+            }
+            continue;
+        }
         if (g_write_mode) {
             faulted = (int)probe_write(p + 64 * (i + 1), g1);
         } else {

@@ -11,8 +11,8 @@
 #define S g_services
 #define PAGE 4096ull
 #define THREADS 4
-#define ITERATIONS 16
-#define RACE_ROUNDS 16
+#define ITERATIONS 10
+#define RACE_ROUNDS 10
 #define SHARED_PAGES 1024 /* 4 MiB: two page tables, slices of 256 pages */
 #define WW_PAGES 64
 #define SLOTS 64
