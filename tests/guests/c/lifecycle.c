@@ -75,14 +75,9 @@ static uint32_t exit_guest(void *arg) {
     S->exit(33);
     return 0xBAD;
 }
-static uint64_t __attribute__((noinline)) recurse(uint64_t n) {
-    volatile uint8_t pad[1000];
-    pad[0] = (uint8_t)n;
-    return recurse(n + 1) + pad[0];
-}
 static uint32_t overflow(void *arg) {
     (void)arg;
-    return (uint32_t)recurse(0);
+    return (uint32_t)recurse_forever(0);
 }
 static volatile uint32_t g_passed_on;
 static int32_t pass_on(GUEST_EXCEPTION *e) {
@@ -168,7 +163,7 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     if (mode_is("MOVFL")) {
         S->add_vectored_exception_handler(1, main_overflow_handler);
         S->create_thread(sleep_then_return, (void *)((300ull << 32) | 0x44), 0, 0);
-        return (int32_t)recurse(0);
+        return (int32_t)recurse_forever(0);
     }
     put("FAILED unknown mode\n");
     return 3;

@@ -90,6 +90,15 @@ __attribute__((noinline)) static void prefault_stack(void) {
     for (i = (int64_t)sizeof buf - 1; i >= 0; i -= 2048) buf[i] = 0;
 }
 
+/* Recurses in frames of 1000 bytes (touched at both ends, so the stack grows page by page)
+ * until the stack overflows; never returns. */
+__attribute__((noinline, unused)) static uint64_t recurse_forever(uint64_t n) {
+    volatile uint8_t pad[1000];
+    pad[0] = (uint8_t)n;
+    pad[999] = (uint8_t)n;
+    return recurse_forever(n + 1) + pad[0] + pad[999];
+}
+
 /* Starts the guest: records the host, refuses (exit code 2) on a version-1 host, and commits
  * the main stack it will use. */
 static void thread_guest_init(IHostMemoryManager *host, const HOST_SERVICES *services) {

@@ -759,18 +759,12 @@ static int32_t overflow_handler(GUEST_EXCEPTION *e) {
     e->context->rsp = ((e->context->rsp - 64) & ~15ull) - 8;
     return EXCEPTION_CONTINUE_EXECUTION;
 }
-static uint64_t __attribute__((noinline)) recurse(uint64_t n) {
-    volatile uint8_t pad[1000];
-    pad[0] = (uint8_t)n;
-    pad[999] = (uint8_t)n;
-    return recurse(n + 1) + pad[0] + pad[999];
-}
 static uint32_t overflow_start(void *arg) {
     volatile char here;
     (void)arg;
     g_ovf_base = query((uint64_t)&here).AllocationBase;
     g_ovf_tid = S->current_thread_id();
-    return (uint32_t)recurse(0);
+    return (uint32_t)recurse_forever(0);
 }
 static void stack_overflow_area(void) {
     uint64_t before = committed_now();
