@@ -11,7 +11,7 @@ extern crate alloc;
 
 use alloc::string::String;
 
-use kernel::arch::fw_cfg;
+use kernel::arch::{fw_cfg, percpu};
 use kernel::console;
 use kernel::guest::{GuestOutcome, cpu_time, run_guest, sched, set_guest_args_for_test};
 use qemu_tests::{ensure, ensure_eq, frame_counts, guest_elf};
@@ -46,8 +46,13 @@ fn the_thread_services_work() -> Result<(), String> {
 fn one_thread_per_cpu_runs_at_the_same_time() -> Result<(), String> {
     let cpus = fw_cfg::cpu_count().ok_or("no fw_cfg CPU count")? as u32;
     sched::take_peak_parallel();
+    let before: alloc::vec::Vec<(u64, u64)> = percpu::cpus().map(|c| (c.timer_ticks, c.wakeups)).collect();
     passes("parallel")?;
-    ensure_eq!(sched::take_peak_parallel(), cpus);
+    let peak = sched::take_peak_parallel();
+    // On failure: each CPU's timer ticks and wake-ups during the guest (a CPU with no ticks did
+    // not run at all: its virtual CPU got no host time).
+    let during: alloc::vec::Vec<(u64, u64)> = percpu::cpus().zip(before).map(|(c, b)| (c.timer_ticks - b.0, c.wakeups - b.1)).collect();
+    ensure!(peak == cpus, "at most {peak} of {cpus} CPUs ran threads at once; ticks and wake-ups per CPU: {during:?}");
     Ok(())
 }
 
@@ -81,6 +86,7 @@ fn the_guest_ends_with_its_last_threads_exit_code() -> Result<(), String> {
 fn a_deadlocked_guest_ends() -> Result<(), String> {
     let before = frame_counts();
     let (outcome, out) = run("deadlock");
+    ensure!(!out.contains("FAILED"), "{out}");
     ensure_eq!(outcome, GuestOutcome::Exited(sched::STATUS_POSSIBLE_DEADLOCK as i32));
     ensure_eq!(frame_counts(), before);
     Ok(())
@@ -91,6 +97,7 @@ fn the_cpu_time_limit_counts_every_thread() -> Result<(), String> {
     cpu_time::set_limit_for_test(Some(400));
     let (outcome, out) = run("spin");
     cpu_time::set_limit_for_test(None);
+    ensure!(out.contains("threads_smoke: spin") && !out.contains("FAILED"), "{out}");
     ensure_eq!(outcome, GuestOutcome::Exited(0x8013_1024u32 as i32));
     ensure_eq!(frame_counts(), before);
     passes("parallel")?;

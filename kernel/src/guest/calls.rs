@@ -63,7 +63,7 @@ impl Guest {
         self.note_stack(c.rsp);
         // The dispatchers' calls are private to the host's code page (`rcx` = the return rip):
         // made from anywhere else they are unknown calls (host-abi §9: E_NOTIMPL).
-        let dispatcher = (host_pages::HOST_CODE..host_pages::HOST_CODE + address_space::PAGE_SIZE).contains(&c.rcx);
+        let dispatcher = host_pages::is_stub_return(c.rcx);
         c.rax = match c.rax {
             nr::EXIT => return Err(a1 as i32),
             nr::WRITE => self.write_console(a1, a2, a3 != 0),
@@ -75,7 +75,7 @@ impl Guest {
                 Ok(()) => 0,
                 Err(e) => e.win32_code() as u64,
             },
-            nr::PROBE => match self.with_stack_growth(a1, a2, || self.space.with(|s, cx| s.check_user_access(cx, a1, a2, a3 != 0))) {
+            nr::PROBE => match self.mem().with_stack_growth(a1, a2, || self.space.with(|s, cx| s.check_user_access(cx, a1, a2, a3 != 0))) {
                 Ok(()) if a1 != 0 => 0,
                 Ok(()) => hresult::to_rax(E_NOACCESS),
                 Err(e) => hresult::to_rax(hresult::from_vm(e)),

@@ -35,7 +35,7 @@ use address_space::win32::*;
 use x86_64::align_down;
 
 use super::host_pages::{Stub, stub};
-use super::{Ended, Guest, PAGE_SIZE};
+use super::{Ended, Guest, GuestMemory, PAGE_SIZE};
 use crate::arch::user::{
     FpuImage, USER_CONTEXT_SIZE, UserContext, context_from_bytes, context_to_bytes, fpu_image_size, reset_user_state,
     sanitize_rflags,
@@ -123,7 +123,7 @@ impl Guest {
     /// Handles CPU exception `vector` of the guest running `context`: resolves it or raises it.
     pub(super) fn exception(&mut self, context: &mut UserContext, vector: u8, error_code: u64, cr2: u64) -> Result<(), Ended> {
         let e = match vector {
-            14 => match self.page_fault(cr2, error_code) {
+            14 => match self.mem().page_fault(cr2, error_code) {
                 None => return Ok(()),
                 Some(e) => e,
             },
@@ -149,44 +149,6 @@ impl Guest {
             _ => simple(status::ILLEGAL_INSTRUCTION),
         };
         self.raise(context, e)
-    }
-
-    /// A page fault from ring 3: `None` when resolved (retry), else the exception to raise.
-    fn page_fault(&mut self, addr: u64, error_code: u64) -> Option<GuestException> {
-        let access = crate::memory::fault_access(error_code);
-        let outcome = self.space.with(|s, cx| s.handle_fault(cx, addr, access));
-        let e = |code| Some(GuestException { code, access: access.code(), address: addr });
-        match outcome {
-            FaultOutcome::Resolved => None,
-            FaultOutcome::GuardPage { .. } if (self.thread.stack.0..self.thread.stack.1).contains(&addr) => match self.grow_stack(align_down(addr, PAGE_SIZE)) {
-                StackGrowth::Grown => None,
-                StackGrowth::Overflow => e(status::STACK_OVERFLOW),
-            },
-            FaultOutcome::GuardPage { .. } => e(status::GUARD_PAGE_VIOLATION),
-            FaultOutcome::AccessViolation { .. } => e(status::ACCESS_VIOLATION),
-        }
-    }
-
-    /// The guard page at `page` of the guest's stack was touched (its guard is gone): commits the
-    /// page below as the new guard, or, when that would leave fewer than three pages of the
-    /// reservation below the guard, commits the remaining pages but the lowest for the exception
-    /// handlers and reports the overflow (host-abi §10.3). No commit left for the new guard is an
-    /// overflow too (as on Windows), with no pages added.
-    pub(super) fn grow_stack(&self, page: u64) -> StackGrowth {
-        let (low, _) = self.thread.stack;
-        let below = page.wrapping_sub(PAGE_SIZE);
-        let level = address_space::CriticalLevel::Process;
-        if page >= low + 4 * PAGE_SIZE
-            && self.space.with(|s, cx| s.virtual_alloc(cx, below, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, level)).is_ok()
-        {
-            return StackGrowth::Grown;
-        }
-        let cushion = low + PAGE_SIZE;
-        if page > cushion && page < low + 4 * PAGE_SIZE {
-            // Best effort: without commit the handlers find no room and the guest ends with the code.
-            let _ = self.space.with(|s, cx| s.virtual_alloc(cx, cushion, page - cushion, MEM_COMMIT, PAGE_READWRITE, level));
-        }
-        StackGrowth::Overflow
     }
 
     /// A #GP from ring 3, decoded: `None` when handled without an exception (`sysenter`).
@@ -311,8 +273,8 @@ impl Guest {
             Ok(()) => Ok(()),
             Err(address_space::VmError::GuardPage) => {
                 // The check cleared the guard of this page: it is committed and writable now.
-                let page = self.stack_bottom_in(addr, data.len() as u64).ok_or(FrameError::NoRoom)?;
-                if self.grow_stack(page) == StackGrowth::Overflow {
+                let page = self.mem().stack_bottom_in(addr, data.len() as u64).ok_or(FrameError::NoRoom)?;
+                if self.mem().grow_stack(page) == StackGrowth::Overflow {
                     return Err(FrameError::StackOverflow { address: addr });
                 }
                 self.space.with(|s, cx| s.write_user(cx, addr, data)).map_err(|_| FrameError::NoRoom)
@@ -334,7 +296,7 @@ impl Guest {
         let mut bytes = [0u8; USER_CONTEXT_SIZE];
         let mut fpu = FpuImage::initial();
         let size = fpu_image_size();
-        if self.read_bytes(context_at, &mut bytes).is_err() || self.read_bytes(fpu_at, &mut fpu.bytes[..size]).is_err() {
+        if self.mem().read_bytes(context_at, &mut bytes).is_err() || self.mem().read_bytes(fpu_at, &mut fpu.bytes[..size]).is_err() {
             crate::kprintln!("guest {}: the context to resume (at {context_at:#x}, image at {fpu_at:#x}) is unreadable", self.name);
             return Err(status::ACCESS_VIOLATION as i32);
         }
@@ -372,14 +334,14 @@ impl Guest {
     /// at `record`, reporting it (an unreadable record ends it with an access violation).
     pub(super) fn unhandled_call(&self, record: u64) -> Ended {
         let mut r = [0u8; EXCEPTION_RECORD_SIZE as usize];
-        if self.read_bytes(record, &mut r).is_err() {
+        if self.mem().read_bytes(record, &mut r).is_err() {
             crate::kprintln!("guest {}: unhandled exception, its record at {record:#x} unreadable", self.name);
             return status::ACCESS_VIOLATION as i32;
         }
         let u = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
         let e = GuestException { code: u32::from_le_bytes(r[0..4].try_into().expect("4 bytes")), access: u(8), address: u(16) };
         let mut c = [0u8; USER_CONTEXT_SIZE];
-        let context = match self.read_bytes(u(24), &mut c) {
+        let context = match self.mem().read_bytes(u(24), &mut c) {
             Ok(()) => context_from_bytes(&c),
             Err(_) => UserContext { rip: ALL_ONES, ..UserContext::default() },
         };
@@ -407,6 +369,47 @@ impl Guest {
         }
         e.code as i32
     }
+}
+
+impl GuestMemory<'_> {
+    /// A page fault from ring 3: `None` when resolved (retry), else the exception to raise.
+    pub(super) fn page_fault(&self, addr: u64, error_code: u64) -> Option<GuestException> {
+        let access = crate::memory::fault_access(error_code);
+        let outcome = self.space.with(|s, cx| s.handle_fault(cx, addr, access));
+        let e = |code| Some(GuestException { code, access: access.code(), address: addr });
+        match outcome {
+            FaultOutcome::Resolved => None,
+            FaultOutcome::GuardPage { .. } if (self.stack.0..self.stack.1).contains(&addr) => match self.grow_stack(align_down(addr, PAGE_SIZE)) {
+                StackGrowth::Grown => None,
+                StackGrowth::Overflow => e(status::STACK_OVERFLOW),
+            },
+            FaultOutcome::GuardPage { .. } => e(status::GUARD_PAGE_VIOLATION),
+            FaultOutcome::AccessViolation { .. } => e(status::ACCESS_VIOLATION),
+        }
+    }
+
+    /// The guard page at `page` of the guest's stack was touched (its guard is gone): commits the
+    /// page below as the new guard, or, when that would leave fewer than three pages of the
+    /// reservation below the guard, commits the remaining pages but the lowest for the exception
+    /// handlers and reports the overflow (host-abi §10.3). No commit left for the new guard is an
+    /// overflow too (as on Windows), with no pages added.
+    pub(super) fn grow_stack(&self, page: u64) -> StackGrowth {
+        let (low, _) = self.stack;
+        let below = page.wrapping_sub(PAGE_SIZE);
+        let level = address_space::CriticalLevel::Process;
+        if page >= low + 4 * PAGE_SIZE
+            && self.space.with(|s, cx| s.virtual_alloc(cx, below, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, level)).is_ok()
+        {
+            return StackGrowth::Grown;
+        }
+        let cushion = low + PAGE_SIZE;
+        if page > cushion && page < low + 4 * PAGE_SIZE {
+            // Best effort: without commit the handlers find no room and the guest ends with the code.
+            let _ = self.space.with(|s, cx| s.virtual_alloc(cx, cushion, page - cushion, MEM_COMMIT, PAGE_READWRITE, level));
+        }
+        StackGrowth::Overflow
+    }
+
 }
 
 fn simple(code: u32) -> GuestException {

@@ -353,6 +353,11 @@ pub enum Stub {
 /// Entries of the stub offset table: every [`Stub`], the 13 manager slots counting as one each.
 const STUB_COUNT: usize = Stub::Manager0 as usize + 13;
 
+/// Whether a system call returning to `rip` was made by the host's stubs (from the code page).
+pub fn is_stub_return(rip: u64) -> bool {
+    (HOST_CODE..HOST_CODE + PAGE_SIZE).contains(&rip)
+}
+
 /// The guest address of a stub.
 pub fn stub(s: Stub) -> u64 {
     stub_at(s as usize)

@@ -7,7 +7,7 @@ use address_space::{CriticalLevel, VmError};
 use super::calls::Callbacks;
 use super::host_pages::MANAGER_OBJECT;
 use super::hresult::{self, E_INVALIDARG, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, HResult, S_OK};
-use super::{Ended, Guest};
+use super::{Ended, Guest, GuestMemory};
 
 /// `IID_IUnknown` as its 16 bytes in memory.
 const IID_IUNKNOWN: [u8; 16] = host_abi::IID_IUNKNOWN.to_bytes();
@@ -51,7 +51,8 @@ pub fn inject_inconsistency_after(n: u64) {
 #[cfg(feature = "test-hooks")]
 fn injected_inconsistency() -> bool {
     use core::sync::atomic::Ordering;
-    // One CPU, and guests run with the kernel not re-entered: a load and a store suffice.
+    // Called under the guest's lock (the unlocked memory calls are off while one is armed), and
+    // one guest runs at a time: a load and a store suffice.
     let n = INJECT_INCONSISTENCY.load(Ordering::SeqCst);
     if n == 0 {
         return false;
@@ -62,6 +63,18 @@ fn injected_inconsistency() -> bool {
 
 #[cfg(not(feature = "test-hooks"))]
 fn injected_inconsistency() -> bool {
+    false
+}
+
+/// Whether a test armed an injected inconsistency (then every manager call goes through the
+/// guest's lock, which counts it).
+#[cfg(feature = "test-hooks")]
+pub(super) fn inconsistency_armed() -> bool {
+    INJECT_INCONSISTENCY.load(core::sync::atomic::Ordering::SeqCst) != 0
+}
+
+#[cfg(not(feature = "test-hooks"))]
+pub(super) fn inconsistency_armed() -> bool {
     false
 }
 
@@ -93,10 +106,9 @@ impl Guest {
                 self.manager_refs = self.manager_refs.saturating_sub(1);
                 self.manager_refs as u64
             }
-            slot::VIRTUAL_ALLOC => hr(self.virtual_alloc(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32, args[6])),
-            slot::VIRTUAL_FREE => hr(self.space.virtual_free(args[1], args[2], args[3] as u32).map_err(hresult::from_vm)),
-            slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
-            slot::VIRTUAL_PROTECT => hr(self.virtual_protect(args[1], args[2], args[3] as u32, args[4])),
+            slot::VIRTUAL_ALLOC | slot::VIRTUAL_FREE | slot::VIRTUAL_QUERY | slot::VIRTUAL_PROTECT => {
+                self.mem().memory_call(slot, args).unwrap_or(hresult::to_rax(E_NOTIMPL))
+            }
             slot::GET_MEMORY_LOAD => hr(self.get_memory_load(args[1], args[2])),
             slot::REGISTER_CALLBACK => hr(self.register_callback(args[1], callbacks)?),
             slot::NEEDS_ADDRESS_SPACE => hr(self.check_address_range(args[1], args[2])),
@@ -105,6 +117,13 @@ impl Guest {
             // CreateMalloc (slot 3) is ring-3 code of the host library, never a system call.
             _ => hresult::to_rax(E_NOTIMPL),
         })
+    }
+
+    /// Whether the manager's memory methods may be served without the guest's lock: the
+    /// manager is not poisoned, no notification callback is registered (a band change to report
+    /// needs the guest's state) and no test counts the calls.
+    pub(super) fn memory_calls_unlocked(&self) -> bool {
+        !self.poisoned && self.callback.is_none() && !inconsistency_armed()
     }
 
     /// The kernel found its own state inconsistent: the manager is poisoned (host-abi §4).
@@ -155,37 +174,80 @@ impl Guest {
         }
     }
 
+    /// [`GuestMemory::out_pointer`] for the thread being served.
+    fn out_pointer(&self, ptr: u64, len: u64) -> Result<(), HResult> {
+        self.mem().out_pointer(ptr, len)
+    }
+
+    fn query_interface(&mut self, riid: u64, ppv: u64) -> Result<(), HResult> {
+        self.out_pointer(ppv, 8)?;
+        if riid == 0 {
+            self.mem().put_result(ppv, &0u64.to_le_bytes());
+            return Err(E_POINTER);
+        }
+        let mut iid = [0u8; 16];
+        if let Err(e) = self.mem().read_bytes(riid, &mut iid) {
+            self.mem().put_result(ppv, &0u64.to_le_bytes());
+            return Err(hresult::from_vm(e));
+        }
+        if iid == IID_IUNKNOWN || iid == IID_IHOST_MEMORY_MANAGER {
+            self.manager_refs = self.manager_refs.saturating_add(1);
+            self.mem().put_result(ppv, &MANAGER_OBJECT.to_le_bytes());
+            Ok(())
+        } else {
+            self.mem().put_result(ppv, &0u64.to_le_bytes());
+            Err(E_NOINTERFACE)
+        }
+    }
+
+    fn get_memory_load(&mut self, p_load: u64, p_available: u64) -> Result<(), HResult> {
+        // E_POINTER for either NULL first, then writability (host-abi §9 order).
+        if p_load == 0 || p_available == 0 {
+            return Err(E_POINTER);
+        }
+        self.out_pointer(p_load, 4)?;
+        self.out_pointer(p_available, 8)?;
+        let commit = crate::memory::commit_state();
+        let (commit_load, available) = (commit.load_percent, commit.available_bytes);
+        // Address space the runtime acquired by other means counts as in use (host-abi §5): the
+        // load is the larger of the commit load and the address-space load.
+        let cfg = self.space.with(|s, _| *s.config());
+        let span = cfg.max_address_end - cfg.min_address;
+        let reserved: u64 = self.space.with(|s, _| s.allocations().map(|a| a.size).sum::<u64>());
+        let acquired: u64 = self.acquired.iter().map(|&(_, l)| l).sum();
+        let space_load = ((reserved + acquired) as u128 * 100 / span as u128) as u32;
+        let load = commit_load.max(space_load).min(100);
+        self.mem().put_result(p_load, &load.to_le_bytes());
+        self.mem().put_result(p_available, &available.to_le_bytes());
+        Ok(())
+    }
+}
+
+impl GuestMemory<'_> {
+    /// The manager's memory methods (`VirtualAlloc`, `VirtualFree`, `VirtualQuery`,
+    /// `VirtualProtect`), which need nothing of the guest but its memory: the scheduler serves
+    /// them without the guest's lock when no notification callback is registered and the manager
+    /// is not poisoned. `None` for any other slot.
+    pub(super) fn memory_call(&self, slot: u64, args: [u64; 7]) -> Option<u64> {
+        Some(match slot {
+            slot::VIRTUAL_ALLOC => hr(self.virtual_alloc(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32, args[6])),
+            slot::VIRTUAL_FREE => hr(self.space.virtual_free(args[1], args[2], args[3] as u32).map_err(hresult::from_vm)),
+            slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
+            slot::VIRTUAL_PROTECT => hr(self.virtual_protect(args[1], args[2], args[3] as u32, args[4])),
+            _ => return None,
+        })
+    }
+
     /// Checks a COM out-pointer: NULL → E_POINTER, not writable → ERROR_NOACCESS (or the guard
     /// page status, the guard now cleared).
-    fn out_pointer(&self, ptr: u64, len: u64) -> Result<(), HResult> {
+    pub(super) fn out_pointer(&self, ptr: u64, len: u64) -> Result<(), HResult> {
         if ptr == 0 {
             return Err(E_POINTER);
         }
         self.check_writable(ptr, len).map_err(hresult::from_vm)
     }
 
-    fn query_interface(&mut self, riid: u64, ppv: u64) -> Result<(), HResult> {
-        self.out_pointer(ppv, 8)?;
-        if riid == 0 {
-            self.put_result(ppv, &0u64.to_le_bytes());
-            return Err(E_POINTER);
-        }
-        let mut iid = [0u8; 16];
-        if let Err(e) = self.read_bytes(riid, &mut iid) {
-            self.put_result(ppv, &0u64.to_le_bytes());
-            return Err(hresult::from_vm(e));
-        }
-        if iid == IID_IUNKNOWN || iid == IID_IHOST_MEMORY_MANAGER {
-            self.manager_refs = self.manager_refs.saturating_add(1);
-            self.put_result(ppv, &MANAGER_OBJECT.to_le_bytes());
-            Ok(())
-        } else {
-            self.put_result(ppv, &0u64.to_le_bytes());
-            Err(E_NOINTERFACE)
-        }
-    }
-
-    fn virtual_alloc(&mut self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32, pp_mem: u64) -> Result<(), HResult> {
+    fn virtual_alloc(&self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32, pp_mem: u64) -> Result<(), HResult> {
         self.out_pointer(pp_mem, 8)?;
         let level = match level {
             0 => CriticalLevel::Task,
@@ -208,7 +270,7 @@ impl Guest {
         }
     }
 
-    fn virtual_query(&mut self, addr: u64, buffer: u64, length: u64, p_result: u64) -> Result<(), HResult> {
+    fn virtual_query(&self, addr: u64, buffer: u64, length: u64, p_result: u64) -> Result<(), HResult> {
         self.out_pointer(p_result, 8)?;
         let zero = |g: &Self| {
             g.put_result(p_result, &0u64.to_le_bytes());
@@ -232,7 +294,7 @@ impl Guest {
         Ok(())
     }
 
-    fn virtual_protect(&mut self, addr: u64, size: u64, protect: u32, p_old: u64) -> Result<(), HResult> {
+    fn virtual_protect(&self, addr: u64, size: u64, protect: u32, p_old: u64) -> Result<(), HResult> {
         address_space::AddressSpace::check_protect_value(protect).map_err(hresult::from_vm)?;
         if p_old == 0 {
             return Err(E_NOACCESS);
@@ -243,25 +305,4 @@ impl Guest {
         Ok(())
     }
 
-    fn get_memory_load(&mut self, p_load: u64, p_available: u64) -> Result<(), HResult> {
-        // E_POINTER for either NULL first, then writability (host-abi §9 order).
-        if p_load == 0 || p_available == 0 {
-            return Err(E_POINTER);
-        }
-        self.out_pointer(p_load, 4)?;
-        self.out_pointer(p_available, 8)?;
-        let commit = crate::memory::commit_state();
-        let (commit_load, available) = (commit.load_percent, commit.available_bytes);
-        // Address space the runtime acquired by other means counts as in use (host-abi §5): the
-        // load is the larger of the commit load and the address-space load.
-        let cfg = self.space.with(|s, _| *s.config());
-        let span = cfg.max_address_end - cfg.min_address;
-        let reserved: u64 = self.space.with(|s, _| s.allocations().map(|a| a.size).sum::<u64>());
-        let acquired: u64 = self.acquired.iter().map(|&(_, l)| l).sum();
-        let space_load = ((reserved + acquired) as u128 * 100 / span as u128) as u32;
-        let load = commit_load.max(space_load).min(100);
-        self.put_result(p_load, &load.to_le_bytes());
-        self.put_result(p_available, &available.to_le_bytes());
-        Ok(())
-    }
 }

@@ -36,6 +36,7 @@ mod threads;
 
 use alloc::format;
 use alloc::string::{String, ToString};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use address_space::win32::*;
@@ -164,7 +165,9 @@ struct Handler {
 /// A loaded guest.
 pub struct Guest {
     name: String,
-    space: Space,
+    /// Its address space (shared with the scheduler, which serves page faults and memory calls
+    /// without the guest's lock).
+    space: Arc<Space>,
     handlers: Vec<Handler>,
     next_handle: u64,
     /// The part of the state that belongs to the thread whose exit is being served: swapped in
@@ -205,6 +208,86 @@ pub(crate) struct ThreadLocal {
     /// and a band change it makes is delivered once the handlers are left (a host call or resume
     /// above it).
     handler_frame: Option<u64>,
+}
+
+/// A guest's memory as one of its threads reaches it: the checked copies of its address space,
+/// with that thread's stack growing when a copy touches its guard page (as Windows grows a
+/// thread's stack when the kernel touches its guard). It needs nothing of the guest but the
+/// space and the thread's stack, so the scheduler serves page faults and the manager's memory
+/// calls through it without the guest's lock.
+pub(crate) struct GuestMemory<'a> {
+    space: &'a Space,
+    /// The thread's stack reservation: (lowest address, end).
+    stack: (u64, u64),
+}
+
+impl GuestMemory<'_> {
+    /// Runs a checked access to guest memory at `[addr, addr+len)`; if it hit the guard page of
+    /// the guest's own stack (the check cleared that guard), grows the stack as a touch from the
+    /// guest would (Windows grows a thread's stack when the kernel touches its guard too) and
+    /// retries. Any other guard page stays the caller's 0x80000001, and so does the end of the
+    /// stack (the last pages are then committed: the retried call succeeds).
+    fn with_stack_growth<T>(&self, addr: u64, len: u64, mut access: impl FnMut() -> Result<T, VmError>) -> Result<T, VmError> {
+        for _ in 0..4 {
+            match access() {
+                Err(VmError::GuardPage) => {
+                    let Some(page) = self.stack_bottom_in(addr, len) else { return Err(VmError::GuardPage) };
+                    if self.grow_stack(page) == exceptions::StackGrowth::Overflow {
+                        return Err(VmError::GuardPage);
+                    }
+                }
+                other => return other,
+            }
+        }
+        access()
+    }
+
+    /// The lowest committed page of the guest's stack if it lies in `[addr, addr+len)`: after an
+    /// access check cleared the stack's guard, that page is where the guard was.
+    fn stack_bottom_in(&self, addr: u64, len: u64) -> Option<u64> {
+        let (low, high) = self.stack;
+        let start = align_down(addr.max(low), PAGE_SIZE);
+        let end = addr.saturating_add(len.max(1)).min(high);
+        let mut page = start;
+        while page < end {
+            let below_reserved = page > low && self.space.virtual_query(page - PAGE_SIZE).is_ok_and(|q| q.state == MEM_RESERVE);
+            if below_reserved && self.space.virtual_query(page).is_ok_and(|q| q.state == MEM_COMMIT) {
+                return Some(page);
+            }
+            page += PAGE_SIZE;
+        }
+        None
+    }
+
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), VmError> {
+        let len = buf.len() as u64;
+        self.with_stack_growth(addr, len, || self.space.with(|s, cx| s.read_user(cx, addr, buf)))
+    }
+
+    fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), VmError> {
+        self.with_stack_growth(addr, data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, addr, data)))
+    }
+
+    /// Writes a call's result to a guest out-pointer, dropping a failure: that is the contract
+    /// of every caller. A result goes to a pointer the call checked writable before changing
+    /// anything (`out_pointer`, `check_writable`), so the write fails only if another thread of
+    /// the guest freed or protected that page in between (the guest's own race, as on Windows,
+    /// where such a write faults in the kernel and is dropped the same way); the NULL a failed call stores (host-abi §9) is best effort, the call's
+    /// own error being what the caller sees; `query_commit` returns nothing to report a failure
+    /// with (Windows' `void` functions ignore a bad buffer the same way).
+    fn put_result(&self, addr: u64, data: &[u8]) {
+        let _ = self.write_bytes(addr, data);
+    }
+
+    fn read_u64(&self, addr: u64) -> Result<u64, VmError> {
+        let mut b = [0u8; 8];
+        self.read_bytes(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn check_writable(&self, addr: u64, len: u64) -> Result<(), VmError> {
+        self.with_stack_growth(addr, len, || self.space.with(|s, cx| s.check_user_access(cx, addr, len, true)))
+    }
 }
 
 /// How a guest ended.
@@ -260,7 +343,7 @@ impl Guest {
         let main = ThreadLocal { stack: (stack_base, stack_top), bad_resumes: 0, handler_frame: None };
         Ok(Guest {
             name: name.into(),
-            space,
+            space: Arc::new(space),
             handlers: Vec::new(),
             next_handle: 1,
             thread: main,
@@ -291,70 +374,9 @@ impl Guest {
         sched::run(self)
     }
 
-    /// Runs a checked access to guest memory at `[addr, addr+len)`; if it hit the guard page of
-    /// the guest's own stack (the check cleared that guard), grows the stack as a touch from the
-    /// guest would (Windows grows a thread's stack when the kernel touches its guard too) and
-    /// retries. Any other guard page stays the caller's 0x80000001, and so does the end of the
-    /// stack (the last pages are then committed: the retried call succeeds).
-    fn with_stack_growth<T>(&self, addr: u64, len: u64, mut access: impl FnMut() -> Result<T, VmError>) -> Result<T, VmError> {
-        for _ in 0..4 {
-            match access() {
-                Err(VmError::GuardPage) => {
-                    let Some(page) = self.stack_bottom_in(addr, len) else { return Err(VmError::GuardPage) };
-                    if self.grow_stack(page) == exceptions::StackGrowth::Overflow {
-                        return Err(VmError::GuardPage);
-                    }
-                }
-                other => return other,
-            }
-        }
-        access()
-    }
-
-    /// The lowest committed page of the guest's stack if it lies in `[addr, addr+len)`: after an
-    /// access check cleared the stack's guard, that page is where the guard was.
-    fn stack_bottom_in(&self, addr: u64, len: u64) -> Option<u64> {
-        let (low, high) = self.thread.stack;
-        let start = align_down(addr.max(low), PAGE_SIZE);
-        let end = addr.saturating_add(len.max(1)).min(high);
-        let mut page = start;
-        while page < end {
-            let below_reserved = page > low && self.space.virtual_query(page - PAGE_SIZE).is_ok_and(|q| q.state == MEM_RESERVE);
-            if below_reserved && self.space.virtual_query(page).is_ok_and(|q| q.state == MEM_COMMIT) {
-                return Some(page);
-            }
-            page += PAGE_SIZE;
-        }
-        None
-    }
-
-    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), VmError> {
-        let len = buf.len() as u64;
-        self.with_stack_growth(addr, len, || self.space.with(|s, cx| s.read_user(cx, addr, buf)))
-    }
-
-    fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), VmError> {
-        self.with_stack_growth(addr, data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, addr, data)))
-    }
-
-    /// Writes a call's result to a guest out-pointer, dropping a failure: that is the contract
-    /// of every caller. A result goes to a pointer the call checked writable before changing
-    /// anything (`out_pointer`, `check_writable`), and the guest runs no code in between, so the
-    /// write cannot fail; the NULL a failed call stores (host-abi §9) is best effort, the call's
-    /// own error being what the caller sees; `query_commit` returns nothing to report a failure
-    /// with (Windows' `void` functions ignore a bad buffer the same way).
-    fn put_result(&self, addr: u64, data: &[u8]) {
-        let _ = self.write_bytes(addr, data);
-    }
-
-    fn read_u64(&self, addr: u64) -> Result<u64, VmError> {
-        let mut b = [0u8; 8];
-        self.read_bytes(addr, &mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
-
-    fn check_writable(&self, addr: u64, len: u64) -> Result<(), VmError> {
-        self.with_stack_growth(addr, len, || self.space.with(|s, cx| s.check_user_access(cx, addr, len, true)))
+    /// The guest's memory as the thread being served reaches it (see [`GuestMemory`]).
+    fn mem(&self) -> GuestMemory<'_> {
+        GuestMemory { space: &self.space, stack: self.thread.stack }
     }
 
     /// Whether `addr` is executable guest memory (committed, with an execute right).

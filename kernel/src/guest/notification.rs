@@ -51,8 +51,8 @@ impl Guest {
     /// Reads slot `slot` of a guest COM object's vtable; an unreadable object ends the guest with
     /// an access violation (host-abi §9: a bad callback object, for a callback).
     pub(super) fn callback_method(&self, object: u64, slot: u64) -> Result<u64, Ended> {
-        let vtbl = self.read_u64(object).map_err(|_| self.bad_callback(object))?;
-        self.read_u64(vtbl.wrapping_add(slot * 8)).map_err(|_| self.bad_callback(object))
+        let vtbl = self.mem().read_u64(object).map_err(|_| self.bad_callback(object))?;
+        self.mem().read_u64(vtbl.wrapping_add(slot * 8)).map_err(|_| self.bad_callback(object))
     }
 
     fn bad_callback(&self, object: u64) -> Ended {
@@ -65,12 +65,12 @@ impl Guest {
     pub(super) fn register_callback(&mut self, object: u64, callbacks: &mut Callbacks) -> Result<Result<(), HResult>, Ended> {
         if object != 0 {
             let mut header = [0u8; 8];
-            if self.read_bytes(object, &mut header).is_err() {
+            if self.mem().read_bytes(object, &mut header).is_err() {
                 return Ok(Err(E_NOACCESS));
             }
             let vtbl = u64::from_le_bytes(header);
             let mut table = [0u8; 32];
-            if self.read_bytes(vtbl, &mut table).is_err() {
+            if self.mem().read_bytes(vtbl, &mut table).is_err() {
                 return Ok(Err(E_NOACCESS));
             }
             let add_ref = u64::from_le_bytes(table[8..16].try_into().expect("8 bytes"));

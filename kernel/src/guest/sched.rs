@@ -32,15 +32,18 @@
 //!   inside it, and destroys it (its space last): no CPU can run or hold its tables by then.
 
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use host_abi::host::nr;
 
 use super::calls::Return;
+use super::exceptions::GuestException;
+use super::host_pages::{self, MANAGER_OBJECT};
 use super::threads::{Action, Continuation, Wait};
-use super::{Ended, Guest, KERNEL_ENTRIES};
+use super::{Ended, Guest, GuestMemory, KERNEL_ENTRIES};
 use crate::arch::user::{UserExit, enter_user, reset_user_state, set_fs_base};
 use crate::arch::{apic, percpu, time};
+use crate::memory::Space;
 
 /// STATUS_POSSIBLE_DEADLOCK: the end code of a guest whose threads all wait forever.
 pub const STATUS_POSSIBLE_DEADLOCK: u32 = 0xC000_0194;
@@ -48,6 +51,11 @@ pub const STATUS_POSSIBLE_DEADLOCK: u32 = 0xC000_0194;
 /// The guest being run, shared by the CPUs that run its threads.
 struct GuestRun {
     guest: spin::Mutex<Guest>,
+    /// The guest's space, for what is served without the lock.
+    space: Arc<Space>,
+    /// Whether the manager's memory calls may be served without the lock (a copy of
+    /// `Guest::memory_calls_unlocked`, kept under the lock).
+    memory_unlocked: AtomicBool,
     /// 0 while it runs; `END_SET | exit code` once it ends (set once).
     end: AtomicU64,
 }
@@ -93,6 +101,7 @@ impl GuestRun {
         };
         let r = f(&mut guard);
         READY.store(guard.threads.ready_count(), Ordering::SeqCst);
+        self.memory_unlocked.store(guard.memory_calls_unlocked(), Ordering::SeqCst);
         r
     }
 
@@ -145,7 +154,12 @@ fn idle_wait(work: impl Fn() -> bool) {
 /// Runs `guest` on every CPU until it ends (see the module docs); its exit code. The guest is
 /// destroyed (space included) before this returns.
 pub(super) fn run(guest: Guest) -> i32 {
-    let run = Arc::new(GuestRun { guest: spin::Mutex::new(guest), end: AtomicU64::new(0) });
+    let run = Arc::new(GuestRun {
+        space: guest.space.clone(),
+        memory_unlocked: AtomicBool::new(guest.memory_calls_unlocked()),
+        guest: spin::Mutex::new(guest),
+        end: AtomicU64::new(0),
+    });
     READY.store(1, Ordering::SeqCst);
     *ACTIVE.lock() = Some(run.clone());
     cpu_loop(&run, true);
@@ -158,8 +172,10 @@ pub(super) fn run(guest: Guest) -> i32 {
     READY.store(0, Ordering::SeqCst);
     let code = run.end.load(Ordering::SeqCst) as u32 as i32;
     let run = Arc::into_inner(run).expect("no CPU holds the guest once none is inside it");
-    // The guest's threads, then its space: this CPU leaves the space's tables as it goes.
+    // The guest's threads, then its space (the last reference): this CPU leaves the space's
+    // tables as it goes.
     drop(run.guest.into_inner());
+    drop(run.space);
     // Nothing of the guest's registers stays in this CPU's for the next one.
     reset_user_state();
     code
@@ -212,6 +228,15 @@ fn cpu_loop(run: &GuestRun, owner: bool) {
     }
 }
 
+/// An exit of a thread as the locked part serves it.
+#[derive(Debug, Clone, Copy)]
+enum Exit {
+    /// As it came from ring 3.
+    User(UserExit),
+    /// A page fault already resolved to an exception to raise.
+    Raise(GuestException),
+}
+
 /// How serving one exit of a thread turned out.
 enum Step {
     /// Back to ring 3.
@@ -245,8 +270,7 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
     set_fs_base(cont.fs_base);
     let mut held = Some(cont);
     let mut since = time::ticks_ns();
-    loop {
-        let Some(cont) = held.as_mut() else { break };
+    while let Some(cont) = held.as_mut() {
         if run.ended() {
             return;
         }
@@ -259,6 +283,29 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
                 KERNEL_ENTRIES.fetch_add(1, Ordering::Relaxed);
             }
         }
+        // Page faults, and the manager's memory calls while nothing else of the guest is
+        // involved, are served without the guest's lock (the memory manager has its own).
+        let mem = GuestMemory { space: &run.space, stack: cont.local.stack };
+        let exit = match exit {
+            UserExit::Exception { vector: 14, error_code, cr2 } => match mem.page_fault(cr2, error_code) {
+                None => {
+                    cont.after_syscall = false;
+                    continue;
+                }
+                Some(e) => Exit::Raise(e),
+            },
+            UserExit::Syscall if cont.context.rdi == MANAGER_OBJECT && run.memory_unlocked.load(Ordering::SeqCst) => {
+                let c = &cont.context;
+                let served = c.rax.checked_sub(nr::MANAGER).and_then(|slot| mem.memory_call(slot, [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx]));
+                if let Some(rax) = served {
+                    cont.context.rax = rax;
+                    cont.after_syscall = true;
+                    continue;
+                }
+                Exit::User(exit)
+            }
+            other => Exit::User(other),
+        };
         let ended = run.with(|g| {
             // The guest ended meanwhile (the first end wins): nothing more of it is served.
             if run.ended() {
@@ -297,7 +344,8 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
             }
             None
         });
-        if ended.is_some() || run.ended() {
+        if ended.is_some() {
+            // This CPU ended the guest: the others leave it at their next exit.
             run.kick_others();
             return;
         }
@@ -320,10 +368,23 @@ impl Guest {
 
     /// Serves one exit of the running thread `key` (its state swapped in); `since` is when this
     /// CPU last charged the guest's CPU time.
-    fn serve(&mut self, key: u64, exit: UserExit, cont: &mut Continuation, since: &mut u64) -> Step {
+    fn serve(&mut self, key: u64, exit: Exit, cont: &mut Continuation, since: &mut u64) -> Step {
         let c = &mut cont.context;
+        let exit = match exit {
+            Exit::User(exit) => exit,
+            Exit::Raise(e) => {
+                cont.after_syscall = false;
+                return match self.raise(c, e) {
+                    Ok(()) => Step::Resume,
+                    Err(code) => Step::GuestEnds(code),
+                };
+            }
+        };
         match exit {
-            UserExit::Syscall if (nr::CREATE_THREAD..=nr::GET_THREAD_POINTER).contains(&c.rax) => {
+            // The thread services are made by the host's stubs (`rcx`, the return rip, in its code
+            // page); made from anywhere else they are unknown calls (E_NOTIMPL, host-abi §9), as
+            // the dispatchers' are.
+            UserExit::Syscall if (nr::CREATE_THREAD..=nr::GET_THREAD_POINTER).contains(&c.rax) && host_pages::is_stub_return(c.rcx) => {
                 cont.after_syscall = true;
                 match self.thread_call(key, c) {
                     Action::Return(v) => {

@@ -40,7 +40,7 @@ impl Guest {
     /// whatever `len` is (the stub loops in ring 3). With `whole`, set on the stub's first call,
     /// nothing is written unless the whole buffer is readable.
     pub(super) fn write_console(&self, buf: u64, len: u64, whole: bool) -> u64 {
-        let check = |len| self.with_stack_growth(buf, len, || self.space.with(|s, cx| s.check_user_access(cx, buf, len, false)));
+        let check = |len| self.mem().with_stack_growth(buf, len, || self.space.with(|s, cx| s.check_user_access(cx, buf, len, false)));
         if len == 0 || (whole && check(len).is_err()) {
             return 0;
         }
@@ -52,7 +52,7 @@ impl Guest {
         let mut done = 0;
         while done < piece {
             let n = (piece - done).min(WRITE_CHUNK as u64) as usize;
-            if self.read_bytes(buf + done, &mut chunk[..n]).is_err() {
+            if self.mem().read_bytes(buf + done, &mut chunk[..n]).is_err() {
                 return done;
             }
             #[cfg(feature = "test-hooks")]
@@ -93,10 +93,10 @@ impl Guest {
         if count_ptr == 0 || gran_ptr == 0 {
             return ERROR_NOACCESS;
         }
-        if let Err(e) = self.check_writable(count_ptr, 8).and_then(|_| self.check_writable(gran_ptr, 4)) {
+        if let Err(e) = self.mem().check_writable(count_ptr, 8).and_then(|_| self.mem().check_writable(gran_ptr, 4)) {
             return service_error(e);
         }
-        let Ok(count) = self.read_u64(count_ptr) else { return ERROR_NOACCESS };
+        let Ok(count) = self.mem().read_u64(count_ptr) else { return ERROR_NOACCESS };
         if count > 0 && addresses == 0 {
             return ERROR_NOACCESS;
         }
@@ -109,7 +109,7 @@ impl Guest {
         let pages = size.div_ceil(PAGE_SIZE);
         let capacity = count.min(pages);
         if capacity > 0
-            && let Err(e) = self.check_writable(addresses, capacity * 8)
+            && let Err(e) = self.mem().check_writable(addresses, capacity * 8)
         {
             return service_error(e);
         }
@@ -127,7 +127,7 @@ impl Guest {
                 Err(e) => return e.win32_code(),
             };
             let bytes: alloc::vec::Vec<u8> = chunk[..k].iter().flat_map(|a| a.to_le_bytes()).collect();
-            if self.write_bytes(addresses + found * 8, &bytes).is_err() {
+            if self.mem().write_bytes(addresses + found * 8, &bytes).is_err() {
                 return ERROR_NOACCESS;
             }
             found += k as u64;
@@ -136,8 +136,8 @@ impl Guest {
             }
             at = chunk[k - 1] + PAGE_SIZE;
         }
-        self.put_result(count_ptr, &found.to_le_bytes());
-        self.put_result(gran_ptr, &(PAGE_SIZE as u32).to_le_bytes());
+        self.mem().put_result(count_ptr, &found.to_le_bytes());
+        self.mem().put_result(gran_ptr, &(PAGE_SIZE as u32).to_le_bytes());
         0
     }
 
@@ -146,6 +146,6 @@ impl Guest {
         let c = crate::memory::commit_state();
         let info = [c.limit_bytes, c.committed_bytes, c.critical_reserve_bytes, low, high];
         let bytes: alloc::vec::Vec<u8> = info.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.put_result(out, &bytes);
+        self.mem().put_result(out, &bytes);
     }
 }

@@ -16,9 +16,9 @@
 //! - Handles are multiples of 4 counting up, never reused within a guest; the main thread has
 //!   none. Ids are the lowest free number (the main thread's is 1); an id is free again once its
 //!   thread has ended and its handle is closed.
-//! - Waits on addresses are found by a scan of the (at most 512) threads, in the order the waits
-//!   began (a sequence number), so `wake_by_address(…, 0)` wakes the longest waiter; a scan
-//!   bounded by the thread cap needs no index of its own, and nothing is allocated per wait.
+//! - Waits on addresses are found by a scan of the (at most 512) threads; a sequence number
+//!   orders the waits, so `wake_by_address(…, 0)` wakes the longest waiter. A scan bounded by the
+//!   thread cap needs no index of its own, and nothing is allocated per wait.
 //!   `wait_on_address` compares and parks under the guest's lock, and `wake_by_address` takes
 //!   the same lock, so a wake after the guest changed the value and before the waiter parked is
 //!   never lost.
@@ -283,24 +283,26 @@ impl Threads {
     /// Wakes the threads waiting on `address`: the longest waiting one, or all. Returns how many.
     pub fn wake_address(&mut self, address: u64, all: bool) -> usize {
         let waiting = |t: &Thread| match t.state {
-            State::Blocked { wait: Wait::Address { address: a, seq }, .. } if a == address => Some(seq),
+            State::Blocked { wait: wait @ Wait::Address { address: a, seq }, .. } if a == address => Some((seq, wait)),
             _ => None,
         };
         if all {
             let mut woken = 0;
-            // In wait order, so that the woken run in the order they waited.
-            while let Some(i) = (0..self.list.len()).filter(|&i| waiting(&self.list[i]).is_some()).min_by_key(|&i| waiting(&self.list[i])) {
-                let State::Blocked { wait, .. } = self.list[i].state else { break };
-                self.make_ready(i, wait, Woken::Signaled);
-                woken += 1;
+            for i in 0..self.list.len() {
+                if let Some((_, wait)) = waiting(&self.list[i]) {
+                    self.make_ready(i, wait, Woken::Signaled);
+                    woken += 1;
+                }
             }
-            woken
-        } else if let Some(i) = (0..self.list.len()).filter(|&i| waiting(&self.list[i]).is_some()).min_by_key(|&i| waiting(&self.list[i])) {
-            let State::Blocked { wait, .. } = self.list[i].state else { return 0 };
-            self.make_ready(i, wait, Woken::Signaled);
-            1
-        } else {
-            0
+            return woken;
+        }
+        let longest = (0..self.list.len()).filter_map(|i| waiting(&self.list[i]).map(|(seq, wait)| (seq, i, wait))).min_by_key(|&(seq, ..)| seq);
+        match longest {
+            Some((_, i, wait)) => {
+                self.make_ready(i, wait, Woken::Signaled);
+                1
+            }
+            None => 0,
         }
     }
 
@@ -423,9 +425,9 @@ impl Guest {
         if exit_code == 0 {
             return Some(0);
         }
-        Some(match self.check_writable(exit_code, 4) {
+        Some(match self.mem().check_writable(exit_code, 4) {
             Ok(()) => {
-                self.put_result(exit_code, &code.to_le_bytes());
+                self.mem().put_result(exit_code, &code.to_le_bytes());
                 0
             }
             Err(_) => ERROR_NOACCESS,
@@ -451,8 +453,8 @@ impl Guest {
         }
         let (mut now, mut expected) = ([0u8; 8], [0u8; 8]);
         let n = size as usize;
-        self.read_bytes(address, &mut now[..n]).map_err(|_| ERROR_NOACCESS)?;
-        self.read_bytes(compare, &mut expected[..n]).map_err(|_| ERROR_NOACCESS)?;
+        self.mem().read_bytes(address, &mut now[..n]).map_err(|_| ERROR_NOACCESS)?;
+        self.mem().read_bytes(compare, &mut expected[..n]).map_err(|_| ERROR_NOACCESS)?;
         Ok(now == expected)
     }
 
