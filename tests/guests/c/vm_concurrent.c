@@ -162,10 +162,10 @@ static void shared_slice(struct worker *w, uint32_t it, uint64_t *rng) {
 }
 
 /* Heap blocks carry their size and a fill byte; some are handed to another thread to free. */
-static void heap_work(struct worker *w, uint64_t *rng) {
+static void heap_work(struct worker *w, uint64_t *rng, int blocks, uint64_t max_size) {
     int k;
-    for (k = 0; k < 8; k++) {
-        uint64_t size = 16 + rng_next(rng) % 3000, i, other;
+    for (k = 0; k < blocks; k++) {
+        uint64_t size = 16 + rng_next(rng) % max_size, i, other;
         uint8_t *blk = 0, fill = (uint8_t)(rng_next(rng) | 1);
         EXPECT(w, "heap alloc", g_heap->lpVtbl->Alloc(g_heap, size, eTaskCritical, (void **)&blk), S_OK);
         if (!blk) continue;
@@ -224,10 +224,13 @@ static uint32_t worker_main(void *arg) {
     uint32_t it;
     w->self = (uint64_t)w;
     S->set_thread_pointer((void *)w);
+    /* All at once on the heap first: small blocks, as fast as it goes. */
+    barrier();
+    heap_work(w, &rng, 3000, 200);
     for (it = 0; it < ITERATIONS; it++) {
         private_region(w, it, &rng);
         shared_slice(w, it, &rng);
-        heap_work(w, &rng);
+        heap_work(w, &rng, 8, 3000);
         write_watch(w, &rng);
         if (it < RACE_ROUNDS) race(w, it);
     }
