@@ -53,12 +53,12 @@ pub fn expectation_for(name: &str) -> Expectation {
     }
 }
 
-/// The CPU counts an image runs with: the `smp` and `threads_kernel` images at 1, 2 and 4 CPUs
-/// (every CPU comes online; guest threads on every CPU), the `shootdown` image at 2 and 4, every
-/// other image once with `default`.
+/// The CPU counts an image runs with: the `smp` image (it checks that every CPU comes online)
+/// and the `threads_kernel` and `threads` images (guest threads on every CPU, TLB shootdown) at
+/// 1, 2 and 4 CPUs, the `shootdown` image at 2 and 4, every other image once with `default`.
 pub fn cpu_counts_for(name: &str, default: u32) -> Vec<u32> {
     match name {
-        "smp" | "threads_kernel" => vec![1, 2, 4],
+        "smp" | "threads_kernel" | "threads" => vec![1, 2, 4],
         "shootdown" => vec![2, 4],
         _ => vec![default],
     }
@@ -138,6 +138,11 @@ pub fn run(images: &[PathBuf], opts: &QemuOptions) -> SuiteTotals {
         if let Expectation::Hang { timeout } = expectation {
             run_opts.timeout = Some(timeout);
         }
+        // The threads image runs every thread guest and, at 4 CPUs, the conformance and fuzz
+        // guests again: 4 TCG vCPUs on a small host need more than the default.
+        if name == "threads" {
+            run_opts.timeout = run_opts.timeout.map(|t| t.max(Duration::from_secs(600)));
+        }
         // The wasm image grows a linear memory to hundreds of MiB (tests/wasm.rs).
         if name == "wasm" && run_opts.memory == "256M" {
             run_opts.memory = "1G".into();
@@ -192,8 +197,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_smp_image_runs_at_1_2_and_4_cpus_others_once() {
+    fn the_smp_and_threads_images_run_at_1_2_and_4_cpus_others_once() {
         assert_eq!(cpu_counts_for("smp", 2), vec![1, 2, 4]);
+        assert_eq!(cpu_counts_for("threads", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("threads_kernel", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("shootdown", 2), vec![2, 4]);
         assert_eq!(cpu_counts_for("basic", 2), vec![2]);

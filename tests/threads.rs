@@ -1,0 +1,251 @@
+//! Threads in guests (issue 13, host-abi §10.2/§10.3), run by the suite at 1, 2 and 4 CPUs:
+//! - `threads.c`: HOST_SERVICES version 2 conformance, one case per area of check lines;
+//! - `shootdown.c`: the TLB shootdown torture (zero stale or late accesses, thousands of rounds);
+//! - `vm_concurrent.c`: four threads on the memory manager at once, exact commit at the end;
+//! - `lifecycle.c`: threads ending every way, and guests ending with threads running (one mode
+//!   per run, patched into the file), each with the exit code the spec gives;
+//! - at 4 CPUs, the single-threaded conformance and fuzz guests again.
+//!
+//! After every guest the kernel's accounting is as before: free and reserved frames, commit
+//! charge, page-table pages, live address spaces.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+
+use kernel::arch::percpu;
+use kernel::console;
+use kernel::guest::{GuestOutcome, run_guest};
+use kernel::memory;
+use qemu_tests::{ensure, ensure_eq, guest_elf};
+
+const THREADS: &[u8] = guest_elf!("threads");
+const SHOOTDOWN: &[u8] = guest_elf!("shootdown");
+const VM_CONCURRENT: &[u8] = guest_elf!("vm_concurrent");
+const LIFECYCLE: &[u8] = guest_elf!("lifecycle");
+const CONFORMANCE: &[u8] = guest_elf!("conformance");
+const FUZZ: &[u8] = guest_elf!("fuzz");
+
+/// Free frames, reserved frames, commit charge, page-table pages, live guest address spaces.
+type Accounting = (u64, u64, u64, u64, usize);
+
+fn accounting() -> Accounting {
+    let (free, reserved, committed, tables) = qemu_tests::frame_counts();
+    (free, reserved, committed, tables, memory::accounting().spaces)
+}
+
+struct Run {
+    outcome: GuestOutcome,
+    out: String,
+    before: Accounting,
+    after: Accounting,
+}
+
+/// Runs a guest with its output captured, noting the accounting before and after.
+fn run(name: &str, file: &[u8]) -> Run {
+    let before = accounting();
+    console::start_capture();
+    let outcome = run_guest(name, file);
+    let out = console::take_capture();
+    Run { outcome, out, before, after: accounting() }
+}
+
+/// A guest that must leave everything as it found it.
+fn ensure_nothing_left(r: &Run) -> Result<(), String> {
+    ensure_eq!(r.before.4, 0);
+    ensure_eq!(r.after, r.before);
+    Ok(())
+}
+
+struct Once(UnsafeCell<Option<Run>>);
+// SAFETY: the test image runs its cases one after another on the boot CPU; nothing else touches it.
+unsafe impl Sync for Once {}
+static THREADS_RUN: Once = Once(UnsafeCell::new(None));
+
+/// Runs threads.c the first time it is asked for, then returns the recorded run.
+fn threads_run() -> &'static Run {
+    // SAFETY: see `Once`; the reference handed out is only read.
+    let slot = unsafe { &mut *THREADS_RUN.0.get() };
+    slot.get_or_insert_with(|| run("threads", THREADS))
+}
+
+/// The check lines (`ok …` / `FAILED …`) of one area (`== AREA` up to the next `==`).
+fn area_lines<'a>(out: &'a str, area: &str) -> Vec<&'a str> {
+    let mut lines = Vec::new();
+    let mut inside = false;
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("== ") {
+            inside = name.trim() == area;
+        } else if inside && (line.starts_with("ok ") || line.starts_with("FAILED ")) {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+fn area_passes(out: &str, area: &str) -> Result<(), String> {
+    let lines = area_lines(out, area);
+    ensure!(!lines.is_empty(), "area {area}: no check lines (did the guest reach it?)\n{}", tail(out));
+    let failed: Vec<&str> = lines.iter().copied().filter(|l| !l.starts_with("ok ")).collect();
+    ensure!(failed.is_empty(), "area {area}: {} of {} checks failed:\n{}", failed.len(), lines.len(), failed.join("\n"));
+    Ok(())
+}
+
+/// The last lines of a guest's output, for messages.
+fn tail(out: &str) -> String {
+    let lines: Vec<&str> = out.lines().collect();
+    lines[lines.len().saturating_sub(12)..].join("\n")
+}
+
+/// Every check line says ok, the summary counts them all, there are at least `min` of them, the
+/// guest exited 0 and left nothing behind.
+fn all_pass(r: &Run, min: usize) -> Result<(), String> {
+    let checks: Vec<&str> = r.out.lines().filter(|l| l.starts_with("ok ") || l.starts_with("FAILED ")).collect();
+    let failed: Vec<&str> = checks.iter().copied().filter(|l| l.starts_with("FAILED ")).take(20).collect();
+    ensure!(failed.is_empty(), "failed checks (first 20):\n{}", failed.join("\n"));
+    ensure!(checks.len() >= min, "only {} checks (expected at least {min}):\n{}", checks.len(), tail(&r.out));
+    ensure!(r.out.contains(&format!("{} passed, 0 failed", checks.len())), "no matching summary line:\n{}", tail(&r.out));
+    ensure_eq!(r.outcome, GuestOutcome::Exited(0));
+    ensure_nothing_left(r)
+}
+
+fn services_and_cpu_count() -> Result<(), String> {
+    let out = &threads_run().out;
+    area_passes(out, "services")?;
+    let reported = out.lines().find_map(|l| l.strip_prefix("cpu_count ")).and_then(|n| n.trim().parse::<usize>().ok());
+    ensure_eq!(reported, Some(percpu::online_count()));
+    Ok(())
+}
+fn clean_start_state_of_a_thread() -> Result<(), String> { area_passes(&threads_run().out, "start-state") }
+fn create_thread_refusals() -> Result<(), String> { area_passes(&threads_run().out, "create") }
+fn thread_stacks_layout_rounding_release() -> Result<(), String> { area_passes(&threads_run().out, "stack") }
+fn thread_pointer_per_thread() -> Result<(), String> { area_passes(&threads_run().out, "thread-pointer") }
+fn exit_codes() -> Result<(), String> { area_passes(&threads_run().out, "exit-codes") }
+fn wait_thread_and_close_thread() -> Result<(), String> { area_passes(&threads_run().out, "wait-close") }
+fn thread_ids() -> Result<(), String> { area_passes(&threads_run().out, "ids") }
+fn wait_on_address_and_wakes() -> Result<(), String> { area_passes(&threads_run().out, "wait-on-address") }
+fn exceptions_on_the_faulting_thread() -> Result<(), String> { area_passes(&threads_run().out, "exceptions") }
+fn stack_overflow_on_a_thread() -> Result<(), String> { area_passes(&threads_run().out, "stack-overflow") }
+fn registers_kept_across_preemption_and_migration() -> Result<(), String> { area_passes(&threads_run().out, "preemption") }
+fn threads_guest_passes_and_leaves_nothing() -> Result<(), String> {
+    area_passes(&threads_run().out, "final")?;
+    all_pass(threads_run(), 150)
+}
+
+fn shootdown_torture_no_stale_or_late_access() -> Result<(), String> {
+    let r = run("shootdown", SHOOTDOWN);
+    for line in r.out.lines().filter(|l| l.starts_with("shootdown ")) {
+        kernel::kprintln!("{line}");
+    }
+    for area in [
+        "protect-noaccess-read",
+        "protect-readonly-write",
+        "protect-noaccess-write-64-pages",
+        "protect-noaccess-read-600-pages",
+        "decommit-read",
+        "decommit-write-16-pages",
+        "release-read",
+        "commit-readonly-write",
+        "write-watch-reset",
+    ] {
+        area_passes(&r.out, area)?;
+    }
+    all_pass(&r, 60)
+}
+
+fn four_threads_on_the_memory_manager_exact_commit() -> Result<(), String> {
+    let r = run("vm_concurrent", VM_CONCURRENT);
+    if let Some(line) = r.out.lines().find(|l| l.starts_with("vm_concurrent: ")) {
+        kernel::kprintln!("{line}");
+    }
+    all_pass(&r, 15)
+}
+
+/// lifecycle.c with its mode letters set to `mode`.
+fn lifecycle_mode(mode: &str) -> Result<Run, String> {
+    let marker = b"LIFECYCLE-MODE:JOINS";
+    let mut elf = LIFECYCLE.to_vec();
+    let at = elf.windows(marker.len()).position(|w| w == marker).ok_or_else(|| String::from("mode marker not in lifecycle.elf"))?;
+    elf[at + 15..at + 20].copy_from_slice(mode.as_bytes());
+    Ok(run(&format!("lifecycle-{mode}"), &elf))
+}
+
+fn lifecycle_ends(mode: &str, code: u32) -> Result<(), String> {
+    let r = lifecycle_mode(mode)?;
+    ensure!(!r.out.contains("FAILED"), "{mode}: {}", tail(&r.out));
+    ensure_eq!(r.outcome, GuestOutcome::Exited(code as i32));
+    ensure_nothing_left(&r)
+}
+
+fn threads_end_every_way_and_are_waited_on() -> Result<(), String> {
+    let r = lifecycle_mode("JOINS")?;
+    all_pass(&r, 3)
+}
+fn guest_main_returning_ends_every_thread() -> Result<(), String> { lifecycle_ends("RETRN", 7) }
+fn an_unhandled_fault_on_a_worker_ends_the_guest() -> Result<(), String> { lifecycle_ends("CRASH", 0xC000_0005) }
+fn exit_from_a_worker_ends_the_guest() -> Result<(), String> { lifecycle_ends("EXITW", 33) }
+fn exit_thread_on_main_leaves_the_last_threads_code() -> Result<(), String> { lifecycle_ends("MAINX", 23) }
+fn unhandled_stack_overflow_on_a_worker() -> Result<(), String> { lifecycle_ends("OVFLW", 0xC000_00FD) }
+fn main_stack_overflow_handled_then_exit_thread() -> Result<(), String> { lifecycle_ends("MOVFL", 0x44) }
+
+/// The single-threaded guests again with every CPU online (they run at 1 and 2 CPUs in their own
+/// images): these cases do their work in the 4-CPU run only.
+fn at_four_cpus() -> bool {
+    let n = percpu::online_count();
+    if n != 4 {
+        kernel::kprintln!("(runs at 4 CPUs; this run has {n})");
+    }
+    n == 4
+}
+
+fn conformance_guest_passes_at_4_cpus() -> Result<(), String> {
+    if !at_four_cpus() {
+        return Ok(());
+    }
+    all_pass(&run("conformance", CONFORMANCE), 150)
+}
+
+fn fuzz_guest_passes_at_4_cpus() -> Result<(), String> {
+    if !at_four_cpus() {
+        return Ok(());
+    }
+    let r = run("fuzz", FUZZ);
+    ensure!(!r.out.contains("WRITE-LEAK"), "`write` printed part of a buffer that is not wholly readable");
+    let failures: Vec<&str> = r.out.lines().filter(|l| l.contains("FAILED")).take(20).collect();
+    ensure!(failures.is_empty(), "failed checks (first 20):\n{}", failures.join("\n"));
+    ensure!(r.out.contains(" passed, 0 failed"), "{}", tail(&r.out));
+    ensure_eq!(r.outcome, GuestOutcome::Exited(0));
+    ensure_nothing_left(&r)
+}
+
+kernel::kernel_test_image!(
+    services_and_cpu_count,
+    clean_start_state_of_a_thread,
+    create_thread_refusals,
+    thread_stacks_layout_rounding_release,
+    thread_pointer_per_thread,
+    exit_codes,
+    wait_thread_and_close_thread,
+    thread_ids,
+    wait_on_address_and_wakes,
+    exceptions_on_the_faulting_thread,
+    stack_overflow_on_a_thread,
+    registers_kept_across_preemption_and_migration,
+    threads_guest_passes_and_leaves_nothing,
+    shootdown_torture_no_stale_or_late_access,
+    four_threads_on_the_memory_manager_exact_commit,
+    threads_end_every_way_and_are_waited_on,
+    guest_main_returning_ends_every_thread,
+    an_unhandled_fault_on_a_worker_ends_the_guest,
+    exit_from_a_worker_ends_the_guest,
+    exit_thread_on_main_leaves_the_last_threads_code,
+    unhandled_stack_overflow_on_a_worker,
+    main_stack_overflow_handled_then_exit_thread,
+    conformance_guest_passes_at_4_cpus,
+    fuzz_guest_passes_at_4_cpus,
+);
