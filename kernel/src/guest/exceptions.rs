@@ -37,7 +37,7 @@ use x86_64::align_down;
 use super::host_pages::{Stub, stub};
 use super::{Ended, Guest, GuestMemory, PAGE_SIZE};
 use crate::arch::user::{
-    FpuImage, USER_CONTEXT_SIZE, UserContext, context_from_bytes, context_to_bytes, fpu_image_size, reset_user_state,
+    FpuImage, USER_CONTEXT_SIZE, UserContext, context_from_bytes, context_to_bytes, fpu_image_size,
     sanitize_rflags,
 };
 
@@ -236,8 +236,11 @@ impl Guest {
             ..UserContext::default()
         };
         // Handlers run with the clean FPU state (a pending x87 exception would fault again in
-        // the first handler that touches the x87 unit); the faulting state is in the frame.
-        reset_user_state();
+        // the first handler that touches the x87 unit); the faulting state is in the frame. The
+        // thread's FS base and selectors stay: handlers run on the faulting thread, with its
+        // thread pointer (host-abi §10.2).
+        let loaded = FpuImage::initial().load();
+        debug_assert!(loaded, "the initial FPU image is loadable");
         Ok(())
     }
 
