@@ -19,7 +19,7 @@ log="$(mktemp -d)"
 trap 'rm -rf "$log"' EXIT
 host_passed=0; host_failed=0; status=0
 
-echo "==> host tests (cargo test: the host crates boot, address-space, guest-loader, host-abi, host-heap and wasm-payload, the workspace's default members)"
+echo "==> host tests (cargo test: the host crates boot, address-space, guest-abi, guest-loader, host-abi, host-heap and wasm-payload, the workspace's default members)"
 cargo test 2>&1 | tee "$log/host.txt"
 host_rc=${PIPESTATUS[0]}
 while read -r p f; do

@@ -18,6 +18,17 @@
 //! definition of the contract, checked against the C header in its tests), re-exported here;
 //! [`Host`] wraps the calls in safe methods that return `Result<_, HResult>`.
 //!
+//! Threads (`HOST_SERVICES` version 2, host-abi §10.2): [`Thread`] (spawn a closure or a
+//! `start(arg)` function, join for the exit code; dropping it closes the handle), the
+//! `WaitOnAddress`-style waits on [`Host`] and a [`Mutex`] on top of them. On a version-1 host
+//! these refuse with [`ThreadError::Unsupported`] or `None`.
+//!
+//! ```ignore
+//! static TOTAL: guest_abi::Mutex<u64> = guest_abi::Mutex::new(0);
+//! let worker = guest_abi::Thread::spawn(host, || { *TOTAL.lock() += 1; 7 })?;
+//! assert_eq!(worker.join()?, 7);
+//! ```
+//!
 //! A guest project of its own depends on this crate by path (`guest-abi = { path =
 //! ".../kernel/guest-abi" }`) with no unstable cargo flags; `tests/run-all.sh` builds one.
 #![no_std]
@@ -36,11 +47,24 @@ pub use host_abi::{
 /// `MALLOC_TYPE` flags of `CreateMalloc` (host-abi §3).
 pub use host_abi::win32::{MALLOC_EXECUTABLE, MALLOC_THREADSAFE};
 
-/// The host, as a guest sees it: the manager and the services, with safe wrappers.
+mod thread;
+pub use thread::{AtomicWord, HOST_SERVICES_V2_SIZE, Mutex, MutexGuard, Thread, ThreadError};
+pub use host_abi::ThreadStart;
+
+/// The host, as a guest sees it: the manager and the services, with safe wrappers. It is `Copy`
+/// and may be used from every thread of the guest (host-abi §10.2: every host function may be
+/// called from any number of threads at once).
+#[derive(Clone, Copy)]
 pub struct Host {
     manager: *mut HostMemoryManager,
     services: *const HostServices,
 }
+
+// SAFETY: a Host is two pointers to the host's read-only objects, valid for the guest's life;
+// the host serves calls through them from any thread at once (host-abi §10.2).
+unsafe impl Send for Host {}
+// SAFETY: as for Send; &Host gives nothing but those calls.
+unsafe impl Sync for Host {}
 
 impl Host {
     /// Wraps the pointers the entry point received.
@@ -48,6 +72,7 @@ impl Host {
     /// # Safety
     /// They must be the two arguments of `guest_main` (the host's read-only objects).
     pub unsafe fn from_raw(manager: *mut HostMemoryManager, services: *const HostServices) -> Host {
+        thread::remember_services(services);
         Host { manager, services }
     }
 
@@ -59,7 +84,12 @@ impl Host {
 
     /// `HOST_SERVICES`.
     pub fn services(&self) -> &HostServices {
-        // SAFETY: as for vtbl.
+        self.services_static()
+    }
+
+    fn services_static(&self) -> &'static HostServices {
+        // SAFETY: the host's read-only services table lives as long as the guest (from_raw's
+        // contract); version-2 fields are read only after checking cbSize (thread.rs).
         unsafe { &*self.services }
     }
 
@@ -245,8 +275,6 @@ impl fmt::Write for Console<'_> {
 }
 
 #[doc(hidden)]
-pub static mut PANIC_SERVICES: *const HostServices = core::ptr::null();
-#[doc(hidden)]
 pub static mut GUEST_ARGS: *const u8 = core::ptr::null();
 
 /// Defines `guest_main`, which wraps the pointers in a [`Host`] and calls `$main(&Host) -> i32`.
@@ -263,9 +291,8 @@ macro_rules! guest_entry {
         ) -> i32 {
             // SAFETY: these are the arguments the host passes to the entry point.
             let host = unsafe { $crate::Host::from_raw(manager, services) };
-            // SAFETY: written once, before anything can panic, by the only thread.
+            // SAFETY: written once, before the guest's code runs (so before any other thread).
             unsafe {
-                $crate::PANIC_SERVICES = services;
                 $crate::GUEST_ARGS = args;
             }
             $main(&host)
@@ -273,14 +300,10 @@ macro_rules! guest_entry {
     };
 }
 
-#[cfg(all(feature = "panic-handler", not(test)))]
+#[cfg(all(feature = "panic-handler", not(test), target_os = "none"))]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: set by guest_entry! before the guest's code runs; the host's services outlive it.
-    let services = unsafe { PANIC_SERVICES };
-    if !services.is_null() {
-        // SAFETY: a pointer to the host's read-only HOST_SERVICES.
-        let services = unsafe { &*services };
+    if let Some(services) = thread::remembered_services() {
         let host = Host { manager: core::ptr::null_mut(), services };
         let _ = fmt::Write::write_fmt(&mut Console(&host), format_args!("guest panicked: {info}\n"));
         (services.exit)(101)
