@@ -1,32 +1,12 @@
-//! The runtime's link to the host: the `Host` it was started with, console output, and its own
-//! data allocations (`Vec`s of roots, mark stacks, object-start bitmaps...), which all go through
-//! an `IHostMalloc` heap as the CLR's do under a hosting host.
+//! The runtime's link to the host: the `Host` it was started with, console output, its own data
+//! allocations (`Vec`s of roots, mark stacks, object-start bitmaps...), which all go through a
+//! `MALLOC_THREADSAFE` `IHostMalloc` heap as the CLR's do under a hosting host, and the state each
+//! thread of the runtime keeps for itself ([`ThreadState`], found through the FS base).
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use guest_abi::{CriticalLevel, Host, Malloc};
-
-/// A cell for the runtime's single-threaded global state.
-pub struct Global<T>(UnsafeCell<T>);
-
-// SAFETY: the guest runs one thread; code the host calls back into (exception handlers, the
-// notification callback) only touches atomics, never a `Global`.
-unsafe impl<T> Sync for Global<T> {}
-
-impl<T> Global<T> {
-    pub const fn new(v: T) -> Self {
-        Global(UnsafeCell::new(v))
-    }
-    /// # Safety
-    /// No other reference to the contents may be live (single-threaded runtime code only).
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn get(&self) -> &mut T {
-        // SAFETY: the caller guarantees exclusivity.
-        unsafe { &mut *self.0.get() }
-    }
-}
+use guest_abi::{CriticalLevel, Host, MALLOC_THREADSAFE, Malloc};
 
 static HOST: AtomicUsize = AtomicUsize::new(0);
 
@@ -50,24 +30,87 @@ macro_rules! out {
     }};
 }
 
-/// Nesting depth of runtime code (allocation slow paths, collections, IHostMalloc calls). A
-/// stack overflow while it is non-zero cannot be unwound safely: the stack handler lets such
-/// code use an emergency zone instead (see `stack.rs`).
-pub static IN_RUNTIME: AtomicU32 = AtomicU32::new(0);
+/// What each thread of the runtime keeps for itself: its managed stack's bounds and catch point
+/// (`stack.rs`), and how deep it is in runtime code. The exception handler and the runtime find
+/// the calling thread's through [`current`].
+#[repr(C)]
+pub struct ThreadState {
+    /// This state's own address: the word the FS base points at (see [`current`]).
+    this: AtomicPtr<ThreadState>,
+    /// Nesting depth of runtime code (allocation slow paths, collections, IHostMalloc calls). A
+    /// stack overflow while it is non-zero cannot be unwound safely: the stack handler lets such
+    /// code use an emergency zone instead (see `stack.rs`).
+    pub in_runtime: AtomicU32,
+    /// The managed stack, [lo, hi) (0, 0: none).
+    pub stack_lo: AtomicUsize,
+    pub stack_hi: AtomicUsize,
+    /// The catch point: rsp after the landing code's pushes, and the landing code's address.
+    pub jmp: [AtomicU64; 2],
+    /// Set by the handler when it raised a managed exception (1 = stack overflow).
+    pub pending: AtomicU64,
+}
+
+impl ThreadState {
+    pub const fn new() -> ThreadState {
+        ThreadState {
+            this: AtomicPtr::new(core::ptr::null_mut()),
+            in_runtime: AtomicU32::new(0),
+            stack_lo: AtomicUsize::new(0),
+            stack_hi: AtomicUsize::new(0),
+            jmp: [AtomicU64::new(0), AtomicU64::new(0)],
+            pending: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The main thread's state (and every thread's on a version-1 host, which has one thread).
+static MAIN_STATE: ThreadState = ThreadState::new();
+/// Set once the main thread's FS base points at [`MAIN_STATE`]: from then on every runtime
+/// thread has an FS base (see [`enter_thread`]).
+static THREAD_POINTERS: AtomicBool = AtomicBool::new(false);
+
+/// Points this thread's FS base at `state` (whose first word points at itself), so [`current`]
+/// finds it with one load. Version-2 hosts only; a version-1 host keeps [`MAIN_STATE`] for all.
+pub fn enter_thread(state: &'static ThreadState) {
+    let p = state as *const ThreadState as *mut ThreadState;
+    state.this.store(p, Ordering::SeqCst);
+    if host().set_thread_pointer(p.cast()).is_ok() && core::ptr::eq(state, &MAIN_STATE) {
+        THREAD_POINTERS.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Sets up the main thread's state (before any other runtime thread starts).
+pub fn enter_main_thread() {
+    enter_thread(&MAIN_STATE);
+}
+
+/// The calling thread's state.
+pub fn current() -> &'static ThreadState {
+    if !THREAD_POINTERS.load(Ordering::Relaxed) {
+        return &MAIN_STATE;
+    }
+    let p: *const ThreadState;
+    // SAFETY: once THREAD_POINTERS is set, every thread of the runtime has its FS base at a
+    // ThreadState (enter_thread runs first thing on each), whose first word is its own address.
+    unsafe { core::arch::asm!("mov {}, fs:[0]", out(reg) p, options(nostack, readonly, preserves_flags)) };
+    // SAFETY: thread states are statics or leaked, alive for the rest of the run.
+    unsafe { &*p }
+}
 
 /// Marks runtime code for its lifetime.
-pub struct RuntimeScope;
+pub struct RuntimeScope(&'static ThreadState);
 
 impl RuntimeScope {
     pub fn enter() -> RuntimeScope {
-        IN_RUNTIME.fetch_add(1, Ordering::SeqCst);
-        RuntimeScope
+        let t = current();
+        t.in_runtime.fetch_add(1, Ordering::SeqCst);
+        RuntimeScope(t)
     }
 }
 
 impl Drop for RuntimeScope {
     fn drop(&mut self) {
-        IN_RUNTIME.fetch_sub(1, Ordering::SeqCst);
+        self.0.in_runtime.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -87,7 +130,8 @@ fn level() -> CriticalLevel {
     }
 }
 
-static RUNTIME_HEAP: Global<Option<Malloc>> = Global::new(None);
+/// The runtime's data heap, set once before any allocation (a pointer to a leaked `Malloc`).
+static RUNTIME_HEAP: AtomicPtr<Malloc> = AtomicPtr::new(core::ptr::null_mut());
 /// Blocks and bytes handed out by the runtime heap (for the statistics).
 pub static MALLOC_CALLS: AtomicUsize = AtomicUsize::new(0);
 pub static MALLOC_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -96,12 +140,24 @@ pub static MALLOC_BYTES: AtomicUsize = AtomicUsize::new(0);
 pub static MALLOC_SAMPLE: AtomicUsize = AtomicUsize::new(0);
 pub static MALLOC_FIRST: AtomicUsize = AtomicUsize::new(0);
 
-/// Creates the runtime's data heap (`CreateMalloc(0)`); before the first allocation.
+/// Creates the runtime's data heap (`CreateMalloc(MALLOC_THREADSAFE)`: every thread of the
+/// runtime allocates from it); before the first allocation.
 pub fn init_runtime_heap(host: &Host) -> Result<(), guest_abi::HResult> {
-    let m = host.create_malloc(0)?;
-    // SAFETY: single-threaded start-up, nothing allocated yet.
-    unsafe { *RUNTIME_HEAP.get() = Some(m) };
+    let m = host.create_malloc(MALLOC_THREADSAFE)?;
+    // The Malloc lives in a static slot for the rest of the run (it is never released: the
+    // guest's end frees its memory).
+    static mut STORAGE: core::mem::MaybeUninit<Malloc> = core::mem::MaybeUninit::uninit();
+    // SAFETY: start-up, one thread, called once: nothing else touches STORAGE.
+    let p = unsafe { (*core::ptr::addr_of_mut!(STORAGE)).write(m) as *mut Malloc };
+    RUNTIME_HEAP.store(p, Ordering::SeqCst);
     Ok(())
+}
+
+fn runtime_heap() -> Option<&'static Malloc> {
+    let p = RUNTIME_HEAP.load(Ordering::Acquire);
+    // SAFETY: set once by init_runtime_heap to a Malloc that lives for the rest of the run; its
+    // methods take &self and the heap is MALLOC_THREADSAFE.
+    (!p.is_null()).then(|| unsafe { &*p })
 }
 
 /// The global allocator: every `alloc` allocation of the runtime is an `IHostMalloc` block.
@@ -112,8 +168,7 @@ pub struct HostMallocAllocator;
 unsafe impl GlobalAlloc for HostMallocAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _scope = RuntimeScope::enter();
-        // SAFETY: runtime code is single-threaded and this borrow ends within the call.
-        let Some(heap) = (unsafe { RUNTIME_HEAP.get() }).as_ref() else { return core::ptr::null_mut() };
+        let Some(heap) = runtime_heap() else { return core::ptr::null_mut() };
         MALLOC_CALLS.fetch_add(1, Ordering::Relaxed);
         MALLOC_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
         if layout.align() <= 16 {
@@ -131,8 +186,7 @@ unsafe impl GlobalAlloc for HostMallocAllocator {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let _scope = RuntimeScope::enter();
-        // SAFETY: as in alloc.
-        let Some(heap) = (unsafe { RUNTIME_HEAP.get() }).as_ref() else { return };
+        let Some(heap) = runtime_heap() else { return };
         let block = if layout.align() <= 16 {
             ptr
         } else {
