@@ -78,6 +78,7 @@ pub fn init(boot_info: &'static mut BootInfo) {
         with_phys: memory::with_phys,
         kernel_stack: memory::kstack::KernelStack::new_permanent,
         load_idt: trap::init,
+        ap_idle: guest::sched::ap_idle,
     });
 }
 

@@ -99,6 +99,16 @@ pub fn cpus() -> impl Iterator<Item = CpuInfo> {
     })
 }
 
+/// The local APIC id of CPU `index`, if it is registered.
+pub fn apic_id(index: usize) -> Option<u32> {
+    (index < COUNT.load(Ordering::SeqCst)).then(|| CPUS[index].apic_id.load(Ordering::SeqCst))
+}
+
+/// Whether CPU `index` is online.
+pub fn is_online(index: usize) -> bool {
+    index < COUNT.load(Ordering::SeqCst) && CPUS[index].online.load(Ordering::SeqCst)
+}
+
 /// CPUs online now.
 pub fn online_count() -> usize {
     cpus().filter(|c| c.online).count()

@@ -17,7 +17,8 @@
 //!    loads a GDT and TSS of its own (double-fault and NMI IST stacks, ring-3 entry stack: kernel
 //!    stacks with guard pages), the shared IDT, its per-CPU entry area in GS with the `syscall`
 //!    MSRs and FPU/XCR0 setup (`super::user::init_ap`), and its local APIC with the timer; then it
-//!    is online and idles in `sti; hlt`. Guests still run on the boot CPU only.
+//!    is online and loops in `Support::ap_idle`: the scheduler runs guest threads on it, and it
+//!    waits in `sti; hlt` when there are none.
 //!
 //! A CPU that does not come up within half a second is reported offline; the kernel goes on.
 
@@ -235,6 +236,9 @@ pub struct Support {
     pub kernel_stack: fn() -> Option<u64>,
     /// Loads the IDT on the calling CPU.
     pub load_idt: fn(),
+    /// What an online AP does, over and over, with interrupts off: run guest threads if there
+    /// are any (the scheduler, `crate::guest::sched`), else wait for an interrupt (`sti; hlt`).
+    pub ap_idle: fn(),
 }
 
 static SUPPORT: spin::Once<Support> = spin::Once::new();
@@ -398,8 +402,9 @@ extern "C" fn ap_main(index: u64) -> ! {
     super::user::init_ap(index as usize);
     apic::init_ap();
     percpu::set_online(index as usize);
+    let idle = support().ap_idle;
     loop {
-        x86_64::instructions::interrupts::enable_and_hlt();
+        idle();
     }
 }
 

@@ -75,7 +75,9 @@ pub fn context_from_bytes(bytes: &[u8; USER_CONTEXT_SIZE]) -> UserContext {
     context_fields!(get)
 }
 
-/// Per-CPU data the entry code reaches through GS (one CPU).
+/// Per-CPU data the entry code reaches through GS: the boot CPU's is the static [`PER_CPU`], each
+/// application processor's is allocated at its start (`init_ap`); everything here reads it
+/// through GS, so any CPU can enter ring 3.
 #[repr(C)]
 struct PerCpu {
     /// Kernel rsp saved by `enter_user`.
@@ -485,8 +487,20 @@ pub unsafe fn enter_user(context: &mut UserContext, after_syscall: bool) -> User
     if reason == EXIT_SYSCALL {
         UserExit::Syscall
     } else {
-        // SAFETY: the per-CPU area was written by the entry code of this CPU just now.
-        let (vector, error_code) = unsafe { (PER_CPU.vector, PER_CPU.error_code) };
+        let (vector, error_code): (u64, u64);
+        // SAFETY: in ring 0 GS holds this CPU's entry area (`init_cpu`), whose vector and error
+        // code fields the entry code of this CPU wrote just now; reads only.
+        unsafe {
+            asm!(
+                "mov {v}, gs:[{vo}]",
+                "mov {e}, gs:[{eo}]",
+                v = out(reg) vector,
+                e = out(reg) error_code,
+                vo = const offset_of!(PerCpu, vector),
+                eo = const offset_of!(PerCpu, error_code),
+                options(nostack, readonly, preserves_flags)
+            )
+        };
         if vector >= 32 {
             return UserExit::Interrupt { vector: vector as u8 };
         }
@@ -672,4 +686,19 @@ pub fn reset_user_state() {
             Msr::new(IA32_KERNEL_GS_BASE).write(0);
         }
     });
+}
+
+/// The user FS base of the thread running on this CPU (`IA32_FS_BASE`; the kernel addresses
+/// nothing through FS).
+pub fn fs_base() -> u64 {
+    // SAFETY: reading IA32_FS_BASE has no side effect.
+    unsafe { Msr::new(IA32_FS_BASE).read() }
+}
+
+/// Sets the user FS base for the thread about to run on this CPU. The value must be canonical
+/// (callers pass only canonical user addresses or 0); the kernel itself never uses FS.
+pub fn set_fs_base(base: u64) {
+    debug_assert!(base < 0x0000_8000_0000_0000, "FS base {base:#x} is not a canonical user address");
+    // SAFETY: a canonical value (checked by the callers) cannot fault; FS is only the guest's.
+    unsafe { Msr::new(IA32_FS_BASE).write(base) }
 }

@@ -63,7 +63,7 @@ impl Guest {
         self.note_stack(c.rsp);
         // The dispatchers' calls are private to the host's code page (`rcx` = the return rip):
         // made from anywhere else they are unknown calls (host-abi §9: E_NOTIMPL).
-        let dispatcher = (host_pages::HOST_CODE..host_pages::HOST_CODE + address_space::PAGE_SIZE).contains(&c.rcx);
+        let dispatcher = host_pages::is_stub_return(c.rcx);
         c.rax = match c.rax {
             nr::EXIT => return Err(a1 as i32),
             nr::WRITE => self.write_console(a1, a2, a3 != 0),

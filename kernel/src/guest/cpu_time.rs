@@ -1,14 +1,15 @@
 //! A guest's CPU time and its limit (host-abi §10.1: `--config guest_cpu_limit_s=N`).
 //!
-//! A guest owns the boot CPU from its start to its end (one guest runs at a time, and the kernel
-//! serves its system calls and exceptions on its behalf), so its CPU time is the time since it
-//! started, user and kernel time together, as Windows charges a process both. The run loop
-//! checks it at every timer interrupt that reaches the guest (every 10 ms of ring-3 time, see
-//! `crate::arch::apic`); a guest cannot avoid those ticks, as it runs with interrupts on and
-//! `cli` is privileged in ring 3. Past the limit the guest ends with [`HOST_E_TIMEOUT`].
+//! A guest's CPU time is the time its threads spend on CPUs, user and kernel time together, as
+//! Windows charges a process both: each CPU charges the time from when it starts running one of
+//! the guest's threads to when it stops (preemption, a block, the thread's end), and at every
+//! timer interrupt in between ([`CpuClock::charge`], called by the scheduler, `super::sched`).
+//! Time with no thread running (all blocked) is not charged. The limit is checked at every timer
+//! interrupt that reaches a thread (every 10 ms of ring-3 time on each CPU, see
+//! `crate::arch::apic`); a guest cannot avoid those ticks, as it runs with interrupts on and `cli`
+//! is privileged in ring 3. Past the limit the guest ends with [`HOST_E_TIMEOUT`].
 
 use super::hresult::{self, HOST_E_TIMEOUT};
-use crate::arch::time;
 
 /// Set by [`set_limit_for_test`]: the limit in nanoseconds instead of the configuration's.
 #[cfg(feature = "test-hooks")]
@@ -35,19 +36,24 @@ pub fn limit_ns() -> Option<u64> {
 /// One guest's CPU clock.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuClock {
-    started_ns: u64,
+    used_ns: u64,
     limit_ns: Option<u64>,
 }
 
 impl CpuClock {
-    /// Starts the clock now, with the limit in force now.
+    /// A clock with nothing used, with the limit in force now.
     pub fn start() -> CpuClock {
-        CpuClock { started_ns: time::ticks_ns(), limit_ns: limit_ns() }
+        CpuClock { used_ns: 0, limit_ns: limit_ns() }
+    }
+
+    /// Adds `ns` of CPU time (one CPU's, since it last charged).
+    pub fn charge(&mut self, ns: u64) {
+        self.used_ns = self.used_ns.saturating_add(ns);
     }
 
     /// CPU time used so far, in nanoseconds.
     pub fn used_ns(&self) -> u64 {
-        time::ticks_ns().saturating_sub(self.started_ns)
+        self.used_ns
     }
 
     /// `Err(HOST_E_TIMEOUT)` (with the reason printed) once the guest `name` is past its limit.

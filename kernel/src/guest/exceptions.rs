@@ -158,7 +158,7 @@ impl Guest {
         let e = |code| Some(GuestException { code, access: access.code(), address: addr });
         match outcome {
             FaultOutcome::Resolved => None,
-            FaultOutcome::GuardPage { .. } if (self.stack.0..self.stack.1).contains(&addr) => match self.grow_stack(align_down(addr, PAGE_SIZE)) {
+            FaultOutcome::GuardPage { .. } if (self.thread.stack.0..self.thread.stack.1).contains(&addr) => match self.grow_stack(align_down(addr, PAGE_SIZE)) {
                 StackGrowth::Grown => None,
                 StackGrowth::Overflow => e(status::STACK_OVERFLOW),
             },
@@ -173,7 +173,7 @@ impl Guest {
     /// handlers and reports the overflow (host-abi §10.3). No commit left for the new guard is an
     /// overflow too (as on Windows), with no pages added.
     pub(super) fn grow_stack(&self, page: u64) -> StackGrowth {
-        let (low, _) = self.stack;
+        let (low, _) = self.thread.stack;
         let below = page.wrapping_sub(PAGE_SIZE);
         let level = address_space::CriticalLevel::Process;
         if page >= low + 4 * PAGE_SIZE
@@ -257,7 +257,7 @@ impl Guest {
             return Err(self.unhandled(context, e, "no room for the exception frame below rsp"));
         }
         // A fault below the outermost frame whose handlers still run is nested in them.
-        self.handler_frame = match self.handler_frame {
+        self.thread.handler_frame = match self.thread.handler_frame {
             Some(outer) if context.rsp < outer => Some(outer),
             _ => Some(frame.low),
         };
@@ -347,14 +347,14 @@ impl Guest {
         self.note_stack(context.rsp);
         let max = self.space.with(|s, _| s.config().max_application_address());
         if context.rip <= max {
-            self.bad_resumes = 0;
+            self.thread.bad_resumes = 0;
             return Ok(());
         }
         // Resuming there would fetch outside user space: an execute violation at that rip,
         // delivered without entering ring 3 there (no iretq to a non-canonical address).
-        self.bad_resumes += 1;
+        self.thread.bad_resumes += 1;
         let e = GuestException { code: status::ACCESS_VIOLATION, access: 8, address: context.rip };
-        if self.bad_resumes >= MAX_BAD_RESUMES {
+        if self.thread.bad_resumes >= MAX_BAD_RESUMES {
             return Err(self.unhandled(context, e, "handlers resumed outside user space too often"));
         }
         self.raise(context, e)
@@ -363,8 +363,8 @@ impl Guest {
     /// Notes that the guest runs at `rsp`: above the outermost exception frame, no handler of it
     /// runs any more (they returned, or left by a jump of their own).
     pub(super) fn note_stack(&mut self, rsp: u64) {
-        if self.handler_frame.is_some_and(|low| rsp > low) {
-            self.handler_frame = None;
+        if self.thread.handler_frame.is_some_and(|low| rsp > low) {
+            self.thread.handler_frame = None;
         }
     }
 

@@ -5,7 +5,7 @@
 //!  HOST_BASE          page 0  PAGE_EXECUTE_READ  the stubs below (copied from the kernel image)
 //!  HOST_BASE + 0x1000 page 1  PAGE_READONLY      +0x000 IHostMemoryManager object {lpVtbl}
 //!                                                +0x040 its vtable (13 entries)
-//!                                                +0x100 HOST_SERVICES (version 1)
+//!                                                +0x100 HOST_SERVICES (version 2)
 //! ```
 //! Both pages form one host-owned `MEM_IMAGE` allocation: VirtualAlloc/Free/Protect on it fail
 //! with ERROR_INVALID_ADDRESS (host-abi §9).
@@ -138,6 +138,60 @@ hs_guest_return:
     mov eax, {exit}
     syscall
     ud2
+# A new thread starts here (host-abi §10.2) with rsp 16-aligned, rdi = arg, r12 = start: start(arg)
+# is called, and its return value is the thread's exit code.
+hs_thread_start:
+    call r12
+    mov edi, eax
+    mov eax, {exit_thread}
+    syscall
+    ud2
+hs_create_thread:
+    mov r10, rcx
+    mov eax, {create_thread}
+    syscall
+    ret
+hs_exit_thread:
+    mov eax, {exit_thread}
+    syscall
+    ud2
+hs_wait_thread:
+    mov eax, {wait_thread}
+    syscall
+    ret
+hs_close_thread:
+    mov eax, {close_thread}
+    syscall
+    ret
+hs_current_thread_id:
+    mov eax, {current_thread_id}
+    syscall
+    ret
+hs_yield:
+    mov eax, {yield_}
+    syscall
+    ret
+hs_sleep_ns:
+    mov eax, {sleep_ns}
+    syscall
+    ret
+hs_wait_on_address:
+    mov r10, rcx
+    mov eax, {wait_on_address}
+    syscall
+    ret
+hs_wake_by_address:
+    mov eax, {wake_by_address}
+    syscall
+    ret
+hs_set_thread_pointer:
+    mov eax, {set_thread_pointer}
+    syscall
+    ret
+hs_get_thread_pointer:
+    mov eax, {get_thread_pointer}
+    syscall
+    ret
 hm_0: mov r10, rcx
     mov eax, {m} + 0
     syscall
@@ -203,6 +257,18 @@ vmk_host_offsets:
     .quad hs_dispatch_exception - vmk_host_code_start
     .quad hs_dispatch_callbacks - vmk_host_code_start
     .quad hs_guest_return - vmk_host_code_start
+    .quad hs_thread_start - vmk_host_code_start
+    .quad hs_create_thread - vmk_host_code_start
+    .quad hs_exit_thread - vmk_host_code_start
+    .quad hs_wait_thread - vmk_host_code_start
+    .quad hs_close_thread - vmk_host_code_start
+    .quad hs_current_thread_id - vmk_host_code_start
+    .quad hs_yield - vmk_host_code_start
+    .quad hs_sleep_ns - vmk_host_code_start
+    .quad hs_wait_on_address - vmk_host_code_start
+    .quad hs_wake_by_address - vmk_host_code_start
+    .quad hs_set_thread_pointer - vmk_host_code_start
+    .quad hs_get_thread_pointer - vmk_host_code_start
     .quad hm_0 - vmk_host_code_start
     .quad hm_1 - vmk_host_code_start
     .quad hm_2 - vmk_host_code_start
@@ -230,13 +296,24 @@ vmk_host_offsets:
     continue_ = const nr::CONTINUE,
     unhandled = const nr::UNHANDLED,
     callbacks_done = const nr::CALLBACKS_DONE,
+    create_thread = const nr::CREATE_THREAD,
+    exit_thread = const nr::EXIT_THREAD,
+    wait_thread = const nr::WAIT_THREAD,
+    close_thread = const nr::CLOSE_THREAD,
+    current_thread_id = const nr::CURRENT_THREAD_ID,
+    yield_ = const nr::YIELD,
+    sleep_ns = const nr::SLEEP_NS,
+    wait_on_address = const nr::WAIT_ON_ADDRESS,
+    wake_by_address = const nr::WAKE_BY_ADDRESS,
+    set_thread_pointer = const nr::SET_THREAD_POINTER,
+    get_thread_pointer = const nr::GET_THREAD_POINTER,
     m = const nr::MANAGER,
 );
 
 unsafe extern "C" {
     static vmk_host_code_start: [u8; 0];
     static vmk_host_code_end: [u8; 0];
-    static vmk_host_offsets: [u64; 24];
+    static vmk_host_offsets: [u64; STUB_COUNT];
 }
 
 /// Offsets of the stubs in the code page, in the order of [`Stub`].
@@ -256,8 +333,29 @@ pub enum Stub {
     /// Where the kernel enters ring 3 to run a host call's callbacks.
     DispatchCallbacks,
     GuestReturn,
+    /// Where a new thread starts (version 2): calls its `start(arg)`, then `exit_thread`.
+    ThreadStart,
+    CreateThread,
+    ExitThread,
+    WaitThread,
+    CloseThread,
+    CurrentThreadId,
+    Yield,
+    SleepNs,
+    WaitOnAddress,
+    WakeByAddress,
+    SetThreadPointer,
+    GetThreadPointer,
     /// `IHostMemoryManager` slot 0; slot `i` is `Manager0 as usize + i`.
     Manager0,
+}
+
+/// Entries of the stub offset table: every [`Stub`], the 13 manager slots counting as one each.
+const STUB_COUNT: usize = Stub::Manager0 as usize + 13;
+
+/// Whether a system call returning to `rip` was made by the host's stubs (from the code page).
+pub fn is_stub_return(rip: u64) -> bool {
+    (HOST_CODE..HOST_CODE + PAGE_SIZE).contains(&rip)
 }
 
 /// The guest address of a stub.
@@ -266,7 +364,8 @@ pub fn stub(s: Stub) -> u64 {
 }
 
 fn stub_at(index: usize) -> u64 {
-    // SAFETY: a static table emitted by the global_asm! above, with 24 entries.
+    // SAFETY: a static table emitted by the global_asm! above, with STUB_COUNT entries (the
+    // asm lists them in the order of `Stub`; the link would not match otherwise).
     HOST_CODE + unsafe { vmk_host_offsets[index] }
 }
 
@@ -286,10 +385,11 @@ pub fn code_page() -> [u8; PAGE_SIZE as usize] {
 /// Slots of the `IHostMemoryManager` vtable.
 const VTABLE_SLOTS: usize = size_of::<host_abi::HostMemoryManagerVtbl>() / 8;
 
-/// The data page's bytes: manager object, vtable, HOST_SERVICES (host-abi §3, §7).
+/// The data page's bytes: manager object, vtable, HOST_SERVICES version 2 (host-abi §3, §7, §10.2)
+/// with `cpu_count`, the CPUs guest threads run on.
 /// `create_malloc` is the host library's `CreateMalloc` (vtable slot 3 is ring-3 code, not a
 /// system call: the heaps live in guest memory).
-pub fn data_page(max_application_address: u64, create_malloc: u64, args: &[u8]) -> [u8; PAGE_SIZE as usize] {
+pub fn data_page(max_application_address: u64, create_malloc: u64, args: &[u8], cpu_count: u32) -> [u8; PAGE_SIZE as usize] {
     let mut page = [0u8; PAGE_SIZE as usize];
     let mut put = |off: usize, v: u64| page[off..off + 8].copy_from_slice(&v.to_le_bytes());
     put((MANAGER_OBJECT - HOST_DATA) as usize, MANAGER_VTABLE);
@@ -298,8 +398,7 @@ pub fn data_page(max_application_address: u64, create_malloc: u64, args: &[u8]) 
     }
     let s = (HOST_SERVICES - HOST_DATA) as usize;
     let mut field = |off: usize, v: u64| put(s + off, v);
-    // Version 1 until the thread services of §10.2 are served: cbSize covers only the v1 fields.
-    field(offset_of!(HostServices, cb_size), offset_of!(HostServices, cpu_count) as u64 | (1u64 << 32)); // cbSize, version
+    field(offset_of!(HostServices, cb_size), HOST_SERVICES_SIZE as u64 | (2u64 << 32)); // cbSize, version
     field(offset_of!(HostServices, page_size), PAGE_SIZE | (ALLOCATION_GRANULARITY << 32)); // page_size, allocation_granularity
     field(offset_of!(HostServices, min_application_address), ALLOCATION_GRANULARITY); // the lowest 64 KiB are never mapped
     field(offset_of!(HostServices, max_application_address), max_application_address);
@@ -311,6 +410,18 @@ pub fn data_page(max_application_address: u64, create_malloc: u64, args: &[u8]) 
     field(offset_of!(HostServices, get_write_watch), stub(Stub::GetWriteWatch));
     field(offset_of!(HostServices, reset_write_watch), stub(Stub::ResetWriteWatch));
     field(offset_of!(HostServices, query_commit), stub(Stub::QueryCommit));
+    field(offset_of!(HostServices, cpu_count), cpu_count as u64); // cpu_count, reserved0 = 0
+    field(offset_of!(HostServices, create_thread), stub(Stub::CreateThread));
+    field(offset_of!(HostServices, exit_thread), stub(Stub::ExitThread));
+    field(offset_of!(HostServices, wait_thread), stub(Stub::WaitThread));
+    field(offset_of!(HostServices, close_thread), stub(Stub::CloseThread));
+    field(offset_of!(HostServices, current_thread_id), stub(Stub::CurrentThreadId));
+    field(offset_of!(HostServices, yield_now), stub(Stub::Yield));
+    field(offset_of!(HostServices, sleep_ns), stub(Stub::SleepNs));
+    field(offset_of!(HostServices, wait_on_address), stub(Stub::WaitOnAddress));
+    field(offset_of!(HostServices, wake_by_address), stub(Stub::WakeByAddress));
+    field(offset_of!(HostServices, set_thread_pointer), stub(Stub::SetThreadPointer));
+    field(offset_of!(HostServices, get_thread_pointer), stub(Stub::GetThreadPointer));
     let args = &args[..args.len().min(ARGS_MAX)];
     let a = (ARGS - HOST_DATA) as usize;
     page[a..a + args.len()].copy_from_slice(args);

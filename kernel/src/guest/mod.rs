@@ -7,16 +7,20 @@
 //!   reads them, maps the host's library and pages ([`host_pages`]) the same way and reserves its
 //!   stack: 1 MiB, the top two pages committed, a guard page below them.
 //! - [`Guest::run`] drops to ring 3 at the entry point with `rdi` = the `IHostMemoryManager`
-//!   object and `rsi` = `HOST_SERVICES`, and serves its system calls ([`calls`]) and exceptions
-//!   ([`exceptions`]) until it ends: by returning from its entry point, by `exit`, or by an
-//!   unhandled exception. Then its space is destroyed: every frame and page-table page goes back.
+//!   object and `rsi` = `HOST_SERVICES`, and serves its system calls ([`calls`], the thread
+//!   services in [`threads`]) and exceptions ([`exceptions`]) on whichever CPU runs the thread
+//!   ([`sched`]) until it ends: by returning from its entry point, by `exit`, by an unhandled
+//!   exception on any thread, or when its last thread ends. Then its space is destroyed: every
+//!   frame and page-table page goes back.
 //! - Guest memory is never a Rust reference: the kernel reads and writes it through the address
 //!   space's checked copies (`read_user`/`write_user`), which refuse anything that is not
 //!   committed and accessible to the guest (ERROR_NOACCESS), and report a guard page (0x80000001,
 //!   clearing it) — so a guest can never make the kernel touch kernel memory or memory it may not
 //!   write, and SMAP never has to be opened.
 //!
-//! One guest runs at a time, on the kernel stack of the code that called [`run_guest`].
+//! One guest runs at a time; its threads run on every CPU ([`sched`]). The CPU that called
+//! [`run_guest`] serves it on a kernel stack of its own and destroys it at its end; the other
+//! CPUs join from their idle loops, on the stacks they idle on.
 
 pub mod calls;
 pub mod cpu_time;
@@ -26,7 +30,9 @@ pub mod hresult;
 mod manager;
 mod notification;
 pub mod ramdisk;
+pub mod sched;
 mod services;
+mod threads;
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -37,7 +43,7 @@ use address_space::{AllocationKind, CriticalLevel, SpaceConfig, VmError};
 use guest_loader::{Image, Policy, Rights};
 use x86_64::align_down;
 
-use crate::arch::user::{UserContext, UserExit, enter_user};
+use crate::arch::user::UserContext;
 use crate::memory::Space;
 use host_pages::{HOST_BASE, HOST_SERVICES, MANAGER_OBJECT, Stub, stub};
 
@@ -159,21 +165,15 @@ struct Handler {
 pub struct Guest {
     name: String,
     space: Space,
-    entry_context: UserContext,
     handlers: Vec<Handler>,
     next_handle: u64,
-    /// Lowest address of the stack reservation and its end.
-    stack: (u64, u64),
-    /// Resumes at a `rip` outside user space since the last good one (bounded, see
-    /// [`exceptions::MAX_BAD_RESUMES`]).
-    bad_resumes: u32,
-    /// A notification callback was entered and has not come back (host-abi §9: never entered
-    /// while another one runs).
+    /// The part of the state that belongs to the thread whose exit is being served: swapped in
+    /// by the scheduler ([`sched`]) for the time it holds the guest's lock. At load, the main
+    /// thread's.
+    thread: ThreadLocal,
+    /// A notification callback was entered and has not come back (host-abi §9, §10.3: never
+    /// entered while another one runs, on any thread).
     notifying: bool,
-    /// The lowest address (the dispatcher's `rsp`) of the outermost exception frame whose
-    /// handlers may still run: a host call from below it comes from a handler, and a band change
-    /// it makes is delivered once the handlers are left (a host call or resume above it).
-    handler_frame: Option<u64>,
     /// The manager's reference count (host-abi §9: starts at 1, never destroys).
     manager_refs: u32,
     /// Set after E_FAIL: every later manager call returns HOST_E_CLRNOTAVAILABLE.
@@ -185,8 +185,26 @@ pub struct Guest {
     /// The memory band last reported (or current at registration); `None` before a callback is
     /// registered.
     band: Option<host_abi::MemoryAvailable>,
-    /// CPU time used and its limit (started when the guest starts running).
+    /// CPU time used by all its threads and its limit.
     cpu: cpu_time::CpuClock,
+    /// Its threads and their scheduling state (version 2, host-abi §10.2).
+    threads: threads::Threads,
+}
+
+/// What of a guest's state is per thread (host-abi §10.2: exceptions are delivered on the
+/// faulting thread, each thread has a stack of its own).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ThreadLocal {
+    /// Lowest address of the thread's stack reservation and its end.
+    stack: (u64, u64),
+    /// Resumes at a `rip` outside user space since the last good one (bounded, see
+    /// [`exceptions::MAX_BAD_RESUMES`]).
+    bad_resumes: u32,
+    /// The lowest address (the dispatcher's `rsp`) of the outermost exception frame whose
+    /// handlers may still run on this thread: a host call from below it comes from a handler,
+    /// and a band change it makes is delivered once the handlers are left (a host call or resume
+    /// above it).
+    handler_frame: Option<u64>,
 }
 
 /// How a guest ended.
@@ -220,21 +238,14 @@ impl Guest {
         space
             .with(|s, cx| {
                 s.write_image(cx, host_pages::HOST_CODE, &host_pages::code_page())?;
-                s.write_image(cx, host_pages::HOST_DATA, &host_pages::data_page(cfg.max_application_address(), create_malloc, &guest_args()))
+                s.write_image(cx, host_pages::HOST_DATA, &host_pages::data_page(cfg.max_application_address(), create_malloc, &guest_args(), sched::cpu_count()))
             })
             .map_err(|e| fail("filling the host pages", e))?;
-        let stack_base = space
-            .with(|s, cx| s.virtual_alloc(cx, 0, STACK_RESERVE, MEM_RESERVE | MEM_TOP_DOWN, PAGE_READWRITE, CriticalLevel::Process))
-            .map_err(|e| fail("reserving the stack", e))?;
-        let stack_top = stack_base + STACK_RESERVE;
-        let committed = stack_top - STACK_INITIAL_PAGES * PAGE_SIZE;
+        let (stack_base, stack_top) = threads::allocate_stack(&space, STACK_RESERVE, STACK_INITIAL_PAGES * PAGE_SIZE, CriticalLevel::Process)
+            .map_err(|e| fail("making the stack", e))?;
+        // The entry point is called: its return address leads to `exit(eax)`.
         space
-            .with(|s, cx| {
-                s.virtual_alloc(cx, committed, STACK_INITIAL_PAGES * PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Process)?;
-                s.virtual_alloc(cx, committed - PAGE_SIZE, PAGE_SIZE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Process)?;
-                // The entry point is called: its return address leads to `exit(eax)`.
-                s.write_user(cx, stack_top - 8, &stub(Stub::GuestReturn).to_le_bytes())
-            })
+            .with(|s, cx| s.write_user(cx, stack_top - 8, &stub(Stub::GuestReturn).to_le_bytes()))
             .map_err(|e| fail("committing the stack", e))?;
         let entry_context = UserContext {
             rip: entry,
@@ -246,22 +257,21 @@ impl Guest {
             rflags: 0x202,
             ..UserContext::default()
         };
+        let main = ThreadLocal { stack: (stack_base, stack_top), bad_resumes: 0, handler_frame: None };
         Ok(Guest {
             name: name.into(),
             space,
-            entry_context,
             handlers: Vec::new(),
             next_handle: 1,
-            stack: (stack_base, stack_top),
-            bad_resumes: 0,
+            thread: main,
             notifying: false,
-            handler_frame: None,
             manager_refs: 1,
             poisoned: false,
             acquired: Vec::new(),
             callback: None,
             band: None,
             cpu: cpu_time::CpuClock::start(),
+            threads: threads::Threads::new(entry_context, main).ok_or("no kernel memory for the thread table")?,
         })
     }
 
@@ -275,49 +285,10 @@ impl Guest {
         &self.space
     }
 
-    /// Runs the guest to its end and returns its exit code; its address space is destroyed.
-    pub fn run(mut self) -> i32 {
-        self.space.activate();
-        // Nothing of the previous guest (or the firmware) in the registers (host-abi §10.1).
-        crate::arch::user::reset_user_state();
-        self.cpu = cpu_time::CpuClock::start();
-        let mut context = self.entry_context;
-        match self.run_loop(&mut context) {
-            Ok(never) => match never {},
-            Err(code) => code,
-        }
-    }
-
-    /// Runs `context` in ring 3, serving system calls and exceptions, until the guest ends with
-    /// an exit code. Each iteration enters ring 3 once and handles one exit; nothing here waits
-    /// for ring 3 or nests: exception handlers and callbacks are entered as ordinary returns to
-    /// ring 3 (see [`exceptions`]).
-    fn run_loop(&mut self, context: &mut UserContext) -> Result<core::convert::Infallible, Ended> {
-        let mut after_syscall = false;
-        loop {
-            // SAFETY: the context is this guest's (entry point, a resumed context whose rip was
-            // checked against user space, or a stub address), its rflags from sanitize_rflags or
-            // 0x202, and its space is in CR3.
-            let exit = unsafe { enter_user(context, after_syscall) };
-            // Timer ticks are not entries the guest asked for (and vary with time): not counted.
-            if !matches!(exit, UserExit::Interrupt { .. }) {
-                KERNEL_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-            }
-            match exit {
-                UserExit::Syscall => {
-                    after_syscall = self.syscall(context)? == calls::Return::Sysret;
-                }
-                UserExit::Exception { vector, error_code, cr2 } => {
-                    self.exception(context, vector, error_code, cr2)?;
-                    after_syscall = false;
-                }
-                UserExit::Interrupt { vector } => {
-                    crate::arch::apic::on_interrupt(vector);
-                    self.cpu.check(&self.name)?;
-                    after_syscall = false;
-                }
-            }
-        }
+    /// Runs the guest to its end on every CPU (see [`sched`]) and returns its exit code; its
+    /// address space is destroyed.
+    pub fn run(self) -> i32 {
+        sched::run(self)
     }
 
     /// Runs a checked access to guest memory at `[addr, addr+len)`; if it hit the guard page of
@@ -343,7 +314,7 @@ impl Guest {
     /// The lowest committed page of the guest's stack if it lies in `[addr, addr+len)`: after an
     /// access check cleared the stack's guard, that page is where the guard was.
     fn stack_bottom_in(&self, addr: u64, len: u64) -> Option<u64> {
-        let (low, high) = self.stack;
+        let (low, high) = self.thread.stack;
         let start = align_down(addr.max(low), PAGE_SIZE);
         let end = addr.saturating_add(len.max(1)).min(high);
         let mut page = start;

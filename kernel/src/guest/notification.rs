@@ -35,7 +35,7 @@ impl Guest {
     /// running (it is delivered when that one returns or is left).
     pub(super) fn note_band_change(&mut self, callbacks: &mut Callbacks) -> Result<(), Ended> {
         let Some(object) = self.callback else { return Ok(()) };
-        if self.notifying || self.handler_frame.is_some() {
+        if self.notifying || self.thread.handler_frame.is_some() {
             return Ok(());
         }
         let band = Self::current_band();

@@ -55,6 +55,19 @@ impl Space {
         })
     }
 
+    /// Leaves this space on the calling CPU (the scheduler calls it when the CPU stops running
+    /// the space's threads): loads the kernel's own table if this space is in this CPU's CR3, so
+    /// that no CPU holds a space's tables once it is destroyed. Safe to call on a CPU that does
+    /// not run the space (nothing changes).
+    pub fn deactivate(&self) {
+        with_mm(|mm| {
+            if x86_64::registers::control::Cr3::read().0.start_address().as_u64() == self.root {
+                // SAFETY: the kernel's own table maps everything the kernel uses.
+                unsafe { kernel_tables::activate(mm.kernel_root) };
+            }
+        })
+    }
+
     /// Whether this space is the one in CR3.
     pub fn is_active(&self) -> bool {
         with_mm(|mm| mm.active_root == self.root)

@@ -32,7 +32,7 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     g_host = host;
     g_services = services;
     put("sample-c: hello from ring 3\n");
-    check("HOST_SERVICES.version", services->version, 1);
+    check("HOST_SERVICES.version", services->version, 2);
     check("HOST_SERVICES.page_size", services->page_size, 4096);
 
     /* Reserve 1 MiB, commit 64 KiB of it. */

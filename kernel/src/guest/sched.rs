@@ -1,0 +1,378 @@
+//! The scheduler: a guest's threads on every CPU, preemptively (host-abi §10.2).
+//!
+//! Continuations, not kernel threads: a thread that does not run is its saved registers
+//! ([`Continuation`]), and each CPU runs the same loop — pick a ready thread, load its registers,
+//! [`enter_user`], serve the exit (system call, exception, interrupt) under the guest's lock, and
+//! either go back to ring 3 or put the thread back (ready queue, blocked, ended) and pick again.
+//! Nothing waits in the kernel for ring 3 and no thread needs a kernel stack: a blocking call
+//! parks the thread with the wait it is in ([`threads`](super::threads)).
+//!
+//! - One guest runs at a time. [`run`] (the CPU that called `run_guest`, the *owner*) publishes it
+//!   as the active guest and runs the loop itself; every other CPU finds it from its idle loop
+//!   ([`ap_idle`], called by `arch::smp` over and over) and runs the loop while there are ready
+//!   threads, then leaves (switching to the kernel's tables: `Space::deactivate`) and waits in
+//!   `sti; hlt`. A CPU that makes a thread ready wakes the idle CPUs with the wake-up IPI.
+//! - Lock: one spin lock per guest over the [`Guest`] (its calls, its exceptions, its thread
+//!   table), taken with interrupts enabled while it spins (so a CPU waiting for it still takes
+//!   IPIs, e.g. TLB shootdowns), and released before ring 3 is entered. Lock order: the guest's
+//!   lock, then the memory manager's. The ready count and the end flag are atomics, read without
+//!   the lock by idle CPUs.
+//! - Preemption: the APIC timer (100 Hz on every CPU) brings a CPU out of ring 3; if another
+//!   thread is ready the running one goes to the back of the queue (a 10 ms time slice). The same
+//!   tick charges CPU time, checks the CPU-time limit, and wakes threads whose deadline passed.
+//! - A thread's x87/SSE/AVX image and FS base are saved when it leaves a CPU and loaded when it
+//!   comes back (eagerly: nothing of one thread is ever visible to another); a new thread starts
+//!   with the clean state of host-abi §10.1.
+//! - The end: `exit` from any thread, a return from `guest_main`, an unhandled exception on any
+//!   thread, the CPU-time limit, the end of the last thread, or a deadlock (every thread blocked
+//!   without a timeout: nothing could ever wake one; ended with STATUS_POSSIBLE_DEADLOCK
+//!   0xC0000194, the kernel's choice where Windows would hang) set the guest's end code once; the
+//!   CPU that sets it sends the wake-up IPI to every other CPU, and each CPU that sees it stops
+//!   running the guest's threads. The owner then withdraws the guest, waits until no CPU is left
+//!   inside it, and destroys it (its space last): no CPU can run or hold its tables by then.
+
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use host_abi::host::nr;
+
+use super::calls::Return;
+use super::host_pages;
+use super::threads::{Action, Continuation, Wait};
+use super::{Ended, Guest, KERNEL_ENTRIES};
+use crate::arch::user::{UserExit, enter_user, reset_user_state, set_fs_base};
+use crate::arch::{apic, percpu, time};
+
+/// STATUS_POSSIBLE_DEADLOCK: the end code of a guest whose threads all wait forever.
+pub const STATUS_POSSIBLE_DEADLOCK: u32 = 0xC000_0194;
+
+/// The guest being run, shared by the CPUs that run its threads.
+struct GuestRun {
+    guest: spin::Mutex<Guest>,
+    /// 0 while it runs; `END_SET | exit code` once it ends (set once).
+    end: AtomicU64,
+}
+
+/// Marks [`GuestRun::end`] as set.
+const END_SET: u64 = 1 << 32;
+
+/// The active guest, if any (set and cleared by [`run`]).
+static ACTIVE: spin::Mutex<Option<Arc<GuestRun>>> = spin::Mutex::new(None);
+/// CPUs other than the owner inside the active guest's loop (counted under [`ACTIVE`]'s lock).
+static CPUS_IN: AtomicUsize = AtomicUsize::new(0);
+/// Ready threads of the active guest (a copy kept under its lock, for idle CPUs).
+static READY: AtomicUsize = AtomicUsize::new(0);
+/// CPUs waiting in `hlt` for work (bit i: CPU i).
+static IDLE: AtomicU32 = AtomicU32::new(0);
+/// CPUs running a guest thread now (bit i: CPU i).
+static RUNNING: AtomicU32 = AtomicU32::new(0);
+/// The most CPUs that ran guest threads at once since [`take_peak_parallel`] last read it.
+static PEAK_PARALLEL: AtomicU32 = AtomicU32::new(0);
+
+/// The most CPUs that ran guest threads at the same time since the last call (a statistic for
+/// tests and benchmarks: with as many spinning threads as CPUs, every CPU).
+pub fn take_peak_parallel() -> u32 {
+    PEAK_PARALLEL.swap(0, Ordering::SeqCst)
+}
+
+/// The CPUs guest threads run on (`HOST_SERVICES.cpu_count`).
+pub fn cpu_count() -> u32 {
+    percpu::online_count() as u32
+}
+
+impl GuestRun {
+    /// Runs `f` on the guest under its lock (see the module docs), then updates the ready count.
+    fn with<R>(&self, f: impl FnOnce(&mut Guest) -> R) -> R {
+        let mut guard = loop {
+            if let Some(g) = self.guest.try_lock() {
+                break g;
+            }
+            // Spin with interrupts open, so that IPIs reach this CPU while it waits.
+            x86_64::instructions::interrupts::enable();
+            core::hint::spin_loop();
+            x86_64::instructions::interrupts::disable();
+        };
+        let r = f(&mut guard);
+        READY.store(guard.threads.ready_count(), Ordering::SeqCst);
+        r
+    }
+
+    fn ended(&self) -> bool {
+        self.end.load(Ordering::SeqCst) != 0
+    }
+
+    /// Ends the guest with `code` unless it has ended already (the first end wins).
+    fn set_end(&self, code: Ended) {
+        let _ = self.end.compare_exchange(0, END_SET | code as u32 as u64, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Brings every other CPU out of ring 3 (after the end was set): the wake-up IPI.
+    fn kick_others(&self) {
+        let me = percpu::current_index();
+        for cpu in (0..percpu::MAX_CPUS).filter(|&c| c != me && percpu::is_online(c)) {
+            if let Some(id) = percpu::apic_id(cpu) {
+                apic::send_fixed(id, apic::WAKE_VECTOR);
+            }
+        }
+    }
+}
+
+/// Wakes the CPUs idling in `hlt` if threads are ready.
+fn wake_idle_cpus() {
+    if READY.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let me = percpu::current_index();
+    let idle = IDLE.load(Ordering::SeqCst) & !(1 << me);
+    for cpu in (0..percpu::MAX_CPUS).filter(|&c| idle & (1 << c) != 0) {
+        if let Some(id) = percpu::apic_id(cpu) {
+            apic::send_fixed(id, apic::WAKE_VECTOR);
+        }
+    }
+}
+
+/// Waits in `sti; hlt` until an interrupt, unless `work()` already holds (checked after this CPU
+/// shows itself idle, so a wake-up sent in between is not lost: its IPI ends the `hlt`).
+fn idle_wait(work: impl Fn() -> bool) {
+    let bit = 1 << percpu::current_index();
+    IDLE.fetch_or(bit, Ordering::SeqCst);
+    if !work() {
+        x86_64::instructions::interrupts::enable_and_hlt();
+        x86_64::instructions::interrupts::disable();
+    }
+    IDLE.fetch_and(!bit, Ordering::SeqCst);
+}
+
+/// Runs `guest` on every CPU until it ends (see the module docs); its exit code. The guest is
+/// destroyed (space included) before this returns.
+pub(super) fn run(guest: Guest) -> i32 {
+    let run = Arc::new(GuestRun { guest: spin::Mutex::new(guest), end: AtomicU64::new(0) });
+    READY.store(1, Ordering::SeqCst);
+    *ACTIVE.lock() = Some(run.clone());
+    cpu_loop(&run, true);
+    ACTIVE.lock().take();
+    while CPUS_IN.load(Ordering::SeqCst) != 0 {
+        x86_64::instructions::interrupts::enable();
+        core::hint::spin_loop();
+        x86_64::instructions::interrupts::disable();
+    }
+    READY.store(0, Ordering::SeqCst);
+    let code = run.end.load(Ordering::SeqCst) as u32 as i32;
+    let run = Arc::into_inner(run).expect("no CPU holds the guest once none is inside it");
+    // The guest's threads, then its space: this CPU leaves the space's tables as it goes.
+    drop(run.guest.into_inner());
+    // Nothing of the guest's registers stays in this CPU's for the next one.
+    reset_user_state();
+    code
+}
+
+/// What an application processor does when it has nothing else to do: runs the active guest's
+/// threads while any is ready, else waits for an interrupt.
+pub fn ap_idle() {
+    let run = {
+        let active = ACTIVE.lock();
+        active.clone().inspect(|_| {
+            CPUS_IN.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    if let Some(run) = run {
+        cpu_loop(&run, false);
+        drop(run);
+        CPUS_IN.fetch_sub(1, Ordering::SeqCst);
+    }
+    idle_wait(|| READY.load(Ordering::SeqCst) > 0);
+}
+
+/// One CPU's loop over the guest's threads. The owner stays until the guest ends (idling when
+/// nothing is ready); another CPU leaves as soon as nothing is ready.
+fn cpu_loop(run: &GuestRun, owner: bool) {
+    let mut in_space = false;
+    while !run.ended() {
+        let picked = run.with(|g| {
+            let picked = g.pick();
+            if picked.is_some() {
+                // Loads the space's tables, and on a CPU already in the space reloads them: until
+                // TLB shootdowns exist, this drops the translations another CPU may have removed
+                // (a released stack reused by the next thread) before a thread runs here.
+                g.space.activate();
+            }
+            picked
+        });
+        match picked {
+            Some((key, cont)) => {
+                in_space = true;
+                wake_idle_cpus();
+                run_thread(run, key, cont);
+            }
+            None if owner => idle_wait(|| READY.load(Ordering::SeqCst) > 0 || run.ended()),
+            None => break,
+        }
+    }
+    if in_space && !owner {
+        run.with(|g| g.space.deactivate());
+    }
+}
+
+/// How serving one exit of a thread turned out.
+enum Step {
+    /// Back to ring 3.
+    Resume,
+    /// The thread leaves the CPU: to the back of the ready queue.
+    Preempt,
+    /// The thread leaves the CPU: blocked.
+    Block { wait: Wait, deadline: Option<u64> },
+    /// The thread ended.
+    ThreadEnded,
+    /// The guest ends with this code.
+    GuestEnds(Ended),
+}
+
+/// Runs thread `key` from `cont` on this CPU until it leaves it.
+fn run_thread(run: &GuestRun, key: u64, cont: Continuation) {
+    let bit = 1 << percpu::current_index();
+    let running = RUNNING.fetch_or(bit, Ordering::SeqCst) | bit;
+    PEAK_PARALLEL.fetch_max(running.count_ones(), Ordering::SeqCst);
+    serve_thread(run, key, cont);
+    RUNNING.fetch_and(!bit, Ordering::SeqCst);
+}
+
+/// [`run_thread`]'s work: ring 3 and the exits, then the thread's new place. A thread that
+/// blocks is parked in the same locked section that decided it blocks, so a wake or an end that
+/// comes after the decision finds it parked (none is lost).
+fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
+    reset_user_state();
+    let loaded = cont.fpu[0].load();
+    debug_assert!(loaded, "a thread's saved image loads");
+    set_fs_base(cont.fs_base);
+    let mut held = Some(cont);
+    let mut since = time::ticks_ns();
+    loop {
+        let Some(cont) = held.as_mut() else { break };
+        if run.ended() {
+            return;
+        }
+        // SAFETY: the context is this guest's thread's (its entry, a stub, or a context resumed
+        // with a checked rip), its rflags sanitised or 0x202, and the guest's space is in CR3.
+        let exit = unsafe { enter_user(&mut cont.context, cont.after_syscall) };
+        match exit {
+            UserExit::Interrupt { vector } => apic::on_interrupt(vector),
+            _ => {
+                KERNEL_ENTRIES.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let ended = run.with(|g| {
+            // The guest ended meanwhile (the first end wins): nothing more of it is served.
+            if run.ended() {
+                return None;
+            }
+            let cont = held.as_mut()?;
+            core::mem::swap(&mut g.thread, &mut cont.local);
+            let step = g.serve(key, exit, cont, &mut since);
+            core::mem::swap(&mut g.thread, &mut cont.local);
+            if matches!(step, Step::Resume) {
+                return None;
+            }
+            let now = time::ticks_ns();
+            g.cpu.charge(now.saturating_sub(since));
+            if let Step::GuestEnds(code) = step {
+                run.set_end(code);
+                return Some(code);
+            }
+            if let Some(mut cont) = held.take() {
+                match step {
+                    Step::Preempt => {
+                        cont.save_cpu_state();
+                        g.threads.requeue(key, cont);
+                    }
+                    Step::Block { wait, deadline } => {
+                        cont.save_cpu_state();
+                        g.threads.park(key, cont, wait, deadline);
+                    }
+                    Step::Resume | Step::ThreadEnded | Step::GuestEnds(_) => {}
+                }
+            }
+            if g.threads.deadlocked() {
+                crate::kprintln!("guest {}: every thread waits without a timeout (a deadlock): ended", g.name);
+                run.set_end(STATUS_POSSIBLE_DEADLOCK as i32);
+                return Some(STATUS_POSSIBLE_DEADLOCK as i32);
+            }
+            None
+        });
+        if ended.is_some() || run.ended() {
+            run.kick_others();
+            return;
+        }
+        // A call may have made threads ready (create_thread, a wake): idle CPUs take them.
+        wake_idle_cpus();
+    }
+}
+
+impl Guest {
+    /// Takes the next ready thread, with the result of the wait it was woken from in its `rax`.
+    fn pick(&mut self) -> Option<(u64, Continuation)> {
+        let (key, mut cont) = self.threads.pick(time::ticks_ns())?;
+        if let Some((wait, woken)) = cont.woken.take() {
+            core::mem::swap(&mut self.thread, &mut cont.local);
+            cont.context.rax = self.finish_wait(wait, woken);
+            core::mem::swap(&mut self.thread, &mut cont.local);
+        }
+        Some((key, cont))
+    }
+
+    /// Serves one exit of the running thread `key` (its state swapped in); `since` is when this
+    /// CPU last charged the guest's CPU time.
+    fn serve(&mut self, key: u64, exit: UserExit, cont: &mut Continuation, since: &mut u64) -> Step {
+        let c = &mut cont.context;
+        match exit {
+            // The thread services are made by the host's stubs (`rcx`, the return rip, in its code
+            // page); made from anywhere else they are unknown calls (E_NOTIMPL, host-abi §9), as
+            // the dispatchers' are.
+            UserExit::Syscall if (nr::CREATE_THREAD..=nr::GET_THREAD_POINTER).contains(&c.rax) && host_pages::is_stub_return(c.rcx) => {
+                cont.after_syscall = true;
+                match self.thread_call(key, c) {
+                    Action::Return(v) => {
+                        c.rax = v;
+                        Step::Resume
+                    }
+                    Action::Yield => {
+                        c.rax = 0;
+                        Step::Preempt
+                    }
+                    Action::Block { wait, deadline } => Step::Block { wait, deadline },
+                    Action::ExitThread(code) => match self.end_thread(key, code) {
+                        Ok(()) => Step::ThreadEnded,
+                        Err(code) => Step::GuestEnds(code),
+                    },
+                }
+            }
+            UserExit::Syscall => match self.syscall(c) {
+                Ok(r) => {
+                    cont.after_syscall = r == Return::Sysret;
+                    Step::Resume
+                }
+                Err(code) => Step::GuestEnds(code),
+            },
+            UserExit::Exception { vector, error_code, cr2 } => {
+                cont.after_syscall = false;
+                match self.exception(c, vector, error_code, cr2) {
+                    Ok(()) => Step::Resume,
+                    Err(code) => Step::GuestEnds(code),
+                }
+            }
+            UserExit::Interrupt { vector } => {
+                cont.after_syscall = false;
+                if vector != apic::TIMER_VECTOR {
+                    return Step::Resume;
+                }
+                let now = time::ticks_ns();
+                self.cpu.charge(now.saturating_sub(*since));
+                *since = now;
+                if let Err(code) = self.cpu.check(&self.name) {
+                    return Step::GuestEnds(code);
+                }
+                self.threads.wake_expired(now);
+                if self.threads.ready_count() > 0 { Step::Preempt } else { Step::Resume }
+            }
+        }
+    }
+}
