@@ -67,8 +67,10 @@ unsafe impl Sync for Job {}
 pub fn start_gc_threads(n: usize) -> usize {
     let mut started = 1;
     for id in 1..n {
+        // Made here, so the new thread registers before its first allocation.
+        let state: &'static ThreadState = Box::leak(Box::new(ThreadState::new()));
         let spawned = Thread::spawn(host(), move || {
-            sys::enter_thread(Box::leak(Box::new(ThreadState::new())));
+            sys::enter_thread(state);
             helper(id)
         });
         match spawned {

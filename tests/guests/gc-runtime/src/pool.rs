@@ -68,7 +68,9 @@ impl Pool {
     pub fn start(extra: usize, stack_size: usize) -> Pool {
         let mut threads = Vec::new();
         for id in 1..=extra {
-            match Thread::spawn(host(), move || mutator_thread(id, stack_size)) {
+            // Made here, so the new thread registers before its first allocation.
+            let state: &'static ThreadState = Box::leak(Box::new(ThreadState::new()));
+            match Thread::spawn(host(), move || mutator_thread(id, state, stack_size)) {
                 Ok(t) => threads.push(t),
                 Err(_) => break,
             }
@@ -121,8 +123,8 @@ impl Pool {
     }
 }
 
-fn mutator_thread(id: usize, stack_size: usize) -> u32 {
-    sys::enter_thread(Box::leak(Box::new(ThreadState::new())));
+fn mutator_thread(id: usize, state: &'static ThreadState, stack_size: usize) -> u32 {
+    sys::enter_thread(state);
     let kernel_stack = &id as *const usize as usize;
     let stack = match ManagedStack::new(stack_size) {
         Ok(s) => s,

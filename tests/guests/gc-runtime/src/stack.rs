@@ -33,7 +33,7 @@ use guest_abi::consts::*;
 use guest_abi::{CriticalLevel, GuestException};
 
 use crate::gc::{ManagedError, PAGE};
-use crate::sys::{ThreadState, current, host};
+use crate::sys::{ThreadState, current, host, state_of_stack};
 
 /// Committed pages at the top of a fresh stack.
 const TOP_PAGES: usize = 2;
@@ -169,13 +169,10 @@ fn overflow(t: &ThreadState, e: &GuestException) -> i32 {
 extern "C" fn handler(e: *mut GuestException) -> i32 {
     // SAFETY: the host passes a valid GUEST_EXCEPTION.
     let e = unsafe { &*e };
-    // The handler runs on the faulting thread: its own managed stack is the one to grow.
-    let t = current();
-    let (lo, hi) = (t.stack_lo.load(Ordering::SeqCst), t.stack_hi.load(Ordering::SeqCst));
+    // The handler runs on the faulting thread, whose managed stack holds the address.
     let addr = e.address as usize;
-    if !(lo..hi).contains(&addr) {
-        return EXCEPTION_CONTINUE_SEARCH;
-    }
+    let Some(t) = state_of_stack(addr) else { return EXCEPTION_CONTINUE_SEARCH };
+    let (lo, _) = (t.stack_lo.load(Ordering::SeqCst), t.stack_hi.load(Ordering::SeqCst));
     match e.code {
         STATUS_GUARD_PAGE_VIOLATION => {
             let g = addr & !(PAGE - 1);

@@ -1,10 +1,10 @@
 //! The runtime's link to the host: the `Host` it was started with, console output, its own data
 //! allocations (`Vec`s of roots, mark stacks, object-start bitmaps...), which all go through a
 //! `MALLOC_THREADSAFE` `IHostMalloc` heap as the CLR's do under a hosting host, and the state each
-//! thread of the runtime keeps for itself ([`ThreadState`], found through the FS base).
+//! thread of the runtime keeps for itself ([`ThreadState`], found from the stack it runs on).
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use guest_abi::{CriticalLevel, Host, MALLOC_THREADSAFE, Malloc};
 
@@ -30,13 +30,13 @@ macro_rules! out {
     }};
 }
 
-/// What each thread of the runtime keeps for itself: its managed stack's bounds and catch point
-/// (`stack.rs`), and how deep it is in runtime code. The exception handler and the runtime find
-/// the calling thread's through [`current`].
+/// What each thread of the runtime keeps for itself: its stacks, its managed stack's catch
+/// point (`stack.rs`), and how deep it is in runtime code. A thread's state is found from the
+/// stack it runs on ([`current`]): every thread runs either on the stack the host made for it or
+/// on its managed stack, and no two threads share one. (The FS base would do as well, but this
+/// needs no host call and survives whatever a handler's resume does to segment bases.)
 #[repr(C)]
 pub struct ThreadState {
-    /// This state's own address: the word the FS base points at (see [`current`]).
-    this: AtomicPtr<ThreadState>,
     /// Nesting depth of runtime code (allocation slow paths, collections, IHostMalloc calls). A
     /// stack overflow while it is non-zero cannot be unwound safely: the stack handler lets such
     /// code use an emergency zone instead (see `stack.rs`).
@@ -44,6 +44,8 @@ pub struct ThreadState {
     /// The managed stack, [lo, hi) (0, 0: none).
     pub stack_lo: AtomicUsize,
     pub stack_hi: AtomicUsize,
+    /// Just above the frames of the stack the host made for the thread (0: not entered).
+    pub thread_stack_top: AtomicUsize,
     /// The catch point: rsp after the landing code's pushes, and the landing code's address.
     pub jmp: [AtomicU64; 2],
     /// Set by the handler when it raised a managed exception (1 = stack overflow).
@@ -53,30 +55,46 @@ pub struct ThreadState {
 impl ThreadState {
     pub const fn new() -> ThreadState {
         ThreadState {
-            this: AtomicPtr::new(core::ptr::null_mut()),
             in_runtime: AtomicU32::new(0),
             stack_lo: AtomicUsize::new(0),
             stack_hi: AtomicUsize::new(0),
+            thread_stack_top: AtomicUsize::new(0),
             jmp: [AtomicU64::new(0), AtomicU64::new(0)],
             pending: AtomicU64::new(0),
         }
     }
+
+    fn owns(&self, sp: usize) -> bool {
+        let top = self.thread_stack_top.load(Ordering::Relaxed);
+        (top.saturating_sub(THREAD_STACK)..top).contains(&sp)
+            || (self.stack_lo.load(Ordering::Relaxed)..self.stack_hi.load(Ordering::Relaxed)).contains(&sp)
+    }
 }
 
-/// The main thread's state (and every thread's on a version-1 host, which has one thread).
-static MAIN_STATE: ThreadState = ThreadState::new();
-/// Set once the main thread's FS base points at [`MAIN_STATE`]: from then on every runtime
-/// thread has an FS base (see [`enter_thread`]).
-static THREAD_POINTERS: AtomicBool = AtomicBool::new(false);
+/// How far below its first frame a thread's host-made stack may reach (its 1 MiB reservation).
+const THREAD_STACK: usize = 1 << 20;
 
-/// Points this thread's FS base at `state` (whose first word points at itself), so [`current`]
-/// finds it with one load. Version-2 hosts only; a version-1 host keeps [`MAIN_STATE`] for all.
+/// The main thread's state (and the fallback).
+static MAIN_STATE: ThreadState = ThreadState::new();
+/// Every runtime thread's state (the main one first).
+static STATES: [AtomicPtr<ThreadState>; 80] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 80];
+
+fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: reads rsp, nothing else.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    sp
+}
+
+/// Registers `state` as the calling thread's: first thing on each runtime thread, from the
+/// thread's first frame (its stack above that is the host's start-up code only).
+#[inline(never)]
 pub fn enter_thread(state: &'static ThreadState) {
+    state.thread_stack_top.store(stack_pointer() + 4096, Ordering::SeqCst);
     let p = state as *const ThreadState as *mut ThreadState;
-    state.this.store(p, Ordering::SeqCst);
-    if host().set_thread_pointer(p.cast()).is_ok() && core::ptr::eq(state, &MAIN_STATE) {
-        THREAD_POINTERS.store(true, Ordering::SeqCst);
-    }
+    // (More threads than slots: they run as the main thread's state, without managed stack
+    // overflows.)
+    let _ = STATES.iter().any(|slot| slot.compare_exchange(core::ptr::null_mut(), p, Ordering::SeqCst, Ordering::SeqCst).is_ok());
 }
 
 /// Sets up the main thread's state (before any other runtime thread starts).
@@ -86,15 +104,22 @@ pub fn enter_main_thread() {
 
 /// The calling thread's state.
 pub fn current() -> &'static ThreadState {
-    if !THREAD_POINTERS.load(Ordering::Relaxed) {
-        return &MAIN_STATE;
-    }
-    let p: *const ThreadState;
-    // SAFETY: once THREAD_POINTERS is set, every thread of the runtime has its FS base at a
-    // ThreadState (enter_thread runs first thing on each), whose first word is its own address.
-    unsafe { core::arch::asm!("mov {}, fs:[0]", out(reg) p, options(nostack, readonly, preserves_flags)) };
-    // SAFETY: thread states are statics or leaked, alive for the rest of the run.
-    unsafe { &*p }
+    let sp = stack_pointer();
+    state_where(|t| t.owns(sp)).unwrap_or(&MAIN_STATE)
+}
+
+fn state_where(f: impl Fn(&ThreadState) -> bool) -> Option<&'static ThreadState> {
+    STATES.iter().map(|p| p.load(Ordering::Acquire)).take_while(|p| !p.is_null()).find_map(|p| {
+        // SAFETY: STATES holds only statics and leaked states (enter_thread).
+        let t = unsafe { &*p };
+        f(t).then_some(t)
+    })
+}
+
+/// The state of the thread whose managed stack holds `addr`: the thread a fault there happened
+/// on (each managed stack belongs to one thread).
+pub fn state_of_stack(addr: usize) -> Option<&'static ThreadState> {
+    state_where(|t| (t.stack_lo.load(Ordering::SeqCst)..t.stack_hi.load(Ordering::SeqCst)).contains(&addr))
 }
 
 /// Marks runtime code for its lifetime.
