@@ -754,8 +754,11 @@ fn print_vmmap(stubs: &Stubs, on_main_stack: usize) {
     for t in &threads {
         names.push((t.stack.0, format!("managed thread stack (guard page), thread {}", t.id)));
         if t.kernel_stack != 0 {
-            names.push((t.kernel_stack, format!("thread {} stack (create_thread)", t.id)));
+            names.push((t.kernel_stack, format!("mutator thread {} stack (create_thread)", t.id)));
         }
+    }
+    for (i, t) in mark::GC_THREAD_STATES.lock().iter().enumerate() {
+        names.push((t.thread_stack_top.load(Ordering::SeqCst).saturating_sub(4096), format!("GC thread {} stack (create_thread)", i + 1)));
     }
     names.push((stubs.block, String::from("IHostMalloc MALLOC_EXECUTABLE heap (stubs)")));
     names.push((sys::MALLOC_SAMPLE.load(Ordering::Relaxed), String::from("IHostMalloc heap (runtime data)")));
@@ -897,6 +900,11 @@ fn main(h: &Host) -> i32 {
         checks.lock().check("workload known", false, format_args!("{:?}", args.workload));
     }
     pool::note(&m, &stack, 0);
+    // The address space while every thread is alive, with the allocation contexts they hold.
+    if args.vmmap {
+        let on_main_stack = 0u8;
+        print_vmmap(&stubs, &on_main_stack as *const u8 as usize);
+    }
 
     // Phase: a final full collection (the mixed workload's long-lived records are still
     // referenced), then the heap's structure is checked.
@@ -915,10 +923,6 @@ fn main(h: &Host) -> i32 {
     }
     let stats = heap().stats.clone();
     print_stats(&stats);
-    if args.vmmap {
-        let on_main_stack = 0u8;
-        print_vmmap(&stubs, &on_main_stack as *const u8 as usize);
-    }
     pool.stop(&mut m);
     // Phase: the program drops its last references; a collection gives every segment back.
     HANDLES[0].store(0, Ordering::SeqCst);

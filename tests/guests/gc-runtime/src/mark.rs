@@ -69,6 +69,7 @@ pub fn start_gc_threads(n: usize) -> usize {
     for id in 1..n {
         // Made here, so the new thread registers before its first allocation.
         let state: &'static ThreadState = Box::leak(Box::new(ThreadState::new()));
+        GC_THREAD_STATES.lock().push(state);
         let spawned = Thread::spawn(host(), move || {
             sys::enter_thread(state);
             helper(id)
@@ -83,6 +84,9 @@ pub fn start_gc_threads(n: usize) -> usize {
     GC_THREADS.store(started, Ordering::SeqCst);
     started
 }
+
+/// The GC threads' states (to label their stacks in the address-space picture).
+pub static GC_THREAD_STATES: guest_abi::Mutex<Vec<&'static ThreadState>> = guest_abi::Mutex::new(Vec::new());
 
 /// GC threads marking (the collector included).
 pub fn gc_threads() -> usize {
@@ -205,6 +209,7 @@ fn work(job: &Job, id: usize) {
         }
         let t_idle = ticks();
         job.idle.fetch_add(1, Ordering::SeqCst);
+        let mut spins = 0u32;
         let finished = loop {
             if job.idle.load(Ordering::SeqCst) == n {
                 break true;
@@ -213,7 +218,14 @@ fn work(job: &Job, id: usize) {
                 job.idle.fetch_sub(1, Ordering::SeqCst);
                 break false;
             }
-            core::hint::spin_loop();
+            // Spin briefly, then give the CPU to a thread with work (more GC threads than
+            // free CPUs must not starve the one still marking).
+            spins += 1;
+            if spins < 64 {
+                core::hint::spin_loop();
+            } else {
+                let _ = host().yield_now();
+            }
         };
         idle_ns += ticks() - t_idle;
         if finished {

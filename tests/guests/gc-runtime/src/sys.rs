@@ -22,11 +22,12 @@ pub fn host() -> &'static Host {
     unsafe { &*(HOST.load(Ordering::SeqCst) as *const Host) }
 }
 
-/// `print!` through the host console.
+/// `print!` through the host console, one write per call (so lines of different threads do not
+/// mix).
 #[macro_export]
 macro_rules! out {
     ($($t:tt)*) => {{
-        let _ = core::fmt::Write::write_fmt(&mut guest_abi::Console($crate::sys::host()), format_args!($($t)*));
+        $crate::sys::host().print(&alloc::format!($($t)*));
     }};
 }
 
