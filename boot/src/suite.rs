@@ -53,11 +53,11 @@ pub fn expectation_for(name: &str) -> Expectation {
     }
 }
 
-/// The CPU counts an image runs with: the `smp` image (it checks that every CPU comes online)
-/// and the `threads_kernel` image (guest threads on every CPU) at 1, 2 and 4 CPUs, every other
-/// image once with `default`.
+/// The CPU counts an image runs with: the `smp` image (it checks that every CPU comes online),
+/// the `threads_kernel` image (guest threads on every CPU) and the `runtime` image (the parallel
+/// gc-runtime) at 1, 2 and 4 CPUs, every other image once with `default`.
 pub fn cpu_counts_for(name: &str, default: u32) -> Vec<u32> {
-    if matches!(name, "smp" | "threads_kernel") { vec![1, 2, 4] } else { vec![default] }
+    if matches!(name, "smp" | "threads_kernel" | "runtime") { vec![1, 2, 4] } else { vec![default] }
 }
 
 /// The image's name: its file name without cargo's `-<16 hex digits>` suffix.
@@ -191,6 +191,7 @@ mod tests {
     fn the_smp_image_runs_at_1_2_and_4_cpus_others_once() {
         assert_eq!(cpu_counts_for("smp", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("threads_kernel", 2), vec![1, 2, 4]);
+        assert_eq!(cpu_counts_for("runtime", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("basic", 2), vec![2]);
         assert_eq!(cpu_counts_for("basic", 3), vec![3]);
     }
