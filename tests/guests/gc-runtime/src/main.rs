@@ -15,8 +15,9 @@
 //!   `MALLOC_THREADSAFE` `IHostMalloc` heap;
 //! * `vmmap.rs`: the address-space picture printed at the end.
 //!
-//! Arguments (`run-qemu.sh --runtime-args "..."`): `workload=all|trees|mixed|stackoverflow|stubs|oom`
-//! (default all: every one but `oom`, which fills the commit limit), `depth=N` (binary trees),
+//! Arguments (`run-qemu.sh --runtime-args "..."`): `workload=all|trees|mixed|stackoverflow|stubs|oom|bench`
+//! (default all: every one but `oom`, which fills the commit limit, and `bench`, binary trees
+//! timed on 1, 2, 4... threads), `depth=N` (binary trees),
 //! `size=MiB` (mixed: live data), `iters=N` (mixed), `nursery=KiB`, `stack=KiB` (managed stack),
 //! `threads=N` (mutator threads; default: the host's `cpu_count`, 1 on a version-1 host),
 //! `gcthreads=N` (threads that mark; default `cpu_count`), `vmmap=0` (no address-space picture).
@@ -119,6 +120,7 @@ fn parse_args(s: &str, cpus: usize) -> Args<'_> {
 }
 
 /// What every phase's task sees: the arguments, the stubs, the checks, the thread count.
+#[derive(Clone, Copy)]
 struct Phase<'a> {
     args: &'a Args<'a>,
     stubs: StubFns,
@@ -209,11 +211,16 @@ fn trees_task(m: &mut Mutator, p: &Phase, r: &TreeResults) -> Result<(), Managed
     Ok(())
 }
 
-fn trees(pool: &Pool, m: &mut Mutator, stack: &ManagedStack, p: &Phase) {
+/// Binary trees on the first `p.threads` mutator threads (the others sit this phase out);
+/// returns the time it took.
+fn trees(pool: &Pool, m: &mut Mutator, stack: &ManagedStack, p: &Phase) -> u64 {
     let max_depth = p.args.depth.max(MIN_DEPTH + 2);
     let t0 = ticks();
     let r = TreeResults { sums: [const { AtomicU64::new(0) }; 32], long_check: AtomicU64::new(0), long_by_stub: AtomicU64::new(0) };
     pool.run(m, stack, &|m, stack| {
+        if m.id >= p.threads {
+            return;
+        }
         let outcome = stack.run(&mut || code_of(trees_task(m, p, &r)));
         p.checks.lock().check("binary trees ran to the end", outcome == Ok(0), format_args!("{} (thread {})", outcome_text(outcome), m.id));
     });
@@ -240,6 +247,43 @@ fn trees(pool: &Pool, m: &mut Mutator, stack: &ManagedStack, p: &Phase) {
         s.minor,
         s.major
     );
+    dt
+}
+
+/// The benchmark (`workload=bench`): binary trees on 1, 2, 4... of the mutator threads, each
+/// run timed with the stop-the-world pauses and the marking it caused (figures only).
+fn bench(pool: &Pool, m: &mut Mutator, stack: &ManagedStack, p: &Phase) {
+    let mut times: Vec<(usize, u64)> = Vec::new();
+    let mut k = 1;
+    while k <= p.threads {
+        // This run's longest pause: the maximum starts again from 0 (and is restored after).
+        let before = core::mem::replace(&mut heap().stats.stw_pause_max, 0);
+        let before = gc::Stats { stw_pause_max: before, ..heap().stats.clone() };
+        let dt = trees(pool, m, stack, &Phase { threads: k, ..*p });
+        let after = heap().stats.clone();
+        heap().stats.stw_pause_max = after.stw_pause_max.max(before.stw_pause_max);
+        let pauses = after.stw_pauses - before.stw_pauses;
+        let (wall, work) = (after.mark_wall_ns - before.mark_wall_ns, after.mark_busy_ns - before.mark_busy_ns);
+        let marking = match (work * 100).checked_div(wall) {
+            Some(x) => format!("marking {} us wall, {}.{:02}x parallel-mark speed-up on {} GC thread(s)", wall / 1000, x / 100, x % 100, after.mark_workers),
+            None => String::from("no major collection"),
+        };
+        out!(
+            "bench: binary-trees depth {} on {k} thread(s): {} ms; {} stop-the-world pauses, mean {} us, max {} us; {marking}\n",
+            p.args.depth,
+            dt / 1_000_000,
+            pauses,
+            ((after.stw_pause_total - before.stw_pause_total) / 1000).checked_div(pauses).unwrap_or(0),
+            after.stw_pause_max / 1000
+        );
+        times.push((k, dt));
+        k *= 2;
+    }
+    let base = times[0].1.max(1);
+    for &(k, dt) in &times[1..] {
+        let x = base * 100 / dt.max(1);
+        out!("bench: binary-trees speed-up at {k} threads: {}.{:02}x\n", x / 100, x % 100);
+    }
 }
 
 // ---- mixed long-lived / short-lived --------------------------------------------------------
@@ -895,6 +939,11 @@ fn main(h: &Host) -> i32 {
     }
     if args.workload == "stubs" {
         ran = true;
+    }
+    if args.workload == "bench" {
+        ran = true;
+        out!("gc-runtime: phase bench: binary trees, depth {}, on 1 to {} thread(s)\n", args.depth, phase.threads);
+        bench(&pool, &mut m, &stack, &phase);
     }
     if !ran {
         checks.lock().check("workload known", false, format_args!("{:?}", args.workload));
