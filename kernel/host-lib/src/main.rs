@@ -304,10 +304,12 @@ impl HeapLock {
     fn contended(word: &AtomicU32) {
         let threads = has_threads();
         loop {
-            // Spin a little first: the holder usually leaves within a few hundred cycles.
+            // Spin a little first: the holder usually leaves within a few hundred cycles. Once
+            // contended the lock is only ever taken as 2, never 1: a thread that took it as 1
+            // would not wake the others still asleep when it leaves.
             for _ in 0..64 {
-                if word.load(Ordering::Relaxed) == 0 && word.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    return;
+                if word.load(Ordering::Relaxed) == 0 {
+                    break;
                 }
                 core::hint::spin_loop();
             }
