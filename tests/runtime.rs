@@ -43,6 +43,14 @@ fn summary(out: &str, key: &str) -> Result<u64, String> {
     digits.parse().map_err(|_| format!("bad {key} in {line}"))
 }
 
+/// Every one of `lines` occurs in `out`.
+fn has_lines(out: &str, lines: &[&str]) -> Result<(), String> {
+    for line in lines {
+        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    Ok(())
+}
+
 fn passed(out: &str) -> Result<(), String> {
     ensure!(!out.contains("FAILED"), "the runtime reported a failed check:\n{out}");
     ensure!(out.contains(" passed, 0 failed"), "no summary line:\n{out}");
@@ -54,7 +62,7 @@ fn workloads_at_small_sizes_give_the_right_results() -> Result<(), String> {
     passed(&out)?;
     ensure_eq!(outcome, GuestOutcome::Exited(0));
     // Binary trees: the closed forms, 2^(d+1) - 1 nodes per tree.
-    for line in [
+    has_lines(&out, &[
         "stretch tree of depth 11\t check: 4095",
         "1024\t trees of depth 4\t check: 31744",
         "64\t trees of depth 8\t check: 32704",
@@ -65,9 +73,7 @@ fn workloads_at_small_sizes_give_the_right_results() -> Result<(), String> {
         "ok mixed: record checksum (executable stub vs expected)",
         "ok heap verified after the final collection",
         "ok every old-generation segment decommitted: 0",
-    ] {
-        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
-    }
+    ])?;
     ensure!(summary(&out, "minor")? > 0, "no minor collection");
     ensure!(summary(&out, "major")? > 0, "no major collection");
     ensure!(summary(&out, "decommitted")? > 0, "nothing decommitted");
@@ -165,14 +171,12 @@ fn executable_heap_stubs_run() -> Result<(), String> {
     let (outcome, out) = run("workload=stubs")?;
     passed(&out)?;
     ensure_eq!(outcome, GuestOutcome::Exited(0));
-    for line in [
+    has_lines(&out, &[
         "ok executable stub: checksum of 1000 words",
         "ok executable stub: bump allocation",
         "ok executable stub: bump refuses what does not fit",
         "ok executable stub: recursive node count: 0x3",
-    ] {
-        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
-    }
+    ])?;
     ensure!(out.lines().any(|l| l.contains("MALLOC_EXECUTABLE heap") && l.contains("RWX")), "no executable heap row:\n{out}");
     Ok(())
 }
@@ -181,15 +185,13 @@ fn stack_overflow_is_a_managed_exception_the_runtime_survives() -> Result<(), St
     let (outcome, out) = run("workload=stackoverflow vmmap=0 threads=1")?;
     passed(&out)?;
     ensure_eq!(outcome, GuestOutcome::Exited(0));
-    for line in [
+    has_lines(&out, &[
         "ok stack overflow is a managed exception: round 1: Err(StackOverflow)",
         "ok stack overflow is a managed exception: round 2: Err(StackOverflow)",
         "ok guard page re-armed",
         "ok the runtime still works after surviving the overflows",
         "2 stack overflows survived",
-    ] {
-        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
-    }
+    ])?;
     Ok(())
 }
 
@@ -228,13 +230,11 @@ fn out_of_memory_is_a_managed_error_after_a_collection_and_a_retry() -> Result<(
     let (outcome, out) = result?;
     passed(&out)?;
     ensure_eq!(outcome, GuestOutcome::Exited(0));
-    for line in [
+    has_lines(&out, &[
         "ok out of memory is a managed error: Some(OutOfMemory)",
         "ok the live arrays survived the failed collection intact",
         "ok allocation works again once the program dropped its data",
-    ] {
-        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
-    }
+    ])?;
     ensure_eq!(summary(&out, "managed_oom")?, 1);
     ensure!(summary(&out, "by_oom")? >= 1, "no collection before the failure");
     Ok(())
@@ -252,7 +252,7 @@ fn four_mutator_threads_give_the_same_results() -> Result<(), String> {
     let (outcome, out) = run("workload=all depth=10 size=2 iters=2000 threads=4")?;
     passed(&out)?;
     ensure_eq!(outcome, GuestOutcome::Exited(0));
-    for line in [
+    has_lines(&out, &[
         "stretch tree of depth 11\t check: 4095",
         "1024\t trees of depth 4\t check: 31744",
         "16\t trees of depth 10\t check: 32752",
@@ -264,9 +264,7 @@ fn four_mutator_threads_give_the_same_results() -> Result<(), String> {
         "ok every old-generation segment decommitted: 0",
         "8 stack overflows survived",
         "4 mutator thread(s)",
-    ] {
-        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
-    }
+    ])?;
     ensure_eq!(count(&out, "ok binary trees ran to the end: completed"), 4);
     ensure_eq!(count(&out, "ok stack overflow is a managed exception: round 2: Err(StackOverflow)"), 4);
     ensure_eq!(summary(&out, "threads")?, 4);

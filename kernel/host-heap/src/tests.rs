@@ -116,9 +116,7 @@ fn check(arena: &Arena, sim: &Sim, blocks: &[(usize, usize, usize)]) {
         if lo < hi {
             let (ilo, ihi) = interior(s.start, s.start + s.size);
             assert!(ilo <= lo && hi <= ihi && lo.is_multiple_of(PAGE) && hi.is_multiple_of(PAGE), "range outside the interior: {s:x?}");
-            for p in sim.page(lo)..sim.page(hi) {
-                decommitted[p] = true;
-            }
+            decommitted[sim.page(lo)..sim.page(hi)].fill(true);
         }
         let (ilo, ihi) = interior(s.start, s.start + s.size);
         let committed_interior = (ihi - ilo) - (hi - lo);
