@@ -276,6 +276,19 @@ fn memory_notifications_and_acquired_address_space() -> Result<(), String> {
     Ok(())
 }
 
+/// Issue 17: IHostMalloc decommits what is freed (commit before/after) and recommits on reuse;
+/// with version 2, threads share a MALLOC_THREADSAFE heap.
+fn host_malloc_gives_commit_back() -> Result<(), String> {
+    let before = frames();
+    let (outcome, out) = run("malloc_commit", guest_elf!("malloc_commit"));
+    ensure!(!out.contains("FAILED"), "malloc_commit printed: {out}");
+    ensure!(out.contains("ok commit went back after the frees"), "malloc_commit printed: {out}");
+    ensure!(out.contains(" passed, 0 failed"), "malloc_commit printed: {out}");
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    ensure_eq!(frames(), before);
+    Ok(())
+}
+
 /// Runs `contain.c` with `case` as its argument string (the case it plays).
 fn contain(case: &str) -> (GuestOutcome, String) {
     kernel::guest::set_guest_args_for_test(case);
@@ -384,6 +397,7 @@ fn each_guest_starts_with_null_data_selectors() -> Result<(), String> {
 kernel::kernel_test_image!(
     e_fail_poisons_the_manager,
     memory_notifications_and_acquired_address_space,
+    host_malloc_gives_commit_back,
     samples_run_and_pass,
     hostile_pointers_fail_cleanly_and_the_next_guest_runs,
     exceptions_reach_handlers_which_may_edit_the_context,

@@ -19,7 +19,7 @@ log="$(mktemp -d)"
 trap 'rm -rf "$log"' EXIT
 host_passed=0; host_failed=0; status=0
 
-echo "==> host tests (cargo test: the host crates boot, address-space, guest-abi, guest-loader, host-abi and wasm-payload, the workspace's default members)"
+echo "==> host tests (cargo test: the host crates boot, address-space, guest-abi, guest-loader, host-abi, host-heap and wasm-payload, the workspace's default members)"
 cargo test 2>&1 | tee "$log/host.txt"
 host_rc=${PIPESTATUS[0]}
 while read -r p f; do
@@ -32,7 +32,7 @@ echo "host tests: $host_passed passed, $host_failed failed"
 
 echo "==> lints (cargo clippy: host crates, the kernel, the guest crates and the QEMU test images)"
 # The workspace denies undocumented unsafe blocks and unsafe fns without a Safety section.
-if cargo clippy --quiet -p boot -p address-space -p guest-loader -p host-abi -p wasm-payload --all-targets \
+if cargo clippy --quiet -p boot -p address-space -p guest-loader -p host-abi -p host-heap -p wasm-payload --all-targets \
   && cargo clippy --quiet -p kernel -p host-lib -p guest-abi -p host-abi -p guest-sample-rust -p gc-runtime -p wasm-runtime -p wasm-bundle --target x86_64-unknown-none \
   && cargo clippy --quiet -p wasm-precompile \
   && cargo clippy --quiet -p qemu-tests --tests --target x86_64-unknown-none; then

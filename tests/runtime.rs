@@ -1,7 +1,9 @@
 //! The bundled garbage-collected runtime (tests/guests/gc-runtime): its workloads at small sizes
 //! with checked results, the executable-heap stubs, a stack overflow it survives, and a run under
 //! memory pressure that finishes because it collects when the host's notifications say memory is
-//! low, and out of memory as a managed error. Every frame comes back after each run.
+//! low, and out of memory as a managed error; then the same with several mutator threads
+//! (stop-the-world collections, parallel marking, a heap shared across threads). The suite runs
+//! this image at 1, 2 and 4 CPUs. Every frame comes back after each run.
 #![no_std]
 #![no_main]
 
@@ -41,6 +43,14 @@ fn summary(out: &str, key: &str) -> Result<u64, String> {
     digits.parse().map_err(|_| format!("bad {key} in {line}"))
 }
 
+/// Every one of `lines` occurs in `out`.
+fn has_lines(out: &str, lines: &[&str]) -> Result<(), String> {
+    for line in lines {
+        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    Ok(())
+}
+
 fn passed(out: &str) -> Result<(), String> {
     ensure!(!out.contains("FAILED"), "the runtime reported a failed check:\n{out}");
     ensure!(out.contains(" passed, 0 failed"), "no summary line:\n{out}");
@@ -52,7 +62,7 @@ fn workloads_at_small_sizes_give_the_right_results() -> Result<(), String> {
     passed(&out)?;
     ensure_eq!(outcome, GuestOutcome::Exited(0));
     // Binary trees: the closed forms, 2^(d+1) - 1 nodes per tree.
-    for line in [
+    has_lines(&out, &[
         "stretch tree of depth 11\t check: 4095",
         "1024\t trees of depth 4\t check: 31744",
         "64\t trees of depth 8\t check: 32704",
@@ -63,9 +73,7 @@ fn workloads_at_small_sizes_give_the_right_results() -> Result<(), String> {
         "ok mixed: record checksum (executable stub vs expected)",
         "ok heap verified after the final collection",
         "ok every old-generation segment decommitted: 0",
-    ] {
-        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
-    }
+    ])?;
     ensure!(summary(&out, "minor")? > 0, "no minor collection");
     ensure!(summary(&out, "major")? > 0, "no major collection");
     ensure!(summary(&out, "decommitted")? > 0, "nothing decommitted");
@@ -163,31 +171,27 @@ fn executable_heap_stubs_run() -> Result<(), String> {
     let (outcome, out) = run("workload=stubs")?;
     passed(&out)?;
     ensure_eq!(outcome, GuestOutcome::Exited(0));
-    for line in [
+    has_lines(&out, &[
         "ok executable stub: checksum of 1000 words",
         "ok executable stub: bump allocation",
         "ok executable stub: bump refuses what does not fit",
         "ok executable stub: recursive node count: 0x3",
-    ] {
-        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
-    }
+    ])?;
     ensure!(out.lines().any(|l| l.contains("MALLOC_EXECUTABLE heap") && l.contains("RWX")), "no executable heap row:\n{out}");
     Ok(())
 }
 
 fn stack_overflow_is_a_managed_exception_the_runtime_survives() -> Result<(), String> {
-    let (outcome, out) = run("workload=stackoverflow vmmap=0")?;
+    let (outcome, out) = run("workload=stackoverflow vmmap=0 threads=1")?;
     passed(&out)?;
     ensure_eq!(outcome, GuestOutcome::Exited(0));
-    for line in [
+    has_lines(&out, &[
         "ok stack overflow is a managed exception: round 1: Err(StackOverflow)",
         "ok stack overflow is a managed exception: round 2: Err(StackOverflow)",
         "ok guard page re-armed",
         "ok the runtime still works after surviving the overflows",
         "2 stack overflows survived",
-    ] {
-        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
-    }
+    ])?;
     Ok(())
 }
 
@@ -196,7 +200,7 @@ fn stack_overflow_is_a_managed_exception_the_runtime_survives() -> Result<(), St
 const PRESSURE_LIMIT_PAGES: u64 = 22 << 8;
 
 fn memory_pressure_is_survived_by_collecting_on_notifications() -> Result<(), String> {
-    let args = "workload=mixed size=8 iters=8000 vmmap=0";
+    let args = "workload=mixed size=8 iters=8000 vmmap=0 threads=1";
     // Unconstrained, the heap grows well beyond the limit used next.
     let (outcome, out) = run(args)?;
     passed(&out)?;
@@ -221,25 +225,95 @@ fn memory_pressure_is_survived_by_collecting_on_notifications() -> Result<(), St
 
 fn out_of_memory_is_a_managed_error_after_a_collection_and_a_retry() -> Result<(), String> {
     ensure!(memory::set_commit_limit(24 << 8), "could not set the commit limit");
-    let result = run("workload=oom vmmap=0");
+    let result = run("workload=oom vmmap=0 threads=1");
     ensure!(memory::set_commit_limit(u64::MAX), "could not restore the commit limit");
     let (outcome, out) = result?;
     passed(&out)?;
     ensure_eq!(outcome, GuestOutcome::Exited(0));
-    for line in [
+    has_lines(&out, &[
         "ok out of memory is a managed error: Some(OutOfMemory)",
         "ok the live arrays survived the failed collection intact",
         "ok allocation works again once the program dropped its data",
-    ] {
-        ensure!(out.contains(line), "missing {line:?} in:\n{out}");
-    }
+    ])?;
     ensure_eq!(summary(&out, "managed_oom")?, 1);
     ensure!(summary(&out, "by_oom")? >= 1, "no collection before the failure");
     Ok(())
 }
 
+/// How many times `line` occurs in `out`.
+fn count(out: &str, line: &str) -> usize {
+    out.matches(line).count()
+}
+
+/// Four mutator threads whatever the CPU count: binary trees shared out, every thread's stack
+/// overflows survived, the mixed workload's table shared by all (records read across threads),
+/// parallel marking, and the picture shows every thread's stacks and allocation context.
+fn four_mutator_threads_give_the_same_results() -> Result<(), String> {
+    let (outcome, out) = run("workload=all depth=10 size=2 iters=2000 threads=4")?;
+    passed(&out)?;
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    has_lines(&out, &[
+        "stretch tree of depth 11\t check: 4095",
+        "1024\t trees of depth 4\t check: 31744",
+        "16\t trees of depth 10\t check: 32752",
+        "long lived tree of depth 10\t check: 2047",
+        "ok long lived tree counted by the executable stub: 2047",
+        "ok mixed: long-lived records intact: 0",
+        "ok mixed: records read across threads intact",
+        "ok heap verified after the final collection",
+        "ok every old-generation segment decommitted: 0",
+        "8 stack overflows survived",
+        "4 mutator thread(s)",
+    ])?;
+    ensure_eq!(count(&out, "ok binary trees ran to the end: completed"), 4);
+    ensure_eq!(count(&out, "ok stack overflow is a managed exception: round 2: Err(StackOverflow)"), 4);
+    ensure_eq!(summary(&out, "threads")?, 4);
+    ensure!(summary(&out, "minor")? > 0 && summary(&out, "major")? > 0, "collections missing");
+    ensure!(summary(&out, "dirty_pages")? > 0, "the write watch found no old-to-young stores");
+    ensure!(summary(&out, "stw_pauses")? > 0, "no stop-the-world pause");
+    for id in 0..4 {
+        ensure!(out.contains(&format!("managed thread stack (guard page), thread {id}")), "no managed stack row of thread {id}:\n{out}");
+        ensure!(out.lines().any(|l| l.starts_with(&format!("    thread {id:<2} bump cursor")) || l.starts_with(&format!("    thread {id:<2} none"))), "no allocation context of thread {id}:\n{out}");
+    }
+    for id in 1..4 {
+        ensure!(out.contains(&format!("mutator thread {id} stack (create_thread)")), "no create_thread stack row of thread {id}:\n{out}");
+        ensure!(out.lines().any(|l| l.starts_with(&format!("    thread {id:<2}     ")) && l.contains(" objects, ")), "no statistics of thread {id}:\n{out}");
+    }
+    vmmap_shows_the_heap_and_the_stack(&out)
+}
+
+/// Several threads under the commit limit of the pressure test: they finish, because a band
+/// change seen by any of them starts a collection; and each thread's out-of-memory phase ends
+/// in a managed error it survives.
+fn threads_under_memory_pressure_and_out_of_memory() -> Result<(), String> {
+    ensure!(memory::set_commit_limit(PRESSURE_LIMIT_PAGES), "could not set the commit limit");
+    let result = run("workload=mixed size=8 iters=8000 vmmap=0 threads=3");
+    ensure!(memory::set_commit_limit(u64::MAX), "could not restore the commit limit");
+    let (outcome, out) = result?;
+    passed(&out)?;
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    ensure!(out.contains("ok mixed: long-lived records intact: 0"), "records damaged:\n{out}");
+    ensure!(summary(&out, "by_notification")? > 0, "no collection caused by a notification:\n{out}");
+    ensure!(summary(&out, "guest_commit_peak")? <= PRESSURE_LIMIT_PAGES * 4096, "committed beyond the limit");
+    ensure_eq!(summary(&out, "managed_oom")?, 0);
+
+    ensure!(memory::set_commit_limit(24 << 8), "could not set the commit limit");
+    let result = run("workload=oom vmmap=0 threads=2");
+    ensure!(memory::set_commit_limit(u64::MAX), "could not restore the commit limit");
+    let (outcome, out) = result?;
+    passed(&out)?;
+    ensure_eq!(outcome, GuestOutcome::Exited(0));
+    ensure_eq!(count(&out, "ok out of memory is a managed error: Some(OutOfMemory)"), 2);
+    ensure_eq!(count(&out, "ok the live arrays survived the failed collection intact"), 2);
+    ensure_eq!(count(&out, "ok allocation works again once the program dropped its data"), 2);
+    ensure!(summary(&out, "managed_oom")? >= 2, "fewer managed OutOfMemory errors than threads");
+    Ok(())
+}
+
 kernel::kernel_test_image!(
     workloads_at_small_sizes_give_the_right_results,
+    four_mutator_threads_give_the_same_results,
+    threads_under_memory_pressure_and_out_of_memory,
     executable_heap_stubs_run,
     stack_overflow_is_a_managed_exception_the_runtime_survives,
     memory_pressure_is_survived_by_collecting_on_notifications,

@@ -53,12 +53,13 @@ pub fn expectation_for(name: &str) -> Expectation {
     }
 }
 
-/// The CPU counts an image runs with: the `smp` image (it checks that every CPU comes online)
-/// and the `threads_kernel` and `threads` images (guest threads on every CPU, TLB shootdown) at
-/// 1, 2 and 4 CPUs, the `shootdown` image at 2 and 4, every other image once with `default`.
+/// The CPU counts an image runs with: the `smp` image (it checks that every CPU comes online),
+/// the `threads_kernel` and `threads` images (guest threads on every CPU, TLB shootdown) and the
+/// `runtime` image (the parallel gc-runtime) at 1, 2 and 4 CPUs, the `shootdown` image at 2 and
+/// 4, every other image once with `default`.
 pub fn cpu_counts_for(name: &str, default: u32) -> Vec<u32> {
     match name {
-        "smp" | "threads_kernel" | "threads" => vec![1, 2, 4],
+        "smp" | "threads_kernel" | "threads" | "runtime" => vec![1, 2, 4],
         "shootdown" => vec![2, 4],
         _ => vec![default],
     }
@@ -202,6 +203,7 @@ mod tests {
         assert_eq!(cpu_counts_for("threads", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("threads_kernel", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("shootdown", 2), vec![2, 4]);
+        assert_eq!(cpu_counts_for("runtime", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("basic", 2), vec![2]);
         assert_eq!(cpu_counts_for("basic", 3), vec![3]);
     }

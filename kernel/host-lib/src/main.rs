@@ -3,10 +3,19 @@
 //!
 //! Like a Windows heap, a heap runs in user mode with its bookkeeping in the guest's own memory,
 //! so nothing a guest writes there can hurt the kernel, only the guest. Each heap is a chain of
-//! regions reserved through the manager (`VirtualAlloc`, at the caller's critical level), each with
-//! a `linked_list_allocator::Heap` over its committed part; a region grows by committing more of
-//! its reservation, and a new region is reserved when one is full. `MALLOC_EXECUTABLE` heaps commit
+//! regions reserved through the manager (`VirtualAlloc`, at the caller's critical level), each
+//! with a `host_heap::Arena` of coalesced free spans over its reservation: carving a block commits
+//! the pages it needs (and a little ahead), and a free span of 64 KiB or more decommits its pages
+//! again, so a heap whose data shrinks gives its commit back (the `host-heap` crate has the rules
+//! and their host tests). A new region is reserved when no span fits, and a region other than the
+//! heap's first is released once all its blocks are freed. `MALLOC_EXECUTABLE` heaps commit
 //! `PAGE_EXECUTE_READWRITE`.
+//!
+//! A heap made with `MALLOC_THREADSAFE` takes a lock in its object around every method (host-abi
+//! §10.2): a futex-style word that waits with `HOST_SERVICES.wait_on_address` when the kernel
+//! serves version 2 (threads), and would only spin without it (a version-1 guest has one thread,
+//! so it never does). A heap without the flag takes no lock. The lock is not recursive: a
+//! notification callback that runs inside one of the heap's own commits must not use that heap.
 //!
 //! Every block has a 64-byte header: a check word (a magic XOR the block's address), its size,
 //! its `DebugAlloc` file and line, a live/freed state and links in the heap's list of live blocks
@@ -20,16 +29,16 @@
 #![no_std]
 #![no_main]
 
-use core::alloc::Layout;
 use core::arch::asm;
-use core::ptr::{self, NonNull};
+use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering};
 
-use linked_list_allocator::Heap;
+use host_heap::{AllocError, Arena, GRAIN, Memory};
 
 use host_abi::host::{MANAGER_OBJECT, nr};
 use host_abi::win32::{
-    ERROR_NOACCESS, MALLOC_EXECUTABLE, MALLOC_THREADSAFE, MEM_COMMIT, MEM_RELEASE, MEM_RESERVE, PAGE_EXECUTE_READWRITE,
-    PAGE_READWRITE, PAGE_SIZE,
+    ERROR_NOACCESS, MALLOC_EXECUTABLE, MALLOC_THREADSAFE, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE,
+    PAGE_EXECUTE_READWRITE, PAGE_READWRITE, PAGE_SIZE,
 };
 use host_abi::{CriticalLevel, HResult, HostMallocVtbl, HostMemoryManager, HostServices, IID_IHOST_MALLOC, IID_IUNKNOWN};
 
@@ -48,12 +57,11 @@ const BLOCK_MAGIC: u64 = 0xB10C_4EAD_5AFE_C0DE;
 const LIVE: u32 = 0x11FE;
 const FREED: u32 = 0xDEAD;
 const HEADER: usize = 64;
-const ALIGN: usize = 16;
 const PAGE: usize = PAGE_SIZE as usize;
 /// Address space each region reserves (at least; a larger block gets a larger region).
 const REGION_RESERVE: usize = 16 << 20;
-/// How much a region commits at a time.
-const COMMIT_STEP: usize = 64 << 10;
+/// What a new region commits at once beyond its headers and first block.
+const FIRST_COMMIT: usize = host_heap::COMMIT_AHEAD;
 
 fn manager() -> &'static host_abi::HostMemoryManagerVtbl {
     // SAFETY: the kernel maps the manager object and its vtable, read-only, at these addresses in
@@ -66,10 +74,20 @@ fn manager_object() -> *mut HostMemoryManager {
     MANAGER_OBJECT as *mut HostMemoryManager
 }
 
+fn services() -> &'static HostServices {
+    // SAFETY: as for manager(): HOST_SERVICES is mapped read-only by the kernel. Fields past
+    // `cbSize` are only read after `has_threads` checked the version.
+    unsafe { &*(host_abi::host::HOST_SERVICES as *const HostServices) }
+}
+
 fn print(s: &[u8]) {
-    // SAFETY: as for manager(): HOST_SERVICES is mapped read-only by the kernel.
-    let services = unsafe { &*(host_abi::host::HOST_SERVICES as *const HostServices) };
-    (services.write)(s.as_ptr(), s.len() as u64);
+    (services().write)(s.as_ptr(), s.len() as u64);
+}
+
+/// Whether the kernel serves HOST_SERVICES version 2 (threads, `wait_on_address`).
+fn has_threads() -> bool {
+    let s = services();
+    s.version >= 2 && s.cb_size as usize >= core::mem::size_of::<HostServices>()
 }
 
 /// Asks the kernel whether `[ptr, ptr+len)` is committed guest memory readable (and writable if
@@ -135,15 +153,43 @@ fn release(addr: usize) {
     let _ = (manager().virtual_free)(manager_object(), addr as *mut u8, 0, MEM_RELEASE);
 }
 
+/// A heap's memory as `host_heap` sees it: raw words of its regions, commit through the manager
+/// (with the heap's protection, at the caller's critical level).
+struct HeapMemory {
+    protect: u32,
+    level: CriticalLevel,
+}
+
+impl Memory for HeapMemory {
+    fn read(&self, addr: usize) -> usize {
+        // SAFETY: host_heap reads only span headers, which its rules keep in committed pages of
+        // this heap's regions.
+        unsafe { (addr as *const usize).read() }
+    }
+    fn write(&mut self, addr: usize, value: usize) {
+        // SAFETY: as in read.
+        unsafe { (addr as *mut usize).write(value) }
+    }
+    fn commit(&mut self, addr: usize, len: usize) -> bool {
+        commit(addr, len, self.protect, self.level).is_ok()
+    }
+    fn decommit(&mut self, addr: usize, len: usize) {
+        // Pages of our own reservation: this fails only if the guest released it under us.
+        let _ = (manager().virtual_free)(manager_object(), addr as *mut u8, len as u64, MEM_DECOMMIT);
+    }
+}
+
 /// A reserved region of a heap; lives at the region's start.
 #[repr(C)]
 struct Region {
     next: *mut Region,
     base: usize,
     reserved: usize,
-    committed: usize,
-    heap: Heap,
+    arena: Arena,
 }
+
+/// Where a region's arena starts.
+const REGION_HEADER: usize = core::mem::size_of::<Region>().next_multiple_of(GRAIN);
 
 /// The `IHostMalloc` object; lives at the start of its first region, after that region's header.
 #[repr(C)]
@@ -152,6 +198,9 @@ struct Malloc {
     magic: u64,
     refs: u32,
     flags: u32,
+    /// MALLOC_THREADSAFE heaps: 0 free, 1 held, 2 held with waiters (see [`HeapLock`]).
+    lock: u32,
+    _pad: u32,
     regions: *mut Region,
     live_head: *mut Block,
     live_blocks: u64,
@@ -167,7 +216,9 @@ struct Block {
     file: usize,
     line: i32,
     state: u32,
-    _pad: [u64; 2],
+    /// Bytes the arena handed out for this block (header included).
+    extent: u64,
+    _pad: u64,
 }
 
 /// `IHostMalloc`'s vtable as this library implements it: host-abi's [`HostMallocVtbl`] with every
@@ -216,77 +267,132 @@ fn put<T>(ptr: usize, value: T) {
 }
 
 /// Returns the heap object if `this` is readable and carries the heap magic.
-fn heap_of(this: *mut Malloc) -> Option<&'static mut Malloc> {
+fn heap_of(this: *mut Malloc) -> Option<*mut Malloc> {
     if probe(this as usize, core::mem::size_of::<Malloc>(), true) != S_OK {
         return None;
     }
     // SAFETY: probed as writable guest memory just now; a forged object only hurts the guest.
-    let m = unsafe { &mut *this };
-    (m.magic == HEAP_MAGIC ^ this as u64).then_some(m)
+    // The magic changes only when the last reference goes, which no other thread may race.
+    let magic = unsafe { ptr::addr_of!((*this).magic).read_volatile() };
+    (magic == HEAP_MAGIC ^ this as u64).then_some(this)
+}
+
+/// A held heap lock (MALLOC_THREADSAFE heaps; nothing for the others), released on drop.
+///
+/// The word follows the classic futex mutex: 0 free, 1 held, 2 held and someone may be waiting.
+/// A waiter sets 2 and sleeps in `wait_on_address` while the word is 2; the unlocking thread
+/// wakes one waiter when it finds 2.
+struct HeapLock(Option<&'static AtomicU32>);
+
+impl HeapLock {
+    /// Takes the lock of the (checked) heap object `m`.
+    fn acquire(m: *mut Malloc) -> HeapLock {
+        // SAFETY: `m` passed heap_of: a probed, writable heap object; `flags` never changes.
+        if unsafe { (*m).flags } & MALLOC_THREADSAFE == 0 {
+            return HeapLock(None);
+        }
+        // SAFETY: the lock word is a 4-byte-aligned u32 of the object, only ever accessed
+        // atomically (every thread goes through this lock).
+        let word = unsafe { AtomicU32::from_ptr(ptr::addr_of_mut!((*m).lock)) };
+        if word.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            Self::contended(word);
+        }
+        HeapLock(Some(word))
+    }
+
+    #[cold]
+    fn contended(word: &AtomicU32) {
+        let threads = has_threads();
+        loop {
+            // Spin a little first: the holder usually leaves within a few hundred cycles. Once
+            // contended the lock is only ever taken as 2, never 1: a thread that took it as 1
+            // would not wake the others still asleep when it leaves.
+            for _ in 0..64 {
+                if word.load(Ordering::Relaxed) == 0 {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+            if word.swap(2, Ordering::Acquire) == 0 {
+                return;
+            }
+            if threads {
+                let compare = 2u32;
+                let _ = (services().wait_on_address)(word.as_ptr().cast(), ptr::addr_of!(compare).cast(), 4, u64::MAX);
+            }
+        }
+    }
+
+    /// Leaves the heap without unlocking (its memory is gone: the last reference was released).
+    fn forget(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for HeapLock {
+    fn drop(&mut self) {
+        if let Some(word) = self.0
+            && word.swap(0, Ordering::Release) == 2
+            && has_threads()
+        {
+            (services().wake_by_address)(word.as_ptr().cast(), 0);
+        }
+    }
 }
 
 /// Creates a new region able to hold a block of `need` bytes and links it first.
 fn new_region(m: &mut Malloc, need: usize, level: CriticalLevel) -> Result<(), HResult> {
-    let header = core::mem::size_of::<Region>().next_multiple_of(ALIGN);
-    let reserve_size = (need + header + COMMIT_STEP).next_multiple_of(PAGE).max(REGION_RESERVE);
+    let reserve_size = (REGION_HEADER + need + PAGE).next_multiple_of(PAGE).max(REGION_RESERVE);
     let protect = protect_for(m.flags);
     let base = reserve(reserve_size, protect, level)?;
-    let first = (header + need).next_multiple_of(COMMIT_STEP).min(reserve_size);
+    let first = (REGION_HEADER + need + FIRST_COMMIT).next_multiple_of(PAGE).min(reserve_size);
     if let Err(e) = commit(base, first, protect, level) {
         release(base);
         return Err(e);
     }
+    let mut memory = HeapMemory { protect, level };
+    let arena = Arena::new(&mut memory, base + REGION_HEADER, base + reserve_size, base + first);
     let region = base as *mut Region;
-    // SAFETY: [base, base + first) was just committed read-write for this heap; the Heap manages
-    // the part after the header.
-    unsafe {
-        region.write(Region {
-            next: m.regions,
-            base,
-            reserved: reserve_size,
-            committed: first,
-            heap: Heap::new((base + header) as *mut u8, first - header),
-        });
-    }
+    // SAFETY: [base, base + first) was just committed read-write for this heap; the arena
+    // manages the part after the header.
+    unsafe { region.write(Region { next: m.regions, base, reserved: reserve_size, arena }) };
     m.regions = region;
     Ok(())
 }
 
-fn layout(size: usize) -> Result<Layout, HResult> {
-    let total = size.max(1).checked_add(HEADER).ok_or(E_OUTOFMEMORY)?;
-    Layout::from_size_align(total, ALIGN).map_err(|_| E_OUTOFMEMORY)
+/// Bytes a block of `size` user bytes takes from an arena: header, at least one grain.
+fn block_bytes(size: usize) -> Result<usize, HResult> {
+    size.max(1).checked_add(HEADER + GRAIN - 1).map(|n| n & !(GRAIN - 1)).filter(|&n| n <= isize::MAX as usize).ok_or(E_OUTOFMEMORY)
 }
 
-fn allocate(m: &mut Malloc, size: usize, level: CriticalLevel) -> Result<NonNull<u8>, HResult> {
-    let layout = layout(size)?;
-    let protect = protect_for(m.flags);
+/// Carves a block of `size` user bytes: (block address, extent).
+fn allocate(m: &mut Malloc, size: usize, level: CriticalLevel) -> Result<(usize, usize), HResult> {
+    let need = block_bytes(size)?;
+    let mut memory = HeapMemory { protect: protect_for(m.flags), level };
     let mut region = m.regions;
+    let mut refused = false;
     while !region.is_null() {
         // SAFETY: regions are linked by this library inside the heap's committed memory.
         let r = unsafe { &mut *region };
-        if let Ok(p) = r.heap.allocate_first_fit(layout) {
-            return Ok(p);
-        }
-        // Grow this region's committed part if its reservation has room.
-        let grow = (layout.size() + COMMIT_STEP).next_multiple_of(COMMIT_STEP);
-        if r.committed + grow <= r.reserved && commit(r.base + r.committed, grow, protect, level).is_ok() {
-            r.committed += grow;
-            // SAFETY: the `grow` bytes right above the heap's top were just committed.
-            unsafe { r.heap.extend(grow) };
-            if let Ok(p) = r.heap.allocate_first_fit(layout) {
-                return Ok(p);
-            }
+        match r.arena.alloc(&mut memory, need) {
+            Ok(block) => return Ok(block),
+            Err(AllocError::CommitFailed) => refused = true,
+            Err(AllocError::NoFit) => {}
         }
         region = r.next;
     }
     // A size the heap cannot grow to is out of memory (host-abi §6), whatever the manager said
     // about the reservation (87 for a size beyond user space); a poisoned manager stays visible.
-    new_region(m, layout.size(), level).map_err(|e| match e {
+    // When a region had room but its commit was refused, a new region would be refused too.
+    if refused {
+        return Err(E_OUTOFMEMORY);
+    }
+    new_region(m, need, level).map_err(|e| match e {
         HOST_E_CLRNOTAVAILABLE | E_FAIL => e,
         _ => E_OUTOFMEMORY,
     })?;
     // SAFETY: new_region linked a region sized for this block.
-    unsafe { &mut *m.regions }.heap.allocate_first_fit(layout).map_err(|_| E_OUTOFMEMORY)
+    unsafe { &mut *m.regions }.arena.alloc(&mut memory, need).map_err(|_| E_OUTOFMEMORY)
 }
 
 fn do_alloc(this: *mut Malloc, size: usize, level: u32, file: usize, line: i32, pp: usize) -> HResult {
@@ -297,13 +403,16 @@ fn do_alloc(this: *mut Malloc, size: usize, level: u32, file: usize, line: i32, 
         S_OK => {}
         e => return e,
     }
-    let Some(m) = heap_of(this) else { return E_NOACCESS };
+    let Some(this) = heap_of(this) else { return E_NOACCESS };
     put(pp, 0usize);
     let Some(level) = CriticalLevel::from_u32(level) else {
         return E_INVALIDARG;
     };
-    let block = match allocate(m, size, level) {
-        Ok(b) => b.as_ptr() as *mut Block,
+    let _lock = HeapLock::acquire(this);
+    // SAFETY: a checked heap object, ours alone while the lock is held.
+    let m = unsafe { &mut *this };
+    let (block, extent) = match allocate(m, size, level) {
+        Ok((b, extent)) => (b as *mut Block, extent),
         Err(e) => return e,
     };
     let user = block as usize + HEADER;
@@ -317,7 +426,8 @@ fn do_alloc(this: *mut Malloc, size: usize, level: u32, file: usize, line: i32, 
             file,
             line,
             state: LIVE,
-            _pad: [0; 2],
+            extent: extent as u64,
+            _pad: 0,
         });
         if !m.live_head.is_null() {
             (*m.live_head).prev = block;
@@ -353,18 +463,22 @@ pub extern "C" fn host_create_malloc(this: usize, flags: u32, pp: usize) -> HRes
         magic: 0,
         refs: 1,
         flags,
+        lock: 0,
+        _pad: 0,
         regions: ptr::null_mut(),
         live_head: ptr::null_mut(),
         live_blocks: 0,
         live_bytes: 0,
     };
-    if let Err(e) = new_region(&mut m, core::mem::size_of::<Malloc>(), CriticalLevel::Process) {
+    let object_bytes = core::mem::size_of::<Malloc>().next_multiple_of(GRAIN);
+    if let Err(e) = new_region(&mut m, object_bytes, CriticalLevel::Process) {
         return e;
     }
-    // SAFETY: the first region was just created for this heap.
-    let obj = match unsafe { &mut *m.regions }.heap.allocate_first_fit(Layout::new::<Malloc>()) {
-        Ok(p) => p.as_ptr() as *mut Malloc,
-        Err(()) => {
+    let mut memory = HeapMemory { protect: protect_for(flags), level: CriticalLevel::Process };
+    // SAFETY: the first region was just created for this heap, its first commit covers the object.
+    let obj = match unsafe { &mut *m.regions }.arena.alloc(&mut memory, object_bytes) {
+        Ok((p, _)) => p as *mut Malloc,
+        Err(_) => {
             release(m.regions as usize);
             return E_OUTOFMEMORY;
         }
@@ -392,11 +506,11 @@ extern "C" fn malloc_query_interface(this: *mut Malloc, riid: usize, ppv: usize)
         S_OK => {}
         e => return e,
     }
-    let Some(m) = heap_of(this) else { return E_NOACCESS };
+    let Some(this) = heap_of(this) else { return E_NOACCESS };
     // SAFETY: probed readable just now.
     let iid = unsafe { ptr::read_unaligned(riid as *const [u8; 16]) };
     if iid == IID_IUNKNOWN.to_bytes() || iid == IID_IHOST_MALLOC.to_bytes() {
-        m.refs = m.refs.saturating_add(1);
+        add_ref(this);
         put(ppv, this as usize);
         S_OK
     } else {
@@ -404,14 +518,17 @@ extern "C" fn malloc_query_interface(this: *mut Malloc, riid: usize, ppv: usize)
     }
 }
 
+/// Adds a reference to a checked heap object; returns the new count.
+fn add_ref(this: *mut Malloc) -> u32 {
+    let _lock = HeapLock::acquire(this);
+    // SAFETY: a checked heap object, ours alone while the lock is held.
+    let m = unsafe { &mut *this };
+    m.refs = m.refs.saturating_add(1);
+    m.refs
+}
+
 extern "C" fn malloc_add_ref(this: *mut Malloc) -> u32 {
-    match heap_of(this) {
-        Some(m) => {
-            m.refs = m.refs.saturating_add(1);
-            m.refs
-        }
-        None => 0,
-    }
+    heap_of(this).map_or(0, add_ref)
 }
 
 fn print_dec(mut v: u64) {
@@ -466,11 +583,16 @@ fn leak_report(m: &Malloc) {
 }
 
 extern "C" fn malloc_release(this: *mut Malloc) -> u32 {
-    let Some(m) = heap_of(this) else { return 0 };
+    let Some(this) = heap_of(this) else { return 0 };
+    let lock = HeapLock::acquire(this);
+    // SAFETY: a checked heap object, ours alone while the lock is held.
+    let m = unsafe { &mut *this };
     m.refs = m.refs.saturating_sub(1);
     if m.refs > 0 {
         return m.refs;
     }
+    // The heap goes with its last reference, lock word included.
+    lock.forget();
     if m.live_blocks > 0 {
         leak_report(m);
     }
@@ -514,30 +636,38 @@ extern "C" fn malloc_debug_alloc(this: *mut Malloc, size: usize, level: u32, fil
 }
 
 extern "C" fn malloc_free(this: *mut Malloc, p: usize) -> HResult {
-    let Some(m) = heap_of(this) else { return E_NOACCESS };
+    let Some(this) = heap_of(this) else { return E_NOACCESS };
     if p == 0 {
         return S_OK;
     }
+    let _lock = HeapLock::acquire(this);
+    // SAFETY: a checked heap object, ours alone while the lock is held.
+    let m = unsafe { &mut *this };
     // The block must lie in one of this heap's regions...
-    let mut region = m.regions;
-    let mut inside = false;
-    while !region.is_null() {
+    let (mut region, mut prev) = (m.regions, ptr::null_mut::<Region>());
+    let arena_end = loop {
+        if region.is_null() {
+            return E_INVALIDARG;
+        }
         // SAFETY: regions are linked by this library.
         let r = unsafe { &*region };
-        if p >= r.base + HEADER && p < r.base + r.committed && p.is_multiple_of(ALIGN) {
-            inside = true;
-            break;
+        if p >= r.arena.start + HEADER && p < r.arena.end && p.is_multiple_of(GRAIN) {
+            break r.arena.end;
         }
+        prev = region;
         region = r.next;
-    }
-    if !inside {
+    };
+    // ... in committed memory (a freed block's pages may have been decommitted) ...
+    let block = (p - HEADER) as *mut Block;
+    if probe(block as usize, HEADER, true) != S_OK {
         return E_INVALIDARG;
     }
-    // ... and be a live block of it.
-    let block = (p - HEADER) as *mut Block;
-    // SAFETY: inside a committed region of this heap (checked above).
+    // ... and be a live block of it, whose extent fits its size (else the guest overwrote it).
+    // SAFETY: inside a region of this heap, probed writable just now.
     let blk = unsafe { &mut *block };
-    if blk.check != BLOCK_MAGIC ^ p as u64 || blk.state != LIVE {
+    let extent = blk.extent as usize;
+    let sane = |size: u64| block_bytes(size as usize).is_ok_and(|n| extent >= n && extent - n < host_heap::SPAN_HEADER);
+    if blk.check != BLOCK_MAGIC ^ p as u64 || blk.state != LIVE || !sane(blk.size) || p - HEADER + extent > arena_end {
         return E_INVALIDARG;
     }
     blk.state = FREED;
@@ -555,9 +685,22 @@ extern "C" fn malloc_free(this: *mut Malloc, p: usize) -> HResult {
     }
     m.live_blocks -= 1;
     m.live_bytes -= blk.size;
-    let layout = layout(blk.size as usize).expect("a live block's layout was valid");
-    // SAFETY: the block was allocated from this region's heap with this layout.
-    unsafe { (*region).heap.deallocate(NonNull::new_unchecked(block as *mut u8), layout) };
+    let mut memory = HeapMemory { protect: protect_for(m.flags), level: CriticalLevel::Task };
+    // SAFETY: regions are linked by this library; the block came from this region's arena.
+    let r = unsafe { &mut *region };
+    r.arena.free(&mut memory, block as usize, extent);
+    // A region other than the heap's first (the object's, last in the list) goes back to the
+    // host once it is empty.
+    if !r.next.is_null() && r.arena.is_empty(&memory) {
+        let next = r.next;
+        if prev.is_null() {
+            m.regions = next;
+        } else {
+            // SAFETY: as above.
+            unsafe { (*prev).next = next };
+        }
+        release(r.base);
+    }
     S_OK
 }
 

@@ -213,7 +213,7 @@ impl Guest {
         // load is the larger of the commit load and the address-space load.
         let cfg = self.space.with(|s, _| *s.config());
         let span = cfg.max_address_end - cfg.min_address;
-        let reserved: u64 = self.space.with(|s, _| s.allocations().map(|a| a.size).sum::<u64>());
+        let reserved = self.space.with(|s, _| s.reserved_bytes());
         let acquired: u64 = self.acquired.iter().map(|&(_, l)| l).sum();
         let space_load = ((reserved + acquired) as u128 * 100 / span as u128) as u32;
         let load = commit_load.max(space_load).min(100);

@@ -209,6 +209,7 @@ impl AddressSpace {
             committed_pages: plan.as_ref().map_or(0, |p| p.new_pages),
         };
         self.allocations.insert(base, a);
+        self.reserved_bytes += a.size;
         self.gaps.take(base / ALLOCATION_GRANULARITY, (a.block_end() - base) / ALLOCATION_GRANULARITY);
         if let Some(plan) = plan {
             let (prot, guard) = (req.prot.base, req.prot.guard);

@@ -332,6 +332,7 @@ impl AddressSpace {
             self.decommit_range(cx, a, a.base, a.end());
         }
         self.allocations.remove(&a.base);
+        self.reserved_bytes -= a.size;
         self.gaps.give(a.base / ALLOCATION_GRANULARITY, (a.block_end() - a.base) / ALLOCATION_GRANULARITY);
     }
 }

@@ -70,6 +70,7 @@ impl AddressSpace {
             committed_pages: plan.new_pages,
         };
         self.allocations.insert(base, a);
+        self.reserved_bytes += a.size;
         self.gaps.take(base / ALLOCATION_GRANULARITY, blocks);
         self.perform_commit(cx, base, end, CacheMode::WriteBack, plan, |va| (prots[((va - base) / PAGE_SIZE) as usize], false));
         Ok(())

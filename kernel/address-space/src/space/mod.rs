@@ -212,6 +212,8 @@ pub struct AddressSpace {
     allocations: WideMap<Allocation>,
     gaps: GapTree,
     table_pages: u64,
+    /// Bytes reserved by all allocations together (a running count, for `GetMemoryLoad`).
+    reserved_bytes: u64,
     /// The frames promised to committed pages that have none yet (demand-zero): one per such
     /// page, taken when the page is first touched, given back when it is decommitted untouched.
     demand_zero: FrameReservation,
@@ -251,6 +253,7 @@ impl AddressSpace {
             allocations: WideMap::new(),
             gaps: GapTree::new(config.min_address / ALLOCATION_GRANULARITY, config.max_address_end / ALLOCATION_GRANULARITY),
             table_pages: 0,
+            reserved_bytes: 0,
             demand_zero: FrameReservation::empty(),
             active: Arc::new(ActiveCpus::default()),
         })
@@ -334,6 +337,12 @@ impl AddressSpace {
     /// Returns the number of allocations.
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
+    }
+
+    /// Returns the bytes reserved by all allocations together (their `RegionSize` sums, image
+    /// and host-owned ones included). Cost: O(1), a running count.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.reserved_bytes
     }
 
     /// Returns every allocation in address order.

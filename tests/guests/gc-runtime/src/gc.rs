@@ -3,9 +3,11 @@
 //!
 //! * one 64 GiB reservation made up front with `MEM_RESERVE | MEM_WRITE_WATCH`; nothing else of
 //!   the heap is ever reserved;
-//! * the nursery (generation 0) at its start, committed once and bump-allocated through a
-//!   machine-code stub in an executable `IHostMalloc` block; a minor collection copies its
-//!   survivors into the old generation and `MEM_RESET`s the nursery;
+//! * the nursery (generation 0) at its start, committed once and handed out in allocation
+//!   contexts, one per mutator thread (the whole nursery when there is one thread), which each
+//!   bump-allocates in through a machine-code stub in an executable `IHostMalloc` block (see
+//!   `mutator.rs`); a minor collection copies its survivors into the old generation and
+//!   `MEM_RESET`s the nursery;
 //! * the old generation in 1 MiB segments above it, committed (`MEM_COMMIT`, eTaskCritical) as it
 //!   grows and decommitted (`MEM_DECOMMIT`) when a major collection (mark, then sweep into
 //!   size-class free lists, or slide the live objects down when most of it is holes) leaves one
@@ -14,9 +16,12 @@
 //!   table, no write barrier): a minor collection asks `GetWriteWatch` which old pages were written
 //!   since the last collection, scans the objects on them (found through an object-start bitmap
 //!   per segment, kept in `IHostMalloc` memory), then resets the watch;
-//! * a memory-notification callback that only sets a flag; the next allocation slow path runs a
-//!   full collection;
-//! * out of memory: a full collection and one retry, then a managed `OutOfMemory`.
+//! * a memory-notification callback that only sets a flag; the next allocation slow path, on any
+//!   thread, runs a full collection;
+//! * out of memory: a full collection and one retry, then a managed `OutOfMemory`;
+//! * collections stop the world (`mutator.rs`): the heap's collection code runs on one thread
+//!   while every other mutator is parked at a safepoint, with the roots of all of them; the mark
+//!   phase of a major collection runs on every CPU (`mark.rs`).
 //!
 //! Objects: an 8-byte header, then `nrefs` reference fields, then data words. Header: bit 0
 //! forwarded (the word is then the new address | 1), bit 1 mark, bit 2 free span, bits 8..32 the
@@ -25,7 +30,7 @@
 //! object start.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use guest_abi::consts::*;
 use guest_abi::{CriticalLevel, memory_available};
@@ -40,7 +45,7 @@ const NURSERY_AREA: usize = 64 << 20;
 /// Old-generation segment.
 pub const SEG: usize = 1 << 20;
 /// Objects larger than this are allocated in the old generation directly.
-const LARGE: usize = 16 << 10;
+pub(crate) const LARGE: usize = 16 << 10;
 /// Largest object (it must fit in a segment).
 pub const MAX_OBJECT: usize = SEG - 64;
 /// A major collection runs when the old generation's estimated use exceeds
@@ -60,16 +65,16 @@ fn class_ceil(len: usize) -> usize {
 }
 
 const FWD: u64 = 1;
-const MARK: u64 = 2;
+pub(crate) const MARK: u64 = 2;
 const FREE: u64 = 4;
 
-const fn header(nrefs: usize, words: usize, flags: u64) -> u64 {
+pub(crate) const fn header(nrefs: usize, words: usize, flags: u64) -> u64 {
     ((words as u64) << 32) | ((nrefs as u64) << 8) | flags
 }
-fn words_of(h: u64) -> usize {
+pub(crate) fn words_of(h: u64) -> usize {
     (h >> 32) as usize
 }
-fn nrefs_of(h: u64) -> usize {
+pub(crate) fn nrefs_of(h: u64) -> usize {
     ((h >> 8) & 0xFF_FFFF) as usize
 }
 
@@ -85,10 +90,10 @@ pub fn set_word(p: usize, i: usize, v: usize) {
     // SAFETY: as in word.
     unsafe { ((p + 8 * i) as *mut usize).write(v) }
 }
-fn hdr(p: usize) -> u64 {
+pub(crate) fn hdr(p: usize) -> u64 {
     word(p, 0) as u64
 }
-fn set_hdr(p: usize, h: u64) {
+pub(crate) fn set_hdr(p: usize, h: u64) {
     set_word(p, 0, h as usize)
 }
 
@@ -123,6 +128,10 @@ pub enum ManagedError {
     OutOfMemory,
     StackOverflow,
 }
+
+/// Global handles: roots every thread can read (an object all threads share); the collector
+/// updates them like the root stacks.
+pub static HANDLES: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
 /// Set by the notification callback when the host says memory is low.
 pub static COLLECT_NOW: AtomicBool = AtomicBool::new(false);
@@ -189,9 +198,6 @@ pub struct Stats {
     pub by_budget: u64,
     pub by_oom: u64,
     pub managed_oom: u64,
-    pub allocated_bytes: u64,
-    pub allocated_objects: u64,
-    pub large_objects: u64,
     pub promoted_bytes: u64,
     pub promoted_objects: u64,
     pub dirty_pages: u64,
@@ -208,6 +214,18 @@ pub struct Stats {
     pub compactions: u64,
     pub compacted_bytes: u64,
     pub live_after_major: u64,
+    /// Marking (major collections): wall time, time the GC threads spent on it together,
+    /// objects taken from another thread's queue, GC threads that marked.
+    pub mark_wall_ns: u64,
+    pub mark_busy_ns: u64,
+    pub mark_steals: u64,
+    pub mark_workers: u64,
+    /// Stop-the-world pauses: time from the request until every mutator was parked, and the
+    /// whole pause (safepoint wait, collection, restart), max and total.
+    pub safepoint_wait_max: u64,
+    pub stw_pause_max: u64,
+    pub stw_pause_total: u64,
+    pub stw_pauses: u64,
 }
 
 /// An old-generation segment.
@@ -217,8 +235,9 @@ struct Segment {
     starts: *mut u64,
 }
 
-/// The nursery's allocation context, as the bump stub sees it: [cursor, limit].
+/// An allocation context in the nursery, as the bump stub sees it: [cursor, limit].
 #[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct AllocContext {
     pub cursor: usize,
     pub limit: usize,
@@ -228,8 +247,8 @@ pub struct AllocContext {
 /// not fit (an executable stub; see `stubs.rs`).
 pub type BumpFn = extern "C" fn(*mut AllocContext, usize) -> usize;
 
-extern "C" fn bump_in_rust(ctx: *mut AllocContext, size: usize) -> usize {
-    // SAFETY: the heap passes its own context.
+pub extern "C" fn bump_in_rust(ctx: *mut AllocContext, size: usize) -> usize {
+    // SAFETY: a mutator passes its own context.
     let ctx = unsafe { &mut *ctx };
     let p = ctx.cursor;
     if p + size > ctx.limit {
@@ -239,12 +258,18 @@ extern "C" fn bump_in_rust(ctx: *mut AllocContext, size: usize) -> usize {
     p
 }
 
+/// The root stacks of every mutator, for one collection (the world is stopped: their owners
+/// are parked and touch them no more until it ends).
+pub type RootStacks = [*mut Vec<usize>];
+
 pub struct Heap {
     pub base: usize,
     pub nursery: usize,
     pub nursery_size: usize,
-    ctx: AllocContext,
-    bump: BumpFn,
+    /// The nursery is handed out up to here; objects and filler spans tile [nursery, top).
+    pub nursery_top: usize,
+    /// Bytes an allocation context gets at a time.
+    chunk: usize,
     pub old_base: usize,
     max_segments: usize,
     segments: Vec<Segment>,
@@ -256,8 +281,8 @@ pub struct Heap {
     /// The span being bump-allocated in: [cur, cur_end), always formatted as a free span.
     cur: usize,
     cur_end: usize,
-    /// The root table (shadow stack and handles).
-    pub roots: Vec<usize>,
+    /// The mutators' root stacks while a collection runs (empty otherwise).
+    root_stacks: Vec<*mut Vec<usize>>,
     worklist: Vec<usize>,
     dirty: Vec<usize>,
     /// Dirty pages taken by a major collection that ran with young objects, for the minor
@@ -273,13 +298,18 @@ pub struct Heap {
     marked_young: usize,
 }
 
+// SAFETY: the raw pointers of a heap (object-start bitmaps) are IHostMalloc blocks it owns; the
+// heap lives behind a mutex (mutator.rs), so one thread at a time uses them.
+unsafe impl Send for Heap {}
+
 fn commit(addr: usize, size: usize, level: CriticalLevel) -> bool {
     host().virtual_alloc(addr, size, MEM_COMMIT, PAGE_READWRITE, level).is_ok()
 }
 
 impl Heap {
-    /// Reserves the heap and commits the nursery.
-    pub fn new(nursery_size: usize) -> Result<Heap, guest_abi::HResult> {
+    /// Reserves the heap and commits the nursery, which is handed out `threads` contexts at a
+    /// time (one thread: the whole nursery is its allocation context).
+    pub fn new(nursery_size: usize, threads: usize) -> Result<Heap, guest_abi::HResult> {
         let h = host();
         let base = h.virtual_alloc(0, RESERVE, MEM_RESERVE | MEM_WRITE_WATCH, PAGE_READWRITE, CriticalLevel::Task)?;
         let nursery_size = nursery_size.clamp(64 << 10, NURSERY_AREA) & !(PAGE - 1);
@@ -288,8 +318,8 @@ impl Heap {
             base,
             nursery: base,
             nursery_size,
-            ctx: AllocContext { cursor: base, limit: base + nursery_size },
-            bump: bump_in_rust,
+            nursery_top: base,
+            chunk: if threads <= 1 { nursery_size } else { (nursery_size / (4 * threads)).max(16 << 10) & !7 },
             old_base: base + NURSERY_AREA,
             max_segments: (RESERVE - NURSERY_AREA) / SEG,
             segments: Vec::new(),
@@ -297,7 +327,7 @@ impl Heap {
             free_bytes: 0,
             cur: 0,
             cur_end: 0,
-            roots: Vec::with_capacity(1024),
+            root_stacks: Vec::new(),
             worklist: Vec::with_capacity(1024),
             dirty: Vec::with_capacity(1024),
             pending_dirty: Vec::new(),
@@ -311,11 +341,6 @@ impl Heap {
         heap.stats.heap_committed = nursery_size as u64;
         heap.note_commit();
         Ok(heap)
-    }
-
-    /// Uses `f` as the nursery's bump-allocation helper.
-    pub fn set_bump_helper(&mut self, f: BumpFn) {
-        self.bump = f;
     }
 
     fn in_nursery(&self, p: usize) -> bool {
@@ -334,60 +359,62 @@ impl Heap {
         self.segments.iter().filter(|s| s.committed).count()
     }
 
-    // ---- roots ---------------------------------------------------------------------------
+    // ---- allocation contexts ---------------------------------------------------------------
 
-    /// Pushes a root; returns its index.
-    #[inline]
-    pub fn root(&mut self, p: usize) -> usize {
-        self.roots.push(p);
-        self.roots.len() - 1
-    }
-    #[inline]
-    pub fn get(&self, i: usize) -> usize {
-        self.roots[i]
-    }
-    #[inline]
-    pub fn set(&mut self, i: usize, p: usize) {
-        self.roots[i] = p
-    }
-    /// Pops roots down to `depth`.
-    #[inline]
-    pub fn truncate(&mut self, depth: usize) {
-        self.roots.truncate(depth)
-    }
-    pub fn depth(&self) -> usize {
-        self.roots.len()
-    }
-
-    // ---- allocation ----------------------------------------------------------------------
-
-    /// Allocates an object with `nrefs` reference fields (null) and `ndata` data words (zero).
-    /// May collect: every unrooted reference the caller holds is invalid afterwards.
-    #[inline]
-    pub fn alloc(&mut self, nrefs: usize, ndata: usize) -> Result<usize, ManagedError> {
-        let words = 1 + nrefs + ndata;
-        let bytes = words * 8;
-        if bytes > LARGE {
-            return self.alloc_large(nrefs, words);
+    /// A new allocation context for an object of `bytes`: the next chunk of the nursery, or
+    /// `None` when the nursery is used up (a collection is due).
+    pub fn take_chunk(&mut self, bytes: usize) -> Option<AllocContext> {
+        let end = self.nursery + self.nursery_size;
+        let size = self.chunk.max(bytes).min(end - self.nursery_top);
+        if size < bytes {
+            return None;
         }
-        let mut p = (self.bump)(&mut self.ctx, bytes);
-        if p == 0 {
-            self.nursery_full()?;
-            p = (self.bump)(&mut self.ctx, bytes);
-            if p == 0 {
-                return Err(ManagedError::OutOfMemory);
+        let ctx = AllocContext { cursor: self.nursery_top, limit: self.nursery_top + size };
+        self.nursery_top += size;
+        Some(ctx)
+    }
+
+    /// Gives back what is left of an allocation context: it becomes a filler span, so objects
+    /// and fillers still tile the nursery.
+    pub fn retire(&self, ctx: &mut AllocContext) {
+        if ctx.cursor < ctx.limit {
+            set_hdr(ctx.cursor, header(0, (ctx.limit - ctx.cursor) / 8, FREE));
+        }
+        *ctx = AllocContext::default();
+    }
+
+    /// Calls `f` with every root of every mutator and every global handle (during a
+    /// collection).
+    fn each_root(&mut self, mut f: impl FnMut(&mut Self, &mut usize)) {
+        for h in &HANDLES {
+            let mut r = h.load(Ordering::SeqCst);
+            f(self, &mut r);
+            h.store(r, Ordering::SeqCst);
+        }
+        let stacks = core::mem::take(&mut self.root_stacks);
+        for &stack in &stacks {
+            // SAFETY: RootStacks' contract: the world is stopped, the owners are parked.
+            for r in unsafe { &mut *stack }.iter_mut() {
+                f(self, r);
             }
         }
-        set_hdr(p, header(nrefs, words, 0));
-        // SAFETY: p..p+bytes is the nursery block just handed out.
-        unsafe { core::ptr::write_bytes((p + 8) as *mut u8, 0, bytes - 8) };
-        self.stats.allocated_bytes += bytes as u64;
-        self.stats.allocated_objects += 1;
-        Ok(p)
+        self.root_stacks = stacks;
     }
 
+    /// Runs `f` (a collection) with the mutators' root stacks.
+    pub fn with_roots<R>(&mut self, roots: &RootStacks, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.root_stacks.clear();
+        self.root_stacks.extend_from_slice(roots);
+        let r = f(self);
+        self.root_stacks.clear();
+        r
+    }
+
+    // ---- collections the allocation paths ask for -------------------------------------------
+
+    /// The nursery is used up: the collection(s) that make room (see below).
     #[cold]
-    fn nursery_full(&mut self) -> Result<(), ManagedError> {
+    pub fn nursery_full(&mut self) -> Result<(), ManagedError> {
         let _scope = RuntimeScope::enter();
         if COLLECT_NOW.swap(false, Ordering::SeqCst) {
             // The host said memory is low: collect everything now, before promoting anything.
@@ -395,7 +422,7 @@ impl Heap {
         }
         // Promotion must not fail half-way: if the survivors might not fit in the old
         // generation's free space plus what the host still lets us commit, free old space first.
-        let used = self.ctx.cursor - self.nursery;
+        let used = self.nursery_top - self.nursery;
         if self.usable_free() < used {
             let band = BAND.load(Ordering::SeqCst);
             if band == memory_available::LOW || band == memory_available::NEUTRAL {
@@ -427,40 +454,16 @@ impl Heap {
         Ok(())
     }
 
-    #[cold]
-    fn alloc_large(&mut self, nrefs: usize, words: usize) -> Result<usize, ManagedError> {
-        let _scope = RuntimeScope::enter();
+    /// A large object in the old generation, without collecting (the mutator collects and
+    /// retries when this fails).
+    pub fn alloc_large(&mut self, nrefs: usize, words: usize) -> Option<usize> {
         let bytes = words * 8;
-        if bytes > MAX_OBJECT {
-            self.stats.managed_oom += 1;
-            return Err(ManagedError::OutOfMemory);
-        }
-        if COLLECT_NOW.swap(false, Ordering::SeqCst) {
-            // (If the nursery could not be promoted, the allocation below still may succeed.)
-            let _ = self.collect(Reason::Notification);
-        }
-        let p = match self.old_alloc(bytes, CriticalLevel::Task) {
-            Some(p) => p,
-            None => {
-                // Out of memory: collect everything and retry once.
-                let collected = self.collect(Reason::OutOfMemory);
-                match self.old_alloc(bytes, CriticalLevel::Task).filter(|_| collected.is_ok()) {
-                    Some(p) => p,
-                    None => {
-                        self.stats.managed_oom += 1;
-                        return Err(ManagedError::OutOfMemory);
-                    }
-                }
-            }
-        };
+        let p = self.old_alloc(bytes, CriticalLevel::Task)?;
         set_hdr(p, header(nrefs, words, 0));
         // SAFETY: p..p+bytes was just carved out of a committed segment.
         unsafe { core::ptr::write_bytes((p + 8) as *mut u8, 0, bytes - 8) };
         self.old_since_major += bytes;
-        self.stats.allocated_bytes += bytes as u64;
-        self.stats.allocated_objects += 1;
-        self.stats.large_objects += 1;
-        Ok(p)
+        Some(p)
     }
 
     fn segment_of(&self, p: usize) -> usize {
@@ -606,7 +609,7 @@ impl Heap {
     /// managed `OutOfMemory` (the nursery stays full until the program drops something).
     pub fn collect(&mut self, reason: Reason) -> Result<(), ManagedError> {
         let _scope = RuntimeScope::enter();
-        if self.usable_free() >= self.ctx.cursor - self.nursery {
+        if self.usable_free() >= self.nursery_top - self.nursery {
             self.minor();
             self.major(reason);
         } else {
@@ -633,7 +636,7 @@ impl Heap {
     /// follows it). The nursery is bump-allocated: its objects lie end to end.
     fn unmark_nursery(&mut self) {
         let mut obj = self.nursery;
-        while obj < self.ctx.cursor {
+        while obj < self.nursery_top {
             let h = hdr(obj);
             set_hdr(obj, h & !MARK);
             obj += words_of(h) * 8;
@@ -731,12 +734,11 @@ impl Heap {
         sys::set_critical(true);
         let t0 = ticks();
         self.take_dirty_pages();
-        for i in 0..self.roots.len() {
-            let r = self.roots[i];
-            if r != 0 {
-                self.roots[i] = self.forward(r);
+        self.each_root(|heap, r| {
+            if *r != 0 {
+                *r = heap.forward(*r);
             }
-        }
+        });
         let dirty = core::mem::take(&mut self.dirty);
         for &page in &dirty {
             let seg = self.segment_of(page);
@@ -761,11 +763,11 @@ impl Heap {
             self.scan_fields(obj, 0, usize::MAX);
         }
         // The nursery is empty: reuse it from the start; its old contents are garbage.
-        let used = (self.ctx.cursor - self.nursery + PAGE - 1) & !(PAGE - 1);
+        let used = (self.nursery_top - self.nursery + PAGE - 1) & !(PAGE - 1);
         if used > 0 && host().virtual_alloc(self.nursery, used, MEM_RESET, PAGE_READWRITE, CriticalLevel::Task).is_ok() {
             self.stats.reset_bytes += used as u64;
         }
-        self.ctx.cursor = self.nursery;
+        self.nursery_top = self.nursery;
         // Nothing old points into the (empty) nursery now: start a new write-watch epoch.
         self.reset_write_watch();
         let dt = ticks() - t0;
@@ -773,23 +775,6 @@ impl Heap {
         self.stats.minor_pause_total += dt;
         self.stats.minor_pause_max = self.stats.minor_pause_max.max(dt);
         sys::set_critical(false);
-    }
-
-    fn mark(&mut self, p: usize, stack: &mut Vec<usize>) {
-        if p == 0 {
-            return;
-        }
-        let h = hdr(p);
-        if h & MARK == 0 {
-            set_hdr(p, h | MARK);
-            stack.push(p);
-            if !self.in_nursery(p) {
-                self.marked_bytes += words_of(h) * 8;
-                self.marked_objects += 1;
-            } else {
-                self.marked_young += words_of(h) * 8;
-            }
-        }
     }
 
     /// Sliding compaction of the old generation (after marking, with the nursery empty): live
@@ -837,12 +822,11 @@ impl Heap {
             }
         };
         // Update every reference: roots and the fields of live objects (still at their old place).
-        for i in 0..self.roots.len() {
-            let r = self.roots[i];
-            if r != 0 {
-                self.roots[i] = new_of(r);
+        self.each_root(|_, r| {
+            if *r != 0 {
+                *r = new_of(*r);
             }
-        }
+        });
         for &(old, _) in &fwd {
             for i in 0..nrefs_of(hdr(old)) {
                 let r = get_ref(old, i);
@@ -906,7 +890,7 @@ impl Heap {
             Reason::OutOfMemory => self.stats.by_oom += 1,
             _ => {}
         }
-        let nursery_empty = self.ctx.cursor == self.nursery;
+        let nursery_empty = self.nursery_top == self.nursery;
         self.marked_bytes = 0;
         self.marked_objects = 0;
         self.marked_young = 0;
@@ -917,18 +901,22 @@ impl Heap {
             self.take_dirty_pages();
             self.pending_dirty = core::mem::take(&mut self.dirty);
         }
-        // Mark.
-        let mut stack = core::mem::take(&mut self.worklist);
-        for i in 0..self.roots.len() {
-            let r = self.roots[i];
-            self.mark(r, &mut stack);
-        }
-        while let Some(obj) = stack.pop() {
-            for i in 0..nrefs_of(hdr(obj)) {
-                self.mark(get_ref(obj, i), &mut stack);
+        // Mark, on every GC thread (mark.rs).
+        let mut roots = Vec::new();
+        self.each_root(|_, r| {
+            if *r != 0 {
+                roots.push(*r);
             }
-        }
-        self.worklist = stack;
+        });
+        let m = crate::mark::mark(self.nursery, self.nursery_size, &roots);
+        drop(roots);
+        self.marked_bytes = m.old_bytes;
+        self.marked_objects = m.old_objects;
+        self.marked_young = m.young_bytes;
+        self.stats.mark_wall_ns += m.wall_ns;
+        self.stats.mark_busy_ns += m.busy_ns;
+        self.stats.mark_steals += m.steals;
+        self.stats.mark_workers = self.stats.mark_workers.max(m.workers as u64);
         for b in self.buckets.iter_mut() {
             b.clear();
         }
@@ -1051,7 +1039,7 @@ impl Heap {
                     objects += 1;
                     for i in 0..nrefs_of(h) {
                         let r = get_ref(obj, i);
-                        if r != 0 && (self.in_nursery(r) && r >= self.ctx.cursor || !self.in_nursery(r) && !self.is_old_object(r)) {
+                        if r != 0 && (self.in_nursery(r) && r >= self.nursery_top || !self.in_nursery(r) && !self.is_old_object(r)) {
                             return Err("reference to no object");
                         }
                     }

@@ -23,6 +23,9 @@
 //! of the landing code, which restores the callee-saved registers), and the call returns
 //! `Err(StackOverflow)`. [`ManagedStack::rearm`] then decommits the used pages and puts the guard
 //! back, so it can happen again.
+//!
+//! Every mutator thread has a managed stack of its own; the handler (one, per guest) runs on the
+//! faulting thread and finds that thread's stack and catch point in its [`ThreadState`].
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -30,7 +33,7 @@ use guest_abi::consts::*;
 use guest_abi::{CriticalLevel, GuestException};
 
 use crate::gc::{ManagedError, PAGE};
-use crate::sys::{IN_RUNTIME, host};
+use crate::sys::{ThreadState, current, host, state_of_stack};
 
 /// Committed pages at the top of a fresh stack.
 const TOP_PAGES: usize = 2;
@@ -39,13 +42,7 @@ const CUSHION: usize = 2;
 /// Pages at the bottom only runtime code (a collection under way) may grow into.
 const EMERGENCY: usize = 6;
 
-static LO: AtomicUsize = AtomicUsize::new(0);
-static HI: AtomicUsize = AtomicUsize::new(0);
-/// The catch point: rsp after the landing code's pushes, and the landing code's address.
-static JMP: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-/// Set by the handler when it raised a managed exception (1 = stack overflow).
-static PENDING: AtomicU64 = AtomicU64::new(0);
-/// Guard-page growth steps taken, and the lowest guard page so far.
+/// Guard-page growth steps taken (all threads), and the lowest guard page so far.
 pub static GROWTHS: AtomicU64 = AtomicU64::new(0);
 pub static LOWEST_GUARD: AtomicUsize = AtomicUsize::new(usize::MAX);
 pub static OVERFLOWS: AtomicU64 = AtomicU64::new(0);
@@ -82,6 +79,8 @@ unsafe extern "C" {
     fn gc_run_on_stack(arg: *mut u8, f: extern "C" fn(*mut u8) -> u64, top: usize, jmp: *const AtomicU64) -> u64;
 }
 
+static HANDLER_INSTALLED: AtomicUsize = AtomicUsize::new(0);
+
 /// A managed thread's stack.
 pub struct ManagedStack {
     pub lo: usize,
@@ -89,15 +88,17 @@ pub struct ManagedStack {
 }
 
 impl ManagedStack {
-    /// Reserves `size` bytes, arms the guard page and installs the handler.
+    /// Reserves `size` bytes, arms the guard page and installs the handler (once per guest).
+    /// The stack belongs to the thread that calls [`ManagedStack::run`] on it.
     pub fn new(size: usize) -> Result<ManagedStack, guest_abi::HResult> {
         let h = host();
         let lo = h.virtual_alloc(0, size, MEM_RESERVE, PAGE_READWRITE, CriticalLevel::Task)?;
         let s = ManagedStack { lo, hi: lo + size };
-        LO.store(s.lo, Ordering::SeqCst);
-        HI.store(s.hi, Ordering::SeqCst);
-        s.arm()?;
-        if h.add_exception_handler(true, handler).is_none() {
+        if let Err(e) = s.arm() {
+            let _ = h.virtual_free(lo, 0, MEM_RELEASE);
+            return Err(e);
+        }
+        if HANDLER_INSTALLED.swap(1, Ordering::SeqCst) == 0 && h.add_exception_handler(true, handler).is_none() {
             return Err(guest_abi::HResult::E_INVALIDARG);
         }
         Ok(s)
@@ -126,30 +127,41 @@ impl ManagedStack {
             // SAFETY: p is the &mut F passed below, alive for the call.
             unsafe { (*(p as *mut F))() }
         }
-        PENDING.store(0, Ordering::SeqCst);
+        let t = current();
+        t.pending.store(0, Ordering::SeqCst);
+        t.stack_lo.store(self.lo, Ordering::SeqCst);
+        t.stack_hi.store(self.hi, Ordering::SeqCst);
         let top = self.hi & !15;
         // SAFETY: the stack is reserved and armed; the assembly saves and restores every
         // callee-saved register and returns on the original stack, also after an overflow.
-        let r = unsafe { gc_run_on_stack(f as *mut F as *mut u8, trampoline::<F>, top, JMP.as_ptr()) };
-        match PENDING.swap(0, Ordering::SeqCst) {
+        let r = unsafe { gc_run_on_stack(f as *mut F as *mut u8, trampoline::<F>, top, t.jmp.as_ptr()) };
+        t.stack_lo.store(0, Ordering::SeqCst);
+        t.stack_hi.store(0, Ordering::SeqCst);
+        match t.pending.swap(0, Ordering::SeqCst) {
             0 => Ok(r),
             _ => Err(ManagedError::StackOverflow),
         }
     }
 }
 
-fn overflow(e: &GuestException) -> i32 {
-    if IN_RUNTIME.load(Ordering::SeqCst) != 0 {
+impl Drop for ManagedStack {
+    fn drop(&mut self) {
+        let _ = host().virtual_free(self.lo, 0, MEM_RELEASE);
+    }
+}
+
+fn overflow(t: &ThreadState, e: &GuestException) -> i32 {
+    if t.in_runtime.load(Ordering::SeqCst) != 0 {
         // Runtime code (a collection, an IHostMalloc call) cannot be abandoned half-way.
         crate::out!("gc-runtime: fatal: stack overflow inside the runtime\n");
         host().exit(STATUS_STACK_OVERFLOW as i32);
     }
     OVERFLOWS.fetch_add(1, Ordering::SeqCst);
-    PENDING.store(1, Ordering::SeqCst);
+    t.pending.store(1, Ordering::SeqCst);
     // SAFETY: the host passes a valid context that the handler may edit.
     let c = unsafe { &mut *e.context };
-    c.rsp = JMP[0].load(Ordering::SeqCst);
-    c.rip = JMP[1].load(Ordering::SeqCst);
+    c.rsp = t.jmp[0].load(Ordering::SeqCst);
+    c.rip = t.jmp[1].load(Ordering::SeqCst);
     c.rax = 0;
     EXCEPTION_CONTINUE_EXECUTION
 }
@@ -157,33 +169,32 @@ fn overflow(e: &GuestException) -> i32 {
 extern "C" fn handler(e: *mut GuestException) -> i32 {
     // SAFETY: the host passes a valid GUEST_EXCEPTION.
     let e = unsafe { &*e };
-    let (lo, hi) = (LO.load(Ordering::SeqCst), HI.load(Ordering::SeqCst));
+    // The handler runs on the faulting thread, whose managed stack holds the address.
     let addr = e.address as usize;
-    if !(lo..hi).contains(&addr) {
-        return EXCEPTION_CONTINUE_SEARCH;
-    }
+    let Some(t) = state_of_stack(addr) else { return EXCEPTION_CONTINUE_SEARCH };
+    let (lo, _) = (t.stack_lo.load(Ordering::SeqCst), t.stack_hi.load(Ordering::SeqCst));
     match e.code {
         STATUS_GUARD_PAGE_VIOLATION => {
             let g = addr & !(PAGE - 1);
             let new_guard = g - (CUSHION + 1) * PAGE;
             let new_cushion = new_guard - CUSHION * PAGE;
-            let floor = lo + PAGE + if IN_RUNTIME.load(Ordering::SeqCst) != 0 { 0 } else { EMERGENCY * PAGE };
+            let floor = lo + PAGE + if t.in_runtime.load(Ordering::SeqCst) != 0 { 0 } else { EMERGENCY * PAGE };
             if new_cushion < floor {
-                return overflow(e);
+                return overflow(t, e);
             }
             let h = host();
             let ok = h.virtual_alloc(new_guard, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Task).is_ok()
                 && h.virtual_alloc(new_cushion, CUSHION * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).is_ok();
             if !ok {
                 // No commit left for the stack: that too is a stack overflow.
-                return overflow(e);
+                return overflow(t, e);
             }
             GROWTHS.fetch_add(1, Ordering::SeqCst);
             LOWEST_GUARD.fetch_min(new_guard, Ordering::SeqCst);
             EXCEPTION_CONTINUE_EXECUTION
         }
         // A reserved page of the stack touched without passing the guard page.
-        STATUS_ACCESS_VIOLATION => overflow(e),
+        STATUS_ACCESS_VIOLATION => overflow(t, e),
         _ => EXCEPTION_CONTINUE_SEARCH,
     }
 }

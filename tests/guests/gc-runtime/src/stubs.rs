@@ -54,6 +54,13 @@ const COUNT_NODES: &[u8] = &[
     0xc3, // ret
 ];
 
+/// The stubs' entry points (to share with every thread).
+#[derive(Clone, Copy)]
+pub struct StubFns {
+    pub checksum: extern "C" fn(*const u64, u64) -> u64,
+    pub count_nodes: extern "C" fn(usize) -> u64,
+}
+
 /// The stubs, in an executable block of their own heap.
 pub struct Stubs {
     _heap: Malloc,
@@ -88,6 +95,12 @@ impl Stubs {
                 count_nodes: core::mem::transmute::<usize, extern "C" fn(usize) -> u64>(block + 0x80),
             })
         }
+    }
+}
+
+impl Stubs {
+    pub fn fns(&self) -> StubFns {
+        StubFns { checksum: self.checksum, count_nodes: self.count_nodes }
     }
 }
 

@@ -1,32 +1,12 @@
-//! The runtime's link to the host: the `Host` it was started with, console output, and its own
-//! data allocations (`Vec`s of roots, mark stacks, object-start bitmaps...), which all go through
-//! an `IHostMalloc` heap as the CLR's do under a hosting host.
+//! The runtime's link to the host: the `Host` it was started with, console output, its own data
+//! allocations (`Vec`s of roots, mark stacks, object-start bitmaps...), which all go through a
+//! `MALLOC_THREADSAFE` `IHostMalloc` heap as the CLR's do under a hosting host, and the state each
+//! thread of the runtime keeps for itself ([`ThreadState`], found from the stack it runs on).
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use guest_abi::{CriticalLevel, Host, Malloc};
-
-/// A cell for the runtime's single-threaded global state.
-pub struct Global<T>(UnsafeCell<T>);
-
-// SAFETY: the guest runs one thread; code the host calls back into (exception handlers, the
-// notification callback) only touches atomics, never a `Global`.
-unsafe impl<T> Sync for Global<T> {}
-
-impl<T> Global<T> {
-    pub const fn new(v: T) -> Self {
-        Global(UnsafeCell::new(v))
-    }
-    /// # Safety
-    /// No other reference to the contents may be live (single-threaded runtime code only).
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn get(&self) -> &mut T {
-        // SAFETY: the caller guarantees exclusivity.
-        unsafe { &mut *self.0.get() }
-    }
-}
+use guest_abi::{CriticalLevel, Host, MALLOC_THREADSAFE, Malloc};
 
 static HOST: AtomicUsize = AtomicUsize::new(0);
 
@@ -42,32 +22,121 @@ pub fn host() -> &'static Host {
     unsafe { &*(HOST.load(Ordering::SeqCst) as *const Host) }
 }
 
-/// `print!` through the host console.
+/// `print!` through the host console, one write per call (so lines of different threads do not
+/// mix).
 #[macro_export]
 macro_rules! out {
     ($($t:tt)*) => {{
-        let _ = core::fmt::Write::write_fmt(&mut guest_abi::Console($crate::sys::host()), format_args!($($t)*));
+        $crate::sys::host().print(&alloc::format!($($t)*));
     }};
 }
 
-/// Nesting depth of runtime code (allocation slow paths, collections, IHostMalloc calls). A
-/// stack overflow while it is non-zero cannot be unwound safely: the stack handler lets such
-/// code use an emergency zone instead (see `stack.rs`).
-pub static IN_RUNTIME: AtomicU32 = AtomicU32::new(0);
+/// What each thread of the runtime keeps for itself: its stacks, its managed stack's catch
+/// point (`stack.rs`), and how deep it is in runtime code. A thread's state is found from the
+/// stack it runs on ([`current`]): every thread runs either on the stack the host made for it or
+/// on its managed stack, and no two threads share one. (The FS base would do as well, but this
+/// needs no host call and survives whatever a handler's resume does to segment bases.)
+#[repr(C)]
+pub struct ThreadState {
+    /// Nesting depth of runtime code (allocation slow paths, collections, IHostMalloc calls). A
+    /// stack overflow while it is non-zero cannot be unwound safely: the stack handler lets such
+    /// code use an emergency zone instead (see `stack.rs`).
+    pub in_runtime: AtomicU32,
+    /// The managed stack, [lo, hi) (0, 0: none).
+    pub stack_lo: AtomicUsize,
+    pub stack_hi: AtomicUsize,
+    /// Just above the frames of the stack the host made for the thread (0: not entered).
+    pub thread_stack_top: AtomicUsize,
+    /// The catch point: rsp after the landing code's pushes, and the landing code's address.
+    pub jmp: [AtomicU64; 2],
+    /// Set by the handler when it raised a managed exception (1 = stack overflow).
+    pub pending: AtomicU64,
+}
+
+impl ThreadState {
+    pub const fn new() -> ThreadState {
+        ThreadState {
+            in_runtime: AtomicU32::new(0),
+            stack_lo: AtomicUsize::new(0),
+            stack_hi: AtomicUsize::new(0),
+            thread_stack_top: AtomicUsize::new(0),
+            jmp: [AtomicU64::new(0), AtomicU64::new(0)],
+            pending: AtomicU64::new(0),
+        }
+    }
+
+    fn owns(&self, sp: usize) -> bool {
+        let top = self.thread_stack_top.load(Ordering::Relaxed);
+        (top.saturating_sub(THREAD_STACK)..top).contains(&sp)
+            || (self.stack_lo.load(Ordering::Relaxed)..self.stack_hi.load(Ordering::Relaxed)).contains(&sp)
+    }
+}
+
+/// How far below its first frame a thread's host-made stack may reach (its 1 MiB reservation).
+const THREAD_STACK: usize = 1 << 20;
+
+/// The main thread's state (and the fallback).
+static MAIN_STATE: ThreadState = ThreadState::new();
+/// Every runtime thread's state (the main one first).
+static STATES: [AtomicPtr<ThreadState>; 80] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 80];
+
+fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: reads rsp, nothing else.
+    unsafe { core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    sp
+}
+
+/// Registers `state` as the calling thread's: first thing on each runtime thread, from the
+/// thread's first frame (its stack above that is the host's start-up code only).
+#[inline(never)]
+pub fn enter_thread(state: &'static ThreadState) {
+    state.thread_stack_top.store(stack_pointer() + 4096, Ordering::SeqCst);
+    let p = state as *const ThreadState as *mut ThreadState;
+    // (More threads than slots: they run as the main thread's state, without managed stack
+    // overflows.)
+    let _ = STATES.iter().any(|slot| slot.compare_exchange(core::ptr::null_mut(), p, Ordering::SeqCst, Ordering::SeqCst).is_ok());
+}
+
+/// Sets up the main thread's state (before any other runtime thread starts).
+pub fn enter_main_thread() {
+    enter_thread(&MAIN_STATE);
+}
+
+/// The calling thread's state.
+pub fn current() -> &'static ThreadState {
+    let sp = stack_pointer();
+    state_where(|t| t.owns(sp)).unwrap_or(&MAIN_STATE)
+}
+
+fn state_where(f: impl Fn(&ThreadState) -> bool) -> Option<&'static ThreadState> {
+    STATES.iter().map(|p| p.load(Ordering::Acquire)).take_while(|p| !p.is_null()).find_map(|p| {
+        // SAFETY: STATES holds only statics and leaked states (enter_thread).
+        let t = unsafe { &*p };
+        f(t).then_some(t)
+    })
+}
+
+/// The state of the thread whose managed stack holds `addr`: the thread a fault there happened
+/// on (each managed stack belongs to one thread).
+pub fn state_of_stack(addr: usize) -> Option<&'static ThreadState> {
+    state_where(|t| (t.stack_lo.load(Ordering::SeqCst)..t.stack_hi.load(Ordering::SeqCst)).contains(&addr))
+}
 
 /// Marks runtime code for its lifetime.
-pub struct RuntimeScope;
+pub struct RuntimeScope(&'static ThreadState);
 
 impl RuntimeScope {
     pub fn enter() -> RuntimeScope {
-        IN_RUNTIME.fetch_add(1, Ordering::SeqCst);
-        RuntimeScope
+        let t = current();
+        t.in_runtime.fetch_add(1, Ordering::SeqCst);
+        RuntimeScope(t)
     }
 }
 
 impl Drop for RuntimeScope {
     fn drop(&mut self) {
-        IN_RUNTIME.fetch_sub(1, Ordering::SeqCst);
+        self.0.in_runtime.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -87,7 +156,8 @@ fn level() -> CriticalLevel {
     }
 }
 
-static RUNTIME_HEAP: Global<Option<Malloc>> = Global::new(None);
+/// The runtime's data heap, set once before any allocation (a pointer to a leaked `Malloc`).
+static RUNTIME_HEAP: AtomicPtr<Malloc> = AtomicPtr::new(core::ptr::null_mut());
 /// Blocks and bytes handed out by the runtime heap (for the statistics).
 pub static MALLOC_CALLS: AtomicUsize = AtomicUsize::new(0);
 pub static MALLOC_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -96,12 +166,24 @@ pub static MALLOC_BYTES: AtomicUsize = AtomicUsize::new(0);
 pub static MALLOC_SAMPLE: AtomicUsize = AtomicUsize::new(0);
 pub static MALLOC_FIRST: AtomicUsize = AtomicUsize::new(0);
 
-/// Creates the runtime's data heap (`CreateMalloc(0)`); before the first allocation.
+/// Creates the runtime's data heap (`CreateMalloc(MALLOC_THREADSAFE)`: every thread of the
+/// runtime allocates from it); before the first allocation.
 pub fn init_runtime_heap(host: &Host) -> Result<(), guest_abi::HResult> {
-    let m = host.create_malloc(0)?;
-    // SAFETY: single-threaded start-up, nothing allocated yet.
-    unsafe { *RUNTIME_HEAP.get() = Some(m) };
+    let m = host.create_malloc(MALLOC_THREADSAFE)?;
+    // The Malloc lives in a static slot for the rest of the run (it is never released: the
+    // guest's end frees its memory).
+    static mut STORAGE: core::mem::MaybeUninit<Malloc> = core::mem::MaybeUninit::uninit();
+    // SAFETY: start-up, one thread, called once: nothing else touches STORAGE.
+    let p = unsafe { (*core::ptr::addr_of_mut!(STORAGE)).write(m) as *mut Malloc };
+    RUNTIME_HEAP.store(p, Ordering::SeqCst);
     Ok(())
+}
+
+fn runtime_heap() -> Option<&'static Malloc> {
+    let p = RUNTIME_HEAP.load(Ordering::Acquire);
+    // SAFETY: set once by init_runtime_heap to a Malloc that lives for the rest of the run; its
+    // methods take &self and the heap is MALLOC_THREADSAFE.
+    (!p.is_null()).then(|| unsafe { &*p })
 }
 
 /// The global allocator: every `alloc` allocation of the runtime is an `IHostMalloc` block.
@@ -112,8 +194,7 @@ pub struct HostMallocAllocator;
 unsafe impl GlobalAlloc for HostMallocAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _scope = RuntimeScope::enter();
-        // SAFETY: runtime code is single-threaded and this borrow ends within the call.
-        let Some(heap) = (unsafe { RUNTIME_HEAP.get() }).as_ref() else { return core::ptr::null_mut() };
+        let Some(heap) = runtime_heap() else { return core::ptr::null_mut() };
         MALLOC_CALLS.fetch_add(1, Ordering::Relaxed);
         MALLOC_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
         if layout.align() <= 16 {
@@ -131,8 +212,7 @@ unsafe impl GlobalAlloc for HostMallocAllocator {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let _scope = RuntimeScope::enter();
-        // SAFETY: as in alloc.
-        let Some(heap) = (unsafe { RUNTIME_HEAP.get() }).as_ref() else { return };
+        let Some(heap) = runtime_heap() else { return };
         let block = if layout.align() <= 16 {
             ptr
         } else {

@@ -19,7 +19,7 @@ struct Region {
 }
 
 /// A known allocation: (an address inside it, what it is).
-pub type Label = (usize, &'static str);
+pub type Label<'a> = (usize, &'a str);
 
 fn protection(p: u32) -> &'static str {
     match p & 0xFF {
@@ -65,7 +65,7 @@ fn bar(regions: &[Region], base: usize, size: usize) -> String {
 }
 
 /// Prints the picture; returns (allocations, reserved bytes, committed bytes).
-pub fn print(labels: &[Label]) -> (usize, u64, u64) {
+pub fn print(labels: &[Label<'_>]) -> (usize, u64, u64) {
     let h = host();
     let s = h.services();
     let (min, max) = (s.min_application_address as usize, s.max_application_address as usize);

@@ -331,6 +331,7 @@ fn check_against_model(fx: &Fx, m: &Model, last: &str) {
     assert_eq!(fx.frames.used_frames() - fx.start_used, held + tables + 1 + large * 512, "frames in use after {last}");
     assert_eq!(fx.frames.reserved_frames(), committed4k - held, "reserved frames after {last}");
     assert!(fx.tlb.stale_entries(fx.sp(), &fx.mem).is_empty(), "stale TLB entry after {last}");
+    assert_eq!(fx.sp().reserved_bytes(), fx.sp().allocations().map(|a| a.size).sum::<u64>(), "reserved bytes after {last}");
     for s in fx.sp().summaries(&fx.mem) {
         assert_eq!(s.committed_pages, s.allocation.committed_pages, "committed count of {:#x} after {last}", s.allocation.base);
     }
