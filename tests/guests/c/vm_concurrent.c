@@ -24,7 +24,7 @@ struct worker {
     uint64_t got, expected;
     uint32_t guard_faults, guard_touches, guard_wrong_thread;
     uint64_t ops;
-    volatile uint64_t self; /* %fs:0 reads this: the thread's own record */
+    volatile uint64_t self; /* the handler reads it through FS: the thread's own record */
 };
 static struct worker g_workers[THREADS];
 static uint8_t *g_shared, *g_race, *g_ww;
@@ -68,7 +68,7 @@ static int32_t guard_handler(GUEST_EXCEPTION *e) {
     w->guard_faults++;
     {
         uint64_t self;
-        __asm__ volatile("mov %%fs:0, %0" : "=r"(self));
+        __asm__ volatile("mov %%fs:%c1, %0" : "=r"(self) : "i"(__builtin_offsetof(struct worker, self)));
         if (self != (uint64_t)w) w->guard_wrong_thread++;
     }
     return EXCEPTION_CONTINUE_EXECUTION; /* retried: the guard bit is gone */
