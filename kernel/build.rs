@@ -1,7 +1,8 @@
 //! Builds the bundled C sample guest with the system C compiler (gcc), as any guest author would:
 //! `gcc -ffreestanding -nostdlib -static-pie -e guest_main` against `guest-abi/include/host_abi.h`,
 //! and with the same flags the in-guest benchmark (`tests/guests/c/vmbench_guest.c` →
-//! `vmbench-guest.elf`) that the benchmark image `src/bin/bench.rs` embeds.
+//! `vmbench-guest.elf`, and `vmbench_threads.c` → `vmbench-threads.elf`) that the benchmark image
+//! `src/bin/bench.rs` embeds.
 //! The Rust sample guest comes in as an artifact dependency.
 
 use std::path::PathBuf;
@@ -13,7 +14,11 @@ fn main() {
     let include = manifest.join("guest-abi/include");
     let guests = manifest.join("../tests/guests/c");
     let cc = std::env::var("GUEST_CC").unwrap_or_else(|_| "gcc".into());
-    for (source, output) in [("sample.c", "sample-c.elf"), ("vmbench_guest.c", "vmbench-guest.elf")] {
+    for (source, output) in [
+        ("sample.c", "sample-c.elf"),
+        ("vmbench_guest.c", "vmbench-guest.elf"),
+        ("vmbench_threads.c", "vmbench-threads.elf"),
+    ] {
         let src = guests.join(source);
         let elf = out.join(output);
         let status = Command::new(&cc)
@@ -31,5 +36,6 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", include.join("host_abi.h").display());
     println!("cargo:rerun-if-changed={}", guests.join("guest_util.h").display());
+    println!("cargo:rerun-if-changed={}", guests.join("vmbench_util.h").display());
     println!("cargo:rerun-if-env-changed=GUEST_CC");
 }

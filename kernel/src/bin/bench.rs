@@ -39,6 +39,8 @@
 //! above, with `entries=<measured>/<minimum>` per unit (the @end marker's own entry subtracted).
 //! The minimum of a guest workload is the in-kernel one plus one entry per host call and per page
 //! fault (and for the guard page the handler's return: see [`guest_minimum`]).
+//! Last, the guest-thread scaling table (module [`guest_threads`]; `--guest-args guest-threads`
+//! runs only that).
 //!
 //! Nothing here asserts a timing; the image fails only if an operation returns an error, an
 //! access faults unexpectedly (a kernel bug) or the in-guest benchmark does not complete.
@@ -60,6 +62,10 @@ use kernel::guest::calls::WRITE_HOOK;
 use kernel::memory::{self, Space};
 use kernel::{kprintln, qemu};
 use x86_64::instructions::port::Port;
+
+// In a directory of its own: a file beside this one would be another binary to cargo.
+#[path = "bench/guest_threads.rs"]
+mod guest_threads;
 
 bootloader_api::entry_point!(bench_main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -829,6 +835,9 @@ static GUEST_BAD_MARKER: AtomicBool = AtomicBool::new(false);
 /// one `write` call, so a marker is never split; the counters are read before anything else (the
 /// printing and the kernel-heap allocations here are not counted work).
 fn marker_hook(bytes: &[u8]) {
+    if guest_threads::marker(bytes) {
+        return;
+    }
     let is_begin = bytes.starts_with(b"@begin ");
     if !is_begin && !bytes.starts_with(b"@end ") {
         return;
@@ -1187,6 +1196,13 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
             "bench-note cycles under TCG are emulation (translated code, softmmu TLB): compare operations, not hardware"
         );
     }
+    // `--guest-args guest-threads`: only the guest-thread scaling table.
+    if kernel::guest::guest_args() == b"guest-threads" {
+        WRITE_HOOK.call_once(|| marker_hook);
+        let ok = guest_threads::run(tsc_hz, &format!("guest-{accel}"));
+        kprintln!("bench {}", if ok { "complete" } else { "failed: the guest-thread benchmark did not complete (see above)" });
+        qemu::exit(if ok { qemu::ExitCode::Success } else { qemu::ExitCode::Failure })
+    }
 
     // The peer program's workloads, each in a fresh space loaded in CR3.
     {
@@ -1354,7 +1370,7 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         place: format!("guest-{accel}"),
         tsc_hz,
         threshold,
-    });
+    }) & guest_threads::run(tsc_hz, &format!("guest-{accel}")); // `&`: the second runs whatever the first did
 
     memory::print_accounting();
     if !guest_ok {

@@ -21,6 +21,7 @@
  * the guest exits 1 if a call fails. */
 #include "host_abi.h"
 #include "guest_util.h"
+#include "vmbench_util.h"
 
 #define PAGE 4096ull
 #define KB64 (64ull << 10)
@@ -34,43 +35,6 @@ static IHostMemoryManager *g_host;
 static const IHostMemoryManagerVtbl *V;
 static int g_errors;
 static volatile uint64_t g_guard_hits;
-
-static inline uint64_t rdtsc(void) {
-    uint32_t lo, hi;
-    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-    return ((uint64_t)hi << 32) | lo;
-}
-
-/* ---- one-write lines, built on the stack (the no-op calls run before any write to the image's
- * data: see guest_main) ---- */
-typedef struct LINE {
-    char b[256];
-    size_t n;
-} LINE;
-static void l_str(LINE *l, const char *s) {
-    while (*s && l->n < sizeof l->b - 1) l->b[l->n++] = *s++;
-}
-static void l_dec(LINE *l, uint64_t v) {
-    char b[21];
-    int i = 20;
-    b[i] = 0;
-    do { b[--i] = (char)('0' + v % 10); v /= 10; } while (v);
-    l_str(l, b + i);
-}
-static void l_hex(LINE *l, uint64_t v) {
-    char b[19];
-    int i;
-    b[0] = '0';
-    b[1] = 'x';
-    for (i = 0; i < 16; i++) b[2 + i] = "0123456789abcdef"[(v >> (60 - 4 * i)) & 15];
-    b[18] = 0;
-    l_str(l, b);
-}
-static void l_flush(const HOST_SERVICES *hs, LINE *l) {
-    l->b[l->n++] = '\n';
-    hs->write(l->b, l->n);
-    l->n = 0;
-}
 
 static void begin_on(const HOST_SERVICES *hs, const char *name) {
     LINE l;
