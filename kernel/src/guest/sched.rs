@@ -217,7 +217,15 @@ fn cpu_loop(run: &GuestRun, owner: bool) {
                 wake_idle_cpus();
                 run_thread(run, key, cont);
             }
-            None if owner => idle_wait(|| READY.load(Ordering::SeqCst) > 0 || run.ended()),
+            None if owner => {
+                // An idle CPU leaves the space, so TLB rounds skip it (no IPI when no other CPU
+                // runs a thread of the guest); the next pick loads the tables again.
+                if in_space {
+                    crate::memory::Space::deactivate();
+                    in_space = false;
+                }
+                idle_wait(|| READY.load(Ordering::SeqCst) > 0 || run.ended())
+            }
             None => break,
         }
     }
