@@ -18,6 +18,7 @@
 //!
 //! One guest runs at a time, on the kernel stack of the code that called [`run_guest`].
 
+pub mod call_clock;
 pub mod calls;
 pub mod cpu_time;
 pub mod exceptions;
@@ -37,6 +38,7 @@ use address_space::{AllocationKind, CriticalLevel, SpaceConfig, VmError};
 use guest_loader::{Image, Policy, Rights};
 use x86_64::align_down;
 
+use crate::arch::probe::{self, UserCopy};
 use crate::arch::user::{UserContext, UserExit, enter_user};
 use crate::memory::Space;
 use host_pages::{HOST_BASE, HOST_SERVICES, MANAGER_OBJECT, Stub, stub};
@@ -185,6 +187,9 @@ pub struct Guest {
     /// The memory band last reported (or current at registration); `None` before a callback is
     /// registered.
     band: Option<host_abi::MemoryAvailable>,
+    /// The commit charge may have changed since the band was last checked (a commit, decommit
+    /// or release of this guest's, or a stack growth): the band check runs only then.
+    band_stale: core::cell::Cell<bool>,
     /// CPU time used and its limit (started when the guest starts running).
     cpu: cpu_time::CpuClock,
 }
@@ -261,6 +266,7 @@ impl Guest {
             acquired: Vec::new(),
             callback: None,
             band: None,
+            band_stale: core::cell::Cell::new(true),
             cpu: cpu_time::CpuClock::start(),
         })
     }
@@ -295,10 +301,12 @@ impl Guest {
     fn run_loop(&mut self, context: &mut UserContext) -> Result<core::convert::Infallible, Ended> {
         let mut after_syscall = false;
         loop {
+            call_clock::leave();
             // SAFETY: the context is this guest's (entry point, a resumed context whose rip was
             // checked against user space, or a stub address), its rflags from sanitize_rflags or
             // 0x202, and its space is in CR3.
             let exit = unsafe { enter_user(context, after_syscall) };
+            call_clock::enter();
             // Timer ticks are not entries the guest asked for (and vary with time): not counted.
             if !matches!(exit, UserExit::Interrupt { .. }) {
                 KERNEL_ENTRIES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
@@ -363,7 +371,44 @@ impl Guest {
     }
 
     fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), VmError> {
-        self.with_stack_growth(addr, data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, addr, data)))
+        self.write_all(&[UserCopy { to: addr, data }]).map_err(|(_, e)| e)
+    }
+
+    /// Writes each piece to guest memory in order as
+    /// [`AddressSpace::write_user`](address_space::AddressSpace::write_user) does (each piece
+    /// all or nothing; a guard page cleared and reported), growing the stack as
+    /// [`with_stack_growth`](Self::with_stack_growth) says; the first piece that fails stops the
+    /// rest: `Err((its index, why))`. When every piece lies within a page that is one
+    /// hardware-checked copy ([`probe::copy_to_user`]: the guest's space is in CR3 whenever its
+    /// calls are served), with no lock and no page-table walk.
+    fn write_all(&self, pieces: &[UserCopy<'_>]) -> Result<(), (usize, VmError)> {
+        let one_page = |p: &UserCopy<'_>| p.data.is_empty() || p.to & !(PAGE_SIZE - 1) == p.to.wrapping_add(p.data.len() as u64 - 1) & !(PAGE_SIZE - 1);
+        if !pieces.iter().all(one_page) {
+            return pieces.iter().enumerate().try_for_each(|(i, p)| {
+                self.with_stack_growth(p.to, p.data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, p.to, p.data))).map_err(|e| (i, e))
+            });
+        }
+        let copy = || {
+            probe::copy_to_user(pieces).map_err(|(i, f)| match f.memory {
+                Some(m) if m.code == probe::MemoryFault::GUARD_PAGE => (i, VmError::GuardPage),
+                _ => (i, VmError::NoAccess),
+            })
+        };
+        // As with_stack_growth, for the piece that hit a guard page (the pieces before it are
+        // written again: the same bytes).
+        for _ in 0..4 {
+            match copy() {
+                Err((i, VmError::GuardPage)) => {
+                    let p = &pieces[i];
+                    let Some(page) = self.stack_bottom_in(p.to, p.data.len() as u64) else { return Err((i, VmError::GuardPage)) };
+                    if self.grow_stack(page) == exceptions::StackGrowth::Overflow {
+                        return Err((i, VmError::GuardPage));
+                    }
+                }
+                other => return other,
+            }
+        }
+        copy()
     }
 
     /// Writes a call's result to a guest out-pointer, dropping a failure: that is the contract

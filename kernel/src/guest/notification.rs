@@ -4,6 +4,7 @@
 
 use host_abi::MemoryAvailable;
 
+use super::call_clock::{self, Stage};
 use super::calls::Callbacks;
 use super::hresult::{E_NOACCESS, HResult};
 use super::{Ended, Guest, exceptions};
@@ -11,16 +12,21 @@ use super::{Ended, Guest, exceptions};
 /// The notification thresholds in bytes of free commit: (low, high) (host-abi §5; set at boot,
 /// see `memory::MemoryConfig`).
 pub(super) fn thresholds() -> (u64, u64) {
+    thresholds_for(crate::memory::commit_state().limit_bytes)
+}
+
+/// The thresholds for a commit limit of `limit` bytes.
+fn thresholds_for(limit: u64) -> (u64, u64) {
     let c = crate::memory::config();
-    let limit = crate::memory::commit_state().limit_bytes;
     (limit * c.low_threshold_percent / 100, limit * c.high_threshold_percent / 100)
 }
 
 impl Guest {
     /// The memory band now: free commit against the thresholds.
     fn current_band() -> MemoryAvailable {
-        let (low, high) = thresholds();
-        let free = crate::memory::commit_state().free_bytes();
+        let commit = crate::memory::commit_state();
+        let (low, high) = thresholds_for(commit.limit_bytes);
+        let free = commit.free_bytes();
         if free < low {
             MemoryAvailable::Low
         } else if free > high {
@@ -34,8 +40,19 @@ impl Guest {
     /// band changed since the last report, unless a notification or an exception handler is
     /// running (it is delivered when that one returns or is left).
     pub(super) fn note_band_change(&mut self, callbacks: &mut Callbacks) -> Result<(), Ended> {
+        let noted = self.note_band(callbacks);
+        call_clock::lap(Stage::Band);
+        noted
+    }
+
+    fn note_band(&mut self, callbacks: &mut Callbacks) -> Result<(), Ended> {
         let Some(object) = self.callback else { return Ok(()) };
         if self.notifying || self.handler_frame.is_some() {
+            return Ok(());
+        }
+        // Only the guest's own commits, decommits, releases and stack growths move the band
+        // between its calls (one guest runs at a time): the commit state is read only after one.
+        if !self.band_stale.replace(false) {
             return Ok(());
         }
         let band = Self::current_band();
@@ -82,6 +99,7 @@ impl Guest {
         }
         self.callback = (object != 0).then_some(object);
         self.band = Some(Self::current_band());
+        self.band_stale.set(false);
         Ok(Ok(()))
     }
 }

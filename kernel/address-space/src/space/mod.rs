@@ -55,7 +55,7 @@ use core::ops::ControlFlow;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
-pub use fault::{Access, FaultOutcome};
+pub use fault::{Access, CheckedUserWrite, FaultOutcome};
 pub use query::MemoryBasicInformation;
 
 use crate::allocation_map::WideMap;
