@@ -829,6 +829,9 @@ fn host_call_pieces(env: &Env, s: &Space, page: u64) {
             s.complete_user_write(cx, out, &48u64.to_le_bytes());
         })
     });
+    let lookup = least(&|| {
+        core::hint::black_box(s.with(|s, _| s.allocation_at(page + 64).is_some()));
+    });
     let one = least(&|| {
         probe::copy_to_user(&[probe::UserCopy { to: page + 64, data: &[1u8; 8] }]).expect("a committed, touched page");
     });
@@ -846,6 +849,7 @@ fn host_call_pieces(env: &Env, s: &Space, page: u64) {
     });
     for (piece, cycles) in [
         ("lock", lock),
+        ("lock+allocation_at", lookup),
         ("lock+check_user_write", check),
         ("lock+check+write_48+write_8", write),
         ("copy_to_user_8", one),

@@ -50,6 +50,17 @@ impl AddressSpace {
     pub(crate) fn note_committed(&mut self, base: u64, delta: i64) {
         let a = self.allocations.get_mut(&base).expect("allocation record");
         a.committed_pages = a.committed_pages.checked_add_signed(delta).expect("committed page count");
+        if a.committed_pages != a.size / PAGE_SIZE {
+            a.uniform = None;
+        }
+    }
+
+    /// Keeps the [`uniform`](Allocation::uniform) state of the allocation at `base` after every
+    /// page of `[start, end)` (all committed) got protection `prot` (and a guard if `guard`).
+    pub(crate) fn note_protection(&mut self, base: u64, start: u64, end: u64, prot: BaseProtection, guard: bool) {
+        let a = self.allocations.get_mut(&base).expect("allocation record");
+        let whole = start <= a.base && end >= a.end() && a.committed_pages == a.size / PAGE_SIZE;
+        a.uniform = (!guard && !a.large && (whole || a.uniform == Some(prot))).then_some(prot);
     }
 
     /// Counts the reserved (not committed) pages of `[start, end)` of allocation `a`.

@@ -252,6 +252,14 @@ impl AddressSpace {
                 page += PAGE_SIZE;
                 continue;
             }
+            if let Some(prot) = a.uniform {
+                // Every page of the allocation committed with `prot`, no guard: one check for all.
+                if !access.allowed_by(prot) {
+                    return Err(VmError::NoAccess);
+                }
+                page = a.end();
+                continue;
+            }
             let e = table::read_pte(cx.mem, self.root_pa(), page);
             if !e.is_committed() {
                 return Err(VmError::NoAccess);
