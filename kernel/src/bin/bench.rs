@@ -37,6 +37,16 @@
 //! The minimum of a guest workload is the in-kernel one plus one entry per host call and per page
 //! fault (and for the guard page the handler's return: see [`guest_minimum`]).
 //!
+//! The host-call path is broken down twice. After the in-kernel workloads, `bench-path` lines
+//! time its pieces alone in the kernel: the memory manager's lock, a software-checked write
+//! (`check_user_write`: allocation lookup and page walk; with the writes through the physical
+//! window), and the hardware-checked copy host calls use (`kernel::arch::probe::copy_to_user`,
+//! one `stac`/`clac` window). After the guest's workloads, its breakdown passes (`@stages-begin`
+//! / `@stages-end`, see [`stages_hook`]) print `bench-stages` lines: per call kind, the cycles
+//! of each stage of a host call (dispatch, pointer check, lock, the manager's operation, result
+//! copies, band check, return) measured by the kernel's host-call clock
+//! (`kernel::guest::call_clock`), and what lies outside the kernel's view (`syscall`/`sysretq`).
+//!
 //! Nothing here asserts a timing; the image fails only if an operation returns an error, an
 //! access faults unexpectedly (a kernel bug) or the in-guest benchmark does not complete.
 #![no_std]
@@ -1093,8 +1103,7 @@ fn stages_hook(bytes: &[u8]) {
             let raw = after.cycles[kind][s] - before.cycles[kind][s];
             let laps = after.laps[kind][s] - before.laps[kind][s];
             kernel_raw += raw;
-            if calls > 0 {
-                let net = raw.saturating_sub(laps * lap) / calls;
+            if let Some(net) = raw.saturating_sub(laps * lap).checked_div(calls) {
                 r.stage_min[kind][s] = r.stage_min[kind][s].min(net);
             }
         }
