@@ -200,7 +200,7 @@ pub struct VmContext<'a, M: PhysMemory, T: Tlb> {
 
 impl<M: PhysMemory, T: Tlb> VmContext<'_, M, T> {
     pub(crate) fn tables(&mut self, root: u64) -> Tables<'_, M> {
-        Tables { root, mem: self.mem, frames: self.frames, counters: self.counters }
+        Tables { root, mem: self.mem, frames: self.frames, counters: self.counters, keep_empty: false }
     }
 }
 
