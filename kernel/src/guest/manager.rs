@@ -257,9 +257,13 @@ impl Guest {
             self.out_result(p_result, 8)?;
             return Err(hresult::from_vm(VmError::BadLength));
         }
-        call_clock::lap(Stage::Check);
         // The query changes nothing, so it runs before `pResult` is checked (by the copy below);
-        // its error still comes after that check's.
+        // its error still comes after that check's. The one thing a check can change is the
+        // guest's stack (a guard page touched grows it): a query there checks `pResult` first.
+        if (self.stack.0..self.stack.1).contains(&addr) {
+            self.out_result(p_result, 8)?;
+        }
+        call_clock::lap(Stage::Check);
         let info = self.space.with(|s, cx| {
             call_clock::lap(Stage::Lock);
             s.virtual_query(cx.mem, addr)

@@ -10,11 +10,13 @@
 //!   object and `rsi` = `HOST_SERVICES`, and serves its system calls ([`calls`]) and exceptions
 //!   ([`exceptions`]) until it ends: by returning from its entry point, by `exit`, or by an
 //!   unhandled exception. Then its space is destroyed: every frame and page-table page goes back.
-//! - Guest memory is never a Rust reference: the kernel reads and writes it through the address
-//!   space's checked copies (`read_user`/`write_user`), which refuse anything that is not
-//!   committed and accessible to the guest (ERROR_NOACCESS), and report a guard page (0x80000001,
-//!   clearing it) — so a guest can never make the kernel touch kernel memory or memory it may not
-//!   write, and SMAP never has to be opened.
+//! - Guest memory is never a Rust reference: the kernel reads it through the address space's
+//!   checked copies (`read_user`), which refuse anything that is not committed and accessible to
+//!   the guest (ERROR_NOACCESS) and report a guard page (0x80000001, clearing it), and writes it
+//!   the same way: within a page with one hardware-checked copy (`arch::probe::copy_to_user`,
+//!   SMAP opened around its stores only, faults resolved or refused by the memory manager as
+//!   the guest's own would be), across pages with `write_user` — so a guest can never make the
+//!   kernel touch kernel memory or memory it may not write.
 //!
 //! One guest runs at a time, on the kernel stack of the code that called [`run_guest`].
 

@@ -72,26 +72,32 @@ static void l_flush(const HOST_SERVICES *hs, LINE *l) {
     l->n = 0;
 }
 
-static void begin_on(const HOST_SERVICES *hs, const char *name) {
+/* "MARKER NAME" as one write. */
+static void mark_on(const HOST_SERVICES *hs, const char *marker, const char *name) {
     LINE l;
     l.n = 0;
-    l_str(&l, "@begin ");
+    l_str(&l, marker);
     l_str(&l, name);
     l_flush(hs, &l);
+}
+static void begin_on(const HOST_SERVICES *hs, const char *name) { mark_on(hs, "@begin ", name); }
+/* Starts "MARKER NAME unit=UNIT n=UNITS cycles=CYCLES" in l (the caller adds and flushes). */
+static void l_end(LINE *l, const char *marker, const char *name, const char *unit, uint64_t units, uint64_t cycles) {
+    l->n = 0;
+    l_str(l, marker);
+    l_str(l, name);
+    l_str(l, " unit=");
+    l_str(l, unit);
+    l_str(l, " n=");
+    l_dec(l, units);
+    l_str(l, " cycles=");
+    l_dec(l, cycles);
 }
 /* base/size: the range whose page tables the workload creates (0 if none). */
 static void end_on(const HOST_SERVICES *hs, const char *name, const char *unit, uint64_t units, uint64_t cycles,
                    uint64_t base, uint64_t size) {
     LINE l;
-    l.n = 0;
-    l_str(&l, "@end ");
-    l_str(&l, name);
-    l_str(&l, " unit=");
-    l_str(&l, unit);
-    l_str(&l, " n=");
-    l_dec(&l, units);
-    l_str(&l, " cycles=");
-    l_dec(&l, cycles);
+    l_end(&l, "@end ", name, unit, units, cycles);
     if (size) {
         l_str(&l, " base=");
         l_hex(&l, base);
@@ -358,24 +364,10 @@ static uint64_t noop_calls(IHostMemoryManager *host, const HOST_SERVICES *hs) {
  * figures. ---- */
 #define STAGE_ROUNDS 5
 #define STAGE_CALLS 1000
-static void stages_begin(const char *name) {
-    LINE l;
-    l.n = 0;
-    l_str(&l, "@stages-begin ");
-    l_str(&l, name);
-    l_flush(g_services, &l);
-}
+static void stages_begin(const char *name) { mark_on(g_services, "@stages-begin ", name); }
 static void stages_end(const char *name, const char *unit, uint64_t units, uint64_t cycles, uint64_t round) {
     LINE l;
-    l.n = 0;
-    l_str(&l, "@stages-end ");
-    l_str(&l, name);
-    l_str(&l, " unit=");
-    l_str(&l, unit);
-    l_str(&l, " n=");
-    l_dec(&l, units);
-    l_str(&l, " cycles=");
-    l_dec(&l, cycles);
+    l_end(&l, "@stages-end ", name, unit, units, cycles);
     l_str(&l, " round=");
     l_dec(&l, round);
     l_str(&l, " of=");
