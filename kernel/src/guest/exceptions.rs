@@ -173,7 +173,7 @@ impl Guest {
     /// handlers and reports the overflow (host-abi §10.3). No commit left for the new guard is an
     /// overflow too (as on Windows), with no pages added.
     pub(super) fn grow_stack(&self, page: u64) -> StackGrowth {
-        self.band_stale.set(true);
+        super::notification::note_commit_change();
         let (low, _) = self.stack;
         let below = page.wrapping_sub(PAGE_SIZE);
         let level = address_space::CriticalLevel::Process;

@@ -8,7 +8,7 @@ use super::call_clock::{self, Stage};
 use super::calls::Callbacks;
 use super::host_pages::MANAGER_OBJECT;
 use super::hresult::{self, E_INVALIDARG, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, HResult, S_OK};
-use super::{Ended, Guest, UserCopy};
+use super::{Ended, Guest, UserCopy, notification};
 
 /// `IID_IUnknown` as its 16 bytes in memory.
 const IID_IUNKNOWN: [u8; 16] = host_abi::IID_IUNKNOWN.to_bytes();
@@ -220,7 +220,7 @@ impl Guest {
     }
 
     fn virtual_alloc(&mut self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32, pp_mem: u64) -> Result<(), HResult> {
-        self.band_stale.set(true);
+        notification::note_commit_change();
         self.out_result(pp_mem, 8)?;
         call_clock::lap(Stage::Check);
         let Some(level) = critical_level(level) else {
@@ -239,7 +239,7 @@ impl Guest {
     }
 
     fn virtual_free(&mut self, addr: u64, size: u64, free_type: u32) -> Result<(), HResult> {
-        self.band_stale.set(true);
+        notification::note_commit_change();
         let result = self.space.with(|s, cx| {
             call_clock::lap(Stage::Lock);
             s.virtual_free(cx, addr, size, free_type)

@@ -189,9 +189,10 @@ pub struct Guest {
     /// The memory band last reported (or current at registration); `None` before a callback is
     /// registered.
     band: Option<host_abi::MemoryAvailable>,
-    /// The commit charge may have changed since the band was last checked (a commit, decommit
-    /// or release of this guest's, or a stack growth): the band check runs only then.
-    band_stale: core::cell::Cell<bool>,
+    /// The [`notification::commit_epoch`] at the last band check: the check runs again only once
+    /// the commit charge may have changed (a commit, decommit, release or stack growth of any
+    /// guest's).
+    band_epoch: u64,
     /// CPU time used and its limit (started when the guest starts running).
     cpu: cpu_time::CpuClock,
 }
@@ -268,7 +269,7 @@ impl Guest {
             acquired: Vec::new(),
             callback: None,
             band: None,
-            band_stale: core::cell::Cell::new(true),
+            band_epoch: u64::MAX,
             cpu: cpu_time::CpuClock::start(),
         })
     }

@@ -2,12 +2,28 @@
 //! `ICLRMemoryNotificationCallback`, and the `OnMemoryNotification` calls left for ring 3 when the
 //! band changes.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use host_abi::MemoryAvailable;
 
 use super::call_clock::{self, Stage};
 use super::calls::Callbacks;
 use super::hresult::{E_NOACCESS, HResult};
 use super::{Ended, Guest, exceptions};
+
+/// Counts the host calls and stack growths that may have changed the commit charge, of every
+/// guest: a guest checks its memory band again only once this moved.
+static COMMIT_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// Notes that the commit charge may change now (a commit, decommit, release or stack growth).
+pub(super) fn note_commit_change() {
+    COMMIT_EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The number of [`note_commit_change`]s so far.
+pub(super) fn commit_epoch() -> u64 {
+    COMMIT_EPOCH.load(Ordering::Relaxed)
+}
 
 /// The notification thresholds in bytes of free commit: (low, high) (host-abi §5; set at boot,
 /// see `memory::MemoryConfig`).
@@ -50,11 +66,13 @@ impl Guest {
         if self.notifying || self.handler_frame.is_some() {
             return Ok(());
         }
-        // Only the guest's own commits, decommits, releases and stack growths move the band
-        // between its calls (one guest runs at a time): the commit state is read only after one.
-        if !self.band_stale.replace(false) {
+        // Only commits, decommits, releases and stack growths move the band: the commit state is
+        // read only after one (of any guest's) since the last check.
+        let epoch = commit_epoch();
+        if epoch == self.band_epoch {
             return Ok(());
         }
+        self.band_epoch = epoch;
         let band = Self::current_band();
         if Some(band) == self.band {
             return Ok(());
@@ -98,8 +116,8 @@ impl Guest {
             callbacks.push(release, old, 0);
         }
         self.callback = (object != 0).then_some(object);
+        self.band_epoch = commit_epoch();
         self.band = Some(Self::current_band());
-        self.band_stale.set(false);
         Ok(Ok(()))
     }
 }
