@@ -75,6 +75,9 @@ pub struct Model {
     /// Page-table pages paid from the kernel's reserve before the limit (charge.rs).
     pub allowance: u64,
     pub large_ok: bool,
+    /// 2 MiB chunks (`va >> 21`) whose page table a decommit emptied and kept: it stays until a
+    /// release of an allocation overlapping the chunk finds it empty.
+    pub kept: BTreeSet<u64>,
 }
 
 /// A parsed protection: (base value, guard, cache bits).
@@ -118,6 +121,7 @@ impl Model {
             reserve,
             allowance: 0,
             large_ok: true,
+            kept: BTreeSet::new(),
         }
     }
 
@@ -162,6 +166,11 @@ impl Model {
         let large_ranges = self.large_ranges();
         let in_large = |va: u64| large_ranges.iter().any(|&(s, e)| s <= va && va < e);
         let mut set = BTreeSet::new();
+        for &chunk in &self.kept {
+            set.insert((1, chunk));
+            set.insert((2, chunk >> 9));
+            set.insert((3, chunk >> 18));
+        }
         for (k, p) in self.pages.iter().enumerate() {
             let va = self.min + k as u64 * PG;
             if (p.st == St::Committed && !in_large(va)) || (extra.0 <= va && va < extra.1) {
@@ -428,6 +437,13 @@ impl Model {
                 self.pages[i] = FREE;
             }
             self.allocs.remove(a);
+            // The kept tables the release's range touches go if nothing is committed in them.
+            for chunk in (al.base >> 21)..=((al.base + al.size - 1) >> 21) {
+                let (s, e) = ((chunk << 21).max(self.min), ((chunk + 1) << 21).min(self.end));
+                if (s..e).step_by(PG as usize).all(|va| self.pages[self.i(va)].st != St::Committed) {
+                    self.kept.remove(&chunk);
+                }
+            }
             return Ok(());
         }
         let (s, e) = if size == 0 {
@@ -448,6 +464,7 @@ impl Model {
             let i = self.i(va);
             if self.pages[i].st == St::Committed {
                 self.committed -= 1;
+                self.kept.insert(va >> 21);
             }
             self.pages[i] = Pg { st: St::Reserved, ..FREE };
         }

@@ -5,9 +5,15 @@
 //! one faulting instruction has a known address. When an exception handler sees `rip` at such an
 //! address it records the fault ([`FaultRecord`]: vector, error code, CR2, RIP) and resumes at a
 //! fix-up that makes the probe return `u64::MAX`. The QEMU tests and the benchmark image use this to
-//! assert "this access must raise a page fault at address X with these error bits". Host calls do
-//! not use probes: they reach guest memory through the address space's own page-table walk
-//! (`AddressSpace::read_user`/`write_user`), which never faults.
+//! assert "this access must raise a page fault at address X with these error bits".
+//!
+//! [`copy_to_user`] is the host calls' checked write of a result to guest memory: the MMU checks
+//! the destination as the guest's own store would (present, writable; the kernel's `CR0.WP`
+//! makes a read-only page fault in ring 0 too), and a fault goes to the memory manager first,
+//! exactly like the guest's: a demand-zero page gets its frame and the store is retried; a
+//! guard page has its guard cleared and is refused. So one store does what a page-table walk, a
+//! check and a copy through the physical window did (`AddressSpace::write_user`, which host calls
+//! still use for reads and for writes across pages), and the hardware sets the write-watch mark.
 //!
 //! `call` runs code at an address; if the *first* instruction cannot be fetched (NX, not present),
 //! the fault arrives with the return address still on top of the stack, and the fix-up pops it.
@@ -42,6 +48,54 @@ kprobe_write_u8:
     .global kprobe_write_u8_access
 kprobe_write_u8_access:
     mov byte ptr [rdi], sil
+    jmp kprobe_done
+
+    # copy_to_user_list(descriptors = rdi, count = rsi): for each 24-byte descriptor
+    # (destination, source, length), 8 bytes at a time, then bytes, inside one stac/clac window.
+    # Only the stores between kprobe_copy_start and kprobe_copy_end touch guest memory (the
+    # loads read kernel memory). Caller-saved registers only, nothing pushed: the fault fix-up
+    # returns from here directly.
+    .global kprobe_copy_list
+kprobe_copy_list:
+    xor eax, eax
+    cmp byte ptr [rip + KPROBE_SMAP], 0
+    je 1f
+    stac
+1:
+    .global kprobe_copy_start
+kprobe_copy_start:
+6:
+    test rsi, rsi
+    jz 5f
+    mov r8, [rdi]
+    mov r9, [rdi + 8]
+    mov r10, [rdi + 16]
+    add rdi, 24
+    dec rsi
+    cmp r10, 8
+    jb 3f
+2:
+    mov rcx, [r9]
+    mov [r8], rcx
+    add r9, 8
+    add r8, 8
+    sub r10, 8
+    cmp r10, 8
+    jae 2b
+3:
+    test r10, r10
+    jz 6b
+4:
+    mov cl, [r9]
+    mov [r8], cl
+    inc r9
+    inc r8
+    dec r10
+    jnz 4b
+    jmp 6b
+5:
+    .global kprobe_copy_end
+kprobe_copy_end:
     jmp kprobe_done
 
     .global kprobe_fault_fixup
@@ -87,6 +141,9 @@ unsafe extern "C" {
     fn kprobe_read_u8(addr: u64) -> u64;
     fn kprobe_write_u8(addr: u64, value: u8) -> u64;
     fn kprobe_call(addr: u64) -> u64;
+    fn kprobe_copy_list(descriptors: *const [u64; 3], count: usize) -> u64;
+    static kprobe_copy_start: [u8; 0];
+    static kprobe_copy_end: [u8; 0];
     static kprobe_read_u8_access: [u8; 0];
     static kprobe_write_u8_access: [u8; 0];
     static kprobe_fault_fixup: [u8; 0];
@@ -219,6 +276,64 @@ pub unsafe fn write_u8(addr: u64, value: u8) -> Result<(), FaultRecord> {
     if result == u64::MAX { Err(take_record()) } else { Ok(()) }
 }
 
+/// The end of the lower half: every page below it is guest memory of the space in CR3 (the
+/// kernel maps nothing of its own there).
+const LOWER_HALF_END: u64 = 0x0000_8000_0000_0000;
+
+/// One piece of a [`copy_to_user`]: `data` goes to guest address `to`.
+#[derive(Debug, Clone, Copy)]
+pub struct UserCopy<'a> {
+    /// The guest address.
+    pub to: u64,
+    /// The bytes.
+    pub data: &'a [u8],
+}
+
+/// The most pieces one [`copy_to_user`] takes.
+pub const MAX_USER_COPIES: usize = 4;
+
+/// Copies each piece to guest memory in the address space in CR3, in order, as the guest's own
+/// stores would, inside one `stac`/`clac` window (under TCG each toggle of `AC` ends a
+/// translation block, so a call writes its results with one window, not one per result): a
+/// demand-zero page is given its frame on the way, and the first store the memory manager
+/// refuses (a guard page, whose guard it clears; free, reserved, `PAGE_NOACCESS` or read-only
+/// memory) ends the copy with the index of its piece and the fault. The pieces before it, and the
+/// bytes of its own before the faulting store, are written: callers keep a piece within one
+/// page when a failed piece must leave nothing behind. A piece reaching beyond the lower half is
+/// refused without a store of its own (record: vector 0, CR2 its first address past the end).
+///
+/// The memory manager's lock must not be held: a fault is resolved under it.
+///
+/// # Panics
+/// If given more than [`MAX_USER_COPIES`] pieces (a kernel bug).
+pub fn copy_to_user(pieces: &[UserCopy<'_>]) -> Result<(), (usize, FaultRecord)> {
+    assert!(pieces.len() <= MAX_USER_COPIES, "{} pieces for one copy", pieces.len());
+    if let Some(bad) = pieces.iter().position(|p| p.to.checked_add(p.data.len() as u64).is_none_or(|end| end > LOWER_HALF_END)) {
+        copy_to_user(&pieces[..bad])?;
+        let cr2 = pieces[bad].to.max(LOWER_HALF_END);
+        return Err((bad, FaultRecord { vector: 0, error_code: 0, cr2, rip: 0, memory: None }));
+    }
+    let mut descriptors = [[0u64; 3]; MAX_USER_COPIES];
+    for (d, p) in descriptors.iter_mut().zip(pieces) {
+        *d = [p.to, p.data.as_ptr() as u64, p.data.len() as u64];
+    }
+    // SAFETY: every destination lies in the lower half (checked above), which maps only guest
+    // pages of the space in CR3 (no kernel data, page table or device), and guest memory is never
+    // a Rust reference, so the stores alias nothing of the kernel's; each source is the readable
+    // kernel memory of a borrowed slice of that length. The routine clobbers only caller-saved
+    // registers (rax, rcx, rsi, rdi, r8-r10), pushes nothing and leaves AC clear; a fault on a
+    // store is fixed up by `try_recover`.
+    let result = unsafe { kprobe_copy_list(descriptors.as_ptr(), pieces.len()) };
+    if result != u64::MAX {
+        return Ok(());
+    }
+    let record = take_record();
+    // The first piece holding the faulting address is the one being stored (each store lies
+    // within its piece, and the pieces are stored in order).
+    let at = pieces.iter().position(|p| (p.to..p.to + p.data.len() as u64).contains(&record.cr2)).unwrap_or(0);
+    Err((at, record))
+}
+
 /// Calls the code at `addr` (System V ABI, no arguments, returns `u64`), catching a fault on the
 /// fetch of its first instruction.
 ///
@@ -252,16 +367,18 @@ pub(crate) fn try_recover(
     }
     let rip = frame.instruction_pointer.as_u64();
     // SAFETY: taking the address of link-time symbols defined in the global_asm! above.
-    let (read_at, write_at, fixup, call_return, call_fixup) = unsafe {
+    let (read_at, write_at, fixup, call_return, call_fixup, copy_start, copy_end) = unsafe {
         (
             symbol(&kprobe_read_u8_access),
             symbol(&kprobe_write_u8_access),
             symbol(&kprobe_fault_fixup),
             symbol(&kprobe_call_return),
             symbol(&kprobe_call_fixup),
+            symbol(&kprobe_copy_start),
+            symbol(&kprobe_copy_end),
         )
     };
-    let resume = if rip == read_at || rip == write_at {
+    let resume = if rip == read_at || rip == write_at || (copy_start..copy_end).contains(&rip) {
         fixup
     } else if record().exec_probe_armed.load(Ordering::SeqCst) {
         let rsp = frame.stack_pointer.as_u64();

@@ -42,6 +42,16 @@
 //! Last, the guest-thread scaling table (module [`guest_threads`]; `--guest-args guest-threads`
 //! runs only that).
 //!
+//! The host-call path is broken down twice. After the in-kernel workloads, `bench-path` lines
+//! time its pieces alone in the kernel: the memory manager's lock, a software-checked write
+//! (`check_user_write`: allocation lookup and page walk; with the writes through the physical
+//! window), and the hardware-checked copy host calls use (`kernel::arch::probe::copy_to_user`,
+//! one `stac`/`clac` window). After the guest's workloads, its breakdown passes (`@stages-begin`
+//! / `@stages-end`, see [`stages_hook`]) print `bench-stages` lines: per call kind, the cycles
+//! of each stage of a host call (dispatch, pointer check, lock, the manager's operation, result
+//! copies, band check, return) measured by the kernel's host-call clock
+//! (`kernel::guest::call_clock`), and what lies outside the kernel's view (`syscall`/`sysretq`).
+//!
 //! Nothing here asserts a timing; the image fails only if an operation returns an error, an
 //! access faults unexpectedly (a kernel bug) or the in-guest benchmark does not complete.
 #![no_std]
@@ -58,6 +68,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use address_space::win32::*;
 use address_space::{SpaceConfig, WorkCounters};
 use kernel::arch::probe::{self, MemoryFault};
+use kernel::guest::call_clock::{self, Snapshot};
 use kernel::guest::calls::WRITE_HOOK;
 use kernel::memory::{self, Space};
 use kernel::{kprintln, qemu};
@@ -461,8 +472,8 @@ fn reserve_release_64k(env: &Env, s: &Space, name: &str, n: u64) {
 }
 
 const WHY_COMMIT: &str = "commit writes a software entry for every page (the page table is the only per-page store), \
-then the first touch rewrites it with the frame; the page tables emptied by the decommit are freed, then re-created \
-(zeroed, linked, and their parents' child counts rewritten) by the next commit";
+then the first touch rewrites it with the frame; the decommit keeps the emptied page tables for the next commit, \
+whose count in the directory entry is written once per commit and once per decommit";
 
 const WHY_COMMIT_256M: &str = "commit writes a software entry per page before the touch writes the real one; \
 every non-leaf entry also carries a child count that is rewritten when a table below it is created";
@@ -808,6 +819,66 @@ fn tlb_threshold(env: &Env) {
     }
 }
 
+/// The pieces a host call's result write is made of, each timed alone in the kernel (no clock
+/// laps): the memory manager's lock with the space found, a checked write's check, and the check
+/// plus the write of a `MEMORY_BASIC_INFORMATION` and of an 8-byte result to the same page. One
+/// `bench-path` line each: the least of 5 rounds of 2,000 calls, cycles per call, lock included.
+fn host_call_pieces(env: &Env, s: &Space, page: u64) {
+    let least = |f: &dyn Fn()| {
+        (0..5)
+            .map(|_| {
+                let t0 = rdtsc();
+                for _ in 0..2000 {
+                    f();
+                }
+                (rdtsc() - t0) / 2000
+            })
+            .min()
+            .unwrap_or(0)
+    };
+    let lock = least(&|| s.with(|_, _| ()));
+    let check = least(&|| {
+        core::hint::black_box(s.with(|s, cx| s.check_user_write(cx.mem, page + 64, 8).is_some()));
+    });
+    let write = least(&|| {
+        s.with(|s, cx| {
+            let out = s.check_user_write(cx.mem, page + 64, 8).expect("a committed, touched page");
+            let mbi = out.in_same_page(page + 128, 48).expect("the same page");
+            s.complete_user_write(cx, mbi, &[7u8; 48]);
+            s.complete_user_write(cx, out, &48u64.to_le_bytes());
+        })
+    });
+    let lookup = least(&|| {
+        core::hint::black_box(s.with(|s, _| s.allocation_at(page + 64).is_some()));
+    });
+    let one = least(&|| {
+        probe::copy_to_user(&[probe::UserCopy { to: page + 64, data: &[1u8; 8] }]).expect("a committed, touched page");
+    });
+    let three = least(&|| {
+        let pieces = [
+            probe::UserCopy { to: page + 64, data: &[0u8; 8] },
+            probe::UserCopy { to: page + 128, data: &[7u8; 48] },
+            probe::UserCopy { to: page + 64, data: &[48u8; 8] },
+        ];
+        probe::copy_to_user(&pieces).expect("a committed, touched page");
+    });
+    let byte = least(&|| {
+        // SAFETY: a committed, touched page of the space in CR3, set up for this benchmark.
+        unsafe { probe::write_u8(page + 64, 1) }.expect("a committed, touched page");
+    });
+    for (piece, cycles) in [
+        ("lock", lock),
+        ("lock+allocation_at", lookup),
+        ("lock+check_user_write", check),
+        ("lock+check+write_48+write_8", write),
+        ("copy_to_user_8", one),
+        ("copy_to_user_8+48+8", three),
+        ("probe_write_u8", byte),
+    ] {
+        kprintln!("bench-path {} {piece} cycles={cycles}", env.place);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The in-guest benchmark: the same workloads from ring 3 through IHostMemoryManager.
 
@@ -837,6 +908,9 @@ static GUEST_BAD_MARKER: AtomicBool = AtomicBool::new(false);
 fn marker_hook(bytes: &[u8]) {
     if guest_threads::marker(bytes) {
         return;
+    }
+    if bytes.starts_with(b"@stages-") {
+        return stages_hook(bytes);
     }
     let is_begin = bytes.starts_with(b"@begin ");
     if !is_begin && !bytes.starts_with(b"@end ") {
@@ -960,8 +1034,122 @@ fn guest_minimum(
     })
 }
 
+/// The host-call clock at the last `@stages-begin` marker.
+static STAGES_BEGIN: spin::Mutex<Option<(String, Snapshot)>> = spin::Mutex::new(None);
+/// The rounds of the current breakdown pass so far: per call kind, the least cycles per call of
+/// each stage and the calls of a round; the least guest cycles and "outside" per unit.
+static STAGES_ROUNDS: spin::Mutex<Option<StageRounds>> = spin::Mutex::new(None);
+/// Stage passes reported.
+static STAGES_REPORTED: AtomicU64 = AtomicU64::new(0);
+/// TSC cycles one lap of the host-call clock adds to the stage it closes, measured at start-up
+/// ([`call_clock::lap_cost`]); subtracted from each stage.
+static LAP_COST: AtomicU64 = AtomicU64::new(0);
+
+/// See [`STAGES_ROUNDS`].
+struct StageRounds {
+    name: String,
+    rounds: u64,
+    stage_min: [[u64; call_clock::STAGES]; call_clock::KINDS],
+    calls: [u64; call_clock::KINDS],
+    unit_min: u64,
+    outside_min: u64,
+}
+
+/// The host-call breakdown passes of the guest. Each pass is `of` rounds of the same loop; each
+/// round is bracketed by `@stages-begin NAME`, which arms the host-call clock
+/// (`kernel::guest::call_clock`), and `@stages-end NAME unit=U n=N cycles=C round=R of=M`, which
+/// disarms it. After the last round it prints, per call kind the loop made, the cycles per call
+/// of each stage (one lap's cost subtracted), the least of the rounds (a round the machine's
+/// load disturbed does not count), and one `total` line: the least guest cycles per unit, the sum
+/// of the kernel's stages, and the least "outside": what the kernel cannot see (`syscall` and
+/// `sysretq`, the entry code, the stub and the guest's loop). The passes are separate from the
+/// workloads because the clock's laps cost cycles.
+fn stages_hook(bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let mut words = text.split_whitespace();
+    let marker = words.next().unwrap_or("");
+    let name = String::from(words.next().unwrap_or(""));
+    if marker == "@stages-begin" {
+        *STAGES_BEGIN.lock() = Some((name, call_clock::snapshot()));
+        call_clock::arm(true);
+        return;
+    }
+    call_clock::arm(false);
+    let after = call_clock::snapshot();
+    let bad = |why: &str| {
+        kprintln!("bench-error guest marker {:?}: {why}", text.trim_end());
+        GUEST_BAD_MARKER.store(true, Ordering::SeqCst);
+    };
+    let Some((_, before)) = STAGES_BEGIN.lock().take().filter(|(n, _)| *n == name) else {
+        return bad("no matching @stages-begin");
+    };
+    let Some(env) = GUEST_ENV.get() else {
+        return bad("no environment");
+    };
+    let kv: Vec<(&str, &str)> = words.filter_map(|w| w.split_once('=')).collect();
+    let num = |k: &str| kv.iter().find(|(key, _)| *key == k).and_then(|(_, v)| v.parse::<u64>().ok());
+    let (Some(units), Some(cycles), Some(round), Some(of)) = (num("n"), num("cycles"), num("round"), num("of")) else {
+        return bad("no n=, cycles=, round= or of=");
+    };
+    let lap = LAP_COST.load(Ordering::Relaxed);
+    let mut rounds = STAGES_ROUNDS.lock();
+    if round == 1 {
+        *rounds = Some(StageRounds {
+            name: name.clone(),
+            rounds: 0,
+            stage_min: [[u64::MAX; call_clock::STAGES]; call_clock::KINDS],
+            calls: [0; call_clock::KINDS],
+            unit_min: u64::MAX,
+            outside_min: u64::MAX,
+        });
+    }
+    let Some(r) = rounds.as_mut().filter(|r| r.name == name && r.rounds + 1 == round) else {
+        return bad("rounds out of order");
+    };
+    r.rounds = round;
+    let mut kernel_raw = 0;
+    for kind in (0..call_clock::KINDS).filter(|&k| k != call_clock::OTHER) {
+        let calls = after.calls[kind] - before.calls[kind];
+        r.calls[kind] = calls;
+        for s in 0..call_clock::STAGES {
+            let raw = after.cycles[kind][s] - before.cycles[kind][s];
+            let laps = after.laps[kind][s] - before.laps[kind][s];
+            kernel_raw += raw;
+            if let Some(net) = raw.saturating_sub(laps * lap).checked_div(calls) {
+                r.stage_min[kind][s] = r.stage_min[kind][s].min(net);
+            }
+        }
+    }
+    r.unit_min = r.unit_min.min(cycles / units);
+    r.outside_min = r.outside_min.min(cycles.saturating_sub(kernel_raw) / units);
+    if round < of {
+        return;
+    }
+    let mut per_unit = 0;
+    for kind in (0..call_clock::KINDS).filter(|&k| k != call_clock::OTHER && r.calls[k] > 0) {
+        let mut line = format!("bench-stages {} {name} {:<14} calls={}", env.place, call_clock::KIND_NAMES[kind], r.calls[kind]);
+        let sum: u64 = r.stage_min[kind].iter().sum();
+        for (s, stage) in call_clock::STAGE_NAMES.iter().enumerate() {
+            line += &format!(" {stage}={}", r.stage_min[kind][s]);
+        }
+        line += &format!(" kernel={sum}");
+        kprintln!("{line}");
+        per_unit += sum * r.calls[kind] / units;
+    }
+    kprintln!(
+        "bench-stages {} {name} total unit-cycles={} kernel={per_unit} outside={} lap-cost={lap} rounds={of} (least of the rounds; guest cycles include the laps, the stages are net of them; outside = guest - kernel with laps)",
+        env.place,
+        r.unit_min,
+        r.outside_min,
+    );
+    *rounds = None;
+    STAGES_REPORTED.fetch_add(1, Ordering::SeqCst);
+}
+
 /// How many workloads the guest reports (its `@end` markers).
 const GUEST_WORKLOADS: u64 = 13;
+/// How many host-call breakdown passes the guest makes (its `@stages-end` markers).
+const GUEST_STAGE_PASSES: u64 = 6;
 
 /// Runs the in-guest benchmark (its lines are printed as it goes, by [`marker_hook`]). Returns
 /// whether the guest exited 0 and every one of its workloads was reported.
@@ -973,8 +1161,13 @@ fn guest_benchmarks(env: Env) -> bool {
     if reported != GUEST_WORKLOADS {
         kprintln!("bench-error the guest reported {reported} of {GUEST_WORKLOADS} workloads");
     }
+    let passes = STAGES_REPORTED.load(Ordering::SeqCst);
+    if passes != GUEST_STAGE_PASSES {
+        kprintln!("bench-error the guest made {passes} of {GUEST_STAGE_PASSES} host-call breakdown passes");
+    }
     outcome == kernel::guest::GuestOutcome::Exited(0)
         && reported == GUEST_WORKLOADS
+        && passes == GUEST_STAGE_PASSES
         && !GUEST_BAD_MARKER.load(Ordering::SeqCst)
 }
 
@@ -1179,6 +1372,7 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     kernel::init(boot_info);
     let (accel, signature) = accelerator();
     let tsc_hz = tsc_hz();
+    LAP_COST.store(call_clock::lap_cost(), Ordering::Relaxed);
     let threshold = SpaceConfig::default().tlb_flush_threshold as u64;
     let env = Env {
         place: format!("kernel-{accel}"),
@@ -1240,6 +1434,7 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         let r = alloc(&s, 0, 64 * MIB, MEM_RESERVE, PAGE_READWRITE);
         query(&env, &s, "query_reserved_64m", r, 20_000);
         query(&env, &s, "query_free", 0x4000_0000_0000, 20_000);
+        host_call_pieces(&env, &s, b);
     }
     {
         let s = space();
@@ -1334,10 +1529,11 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         // Release of the whole reservation after that window was used (its tables are gone again).
         alloc(&s, b + size - MIB, MIB, MEM_COMMIT, PAGE_READWRITE);
         touch_range(b + size - MIB, MIB);
+        // Release must also free the page tables only this reservation used (one parent entry
+        // cleared each): in a space holding nothing else, all of them, those of the window and
+        // those the decommit of its first 64 KiB kept.
+        let t = s.with(|s, _| s.table_pages());
         let (cycles, work) = measure(|| free(&s, b, 0, MEM_RELEASE));
-        // Release must also free the page tables only this range used (one parent entry
-        // cleared each): in a space holding nothing else, all of them.
-        let t = tables_needed(b + size - MIB, b + size);
         let min = Work::decommit_present(MIB / PAGE, env.threshold).plus(Work {
             pte_writes: t,
             table_pages_freed: t,

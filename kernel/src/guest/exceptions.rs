@@ -397,6 +397,13 @@ impl GuestMemory<'_> {
     /// handlers and reports the overflow (host-abi §10.3). No commit left for the new guard is an
     /// overflow too (as on Windows), with no pages added.
     pub(super) fn grow_stack(&self, page: u64) -> StackGrowth {
+        let growth = self.commit_stack_below(page);
+        // After the commit, so that a band check that misses it sees the epoch move.
+        super::notification::note_commit_change();
+        growth
+    }
+
+    fn commit_stack_below(&self, page: u64) -> StackGrowth {
         let (low, _) = self.stack;
         let below = page.wrapping_sub(PAGE_SIZE);
         let level = address_space::CriticalLevel::Process;

@@ -2,12 +2,13 @@
 //! vtable in the host's data page.
 
 use address_space::win32::*;
-use address_space::{CriticalLevel, VmError};
+use address_space::{CheckedUserWrite, CriticalLevel, VmError};
 
+use super::call_clock::{self, Stage};
 use super::calls::Callbacks;
 use super::host_pages::MANAGER_OBJECT;
 use super::hresult::{self, E_INVALIDARG, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, HResult, S_OK};
-use super::{Ended, Guest, GuestMemory};
+use super::{Ended, Guest, GuestMemory, UserCopy, notification};
 
 /// `IID_IUnknown` as its 16 bytes in memory.
 const IID_IUNKNOWN: [u8; 16] = host_abi::IID_IUNKNOWN.to_bytes();
@@ -78,6 +79,25 @@ pub(super) fn inconsistency_armed() -> bool {
     false
 }
 
+/// The `EMemoryCriticalLevel` a guest passed, if it is one.
+fn critical_level(level: u32) -> Option<CriticalLevel> {
+    match level {
+        0 => Some(CriticalLevel::Task),
+        1 => Some(CriticalLevel::AppDomain),
+        2 => Some(CriticalLevel::Process),
+        _ => None,
+    }
+}
+
+/// Whether an operation on `[addr, addr + size)` (64 KiB-aligned below, as a reservation is) may
+/// change the page of the checked result `out`: its protection or its frame. The result then
+/// goes through the general checked write, which sees the page as it is now.
+fn may_change(out: &CheckedUserWrite, addr: u64, size: u64) -> bool {
+    let start = addr & !(ALLOCATION_GRANULARITY - 1);
+    let end = addr.saturating_add(size.max(1));
+    (start..end).contains(&out.page())
+}
+
 fn hr(result: Result<(), HResult>) -> u64 {
     hresult::to_rax(result.err().unwrap_or(S_OK))
 }
@@ -86,6 +106,7 @@ impl Guest {
     /// An `IHostMemoryManager` method; `args[0]` is `this`. Callbacks it leaves for ring 3 go
     /// to `callbacks`.
     pub(super) fn manager_call(&mut self, slot: u64, args: [u64; 7], callbacks: &mut Callbacks) -> Result<u64, Ended> {
+        call_clock::call(slot as usize);
         if args[0] != MANAGER_OBJECT {
             return Ok(hresult::to_rax(E_NOACCESS));
         }
@@ -96,7 +117,7 @@ impl Guest {
         if !lifetime && injected_inconsistency() {
             return Ok(hresult::to_rax(self.internal_inconsistency("injected by a test")));
         }
-        Ok(match slot {
+        let rax = match slot {
             slot::QUERY_INTERFACE => hr(self.query_interface(args[1], args[2])),
             slot::ADD_REF => {
                 self.manager_refs = self.manager_refs.saturating_add(1);
@@ -116,7 +137,9 @@ impl Guest {
             slot::RELEASED_ADDRESS_SPACE => hr(self.released(args[1])),
             // CreateMalloc (slot 3) is ring-3 code of the host library, never a system call.
             _ => hresult::to_rax(E_NOTIMPL),
-        })
+        };
+        call_clock::lap(Stage::Manager);
+        Ok(rax)
     }
 
     /// Whether the manager's memory methods may be served without the guest's lock: the
@@ -231,7 +254,7 @@ impl GuestMemory<'_> {
     pub(super) fn memory_call(&self, slot: u64, args: [u64; 7]) -> Option<u64> {
         Some(match slot {
             slot::VIRTUAL_ALLOC => hr(self.virtual_alloc(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32, args[6])),
-            slot::VIRTUAL_FREE => hr(self.space.virtual_free(args[1], args[2], args[3] as u32).map_err(hresult::from_vm)),
+            slot::VIRTUAL_FREE => hr(self.virtual_free(args[1], args[2], args[3] as u32)),
             slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
             slot::VIRTUAL_PROTECT => hr(self.virtual_protect(args[1], args[2], args[3] as u32, args[4])),
             _ => return None,
@@ -247,51 +270,88 @@ impl GuestMemory<'_> {
         self.check_writable(ptr, len).map_err(hresult::from_vm)
     }
 
-    fn virtual_alloc(&self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32, pp_mem: u64) -> Result<(), HResult> {
-        self.out_pointer(pp_mem, 8)?;
-        let level = match level {
-            0 => CriticalLevel::Task,
-            1 => CriticalLevel::AppDomain,
-            2 => CriticalLevel::Process,
-            _ => {
-                self.put_result(pp_mem, &0u64.to_le_bytes());
-                return Err(E_INVALIDARG);
-            }
-        };
-        match self.space.with(|s, cx| s.virtual_alloc(cx, addr, size, alloc_type, protect, level)) {
-            Ok(base) => {
-                self.put_result(pp_mem, &base.to_le_bytes());
-                Ok(())
-            }
-            Err(e) => {
-                self.put_result(pp_mem, &0u64.to_le_bytes());
-                Err(hresult::from_vm(e))
-            }
+    /// Checks a COM out-pointer by storing the NULL result every failure of the call leaves
+    /// there (host-abi §9): NULL → E_POINTER, not writable → ERROR_NOACCESS (or the guard page
+    /// status, the guard now cleared). The store is the check: one hardware-checked write, where
+    /// a check and a later write would each walk the tables.
+    fn out_result(&self, ptr: u64, len: usize) -> Result<(), HResult> {
+        if ptr == 0 {
+            return Err(E_POINTER);
         }
+        self.write_bytes(ptr, &[0u8; 8][..len]).map_err(hresult::from_vm)
+    }
+
+    fn virtual_alloc(&self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32, pp_mem: u64) -> Result<(), HResult> {
+        self.out_result(pp_mem, 8)?;
+        call_clock::lap(Stage::Check);
+        let Some(level) = critical_level(level) else {
+            return Err(E_INVALIDARG);
+        };
+        let result = self.space.with(|s, cx| {
+            call_clock::lap(Stage::Lock);
+            s.virtual_alloc(cx, addr, size, alloc_type, protect, level)
+        });
+        // After the change (see notification::note_commit_change).
+        notification::note_commit_change();
+        call_clock::lap(Stage::Manager);
+        if let Ok(base) = result {
+            self.put_result(pp_mem, &base.to_le_bytes());
+        }
+        call_clock::lap(Stage::Copy);
+        result.map(|_| ()).map_err(hresult::from_vm)
+    }
+
+    fn virtual_free(&self, addr: u64, size: u64, free_type: u32) -> Result<(), HResult> {
+        let result = self.space.with(|s, cx| {
+            call_clock::lap(Stage::Lock);
+            s.virtual_free(cx, addr, size, free_type)
+        });
+        notification::note_commit_change();
+        call_clock::lap(Stage::Manager);
+        result.map_err(hresult::from_vm)
     }
 
     fn virtual_query(&self, addr: u64, buffer: u64, length: u64, p_result: u64) -> Result<(), HResult> {
-        self.out_pointer(p_result, 8)?;
-        let zero = |g: &Self| {
-            g.put_result(p_result, &0u64.to_le_bytes());
-        };
-        if length < address_space::MemoryBasicInformation::SIZE as u64 {
-            zero(self);
+        const MBI_SIZE: u64 = address_space::MemoryBasicInformation::SIZE as u64;
+        if p_result == 0 {
+            return Err(E_POINTER);
+        }
+        if length < MBI_SIZE {
+            self.out_result(p_result, 8)?;
             return Err(hresult::from_vm(VmError::BadLength));
         }
-        let info = match self.space.virtual_query(addr) {
+        // The query changes nothing, so it runs before `pResult` is checked (by the copy below);
+        // its error still comes after that check's. The one thing a check can change is the
+        // thread's stack (a guard page touched grows it): a query there checks `pResult` first.
+        if (self.stack.0..self.stack.1).contains(&addr) {
+            self.out_result(p_result, 8)?;
+        }
+        call_clock::lap(Stage::Check);
+        let info = self.space.with(|s, cx| {
+            call_clock::lap(Stage::Lock);
+            s.virtual_query(cx.mem, addr)
+        });
+        call_clock::lap(Stage::Manager);
+        let info = match info {
             Ok(info) => info,
             Err(e) => {
-                zero(self);
+                self.out_result(p_result, 8)?;
                 return Err(hresult::from_vm(e));
             }
         };
-        if let Err(e) = self.write_bytes(buffer, &info.to_bytes()) {
-            zero(self);
-            return Err(hresult::from_vm(if buffer == 0 { VmError::NoAccess } else { e }));
-        }
-        self.put_result(p_result, &(address_space::MemoryBasicInformation::SIZE as u64).to_le_bytes());
-        Ok(())
+        // One checked copy: `*pResult` = 0 (its check, and what a failure leaves), the
+        // structure, then `*pResult` = 48.
+        let (zero, mbi, size) = (0u64.to_le_bytes(), info.to_bytes(), MBI_SIZE.to_le_bytes());
+        let pieces = [UserCopy { to: p_result, data: &zero }, UserCopy { to: buffer, data: &mbi }, UserCopy { to: p_result, data: &size }];
+        let result = match self.write_all(&pieces) {
+            Err((0, e)) => Err(hresult::from_vm(e)),
+            Err((1, e)) => Err(hresult::from_vm(if buffer == 0 { VmError::NoAccess } else { e })),
+            // The last store went to a page just written: it can fail only if another thread
+            // changed that page meanwhile (the result is then lost, as a check-then-write loses it).
+            _ => Ok(()),
+        };
+        call_clock::lap(Stage::Copy);
+        result
     }
 
     fn virtual_protect(&self, addr: u64, size: u64, protect: u32, p_old: u64) -> Result<(), HResult> {
@@ -299,10 +359,41 @@ impl GuestMemory<'_> {
         if p_old == 0 {
             return Err(E_NOACCESS);
         }
-        self.check_writable(p_old, 4).map_err(hresult::from_vm)?;
-        let old = self.space.virtual_protect(addr, size, protect).map_err(hresult::from_vm)?;
+        // The common case in one lock: `lpflOldProtect` checked, the protection, its result.
+        let fast = self.space.with(|s, cx| {
+            call_clock::lap(Stage::Lock);
+            let out = s.check_user_write(cx.mem, p_old, 4)?;
+            call_clock::lap(Stage::Check);
+            let result = s.virtual_protect(cx, addr, size, protect);
+            call_clock::lap(Stage::Manager);
+            let written = match result {
+                Ok(old) if !may_change(&out, addr, size) => {
+                    s.complete_user_write(cx, out, &old.to_le_bytes());
+                    true
+                }
+                _ => false,
+            };
+            Some((result, written))
+        });
+        let old = match fast {
+            Some((Ok(_), true)) => {
+                call_clock::lap(Stage::Copy);
+                return Ok(());
+            }
+            Some((result, _)) => result.map_err(hresult::from_vm)?,
+            None => {
+                self.check_writable(p_old, 4).map_err(hresult::from_vm)?;
+                call_clock::lap(Stage::Check);
+                let old = self.space.with(|s, cx| {
+                    call_clock::lap(Stage::Lock);
+                    s.virtual_protect(cx, addr, size, protect)
+                });
+                call_clock::lap(Stage::Manager);
+                old.map_err(hresult::from_vm)?
+            }
+        };
         self.put_result(p_old, &old.to_le_bytes());
+        call_clock::lap(Stage::Copy);
         Ok(())
     }
-
 }

@@ -12,16 +12,19 @@
 //!   ([`sched`]) until it ends: by returning from its entry point, by `exit`, by an unhandled
 //!   exception on any thread, or when its last thread ends. Then its space is destroyed: every
 //!   frame and page-table page goes back.
-//! - Guest memory is never a Rust reference: the kernel reads and writes it through the address
-//!   space's checked copies (`read_user`/`write_user`), which refuse anything that is not
-//!   committed and accessible to the guest (ERROR_NOACCESS), and report a guard page (0x80000001,
-//!   clearing it) — so a guest can never make the kernel touch kernel memory or memory it may not
-//!   write, and SMAP never has to be opened.
+//! - Guest memory is never a Rust reference: the kernel reads it through the address space's
+//!   checked copies (`read_user`), which refuse anything that is not committed and accessible to
+//!   the guest (ERROR_NOACCESS) and report a guard page (0x80000001, clearing it), and writes it
+//!   the same way: within a page with one hardware-checked copy (`arch::probe::copy_to_user`,
+//!   SMAP opened around its stores only, faults resolved or refused by the memory manager as
+//!   the guest's own would be), across pages with `write_user` — so a guest can never make the
+//!   kernel touch kernel memory or memory it may not write.
 //!
 //! One guest runs at a time; its threads run on every CPU ([`sched`]). The CPU that called
 //! [`run_guest`] serves it on a kernel stack of its own and destroys it at its end; the other
 //! CPUs join from their idle loops, on the stacks they idle on.
 
+pub mod call_clock;
 pub mod calls;
 pub mod cpu_time;
 pub mod exceptions;
@@ -44,6 +47,7 @@ use address_space::{AllocationKind, CriticalLevel, SpaceConfig, VmError};
 use guest_loader::{Image, Policy, Rights};
 use x86_64::align_down;
 
+use crate::arch::probe::{self, UserCopy};
 use crate::arch::user::UserContext;
 use crate::memory::Space;
 use host_pages::{HOST_BASE, HOST_SERVICES, MANAGER_OBJECT, Stub, stub};
@@ -188,6 +192,10 @@ pub struct Guest {
     /// The memory band last reported (or current at registration); `None` before a callback is
     /// registered.
     band: Option<host_abi::MemoryAvailable>,
+    /// The [`notification::commit_epoch`] at the last band check: the check runs again only once
+    /// the commit charge may have changed (a commit, decommit, release or stack growth of any
+    /// guest's or thread's).
+    band_epoch: u64,
     /// CPU time used by all its threads and its limit.
     cpu: cpu_time::CpuClock,
     /// Its threads and their scheduling state (version 2, host-abi §10.2).
@@ -265,16 +273,55 @@ impl GuestMemory<'_> {
     }
 
     fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), VmError> {
-        self.with_stack_growth(addr, data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, addr, data)))
+        self.write_all(&[UserCopy { to: addr, data }]).map_err(|(_, e)| e)
+    }
+
+    /// Writes each piece to guest memory in order as
+    /// [`AddressSpace::write_user`](address_space::AddressSpace::write_user) does (each piece
+    /// all or nothing; a guard page cleared and reported), growing the thread's stack as
+    /// [`with_stack_growth`](Self::with_stack_growth) says; the first piece that fails stops the
+    /// rest: `Err((its index, why))`. When every piece lies within a page and the guest's space
+    /// is in this CPU's CR3 (it is whenever a thread's calls are served; not when a CPU picks a
+    /// woken thread before loading the space, which writes `wait_thread`'s exit code) that is one
+    /// hardware-checked copy ([`probe::copy_to_user`]), with no lock and no page-table walk.
+    fn write_all(&self, pieces: &[UserCopy<'_>]) -> Result<(), (usize, VmError)> {
+        let one_page = |p: &UserCopy<'_>| p.data.is_empty() || p.to & !(PAGE_SIZE - 1) == p.to.wrapping_add(p.data.len() as u64 - 1) & !(PAGE_SIZE - 1);
+        if !self.space.is_active() || !pieces.iter().all(one_page) {
+            return pieces.iter().enumerate().try_for_each(|(i, p)| {
+                self.with_stack_growth(p.to, p.data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, p.to, p.data))).map_err(|e| (i, e))
+            });
+        }
+        let copy = || {
+            probe::copy_to_user(pieces).map_err(|(i, f)| match f.memory {
+                Some(m) if m.code == probe::MemoryFault::GUARD_PAGE => (i, VmError::GuardPage),
+                _ => (i, VmError::NoAccess),
+            })
+        };
+        // As with_stack_growth, for the piece that hit a guard page (the pieces before it are
+        // written again: the same bytes).
+        for _ in 0..4 {
+            match copy() {
+                Err((i, VmError::GuardPage)) => {
+                    let p = &pieces[i];
+                    let Some(page) = self.stack_bottom_in(p.to, p.data.len() as u64) else { return Err((i, VmError::GuardPage)) };
+                    if self.grow_stack(page) == exceptions::StackGrowth::Overflow {
+                        return Err((i, VmError::GuardPage));
+                    }
+                }
+                other => return other,
+            }
+        }
+        copy()
     }
 
     /// Writes a call's result to a guest out-pointer, dropping a failure: that is the contract
     /// of every caller. A result goes to a pointer the call checked writable before changing
-    /// anything (`out_pointer`, `check_writable`), so the write fails only if another thread of
-    /// the guest freed or protected that page in between (the guest's own race, as on Windows,
-    /// where such a write faults in the kernel and is dropped the same way); the NULL a failed call stores (host-abi §9) is best effort, the call's
-    /// own error being what the caller sees; `query_commit` returns nothing to report a failure
-    /// with (Windows' `void` functions ignore a bad buffer the same way).
+    /// anything (`out_pointer`, `out_result`, `check_writable`), so the write fails only if
+    /// another thread of the guest freed or protected that page in between (the guest's own
+    /// race, as on Windows, where such a write faults in the kernel and is dropped the same way);
+    /// the NULL a failed call stores (host-abi §9) is best effort, the call's own error being
+    /// what the caller sees; `query_commit` returns nothing to report a failure with (Windows'
+    /// `void` functions ignore a bad buffer the same way).
     fn put_result(&self, addr: u64, data: &[u8]) {
         let _ = self.write_bytes(addr, data);
     }
@@ -353,6 +400,7 @@ impl Guest {
             acquired: Vec::new(),
             callback: None,
             band: None,
+            band_epoch: u64::MAX,
             cpu: cpu_time::CpuClock::start(),
             threads: threads::Threads::new(entry_context, main).ok_or("no kernel memory for the thread table")?,
         })

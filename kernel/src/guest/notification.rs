@@ -2,25 +2,51 @@
 //! `ICLRMemoryNotificationCallback`, and the `OnMemoryNotification` calls left for ring 3 when the
 //! band changes.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use host_abi::MemoryAvailable;
 
+use super::call_clock::{self, Stage};
 use super::calls::Callbacks;
 use super::hresult::{E_NOACCESS, HResult};
 use super::{Ended, Guest, exceptions};
 
+/// Counts the host calls, stack growths and thread stacks that may have changed the commit
+/// charge, of every guest and thread: a guest checks its memory band again only once this moved.
+static COMMIT_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// Notes that the commit charge may have changed (a commit, decommit, release or stack growth),
+/// once the change is made. With threads on other CPUs changing it (stack growth is served
+/// without the guest's lock), the order is what keeps a change from being missed: a check reads
+/// the epoch before the charge, so a change it did not see moves the epoch after that read, and
+/// the next check reads the charge again.
+pub(super) fn note_commit_change() {
+    COMMIT_EPOCH.fetch_add(1, Ordering::Release);
+}
+
+/// The number of [`note_commit_change`]s so far; read before the commit charge it stands for.
+pub(super) fn commit_epoch() -> u64 {
+    COMMIT_EPOCH.load(Ordering::Acquire)
+}
+
 /// The notification thresholds in bytes of free commit: (low, high) (host-abi §5; set at boot,
 /// see `memory::MemoryConfig`).
 pub(super) fn thresholds() -> (u64, u64) {
+    thresholds_for(crate::memory::commit_state().limit_bytes)
+}
+
+/// The thresholds for a commit limit of `limit` bytes.
+fn thresholds_for(limit: u64) -> (u64, u64) {
     let c = crate::memory::config();
-    let limit = crate::memory::commit_state().limit_bytes;
     (limit * c.low_threshold_percent / 100, limit * c.high_threshold_percent / 100)
 }
 
 impl Guest {
     /// The memory band now: free commit against the thresholds.
     fn current_band() -> MemoryAvailable {
-        let (low, high) = thresholds();
-        let free = crate::memory::commit_state().free_bytes();
+        let commit = crate::memory::commit_state();
+        let (low, high) = thresholds_for(commit.limit_bytes);
+        let free = commit.free_bytes();
         if free < low {
             MemoryAvailable::Low
         } else if free > high {
@@ -34,10 +60,23 @@ impl Guest {
     /// band changed since the last report, unless a notification or an exception handler is
     /// running (it is delivered when that one returns or is left).
     pub(super) fn note_band_change(&mut self, callbacks: &mut Callbacks) -> Result<(), Ended> {
+        let noted = self.note_band(callbacks);
+        call_clock::lap(Stage::Band);
+        noted
+    }
+
+    fn note_band(&mut self, callbacks: &mut Callbacks) -> Result<(), Ended> {
         let Some(object) = self.callback else { return Ok(()) };
         if self.notifying || self.thread.handler_frame.is_some() {
             return Ok(());
         }
+        // Only commits, decommits, releases and stack growths move the band: the commit state is
+        // read only after one (of any guest's) since the last check.
+        let epoch = commit_epoch();
+        if epoch == self.band_epoch {
+            return Ok(());
+        }
+        self.band_epoch = epoch;
         let band = Self::current_band();
         if Some(band) == self.band {
             return Ok(());
@@ -81,6 +120,7 @@ impl Guest {
             callbacks.push(release, old, 0);
         }
         self.callback = (object != 0).then_some(object);
+        self.band_epoch = commit_epoch();
         self.band = Some(Self::current_band());
         Ok(Ok(()))
     }

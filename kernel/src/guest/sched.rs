@@ -40,7 +40,7 @@ use super::calls::Return;
 use super::exceptions::GuestException;
 use super::host_pages::{self, MANAGER_OBJECT};
 use super::threads::{Action, Continuation, Wait};
-use super::{Ended, Guest, GuestMemory, KERNEL_ENTRIES};
+use super::{Ended, Guest, GuestMemory, KERNEL_ENTRIES, call_clock};
 use crate::arch::user::{UserExit, enter_user, reset_user_state, set_fs_base};
 use crate::arch::{apic, percpu, time};
 use crate::memory::Space;
@@ -280,9 +280,11 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
         if run.ended() {
             return;
         }
+        call_clock::leave();
         // SAFETY: the context is this guest's thread's (its entry, a stub, or a context resumed
         // with a checked rip), its rflags sanitised or 0x202, and the guest's space is in CR3.
         let exit = unsafe { enter_user(&mut cont.context, cont.after_syscall) };
+        call_clock::enter();
         match exit {
             UserExit::Interrupt { vector } => apic::on_interrupt(vector),
             _ => {
@@ -302,7 +304,10 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
             },
             UserExit::Syscall if cont.context.rdi == MANAGER_OBJECT && run.memory_unlocked.load(Ordering::SeqCst) => {
                 let c = &cont.context;
-                let served = c.rax.checked_sub(nr::MANAGER).and_then(|slot| mem.memory_call(slot, [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx]));
+                let served = c.rax.checked_sub(nr::MANAGER).and_then(|slot| {
+                    call_clock::call(slot as usize);
+                    mem.memory_call(slot, [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx])
+                });
                 if let Some(rax) = served {
                     cont.context.rax = rax;
                     cont.after_syscall = true;

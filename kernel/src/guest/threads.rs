@@ -59,7 +59,7 @@ pub const INFINITE: u64 = u64::MAX;
 /// its top `commit` bytes (a page multiple) read-write and the page below them as its guard page
 /// (host-abi §1, §10.2). Returns (lowest address, top). On failure nothing is left allocated.
 pub(super) fn allocate_stack(space: &Space, reserve: u64, commit: u64, level: CriticalLevel) -> Result<(u64, u64), VmError> {
-    space.with(|s, cx| {
+    let made = space.with(|s, cx| {
         let base = s.virtual_alloc(cx, 0, reserve, MEM_RESERVE | MEM_TOP_DOWN, PAGE_READWRITE, level)?;
         let top = base + reserve;
         let committed = top - commit;
@@ -73,7 +73,9 @@ pub(super) fn allocate_stack(space: &Space, reserve: u64, commit: u64, level: Cr
                 Err(e)
             }
         }
-    })
+    });
+    super::notification::note_commit_change();
+    made
 }
 
 /// The stack `create_thread(…, stack_reserve, stack_commit)` gets: (reservation, commit), or
@@ -487,6 +489,7 @@ impl Guest {
         let (base, _) = self.thread.stack;
         // The guest may have released or changed it itself; then there is nothing to release.
         let _ = self.space.with(|s, cx| s.virtual_free(cx, base, 0, MEM_RELEASE));
+        super::notification::note_commit_change();
         if self.threads.end(key, code) == 0 { Err(code as i32) } else { Ok(()) }
     }
 }

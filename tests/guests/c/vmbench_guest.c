@@ -36,26 +36,32 @@ static const IHostMemoryManagerVtbl *V;
 static int g_errors;
 static volatile uint64_t g_guard_hits;
 
-static void begin_on(const HOST_SERVICES *hs, const char *name) {
+/* "MARKER NAME" as one write. */
+static void mark_on(const HOST_SERVICES *hs, const char *marker, const char *name) {
     LINE l;
     l.n = 0;
-    l_str(&l, "@begin ");
+    l_str(&l, marker);
     l_str(&l, name);
     l_flush(hs, &l);
+}
+static void begin_on(const HOST_SERVICES *hs, const char *name) { mark_on(hs, "@begin ", name); }
+/* Starts "MARKER NAME unit=UNIT n=UNITS cycles=CYCLES" in l (the caller adds and flushes). */
+static void l_end(LINE *l, const char *marker, const char *name, const char *unit, uint64_t units, uint64_t cycles) {
+    l->n = 0;
+    l_str(l, marker);
+    l_str(l, name);
+    l_str(l, " unit=");
+    l_str(l, unit);
+    l_str(l, " n=");
+    l_dec(l, units);
+    l_str(l, " cycles=");
+    l_dec(l, cycles);
 }
 /* base/size: the range whose page tables the workload creates (0 if none). */
 static void end_on(const HOST_SERVICES *hs, const char *name, const char *unit, uint64_t units, uint64_t cycles,
                    uint64_t base, uint64_t size) {
     LINE l;
-    l.n = 0;
-    l_str(&l, "@end ");
-    l_str(&l, name);
-    l_str(&l, " unit=");
-    l_str(&l, unit);
-    l_str(&l, " n=");
-    l_dec(&l, units);
-    l_str(&l, " cycles=");
-    l_dec(&l, cycles);
+    l_end(&l, "@end ", name, unit, units, cycles);
     if (size) {
         l_str(&l, " base=");
         l_hex(&l, base);
@@ -315,6 +321,86 @@ static uint64_t noop_calls(IHostMemoryManager *host, const HOST_SERVICES *hs) {
     return sum;
 }
 
+/* ---- host-call breakdown passes: the image arms its host-call clock between @stages-begin and
+ * @stages-end (which carries unit=, n=, the loop's cycles and the round) and prints, per call kind,
+ * the cycles of each stage of the path, the least of STAGE_ROUNDS rounds. They run after every
+ * workload: the clock's laps cost cycles, so these loops' own timings are not the workloads'
+ * figures. ---- */
+#define STAGE_ROUNDS 5
+#define STAGE_CALLS 1000
+static void stages_begin(const char *name) { mark_on(g_services, "@stages-begin ", name); }
+static void stages_end(const char *name, const char *unit, uint64_t units, uint64_t cycles, uint64_t round) {
+    LINE l;
+    l_end(&l, "@stages-end ", name, unit, units, cycles);
+    l_str(&l, " round=");
+    l_dec(&l, round);
+    l_str(&l, " of=");
+    l_dec(&l, STAGE_ROUNDS);
+    l_flush(g_services, &l);
+}
+
+static HRESULT cb_qi(ICLRMemoryNotificationCallback *t, REFIID r, void **p) { (void)t; (void)r; *p = 0; return E_NOINTERFACE; }
+static ULONG cb_addref(ICLRMemoryNotificationCallback *t) { (void)t; return 1; }
+static ULONG cb_release(ICLRMemoryNotificationCallback *t) { (void)t; return 1; }
+static HRESULT cb_notify(ICLRMemoryNotificationCallback *t, EMemoryAvailable a) { (void)t; (void)a; return S_OK; }
+static const ICLRMemoryNotificationCallbackVtbl g_cb_vtbl = {cb_qi, cb_addref, cb_release, cb_notify};
+static ICLRMemoryNotificationCallback g_cb = {&g_cb_vtbl};
+
+enum { PASS_ADDREF, PASS_QUERY, PASS_RESERVE_RELEASE, PASS_PROTECT };
+
+/* One breakdown pass: STAGE_ROUNDS rounds of STAGE_CALLS iterations of `what`. */
+static void stage_pass(const char *name, int what, char *page) {
+    MEMORY_BASIC_INFORMATION m;
+    SIZE_T got = 0;
+    uint64_t r, i, t0, t1, sum = 0;
+    HRESULT hr = S_OK;
+    for (r = 1; r <= STAGE_ROUNDS; r++) {
+        stages_begin(name);
+        t0 = rdtsc();
+        for (i = 0; i < STAGE_CALLS; i++) {
+            switch (what) {
+            case PASS_ADDREF:
+                sum += V->AddRef(g_host);
+                sum += V->Release(g_host);
+                break;
+            case PASS_QUERY:
+                hr |= V->VirtualQuery(g_host, page, &m, sizeof m, &got);
+                break;
+            case PASS_RESERVE_RELEASE:
+                release(reserve_at(0, KB64));
+                break;
+            default:
+                protect(page, PAGE, (i & 1) ? PAGE_READWRITE : PAGE_READONLY);
+            }
+        }
+        t1 = rdtsc();
+        stages_end(name, what == PASS_ADDREF ? "call" : what == PASS_RESERVE_RELEASE ? "op" : "call",
+                   what == PASS_ADDREF ? 2 * STAGE_CALLS : STAGE_CALLS, t1 - t0, r);
+    }
+    if (hr != S_OK || (what == PASS_ADDREF && sum == 0)) fail(name, hr);
+}
+
+static void stage_passes(void) {
+    char *c = reserve_at(0, KB64);
+    HRESULT hr;
+    if (!c) return;
+    commit(c, KB64);
+    touch(c, KB64);
+    stage_pass("stages_addref_release", PASS_ADDREF, 0);
+    stage_pass("stages_query_committed", PASS_QUERY, c);
+    stage_pass("stages_query_free", PASS_QUERY, (char *)0x400000000000ull);
+    stage_pass("stages_reserve_release_64k", PASS_RESERVE_RELEASE, 0);
+    stage_pass("stages_protect_1_page", PASS_PROTECT, c);
+    /* With a memory-notification callback registered (as a CLR host has): every call may check
+     * the band. */
+    hr = V->RegisterMemoryNotificationCallback(g_host, &g_cb);
+    if (hr != S_OK) fail("register callback", hr);
+    stage_pass("stages_query_with_callback", PASS_QUERY, c);
+    hr = V->RegisterMemoryNotificationCallback(g_host, 0);
+    if (hr != S_OK) fail("unregister callback", hr);
+    release(c);
+}
+
 int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     uint64_t c0, c1, n0, n1, sum;
     LINE l;
@@ -335,6 +421,7 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     queries();
     large_page_commit();
     guard_page_fault();
+    stage_passes();
     c1 = rdtsc();
     n1 = services->ticks_ns();
     /* Cross-check of the clock the image converts cycles with: the ring-3 TSC against ticks_ns. */

@@ -21,7 +21,7 @@ use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
 use super::pte::{ACCESSED, ADDR_MASK, DIRTY, HUGE, PRESENT, Pte, TABLE_FLAGS};
-use super::tlb::TlbBatch;
+use super::tlb::{MAX_DEFERRED, TlbBatch};
 use crate::frame::FrameAllocator;
 use crate::{LARGE_PAGE_SIZE, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
 
@@ -71,6 +71,10 @@ pub struct Tables<'a, M: PhysMemory> {
     pub frames: &'a mut FrameAllocator,
     /// Work counters.
     pub counters: &'a mut WorkCounters,
+    /// A page table whose last entry goes stays, linked with a count of 0, instead of being
+    /// freed (a decommit keeps its reservation's tables for the next commit; the release sweeps
+    /// them with [`Tables::free_empty_tables`]).
+    pub keep_empty: bool,
 }
 
 impl<M: PhysMemory> Tables<'_, M> {
@@ -114,7 +118,7 @@ impl<M: PhysMemory> Tables<'_, M> {
     /// TLB's paging-structure caches what to forget); returns whether it did, i.e. whether the
     /// table holding `at` lost an entry.
     fn set_children(&mut self, at: u64, e: u64, count: u64, va: u64, batch: &mut TlbBatch) -> bool {
-        if count != 0 {
+        if count != 0 || self.keep_empty {
             self.write(at, with_count(e, count));
             return false;
         }
@@ -254,6 +258,47 @@ impl<M: PhysMemory> Tables<'_, M> {
                 self.unlink_child(i4, e4, here, batch);
             }
         }
+    }
+
+    /// Frees every page table mapping part of `[start, end)` that holds no entry (kept by a
+    /// decommit, see [`Tables::keep_empty`]), and its parents if they empty, up to but not
+    /// including the PML4. A table shared with a neighbouring reservation is freed too when it is
+    /// empty: no entry of anyone's is in it. Stops early when `batch` could not take three more
+    /// table pages ([`MAX_DEFERRED`]) and returns where to go on after the batch's round; `end`
+    /// when done.
+    ///
+    /// Cost: one walk per 2 MiB of the range; absent subtrees are skipped whole.
+    pub fn free_empty_tables(&mut self, start: u64, end: u64, batch: &mut TlbBatch) -> u64 {
+        let mut va = start & !(LARGE_PAGE_SIZE - 1);
+        while va < end {
+            if batch.deferred_frames().0 + 3 > MAX_DEFERRED {
+                return va.max(start);
+            }
+            let i4 = self.root + index(va, 3) * 8;
+            let e4 = self.mem.read_u64(pa(i4));
+            if e4 & PRESENT == 0 {
+                va = next_boundary(va, entry_span(3), end);
+                continue;
+            }
+            let i3 = (e4 & ADDR_MASK) + index(va, 2) * 8;
+            let e3 = self.mem.read_u64(pa(i3));
+            if e3 & PRESENT == 0 {
+                va = next_boundary(va, entry_span(2), end);
+                continue;
+            }
+            let i2 = (e3 & ADDR_MASK) + index(va, 1) * 8;
+            let e2 = self.mem.read_u64(pa(i2));
+            if e2 & PRESENT != 0
+                && e2 & HUGE == 0
+                && child_count(e2) == 0
+                && self.set_children(i2, e2, 0, va, batch)
+                && self.unlink_child(i3, e3, va, batch)
+            {
+                self.unlink_child(i4, e4, va, batch);
+            }
+            va = next_boundary(va, entry_span(1), end);
+        }
+        end
     }
 
     /// Maps the 2 MiB page at `va` (2 MiB aligned) with the directory entry `entry` (frame, PS
@@ -530,7 +575,8 @@ pub fn census(
                     }
                     leaf(base | (i1 << 12), e);
                 }
-                if n2 != child_count(e2) || n2 == 0 {
+                // A page table may be empty: a decommit keeps its reservation's tables.
+                if n2 != child_count(e2) {
                     c.bad_counts += 1;
                 }
             }

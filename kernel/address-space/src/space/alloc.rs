@@ -207,6 +207,7 @@ impl AddressSpace {
             large,
             cache,
             committed_pages: plan.as_ref().map_or(0, |p| p.new_pages),
+            uniform: (plan.is_some() && !large && !req.prot.guard).then_some(req.prot.base),
         };
         self.allocations.insert(base, a);
         self.reserved_bytes += a.size;
@@ -262,6 +263,7 @@ impl AddressSpace {
         let cache: CacheMode = a.cache;
         self.note_committed(a.base, plan.new_pages as i64);
         self.perform_commit(cx, start, end, cache, plan, |_| (prot, guard));
+        self.note_protection(a.base, start, end, prot, guard);
         Ok(start)
     }
 }

@@ -50,6 +50,17 @@ impl AddressSpace {
     pub(crate) fn note_committed(&mut self, base: u64, delta: i64) {
         let a = self.allocations.get_mut(&base).expect("allocation record");
         a.committed_pages = a.committed_pages.checked_add_signed(delta).expect("committed page count");
+        if a.committed_pages != a.size / PAGE_SIZE {
+            a.uniform = None;
+        }
+    }
+
+    /// Keeps the [`uniform`](Allocation::uniform) state of the allocation at `base` after every
+    /// page of `[start, end)` (all committed) got protection `prot` (and a guard if `guard`).
+    pub(crate) fn note_protection(&mut self, base: u64, start: u64, end: u64, prot: BaseProtection, guard: bool) {
+        let a = self.allocations.get_mut(&base).expect("allocation record");
+        let whole = start <= a.base && end >= a.end() && a.committed_pages == a.size / PAGE_SIZE;
+        a.uniform = (!guard && !a.large && (whole || a.uniform == Some(prot))).then_some(prot);
     }
 
     /// Counts the reserved (not committed) pages of `[start, end)` of allocation `a`.
@@ -261,16 +272,19 @@ impl AddressSpace {
     }
 
     /// Decommits `[start, end)`: frees the frames of touched pages, unreserves the frames of
-    /// untouched ones, clears the entries (and so the write-watch marks), frees emptied tables
-    /// and gives back the charge. Cannot fail. Returns the pages decommitted.
+    /// untouched ones, clears the entries (and so the write-watch marks) and gives back the
+    /// charge. With `keep_tables` (a decommit) emptied tables stay, empty, for the next commit;
+    /// without (a release) they are freed, and so are the empty tables earlier decommits kept
+    /// in the range, in the same invalidation round. Cannot fail. Returns the pages decommitted.
     pub(crate) fn decommit_range<M: PhysMemory, T: Tlb>(
         &mut self,
         cx: &mut VmContext<'_, M, T>,
         a: &Allocation,
         start: u64,
         end: u64,
+        keep_tables: bool,
     ) -> u64 {
-        if a.committed_pages == 0 {
+        if a.committed_pages == 0 && keep_tables {
             return 0;
         }
         let mut decommitted = 0;
@@ -290,12 +304,21 @@ impl AddressSpace {
         // 2 MiB at a time (at most 512 frames and 3 tables deferred each): when the batch could
         // not take another chunk, a round now, so the list of frames to free stays bounded
         // (MAX_DEFERRED, as Linux's mmu_gather); a call freeing fewer makes one round.
-        let mut va = start;
+        let mut va = if a.committed_pages == 0 { end } else { start };
         while va < end {
             let chunk_end = end.min((va & !(LARGE_PAGE_SIZE - 1)) + LARGE_PAGE_SIZE);
-            cx.tables(self.root_pa()).update_range(va, chunk_end, None, &mut batch, &mut unmap);
+            let mut tables = cx.tables(self.root_pa());
+            tables.keep_empty = keep_tables;
+            tables.update_range(va, chunk_end, None, &mut batch, &mut unmap);
             va = chunk_end;
             if va < end && batch.deferred_frames().0 + CHUNK_DEFERRED > MAX_DEFERRED {
+                self.complete(core::mem::replace(&mut batch, self.batch()), cx);
+            }
+        }
+        let mut sweep = if keep_tables { end } else { start };
+        while sweep < end {
+            sweep = cx.tables(self.root_pa()).free_empty_tables(sweep, end, &mut batch);
+            if sweep < end {
                 self.complete(core::mem::replace(&mut batch, self.batch()), cx);
             }
         }
@@ -329,7 +352,7 @@ impl AddressSpace {
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
             self.complete(batch, cx);
         } else {
-            self.decommit_range(cx, a, a.base, a.end());
+            self.decommit_range(cx, a, a.base, a.end(), false);
         }
         self.allocations.remove(&a.base);
         self.reserved_bytes -= a.size;

@@ -76,7 +76,7 @@ impl AddressSpace {
         if a.large {
             return Err(VmError::InvalidParameter);
         }
-        self.decommit_range(cx, &a, start, end);
+        self.decommit_range(cx, &a, start, end, true);
         Ok(())
     }
 }

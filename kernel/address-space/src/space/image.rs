@@ -68,6 +68,7 @@ impl AddressSpace {
             large: false,
             cache: CacheMode::WriteBack,
             committed_pages: plan.new_pages,
+            uniform: None,
         };
         self.allocations.insert(base, a);
         self.reserved_bytes += a.size;

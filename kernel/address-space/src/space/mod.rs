@@ -57,7 +57,7 @@ use ::alloc::sync::Arc;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
-pub use fault::{Access, FaultOutcome};
+pub use fault::{Access, CheckedUserWrite, FaultOutcome};
 pub use query::MemoryBasicInformation;
 
 use crate::allocation_map::WideMap;
@@ -139,6 +139,12 @@ pub struct Allocation {
     /// Pages committed now. Lets queries, decommits and protects of wholly reserved or wholly
     /// committed allocations skip the page walk (8 bytes per allocation, none per page).
     pub committed_pages: u64,
+    /// `Some(p)`: every page is committed with protection `p` and none is a guard page (a commit
+    /// or protect of the whole allocation makes it so; a decommit, or a commit or protect of part
+    /// of it with another protection or a guard, ends it). `VirtualQuery` and the access checks
+    /// of system services then read the allocation instead of the page table. `None`: mixed or
+    /// partly committed, the page table decides; always `None` for large pages.
+    pub uniform: Option<BaseProtection>,
 }
 
 impl Allocation {
@@ -196,7 +202,7 @@ pub struct VmContext<'a, M: PhysMemory, T: Tlb> {
 
 impl<M: PhysMemory, T: Tlb> VmContext<'_, M, T> {
     pub(crate) fn tables(&mut self, root: u64) -> Tables<'_, M> {
-        Tables { root, mem: self.mem, frames: self.frames, counters: self.counters }
+        Tables { root, mem: self.mem, frames: self.frames, counters: self.counters, keep_empty: false }
     }
 }
 
@@ -348,6 +354,19 @@ impl AddressSpace {
     /// Returns every allocation in address order.
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> + '_ {
         self.allocations.values()
+    }
+
+    /// Whether the allocation's [`uniform`](Allocation::uniform) state, if it has one, is what its
+    /// page table holds (for the tests' invariant checks). Cost: a walk of the allocation.
+    #[cfg(test)]
+    pub(crate) fn uniform_holds(&self, mem: &impl PhysMemory, a: &Allocation) -> bool {
+        let Some(p) = a.uniform else { return true };
+        let mut holds = !a.large;
+        table::scan(mem, self.root_pa(), a.base, a.end(), |_, _, e| {
+            holds &= e.is_some_and(|e| e.is_committed() && !e.guard() && e.prot() == p);
+            ControlFlow::Continue(())
+        });
+        holds
     }
 
     /// Returns page counts for every allocation in address order (walks the page tables).

@@ -72,6 +72,7 @@ impl AddressSpace {
             old.with_protection(prot.base, prot.guard, a.cache)
         });
         self.complete(batch, cx);
+        self.note_protection(a.base, start, end, prot.base, prot.guard);
         Ok(old)
     }
 }

@@ -108,6 +108,13 @@ impl AddressSpace {
             info.protect = prot.to_win32() | a.cache.to_win32();
             return Ok(info);
         }
+        if let Some(prot) = a.uniform {
+            // Wholly committed with one protection: no page walk either.
+            info.region_size = a.end() - page;
+            info.state = MEM_COMMIT;
+            info.protect = prot.to_win32() | a.cache.to_win32();
+            return Ok(info);
+        }
         if a.committed_pages == 0 {
             // Wholly reserved: no page walk (win32-semantics §6: Protect 0).
             info.region_size = a.end() - page;

@@ -200,6 +200,7 @@ impl Fx {
         assert_eq!(self.tlb.stale_entries(self.sp(), &self.mem), Vec::<u64>::new(), "stale TLB entries");
         for s in self.sp().summaries(&self.mem) {
             assert_eq!(s.committed_pages, s.allocation.committed_pages, "committed count of {:#x}", s.allocation.base);
+            assert!(self.sp().uniform_holds(&self.mem, &s.allocation), "uniform state of {:#x}: {:?}", s.allocation.base, s.allocation.uniform);
         }
     }
 

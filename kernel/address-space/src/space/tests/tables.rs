@@ -47,7 +47,7 @@ fn untouched_noaccess_and_guard_pages_are_not_present_and_say_why() {
 }
 
 #[test]
-fn tables_are_created_on_demand_and_freed_with_their_last_entry() {
+fn tables_are_created_on_demand_kept_by_decommit_and_freed_at_release() {
     let mut fx = Fx::new();
     // Straddle a 512 GiB boundary so PDPT, PD and PT levels all split.
     let base = 0x80_0000_0000 - 0x10000;
@@ -55,12 +55,46 @@ fn tables_are_created_on_demand_and_freed_with_their_last_entry() {
     let c = fx.sp().census(&fx.mem);
     assert_eq!(c.table_pages, 6, "two PDPTs, two PDs, two PTs");
     assert_eq!(fx.counters.table_pages_allocated, 6);
+    // A decommit empties the first PT and keeps it (and its parents) for the next commit.
     fx.free(a, 0x10000, MEM_DECOMMIT).unwrap();
-    assert_eq!(fx.sp().census(&fx.mem).table_pages, 3);
-    assert_eq!(fx.counters.table_pages_freed, 3);
+    assert_eq!(fx.sp().census(&fx.mem).table_pages, 6);
+    assert_eq!(fx.counters.table_pages_freed, 0);
     fx.check();
+    let before = fx.counters;
+    fx.alloc(a, 0x10000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    assert_eq!(fx.counters.table_pages_allocated, before.table_pages_allocated, "the kept tables are used");
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 16 + 1, "16 entries and the PT's count, once");
+    fx.free(a, 0x20000, MEM_DECOMMIT).unwrap();
+    assert_eq!(fx.sp().census(&fx.mem).table_pages, 6);
+    fx.check();
+    // The release finds them empty and frees them all.
     fx.free(a, 0, MEM_RELEASE).unwrap();
     assert_eq!(fx.sp().census(&fx.mem).table_pages, 0);
+    assert_eq!(fx.counters.table_pages_freed, 6);
+    fx.check();
+    fx.teardown();
+}
+
+#[test]
+fn a_kept_table_shared_with_a_neighbour_goes_when_both_are_empty() {
+    let mut fx = Fx::new();
+    // Two allocations in one 2 MiB chunk: one page table.
+    let a = fx.alloc(A, 0x10000, RC, PAGE_READWRITE).unwrap();
+    let b = fx.alloc(A + 0x10000, 0x10000, RC, PAGE_READWRITE).unwrap();
+    assert_eq!(fx.sp().table_pages(), 3);
+    fx.free(a, 0, MEM_DECOMMIT).unwrap();
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    assert_eq!(fx.sp().table_pages(), 3, "b still has entries in the table");
+    fx.free(b, 0, MEM_DECOMMIT).unwrap();
+    assert_eq!(fx.sp().table_pages(), 3, "kept for b");
+    fx.check();
+    fx.free(b, 0, MEM_RELEASE).unwrap();
+    assert_eq!(fx.sp().table_pages(), 0);
+    fx.check();
+    // Kept tables at teardown go with the space.
+    let c = fx.alloc(A, 0x10000, RC, PAGE_READWRITE).unwrap();
+    fx.free(c, 0, MEM_DECOMMIT).unwrap();
+    assert_eq!(fx.sp().table_pages(), 3);
     fx.check();
     fx.teardown();
 }
@@ -99,8 +133,9 @@ fn invalidations_are_batched_per_operation() {
     let before = fx.counters;
     fx.alloc(a, 0x100000, MEM_COMMIT, PAGE_READONLY).unwrap();
     assert_eq!((fx.counters.invlpg, fx.counters.full_flushes), (before.invlpg, before.full_flushes));
-    // One entry per page; three tables re-created (3 entries) and their kept counts (3 writes).
-    assert_eq!(fx.counters.pte_writes - before.pte_writes, 256 + 6);
+    // One entry per page and the kept table's count, once (the decommit kept the tables).
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 256 + 1);
+    assert_eq!(fx.counters.table_pages_allocated, before.table_pages_allocated);
 }
 
 #[test]
@@ -166,7 +201,7 @@ fn freeing_a_table_page_invalidates_the_paging_structure_caches() {
     let mut fx = walked_noaccess_page();
     let tables = fx.sp().table_pages();
     let before = fx.counters;
-    fx.free(A, 0x1000, MEM_DECOMMIT).unwrap();
+    fx.free(A, 0, MEM_RELEASE).unwrap();
     // No present entry changed, but the PT, PD and PDPT went: one invlpg, for the caches.
     assert_eq!(fx.sp().table_pages(), tables - 3);
     assert_eq!(fx.counters.invlpg - before.invlpg, 1);
@@ -180,7 +215,7 @@ fn the_tlb_model_catches_a_missing_invlpg_after_a_table_page_is_freed() {
     // The same decommit, with every invalidation lost.
     let mut lost = crate::paging::tlb::NoTlb;
     let mut cx = VmContext { frames: &mut fx.frames, mem: &mut fx.mem, tlb: &mut lost, charge: &mut fx.charge, counters: &mut fx.counters };
-    fx.space.as_mut().unwrap().virtual_free(&mut cx, A, 0x1000, MEM_DECOMMIT).unwrap();
+    fx.space.as_mut().unwrap().virtual_free(&mut cx, A, 0, MEM_RELEASE).unwrap();
     // The cached PDE, PDPTE and PML4E name freed tables: all three are stale.
     let pml4e_span = table::entry_span(3);
     assert_eq!(fx.tlb.stale_entries(fx.sp(), &fx.mem), ::alloc::vec![A, A & !((1 << 30) - 1), A & !(pml4e_span - 1)]);
