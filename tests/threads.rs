@@ -125,6 +125,8 @@ fn clean_start_state_of_a_thread() -> Result<(), String> { area_passes(&threads_
 fn create_thread_refusals() -> Result<(), String> { area_passes(&threads_run().out, "create") }
 fn thread_stacks_layout_rounding_release() -> Result<(), String> { area_passes(&threads_run().out, "stack") }
 fn thread_pointer_per_thread() -> Result<(), String> { area_passes(&threads_run().out, "thread-pointer") }
+fn data_selectors_per_thread() -> Result<(), String> { area_passes(&threads_run().out, "selectors") }
+fn a_thread_ending_in_its_notification_callback() -> Result<(), String> { area_passes(&threads_run().out, "notification-exit") }
 fn exit_codes() -> Result<(), String> { area_passes(&threads_run().out, "exit-codes") }
 fn wait_thread_and_close_thread() -> Result<(), String> { area_passes(&threads_run().out, "wait-close") }
 fn thread_ids() -> Result<(), String> { area_passes(&threads_run().out, "ids") }
@@ -229,6 +231,8 @@ kernel::kernel_test_image!(
     create_thread_refusals,
     thread_stacks_layout_rounding_release,
     thread_pointer_per_thread,
+    data_selectors_per_thread,
+    a_thread_ending_in_its_notification_callback,
     exit_codes,
     wait_thread_and_close_thread,
     thread_ids,

@@ -688,6 +688,43 @@ pub fn reset_user_state() {
     });
 }
 
+/// The data selectors DS, ES, FS and GS the running thread loaded (the kernel changes none of
+/// them between the thread's exit and this read; `sysretq` and `iretq` leave them to ring 3).
+pub fn user_selectors() -> [u16; 4] {
+    let (ds, es, fs, gs): (u16, u16, u16, u16);
+    // SAFETY: reading segment registers has no side effect.
+    unsafe {
+        asm!("mov {0:x}, ds", "mov {1:x}, es", "mov {2:x}, fs", "mov {3:x}, gs",
+            out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs, options(nomem, nostack, preserves_flags));
+    }
+    [ds, es, fs, gs]
+}
+
+/// Loads a thread's saved data selectors ([`user_selectors`]) into DS, ES, FS and GS, after
+/// [`reset_user_state`] and before its FS base is set (loading FS clears the base). Only values
+/// ring 3 can hold are loaded: a null selector, or one of the two user descriptors (data, and
+/// the readable code segment) with RPL 3; anything else (which ring 3 cannot load) becomes null.
+/// The user GS base stays 0, as a load from ring 3 would leave it (both descriptors have base 0).
+pub fn set_user_selectors(selectors: [u16; 4]) {
+    let loadable = |s: u16| if s == USER_SS as u16 || s == USER_CS as u16 { s } else { 0 };
+    let [ds, es, fs, gs] = selectors.map(loadable);
+    if ds | es | fs | gs == 0 {
+        return; // reset_user_state left them null
+    }
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        // SAFETY: each value is null or a present DPL-3 data / readable code descriptor of every
+        // CPU's GDT (same layout on each), loadable at CPL 0 with RPL 3; the kernel addresses
+        // nothing through DS/ES/FS. Loading GS replaces GS_BASE, this CPU's per-CPU area: it is
+        // read first and written back, with interrupts off so no handler runs between.
+        unsafe {
+            let per_cpu = Msr::new(IA32_GS_BASE).read();
+            asm!("mov ds, {0:x}", "mov es, {1:x}", "mov fs, {2:x}", "mov gs, {3:x}",
+                in(reg) ds, in(reg) es, in(reg) fs, in(reg) gs, options(nostack, preserves_flags));
+            Msr::new(IA32_GS_BASE).write(per_cpu);
+        }
+    });
+}
+
 /// The user FS base of the thread running on this CPU (`IA32_FS_BASE`; the kernel addresses
 /// nothing through FS).
 pub fn fs_base() -> u64 {

@@ -139,7 +139,10 @@ impl Guest {
             crate::kprintln!("guest {}: no usable stack for its callbacks (rsp {:#x})", self.name, c.rsp);
             return Err(exceptions::status::ACCESS_VIOLATION as i32);
         }
-        self.notifying |= callbacks.notification;
+        if callbacks.notification {
+            self.notifying = true;
+            self.thread.in_notification = true;
+        }
         *c = UserContext {
             rip: stub(Stub::DispatchCallbacks),
             rsp: frame.low,
@@ -160,6 +163,7 @@ impl Guest {
     fn callbacks_done(&mut self, c: &mut UserContext, context_at: u64, fpu_at: u64, notified: bool) -> Result<(), Ended> {
         if notified {
             self.notifying = false;
+            self.thread.in_notification = false;
         }
         self.resume(c, context_at, fpu_at)?;
         self.deliver_band_change(c)

@@ -216,6 +216,10 @@ pub(crate) struct ThreadLocal {
     /// and a band change it makes is delivered once the handlers are left (a host call or resume
     /// above it).
     handler_frame: Option<u64>,
+    /// This thread entered a notification callback that has not come back: if it ends inside it
+    /// (`exit_thread`), the guest's `notifying` is cleared with it, so later band changes are
+    /// still delivered.
+    in_notification: bool,
 }
 
 /// A guest's memory as one of its threads reaches it: the checked copies of its address space,
@@ -387,7 +391,7 @@ impl Guest {
             rflags: 0x202,
             ..UserContext::default()
         };
-        let main = ThreadLocal { stack: (stack_base, stack_top), bad_resumes: 0, handler_frame: None };
+        let main = ThreadLocal { stack: (stack_base, stack_top), bad_resumes: 0, handler_frame: None, in_notification: false };
         Ok(Guest {
             name: name.into(),
             space: Arc::new(space),

@@ -41,7 +41,7 @@ use super::exceptions::GuestException;
 use super::host_pages::{self, MANAGER_OBJECT};
 use super::threads::{Action, Continuation, Wait};
 use super::{Ended, Guest, GuestMemory, KERNEL_ENTRIES, call_clock};
-use crate::arch::user::{UserExit, enter_user, reset_user_state, set_fs_base};
+use crate::arch::user::{UserExit, enter_user, reset_user_state, set_fs_base, set_user_selectors};
 use crate::arch::{apic, percpu, time};
 use crate::memory::Space;
 
@@ -273,6 +273,7 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
     reset_user_state();
     let loaded = cont.fpu[0].load();
     debug_assert!(loaded, "a thread's saved image loads");
+    set_user_selectors(cont.selectors);
     set_fs_base(cont.fs_base);
     let mut held = Some(cont);
     let mut since = time::ticks_ns();

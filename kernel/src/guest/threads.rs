@@ -38,7 +38,7 @@ use host_abi::host::nr;
 
 use super::host_pages::{Stub, stub};
 use super::{Ended, Guest, ThreadLocal};
-use crate::arch::user::{FpuImage, UserContext, fs_base, set_fs_base};
+use crate::arch::user::{FpuImage, UserContext, fs_base, set_fs_base, user_selectors};
 use crate::memory::Space;
 
 /// Most threads a guest may have at once (alive, or ended with their handle still open): each
@@ -123,6 +123,8 @@ pub(super) struct Continuation {
     pub fpu: Box<[FpuImage; 1]>,
     /// Its FS base (`set_thread_pointer`).
     pub fs_base: u64,
+    /// Its DS, ES, FS and GS selectors (null at its start, host-abi §10.1).
+    pub selectors: [u16; 4],
     /// Its per-thread guest state.
     pub local: ThreadLocal,
     /// The wait it was woken from, whose result it gets before it runs.
@@ -138,13 +140,14 @@ impl Continuation {
         image.try_reserve_exact(1).ok()?;
         image.push(FpuImage::initial());
         let fpu = image.into_boxed_slice().try_into().ok()?;
-        Some(Continuation { context, after_syscall: false, fpu, fs_base: 0, local, woken: None })
+        Some(Continuation { context, after_syscall: false, fpu, fs_base: 0, selectors: [0; 4], local, woken: None })
     }
 
     /// Saves the registers that stay in the CPU while the kernel serves the thread: the
-    /// x87/SSE/AVX image and the FS base (the kernel uses neither).
+    /// x87/SSE/AVX image, the data selectors and the FS base (the kernel uses none of them).
     pub fn save_cpu_state(&mut self) {
         self.fpu[0] = FpuImage::save();
+        self.selectors = user_selectors();
         self.fs_base = fs_base();
     }
 }
@@ -473,7 +476,7 @@ impl Guest {
         let Some(mut cont) = Continuation::new(UserContext::default(), ThreadLocal::default()) else { return 0 };
         let Ok((base, top)) = allocate_stack(&self.space, reserve, commit, CriticalLevel::Task) else { return 0 };
         cont.context = UserContext { rip: stub(Stub::ThreadStart), rsp: top, rdi: arg, r12: start, rflags: 0x202, ..UserContext::default() };
-        cont.local = ThreadLocal { stack: (base, top), bad_resumes: 0, handler_frame: None };
+        cont.local = ThreadLocal { stack: (base, top), bad_resumes: 0, handler_frame: None, in_notification: false };
         let handle = self.threads.next_handle;
         self.threads.next_handle += 4;
         let id = self.threads.take_id();
@@ -487,6 +490,11 @@ impl Guest {
     /// with its code (host-abi §10.3).
     pub(super) fn end_thread(&mut self, key: u64, code: u32) -> Result<(), Ended> {
         let (base, _) = self.thread.stack;
+        if self.thread.in_notification {
+            // It left a notification callback by ending: the next band change is delivered.
+            self.thread.in_notification = false;
+            self.notifying = false;
+        }
         // The guest may have released or changed it itself; then there is nothing to release.
         let _ = self.space.with(|s, cx| s.virtual_free(cx, base, 0, MEM_RELEASE));
         super::notification::note_commit_change();

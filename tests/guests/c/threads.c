@@ -365,6 +365,125 @@ static void thread_pointer_area(void) {
     S->set_thread_pointer(0);
 }
 
+/* ---- data selectors: each thread's DS/ES/FS/GS are its own, kept across switches and moves ---- */
+static uint16_t read_ds(void) { uint16_t v; __asm__ volatile("mov %%ds, %0" : "=r"(v)); return v; }
+static uint16_t read_es(void) { uint16_t v; __asm__ volatile("mov %%es, %0" : "=r"(v)); return v; }
+static uint16_t read_fs(void) { uint16_t v; __asm__ volatile("mov %%fs, %0" : "=r"(v)); return v; }
+static uint16_t read_gs(void) { uint16_t v; __asm__ volatile("mov %%gs, %0" : "=r"(v)); return v; }
+struct sel_worker {
+    volatile uint64_t tls[2];
+    volatile uint32_t start_bad, bad;
+};
+static volatile uint32_t g_sel_go;
+static uint32_t sel_worker_start(void *arg) {
+    struct sel_worker *w = (struct sel_worker *)arg;
+    uint16_t user_data = 0x1b, want_fs = 0x1b;
+    int i;
+    if ((read_ds() & ~3) || (read_es() & ~3) || (read_fs() & ~3) || (read_gs() & ~3)) w->start_bad = 1;
+    /* Loading FS clears its base: the thread pointer is set after it. */
+    __asm__ volatile("mov %0, %%ds\n mov %0, %%es\n mov %0, %%fs\n mov %0, %%gs" : : "r"(user_data));
+    S->set_thread_pointer((void *)w->tls);
+    wait_until_eq(&g_sel_go, 1, 10000 * MS);
+    for (i = 0; i < 200; i++) {
+        if (read_ds() != user_data || read_es() != user_data || read_gs() != user_data) w->bad |= 1;
+        if (read_fs() != want_fs) w->bad |= 2;
+        if (fs_read0() != w->tls[0]) w->bad |= 4;
+        if (i % 3 == 0) S->yield();
+        else if (i % 3 == 1) S->sleep_ns(100000);
+        else {
+            volatile int k;
+            for (k = 0; k < 20000; k++) {}
+        }
+    }
+    return 0;
+}
+static void selectors_area(void) {
+    static struct sel_worker w[3];
+    uint64_t t[3];
+    int i, same = 1;
+    area("selectors");
+    g_sel_go = 0;
+    for (i = 0; i < 3; i++) {
+        w[i].tls[0] = 0x5E1000 + (uint64_t)i;
+        w[i].start_bad = w[i].bad = 0;
+        t[i] = S->create_thread(sel_worker_start, &w[i], 0, 0);
+    }
+    st32(&g_sel_go, 1);
+    for (i = 0; i < 200; i++) {
+        if (i % 2) S->yield();
+        if ((read_ds() & ~3) || (read_es() & ~3) || (read_gs() & ~3)) same = 0;
+    }
+    check("main's data selectors stay null while other threads load theirs", same, 1);
+    for (i = 0; i < 3; i++) {
+        check("selector worker ended", join(t[i]), 0);
+        check("a new thread starts with null DS/ES/FS/GS", w[i].start_bad, 0);
+        check("a thread's DS/ES/GS and FS (with its FS base) kept across yield/sleep/preemption/moves", w[i].bad, 0);
+    }
+}
+
+/* ---- a thread that ends inside its notification callback ---- */
+static volatile uint32_t g_nx_calls, g_nx_band, g_nx_exit_in_callback;
+static HRESULT nx_qi(ICLRMemoryNotificationCallback *t, REFIID r, void **p) { (void)t; (void)r; *p = 0; return E_NOINTERFACE; }
+static ULONG nx_add_ref(ICLRMemoryNotificationCallback *t) { (void)t; return 1; }
+static ULONG nx_release(ICLRMemoryNotificationCallback *t) { (void)t; return 1; }
+static HRESULT nx_on_notification(ICLRMemoryNotificationCallback *t, EMemoryAvailable band) {
+    (void)t;
+    add32(&g_nx_calls, 1);
+    st32(&g_nx_band, (uint32_t)band);
+    if (ld32(&g_nx_exit_in_callback)) {
+        st32(&g_nx_exit_in_callback, 0);
+        S->exit_thread(77);
+    }
+    return S_OK;
+}
+static const ICLRMemoryNotificationCallbackVtbl nx_vtbl = {nx_qi, nx_add_ref, nx_release, nx_on_notification};
+static ICLRMemoryNotificationCallback nx_callback = {&nx_vtbl};
+static void *volatile g_nx_block;
+static volatile uint64_t g_nx_size;
+static uint32_t nx_committer(void *arg) {
+    void *p = 0;
+    (void)arg;
+    if (g_v->VirtualAlloc(g_host, 0, g_nx_size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &p) != S_OK) return 1;
+    g_nx_block = p;
+    return 2; /* the callback should have ended the thread with 77 before this */
+}
+static void notification_exit_area(void) {
+    HOST_COMMIT_INFO info;
+    uint64_t t;
+    area("notification-exit");
+    S->query_commit(&info);
+    g_nx_size = (info.commit_limit - info.committed - (info.low_threshold + info.high_threshold) / 2) & ~0xFFFull;
+    g_nx_calls = 0;
+    g_nx_block = 0;
+    check("register a callback", (uint32_t)g_v->RegisterMemoryNotificationCallback(g_host, &nx_callback), S_OK);
+    st32(&g_nx_exit_in_callback, 1);
+    t = S->create_thread(nx_committer, 0, 0, 0);
+    check("a thread whose commit changes the band ends inside the callback with exit_thread", join(t), 77);
+    check("... the callback ran once, on that thread", ld32(&g_nx_calls), 1);
+    check("... with the neutral band", ld32(&g_nx_band), eMemoryAvailableNeutral);
+    check("... so its VirtualAlloc never returned to it", g_nx_block == 0, 1);
+    {
+        /* The commit took effect though its caller never saw the result: find it and release. */
+        MEMORY_BASIC_INFORMATION mbi;
+        uint64_t a = 0x10000;
+        void *found = 0;
+        SIZE_T got = 0;
+        while (a < 0x7FFFFFFF0000ull && g_v->VirtualQuery(g_host, (void *)a, &mbi, sizeof mbi, &got) == S_OK && got == sizeof mbi) {
+            if (mbi.State == MEM_COMMIT && mbi.RegionSize == g_nx_size && mbi.Type == MEM_PRIVATE) {
+                found = (void *)mbi.BaseAddress;
+                break;
+            }
+            a = mbi.BaseAddress + mbi.RegionSize;
+        }
+        check("... the committed block is there", found != 0, 1);
+        check("releasing it changes the band, and the callback is called again on this thread",
+              found ? (uint32_t)g_v->VirtualFree(g_host, found, 0, MEM_RELEASE) : 1u, S_OK);
+    }
+    check("... a second notification (the ended thread's callback does not hold later ones back)", ld32(&g_nx_calls), 2);
+    check("... with the high band", ld32(&g_nx_band), eMemoryAvailableHigh);
+    check("unregister", (uint32_t)g_v->RegisterMemoryNotificationCallback(g_host, 0), S_OK);
+}
+
 /* ---- exit codes ---- */
 static void __attribute__((noinline)) nested_exit(uint32_t code) {
     volatile int depth = 3;
@@ -850,6 +969,8 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     create_area();
     stack_area();
     thread_pointer_area();
+    selectors_area();
+    notification_exit_area();
     exit_codes_area();
     wait_close_area();
     ids_area();
