@@ -6,9 +6,10 @@ use address_space::{CheckedUserWrite, CriticalLevel, VmError};
 
 use super::call_clock::{self, Stage};
 use super::calls::Callbacks;
-use super::host_pages::MANAGER_OBJECT;
+use super::host_pages::{self, MANAGER_OBJECT};
 use super::hresult::{self, E_INVALIDARG, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, HResult, S_OK};
 use super::{Ended, Guest, GuestMemory, UserCopy, notification};
+use crate::arch::user::UserContext;
 
 /// `IID_IUnknown` as its 16 bytes in memory.
 const IID_IUNKNOWN: [u8; 16] = host_abi::IID_IUNKNOWN.to_bytes();
@@ -98,6 +99,26 @@ fn may_change(out: &CheckedUserWrite, addr: u64, size: u64) -> bool {
     (start..end).contains(&out.page())
 }
 
+/// The manager method a system call `n` asks for, made with return address `rip`: its vtable
+/// slot, and whether it is the stubs' assisted variant ([`host_pages::assisted`], served only
+/// from the code page; from anywhere else it is an unknown call).
+pub(super) fn manager_slot(n: u64, rip: u64) -> Option<(u64, bool)> {
+    use host_pages::{assisted, nr};
+    match n {
+        _ if (nr::MANAGER..nr::MANAGER + 13).contains(&n) => Some((n - nr::MANAGER, false)),
+        assisted::VIRTUAL_ALLOC if host_pages::is_stub_return(rip) => Some((slot::VIRTUAL_ALLOC, true)),
+        assisted::VIRTUAL_QUERY if host_pages::is_stub_return(rip) => Some((slot::VIRTUAL_QUERY, true)),
+        _ => None,
+    }
+}
+
+/// `rax` of an assisted call whose stub stores the results ([`host_pages::assisted`]): S_OK in
+/// the low half, bit 32 set.
+const STUB_STORES: u64 = 1 << 32;
+
+/// Bytes of a `MEMORY_BASIC_INFORMATION`.
+const MBI_SIZE: u64 = address_space::MemoryBasicInformation::SIZE as u64;
+
 fn hr(result: Result<(), HResult>) -> u64 {
     hresult::to_rax(result.err().unwrap_or(S_OK))
 }
@@ -105,8 +126,10 @@ fn hr(result: Result<(), HResult>) -> u64 {
 impl Guest {
     /// An `IHostMemoryManager` method; `args[0]` is `this`. Callbacks it leaves for ring 3 go
     /// to `callbacks`.
-    pub(super) fn manager_call(&mut self, slot: u64, args: [u64; 7], callbacks: &mut Callbacks) -> Result<u64, Ended> {
+    /// `assisted`: the stubs' variant ([`host_pages::assisted`]).
+    pub(super) fn manager_call(&mut self, slot: u64, assisted: bool, c: &mut UserContext, callbacks: &mut Callbacks) -> Result<u64, Ended> {
         call_clock::call(slot as usize);
+        let args = [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx];
         if args[0] != MANAGER_OBJECT {
             return Ok(hresult::to_rax(E_NOACCESS));
         }
@@ -128,7 +151,7 @@ impl Guest {
                 self.manager_refs as u64
             }
             slot::VIRTUAL_ALLOC | slot::VIRTUAL_FREE | slot::VIRTUAL_QUERY | slot::VIRTUAL_PROTECT => {
-                self.mem().memory_call(slot, args).unwrap_or(hresult::to_rax(E_NOTIMPL))
+                self.mem().memory_call(slot, assisted, c).unwrap_or(hresult::to_rax(E_NOTIMPL))
             }
             slot::GET_MEMORY_LOAD => hr(self.get_memory_load(args[1], args[2])),
             slot::REGISTER_CALLBACK => hr(self.register_callback(args[1], callbacks)?),
@@ -251,14 +274,66 @@ impl GuestMemory<'_> {
     /// `VirtualProtect`), which need nothing of the guest but its memory: the scheduler serves
     /// them without the guest's lock when no notification callback is registered and the manager
     /// is not poisoned. `None` for any other slot.
-    pub(super) fn memory_call(&self, slot: u64, args: [u64; 7]) -> Option<u64> {
+    ///
+    /// Arguments come from the caller's registers `c`; `assisted`: the stubs' variant
+    /// ([`host_pages::assisted`]), whose results may go back in `c`'s registers for the stub to
+    /// store (the returned `rax` has bit 32 set then).
+    pub(super) fn memory_call(&self, slot: u64, assisted: bool, c: &mut UserContext) -> Option<u64> {
+        let args = [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx];
         Some(match slot {
+            slot::VIRTUAL_ALLOC if assisted => match self.virtual_alloc_stored(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32) {
+                Ok(base) => {
+                    c.rdx = base;
+                    STUB_STORES
+                }
+                Err(e) => hresult::to_rax(e),
+            },
             slot::VIRTUAL_ALLOC => hr(self.virtual_alloc(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32, args[6])),
             slot::VIRTUAL_FREE => hr(self.virtual_free(args[1], args[2], args[3] as u32)),
+            slot::VIRTUAL_QUERY if assisted && self.stub_may_store_query(args[1], args[2], args[3], args[4], c.rflags) => {
+                match self.query(args[1]) {
+                    Ok(info) => {
+                        let b = info.to_bytes();
+                        let w: [u64; 6] = core::array::from_fn(|i| u64::from_le_bytes(b[i * 8..][..8].try_into().expect("8 bytes")));
+                        (c.rdi, c.rsi, c.rdx, c.r8, c.r9, c.r10) = (w[0], w[1], w[2], w[3], w[4], w[5]);
+                        STUB_STORES
+                    }
+                    Err(e) => hr(self.out_result(args[4], 8).and(Err(hresult::from_vm(e)))),
+                }
+            }
             slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
             slot::VIRTUAL_PROTECT => hr(self.virtual_protect(args[1], args[2], args[3] as u32, args[4])),
             _ => return None,
         })
+    }
+
+    /// A fault (`vector`, with `error_code` and `cr2` for a page fault) at the stubs' result
+    /// store `site` in the thread's context `c`: served as the guest's own fault would be (a
+    /// demand-zero page, the thread's stack growing: the store is retried), and one the memory
+    /// manager refuses becomes the call's error (ERROR_NOACCESS; 0x80000001, the guard cleared,
+    /// for a guard page or the end of the stack, as the kernel's own write reports it). At the
+    /// out-pointer's check the stub makes the plain call instead when `unlocked` is false (the
+    /// kernel then checks the pointer itself, in the contract's order) or on #AC. `false`: the
+    /// fault is not one of these (the guest's exception, as before).
+    pub(super) fn store_fault(&self, site: host_pages::StoreSite, vector: u8, error_code: u64, cr2: u64, unlocked: bool, c: &mut UserContext) -> bool {
+        use host_pages::SiteKind;
+        let plain = site.kind == SiteKind::Check && (!unlocked || vector == 17);
+        if plain {
+            c.rip = site.plain;
+            return true;
+        }
+        let error = match vector {
+            14 => match self.page_fault(cr2, error_code) {
+                None => return true,
+                Some(e) if e.code == super::exceptions::status::ACCESS_VIOLATION => VmError::NoAccess,
+                Some(_) => VmError::GuardPage,
+            },
+            13 => VmError::NoAccess,
+            _ => return false,
+        };
+        c.rax = if site.kind == SiteKind::Result { hresult::to_rax(S_OK) } else { hresult::to_rax(hresult::from_vm(error)) };
+        c.rip = site.done;
+        true
     }
 
     /// Checks a COM out-pointer: NULL → E_POINTER, not writable → ERROR_NOACCESS (or the guard
@@ -301,6 +376,22 @@ impl GuestMemory<'_> {
         result.map(|_| ()).map_err(hresult::from_vm)
     }
 
+    /// `VirtualAlloc` after the stub stored `*ppMem = NULL` (so `ppMem` is writable): the base,
+    /// for the stub to store.
+    fn virtual_alloc_stored(&self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32) -> Result<u64, HResult> {
+        call_clock::lap(Stage::Check);
+        let Some(level) = critical_level(level) else {
+            return Err(E_INVALIDARG);
+        };
+        let result = self.space.with(|s, cx| {
+            call_clock::lap(Stage::Lock);
+            s.virtual_alloc(cx, addr, size, alloc_type, protect, level)
+        });
+        notification::note_commit_change();
+        call_clock::lap(Stage::Manager);
+        result.map_err(hresult::from_vm)
+    }
+
     fn virtual_free(&self, addr: u64, size: u64, free_type: u32) -> Result<(), HResult> {
         let result = self.space.with(|s, cx| {
             call_clock::lap(Stage::Lock);
@@ -311,8 +402,34 @@ impl GuestMemory<'_> {
         result.map_err(hresult::from_vm)
     }
 
+    /// Whether the stub's ring-3 stores give a successful `VirtualQuery` exactly what
+    /// [`virtual_query`](Self::virtual_query) would: every check before the query passes, the
+    /// structure lies within one page (the stub's six stores are then all or nothing, as the
+    /// kernel's copy is), the caller's `RFLAGS.AC` is clear (no #AC on a ring-3 store) and the
+    /// query is not of the thread's own stack (a store that grows it must come first).
+    fn stub_may_store_query(&self, addr: u64, buffer: u64, length: u64, p_result: u64, rflags: u64) -> bool {
+        const AC: u64 = 1 << 18;
+        let last = buffer.wrapping_add(MBI_SIZE - 1);
+        p_result != 0
+            && length >= MBI_SIZE
+            && last >= buffer
+            && buffer & !(PAGE_SIZE - 1) == last & !(PAGE_SIZE - 1)
+            && rflags & AC == 0
+            && !(self.stack.0..self.stack.1).contains(&addr)
+    }
+
+    /// The query itself, under the memory manager's lock.
+    fn query(&self, addr: u64) -> Result<address_space::MemoryBasicInformation, VmError> {
+        call_clock::lap(Stage::Check);
+        let info = self.space.with(|s, cx| {
+            call_clock::lap(Stage::Lock);
+            s.virtual_query(cx.mem, addr)
+        });
+        call_clock::lap(Stage::Manager);
+        info
+    }
+
     fn virtual_query(&self, addr: u64, buffer: u64, length: u64, p_result: u64) -> Result<(), HResult> {
-        const MBI_SIZE: u64 = address_space::MemoryBasicInformation::SIZE as u64;
         if p_result == 0 {
             return Err(E_POINTER);
         }
@@ -326,13 +443,7 @@ impl GuestMemory<'_> {
         if (self.stack.0..self.stack.1).contains(&addr) {
             self.out_result(p_result, 8)?;
         }
-        call_clock::lap(Stage::Check);
-        let info = self.space.with(|s, cx| {
-            call_clock::lap(Stage::Lock);
-            s.virtual_query(cx.mem, addr)
-        });
-        call_clock::lap(Stage::Manager);
-        let info = match info {
+        let info = match self.query(addr) {
             Ok(info) => info,
             Err(e) => {
                 self.out_result(p_result, 8)?;

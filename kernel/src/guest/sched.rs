@@ -39,6 +39,7 @@ use host_abi::host::nr;
 use super::calls::Return;
 use super::exceptions::GuestException;
 use super::host_pages::{self, MANAGER_OBJECT};
+use super::manager::manager_slot;
 use super::threads::{Action, Continuation, Wait};
 use super::{Ended, Guest, GuestMemory, KERNEL_ENTRIES, call_clock};
 use crate::arch::user::{UserExit, enter_user, reset_user_state, set_fs_base};
@@ -295,6 +296,13 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
         // involved, are served without the guest's lock (the memory manager has its own).
         let mem = GuestMemory { space: &run.space, stack: cont.local.stack };
         let exit = match exit {
+            UserExit::Exception { vector, error_code, cr2 }
+                if let Some(site) = host_pages::store_site(cont.context.rip)
+                    && mem.store_fault(site, vector, error_code, cr2, run.memory_unlocked.load(Ordering::SeqCst), &mut cont.context) =>
+            {
+                cont.after_syscall = false;
+                continue;
+            }
             UserExit::Exception { vector: 14, error_code, cr2 } => match mem.page_fault(cr2, error_code) {
                 None => {
                     cont.after_syscall = false;
@@ -303,10 +311,10 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
                 Some(e) => Exit::Raise(e),
             },
             UserExit::Syscall if cont.context.rdi == MANAGER_OBJECT && run.memory_unlocked.load(Ordering::SeqCst) => {
-                let c = &cont.context;
-                let served = c.rax.checked_sub(nr::MANAGER).and_then(|slot| {
+                let c = &mut cont.context;
+                let served = manager_slot(c.rax, c.rcx).and_then(|(slot, assisted)| {
                     call_clock::call(slot as usize);
-                    mem.memory_call(slot, [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx])
+                    mem.memory_call(slot, assisted, c)
                 });
                 if let Some(rax) = served {
                     cont.context.rax = rax;
