@@ -16,7 +16,7 @@
 //! result in `rax` and every other register as it was, except `rcx` and `r11`, which `syscall`
 //! itself clobbers (caller-saved in the System V ABI).
 //!
-//! `VirtualAlloc` and `VirtualQuery` store their out-values in ring 3 (the [`assisted`] calls):
+//! `VirtualAlloc`, `VirtualQuery` and `VirtualProtect` store their out-values in ring 3 (the [`assisted`] calls):
 //! a store from the kernel needs SMAP's `stac`/`clac` window (under TCG each toggle of `AC`
 //! ends a translation block; a store there cost more than the query itself), a ring-3 store is
 //! an ordinary one. The stores have an exception table, [`store_site`]: a fault at one of them
@@ -272,9 +272,19 @@ hm_6_result_end:
     xor eax, eax
 hm_6_done:
     ret
+# VirtualProtect: the kernel checks `lpflOldProtect` before the change (it must stay untouched
+# on failure) and returns the old protection in edx (rax bit 32 set) for the stub to store.
 hm_7: mov r10, rcx
-    mov eax, {m} + 7
+    push r8
+    mov eax, {protect_regs}
     syscall
+    pop rcx
+    bt rax, 32
+    jnc hm_7_done
+hm_7_result:
+    mov [rcx], edx
+    xor eax, eax
+hm_7_done:
     ret
 hm_8: mov eax, {m} + 8
     syscall
@@ -344,6 +354,7 @@ vmk_host_store_sites:
     .quad hm_4_result - vmk_host_code_start, hm_4_done - vmk_host_code_start, {site_result}, hm_4_done - vmk_host_code_start, 0
     .quad hm_6_check - vmk_host_code_start, hm_6_result - vmk_host_code_start, {site_fail}, hm_6_done - vmk_host_code_start, 0
     .quad hm_6_result - vmk_host_code_start, hm_6_result_end - vmk_host_code_start, {site_result}, hm_6_done - vmk_host_code_start, 0
+    .quad hm_7_result - vmk_host_code_start, hm_7_done - vmk_host_code_start, {site_result}, hm_7_done - vmk_host_code_start, 0
     .text
 "#,
     exit = const nr::EXIT,
@@ -373,6 +384,7 @@ vmk_host_store_sites:
     manager_object = const MANAGER_OBJECT,
     alloc_stored = const assisted::VIRTUAL_ALLOC,
     query_regs = const assisted::VIRTUAL_QUERY,
+    protect_regs = const assisted::VIRTUAL_PROTECT,
     site_check = const SiteKind::Check as u64,
     site_fail = const SiteKind::Fail as u64,
     site_result = const SiteKind::Result as u64,
@@ -394,10 +406,13 @@ pub mod assisted {
     /// `VirtualQuery` answered in registers where it can be (rax bit 32 set, the
     /// `MEMORY_BASIC_INFORMATION` words in `rdi, rsi, rdx, r8, r9, r10`), else as slot 6 is.
     pub const VIRTUAL_QUERY: u64 = 49;
+    /// `VirtualProtect` whose old protection comes back in `edx` (rax bit 32 set) when the
+    /// kernel checked `lpflOldProtect` and the stub may store it, else as slot 7 is.
+    pub const VIRTUAL_PROTECT: u64 = 50;
 }
 
 /// Entries of the stubs' store table.
-const STORE_SITES: usize = 4;
+const STORE_SITES: usize = 5;
 
 /// What a fault at one of the stubs' result stores means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,9 +424,9 @@ pub enum SiteKind {
     Check = 1,
     /// A store the memory manager refuses is the call's error (`*pResult` is 0 already).
     Fail = 2,
-    /// The last store, to a page a store of this call reached already: it fails only if another
-    /// thread changed that page meanwhile, and the result is then lost (as the kernel's own
-    /// write of a result is): the call returns S_OK.
+    /// The last store, to a page a store of this call reached already or the kernel checked
+    /// writable: it fails only if another thread changed that page meanwhile, and the result is
+    /// then lost (as the kernel's own write of a result is): the call returns S_OK.
     Result = 3,
 }
 

@@ -108,6 +108,7 @@ pub(super) fn manager_slot(n: u64, rip: u64) -> Option<(u64, bool)> {
         _ if (nr::MANAGER..nr::MANAGER + 13).contains(&n) => Some((n - nr::MANAGER, false)),
         assisted::VIRTUAL_ALLOC if host_pages::is_stub_return(rip) => Some((slot::VIRTUAL_ALLOC, true)),
         assisted::VIRTUAL_QUERY if host_pages::is_stub_return(rip) => Some((slot::VIRTUAL_QUERY, true)),
+        assisted::VIRTUAL_PROTECT if host_pages::is_stub_return(rip) => Some((slot::VIRTUAL_PROTECT, true)),
         _ => None,
     }
 }
@@ -115,6 +116,10 @@ pub(super) fn manager_slot(n: u64, rip: u64) -> Option<(u64, bool)> {
 /// `rax` of an assisted call whose stub stores the results ([`host_pages::assisted`]): S_OK in
 /// the low half, bit 32 set.
 const STUB_STORES: u64 = 1 << 32;
+
+/// `RFLAGS.AC`: with it set (and `CR0.AM`, which the kernel sets), a misaligned ring-3 store
+/// raises #AC, so the kernel stores such a call's results itself.
+const RFLAGS_AC: u64 = 1 << 18;
 
 /// Bytes of a `MEMORY_BASIC_INFORMATION`.
 const MBI_SIZE: u64 = address_space::MemoryBasicInformation::SIZE as u64;
@@ -293,16 +298,28 @@ impl GuestMemory<'_> {
             slot::VIRTUAL_QUERY if assisted && self.stub_may_store_query(args[1], args[2], args[3], args[4], c.rflags) => {
                 match self.query(args[1]) {
                     Ok(info) => {
-                        let b = info.to_bytes();
-                        let w: [u64; 6] = core::array::from_fn(|i| u64::from_le_bytes(b[i * 8..][..8].try_into().expect("8 bytes")));
-                        (c.rdi, c.rsi, c.rdx, c.r8, c.r9, c.r10) = (w[0], w[1], w[2], w[3], w[4], w[5]);
+                        // The structure's six words as `to_bytes` lays them out (PartitionId and
+                        // padding zero).
+                        c.rdi = info.base_address;
+                        c.rsi = info.allocation_base;
+                        c.rdx = info.allocation_protect as u64 | (info.partition_id as u64) << 32;
+                        c.r8 = info.region_size;
+                        c.r9 = info.state as u64 | (info.protect as u64) << 32;
+                        c.r10 = info.type_ as u64;
                         STUB_STORES
                     }
                     Err(e) => hr(self.out_result(args[4], 8).and(Err(hresult::from_vm(e)))),
                 }
             }
             slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
-            slot::VIRTUAL_PROTECT => hr(self.virtual_protect(args[1], args[2], args[3] as u32, args[4])),
+            slot::VIRTUAL_PROTECT => match self.virtual_protect(args[1], args[2], args[3] as u32, args[4], assisted && c.rflags & RFLAGS_AC == 0) {
+                Ok(Some(old)) => {
+                    c.rdx = old as u64;
+                    STUB_STORES
+                }
+                Ok(None) => hresult::to_rax(S_OK),
+                Err(e) => hresult::to_rax(e),
+            },
             _ => return None,
         })
     }
@@ -408,13 +425,12 @@ impl GuestMemory<'_> {
     /// kernel's copy is), the caller's `RFLAGS.AC` is clear (no #AC on a ring-3 store) and the
     /// query is not of the thread's own stack (a store that grows it must come first).
     fn stub_may_store_query(&self, addr: u64, buffer: u64, length: u64, p_result: u64, rflags: u64) -> bool {
-        const AC: u64 = 1 << 18;
         let last = buffer.wrapping_add(MBI_SIZE - 1);
         p_result != 0
             && length >= MBI_SIZE
             && last >= buffer
             && buffer & !(PAGE_SIZE - 1) == last & !(PAGE_SIZE - 1)
-            && rflags & AC == 0
+            && rflags & RFLAGS_AC == 0
             && !(self.stack.0..self.stack.1).contains(&addr)
     }
 
@@ -465,7 +481,10 @@ impl GuestMemory<'_> {
         result
     }
 
-    fn virtual_protect(&self, addr: u64, size: u64, protect: u32, p_old: u64) -> Result<(), HResult> {
+    /// `VirtualProtect`; with `stub_stores` (the assisted call, `RFLAGS.AC` clear) the old
+    /// protection of the common case is returned for the stub to store (`Ok(Some)`), once the
+    /// pointer was checked writable and the change cannot have touched its page.
+    fn virtual_protect(&self, addr: u64, size: u64, protect: u32, p_old: u64, stub_stores: bool) -> Result<Option<u32>, HResult> {
         address_space::AddressSpace::check_protect_value(protect).map_err(hresult::from_vm)?;
         if p_old == 0 {
             return Err(E_NOACCESS);
@@ -479,7 +498,9 @@ impl GuestMemory<'_> {
             call_clock::lap(Stage::Manager);
             let written = match result {
                 Ok(old) if !may_change(&out, addr, size) => {
-                    s.complete_user_write(cx, out, &old.to_le_bytes());
+                    if !stub_stores {
+                        s.complete_user_write(cx, out, &old.to_le_bytes());
+                    }
                     true
                 }
                 _ => false,
@@ -487,9 +508,9 @@ impl GuestMemory<'_> {
             Some((result, written))
         });
         let old = match fast {
-            Some((Ok(_), true)) => {
+            Some((Ok(old), true)) => {
                 call_clock::lap(Stage::Copy);
-                return Ok(());
+                return Ok(stub_stores.then_some(old));
             }
             Some((result, _)) => result.map_err(hresult::from_vm)?,
             None => {
@@ -505,6 +526,6 @@ impl GuestMemory<'_> {
         };
         self.put_result(p_old, &old.to_le_bytes());
         call_clock::lap(Stage::Copy);
-        Ok(())
+        Ok(None)
     }
 }

@@ -145,15 +145,34 @@ static void result_pages(const IHostMemoryManagerVtbl *v, IHostMemoryManager *ho
     check("... the base", (uint64_t)*(void *volatile *)(r + 9 * PAGE - 4), (uint64_t)x);
     v->VirtualFree(host, x, 0, MEM_RELEASE);
 
+    /* VirtualProtect's lpflOldProtect: left untouched, and the protection unchanged, when bad. */
+    check("VirtualProtect old on a guard page", (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READONLY, (DWORD *)(r + PAGE + 32)), GUARD_E);
+    check("... the protection unchanged", protect_of(v, host, r + 6 * PAGE), PAGE_READWRITE);
+    check("... the guard is cleared", protect_of(v, host, r + PAGE), PAGE_READWRITE);
+    check("... the page untouched", intact(r + PAGE, PAGE, 0x5A), 1);
+    check("... the retried call succeeds", (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READONLY, (DWORD *)(r + PAGE + 32)), S_OK);
+    check("... with the old protection", *(volatile uint32_t *)(r + PAGE + 32), PAGE_READWRITE);
+    check("... and the new one", protect_of(v, host, r + 6 * PAGE), PAGE_READONLY);
+    check("VirtualProtect old on a read-only page", (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READWRITE, (DWORD *)(r + 5 * PAGE + 4)), NOACCESS_E);
+    check("... the protection unchanged", protect_of(v, host, r + 6 * PAGE), PAGE_READONLY);
+    check("VirtualProtect old into a no-access page", (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READWRITE, (DWORD *)(r + 3 * PAGE - 2)), NOACCESS_E);
+    check("... the protection unchanged", protect_of(v, host, r + 6 * PAGE), PAGE_READONLY);
+    check("... the good page untouched", intact(r + 2 * PAGE, PAGE, 0x5B), 1);
+    check("VirtualProtect old into an untouched page", (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READWRITE, (DWORD *)(r + 12 * PAGE + 8)), S_OK);
+    check("... the old protection", *(volatile uint32_t *)(r + 12 * PAGE + 8), PAGE_READONLY);
+
     /* RFLAGS.AC set (alignment checks on in ring 3) with misaligned results: the host's stores
      * raise nothing in the guest. */
     set_ac(1);
+    uint32_t hp = (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READONLY, (DWORD *)(r + 10 * PAGE + 91));
     uint32_t hq = (uint32_t)v->VirtualQuery(host, r, r + 10 * PAGE + 1, 48, (SIZE_T *)(r + 10 * PAGE + 61));
     uint32_t ha = (uint32_t)v->VirtualAlloc(host, 0, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, (void **)(r + 10 * PAGE + 73));
     set_ac(0);
     check("VirtualQuery with AC set and misaligned results", hq, S_OK);
     check("... *pResult 48", *(volatile uint64_t *)(r + 10 * PAGE + 61), 48);
     check("... BaseAddress", *(volatile uint64_t *)(r + 10 * PAGE + 1), (uint64_t)r);
+    check("VirtualProtect with AC set and misaligned old", hp, S_OK);
+    check("... the old protection", *(volatile uint32_t *)(r + 10 * PAGE + 91), PAGE_READWRITE);
     check("VirtualAlloc with AC set and misaligned ppMem", ha, S_OK);
     p = *(void *volatile *)(r + 10 * PAGE + 73);
     check("... a reservation", state_of(v, host, p), MEM_RESERVE);
