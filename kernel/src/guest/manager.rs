@@ -10,6 +10,7 @@ use super::host_pages::{self, MANAGER_OBJECT};
 use super::hresult::{self, E_INVALIDARG, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, HResult, S_OK};
 use super::{Ended, Guest, GuestMemory, UserCopy, notification};
 use crate::arch::user::UserContext;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// `IID_IUnknown` as its 16 bytes in memory.
 const IID_IUNKNOWN: [u8; 16] = host_abi::IID_IUNKNOWN.to_bytes();
@@ -18,6 +19,51 @@ const IID_IHOST_MEMORY_MANAGER: [u8; 16] = host_abi::IID_IHOST_MEMORY_MANAGER.to
 
 /// Most ranges a guest may record with `AcquiredVirtualAddressSpace` (kept in the kernel heap).
 pub const MAX_ACQUIRED_RANGES: usize = 4096;
+
+/// The manager's reference count (host-abi §9: starts at 1, never destroys). Shared with the
+/// scheduler, which serves `AddRef`/`Release` without the guest's lock as it serves the memory
+/// calls.
+#[derive(Debug)]
+pub(crate) struct ManagerRefs(AtomicU32);
+
+impl Default for ManagerRefs {
+    fn default() -> ManagerRefs {
+        ManagerRefs(AtomicU32::new(1))
+    }
+}
+
+impl ManagerRefs {
+    /// Adds a reference (saturating); the new count.
+    pub(super) fn add_ref(&self) -> u32 {
+        self.update(|n| n.saturating_add(1))
+    }
+
+    /// Drops a reference (saturating at 0); the new count.
+    pub(super) fn release(&self) -> u32 {
+        self.update(|n| n.saturating_sub(1))
+    }
+
+    fn update(&self, f: impl Fn(u32) -> u32) -> u32 {
+        let mut n = self.0.load(Ordering::Relaxed);
+        loop {
+            match self.0.compare_exchange_weak(n, f(n), Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return f(n),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// `AddRef` or `Release` (vtable `slot`) when `this` is the manager, served without the
+    /// guest's lock; `None` for anything else.
+    pub(super) fn lifetime_call(&self, slot: u64, this: u64) -> Option<u64> {
+        match slot {
+            _ if this != MANAGER_OBJECT => None,
+            slot::ADD_REF => Some(self.add_ref() as u64),
+            slot::RELEASE => Some(self.release() as u64),
+            _ => None,
+        }
+    }
+}
 
 /// The `IHostMemoryManager` methods, by vtable slot.
 mod slot {
@@ -147,14 +193,8 @@ impl Guest {
         }
         let rax = match slot {
             slot::QUERY_INTERFACE => hr(self.query_interface(args[1], args[2])),
-            slot::ADD_REF => {
-                self.manager_refs = self.manager_refs.saturating_add(1);
-                self.manager_refs as u64
-            }
-            slot::RELEASE => {
-                self.manager_refs = self.manager_refs.saturating_sub(1);
-                self.manager_refs as u64
-            }
+            slot::ADD_REF => self.manager_refs.add_ref() as u64,
+            slot::RELEASE => self.manager_refs.release() as u64,
             slot::VIRTUAL_ALLOC | slot::VIRTUAL_FREE | slot::VIRTUAL_QUERY | slot::VIRTUAL_PROTECT => {
                 self.mem().memory_call(slot, assisted, c).unwrap_or(hresult::to_rax(E_NOTIMPL))
             }
@@ -242,7 +282,7 @@ impl Guest {
             return Err(hresult::from_vm(e));
         }
         if iid == IID_IUNKNOWN || iid == IID_IHOST_MEMORY_MANAGER {
-            self.manager_refs = self.manager_refs.saturating_add(1);
+            self.manager_refs.add_ref();
             self.mem().put_result(ppv, &MANAGER_OBJECT.to_le_bytes());
             Ok(())
         } else {
