@@ -152,11 +152,27 @@ pub(super) fn manager_slot(n: u64, rip: u64) -> Option<(u64, bool)> {
     use host_pages::{assisted, nr};
     match n {
         _ if (nr::MANAGER..nr::MANAGER + 13).contains(&n) => Some((n - nr::MANAGER, false)),
-        assisted::VIRTUAL_ALLOC if host_pages::is_stub_return(rip) => Some((slot::VIRTUAL_ALLOC, true)),
-        assisted::VIRTUAL_QUERY if host_pages::is_stub_return(rip) => Some((slot::VIRTUAL_QUERY, true)),
-        assisted::VIRTUAL_PROTECT if host_pages::is_stub_return(rip) => Some((slot::VIRTUAL_PROTECT, true)),
+        _ if !host_pages::is_stub_return(rip) => None,
+        assisted::VIRTUAL_ALLOC => Some((slot::VIRTUAL_ALLOC, true)),
+        assisted::VIRTUAL_QUERY => Some((slot::VIRTUAL_QUERY, true)),
+        assisted::VIRTUAL_PROTECT => Some((slot::VIRTUAL_PROTECT, true)),
         _ => None,
     }
+}
+
+/// How a manager memory call was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Made {
+    /// The plain call (`nr::MANAGER + slot`): the kernel checks and stores everything.
+    Plain,
+    /// By an assisted stub ([`host_pages::assisted`]) that stores the results after the call
+    /// returns: nothing else runs in ring 3 before it does.
+    StubStores,
+    /// By an assisted stub, served where callbacks may run in ring 3 before the stub resumes (a
+    /// notification, host-abi §5): the kernel stores the results, so that they are in place
+    /// when a callback runs, as the plain call has them. (`VirtualAlloc`'s stub checked `ppMem`
+    /// by its store all the same.)
+    KernelStores,
 }
 
 /// `rax` of an assisted call whose stub stores the results ([`host_pages::assisted`]): S_OK in
@@ -196,7 +212,10 @@ impl Guest {
             slot::ADD_REF => self.manager_refs.add_ref() as u64,
             slot::RELEASE => self.manager_refs.release() as u64,
             slot::VIRTUAL_ALLOC | slot::VIRTUAL_FREE | slot::VIRTUAL_QUERY | slot::VIRTUAL_PROTECT => {
-                self.mem().memory_call(slot, assisted, c).unwrap_or(hresult::to_rax(E_NOTIMPL))
+                // Served under the guest's lock: a band change may send a notification
+                // callback before the caller resumes.
+                let made = if assisted { Made::KernelStores } else { Made::Plain };
+                self.mem().memory_call(slot, made, c).unwrap_or(hresult::to_rax(E_NOTIMPL))
             }
             slot::GET_MEMORY_LOAD => hr(self.get_memory_load(args[1], args[2])),
             slot::REGISTER_CALLBACK => hr(self.register_callback(args[1], callbacks)?),
@@ -320,22 +339,27 @@ impl GuestMemory<'_> {
     /// them without the guest's lock when no notification callback is registered and the manager
     /// is not poisoned. `None` for any other slot.
     ///
-    /// Arguments come from the caller's registers `c`; `assisted`: the stubs' variant
-    /// ([`host_pages::assisted`]), whose results may go back in `c`'s registers for the stub to
-    /// store (the returned `rax` has bit 32 set then).
-    pub(super) fn memory_call(&self, slot: u64, assisted: bool, c: &mut UserContext) -> Option<u64> {
+    /// Arguments come from the caller's registers `c`; `made` says how the call was made, and
+    /// whether its results may go back in `c`'s registers for the stub to store (the returned
+    /// `rax` has bit 32 set then).
+    pub(super) fn memory_call(&self, slot: u64, made: Made, c: &mut UserContext) -> Option<u64> {
         let args = [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx];
+        let stub_stores = made == Made::StubStores;
         Some(match slot {
-            slot::VIRTUAL_ALLOC if assisted => match self.virtual_alloc_stored(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32) {
-                Ok(base) => {
+            slot::VIRTUAL_ALLOC if made != Made::Plain => match self.virtual_alloc_stored(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32) {
+                Ok(base) if stub_stores => {
                     c.rdx = base;
                     STUB_STORES
+                }
+                Ok(base) => {
+                    self.put_result(args[6], &base.to_le_bytes());
+                    hresult::to_rax(S_OK)
                 }
                 Err(e) => hresult::to_rax(e),
             },
             slot::VIRTUAL_ALLOC => hr(self.virtual_alloc(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32, args[6])),
             slot::VIRTUAL_FREE => hr(self.virtual_free(args[1], args[2], args[3] as u32)),
-            slot::VIRTUAL_QUERY if assisted && self.stub_may_store_query(args[1], args[2], args[3], args[4], c.rflags) => {
+            slot::VIRTUAL_QUERY if stub_stores && self.stub_may_store_query(args[1], args[2], args[3], args[4], c.rflags) => {
                 match self.query(args[1]) {
                     Ok(info) => {
                         // The structure's six words as `to_bytes` lays them out (PartitionId and
@@ -352,7 +376,7 @@ impl GuestMemory<'_> {
                 }
             }
             slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
-            slot::VIRTUAL_PROTECT => match self.virtual_protect(args[1], args[2], args[3] as u32, args[4], assisted && c.rflags & RFLAGS_AC == 0) {
+            slot::VIRTUAL_PROTECT => match self.virtual_protect(args[1], args[2], args[3] as u32, args[4], stub_stores && c.rflags & RFLAGS_AC == 0) {
                 Ok(Some(old)) => {
                     c.rdx = old as u64;
                     STUB_STORES

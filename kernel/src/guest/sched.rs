@@ -39,7 +39,7 @@ use host_abi::host::nr;
 use super::calls::Return;
 use super::exceptions::GuestException;
 use super::host_pages::{self, MANAGER_OBJECT};
-use super::manager::{ManagerRefs, manager_slot};
+use super::manager::{ManagerRefs, Made, manager_slot};
 use super::threads::{Action, Continuation, Wait};
 use super::{Ended, Guest, GuestMemory, KERNEL_ENTRIES, call_clock};
 use crate::arch::user::{UserExit, enter_user, reset_user_state, set_fs_base};
@@ -323,7 +323,8 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
                 let c = &mut cont.context;
                 let served = manager_slot(c.rax, c.rcx).and_then(|(slot, assisted)| {
                     call_clock::call(slot as usize);
-                    run.refs.lifetime_call(slot, c.rdi).or_else(|| mem.memory_call(slot, assisted, c))
+                    let made = if assisted { Made::StubStores } else { Made::Plain };
+                    run.refs.lifetime_call(slot, c.rdi).or_else(|| mem.memory_call(slot, made, c))
                 });
                 if let Some(rax) = served {
                     cont.context.rax = rax;
