@@ -439,6 +439,15 @@ impl GuestMemory<'_> {
 
     fn virtual_alloc(&self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32, pp_mem: u64) -> Result<(), HResult> {
         self.out_result(pp_mem, 8)?;
+        let base = self.virtual_alloc_stored(addr, size, alloc_type, protect, level)?;
+        self.put_result(pp_mem, &base.to_le_bytes());
+        call_clock::lap(Stage::Copy);
+        Ok(())
+    }
+
+    /// `VirtualAlloc` once `ppMem` was checked by the store of the NULL a failure leaves there
+    /// (by the kernel, or by the stub before the call): the base, for the caller to store.
+    fn virtual_alloc_stored(&self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32) -> Result<u64, HResult> {
         call_clock::lap(Stage::Check);
         let Some(level) = critical_level(level) else {
             return Err(E_INVALIDARG);
@@ -450,26 +459,6 @@ impl GuestMemory<'_> {
         // After the change (see notification::note_commit_change).
         notification::note_commit_change();
         call_clock::lap(Stage::Manager);
-        if let Ok(base) = result {
-            self.put_result(pp_mem, &base.to_le_bytes());
-        }
-        call_clock::lap(Stage::Copy);
-        result.map(|_| ()).map_err(hresult::from_vm)
-    }
-
-    /// `VirtualAlloc` after the stub stored `*ppMem = NULL` (so `ppMem` is writable): the base,
-    /// for the stub to store.
-    fn virtual_alloc_stored(&self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32) -> Result<u64, HResult> {
-        call_clock::lap(Stage::Check);
-        let Some(level) = critical_level(level) else {
-            return Err(E_INVALIDARG);
-        };
-        let result = self.space.with(|s, cx| {
-            call_clock::lap(Stage::Lock);
-            s.virtual_alloc(cx, addr, size, alloc_type, protect, level)
-        });
-        notification::note_commit_change();
-        call_clock::lap(Stage::Manager);
         result.map_err(hresult::from_vm)
     }
 
@@ -478,6 +467,7 @@ impl GuestMemory<'_> {
             call_clock::lap(Stage::Lock);
             s.virtual_free(cx, addr, size, free_type)
         });
+        // After the change (see notification::note_commit_change).
         notification::note_commit_change();
         call_clock::lap(Stage::Manager);
         result.map_err(hresult::from_vm)

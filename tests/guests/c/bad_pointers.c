@@ -37,6 +37,15 @@ static uint32_t state_of(const IHostMemoryManagerVtbl *v, IHostMemoryManager *ho
     v->VirtualQuery(host, at, &m, sizeof m, &got);
     return m.State;
 }
+/* VirtualQuery of `at` into `buffer` fails with `expected`, leaving *pResult 0 and the good page
+ * `good` (filled with `b`; none if NULL) as it was. */
+static void query_fails(const IHostMemoryManagerVtbl *v, IHostMemoryManager *host, const char *name, void *at, char *buffer, uint32_t expected,
+                        char *good, unsigned char b) {
+    SIZE_T got = 77;
+    check(name, (uint32_t)v->VirtualQuery(host, at, buffer, 48, &got), expected);
+    check("... *pResult 0", got, 0);
+    if (good) check("... the good page untouched", intact(good, PAGE, b), 1);
+}
 static void set_ac(int on) {
     if (on) __asm__ volatile("pushfq; orq $0x40000, (%%rsp); popfq" ::: "memory", "cc");
     else __asm__ volatile("pushfq; andq $~0x40000, (%%rsp); popfq" ::: "memory", "cc");
@@ -96,28 +105,12 @@ static void result_pages(const IHostMemoryManagerVtbl *v, IHostMemoryManager *ho
     check("... the guard stays", protect_of(v, host, r + PAGE), PAGE_READWRITE | PAGE_GUARD);
     check("... nothing reserved", state_of(v, host, x), MEM_FREE);
 
-    got = 77;
-    check("VirtualQuery lpBuffer on a no-access page", (uint32_t)v->VirtualQuery(host, r, r + 3 * PAGE, 48, &got), NOACCESS_E);
-    check("... *pResult 0", got, 0);
-    got = 77;
-    check("VirtualQuery lpBuffer on a read-only page", (uint32_t)v->VirtualQuery(host, r, r + 5 * PAGE + 8, 48, &got), NOACCESS_E);
-    check("... *pResult 0", got, 0);
-    got = 77;
-    check("VirtualQuery lpBuffer into a no-access page", (uint32_t)v->VirtualQuery(host, r, r + 3 * PAGE - 24, 48, &got), NOACCESS_E);
-    check("... *pResult 0", got, 0);
-    check("... the good page untouched", intact(r + 2 * PAGE, PAGE, 0x5B), 1);
-    got = 77;
-    check("VirtualQuery lpBuffer out of a no-access page", (uint32_t)v->VirtualQuery(host, r, r + 4 * PAGE - 24, 48, &got), NOACCESS_E);
-    check("... *pResult 0", got, 0);
-    check("... the good page untouched", intact(r + 4 * PAGE, PAGE, 0x5C), 1);
-    got = 77;
-    check("VirtualQuery lpBuffer into a read-only page", (uint32_t)v->VirtualQuery(host, r, r + 5 * PAGE - 16, 48, &got), NOACCESS_E);
-    check("... *pResult 0", got, 0);
-    check("... the good page untouched", intact(r + 4 * PAGE, PAGE, 0x5C), 1);
-    got = 77;
-    check("VirtualQuery lpBuffer into a guard page", (uint32_t)v->VirtualQuery(host, r, r + 2 * PAGE - 24, 48, &got), GUARD_E);
-    check("... *pResult 0", got, 0);
-    check("... the good page untouched", intact(r + 2 * PAGE, PAGE, 0x5B), 1);
+    query_fails(v, host, "VirtualQuery lpBuffer on a no-access page", r, r + 3 * PAGE, NOACCESS_E, 0, 0);
+    query_fails(v, host, "VirtualQuery lpBuffer on a read-only page", r, r + 5 * PAGE + 8, NOACCESS_E, 0, 0);
+    query_fails(v, host, "VirtualQuery lpBuffer into a no-access page", r, r + 3 * PAGE - 24, NOACCESS_E, r + 2 * PAGE, 0x5B);
+    query_fails(v, host, "VirtualQuery lpBuffer out of a no-access page", r, r + 4 * PAGE - 24, NOACCESS_E, r + 4 * PAGE, 0x5C);
+    query_fails(v, host, "VirtualQuery lpBuffer into a read-only page", r, r + 5 * PAGE - 16, NOACCESS_E, r + 4 * PAGE, 0x5C);
+    query_fails(v, host, "VirtualQuery lpBuffer into a guard page", r, r + 2 * PAGE - 24, GUARD_E, r + 2 * PAGE, 0x5B);
     check("... the guard is cleared", protect_of(v, host, r + PAGE), PAGE_READWRITE);
     fill(r + PAGE, PAGE, 0x5A);
     v->VirtualProtect(host, r + PAGE, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
