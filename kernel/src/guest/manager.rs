@@ -1,6 +1,8 @@
 //! `IHostMemoryManager` (host-abi §4, §5, §9): its COM methods, served for the stubs of the
 //! vtable in the host's data page.
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use address_space::win32::*;
 use address_space::{CheckedUserWrite, CriticalLevel, VmError};
 
@@ -10,7 +12,6 @@ use super::host_pages::{self, MANAGER_OBJECT};
 use super::hresult::{self, E_INVALIDARG, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, HResult, S_OK};
 use super::{Ended, Guest, GuestMemory, UserCopy, notification};
 use crate::arch::user::UserContext;
-use core::sync::atomic::{AtomicU32, Ordering};
 
 /// `IID_IUnknown` as its 16 bytes in memory.
 const IID_IUNKNOWN: [u8; 16] = host_abi::IID_IUNKNOWN.to_bytes();
@@ -191,9 +192,9 @@ fn hr(result: Result<(), HResult>) -> u64 {
 }
 
 impl Guest {
-    /// An `IHostMemoryManager` method; `args[0]` is `this`. Callbacks it leaves for ring 3 go
-    /// to `callbacks`.
-    /// `assisted`: the stubs' variant ([`host_pages::assisted`]).
+    /// An `IHostMemoryManager` method, its arguments in the caller's registers `c` (`rdi` is
+    /// `this`); `assisted`: the stubs' variant ([`host_pages::assisted`]). Callbacks it leaves
+    /// for ring 3 go to `callbacks`.
     pub(super) fn manager_call(&mut self, slot: u64, assisted: bool, c: &mut UserContext, callbacks: &mut Callbacks) -> Result<u64, Ended> {
         call_clock::call(slot as usize);
         let args = [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx];
