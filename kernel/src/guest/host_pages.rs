@@ -16,16 +16,18 @@
 //! result in `rax` and every other register as it was, except `rcx` and `r11`, which `syscall`
 //! itself clobbers (caller-saved in the System V ABI).
 //!
-//! `VirtualAlloc`, `VirtualQuery` and `VirtualProtect` store their out-values in ring 3 (the [`assisted`] calls):
-//! a store from the kernel needs SMAP's `stac`/`clac` window (under TCG each toggle of `AC`
-//! ends a translation block; a store there cost more than the query itself), a ring-3 store is
-//! an ordinary one. The stores have an exception table, [`store_site`]: a fault at one of them
+//! `VirtualAlloc`, `VirtualQuery` and `VirtualProtect` store their out-values in ring 3 (the
+//! [`assisted`] calls): a store from the kernel needs SMAP's `stac`/`clac` window (under TCG
+//! each toggle of `AC` ends a translation block; a store there cost more than the query itself),
+//! a ring-3 store is an ordinary one. The stores have an exception table, [`store_site`]: a fault at one of them
 //! goes to the memory manager as the guest's own would (a demand-zero page gets its frame, the
 //! thread's stack grows), and one it refuses becomes the call's documented error (ERROR_NOACCESS,
 //! or 0x80000001 with the guard cleared), never an exception of the guest: exactly what the
 //! kernel's checked copy gave. Where that copy would differ (a result straddling two pages, which
 //! must be all or nothing; `RFLAGS.AC` set, where a ring-3 store may raise #AC; a query of the
-//! thread's own stack) the kernel stores the results itself and the stub only returns.
+//! thread's own stack; a call served under the guest's lock, after which a notification callback
+//! may run before the stub resumes) the kernel stores the results itself and the stub only
+//! returns.
 
 use core::arch::global_asm;
 use core::mem::offset_of;
