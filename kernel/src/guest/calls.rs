@@ -59,7 +59,7 @@ impl Guest {
     /// Serves one system call of the guest running `c` (its result goes to `c.rax`, or `c` is
     /// replaced), or ends the guest.
     pub(super) fn syscall(&mut self, c: &mut UserContext) -> Result<Return, Ended> {
-        let (a1, a2, a3, a4, a5, a6, a7) = (c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx);
+        let (a1, a2, a3, a4, a5, a6) = (c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9);
         self.note_stack(c.rsp);
         // The dispatchers' calls are private to the host's code page (`rcx` = the return rip):
         // made from anywhere else they are unknown calls (host-abi §9: E_NOTIMPL).
@@ -95,9 +95,9 @@ impl Guest {
                 self.callbacks_done(c, a1, a2, a3 != 0)?;
                 return Ok(Return::Context);
             }
-            n if (nr::MANAGER..nr::MANAGER + 13).contains(&n) => {
+            n if let Some((slot, assisted)) = super::manager::manager_slot(n, c.rcx) => {
                 let mut callbacks = Callbacks::default();
-                c.rax = self.manager_call(n - nr::MANAGER, [a1, a2, a3, a4, a5, a6, a7], &mut callbacks)?;
+                c.rax = self.manager_call(slot, assisted, c, &mut callbacks)?;
                 self.note_band_change(&mut callbacks)?;
                 return self.enter_callbacks(c, &callbacks);
             }

@@ -15,6 +15,19 @@
 //! seventh (`ppMem`, on the stack) in `rbx`, which it saves and restores. The kernel returns the
 //! result in `rax` and every other register as it was, except `rcx` and `r11`, which `syscall`
 //! itself clobbers (caller-saved in the System V ABI).
+//!
+//! `VirtualAlloc`, `VirtualQuery` and `VirtualProtect` store their out-values in ring 3 (the
+//! [`assisted`] calls): a store from the kernel needs SMAP's `stac`/`clac` window (under TCG
+//! each toggle of `AC` ends a translation block; a store there cost more than the query itself),
+//! a ring-3 store is an ordinary one. The stores have an exception table, [`store_site`]: a fault at one of them
+//! goes to the memory manager as the guest's own would (a demand-zero page gets its frame, the
+//! thread's stack grows), and one it refuses becomes the call's documented error (ERROR_NOACCESS,
+//! or 0x80000001 with the guard cleared), never an exception of the guest: exactly what the
+//! kernel's checked copy gave. Where that copy would differ (a result straddling two pages, which
+//! must be all or nothing; `RFLAGS.AC` set, where a ring-3 store may raise #AC; a query of the
+//! thread's own stack; a call served under the guest's lock, after which a notification callback
+//! may run before the stub resumes) the kernel stores the results itself and the stub only
+//! returns.
 
 use core::arch::global_asm;
 use core::mem::offset_of;
@@ -205,24 +218,75 @@ hm_2: mov eax, {m} + 2
 hm_3: mov eax, {m} + 3
     syscall
     ret
+# VirtualAlloc: `*ppMem = NULL` is stored here, in ring 3, before the call (the out-pointer's
+# check: host-abi §9 order, E_POINTER and a bad `this` left to the kernel), and the base after
+# it; a fault on either store is the call's error, never the guest's exception (`store_site`).
 hm_4: push rbx
     mov rbx, [rsp + 16]
     mov r10, rcx
     mov eax, {m} + 4
+    mov r11, {manager_object}
+    cmp rdi, r11
+    jne hm_4_call
+    test rbx, rbx
+    jz hm_4_call
+hm_4_check:
+    mov qword ptr [rbx], 0
+    mov eax, {alloc_stored}
+hm_4_call:
     syscall
+    bt rax, 32
+    jnc hm_4_done
+hm_4_result:
+    mov [rbx], rdx
+    xor eax, eax
+hm_4_done:
     pop rbx
     ret
 hm_5: mov r10, rcx
     mov eax, {m} + 5
     syscall
     ret
+# VirtualQuery: the kernel answers in registers (rax bit 32 set, the structure's six words in
+# rdi, rsi, rdx, r8, r9, r10) when the stores below are the whole rest of the call; they store
+# `*pResult = 0` (its check), the structure, `*pResult = 48`, as the kernel's checked copy did.
 hm_6: mov r10, rcx
-    mov eax, {m} + 6
+    push r8
+    push rdx
+    mov eax, {query_regs}
     syscall
+    pop rcx
+    pop r11
+    bt rax, 32
+    jnc hm_6_done
+hm_6_check:
+    mov qword ptr [r11], 0
+hm_6_info:
+    mov [rcx], rdi
+    mov [rcx + 8], rsi
+    mov [rcx + 16], rdx
+    mov [rcx + 24], r8
+    mov [rcx + 32], r9
+    mov [rcx + 40], r10
+hm_6_result:
+    mov qword ptr [r11], 48
+hm_6_result_end:
+    xor eax, eax
+hm_6_done:
     ret
+# VirtualProtect: the kernel checks `lpflOldProtect` before the change (it must stay untouched
+# on failure) and returns the old protection in edx (rax bit 32 set) for the stub to store.
 hm_7: mov r10, rcx
-    mov eax, {m} + 7
+    push r8
+    mov eax, {protect_regs}
     syscall
+    pop rcx
+    bt rax, 32
+    jnc hm_7_done
+hm_7_result:
+    mov [rcx], edx
+    xor eax, eax
+hm_7_done:
     ret
 hm_8: mov eax, {m} + 8
     syscall
@@ -282,6 +346,17 @@ vmk_host_offsets:
     .quad hm_10 - vmk_host_code_start
     .quad hm_11 - vmk_host_code_start
     .quad hm_12 - vmk_host_code_start
+
+    # The stubs' result stores (see `store_site`): start, end, kind, where the call ends, where
+    # the plain call is made.
+    .balign 8
+    .global vmk_host_store_sites
+vmk_host_store_sites:
+    .quad hm_4_check - vmk_host_code_start, hm_4_call - vmk_host_code_start, {site_check}, hm_4_done - vmk_host_code_start, hm_4_call - vmk_host_code_start
+    .quad hm_4_result - vmk_host_code_start, hm_4_done - vmk_host_code_start, {site_result}, hm_4_done - vmk_host_code_start, 0
+    .quad hm_6_check - vmk_host_code_start, hm_6_result - vmk_host_code_start, {site_fail}, hm_6_done - vmk_host_code_start, 0
+    .quad hm_6_result - vmk_host_code_start, hm_6_result_end - vmk_host_code_start, {site_result}, hm_6_done - vmk_host_code_start, 0
+    .quad hm_7_result - vmk_host_code_start, hm_7_done - vmk_host_code_start, {site_result}, hm_7_done - vmk_host_code_start, 0
     .text
 "#,
     exit = const nr::EXIT,
@@ -308,12 +383,83 @@ vmk_host_offsets:
     set_thread_pointer = const nr::SET_THREAD_POINTER,
     get_thread_pointer = const nr::GET_THREAD_POINTER,
     m = const nr::MANAGER,
+    manager_object = const MANAGER_OBJECT,
+    alloc_stored = const assisted::VIRTUAL_ALLOC,
+    query_regs = const assisted::VIRTUAL_QUERY,
+    protect_regs = const assisted::VIRTUAL_PROTECT,
+    site_check = const SiteKind::Check as u64,
+    site_fail = const SiteKind::Fail as u64,
+    site_result = const SiteKind::Result as u64,
 );
 
 unsafe extern "C" {
     static vmk_host_code_start: [u8; 0];
     static vmk_host_code_end: [u8; 0];
     static vmk_host_offsets: [u64; STUB_COUNT];
+    static vmk_host_store_sites: [[u64; 5]; STORE_SITES];
+}
+
+/// The system calls of the stubs that store a manager method's results in ring 3 themselves
+/// (served only when made from the code page: [`is_stub_return`]).
+pub mod assisted {
+    /// `VirtualAlloc` whose stub stored `*ppMem = NULL` before the call (so `ppMem` is writable):
+    /// the kernel returns rax bit 32 set and the base in `rdx` on success, for the stub to store.
+    pub const VIRTUAL_ALLOC: u64 = 48;
+    /// `VirtualQuery` answered in registers where it can be (rax bit 32 set, the
+    /// `MEMORY_BASIC_INFORMATION` words in `rdi, rsi, rdx, r8, r9, r10`), else as slot 6 is.
+    pub const VIRTUAL_QUERY: u64 = 49;
+    /// `VirtualProtect` whose old protection comes back in `edx` (rax bit 32 set) when the
+    /// kernel checked `lpflOldProtect` and the stub may store it, else as slot 7 is.
+    pub const VIRTUAL_PROTECT: u64 = 50;
+}
+
+/// Entries of the stubs' store table.
+const STORE_SITES: usize = 5;
+
+/// What a fault at one of the stubs' result stores means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiteKind {
+    /// The out-pointer's check before the call (`*ppMem = NULL`): a store the memory manager
+    /// refuses is the call's error; whenever the kernel must check the pointer itself (the
+    /// manager not served unlocked: poisoned, a callback registered, a test counting calls), the
+    /// stub makes the plain call instead, the page untouched.
+    Check = 1,
+    /// A store the memory manager refuses is the call's error (`*pResult` is 0 already).
+    Fail = 2,
+    /// The last store, to a page a store of this call reached already or the kernel checked
+    /// writable: it fails only if another thread changed that page meanwhile, and the result is
+    /// then lost (as the kernel's own write of a result is): the call returns S_OK.
+    Result = 3,
+}
+
+/// A result store of the stubs: a fault there is never the guest's exception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreSite {
+    /// What the fault means.
+    pub kind: SiteKind,
+    /// Where the stub returns to its caller with the result in `rax`.
+    pub done: u64,
+    /// Where it makes the plain call ([`SiteKind::Check`]).
+    pub plain: u64,
+}
+
+/// The result store at `rip`, if it is one.
+pub fn store_site(rip: u64) -> Option<StoreSite> {
+    if !is_stub_return(rip) {
+        return None;
+    }
+    let at = rip - HOST_CODE;
+    // SAFETY: a static table emitted by the global_asm! above with STORE_SITES entries.
+    let sites = unsafe { &vmk_host_store_sites };
+    sites.iter().find(|s| (s[0]..s[1]).contains(&at)).map(|s| StoreSite {
+        kind: match s[2] {
+            1 => SiteKind::Check,
+            2 => SiteKind::Fail,
+            _ => SiteKind::Result,
+        },
+        done: HOST_CODE + s[3],
+        plain: HOST_CODE + s[4],
+    })
 }
 
 /// Offsets of the stubs in the code page, in the order of [`Stub`].

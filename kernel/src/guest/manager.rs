@@ -1,14 +1,17 @@
 //! `IHostMemoryManager` (host-abi §4, §5, §9): its COM methods, served for the stubs of the
 //! vtable in the host's data page.
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use address_space::win32::*;
 use address_space::{CheckedUserWrite, CriticalLevel, VmError};
 
 use super::call_clock::{self, Stage};
 use super::calls::Callbacks;
-use super::host_pages::MANAGER_OBJECT;
+use super::host_pages::{self, MANAGER_OBJECT};
 use super::hresult::{self, E_INVALIDARG, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, HResult, S_OK};
 use super::{Ended, Guest, GuestMemory, UserCopy, notification};
+use crate::arch::user::UserContext;
 
 /// `IID_IUnknown` as its 16 bytes in memory.
 const IID_IUNKNOWN: [u8; 16] = host_abi::IID_IUNKNOWN.to_bytes();
@@ -17,6 +20,51 @@ const IID_IHOST_MEMORY_MANAGER: [u8; 16] = host_abi::IID_IHOST_MEMORY_MANAGER.to
 
 /// Most ranges a guest may record with `AcquiredVirtualAddressSpace` (kept in the kernel heap).
 pub const MAX_ACQUIRED_RANGES: usize = 4096;
+
+/// The manager's reference count (host-abi §9: starts at 1, never destroys). Shared with the
+/// scheduler, which serves `AddRef`/`Release` without the guest's lock as it serves the memory
+/// calls.
+#[derive(Debug)]
+pub(crate) struct ManagerRefs(AtomicU32);
+
+impl Default for ManagerRefs {
+    fn default() -> ManagerRefs {
+        ManagerRefs(AtomicU32::new(1))
+    }
+}
+
+impl ManagerRefs {
+    /// Adds a reference (saturating); the new count.
+    pub(super) fn add_ref(&self) -> u32 {
+        self.update(|n| n.saturating_add(1))
+    }
+
+    /// Drops a reference (saturating at 0); the new count.
+    pub(super) fn release(&self) -> u32 {
+        self.update(|n| n.saturating_sub(1))
+    }
+
+    fn update(&self, f: impl Fn(u32) -> u32) -> u32 {
+        let mut n = self.0.load(Ordering::Relaxed);
+        loop {
+            match self.0.compare_exchange_weak(n, f(n), Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return f(n),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// `AddRef` or `Release` (vtable `slot`) when `this` is the manager, served without the
+    /// guest's lock; `None` for anything else.
+    pub(super) fn lifetime_call(&self, slot: u64, this: u64) -> Option<u64> {
+        match slot {
+            _ if this != MANAGER_OBJECT => None,
+            slot::ADD_REF => Some(self.add_ref() as u64),
+            slot::RELEASE => Some(self.release() as u64),
+            _ => None,
+        }
+    }
+}
 
 /// The `IHostMemoryManager` methods, by vtable slot.
 mod slot {
@@ -98,15 +146,58 @@ fn may_change(out: &CheckedUserWrite, addr: u64, size: u64) -> bool {
     (start..end).contains(&out.page())
 }
 
+/// The manager method a system call `n` asks for, made with return address `rip`: its vtable
+/// slot, and whether it is the stubs' assisted variant ([`host_pages::assisted`], served only
+/// from the code page; from anywhere else it is an unknown call).
+pub(super) fn manager_slot(n: u64, rip: u64) -> Option<(u64, bool)> {
+    use host_pages::{assisted, nr};
+    match n {
+        _ if (nr::MANAGER..nr::MANAGER + 13).contains(&n) => Some((n - nr::MANAGER, false)),
+        _ if !host_pages::is_stub_return(rip) => None,
+        assisted::VIRTUAL_ALLOC => Some((slot::VIRTUAL_ALLOC, true)),
+        assisted::VIRTUAL_QUERY => Some((slot::VIRTUAL_QUERY, true)),
+        assisted::VIRTUAL_PROTECT => Some((slot::VIRTUAL_PROTECT, true)),
+        _ => None,
+    }
+}
+
+/// How a manager memory call was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Made {
+    /// The plain call (`nr::MANAGER + slot`): the kernel checks and stores everything.
+    Plain,
+    /// By an assisted stub ([`host_pages::assisted`]) that stores the results after the call
+    /// returns: nothing else runs in ring 3 before it does.
+    StubStores,
+    /// By an assisted stub, served where callbacks may run in ring 3 before the stub resumes (a
+    /// notification, host-abi §5): the kernel stores the results, so that they are in place
+    /// when a callback runs, as the plain call has them. (`VirtualAlloc`'s stub checked `ppMem`
+    /// by its store all the same.)
+    KernelStores,
+}
+
+/// `rax` of an assisted call whose stub stores the results ([`host_pages::assisted`]): S_OK in
+/// the low half, bit 32 set.
+const STUB_STORES: u64 = 1 << 32;
+
+/// `RFLAGS.AC`: with it set (and `CR0.AM`, which the kernel sets), a misaligned ring-3 store
+/// raises #AC, so the kernel stores such a call's results itself.
+const RFLAGS_AC: u64 = 1 << 18;
+
+/// Bytes of a `MEMORY_BASIC_INFORMATION`.
+const MBI_SIZE: u64 = address_space::MemoryBasicInformation::SIZE as u64;
+
 fn hr(result: Result<(), HResult>) -> u64 {
     hresult::to_rax(result.err().unwrap_or(S_OK))
 }
 
 impl Guest {
-    /// An `IHostMemoryManager` method; `args[0]` is `this`. Callbacks it leaves for ring 3 go
-    /// to `callbacks`.
-    pub(super) fn manager_call(&mut self, slot: u64, args: [u64; 7], callbacks: &mut Callbacks) -> Result<u64, Ended> {
+    /// An `IHostMemoryManager` method, its arguments in the caller's registers `c` (`rdi` is
+    /// `this`); `assisted`: the stubs' variant ([`host_pages::assisted`]). Callbacks it leaves
+    /// for ring 3 go to `callbacks`.
+    pub(super) fn manager_call(&mut self, slot: u64, assisted: bool, c: &mut UserContext, callbacks: &mut Callbacks) -> Result<u64, Ended> {
         call_clock::call(slot as usize);
+        let args = [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx];
         if args[0] != MANAGER_OBJECT {
             return Ok(hresult::to_rax(E_NOACCESS));
         }
@@ -119,16 +210,13 @@ impl Guest {
         }
         let rax = match slot {
             slot::QUERY_INTERFACE => hr(self.query_interface(args[1], args[2])),
-            slot::ADD_REF => {
-                self.manager_refs = self.manager_refs.saturating_add(1);
-                self.manager_refs as u64
-            }
-            slot::RELEASE => {
-                self.manager_refs = self.manager_refs.saturating_sub(1);
-                self.manager_refs as u64
-            }
+            slot::ADD_REF => self.manager_refs.add_ref() as u64,
+            slot::RELEASE => self.manager_refs.release() as u64,
             slot::VIRTUAL_ALLOC | slot::VIRTUAL_FREE | slot::VIRTUAL_QUERY | slot::VIRTUAL_PROTECT => {
-                self.mem().memory_call(slot, args).unwrap_or(hresult::to_rax(E_NOTIMPL))
+                // Served under the guest's lock: a band change may send a notification
+                // callback before the caller resumes.
+                let made = if assisted { Made::KernelStores } else { Made::Plain };
+                self.mem().memory_call(slot, made, c).unwrap_or(hresult::to_rax(E_NOTIMPL))
             }
             slot::GET_MEMORY_LOAD => hr(self.get_memory_load(args[1], args[2])),
             slot::REGISTER_CALLBACK => hr(self.register_callback(args[1], callbacks)?),
@@ -214,7 +302,7 @@ impl Guest {
             return Err(hresult::from_vm(e));
         }
         if iid == IID_IUNKNOWN || iid == IID_IHOST_MEMORY_MANAGER {
-            self.manager_refs = self.manager_refs.saturating_add(1);
+            self.manager_refs.add_ref();
             self.mem().put_result(ppv, &MANAGER_OBJECT.to_le_bytes());
             Ok(())
         } else {
@@ -251,14 +339,83 @@ impl GuestMemory<'_> {
     /// `VirtualProtect`), which need nothing of the guest but its memory: the scheduler serves
     /// them without the guest's lock when no notification callback is registered and the manager
     /// is not poisoned. `None` for any other slot.
-    pub(super) fn memory_call(&self, slot: u64, args: [u64; 7]) -> Option<u64> {
+    ///
+    /// Arguments come from the caller's registers `c`; `made` says how the call was made, and
+    /// whether its results may go back in `c`'s registers for the stub to store (the returned
+    /// `rax` has bit 32 set then).
+    pub(super) fn memory_call(&self, slot: u64, made: Made, c: &mut UserContext) -> Option<u64> {
+        let args = [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx];
+        let stub_stores = made == Made::StubStores;
         Some(match slot {
+            slot::VIRTUAL_ALLOC if made != Made::Plain => match self.virtual_alloc_stored(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32) {
+                Ok(base) if stub_stores => {
+                    c.rdx = base;
+                    STUB_STORES
+                }
+                Ok(base) => {
+                    self.put_result(args[6], &base.to_le_bytes());
+                    hresult::to_rax(S_OK)
+                }
+                Err(e) => hresult::to_rax(e),
+            },
             slot::VIRTUAL_ALLOC => hr(self.virtual_alloc(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32, args[6])),
             slot::VIRTUAL_FREE => hr(self.virtual_free(args[1], args[2], args[3] as u32)),
+            slot::VIRTUAL_QUERY if stub_stores && self.stub_may_store_query(args[1], args[2], args[3], args[4], c.rflags) => {
+                match self.query(args[1]) {
+                    Ok(info) => {
+                        // The structure's six words as `to_bytes` lays them out (PartitionId and
+                        // padding zero).
+                        c.rdi = info.base_address;
+                        c.rsi = info.allocation_base;
+                        c.rdx = info.allocation_protect as u64 | (info.partition_id as u64) << 32;
+                        c.r8 = info.region_size;
+                        c.r9 = info.state as u64 | (info.protect as u64) << 32;
+                        c.r10 = info.type_ as u64;
+                        STUB_STORES
+                    }
+                    Err(e) => hr(self.out_result(args[4], 8).and(Err(hresult::from_vm(e)))),
+                }
+            }
             slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
-            slot::VIRTUAL_PROTECT => hr(self.virtual_protect(args[1], args[2], args[3] as u32, args[4])),
+            slot::VIRTUAL_PROTECT => match self.virtual_protect(args[1], args[2], args[3] as u32, args[4], stub_stores && c.rflags & RFLAGS_AC == 0) {
+                Ok(Some(old)) => {
+                    c.rdx = old as u64;
+                    STUB_STORES
+                }
+                Ok(None) => hresult::to_rax(S_OK),
+                Err(e) => hresult::to_rax(e),
+            },
             _ => return None,
         })
+    }
+
+    /// A fault (`vector`, with `error_code` and `cr2` for a page fault) at the stubs' result
+    /// store `site` in the thread's context `c`: served as the guest's own fault would be (a
+    /// demand-zero page, the thread's stack growing: the store is retried), and one the memory
+    /// manager refuses becomes the call's error (ERROR_NOACCESS; 0x80000001, the guard cleared,
+    /// for a guard page or the end of the stack, as the kernel's own write reports it). At the
+    /// out-pointer's check the stub makes the plain call instead when `unlocked` is false (the
+    /// kernel then checks the pointer itself, in the contract's order) or on #AC. `false`: the
+    /// fault is not one of these (the guest's exception, as before).
+    pub(super) fn store_fault(&self, site: host_pages::StoreSite, vector: u8, error_code: u64, cr2: u64, unlocked: bool, c: &mut UserContext) -> bool {
+        use host_pages::SiteKind;
+        let plain = site.kind == SiteKind::Check && (!unlocked || vector == 17);
+        if plain {
+            c.rip = site.plain;
+            return true;
+        }
+        let error = match vector {
+            14 => match self.page_fault(cr2, error_code) {
+                None => return true,
+                Some(e) if e.code == super::exceptions::status::ACCESS_VIOLATION => VmError::NoAccess,
+                Some(_) => VmError::GuardPage,
+            },
+            13 => VmError::NoAccess,
+            _ => return false,
+        };
+        c.rax = if site.kind == SiteKind::Result { hresult::to_rax(S_OK) } else { hresult::to_rax(hresult::from_vm(error)) };
+        c.rip = site.done;
+        true
     }
 
     /// Checks a COM out-pointer: NULL → E_POINTER, not writable → ERROR_NOACCESS (or the guard
@@ -283,6 +440,15 @@ impl GuestMemory<'_> {
 
     fn virtual_alloc(&self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32, pp_mem: u64) -> Result<(), HResult> {
         self.out_result(pp_mem, 8)?;
+        let base = self.virtual_alloc_stored(addr, size, alloc_type, protect, level)?;
+        self.put_result(pp_mem, &base.to_le_bytes());
+        call_clock::lap(Stage::Copy);
+        Ok(())
+    }
+
+    /// `VirtualAlloc` once `ppMem` was checked by the store of the NULL a failure leaves there
+    /// (by the kernel, or by the stub before the call): the base, for the caller to store.
+    fn virtual_alloc_stored(&self, addr: u64, size: u64, alloc_type: u32, protect: u32, level: u32) -> Result<u64, HResult> {
         call_clock::lap(Stage::Check);
         let Some(level) = critical_level(level) else {
             return Err(E_INVALIDARG);
@@ -294,11 +460,7 @@ impl GuestMemory<'_> {
         // After the change (see notification::note_commit_change).
         notification::note_commit_change();
         call_clock::lap(Stage::Manager);
-        if let Ok(base) = result {
-            self.put_result(pp_mem, &base.to_le_bytes());
-        }
-        call_clock::lap(Stage::Copy);
-        result.map(|_| ()).map_err(hresult::from_vm)
+        result.map_err(hresult::from_vm)
     }
 
     fn virtual_free(&self, addr: u64, size: u64, free_type: u32) -> Result<(), HResult> {
@@ -306,13 +468,39 @@ impl GuestMemory<'_> {
             call_clock::lap(Stage::Lock);
             s.virtual_free(cx, addr, size, free_type)
         });
+        // After the change (see notification::note_commit_change).
         notification::note_commit_change();
         call_clock::lap(Stage::Manager);
         result.map_err(hresult::from_vm)
     }
 
+    /// Whether the stub's ring-3 stores give a successful `VirtualQuery` exactly what
+    /// [`virtual_query`](Self::virtual_query) would: every check before the query passes, the
+    /// structure lies within one page (the stub's six stores are then all or nothing, as the
+    /// kernel's copy is), the caller's `RFLAGS.AC` is clear (no #AC on a ring-3 store) and the
+    /// query is not of the thread's own stack (a store that grows it must come first).
+    fn stub_may_store_query(&self, addr: u64, buffer: u64, length: u64, p_result: u64, rflags: u64) -> bool {
+        let last = buffer.wrapping_add(MBI_SIZE - 1);
+        p_result != 0
+            && length >= MBI_SIZE
+            && last >= buffer
+            && buffer & !(PAGE_SIZE - 1) == last & !(PAGE_SIZE - 1)
+            && rflags & RFLAGS_AC == 0
+            && !(self.stack.0..self.stack.1).contains(&addr)
+    }
+
+    /// The query itself, under the memory manager's lock.
+    fn query(&self, addr: u64) -> Result<address_space::MemoryBasicInformation, VmError> {
+        call_clock::lap(Stage::Check);
+        let info = self.space.with(|s, cx| {
+            call_clock::lap(Stage::Lock);
+            s.virtual_query(cx.mem, addr)
+        });
+        call_clock::lap(Stage::Manager);
+        info
+    }
+
     fn virtual_query(&self, addr: u64, buffer: u64, length: u64, p_result: u64) -> Result<(), HResult> {
-        const MBI_SIZE: u64 = address_space::MemoryBasicInformation::SIZE as u64;
         if p_result == 0 {
             return Err(E_POINTER);
         }
@@ -326,13 +514,7 @@ impl GuestMemory<'_> {
         if (self.stack.0..self.stack.1).contains(&addr) {
             self.out_result(p_result, 8)?;
         }
-        call_clock::lap(Stage::Check);
-        let info = self.space.with(|s, cx| {
-            call_clock::lap(Stage::Lock);
-            s.virtual_query(cx.mem, addr)
-        });
-        call_clock::lap(Stage::Manager);
-        let info = match info {
+        let info = match self.query(addr) {
             Ok(info) => info,
             Err(e) => {
                 self.out_result(p_result, 8)?;
@@ -354,7 +536,10 @@ impl GuestMemory<'_> {
         result
     }
 
-    fn virtual_protect(&self, addr: u64, size: u64, protect: u32, p_old: u64) -> Result<(), HResult> {
+    /// `VirtualProtect`; with `stub_stores` (the assisted call, `RFLAGS.AC` clear) the old
+    /// protection of the common case is returned for the stub to store (`Ok(Some)`), once the
+    /// pointer was checked writable and the change cannot have touched its page.
+    fn virtual_protect(&self, addr: u64, size: u64, protect: u32, p_old: u64, stub_stores: bool) -> Result<Option<u32>, HResult> {
         address_space::AddressSpace::check_protect_value(protect).map_err(hresult::from_vm)?;
         if p_old == 0 {
             return Err(E_NOACCESS);
@@ -368,7 +553,9 @@ impl GuestMemory<'_> {
             call_clock::lap(Stage::Manager);
             let written = match result {
                 Ok(old) if !may_change(&out, addr, size) => {
-                    s.complete_user_write(cx, out, &old.to_le_bytes());
+                    if !stub_stores {
+                        s.complete_user_write(cx, out, &old.to_le_bytes());
+                    }
                     true
                 }
                 _ => false,
@@ -376,9 +563,9 @@ impl GuestMemory<'_> {
             Some((result, written))
         });
         let old = match fast {
-            Some((Ok(_), true)) => {
+            Some((Ok(old), true)) => {
                 call_clock::lap(Stage::Copy);
-                return Ok(());
+                return Ok(stub_stores.then_some(old));
             }
             Some((result, _)) => result.map_err(hresult::from_vm)?,
             None => {
@@ -394,6 +581,6 @@ impl GuestMemory<'_> {
         };
         self.put_result(p_old, &old.to_le_bytes());
         call_clock::lap(Stage::Copy);
-        Ok(())
+        Ok(None)
     }
 }

@@ -51,6 +51,7 @@ use crate::arch::probe::{self, UserCopy};
 use crate::arch::user::UserContext;
 use crate::memory::Space;
 use host_pages::{HOST_BASE, HOST_SERVICES, MANAGER_OBJECT, Stub, stub};
+use manager::ManagerRefs;
 
 /// Where a static-PIE guest is placed (the default image base of 64-bit Windows executables).
 pub const PIE_BASE: u64 = 0x1_4000_0000;
@@ -182,7 +183,7 @@ pub struct Guest {
     /// entered while another one runs, on any thread).
     notifying: bool,
     /// The manager's reference count (host-abi §9: starts at 1, never destroys).
-    manager_refs: u32,
+    manager_refs: Arc<ManagerRefs>,
     /// Set after E_FAIL: every later manager call returns HOST_E_CLRNOTAVAILABLE.
     poisoned: bool,
     /// Address ranges the runtime told us it acquired by other means (start, size).
@@ -399,7 +400,7 @@ impl Guest {
             next_handle: 1,
             thread: main,
             notifying: false,
-            manager_refs: 1,
+            manager_refs: Arc::new(ManagerRefs::default()),
             poisoned: false,
             acquired: Vec::new(),
             callback: None,

@@ -39,6 +39,7 @@ use host_abi::host::nr;
 use super::calls::Return;
 use super::exceptions::GuestException;
 use super::host_pages::{self, MANAGER_OBJECT};
+use super::manager::{ManagerRefs, Made, manager_slot};
 use super::threads::{Action, Continuation, Wait};
 use super::{Ended, Guest, GuestMemory, KERNEL_ENTRIES, call_clock};
 use crate::arch::user::{UserExit, enter_user, reset_user_state, set_fs_base, set_user_selectors};
@@ -53,6 +54,8 @@ struct GuestRun {
     guest: spin::Mutex<Guest>,
     /// The guest's space, for what is served without the lock.
     space: Arc<Space>,
+    /// The manager's reference count, for `AddRef`/`Release` served without the lock.
+    refs: Arc<ManagerRefs>,
     /// Whether the manager's memory calls may be served without the lock (a copy of
     /// `Guest::memory_calls_unlocked`, kept under the lock).
     memory_unlocked: AtomicBool,
@@ -156,6 +159,7 @@ fn idle_wait(work: impl Fn() -> bool) {
 pub(super) fn run(guest: Guest) -> i32 {
     let run = Arc::new(GuestRun {
         space: guest.space.clone(),
+        refs: guest.manager_refs.clone(),
         memory_unlocked: AtomicBool::new(guest.memory_calls_unlocked()),
         guest: spin::Mutex::new(guest),
         end: AtomicU64::new(0),
@@ -292,10 +296,18 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
                 KERNEL_ENTRIES.fetch_add(1, Ordering::Relaxed);
             }
         }
-        // Page faults, and the manager's memory calls while nothing else of the guest is
-        // involved, are served without the guest's lock (the memory manager has its own).
+        // Page faults, and the manager's memory calls, `AddRef`/`Release` and `ticks_ns` while
+        // nothing else of the guest is involved (no callback registered, the manager not
+        // poisoned), are served without the guest's lock (the memory manager has its own).
         let mem = GuestMemory { space: &run.space, stack: cont.local.stack };
         let exit = match exit {
+            UserExit::Exception { vector, error_code, cr2 }
+                if let Some(site) = host_pages::store_site(cont.context.rip)
+                    && mem.store_fault(site, vector, error_code, cr2, run.memory_unlocked.load(Ordering::SeqCst), &mut cont.context) =>
+            {
+                cont.after_syscall = false;
+                continue;
+            }
             UserExit::Exception { vector: 14, error_code, cr2 } => match mem.page_fault(cr2, error_code) {
                 None => {
                     cont.after_syscall = false;
@@ -303,11 +315,17 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
                 }
                 Some(e) => Exit::Raise(e),
             },
+            UserExit::Syscall if cont.context.rax == nr::TICKS_NS && run.memory_unlocked.load(Ordering::SeqCst) => {
+                cont.context.rax = time::ticks_ns();
+                cont.after_syscall = true;
+                continue;
+            }
             UserExit::Syscall if cont.context.rdi == MANAGER_OBJECT && run.memory_unlocked.load(Ordering::SeqCst) => {
-                let c = &cont.context;
-                let served = c.rax.checked_sub(nr::MANAGER).and_then(|slot| {
+                let c = &mut cont.context;
+                let served = manager_slot(c.rax, c.rcx).and_then(|(slot, assisted)| {
                     call_clock::call(slot as usize);
-                    mem.memory_call(slot, [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx])
+                    let made = if assisted { Made::StubStores } else { Made::Plain };
+                    run.refs.lifetime_call(slot, c.rdi).or_else(|| mem.memory_call(slot, made, c))
                 });
                 if let Some(rax) = served {
                     cont.context.rax = rax;

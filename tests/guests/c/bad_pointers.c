@@ -14,6 +14,165 @@
 static const char rodata[64] = "read-only data of the guest";
 static int32_t handler(GUEST_EXCEPTION *e) { (void)e; return EXCEPTION_CONTINUE_SEARCH; }
 
+#define PAGE 4096u
+#define GUARD_E ((uint32_t)STATUS_GUARD_PAGE_VIOLATION)
+
+static void fill(void *at, unsigned n, unsigned char b) {
+    for (unsigned k = 0; k < n; k++) ((volatile unsigned char *)at)[k] = b;
+}
+static int intact(const void *at, unsigned n, unsigned char b) {
+    for (unsigned k = 0; k < n; k++)
+        if (((const volatile unsigned char *)at)[k] != b) return 0;
+    return 1;
+}
+static uint32_t protect_of(const IHostMemoryManagerVtbl *v, IHostMemoryManager *host, void *at) {
+    MEMORY_BASIC_INFORMATION m;
+    SIZE_T got = 0;
+    v->VirtualQuery(host, at, &m, sizeof m, &got);
+    return m.Protect;
+}
+static uint32_t state_of(const IHostMemoryManagerVtbl *v, IHostMemoryManager *host, void *at) {
+    MEMORY_BASIC_INFORMATION m;
+    SIZE_T got = 0;
+    v->VirtualQuery(host, at, &m, sizeof m, &got);
+    return m.State;
+}
+/* VirtualQuery of `at` into `buffer` fails with `expected`, leaving *pResult 0 and the good page
+ * `good` (filled with `b`; none if NULL) as it was. */
+static void query_fails(const IHostMemoryManagerVtbl *v, IHostMemoryManager *host, const char *name, void *at, char *buffer, uint32_t expected,
+                        char *good, unsigned char b) {
+    SIZE_T got = 77;
+    check(name, (uint32_t)v->VirtualQuery(host, at, buffer, 48, &got), expected);
+    check("... *pResult 0", got, 0);
+    if (good) check("... the good page untouched", intact(good, PAGE, b), 1);
+}
+static void set_ac(int on) {
+    if (on) __asm__ volatile("pushfq; orq $0x40000, (%%rsp); popfq" ::: "memory", "cc");
+    else __asm__ volatile("pushfq; andq $~0x40000, (%%rsp); popfq" ::: "memory", "cc");
+}
+
+/* Results into guard, no-access and read-only pages, straddling two pages of which one is bad,
+ * into demand-zero pages, and with RFLAGS.AC set: each exactly as host-abi §4 and §9 say (the
+ * host's stubs store these results in ring 3; a fault there is the call's error, never ours). */
+static void result_pages(const IHostMemoryManagerVtbl *v, IHostMemoryManager *host) {
+    char *r = 0;
+    void *p = 0, *x = 0;
+    DWORD old = 0;
+    SIZE_T got = 0;
+    MEMORY_BASIC_INFORMATION mbi;
+    put("-- result pages\n");
+    /* page 0 rw, 1 rw+guard, 2 rw, 3 noaccess, 4 rw, 5 readonly, 6.. rw untouched */
+    check("a region for results", (uint32_t)v->VirtualAlloc(host, 0, 0x10000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, (void **)&r), S_OK);
+    fill(r + PAGE, PAGE, 0x5A);
+    fill(r + 2 * PAGE, PAGE, 0x5B);
+    fill(r + 4 * PAGE, PAGE, 0x5C);
+    v->VirtualProtect(host, r + PAGE, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
+    v->VirtualProtect(host, r + 3 * PAGE, PAGE, PAGE_NOACCESS, &old);
+    v->VirtualProtect(host, r + 5 * PAGE, PAGE, PAGE_READONLY, &old);
+    /* A free address for fixed reservations that must not happen. */
+    check("a free address", (uint32_t)v->VirtualAlloc(host, 0, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, &x), S_OK);
+    v->VirtualFree(host, x, 0, MEM_RELEASE);
+
+    got = 77;
+    check("VirtualQuery lpBuffer on a guard page", (uint32_t)v->VirtualQuery(host, r, r + PAGE + 64, 48, &got), GUARD_E);
+    check("... *pResult 0", got, 0);
+    check("... the guard is cleared", protect_of(v, host, r + PAGE), PAGE_READWRITE);
+    check("... the buffer untouched", intact(r + PAGE, PAGE, 0x5A), 1);
+    check("... the retried call succeeds", (uint32_t)v->VirtualQuery(host, r, r + PAGE + 64, 48, &got), S_OK);
+    check("... with 48", got, 48);
+    check("... and the structure", ((MEMORY_BASIC_INFORMATION *)(r + PAGE + 64))->BaseAddress == r, 1);
+    fill(r + PAGE, PAGE, 0x5A);
+    v->VirtualProtect(host, r + PAGE, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
+
+    fill(&mbi, sizeof mbi, 0xEE);
+    check("VirtualQuery pResult on a guard page", (uint32_t)v->VirtualQuery(host, r, &mbi, 48, (SIZE_T *)(r + PAGE + 8)), GUARD_E);
+    check("... the structure untouched", intact(&mbi, sizeof mbi, 0xEE), 1);
+    check("... the guard is cleared", protect_of(v, host, r + PAGE), PAGE_READWRITE);
+    check("... the page untouched", intact(r + PAGE, PAGE, 0x5A), 1);
+    v->VirtualProtect(host, r + PAGE, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
+
+    check("VirtualAlloc ppMem on a guard page", (uint32_t)v->VirtualAlloc(host, x, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, (void **)(r + PAGE + 16)), GUARD_E);
+    check("... nothing reserved", state_of(v, host, x), MEM_FREE);
+    check("... the guard is cleared", protect_of(v, host, r + PAGE), PAGE_READWRITE);
+    check("... the page untouched", intact(r + PAGE, PAGE, 0x5A), 1);
+    check("... the retried call succeeds", (uint32_t)v->VirtualAlloc(host, x, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, (void **)(r + PAGE + 16)), S_OK);
+    check("... with the base", *(void **)(r + PAGE + 16) == x, 1);
+    v->VirtualFree(host, x, 0, MEM_RELEASE);
+    fill(r + PAGE, PAGE, 0x5A);
+    v->VirtualProtect(host, r + PAGE, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
+
+    check("bad this with ppMem on a guard page", (uint32_t)v->VirtualAlloc((IHostMemoryManager *)(r + 64), x, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, (void **)(r + PAGE + 16)), NOACCESS_E);
+    check("... the guard stays", protect_of(v, host, r + PAGE), PAGE_READWRITE | PAGE_GUARD);
+    check("... nothing reserved", state_of(v, host, x), MEM_FREE);
+
+    query_fails(v, host, "VirtualQuery lpBuffer on a no-access page", r, r + 3 * PAGE, NOACCESS_E, 0, 0);
+    query_fails(v, host, "VirtualQuery lpBuffer on a read-only page", r, r + 5 * PAGE + 8, NOACCESS_E, 0, 0);
+    query_fails(v, host, "VirtualQuery lpBuffer into a no-access page", r, r + 3 * PAGE - 24, NOACCESS_E, r + 2 * PAGE, 0x5B);
+    query_fails(v, host, "VirtualQuery lpBuffer out of a no-access page", r, r + 4 * PAGE - 24, NOACCESS_E, r + 4 * PAGE, 0x5C);
+    query_fails(v, host, "VirtualQuery lpBuffer into a read-only page", r, r + 5 * PAGE - 16, NOACCESS_E, r + 4 * PAGE, 0x5C);
+    query_fails(v, host, "VirtualQuery lpBuffer into a guard page", r, r + 2 * PAGE - 24, GUARD_E, r + 2 * PAGE, 0x5B);
+    check("... the guard is cleared", protect_of(v, host, r + PAGE), PAGE_READWRITE);
+    fill(r + PAGE, PAGE, 0x5A);
+    v->VirtualProtect(host, r + PAGE, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
+
+    fill(&mbi, sizeof mbi, 0xEE);
+    check("VirtualQuery pResult into a no-access page", (uint32_t)v->VirtualQuery(host, r, &mbi, 48, (SIZE_T *)(r + 3 * PAGE - 4)), NOACCESS_E);
+    check("... the structure untouched", intact(&mbi, sizeof mbi, 0xEE), 1);
+    check("... the good page untouched", intact(r + 2 * PAGE, PAGE, 0x5B), 1);
+    check("VirtualAlloc ppMem into a no-access page", (uint32_t)v->VirtualAlloc(host, x, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, (void **)(r + 3 * PAGE - 4)), NOACCESS_E);
+    check("... nothing reserved", state_of(v, host, x), MEM_FREE);
+    check("... the good page untouched", intact(r + 2 * PAGE, PAGE, 0x5B), 1);
+    check("VirtualAlloc ppMem out of a no-access page", (uint32_t)v->VirtualAlloc(host, x, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, (void **)(r + 4 * PAGE - 4)), NOACCESS_E);
+    check("... nothing reserved", state_of(v, host, x), MEM_FREE);
+    check("... the good page untouched", intact(r + 4 * PAGE, PAGE, 0x5C), 1);
+    check("VirtualAlloc ppMem on a read-only page", (uint32_t)v->VirtualAlloc(host, x, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, (void **)(r + 5 * PAGE)), NOACCESS_E);
+    check("... nothing reserved", state_of(v, host, x), MEM_FREE);
+
+    /* Demand-zero pages (committed, never touched) and two good pages. */
+    check("VirtualQuery into untouched pages", (uint32_t)v->VirtualQuery(host, r + 3 * PAGE, r + 7 * PAGE - 24, 48, (SIZE_T *)(r + 8 * PAGE)), S_OK);
+    check("... *pResult 48", *(SIZE_T *)(r + 8 * PAGE), 48);
+    check("... BaseAddress", (uint64_t)((MEMORY_BASIC_INFORMATION *)(r + 7 * PAGE - 24))->BaseAddress, (uint64_t)(r + 3 * PAGE));
+    check("... Protect", ((MEMORY_BASIC_INFORMATION *)(r + 7 * PAGE - 24))->Protect, PAGE_NOACCESS);
+    check("... RegionSize", ((MEMORY_BASIC_INFORMATION *)(r + 7 * PAGE - 24))->RegionSize, PAGE);
+    check("VirtualAlloc into an untouched page", (uint32_t)v->VirtualAlloc(host, x, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, (void **)(r + 9 * PAGE - 4)), S_OK);
+    check("... the base", (uint64_t)*(void *volatile *)(r + 9 * PAGE - 4), (uint64_t)x);
+    v->VirtualFree(host, x, 0, MEM_RELEASE);
+
+    /* VirtualProtect's lpflOldProtect: left untouched, and the protection unchanged, when bad. */
+    check("VirtualProtect old on a guard page", (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READONLY, (DWORD *)(r + PAGE + 32)), GUARD_E);
+    check("... the protection unchanged", protect_of(v, host, r + 6 * PAGE), PAGE_READWRITE);
+    check("... the guard is cleared", protect_of(v, host, r + PAGE), PAGE_READWRITE);
+    check("... the page untouched", intact(r + PAGE, PAGE, 0x5A), 1);
+    check("... the retried call succeeds", (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READONLY, (DWORD *)(r + PAGE + 32)), S_OK);
+    check("... with the old protection", *(volatile uint32_t *)(r + PAGE + 32), PAGE_READWRITE);
+    check("... and the new one", protect_of(v, host, r + 6 * PAGE), PAGE_READONLY);
+    check("VirtualProtect old on a read-only page", (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READWRITE, (DWORD *)(r + 5 * PAGE + 4)), NOACCESS_E);
+    check("... the protection unchanged", protect_of(v, host, r + 6 * PAGE), PAGE_READONLY);
+    check("VirtualProtect old into a no-access page", (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READWRITE, (DWORD *)(r + 3 * PAGE - 2)), NOACCESS_E);
+    check("... the protection unchanged", protect_of(v, host, r + 6 * PAGE), PAGE_READONLY);
+    check("... the good page untouched", intact(r + 2 * PAGE, PAGE, 0x5B), 1);
+    check("VirtualProtect old into an untouched page", (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READWRITE, (DWORD *)(r + 12 * PAGE + 8)), S_OK);
+    check("... the old protection", *(volatile uint32_t *)(r + 12 * PAGE + 8), PAGE_READONLY);
+
+    /* RFLAGS.AC set (alignment checks on in ring 3) with misaligned results: the host's stores
+     * raise nothing in the guest. */
+    set_ac(1);
+    uint32_t hp = (uint32_t)v->VirtualProtect(host, r + 6 * PAGE, PAGE, PAGE_READONLY, (DWORD *)(r + 10 * PAGE + 91));
+    uint32_t hq = (uint32_t)v->VirtualQuery(host, r, r + 10 * PAGE + 1, 48, (SIZE_T *)(r + 10 * PAGE + 61));
+    uint32_t ha = (uint32_t)v->VirtualAlloc(host, 0, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, (void **)(r + 10 * PAGE + 73));
+    set_ac(0);
+    check("VirtualQuery with AC set and misaligned results", hq, S_OK);
+    check("... *pResult 48", *(volatile uint64_t *)(r + 10 * PAGE + 61), 48);
+    check("... BaseAddress", *(volatile uint64_t *)(r + 10 * PAGE + 1), (uint64_t)r);
+    check("VirtualProtect with AC set and misaligned old", hp, S_OK);
+    check("... the old protection", *(volatile uint32_t *)(r + 10 * PAGE + 91), PAGE_READWRITE);
+    check("VirtualAlloc with AC set and misaligned ppMem", ha, S_OK);
+    p = *(void *volatile *)(r + 10 * PAGE + 73);
+    check("... a reservation", state_of(v, host, p), MEM_RESERVE);
+    v->VirtualFree(host, p, 0, MEM_RELEASE);
+    check("release the region", (uint32_t)v->VirtualFree(host, r, 0, MEM_RELEASE), S_OK);
+}
+
 int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     const IHostMemoryManagerVtbl *v = host->lpVtbl;
     void *readonly = (void *)services; /* the host's data page is read-only to us */
@@ -81,6 +240,7 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     v->VirtualQuery(host, (void *)services->write, &mbi, 48, &got);
     check("host code page is PAGE_EXECUTE_READ", mbi.Protect, PAGE_EXECUTE_READ);
     check("a good handler registers", services->add_vectored_exception_handler(0, handler) != 0, 1);
+    result_pages(v, host);
     check("release", (uint32_t)v->VirtualFree(host, base, 0, MEM_RELEASE), S_OK);
     return summary();
 }

@@ -5,6 +5,10 @@
 #include "guest_util.h"
 
 static int adds, releases, calls, last_band;
+/* The out-value of the call that causes the first notification, as the callback sees it: the
+ * call's results are in place before its callbacks run. */
+static void *volatile *watched;
+static void *seen;
 static HRESULT qi(ICLRMemoryNotificationCallback *t, REFIID r, void **p) { (void)t; (void)r; *p = 0; return E_NOINTERFACE; }
 static ULONG add_ref(ICLRMemoryNotificationCallback *t) { (void)t; return (ULONG)++adds; }
 static ULONG release(ICLRMemoryNotificationCallback *t) { (void)t; return (ULONG)++releases; }
@@ -12,6 +16,7 @@ static HRESULT on_notification(ICLRMemoryNotificationCallback *t, EMemoryAvailab
     (void)t;
     calls++;
     last_band = (int)band;
+    if (calls == 1 && watched) seen = *watched;
     return S_OK;
 }
 static const ICLRMemoryNotificationCallbackVtbl vtbl = {qi, add_ref, release, on_notification};
@@ -31,8 +36,10 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
 
     free_now = info.commit_limit - info.committed;
     to_neutral = (free_now - (info.low_threshold + info.high_threshold) / 2) & ~0xFFFull;
+    watched = (void *volatile *)&a;
     check("commit into the neutral band", (uint32_t)v->VirtualAlloc(host, 0, to_neutral, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &a), S_OK);
     check("one notification, before the call returned", (uint64_t)calls, 1);
+    check("... with *ppMem already stored", seen != 0 && seen == a, 1);
     check("neutral", (uint64_t)last_band, eMemoryAvailableNeutral);
     services->query_commit(&info);
     to_low = (info.commit_limit - info.committed - info.low_threshold / 2) & ~0xFFFull;
