@@ -16,7 +16,7 @@ use crate::charge::CriticalLevel;
 use crate::frame::FrameReservation;
 use crate::paging::pte::{self, Pte};
 use crate::paging::table;
-use crate::paging::tlb::{MAX_DEFERRED, Tlb, TlbBatch};
+use crate::paging::tlb::{Tlb, TlbBatch};
 use crate::protection::{BaseProtection, CacheMode};
 use crate::{PhysMemory, VmError};
 use crate::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE, PAGE_SIZE};
@@ -40,10 +40,6 @@ impl Drop for CommitPlan {
         debug_assert!(self.tables.is_empty() && self.large.is_empty(), "commit plan dropped holding table pages or large frames");
     }
 }
-
-/// The most frames one 2 MiB chunk of a decommit defers: 512 data frames and its page table,
-/// directory and directory-pointer table.
-const CHUNK_DEFERRED: usize = 512 + 3;
 
 impl AddressSpace {
     /// Adds `delta` to the committed-page count of the allocation at `base`.
@@ -248,26 +244,27 @@ impl AddressSpace {
     ) {
         cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
-        let root = self.root_pa();
         let large = core::mem::take(&mut plan.large);
-        for (i, frame) in large.into_iter().enumerate() {
+        let mut entries = Vec::with_capacity(large.len());
+        for frame in large {
             let base = frame.start_address().as_u64();
             for k in 0..512u64 {
                 let f = x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(base + k * PAGE_SIZE));
                 cx.mem.zero_frame(f);
             }
             cx.counters.frames_zeroed += 512;
-            let entry = base
-                | pte::PRESENT
-                | pte::USER
-                | pte::HUGE
-                | pte::hw_access_bits(prot)
-                | pte::cache_bits_2m(cache)
-                | pte::SW_COMMITTED
-                | pte::SW_HAS_FRAME
-                | (u64::from(prot.code()) << pte::SW_PROT_SHIFT);
-            cx.tables(root).map_large(start + i as u64 * LARGE_PAGE_SIZE, entry, &mut plan.tables);
+            entries.push(
+                base | pte::PRESENT
+                    | pte::USER
+                    | pte::HUGE
+                    | pte::hw_access_bits(prot)
+                    | pte::cache_bits_2m(cache)
+                    | pte::SW_COMMITTED
+                    | pte::SW_HAS_FRAME
+                    | (u64::from(prot.code()) << pte::SW_PROT_SHIFT),
+            );
         }
+        cx.tables(self.root_pa()).map_large(start, &entries, &mut plan.tables);
         debug_assert!(plan.tables.is_empty(), "large commit: table pool not used up");
     }
 
@@ -301,24 +298,21 @@ impl AddressSpace {
             }
             Pte::RESERVED
         };
-        // 2 MiB at a time (at most 512 frames and 3 tables deferred each): when the batch could
-        // not take another chunk, a round now, so the list of frames to free stays bounded
-        // (MAX_DEFERRED, as Linux's mmu_gather); a call freeing fewer makes one round.
-        let mut va = if a.committed_pages == 0 { end } else { start };
+        // One walk, 2 MiB at a time (at most 512 frames and 3 tables deferred each): when the
+        // batch could not take another chunk, the walk stops for a round, so the list of frames
+        // to free stays bounded (MAX_DEFERRED, as Linux's mmu_gather); a call freeing fewer
+        // makes one round. A release also frees the empty tables earlier decommits kept.
+        let leaves = a.committed_pages > 0;
+        let mut va = start;
         while va < end {
-            let chunk_end = end.min((va & !(LARGE_PAGE_SIZE - 1)) + LARGE_PAGE_SIZE);
             let mut tables = cx.tables(self.root_pa());
-            tables.keep_empty = keep_tables;
-            tables.update_range(va, chunk_end, None, &mut batch, &mut unmap);
-            va = chunk_end;
-            if va < end && batch.deferred_frames().0 + CHUNK_DEFERRED > MAX_DEFERRED {
-                self.complete(core::mem::replace(&mut batch, self.batch()), cx);
-            }
-        }
-        let mut sweep = if keep_tables { end } else { start };
-        while sweep < end {
-            sweep = cx.tables(self.root_pa()).free_empty_tables(sweep, end, &mut batch);
-            if sweep < end {
+            va = if keep_tables {
+                tables.keep_empty = true;
+                tables.decommit_range(va, end, &mut batch, &mut unmap)
+            } else {
+                tables.release_range(va, end, &mut batch, leaves, &mut unmap)
+            };
+            if va < end {
                 self.complete(core::mem::replace(&mut batch, self.batch()), cx);
             }
         }
@@ -339,14 +333,10 @@ impl AddressSpace {
         if a.large {
             let freed_before = cx.counters.table_pages_freed;
             let mut batch = self.batch();
-            let root = self.root_pa();
-            let mut va = a.base;
-            while va < a.end() {
-                let e = cx.tables(root).unmap_large(va, &mut batch);
+            cx.tables(self.root_pa()).unmap_large(a.base, a.end(), &mut batch, |batch, e| {
                 let f = PhysFrame::<Size2MiB>::containing_address(x86_64::PhysAddr::new(e & pte::ADDR_MASK & !(LARGE_PAGE_SIZE - 1)));
                 batch.defer_free_2mib(f);
-                va += LARGE_PAGE_SIZE;
-            }
+            });
             cx.charge.uncharge(a.size / PAGE_SIZE);
             cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
