@@ -75,6 +75,36 @@ fn tables_are_created_on_demand_kept_by_decommit_and_freed_at_release() {
     fx.teardown();
 }
 
+/// Every non-leaf entry is written once, with its final count: a commit links each new table
+/// once, and a release clears each parent once without rewriting its count on the way.
+#[test]
+fn non_leaf_entries_are_written_once() {
+    let mut fx = Fx::new();
+    // 8 MiB in a fresh 512 GiB slot: 1 PDPT, 1 PD, 4 PTs.
+    let base = 0x100_0000_0000;
+    let before = fx.counters;
+    let a = fx.alloc(base, 0x80_0000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE).unwrap();
+    assert_eq!(fx.counters.table_pages_allocated - before.table_pages_allocated, 6);
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 2048 + 6, "the entries and one link per table");
+    fx.check();
+    let before = fx.counters;
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    assert_eq!(fx.counters.table_pages_freed - before.table_pages_freed, 6);
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 2048 + 6, "the entries and one unlink per table");
+    fx.check();
+    // Large pages: three 2 MiB pages under one new directory and PDPT, then their release.
+    if fx.sp().config().large_pages_allowed {
+        let before = fx.counters;
+        let a = fx.alloc(base, 0x60_0000, MEM_RESERVE | MEM_COMMIT | MEM_LARGE_PAGES, PAGE_READWRITE).unwrap();
+        assert_eq!(fx.counters.pte_writes - before.pte_writes, 3 + 2);
+        let before = fx.counters;
+        fx.free(a, 0, MEM_RELEASE).unwrap();
+        assert_eq!(fx.counters.pte_writes - before.pte_writes, 3 + 2);
+        fx.check();
+    }
+    fx.teardown();
+}
+
 #[test]
 fn a_kept_table_shared_with_a_neighbour_goes_when_both_are_empty() {
     let mut fx = Fx::new();
