@@ -200,7 +200,24 @@ impl<M: PhysMemory> Tables<'_, M> {
         batch: &mut TlbBatch,
         f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) {
-        let done = self.walk_range(start, end, pool, batch, Walk::Update, f);
+        self.update_lazy(start, end, pool, batch, (false, false), f);
+    }
+
+    /// [`update_range`](Self::update_range) over pages some of which may be *lazily committed*:
+    /// committed without an entry (see `Allocation::lazy`), counted in their page table's child
+    /// count as if they had one. `lazy.0`: a zero entry in the range is such a page before the
+    /// update; `lazy.1`: after it. So a zero entry is counted before if `lazy.0`, after if
+    /// `lazy.1` (`(false, true)` with an identity `f`: a commit that writes no leaf entry).
+    pub fn update_lazy(
+        &mut self,
+        start: u64,
+        end: u64,
+        pool: Option<&mut Vec<PhysFrame>>,
+        batch: &mut TlbBatch,
+        lazy: (bool, bool),
+        f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
+    ) {
+        let done = self.walk_range(start, end, pool, batch, Walk::Update, lazy, f);
         debug_assert_eq!(done, end);
     }
 
@@ -217,21 +234,24 @@ impl<M: PhysMemory> Tables<'_, M> {
         end: u64,
         batch: &mut TlbBatch,
         leaves: bool,
+        lazy: bool,
         f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) -> u64 {
-        self.walk_range(start, end, None, batch, if leaves { Walk::Release } else { Walk::Sweep }, f)
+        self.walk_range(start, end, None, batch, if leaves { Walk::Release } else { Walk::Sweep }, (lazy, false), f)
     }
 
     /// [`release_range`](Self::release_range) for a decommit that keeps emptied tables
     /// ([`Tables::keep_empty`]) or one that frees them: bounded the same way, no sweep.
+    /// `lazy`: the range's zero entries are lazily committed pages (see [`Self::update_lazy`]).
     pub fn decommit_range(
         &mut self,
         start: u64,
         end: u64,
         batch: &mut TlbBatch,
+        lazy: bool,
         f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) -> u64 {
-        self.walk_range(start, end, None, batch, Walk::Decommit, f)
+        self.walk_range(start, end, None, batch, Walk::Decommit, (lazy, false), f)
     }
 
     fn walk_range(
@@ -241,6 +261,7 @@ impl<M: PhysMemory> Tables<'_, M> {
         mut pool: Option<&mut Vec<PhysFrame>>,
         batch: &mut TlbBatch,
         mode: Walk,
+        lazy: (bool, bool),
         mut f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) -> u64 {
         let mut cur = Cursor::default();
@@ -287,11 +308,12 @@ impl<M: PhysMemory> Tables<'_, M> {
                         } else {
                             self.write(at, entry.0);
                         }
-                        match (old.0 != 0, entry.0 != 0) {
-                            (false, true) => count += 1,
-                            (true, false) => count -= 1,
-                            _ => {}
-                        }
+                    }
+                    // A page counts if it has an entry or is lazily committed.
+                    match (old.0 != 0 || lazy.0, entry.0 != 0 || lazy.1) {
+                        (false, true) => count += 1,
+                        (true, false) => count -= 1,
+                        _ => {}
                     }
                     page += PAGE_SIZE;
                     at += 8;
@@ -588,13 +610,16 @@ pub struct TableCensus {
     pub bad_counts: u64,
 }
 
-/// Walks every table of the lower half, calling `leaf(va, pte)` for every non-zero 4 KiB entry
-/// and `large(va, entry)` for every 2 MiB entry, and checks the kept child counts.
+/// Walks every table of the lower half, calling `leaf(va, pte)` for every committed 4 KiB page
+/// and `large(va, entry)` for every 2 MiB entry, and checks the kept child counts. A committed
+/// page is a non-zero entry, or a zero one for which `lazy(va)` gives the page's state (a lazily
+/// committed page, see [`Tables::update_lazy`]; it counts in its table's child count).
 ///
 /// Cost: O(table pages × 512). For tests, statistics and teardown checks.
 pub fn census(
     mem: &impl PhysMemory,
     root: u64,
+    lazy: impl Fn(u64) -> Option<Pte>,
     mut leaf: impl FnMut(u64, Pte),
     mut large: impl FnMut(u64, u64),
 ) -> TableCensus {
@@ -632,10 +657,10 @@ pub fn census(
                 let pt = e2 & ADDR_MASK;
                 let mut n2 = 0;
                 for i1 in 0..512u64 {
-                    let e = Pte(mem.read_u64(pa(pt + i1 * 8)));
-                    if e.0 == 0 {
+                    let raw = Pte(mem.read_u64(pa(pt + i1 * 8)));
+                    let Some(e) = (if raw.0 == 0 { lazy(base | (i1 << 12)) } else { Some(raw) }) else {
                         continue;
-                    }
+                    };
                     n2 += 1;
                     c.committed_pages += 1;
                     if e.frame().is_some() {

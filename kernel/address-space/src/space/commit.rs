@@ -11,7 +11,7 @@ use core::ops::ControlFlow;
 
 use x86_64::structures::paging::{PhysFrame, Size2MiB};
 
-use super::{AddressSpace, Allocation, VmContext};
+use super::{AddressSpace, Allocation, AllocationKind, VmContext};
 use crate::charge::CriticalLevel;
 use crate::frame::FrameReservation;
 use crate::paging::pte::{self, Pte};
@@ -48,7 +48,32 @@ impl AddressSpace {
         a.committed_pages = a.committed_pages.checked_add_signed(delta).expect("committed page count");
         if a.committed_pages != a.size / PAGE_SIZE {
             a.uniform = None;
+            a.lazy = false;
         }
+    }
+
+    /// Whether an operation giving every page of `[start, end)` of `a` (all committed) the
+    /// protection `prot` (a guard if `guard`) leaves `a` uniform, as
+    /// [`note_protection`](Self::note_protection) will decide; a lazy allocation stays lazy then.
+    pub(crate) fn stays_uniform(a: &Allocation, start: u64, end: u64, prot: BaseProtection, guard: bool) -> bool {
+        let whole = start <= a.base && end >= a.end();
+        !guard && !a.large && (whole || a.uniform == Some(prot))
+    }
+
+    /// Writes the entry of every lazily committed page of the allocation at `base` (see
+    /// [`Allocation::lazy`]), which stops being lazy: the cost of leaving the uniform state, one
+    /// entry write per untouched page (the tables exist; no count changes, no TLB round).
+    pub(crate) fn materialise<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, base: u64) -> Allocation {
+        let a = self.allocations.get_mut(&base).expect("allocation record");
+        let Some(untouched) = Self::lazy_entry(a) else { return *a };
+        a.lazy = false;
+        let a = *a;
+        let mut batch = self.batch();
+        cx.tables(self.root_pa()).update_lazy(a.base, a.end(), None, &mut batch, (true, false), |_, _, old| {
+            if old.0 == 0 { untouched } else { old }
+        });
+        self.complete(batch, cx);
+        a
     }
 
     /// Keeps the [`uniform`](Allocation::uniform) state of the allocation at `base` after every
@@ -57,6 +82,7 @@ impl AddressSpace {
         let a = self.allocations.get_mut(&base).expect("allocation record");
         let whole = start <= a.base && end >= a.end() && a.committed_pages == a.size / PAGE_SIZE;
         a.uniform = (!guard && !a.large && (whole || a.uniform == Some(prot))).then_some(prot);
+        debug_assert!(!a.lazy || a.uniform.is_some(), "a lazy allocation left uniform without its entries");
     }
 
     /// Counts the reserved (not committed) pages of `[start, end)` of allocation `a`.
@@ -220,15 +246,33 @@ impl AddressSpace {
         cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         self.demand_zero.absorb(core::mem::replace(&mut plan.frames, FrameReservation::empty()));
+        let mut a = *self.allocation_at(start).expect("commit outside every allocation");
+        let (prot, guard) = prot_of(start);
+        let private = a.kind == AllocationKind::Private;
+        if a.lazy && !(private && Self::stays_uniform(&a, start, end, prot, guard)) {
+            a = self.materialise(cx, a.base);
+        }
         let mut batch = self.batch();
-        cx.tables(self.root_pa()).update_range(start, end, Some(&mut plan.tables), &mut batch, |_, va, old| {
-            let (prot, guard) = prot_of(va);
-            if old.is_committed() {
-                old.with_protection(prot, guard, cache)
-            } else {
-                Pte::committed(prot, guard, None, false, cache)
-            }
-        });
+        let mut tables = cx.tables(self.root_pa());
+        if private && !guard && start == a.base && end == a.end() && plan.new_pages == a.size / PAGE_SIZE {
+            // A whole allocation committed from reserved with one protection: no leaf entry,
+            // each page counted in its table (Allocation::lazy); the first touch writes it.
+            tables.update_lazy(start, end, Some(&mut plan.tables), &mut batch, (false, true), |_, _, old| old);
+            self.allocations.get_mut(&a.base).expect("allocation record").lazy = true;
+        } else {
+            let lazy = a.lazy;
+            tables.update_lazy(start, end, Some(&mut plan.tables), &mut batch, (lazy, lazy), |_, va, old| {
+                let (prot, guard) = prot_of(va);
+                if old.is_committed() {
+                    old.with_protection(prot, guard, cache)
+                } else if lazy {
+                    // Lazily committed: stays without an entry (the protection is the allocation's).
+                    old
+                } else {
+                    Pte::committed(prot, guard, None, false, cache)
+                }
+            });
+        }
         debug_assert!(plan.tables.is_empty(), "commit: table pool not used up");
         self.complete(batch, cx);
     }
@@ -284,11 +328,17 @@ impl AddressSpace {
         if a.committed_pages == 0 && keep_tables {
             return 0;
         }
+        let a = &if a.lazy && (start > a.base || end < a.end()) { self.materialise(cx, a.base) } else { *a };
+        let lazy = Self::lazy_entry(a);
         let mut decommitted = 0;
         let mut unreserve = 0;
         let freed_before = cx.counters.table_pages_freed;
         let mut batch = self.batch();
         let mut unmap = |batch: &mut TlbBatch, _, old: Pte| {
+            let old = match lazy {
+                Some(untouched) if old.0 == 0 => untouched,
+                _ => old,
+            };
             if old.is_committed() {
                 decommitted += 1;
                 match old.frame() {
@@ -308,9 +358,9 @@ impl AddressSpace {
             let mut tables = cx.tables(self.root_pa());
             va = if keep_tables {
                 tables.keep_empty = true;
-                tables.decommit_range(va, end, &mut batch, &mut unmap)
+                tables.decommit_range(va, end, &mut batch, lazy.is_some(), &mut unmap)
             } else {
-                tables.release_range(va, end, &mut batch, leaves, &mut unmap)
+                tables.release_range(va, end, &mut batch, leaves, lazy.is_some(), &mut unmap)
             };
             if va < end {
                 self.complete(core::mem::replace(&mut batch, self.batch()), cx);

@@ -62,6 +62,7 @@ pub use query::MemoryBasicInformation;
 
 use crate::allocation_map::WideMap;
 use crate::frame::{FrameAllocator, FrameReservation};
+use crate::paging::pte::Pte;
 use crate::paging::table::{self, TableCensus, Tables};
 use crate::paging::tlb::{ActiveCpus, CpuSet, DEFAULT_FLUSH_THRESHOLD, Tlb, TlbBatch};
 use crate::placement::GapTree;
@@ -145,6 +146,13 @@ pub struct Allocation {
     /// of system services then read the allocation instead of the page table. `None`: mixed or
     /// partly committed, the page table decides; always `None` for large pages.
     pub uniform: Option<BaseProtection>,
+    /// The allocation was committed whole with one protection and its untouched pages have no
+    /// entry: a zero entry in it is a committed page with protection `uniform`, no frame, no
+    /// guard, no write-watch mark (so `uniform` is `Some`). The commit wrote no leaf entry (the
+    /// page tables exist and count these pages in their child counts), the first touch writes
+    /// the only one. An operation that ends the uniformity (a partial protect or decommit, a
+    /// guard, a commit) first writes the missing entries ([`AddressSpace::materialise`]).
+    pub lazy: bool,
 }
 
 impl Allocation {
@@ -363,10 +371,37 @@ impl AddressSpace {
         let Some(p) = a.uniform else { return true };
         let mut holds = !a.large;
         table::scan(mem, self.root_pa(), a.base, a.end(), |_, _, e| {
+            let e = if a.lazy { e.map(|e| if e.0 == 0 { Self::lazy_entry(a).expect("lazy") } else { e }) } else { e };
             holds &= e.is_some_and(|e| e.is_committed() && !e.guard() && e.prot() == p);
             ControlFlow::Continue(())
         });
         holds
+    }
+
+    /// Returns the state of the 4 KiB page at `page` of allocation `a`: its entry, or the state
+    /// of a lazily committed page ([`Allocation::lazy`]) for a zero entry.
+    ///
+    /// Cost: one table walk.
+    pub(crate) fn entry(&self, mem: &impl PhysMemory, a: &Allocation, page: u64) -> Pte {
+        let e = table::read_pte(mem, self.root_pa(), page);
+        if e.0 == 0 { Self::lazy_entry(a).unwrap_or(e) } else { e }
+    }
+
+    /// The state of a page without an entry in `a`: committed untouched if `a` is lazy.
+    fn lazy_entry(a: &Allocation) -> Option<Pte> {
+        a.lazy.then(|| Pte::committed(a.uniform.expect("a lazy allocation is uniform"), false, None, false, a.cache))
+    }
+
+    /// The state of the page at `va` if its entry is zero (for [`table::census`]).
+    fn lazy_at(&self, va: u64) -> Option<Pte> {
+        self.allocation_at(va).and_then(Self::lazy_entry)
+    }
+
+    /// Calls `leaf(va, state)` for every committed 4 KiB page (lazily committed ones included)
+    /// and `large(va, entry)` for every 2 MiB mapping; returns the census (see
+    /// [`census`](Self::census)).
+    pub fn census_with(&self, mem: &impl PhysMemory, leaf: impl FnMut(u64, Pte), large: impl FnMut(u64, u64)) -> TableCensus {
+        table::census(mem, self.root_pa(), |va| self.lazy_at(va), leaf, large)
     }
 
     /// Returns page counts for every allocation in address order (walks the page tables).
@@ -402,6 +437,10 @@ impl AddressSpace {
                 ControlFlow::Continue(())
             },
         );
+        if a.lazy {
+            // The untouched pages have no entry.
+            committed = pages;
+        }
         AllocationSummary {
             allocation: *a,
             committed_pages: committed,
@@ -416,7 +455,7 @@ impl AddressSpace {
     ///
     /// Cost: O(table pages × 512). Meant for tests, statistics and debugging.
     pub fn census(&self, mem: &impl PhysMemory) -> TableCensus {
-        table::census(mem, self.root_pa(), |_, _| {}, |_, _| {})
+        self.census_with(mem, |_, _| {}, |_, _| {})
     }
 
     /// Translates a user address: the physical address and the raw leaf entry, if present.

@@ -1,7 +1,6 @@
 //! `VirtualProtect` (win32-semantics §5).
 
 use super::{AddressSpace, VmContext, round_up};
-use crate::paging::table;
 use crate::paging::tlb::Tlb;
 use crate::protection::PageProtection;
 use crate::{PhysMemory, VmError};
@@ -65,11 +64,13 @@ impl AddressSpace {
         if a.large {
             return Err(VmError::InvalidParameter);
         }
-        let first = table::read_pte(cx.mem, self.root_pa(), start);
+        let first = self.entry(cx.mem, &a, start);
         let old = Self::page_protect(first, &a);
+        // A lazy allocation that stays uniform keeps its untouched pages without an entry.
+        let a = if a.lazy && !Self::stays_uniform(&a, start, end, prot.base, prot.guard) { self.materialise(cx, a.base) } else { a };
         let mut batch = self.batch();
-        cx.tables(self.root_pa()).update_range(start, end, None, &mut batch, |_, _, old| {
-            old.with_protection(prot.base, prot.guard, a.cache)
+        cx.tables(self.root_pa()).update_lazy(start, end, None, &mut batch, (a.lazy, a.lazy), |_, _, old| {
+            if old.0 == 0 { old } else { old.with_protection(prot.base, prot.guard, a.cache) }
         });
         self.complete(batch, cx);
         self.note_protection(a.base, start, end, prot.base, prot.guard);

@@ -85,11 +85,21 @@ fn non_leaf_entries_are_written_once() {
     let before = fx.counters;
     let a = fx.alloc(base, 0x80_0000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE).unwrap();
     assert_eq!(fx.counters.table_pages_allocated - before.table_pages_allocated, 6);
-    assert_eq!(fx.counters.pte_writes - before.pte_writes, 2048 + 6, "the entries and one link per table");
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 6, "one link per table, no leaf entry (lazy)");
     fx.check();
     let before = fx.counters;
     fx.free(a, 0, MEM_RELEASE).unwrap();
     assert_eq!(fx.counters.table_pages_freed - before.table_pages_freed, 6);
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 6, "one unlink per table");
+    fx.check();
+    // Committed in two parts: the software entries, then the release clears them.
+    let a = fx.alloc(base, 0x80_0000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    fx.alloc(a, 0x40_0000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    let before = fx.counters;
+    fx.alloc(a + 0x40_0000, 0x40_0000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1024 + 2 + 1, "the entries, one link per new table, the directory's count once");
+    let before = fx.counters;
+    fx.free(a, 0, MEM_RELEASE).unwrap();
     assert_eq!(fx.counters.pte_writes - before.pte_writes, 2048 + 6, "the entries and one unlink per table");
     fx.check();
     // Large pages: three 2 MiB pages under one new directory and PDPT, then their release.
@@ -102,6 +112,46 @@ fn non_leaf_entries_are_written_once() {
         assert_eq!(fx.counters.pte_writes - before.pte_writes, 3 + 2);
         fx.check();
     }
+    fx.teardown();
+}
+
+/// A whole allocation committed from reserved writes no leaf entry; the first touch writes the
+/// only one; leaving the uniform state (a partial protect) writes the untouched pages' entries.
+#[test]
+fn a_lazy_commit_writes_each_entry_once() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x10000, RC, PAGE_READWRITE).unwrap();
+    assert!(fx.sp().allocation_at(a).unwrap().lazy);
+    assert_eq!(fx.raw_pte(a), Pte::RESERVED);
+    assert!(fx.pte(a).is_committed() && fx.pte(a).frame().is_none());
+    let before = fx.counters;
+    fx.write_u64(a + 0x2000, 7).unwrap();
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1, "the touch writes the page's entry, its table's count is unchanged");
+    assert!(fx.raw_pte(a + 0x2000).is_present());
+    fx.check();
+    // A protect of the whole allocation keeps it lazy: only the touched page's entry changes.
+    let before = fx.counters;
+    assert_eq!(fx.protect(a, 0x10000, PAGE_READONLY), Ok(PAGE_READWRITE));
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1);
+    assert!(fx.sp().allocation_at(a).unwrap().lazy);
+    assert_eq!(fx.q(a + 0x1000).2, PAGE_READONLY);
+    assert_eq!(fx.read_u64(a + 0x2000), Ok(7));
+    fx.check();
+    // A guard on one page ends it: the 15 other pages get their entries (the touched one has its own).
+    let before = fx.counters;
+    fx.protect(a + 0x3000, 0x1000, PAGE_READONLY | PAGE_GUARD).unwrap();
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 15 + 1);
+    assert!(!fx.sp().allocation_at(a).unwrap().lazy);
+    assert_eq!(fx.raw_pte(a + 0x4000), fx.pte(a + 0x4000));
+    fx.check();
+    // A whole decommit of a lazy allocation unreserves the untouched pages' frames.
+    let b = fx.alloc(0, 0x20000, RC, PAGE_EXECUTE_READ).unwrap();
+    fx.read_u64(b + 0x1_0000).unwrap();
+    let before = fx.counters;
+    fx.free(b, 0x20000, MEM_DECOMMIT).unwrap();
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1 + 1, "the touched page's entry and its table's count");
+    assert_eq!(fx.q(b).1, MEM_RESERVE);
+    fx.check();
     fx.teardown();
 }
 
@@ -163,8 +213,11 @@ fn invalidations_are_batched_per_operation() {
     let before = fx.counters;
     fx.alloc(a, 0x100000, MEM_COMMIT, PAGE_READONLY).unwrap();
     assert_eq!((fx.counters.invlpg, fx.counters.full_flushes), (before.invlpg, before.full_flushes));
-    // One entry per page and the kept table's count, once (the decommit kept the tables).
-    assert_eq!(fx.counters.pte_writes - before.pte_writes, 256 + 1);
+    // The whole allocation, committed from reserved: no leaf entry, only the kept table's
+    // count, once (the decommit kept the tables); the pages are lazily committed.
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1);
+    assert_eq!(fx.raw_pte(a + 0x5000), Pte::RESERVED);
+    assert_eq!(fx.q(a + 0x5000).2, PAGE_READONLY);
     assert_eq!(fx.counters.table_pages_allocated, before.table_pages_allocated);
 }
 
