@@ -217,6 +217,7 @@ impl<M: PhysMemory> Tables<'_, M> {
         lazy: (bool, bool),
         f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) {
+        let lazy = LazyPages { start, end, before: lazy.0, after: lazy.1 };
         let done = self.walk_range(start, end, pool, batch, Walk::Update, lazy, f);
         debug_assert_eq!(done, end);
     }
@@ -234,24 +235,26 @@ impl<M: PhysMemory> Tables<'_, M> {
         end: u64,
         batch: &mut TlbBatch,
         leaves: bool,
-        lazy: bool,
+        lazy: Option<(u64, u64)>,
         f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) -> u64 {
-        self.walk_range(start, end, None, batch, if leaves { Walk::Release } else { Walk::Sweep }, (lazy, false), f)
+        let mode = if leaves { Walk::Release } else { Walk::Sweep };
+        self.walk_range(start, end, None, batch, mode, LazyPages::decommitted(lazy), f)
     }
 
     /// [`release_range`](Self::release_range) for a decommit that keeps emptied tables
     /// ([`Tables::keep_empty`]) or one that frees them: bounded the same way, no sweep.
-    /// `lazy`: the range's zero entries are lazily committed pages (see [`Self::update_lazy`]).
+    /// `lazy`: the zero entries in this span are lazily committed pages (see
+    /// [`Self::update_lazy`]); they are counted before the walk, not after it.
     pub fn decommit_range(
         &mut self,
         start: u64,
         end: u64,
         batch: &mut TlbBatch,
-        lazy: bool,
+        lazy: Option<(u64, u64)>,
         f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) -> u64 {
-        self.walk_range(start, end, None, batch, Walk::Decommit, (lazy, false), f)
+        self.walk_range(start, end, None, batch, Walk::Decommit, LazyPages::decommitted(lazy), f)
     }
 
     fn walk_range(
@@ -261,7 +264,7 @@ impl<M: PhysMemory> Tables<'_, M> {
         mut pool: Option<&mut Vec<PhysFrame>>,
         batch: &mut TlbBatch,
         mode: Walk,
-        lazy: (bool, bool),
+        lazy: LazyPages,
         mut f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) -> u64 {
         let mut cur = Cursor::default();
@@ -310,7 +313,8 @@ impl<M: PhysMemory> Tables<'_, M> {
                         }
                     }
                     // A page counts if it has an entry or is lazily committed.
-                    match (old.0 != 0 || lazy.0, entry.0 != 0 || lazy.1) {
+                    let in_span = lazy.start <= page && page < lazy.end;
+                    match (old.0 != 0 || (lazy.before && in_span), entry.0 != 0 || (lazy.after && in_span)) {
                         (false, true) => count += 1,
                         (true, false) => count -= 1,
                         _ => {}
@@ -391,6 +395,24 @@ impl<M: PhysMemory> Tables<'_, M> {
 /// The most frames one 2 MiB chunk of a decommit or release defers: 512 data frames and its
 /// page table, directory and directory-pointer table.
 pub const CHUNK_DEFERRED: usize = 512 + 3;
+
+/// Where zero entries are lazily committed pages, counted in their table's child count (see
+/// [`Tables::update_lazy`]): in `[start, end)`, before the walk if `before`, after it if `after`.
+#[derive(Debug, Clone, Copy)]
+struct LazyPages {
+    start: u64,
+    end: u64,
+    before: bool,
+    after: bool,
+}
+
+impl LazyPages {
+    /// The lazily committed pages of `span`, all decommitted by the walk.
+    fn decommitted(span: Option<(u64, u64)>) -> Self {
+        let (start, end) = span.unwrap_or((0, 0));
+        LazyPages { start, end, before: true, after: false }
+    }
+}
 
 /// What a walk over a range does with its tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use core::ops::ControlFlow;
 
 use x86_64::structures::paging::{PhysFrame, Size2MiB};
 
-use super::{AddressSpace, Allocation, AllocationKind, VmContext};
+use super::{AddressSpace, Allocation, AllocationKind, LazyRun, VmContext};
 use crate::charge::CriticalLevel;
 use crate::frame::FrameReservation;
 use crate::paging::pte::{self, Pte};
@@ -48,28 +48,19 @@ impl AddressSpace {
         a.committed_pages = a.committed_pages.checked_add_signed(delta).expect("committed page count");
         if a.committed_pages != a.size / PAGE_SIZE {
             a.uniform = None;
-            a.lazy = false;
         }
     }
 
-    /// Whether an operation giving every page of `[start, end)` of `a` (all committed) the
-    /// protection `prot` (a guard if `guard`) leaves `a` uniform, as
-    /// [`note_protection`](Self::note_protection) will decide; a lazy allocation stays lazy then.
-    pub(crate) fn stays_uniform(a: &Allocation, start: u64, end: u64, prot: BaseProtection, guard: bool) -> bool {
-        let whole = start <= a.base && end >= a.end();
-        !guard && !a.large && (whole || a.uniform == Some(prot))
-    }
-
-    /// Writes the entry of every lazily committed page of the allocation at `base` (see
-    /// [`Allocation::lazy`]), which stops being lazy: the cost of leaving the uniform state, one
-    /// entry write per untouched page (the tables exist; no count changes, no TLB round).
+    /// Writes the entry of every page of the lazy run of the allocation at `base` that has none
+    /// (see [`Allocation::lazy`]), and ends the run: the cost of its pages ceasing to be alike,
+    /// one entry write per untouched page (the tables exist; no count changes, no TLB round).
     pub(crate) fn materialise<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, base: u64) -> Allocation {
         let a = self.allocations.get_mut(&base).expect("allocation record");
-        let Some(untouched) = Self::lazy_entry(a) else { return *a };
-        a.lazy = false;
+        let Some(run) = a.lazy.take() else { return *a };
         let a = *a;
+        let untouched = Pte::committed(run.prot, false, None, false, a.cache);
         let mut batch = self.batch();
-        cx.tables(self.root_pa()).update_lazy(a.base, a.end(), None, &mut batch, (true, false), |_, _, old| {
+        cx.tables(self.root_pa()).update_lazy(run.start, run.end, None, &mut batch, (true, false), |_, _, old| {
             if old.0 == 0 { untouched } else { old }
         });
         self.complete(batch, cx);
@@ -82,7 +73,6 @@ impl AddressSpace {
         let a = self.allocations.get_mut(&base).expect("allocation record");
         let whole = start <= a.base && end >= a.end() && a.committed_pages == a.size / PAGE_SIZE;
         a.uniform = (!guard && !a.large && (whole || a.uniform == Some(prot))).then_some(prot);
-        debug_assert!(!a.lazy || a.uniform.is_some(), "a lazy allocation left uniform without its entries");
     }
 
     /// Counts the reserved (not committed) pages of `[start, end)` of allocation `a`.
@@ -99,10 +89,10 @@ impl AddressSpace {
             self.root_pa(),
             start,
             end,
-            |a, b, e| {
-                match e {
+            |va, b, e| {
+                match Self::state(a, va, e) {
                     Some(e) => n += u64::from(!e.is_committed()),
-                    None => n += (b - a) / PAGE_SIZE,
+                    None => n += (b - va) / PAGE_SIZE,
                 }
                 ControlFlow::Continue(())
             },
@@ -124,8 +114,8 @@ impl AddressSpace {
             self.root_pa(),
             start,
             end,
-            |_, _, e| {
-                if e.is_some_and(|e| e.is_committed()) {
+            |va, _, e| {
+                if Self::state(a, va, e).is_some_and(|e| e.is_committed()) {
                     ControlFlow::Continue(())
                 } else {
                     ok = false;
@@ -249,28 +239,33 @@ impl AddressSpace {
         let mut a = *self.allocation_at(start).expect("commit outside every allocation");
         let (prot, guard) = prot_of(start);
         let private = a.kind == AllocationKind::Private;
-        if a.lazy && !(private && Self::stays_uniform(&a, start, end, prot, guard)) {
+        // Pages of the lazy run recommitted with its protection stay as they are; any other
+        // overlap makes them differ, so they get their entries first.
+        let alike = |r: &LazyRun| private && !guard && r.prot == prot && r.start <= start && end <= r.end;
+        if let Some(r) = a.lazy
+            && r.overlaps(start, end)
+            && !alike(&r)
+        {
             a = self.materialise(cx, a.base);
         }
         let mut batch = self.batch();
         let mut tables = cx.tables(self.root_pa());
-        if private && !guard && start == a.base && end == a.end() && plan.new_pages == a.size / PAGE_SIZE {
-            // A whole allocation committed from reserved with one protection: no leaf entry,
-            // each page counted in its table (Allocation::lazy); the first touch writes it.
+        let new_only = plan.new_pages == (end - start) / PAGE_SIZE;
+        if a.lazy.is_some_and(|r| alike(&r)) {
+            tables.update_lazy(start, end, Some(&mut plan.tables), &mut batch, (true, true), |_, _, old| {
+                if old.0 == 0 { old } else { old.with_protection(prot, guard, cache) }
+            });
+        } else if private && !guard && new_only && a.lazy.is_none_or(|r| r.prot == prot && (r.end == start || r.start == end)) {
+            // Reserved pages committed alike: no leaf entry, each page counted in its table, the
+            // run made or extended (Allocation::lazy); the first touch writes the entry.
             tables.update_lazy(start, end, Some(&mut plan.tables), &mut batch, (false, true), |_, _, old| old);
-            self.allocations.get_mut(&a.base).expect("allocation record").lazy = true;
+            let run = a.lazy.map_or(LazyRun { start, end, prot }, |r| LazyRun { start: r.start.min(start), end: r.end.max(end), prot });
+            self.allocations.get_mut(&a.base).expect("allocation record").lazy = Some(run);
         } else {
-            let lazy = a.lazy;
-            tables.update_lazy(start, end, Some(&mut plan.tables), &mut batch, (lazy, lazy), |_, va, old| {
+            // Outside the run (new pages never overlap it: its pages are committed).
+            tables.update_range(start, end, Some(&mut plan.tables), &mut batch, |_, va, old| {
                 let (prot, guard) = prot_of(va);
-                if old.is_committed() {
-                    old.with_protection(prot, guard, cache)
-                } else if lazy {
-                    // Lazily committed: stays without an entry (the protection is the allocation's).
-                    old
-                } else {
-                    Pte::committed(prot, guard, None, false, cache)
-                }
+                if old.is_committed() { old.with_protection(prot, guard, cache) } else { Pte::committed(prot, guard, None, false, cache) }
             });
         }
         debug_assert!(plan.tables.is_empty(), "commit: table pool not used up");
@@ -328,17 +323,18 @@ impl AddressSpace {
         if a.committed_pages == 0 && keep_tables {
             return 0;
         }
-        let a = &if a.lazy && (start > a.base || end < a.end()) { self.materialise(cx, a.base) } else { *a };
-        let lazy = Self::lazy_entry(a);
+        // A decommit of the middle of the lazy run would leave two: its pages get entries first.
+        let a = &match a.lazy {
+            Some(r) if r.start < start && end < r.end => self.materialise(cx, a.base),
+            _ => *a,
+        };
+        let run = a.lazy.filter(|r| r.overlaps(start, end));
         let mut decommitted = 0;
         let mut unreserve = 0;
         let freed_before = cx.counters.table_pages_freed;
         let mut batch = self.batch();
-        let mut unmap = |batch: &mut TlbBatch, _, old: Pte| {
-            let old = match lazy {
-                Some(untouched) if old.0 == 0 => untouched,
-                _ => old,
-            };
+        let mut unmap = |batch: &mut TlbBatch, va, old: Pte| {
+            let old = if old.0 == 0 { Self::lazy_entry(a, va).unwrap_or(old) } else { old };
             if old.is_committed() {
                 decommitted += 1;
                 match old.frame() {
@@ -348,23 +344,30 @@ impl AddressSpace {
             }
             Pte::RESERVED
         };
-        // One walk, 2 MiB at a time (at most 512 frames and 3 tables deferred each): when the
-        // batch could not take another chunk, the walk stops for a round, so the list of frames
-        // to free stays bounded (MAX_DEFERRED, as Linux's mmu_gather); a call freeing fewer
-        // makes one round. A release also frees the empty tables earlier decommits kept.
+        // One walk (the tables count the lazy run's pages without an entry), 2 MiB at a time (at most 512 frames and 3 tables deferred
+        // each): when the batch could not take another chunk, the walk stops for a round, so
+        // the list of frames to free stays bounded (MAX_DEFERRED, as Linux's mmu_gather); a call
+        // freeing fewer makes one round. A release also frees the empty tables earlier
+        // decommits kept.
         let leaves = a.committed_pages > 0;
+        let span = run.map(|r| (r.start, r.end));
         let mut va = start;
         while va < end {
             let mut tables = cx.tables(self.root_pa());
             va = if keep_tables {
                 tables.keep_empty = true;
-                tables.decommit_range(va, end, &mut batch, lazy.is_some(), &mut unmap)
+                tables.decommit_range(va, end, &mut batch, span, &mut unmap)
             } else {
-                tables.release_range(va, end, &mut batch, leaves, lazy.is_some(), &mut unmap)
+                tables.release_range(va, end, &mut batch, leaves, span, &mut unmap)
             };
             if va < end {
                 self.complete(core::mem::replace(&mut batch, self.batch()), cx);
             }
+        }
+        if let Some(r) = run {
+            // What is left of the run: none, or the part before or after the range.
+            let left = if start <= r.start { LazyRun { start: end, ..r } } else { LazyRun { end: start, ..r } };
+            self.allocations.get_mut(&a.base).expect("allocation record").lazy = (left.start < left.end).then_some(left);
         }
         if unreserve > 0 {
             cx.frames.unreserve(self.demand_zero.split(unreserve));

@@ -199,7 +199,7 @@ impl AddressSpace {
             return av;
         }
         if e.guard() {
-            self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache), a.lazy);
+            self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache), Self::in_run(&a, page));
             return FaultOutcome::GuardPage { access, address: addr };
         }
         if !access.allowed_by(e.prot()) {
@@ -248,12 +248,12 @@ impl AddressSpace {
         };
         cx.counters.frames_zeroed += 1;
         let new = Pte::committed(e.prot(), e.guard(), Some(frame.start_address().as_u64()), e.dirty(), a.cache);
-        self.set_pte(cx, page, new, a.lazy);
+        self.set_pte(cx, page, new, Self::in_run(a, page));
         new
     }
 
     /// Rewrites the entry of one committed page (its table exists) of an allocation that is
-    /// `lazy` or not (a lazily committed page is already counted in its table).
+    /// in its allocation's lazy run or not (such a page is already counted in its table).
     fn set_pte<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, new: Pte, lazy: bool) {
         let mut batch = self.batch();
         cx.tables(self.root_pa()).update_lazy(page, page + PAGE_SIZE, None, &mut batch, (lazy, lazy), |_, _, _| new);
@@ -310,7 +310,7 @@ impl AddressSpace {
                 return Err(VmError::NoAccess);
             }
             if e.guard() {
-                self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache), a.lazy);
+                self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache), Self::in_run(&a, page));
                 return Err(VmError::GuardPage);
             }
             if !access.allowed_by(e.prot()) {
@@ -444,7 +444,7 @@ impl AddressSpace {
             cx.counters.faults_resolved += 1;
         }
         if mark && !e.dirty() {
-            self.set_pte(cx, page, Pte(e.0 | DIRTY), a.lazy);
+            self.set_pte(cx, page, Pte(e.0 | DIRTY), Self::in_run(&a, page));
         }
         let frame: PhysFrame = PhysFrame::containing_address(PhysAddr::new(e.frame().expect("frame just given")));
         frame.start_address() + (va & (PAGE_SIZE - 1))

@@ -146,13 +146,39 @@ pub struct Allocation {
     /// of system services then read the allocation instead of the page table. `None`: mixed or
     /// partly committed, the page table decides; always `None` for large pages.
     pub uniform: Option<BaseProtection>,
-    /// The allocation was committed whole with one protection and its untouched pages have no
-    /// entry: a zero entry in it is a committed page with protection `uniform`, no frame, no
-    /// guard, no write-watch mark (so `uniform` is `Some`). The commit wrote no leaf entry (the
-    /// page tables exist and count these pages in their child counts), the first touch writes
-    /// the only one. An operation that ends the uniformity (a partial protect or decommit, a
-    /// guard, a commit) first writes the missing entries ([`AddressSpace::materialise`]).
-    pub lazy: bool,
+    /// Pages committed without an entry: a zero entry inside the run is a committed page with
+    /// the run's protection, no frame, no guard, no write-watch mark. A commit of reserved pages
+    /// with one protection and no guard makes (or extends) the run and writes no leaf entry (the
+    /// page tables exist and count these pages in their child counts); the first touch writes
+    /// the only one. An operation that would make the run's pages differ (a protect of part of
+    /// it with another protection or a guard, a decommit of its middle, an overlapping commit
+    /// with another protection) first writes the missing entries
+    /// ([`AddressSpace::materialise`]); one at its ends shrinks it. 24 bytes per allocation,
+    /// none per page.
+    pub lazy: Option<LazyRun>,
+}
+
+/// A run of lazily committed pages of an allocation ([`Allocation::lazy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LazyRun {
+    /// First page.
+    pub start: u64,
+    /// End (exclusive).
+    pub end: u64,
+    /// The protection of every page of the run.
+    pub prot: BaseProtection,
+}
+
+impl LazyRun {
+    /// Whether the run holds `va`.
+    pub const fn contains(&self, va: u64) -> bool {
+        self.start <= va && va < self.end
+    }
+
+    /// Whether the run and `[start, end)` share a page.
+    pub const fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.start < end && start < self.end
+    }
 }
 
 impl Allocation {
@@ -370,8 +396,8 @@ impl AddressSpace {
     pub(crate) fn uniform_holds(&self, mem: &impl PhysMemory, a: &Allocation) -> bool {
         let Some(p) = a.uniform else { return true };
         let mut holds = !a.large;
-        table::scan(mem, self.root_pa(), a.base, a.end(), |_, _, e| {
-            let e = if a.lazy { e.map(|e| if e.0 == 0 { Self::lazy_entry(a).expect("lazy") } else { e }) } else { e };
+        table::scan(mem, self.root_pa(), a.base, a.end(), |va, _, e| {
+            let e = Self::state(a, va, e);
             holds &= e.is_some_and(|e| e.is_committed() && !e.guard() && e.prot() == p);
             ControlFlow::Continue(())
         });
@@ -384,17 +410,33 @@ impl AddressSpace {
     /// Cost: one table walk.
     pub(crate) fn entry(&self, mem: &impl PhysMemory, a: &Allocation, page: u64) -> Pte {
         let e = table::read_pte(mem, self.root_pa(), page);
-        if e.0 == 0 { Self::lazy_entry(a).unwrap_or(e) } else { e }
+        if e.0 == 0 { Self::lazy_entry(a, page).unwrap_or(e) } else { e }
     }
 
-    /// The state of a page without an entry in `a`: committed untouched if `a` is lazy.
-    fn lazy_entry(a: &Allocation) -> Option<Pte> {
-        a.lazy.then(|| Pte::committed(a.uniform.expect("a lazy allocation is uniform"), false, None, false, a.cache))
+    /// The state of the page at `va` of `a` if its entry is zero: committed untouched inside
+    /// the allocation's lazy run.
+    fn lazy_entry(a: &Allocation, va: u64) -> Option<Pte> {
+        let run = a.lazy.filter(|r| r.contains(va))?;
+        Some(Pte::committed(run.prot, false, None, false, a.cache))
+    }
+
+    /// Whether the page at `va` of `a` is in its lazy run.
+    pub(crate) fn in_run(a: &Allocation, va: u64) -> bool {
+        a.lazy.is_some_and(|r| r.contains(va))
+    }
+
+    /// The state of the page at `va` of `a` as a [`table::scan`] reports it (`e`, `None` where
+    /// no table is): a zero entry in the lazy run is a committed page.
+    pub(crate) fn state(a: &Allocation, va: u64, e: Option<Pte>) -> Option<Pte> {
+        match e {
+            Some(Pte(0)) => Self::lazy_entry(a, va).or(e),
+            e => e,
+        }
     }
 
     /// The state of the page at `va` if its entry is zero (for [`table::census`]).
     fn lazy_at(&self, va: u64) -> Option<Pte> {
-        self.allocation_at(va).and_then(Self::lazy_entry)
+        self.allocation_at(va).and_then(|a| Self::lazy_entry(a, va))
     }
 
     /// Calls `leaf(va, state)` for every committed 4 KiB page (lazily committed ones included)
@@ -428,8 +470,8 @@ impl AddressSpace {
             self.root_pa(),
             a.base,
             a.end(),
-            |_, _, e| {
-                if let Some(e) = e.filter(|e| e.is_committed()) {
+            |va, _, e| {
+                if let Some(e) = Self::state(a, va, e).filter(|e| e.is_committed()) {
                     committed += 1;
                     guard += u64::from(e.guard());
                     resident += u64::from(e.frame().is_some());
@@ -437,10 +479,6 @@ impl AddressSpace {
                 ControlFlow::Continue(())
             },
         );
-        if a.lazy {
-            // The untouched pages have no entry.
-            committed = pages;
-        }
         AllocationSummary {
             allocation: *a,
             committed_pages: committed,

@@ -66,12 +66,23 @@ impl AddressSpace {
         }
         let first = self.entry(cx.mem, &a, start);
         let old = Self::page_protect(first, &a);
-        // A lazy allocation that stays uniform keeps its untouched pages without an entry.
-        let a = if a.lazy && !Self::stays_uniform(&a, start, end, prot.base, prot.guard) { self.materialise(cx, a.base) } else { a };
+        // The lazy run stays if its pages stay alike: the range covers it or keeps its
+        // protection, and arms no guard. Its pages are the range's only zero entries.
+        let a = match a.lazy {
+            Some(r) if r.overlaps(start, end) && (prot.guard || (prot.base != r.prot && !(start <= r.start && r.end <= end))) => {
+                self.materialise(cx, a.base)
+            }
+            _ => a,
+        };
+        let lazy = a.lazy.is_some_and(|r| r.overlaps(start, end));
         let mut batch = self.batch();
-        cx.tables(self.root_pa()).update_lazy(start, end, None, &mut batch, (a.lazy, a.lazy), |_, _, old| {
+        cx.tables(self.root_pa()).update_lazy(start, end, None, &mut batch, (lazy, lazy), |_, _, old| {
             if old.0 == 0 { old } else { old.with_protection(prot.base, prot.guard, a.cache) }
         });
+        if lazy {
+            let run = self.allocations.get_mut(&a.base).expect("allocation record").lazy.as_mut().expect("lazy run");
+            run.prot = prot.base;
+        }
         self.complete(batch, cx);
         self.note_protection(a.base, start, end, prot.base, prot.guard);
         Ok(old)
