@@ -56,7 +56,8 @@ impl AddressSpace {
     /// one entry write per untouched page (the tables exist; no count changes, no TLB round).
     pub(crate) fn materialise<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, base: u64) -> Allocation {
         let a = self.allocations.get_mut(&base).expect("allocation record");
-        let Some(run) = a.lazy.take() else { return *a };
+        let Some(run) = a.lazy() else { return *a };
+        a.set_lazy(None);
         let a = *a;
         let untouched = Pte::committed(run.prot, false, None, false, a.cache);
         let mut batch = self.batch();
@@ -242,7 +243,7 @@ impl AddressSpace {
         // Pages of the lazy run recommitted with its protection stay as they are; any other
         // overlap makes them differ, so they get their entries first.
         let alike = |r: &LazyRun| private && !guard && r.prot == prot && r.start <= start && end <= r.end;
-        if let Some(r) = a.lazy
+        if let Some(r) = a.lazy()
             && r.overlaps(start, end)
             && !alike(&r)
         {
@@ -251,16 +252,20 @@ impl AddressSpace {
         let mut batch = self.batch();
         let mut tables = cx.tables(self.root_pa());
         let new_only = plan.new_pages == (end - start) / PAGE_SIZE;
-        if a.lazy.is_some_and(|r| alike(&r)) {
+        let grown = a.lazy().map_or(Some(LazyRun { start, end, prot }), |r| {
+            (r.prot == prot && (r.end == start || r.start == end)).then_some(LazyRun { start: r.start.min(start), end: r.end.max(end), prot })
+        });
+        let mut record = a;
+        let lazily = private && !guard && new_only && grown.is_some_and(|run| record.set_lazy(Some(run)));
+        if a.lazy().is_some_and(|r| alike(&r)) {
             tables.update_lazy(start, end, Some(&mut plan.tables), &mut batch, (true, true), |_, _, old| {
                 if old.0 == 0 { old } else { old.with_protection(prot, guard, cache) }
             });
-        } else if private && !guard && new_only && a.lazy.is_none_or(|r| r.prot == prot && (r.end == start || r.start == end)) {
+        } else if lazily {
             // Reserved pages committed alike: no leaf entry, each page counted in its table, the
             // run made or extended (Allocation::lazy); the first touch writes the entry.
             tables.update_lazy(start, end, Some(&mut plan.tables), &mut batch, (false, true), |_, _, old| old);
-            let run = a.lazy.map_or(LazyRun { start, end, prot }, |r| LazyRun { start: r.start.min(start), end: r.end.max(end), prot });
-            self.allocations.get_mut(&a.base).expect("allocation record").lazy = Some(run);
+            *self.allocations.get_mut(&a.base).expect("allocation record") = record;
         } else {
             // Outside the run (new pages never overlap it: its pages are committed).
             tables.update_range(start, end, Some(&mut plan.tables), &mut batch, |_, va, old| {
@@ -324,11 +329,11 @@ impl AddressSpace {
             return 0;
         }
         // A decommit of the middle of the lazy run would leave two: its pages get entries first.
-        let a = &match a.lazy {
+        let a = &match a.lazy() {
             Some(r) if r.start < start && end < r.end => self.materialise(cx, a.base),
             _ => *a,
         };
-        let run = a.lazy.filter(|r| r.overlaps(start, end));
+        let run = a.lazy().filter(|r| r.overlaps(start, end));
         let mut decommitted = 0;
         let mut unreserve = 0;
         let freed_before = cx.counters.table_pages_freed;
@@ -367,7 +372,7 @@ impl AddressSpace {
         if let Some(r) = run {
             // What is left of the run: none, or the part before or after the range.
             let left = if start <= r.start { LazyRun { start: end, ..r } } else { LazyRun { end: start, ..r } };
-            self.allocations.get_mut(&a.base).expect("allocation record").lazy = (left.start < left.end).then_some(left);
+            self.allocations.get_mut(&a.base).expect("allocation record").set_lazy((left.start < left.end).then_some(left));
         }
         if unreserve > 0 {
             cx.frames.unreserve(self.demand_zero.split(unreserve));

@@ -153,9 +153,18 @@ pub struct Allocation {
     /// the only one. An operation that would make the run's pages differ (a protect of part of
     /// it with another protection or a guard, a decommit of its middle, an overlapping commit
     /// with another protection) first writes the missing entries
-    /// ([`AddressSpace::materialise`]); one at its ends shrinks it. 24 bytes per allocation,
-    /// none per page.
-    pub lazy: Option<LazyRun>,
+    /// ([`AddressSpace::materialise`]); one at its ends shrinks it. Read it with
+    /// [`lazy`](Self::lazy). 12 bytes per allocation (page offsets from the base: a run that
+    /// would reach past 16 TiB of its allocation is not made), none per page.
+    pub(crate) lazy_run: Option<PackedRun>,
+}
+
+/// [`LazyRun`] as an allocation keeps it: pages from the allocation's base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PackedRun {
+    first: u32,
+    end: u32,
+    prot: BaseProtection,
 }
 
 /// A run of lazily committed pages of an allocation ([`Allocation::lazy`]).
@@ -182,6 +191,32 @@ impl LazyRun {
 }
 
 impl Allocation {
+    /// Returns the run of pages committed without an entry, if any ([`Allocation::lazy_run`]).
+    pub fn lazy(&self) -> Option<LazyRun> {
+        self.lazy_run.map(|r| LazyRun {
+            start: self.base + u64::from(r.first) * PAGE_SIZE,
+            end: self.base + u64::from(r.end) * PAGE_SIZE,
+            prot: r.prot,
+        })
+    }
+
+    /// Sets the lazy run (pages inside the allocation); returns `false`, changing nothing, if it
+    /// reaches past 16 TiB from the base (no run then: the caller writes the entries).
+    pub(crate) fn set_lazy(&mut self, run: Option<LazyRun>) -> bool {
+        let Some(r) = run else {
+            self.lazy_run = None;
+            return true;
+        };
+        debug_assert!(self.base <= r.start && r.start < r.end && r.end <= self.end());
+        match (u32::try_from((r.start - self.base) / PAGE_SIZE), u32::try_from((r.end - self.base) / PAGE_SIZE)) {
+            (Ok(first), Ok(end)) => {
+                self.lazy_run = Some(PackedRun { first, end, prot: r.prot });
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Returns the end address (exclusive).
     pub const fn end(&self) -> u64 {
         self.base + self.size
@@ -416,13 +451,13 @@ impl AddressSpace {
     /// The state of the page at `va` of `a` if its entry is zero: committed untouched inside
     /// the allocation's lazy run.
     fn lazy_entry(a: &Allocation, va: u64) -> Option<Pte> {
-        let run = a.lazy.filter(|r| r.contains(va))?;
+        let run = a.lazy().filter(|r| r.contains(va))?;
         Some(Pte::committed(run.prot, false, None, false, a.cache))
     }
 
     /// Whether the page at `va` of `a` is in its lazy run.
     pub(crate) fn in_run(a: &Allocation, va: u64) -> bool {
-        a.lazy.is_some_and(|r| r.contains(va))
+        a.lazy().is_some_and(|r| r.contains(va))
     }
 
     /// The state of the page at `va` of `a` as a [`table::scan`] reports it (`e`, `None` where

@@ -110,7 +110,7 @@ fn non_leaf_entries_are_written_once() {
     let before = fx.counters;
     fx.alloc(a, 0x40_0000, MEM_COMMIT, PAGE_READWRITE).unwrap();
     assert_eq!(fx.counters.pte_writes - before.pte_writes, 2 + 1, "one link per new table, the directory's count once");
-    assert_eq!(fx.sp().allocation_at(a).unwrap().lazy.map(|r| (r.start, r.end)), Some((a, a + 0x80_0000)));
+    assert_eq!(fx.sp().allocation_at(a).unwrap().lazy().map(|r| (r.start, r.end)), Some((a, a + 0x80_0000)));
     assert_eq!(fx.q(a).0, 0x80_0000);
     fx.check();
     fx.free(a, 0, MEM_RELEASE).unwrap();
@@ -133,7 +133,7 @@ fn non_leaf_entries_are_written_once() {
 fn a_lazy_commit_writes_each_entry_once() {
     let mut fx = Fx::new();
     let a = fx.alloc(0, 0x10000, RC, PAGE_READWRITE).unwrap();
-    assert!(fx.sp().allocation_at(a).unwrap().lazy.is_some());
+    assert!(fx.sp().allocation_at(a).unwrap().lazy().is_some());
     assert_eq!(fx.raw_pte(a), Pte::RESERVED);
     assert!(fx.pte(a).is_committed() && fx.pte(a).frame().is_none());
     let before = fx.counters;
@@ -145,7 +145,7 @@ fn a_lazy_commit_writes_each_entry_once() {
     let before = fx.counters;
     assert_eq!(fx.protect(a, 0x10000, PAGE_READONLY), Ok(PAGE_READWRITE));
     assert_eq!(fx.counters.pte_writes - before.pte_writes, 1);
-    assert!(fx.sp().allocation_at(a).unwrap().lazy.is_some());
+    assert!(fx.sp().allocation_at(a).unwrap().lazy().is_some());
     assert_eq!(fx.q(a + 0x1000).2, PAGE_READONLY);
     assert_eq!(fx.read_u64(a + 0x2000), Ok(7));
     fx.check();
@@ -153,7 +153,7 @@ fn a_lazy_commit_writes_each_entry_once() {
     let before = fx.counters;
     fx.protect(a + 0x3000, 0x1000, PAGE_READONLY | PAGE_GUARD).unwrap();
     assert_eq!(fx.counters.pte_writes - before.pte_writes, 15 + 1);
-    assert!(fx.sp().allocation_at(a).unwrap().lazy.is_none());
+    assert!(fx.sp().allocation_at(a).unwrap().lazy().is_none());
     assert_eq!(fx.raw_pte(a + 0x4000), fx.pte(a + 0x4000));
     fx.check();
     // A whole decommit of a lazy allocation unreserves the untouched pages' frames.
@@ -177,7 +177,7 @@ fn a_lazy_run_in_part_of_a_reservation() {
     fx.alloc(a + 0x10_0000, 0x10_0000, MEM_COMMIT, PAGE_READONLY).unwrap();
     let tables = fx.counters.table_pages_allocated - before.table_pages_allocated;
     assert_eq!(fx.counters.pte_writes - before.pte_writes, tables, "the new tables' links, no leaf entry");
-    let run = |fx: &Fx| fx.sp().allocation_at(a).unwrap().lazy.map(|r| (r.start - a, r.end - a));
+    let run = |fx: &Fx| fx.sp().allocation_at(a).unwrap().lazy().map(|r| (r.start - a, r.end - a));
     assert_eq!(run(&fx), Some((0x10_0000, 0x20_0000)));
     assert_eq!(fx.q(a), (0x10_0000, MEM_RESERVE, 0));
     assert_eq!(fx.q(a + 0x18_0000), (0x8_0000, MEM_COMMIT, PAGE_READONLY));
@@ -207,7 +207,7 @@ fn a_lazy_run_in_part_of_a_reservation() {
     let b = fx.alloc(0, 0x10000, MEM_RESERVE, PAGE_READWRITE).unwrap();
     fx.alloc(b + 0x4000, 0x4000, MEM_COMMIT, PAGE_READWRITE).unwrap();
     fx.protect(b + 0x5000, 0x1000, PAGE_READWRITE | PAGE_GUARD).unwrap();
-    assert_eq!(fx.sp().allocation_at(b).unwrap().lazy, None);
+    assert_eq!(fx.sp().allocation_at(b).unwrap().lazy(), None);
     assert_eq!(fx.q(b + 0x4000), (0x1000, MEM_COMMIT, PAGE_READWRITE));
     assert_eq!(fx.q(b + 0x5000), (0x1000, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD));
     fx.check();
