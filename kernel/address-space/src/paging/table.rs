@@ -222,6 +222,17 @@ impl<M: PhysMemory> Tables<'_, M> {
         debug_assert_eq!(done, end);
     }
 
+    /// Commits every page of `[start, end)` (all reserved: zero entries) lazily: no leaf entry is
+    /// read or written, each page is counted in its page table's child count (see
+    /// [`update_lazy`](Self::update_lazy)); missing tables are created from `pool`.
+    ///
+    /// Cost: one walk per 2 MiB and the non-leaf entries whose counts change.
+    pub fn commit_lazy(&mut self, start: u64, end: u64, pool: &mut Vec<PhysFrame>, batch: &mut TlbBatch) {
+        let lazy = LazyPages { start, end, before: false, after: true };
+        let done = self.walk_range(start, end, Some(pool), batch, Walk::Count, lazy, |_, _, old| old);
+        debug_assert_eq!(done, end);
+    }
+
     /// [`update_range`](Self::update_range) for a release (no pool): also frees the empty page
     /// tables a decommit kept in the range (a table shared with a neighbouring reservation too:
     /// it holds no entry of anyone's), and their parents if they empty. With `leaves` false the
@@ -298,7 +309,10 @@ impl<M: PhysMemory> Tables<'_, M> {
             let mut count = old_count;
             // A table without entries holds only reserved pages, which `f` leaves reserved
             // without a pool: nothing to read.
-            if mode != Walk::Sweep && (count > 0 || pool.is_some()) {
+            if mode == Walk::Count {
+                debug_assert!((va..chunk_end).step_by(PAGE_SIZE as usize).all(|p| self.mem.read_u64(pa(pt + index(p, 0) * 8)) == 0));
+                count += (chunk_end - va) / PAGE_SIZE;
+            } else if mode != Walk::Sweep && (count > 0 || pool.is_some()) {
                 let mut at = pt + index(va, 0) * 8;
                 let mut page = va;
                 while page < chunk_end {
@@ -419,6 +433,8 @@ impl LazyPages {
 enum Walk {
     /// Rewrite leaves, unbounded (commit, protect, write watch).
     Update,
+    /// Count every page as lazily committed, reading no leaf (a lazy commit).
+    Count,
     /// Rewrite leaves, bounded by the batch (decommit).
     Decommit,
     /// Rewrite leaves, bounded, and free kept empty tables (release).

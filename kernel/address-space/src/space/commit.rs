@@ -264,7 +264,7 @@ impl AddressSpace {
         } else if lazily {
             // Reserved pages committed alike: no leaf entry, each page counted in its table, the
             // run made or extended (Allocation::lazy); the first touch writes the entry.
-            tables.update_lazy(start, end, Some(&mut plan.tables), &mut batch, (false, true), |_, _, old| old);
+            tables.commit_lazy(start, end, &mut plan.tables, &mut batch);
             *self.allocations.get_mut(&a.base).expect("allocation record") = record;
         } else {
             // Outside the run (new pages never overlap it: its pages are committed).
