@@ -8,8 +8,9 @@
 //!   operation started (a pool sized by [`count_missing_tables`]), so the perform phase of an
 //!   operation never fails half-way (decode, then perform).
 //! * A table page is freed the moment its last non-zero entry goes: every non-leaf entry keeps
-//!   the number of non-zero entries of its child table in its ignored bits 52–61
-//!   ([`child_count`]), so no table is scanned. The PML4 is never freed; only its lower half
+//!   the number of non-zero entries of its child table (plus its lazily committed pages, which
+//!   have none: [`Tables::update_lazy`]) in its ignored bits 52–61 ([`child_count`]), so no
+//!   table is scanned. A walk writes each non-leaf entry once, with its final count. The PML4 is never freed; only its lower half
 //!   (indices 0–255, user space) is ever touched: the kernel owns the upper half.
 //! * Ranges are processed one leaf table (2 MiB) at a time, with one walk per table, and absent
 //!   subtrees are skipped whole (a 64 GiB reservation costs nothing to scan).
@@ -73,7 +74,7 @@ pub struct Tables<'a, M: PhysMemory> {
     pub counters: &'a mut WorkCounters,
     /// A page table whose last entry goes stays, linked with a count of 0, instead of being
     /// freed (a decommit keeps its reservation's tables for the next commit; the release sweeps
-    /// them with [`Tables::free_empty_tables`]).
+    /// them with [`Tables::release_range`]).
     pub keep_empty: bool,
 }
 
@@ -218,7 +219,7 @@ impl<M: PhysMemory> Tables<'_, M> {
         f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) {
         let lazy = LazyPages { start, end, before: lazy.0, after: lazy.1 };
-        let done = self.walk_range(start, end, pool, batch, Walk::Update, lazy, f);
+        let done = self.walk_range(start, end, pool, batch, (Walk::Update, lazy), f);
         debug_assert_eq!(done, end);
     }
 
@@ -229,7 +230,7 @@ impl<M: PhysMemory> Tables<'_, M> {
     /// Cost: one walk per 2 MiB and the non-leaf entries whose counts change.
     pub fn commit_lazy(&mut self, start: u64, end: u64, pool: &mut Vec<PhysFrame>, batch: &mut TlbBatch) {
         let lazy = LazyPages { start, end, before: false, after: true };
-        let done = self.walk_range(start, end, Some(pool), batch, Walk::Count, lazy, |_, _, old| old);
+        let done = self.walk_range(start, end, Some(pool), batch, (Walk::Count, lazy), |_, _, old| old);
         debug_assert_eq!(done, end);
     }
 
@@ -250,7 +251,7 @@ impl<M: PhysMemory> Tables<'_, M> {
         f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) -> u64 {
         let mode = if leaves { Walk::Release } else { Walk::Sweep };
-        self.walk_range(start, end, None, batch, mode, LazyPages::decommitted(lazy), f)
+        self.walk_range(start, end, None, batch, (mode, LazyPages::decommitted(lazy)), f)
     }
 
     /// [`release_range`](Self::release_range) for a decommit that keeps emptied tables
@@ -265,7 +266,7 @@ impl<M: PhysMemory> Tables<'_, M> {
         lazy: Option<(u64, u64)>,
         f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) -> u64 {
-        self.walk_range(start, end, None, batch, Walk::Decommit, LazyPages::decommitted(lazy), f)
+        self.walk_range(start, end, None, batch, (Walk::Decommit, LazyPages::decommitted(lazy)), f)
     }
 
     fn walk_range(
@@ -274,8 +275,7 @@ impl<M: PhysMemory> Tables<'_, M> {
         end: u64,
         mut pool: Option<&mut Vec<PhysFrame>>,
         batch: &mut TlbBatch,
-        mode: Walk,
-        lazy: LazyPages,
+        (mode, lazy): (Walk, LazyPages),
         mut f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) -> u64 {
         let mut cur = Cursor::default();
