@@ -146,16 +146,7 @@ pub struct Allocation {
     /// of system services then read the allocation instead of the page table. `None`: mixed or
     /// partly committed, the page table decides; always `None` for large pages.
     pub uniform: Option<BaseProtection>,
-    /// Pages committed without an entry: a zero entry inside the run is a committed page with
-    /// the run's protection, no frame, no guard, no write-watch mark. A commit of reserved pages
-    /// with one protection and no guard makes (or extends) the run and writes no leaf entry (the
-    /// page tables exist and count these pages in their child counts); the first touch writes
-    /// the only one. An operation that would make the run's pages differ (a protect of part of
-    /// it with another protection or a guard, a decommit of its middle, an overlapping commit
-    /// with another protection) first writes the missing entries
-    /// ([`AddressSpace::materialise`]); one at its ends shrinks it. Read it with
-    /// [`lazy`](Self::lazy). 12 bytes per allocation (page offsets from the base: a run that
-    /// would reach past 16 TiB of its allocation is not made), none per page.
+    /// The lazy run, as page offsets from `base` (see [`lazy`](Self::lazy)).
     pub(crate) lazy_run: Option<PackedRun>,
 }
 
@@ -191,7 +182,15 @@ impl LazyRun {
 }
 
 impl Allocation {
-    /// Returns the run of pages committed without an entry, if any ([`Allocation::lazy_run`]).
+    /// Returns the run of pages committed without an entry, if any. A zero entry inside the run
+    /// is a committed page with the run's protection, no frame, no guard, no write-watch mark. A
+    /// commit of reserved pages with one protection and no guard makes (or extends) the run and
+    /// writes no leaf entry (the page tables exist and count these pages in their child counts);
+    /// the first touch writes the only one. An operation that would make the run's pages differ
+    /// (a protect of part of it with another protection or a guard, a decommit of its middle, an
+    /// overlapping commit with another protection) first writes the missing entries; a decommit
+    /// at its ends shrinks it. 12 bytes per allocation (page offsets from the base: a run that
+    /// would reach past 16 TiB of its allocation is not made), none per page.
     pub fn lazy(&self) -> Option<LazyRun> {
         self.lazy_run.map(|r| LazyRun {
             start: self.base + u64::from(r.first) * PAGE_SIZE,
