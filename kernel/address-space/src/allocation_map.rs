@@ -273,9 +273,13 @@ impl<V: Copy> WideMap<V> {
             Self::leaf_insert(&mut self.leaves[leaf as usize], i, key, slot);
             return None;
         }
-        // Split the full leaf: the upper half moves to a new right neighbour.
+        // Split the full leaf: the upper half moves to a new right neighbour. A key appended
+        // past the last leaf (allocations placed upwards) starts a leaf of its own instead, so
+        // ascending inserts leave full leaves behind, not half-full ones (fewer leaves, lower
+        // tree); only the last leaf does so, so keys arriving in descending order cannot leave
+        // a trail of one-key leaves.
         let right = self.new_leaf();
-        let half = LEAF / 2;
+        let half = if i == LEAF && self.leaves[leaf as usize].next == NIL { LEAF } else { LEAF / 2 };
         let (lo, hi) = split_two(&mut self.leaves, leaf, right);
         hi.keys[..LEAF - half].copy_from_slice(&lo.keys[half..]);
         hi.slots[..LEAF - half].copy_from_slice(&lo.slots[half..]);
@@ -285,7 +289,7 @@ impl<V: Copy> WideMap<V> {
         hi.prev = leaf;
         hi.next = lo.next;
         lo.next = right;
-        if i <= half {
+        if i <= half && half < LEAF {
             Self::leaf_insert(lo, i, key, slot);
         } else {
             Self::leaf_insert(hi, i - half, key, slot);
@@ -316,9 +320,11 @@ impl<V: Copy> WideMap<V> {
                 self.inners[node as usize].insert_at(c + 1, sep, kid);
                 return;
             }
-            // Split the full inner node; the separator of its right half moves up.
+            // Split the full inner node; the separator of its right half moves up. A child
+            // appended to the last node of its level starts a node of its own (as for leaves).
             let right = self.new_inner();
-            let half = INNER / 2;
+            let last = path[..=level].iter().all(|&(n, c)| c + 1 == self.inners[n as usize].len);
+            let half = if last { INNER - 1 } else { INNER / 2 };
             let (lo, hi) = split_two(&mut self.inners, node, right);
             hi.seps[..INNER - half].copy_from_slice(&lo.seps[half..]);
             hi.kids[..INNER - half].copy_from_slice(&lo.kids[half..]);
@@ -600,6 +606,27 @@ mod tests {
         assert_eq!((m.len(), m.height), (0, 0));
         assert_eq!(m.floor(u64::MAX), None);
         assert_eq!(m.ceil(0), None);
+    }
+
+    /// Keys inserted in ascending order fill their leaves and inner nodes (the last one of
+    /// each level excepted); descending ones leave them at least half full.
+    #[test]
+    fn ascending_inserts_fill_the_nodes() {
+        let n = 20_000u64;
+        let mut m: WideMap<u64> = WideMap::new();
+        for k in 0..n {
+            m.insert(k * 0x10000, k);
+        }
+        m.check();
+        let live_leaves = m.leaves.len() - m.free_leaves.len();
+        assert_eq!(live_leaves, (n as usize).div_ceil(LEAF));
+        let mut d: WideMap<u64> = WideMap::new();
+        for k in (0..n).rev() {
+            d.insert(k * 0x10000, k);
+        }
+        d.check();
+        assert!(d.leaves.len() <= 2 * (n as usize).div_ceil(LEAF) + 1, "{} leaves", d.leaves.len());
+        assert!(m.height <= d.height);
     }
 
     proptest! {

@@ -471,15 +471,18 @@ fn reserve_release_64k(env: &Env, s: &Space, name: &str, n: u64) {
     );
 }
 
-const WHY_COMMIT: &str = "commit writes a software entry for every page (the page table is the only per-page store), \
-then the first touch rewrites it with the frame; the decommit keeps the emptied page tables for the next commit, \
-whose count in the directory entry is written once per commit and once per decommit";
+const WHY_COMMIT: &str = "the commit writes no page entry (a lazy run: the touch writes the only one), but it counts \
+its pages in the page table's child count, kept in the directory entry, and the decommit uncounts them: one \
+directory-entry write each per round, what freeing a table without scanning it costs";
 
-const WHY_COMMIT_256M: &str = "commit writes a software entry per page before the touch writes the real one; \
-every non-leaf entry also carries a child count that is rewritten when a table below it is created";
+const WHY_COMMIT_256M: &str = "the commit writes no page entry (a lazy run), each new table is linked once with its \
+final count";
 
-const WHY_LARGE: &str = "the directory and PDPT emptied by the release are freed, then re-created (zeroed) by the next commit; \
-creating them rewrites the parents' child counts";
+const WHY_LARGE: &str = "the directory and PDPT emptied by the release are freed (each parent entry cleared once), \
+then re-created (zeroed, linked once) by the next commit: tables are not kept past a release";
+
+const WHY_GUARD: &str = "the first guard on one page of the committed 64 KiB writes the entries of its 15 untouched \
+pages, once (they leave the lazy run)";
 
 /// B2: commit + first touch + decommit, per 4 KiB page, in 1 MiB batches. One warm-up round
 /// first, so the minimum is the steady state: 2 entry writes per page (map at the touch, clear
@@ -692,7 +695,7 @@ fn guard_page_fault(env: &Env, s: &Space, name: &str, n: u64) {
             cycles,
             work,
             min,
-            why: "",
+            why: WHY_GUARD,
             entries: None,
         },
     );
@@ -1027,7 +1030,7 @@ fn guest_minimum(
             }
             .times(units),
             3 * units,
-            "",
+            WHY_GUARD,
         ),
         "host_call_addref_release" | "host_call_ticks_ns" => (Work::NONE, units, ""),
         _ => return None,

@@ -8,8 +8,9 @@
 //!   operation started (a pool sized by [`count_missing_tables`]), so the perform phase of an
 //!   operation never fails half-way (decode, then perform).
 //! * A table page is freed the moment its last non-zero entry goes: every non-leaf entry keeps
-//!   the number of non-zero entries of its child table in its ignored bits 52–61
-//!   ([`child_count`]), so no table is scanned. The PML4 is never freed; only its lower half
+//!   the number of non-zero entries of its child table (plus its lazily committed pages, which
+//!   have none: [`Tables::update_lazy`]) in its ignored bits 52–61 ([`child_count`]), so no
+//!   table is scanned. A walk writes each non-leaf entry once, with its final count. The PML4 is never freed; only its lower half
 //!   (indices 0–255, user space) is ever touched: the kernel owns the upper half.
 //! * Ranges are processed one leaf table (2 MiB) at a time, with one walk per table, and absent
 //!   subtrees are skipped whole (a 64 GiB reservation costs nothing to scan).
@@ -73,7 +74,7 @@ pub struct Tables<'a, M: PhysMemory> {
     pub counters: &'a mut WorkCounters,
     /// A page table whose last entry goes stays, linked with a count of 0, instead of being
     /// freed (a decommit keeps its reservation's tables for the next commit; the release sweeps
-    /// them with [`Tables::free_empty_tables`]).
+    /// them with [`Tables::release_range`]).
     pub keep_empty: bool,
 }
 
@@ -113,45 +114,70 @@ impl<M: PhysMemory> Tables<'_, M> {
         batch.note_table_freed(va);
     }
 
-    /// Sets the child count kept in the non-leaf entry at `at` (whose value is `e`). A count of
-    /// zero clears the entry and frees the child table (`va`, an address it mapped, tells the
-    /// TLB's paging-structure caches what to forget); returns whether it did, i.e. whether the
-    /// table holding `at` lost an entry.
-    fn set_children(&mut self, at: u64, e: u64, count: u64, va: u64, batch: &mut TlbBatch) -> bool {
-        if count != 0 || self.keep_empty {
-            self.write(at, with_count(e, count));
-            return false;
-        }
-        self.write(at, 0);
-        self.free_table(e & ADDR_MASK, va, batch);
-        true
-    }
-
-    /// Counts one more non-zero entry in the child table of the entry at `at` (value `e`);
-    /// returns the entry's new value.
-    fn link_child(&mut self, at: u64, e: u64) -> u64 {
-        let e = with_count(e, child_count(e) + 1);
-        self.write(at, e);
-        e
-    }
-
-    /// Counts one non-zero entry fewer in the child table of the entry at `at` (value `e`),
-    /// freeing the child table if it emptied; returns whether it did (see [`Self::set_children`]).
-    fn unlink_child(&mut self, at: u64, e: u64, va: u64, batch: &mut TlbBatch) -> bool {
-        self.set_children(at, e, child_count(e) - 1, va, batch)
-    }
-
-    /// Returns the entry address at `level` for `va` below `table`, creating the child table
-    /// from `pool` if the entry is absent. Returns the child table address and the entry value.
-    fn ensure(&mut self, entry_at: u64, pool: &mut Vec<PhysFrame>) -> (u64, u64, bool) {
-        let e = self.mem.read_u64(pa(entry_at));
+    /// Opens the non-leaf entry at `at` (mapping `va`) for a walk: its present value, or a new
+    /// table from `pool` (not linked yet: [`Upper::written`] is 0), or `None` if it is absent
+    /// and there is no pool.
+    fn open(&mut self, at: u64, va: u64, pool: &mut Option<&mut Vec<PhysFrame>>) -> Option<Upper> {
+        let e = self.mem.read_u64(pa(at));
         if e & PRESENT != 0 {
-            return (e & ADDR_MASK, e, false);
+            return Some(Upper { at, written: e, want: e, va });
         }
-        let frame = pool.pop().expect("page table: table pool smaller than count_missing_tables");
-        let e = frame.start_address().as_u64() | TABLE_FLAGS;
-        self.write(entry_at, e);
-        (e & ADDR_MASK, e, true)
+        let frame = pool.as_deref_mut()?.pop().expect("page table: table pool smaller than count_missing_tables");
+        Some(Upper { at, written: 0, want: frame.start_address().as_u64() | TABLE_FLAGS, va })
+    }
+
+    /// Writes the entry a walk leaves: its final count, once (nothing if unchanged); an entry
+    /// whose child table emptied is cleared and the table freed (unless [`Tables::keep_empty`]).
+    /// Returns whether the table holding the entry lost it.
+    fn settle_one(&mut self, u: Upper, batch: &mut TlbBatch) -> bool {
+        if child_count(u.want) == 0 && !self.keep_empty {
+            debug_assert!(u.written != 0, "page table: a new table left empty");
+            self.write(u.at, 0);
+            self.free_table(u.table(), u.va, batch);
+            return true;
+        }
+        if u.want != u.written {
+            self.write(u.at, u.want);
+        }
+        false
+    }
+
+    /// Settles the directory-pointer entry, then the PML4 entry, the cursor holds.
+    fn settle(&mut self, cur: &mut Cursor, batch: &mut TlbBatch) {
+        self.settle_pdpt_entry(cur, batch);
+        if let Some(u) = cur.l4.take() {
+            self.settle_one(u, batch);
+        }
+    }
+
+    fn settle_pdpt_entry(&mut self, cur: &mut Cursor, batch: &mut TlbBatch) {
+        if let Some(u) = cur.l3.take()
+            && self.settle_one(u, batch)
+        {
+            cur.l4.as_mut().expect("page table: a directory entry without its PML4 entry").add(-1);
+        }
+    }
+
+    /// Moves the cursor to the PML4 and directory-pointer entries of `va` (settling the ones it
+    /// leaves, creating missing tables from `pool`); returns the directory's address, or the level
+    /// of the absent entry above `va` (no pool).
+    fn descend(&mut self, cur: &mut Cursor, va: u64, pool: &mut Option<&mut Vec<PhysFrame>>, batch: &mut TlbBatch) -> Result<u64, u32> {
+        let i4 = self.root + index(va, 3) * 8;
+        if cur.l4.map(|u| u.at) != Some(i4) {
+            self.settle(cur, batch);
+            cur.l4 = Some(self.open(i4, va, pool).ok_or(3u32)?);
+        }
+        let l4 = cur.l4.expect("page table: cursor");
+        let i3 = l4.table() + index(va, 2) * 8;
+        if cur.l3.map(|u| u.at) != Some(i3) {
+            self.settle_pdpt_entry(cur, batch);
+            let u = self.open(i3, va, pool).ok_or(2u32)?;
+            if u.written == 0 {
+                cur.l4.as_mut().expect("page table: cursor").add(1);
+            }
+            cur.l3 = Some(u);
+        }
+        Ok(cur.l3.expect("page table: cursor").table())
     }
 
     /// Rewrites every leaf entry of `[start, end)` (4 KiB pages) as `f(batch, va, old)` (`f`
@@ -163,185 +189,290 @@ impl<M: PhysMemory> Tables<'_, M> {
     /// reserved entry to a reserved entry). Changed present entries are added to `batch`; a
     /// table whose last entry goes is freed (and its parents, up to but not including the PML4).
     ///
+    /// Every non-leaf entry is written at most once, with its final count: a new table is linked
+    /// after its entries are written, and an emptied parent is cleared without a count on the way.
+    ///
     /// Cost: O(pages in range) entry reads plus one walk per 2 MiB; absent subtrees are O(1).
     pub fn update_range(
         &mut self,
         start: u64,
         end: u64,
+        pool: Option<&mut Vec<PhysFrame>>,
+        batch: &mut TlbBatch,
+        f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
+    ) {
+        self.update_lazy(start, end, pool, batch, (false, false), f);
+    }
+
+    /// [`update_range`](Self::update_range) over pages some of which may be *lazily committed*:
+    /// committed without an entry (see `Allocation::lazy`), counted in their page table's child
+    /// count as if they had one. `lazy.0`: a zero entry in the range is such a page before the
+    /// update; `lazy.1`: after it. So a zero entry is counted before if `lazy.0`, after if
+    /// `lazy.1` (`(false, true)` with an identity `f`: a commit that writes no leaf entry).
+    pub fn update_lazy(
+        &mut self,
+        start: u64,
+        end: u64,
+        pool: Option<&mut Vec<PhysFrame>>,
+        batch: &mut TlbBatch,
+        lazy: (bool, bool),
+        f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
+    ) {
+        let lazy = LazyPages { start, end, before: lazy.0, after: lazy.1 };
+        let done = self.walk_range(start, end, pool, batch, (Walk::Update, lazy), f);
+        debug_assert_eq!(done, end);
+    }
+
+    /// Commits every page of `[start, end)` (all reserved: zero entries) lazily: no leaf entry is
+    /// read or written, each page is counted in its page table's child count (see
+    /// [`update_lazy`](Self::update_lazy)); missing tables are created from `pool`.
+    ///
+    /// Cost: one walk per 2 MiB and the non-leaf entries whose counts change.
+    pub fn commit_lazy(&mut self, start: u64, end: u64, pool: &mut Vec<PhysFrame>, batch: &mut TlbBatch) {
+        let lazy = LazyPages { start, end, before: false, after: true };
+        let done = self.walk_range(start, end, Some(pool), batch, (Walk::Count, lazy), |_, _, old| old);
+        debug_assert_eq!(done, end);
+    }
+
+    /// [`update_range`](Self::update_range) for a release (no pool): also frees the empty page
+    /// tables a decommit kept in the range (a table shared with a neighbouring reservation too:
+    /// it holds no entry of anyone's), and their parents if they empty. With `leaves` false the
+    /// leaf entries are not visited (a wholly reserved allocation). Stops after a 2 MiB chunk
+    /// when `batch` could not take another ([`CHUNK_DEFERRED`] frames; [`MAX_DEFERRED`]) and
+    /// returns where to go on after the batch's round (its parents' counts are written then:
+    /// one more write per round); `end` when done.
+    pub fn release_range(
+        &mut self,
+        start: u64,
+        end: u64,
+        batch: &mut TlbBatch,
+        leaves: bool,
+        lazy: Option<(u64, u64)>,
+        f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
+    ) -> u64 {
+        let mode = if leaves { Walk::Release } else { Walk::Sweep };
+        self.walk_range(start, end, None, batch, (mode, LazyPages::decommitted(lazy)), f)
+    }
+
+    /// [`release_range`](Self::release_range) for a decommit that keeps emptied tables
+    /// ([`Tables::keep_empty`]) or one that frees them: bounded the same way, no sweep.
+    /// `lazy`: the zero entries in this span are lazily committed pages (see
+    /// [`Self::update_lazy`]); they are counted before the walk, not after it.
+    pub fn decommit_range(
+        &mut self,
+        start: u64,
+        end: u64,
+        batch: &mut TlbBatch,
+        lazy: Option<(u64, u64)>,
+        f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
+    ) -> u64 {
+        self.walk_range(start, end, None, batch, (Walk::Decommit, LazyPages::decommitted(lazy)), f)
+    }
+
+    fn walk_range(
+        &mut self,
+        start: u64,
+        end: u64,
         mut pool: Option<&mut Vec<PhysFrame>>,
         batch: &mut TlbBatch,
+        (mode, lazy): (Walk, LazyPages),
         mut f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
-    ) {
+    ) -> u64 {
+        let mut cur = Cursor::default();
         let mut va = start;
         while va < end {
-            let i4 = self.root + index(va, 3) * 8;
-            let i3;
-            let i2;
-            let (mut e4, mut e3, e2);
-            let pdpt;
-            let pd;
-            let pt;
-            match pool.as_deref_mut() {
-                Some(pool) => {
-                    let (t, e, _) = self.ensure(i4, pool);
-                    pdpt = t;
-                    e4 = e;
-                    i3 = pdpt + index(va, 2) * 8;
-                    let (t, e, new) = self.ensure(i3, pool);
-                    pd = t;
-                    e3 = e;
-                    if new {
-                        e4 = self.link_child(i4, e4);
-                    }
-                    i2 = pd + index(va, 1) * 8;
-                    let (t, e, new) = self.ensure(i2, pool);
-                    debug_assert!(e & HUGE == 0, "4 KiB update inside a 2 MiB mapping");
-                    pt = t;
-                    e2 = e;
-                    if new {
-                        e3 = self.link_child(i3, e3);
-                    }
+            let pd = match self.descend(&mut cur, va, &mut pool, batch) {
+                Ok(pd) => pd,
+                Err(level) => {
+                    va = next_boundary(va, entry_span(level), end);
+                    continue;
                 }
-                None => {
-                    e4 = self.mem.read_u64(pa(i4));
-                    if e4 & PRESENT == 0 {
-                        va = next_boundary(va, entry_span(3), end);
-                        continue;
-                    }
-                    pdpt = e4 & ADDR_MASK;
-                    i3 = pdpt + index(va, 2) * 8;
-                    e3 = self.mem.read_u64(pa(i3));
-                    if e3 & PRESENT == 0 {
-                        va = next_boundary(va, entry_span(2), end);
-                        continue;
-                    }
-                    pd = e3 & ADDR_MASK;
-                    i2 = pd + index(va, 1) * 8;
-                    e2 = self.mem.read_u64(pa(i2));
-                    if e2 & PRESENT == 0 || e2 & HUGE != 0 {
-                        debug_assert!(e2 & HUGE == 0, "4 KiB update inside a 2 MiB mapping");
-                        va = next_boundary(va, entry_span(1), end);
-                        continue;
-                    }
-                    pt = e2 & ADDR_MASK;
-                }
-            }
+            };
             let chunk_end = next_boundary(va, LARGE_PAGE_SIZE, end);
-            let old_count = child_count(e2);
+            let i2 = pd + index(va, 1) * 8;
+            let e2 = self.mem.read_u64(pa(i2));
+            let new = e2 & PRESENT == 0;
+            let pt = if !new {
+                debug_assert!(e2 & HUGE == 0, "4 KiB update inside a 2 MiB mapping");
+                if e2 & HUGE != 0 {
+                    va = chunk_end;
+                    continue;
+                }
+                e2 & ADDR_MASK
+            } else if let Some(pool) = pool.as_deref_mut() {
+                pool.pop().expect("page table: table pool smaller than count_missing_tables").start_address().as_u64()
+            } else {
+                va = chunk_end;
+                continue;
+            };
+            let old_count = if new { 0 } else { child_count(e2) };
             let mut count = old_count;
-            let mut at = pt + index(va, 0) * 8;
-            while va < chunk_end {
-                let old = Pte(self.mem.read_u64(pa(at)));
-                let new = f(batch, va, old);
-                if new != old {
-                    if old.is_present() {
-                        self.replace_present(at, old, new);
-                        batch.add(va);
-                    } else {
-                        self.write(at, new.0);
+            // A table without entries holds only reserved pages, which `f` leaves reserved
+            // without a pool: nothing to read.
+            if mode == Walk::Count {
+                debug_assert!((va..chunk_end).step_by(PAGE_SIZE as usize).all(|p| self.mem.read_u64(pa(pt + index(p, 0) * 8)) == 0));
+                count += (chunk_end - va) / PAGE_SIZE;
+            } else if mode != Walk::Sweep && (count > 0 || pool.is_some()) {
+                let mut at = pt + index(va, 0) * 8;
+                let mut page = va;
+                while page < chunk_end {
+                    let old = Pte(self.mem.read_u64(pa(at)));
+                    let entry = f(batch, page, old);
+                    if entry != old {
+                        if old.is_present() {
+                            self.replace_present(at, old, entry);
+                            batch.add(page);
+                        } else {
+                            self.write(at, entry.0);
+                        }
                     }
-                    match (old.0 != 0, new.0 != 0) {
+                    // A page counts if it has an entry or is lazily committed.
+                    let in_span = lazy.start <= page && page < lazy.end;
+                    match (old.0 != 0 || (lazy.before && in_span), entry.0 != 0 || (lazy.after && in_span)) {
                         (false, true) => count += 1,
                         (true, false) => count -= 1,
                         _ => {}
                     }
+                    page += PAGE_SIZE;
+                    at += 8;
                 }
-                va += PAGE_SIZE;
-                at += 8;
             }
-            if count == old_count {
-                continue;
+            let l3 = cur.l3.as_mut().expect("page table: cursor");
+            let here = chunk_end - PAGE_SIZE;
+            let sweep = matches!(mode, Walk::Release | Walk::Sweep);
+            if new {
+                // Linked after its entries are written, with its final count: one write.
+                self.write(i2, with_count(pt | TABLE_FLAGS, count));
+                l3.add(1);
+            } else if count == 0 && !self.keep_empty && (count != old_count || sweep) {
+                // An emptied page table is freed; its parents when the walk leaves them.
+                self.write(i2, 0);
+                self.free_table(pt, here, batch);
+                l3.add(-1);
+            } else if count != old_count {
+                self.write(i2, with_count(e2, count));
             }
-            // An emptied page table is freed, then its parents if they empty too.
-            let here = va - PAGE_SIZE;
-            if self.set_children(i2, e2, count, here, batch) && self.unlink_child(i3, e3, here, batch) {
-                self.unlink_child(i4, e4, here, batch);
+            va = chunk_end;
+            if mode != Walk::Update && va < end && batch.deferred_frames().0 + CHUNK_DEFERRED > MAX_DEFERRED {
+                self.settle(&mut cur, batch);
+                return va;
             }
         }
-    }
-
-    /// Frees every page table mapping part of `[start, end)` that holds no entry (kept by a
-    /// decommit, see [`Tables::keep_empty`]), and its parents if they empty, up to but not
-    /// including the PML4. A table shared with a neighbouring reservation is freed too when it is
-    /// empty: no entry of anyone's is in it. Stops early when `batch` could not take three more
-    /// table pages ([`MAX_DEFERRED`]) and returns where to go on after the batch's round; `end`
-    /// when done.
-    ///
-    /// Cost: one walk per 2 MiB of the range; absent subtrees are skipped whole.
-    pub fn free_empty_tables(&mut self, start: u64, end: u64, batch: &mut TlbBatch) -> u64 {
-        let mut va = start & !(LARGE_PAGE_SIZE - 1);
-        while va < end {
-            if batch.deferred_frames().0 + 3 > MAX_DEFERRED {
-                return va.max(start);
-            }
-            let i4 = self.root + index(va, 3) * 8;
-            let e4 = self.mem.read_u64(pa(i4));
-            if e4 & PRESENT == 0 {
-                va = next_boundary(va, entry_span(3), end);
-                continue;
-            }
-            let i3 = (e4 & ADDR_MASK) + index(va, 2) * 8;
-            let e3 = self.mem.read_u64(pa(i3));
-            if e3 & PRESENT == 0 {
-                va = next_boundary(va, entry_span(2), end);
-                continue;
-            }
-            let i2 = (e3 & ADDR_MASK) + index(va, 1) * 8;
-            let e2 = self.mem.read_u64(pa(i2));
-            if e2 & PRESENT != 0
-                && e2 & HUGE == 0
-                && child_count(e2) == 0
-                && self.set_children(i2, e2, 0, va, batch)
-                && self.unlink_child(i3, e3, va, batch)
-            {
-                self.unlink_child(i4, e4, va, batch);
-            }
-            va = next_boundary(va, entry_span(1), end);
-        }
+        self.settle(&mut cur, batch);
         end
     }
 
-    /// Maps the 2 MiB page at `va` (2 MiB aligned) with the directory entry `entry` (frame, PS
-    /// and flags), creating the PDPT/PD from `pool` if needed.
-    pub fn map_large(&mut self, va: u64, entry: u64, pool: &mut Vec<PhysFrame>) {
-        let i4 = self.root + index(va, 3) * 8;
-        let (pdpt, e4, _) = self.ensure(i4, pool);
-        let i3 = pdpt + index(va, 2) * 8;
-        let (pd, e3, new) = self.ensure(i3, pool);
-        if new {
-            self.link_child(i4, e4);
+    /// Maps the 2 MiB pages of `[start, start + 2 MiB × entries.len())` with the directory
+    /// entries `entries` (frame, PS and flags), creating the PDPTs/PDs from `pool` if needed.
+    /// Each non-leaf entry is written once, with its final count.
+    pub fn map_large(&mut self, start: u64, entries: &[u64], pool: &mut Vec<PhysFrame>) {
+        let mut cur = Cursor::default();
+        let mut pool = Some(pool);
+        // Nothing is freed while mapping: the batch stays empty.
+        let mut batch = TlbBatch::new(1);
+        for (i, &entry) in entries.iter().enumerate() {
+            let va = start + i as u64 * LARGE_PAGE_SIZE;
+            let pd = self.descend(&mut cur, va, &mut pool, &mut batch).expect("page table: pool given");
+            let i2 = pd + index(va, 1) * 8;
+            debug_assert_eq!(self.mem.read_u64(pa(i2)), 0, "large page over an existing entry");
+            self.write(i2, entry);
+            cur.l3.as_mut().expect("page table: cursor").add(1);
         }
-        let i2 = pd + index(va, 1) * 8;
-        debug_assert_eq!(self.mem.read_u64(pa(i2)), 0, "large page over an existing entry");
-        self.write(i2, entry);
-        self.link_child(i3, e3);
+        self.settle(&mut cur, &mut batch);
+        debug_assert_eq!(batch.deferred_frames().0, 0);
     }
 
-    /// Removes the 2 MiB mapping at `va`, returning its directory entry; frees emptied tables.
+    /// Removes the 2 MiB mappings of `[start, end)` (2 MiB aligned), calling `f(entry)` with
+    /// each directory entry; frees emptied tables (each parent entry written once).
     ///
     /// # Panics
     ///
-    /// If no 2 MiB mapping is there (a kernel bug).
-    pub fn unmap_large(&mut self, va: u64, batch: &mut TlbBatch) -> u64 {
-        let i4 = self.root + index(va, 3) * 8;
-        let e4 = self.mem.read_u64(pa(i4));
-        let pdpt = e4 & ADDR_MASK;
-        let i3 = pdpt + index(va, 2) * 8;
-        let e3 = self.mem.read_u64(pa(i3));
-        let pd = e3 & ADDR_MASK;
-        let i2 = pd + index(va, 1) * 8;
-        let e2 = self.mem.read_u64(pa(i2));
-        assert!(
-            e4 & PRESENT != 0 && e3 & PRESENT != 0 && e2 & HUGE != 0,
-            "page table: no large page at {va:#x}"
-        );
-        self.write(i2, 0);
-        batch.add(va);
-        if self.unlink_child(i3, e3, va, batch) {
-            self.unlink_child(i4, e4, va, batch);
+    /// If a 2 MiB mapping is missing there (a kernel bug).
+    pub fn unmap_large(&mut self, start: u64, end: u64, batch: &mut TlbBatch, mut f: impl FnMut(&mut TlbBatch, u64)) {
+        let mut cur = Cursor::default();
+        let mut va = start;
+        while va < end {
+            let pd = self.descend(&mut cur, va, &mut None, batch);
+            let i2 = pd.map(|pd| pd + index(va, 1) * 8);
+            let e2 = i2.map_or(0, |i2| self.mem.read_u64(pa(i2)));
+            assert!(e2 & HUGE != 0 && e2 & PRESENT != 0, "page table: no large page at {va:#x}");
+            self.write(i2.expect("checked above"), 0);
+            batch.add(va);
+            cur.l3.as_mut().expect("page table: cursor").add(-1);
+            f(batch, e2);
+            va += LARGE_PAGE_SIZE;
         }
-        e2
+        self.settle(&mut cur, batch);
     }
+}
+
+/// The most frames one 2 MiB chunk of a decommit or release defers: 512 data frames and its
+/// page table, directory and directory-pointer table.
+pub const CHUNK_DEFERRED: usize = 512 + 3;
+
+/// Where zero entries are lazily committed pages, counted in their table's child count (see
+/// [`Tables::update_lazy`]): in `[start, end)`, before the walk if `before`, after it if `after`.
+#[derive(Debug, Clone, Copy)]
+struct LazyPages {
+    start: u64,
+    end: u64,
+    before: bool,
+    after: bool,
+}
+
+impl LazyPages {
+    /// The lazily committed pages of `span`, all decommitted by the walk.
+    fn decommitted(span: Option<(u64, u64)>) -> Self {
+        let (start, end) = span.unwrap_or((0, 0));
+        LazyPages { start, end, before: true, after: false }
+    }
+}
+
+/// What a walk over a range does with its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Rewrite leaves, unbounded (commit, protect, write watch).
+    Update,
+    /// Count every page as lazily committed, reading no leaf (a lazy commit).
+    Count,
+    /// Rewrite leaves, bounded by the batch (decommit).
+    Decommit,
+    /// Rewrite leaves, bounded, and free kept empty tables (release).
+    Release,
+    /// Free kept empty tables only, bounded (release of a wholly reserved allocation).
+    Sweep,
+}
+
+/// A non-leaf entry (PML4 or directory-pointer entry) a walk is under: its count changes are
+/// kept here and written once, when the walk leaves it.
+#[derive(Debug, Clone, Copy)]
+struct Upper {
+    /// The entry's address.
+    at: u64,
+    /// Its value in the table (0: a new table, not linked yet).
+    written: u64,
+    /// The value it is to have: child table, flags, count.
+    want: u64,
+    /// An address it maps (tells the paging-structure caches what to forget if it is freed).
+    va: u64,
+}
+
+impl Upper {
+    fn table(&self) -> u64 {
+        self.want & ADDR_MASK
+    }
+
+    fn add(&mut self, delta: i64) {
+        let count = child_count(self.want).checked_add_signed(delta).expect("page table: child count");
+        self.want = with_count(self.want, count);
+    }
+}
+
+/// The PML4 and directory-pointer entries a walk is under.
+#[derive(Debug, Default)]
+struct Cursor {
+    l4: Option<Upper>,
+    l3: Option<Upper>,
 }
 
 /// Allocates `n` table frames and zeroes them, or allocates none.
@@ -517,13 +648,16 @@ pub struct TableCensus {
     pub bad_counts: u64,
 }
 
-/// Walks every table of the lower half, calling `leaf(va, pte)` for every non-zero 4 KiB entry
-/// and `large(va, entry)` for every 2 MiB entry, and checks the kept child counts.
+/// Walks every table of the lower half, calling `leaf(va, pte)` for every committed 4 KiB page
+/// and `large(va, entry)` for every 2 MiB entry, and checks the kept child counts. A committed
+/// page is a non-zero entry, or a zero one for which `lazy(va)` gives the page's state (a lazily
+/// committed page, see [`Tables::update_lazy`]; it counts in its table's child count).
 ///
 /// Cost: O(table pages × 512). For tests, statistics and teardown checks.
 pub fn census(
     mem: &impl PhysMemory,
     root: u64,
+    lazy: impl Fn(u64) -> Option<Pte>,
     mut leaf: impl FnMut(u64, Pte),
     mut large: impl FnMut(u64, u64),
 ) -> TableCensus {
@@ -561,10 +695,10 @@ pub fn census(
                 let pt = e2 & ADDR_MASK;
                 let mut n2 = 0;
                 for i1 in 0..512u64 {
-                    let e = Pte(mem.read_u64(pa(pt + i1 * 8)));
-                    if e.0 == 0 {
+                    let raw = Pte(mem.read_u64(pa(pt + i1 * 8)));
+                    let Some(e) = (if raw.0 == 0 { lazy(base | (i1 << 12)) } else { Some(raw) }) else {
                         continue;
-                    }
+                    };
                     n2 += 1;
                     c.committed_pages += 1;
                     if e.frame().is_some() {

@@ -208,6 +208,7 @@ impl AddressSpace {
             cache,
             committed_pages: plan.as_ref().map_or(0, |p| p.new_pages),
             uniform: (plan.is_some() && !large && !req.prot.guard).then_some(req.prot.base),
+            lazy_run: None,
         };
         self.allocations.insert(base, a);
         self.reserved_bytes += a.size;

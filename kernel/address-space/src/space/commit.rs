@@ -11,12 +11,12 @@ use core::ops::ControlFlow;
 
 use x86_64::structures::paging::{PhysFrame, Size2MiB};
 
-use super::{AddressSpace, Allocation, VmContext};
+use super::{AddressSpace, Allocation, AllocationKind, LazyRun, VmContext};
 use crate::charge::CriticalLevel;
 use crate::frame::FrameReservation;
 use crate::paging::pte::{self, Pte};
 use crate::paging::table;
-use crate::paging::tlb::{MAX_DEFERRED, Tlb, TlbBatch};
+use crate::paging::tlb::{Tlb, TlbBatch};
 use crate::protection::{BaseProtection, CacheMode};
 use crate::{PhysMemory, VmError};
 use crate::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE, PAGE_SIZE};
@@ -41,10 +41,6 @@ impl Drop for CommitPlan {
     }
 }
 
-/// The most frames one 2 MiB chunk of a decommit defers: 512 data frames and its page table,
-/// directory and directory-pointer table.
-const CHUNK_DEFERRED: usize = 512 + 3;
-
 impl AddressSpace {
     /// Adds `delta` to the committed-page count of the allocation at `base`.
     pub(crate) fn note_committed(&mut self, base: u64, delta: i64) {
@@ -53,6 +49,23 @@ impl AddressSpace {
         if a.committed_pages != a.size / PAGE_SIZE {
             a.uniform = None;
         }
+    }
+
+    /// Writes the entry of every page of the lazy run of the allocation at `base` that has none
+    /// (see [`Allocation::lazy`]), and ends the run: the cost of its pages ceasing to be alike,
+    /// one entry write per untouched page (the tables exist; no count changes, no TLB round).
+    pub(crate) fn materialise<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, base: u64) -> Allocation {
+        let a = self.allocations.get_mut(&base).expect("allocation record");
+        let Some(run) = a.lazy() else { return *a };
+        a.set_lazy(None);
+        let a = *a;
+        let untouched = Pte::committed(run.prot, false, None, false, a.cache);
+        let mut batch = self.batch();
+        cx.tables(self.root_pa()).update_lazy(run.start, run.end, None, &mut batch, (true, false), |_, _, old| {
+            if old.0 == 0 { untouched } else { old }
+        });
+        self.complete(batch, cx);
+        a
     }
 
     /// Keeps the [`uniform`](Allocation::uniform) state of the allocation at `base` after every
@@ -77,10 +90,10 @@ impl AddressSpace {
             self.root_pa(),
             start,
             end,
-            |a, b, e| {
-                match e {
+            |va, b, e| {
+                match Self::state(a, va, e) {
                     Some(e) => n += u64::from(!e.is_committed()),
-                    None => n += (b - a) / PAGE_SIZE,
+                    None => n += (b - va) / PAGE_SIZE,
                 }
                 ControlFlow::Continue(())
             },
@@ -102,8 +115,8 @@ impl AddressSpace {
             self.root_pa(),
             start,
             end,
-            |_, _, e| {
-                if e.is_some_and(|e| e.is_committed()) {
+            |va, _, e| {
+                if Self::state(a, va, e).is_some_and(|e| e.is_committed()) {
                     ControlFlow::Continue(())
                 } else {
                     ok = false;
@@ -224,15 +237,42 @@ impl AddressSpace {
         cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         self.demand_zero.absorb(core::mem::replace(&mut plan.frames, FrameReservation::empty()));
+        let mut a = *self.allocation_at(start).expect("commit outside every allocation");
+        let (prot, guard) = prot_of(start);
+        let private = a.kind == AllocationKind::Private;
+        // Pages of the lazy run recommitted with its protection stay as they are; any other
+        // overlap makes them differ, so they get their entries first.
+        let alike = |r: &LazyRun| private && !guard && r.prot == prot && r.start <= start && end <= r.end;
+        if let Some(r) = a.lazy()
+            && r.overlaps(start, end)
+            && !alike(&r)
+        {
+            a = self.materialise(cx, a.base);
+        }
         let mut batch = self.batch();
-        cx.tables(self.root_pa()).update_range(start, end, Some(&mut plan.tables), &mut batch, |_, va, old| {
-            let (prot, guard) = prot_of(va);
-            if old.is_committed() {
-                old.with_protection(prot, guard, cache)
-            } else {
-                Pte::committed(prot, guard, None, false, cache)
-            }
+        let mut tables = cx.tables(self.root_pa());
+        let new_only = plan.new_pages == (end - start) / PAGE_SIZE;
+        let grown = a.lazy().map_or(Some(LazyRun { start, end, prot }), |r| {
+            (r.prot == prot && (r.end == start || r.start == end)).then_some(LazyRun { start: r.start.min(start), end: r.end.max(end), prot })
         });
+        let mut record = a;
+        let lazily = private && !guard && new_only && grown.is_some_and(|run| record.set_lazy(Some(run)));
+        if a.lazy().is_some_and(|r| alike(&r)) {
+            tables.update_lazy(start, end, Some(&mut plan.tables), &mut batch, (true, true), |_, _, old| {
+                if old.0 == 0 { old } else { old.with_protection(prot, guard, cache) }
+            });
+        } else if lazily {
+            // Reserved pages committed alike: no leaf entry, each page counted in its table, the
+            // run made or extended (Allocation::lazy); the first touch writes the entry.
+            tables.commit_lazy(start, end, &mut plan.tables, &mut batch);
+            *self.allocations.get_mut(&a.base).expect("allocation record") = record;
+        } else {
+            // Outside the run (new pages never overlap it: its pages are committed).
+            tables.update_range(start, end, Some(&mut plan.tables), &mut batch, |_, va, old| {
+                let (prot, guard) = prot_of(va);
+                if old.is_committed() { old.with_protection(prot, guard, cache) } else { Pte::committed(prot, guard, None, false, cache) }
+            });
+        }
         debug_assert!(plan.tables.is_empty(), "commit: table pool not used up");
         self.complete(batch, cx);
     }
@@ -248,26 +288,27 @@ impl AddressSpace {
     ) {
         cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
-        let root = self.root_pa();
         let large = core::mem::take(&mut plan.large);
-        for (i, frame) in large.into_iter().enumerate() {
+        let mut entries = Vec::with_capacity(large.len());
+        for frame in large {
             let base = frame.start_address().as_u64();
             for k in 0..512u64 {
                 let f = x86_64::structures::paging::PhysFrame::containing_address(x86_64::PhysAddr::new(base + k * PAGE_SIZE));
                 cx.mem.zero_frame(f);
             }
             cx.counters.frames_zeroed += 512;
-            let entry = base
-                | pte::PRESENT
-                | pte::USER
-                | pte::HUGE
-                | pte::hw_access_bits(prot)
-                | pte::cache_bits_2m(cache)
-                | pte::SW_COMMITTED
-                | pte::SW_HAS_FRAME
-                | (u64::from(prot.code()) << pte::SW_PROT_SHIFT);
-            cx.tables(root).map_large(start + i as u64 * LARGE_PAGE_SIZE, entry, &mut plan.tables);
+            entries.push(
+                base | pte::PRESENT
+                    | pte::USER
+                    | pte::HUGE
+                    | pte::hw_access_bits(prot)
+                    | pte::cache_bits_2m(cache)
+                    | pte::SW_COMMITTED
+                    | pte::SW_HAS_FRAME
+                    | (u64::from(prot.code()) << pte::SW_PROT_SHIFT),
+            );
         }
+        cx.tables(self.root_pa()).map_large(start, &entries, &mut plan.tables);
         debug_assert!(plan.tables.is_empty(), "large commit: table pool not used up");
     }
 
@@ -287,11 +328,18 @@ impl AddressSpace {
         if a.committed_pages == 0 && keep_tables {
             return 0;
         }
+        // A decommit of the middle of the lazy run would leave two: its pages get entries first.
+        let a = &match a.lazy() {
+            Some(r) if r.start < start && end < r.end => self.materialise(cx, a.base),
+            _ => *a,
+        };
+        let run = a.lazy().filter(|r| r.overlaps(start, end));
         let mut decommitted = 0;
         let mut unreserve = 0;
         let freed_before = cx.counters.table_pages_freed;
         let mut batch = self.batch();
-        let mut unmap = |batch: &mut TlbBatch, _, old: Pte| {
+        let mut unmap = |batch: &mut TlbBatch, va, old: Pte| {
+            let old = if old.0 == 0 { Self::lazy_entry(a, va).unwrap_or(old) } else { old };
             if old.is_committed() {
                 decommitted += 1;
                 match old.frame() {
@@ -301,26 +349,30 @@ impl AddressSpace {
             }
             Pte::RESERVED
         };
-        // 2 MiB at a time (at most 512 frames and 3 tables deferred each): when the batch could
-        // not take another chunk, a round now, so the list of frames to free stays bounded
-        // (MAX_DEFERRED, as Linux's mmu_gather); a call freeing fewer makes one round.
-        let mut va = if a.committed_pages == 0 { end } else { start };
+        // One walk (the tables count the lazy run's pages without an entry), 2 MiB at a time (at most 512 frames and 3 tables deferred
+        // each): when the batch could not take another chunk, the walk stops for a round, so
+        // the list of frames to free stays bounded (MAX_DEFERRED, as Linux's mmu_gather); a call
+        // freeing fewer makes one round. A release also frees the empty tables earlier
+        // decommits kept.
+        let leaves = a.committed_pages > 0;
+        let span = run.map(|r| (r.start, r.end));
+        let mut va = start;
         while va < end {
-            let chunk_end = end.min((va & !(LARGE_PAGE_SIZE - 1)) + LARGE_PAGE_SIZE);
             let mut tables = cx.tables(self.root_pa());
-            tables.keep_empty = keep_tables;
-            tables.update_range(va, chunk_end, None, &mut batch, &mut unmap);
-            va = chunk_end;
-            if va < end && batch.deferred_frames().0 + CHUNK_DEFERRED > MAX_DEFERRED {
+            va = if keep_tables {
+                tables.keep_empty = true;
+                tables.decommit_range(va, end, &mut batch, span, &mut unmap)
+            } else {
+                tables.release_range(va, end, &mut batch, leaves, span, &mut unmap)
+            };
+            if va < end {
                 self.complete(core::mem::replace(&mut batch, self.batch()), cx);
             }
         }
-        let mut sweep = if keep_tables { end } else { start };
-        while sweep < end {
-            sweep = cx.tables(self.root_pa()).free_empty_tables(sweep, end, &mut batch);
-            if sweep < end {
-                self.complete(core::mem::replace(&mut batch, self.batch()), cx);
-            }
+        if let Some(r) = run {
+            // What is left of the run: none, or the part before or after the range.
+            let left = if start <= r.start { LazyRun { start: end, ..r } } else { LazyRun { end: start, ..r } };
+            self.allocations.get_mut(&a.base).expect("allocation record").set_lazy((left.start < left.end).then_some(left));
         }
         if unreserve > 0 {
             cx.frames.unreserve(self.demand_zero.split(unreserve));
@@ -339,14 +391,10 @@ impl AddressSpace {
         if a.large {
             let freed_before = cx.counters.table_pages_freed;
             let mut batch = self.batch();
-            let root = self.root_pa();
-            let mut va = a.base;
-            while va < a.end() {
-                let e = cx.tables(root).unmap_large(va, &mut batch);
+            cx.tables(self.root_pa()).unmap_large(a.base, a.end(), &mut batch, |batch, e| {
                 let f = PhysFrame::<Size2MiB>::containing_address(x86_64::PhysAddr::new(e & pte::ADDR_MASK & !(LARGE_PAGE_SIZE - 1)));
                 batch.defer_free_2mib(f);
-                va += LARGE_PAGE_SIZE;
-            }
+            });
             cx.charge.uncharge(a.size / PAGE_SIZE);
             cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
             self.table_pages -= cx.counters.table_pages_freed - freed_before;

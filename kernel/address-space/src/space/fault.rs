@@ -118,7 +118,7 @@ impl AddressSpace {
             let (pa, _) = table::translate(mem, self.root_pa(), addr)?;
             return Some(CheckedUserWrite { page, pa: PhysAddr::new(pa), len, mark: false });
         }
-        let e = table::read_pte(mem, self.root_pa(), page);
+        let e = self.entry(mem, a, page);
         if !e.is_committed() || e.guard() || !Access::Write.allowed_by(e.prot()) {
             return None;
         }
@@ -194,12 +194,12 @@ impl AddressSpace {
             cx.counters.invlpg += 1;
             return FaultOutcome::Resolved;
         }
-        let e = table::read_pte(cx.mem, self.root_pa(), page);
+        let e = self.entry(cx.mem, &a, page);
         if !e.is_committed() {
             return av;
         }
         if e.guard() {
-            self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache));
+            self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache), Self::in_run(&a, page));
             return FaultOutcome::GuardPage { access, address: addr };
         }
         if !access.allowed_by(e.prot()) {
@@ -226,7 +226,7 @@ impl AddressSpace {
         if a.large_protection().is_some() {
             return false;
         }
-        let e = table::read_pte(mem, self.root_pa(), addr & !(PAGE_SIZE - 1));
+        let e = self.entry(mem, a, addr & !(PAGE_SIZE - 1));
         e.is_committed() && !e.guard() && access.allowed_by(e.prot()) && !e.is_present() && e.frame().is_none()
     }
 
@@ -248,14 +248,15 @@ impl AddressSpace {
         };
         cx.counters.frames_zeroed += 1;
         let new = Pte::committed(e.prot(), e.guard(), Some(frame.start_address().as_u64()), e.dirty(), a.cache);
-        self.set_pte(cx, page, new);
+        self.set_pte(cx, page, new, Self::in_run(a, page));
         new
     }
 
-    /// Rewrites the entry of one committed page (its table exists).
-    fn set_pte<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, new: Pte) {
+    /// Rewrites the entry of one committed page (its table exists) of an allocation that is
+    /// in its allocation's lazy run or not (such a page is already counted in its table).
+    fn set_pte<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, new: Pte, lazy: bool) {
         let mut batch = self.batch();
-        cx.tables(self.root_pa()).update_range(page, page + PAGE_SIZE, None, &mut batch, |_, _, _| new);
+        cx.tables(self.root_pa()).update_lazy(page, page + PAGE_SIZE, None, &mut batch, (lazy, lazy), |_, _, _| new);
         self.complete(batch, cx);
     }
 
@@ -304,12 +305,12 @@ impl AddressSpace {
                 page = a.end();
                 continue;
             }
-            let e = table::read_pte(cx.mem, self.root_pa(), page);
+            let e = self.entry(cx.mem, &a, page);
             if !e.is_committed() {
                 return Err(VmError::NoAccess);
             }
             if e.guard() {
-                self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache));
+                self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache), Self::in_run(&a, page));
                 return Err(VmError::GuardPage);
             }
             if !access.allowed_by(e.prot()) {
@@ -367,7 +368,7 @@ impl AddressSpace {
         while page < end {
             let a = self.allocation_at(page).ok_or(VmError::NoAccess)?;
             if !a.large {
-                let e = table::read_pte(mem, self.root_pa(), page);
+                let e = self.entry(mem, a, page);
                 if !e.is_committed() || e.guard() || !Access::Read.allowed_by(e.prot()) {
                     return Err(VmError::NoAccess);
                 }
@@ -436,14 +437,14 @@ impl AddressSpace {
             return PhysAddr::new(pa);
         }
         let page = va & !(PAGE_SIZE - 1);
-        let mut e = table::read_pte(cx.mem, self.root_pa(), page);
+        let mut e = self.entry(cx.mem, &a, page);
         assert!(e.is_committed(), "kernel access to an uncommitted page");
         if e.frame().is_none() {
             e = self.populate(cx, page, e, &a, &mut None);
             cx.counters.faults_resolved += 1;
         }
         if mark && !e.dirty() {
-            self.set_pte(cx, page, Pte(e.0 | DIRTY));
+            self.set_pte(cx, page, Pte(e.0 | DIRTY), Self::in_run(&a, page));
         }
         let frame: PhysFrame = PhysFrame::containing_address(PhysAddr::new(e.frame().expect("frame just given")));
         frame.start_address() + (va & (PAGE_SIZE - 1))

@@ -69,6 +69,7 @@ impl AddressSpace {
             cache: CacheMode::WriteBack,
             committed_pages: plan.new_pages,
             uniform: None,
+            lazy_run: None,
         };
         self.allocations.insert(base, a);
         self.reserved_bytes += a.size;

@@ -62,6 +62,7 @@ pub use query::MemoryBasicInformation;
 
 use crate::allocation_map::WideMap;
 use crate::frame::{FrameAllocator, FrameReservation};
+use crate::paging::pte::Pte;
 use crate::paging::table::{self, TableCensus, Tables};
 use crate::paging::tlb::{ActiveCpus, CpuSet, DEFAULT_FLUSH_THRESHOLD, Tlb, TlbBatch};
 use crate::placement::GapTree;
@@ -145,9 +146,76 @@ pub struct Allocation {
     /// of system services then read the allocation instead of the page table. `None`: mixed or
     /// partly committed, the page table decides; always `None` for large pages.
     pub uniform: Option<BaseProtection>,
+    /// The lazy run, as page offsets from `base` (see [`lazy`](Self::lazy)).
+    pub(crate) lazy_run: Option<PackedRun>,
+}
+
+/// [`LazyRun`] as an allocation keeps it: pages from the allocation's base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PackedRun {
+    first: u32,
+    end: u32,
+    prot: BaseProtection,
+}
+
+/// A run of lazily committed pages of an allocation ([`Allocation::lazy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LazyRun {
+    /// First page.
+    pub start: u64,
+    /// End (exclusive).
+    pub end: u64,
+    /// The protection of every page of the run.
+    pub prot: BaseProtection,
+}
+
+impl LazyRun {
+    /// Whether the run holds `va`.
+    pub const fn contains(&self, va: u64) -> bool {
+        self.start <= va && va < self.end
+    }
+
+    /// Whether the run and `[start, end)` share a page.
+    pub const fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.start < end && start < self.end
+    }
 }
 
 impl Allocation {
+    /// Returns the run of pages committed without an entry, if any. A zero entry inside the run
+    /// is a committed page with the run's protection, no frame, no guard, no write-watch mark. A
+    /// commit of reserved pages with one protection and no guard makes (or extends) the run and
+    /// writes no leaf entry (the page tables exist and count these pages in their child counts);
+    /// the first touch writes the only one. An operation that would make the run's pages differ
+    /// (a protect of part of it with another protection or a guard, a decommit of its middle, an
+    /// overlapping commit with another protection) first writes the missing entries; a decommit
+    /// at its ends shrinks it. 12 bytes per allocation (page offsets from the base: a run that
+    /// would reach past 16 TiB of its allocation is not made), none per page.
+    pub fn lazy(&self) -> Option<LazyRun> {
+        self.lazy_run.map(|r| LazyRun {
+            start: self.base + u64::from(r.first) * PAGE_SIZE,
+            end: self.base + u64::from(r.end) * PAGE_SIZE,
+            prot: r.prot,
+        })
+    }
+
+    /// Sets the lazy run (pages inside the allocation); returns `false`, changing nothing, if it
+    /// reaches past 16 TiB from the base (no run then: the caller writes the entries).
+    pub(crate) fn set_lazy(&mut self, run: Option<LazyRun>) -> bool {
+        let Some(r) = run else {
+            self.lazy_run = None;
+            return true;
+        };
+        debug_assert!(self.base <= r.start && r.start < r.end && r.end <= self.end());
+        match (u32::try_from((r.start - self.base) / PAGE_SIZE), u32::try_from((r.end - self.base) / PAGE_SIZE)) {
+            (Ok(first), Ok(end)) => {
+                self.lazy_run = Some(PackedRun { first, end, prot: r.prot });
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Returns the end address (exclusive).
     pub const fn end(&self) -> u64 {
         self.base + self.size
@@ -362,11 +430,54 @@ impl AddressSpace {
     pub(crate) fn uniform_holds(&self, mem: &impl PhysMemory, a: &Allocation) -> bool {
         let Some(p) = a.uniform else { return true };
         let mut holds = !a.large;
-        table::scan(mem, self.root_pa(), a.base, a.end(), |_, _, e| {
+        table::scan(mem, self.root_pa(), a.base, a.end(), |va, _, e| {
+            let e = Self::state(a, va, e);
             holds &= e.is_some_and(|e| e.is_committed() && !e.guard() && e.prot() == p);
             ControlFlow::Continue(())
         });
         holds
+    }
+
+    /// Returns the state of the 4 KiB page at `page` of allocation `a`: its entry, or the state
+    /// of a lazily committed page ([`Allocation::lazy`]) for a zero entry.
+    ///
+    /// Cost: one table walk.
+    pub(crate) fn entry(&self, mem: &impl PhysMemory, a: &Allocation, page: u64) -> Pte {
+        let e = table::read_pte(mem, self.root_pa(), page);
+        if e.0 == 0 { Self::lazy_entry(a, page).unwrap_or(e) } else { e }
+    }
+
+    /// The state of the page at `va` of `a` if its entry is zero: committed untouched inside
+    /// the allocation's lazy run.
+    fn lazy_entry(a: &Allocation, va: u64) -> Option<Pte> {
+        let run = a.lazy().filter(|r| r.contains(va))?;
+        Some(Pte::committed(run.prot, false, None, false, a.cache))
+    }
+
+    /// Whether the page at `va` of `a` is in its lazy run.
+    pub(crate) fn in_run(a: &Allocation, va: u64) -> bool {
+        a.lazy().is_some_and(|r| r.contains(va))
+    }
+
+    /// The state of the page at `va` of `a` as a [`table::scan`] reports it (`e`, `None` where
+    /// no table is): a zero entry in the lazy run is a committed page.
+    pub(crate) fn state(a: &Allocation, va: u64, e: Option<Pte>) -> Option<Pte> {
+        match e {
+            Some(Pte(0)) => Self::lazy_entry(a, va).or(e),
+            e => e,
+        }
+    }
+
+    /// The state of the page at `va` if its entry is zero (for [`table::census`]).
+    fn lazy_at(&self, va: u64) -> Option<Pte> {
+        self.allocation_at(va).and_then(|a| Self::lazy_entry(a, va))
+    }
+
+    /// Calls `leaf(va, state)` for every committed 4 KiB page (lazily committed ones included)
+    /// and `large(va, entry)` for every 2 MiB mapping; returns the census (see
+    /// [`census`](Self::census)).
+    pub fn census_with(&self, mem: &impl PhysMemory, leaf: impl FnMut(u64, Pte), large: impl FnMut(u64, u64)) -> TableCensus {
+        table::census(mem, self.root_pa(), |va| self.lazy_at(va), leaf, large)
     }
 
     /// Returns page counts for every allocation in address order (walks the page tables).
@@ -393,8 +504,8 @@ impl AddressSpace {
             self.root_pa(),
             a.base,
             a.end(),
-            |_, _, e| {
-                if let Some(e) = e.filter(|e| e.is_committed()) {
+            |va, _, e| {
+                if let Some(e) = Self::state(a, va, e).filter(|e| e.is_committed()) {
                     committed += 1;
                     guard += u64::from(e.guard());
                     resident += u64::from(e.frame().is_some());
@@ -416,7 +527,7 @@ impl AddressSpace {
     ///
     /// Cost: O(table pages × 512). Meant for tests, statistics and debugging.
     pub fn census(&self, mem: &impl PhysMemory) -> TableCensus {
-        table::census(mem, self.root_pa(), |_, _| {}, |_, _| {})
+        self.census_with(mem, |_, _| {}, |_, _| {})
     }
 
     /// Translates a user address: the physical address and the raw leaf entry, if present.

@@ -1,7 +1,6 @@
 //! `VirtualProtect` (win32-semantics §5).
 
-use super::{AddressSpace, VmContext, round_up};
-use crate::paging::table;
+use super::{AddressSpace, LazyRun, VmContext, round_up};
 use crate::paging::tlb::Tlb;
 use crate::protection::PageProtection;
 use crate::{PhysMemory, VmError};
@@ -65,12 +64,26 @@ impl AddressSpace {
         if a.large {
             return Err(VmError::InvalidParameter);
         }
-        let first = table::read_pte(cx.mem, self.root_pa(), start);
+        let first = self.entry(cx.mem, &a, start);
         let old = Self::page_protect(first, &a);
+        // The lazy run stays if its pages stay alike: the range covers it or keeps its
+        // protection, and arms no guard. Its pages are the range's only zero entries.
+        let a = match a.lazy() {
+            Some(r) if r.overlaps(start, end) && (prot.guard || (prot.base != r.prot && !(start <= r.start && r.end <= end))) => {
+                self.materialise(cx, a.base)
+            }
+            _ => a,
+        };
+        let run = a.lazy().filter(|r| r.overlaps(start, end));
+        let lazy = run.is_some();
         let mut batch = self.batch();
-        cx.tables(self.root_pa()).update_range(start, end, None, &mut batch, |_, _, old| {
-            old.with_protection(prot.base, prot.guard, a.cache)
+        cx.tables(self.root_pa()).update_lazy(start, end, None, &mut batch, (lazy, lazy), |_, _, old| {
+            if old.0 == 0 { old } else { old.with_protection(prot.base, prot.guard, a.cache) }
         });
+        if let Some(r) = run {
+            let kept = self.allocations.get_mut(&a.base).expect("allocation record").set_lazy(Some(LazyRun { prot: prot.base, ..r }));
+            debug_assert!(kept, "the same run with another protection");
+        }
         self.complete(batch, cx);
         self.note_protection(a.base, start, end, prot.base, prot.guard);
         Ok(old)

@@ -125,7 +125,7 @@ impl AddressSpace {
         let mut first: Option<Pte> = None;
         let mut run_end = a.end();
         table::scan(mem, self.root_pa(), page, a.end(), |va, _, e| {
-            let e = e.unwrap_or(Pte::RESERVED);
+            let e = Self::state(&a, va, e).unwrap_or(Pte::RESERVED);
             let head = *first.get_or_insert(e);
             if e.0 & QUERY_KEY_MASK == head.0 & QUERY_KEY_MASK {
                 ControlFlow::Continue(())

@@ -496,3 +496,9 @@ mod rounding {
         }
     }
 }
+
+/// The allocation record stays within the 48 bytes the kernel-heap budget assumes (crate README).
+#[test]
+fn the_allocation_record_is_48_bytes() {
+    assert_eq!(core::mem::size_of::<Allocation>(), 48);
+}

@@ -303,9 +303,8 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
 fn check_against_model(fx: &Fx, m: &Model, last: &str) {
     assert_eq!(fx.charge.committed_pages(), m.committed, "commit charge after {last}");
     let mut leaves = 0u64;
-    let census = table::census(
+    let census = fx.sp().census_with(
         &fx.mem,
-        fx.sp().root().start_address().as_u64(),
         |va, e| {
             leaves += 1;
             let p = m.page(va);

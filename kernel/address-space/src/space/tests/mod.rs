@@ -147,16 +147,24 @@ impl Fx {
         self.read(addr, 8).map(|b| u64::from_le_bytes(b.try_into().expect("8")))
     }
 
+    /// The page's state: its entry, or that of a lazily committed page without one.
     pub fn pte(&self, addr: u64) -> Pte {
+        match self.sp().allocation_at(addr) {
+            Some(a) => self.sp().entry(&self.mem, a, addr & !(PAGE_SIZE - 1)),
+            None => table::read_pte(&self.mem, self.sp().root().start_address().as_u64(), addr),
+        }
+    }
+
+    /// The page's entry as written in its page table.
+    pub fn raw_pte(&self, addr: u64) -> Pte {
         table::read_pte(&self.mem, self.sp().root().start_address().as_u64(), addr)
     }
 
     pub fn snapshot(&self) -> Snapshot {
         let mut entries = Vec::new();
         let mut large = Vec::new();
-        let census = table::census(
+        let census = self.sp().census_with(
             &self.mem,
-            self.sp().root().start_address().as_u64(),
             |va, e| entries.push((va, e.0)),
             |va, e| large.push((va, e)),
         );

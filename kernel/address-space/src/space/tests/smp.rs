@@ -382,7 +382,7 @@ fn threads_on_one_space_agree_with_the_model() {
     // Final state: every entry, the commit charge, tables and frames, exactly as the model says.
     let (held, _, committed4k) = m.frame_counts();
     let tables = m.tables((0, 0), (0, 0));
-    let census = table::census(&w.mem, w.space.root().start_address().as_u64(), |_, _| {}, |_, _| {});
+    let census = w.space.census(&w.mem);
     assert_eq!(w.charge.committed_pages(), m.committed, "[seed {seed:#x}] commit charge");
     assert_eq!((census.committed_pages, census.pages_with_frame, census.bad_counts), (committed4k, held, 0), "[seed {seed:#x}] entries");
     assert_eq!((census.table_pages, w.space.table_pages(), w.charge.table_pages()), (tables, tables, tables), "[seed {seed:#x}] table pages");

@@ -63,7 +63,7 @@ fn tables_are_created_on_demand_kept_by_decommit_and_freed_at_release() {
     let before = fx.counters;
     fx.alloc(a, 0x10000, MEM_COMMIT, PAGE_READWRITE).unwrap();
     assert_eq!(fx.counters.table_pages_allocated, before.table_pages_allocated, "the kept tables are used");
-    assert_eq!(fx.counters.pte_writes - before.pte_writes, 16 + 1, "16 entries and the PT's count, once");
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1, "the PT's count, once (the pages are a lazy run)");
     fx.free(a, 0x20000, MEM_DECOMMIT).unwrap();
     assert_eq!(fx.sp().census(&fx.mem).table_pages, 6);
     fx.check();
@@ -71,6 +71,145 @@ fn tables_are_created_on_demand_kept_by_decommit_and_freed_at_release() {
     fx.free(a, 0, MEM_RELEASE).unwrap();
     assert_eq!(fx.sp().census(&fx.mem).table_pages, 0);
     assert_eq!(fx.counters.table_pages_freed, 6);
+    fx.check();
+    fx.teardown();
+}
+
+/// Every non-leaf entry is written once, with its final count: a commit links each new table
+/// once, and a release clears each parent once without rewriting its count on the way.
+#[test]
+fn non_leaf_entries_are_written_once() {
+    let mut fx = Fx::new();
+    // 8 MiB in a fresh 512 GiB slot: 1 PDPT, 1 PD, 4 PTs.
+    let base = 0x100_0000_0000;
+    let before = fx.counters;
+    let a = fx.alloc(base, 0x80_0000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE).unwrap();
+    assert_eq!(fx.counters.table_pages_allocated - before.table_pages_allocated, 6);
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 6, "one link per table, no leaf entry (lazy)");
+    fx.check();
+    let before = fx.counters;
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    assert_eq!(fx.counters.table_pages_freed - before.table_pages_freed, 6);
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 6, "one unlink per table");
+    fx.check();
+    // Committed in two parts: the first extends... nothing, it makes the lazy run; the second,
+    // with another protection, writes software entries; the release clears them.
+    let a = fx.alloc(base, 0x80_0000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    fx.alloc(a, 0x40_0000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    let before = fx.counters;
+    fx.alloc(a + 0x40_0000, 0x40_0000, MEM_COMMIT, PAGE_READONLY).unwrap();
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1024 + 2 + 1, "the entries, one link per new table, the directory's count once");
+    fx.check();
+    let before = fx.counters;
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1024 + 6, "the written entries and one unlink per table");
+    fx.check();
+    // Committed in two parts alike: the run grows, no entry is written.
+    let a = fx.alloc(base, 0x80_0000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    fx.alloc(a + 0x40_0000, 0x40_0000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    let before = fx.counters;
+    fx.alloc(a, 0x40_0000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 2 + 1, "one link per new table, the directory's count once");
+    assert_eq!(fx.sp().allocation_at(a).unwrap().lazy().map(|r| (r.start, r.end)), Some((a, a + 0x80_0000)));
+    assert_eq!(fx.q(a).0, 0x80_0000);
+    fx.check();
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    // Large pages: three 2 MiB pages under one new directory and PDPT, then their release.
+    if fx.sp().config().large_pages_allowed {
+        let before = fx.counters;
+        let a = fx.alloc(base, 0x60_0000, MEM_RESERVE | MEM_COMMIT | MEM_LARGE_PAGES, PAGE_READWRITE).unwrap();
+        assert_eq!(fx.counters.pte_writes - before.pte_writes, 3 + 2);
+        let before = fx.counters;
+        fx.free(a, 0, MEM_RELEASE).unwrap();
+        assert_eq!(fx.counters.pte_writes - before.pte_writes, 3 + 2);
+        fx.check();
+    }
+    fx.teardown();
+}
+
+/// A whole allocation committed from reserved writes no leaf entry; the first touch writes the
+/// only one; leaving the uniform state (a partial protect) writes the untouched pages' entries.
+#[test]
+fn a_lazy_commit_writes_each_entry_once() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x10000, RC, PAGE_READWRITE).unwrap();
+    assert!(fx.sp().allocation_at(a).unwrap().lazy().is_some());
+    assert_eq!(fx.raw_pte(a), Pte::RESERVED);
+    assert!(fx.pte(a).is_committed() && fx.pte(a).frame().is_none());
+    let before = fx.counters;
+    fx.write_u64(a + 0x2000, 7).unwrap();
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1, "the touch writes the page's entry, its table's count is unchanged");
+    assert!(fx.raw_pte(a + 0x2000).is_present());
+    fx.check();
+    // A protect of the whole allocation keeps it lazy: only the touched page's entry changes.
+    let before = fx.counters;
+    assert_eq!(fx.protect(a, 0x10000, PAGE_READONLY), Ok(PAGE_READWRITE));
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1);
+    assert!(fx.sp().allocation_at(a).unwrap().lazy().is_some());
+    assert_eq!(fx.q(a + 0x1000).2, PAGE_READONLY);
+    assert_eq!(fx.read_u64(a + 0x2000), Ok(7));
+    fx.check();
+    // A guard on one page ends it: the 15 other pages get their entries (the touched one has its own).
+    let before = fx.counters;
+    fx.protect(a + 0x3000, 0x1000, PAGE_READONLY | PAGE_GUARD).unwrap();
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 15 + 1);
+    assert!(fx.sp().allocation_at(a).unwrap().lazy().is_none());
+    assert_eq!(fx.raw_pte(a + 0x4000), fx.pte(a + 0x4000));
+    fx.check();
+    // A whole decommit of a lazy allocation unreserves the untouched pages' frames.
+    let b = fx.alloc(0, 0x20000, RC, PAGE_EXECUTE_READ).unwrap();
+    fx.read_u64(b + 0x1_0000).unwrap();
+    let before = fx.counters;
+    fx.free(b, 0x20000, MEM_DECOMMIT).unwrap();
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1 + 1, "the touched page's entry and its table's count");
+    assert_eq!(fx.q(b).1, MEM_RESERVE);
+    fx.check();
+    fx.teardown();
+}
+
+/// A lazy run in part of a reservation: queries see it committed; decommits at its ends shrink
+/// it; one of its middle, a guard or another protection on part of it write its entries.
+#[test]
+fn a_lazy_run_in_part_of_a_reservation() {
+    let mut fx = Fx::new();
+    let a = fx.alloc(0, 0x40_0000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    let before = fx.counters;
+    fx.alloc(a + 0x10_0000, 0x10_0000, MEM_COMMIT, PAGE_READONLY).unwrap();
+    let tables = fx.counters.table_pages_allocated - before.table_pages_allocated;
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, tables, "the new tables' links, no leaf entry");
+    let run = |fx: &Fx| fx.sp().allocation_at(a).unwrap().lazy().map(|r| (r.start - a, r.end - a));
+    assert_eq!(run(&fx), Some((0x10_0000, 0x20_0000)));
+    assert_eq!(fx.q(a), (0x10_0000, MEM_RESERVE, 0));
+    assert_eq!(fx.q(a + 0x18_0000), (0x8_0000, MEM_COMMIT, PAGE_READONLY));
+    assert_eq!(fx.q(a + 0x20_0000), (0x20_0000, MEM_RESERVE, 0));
+    assert_eq!(fx.read_u64(a + 0x1F_F000), Ok(0));
+    // Alike, adjacent: the run grows; the same protection on part of it changes nothing.
+    fx.alloc(a + 0x20_0000, 0x1000, MEM_COMMIT, PAGE_READONLY).unwrap();
+    assert_eq!(run(&fx), Some((0x10_0000, 0x20_1000)));
+    let before = fx.counters;
+    assert_eq!(fx.protect(a + 0x12_0000, 0x1000, PAGE_READONLY), Ok(PAGE_READONLY));
+    assert_eq!(fx.counters.pte_writes, before.pte_writes);
+    fx.check();
+    // Decommits at the ends shrink it.
+    fx.free(a + 0x10_0000, 0x1000, MEM_DECOMMIT).unwrap();
+    fx.free(a + 0x20_0000, 0x1000, MEM_DECOMMIT).unwrap();
+    assert_eq!(run(&fx), Some((0x10_1000, 0x20_0000)));
+    assert_eq!(fx.q(a + 0x10_0000), (0x1000, MEM_RESERVE, 0));
+    fx.check();
+    // A decommit of its middle writes the entries of what stays committed.
+    let before = fx.counters;
+    fx.free(a + 0x14_0000, 0x1000, MEM_DECOMMIT).unwrap();
+    assert_eq!(run(&fx), None);
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 254 + 1 + 1, "the untouched pages' entries, the decommitted entry, its table's count");
+    assert_eq!(fx.q(a + 0x10_1000), (0x3_F000, MEM_COMMIT, PAGE_READONLY));
+    fx.check();
+    // Another run; a guard on one of its pages ends it.
+    let b = fx.alloc(0, 0x10000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    fx.alloc(b + 0x4000, 0x4000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    fx.protect(b + 0x5000, 0x1000, PAGE_READWRITE | PAGE_GUARD).unwrap();
+    assert_eq!(fx.sp().allocation_at(b).unwrap().lazy(), None);
+    assert_eq!(fx.q(b + 0x4000), (0x1000, MEM_COMMIT, PAGE_READWRITE));
+    assert_eq!(fx.q(b + 0x5000), (0x1000, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD));
     fx.check();
     fx.teardown();
 }
@@ -133,8 +272,11 @@ fn invalidations_are_batched_per_operation() {
     let before = fx.counters;
     fx.alloc(a, 0x100000, MEM_COMMIT, PAGE_READONLY).unwrap();
     assert_eq!((fx.counters.invlpg, fx.counters.full_flushes), (before.invlpg, before.full_flushes));
-    // One entry per page and the kept table's count, once (the decommit kept the tables).
-    assert_eq!(fx.counters.pte_writes - before.pte_writes, 256 + 1);
+    // The whole allocation, committed from reserved: no leaf entry, only the kept table's
+    // count, once (the decommit kept the tables); the pages are lazily committed.
+    assert_eq!(fx.counters.pte_writes - before.pte_writes, 1);
+    assert_eq!(fx.raw_pte(a + 0x5000), Pte::RESERVED);
+    assert_eq!(fx.q(a + 0x5000).2, PAGE_READONLY);
     assert_eq!(fx.counters.table_pages_allocated, before.table_pages_allocated);
 }
 
