@@ -274,12 +274,13 @@ impl<V: Copy> WideMap<V> {
             return None;
         }
         // Split the full leaf: the upper half moves to a new right neighbour. A key appended
-        // past the last leaf (allocations placed upwards) starts a leaf of its own instead, so
-        // ascending inserts leave full leaves behind, not half-full ones (fewer leaves, lower
-        // tree); only the last leaf does so, so keys arriving in descending order cannot leave
-        // a trail of one-key leaves.
+        // past the last leaf (allocations placed upwards) takes only the last two keys along,
+        // so ascending inserts leave leaves 7/8 full behind, not half full (fewer leaves, lower
+        // tree), and an insert and removal at the end cannot split and free a leaf each time;
+        // only the last leaf does so, so keys arriving in descending order cannot leave a trail
+        // of near-empty leaves.
         let right = self.new_leaf();
-        let half = if i == LEAF && self.leaves[leaf as usize].next == NIL { LEAF } else { LEAF / 2 };
+        let half = if i == LEAF && self.leaves[leaf as usize].next == NIL { LEAF - 2 } else { LEAF / 2 };
         let (lo, hi) = split_two(&mut self.leaves, leaf, right);
         hi.keys[..LEAF - half].copy_from_slice(&lo.keys[half..]);
         hi.slots[..LEAF - half].copy_from_slice(&lo.slots[half..]);
@@ -289,7 +290,7 @@ impl<V: Copy> WideMap<V> {
         hi.prev = leaf;
         hi.next = lo.next;
         lo.next = right;
-        if i <= half && half < LEAF {
+        if i <= half {
             Self::leaf_insert(lo, i, key, slot);
         } else {
             Self::leaf_insert(hi, i - half, key, slot);
@@ -321,10 +322,10 @@ impl<V: Copy> WideMap<V> {
                 return;
             }
             // Split the full inner node; the separator of its right half moves up. A child
-            // appended to the last node of its level starts a node of its own (as for leaves).
+            // appended to the last node of its level takes only two along (as for leaves).
             let right = self.new_inner();
             let last = path[..=level].iter().all(|&(n, c)| c + 1 == self.inners[n as usize].len);
-            let half = if last { INNER - 1 } else { INNER / 2 };
+            let half = if last { INNER - 2 } else { INNER / 2 };
             let (lo, hi) = split_two(&mut self.inners, node, right);
             hi.seps[..INNER - half].copy_from_slice(&lo.seps[half..]);
             hi.kids[..INNER - half].copy_from_slice(&lo.kids[half..]);
@@ -619,7 +620,7 @@ mod tests {
         }
         m.check();
         let live_leaves = m.leaves.len() - m.free_leaves.len();
-        assert_eq!(live_leaves, (n as usize).div_ceil(LEAF));
+        assert_eq!(live_leaves, (n as usize - 2).div_ceil(LEAF - 2));
         let mut d: WideMap<u64> = WideMap::new();
         for k in (0..n).rev() {
             d.insert(k * 0x10000, k);

@@ -4,7 +4,7 @@
 use super::{AddressSpace, Allocation, AllocationKind, VmContext, round_up};
 use crate::charge::CriticalLevel;
 use crate::paging::tlb::Tlb;
-use crate::protection::{BaseProtection, CacheMode, PageProtection};
+use crate::protection::{BaseProtection, PageProtection};
 use crate::win32::*;
 use crate::{PhysMemory, VmError};
 use crate::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE, PAGE_SIZE};
@@ -198,7 +198,7 @@ impl AddressSpace {
             None
         };
         // Perform: nothing below can fail.
-        let a = Allocation {
+        let mut a = Allocation {
             base,
             size,
             allocation_protect: req.prot.to_win32(),
@@ -210,17 +210,18 @@ impl AddressSpace {
             uniform: (plan.is_some() && !large && !req.prot.guard).then_some(req.prot.base),
             lazy_run: None,
         };
-        self.allocations.insert(base, a);
-        self.reserved_bytes += a.size;
-        self.gaps.take(base / ALLOCATION_GRANULARITY, (a.block_end() - base) / ALLOCATION_GRANULARITY);
         if let Some(plan) = plan {
             let (prot, guard) = (req.prot.base, req.prot.guard);
             if large {
                 self.perform_large(cx, base, prot, cache, plan);
             } else {
-                self.perform_commit(cx, base, base + size, cache, plan, |_| (prot, guard));
+                // Before the record goes into the map: the commit may give it a lazy run.
+                self.perform_commit(cx, &mut a, base, base + size, plan, |_| (prot, guard));
             }
         }
+        self.allocations.insert(base, a);
+        self.reserved_bytes += a.size;
+        self.gaps.take(base / ALLOCATION_GRANULARITY, (a.block_end() - base) / ALLOCATION_GRANULARITY);
         Ok(base)
     }
 
@@ -252,7 +253,7 @@ impl AddressSpace {
     ) -> Result<u64, VmError> {
         let start = req.addr & !(PAGE_SIZE - 1);
         let end = round_up(req.addr + req.size, PAGE_SIZE);
-        let a = self.single_allocation(start, end)?;
+        let mut a = self.single_allocation(start, end)?;
         match (a.kind, a.large) {
             (AllocationKind::Image, _) => return Err(VmError::AlreadyCommitted),
             (_, true) => return Err(VmError::InvalidParameter),
@@ -260,11 +261,10 @@ impl AddressSpace {
         }
         let plan = self.prepare_commit(cx, start, end, level, &a)?;
         let (prot, guard): (BaseProtection, bool) = (req.prot.base, req.prot.guard);
-        // NOCACHE/WRITECOMBINE are fixed per allocation (win32-semantics §2): use its mode.
-        let cache: CacheMode = a.cache;
+        // NOCACHE/WRITECOMBINE are fixed per allocation (win32-semantics §2): the commit uses its mode.
         self.note_committed(a.base, plan.new_pages as i64);
-        self.perform_commit(cx, start, end, cache, plan, |_| (prot, guard));
-        self.note_protection(a.base, start, end, prot, guard);
+        self.perform_commit(cx, &mut a, start, end, plan, |_| (prot, guard));
+        self.note_protection(&a, start, end, prot, guard);
         Ok(start)
     }
 }

@@ -44,11 +44,7 @@ impl Drop for CommitPlan {
 impl AddressSpace {
     /// Adds `delta` to the committed-page count of the allocation at `base`.
     pub(crate) fn note_committed(&mut self, base: u64, delta: i64) {
-        let a = self.allocations.get_mut(&base).expect("allocation record");
-        a.committed_pages = a.committed_pages.checked_add_signed(delta).expect("committed page count");
-        if a.committed_pages != a.size / PAGE_SIZE {
-            a.uniform = None;
-        }
+        self.allocations.get_mut(&base).expect("allocation record").add_committed(delta);
     }
 
     /// Writes the entry of every page of the lazy run of the allocation at `base` that has none
@@ -68,10 +64,16 @@ impl AddressSpace {
         a
     }
 
-    /// Keeps the [`uniform`](Allocation::uniform) state of the allocation at `base` after every
-    /// page of `[start, end)` (all committed) got protection `prot` (and a guard if `guard`).
-    pub(crate) fn note_protection(&mut self, base: u64, start: u64, end: u64, prot: BaseProtection, guard: bool) {
-        let a = self.allocations.get_mut(&base).expect("allocation record");
+    /// Keeps the [`uniform`](Allocation::uniform) state of the allocation `a` after every page of
+    /// `[start, end)` (all committed) got protection `prot` (and a guard if `guard`), and records
+    /// its lazy run as `a` has it (a run overlapping the range had its pages alike, so they now
+    /// have `prot`; a guard ended it before).
+    pub(crate) fn note_protection(&mut self, a: &Allocation, start: u64, end: u64, prot: BaseProtection, guard: bool) {
+        let run = a.lazy().filter(|r| r.overlaps(start, end)).map_or(a.lazy(), |r| Some(LazyRun { prot, ..r }));
+        debug_assert!(!guard || !a.lazy().is_some_and(|r| r.overlaps(start, end)), "a guard in a lazy run");
+        let a = self.allocations.get_mut(&a.base).expect("allocation record");
+        let kept = a.set_lazy(run);
+        debug_assert!(kept, "the same run");
         let whole = start <= a.base && end >= a.end() && a.committed_pages == a.size / PAGE_SIZE;
         a.uniform = (!guard && !a.large && (whole || a.uniform == Some(prot))).then_some(prot);
     }
@@ -225,19 +227,22 @@ impl AddressSpace {
     /// Commits `[start, end)` with `prot`/`guard` using `plan`: new pages become committed
     /// without a frame (demand-zero), committed pages get the new protection and keep their
     /// frame, contents and write-watch mark (win32-semantics §3.3). Cannot fail.
+    ///
+    /// `a` is the allocation (a working copy: the map's record is not read); its lazy run is
+    /// updated in it (made, extended, or ended), and the caller records it.
     pub(crate) fn perform_commit<M: PhysMemory, T: Tlb>(
         &mut self,
         cx: &mut VmContext<'_, M, T>,
+        a: &mut Allocation,
         start: u64,
         end: u64,
-        cache: CacheMode,
         mut plan: CommitPlan,
         mut prot_of: impl FnMut(u64) -> (BaseProtection, bool),
     ) {
         cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         self.demand_zero.absorb(core::mem::replace(&mut plan.frames, FrameReservation::empty()));
-        let mut a = *self.allocation_at(start).expect("commit outside every allocation");
+        let cache = a.cache;
         let (prot, guard) = prot_of(start);
         let private = a.kind == AllocationKind::Private;
         // Pages of the lazy run recommitted with its protection stay as they are; any other
@@ -247,7 +252,8 @@ impl AddressSpace {
             && r.overlaps(start, end)
             && !alike(&r)
         {
-            a = self.materialise(cx, a.base);
+            self.materialise(cx, a.base);
+            a.lazy_run = None;
         }
         let mut batch = self.batch();
         let mut tables = cx.tables(self.root_pa());
@@ -255,9 +261,9 @@ impl AddressSpace {
         let grown = a.lazy().map_or(Some(LazyRun { start, end, prot }), |r| {
             (r.prot == prot && (r.end == start || r.start == end)).then_some(LazyRun { start: r.start.min(start), end: r.end.max(end), prot })
         });
-        let mut record = a;
-        let lazily = private && !guard && new_only && grown.is_some_and(|run| record.set_lazy(Some(run)));
-        if a.lazy().is_some_and(|r| alike(&r)) {
+        let in_run = a.lazy().is_some_and(|r| alike(&r));
+        let lazily = !in_run && private && !guard && new_only && grown.is_some_and(|run| a.set_lazy(Some(run)));
+        if in_run {
             tables.update_lazy(start, end, Some(&mut plan.tables), &mut batch, (true, true), |_, _, old| {
                 if old.0 == 0 { old } else { old.with_protection(prot, guard, cache) }
             });
@@ -265,7 +271,6 @@ impl AddressSpace {
             // Reserved pages committed alike: no leaf entry, each page counted in its table, the
             // run made or extended (Allocation::lazy); the first touch writes the entry.
             tables.commit_lazy(start, end, &mut plan.tables, &mut batch);
-            *self.allocations.get_mut(&a.base).expect("allocation record") = record;
         } else {
             // Outside the run (new pages never overlap it: its pages are committed).
             tables.update_range(start, end, Some(&mut plan.tables), &mut batch, |_, va, old| {
@@ -369,11 +374,7 @@ impl AddressSpace {
                 self.complete(core::mem::replace(&mut batch, self.batch()), cx);
             }
         }
-        if let Some(r) = run {
-            // What is left of the run: none, or the part before or after the range.
-            let left = if start <= r.start { LazyRun { start: end, ..r } } else { LazyRun { end: start, ..r } };
-            self.allocations.get_mut(&a.base).expect("allocation record").set_lazy((left.start < left.end).then_some(left));
-        }
+
         if unreserve > 0 {
             cx.frames.unreserve(self.demand_zero.split(unreserve));
         }
@@ -381,7 +382,13 @@ impl AddressSpace {
         cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
         self.table_pages -= cx.counters.table_pages_freed - freed_before;
         self.complete(batch, cx);
-        self.note_committed(a.base, -(decommitted as i64));
+        let record = self.allocations.get_mut(&a.base).expect("allocation record");
+        if let Some(r) = run {
+            // What is left of the run: none, or the part before or after the range.
+            let left = if start <= r.start { LazyRun { start: end, ..r } } else { LazyRun { end: start, ..r } };
+            record.set_lazy((left.start < left.end).then_some(left));
+        }
+        record.add_committed(-(decommitted as i64));
         decommitted
     }
 

@@ -59,7 +59,7 @@ impl AddressSpace {
             _ => return Err(VmError::ConflictingAddresses),
         }
         let plan = self.prepare_commit_new(cx, base, end, level)?;
-        let a = Allocation {
+        let mut a = Allocation {
             base,
             size,
             allocation_protect: PAGE_EXECUTE_WRITECOPY,
@@ -71,10 +71,10 @@ impl AddressSpace {
             uniform: None,
             lazy_run: None,
         };
+        self.perform_commit(cx, &mut a, base, end, plan, |va| (prots[((va - base) / PAGE_SIZE) as usize], false));
         self.allocations.insert(base, a);
         self.reserved_bytes += a.size;
         self.gaps.take(base / ALLOCATION_GRANULARITY, blocks);
-        self.perform_commit(cx, base, end, CacheMode::WriteBack, plan, |va| (prots[((va - base) / PAGE_SIZE) as usize], false));
         Ok(())
     }
 

@@ -216,6 +216,15 @@ impl Allocation {
         }
     }
 
+    /// Adds `delta` to the committed-page count; the allocation stops being uniform unless
+    /// every page is committed.
+    pub(crate) fn add_committed(&mut self, delta: i64) {
+        self.committed_pages = self.committed_pages.checked_add_signed(delta).expect("committed page count");
+        if self.committed_pages != self.size / PAGE_SIZE {
+            self.uniform = None;
+        }
+    }
+
     /// Returns the end address (exclusive).
     pub const fn end(&self) -> u64 {
         self.base + self.size

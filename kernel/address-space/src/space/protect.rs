@@ -1,6 +1,6 @@
 //! `VirtualProtect` (win32-semantics §5).
 
-use super::{AddressSpace, LazyRun, VmContext, round_up};
+use super::{AddressSpace, VmContext, round_up};
 use crate::paging::tlb::Tlb;
 use crate::protection::PageProtection;
 use crate::{PhysMemory, VmError};
@@ -74,18 +74,13 @@ impl AddressSpace {
             }
             _ => a,
         };
-        let run = a.lazy().filter(|r| r.overlaps(start, end));
-        let lazy = run.is_some();
+        let lazy = a.lazy().is_some_and(|r| r.overlaps(start, end));
         let mut batch = self.batch();
         cx.tables(self.root_pa()).update_lazy(start, end, None, &mut batch, (lazy, lazy), |_, _, old| {
             if old.0 == 0 { old } else { old.with_protection(prot.base, prot.guard, a.cache) }
         });
-        if let Some(r) = run {
-            let kept = self.allocations.get_mut(&a.base).expect("allocation record").set_lazy(Some(LazyRun { prot: prot.base, ..r }));
-            debug_assert!(kept, "the same run with another protection");
-        }
         self.complete(batch, cx);
-        self.note_protection(a.base, start, end, prot.base, prot.guard);
+        self.note_protection(&a, start, end, prot.base, prot.guard);
         Ok(old)
     }
 }
