@@ -68,8 +68,23 @@ impl<T> SpinLock<T> {
     /// interrupts on until an unlock wakes it (a wake-up IPI) or a shootdown IPI comes (served by
     /// its handler). No interrupt handler takes this lock, so taking interrupts while waiting is
     /// safe; the interrupt flag is as it was on return.
+    ///
+    /// The uncontended path is one locked instruction (the ticket) and one load: the clock is
+    /// read only once the lock turns out to be held.
+    #[inline]
     pub fn lock(&self) -> SpinLockGuard<'_, T> {
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Acquire);
+        if self.now_serving.load(Ordering::Acquire) != ticket {
+            self.wait_for(ticket);
+        }
+        self.owner.store(percpu::this_cpu(), Ordering::Relaxed);
+        SpinLockGuard { lock: self }
+    }
+
+    /// Waits until `ticket` is served (the slow path of [`lock`](Self::lock)).
+    #[cold]
+    #[inline(never)]
+    fn wait_for(&self, ticket: u32) {
         let start = time::rdtsc();
         let spin = time::tsc_per_ms() * SPIN_BEFORE_HALT_US / 1000;
         while self.now_serving.load(Ordering::Acquire) != ticket {
@@ -80,8 +95,6 @@ impl<T> SpinLock<T> {
                 core::hint::spin_loop();
             }
         }
-        self.owner.store(percpu::this_cpu(), Ordering::Relaxed);
-        SpinLockGuard { lock: self }
     }
 
     /// Halts this CPU, interrupts on, unless `ticket` is served meanwhile.
@@ -143,12 +156,19 @@ impl<T> Drop for SpinLockGuard<'_, T> {
         self.lock.now_serving.fetch_add(1, Ordering::SeqCst);
         let sleepers = self.lock.sleepers.load(Ordering::SeqCst);
         if sleepers != 0 {
-            // With interrupts off: no interrupt handler may split this CPU's ICR writes.
-            interrupts::without_interrupts(|| {
-                for cpu in (0..percpu::MAX_CPUS).filter(|&c| sleepers & (1 << c) != 0) {
-                    apic::send_fixed(percpu::apic_id_of(cpu), apic::WAKE_VECTOR);
-                }
-            });
+            wake(sleepers);
         }
     }
+}
+
+/// Wakes the CPUs of `sleepers` (bit per CPU index) halted waiting for a lock.
+#[cold]
+#[inline(never)]
+fn wake(sleepers: u64) {
+    // With interrupts off: no interrupt handler may split this CPU's ICR writes.
+    interrupts::without_interrupts(|| {
+        for cpu in (0..percpu::MAX_CPUS).filter(|&c| sleepers & (1 << c) != 0) {
+            apic::send_fixed(percpu::apic_id_of(cpu), apic::WAKE_VECTOR);
+        }
+    });
 }
