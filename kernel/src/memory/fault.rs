@@ -4,10 +4,13 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use address_space::frame::FrameSource;
 use address_space::{Access, FaultOutcome, PhysMemory};
 use x86_64::registers::control::Cr3;
 
-use super::MM;
+use super::frames::KernelFrames;
+use super::manager;
+use super::space::SpaceShared;
 use crate::arch::cpu;
 use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::probe::{self, MemoryFault};
@@ -64,13 +67,11 @@ pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdic
             return violation(MemoryFault::ACCESS_VIOLATION);
         }
     }
-    // A fault taken while this CPU holds the manager's lock is a kernel bug (reported as a
-    // kernel fault); one taken while another CPU holds it waits, serving flush requests.
-    if MM.held_by_this_cpu() {
-        return PageFaultVerdict::NotGuestMemory;
-    }
     let root = Cr3::read().0.start_address().as_u64();
-    let Some((outcome, populated)) = resolve(root, addr, access) else {
+    let Some(space) = super::space::find(root) else {
+        return PageFaultVerdict::NotGuestMemory;
+    };
+    let Some((outcome, populated)) = resolve(&space, addr, access) else {
         return PageFaultVerdict::NotGuestMemory;
     };
     let cpu = percpu::this_cpu();
@@ -96,49 +97,45 @@ pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdic
     }
 }
 
-/// Resolves a fault at `addr` in the space with root `root` (`None`: no such space, or the
-/// manager is not up): the outcome, and whether a frame was mapped (demand-zero).
+/// Resolves a fault at `addr` in `space` (`None`: the space is destroyed, or this CPU holds its
+/// lock, a kernel bug reported as a kernel fault; a fault taken while another CPU holds it waits,
+/// serving flush requests): the outcome, and whether a frame was mapped (demand-zero).
 ///
 /// Demand-zero without zeroing under the lock (smp-and-dispatch §4(d), Linux
-/// `do_anonymous_page`): if the fault needs a new frame, one is taken from the allocator's
-/// unreserved pool under the lock, zeroed after the lock is dropped, and offered to the space
-/// under the lock again (`handle_fault_with_zeroed`), which reads the entry anew: if a decommit,
-/// protect or another CPU's fault changed it meanwhile, the frame is not used and goes back to
-/// the allocator; if it is used, the page's reserved frame goes back instead, so the counts are
+/// `do_anonymous_page`): if the fault needs a new frame, one is taken from this CPU's frame cache
+/// under the space lock, zeroed after the lock is dropped, and offered to the space under the
+/// lock again (`handle_fault_with_zeroed`), which reads the entry anew: if a decommit, protect or
+/// another CPU's fault changed it meanwhile, the frame is not used and goes back; if it is used,
+/// the page's reserved frame goes back instead (to this CPU's kept reservation), so the counts are
 /// exactly those of a fault handled in one go. With no unreserved frame left, or for any fault
 /// that maps no frame (guard page, access violation, spurious), one pass under the lock.
-pub(super) fn resolve(root: u64, addr: u64, access: Access) -> Option<(FaultOutcome, bool)> {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut zeroed = None;
-        let window = {
-            let mut guard = MM.lock();
-            let mm = guard.as_mut()?;
-            if let Some(outcome) = mm.with_space(root, |space, cx| {
-                if space.fault_needs_frame(cx.mem, addr, access) && let Ok(frame) = cx.frames.alloc() {
-                    zeroed = Some(frame);
-                    return None;
-                }
-                let populated_before = cx.counters.faults_resolved;
-                let outcome = space.handle_fault(cx, addr, access);
-                Some((outcome, cx.counters.faults_resolved != populated_before))
-            })? {
-                return Some(outcome);
-            }
-            mm.window
-        };
-        let mut window = window;
-        if let Some(frame) = zeroed {
-            // The frame is this CPU's alone (allocated, in no table): no lock needed.
-            window.zero_frame(frame);
+pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<(FaultOutcome, bool)> {
+    if space.held_by_this_cpu() {
+        return None;
+    }
+    let first = space.with(|space, cx| {
+        if space.fault_needs_frame(cx.mem, addr, access) && let Ok(frame) = cx.frames.alloc() {
+            return Err(frame);
         }
-        let mut guard = MM.lock();
-        let mm = guard.as_mut()?;
-        let populated_before = mm.counters.faults_resolved;
-        let outcome = mm.with_space(root, |space, cx| space.handle_fault_with_zeroed(cx, addr, access, &mut zeroed));
-        let populated = mm.counters.faults_resolved != populated_before;
-        if let Some(unused) = zeroed {
-            mm.frames.free(unused).expect("the zeroed frame is allocated");
-        }
-        Some((outcome?, populated))
-    })
+        let populated_before = cx.counters.faults_resolved;
+        let outcome = space.handle_fault(cx, addr, access);
+        Ok((outcome, cx.counters.faults_resolved != populated_before))
+    })?;
+    let frame = match first {
+        Ok(resolved) => return Some(resolved),
+        Err(frame) => frame,
+    };
+    // The frame is this CPU's alone (allocated, in no table): no lock needed.
+    let mut window = manager().window;
+    window.zero_frame(frame);
+    let mut zeroed = Some(frame);
+    let resolved = space.with(|space, cx| {
+        let populated_before = cx.counters.faults_resolved;
+        let outcome = space.handle_fault_with_zeroed(cx, addr, access, &mut zeroed);
+        (outcome, cx.counters.faults_resolved != populated_before)
+    });
+    if let Some(unused) = zeroed {
+        KernelFrames.free(unused).expect("the zeroed frame is allocated");
+    }
+    resolved
 }

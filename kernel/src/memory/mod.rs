@@ -70,6 +70,7 @@ mod accounting;
 mod boot;
 mod config;
 mod fault;
+mod frames;
 pub mod kernel_tables;
 pub mod kstack;
 pub mod lock;
@@ -81,16 +82,18 @@ pub use accounting::{Accounting, CommitState, commit_state, print_accounting, se
 pub use boot::{BootSnapshot, boot_snapshot};
 pub use config::{MemoryConfig, config};
 pub use fault::{PageFaultVerdict, fault_access, on_page_fault};
+pub use frames::{KernelCharge, KernelFrames};
 pub use space::Space;
 pub use lock::SpinLock;
 pub use tlb::{KernelTlb, serve_flush_requests, shootdown_stats};
 
 use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use address_space::PAGE_SIZE;
 use address_space::frame::{FrameAllocator, PhysRange};
-use address_space::{AddressSpace, CommitCharge, VmContext, WorkCounters};
+use address_space::{CommitCharge, WorkCounters};
 use bootloader_api::BootInfo;
 use bootloader_api::info::MemoryRegionKind;
 use x86_64::PhysAddr;
@@ -98,7 +101,7 @@ use x86_64::align_down;
 use x86_64::structures::paging::PhysFrame;
 
 use crate::arch::cpu;
-use crate::arch::probe;
+use crate::arch::{percpu, probe};
 use window::PhysWindow;
 
 /// Frames below this physical address are never allocated (real-mode IVT, BIOS data, EBDA).
@@ -117,35 +120,68 @@ pub const KERNEL_HEAP_PER_ALLOCATION: usize = 160;
 /// (a reservation past it is E_OUTOFMEMORY). host-abi §9 asks for at least 100,000.
 pub const MAX_ALLOCATIONS_PER_SPACE: usize = 131_072;
 
-/// The whole memory manager, behind [`MM`].
-pub struct MemoryManager {
-    /// Physical frames.
-    pub frames: FrameAllocator,
+/// The memory manager's shared state (after [`init`]); each part behind its own lock (module
+/// docs).
+pub(crate) struct Manager {
+    /// The frame allocator and the kernel's own tables (kernel stacks).
+    frames: SpinLock<FrameState>,
     /// The system-wide commit charge.
-    pub charge: CommitCharge,
-    /// Work done by address-space operations.
-    pub counters: WorkCounters,
-    /// The physical-memory window.
-    pub window: PhysWindow,
+    charge: SpinLock<CommitCharge>,
+    /// Every live space by root: for the page-fault path and accounting.
+    spaces: SpinLock<BTreeMap<u64, Arc<space::SpaceShared>>>,
+    /// The physical-memory window (a copy per user: it is an offset).
+    window: PhysWindow,
     kernel_root: PhysFrame,
-    kernel_table_pages: u64,
-    spaces: BTreeMap<u64, AddressSpace>,
     ram_bytes: u64,
     usable_bytes: u64,
     boot_frames_returned: u64,
     /// The commit limit set at boot (what the frames allow, or the configured cap).
     boot_commit_limit: u64,
+}
+
+/// What the frames lock protects.
+struct FrameState {
+    allocator: FrameAllocator,
+    /// Page-table pages of the kernel's own tables.
+    kernel_table_pages: u64,
     /// Kernel-stack slots in use (bit i: slot i, see [`kstack`]).
     kstack_slots: u128,
 }
 
-/// Runs `f` with physical memory, through the window (after [`init`]).
-pub fn with_phys(f: &mut crate::arch::smp::PhysAccess<'_>) {
-    with_mm(|mm| f(&mut mm.window))
+/// A view of the whole memory manager with every shared part locked and every CPU's cached
+/// frames given back to the allocator, so that its figures are exact ([`with_mm`]): for
+/// accounting and tests. Not for the common path.
+pub struct MemoryManager<'a> {
+    /// Physical frames (no frame in any CPU's cache while the view lives).
+    pub frames: &'a mut FrameAllocator,
+    /// The system-wide commit charge.
+    pub charge: &'a mut CommitCharge,
+    /// Work done by address-space operations (every CPU's, added up).
+    pub counters: WorkCounters,
+    /// The physical-memory window.
+    pub window: PhysWindow,
+    kernel_table_pages: u64,
+    /// Page-table pages of every space (roots included), counted when the view was made.
+    space_table_pages: u64,
+    spaces: usize,
+    manager: &'static Manager,
 }
 
-/// The memory manager (after [`init`]).
-pub static MM: SpinLock<Option<MemoryManager>> = SpinLock::new(None);
+/// Runs `f` with physical memory, through the window (after [`init`]).
+pub fn with_phys(f: &mut crate::arch::smp::PhysAccess<'_>) {
+    let mut window = manager().window;
+    f(&mut window)
+}
+
+static MANAGER: spin::Once<Manager> = spin::Once::new();
+
+/// The memory manager.
+///
+/// # Panics
+/// If [`init`] has not run.
+fn manager() -> &'static Manager {
+    MANAGER.get().expect("memory::init has run")
+}
 
 fn frame(pa: u64) -> PhysFrame {
     PhysFrame::containing_address(PhysAddr::new(pa))
@@ -203,30 +239,31 @@ pub fn init(boot_info: &'static BootInfo) {
     let config = *config::CONFIG.call_once(MemoryConfig::from_boot);
     let available = frames.available_frames();
     let reserve = (available / KERNEL_RESERVE_DIVISOR).max(KERNEL_RESERVE_MIN_FRAMES).min(available);
-    let mut limit_pages = available - reserve;
+    // What the limit and the table allowance may promise together: half the reserve stays for
+    // roots and kernel allocations, and the frames every CPU may hold in its cache are out of
+    // reach of a reservation (address-space frame/cache.rs).
+    let promisable = (available - reserve / 2).saturating_sub(percpu::MAX_CPUS as u64 * frames::PER_CPU_FRAMES);
+    let mut limit_pages = (available - reserve).min(promisable);
     if let Some(mb) = config.commit_limit_mb {
         limit_pages = limit_pages.min(mb * 256);
     }
-    // Half the kernel reserve (and every frame a configured cap leaves out) is the page-table
-    // allowance: tables beyond it are charged to the limit (address-space charge.rs).
-    let table_allowance = available - limit_pages - reserve / 2;
+    // The rest (and every frame a configured cap leaves out) is the page-table allowance: tables
+    // beyond it are charged to the limit (address-space charge.rs).
+    let table_allowance = promisable - limit_pages;
     let charge = CommitCharge::new(limit_pages, limit_pages * config.critical_reserve_percent / 100).with_table_allowance(table_allowance);
     let usable_bytes = snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.end - r.start).sum();
     let ram_bytes = snap.ram.iter().map(|r| r.1 - r.0).sum();
     tlb::KERNEL_ROOT.store(tables.root.start_address().as_u64(), core::sync::atomic::Ordering::Relaxed);
-    *MM.lock() = Some(MemoryManager {
-        frames,
-        charge,
-        counters: WorkCounters::default(),
+    MANAGER.call_once(|| Manager {
+        frames: SpinLock::new(FrameState { allocator: frames, kernel_table_pages: tables.table_pages, kstack_slots: 0 }),
+        charge: SpinLock::new(charge),
+        spaces: SpinLock::new(BTreeMap::new()),
         window,
         kernel_root: tables.root,
-        kernel_table_pages: tables.table_pages,
-        spaces: BTreeMap::new(),
         ram_bytes,
         usable_bytes,
         boot_frames_returned: returned,
         boot_commit_limit: limit_pages,
-        kstack_slots: 0,
     });
     kstack::prepare();
     log::info!(
@@ -238,45 +275,46 @@ pub fn init(boot_info: &'static BootInfo) {
     );
 }
 
-/// Runs `f` on the memory manager.
+/// Runs `f` on a view of the whole memory manager ([`MemoryManager`]): every CPU's cached frames
+/// given back, the charge and the frames locked, the spaces' table pages counted. For
+/// accounting, tests and the kernel's own tables (kernel stacks); every address-space call takes
+/// only the locks it needs instead.
 ///
 /// # Panics
-/// If [`init`] has not run, or (a kernel bug) if called from the page-fault path.
-pub fn with_mm<R>(f: impl FnOnce(&mut MemoryManager) -> R) -> R {
+/// If [`init`] has not run.
+pub fn with_mm<R>(f: impl FnOnce(&mut MemoryManager<'_>) -> R) -> R {
+    let manager = manager();
     x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut guard = MM.lock();
-        f(guard.as_mut().expect("memory::init has run"))
+        // Lock order: the registry, then each space (one at a time), then the CPUs' frames, the
+        // charge, the frames.
+        let spaces: Vec<Arc<space::SpaceShared>> = manager.spaces.lock().values().cloned().collect();
+        let space_table_pages = spaces.iter().map(|s| s.table_pages()).sum();
+        frames::drain_all(|| {
+            let mut charge = manager.charge.lock();
+            let mut state = manager.frames.lock();
+            let kernel_table_pages = state.kernel_table_pages;
+            f(&mut MemoryManager {
+                frames: &mut state.allocator,
+                charge: &mut charge,
+                counters: frames::counters(),
+                window: manager.window,
+                kernel_table_pages,
+                space_table_pages,
+                spaces: spaces.len(),
+                manager,
+            })
+        })
     })
 }
 
-impl MemoryManager {
-    fn context<'a>(
-        frames: &'a mut FrameAllocator,
-        window: &'a mut PhysWindow,
-        tlb: &'a mut KernelTlb,
-        charge: &'a mut CommitCharge,
-        counters: &'a mut WorkCounters,
-    ) -> VmContext<'a, PhysWindow, KernelTlb> {
-        VmContext { frames, mem: window, tlb, charge, counters }
-    }
-
-    /// Runs `f` on the space with root `root` and a context for it.
-    fn with_space<R>(
-        &mut self,
-        root: u64,
-        f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R,
-    ) -> Option<R> {
-        let mut tlb = KernelTlb::new(root);
-        let space = self.spaces.get_mut(&root)?;
-        let mut cx = Self::context(&mut self.frames, &mut self.window, &mut tlb, &mut self.charge, &mut self.counters);
-        Some(f(space, &mut cx))
-    }
-
-    /// Page-table pages in use: the kernel's and every space's (roots included).
-    pub fn page_table_pages(&self) -> u64 {
-        self.kernel_table_pages
-            + self.spaces.values().map(|s| 1 + s.table_pages()).sum::<u64>()
-    }
-
+/// The work counters of every address-space call so far, every CPU's added up (no other lock).
+pub fn work_counters() -> WorkCounters {
+    x86_64::instructions::interrupts::without_interrupts(frames::counters)
 }
 
+impl MemoryManager<'_> {
+    /// Page-table pages in use: the kernel's and every space's (roots included).
+    pub fn page_table_pages(&self) -> u64 {
+        self.kernel_table_pages + self.space_table_pages
+    }
+}

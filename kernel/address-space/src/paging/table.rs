@@ -22,7 +22,7 @@ use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
 use super::pte::{ACCESSED, ADDR_MASK, DIRTY, HUGE, PRESENT, Pte, TABLE_FLAGS};
 use super::tlb::{MAX_DEFERRED, TlbBatch};
-use crate::frame::FrameAllocator;
+use crate::frame::FrameSource;
 use crate::{LARGE_PAGE_SIZE, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
 
 const COUNT_SHIFT: u32 = 52;
@@ -68,7 +68,7 @@ pub struct Tables<'a, M: PhysMemory> {
     /// Physical memory holding the tables.
     pub mem: &'a mut M,
     /// Where freed table pages go.
-    pub frames: &'a mut FrameAllocator,
+    pub frames: &'a mut dyn FrameSource,
     /// Work counters.
     pub counters: &'a mut WorkCounters,
     /// A page table whose last entry goes stays, linked with a count of 0, instead of being
@@ -352,7 +352,7 @@ impl<M: PhysMemory> Tables<'_, M> {
 /// far are given back and no counter changes.
 pub fn alloc_tables(
     n: u64,
-    frames: &mut FrameAllocator,
+    frames: &mut dyn FrameSource,
     mem: &mut impl PhysMemory,
     counters: &mut WorkCounters,
 ) -> Result<Vec<PhysFrame>, VmError> {

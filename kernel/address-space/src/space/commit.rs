@@ -25,7 +25,8 @@ use crate::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE, PAGE_SIZE};
 /// consumes it (dropping one that still holds frames is a leak, a debug assertion).
 #[must_use = "a commit plan holds frames and charge"]
 pub(crate) struct CommitPlan {
-    /// Pages that were reserved and become committed (charged and frame-reserved).
+    /// Pages that were reserved and become committed (charged, with their tables, when the plan
+    /// was made; frame-reserved).
     pub new_pages: u64,
     /// One frame for each new 4 KiB page, taken when the page is first touched.
     pub frames: FrameReservation,
@@ -154,10 +155,17 @@ impl AddressSpace {
         new_pages: u64,
     ) -> Result<CommitPlan, VmError> {
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 0);
-        // The tables are charged with the pages (charge.rs): checked together, first.
-        cx.charge.check(new_pages, missing, level)?;
+        // The tables are charged with the pages (charge.rs): checked and charged together,
+        // first, in one step (another space may be committing on another CPU).
+        cx.charge.try_charge(new_pages, missing, level)?;
         let frames = if new_pages > 0 {
-            cx.frames.reserve(new_pages).map_err(|_| VmError::NoMemory)?
+            match cx.frames.reserve(new_pages) {
+                Ok(frames) => frames,
+                Err(_) => {
+                    cx.charge.uncharge(new_pages, missing);
+                    return Err(VmError::NoMemory);
+                }
+            }
         } else {
             FrameReservation::empty()
         };
@@ -165,6 +173,7 @@ impl AddressSpace {
             Ok(tables) => Ok(CommitPlan { new_pages, frames, tables, large: Vec::new() }),
             Err(e) => {
                 cx.frames.unreserve(frames);
+                cx.charge.uncharge(new_pages, missing);
                 Err(e)
             }
         }
@@ -185,7 +194,7 @@ impl AddressSpace {
     ) -> Result<CommitPlan, VmError> {
         let pages = (end - start) / PAGE_SIZE;
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 1);
-        cx.charge.check(pages, missing, level)?;
+        cx.charge.try_charge(pages, missing, level)?;
         let mut large = Vec::with_capacity(((end - start) / LARGE_PAGE_SIZE) as usize);
         for _ in 0..(end - start) / LARGE_PAGE_SIZE {
             match cx.frames.alloc_2mib() {
@@ -194,6 +203,7 @@ impl AddressSpace {
                     for f in large {
                         cx.frames.free_2mib(f).expect("large page: freeing a run just allocated");
                     }
+                    cx.charge.uncharge(pages, missing);
                     return Err(VmError::NoMemory);
                 }
             }
@@ -204,6 +214,7 @@ impl AddressSpace {
                 for f in large {
                     cx.frames.free_2mib(f).expect("large page: freeing a run just allocated");
                 }
+                cx.charge.uncharge(pages, missing);
                 Err(e)
             }
         }
@@ -221,7 +232,6 @@ impl AddressSpace {
         mut plan: CommitPlan,
         mut prot_of: impl FnMut(u64) -> (BaseProtection, bool),
     ) {
-        cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         self.demand_zero.absorb(core::mem::replace(&mut plan.frames, FrameReservation::empty()));
         let mut batch = self.batch();
@@ -246,7 +256,6 @@ impl AddressSpace {
         cache: CacheMode,
         mut plan: CommitPlan,
     ) {
-        cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         let root = self.root_pa();
         let large = core::mem::take(&mut plan.large);
@@ -325,8 +334,7 @@ impl AddressSpace {
         if unreserve > 0 {
             cx.frames.unreserve(self.demand_zero.split(unreserve));
         }
-        cx.charge.uncharge(decommitted);
-        cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
+        cx.charge.uncharge(decommitted, cx.counters.table_pages_freed - freed_before);
         self.table_pages -= cx.counters.table_pages_freed - freed_before;
         self.complete(batch, cx);
         self.note_committed(a.base, -(decommitted as i64));
@@ -347,8 +355,7 @@ impl AddressSpace {
                 batch.defer_free_2mib(f);
                 va += LARGE_PAGE_SIZE;
             }
-            cx.charge.uncharge(a.size / PAGE_SIZE);
-            cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
+            cx.charge.uncharge(a.size / PAGE_SIZE, cx.counters.table_pages_freed - freed_before);
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
             self.complete(batch, cx);
         } else {

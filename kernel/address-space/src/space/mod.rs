@@ -61,12 +61,12 @@ pub use fault::{Access, CheckedUserWrite, FaultOutcome};
 pub use query::MemoryBasicInformation;
 
 use crate::allocation_map::WideMap;
-use crate::frame::{FrameAllocator, FrameReservation};
+use crate::frame::{FrameReservation, FrameSource};
 use crate::paging::table::{self, TableCensus, Tables};
 use crate::paging::tlb::{ActiveCpus, CpuSet, DEFAULT_FLUSH_THRESHOLD, Tlb, TlbBatch};
 use crate::placement::GapTree;
 use crate::protection::{BaseProtection, CacheMode};
-use crate::{ALLOCATION_GRANULARITY, CommitCharge, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
+use crate::{ALLOCATION_GRANULARITY, ChargeSource, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
 
 /// The configuration of an address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,23 +186,27 @@ pub struct AllocationSummary {
 }
 
 /// Everything an operation may need besides the space itself. The kernel keeps the frame
-/// allocator and the commit charge behind global locks and builds one of these per call.
+/// allocator and the commit charge behind their own locks and builds one of these per call;
+/// `frames` and `charge` take those locks per request, never for the whole call (see
+/// [`FrameSource`], [`ChargeSource`](crate::ChargeSource)).
 pub struct VmContext<'a, M: PhysMemory, T: Tlb> {
-    /// The physical frame allocator (shared by all spaces).
-    pub frames: &'a mut FrameAllocator,
+    /// The physical frames (shared by all spaces): a `FrameAllocator`, or the kernel's handle
+    /// to its locked allocator.
+    pub frames: &'a mut dyn FrameSource,
     /// Physical memory (the kernel's window, or simulated RAM).
     pub mem: &'a mut M,
     /// TLB invalidation for this space.
     pub tlb: &'a mut T,
-    /// The commit charge (shared by all spaces).
-    pub charge: &'a mut CommitCharge,
+    /// The commit charge (shared by all spaces): a `CommitCharge`, or the kernel's handle to
+    /// its locked charge.
+    pub charge: &'a mut dyn ChargeSource,
     /// Work counters.
     pub counters: &'a mut WorkCounters,
 }
 
 impl<M: PhysMemory, T: Tlb> VmContext<'_, M, T> {
     pub(crate) fn tables(&mut self, root: u64) -> Tables<'_, M> {
-        Tables { root, mem: self.mem, frames: self.frames, counters: self.counters, keep_empty: false }
+        Tables { root, mem: self.mem, frames: &mut *self.frames, counters: self.counters, keep_empty: false }
     }
 }
 
@@ -238,7 +242,7 @@ impl AddressSpace {
     /// Cost: one frame allocation and one frame zeroed.
     pub fn new(
         config: SpaceConfig,
-        frames: &mut FrameAllocator,
+        frames: &mut dyn FrameSource,
         mem: &mut impl PhysMemory,
         counters: &mut WorkCounters,
     ) -> Result<Self, VmError> {
