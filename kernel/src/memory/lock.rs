@@ -1,6 +1,7 @@
-//! [`SpinLock`]: the memory manager's lock, fair, whose waiters serve TLB flush requests.
+//! [`SpinLock`]: the memory manager's locks (a space's, the charge's, the frames'...), fair,
+//! whose waiters serve TLB flush requests.
 //!
-//! Kernel code runs with interrupts off (IF = 0). A CPU holding the memory manager's lock may
+//! Kernel code runs with interrupts off (IF = 0). A CPU holding a space's lock may
 //! make a TLB shootdown round and wait for every target to acknowledge it; a target that spun on
 //! the same lock with IF = 0 would never take the IPI, and both would wait forever
 //! (smp-and-dispatch §4, pitfall 14; Linux `smp_call_function_many_cond`). So this lock's spin

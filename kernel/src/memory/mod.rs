@@ -25,40 +25,65 @@
 //! `address_space::AddressSpace`. Page faults below the canonical hole go to the space loaded in
 //! CR3 ([`on_page_fault`]).
 //!
-//! The rooms: this file holds the manager ([`MemoryManager`], [`MM`]) and [`init`]; `boot.rs` the
-//! boot snapshot, `config.rs` the boot configuration, `accounting.rs` the figures and the commit
-//! state guests are told about, `space.rs` the [`Space`] handle and which CPUs run each space,
-//! `tlb.rs` [`KernelTlb`] and TLB shootdown by IPI, `lock.rs` the manager's lock, `fault.rs`
-//! the page-fault policy, `kernel_tables.rs` the kernel's own tables, `kstack.rs` guests' kernel
-//! stacks, `window.rs` the physical-memory window.
+//! The rooms: this file holds the manager's shared state (`Manager`, reached through `manager()`), the
+//! exact view [`with_mm`] and [`init`]; `boot.rs` the boot snapshot, `config.rs` the boot
+//! configuration, `accounting.rs` the figures and the commit state guests are told about,
+//! `space.rs` the [`Space`] handle, the registry of spaces and which CPUs run each space,
+//! `frames.rs` the frames and the charge as the crate reaches them (per-CPU caches, per-CPU work
+//! counters), `tlb.rs` [`KernelTlb`] and TLB shootdown by IPI, `lock.rs` the [`SpinLock`],
+//! `fault.rs` the page-fault policy, `kernel_tables.rs` the kernel's own tables, `kstack.rs`
+//! guests' kernel stacks, `window.rs` the physical-memory window.
 //!
 //! # Locking and concurrency (every CPU)
 //!
-//! | what | protects | taken by |
+//! Every lock below is a fair [`SpinLock`] (ticket lock; uncontended: one locked add), taken
+//! with interrupts off. Disjoint work — two spaces, or two threads of one space making calls one
+//! after the other — shares no lock but the short charge lock (a commit or a decommit) and, once
+//! per 32 frames, the frames lock.
+//!
+//! | lock | protects | taken by |
 //! | --- | --- | --- |
-//! | [`MM`], a fair [`SpinLock`] (ticket lock) | everything in [`MemoryManager`]: frames, commit charge, work counters, every space's allocation map and page tables, kernel stacks | every `Space` call, page faults, accounting |
+//! | **space lock**, one per space (`SpaceShared::space`) | the space's allocation map and gap tree, its lower-half page tables (every entry write, table creation and freeing), its demand-zero reservation and table-page count | every [`Space`] call, from its first check to the end of its TLB round and its frees; page faults on the space; [`with_mm`] (briefly, to count tables) |
+//! | **CPU frames**, one per CPU (`frames.rs`) | the CPU's `FrameCache` (≤ 64 free frames) and the reservation it keeps back for its next commit (≤ 32) | its own CPU: single-frame alloc/free (page tables, demand-zero frames, everything a round frees), small reserve/unreserve; [`with_mm`] drains them all |
+//! | **charge lock** (`Manager::charge`) | the [`CommitCharge`]: committed pages, tables charged, limit | per request: a commit's check-and-charge (one step), a decommit's uncharge; [`commit_state`], [`set_commit_limit`] |
+//! | **frames lock** (`Manager::frames`) | the `FrameAllocator` (bitmap, reservations), the kernel's own tables and kernel-stack slots | per request: cache refills and drains (32 frames each), large pages, reservations beyond the CPU's kept ones; kernel stacks |
+//! | **registry** (`Manager::spaces`) | root → space, for the page-fault path (when the space is not this CPU's running one) and accounting | [`Space::new`] / drop, faults, [`with_mm`] |
+//! | per-CPU work counters (`frames.rs`) | the CPU's sum of `WorkCounters` | its own CPU after each call that did work; readers add them up |
 //! | none: atomics | each space's `ActiveCpus` (the CPUs running it) | [`Space::activate`] / [`Space::deactivate`] (context switch), read by every round |
 //! | none: per-CPU atomics | the shootdown mailboxes (`tlb.rs`: each CPU's outgoing request, each CPU's pending mask) | rounds and the shootdown IPI handler |
-//! | per-CPU `spin::Mutex`, only its own CPU takes it | which space's set this CPU's bit is in (`space.rs`) | `activate` / `deactivate` |
+//! | per-CPU `spin::Mutex`, only its own CPU takes it (the fault path only tries it) | the space this CPU runs (its bit is set in that space's set), for the fault path | `activate` / `deactivate`, faults |
 //!
-//! - **Lock order.** [`MM`] is a leaf for everything outside this module: it is never held while
-//!   taking another lock that some CPU may hold while it waits for [`MM`] (the kernel heap is
-//!   taken inside it, never the other way round). Inside, the address-space crate's order (space
-//!   → charge → frames, its README) is collapsed into this one lock for now.
-//! - **Interrupts.** [`with_mm`] runs with interrupts off, so a holder is never preempted. A CPU
-//!   waiting for [`MM`] (or for the acknowledgements of its own round) spins with IF = 0 but
-//!   serves the TLB flush requests posted to it in its spin loop, so a holder that waits for its
+//! - **Lock order: registry → space → CPU frames → charge → frames.** A call holds its space lock
+//!   and takes the others one request at a time (the crate's `FrameSource` / `ChargeSource`,
+//!   implemented by [`KernelFrames`] / [`KernelCharge`]); no request holds the charge and the
+//!   frames at once, no one holds two space locks (the registry is dropped before a space lock
+//!   is taken), and the frames and charge holders never wait for anything (no round, no other
+//!   lock but frames under a CPU's cache). The kernel heap is taken inside any of them, never the
+//!   other way round.
+//! - **Interrupts.** Every lock is held with interrupts off, so a holder is never preempted. A
+//!   CPU waiting for a lock (or for the acknowledgements of its own round) spins with IF = 0 but
+//!   serves the TLB flush requests posted to it, so a space-lock holder that waits for its
 //!   acknowledgements never deadlocks with it (smp-and-dispatch §4 pitfall 14). Any other lock a
-//!   CPU may spin on while its holder waits for [`MM`] must do the same: use [`SpinLock`], or
+//!   CPU may spin on while its holder waits for a round must do the same: use [`SpinLock`], or
 //!   call [`serve_flush_requests`] in the loop. The shootdown IPI handler takes no lock.
-//! - **Each call is atomic**: it holds [`MM`] from its first check to the end of its TLB round
-//!   and the freeing of what it unmapped (frames reach the allocator only after every CPU that
-//!   may hold a translation has acknowledged, §4(c)).
-//! - **A page fault** (ring 0: [`on_page_fault`]; ring 3: [`Space::handle_fault`]) takes [`MM`]
-//!   to resolve the fault. A demand-zero fault takes it twice: once to take an unreserved frame,
-//!   then — after zeroing the frame with no lock held — to install it, the entry read anew
-//!   (§4(d)); if the page changed meanwhile the frame goes back. A fault taken while this CPU
-//!   holds [`MM`] is a kernel bug and is reported as a kernel fault.
+//! - **Each call is atomic**: it holds its space lock from its first check to the end of its TLB
+//!   round and the freeing of what it unmapped (frames reach the allocator only after every CPU
+//!   that may hold a translation has acknowledged, §4(c)). Calls on one space are serialised by
+//!   that lock; the charge is checked and charged in one step under the charge lock, so two
+//!   spaces committing at once can never together pass the limit.
+//! - **Frames held by the CPUs.** A cached frame is used and a kept reservation reserved to the
+//!   allocator, so nothing a reservation promised ever sits in a cache; the commit limit leaves
+//!   `MAX_CPUS × (64 + 32)` frames out for them (`limit + allowance ≤ frames − reserve/2 −
+//!   cached`), so a commit that passed the charge always gets its frames. [`with_mm`] gives every
+//!   CPU's frames back first, so its figures (and the tests' before/after counts) are exact.
+//! - **A page fault** (ring 0: [`on_page_fault`]; ring 3: [`Space::handle_fault`]) finds its
+//!   space through this CPU's running space (no shared lock), else the registry, and takes that
+//!   space's lock to resolve the fault. A demand-zero fault takes it twice: once to take a frame
+//!   from this CPU's cache, then — after zeroing the frame with no lock held — to install it, the
+//!   entry read anew (§4(d)); if the page changed meanwhile the frame goes back. The page's
+//!   reserved frame goes to this CPU's kept reservation: the common fault path takes no global
+//!   lock. A fault taken while this CPU holds the space's lock is a kernel bug and is reported as
+//!   a kernel fault.
 //! - **TLB shootdown** (`tlb.rs`): one round per call, by IPI to exactly the other CPUs in the
 //!   space's set (idle CPUs with its root still in CR3 included), pages or a full flush per the
 //!   crate's threshold; none when no other CPU runs the space. A space is destroyed only after
@@ -239,17 +264,18 @@ pub fn init(boot_info: &'static BootInfo) {
     let config = *config::CONFIG.call_once(MemoryConfig::from_boot);
     let available = frames.available_frames();
     let reserve = (available / KERNEL_RESERVE_DIVISOR).max(KERNEL_RESERVE_MIN_FRAMES).min(available);
-    // What the limit and the table allowance may promise together: half the reserve stays for
-    // roots and kernel allocations, and the frames every CPU may hold in its cache are out of
-    // reach of a reservation (address-space frame/cache.rs).
-    let promisable = (available - reserve / 2).saturating_sub(percpu::MAX_CPUS as u64 * frames::PER_CPU_FRAMES);
-    let mut limit_pages = (available - reserve).min(promisable);
+    // The frames every CPU may hold in its cache are out of reach of a reservation
+    // (address-space frame/cache.rs): they come out of the limit.
+    let cached = percpu::MAX_CPUS as u64 * frames::PER_CPU_FRAMES;
+    let mut limit_pages = (available - reserve).saturating_sub(cached);
     if let Some(mb) = config.commit_limit_mb {
         limit_pages = limit_pages.min(mb * 256);
     }
-    // The rest (and every frame a configured cap leaves out) is the page-table allowance: tables
-    // beyond it are charged to the limit (address-space charge.rs).
-    let table_allowance = promisable - limit_pages;
+    // Half the kernel reserve (and every frame a configured cap leaves out) is the page-table
+    // allowance: tables beyond it are charged to the limit (address-space charge.rs). So limit +
+    // allowance ≤ frames − reserve / 2 − cached: the other half of the reserve is for roots and
+    // kernel allocations.
+    let table_allowance = (available - reserve / 2).saturating_sub(cached) - limit_pages;
     let charge = CommitCharge::new(limit_pages, limit_pages * config.critical_reserve_percent / 100).with_table_allowance(table_allowance);
     let usable_bytes = snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.end - r.start).sum();
     let ram_bytes = snap.ram.iter().map(|r| r.1 - r.0).sum();
@@ -277,8 +303,8 @@ pub fn init(boot_info: &'static BootInfo) {
 
 /// Runs `f` on a view of the whole memory manager ([`MemoryManager`]): every CPU's cached frames
 /// given back, the charge and the frames locked, the spaces' table pages counted. For
-/// accounting, tests and the kernel's own tables (kernel stacks); every address-space call takes
-/// only the locks it needs instead.
+/// accounting and tests; every address-space call takes only the locks it needs instead. Must
+/// not be called while this CPU holds a space lock.
 ///
 /// # Panics
 /// If [`init`] has not run.

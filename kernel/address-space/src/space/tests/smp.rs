@@ -397,3 +397,186 @@ fn threads_on_one_space_agree_with_the_model() {
     assert!(outcomes.keys().any(|k| k == "Touch ok") && outcomes.keys().any(|k| k == "Free ok"), "the run did work: {outcomes:?}");
     w.teardown();
 }
+
+/// Physical memory shared by the threads of [`spaces_on_threads_share_frames_and_charge_exactly`]:
+/// each access locks the simulated RAM (a compare-and-exchange is one step under the lock).
+struct SharedRam<'a>(&'a Mutex<SimPhysMemory>);
+
+impl PhysMemory for SharedRam<'_> {
+    fn read_u64(&self, pa: x86_64::PhysAddr) -> u64 {
+        self.0.lock().expect("ram").read_u64(pa)
+    }
+    fn write_u64(&mut self, pa: x86_64::PhysAddr, value: u64) {
+        self.0.lock().expect("ram").write_u64(pa, value)
+    }
+    fn compare_exchange_u64(&mut self, pa: x86_64::PhysAddr, current: u64, new: u64) -> Result<(), u64> {
+        self.0.lock().expect("ram").compare_exchange_u64(pa, current, new)
+    }
+    fn zero_frame(&mut self, frame: x86_64::structures::paging::PhysFrame) {
+        self.0.lock().expect("ram").zero_frame(frame)
+    }
+    fn read_bytes(&self, pa: x86_64::PhysAddr, buf: &mut [u8]) {
+        self.0.lock().expect("ram").read_bytes(pa, buf)
+    }
+    fn write_bytes(&mut self, pa: x86_64::PhysAddr, data: &[u8]) {
+        self.0.lock().expect("ram").write_bytes(pa, data)
+    }
+}
+
+/// The frames as the kernel reaches them: the allocator behind its lock, taken per request, and
+/// this thread's (CPU's) frame cache in front of it for single frames.
+struct CachedFrames<'a> {
+    cache: crate::frame::FrameCache,
+    global: &'a Mutex<FrameAllocator>,
+}
+
+impl crate::frame::FrameSource for CachedFrames<'_> {
+    fn with_allocator(&mut self, f: &mut dyn FnMut(&mut FrameAllocator)) {
+        f(&mut self.global.lock().expect("frames"))
+    }
+    fn alloc(&mut self) -> Result<x86_64::structures::paging::PhysFrame, crate::frame::FrameError> {
+        self.cache.alloc(self.global)
+    }
+    fn free(&mut self, frame: x86_64::structures::paging::PhysFrame) -> Result<(), crate::frame::FrameError> {
+        self.cache.free(frame, self.global)
+    }
+}
+
+/// The commit charge behind its lock, taken per request.
+struct LockedCharge<'a>(&'a Mutex<CommitCharge>);
+
+impl ChargeSource for LockedCharge<'_> {
+    fn with_charge(&mut self, f: &mut dyn FnMut(&mut CommitCharge)) {
+        f(&mut self.0.lock().expect("charge"))
+    }
+}
+
+/// The split locks of the README's design with real threads: three threads, each a CPU with its
+/// own space (its own space lock) and its own frame cache, share one frame allocator and one
+/// commit charge, each behind its own lock taken per request (`FrameSource` / `ChargeSource`),
+/// and commit, touch, protect, decommit and release at random against a commit limit they
+/// cannot all fit in. Checked: every answer but the limit's agrees with a per-space model; the
+/// charge never passes the limit (check and charge are one step, so two spaces never both
+/// pass); no commit that passed the charge fails for lack of frames although the RAM holds only
+/// the limit, the roots and what the caches may hold (`limit ≤ frames − CPUs × CACHE_CAPACITY`);
+/// at the end the charge, tables, frames in use and reservations add up exactly over the spaces,
+/// and after teardown every frame and page of charge is back.
+#[test]
+fn spaces_on_threads_share_frames_and_charge_exactly() {
+    const SPACES: usize = 3;
+    const LIMIT: u64 = 360;
+    let seed = seed();
+    let ops: u64 = std::env::var("AS_CONC_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    std::eprintln!("split-lock test: AS_CONC_SEED={seed:#x}, {SPACES} spaces x {ops} calls");
+    let cfg = SpaceConfig { min_address: BASE, max_address_end: BASE + 0x20_0000, ..SpaceConfig::default() };
+    let needed = LIMIT + SPACES as u64 * (1 + crate::frame::CACHE_CAPACITY as u64);
+    let ram = Mutex::new(SimPhysMemory::new(RAM_BASE, ((needed + 16) * 0x1000).next_multiple_of(0x1_0000) as usize));
+    let frames = Mutex::new(FrameAllocator::new(&[ram.lock().expect("ram").range()]));
+    let start_used = frames.lock().expect("frames").used_frames();
+    assert!(frames.lock().expect("frames").available_frames() >= needed);
+    let charge = Mutex::new(CommitCharge::new(LIMIT, 0));
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..SPACES)
+            .map(|t| {
+                let (ram, frames, charge) = (&ram, &frames, &charge);
+                scope.spawn(move || {
+                    let mut r = Rng(seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    let mut src = CachedFrames { cache: crate::frame::FrameCache::new(), global: frames };
+                    let (mut mem, mut tlb, mut counters) = (SharedRam(ram), crate::sim::TlbModel::new(), WorkCounters::default());
+                    let mut space = AddressSpace::new(cfg, &mut src, &mut mem, &mut counters).expect("space");
+                    let mut m = Model::new(cfg.min_address, cfg.max_address_end, u64::MAX / 4, 0);
+                    let env = Env { available: u64::MAX / 4, runs: 0 };
+                    let mut limit_hits = 0;
+                    for i in 0..ops {
+                        let mut cx = VmContext { frames: &mut src, mem: &mut mem, tlb: &mut tlb, charge: &mut LockedCharge(charge), counters: &mut counters };
+                        let page = BASE + r.below(512) * 0x1000;
+                        let size = (1 + r.below(24)) * 0x1000;
+                        let prot = [PAGE_READWRITE, PAGE_READONLY, PAGE_NOACCESS, PAGE_READWRITE | PAGE_GUARD][r.below(4) as usize];
+                        let op = match r.below(100) {
+                            0..=19 => {
+                                let got = space.virtual_alloc(&mut cx, page & !0xFFFF, size, MEM_RESERVE | MEM_COMMIT, prot, CriticalLevel::Task);
+                                Op::Alloc { addr: page & !0xFFFF, size, ty: MEM_RESERVE | MEM_COMMIT, prot, env, got }
+                            }
+                            20..=39 => {
+                                let got = space.virtual_alloc(&mut cx, page, size, MEM_COMMIT, prot, CriticalLevel::Task);
+                                Op::Alloc { addr: page, size, ty: MEM_COMMIT, prot, env, got }
+                            }
+                            40..=49 => Op::Free { addr: page, size, ty: MEM_DECOMMIT, got: space.virtual_free(&mut cx, page, size, MEM_DECOMMIT) },
+                            50..=57 => Op::Free { addr: page & !0xFFFF, size: 0, ty: MEM_RELEASE, got: space.virtual_free(&mut cx, page & !0xFFFF, 0, MEM_RELEASE) },
+                            58..=64 => Op::Protect { addr: page, size, prot, got: space.virtual_protect(&mut cx, page, size, prot) },
+                            _ => {
+                                let access = if r.below(2) == 0 { Access::Read } else { Access::Write };
+                                let value = r.next();
+                                let got = match sim_access(&mut space, &mut cx, page, access) {
+                                    SimAccess::Done(pa) => {
+                                        if access == Access::Write {
+                                            cx.mem.write_bytes(pa, &value.to_le_bytes());
+                                        }
+                                        let mut b = [0u8; 8];
+                                        cx.mem.read_bytes(pa, &mut b);
+                                        Ok(u64::from_le_bytes(b))
+                                    }
+                                    SimAccess::Fault(f) => Err(f),
+                                };
+                                Op::Touch { addr: page, access, value, got }
+                            }
+                        };
+                        let over = { let c = charge.lock().expect("charge"); c.committed_pages() + c.table_pages() > LIMIT };
+                        assert!(!over, "[seed {seed:#x}] space {t} call {i}: the charge passed the limit");
+                        let failed_on_limit = match &op {
+                            Op::Alloc { got, .. } => {
+                                assert_ne!(*got, Err(VmError::NoMemory), "[seed {seed:#x}] space {t} call {i}: a commit that passed the charge found no frames");
+                                *got == Err(VmError::CommitmentLimit)
+                            }
+                            _ => false,
+                        };
+                        if failed_on_limit {
+                            limit_hits += 1;
+                        } else {
+                            assert!(replay(&mut m, &op), "[seed {seed:#x}] space {t} call {i} disagrees with the model: {op:x?}");
+                        }
+                    }
+                    (space, m, src.cache, tlb, counters, limit_hits)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a thread failed")).collect()
+    });
+    // Every frame the caches hold goes back: the allocator's figures are then exact.
+    let mut mem = SharedRam(&ram);
+    let (mut committed, mut tables, mut held_all, mut reserved, mut hits) = (0, 0, 0, 0, 0);
+    for (space, m, mut cache, _, _, limit_hits) in results.iter().map(|(s, m, c, t, n, h)| (s, m, c.clone(), t, n, *h)) {
+        cache.drain(&frames);
+        let (held, _, committed4k) = m.frame_counts();
+        let census = table::census(&mem, space.root().start_address().as_u64(), |_, _| {}, |_, _| {});
+        assert_eq!((census.committed_pages, census.pages_with_frame, census.bad_counts), (committed4k, held, 0), "[seed {seed:#x}] entries");
+        assert_eq!(census.table_pages, space.table_pages(), "[seed {seed:#x}] table pages");
+        committed += m.committed;
+        tables += census.table_pages;
+        held_all += held;
+        reserved += committed4k - held;
+        hits += limit_hits;
+    }
+    {
+        let (f, c) = (frames.lock().expect("frames"), charge.lock().expect("charge"));
+        assert_eq!((c.committed_pages(), c.table_pages()), (committed, tables), "[seed {seed:#x}] commit charge");
+        assert_eq!(f.used_frames() - start_used, held_all + tables + SPACES as u64, "[seed {seed:#x}] frames in use");
+        assert_eq!(f.reserved_frames(), reserved, "[seed {seed:#x}] reserved frames");
+    }
+    std::eprintln!("split-lock test: {hits} commits refused at the limit; at the end {committed} pages committed, {tables} table pages");
+    assert!(hits > 0, "the spaces never met the commit limit: the test did not race on it");
+    for (mut space, _, _, mut tlb, mut counters, _) in results {
+        let mut f = frames.lock().expect("frames");
+        let mut c = charge.lock().expect("charge");
+        let mut cx = VmContext { frames: &mut *f, mem: &mut mem, tlb: &mut tlb, charge: &mut *c, counters: &mut counters };
+        let bases: Vec<u64> = space.allocations().map(|a| a.base).collect();
+        for b in bases {
+            space.virtual_free(&mut cx, b, 0, MEM_RELEASE).expect("release");
+        }
+        let root = space.destroy(&mut cx);
+        f.free(root).expect("root");
+    }
+    let (f, c) = (frames.lock().expect("frames"), charge.lock().expect("charge"));
+    assert_eq!((f.used_frames(), f.reserved_frames()), (start_used, 0), "[seed {seed:#x}] frames after teardown");
+    assert_eq!((c.committed_pages(), c.table_pages()), (0, 0), "[seed {seed:#x}] charge after teardown");
+}
