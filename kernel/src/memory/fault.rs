@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use address_space::frame::FrameSource;
 use address_space::{Access, FaultOutcome, PhysMemory};
 use x86_64::registers::control::Cr3;
+use x86_64::structures::paging::PhysFrame;
 
 use super::frames::KernelFrames;
 use super::manager;
@@ -98,44 +99,55 @@ pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdic
 }
 
 /// Resolves a fault at `addr` in `space` (`None`: the space is destroyed, or this CPU holds its
-/// lock, a kernel bug reported as a kernel fault; a fault taken while another CPU holds it waits,
-/// serving flush requests): the outcome, and whether a frame was mapped (demand-zero).
+/// lock exclusively, a kernel bug reported as a kernel fault; a fault taken while another CPU
+/// holds it waits, serving flush requests): the outcome, and whether a frame was mapped
+/// (demand-zero).
+///
+/// Faults hold the space lock **shared** (`AddressSpace::handle_fault_shared`, Linux's
+/// `mmap_read_lock` fault path), so faults on one space run on several CPUs at once; calls hold
+/// it exclusively and never see a fault half done.
 ///
 /// Demand-zero without zeroing under the lock (smp-and-dispatch §4(d), Linux
-/// `do_anonymous_page`): if the fault needs a new frame, one is taken from this CPU's frame cache
-/// under the space lock, zeroed after the lock is dropped, and offered to the space under the
-/// lock again (`handle_fault_with_zeroed`), which reads the entry anew: if a decommit, protect or
-/// another CPU's fault changed it meanwhile, the frame is not used and goes back; if it is used,
-/// the page's reserved frame goes back instead (to this CPU's kept reservation), so the counts are
-/// exactly those of a fault handled in one go. With no unreserved frame left, or for any fault
-/// that maps no frame (guard page, access violation, spurious), one pass under the lock.
+/// `do_anonymous_page`): if the fault needs a new frame, the first pass says so; a frame is taken
+/// from this CPU's frame cache and zeroed with no lock held, and offered to the space in a
+/// second pass, which reads the entry anew and installs the frame by compare-and-exchange: if a
+/// decommit, a protect or another CPU's fault changed the entry meanwhile, the frame is not used
+/// and goes back; if it is used, the page's reserved frame goes back instead (to this CPU's kept
+/// reservation), so the counts are exactly those of a fault handled in one go. With no
+/// unreserved frame left, the fault is handled exclusively (`handle_fault`: the page's reserved
+/// frame, zeroed under the lock).
 pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<(FaultOutcome, bool)> {
     if space.held_by_this_cpu() {
         return None;
     }
-    let first = space.with(|space, cx| {
-        if space.fault_needs_frame(cx.mem, addr, access) && let Ok(frame) = cx.frames.alloc() {
-            return Err(frame);
-        }
-        let populated_before = cx.counters.faults_resolved;
-        let outcome = space.handle_fault(cx, addr, access);
-        Ok((outcome, cx.counters.faults_resolved != populated_before))
-    })?;
-    let frame = match first {
-        Ok(resolved) => return Some(resolved),
-        Err(frame) => frame,
+    let shared_pass = |zeroed: &mut Option<PhysFrame>| {
+        space.with_shared(|space, cx| {
+            let populated_before = cx.counters.faults_resolved;
+            let outcome = space.handle_fault_shared(cx, addr, access, zeroed)?;
+            Some((outcome, cx.counters.faults_resolved != populated_before))
+        })
     };
-    // The frame is this CPU's alone (allocated, in no table): no lock needed.
-    let mut window = manager().window;
-    window.zero_frame(frame);
-    let mut zeroed = Some(frame);
-    let resolved = space.with(|space, cx| {
-        let populated_before = cx.counters.faults_resolved;
-        let outcome = space.handle_fault_with_zeroed(cx, addr, access, &mut zeroed);
-        (outcome, cx.counters.faults_resolved != populated_before)
-    });
-    if let Some(unused) = zeroed {
-        KernelFrames.free(unused).expect("the zeroed frame is allocated");
+    let mut resolved = shared_pass(&mut None)?;
+    if resolved.is_none()
+        && let Ok(frame) = KernelFrames.alloc()
+    {
+        // The frame is this CPU's alone (allocated, in no table): no lock needed.
+        let mut window = manager().window;
+        window.zero_frame(frame);
+        let mut zeroed = Some(frame);
+        let second = shared_pass(&mut zeroed);
+        if let Some(unused) = zeroed {
+            KernelFrames.free(unused).expect("the zeroed frame is allocated");
+        }
+        resolved = second?;
     }
-    resolved
+    match resolved {
+        Some(resolved) => Some(resolved),
+        // No unreserved frame to zero outside the lock: the reserved one, under it.
+        None => space.with(|space, cx| {
+            let populated_before = cx.counters.faults_resolved;
+            let outcome = space.handle_fault(cx, addr, access);
+            (outcome, cx.counters.faults_resolved != populated_before)
+        }),
+    }
 }

@@ -109,7 +109,7 @@ pub use config::{MemoryConfig, config};
 pub use fault::{PageFaultVerdict, fault_access, on_page_fault};
 pub use frames::{KernelCharge, KernelFrames};
 pub use space::Space;
-pub use lock::SpinLock;
+pub use lock::{RwSpinLock, SpinLock};
 pub use tlb::{KernelTlb, serve_flush_requests, shootdown_stats};
 
 use alloc::collections::BTreeMap;

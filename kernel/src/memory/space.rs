@@ -10,7 +10,8 @@ use x86_64::instructions::interrupts;
 use super::frames::{self, KernelCharge, KernelFrames};
 use super::tlb::{self, KERNEL_ROOT, cr3_root};
 use super::window::PhysWindow;
-use super::{KernelTlb, MAX_ALLOCATIONS_PER_SPACE, SpinLock, frame, kernel_tables, manager};
+use super::lock::RwSpinLock;
+use super::{KernelTlb, MAX_ALLOCATIONS_PER_SPACE, frame, kernel_tables, manager};
 use crate::arch::percpu::{self, MAX_CPUS};
 
 /// A guest address space: a handle to an `address_space::AddressSpace` registered with the
@@ -28,38 +29,52 @@ pub(super) struct SpaceShared {
     /// The space's set of CPUs running it (shared with the `AddressSpace`), so that
     /// [`Space::activate`] needs no lock.
     active: Arc<ActiveCpus>,
-    /// The space lock: the allocation map, the tables, the demand-zero reservation. `None` once
-    /// the space is destroyed.
-    space: SpinLock<Option<AddressSpace>>,
+    /// The space lock: the allocation map, the tables, the demand-zero reservation; held
+    /// exclusively by every call, shared by page faults. `None` once the space is destroyed.
+    space: RwSpinLock<Option<AddressSpace>>,
 }
 
 impl SpaceShared {
-    /// Runs `f` on the space with a context, holding the space lock (the frames and the charge
-    /// are locked per request by `KernelFrames` / `KernelCharge`); interrupts off meanwhile.
-    /// `None` if the space is destroyed.
+    /// Runs `f` on the space with a context, holding the space lock exclusively (the frames and
+    /// the charge are locked per request by `KernelFrames` / `KernelCharge`); interrupts off
+    /// meanwhile. `None` if the space is destroyed.
     pub(super) fn with<R>(&self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> Option<R> {
         interrupts::without_interrupts(|| {
-            let mut counters = WorkCounters::new();
-            let result = {
-                let mut guard = self.space.lock();
-                let space = guard.as_mut()?;
-                let mut tlb = KernelTlb::new(self.root);
-                let mut window = manager().window;
-                f(space, &mut VmContext { frames: &mut KernelFrames, mem: &mut window, tlb: &mut tlb, charge: &mut KernelCharge, counters: &mut counters })
-            };
-            frames::add_counters(&counters);
-            Some(result)
+            let mut guard = self.space.write();
+            let space = guard.as_mut()?;
+            Some(self.in_context(|cx| f(space, cx)))
         })
     }
 
-    /// Whether the CPU running this code holds the space lock.
+    /// As [`with`](Self::with), holding the space lock shared (the page-fault path:
+    /// `AddressSpace::handle_fault_shared`).
+    pub(super) fn with_shared<R>(&self, f: impl FnOnce(&AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> Option<R> {
+        interrupts::without_interrupts(|| {
+            let guard = self.space.read();
+            let space = guard.as_ref()?;
+            Some(self.in_context(|cx| f(space, cx)))
+        })
+    }
+
+    /// Runs `f` with a context for this space (the call's own TLB handle and work counters,
+    /// added to this CPU's afterwards).
+    fn in_context<R>(&self, f: impl FnOnce(&mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> R {
+        let mut counters = WorkCounters::new();
+        let mut tlb = KernelTlb::new(self.root);
+        let mut window = manager().window;
+        let result = f(&mut VmContext { frames: &mut KernelFrames, mem: &mut window, tlb: &mut tlb, charge: &mut KernelCharge, counters: &mut counters });
+        frames::add_counters(&counters);
+        result
+    }
+
+    /// Whether the CPU running this code holds the space lock exclusively.
     pub(super) fn held_by_this_cpu(&self) -> bool {
-        self.space.held_by_this_cpu()
+        self.space.written_by_this_cpu()
     }
 
     /// Page-table pages of the space, its root included (0 once destroyed).
     pub(super) fn table_pages(&self) -> u64 {
-        interrupts::without_interrupts(|| self.space.lock().as_ref().map_or(0, |s| 1 + s.table_pages()))
+        interrupts::without_interrupts(|| self.space.read().as_ref().map_or(0, |s| 1 + s.table_pages()))
     }
 }
 
@@ -106,7 +121,7 @@ impl Space {
             let entry = window.read_u64(PhysAddr::new(kernel_root + i * 8));
             window.write_u64(PhysAddr::new(root + i * 8), entry);
         }
-        let shared = Arc::new(SpaceShared { root, active: space.active_set(), space: SpinLock::new(Some(space)) });
+        let shared = Arc::new(SpaceShared { root, active: space.active_set(), space: RwSpinLock::new(Some(space)) });
         interrupts::without_interrupts(|| {
             frames::add_counters(&counters);
             manager.spaces.lock().insert(root, Arc::clone(&shared));
@@ -227,7 +242,7 @@ impl Drop for Space {
         let root = self.shared.root;
         interrupts::without_interrupts(|| {
             manager().spaces.lock().remove(&root);
-            let mut guard = self.shared.space.lock();
+            let mut guard = self.shared.space.write();
             // Every other CPU still running the space (idle ones that kept its root in CR3) loads
             // the kernel's table before the tables are freed (§4(b)); then none is left.
             let others = self.shared.active.get().without(percpu::this_cpu());
@@ -236,12 +251,8 @@ impl Drop for Space {
                 self.shared.active.deactivate(cpu);
             }
             if let Some(space) = guard.take() {
-                let mut tlb = KernelTlb::new(root);
-                let mut window = manager().window;
-                let mut counters = WorkCounters::new();
-                let root = space.destroy(&mut VmContext { frames: &mut KernelFrames, mem: &mut window, tlb: &mut tlb, charge: &mut KernelCharge, counters: &mut counters });
+                let root = self.shared.in_context(|cx| space.destroy(cx));
                 address_space::frame::FrameSource::free(&mut KernelFrames, root).expect("a space's root frame is allocated");
-                frames::add_counters(&counters);
             }
         })
     }

@@ -414,6 +414,15 @@ pub fn read_pte(mem: &impl PhysMemory, root: u64, va: u64) -> Pte {
     }
 }
 
+/// Returns the physical address of the leaf entry of the 4 KiB page at `va`, if its page table
+/// exists.
+pub fn pte_address(mem: &impl PhysMemory, root: u64, va: u64) -> Option<u64> {
+    match walk(mem, root, va) {
+        Leaf::Table(t) => Some(t + index(va, 0) * 8),
+        Leaf::Absent(_) | Leaf::Large(_) => None,
+    }
+}
+
 /// Calls `f(span_start, span_end, leaf)` for consecutive spans covering `[start, end)`: one per
 /// page table (at most 2 MiB), or one per absent subtree.
 pub fn visit(

@@ -61,7 +61,7 @@ pub use fault::{Access, CheckedUserWrite, FaultOutcome};
 pub use query::MemoryBasicInformation;
 
 use crate::allocation_map::WideMap;
-use crate::frame::{FrameReservation, FrameSource};
+use crate::frame::{FrameSource, SharedReservation};
 use crate::paging::table::{self, TableCensus, Tables};
 use crate::paging::tlb::{ActiveCpus, CpuSet, DEFAULT_FLUSH_THRESHOLD, Tlb, TlbBatch};
 use crate::placement::GapTree;
@@ -226,7 +226,7 @@ pub struct AddressSpace {
     reserved_bytes: u64,
     /// The frames promised to committed pages that have none yet (demand-zero): one per such
     /// page, taken when the page is first touched, given back when it is decommitted untouched.
-    demand_zero: FrameReservation,
+    demand_zero: SharedReservation,
     /// The CPUs that have this space's root in CR3: the targets of every TLB round.
     active: Arc<ActiveCpus>,
 }
@@ -264,7 +264,7 @@ impl AddressSpace {
             gaps: GapTree::new(config.min_address / ALLOCATION_GRANULARITY, config.max_address_end / ALLOCATION_GRANULARITY),
             table_pages: 0,
             reserved_bytes: 0,
-            demand_zero: FrameReservation::empty(),
+            demand_zero: SharedReservation::empty(),
             active: Arc::new(ActiveCpus::default()),
         })
     }
@@ -452,7 +452,7 @@ impl AddressSpace {
             assert_eq!(e, 0, "address space: PML4 entry {i} survives teardown");
         }
         // Every committed page is gone, and with it every promised frame.
-        cx.frames.unreserve(core::mem::replace(&mut self.demand_zero, FrameReservation::empty()));
+        cx.frames.unreserve(self.demand_zero.take_all());
         self.root
     }
 }

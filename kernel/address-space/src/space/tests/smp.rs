@@ -580,3 +580,232 @@ fn spaces_on_threads_share_frames_and_charge_exactly() {
     assert_eq!((f.used_frames(), f.reserved_frames()), (start_used, 0), "[seed {seed:#x}] frames after teardown");
     assert_eq!((c.committed_pages(), c.table_pages()), (0, 0), "[seed {seed:#x}] charge after teardown");
 }
+
+/// Four threads on one space behind a reader/writer lock, as the kernel holds it: page faults
+/// take it shared (`handle_fault_shared`, several at once), every other call exclusively. Each
+/// thread decommits, recommits, protects and touches the pages of its own region (checked
+/// against its own model: they are only its). And in rounds, all of them first-touch one fresh
+/// shared page at the same moment (a barrier), each writing its own slot of it: a second frame
+/// installed for the page would lose a write; some rounds' page is a guard page, which exactly
+/// one thread must get. After each round thread 0 checks the page and decommits and recommits it
+/// (exclusively). At the end the entries, frames, reservations and charge add up exactly.
+#[test]
+fn shared_faults_on_one_space_agree() {
+    const OWN: u64 = 64;
+    const SHARED_PAGES: u64 = 64;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let seed = seed();
+    let rounds: u64 = std::env::var("AS_CONC_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000) / 2;
+    std::eprintln!("shared-fault test: AS_CONC_SEED={seed:#x}, {THREADS} threads x {rounds} rounds");
+    let ram = Mutex::new(SimPhysMemory::new(RAM_BASE, 16 << 20));
+    let frames = Mutex::new(FrameAllocator::new(&[ram.lock().expect("ram").range()]));
+    let start_used = frames.lock().expect("frames").used_frames();
+    let charge = Mutex::new(CommitCharge::new(10_000, 0));
+    let mut mem = SharedRam(&ram);
+    let mut setup = CachedFrames { cache: crate::frame::FrameCache::new(), global: &frames };
+    let (mut tlb, mut counters) = (crate::sim::TlbModel::new(), WorkCounters::default());
+    let mut space = AddressSpace::new(cfg(), &mut setup, &mut mem, &mut counters).expect("space");
+    let shared_base = BASE + THREADS as u64 * OWN * 0x1000;
+    {
+        let mut cx = VmContext { frames: &mut setup, mem: &mut mem, tlb: &mut tlb, charge: &mut LockedCharge(&charge), counters: &mut counters };
+        let all = (THREADS as u64 * OWN + SHARED_PAGES) * 0x1000;
+        space.virtual_alloc(&mut cx, BASE, all, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).expect("commit");
+    }
+    setup.cache.drain(&frames);
+    let root = space.root().start_address().as_u64();
+    let space = std::sync::RwLock::new(space);
+    let barrier = Rendezvous::default();
+    let guards_hit = AtomicU64::new(0);
+
+    /// A guest access through the shared fault path: the MMU's check, else a fault under the
+    /// read lock (with a zeroed frame when it asks for one), until it is done or refused.
+    fn touch(space: &std::sync::RwLock<AddressSpace>, cx: &mut VmContext<'_, SharedRam<'_>, crate::sim::TlbModel>, root: u64, addr: u64, access: Access) -> Result<x86_64::PhysAddr, FaultOutcome> {
+        let mut zeroed = None;
+        let result = loop {
+            let s = space.read().expect("space");
+            let e = table::read_pte(cx.mem, root, addr);
+            if e.is_present() && access.allowed_by(e.prot()) {
+                break Ok(x86_64::PhysAddr::new(e.frame().expect("present") + (addr & 0xFFF)));
+            }
+            match s.handle_fault_shared(cx, addr, access, &mut zeroed) {
+                Some(FaultOutcome::Resolved) => {}
+                Some(refused) => break Err(refused),
+                None => {
+                    drop(s);
+                    let f = cx.frames.alloc().expect("frame");
+                    cx.mem.zero_frame(f);
+                    zeroed = Some(f);
+                }
+            }
+        };
+        if let Some(f) = zeroed {
+            cx.frames.free(f).expect("unused zeroed frame");
+        }
+        result
+    }
+
+    /// Per own page of a thread: committed, writable, has a frame, value.
+    type OwnPages = Vec<(bool, bool, bool, u64)>;
+    let (guards, finals): (u64, Vec<OwnPages>) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (ram, frames, charge, space, barrier, guards_hit) = (&ram, &frames, &charge, &space, &barrier, &guards_hit);
+                scope.spawn(move || {
+                    let _failing = barrier.fails_with_this_thread();
+                    let mut r = Rng(seed ^ (t as u64 + 7).wrapping_mul(0x2545_F491_4F6C_DD1D));
+                    let mut src = CachedFrames { cache: crate::frame::FrameCache::new(), global: frames };
+                    let (mut mem, mut tlb, mut counters) = (SharedRam(ram), crate::sim::TlbModel::new(), WorkCounters::default());
+                    let own = BASE + t as u64 * OWN * 0x1000;
+                    let mut model: OwnPages = vec![(true, true, false, 0u64); OWN as usize];
+                    let (mut guarded, mut guards) = (false, 0);
+                    for i in 0..rounds {
+                        let mut cx = VmContext { frames: &mut src, mem: &mut mem, tlb: &mut tlb, charge: &mut LockedCharge(charge), counters: &mut counters };
+                        // One call of its own.
+                        let p = r.below(OWN);
+                        let page = own + p * 0x1000;
+                        let m = &mut model[p as usize];
+                        match r.below(100) {
+                            0..=14 => {
+                                space.write().expect("space").virtual_free(&mut cx, page, 0x1000, MEM_DECOMMIT).expect("decommit");
+                                *m = (false, false, false, 0);
+                            }
+                            15..=29 => {
+                                space.write().expect("space").virtual_alloc(&mut cx, page, 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).expect("commit");
+                                *m = if m.0 { (true, true, m.2, m.3) } else { (true, true, false, 0) };
+                            }
+                            30..=44 => {
+                                let writable = r.below(2) == 0;
+                                let got = space.write().expect("space").virtual_protect(&mut cx, page, 0x1000, if writable { PAGE_READWRITE } else { PAGE_READONLY });
+                                assert_eq!(got.is_ok(), m.0, "[seed {seed:#x}] thread {t} round {i}: protect of {page:#x}");
+                                if m.0 {
+                                    m.1 = writable;
+                                }
+                            }
+                            _ => {
+                                let write = r.below(2) == 0;
+                                let value = r.next();
+                                match touch(space, &mut cx, root, page, if write { Access::Write } else { Access::Read }) {
+                                    Ok(pa) if m.0 && (m.1 || !write) => {
+                                        if write {
+                                            cx.mem.write_bytes(pa, &value.to_le_bytes());
+                                            m.3 = value;
+                                        }
+                                        let mut b = [0u8; 8];
+                                        cx.mem.read_bytes(pa, &mut b);
+                                        assert_eq!(u64::from_le_bytes(b), m.3, "[seed {seed:#x}] thread {t} round {i}: value of {page:#x}");
+                                        m.2 = true;
+                                    }
+                                    Err(FaultOutcome::AccessViolation { .. }) if !(m.0 && (m.1 || !write)) => {}
+                                    other => panic!("[seed {seed:#x}] thread {t} round {i}: touch of {page:#x} (model {m:?}): {other:x?}"),
+                                }
+                            }
+                        }
+                        // Everyone first-touches the round's shared page at once.
+                        let shared = shared_base + (i % SHARED_PAGES) * 0x1000;
+                        barrier.wait(THREADS);
+                        let slot = shared + t as u64 * 8;
+                        let pa = match touch(space, &mut cx, root, slot, Access::Write) {
+                            Ok(pa) => pa,
+                            Err(FaultOutcome::GuardPage { .. }) => {
+                                guards_hit.fetch_add(1, Relaxed);
+                                touch(space, &mut cx, root, slot, Access::Write).expect("the guard is gone")
+                            }
+                            Err(other) => panic!("[seed {seed:#x}] thread {t} round {i}: shared page: {other:x?}"),
+                        };
+                        cx.mem.write_bytes(pa, &(i * 16 + t as u64 + 1).to_le_bytes());
+                        barrier.wait(THREADS);
+                        if t == 0 {
+                            let e = table::read_pte(cx.mem, root, shared);
+                            for other in 0..THREADS as u64 {
+                                let mut b = [0u8; 8];
+                                cx.mem.read_bytes(x86_64::PhysAddr::new(e.frame().expect("frame") + other * 8), &mut b);
+                                assert_eq!(u64::from_le_bytes(b), i * 16 + other + 1, "[seed {seed:#x}] round {i}: thread {other}'s write to the shared page was lost");
+                            }
+                            assert_eq!(guards_hit.swap(0, Relaxed), u64::from(guarded), "[seed {seed:#x}] round {i}: guard reports");
+                            guards += u64::from(guarded);
+                            // The next round's page: fresh, a guard page now and then.
+                            let next = shared_base + ((i + 1) % SHARED_PAGES) * 0x1000;
+                            guarded = r.below(4) == 0;
+                            let prot = if guarded { PAGE_READWRITE | PAGE_GUARD } else { PAGE_READWRITE };
+                            let mut s = space.write().expect("space");
+                            s.virtual_free(&mut cx, next, 0x1000, MEM_DECOMMIT).expect("decommit");
+                            s.virtual_alloc(&mut cx, next, 0x1000, MEM_COMMIT, prot, CriticalLevel::Task).expect("commit");
+                        }
+                        barrier.wait(THREADS);
+                    }
+                    src.cache.drain(frames);
+                    (guards, model)
+                })
+            })
+            .collect();
+        let finals: Vec<_> = handles.into_iter().map(|h| h.join().expect("a thread failed")).collect();
+        (finals.iter().map(|f| f.0).sum(), finals.into_iter().map(|f| f.1).collect())
+    });
+    let mut space = space.into_inner().expect("space");
+    // The shared pages: every one committed; the one of the last round holds a frame unless
+    // it was refreshed after (the last round refreshes the next page only).
+    let last = shared_base + ((rounds - 1) % SHARED_PAGES) * 0x1000;
+    let shared_framed: u64 = (0..SHARED_PAGES).filter(|p| table::read_pte(&mem, root, shared_base + p * 0x1000).frame().is_some()).count() as u64;
+    assert!(table::read_pte(&mem, root, last).frame().is_some(), "[seed {seed:#x}] the last round's page");
+    let own_committed: u64 = finals.iter().map(|m| m.iter().filter(|p| p.0).count() as u64).sum();
+    let own_framed: u64 = finals.iter().map(|m| m.iter().filter(|p| p.2).count() as u64).sum();
+    let census = table::census(&mem, root, |_, _| {}, |_, _| {});
+    let (committed, framed) = (own_committed + SHARED_PAGES, own_framed + shared_framed);
+    assert_eq!((census.committed_pages, census.pages_with_frame, census.bad_counts), (committed, framed, 0), "[seed {seed:#x}] entries");
+    assert_eq!(space.demand_zero_frames(), committed - framed, "[seed {seed:#x}] frames the space holds promised");
+    {
+        let (f, c) = (frames.lock().expect("frames"), charge.lock().expect("charge"));
+        assert_eq!(f.reserved_frames(), committed - framed, "[seed {seed:#x}] reserved frames");
+        assert_eq!(f.used_frames() - start_used, framed + census.table_pages + 1, "[seed {seed:#x}] frames in use");
+        assert_eq!(c.committed_pages(), committed, "[seed {seed:#x}] charge");
+    }
+    std::eprintln!("shared-fault test: {rounds} rounds of {THREADS} first touches at once ({guards} on guard pages); {committed} committed, {framed} with a frame");
+    assert!(guards > 0, "no round had a guard page");
+    let mut f = frames.lock().expect("frames");
+    let mut c = charge.lock().expect("charge");
+    let mut cx = VmContext { frames: &mut *f, mem: &mut mem, tlb: &mut tlb, charge: &mut *c, counters: &mut counters };
+    space.virtual_free(&mut cx, BASE, 0, MEM_RELEASE).expect("release");
+    let root = space.destroy(&mut cx);
+    f.free(root).expect("root");
+    assert_eq!((f.used_frames(), f.reserved_frames(), c.committed_pages(), c.table_pages()), (start_used, 0, 0, 0), "[seed {seed:#x}] after teardown");
+}
+
+/// A barrier that a failing thread breaks: the others then fail too, instead of waiting forever.
+#[derive(Default)]
+struct Rendezvous {
+    arrived: std::sync::atomic::AtomicUsize,
+    generation: std::sync::atomic::AtomicUsize,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+/// Breaks its [`Rendezvous`] if dropped while its thread panics.
+struct FailsRendezvous<'a>(&'a Rendezvous);
+
+impl Drop for FailsRendezvous<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Rendezvous {
+    fn fails_with_this_thread(&self) -> FailsRendezvous<'_> {
+        FailsRendezvous(self)
+    }
+
+    /// Returns once `n` threads called it (this time round).
+    fn wait(&self, n: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let generation = self.generation.load(SeqCst);
+        if self.arrived.fetch_add(1, SeqCst) + 1 == n {
+            self.arrived.store(0, SeqCst);
+            self.generation.fetch_add(1, SeqCst);
+            return;
+        }
+        while self.generation.load(SeqCst) == generation {
+            assert!(!self.failed.load(SeqCst), "another thread failed");
+            std::thread::yield_now();
+        }
+    }
+}
