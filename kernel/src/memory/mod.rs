@@ -36,14 +36,14 @@
 //!
 //! # Locking and concurrency (every CPU)
 //!
-//! Every lock below is a fair [`SpinLock`] (ticket lock; uncontended: one locked add), taken
-//! with interrupts off. Disjoint work — two spaces, or two threads of one space making calls one
-//! after the other — shares no lock but the short charge lock (a commit or a decommit) and, once
-//! per 32 frames, the frames lock.
+//! Every lock below is a fair [`SpinLock`] (ticket lock; uncontended: one locked add) or, for
+//! a space, a fair [`RwSpinLock`], taken with interrupts off. Disjoint work — two spaces, or
+//! faults of several threads in one space — shares no lock but the short charge lock (a commit or
+//! a decommit) and, once per 32 frames, the frames lock.
 //!
 //! | lock | protects | taken by |
 //! | --- | --- | --- |
-//! | **space lock**, one per space (`SpaceShared::space`) | the space's allocation map and gap tree, its lower-half page tables (every entry write, table creation and freeing), its demand-zero reservation and table-page count | every [`Space`] call, from its first check to the end of its TLB round and its frees; page faults on the space; [`with_mm`] (briefly, to count tables) |
+//! | **space lock**, one per space (`SpaceShared::space`, an [`RwSpinLock`]) | the space's allocation map and gap tree, its lower-half page tables (every entry write, table creation and freeing), its demand-zero reservation and table-page count | exclusively: every [`Space`] call, from its first check to the end of its TLB round and its frees; shared: page faults on the space, [`with_mm`] (briefly, to count tables) |
 //! | **CPU frames**, one per CPU (`frames.rs`) | the CPU's `FrameCache` (≤ 64 free frames) and the reservation it keeps back for its next commit (≤ 32) | its own CPU: single-frame alloc/free (page tables, demand-zero frames, everything a round frees), small reserve/unreserve; [`with_mm`] drains them all |
 //! | **charge lock** (`Manager::charge`) | the [`CommitCharge`]: committed pages, tables charged, limit | per request: a commit's check-and-charge (one step), a decommit's uncharge; [`commit_state`], [`set_commit_limit`] |
 //! | **frames lock** (`Manager::frames`) | the `FrameAllocator` (bitmap, reservations), the kernel's own tables and kernel-stack slots | per request: cache refills and drains (32 frames each), large pages, reservations beyond the CPU's kept ones; kernel stacks |
@@ -78,12 +78,21 @@
 //!   CPU's frames back first, so its figures (and the tests' before/after counts) are exact.
 //! - **A page fault** (ring 0: [`on_page_fault`]; ring 3: [`Space::handle_fault`]) finds its
 //!   space through this CPU's running space (no shared lock), else the registry, and takes that
-//!   space's lock to resolve the fault. A demand-zero fault takes it twice: once to take a frame
-//!   from this CPU's cache, then — after zeroing the frame with no lock held — to install it, the
-//!   entry read anew (§4(d)); if the page changed meanwhile the frame goes back. The page's
-//!   reserved frame goes to this CPU's kept reservation: the common fault path takes no global
-//!   lock. A fault taken while this CPU holds the space's lock is a kernel bug and is reported as
-//!   a kernel fault.
+//!   space's lock **shared** (Linux's `mmap_read_lock` fault path): faults on one space run on
+//!   several CPUs at once, and change only non-present entries (a first touch, a guard disarmed),
+//!   by `lock cmpxchg` of the entry they read (`AddressSpace::handle_fault_shared`); the one that
+//!   loses a race does nothing and retries the access. The tables exist (commit made them), so a
+//!   fault creates none and needs no round. A demand-zero fault takes the lock twice: once to
+//!   learn it needs a frame, then — after taking one from this CPU's cache and zeroing it with no
+//!   lock held — to install it, the entry read anew (§4(d)); if the page changed meanwhile the
+//!   frame goes back. The page's reserved frame comes out of the space's atomic reservation into
+//!   this CPU's kept reservation: the common fault path takes no global lock. (With no
+//!   unreserved frame left, the fault is handled exclusively with the reserved frame.) A call
+//!   holds the lock exclusively, so it never sees a fault half done. A fault taken while this CPU
+//!   holds the space's lock exclusively is a kernel bug and is reported as a kernel fault.
+//! - **Not done:** a narrowing call (decommit, release, protect) keeps the lock exclusive through
+//!   its TLB round and frees (Linux's munmap downgrades to shared for them): faults on other
+//!   regions of the space wait for the round.
 //! - **TLB shootdown** (`tlb.rs`): one round per call, by IPI to exactly the other CPUs in the
 //!   space's set (idle CPUs with its root still in CR3 included), pages or a full flush per the
 //!   crate's threshold; none when no other CPU runs the space. A space is destroyed only after

@@ -195,11 +195,7 @@ impl AddressSpace {
     ) -> FaultOutcome {
         match self.decide_fault(cx.mem, addr, access) {
             FaultAction::Refuse => FaultOutcome::AccessViolation { access, address: addr },
-            FaultAction::Spurious(page) => {
-                cx.tlb.invalidate_page(x86_64::VirtAddr::new_truncate(page));
-                cx.counters.invlpg += 1;
-                FaultOutcome::Resolved
-            }
+            FaultAction::Spurious(page) => Self::drop_stale(cx, page),
             FaultAction::DisarmGuard(page, e, a) => {
                 self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache));
                 FaultOutcome::GuardPage { access, address: addr }
@@ -239,11 +235,7 @@ impl AddressSpace {
     ) -> Option<FaultOutcome> {
         Some(match self.decide_fault(cx.mem, addr, access) {
             FaultAction::Refuse => FaultOutcome::AccessViolation { access, address: addr },
-            FaultAction::Spurious(page) => {
-                cx.tlb.invalidate_page(x86_64::VirtAddr::new_truncate(page));
-                cx.counters.invlpg += 1;
-                FaultOutcome::Resolved
-            }
+            FaultAction::Spurious(page) => Self::drop_stale(cx, page),
             FaultAction::DisarmGuard(page, e, a) => {
                 if self.replace_entry(cx, page, e, e.with_protection(e.prot(), false, a.cache)) {
                     FaultOutcome::GuardPage { access, address: addr }
@@ -264,6 +256,14 @@ impl AddressSpace {
                 FaultOutcome::Resolved
             }
         })
+    }
+
+    /// A fault on a page that allows the access: this CPU's TLB held a stale, more restrictive
+    /// entry; it is invalidated and the access retried.
+    fn drop_stale<M: PhysMemory, T: Tlb>(cx: &mut VmContext<'_, M, T>, page: u64) -> FaultOutcome {
+        cx.tlb.invalidate_page(x86_64::VirtAddr::new_truncate(page));
+        cx.counters.invlpg += 1;
+        FaultOutcome::Resolved
     }
 
     /// Replaces the leaf entry of `page` by `new` if it still is `old` (one compare-and-exchange;

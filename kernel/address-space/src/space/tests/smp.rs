@@ -46,17 +46,7 @@ impl World {
 
     /// A guest access of the u64 at `addr` on CPU `cpu` (writes store `value`).
     fn touch(&mut self, cpu: usize, addr: u64, access: Access, value: u64) -> Result<u64, FaultOutcome> {
-        match self.on(cpu, |s, cx| sim_access(s, cx, addr, access)) {
-            SimAccess::Done(pa) => {
-                if access == Access::Write {
-                    self.mem.write_bytes(pa, &value.to_le_bytes());
-                }
-                let mut b = [0u8; 8];
-                self.mem.read_bytes(pa, &mut b);
-                Ok(u64::from_le_bytes(b))
-            }
-            SimAccess::Fault(f) => Err(f),
-        }
+        self.on(cpu, |s, cx| sim_touch(s, cx, addr, access, value))
     }
 
     fn stale(&self) -> Vec<(usize, u64)> {
@@ -236,6 +226,22 @@ fn a_d_bit_set_by_another_cpu_during_an_update_is_kept() {
     let n = w.on(0, |s, cx| s.get_write_watch(cx, 0, a, 0x2000, &mut out)).unwrap();
     assert_eq!(&out[..n], &[a], "the concurrent write's mark was lost");
     w.teardown();
+}
+
+/// A guest access of the u64 at `addr` (writes store `value`), as the MMU would make it: the
+/// value read after, or the fault that refused it.
+fn sim_touch<M: PhysMemory, T: crate::sim::SimTlb>(space: &mut AddressSpace, cx: &mut VmContext<'_, M, T>, addr: u64, access: Access, value: u64) -> Result<u64, FaultOutcome> {
+    match sim_access(space, cx, addr, access) {
+        SimAccess::Done(pa) => {
+            if access == Access::Write {
+                cx.mem.write_bytes(pa, &value.to_le_bytes());
+            }
+            let mut b = [0u8; 8];
+            cx.mem.read_bytes(pa, &mut b);
+            Ok(u64::from_le_bytes(b))
+        }
+        SimAccess::Fault(f) => Err(f),
+    }
 }
 
 /// One call as it took effect, in lock order.
@@ -507,18 +513,7 @@ fn spaces_on_threads_share_frames_and_charge_exactly() {
                             _ => {
                                 let access = if r.below(2) == 0 { Access::Read } else { Access::Write };
                                 let value = r.next();
-                                let got = match sim_access(&mut space, &mut cx, page, access) {
-                                    SimAccess::Done(pa) => {
-                                        if access == Access::Write {
-                                            cx.mem.write_bytes(pa, &value.to_le_bytes());
-                                        }
-                                        let mut b = [0u8; 8];
-                                        cx.mem.read_bytes(pa, &mut b);
-                                        Ok(u64::from_le_bytes(b))
-                                    }
-                                    SimAccess::Fault(f) => Err(f),
-                                };
-                                Op::Touch { addr: page, access, value, got }
+                                Op::Touch { addr: page, access, value, got: sim_touch(&mut space, &mut cx, page, access, value) }
                             }
                         };
                         let over = { let c = charge.lock().expect("charge"); c.committed_pages() + c.table_pages() > LIMIT };
