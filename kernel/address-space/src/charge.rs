@@ -165,6 +165,18 @@ impl CommitCharge {
         self.table_pages += tables;
     }
 
+    /// Checks and charges `pages` guest pages and `tables` table pages in one step
+    /// ([`check`](Self::check), then the charge): nothing changes on error.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check).
+    pub(crate) fn try_charge(&mut self, pages: u64, tables: u64, level: CriticalLevel) -> Result<(), VmError> {
+        self.check(pages, tables, level)?;
+        self.charge(pages, tables);
+        Ok(())
+    }
+
     /// Gives back the charge of `tables` freed table pages.
     ///
     /// # Panics
@@ -196,6 +208,47 @@ impl CommitCharge {
             return 100;
         }
         ((self.total().min(self.limit_pages) * 100) / self.limit_pages) as u32
+    }
+}
+
+/// How an address-space operation reaches the commit charge: through the
+/// [`VmContext`](crate::VmContext)'s `charge`, a `&mut dyn ChargeSource`. A [`CommitCharge`] is
+/// one (the operation owns it for the call). A kernel that shares the charge between CPUs
+/// implements [`with_charge`](Self::with_charge) over its lock, taken once per request, so that
+/// a commit's check and charge ([`try_charge`](Self::try_charge)) are one step under it: two
+/// spaces committing at once can never both pass the check and together exceed the limit.
+pub trait ChargeSource {
+    /// Runs `f` on the charge, which no one else changes meanwhile.
+    fn with_charge(&mut self, f: &mut dyn FnMut(&mut CommitCharge));
+
+    /// Checks and charges `pages` guest pages and `tables` table pages at once.
+    ///
+    /// # Errors
+    ///
+    /// [`VmError::CommitmentLimit`] when the charge would pass the cap of `level`; nothing
+    /// changes then.
+    fn try_charge(&mut self, pages: u64, tables: u64, level: CriticalLevel) -> Result<(), VmError> {
+        let mut result = Ok(());
+        self.with_charge(&mut |c| result = c.try_charge(pages, tables, level));
+        result
+    }
+
+    /// Gives back the charge of `pages` guest pages and `tables` table pages.
+    ///
+    /// # Panics
+    ///
+    /// If more are given back than are charged (a kernel bug).
+    fn uncharge(&mut self, pages: u64, tables: u64) {
+        self.with_charge(&mut |c| {
+            c.uncharge(pages);
+            c.uncharge_tables(tables);
+        });
+    }
+}
+
+impl ChargeSource for CommitCharge {
+    fn with_charge(&mut self, f: &mut dyn FnMut(&mut CommitCharge)) {
+        f(self)
     }
 }
 

@@ -22,3 +22,35 @@ pub struct WorkCounters {
     /// Inter-processor interrupts those rounds needed: the target CPUs other than the caller's.
     pub shootdown_ipis: u64,
 }
+
+impl WorkCounters {
+    /// All zero (a `const` [`Default`], for per-CPU statics).
+    pub const fn new() -> Self {
+        WorkCounters {
+            pte_writes: 0,
+            invlpg: 0,
+            full_flushes: 0,
+            frames_zeroed: 0,
+            table_pages_allocated: 0,
+            table_pages_freed: 0,
+            faults_resolved: 0,
+            shootdown_rounds: 0,
+            shootdown_ipis: 0,
+        }
+    }
+}
+
+/// Adds the counts of one call (or one CPU) to a total.
+impl core::ops::AddAssign<&WorkCounters> for WorkCounters {
+    fn add_assign(&mut self, o: &WorkCounters) {
+        self.pte_writes += o.pte_writes;
+        self.invlpg += o.invlpg;
+        self.full_flushes += o.full_flushes;
+        self.frames_zeroed += o.frames_zeroed;
+        self.table_pages_allocated += o.table_pages_allocated;
+        self.table_pages_freed += o.table_pages_freed;
+        self.faults_resolved += o.faults_resolved;
+        self.shootdown_rounds += o.shootdown_rounds;
+        self.shootdown_ipis += o.shootdown_ipis;
+    }
+}

@@ -230,7 +230,7 @@ pub struct Support {
     pub window_offset: u64,
     /// Whether the window maps `[pa, pa + len)`.
     pub window_covers: fn(u64, u64) -> bool,
-    /// Runs a closure with physical memory (through the window, under the memory manager's lock).
+    /// Runs a closure with physical memory (through the window).
     pub with_phys: fn(&mut PhysAccess),
     /// A kernel stack with a guard page, kept for the whole run: its top (`None`: out of memory).
     pub kernel_stack: fn() -> Option<u64>,

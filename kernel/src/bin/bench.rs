@@ -308,7 +308,7 @@ struct Figure {
 }
 
 fn counters() -> WorkCounters {
-    memory::with_mm(|mm| mm.counters)
+    memory::work_counters()
 }
 
 /// Runs `f` once, returning the TSC cycles and the work it did.

@@ -4,15 +4,15 @@
 use address_space::{CommitCharge, CriticalLevel};
 use host_abi::win32::PAGE_SIZE;
 
-use super::{MemoryManager, config, with_mm};
+use super::{MemoryManager, config, manager, with_mm};
 
-impl MemoryManager {
+impl MemoryManager<'_> {
     /// The figures of [`Accounting`].
     pub fn accounting(&self) -> Accounting {
         let (heap_used, heap_free) = crate::heap::usage();
         Accounting {
-            ram_bytes: self.ram_bytes,
-            usable_bytes: self.usable_bytes,
+            ram_bytes: self.manager.ram_bytes,
+            usable_bytes: self.manager.usable_bytes,
             managed_bytes: self.frames.total_frames() * PAGE_SIZE,
             free_bytes: self.frames.free_frames() * PAGE_SIZE,
             committed_bytes: self.charge.committed_pages() * PAGE_SIZE,
@@ -21,8 +21,8 @@ impl MemoryManager {
             page_table_pages: self.page_table_pages(),
             kernel_heap_used: heap_used as u64,
             kernel_heap_size: (heap_used + heap_free) as u64,
-            boot_frames_returned: self.boot_frames_returned,
-            spaces: self.spaces.len(),
+            boot_frames_returned: self.manager.boot_frames_returned,
+            spaces: self.spaces,
         }
     }
 }
@@ -61,15 +61,16 @@ pub struct Accounting {
 /// limit never drops below what is charged, and never raises the limit above what the frames allow
 /// (the limit set at boot).
 pub fn set_commit_limit(pages: u64) -> bool {
-    with_mm(|mm| {
-        if mm.charge.committed_pages() != 0 {
+    let manager = manager();
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut charge = manager.charge.lock();
+        if charge.committed_pages() != 0 {
             return false;
         }
-        let ceiling = mm.boot_commit_limit;
-        let limit = pages.min(ceiling);
+        let limit = pages.min(manager.boot_commit_limit);
         // The frames the limit gives up (or takes back) go to (or come from) the table allowance.
-        let table_allowance = mm.charge.table_allowance() + mm.charge.system_limit_pages() - limit;
-        mm.charge = CommitCharge::new(limit, limit * config().critical_reserve_percent / 100).with_table_allowance(table_allowance);
+        let table_allowance = charge.table_allowance() + charge.system_limit_pages() - limit;
+        *charge = CommitCharge::new(limit, limit * config().critical_reserve_percent / 100).with_table_allowance(table_allowance);
         true
     })
 }
@@ -116,8 +117,8 @@ impl CommitState {
 
 /// The commit state now.
 pub fn commit_state() -> CommitState {
-    with_mm(|mm| {
-        let c: &CommitCharge = &mm.charge;
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let c = manager().charge.lock();
         CommitState {
             limit_bytes: c.limit_pages() * PAGE_SIZE,
             committed_bytes: c.committed_pages() * PAGE_SIZE,

@@ -4,10 +4,14 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use address_space::frame::FrameSource;
 use address_space::{Access, FaultOutcome, PhysMemory};
 use x86_64::registers::control::Cr3;
+use x86_64::structures::paging::PhysFrame;
 
-use super::MM;
+use super::frames::KernelFrames;
+use super::manager;
+use super::space::SpaceShared;
 use crate::arch::cpu;
 use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::probe::{self, MemoryFault};
@@ -64,13 +68,11 @@ pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdic
             return violation(MemoryFault::ACCESS_VIOLATION);
         }
     }
-    // A fault taken while this CPU holds the manager's lock is a kernel bug (reported as a
-    // kernel fault); one taken while another CPU holds it waits, serving flush requests.
-    if MM.held_by_this_cpu() {
-        return PageFaultVerdict::NotGuestMemory;
-    }
     let root = Cr3::read().0.start_address().as_u64();
-    let Some((outcome, populated)) = resolve(root, addr, access) else {
+    let Some(space) = super::space::find(root) else {
+        return PageFaultVerdict::NotGuestMemory;
+    };
+    let Some((outcome, populated)) = resolve(&space, addr, access) else {
         return PageFaultVerdict::NotGuestMemory;
     };
     let cpu = percpu::this_cpu();
@@ -96,49 +98,56 @@ pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdic
     }
 }
 
-/// Resolves a fault at `addr` in the space with root `root` (`None`: no such space, or the
-/// manager is not up): the outcome, and whether a frame was mapped (demand-zero).
+/// Resolves a fault at `addr` in `space` (`None`: the space is destroyed, or this CPU holds its
+/// lock exclusively, a kernel bug reported as a kernel fault; a fault taken while another CPU
+/// holds it waits, serving flush requests): the outcome, and whether a frame was mapped
+/// (demand-zero).
+///
+/// Faults hold the space lock **shared** (`AddressSpace::handle_fault_shared`, Linux's
+/// `mmap_read_lock` fault path), so faults on one space run on several CPUs at once; calls hold
+/// it exclusively and never see a fault half done.
 ///
 /// Demand-zero without zeroing under the lock (smp-and-dispatch §4(d), Linux
-/// `do_anonymous_page`): if the fault needs a new frame, one is taken from the allocator's
-/// unreserved pool under the lock, zeroed after the lock is dropped, and offered to the space
-/// under the lock again (`handle_fault_with_zeroed`), which reads the entry anew: if a decommit,
-/// protect or another CPU's fault changed it meanwhile, the frame is not used and goes back to
-/// the allocator; if it is used, the page's reserved frame goes back instead, so the counts are
-/// exactly those of a fault handled in one go. With no unreserved frame left, or for any fault
-/// that maps no frame (guard page, access violation, spurious), one pass under the lock.
-pub(super) fn resolve(root: u64, addr: u64, access: Access) -> Option<(FaultOutcome, bool)> {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut zeroed = None;
-        let window = {
-            let mut guard = MM.lock();
-            let mm = guard.as_mut()?;
-            if let Some(outcome) = mm.with_space(root, |space, cx| {
-                if space.fault_needs_frame(cx.mem, addr, access) && let Ok(frame) = cx.frames.alloc() {
-                    zeroed = Some(frame);
-                    return None;
-                }
-                let populated_before = cx.counters.faults_resolved;
-                let outcome = space.handle_fault(cx, addr, access);
-                Some((outcome, cx.counters.faults_resolved != populated_before))
-            })? {
-                return Some(outcome);
-            }
-            mm.window
-        };
-        let mut window = window;
-        if let Some(frame) = zeroed {
-            // The frame is this CPU's alone (allocated, in no table): no lock needed.
-            window.zero_frame(frame);
-        }
-        let mut guard = MM.lock();
-        let mm = guard.as_mut()?;
-        let populated_before = mm.counters.faults_resolved;
-        let outcome = mm.with_space(root, |space, cx| space.handle_fault_with_zeroed(cx, addr, access, &mut zeroed));
-        let populated = mm.counters.faults_resolved != populated_before;
+/// `do_anonymous_page`): if the fault needs a new frame, the first pass says so; a frame is taken
+/// from this CPU's frame cache and zeroed with no lock held, and offered to the space in a
+/// second pass, which reads the entry anew and installs the frame by compare-and-exchange: if a
+/// decommit, a protect or another CPU's fault changed the entry meanwhile, the frame is not used
+/// and goes back; if it is used, the page's reserved frame goes back instead (to this CPU's kept
+/// reservation), so the counts are exactly those of a fault handled in one go. With no
+/// unreserved frame left, the fault is handled exclusively (`handle_fault`: the page's reserved
+/// frame, zeroed under the lock).
+pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<(FaultOutcome, bool)> {
+    if space.held_by_this_cpu() {
+        return None;
+    }
+    let shared_pass = |zeroed: &mut Option<PhysFrame>| {
+        space.with_shared(|space, cx| {
+            let populated_before = cx.counters.faults_resolved;
+            let outcome = space.handle_fault_shared(cx, addr, access, zeroed)?;
+            Some((outcome, cx.counters.faults_resolved != populated_before))
+        })
+    };
+    let mut resolved = shared_pass(&mut None)?;
+    if resolved.is_none()
+        && let Ok(frame) = KernelFrames.alloc()
+    {
+        // The frame is this CPU's alone (allocated, in no table): no lock needed.
+        let mut window = manager().window;
+        window.zero_frame(frame);
+        let mut zeroed = Some(frame);
+        let second = shared_pass(&mut zeroed);
         if let Some(unused) = zeroed {
-            mm.frames.free(unused).expect("the zeroed frame is allocated");
+            KernelFrames.free(unused).expect("the zeroed frame is allocated");
         }
-        Some((outcome?, populated))
-    })
+        resolved = second?;
+    }
+    match resolved {
+        Some(resolved) => Some(resolved),
+        // No unreserved frame to zero outside the lock: the reserved one, under it.
+        None => space.with(|space, cx| {
+            let populated_before = cx.counters.faults_resolved;
+            let outcome = space.handle_fault(cx, addr, access);
+            (outcome, cx.counters.faults_resolved != populated_before)
+        }),
+    }
 }

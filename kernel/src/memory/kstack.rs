@@ -12,7 +12,7 @@ use x86_64::VirtAddr;
 use x86_64::structures::paging::{Mapper, OffsetPageTable, Page, PageTableFlags as F, Size4KiB};
 
 use super::kernel_tables::{TableFrames, tables_at};
-use super::{MemoryManager, with_mm};
+use super::{FrameState, manager};
 
 /// Start of the kernel-stack region (in the kernel half, below the kernel image's dynamic range
 /// the bootloader uses from 0xffff_8000_0000_0000 upwards).
@@ -30,24 +30,30 @@ pub struct KernelStack {
     slot: usize,
 }
 
-fn kernel_tables(mm: &MemoryManager) -> OffsetPageTable<'static> {
-    // SAFETY: the window maps all RAM and the kernel's PML4; the memory manager's lock (held by
-    // our caller) serialises every change to the kernel's tables.
-    unsafe { tables_at(mm.window.offset(), mm.kernel_root.start_address().as_u64()) }
+/// Runs `f` with the frames lock held (it serialises every change to the kernel's tables) and
+/// the kernel's tables.
+fn with_kernel_tables<R>(f: impl FnOnce(&mut FrameState, &mut OffsetPageTable<'static>) -> R) -> R {
+    let manager = manager();
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut state = manager.frames.lock();
+        // SAFETY: the window maps all RAM and the kernel's PML4; the frames lock, held until
+        // `f` returns, serialises every change to the kernel's tables.
+        let mut tables = unsafe { tables_at(manager.window.offset(), manager.kernel_root.start_address().as_u64()) };
+        f(&mut state, &mut tables)
+    })
 }
 
 impl KernelStack {
     /// Maps a new stack. `None` if every slot is taken or frames ran out (then nothing changed).
     pub fn new() -> Option<KernelStack> {
-        with_mm(|mm| {
+        with_kernel_tables(|mm, tables| {
             let slot = (0..SLOTS).find(|&i| mm.kstack_slots & (1u128 << i) == 0)?;
-            let mut promised = mm.frames.reserve(STACK_PAGES).ok()?;
+            let mut promised = mm.allocator.reserve(STACK_PAGES).ok()?;
             let base = KSTACK_REGION + slot as u64 * SLOT_SIZE + PAGE_SIZE;
-            let mut tables = kernel_tables(mm);
             for i in 0..STACK_PAGES {
-                let frame = mm.frames.alloc_reserved(&mut promised);
+                let frame = mm.allocator.alloc_reserved(&mut promised);
                 let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * PAGE_SIZE));
-                let mut table_frames = TableFrames { frames: &mut mm.frames, taken: 0 };
+                let mut table_frames = TableFrames { frames: &mut mm.allocator, taken: 0 };
                 // SAFETY: the page is in this slot's range, which nothing else maps; the frame is
                 // fresh from the allocator.
                 let r = unsafe {
@@ -86,15 +92,14 @@ impl KernelStack {
 
 impl Drop for KernelStack {
     fn drop(&mut self) {
-        with_mm(|mm| {
+        with_kernel_tables(|mm, tables| {
             let base = KSTACK_REGION + self.slot as u64 * SLOT_SIZE + PAGE_SIZE;
-            let mut tables = kernel_tables(mm);
             for i in 0..STACK_PAGES {
                 let page = Page::<Size4KiB>::containing_address(VirtAddr::new(base + i * PAGE_SIZE));
                 match tables.unmap(page) {
                     Ok((frame, flush)) => {
                         flush.flush();
-                        mm.frames.free(frame).expect("a kernel stack frame is allocated");
+                        mm.allocator.free(frame).expect("a kernel stack frame is allocated");
                     }
                     Err(_) => panic!("a kernel stack page was not mapped"),
                 }

@@ -1,6 +1,7 @@
-//! [`SpinLock`]: the memory manager's lock, fair, whose waiters serve TLB flush requests.
+//! [`SpinLock`]: the memory manager's locks (a space's, the charge's, the frames'...), fair,
+//! whose waiters serve TLB flush requests.
 //!
-//! Kernel code runs with interrupts off (IF = 0). A CPU holding the memory manager's lock may
+//! Kernel code runs with interrupts off (IF = 0). A CPU holding a space's lock may
 //! make a TLB shootdown round and wait for every target to acknowledge it; a target that spun on
 //! the same lock with IF = 0 would never take the IPI, and both would wait forever
 //! (smp-and-dispatch §4, pitfall 14; Linux `smp_call_function_many_cond`). So this lock's spin
@@ -68,36 +69,17 @@ impl<T> SpinLock<T> {
     /// interrupts on until an unlock wakes it (a wake-up IPI) or a shootdown IPI comes (served by
     /// its handler). No interrupt handler takes this lock, so taking interrupts while waiting is
     /// safe; the interrupt flag is as it was on return.
+    ///
+    /// The uncontended path is one locked instruction (the ticket) and one load: the clock is
+    /// read only once the lock turns out to be held.
+    #[inline]
     pub fn lock(&self) -> SpinLockGuard<'_, T> {
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let start = time::rdtsc();
-        let spin = time::tsc_per_ms() * SPIN_BEFORE_HALT_US / 1000;
-        while self.now_serving.load(Ordering::Acquire) != ticket {
-            super::tlb::serve_flush_requests();
-            if time::rdtsc().wrapping_sub(start) > spin {
-                self.halt_until_unlocked(ticket);
-            } else {
-                core::hint::spin_loop();
-            }
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Acquire);
+        if self.now_serving.load(Ordering::Acquire) != ticket {
+            wait_until(&self.sleepers, || self.now_serving.load(Ordering::SeqCst) == ticket);
         }
         self.owner.store(percpu::this_cpu(), Ordering::Relaxed);
         SpinLockGuard { lock: self }
-    }
-
-    /// Halts this CPU, interrupts on, unless `ticket` is served meanwhile.
-    fn halt_until_unlocked(&self, ticket: u32) {
-        let bit = 1u64 << percpu::this_cpu();
-        let enabled = interrupts::are_enabled();
-        // Dekker with the unlock (both sides locked read-modify-writes, full barriers): either it
-        // sees this CPU's bit and wakes it, or this CPU sees its ticket served and does not halt.
-        self.sleepers.fetch_or(bit, Ordering::SeqCst);
-        if self.now_serving.load(Ordering::SeqCst) != ticket {
-            interrupts::enable_and_hlt();
-            if !enabled {
-                interrupts::disable();
-            }
-        }
-        self.sleepers.fetch_and(!bit, Ordering::SeqCst);
     }
 
     /// Takes the lock if it is free and nobody waits for it.
@@ -141,14 +123,181 @@ impl<T> Drop for SpinLockGuard<'_, T> {
         self.lock.owner.store(NO_OWNER, Ordering::Relaxed);
         // Release: the holder's writes are visible to the next ticket's holder.
         self.lock.now_serving.fetch_add(1, Ordering::SeqCst);
-        let sleepers = self.lock.sleepers.load(Ordering::SeqCst);
-        if sleepers != 0 {
-            // With interrupts off: no interrupt handler may split this CPU's ICR writes.
-            interrupts::without_interrupts(|| {
-                for cpu in (0..percpu::MAX_CPUS).filter(|&c| sleepers & (1 << c) != 0) {
-                    apic::send_fixed(percpu::apic_id_of(cpu), apic::WAKE_VECTOR);
+        wake_sleepers(&self.lock.sleepers);
+    }
+}
+
+/// Waits until `ready()` (which reads with `SeqCst`), serving this CPU's TLB flush requests:
+/// spinning for [`SPIN_BEFORE_HALT_US`], then halted with interrupts on until a wake-up IPI
+/// ([`wake_sleepers`] after the state `ready` reads changed) or any other interrupt; the interrupt
+/// flag is as it was on return. The slow path of every lock here: the clock is read only here.
+#[cold]
+#[inline(never)]
+fn wait_until(sleepers: &AtomicU64, ready: impl Fn() -> bool) {
+    let start = time::rdtsc();
+    let spin = time::tsc_per_ms() * SPIN_BEFORE_HALT_US / 1000;
+    while !ready() {
+        super::tlb::serve_flush_requests();
+        if time::rdtsc().wrapping_sub(start) > spin {
+            let bit = 1u64 << percpu::this_cpu();
+            let enabled = interrupts::are_enabled();
+            // Dekker with the state change (both sides full barriers: a locked
+            // read-modify-write, then a SeqCst load): either the changer sees this CPU's bit and
+            // wakes it, or this CPU sees the change and does not halt.
+            sleepers.fetch_or(bit, Ordering::SeqCst);
+            if !ready() {
+                interrupts::enable_and_hlt();
+                if !enabled {
+                    interrupts::disable();
                 }
-            });
+            }
+            sleepers.fetch_and(!bit, Ordering::SeqCst);
+        } else {
+            core::hint::spin_loop();
         }
+    }
+}
+
+/// Wakes the CPUs halted in [`wait_until`] on `sleepers`, if any (call after a locked
+/// read-modify-write of the state they wait on).
+#[inline]
+fn wake_sleepers(sleepers: &AtomicU64) {
+    let waiting = sleepers.load(Ordering::SeqCst);
+    if waiting != 0 {
+        wake(waiting);
+    }
+}
+
+/// Wakes the CPUs of `sleepers` (bit per CPU index) halted waiting for a lock.
+#[cold]
+#[inline(never)]
+fn wake(sleepers: u64) {
+    // With interrupts off: no interrupt handler may split this CPU's ICR writes.
+    interrupts::without_interrupts(|| {
+        for cpu in (0..percpu::MAX_CPUS).filter(|&c| sleepers & (1 << c) != 0) {
+            apic::send_fixed(percpu::apic_id_of(cpu), apic::WAKE_VECTOR);
+        }
+    });
+}
+
+/// A fair reader/writer lock whose waiters serve TLB flush requests, as [`SpinLock`]: a space's
+/// lock, held shared by page faults and exclusively by every call that changes the allocation
+/// map or the tables (Linux's `mmap_lock`).
+///
+/// Fair (phase-fair per ticket): every reader and writer takes a ticket; a reader whose turn
+/// comes enters and passes the turn on at once, so consecutive readers share the lock; a writer
+/// whose turn comes waits for the readers inside to leave, and no later reader enters before it
+/// is done. So faults in a loop never starve a call, and a call never starves a fault.
+pub struct RwSpinLock<T> {
+    next_ticket: AtomicU32,
+    now_serving: AtomicU32,
+    /// Readers inside.
+    readers: AtomicU32,
+    /// The CPU holding it exclusively, if one does.
+    writer: AtomicUsize,
+    /// CPUs halted while they wait (bit per CPU index); every change wakes them.
+    sleepers: AtomicU64,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is reached through guards only: readers share `&T` between CPUs at once
+// (`T: Sync`), a writer holds the only reference (`T: Send`, as a mutex).
+unsafe impl<T: Send + Sync> Sync for RwSpinLock<T> {}
+
+/// Holds an [`RwSpinLock`] shared; leaves when dropped.
+pub struct RwReadGuard<'a, T> {
+    lock: &'a RwSpinLock<T>,
+}
+
+/// Holds an [`RwSpinLock`] exclusively; unlocks when dropped.
+pub struct RwWriteGuard<'a, T> {
+    lock: &'a RwSpinLock<T>,
+}
+
+impl<T> RwSpinLock<T> {
+    /// A new, unlocked lock.
+    pub const fn new(value: T) -> Self {
+        RwSpinLock {
+            next_ticket: AtomicU32::new(0),
+            now_serving: AtomicU32::new(0),
+            readers: AtomicU32::new(0),
+            writer: AtomicUsize::new(NO_OWNER),
+            sleepers: AtomicU64::new(0),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Takes the lock shared, after every CPU that asked before (waiting as [`SpinLock::lock`]
+    /// does). Uncontended: three locked instructions and one load.
+    #[inline]
+    pub fn read(&self) -> RwReadGuard<'_, T> {
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Acquire);
+        if self.now_serving.load(Ordering::Acquire) != ticket {
+            wait_until(&self.sleepers, || self.now_serving.load(Ordering::SeqCst) == ticket);
+        }
+        // Inside before the turn passes: a writer whose turn it is next sees this reader.
+        self.readers.fetch_add(1, Ordering::SeqCst);
+        self.now_serving.fetch_add(1, Ordering::SeqCst);
+        wake_sleepers(&self.sleepers);
+        RwReadGuard { lock: self }
+    }
+
+    /// Takes the lock exclusively, after every CPU that asked before and once the readers
+    /// inside left (waiting as [`SpinLock::lock`] does). Uncontended: one locked add, two loads.
+    #[inline]
+    pub fn write(&self) -> RwWriteGuard<'_, T> {
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Acquire);
+        if self.now_serving.load(Ordering::Acquire) != ticket || self.readers.load(Ordering::Acquire) != 0 {
+            // Once its turn came no reader enters, so the count only falls.
+            wait_until(&self.sleepers, || self.now_serving.load(Ordering::SeqCst) == ticket && self.readers.load(Ordering::SeqCst) == 0);
+        }
+        self.writer.store(percpu::this_cpu(), Ordering::Relaxed);
+        RwWriteGuard { lock: self }
+    }
+
+    /// Whether the CPU running this code holds the lock exclusively.
+    pub fn written_by_this_cpu(&self) -> bool {
+        self.writer.load(Ordering::Relaxed) == percpu::this_cpu()
+    }
+}
+
+impl<T> Deref for RwReadGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: a reader holds the lock: no writer is inside until every reader left, and
+        // readers only make shared references.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for RwReadGuard<'_, T> {
+    fn drop(&mut self) {
+        // Release: this reader's reads happen before the next writer's writes.
+        self.lock.readers.fetch_sub(1, Ordering::SeqCst);
+        wake_sleepers(&self.lock.sleepers);
+    }
+}
+
+impl<T> Deref for RwWriteGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the writer holds the lock alone (its turn, no reader inside) until dropped.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> DerefMut for RwWriteGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as for `deref`; `&mut self` makes this the only reference through the guard.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for RwWriteGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.writer.store(NO_OWNER, Ordering::Relaxed);
+        // Release: the writer's writes are visible to the next ticket's holder.
+        self.lock.now_serving.fetch_add(1, Ordering::SeqCst);
+        wake_sleepers(&self.lock.sleepers);
     }
 }

@@ -25,40 +25,74 @@
 //! `address_space::AddressSpace`. Page faults below the canonical hole go to the space loaded in
 //! CR3 ([`on_page_fault`]).
 //!
-//! The rooms: this file holds the manager ([`MemoryManager`], [`MM`]) and [`init`]; `boot.rs` the
-//! boot snapshot, `config.rs` the boot configuration, `accounting.rs` the figures and the commit
-//! state guests are told about, `space.rs` the [`Space`] handle and which CPUs run each space,
-//! `tlb.rs` [`KernelTlb`] and TLB shootdown by IPI, `lock.rs` the manager's lock, `fault.rs`
-//! the page-fault policy, `kernel_tables.rs` the kernel's own tables, `kstack.rs` guests' kernel
-//! stacks, `window.rs` the physical-memory window.
+//! The rooms: this file holds the manager's shared state (`Manager`, reached through `manager()`), the
+//! exact view [`with_mm`] and [`init`]; `boot.rs` the boot snapshot, `config.rs` the boot
+//! configuration, `accounting.rs` the figures and the commit state guests are told about,
+//! `space.rs` the [`Space`] handle, the registry of spaces and which CPUs run each space,
+//! `frames.rs` the frames and the charge as the crate reaches them (per-CPU caches, per-CPU work
+//! counters), `tlb.rs` [`KernelTlb`] and TLB shootdown by IPI, `lock.rs` the [`SpinLock`],
+//! `fault.rs` the page-fault policy, `kernel_tables.rs` the kernel's own tables, `kstack.rs`
+//! guests' kernel stacks, `window.rs` the physical-memory window.
 //!
 //! # Locking and concurrency (every CPU)
 //!
-//! | what | protects | taken by |
+//! Every lock below is a fair [`SpinLock`] (ticket lock; uncontended: one locked add) or, for
+//! a space, a fair [`RwSpinLock`], taken with interrupts off. Disjoint work — two spaces, or
+//! faults of several threads in one space — shares no lock but the short charge lock (a commit or
+//! a decommit) and, once per 32 frames, the frames lock.
+//!
+//! | lock | protects | taken by |
 //! | --- | --- | --- |
-//! | [`MM`], a fair [`SpinLock`] (ticket lock) | everything in [`MemoryManager`]: frames, commit charge, work counters, every space's allocation map and page tables, kernel stacks | every `Space` call, page faults, accounting |
+//! | **space lock**, one per space (`SpaceShared::space`, an [`RwSpinLock`]) | the space's allocation map and gap tree, its lower-half page tables (every entry write, table creation and freeing), its demand-zero reservation and table-page count | exclusively: every [`Space`] call, from its first check to the end of its TLB round and its frees; shared: page faults on the space, [`with_mm`] (briefly, to count tables) |
+//! | **CPU frames**, one per CPU (`frames.rs`) | the CPU's `FrameCache` (≤ 64 free frames) and the reservation it keeps back for its next commit (≤ 32) | its own CPU: single-frame alloc/free (page tables, demand-zero frames, everything a round frees), small reserve/unreserve; [`with_mm`] drains them all |
+//! | **charge lock** (`Manager::charge`) | the [`CommitCharge`]: committed pages, tables charged, limit | per request: a commit's check-and-charge (one step), a decommit's uncharge; [`commit_state`], [`set_commit_limit`] |
+//! | **frames lock** (`Manager::frames`) | the `FrameAllocator` (bitmap, reservations), the kernel's own tables and kernel-stack slots | per request: cache refills and drains (32 frames each), large pages, reservations beyond the CPU's kept ones; kernel stacks |
+//! | **registry** (`Manager::spaces`) | root → space, for the page-fault path (when the space is not this CPU's running one) and accounting | [`Space::new`] / drop, faults, [`with_mm`] |
+//! | per-CPU work counters (`frames.rs`) | the CPU's sum of `WorkCounters` | its own CPU after each call that did work; readers add them up |
 //! | none: atomics | each space's `ActiveCpus` (the CPUs running it) | [`Space::activate`] / [`Space::deactivate`] (context switch), read by every round |
 //! | none: per-CPU atomics | the shootdown mailboxes (`tlb.rs`: each CPU's outgoing request, each CPU's pending mask) | rounds and the shootdown IPI handler |
-//! | per-CPU `spin::Mutex`, only its own CPU takes it | which space's set this CPU's bit is in (`space.rs`) | `activate` / `deactivate` |
+//! | per-CPU `spin::Mutex`, only its own CPU takes it (the fault path only tries it) | the space this CPU runs (its bit is set in that space's set), for the fault path | `activate` / `deactivate`, faults |
 //!
-//! - **Lock order.** [`MM`] is a leaf for everything outside this module: it is never held while
-//!   taking another lock that some CPU may hold while it waits for [`MM`] (the kernel heap is
-//!   taken inside it, never the other way round). Inside, the address-space crate's order (space
-//!   → charge → frames, its README) is collapsed into this one lock for now.
-//! - **Interrupts.** [`with_mm`] runs with interrupts off, so a holder is never preempted. A CPU
-//!   waiting for [`MM`] (or for the acknowledgements of its own round) spins with IF = 0 but
-//!   serves the TLB flush requests posted to it in its spin loop, so a holder that waits for its
+//! - **Lock order: registry → space → CPU frames → charge → frames.** A call holds its space lock
+//!   and takes the others one request at a time (the crate's `FrameSource` / `ChargeSource`,
+//!   implemented by [`KernelFrames`] / [`KernelCharge`]); no request holds the charge and the
+//!   frames at once, no one holds two space locks (the registry is dropped before a space lock
+//!   is taken), and the frames and charge holders never wait for anything (no round, no other
+//!   lock but frames under a CPU's cache). The kernel heap is taken inside any of them, never the
+//!   other way round.
+//! - **Interrupts.** Every lock is held with interrupts off, so a holder is never preempted. A
+//!   CPU waiting for a lock (or for the acknowledgements of its own round) spins with IF = 0 but
+//!   serves the TLB flush requests posted to it, so a space-lock holder that waits for its
 //!   acknowledgements never deadlocks with it (smp-and-dispatch §4 pitfall 14). Any other lock a
-//!   CPU may spin on while its holder waits for [`MM`] must do the same: use [`SpinLock`], or
+//!   CPU may spin on while its holder waits for a round must do the same: use [`SpinLock`], or
 //!   call [`serve_flush_requests`] in the loop. The shootdown IPI handler takes no lock.
-//! - **Each call is atomic**: it holds [`MM`] from its first check to the end of its TLB round
-//!   and the freeing of what it unmapped (frames reach the allocator only after every CPU that
-//!   may hold a translation has acknowledged, §4(c)).
-//! - **A page fault** (ring 0: [`on_page_fault`]; ring 3: [`Space::handle_fault`]) takes [`MM`]
-//!   to resolve the fault. A demand-zero fault takes it twice: once to take an unreserved frame,
-//!   then — after zeroing the frame with no lock held — to install it, the entry read anew
-//!   (§4(d)); if the page changed meanwhile the frame goes back. A fault taken while this CPU
-//!   holds [`MM`] is a kernel bug and is reported as a kernel fault.
+//! - **Each call is atomic**: it holds its space lock from its first check to the end of its TLB
+//!   round and the freeing of what it unmapped (frames reach the allocator only after every CPU
+//!   that may hold a translation has acknowledged, §4(c)). Calls on one space are serialised by
+//!   that lock; the charge is checked and charged in one step under the charge lock, so two
+//!   spaces committing at once can never together pass the limit.
+//! - **Frames held by the CPUs.** A cached frame is used and a kept reservation reserved to the
+//!   allocator, so nothing a reservation promised ever sits in a cache; the commit limit leaves
+//!   `MAX_CPUS × (64 + 32)` frames out for them (`limit + allowance ≤ frames − reserve/2 −
+//!   cached`), so a commit that passed the charge always gets its frames. [`with_mm`] gives every
+//!   CPU's frames back first, so its figures (and the tests' before/after counts) are exact.
+//! - **A page fault** (ring 0: [`on_page_fault`]; ring 3: [`Space::handle_fault`]) finds its
+//!   space through this CPU's running space (no shared lock), else the registry, and takes that
+//!   space's lock **shared** (Linux's `mmap_read_lock` fault path): faults on one space run on
+//!   several CPUs at once, and change only non-present entries (a first touch, a guard disarmed),
+//!   by `lock cmpxchg` of the entry they read (`AddressSpace::handle_fault_shared`); the one that
+//!   loses a race does nothing and retries the access. The tables exist (commit made them), so a
+//!   fault creates none and needs no round. A demand-zero fault takes the lock twice: once to
+//!   learn it needs a frame, then — after taking one from this CPU's cache and zeroing it with no
+//!   lock held — to install it, the entry read anew (§4(d)); if the page changed meanwhile the
+//!   frame goes back. The page's reserved frame comes out of the space's atomic reservation into
+//!   this CPU's kept reservation: the common fault path takes no global lock. (With no
+//!   unreserved frame left, the fault is handled exclusively with the reserved frame.) A call
+//!   holds the lock exclusively, so it never sees a fault half done. A fault taken while this CPU
+//!   holds the space's lock exclusively is a kernel bug and is reported as a kernel fault.
+//! - **Not done:** a narrowing call (decommit, release, protect) keeps the lock exclusive through
+//!   its TLB round and frees (Linux's munmap downgrades to shared for them): faults on other
+//!   regions of the space wait for the round.
 //! - **TLB shootdown** (`tlb.rs`): one round per call, by IPI to exactly the other CPUs in the
 //!   space's set (idle CPUs with its root still in CR3 included), pages or a full flush per the
 //!   crate's threshold; none when no other CPU runs the space. A space is destroyed only after
@@ -70,6 +104,7 @@ mod accounting;
 mod boot;
 mod config;
 mod fault;
+mod frames;
 pub mod kernel_tables;
 pub mod kstack;
 pub mod lock;
@@ -81,16 +116,18 @@ pub use accounting::{Accounting, CommitState, commit_state, print_accounting, se
 pub use boot::{BootSnapshot, boot_snapshot};
 pub use config::{MemoryConfig, config};
 pub use fault::{PageFaultVerdict, fault_access, on_page_fault};
+pub use frames::{KernelCharge, KernelFrames};
 pub use space::Space;
-pub use lock::SpinLock;
+pub use lock::{RwSpinLock, SpinLock};
 pub use tlb::{KernelTlb, serve_flush_requests, shootdown_stats};
 
 use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use address_space::PAGE_SIZE;
 use address_space::frame::{FrameAllocator, PhysRange};
-use address_space::{AddressSpace, CommitCharge, VmContext, WorkCounters};
+use address_space::{CommitCharge, WorkCounters};
 use bootloader_api::BootInfo;
 use bootloader_api::info::MemoryRegionKind;
 use x86_64::PhysAddr;
@@ -98,7 +135,7 @@ use x86_64::align_down;
 use x86_64::structures::paging::PhysFrame;
 
 use crate::arch::cpu;
-use crate::arch::probe;
+use crate::arch::{percpu, probe};
 use window::PhysWindow;
 
 /// Frames below this physical address are never allocated (real-mode IVT, BIOS data, EBDA).
@@ -117,35 +154,68 @@ pub const KERNEL_HEAP_PER_ALLOCATION: usize = 160;
 /// (a reservation past it is E_OUTOFMEMORY). host-abi §9 asks for at least 100,000.
 pub const MAX_ALLOCATIONS_PER_SPACE: usize = 131_072;
 
-/// The whole memory manager, behind [`MM`].
-pub struct MemoryManager {
-    /// Physical frames.
-    pub frames: FrameAllocator,
+/// The memory manager's shared state (after [`init`]); each part behind its own lock (module
+/// docs).
+pub(crate) struct Manager {
+    /// The frame allocator and the kernel's own tables (kernel stacks).
+    frames: SpinLock<FrameState>,
     /// The system-wide commit charge.
-    pub charge: CommitCharge,
-    /// Work done by address-space operations.
-    pub counters: WorkCounters,
-    /// The physical-memory window.
-    pub window: PhysWindow,
+    charge: SpinLock<CommitCharge>,
+    /// Every live space by root: for the page-fault path and accounting.
+    spaces: SpinLock<BTreeMap<u64, Arc<space::SpaceShared>>>,
+    /// The physical-memory window (a copy per user: it is an offset).
+    window: PhysWindow,
     kernel_root: PhysFrame,
-    kernel_table_pages: u64,
-    spaces: BTreeMap<u64, AddressSpace>,
     ram_bytes: u64,
     usable_bytes: u64,
     boot_frames_returned: u64,
     /// The commit limit set at boot (what the frames allow, or the configured cap).
     boot_commit_limit: u64,
+}
+
+/// What the frames lock protects.
+struct FrameState {
+    allocator: FrameAllocator,
+    /// Page-table pages of the kernel's own tables.
+    kernel_table_pages: u64,
     /// Kernel-stack slots in use (bit i: slot i, see [`kstack`]).
     kstack_slots: u128,
 }
 
-/// Runs `f` with physical memory, through the window (after [`init`]).
-pub fn with_phys(f: &mut crate::arch::smp::PhysAccess<'_>) {
-    with_mm(|mm| f(&mut mm.window))
+/// A view of the whole memory manager with every shared part locked and every CPU's cached
+/// frames given back to the allocator, so that its figures are exact ([`with_mm`]): for
+/// accounting and tests. Not for the common path.
+pub struct MemoryManager<'a> {
+    /// Physical frames (no frame in any CPU's cache while the view lives).
+    pub frames: &'a mut FrameAllocator,
+    /// The system-wide commit charge.
+    pub charge: &'a mut CommitCharge,
+    /// Work done by address-space operations (every CPU's, added up).
+    pub counters: WorkCounters,
+    /// The physical-memory window.
+    pub window: PhysWindow,
+    kernel_table_pages: u64,
+    /// Page-table pages of every space (roots included), counted when the view was made.
+    space_table_pages: u64,
+    spaces: usize,
+    manager: &'static Manager,
 }
 
-/// The memory manager (after [`init`]).
-pub static MM: SpinLock<Option<MemoryManager>> = SpinLock::new(None);
+/// Runs `f` with physical memory, through the window (after [`init`]).
+pub fn with_phys(f: &mut crate::arch::smp::PhysAccess<'_>) {
+    let mut window = manager().window;
+    f(&mut window)
+}
+
+static MANAGER: spin::Once<Manager> = spin::Once::new();
+
+/// The memory manager.
+///
+/// # Panics
+/// If [`init`] has not run.
+fn manager() -> &'static Manager {
+    MANAGER.get().expect("memory::init has run")
+}
 
 fn frame(pa: u64) -> PhysFrame {
     PhysFrame::containing_address(PhysAddr::new(pa))
@@ -203,30 +273,32 @@ pub fn init(boot_info: &'static BootInfo) {
     let config = *config::CONFIG.call_once(MemoryConfig::from_boot);
     let available = frames.available_frames();
     let reserve = (available / KERNEL_RESERVE_DIVISOR).max(KERNEL_RESERVE_MIN_FRAMES).min(available);
-    let mut limit_pages = available - reserve;
+    // The frames every CPU may hold in its cache are out of reach of a reservation
+    // (address-space frame/cache.rs): they come out of the limit.
+    let cached = percpu::MAX_CPUS as u64 * frames::PER_CPU_FRAMES;
+    let mut limit_pages = (available - reserve).saturating_sub(cached);
     if let Some(mb) = config.commit_limit_mb {
         limit_pages = limit_pages.min(mb * 256);
     }
     // Half the kernel reserve (and every frame a configured cap leaves out) is the page-table
-    // allowance: tables beyond it are charged to the limit (address-space charge.rs).
-    let table_allowance = available - limit_pages - reserve / 2;
+    // allowance: tables beyond it are charged to the limit (address-space charge.rs). So limit +
+    // allowance ≤ frames − reserve / 2 − cached: the other half of the reserve is for roots and
+    // kernel allocations.
+    let table_allowance = (available - reserve / 2).saturating_sub(cached) - limit_pages;
     let charge = CommitCharge::new(limit_pages, limit_pages * config.critical_reserve_percent / 100).with_table_allowance(table_allowance);
     let usable_bytes = snap.regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).map(|r| r.end - r.start).sum();
     let ram_bytes = snap.ram.iter().map(|r| r.1 - r.0).sum();
     tlb::KERNEL_ROOT.store(tables.root.start_address().as_u64(), core::sync::atomic::Ordering::Relaxed);
-    *MM.lock() = Some(MemoryManager {
-        frames,
-        charge,
-        counters: WorkCounters::default(),
+    MANAGER.call_once(|| Manager {
+        frames: SpinLock::new(FrameState { allocator: frames, kernel_table_pages: tables.table_pages, kstack_slots: 0 }),
+        charge: SpinLock::new(charge),
+        spaces: SpinLock::new(BTreeMap::new()),
         window,
         kernel_root: tables.root,
-        kernel_table_pages: tables.table_pages,
-        spaces: BTreeMap::new(),
         ram_bytes,
         usable_bytes,
         boot_frames_returned: returned,
         boot_commit_limit: limit_pages,
-        kstack_slots: 0,
     });
     kstack::prepare();
     log::info!(
@@ -238,45 +310,46 @@ pub fn init(boot_info: &'static BootInfo) {
     );
 }
 
-/// Runs `f` on the memory manager.
+/// Runs `f` on a view of the whole memory manager ([`MemoryManager`]): every CPU's cached frames
+/// given back, the charge and the frames locked, the spaces' table pages counted. For
+/// accounting and tests; every address-space call takes only the locks it needs instead. Must
+/// not be called while this CPU holds a space lock.
 ///
 /// # Panics
-/// If [`init`] has not run, or (a kernel bug) if called from the page-fault path.
-pub fn with_mm<R>(f: impl FnOnce(&mut MemoryManager) -> R) -> R {
+/// If [`init`] has not run.
+pub fn with_mm<R>(f: impl FnOnce(&mut MemoryManager<'_>) -> R) -> R {
+    let manager = manager();
     x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut guard = MM.lock();
-        f(guard.as_mut().expect("memory::init has run"))
+        // Lock order: the registry, then each space (one at a time), then the CPUs' frames, the
+        // charge, the frames.
+        let spaces: Vec<Arc<space::SpaceShared>> = manager.spaces.lock().values().cloned().collect();
+        let space_table_pages = spaces.iter().map(|s| s.table_pages()).sum();
+        frames::drain_all(|| {
+            let mut charge = manager.charge.lock();
+            let mut state = manager.frames.lock();
+            let kernel_table_pages = state.kernel_table_pages;
+            f(&mut MemoryManager {
+                frames: &mut state.allocator,
+                charge: &mut charge,
+                counters: frames::counters(),
+                window: manager.window,
+                kernel_table_pages,
+                space_table_pages,
+                spaces: spaces.len(),
+                manager,
+            })
+        })
     })
 }
 
-impl MemoryManager {
-    fn context<'a>(
-        frames: &'a mut FrameAllocator,
-        window: &'a mut PhysWindow,
-        tlb: &'a mut KernelTlb,
-        charge: &'a mut CommitCharge,
-        counters: &'a mut WorkCounters,
-    ) -> VmContext<'a, PhysWindow, KernelTlb> {
-        VmContext { frames, mem: window, tlb, charge, counters }
-    }
-
-    /// Runs `f` on the space with root `root` and a context for it.
-    fn with_space<R>(
-        &mut self,
-        root: u64,
-        f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R,
-    ) -> Option<R> {
-        let mut tlb = KernelTlb::new(root);
-        let space = self.spaces.get_mut(&root)?;
-        let mut cx = Self::context(&mut self.frames, &mut self.window, &mut tlb, &mut self.charge, &mut self.counters);
-        Some(f(space, &mut cx))
-    }
-
-    /// Page-table pages in use: the kernel's and every space's (roots included).
-    pub fn page_table_pages(&self) -> u64 {
-        self.kernel_table_pages
-            + self.spaces.values().map(|s| 1 + s.table_pages()).sum::<u64>()
-    }
-
+/// The work counters of every address-space call so far, every CPU's added up (no other lock).
+pub fn work_counters() -> WorkCounters {
+    x86_64::instructions::interrupts::without_interrupts(frames::counters)
 }
 
+impl MemoryManager<'_> {
+    /// Page-table pages in use: the kernel's and every space's (roots included).
+    pub fn page_table_pages(&self) -> u64 {
+        self.kernel_table_pages + self.space_table_pages
+    }
+}

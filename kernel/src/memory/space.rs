@@ -3,12 +3,15 @@
 use alloc::sync::Arc;
 
 use address_space::paging::tlb::ActiveCpus;
-use address_space::{Access, AddressSpace, CriticalLevel, FaultOutcome, MemoryBasicInformation, PhysMemory, SpaceConfig, VmContext, VmError};
+use address_space::{Access, AddressSpace, CriticalLevel, FaultOutcome, MemoryBasicInformation, PhysMemory, SpaceConfig, VmContext, VmError, WorkCounters};
 use x86_64::PhysAddr;
+use x86_64::instructions::interrupts;
 
+use super::frames::{self, KernelCharge, KernelFrames};
 use super::tlb::{self, KERNEL_ROOT, cr3_root};
 use super::window::PhysWindow;
-use super::{KernelTlb, MAX_ALLOCATIONS_PER_SPACE, MemoryManager, frame, kernel_tables, with_mm};
+use super::lock::RwSpinLock;
+use super::{KernelTlb, MAX_ALLOCATIONS_PER_SPACE, frame, kernel_tables, manager};
 use crate::arch::percpu::{self, MAX_CPUS};
 
 /// A guest address space: a handle to an `address_space::AddressSpace` registered with the
@@ -16,17 +19,83 @@ use crate::arch::percpu::{self, MAX_CPUS};
 /// returns every frame, page-table pages and root included (after every CPU still running it
 /// loaded the kernel's table).
 pub struct Space {
-    root: u64,
-    /// The space's set of CPUs running it (shared with the `AddressSpace`), so that
-    /// [`activate`](Self::activate) needs no lock.
-    active: Arc<ActiveCpus>,
+    shared: Arc<SpaceShared>,
 }
 
-/// Per CPU: the `ActiveCpus` set of the space it last activated (its bit is set there), so that
-/// activating another space or the kernel's table clears it. Only its own CPU touches its slot,
-/// with interrupts off; the lock is never contended (the shootdown handler does not take it).
-#[allow(clippy::type_complexity)]
-static RUNNING: [spin::Mutex<Option<Arc<ActiveCpus>>>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
+/// What a [`Space`] handle, the registry (root → space, for the page-fault path and
+/// accounting) and each CPU running it share.
+pub(super) struct SpaceShared {
+    root: u64,
+    /// The space's set of CPUs running it (shared with the `AddressSpace`), so that
+    /// [`Space::activate`] needs no lock.
+    active: Arc<ActiveCpus>,
+    /// The space lock: the allocation map, the tables, the demand-zero reservation; held
+    /// exclusively by every call, shared by page faults. `None` once the space is destroyed.
+    space: RwSpinLock<Option<AddressSpace>>,
+}
+
+impl SpaceShared {
+    /// Runs `f` on the space with a context, holding the space lock exclusively (the frames and
+    /// the charge are locked per request by `KernelFrames` / `KernelCharge`); interrupts off
+    /// meanwhile. `None` if the space is destroyed.
+    pub(super) fn with<R>(&self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> Option<R> {
+        interrupts::without_interrupts(|| {
+            let mut guard = self.space.write();
+            let space = guard.as_mut()?;
+            Some(self.in_context(|cx| f(space, cx)))
+        })
+    }
+
+    /// As [`with`](Self::with), holding the space lock shared (the page-fault path:
+    /// `AddressSpace::handle_fault_shared`).
+    pub(super) fn with_shared<R>(&self, f: impl FnOnce(&AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> Option<R> {
+        interrupts::without_interrupts(|| {
+            let guard = self.space.read();
+            let space = guard.as_ref()?;
+            Some(self.in_context(|cx| f(space, cx)))
+        })
+    }
+
+    /// Runs `f` with a context for this space (the call's own TLB handle and work counters,
+    /// added to this CPU's afterwards).
+    fn in_context<R>(&self, f: impl FnOnce(&mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> R {
+        let mut counters = WorkCounters::new();
+        let mut tlb = KernelTlb::new(self.root);
+        let mut window = manager().window;
+        let result = f(&mut VmContext { frames: &mut KernelFrames, mem: &mut window, tlb: &mut tlb, charge: &mut KernelCharge, counters: &mut counters });
+        frames::add_counters(&counters);
+        result
+    }
+
+    /// Whether the CPU running this code holds the space lock exclusively.
+    pub(super) fn held_by_this_cpu(&self) -> bool {
+        self.space.written_by_this_cpu()
+    }
+
+    /// Page-table pages of the space, its root included (0 once destroyed).
+    pub(super) fn table_pages(&self) -> u64 {
+        interrupts::without_interrupts(|| self.space.read().as_ref().map_or(0, |s| 1 + s.table_pages()))
+    }
+}
+
+/// The live space with root `root`: the one this CPU runs if that is it, else from the registry.
+pub(super) fn find(root: u64) -> Option<Arc<SpaceShared>> {
+    interrupts::without_interrupts(|| {
+        if let Some(running) = RUNNING[percpu::this_cpu()].try_lock()
+            && let Some(shared) = running.as_ref().filter(|s| s.root == root)
+        {
+            return Some(Arc::clone(shared));
+        }
+        manager().spaces.lock().get(&root).cloned()
+    })
+}
+
+/// Per CPU: the space it last activated (its bit is set in that space's `ActiveCpus`), so that
+/// activating another space or the kernel's table clears it, and the page-fault path finds the
+/// space in CR3 without the registry. Only its own CPU changes its slot, with interrupts off;
+/// the lock is never contended (the shootdown handler does not take it, the fault path only tries
+/// it).
+static RUNNING: [spin::Mutex<Option<Arc<SpaceShared>>>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
 
 impl Space {
     /// Creates an empty space with the default Windows x64 layout.
@@ -42,23 +111,27 @@ impl Space {
     /// # Errors
     /// As [`AddressSpace::new`].
     pub fn with_config(config: SpaceConfig) -> Result<Space, VmError> {
-        with_mm(|mm| {
-            let space = AddressSpace::new(config, &mut mm.frames, &mut mm.window, &mut mm.counters)?;
-            let root = space.root().start_address().as_u64();
-            let kernel_root = mm.kernel_root.start_address().as_u64();
-            for i in 256..512u64 {
-                let entry = mm.window.read_u64(PhysAddr::new(kernel_root + i * 8));
-                mm.window.write_u64(PhysAddr::new(root + i * 8), entry);
-            }
-            let active = space.active_set();
-            mm.spaces.insert(root, space);
-            Ok(Space { root, active })
-        })
+        let manager = manager();
+        let mut window = manager.window;
+        let mut counters = WorkCounters::new();
+        let space = interrupts::without_interrupts(|| AddressSpace::new(config, &mut KernelFrames, &mut window, &mut counters))?;
+        let root = space.root().start_address().as_u64();
+        let kernel_root = manager.kernel_root.start_address().as_u64();
+        for i in 256..512u64 {
+            let entry = window.read_u64(PhysAddr::new(kernel_root + i * 8));
+            window.write_u64(PhysAddr::new(root + i * 8), entry);
+        }
+        let shared = Arc::new(SpaceShared { root, active: space.active_set(), space: RwSpinLock::new(Some(space)) });
+        interrupts::without_interrupts(|| {
+            frames::add_counters(&counters);
+            manager.spaces.lock().insert(root, Arc::clone(&shared));
+        });
+        Ok(Space { shared })
     }
 
     /// The physical address of the space's PML4.
     pub fn root(&self) -> u64 {
-        self.root
+        self.shared.root
     }
 
     /// Makes this CPU run the space: records the CPU in the space's set of CPUs, loads the root
@@ -76,16 +149,16 @@ impl Space {
         x86_64::instructions::interrupts::without_interrupts(|| {
             let cpu = percpu::this_cpu();
             let mut running = RUNNING[cpu].lock();
-            self.active.activate(cpu);
-            if cr3_root() != self.root {
+            self.shared.active.activate(cpu);
+            if cr3_root() != self.shared.root {
                 // SAFETY: the root maps the kernel half exactly like the kernel's own table (its
                 // 256 upper entries are copies of the kernel's, whose PDPTs never change).
-                unsafe { kernel_tables::activate(frame(self.root)) };
+                unsafe { kernel_tables::activate(frame(self.shared.root)) };
             }
-            if let Some(old) = running.replace(Arc::clone(&self.active))
-                && !Arc::ptr_eq(&old, &self.active)
+            if let Some(old) = running.replace(Arc::clone(&self.shared))
+                && !Arc::ptr_eq(&old, &self.shared)
             {
-                old.deactivate(cpu);
+                old.active.deactivate(cpu);
             }
         })
     }
@@ -102,31 +175,32 @@ impl Space {
                 unsafe { kernel_tables::activate(frame(kernel)) };
             }
             if let Some(old) = running.take() {
-                old.deactivate(cpu);
+                old.active.deactivate(cpu);
             }
         })
     }
 
     /// Whether this space is the one in this CPU's CR3.
     pub fn is_active(&self) -> bool {
-        cr3_root() == self.root
+        cr3_root() == self.shared.root
     }
 
     /// The CPUs running the space now (the targets of its TLB rounds).
     pub fn active_cpus(&self) -> address_space::paging::tlb::CpuSet {
-        self.active.get()
+        self.shared.active.get()
     }
 
-    /// Runs `f` on the space with a context (frames, window, TLB, charge, counters).
+    /// Runs `f` on the space with a context (frames, window, TLB, charge, counters), holding the
+    /// space's lock (module docs of `memory`: what each lock protects).
     pub fn with<R>(&self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> R {
-        with_mm(|mm| mm.with_space(self.root, f).expect("a Space handle's space is registered"))
+        self.shared.with(f).expect("a Space handle's space is alive")
     }
 
     /// Resolves a page fault at `addr` of a thread running this space (demand-zero, guard page,
     /// access violation: `AddressSpace::handle_fault`), a new frame zeroed outside the manager's
     /// lock (`memory::fault::resolve`). The page-fault path of guest threads.
     pub fn handle_fault(&self, addr: u64, access: Access) -> FaultOutcome {
-        super::fault::resolve(self.root, addr, access).expect("a Space handle's space is registered").0
+        super::fault::resolve(&self.shared, addr, access).expect("a Space handle's space is alive").0
     }
 
     /// `VirtualAlloc` (see `AddressSpace::virtual_alloc`).
@@ -165,19 +239,20 @@ impl Drop for Space {
         if self.is_active() {
             Space::deactivate();
         }
-        with_mm(|mm| {
+        let root = self.shared.root;
+        interrupts::without_interrupts(|| {
+            manager().spaces.lock().remove(&root);
+            let mut guard = self.shared.space.write();
             // Every other CPU still running the space (idle ones that kept its root in CR3) loads
             // the kernel's table before the tables are freed (§4(b)); then none is left.
-            let others = self.active.get().without(percpu::this_cpu());
-            tlb::leave_round(others, self.root);
+            let others = self.shared.active.get().without(percpu::this_cpu());
+            tlb::leave_round(others, root);
             for cpu in others.iter() {
-                self.active.deactivate(cpu);
+                self.shared.active.deactivate(cpu);
             }
-            if let Some(space) = mm.spaces.remove(&self.root) {
-                let mut tlb = KernelTlb::new(self.root);
-                let mut cx = MemoryManager::context(&mut mm.frames, &mut mm.window, &mut tlb, &mut mm.charge, &mut mm.counters);
-                let root = space.destroy(&mut cx);
-                mm.frames.free(root).expect("a space's root frame is allocated");
+            if let Some(space) = guard.take() {
+                let root = self.shared.in_context(|cx| space.destroy(cx));
+                address_space::frame::FrameSource::free(&mut KernelFrames, root).expect("a space's root frame is allocated");
             }
         })
     }

@@ -55,26 +55,34 @@ pub(super) fn cr3_root() -> u64 {
 /// it (see the module docs).
 pub struct KernelTlb {
     cpu: usize,
-    /// Whether the space is in this CPU's CR3.
-    local: bool,
+    root: u64,
+    /// Whether the space is in this CPU's CR3, read at the first invalidation (a call that
+    /// invalidates nothing never reads CR3).
+    local: Option<bool>,
 }
 
 impl KernelTlb {
     /// The TLB of the space with root `root`, seen from the calling CPU.
     pub(super) fn new(root: u64) -> Self {
-        KernelTlb { cpu: percpu::this_cpu(), local: cr3_root() == root }
+        KernelTlb { cpu: percpu::this_cpu(), root, local: None }
+    }
+
+    /// Whether the space is in this CPU's CR3 (it does not change during a call: interrupts are
+    /// off).
+    fn local(&mut self) -> bool {
+        *self.local.get_or_insert_with(|| cr3_root() == self.root)
     }
 }
 
 impl Tlb for KernelTlb {
     fn invalidate_page(&mut self, addr: VirtAddr) {
-        if self.local {
+        if self.local() {
             x86_64::instructions::tlb::flush(addr);
         }
     }
 
     fn flush_all(&mut self) {
-        if self.local {
+        if self.local() {
             // Reloading CR3 drops every non-global translation, i.e. all of the guest's.
             x86_64::instructions::tlb::flush_all();
         }
@@ -91,7 +99,7 @@ impl Tlb for KernelTlb {
         };
         let others = round.targets.without(self.cpu);
         let posted = post(self.cpu, others, &request);
-        if self.local || round.targets.contains(self.cpu) {
+        if self.local() || round.targets.contains(self.cpu) {
             request.apply();
         }
         if posted {

@@ -100,6 +100,8 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+mod shared;
+mod source;
 mod layout;
 mod summary;
 #[cfg(test)]
@@ -113,6 +115,8 @@ use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size2MiB, Size4KiB};
 
 pub use cache::{CACHE_BATCH, CACHE_CAPACITY, FrameAccounting, FrameCache, SharedFrames};
+pub use shared::SharedReservation;
+pub use source::FrameSource;
 use layout::Layout;
 use summary::Summary;
 

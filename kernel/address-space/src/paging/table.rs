@@ -23,7 +23,7 @@ use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
 use super::pte::{ACCESSED, ADDR_MASK, DIRTY, HUGE, PRESENT, Pte, TABLE_FLAGS};
 use super::tlb::{MAX_DEFERRED, TlbBatch};
-use crate::frame::FrameAllocator;
+use crate::frame::FrameSource;
 use crate::{LARGE_PAGE_SIZE, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
 
 const COUNT_SHIFT: u32 = 52;
@@ -69,7 +69,7 @@ pub struct Tables<'a, M: PhysMemory> {
     /// Physical memory holding the tables.
     pub mem: &'a mut M,
     /// Where freed table pages go.
-    pub frames: &'a mut FrameAllocator,
+    pub frames: &'a mut dyn FrameSource,
     /// Work counters.
     pub counters: &'a mut WorkCounters,
     /// A page table whose last entry goes stays, linked with a count of 0, instead of being
@@ -483,7 +483,7 @@ struct Cursor {
 /// far are given back and no counter changes.
 pub fn alloc_tables(
     n: u64,
-    frames: &mut FrameAllocator,
+    frames: &mut dyn FrameSource,
     mem: &mut impl PhysMemory,
     counters: &mut WorkCounters,
 ) -> Result<Vec<PhysFrame>, VmError> {
@@ -542,6 +542,15 @@ pub fn read_pte(mem: &impl PhysMemory, root: u64, va: u64) -> Pte {
     match walk(mem, root, va) {
         Leaf::Table(t) => Pte(mem.read_u64(pa(t + index(va, 0) * 8))),
         Leaf::Absent(_) | Leaf::Large(_) => Pte::RESERVED,
+    }
+}
+
+/// Returns the physical address of the leaf entry of the 4 KiB page at `va`, if its page table
+/// exists.
+pub fn pte_address(mem: &impl PhysMemory, root: u64, va: u64) -> Option<u64> {
+    match walk(mem, root, va) {
+        Leaf::Table(t) => Some(t + index(va, 0) * 8),
+        Leaf::Absent(_) | Leaf::Large(_) => None,
     }
 }
 

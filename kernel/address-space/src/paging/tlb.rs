@@ -34,7 +34,7 @@ use x86_64::VirtAddr;
 use x86_64::structures::paging::{PhysFrame, Size2MiB};
 
 use crate::WorkCounters;
-use crate::frame::FrameAllocator;
+use crate::frame::FrameSource;
 
 /// The most CPUs a [`CpuSet`] can name (one bit each).
 pub const MAX_CPUS: usize = 64;
@@ -273,7 +273,7 @@ impl TlbBatch {
     /// If a deferred frame is not allocated (a kernel bug: the tables held a frame the
     /// allocator disowns).
     #[inline]
-    pub fn flush(self, targets: CpuSet, tlb: &mut impl Tlb, frames: &mut FrameAllocator, counters: &mut WorkCounters) {
+    pub fn flush(self, targets: CpuSet, tlb: &mut impl Tlb, frames: &mut dyn FrameSource, counters: &mut WorkCounters) {
         if !self.is_empty() {
             let single;
             let scope = if self.full {
@@ -303,6 +303,7 @@ impl TlbBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::FrameAllocator;
 
     #[derive(Default)]
     struct Log {

@@ -25,7 +25,8 @@ use crate::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE, PAGE_SIZE};
 /// consumes it (dropping one that still holds frames is a leak, a debug assertion).
 #[must_use = "a commit plan holds frames and charge"]
 pub(crate) struct CommitPlan {
-    /// Pages that were reserved and become committed (charged and frame-reserved).
+    /// Pages that were reserved and become committed (charged, with their tables, when the plan
+    /// was made; frame-reserved).
     pub new_pages: u64,
     /// One frame for each new 4 KiB page, taken when the page is first touched.
     pub frames: FrameReservation,
@@ -169,10 +170,17 @@ impl AddressSpace {
         new_pages: u64,
     ) -> Result<CommitPlan, VmError> {
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 0);
-        // The tables are charged with the pages (charge.rs): checked together, first.
-        cx.charge.check(new_pages, missing, level)?;
+        // The tables are charged with the pages (charge.rs): checked and charged together,
+        // first, in one step (another space may be committing on another CPU).
+        cx.charge.try_charge(new_pages, missing, level)?;
         let frames = if new_pages > 0 {
-            cx.frames.reserve(new_pages).map_err(|_| VmError::NoMemory)?
+            match cx.frames.reserve(new_pages) {
+                Ok(frames) => frames,
+                Err(_) => {
+                    cx.charge.uncharge(new_pages, missing);
+                    return Err(VmError::NoMemory);
+                }
+            }
         } else {
             FrameReservation::empty()
         };
@@ -180,6 +188,7 @@ impl AddressSpace {
             Ok(tables) => Ok(CommitPlan { new_pages, frames, tables, large: Vec::new() }),
             Err(e) => {
                 cx.frames.unreserve(frames);
+                cx.charge.uncharge(new_pages, missing);
                 Err(e)
             }
         }
@@ -200,7 +209,7 @@ impl AddressSpace {
     ) -> Result<CommitPlan, VmError> {
         let pages = (end - start) / PAGE_SIZE;
         let missing = table::count_missing_tables(cx.mem, self.root_pa(), start, end, 1);
-        cx.charge.check(pages, missing, level)?;
+        cx.charge.try_charge(pages, missing, level)?;
         let mut large = Vec::with_capacity(((end - start) / LARGE_PAGE_SIZE) as usize);
         for _ in 0..(end - start) / LARGE_PAGE_SIZE {
             match cx.frames.alloc_2mib() {
@@ -209,6 +218,7 @@ impl AddressSpace {
                     for f in large {
                         cx.frames.free_2mib(f).expect("large page: freeing a run just allocated");
                     }
+                    cx.charge.uncharge(pages, missing);
                     return Err(VmError::NoMemory);
                 }
             }
@@ -219,6 +229,7 @@ impl AddressSpace {
                 for f in large {
                     cx.frames.free_2mib(f).expect("large page: freeing a run just allocated");
                 }
+                cx.charge.uncharge(pages, missing);
                 Err(e)
             }
         }
@@ -239,7 +250,6 @@ impl AddressSpace {
         mut plan: CommitPlan,
         mut prot_of: impl FnMut(u64) -> (BaseProtection, bool),
     ) {
-        cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         self.demand_zero.absorb(core::mem::replace(&mut plan.frames, FrameReservation::empty()));
         let cache = a.cache;
@@ -291,7 +301,6 @@ impl AddressSpace {
         cache: CacheMode,
         mut plan: CommitPlan,
     ) {
-        cx.charge.charge(plan.new_pages, plan.tables.len() as u64);
         self.table_pages += plan.tables.len() as u64;
         let large = core::mem::take(&mut plan.large);
         let mut entries = Vec::with_capacity(large.len());
@@ -378,8 +387,7 @@ impl AddressSpace {
         if unreserve > 0 {
             cx.frames.unreserve(self.demand_zero.split(unreserve));
         }
-        cx.charge.uncharge(decommitted);
-        cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
+        cx.charge.uncharge(decommitted, cx.counters.table_pages_freed - freed_before);
         self.table_pages -= cx.counters.table_pages_freed - freed_before;
         self.complete(batch, cx);
         let record = self.allocations.get_mut(&a.base).expect("allocation record");
@@ -402,8 +410,7 @@ impl AddressSpace {
                 let f = PhysFrame::<Size2MiB>::containing_address(x86_64::PhysAddr::new(e & pte::ADDR_MASK & !(LARGE_PAGE_SIZE - 1)));
                 batch.defer_free_2mib(f);
             });
-            cx.charge.uncharge(a.size / PAGE_SIZE);
-            cx.charge.uncharge_tables(cx.counters.table_pages_freed - freed_before);
+            cx.charge.uncharge(a.size / PAGE_SIZE, cx.counters.table_pages_freed - freed_before);
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
             self.complete(batch, cx);
         } else {

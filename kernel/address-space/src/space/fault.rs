@@ -95,6 +95,19 @@ impl CheckedUserWrite {
     }
 }
 
+/// What a fault calls for (`AddressSpace::decide_fault`).
+enum FaultAction {
+    /// An access violation.
+    Refuse,
+    /// The page is mapped and allows the access: a stale TLB entry (invalidate, retry).
+    Spurious(u64),
+    /// A guard page: disarm it (entry, allocation) and report the guard.
+    DisarmGuard(u64, Pte, Allocation),
+    /// A committed, accessible page without a frame: give it one (the entry as read — zero
+    /// for a page of the lazy run —, the page's state, allocation).
+    Populate(u64, Pte, Pte, Allocation),
+}
+
 impl AddressSpace {
     /// Checks a kernel write of `len` bytes at `addr` for the common case of a system service's
     /// result: the bytes lie in one page, committed, writable, not a guard page, and with a frame
@@ -181,40 +194,121 @@ impl AddressSpace {
         access: Access,
         zeroed: &mut Option<PhysFrame>,
     ) -> FaultOutcome {
-        let av = FaultOutcome::AccessViolation { access, address: addr };
+        match self.decide_fault(cx.mem, addr, access) {
+            FaultAction::Refuse => FaultOutcome::AccessViolation { access, address: addr },
+            FaultAction::Spurious(page) => Self::drop_stale(cx, page),
+            FaultAction::DisarmGuard(page, e, a) => {
+                self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache), Self::in_run(&a, page));
+                FaultOutcome::GuardPage { access, address: addr }
+            }
+            FaultAction::Populate(page, _, e, a) => {
+                // Accessible, not guarded, not present: no frame yet (demand-zero).
+                self.populate(cx, page, e, &a, zeroed);
+                cx.counters.faults_resolved += 1;
+                FaultOutcome::Resolved
+            }
+        }
+    }
+
+    /// As [`handle_fault_with_zeroed`](Self::handle_fault_with_zeroed), with the space lock
+    /// held **shared** (`&self`): faults on one space run on several CPUs at once (Linux's
+    /// `mmap_read_lock` fault path). Every call that changes the allocation map or the tables
+    /// holds the lock exclusively, so only other shared faults run meanwhile, and they only
+    /// ever make a non-present entry present (demand-zero) or disarm a guard: the decision is
+    /// made as in `handle_fault_with_zeroed` and its one entry change is a compare-and-exchange
+    /// of the entry it read. If another fault changed the entry first, nothing is done and the
+    /// fault is `Resolved` (the access is retried and decides anew): of several CPUs touching one
+    /// guard page, exactly one gets [`FaultOutcome::GuardPage`]; of several first touches of
+    /// one page, exactly one frame is used.
+    ///
+    /// A demand-zero page takes the caller's `zeroed` frame (allocated, zeroed, nobody else's):
+    /// when it is used, `zeroed` becomes `None` and one frame of the space's demand-zero
+    /// reservation goes back through `cx.frames.unreserve`. Without one, the answer is `None`:
+    /// the caller brings a zeroed frame and calls again (or handles the fault exclusively). The
+    /// tables exist (commit creates them), so no table is created or freed and no TLB round is
+    /// needed: a non-present entry is cached nowhere.
+    pub fn handle_fault_shared<M: PhysMemory, T: Tlb>(
+        &self,
+        cx: &mut VmContext<'_, M, T>,
+        addr: u64,
+        access: Access,
+        zeroed: &mut Option<PhysFrame>,
+    ) -> Option<FaultOutcome> {
+        Some(match self.decide_fault(cx.mem, addr, access) {
+            FaultAction::Refuse => FaultOutcome::AccessViolation { access, address: addr },
+            FaultAction::Spurious(page) => Self::drop_stale(cx, page),
+            FaultAction::DisarmGuard(page, e, a) => {
+                if self.replace_entry(cx, page, e, e.with_protection(e.prot(), false, a.cache)) {
+                    FaultOutcome::GuardPage { access, address: addr }
+                } else {
+                    FaultOutcome::Resolved
+                }
+            }
+            FaultAction::Populate(page, raw, e, a) => {
+                let frame = (*zeroed)?;
+                let new = Pte::committed(e.prot(), e.guard(), Some(frame.start_address().as_u64()), e.dirty(), a.cache);
+                // A page of the lazy run is counted in its table already (as any committed page
+                // is): its zero entry becomes present, no count changes.
+                if self.replace_entry(cx, page, raw, new) {
+                    *zeroed = None;
+                    let promise = self.demand_zero.take_one().expect("a committed page without a frame has a reserved frame");
+                    cx.frames.unreserve(promise);
+                    cx.counters.frames_zeroed += 1;
+                    cx.counters.faults_resolved += 1;
+                }
+                FaultOutcome::Resolved
+            }
+        })
+    }
+
+    /// A fault on a page that allows the access: this CPU's TLB held a stale, more restrictive
+    /// entry; it is invalidated and the access retried.
+    fn drop_stale<M: PhysMemory, T: Tlb>(cx: &mut VmContext<'_, M, T>, page: u64) -> FaultOutcome {
+        cx.tlb.invalidate_page(x86_64::VirtAddr::new_truncate(page));
+        cx.counters.invlpg += 1;
+        FaultOutcome::Resolved
+    }
+
+    /// Replaces the leaf entry of `page` by `new` if it still is `old` (one compare-and-exchange;
+    /// for [`handle_fault_shared`](Self::handle_fault_shared)). Returns whether it did.
+    fn replace_entry<M: PhysMemory, T: Tlb>(&self, cx: &mut VmContext<'_, M, T>, page: u64, old: Pte, new: Pte) -> bool {
+        let Some(at) = table::pte_address(cx.mem, self.root_pa(), page) else { return false };
+        let replaced = cx.mem.compare_exchange_u64(PhysAddr::new(at), old.0, new.0).is_ok();
+        if replaced {
+            cx.counters.pte_writes += 1;
+        }
+        replaced
+    }
+
+    /// What a fault at `addr` by `access` calls for, in the Windows priority order (see
+    /// [`handle_fault`](Self::handle_fault)). Reads only.
+    fn decide_fault(&self, mem: &impl PhysMemory, addr: u64, access: Access) -> FaultAction {
         let Some(a) = self.allocation_at(addr).copied() else {
-            return av;
+            return FaultAction::Refuse;
         };
         let page = addr & !(PAGE_SIZE - 1);
         if let Some(prot) = a.large_protection() {
-            if !access.allowed_by(prot) {
-                return av;
-            }
-            cx.tlb.invalidate_page(x86_64::VirtAddr::new_truncate(page));
-            cx.counters.invlpg += 1;
-            return FaultOutcome::Resolved;
+            return if access.allowed_by(prot) { FaultAction::Spurious(page) } else { FaultAction::Refuse };
         }
-        let e = self.entry(cx.mem, &a, page);
+        // The entry as it is in the table (what a shared fault's compare-and-exchange expects)
+        // and the page's state (a zero entry in the allocation's lazy run is committed).
+        let raw = table::read_pte(mem, self.root_pa(), page);
+        let e = if raw.0 == 0 { Self::lazy_entry(&a, page).unwrap_or(raw) } else { raw };
         if !e.is_committed() {
-            return av;
+            return FaultAction::Refuse;
         }
         if e.guard() {
-            self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache), Self::in_run(&a, page));
-            return FaultOutcome::GuardPage { access, address: addr };
+            // A guard page is never in a lazy run: its state is its entry.
+            return FaultAction::DisarmGuard(page, e, a);
         }
         if !access.allowed_by(e.prot()) {
-            return av;
+            return FaultAction::Refuse;
         }
         if e.is_present() {
             // Spurious: a stale (more restrictive) TLB entry.
-            cx.tlb.invalidate_page(x86_64::VirtAddr::new_truncate(page));
-            cx.counters.invlpg += 1;
-            return FaultOutcome::Resolved;
+            return FaultAction::Spurious(page);
         }
-        // Accessible, not guarded, not present: no frame yet (demand-zero).
-        self.populate(cx, page, e, &a, zeroed);
-        cx.counters.faults_resolved += 1;
-        FaultOutcome::Resolved
+        FaultAction::Populate(page, raw, e, a)
     }
 
     /// Returns whether a fault at `addr` by `access` would map a new zeroed frame if it were
@@ -222,12 +316,7 @@ impl AddressSpace {
     /// the answer may change as soon as the space lock is dropped, which
     /// [`handle_fault_with_zeroed`](Self::handle_fault_with_zeroed) copes with.
     pub fn fault_needs_frame(&self, mem: &impl PhysMemory, addr: u64, access: Access) -> bool {
-        let Some(a) = self.allocation_at(addr) else { return false };
-        if a.large_protection().is_some() {
-            return false;
-        }
-        let e = self.entry(mem, a, addr & !(PAGE_SIZE - 1));
-        e.is_committed() && !e.guard() && access.allowed_by(e.prot()) && !e.is_present() && e.frame().is_none()
+        matches!(self.decide_fault(mem, addr, access), FaultAction::Populate(..))
     }
 
     /// Gives the committed page at `page` (entry `e`, without a frame) a zeroed frame — the
@@ -235,13 +324,14 @@ impl AddressSpace {
     /// commit-time reservation, zeroed here — and writes its entry. Returns the new entry.
     fn populate<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, e: Pte, a: &Allocation, zeroed: &mut Option<PhysFrame>) -> Pte {
         debug_assert!(e.frame().is_none());
+        let mut promise = self.demand_zero.split(1);
         let frame = match zeroed.take() {
             Some(frame) => {
-                cx.frames.unreserve(self.demand_zero.split(1));
+                cx.frames.unreserve(promise);
                 frame
             }
             None => {
-                let frame = cx.frames.alloc_reserved(&mut self.demand_zero);
+                let frame = cx.frames.alloc_reserved(&mut promise);
                 cx.mem.zero_frame(frame);
                 frame
             }

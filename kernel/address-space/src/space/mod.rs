@@ -61,13 +61,13 @@ pub use fault::{Access, CheckedUserWrite, FaultOutcome};
 pub use query::MemoryBasicInformation;
 
 use crate::allocation_map::WideMap;
-use crate::frame::{FrameAllocator, FrameReservation};
+use crate::frame::{FrameSource, SharedReservation};
 use crate::paging::pte::Pte;
 use crate::paging::table::{self, TableCensus, Tables};
 use crate::paging::tlb::{ActiveCpus, CpuSet, DEFAULT_FLUSH_THRESHOLD, Tlb, TlbBatch};
 use crate::placement::GapTree;
 use crate::protection::{BaseProtection, CacheMode};
-use crate::{ALLOCATION_GRANULARITY, CommitCharge, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
+use crate::{ALLOCATION_GRANULARITY, ChargeSource, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
 
 /// The configuration of an address space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,23 +263,27 @@ pub struct AllocationSummary {
 }
 
 /// Everything an operation may need besides the space itself. The kernel keeps the frame
-/// allocator and the commit charge behind global locks and builds one of these per call.
+/// allocator and the commit charge behind their own locks and builds one of these per call;
+/// `frames` and `charge` take those locks per request, never for the whole call (see
+/// [`FrameSource`], [`ChargeSource`](crate::ChargeSource)).
 pub struct VmContext<'a, M: PhysMemory, T: Tlb> {
-    /// The physical frame allocator (shared by all spaces).
-    pub frames: &'a mut FrameAllocator,
+    /// The physical frames (shared by all spaces): a `FrameAllocator`, or the kernel's handle
+    /// to its locked allocator.
+    pub frames: &'a mut dyn FrameSource,
     /// Physical memory (the kernel's window, or simulated RAM).
     pub mem: &'a mut M,
     /// TLB invalidation for this space.
     pub tlb: &'a mut T,
-    /// The commit charge (shared by all spaces).
-    pub charge: &'a mut CommitCharge,
+    /// The commit charge (shared by all spaces): a `CommitCharge`, or the kernel's handle to
+    /// its locked charge.
+    pub charge: &'a mut dyn ChargeSource,
     /// Work counters.
     pub counters: &'a mut WorkCounters,
 }
 
 impl<M: PhysMemory, T: Tlb> VmContext<'_, M, T> {
     pub(crate) fn tables(&mut self, root: u64) -> Tables<'_, M> {
-        Tables { root, mem: self.mem, frames: self.frames, counters: self.counters, keep_empty: false }
+        Tables { root, mem: self.mem, frames: &mut *self.frames, counters: self.counters, keep_empty: false }
     }
 }
 
@@ -299,7 +303,7 @@ pub struct AddressSpace {
     reserved_bytes: u64,
     /// The frames promised to committed pages that have none yet (demand-zero): one per such
     /// page, taken when the page is first touched, given back when it is decommitted untouched.
-    demand_zero: FrameReservation,
+    demand_zero: SharedReservation,
     /// The CPUs that have this space's root in CR3: the targets of every TLB round.
     active: Arc<ActiveCpus>,
 }
@@ -315,7 +319,7 @@ impl AddressSpace {
     /// Cost: one frame allocation and one frame zeroed.
     pub fn new(
         config: SpaceConfig,
-        frames: &mut FrameAllocator,
+        frames: &mut dyn FrameSource,
         mem: &mut impl PhysMemory,
         counters: &mut WorkCounters,
     ) -> Result<Self, VmError> {
@@ -337,7 +341,7 @@ impl AddressSpace {
             gaps: GapTree::new(config.min_address / ALLOCATION_GRANULARITY, config.max_address_end / ALLOCATION_GRANULARITY),
             table_pages: 0,
             reserved_bytes: 0,
-            demand_zero: FrameReservation::empty(),
+            demand_zero: SharedReservation::empty(),
             active: Arc::new(ActiveCpus::default()),
         })
     }
@@ -568,7 +572,7 @@ impl AddressSpace {
             assert_eq!(e, 0, "address space: PML4 entry {i} survives teardown");
         }
         // Every committed page is gone, and with it every promised frame.
-        cx.frames.unreserve(core::mem::replace(&mut self.demand_zero, FrameReservation::empty()));
+        cx.frames.unreserve(self.demand_zero.take_all());
         self.root
     }
 }

@@ -46,17 +46,7 @@ impl World {
 
     /// A guest access of the u64 at `addr` on CPU `cpu` (writes store `value`).
     fn touch(&mut self, cpu: usize, addr: u64, access: Access, value: u64) -> Result<u64, FaultOutcome> {
-        match self.on(cpu, |s, cx| sim_access(s, cx, addr, access)) {
-            SimAccess::Done(pa) => {
-                if access == Access::Write {
-                    self.mem.write_bytes(pa, &value.to_le_bytes());
-                }
-                let mut b = [0u8; 8];
-                self.mem.read_bytes(pa, &mut b);
-                Ok(u64::from_le_bytes(b))
-            }
-            SimAccess::Fault(f) => Err(f),
-        }
+        self.on(cpu, |s, cx| sim_touch(s, cx, addr, access, value))
     }
 
     fn stale(&self) -> Vec<(usize, u64)> {
@@ -238,6 +228,22 @@ fn a_d_bit_set_by_another_cpu_during_an_update_is_kept() {
     w.teardown();
 }
 
+/// A guest access of the u64 at `addr` (writes store `value`), as the MMU would make it: the
+/// value read after, or the fault that refused it.
+fn sim_touch<M: PhysMemory, T: crate::sim::SimTlb>(space: &mut AddressSpace, cx: &mut VmContext<'_, M, T>, addr: u64, access: Access, value: u64) -> Result<u64, FaultOutcome> {
+    match sim_access(space, cx, addr, access) {
+        SimAccess::Done(pa) => {
+            if access == Access::Write {
+                cx.mem.write_bytes(pa, &value.to_le_bytes());
+            }
+            let mut b = [0u8; 8];
+            cx.mem.read_bytes(pa, &mut b);
+            Ok(u64::from_le_bytes(b))
+        }
+        SimAccess::Fault(f) => Err(f),
+    }
+}
+
 /// One call as it took effect, in lock order.
 #[derive(Debug, Clone)]
 enum Op {
@@ -396,4 +402,405 @@ fn threads_on_one_space_agree_with_the_model() {
     }
     assert!(outcomes.keys().any(|k| k == "Touch ok") && outcomes.keys().any(|k| k == "Free ok"), "the run did work: {outcomes:?}");
     w.teardown();
+}
+
+/// Physical memory shared by the threads of [`spaces_on_threads_share_frames_and_charge_exactly`]:
+/// each access locks the simulated RAM (a compare-and-exchange is one step under the lock).
+struct SharedRam<'a>(&'a Mutex<SimPhysMemory>);
+
+impl PhysMemory for SharedRam<'_> {
+    fn read_u64(&self, pa: x86_64::PhysAddr) -> u64 {
+        self.0.lock().expect("ram").read_u64(pa)
+    }
+    fn write_u64(&mut self, pa: x86_64::PhysAddr, value: u64) {
+        self.0.lock().expect("ram").write_u64(pa, value)
+    }
+    fn compare_exchange_u64(&mut self, pa: x86_64::PhysAddr, current: u64, new: u64) -> Result<(), u64> {
+        self.0.lock().expect("ram").compare_exchange_u64(pa, current, new)
+    }
+    fn zero_frame(&mut self, frame: x86_64::structures::paging::PhysFrame) {
+        self.0.lock().expect("ram").zero_frame(frame)
+    }
+    fn read_bytes(&self, pa: x86_64::PhysAddr, buf: &mut [u8]) {
+        self.0.lock().expect("ram").read_bytes(pa, buf)
+    }
+    fn write_bytes(&mut self, pa: x86_64::PhysAddr, data: &[u8]) {
+        self.0.lock().expect("ram").write_bytes(pa, data)
+    }
+}
+
+/// The frames as the kernel reaches them: the allocator behind its lock, taken per request, and
+/// this thread's (CPU's) frame cache in front of it for single frames.
+struct CachedFrames<'a> {
+    cache: crate::frame::FrameCache,
+    global: &'a Mutex<FrameAllocator>,
+}
+
+impl crate::frame::FrameSource for CachedFrames<'_> {
+    fn with_allocator(&mut self, f: &mut dyn FnMut(&mut FrameAllocator)) {
+        f(&mut self.global.lock().expect("frames"))
+    }
+    fn alloc(&mut self) -> Result<x86_64::structures::paging::PhysFrame, crate::frame::FrameError> {
+        self.cache.alloc(self.global)
+    }
+    fn free(&mut self, frame: x86_64::structures::paging::PhysFrame) -> Result<(), crate::frame::FrameError> {
+        self.cache.free(frame, self.global)
+    }
+}
+
+/// The commit charge behind its lock, taken per request.
+struct LockedCharge<'a>(&'a Mutex<CommitCharge>);
+
+impl ChargeSource for LockedCharge<'_> {
+    fn with_charge(&mut self, f: &mut dyn FnMut(&mut CommitCharge)) {
+        f(&mut self.0.lock().expect("charge"))
+    }
+}
+
+/// The split locks of the README's design with real threads: three threads, each a CPU with its
+/// own space (its own space lock) and its own frame cache, share one frame allocator and one
+/// commit charge, each behind its own lock taken per request (`FrameSource` / `ChargeSource`),
+/// and commit, touch, protect, decommit and release at random against a commit limit they
+/// cannot all fit in. Checked: every answer but the limit's agrees with a per-space model; the
+/// charge never passes the limit (check and charge are one step, so two spaces never both
+/// pass); no commit that passed the charge fails for lack of frames although the RAM holds only
+/// the limit, the roots and what the caches may hold (`limit ≤ frames − CPUs × CACHE_CAPACITY`);
+/// at the end the charge, tables, frames in use and reservations add up exactly over the spaces,
+/// and after teardown every frame and page of charge is back.
+#[test]
+fn spaces_on_threads_share_frames_and_charge_exactly() {
+    const SPACES: usize = 3;
+    const LIMIT: u64 = 360;
+    let seed = seed();
+    let ops: u64 = std::env::var("AS_CONC_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    std::eprintln!("split-lock test: AS_CONC_SEED={seed:#x}, {SPACES} spaces x {ops} calls");
+    let cfg = SpaceConfig { min_address: BASE, max_address_end: BASE + 0x20_0000, ..SpaceConfig::default() };
+    let needed = LIMIT + SPACES as u64 * (1 + crate::frame::CACHE_CAPACITY as u64);
+    let ram = Mutex::new(SimPhysMemory::new(RAM_BASE, ((needed + 16) * 0x1000).next_multiple_of(0x1_0000) as usize));
+    let frames = Mutex::new(FrameAllocator::new(&[ram.lock().expect("ram").range()]));
+    let start_used = frames.lock().expect("frames").used_frames();
+    assert!(frames.lock().expect("frames").available_frames() >= needed);
+    let charge = Mutex::new(CommitCharge::new(LIMIT, 0));
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..SPACES)
+            .map(|t| {
+                let (ram, frames, charge) = (&ram, &frames, &charge);
+                scope.spawn(move || {
+                    let mut r = Rng(seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    let mut src = CachedFrames { cache: crate::frame::FrameCache::new(), global: frames };
+                    let (mut mem, mut tlb, mut counters) = (SharedRam(ram), crate::sim::TlbModel::new(), WorkCounters::default());
+                    let mut space = AddressSpace::new(cfg, &mut src, &mut mem, &mut counters).expect("space");
+                    let mut m = Model::new(cfg.min_address, cfg.max_address_end, u64::MAX / 4, 0);
+                    let env = Env { available: u64::MAX / 4, runs: 0 };
+                    let mut limit_hits = 0;
+                    for i in 0..ops {
+                        let mut cx = VmContext { frames: &mut src, mem: &mut mem, tlb: &mut tlb, charge: &mut LockedCharge(charge), counters: &mut counters };
+                        let page = BASE + r.below(512) * 0x1000;
+                        let size = (1 + r.below(24)) * 0x1000;
+                        let prot = [PAGE_READWRITE, PAGE_READONLY, PAGE_NOACCESS, PAGE_READWRITE | PAGE_GUARD][r.below(4) as usize];
+                        let op = match r.below(100) {
+                            0..=19 => {
+                                let got = space.virtual_alloc(&mut cx, page & !0xFFFF, size, MEM_RESERVE | MEM_COMMIT, prot, CriticalLevel::Task);
+                                Op::Alloc { addr: page & !0xFFFF, size, ty: MEM_RESERVE | MEM_COMMIT, prot, env, got }
+                            }
+                            20..=39 => {
+                                let got = space.virtual_alloc(&mut cx, page, size, MEM_COMMIT, prot, CriticalLevel::Task);
+                                Op::Alloc { addr: page, size, ty: MEM_COMMIT, prot, env, got }
+                            }
+                            40..=49 => Op::Free { addr: page, size, ty: MEM_DECOMMIT, got: space.virtual_free(&mut cx, page, size, MEM_DECOMMIT) },
+                            50..=57 => Op::Free { addr: page & !0xFFFF, size: 0, ty: MEM_RELEASE, got: space.virtual_free(&mut cx, page & !0xFFFF, 0, MEM_RELEASE) },
+                            58..=64 => Op::Protect { addr: page, size, prot, got: space.virtual_protect(&mut cx, page, size, prot) },
+                            _ => {
+                                let access = if r.below(2) == 0 { Access::Read } else { Access::Write };
+                                let value = r.next();
+                                Op::Touch { addr: page, access, value, got: sim_touch(&mut space, &mut cx, page, access, value) }
+                            }
+                        };
+                        let over = { let c = charge.lock().expect("charge"); c.committed_pages() + c.table_pages() > LIMIT };
+                        assert!(!over, "[seed {seed:#x}] space {t} call {i}: the charge passed the limit");
+                        let failed_on_limit = match &op {
+                            Op::Alloc { got, .. } => {
+                                assert_ne!(*got, Err(VmError::NoMemory), "[seed {seed:#x}] space {t} call {i}: a commit that passed the charge found no frames");
+                                *got == Err(VmError::CommitmentLimit)
+                            }
+                            _ => false,
+                        };
+                        if failed_on_limit {
+                            limit_hits += 1;
+                        } else {
+                            assert!(replay(&mut m, &op), "[seed {seed:#x}] space {t} call {i} disagrees with the model: {op:x?}");
+                        }
+                    }
+                    (space, m, src.cache, tlb, counters, limit_hits)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a thread failed")).collect()
+    });
+    // Every frame the caches hold goes back: the allocator's figures are then exact.
+    let mut mem = SharedRam(&ram);
+    let (mut committed, mut tables, mut held_all, mut reserved, mut hits) = (0, 0, 0, 0, 0);
+    for (space, m, mut cache, _, _, limit_hits) in results.iter().map(|(s, m, c, t, n, h)| (s, m, c.clone(), t, n, *h)) {
+        cache.drain(&frames);
+        let (held, _, committed4k) = m.frame_counts();
+        let census = space.census_with(&mem, |_, _| {}, |_, _| {});
+        assert_eq!((census.committed_pages, census.pages_with_frame, census.bad_counts), (committed4k, held, 0), "[seed {seed:#x}] entries");
+        assert_eq!(census.table_pages, space.table_pages(), "[seed {seed:#x}] table pages");
+        committed += m.committed;
+        tables += census.table_pages;
+        held_all += held;
+        reserved += committed4k - held;
+        hits += limit_hits;
+    }
+    {
+        let (f, c) = (frames.lock().expect("frames"), charge.lock().expect("charge"));
+        assert_eq!((c.committed_pages(), c.table_pages()), (committed, tables), "[seed {seed:#x}] commit charge");
+        assert_eq!(f.used_frames() - start_used, held_all + tables + SPACES as u64, "[seed {seed:#x}] frames in use");
+        assert_eq!(f.reserved_frames(), reserved, "[seed {seed:#x}] reserved frames");
+    }
+    std::eprintln!("split-lock test: {hits} commits refused at the limit; at the end {committed} pages committed, {tables} table pages");
+    assert!(hits > 0, "the spaces never met the commit limit: the test did not race on it");
+    for (mut space, _, _, mut tlb, mut counters, _) in results {
+        let mut f = frames.lock().expect("frames");
+        let mut c = charge.lock().expect("charge");
+        let mut cx = VmContext { frames: &mut *f, mem: &mut mem, tlb: &mut tlb, charge: &mut *c, counters: &mut counters };
+        let bases: Vec<u64> = space.allocations().map(|a| a.base).collect();
+        for b in bases {
+            space.virtual_free(&mut cx, b, 0, MEM_RELEASE).expect("release");
+        }
+        let root = space.destroy(&mut cx);
+        f.free(root).expect("root");
+    }
+    let (f, c) = (frames.lock().expect("frames"), charge.lock().expect("charge"));
+    assert_eq!((f.used_frames(), f.reserved_frames()), (start_used, 0), "[seed {seed:#x}] frames after teardown");
+    assert_eq!((c.committed_pages(), c.table_pages()), (0, 0), "[seed {seed:#x}] charge after teardown");
+}
+
+/// Four threads on one space behind a reader/writer lock, as the kernel holds it: page faults
+/// take it shared (`handle_fault_shared`, several at once), every other call exclusively. Each
+/// thread decommits, recommits, protects and touches the pages of its own region (checked
+/// against its own model: they are only its). And in rounds, all of them first-touch one fresh
+/// shared page at the same moment (a barrier), each writing its own slot of it: a second frame
+/// installed for the page would lose a write; some rounds' page is a guard page, which exactly
+/// one thread must get. After each round thread 0 checks the page and decommits and recommits it
+/// (exclusively). At the end the entries, frames, reservations and charge add up exactly.
+#[test]
+fn shared_faults_on_one_space_agree() {
+    const OWN: u64 = 64;
+    const SHARED_PAGES: u64 = 64;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let seed = seed();
+    let rounds: u64 = std::env::var("AS_CONC_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000) / 2;
+    std::eprintln!("shared-fault test: AS_CONC_SEED={seed:#x}, {THREADS} threads x {rounds} rounds");
+    let ram = Mutex::new(SimPhysMemory::new(RAM_BASE, 16 << 20));
+    let frames = Mutex::new(FrameAllocator::new(&[ram.lock().expect("ram").range()]));
+    let start_used = frames.lock().expect("frames").used_frames();
+    let charge = Mutex::new(CommitCharge::new(10_000, 0));
+    let mut mem = SharedRam(&ram);
+    let mut setup = CachedFrames { cache: crate::frame::FrameCache::new(), global: &frames };
+    let (mut tlb, mut counters) = (crate::sim::TlbModel::new(), WorkCounters::default());
+    let mut space = AddressSpace::new(cfg(), &mut setup, &mut mem, &mut counters).expect("space");
+    let shared_base = BASE + THREADS as u64 * OWN * 0x1000;
+    {
+        let mut cx = VmContext { frames: &mut setup, mem: &mut mem, tlb: &mut tlb, charge: &mut LockedCharge(&charge), counters: &mut counters };
+        let all = (THREADS as u64 * OWN + SHARED_PAGES) * 0x1000;
+        space.virtual_alloc(&mut cx, BASE, all, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).expect("commit");
+    }
+    setup.cache.drain(&frames);
+    let root = space.root().start_address().as_u64();
+    let space = std::sync::RwLock::new(space);
+    let barrier = Rendezvous::default();
+    let guards_hit = AtomicU64::new(0);
+
+    /// A guest access through the shared fault path: the MMU's check, else a fault under the
+    /// read lock (with a zeroed frame when it asks for one), until it is done or refused.
+    fn touch(space: &std::sync::RwLock<AddressSpace>, cx: &mut VmContext<'_, SharedRam<'_>, crate::sim::TlbModel>, root: u64, addr: u64, access: Access) -> Result<x86_64::PhysAddr, FaultOutcome> {
+        let mut zeroed = None;
+        let result = loop {
+            let s = space.read().expect("space");
+            let e = table::read_pte(cx.mem, root, addr);
+            if e.is_present() && access.allowed_by(e.prot()) {
+                break Ok(x86_64::PhysAddr::new(e.frame().expect("present") + (addr & 0xFFF)));
+            }
+            match s.handle_fault_shared(cx, addr, access, &mut zeroed) {
+                Some(FaultOutcome::Resolved) => {}
+                Some(refused) => break Err(refused),
+                None => {
+                    drop(s);
+                    let f = cx.frames.alloc().expect("frame");
+                    cx.mem.zero_frame(f);
+                    zeroed = Some(f);
+                }
+            }
+        };
+        if let Some(f) = zeroed {
+            cx.frames.free(f).expect("unused zeroed frame");
+        }
+        result
+    }
+
+    /// Per own page of a thread: committed, writable, has a frame, value.
+    type OwnPages = Vec<(bool, bool, bool, u64)>;
+    let (guards, finals): (u64, Vec<OwnPages>) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (ram, frames, charge, space, barrier, guards_hit) = (&ram, &frames, &charge, &space, &barrier, &guards_hit);
+                scope.spawn(move || {
+                    let _failing = barrier.fails_with_this_thread();
+                    let mut r = Rng(seed ^ (t as u64 + 7).wrapping_mul(0x2545_F491_4F6C_DD1D));
+                    let mut src = CachedFrames { cache: crate::frame::FrameCache::new(), global: frames };
+                    let (mut mem, mut tlb, mut counters) = (SharedRam(ram), crate::sim::TlbModel::new(), WorkCounters::default());
+                    let own = BASE + t as u64 * OWN * 0x1000;
+                    let mut model: OwnPages = vec![(true, true, false, 0u64); OWN as usize];
+                    let (mut guarded, mut guards) = (false, 0);
+                    for i in 0..rounds {
+                        let mut cx = VmContext { frames: &mut src, mem: &mut mem, tlb: &mut tlb, charge: &mut LockedCharge(charge), counters: &mut counters };
+                        // One call of its own.
+                        let p = r.below(OWN);
+                        let page = own + p * 0x1000;
+                        let m = &mut model[p as usize];
+                        match r.below(100) {
+                            0..=14 => {
+                                space.write().expect("space").virtual_free(&mut cx, page, 0x1000, MEM_DECOMMIT).expect("decommit");
+                                *m = (false, false, false, 0);
+                            }
+                            15..=29 => {
+                                space.write().expect("space").virtual_alloc(&mut cx, page, 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).expect("commit");
+                                *m = if m.0 { (true, true, m.2, m.3) } else { (true, true, false, 0) };
+                            }
+                            30..=44 => {
+                                let writable = r.below(2) == 0;
+                                let got = space.write().expect("space").virtual_protect(&mut cx, page, 0x1000, if writable { PAGE_READWRITE } else { PAGE_READONLY });
+                                assert_eq!(got.is_ok(), m.0, "[seed {seed:#x}] thread {t} round {i}: protect of {page:#x}");
+                                if m.0 {
+                                    m.1 = writable;
+                                }
+                            }
+                            _ => {
+                                let write = r.below(2) == 0;
+                                let value = r.next();
+                                match touch(space, &mut cx, root, page, if write { Access::Write } else { Access::Read }) {
+                                    Ok(pa) if m.0 && (m.1 || !write) => {
+                                        if write {
+                                            cx.mem.write_bytes(pa, &value.to_le_bytes());
+                                            m.3 = value;
+                                        }
+                                        let mut b = [0u8; 8];
+                                        cx.mem.read_bytes(pa, &mut b);
+                                        assert_eq!(u64::from_le_bytes(b), m.3, "[seed {seed:#x}] thread {t} round {i}: value of {page:#x}");
+                                        m.2 = true;
+                                    }
+                                    Err(FaultOutcome::AccessViolation { .. }) if !(m.0 && (m.1 || !write)) => {}
+                                    other => panic!("[seed {seed:#x}] thread {t} round {i}: touch of {page:#x} (model {m:?}): {other:x?}"),
+                                }
+                            }
+                        }
+                        // Everyone first-touches the round's shared page at once.
+                        let shared = shared_base + (i % SHARED_PAGES) * 0x1000;
+                        barrier.wait(THREADS);
+                        let slot = shared + t as u64 * 8;
+                        let pa = match touch(space, &mut cx, root, slot, Access::Write) {
+                            Ok(pa) => pa,
+                            Err(FaultOutcome::GuardPage { .. }) => {
+                                guards_hit.fetch_add(1, Relaxed);
+                                touch(space, &mut cx, root, slot, Access::Write).expect("the guard is gone")
+                            }
+                            Err(other) => panic!("[seed {seed:#x}] thread {t} round {i}: shared page: {other:x?}"),
+                        };
+                        cx.mem.write_bytes(pa, &(i * 16 + t as u64 + 1).to_le_bytes());
+                        barrier.wait(THREADS);
+                        if t == 0 {
+                            let e = table::read_pte(cx.mem, root, shared);
+                            for other in 0..THREADS as u64 {
+                                let mut b = [0u8; 8];
+                                cx.mem.read_bytes(x86_64::PhysAddr::new(e.frame().expect("frame") + other * 8), &mut b);
+                                assert_eq!(u64::from_le_bytes(b), i * 16 + other + 1, "[seed {seed:#x}] round {i}: thread {other}'s write to the shared page was lost");
+                            }
+                            assert_eq!(guards_hit.swap(0, Relaxed), u64::from(guarded), "[seed {seed:#x}] round {i}: guard reports");
+                            guards += u64::from(guarded);
+                            // The next round's page: fresh, a guard page now and then.
+                            let next = shared_base + ((i + 1) % SHARED_PAGES) * 0x1000;
+                            guarded = r.below(4) == 0;
+                            let prot = if guarded { PAGE_READWRITE | PAGE_GUARD } else { PAGE_READWRITE };
+                            let mut s = space.write().expect("space");
+                            s.virtual_free(&mut cx, next, 0x1000, MEM_DECOMMIT).expect("decommit");
+                            s.virtual_alloc(&mut cx, next, 0x1000, MEM_COMMIT, prot, CriticalLevel::Task).expect("commit");
+                        }
+                        barrier.wait(THREADS);
+                    }
+                    src.cache.drain(frames);
+                    (guards, model)
+                })
+            })
+            .collect();
+        let finals: Vec<_> = handles.into_iter().map(|h| h.join().expect("a thread failed")).collect();
+        (finals.iter().map(|f| f.0).sum(), finals.into_iter().map(|f| f.1).collect())
+    });
+    let mut space = space.into_inner().expect("space");
+    // The shared pages: every one committed; the one of the last round holds a frame unless
+    // it was refreshed after (the last round refreshes the next page only).
+    let last = shared_base + ((rounds - 1) % SHARED_PAGES) * 0x1000;
+    let shared_framed: u64 = (0..SHARED_PAGES).filter(|p| table::read_pte(&mem, root, shared_base + p * 0x1000).frame().is_some()).count() as u64;
+    assert!(table::read_pte(&mem, root, last).frame().is_some(), "[seed {seed:#x}] the last round's page");
+    let own_committed: u64 = finals.iter().map(|m| m.iter().filter(|p| p.0).count() as u64).sum();
+    let own_framed: u64 = finals.iter().map(|m| m.iter().filter(|p| p.2).count() as u64).sum();
+    let census = space.census_with(&mem, |_, _| {}, |_, _| {});
+    let (committed, framed) = (own_committed + SHARED_PAGES, own_framed + shared_framed);
+    assert_eq!((census.committed_pages, census.pages_with_frame, census.bad_counts), (committed, framed, 0), "[seed {seed:#x}] entries");
+    assert_eq!(space.demand_zero_frames(), committed - framed, "[seed {seed:#x}] frames the space holds promised");
+    {
+        let (f, c) = (frames.lock().expect("frames"), charge.lock().expect("charge"));
+        assert_eq!(f.reserved_frames(), committed - framed, "[seed {seed:#x}] reserved frames");
+        assert_eq!(f.used_frames() - start_used, framed + census.table_pages + 1, "[seed {seed:#x}] frames in use");
+        assert_eq!(c.committed_pages(), committed, "[seed {seed:#x}] charge");
+    }
+    std::eprintln!("shared-fault test: {rounds} rounds of {THREADS} first touches at once ({guards} on guard pages); {committed} committed, {framed} with a frame");
+    assert!(guards > 0, "no round had a guard page");
+    let mut f = frames.lock().expect("frames");
+    let mut c = charge.lock().expect("charge");
+    let mut cx = VmContext { frames: &mut *f, mem: &mut mem, tlb: &mut tlb, charge: &mut *c, counters: &mut counters };
+    space.virtual_free(&mut cx, BASE, 0, MEM_RELEASE).expect("release");
+    let root = space.destroy(&mut cx);
+    f.free(root).expect("root");
+    assert_eq!((f.used_frames(), f.reserved_frames(), c.committed_pages(), c.table_pages()), (start_used, 0, 0, 0), "[seed {seed:#x}] after teardown");
+}
+
+/// A barrier that a failing thread breaks: the others then fail too, instead of waiting forever.
+#[derive(Default)]
+struct Rendezvous {
+    arrived: std::sync::atomic::AtomicUsize,
+    generation: std::sync::atomic::AtomicUsize,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+/// Breaks its [`Rendezvous`] if dropped while its thread panics.
+struct FailsRendezvous<'a>(&'a Rendezvous);
+
+impl Drop for FailsRendezvous<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Rendezvous {
+    fn fails_with_this_thread(&self) -> FailsRendezvous<'_> {
+        FailsRendezvous(self)
+    }
+
+    /// Returns once `n` threads called it (this time round).
+    fn wait(&self, n: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let generation = self.generation.load(SeqCst);
+        if self.arrived.fetch_add(1, SeqCst) + 1 == n {
+            self.arrived.store(0, SeqCst);
+            self.generation.fetch_add(1, SeqCst);
+            return;
+        }
+        while self.generation.load(SeqCst) == generation {
+            assert!(!self.failed.load(SeqCst), "another thread failed");
+            std::thread::yield_now();
+        }
+    }
 }
