@@ -363,11 +363,11 @@ impl AddressSpace {
             }
             Pte::RESERVED
         };
-        // One walk (the tables count the lazy run's pages without an entry), 2 MiB at a time (at most 512 frames and 3 tables deferred
-        // each): when the batch could not take another chunk, the walk stops for a round, so
-        // the list of frames to free stays bounded (MAX_DEFERRED, as Linux's mmu_gather); a call
-        // freeing fewer makes one round. A release also frees the empty tables earlier
-        // decommits kept.
+        // One walk (the tables count the lazy run's pages without an entry), 2 MiB at a time (at
+        // most 512 frames and 3 tables deferred each): when the batch could not take another
+        // chunk, the walk stops for a round, so the list of frames to free stays bounded
+        // (MAX_DEFERRED, as Linux's mmu_gather); a call freeing fewer makes one round. A release
+        // also frees the empty tables earlier decommits kept.
         let leaves = a.committed_pages > 0;
         let span = run.map(|r| (r.start, r.end));
         let mut va = start;
@@ -383,7 +383,6 @@ impl AddressSpace {
                 self.complete(core::mem::replace(&mut batch, self.batch()), cx);
             }
         }
-
         if unreserve > 0 {
             cx.frames.unreserve(self.demand_zero.split(unreserve));
         }
