@@ -307,6 +307,15 @@ static uint64_t fs_read0(void) {
     __asm__ volatile("mov %%fs:0, %0" : "=r"(v));
     return v;
 }
+/* Gives the CPU up in turn by yield, by sleep and by spinning into preemption (step i). */
+static void leave_cpu(int i) {
+    if (i % 3 == 0) S->yield();
+    else if (i % 3 == 1) S->sleep_ns(100000);
+    else {
+        volatile int k;
+        for (k = 0; k < 20000; k++) {}
+    }
+}
 struct tp_worker {
     volatile uint64_t tls[2];
     volatile uint32_t bad;
@@ -321,12 +330,7 @@ static uint32_t tp_worker_start(void *arg) {
     for (i = 0; i < 300; i++) {
         if ((uint64_t)S->get_thread_pointer() != (uint64_t)w->tls) w->bad |= 2;
         if (fs_read0() != w->tls[0]) w->bad |= 4;
-        if (i % 3 == 0) S->yield();
-        else if (i % 3 == 1) S->sleep_ns(100000);
-        else {
-            volatile int k;
-            for (k = 0; k < 20000; k++) {}
-        }
+        leave_cpu(i);
     }
     return 0;
 }
@@ -388,12 +392,7 @@ static uint32_t sel_worker_start(void *arg) {
         if (read_ds() != user_data || read_es() != user_data || read_gs() != user_data) w->bad |= 1;
         if (read_fs() != want_fs) w->bad |= 2;
         if (fs_read0() != w->tls[0]) w->bad |= 4;
-        if (i % 3 == 0) S->yield();
-        else if (i % 3 == 1) S->sleep_ns(100000);
-        else {
-            volatile int k;
-            for (k = 0; k < 20000; k++) {}
-        }
+        leave_cpu(i);
     }
     return 0;
 }
