@@ -42,6 +42,7 @@ pub struct CpuInfo {
 }
 
 /// The index of the CPU running this code.
+#[inline]
 pub fn current_index() -> usize {
     let index: u64;
     // SAFETY: in ring 0 GS holds this CPU's entry area (set by user::init / user::init_ap before
@@ -54,6 +55,7 @@ pub fn current_index() -> usize {
 
 /// The index of the CPU running this code, or 0 (the boot CPU) before the boot CPU's per-CPU
 /// area is set up (the only CPU running then). For code that runs early too (the memory manager).
+#[inline]
 pub fn this_cpu() -> usize {
     if CPUS[0].online.load(Ordering::Acquire) { current_index() } else { 0 }
 }

@@ -115,10 +115,15 @@ pub(super) fn drain_all<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Adds one call's work counters to this CPU's (if it did anything). Interrupts must be off.
+#[inline]
 pub(super) fn add_counters(counters: &WorkCounters) {
     if *counters != WorkCounters::new() {
-        *CPU_COUNTERS[percpu::this_cpu()].lock() += counters;
+        add_to_this_cpu(counters);
     }
+}
+
+fn add_to_this_cpu(counters: &WorkCounters) {
+    *CPU_COUNTERS[percpu::this_cpu()].lock() += counters;
 }
 
 /// The work counters of every CPU added up.

@@ -213,6 +213,7 @@ static MANAGER: spin::Once<Manager> = spin::Once::new();
 ///
 /// # Panics
 /// If [`init`] has not run.
+#[inline]
 fn manager() -> &'static Manager {
     MANAGER.get().expect("memory::init has run")
 }

@@ -63,6 +63,7 @@ pub struct KernelTlb {
 
 impl KernelTlb {
     /// The TLB of the space with root `root`, seen from the calling CPU.
+    #[inline]
     pub(super) fn new(root: u64) -> Self {
         KernelTlb { cpu: percpu::this_cpu(), root, local: None }
     }
