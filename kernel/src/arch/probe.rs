@@ -302,7 +302,7 @@ pub const MAX_USER_COPIES: usize = 4;
 /// page when a failed piece must leave nothing behind. A piece reaching beyond the lower half is
 /// refused without a store of its own (record: vector 0, CR2 its first address past the end).
 ///
-/// The memory manager's lock must not be held: a fault is resolved under it.
+/// No space lock may be held: a fault is resolved under the space's lock.
 ///
 /// # Panics
 /// If given more than [`MAX_USER_COPIES`] pieces (a kernel bug).

@@ -21,7 +21,7 @@ pub enum Stage {
     Dispatch = 0,
     /// Checking guest pointers (out-pointers before the operation).
     Check = 1,
-    /// Taking the memory manager's lock and finding the space (laps taken inside `Space::with`).
+    /// Taking the space's lock and finding the space (laps taken inside `Space::with`).
     Lock = 2,
     /// The memory manager's operation itself.
     Manager = 3,

@@ -489,7 +489,7 @@ impl GuestMemory<'_> {
             && !(self.stack.0..self.stack.1).contains(&addr)
     }
 
-    /// The query itself, under the memory manager's lock.
+    /// The query itself, under the space's lock.
     fn query(&self, addr: u64) -> Result<address_space::MemoryBasicInformation, VmError> {
         call_clock::lap(Stage::Check);
         let info = self.space.with(|s, cx| {
