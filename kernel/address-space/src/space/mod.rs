@@ -562,7 +562,7 @@ impl AddressSpace {
     ///
     /// If a lower-half PML4 entry survives (a kernel bug).
     pub fn destroy<M: PhysMemory, T: Tlb>(mut self, cx: &mut VmContext<'_, M, T>) -> PhysFrame<Size4KiB> {
-        let bases: ::alloc::vec::Vec<u64> = self.allocations.keys().copied().collect();
+        let bases: ::alloc::vec::Vec<u64> = self.allocations.keys().collect();
         for base in bases {
             let a = self.allocations[&base];
             self.release_allocation(cx, &a);
