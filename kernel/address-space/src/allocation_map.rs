@@ -648,7 +648,7 @@ mod tests {
             }
             assert_eq!(m.len(), r.len());
             let probe = key.wrapping_add(step as u64 % 3).wrapping_sub(1);
-            let between = key + (step as u64 * 0x1234 & 0xFFFF);
+            let between = key + ((step as u64 * 0x1234) & 0xFFFF);
             for p in [key, probe, between] {
                 let floor = r.range(..=p).next_back().map(|(k, v)| (*k, *v));
                 assert_eq!(m.floor(p).map(|(k, v)| (k, *v)), floor);
