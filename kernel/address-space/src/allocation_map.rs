@@ -556,6 +556,7 @@ impl<V: Copy> WideMap<V> {
             assert_eq!(l.next, leaves_in_order.get(i + 1).copied().unwrap_or(NIL));
         }
         assert_eq!(self.values.len() - self.free_values.len(), self.len);
+        assert_eq!(self.links.len(), self.leaves.len());
     }
 }
 
@@ -693,6 +694,27 @@ mod tests {
         assert_eq!((m.len(), m.height), (0, 0));
         assert_eq!(m.floor(u64::MAX), None);
         assert_eq!(m.floor_and_next(0).1, None);
+    }
+
+    /// Keys at both ends of the user range (the top one just below the padding's block number),
+    /// and probes past the last key and between blocks.
+    #[test]
+    fn keys_at_the_ends_of_the_user_range() {
+        let top = 0x7FFF_FFFE_0000u64;
+        let mut m: WideMap<u64> = WideMap::new();
+        for k in [0x1_0000, top, top - 0x1_0000] {
+            assert_eq!(m.insert(k, k), None);
+        }
+        m.check();
+        assert_eq!(m.floor(u64::MAX).map(|(k, _)| k), Some(top));
+        assert_eq!(m.floor(top + 0xFFFF).map(|(k, _)| k), Some(top));
+        assert_eq!(m.floor_and_next(top - 1), (Some((top - 0x1_0000, &(top - 0x1_0000))), Some(top)));
+        assert_eq!(m.floor_and_next(0xFFFF), (None, Some(0x1_0000)));
+        assert_eq!(m.floor_and_next(top).1, None);
+        assert_eq!(m.get(&(top + 0x1000)), None);
+        assert_eq!(m.remove(&u64::MAX), None);
+        assert_eq!(m.remove(&top), Some(top));
+        assert_eq!(m.floor(u64::MAX).map(|(k, _)| k), Some(top - 0x1_0000));
     }
 
     /// Keys inserted in ascending order fill their leaves and inner nodes (the last one of
