@@ -117,7 +117,7 @@ fn per_live(live: usize) {
     let ns = time(1_000_000, |i| {
         black_box(w.space.virtual_query(&w.mem, committed[(i * 7919 % c) as usize]).unwrap());
     });
-    line("query, committed page, random order", live, ns, "allocation lookup + page walk (cache misses at 100k)");
+    line("query, committed page, random order", live, ns, "wholly committed, one protection: the record answers, no walk");
 
     let ns = time(1_000_000, |i| {
         black_box(w.space.allocation_at(bases[(i * 7919 % n) as usize] + 0x1000));

@@ -6,19 +6,28 @@
 //! order, a binary tree or a narrow B-tree (std's `BTreeMap`: 11 keys per node, keys next to
 //! 11 values, edges after them) costs a cache miss or two per level over five or six levels. Here:
 //!
-//! * inner nodes hold only keys and child numbers: up to [`INNER`] children, the separator keys in
-//!   one 256-byte array. At 100,000 entries the tree has three inner levels, whose few hundred
-//!   nodes (about 400 bytes each) stay in the CPU's caches;
-//! * leaves hold up to [`LEAF`] keys (two cache lines) and the numbers of their values' slots;
-//! * key arrays are full-size and padded with `u64::MAX` past their length, so a node is searched
+//! * keys are allocation bases, multiples of 64 KiB below 2^47 − 64 KiB (the user range), stored
+//!   as 32-bit numbers of 64 KiB blocks ([`Unit`]): sixteen to a cache line, compared as signed
+//!   numbers (SSE2 has no unsigned 32-bit comparison);
+//! * nodes are cache-line aligned and their key array comes first. Inner nodes hold only keys
+//!   and child numbers: up to [`INNER`] children, the separators in two cache lines, the child
+//!   numbers in the next two. At 100,000 entries the tree has three inner levels, whose few
+//!   hundred nodes (320 bytes each) stay in the CPU's caches;
+//! * a leaf is 128 bytes (an aligned pair of cache lines, which the CPU's adjacent-line
+//!   prefetcher fetches together): up to [`LEAF`] keys in the first line, the numbers of their
+//!   values' slots in the second. Its length is the count of its keys below the padding; its
+//!   links to its neighbours live in an array of their own, read only when a lookup steps to a
+//!   neighbour;
+//! * key arrays are full-size and padded with `i32::MAX` past their length, so a node is searched
 //!   by counting the keys ≤ the address over the whole array: a fixed number of independent
-//!   comparisons, no branch to mispredict ([`count_le`]);
+//!   comparisons, no branch to mispredict, and no read of the node's length ([`count_le`]);
 //! * the values (the `Allocation` records) live in a slab of their own, so a lookup touches the
-//!   inner levels, one leaf's keys and then one value.
+//!   inner levels, one line of a leaf's keys, the line of its slot numbers next to it and then
+//!   one value.
 //!
-//! Leaves are linked both ways, so the floor lookup that falls before a leaf's first key and the
-//! ceiling lookup past its last key (the next allocation after free memory) step to a
-//! neighbour instead of climbing back up.
+//! Leaves are linked both ways, so a floor lookup that falls before a leaf's first key, or whose
+//! next key (the next allocation after free memory: [`WideMap::floor_and_next`]) lies past the
+//! leaf's last, steps to a neighbour instead of climbing back up or descending again.
 //!
 //! Separators: child `i` of an inner node (`i` ≥ 1) holds keys ≥ `sep[i]` and child `i - 1`
 //! keys < `sep[i]`. A separator is the first key of the right half when a node splits and is
@@ -38,87 +47,132 @@
 use alloc::vec::Vec;
 use core::ops::Index;
 
-/// Keys per leaf (16 × 8 bytes: two cache lines).
+/// Keys per leaf (16 × 4 bytes: one cache line).
 pub(crate) const LEAF: usize = 16;
-/// Children per inner node (separator keys: 32 × 8 bytes).
+/// Children per inner node (separators: 32 × 4 bytes, two cache lines).
 pub(crate) const INNER: usize = 32;
+/// Keys are multiples of 2^`UNIT_SHIFT` (the 64 KiB allocation granularity).
+const UNIT_SHIFT: u32 = 16;
+
+/// A key as the nodes store it: the key divided by 64 KiB.
+type Unit = i32;
 /// The height no tree reaches: it would need at least 16^15 leaves at one time.
 const MAX_HEIGHT: usize = 16;
 
 const NIL: u32 = u32::MAX;
 
+/// A leaf: its keys, then its slot numbers, a cache line each.
 #[derive(Debug, Clone)]
+#[repr(C, align(128))]
 struct Leaf {
-    len: usize,
-    prev: u32,
-    next: u32,
-    /// Sorted; `u64::MAX` past `len`.
-    keys: [u64; LEAF],
+    /// Sorted; [`PAD`] past the length.
+    keys: [Unit; LEAF],
     slots: [u32; LEAF],
 }
 
-impl Leaf {
-    const EMPTY: Leaf = Leaf { len: 0, prev: NIL, next: NIL, keys: [PAD; LEAF], slots: [0; LEAF] };
+/// A leaf's neighbours in key order ([`NIL`] at the ends).
+#[derive(Debug, Clone, Copy)]
+struct Links {
+    prev: u32,
+    next: u32,
+}
 
-    /// The number of keys ≤ `key`.
+impl Leaf {
+    const EMPTY: Leaf = Leaf { keys: [PAD; LEAF], slots: [0; LEAF] };
+
+    /// The number of keys.
     #[inline]
-    fn count_le(&self, key: u64) -> usize {
-        count_le(&self.keys, key).min(self.len)
+    fn len(&self) -> usize {
+        count_le(&self.keys, PAD - 1)
+    }
+
+    /// The number of keys ≤ `key` (< [`PAD`], so the padding is never counted).
+    #[inline]
+    fn count_le(&self, key: Unit) -> usize {
+        debug_assert!(key < PAD);
+        count_le(&self.keys, key)
     }
 
     /// The number of keys < `key`.
     #[inline]
-    fn count_lt(&self, key: u64) -> usize {
+    fn count_lt(&self, key: Unit) -> usize {
         if key == 0 { 0 } else { self.count_le(key - 1) }
     }
 }
 
 /// The key value of unused slots (never a key: see [`WideMap::insert`]).
-const PAD: u64 = u64::MAX;
+const PAD: Unit = Unit::MAX;
 
-/// The number of elements ≤ `key` of the sorted array `a` (`N` a multiple of 8): the last
-/// elements of the 8-element chunks pick the chunk, then its 8 elements are counted. Two rounds
-/// of independent comparisons and no branch: a bisection's steps each wait for the previous load,
-/// which costs more at these widths (measured).
+/// The node key of `key` if `key` can be a key (a multiple of 64 KiB below `PAD`'s; never
+/// negative).
 #[inline]
-fn count_le<const N: usize>(a: &[u64; N], key: u64) -> usize {
-    let mut chunk = 0;
-    for j in 1..N / 8 {
-        chunk += usize::from(a[8 * j - 1] <= key);
+fn unit_of(key: u64) -> Option<Unit> {
+    if !key.is_multiple_of(1 << UNIT_SHIFT) {
+        return None;
     }
-    let c = &a[8 * chunk..8 * chunk + 8];
-    let mut n = 8 * chunk;
-    for &x in c {
-        n += usize::from(x <= key);
-    }
-    n
+    Unit::try_from(key >> UNIT_SHIFT).ok().filter(|&u| u != PAD)
 }
 
+/// The greatest node key whose key is ≤ `key` (keys are multiples of 64 KiB, so the floor of
+/// `key` is the floor of this), capped below `PAD`.
+#[inline]
+fn unit_floor(key: u64) -> Unit {
+    Unit::try_from(key >> UNIT_SHIFT).map_or(PAD - 1, |u| u.min(PAD - 1))
+}
+
+/// The key of node key `u`.
+#[inline]
+const fn key_of(u: Unit) -> u64 {
+    (u as u32 as u64) << UNIT_SHIFT
+}
+
+/// The number of elements ≤ `key` of the sorted array `a` (`N` a multiple of 16): the last
+/// elements of the 16-element chunks (one cache line each) pick the chunk, then its 16 elements
+/// are compared. At most two rounds of independent comparisons and no branch: a bisection's
+/// steps each wait for the previous load, which costs more at these widths (measured). The
+/// comparisons make a mask whose set bits are a prefix (the array is sorted), so the count is
+/// its trailing ones (one bit scan, not a population count).
+#[inline]
+fn count_le<const N: usize>(a: &[Unit; N], key: Unit) -> usize {
+    let mut chunk = 0;
+    for j in 1..N / 16 {
+        chunk += usize::from(a[16 * j - 1] <= key);
+    }
+    let c = &a[16 * chunk..16 * chunk + 16];
+    let mut le = 0u32;
+    for (j, &x) in c.iter().enumerate() {
+        le |= u32::from(x <= key) << j;
+    }
+    16 * chunk + le.trailing_ones() as usize
+}
+
+/// An inner node: its separators, then its child numbers, then its length.
 #[derive(Debug, Clone)]
+#[repr(C, align(64))]
 struct Inner {
+    /// `seps[i]` for child `i` ≥ 1; `seps[0]` is 0 (below every key); [`PAD`] past `len`.
+    seps: [Unit; INNER],
+    kids: [u32; INNER],
     /// Number of children.
     len: usize,
-    /// `seps[i]` for child `i` ≥ 1; `seps[0]` is 0 (below every key); `u64::MAX` past `len`.
-    seps: [u64; INNER],
-    kids: [u32; INNER],
 }
 
 impl Inner {
     const EMPTY: Inner = {
         let mut seps = [PAD; INNER];
         seps[0] = 0;
-        Inner { len: 0, seps, kids: [NIL; INNER] }
+        Inner { seps, kids: [NIL; INNER], len: 0 }
     };
 
-    /// The child whose key range holds `key`.
+    /// The child whose key range holds `key` (< [`PAD`]).
     #[inline]
-    fn child_for(&self, key: u64) -> usize {
-        // seps[0] = 0 ≤ key, so the count is at least 1.
-        (count_le(&self.seps, key) - 1).min(self.len - 1)
+    fn child_for(&self, key: Unit) -> usize {
+        // seps[0] = 0 ≤ key < PAD, so the count is at least 1 and at most `len`.
+        count_le(&self.seps, key) - 1
     }
 
     /// Inserts child `kid` with separator `sep` at position `at` (≥ 1); the node must have room.
-    fn insert_at(&mut self, at: usize, sep: u64, kid: u32) {
+    fn insert_at(&mut self, at: usize, sep: Unit, kid: u32) {
         debug_assert!(at >= 1 && self.len < INNER);
         self.seps.copy_within(at..self.len, at + 1);
         self.kids.copy_within(at..self.len, at + 1);
@@ -128,10 +182,13 @@ impl Inner {
     }
 }
 
-/// An ordered map from `u64` keys to `V`, read mostly by "greatest key ≤ x" lookups.
+/// An ordered map from `u64` keys (multiples of 64 KiB below 2^47 − 64 KiB: allocation bases) to `V`, read
+/// mostly by "greatest key ≤ x" lookups.
 #[derive(Debug, Clone)]
 pub struct WideMap<V> {
     leaves: Vec<Leaf>,
+    /// The links of `leaves[i]` at index `i`.
+    links: Vec<Links>,
     inners: Vec<Inner>,
     values: Vec<V>,
     free_leaves: Vec<u32>,
@@ -156,6 +213,7 @@ impl<V: Copy> WideMap<V> {
     pub fn new() -> Self {
         WideMap {
             leaves: alloc::vec![Leaf::EMPTY],
+            links: alloc::vec![Links { prev: NIL, next: NIL }],
             inners: Vec::new(),
             values: Vec::new(),
             free_leaves: Vec::new(),
@@ -175,7 +233,7 @@ impl<V: Copy> WideMap<V> {
 
     /// The leaf whose key range holds `key`.
     #[inline]
-    fn leaf_for(&self, key: u64) -> u32 {
+    fn leaf_for(&self, key: Unit) -> u32 {
         let mut node = self.root;
         for _ in 0..self.height {
             let n = &self.inners[node as usize];
@@ -186,50 +244,61 @@ impl<V: Copy> WideMap<V> {
 
     fn entry(&self, leaf: u32, i: usize) -> (u64, &V) {
         let l = &self.leaves[leaf as usize];
-        (l.keys[i], &self.values[l.slots[i] as usize])
+        (key_of(l.keys[i]), &self.values[l.slots[i] as usize])
+    }
+
+    /// The leaf and position of `key`, if present.
+    fn find(&self, key: u64) -> Option<(u32, usize)> {
+        let u = unit_of(key)?;
+        let leaf = self.leaf_for(u);
+        let l = &self.leaves[leaf as usize];
+        let i = l.count_lt(u);
+        // Past the length the key is `PAD`, which `u` is not.
+        (i < LEAF && l.keys[i] == u).then_some((leaf, i))
     }
 
     /// Returns the value of `key`, if present.
     pub fn get(&self, key: &u64) -> Option<&V> {
-        let l = &self.leaves[self.leaf_for(*key) as usize];
-        let i = l.count_lt(*key);
-        (i < l.len && l.keys[i] == *key).then(|| &self.values[l.slots[i] as usize])
+        self.find(*key).map(|(leaf, i)| self.entry(leaf, i).1)
     }
 
     /// Returns the value of `key` mutably, if present.
     pub fn get_mut(&mut self, key: &u64) -> Option<&mut V> {
-        let l = &self.leaves[self.leaf_for(*key) as usize];
-        let i = l.count_lt(*key);
-        if i < l.len && l.keys[i] == *key { Some(&mut self.values[l.slots[i] as usize]) } else { None }
+        let (leaf, i) = self.find(*key)?;
+        Some(&mut self.values[self.leaves[leaf as usize].slots[i] as usize])
     }
 
     /// Returns the entry with the greatest key ≤ `key`.
     pub fn floor(&self, key: u64) -> Option<(u64, &V)> {
-        let leaf = self.leaf_for(key);
-        let l = &self.leaves[leaf as usize];
-        let i = l.count_le(key);
-        if i > 0 {
-            return Some(self.entry(leaf, i - 1));
-        }
-        // Every key of this leaf is above `key`; the previous leaf's are below (never empty).
-        let prev = l.prev;
-        (prev != NIL).then(|| self.entry(prev, self.leaves[prev as usize].len - 1))
+        self.floor_and_next(key).0
     }
 
-    /// Returns the entry with the smallest key ≥ `key`.
-    pub fn ceil(&self, key: u64) -> Option<(u64, &V)> {
-        let leaf = self.leaf_for(key);
+    /// Returns the entry with the greatest key ≤ `key` and the smallest key above that entry's
+    /// (the smallest key of all if there is no such entry), in one descent. If the floor's key
+    /// is not `key` itself, the next key is also the smallest ≥ `key`.
+    #[inline]
+    pub fn floor_and_next(&self, key: u64) -> (Option<(u64, &V)>, Option<u64>) {
+        let u = unit_floor(key);
+        let leaf = self.leaf_for(u);
         let l = &self.leaves[leaf as usize];
-        let i = l.count_lt(key);
-        if i < l.len {
-            return Some(self.entry(leaf, i));
+        let i = l.count_le(u);
+        // Key i is the next one unless it is the padding: then the next leaf's first is.
+        let next = if i < LEAF && l.keys[i] != PAD {
+            Some(key_of(l.keys[i]))
+        } else {
+            let after = self.links[leaf as usize].next;
+            (after != NIL).then(|| key_of(self.leaves[after as usize].keys[0]))
+        };
+        if i > 0 {
+            return (Some(self.entry(leaf, i - 1)), next);
         }
-        let next = l.next;
-        (next != NIL).then(|| self.entry(next, 0))
+        // Every key of this leaf is above `key`; the previous leaf's are below (never empty).
+        let prev = self.links[leaf as usize].prev;
+        ((prev != NIL).then(|| self.entry(prev, self.leaves[prev as usize].len() - 1)), next)
     }
 
     /// Descends to `key`'s leaf, recording (inner node, child index) per level.
-    fn path_to(&self, key: u64, path: &mut [(u32, usize); MAX_HEIGHT]) -> u32 {
+    fn path_to(&self, key: Unit, path: &mut [(u32, usize); MAX_HEIGHT]) -> u32 {
         let mut node = self.root;
         for p in path.iter_mut().take(self.height) {
             let n = &self.inners[node as usize];
@@ -240,8 +309,15 @@ impl<V: Copy> WideMap<V> {
         node
     }
 
+    /// A new empty leaf, linked to nothing.
     fn new_leaf(&mut self) -> u32 {
-        arena_put(&mut self.leaves, &mut self.free_leaves, Leaf::EMPTY)
+        let leaf = arena_put(&mut self.leaves, &mut self.free_leaves, Leaf::EMPTY);
+        let unlinked = Links { prev: NIL, next: NIL };
+        match self.links.get_mut(leaf as usize) {
+            Some(l) => *l = unlinked,
+            None => self.links.push(unlinked),
+        }
+        leaf
     }
 
     fn new_inner(&mut self) -> u32 {
@@ -256,21 +332,22 @@ impl<V: Copy> WideMap<V> {
     ///
     /// # Panics
     ///
-    /// If `key` is `u64::MAX`, the padding of the key arrays (no allocation starts there).
+    /// If `key` is not a multiple of 64 KiB below 2^47 − 64 KiB (every allocation base is).
     pub fn insert(&mut self, key: u64, value: V) -> Option<V> {
-        assert!(key != PAD, "allocation map: key u64::MAX");
+        let key = unit_of(key).unwrap_or_else(|| panic!("allocation map: key {key:#x} (kernel bug)"));
         let mut path = [(NIL, 0usize); MAX_HEIGHT];
         let leaf = self.path_to(key, &mut path);
         let l = &self.leaves[leaf as usize];
         let i = l.count_lt(key);
-        if i < l.len && l.keys[i] == key {
+        if i < LEAF && l.keys[i] == key {
             let slot = l.slots[i] as usize;
             return Some(core::mem::replace(&mut self.values[slot], value));
         }
+        let len = l.len();
         let slot = self.new_value(value);
         self.len += 1;
-        if self.leaves[leaf as usize].len < LEAF {
-            Self::leaf_insert(&mut self.leaves[leaf as usize], i, key, slot);
+        if len < LEAF {
+            Self::leaf_insert(&mut self.leaves[leaf as usize], len, i, key, slot);
             return None;
         }
         // Split the full leaf: the upper half moves to a new right neighbour. A key appended
@@ -280,41 +357,38 @@ impl<V: Copy> WideMap<V> {
         // only the last leaf does so, so keys arriving in descending order cannot leave a trail
         // of near-empty leaves.
         let right = self.new_leaf();
-        let half = if i == LEAF && self.leaves[leaf as usize].next == NIL { LEAF - 2 } else { LEAF / 2 };
+        let after = self.links[leaf as usize].next;
+        let half = if i == LEAF && after == NIL { LEAF - 2 } else { LEAF / 2 };
         let (lo, hi) = split_two(&mut self.leaves, leaf, right);
         hi.keys[..LEAF - half].copy_from_slice(&lo.keys[half..]);
         hi.slots[..LEAF - half].copy_from_slice(&lo.slots[half..]);
-        hi.len = LEAF - half;
-        lo.len = half;
         lo.keys[half..].fill(PAD);
-        hi.prev = leaf;
-        hi.next = lo.next;
-        lo.next = right;
         if i <= half {
-            Self::leaf_insert(lo, i, key, slot);
+            Self::leaf_insert(lo, half, i, key, slot);
         } else {
-            Self::leaf_insert(hi, i - half, key, slot);
+            Self::leaf_insert(hi, LEAF - half, i - half, key, slot);
         }
         let sep = hi.keys[0];
-        let after = hi.next;
+        self.links[right as usize] = Links { prev: leaf, next: after };
+        self.links[leaf as usize].next = right;
         if after != NIL {
-            self.leaves[after as usize].prev = right;
+            self.links[after as usize].prev = right;
         }
         self.insert_child(&path, sep, right);
         None
     }
 
-    fn leaf_insert(l: &mut Leaf, i: usize, key: u64, slot: u32) {
-        l.keys.copy_within(i..l.len, i + 1);
-        l.slots.copy_within(i..l.len, i + 1);
+    /// Inserts `key` with `slot` at position `i` of leaf `l` of `len` (< [`LEAF`]) keys.
+    fn leaf_insert(l: &mut Leaf, len: usize, i: usize, key: Unit, slot: u32) {
+        l.keys.copy_within(i..len, i + 1);
+        l.slots.copy_within(i..len, i + 1);
         l.keys[i] = key;
         l.slots[i] = slot;
-        l.len += 1;
     }
 
     /// Links the new node `kid` (keys ≥ `sep`) right after the node reached through the last
     /// entry of `path`, splitting full inner nodes upwards and growing a new root if needed.
-    fn insert_child(&mut self, path: &[(u32, usize); MAX_HEIGHT], mut sep: u64, mut kid: u32) {
+    fn insert_child(&mut self, path: &[(u32, usize); MAX_HEIGHT], mut sep: Unit, mut kid: u32) {
         for level in (0..self.height).rev() {
             let (node, c) = path[level];
             if self.inners[node as usize].len < INNER {
@@ -356,19 +430,20 @@ impl<V: Copy> WideMap<V> {
 
     /// Removes `key`; returns its value, if it was present.
     pub fn remove(&mut self, key: &u64) -> Option<V> {
+        let key = unit_of(*key)?;
         let mut path = [(NIL, 0usize); MAX_HEIGHT];
-        let leaf = self.path_to(*key, &mut path);
+        let leaf = self.path_to(key, &mut path);
         let l = &mut self.leaves[leaf as usize];
-        let i = l.count_lt(*key);
-        if i >= l.len || l.keys[i] != *key {
+        let i = l.count_lt(key);
+        if i >= LEAF || l.keys[i] != key {
             return None;
         }
+        let len = l.len();
         let slot = l.slots[i];
-        l.keys.copy_within(i + 1..l.len, i);
-        l.slots.copy_within(i + 1..l.len, i);
-        l.len -= 1;
-        l.keys[l.len] = PAD;
-        let emptied = l.len == 0;
+        l.keys.copy_within(i + 1..len, i);
+        l.slots.copy_within(i + 1..len, i);
+        l.keys[len - 1] = PAD;
+        let emptied = len == 1;
         self.free_values.push(slot);
         self.len -= 1;
         if emptied && self.height > 0 {
@@ -379,14 +454,14 @@ impl<V: Copy> WideMap<V> {
     }
 
     fn unlink_leaf(&mut self, leaf: u32) {
-        let (prev, next) = (self.leaves[leaf as usize].prev, self.leaves[leaf as usize].next);
+        let Links { prev, next } = self.links[leaf as usize];
         if prev != NIL {
-            self.leaves[prev as usize].next = next;
+            self.links[prev as usize].next = next;
         } else {
             self.first_leaf = next;
         }
         if next != NIL {
-            self.leaves[next as usize].prev = prev;
+            self.links[next as usize].prev = prev;
         }
         self.free_leaves.push(leaf);
     }
@@ -426,7 +501,7 @@ impl<V: Copy> WideMap<V> {
     }
 
     /// Iterates over the keys in order.
-    pub fn keys(&self) -> impl Iterator<Item = &u64> + '_ {
+    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
         self.iter().map(|(k, _)| k)
     }
 
@@ -439,21 +514,22 @@ impl<V: Copy> WideMap<V> {
     #[cfg(test)]
     pub(crate) fn check(&self) {
         // Key ranges: each node's keys lie in [lo, hi).
-        let mut stack = alloc::vec![(self.root, self.height, 0u64, u64::MAX, true)];
+        let mut stack = alloc::vec![(self.root, self.height, 0, PAD, true)];
         let mut leaves_in_order = Vec::new();
         let mut count = 0;
         while let Some((node, h, lo, hi, open_hi)) = stack.pop() {
             if h == 0 {
                 let l = &self.leaves[node as usize];
-                assert!(l.len > 0 || (self.height == 0 && self.len == 0), "empty leaf in a tree");
-                for w in l.keys[..l.len].windows(2) {
+                let len = l.len();
+                assert!(len > 0 || (self.height == 0 && self.len == 0), "empty leaf in a tree");
+                for w in l.keys[..len].windows(2) {
                     assert!(w[0] < w[1]);
                 }
-                assert!(l.keys[l.len..].iter().all(|&k| k == PAD), "leaf padding");
-                for &k in &l.keys[..l.len] {
+                assert!(l.keys[len..].iter().all(|&k| k == PAD), "leaf padding");
+                for &k in &l.keys[..len] {
                     assert!(k >= lo && (open_hi || k < hi), "key {k} outside [{lo}, {hi})");
                 }
-                count += l.len;
+                count += len;
                 leaves_in_order.push(node);
                 continue;
             }
@@ -475,11 +551,12 @@ impl<V: Copy> WideMap<V> {
         // The links follow the tree order.
         assert_eq!(self.first_leaf, leaves_in_order[0]);
         for (i, &leaf) in leaves_in_order.iter().enumerate() {
-            let l = &self.leaves[leaf as usize];
+            let l = self.links[leaf as usize];
             assert_eq!(l.prev, if i == 0 { NIL } else { leaves_in_order[i - 1] });
             assert_eq!(l.next, leaves_in_order.get(i + 1).copied().unwrap_or(NIL));
         }
         assert_eq!(self.values.len() - self.free_values.len(), self.len);
+        assert_eq!(self.links.len(), self.leaves.len());
     }
 }
 
@@ -518,16 +595,16 @@ pub struct Iter<'a, V> {
 }
 
 impl<'a, V> Iterator for Iter<'a, V> {
-    type Item = (&'a u64, &'a V);
+    type Item = (u64, &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.leaf != NIL {
             let l = &self.map.leaves[self.leaf as usize];
-            if self.i < l.len {
+            if self.i < LEAF && l.keys[self.i] != PAD {
                 self.i += 1;
-                return Some((&l.keys[self.i - 1], &self.map.values[l.slots[self.i - 1] as usize]));
+                return Some((key_of(l.keys[self.i - 1]), &self.map.values[l.slots[self.i - 1] as usize]));
             }
-            self.leaf = l.next;
+            self.leaf = self.map.links[self.leaf as usize].next;
             self.i = 0;
         }
         None
@@ -551,11 +628,13 @@ mod tests {
     use alloc::collections::BTreeMap;
     use proptest::prelude::*;
 
-    /// Applies `ops` to a `WideMap` and a `BTreeMap`, comparing every answer and the invariants.
+    /// Applies `ops` to a `WideMap` and a `BTreeMap`, comparing every answer and the invariants
+    /// (keys: the operations' numbers of 64 KiB blocks; probes also between keys).
     fn against_btreemap(ops: &[(u8, u64)]) {
         let mut m: WideMap<u64> = WideMap::new();
         let mut r: BTreeMap<u64, u64> = BTreeMap::new();
-        for (step, &(op, key)) in ops.iter().enumerate() {
+        for (step, &(op, block)) in ops.iter().enumerate() {
+            let key = block << UNIT_SHIFT;
             match op % 4 {
                 0 | 1 => assert_eq!(m.insert(key, key ^ step as u64), r.insert(key, key ^ step as u64)),
                 2 => assert_eq!(m.remove(&key), r.remove(&key)),
@@ -570,14 +649,22 @@ mod tests {
             }
             assert_eq!(m.len(), r.len());
             let probe = key.wrapping_add(step as u64 % 3).wrapping_sub(1);
-            for p in [key, probe] {
-                assert_eq!(m.floor(p).map(|(k, v)| (k, *v)), r.range(..=p).next_back().map(|(k, v)| (*k, *v)));
-                assert_eq!(m.ceil(p).map(|(k, v)| (k, *v)), r.range(p..).next().map(|(k, v)| (*k, *v)));
+            let between = key + ((step as u64 * 0x1234) & 0xFFFF);
+            for p in [key, probe, between] {
+                let floor = r.range(..=p).next_back().map(|(k, v)| (*k, *v));
+                assert_eq!(m.floor(p).map(|(k, v)| (k, *v)), floor);
                 assert_eq!(m.get(&p), r.get(&p));
+                // The one-descent pair: the floor and the key after it.
+                let next = match floor {
+                    Some((k, _)) => r.range(k + 1..).next().map(|(k, _)| *k),
+                    None => r.keys().next().copied(),
+                };
+                let (f, n) = m.floor_and_next(p);
+                assert_eq!((f.map(|(k, v)| (k, *v)), n), (floor, next));
             }
         }
         m.check();
-        assert!(m.iter().map(|(k, v)| (*k, *v)).eq(r.iter().map(|(k, v)| (*k, *v))));
+        assert!(m.iter().map(|(k, v)| (k, *v)).eq(r.iter().map(|(k, v)| (*k, *v))));
     }
 
     /// Grows to a few thousand keys (several inner levels: splits of leaves, inner nodes and
@@ -606,7 +693,28 @@ mod tests {
         m.check();
         assert_eq!((m.len(), m.height), (0, 0));
         assert_eq!(m.floor(u64::MAX), None);
-        assert_eq!(m.ceil(0), None);
+        assert_eq!(m.floor_and_next(0).1, None);
+    }
+
+    /// Keys at both ends of the user range (the top one just below the padding's block number),
+    /// and probes past the last key and between blocks.
+    #[test]
+    fn keys_at_the_ends_of_the_user_range() {
+        let top = 0x7FFF_FFFE_0000u64;
+        let mut m: WideMap<u64> = WideMap::new();
+        for k in [0x1_0000, top, top - 0x1_0000] {
+            assert_eq!(m.insert(k, k), None);
+        }
+        m.check();
+        assert_eq!(m.floor(u64::MAX).map(|(k, _)| k), Some(top));
+        assert_eq!(m.floor(top + 0xFFFF).map(|(k, _)| k), Some(top));
+        assert_eq!(m.floor_and_next(top - 1), (Some((top - 0x1_0000, &(top - 0x1_0000))), Some(top)));
+        assert_eq!(m.floor_and_next(0xFFFF), (None, Some(0x1_0000)));
+        assert_eq!(m.floor_and_next(top).1, None);
+        assert_eq!(m.get(&(top + 0x1000)), None);
+        assert_eq!(m.remove(&u64::MAX), None);
+        assert_eq!(m.remove(&top), Some(top));
+        assert_eq!(m.floor(u64::MAX).map(|(k, _)| k), Some(top - 0x1_0000));
     }
 
     /// Keys inserted in ascending order fill their leaves and inner nodes (the last one of

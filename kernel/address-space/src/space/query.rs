@@ -81,8 +81,12 @@ impl AddressSpace {
             return Err(VmError::InvalidParameter);
         }
         let page = addr & !(PAGE_SIZE - 1);
-        let Some(a) = self.allocation_at(page).copied() else {
-            let next = self.allocations.ceil(page).map_or(self.config.max_address_end, |(b, _)| b);
+        // One descent of the map: the allocation at or below the page and, for free memory, the
+        // next allocation's base (the floor's base is not the page's then, so the key after the
+        // floor is the first at or above the page).
+        let (below, next) = self.allocations.floor_and_next(page);
+        let Some((_, a)) = below.filter(|(_, a)| page < a.end()) else {
+            let next = next.unwrap_or(self.config.max_address_end);
             return Ok(MemoryBasicInformation {
                 base_address: page,
                 region_size: next - page,
@@ -125,7 +129,7 @@ impl AddressSpace {
         let mut first: Option<Pte> = None;
         let mut run_end = a.end();
         table::scan(mem, self.root_pa(), page, a.end(), |va, _, e| {
-            let e = Self::state(&a, va, e).unwrap_or(Pte::RESERVED);
+            let e = Self::state(a, va, e).unwrap_or(Pte::RESERVED);
             let head = *first.get_or_insert(e);
             if e.0 & QUERY_KEY_MASK == head.0 & QUERY_KEY_MASK {
                 ControlFlow::Continue(())
@@ -138,7 +142,7 @@ impl AddressSpace {
         info.region_size = run_end - page;
         if first.is_committed() {
             info.state = MEM_COMMIT;
-            info.protect = Self::page_protect(first, &a);
+            info.protect = Self::page_protect(first, a);
         } else {
             info.state = MEM_RESERVE;
         }
