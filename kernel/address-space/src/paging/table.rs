@@ -603,6 +603,34 @@ pub fn scan(
     });
 }
 
+/// Returns whether a page table with no entry (one a decommit kept, see [`Tables::keep_empty`])
+/// covers a page of `[start, end)`: what a release of pages none of which is committed has to
+/// free ([`Tables::release_range`]); without one it has nothing to do.
+///
+/// Cost: one walk per present page table or absent subtree in the range (three entry reads for
+/// a range inside one 2 MiB).
+pub fn holds_empty_table(mem: &impl PhysMemory, root: u64, start: u64, end: u64) -> bool {
+    let mut va = start;
+    while va < end {
+        // As `walk`, keeping the directory entry (its child count).
+        let mut table = root;
+        let mut span = entry_span(1);
+        for level in (1..=3).rev() {
+            let e = mem.read_u64(pa(table + index(va, level) * 8));
+            if e & PRESENT == 0 {
+                span = entry_span(level);
+                break;
+            }
+            if level == 1 && e & HUGE == 0 && child_count(e) == 0 {
+                return true;
+            }
+            table = e & ADDR_MASK;
+        }
+        va = next_boundary(va, span, end);
+    }
+    false
+}
+
 /// Returns how many table pages a mapping of every page of `[start, end)` would create:
 /// page tables when `leaf_level` is 0 (4 KiB pages), directories and above when it is 1
 /// (2 MiB pages).

@@ -412,9 +412,11 @@ impl AddressSpace {
             cx.charge.uncharge(a.size / PAGE_SIZE, cx.counters.table_pages_freed - freed_before);
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
             self.complete(batch, cx);
-        } else {
+        } else if a.committed_pages > 0 || table::holds_empty_table(cx.mem, self.root_pa(), a.base, a.end()) {
             self.decommit_range(cx, a, a.base, a.end(), false);
         }
+        // Else nothing is committed (so there is no lazy run) and no table of the range waits
+        // to be freed: no entry, frame, charge or TLB round to touch.
         self.allocations.remove(&a.base);
         self.reserved_bytes -= a.size;
         self.gaps.give(a.base / ALLOCATION_GRANULARITY, (a.block_end() - a.base) / ALLOCATION_GRANULARITY);

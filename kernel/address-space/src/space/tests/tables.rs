@@ -238,6 +238,44 @@ fn a_kept_table_shared_with_a_neighbour_goes_when_both_are_empty() {
     fx.teardown();
 }
 
+/// A release of an allocation with no committed page walks no table unless an empty one it
+/// must free is there; when one is, it is freed as before (also a neighbour's kept table).
+#[test]
+fn a_release_without_committed_pages_touches_tables_only_to_free_an_empty_one() {
+    let mut fx = Fx::new();
+    // No table at all: nothing but the record and the gap.
+    let r = fx.alloc(A, 0x10000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    let before = fx.counters;
+    fx.free(r, 0, MEM_RELEASE).unwrap();
+    assert_eq!(fx.counters, before, "no entry, table, frame or flush");
+    // A table with a neighbour's entries: left as it is.
+    let a = fx.alloc(A, 0x10000, RC, PAGE_READWRITE).unwrap();
+    let r = fx.alloc(A + 0x10000, 0x10000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    let before = fx.counters;
+    fx.free(r, 0, MEM_RELEASE).unwrap();
+    assert_eq!(fx.counters, before);
+    assert_eq!(fx.sp().table_pages(), 3);
+    fx.check();
+    // The neighbour's decommit keeps the table empty: the next release over it frees it (and
+    // its parents), whoever it belongs to.
+    let r = fx.alloc(A + 0x10000, 0x10000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    fx.free(a, 0, MEM_DECOMMIT).unwrap();
+    assert_eq!(fx.sp().table_pages(), 3);
+    fx.free(r, 0, MEM_RELEASE).unwrap();
+    assert_eq!(fx.sp().table_pages(), 0);
+    fx.free(a, 0, MEM_RELEASE).unwrap();
+    // A kept table in a later 2 MiB of a large reservation is found too.
+    let big = fx.alloc(A, 0x60_0000, MEM_RESERVE, PAGE_READWRITE).unwrap();
+    fx.alloc(big + 0x40_0000, 0x1000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    fx.free(big + 0x40_0000, 0x1000, MEM_DECOMMIT).unwrap();
+    assert_eq!(fx.sp().allocation_at(big).unwrap().committed_pages, 0);
+    assert_eq!(fx.sp().table_pages(), 3);
+    fx.free(big, 0, MEM_RELEASE).unwrap();
+    assert_eq!(fx.sp().table_pages(), 0);
+    fx.check();
+    fx.teardown();
+}
+
 #[test]
 fn the_upper_half_of_the_root_is_never_touched() {
     let mut fx = Fx::new();
