@@ -211,6 +211,12 @@ impl Inner {
     }
 }
 
+/// Where the value of a key of a [`WideMap`] is kept: values do not move while their key stays
+/// in the map, so a caller that looked a key up can change its value later without a second
+/// descent ([`WideMap::slot_mut`]). Valid until the key is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot(u32);
+
 /// An ordered map from `u64` keys (multiples of 64 KiB below 2^47 − 64 KiB: allocation bases) to `V`, read
 /// mostly by "greatest key ≤ x" lookups.
 #[derive(Debug, Clone)]
@@ -299,15 +305,36 @@ impl<V: Copy> WideMap<V> {
 
     /// Returns the entry with the greatest key ≤ `key`.
     pub fn floor(&self, key: u64) -> Option<(u64, &V)> {
-        // `floor_and_next` without the next key (every call starts with this lookup).
+        self.floor_slot(key).map(|(k, s)| (k, self.slot(s)))
+    }
+
+    /// Returns the key and the [`Slot`] of the entry with the greatest key ≤ `key`:
+    /// [`floor_and_next`](Self::floor_and_next) without the next key (every call starts with
+    /// this lookup), and a handle to the value that needs no second lookup to change it.
+    pub(crate) fn floor_slot(&self, key: u64) -> Option<(u64, Slot)> {
         let u = unit_floor(key);
         let leaf = self.leaf_for(u);
-        let i = self.leaves[leaf as usize].count_le(u);
+        let l = &self.leaves[leaf as usize];
+        let i = l.count_le(u);
         if i > 0 {
-            return Some(self.entry(leaf, i - 1));
+            return Some((key_of(l.keys[i - 1]), Slot(l.slots[i - 1])));
         }
         let prev = self.links[leaf as usize].prev;
-        (prev != NIL).then(|| self.entry(prev, self.leaves[prev as usize].len() - 1))
+        (prev != NIL).then(|| {
+            let p = &self.leaves[prev as usize];
+            let i = p.len() - 1;
+            (key_of(p.keys[i]), Slot(p.slots[i]))
+        })
+    }
+
+    /// Returns the value at `slot` (of a key still in the map).
+    pub(crate) fn slot(&self, slot: Slot) -> &V {
+        &self.values[slot.0 as usize]
+    }
+
+    /// Returns the value at `slot` (of a key still in the map) mutably.
+    pub(crate) fn slot_mut(&mut self, slot: Slot) -> &mut V {
+        &mut self.values[slot.0 as usize]
     }
 
     /// Returns the entry with the greatest key ≤ `key` and the smallest key above that entry's
@@ -714,6 +741,28 @@ mod tests {
         }
         m.check();
         assert!(m.iter().map(|(k, v)| (k, *v)).eq(r.iter().map(|(k, v)| (*k, *v))));
+    }
+
+    /// A slot stays its key's while other keys come and go (splits, emptied leaves).
+    #[test]
+    fn a_slot_follows_its_value() {
+        let mut m: WideMap<u64> = WideMap::new();
+        for i in 0..200u64 {
+            m.insert(i * 2 << UNIT_SHIFT, i);
+        }
+        let key = 100 << UNIT_SHIFT;
+        let (k, slot) = m.floor_slot(key + 0x1234).unwrap();
+        assert_eq!((k, *m.slot(slot)), (key, 50));
+        for i in 0..200u64 {
+            m.insert((i * 2 + 1) << UNIT_SHIFT, 1000 + i);
+            if i != 50 {
+                m.remove(&(i * 2 << UNIT_SHIFT));
+            }
+        }
+        *m.slot_mut(slot) += 1;
+        assert_eq!(m.get(&key), Some(&51));
+        assert_eq!(m.floor_slot(key), Some((key, slot)));
+        m.check();
     }
 
     /// The two ways of counting agree (the host runs the vector one, the kernel the bisection):

@@ -188,8 +188,15 @@ impl Tlb for NoTlb {
     fn flush_all(&mut self) {}
 }
 
-/// The largest threshold a batch accepts (its page list is a fixed array: no heap use).
+/// The largest threshold a batch accepts.
 pub const MAX_BATCH: usize = 64;
+/// Pages a batch holds in place; past them (a threshold above this, and more present entries
+/// changed) its list moves to the heap, at most [`MAX_BATCH`] entries (a full flush instead
+/// if the heap has no room). A batch is made by every
+/// operation that may change an entry, most of which change none or a few: a fixed array of
+/// `MAX_BATCH` would be zeroed each time (512 bytes: a `rep stos` of 64 steps, slow under
+/// emulation).
+const INLINE_PAGES: usize = 16;
 /// The default threshold above which a batch becomes a full flush.
 pub const DEFAULT_FLUSH_THRESHOLD: usize = 32;
 
@@ -202,7 +209,10 @@ pub const MAX_DEFERRED: usize = 2048;
 #[must_use = "a TLB batch must be flushed: it holds the frames to free"]
 #[derive(Debug)]
 pub struct TlbBatch {
-    pages: [u64; MAX_BATCH],
+    /// The first pages (all of them while `len` ≤ [`INLINE_PAGES`]).
+    pages: [u64; INLINE_PAGES],
+    /// Every page once there are more than [`INLINE_PAGES`].
+    spilled: Vec<u64>,
     len: usize,
     threshold: usize,
     full: bool,
@@ -215,7 +225,8 @@ impl TlbBatch {
     /// Creates an empty batch; `threshold` is clamped to `1..=MAX_BATCH`.
     pub fn new(threshold: usize) -> Self {
         TlbBatch {
-            pages: [0; MAX_BATCH],
+            pages: [0; INLINE_PAGES],
+            spilled: Vec::new(),
             len: 0,
             threshold: threshold.clamp(1, MAX_BATCH),
             full: false,
@@ -234,8 +245,25 @@ impl TlbBatch {
             self.full = true;
             return;
         }
-        self.pages[self.len] = addr;
+        if self.len < INLINE_PAGES {
+            self.pages[self.len] = addr;
+        } else {
+            if self.len == INLINE_PAGES {
+                // Out of heap: a full flush covers every page (the call cannot fail here).
+                if self.spilled.try_reserve_exact(self.threshold).is_err() {
+                    self.full = true;
+                    return;
+                }
+                self.spilled.extend_from_slice(&self.pages);
+            }
+            self.spilled.push(addr);
+        }
         self.len += 1;
+    }
+
+    /// The pages recorded (none once the batch is a full flush).
+    fn page_list(&self) -> &[u64] {
+        if self.len <= INLINE_PAGES { &self.pages[..self.len] } else { &self.spilled }
     }
 
     /// Records that a page-table page covering `addr` was freed.
@@ -285,7 +313,7 @@ impl TlbBatch {
                 FlushScope::Pages(&single)
             } else {
                 counters.invlpg += self.len as u64;
-                FlushScope::Pages(&self.pages[..self.len])
+                FlushScope::Pages(self.page_list())
             };
             counters.shootdown_rounds += 1;
             counters.shootdown_ipis += u64::from(tlb.current_cpu().map_or(targets, |c| targets.without(c)).len());
@@ -342,6 +370,26 @@ mod tests {
         assert!(!b.is_empty());
         b.flush(CpuSet::EMPTY, &mut log, &mut fa, &mut c);
         assert_eq!(log.pages.last(), Some(&0x5000));
+    }
+
+    /// Past the pages a batch holds in place, the list goes on (up to the threshold) in order.
+    #[test]
+    fn a_batch_keeps_every_page_up_to_the_largest_threshold() {
+        let mut c = WorkCounters::default();
+        let mut fa = FrameAllocator::new(&[]);
+        for n in [1, INLINE_PAGES, INLINE_PAGES + 1, MAX_BATCH] {
+            let mut log = Log::default();
+            let mut b = TlbBatch::new(MAX_BATCH);
+            let pages: alloc::vec::Vec<u64> = (1..=n as u64).map(|i| i << 12).collect();
+            pages.iter().for_each(|&p| b.add(p));
+            b.flush(CpuSet::EMPTY, &mut log, &mut fa, &mut c);
+            assert_eq!((log.pages, log.full), (pages, 0), "{n} pages");
+        }
+        let mut log = Log::default();
+        let mut b = TlbBatch::new(MAX_BATCH);
+        (0..=MAX_BATCH as u64).for_each(|i| b.add(i << 12));
+        b.flush(CpuSet::EMPTY, &mut log, &mut fa, &mut c);
+        assert_eq!((log.pages.len(), log.full), (0, 1), "one past the threshold: a full flush");
     }
 
     /// The frames a batch carries are freed only once the round returned: a round that never

@@ -2,6 +2,7 @@
 //! `MEM_RESET` / `MEM_RESET_UNDO` (§3.4), large pages (§3.5).
 
 use super::{AddressSpace, Allocation, AllocationKind, VmContext, round_up};
+use crate::allocation_map::Slot;
 use crate::charge::CriticalLevel;
 use crate::paging::tlb::Tlb;
 use crate::protection::{BaseProtection, PageProtection};
@@ -147,18 +148,27 @@ impl AddressSpace {
         Ok(Request { addr, size, ty, prot })
     }
 
-    /// The one allocation holding all of `[start, end)`, for commit/protect/reset.
-    pub(crate) fn single_allocation(&self, start: u64, end: u64) -> Result<Allocation, VmError> {
-        match self.allocation_at(start) {
-            Some(a) if end <= a.end() && a.kind != AllocationKind::HostOwned => Ok(*a),
+    /// The one allocation holding all of `[start, end)`, for commit/protect/reset, with the
+    /// slot of its record (to change it without a second lookup).
+    pub(crate) fn single_allocation(&self, start: u64, end: u64) -> Result<(Slot, Allocation), VmError> {
+        match self.record_at(start) {
+            Some((slot, a)) if end <= a.end() && a.kind != AllocationKind::HostOwned => Ok((slot, a)),
             _ => Err(VmError::ConflictingAddresses),
         }
+    }
+
+    /// [`allocation_at`](Self::allocation_at) with the slot of the record.
+    #[inline]
+    pub(crate) fn record_at(&self, addr: u64) -> Option<(Slot, Allocation)> {
+        let (_, slot) = self.allocations.floor_slot(addr)?;
+        let a = self.allocations.slot(slot);
+        (addr < a.end()).then_some((slot, *a))
     }
 
     fn reset(&self, req: &Request) -> Result<u64, VmError> {
         let start = req.addr & !(PAGE_SIZE - 1);
         let end = round_up(req.addr + req.size, PAGE_SIZE);
-        let a = self.single_allocation(start, end)?;
+        let (_, a) = self.single_allocation(start, end)?;
         if a.large {
             return Err(VmError::InvalidParameter);
         }
@@ -253,7 +263,7 @@ impl AddressSpace {
     ) -> Result<u64, VmError> {
         let start = req.addr & !(PAGE_SIZE - 1);
         let end = round_up(req.addr + req.size, PAGE_SIZE);
-        let mut a = self.single_allocation(start, end)?;
+        let (slot, mut a) = self.single_allocation(start, end)?;
         match (a.kind, a.large) {
             (AllocationKind::Image, _) => return Err(VmError::AlreadyCommitted),
             (_, true) => return Err(VmError::InvalidParameter),
@@ -262,9 +272,9 @@ impl AddressSpace {
         let plan = self.prepare_commit(cx, start, end, level, &a)?;
         let (prot, guard): (BaseProtection, bool) = (req.prot.base, req.prot.guard);
         // NOCACHE/WRITECOMBINE are fixed per allocation (win32-semantics §2): the commit uses its mode.
-        self.note_committed(a.base, plan.new_pages as i64);
+        self.note_committed(slot, plan.new_pages as i64);
         self.perform_commit(cx, &mut a, start, end, plan, |_| (prot, guard));
-        self.note_protection(&a, start, end, prot, guard);
+        self.note_protection(slot, &a, start, end, prot, guard);
         Ok(start)
     }
 }

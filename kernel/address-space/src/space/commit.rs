@@ -12,6 +12,7 @@ use core::ops::ControlFlow;
 use x86_64::structures::paging::{PhysFrame, Size2MiB};
 
 use super::{AddressSpace, Allocation, AllocationKind, LazyRun, VmContext};
+use crate::allocation_map::Slot;
 use crate::charge::CriticalLevel;
 use crate::frame::FrameReservation;
 use crate::paging::pte::{self, Pte};
@@ -43,9 +44,9 @@ impl Drop for CommitPlan {
 }
 
 impl AddressSpace {
-    /// Adds `delta` to the committed-page count of the allocation at `base`.
-    pub(crate) fn note_committed(&mut self, base: u64, delta: i64) {
-        self.allocations.get_mut(&base).expect("allocation record").add_committed(delta);
+    /// Adds `delta` to the committed-page count of the allocation whose record is at `slot`.
+    pub(crate) fn note_committed(&mut self, slot: Slot, delta: i64) {
+        self.allocations.slot_mut(slot).add_committed(delta);
     }
 
     /// Writes the entry of every page of the lazy run of the allocation at `base` that has none
@@ -65,14 +66,14 @@ impl AddressSpace {
         a
     }
 
-    /// Keeps the [`uniform`](Allocation::uniform) state of the allocation `a` after every page of
-    /// `[start, end)` (all committed) got protection `prot` (and a guard if `guard`), and records
-    /// its lazy run as `a` has it (a run overlapping the range had its pages alike, so they now
-    /// have `prot`; a guard ended it before).
-    pub(crate) fn note_protection(&mut self, a: &Allocation, start: u64, end: u64, prot: BaseProtection, guard: bool) {
+    /// Keeps the [`uniform`](Allocation::uniform) state of the allocation `a` (record at `slot`)
+    /// after every page of `[start, end)` (all committed) got protection `prot` (and a guard if
+    /// `guard`), and records its lazy run as `a` has it (a run overlapping the range had its
+    /// pages alike, so they now have `prot`; a guard ended it before).
+    pub(crate) fn note_protection(&mut self, slot: Slot, a: &Allocation, start: u64, end: u64, prot: BaseProtection, guard: bool) {
         let run = a.lazy().filter(|r| r.overlaps(start, end)).map_or(a.lazy(), |r| Some(LazyRun { prot, ..r }));
         debug_assert!(!guard || !a.lazy().is_some_and(|r| r.overlaps(start, end)), "a guard in a lazy run");
-        let a = self.allocations.get_mut(&a.base).expect("allocation record");
+        let a = self.allocations.slot_mut(slot);
         let kept = a.set_lazy(run);
         debug_assert!(kept, "the same run");
         let whole = start <= a.base && end >= a.end() && a.committed_pages == a.size / PAGE_SIZE;
@@ -328,17 +329,19 @@ impl AddressSpace {
 
     /// Decommits `[start, end)`: frees the frames of touched pages, unreserves the frames of
     /// untouched ones, clears the entries (and so the write-watch marks) and gives back the
-    /// charge. With `keep_tables` (a decommit) emptied tables stay, empty, for the next commit;
-    /// without (a release) they are freed, and so are the empty tables earlier decommits kept
-    /// in the range, in the same invalidation round. Cannot fail. Returns the pages decommitted.
+    /// charge. `decommit`: the slot of `a`'s record for a decommit, which keeps emptied tables,
+    /// empty, for the next commit, and updates the record; `None` for a release, which frees
+    /// them, and the empty tables earlier decommits kept in the range, in the same invalidation
+    /// round, and leaves the record (it goes next). Cannot fail. Returns the pages decommitted.
     pub(crate) fn decommit_range<M: PhysMemory, T: Tlb>(
         &mut self,
         cx: &mut VmContext<'_, M, T>,
         a: &Allocation,
         start: u64,
         end: u64,
-        keep_tables: bool,
+        decommit: Option<Slot>,
     ) -> u64 {
+        let keep_tables = decommit.is_some();
         if a.committed_pages == 0 && keep_tables {
             return 0;
         }
@@ -389,7 +392,8 @@ impl AddressSpace {
         cx.charge.uncharge(decommitted, cx.counters.table_pages_freed - freed_before);
         self.table_pages -= cx.counters.table_pages_freed - freed_before;
         self.complete(batch, cx);
-        let record = self.allocations.get_mut(&a.base).expect("allocation record");
+        let Some(slot) = decommit else { return decommitted };
+        let record = self.allocations.slot_mut(slot);
         if let Some(r) = run {
             // What is left of the run: none, or the part before or after the range.
             let left = if start <= r.start { LazyRun { start: end, ..r } } else { LazyRun { end: start, ..r } };
@@ -413,7 +417,7 @@ impl AddressSpace {
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
             self.complete(batch, cx);
         } else if a.committed_pages > 0 || table::holds_empty_table(cx.mem, self.root_pa(), a.base, a.end()) {
-            self.decommit_range(cx, a, a.base, a.end(), false);
+            self.decommit_range(cx, a, a.base, a.end(), None);
         }
         // Else nothing is committed (so there is no lazy run) and no table of the range waits
         // to be freed: no entry, frame, charge or TLB round to touch.

@@ -48,8 +48,8 @@ impl AddressSpace {
             return Err(VmError::InvalidParameter);
         }
         let page = addr & !(PAGE_SIZE - 1);
-        let a = match self.allocation_at(page) {
-            Some(a) if a.kind != AllocationKind::HostOwned => *a,
+        let (slot, a) = match self.record_at(page) {
+            Some((slot, a)) if a.kind != AllocationKind::HostOwned => (slot, a),
             _ => return Err(VmError::NotAllocated),
         };
         if a.kind == AllocationKind::Image {
@@ -76,7 +76,7 @@ impl AddressSpace {
         if a.large {
             return Err(VmError::InvalidParameter);
         }
-        self.decommit_range(cx, &a, start, end, true);
+        self.decommit_range(cx, &a, start, end, Some(slot));
         Ok(())
     }
 }

@@ -57,7 +57,7 @@ impl AddressSpace {
             _ => return Err(VmError::InvalidParameter),
         };
         let start = addr & !(PAGE_SIZE - 1);
-        let a = self.single_allocation(start, end)?;
+        let (slot, a) = self.single_allocation(start, end)?;
         if !a.large && !self.all_committed(cx.mem, start, end, &a) {
             return Err(VmError::NotCommitted);
         }
@@ -80,7 +80,7 @@ impl AddressSpace {
             if old.0 == 0 { old } else { old.with_protection(prot.base, prot.guard, a.cache) }
         });
         self.complete(batch, cx);
-        self.note_protection(&a, start, end, prot.base, prot.guard);
+        self.note_protection(slot, &a, start, end, prot.base, prot.guard);
         Ok(old)
     }
 }
