@@ -300,8 +300,11 @@ impl TlbBatch {
     ///
     /// If a deferred frame is not allocated (a kernel bug: the tables held a frame the
     /// allocator disowns).
+    ///
+    /// Takes the batch by reference (a batch is a few hundred bytes: moving it would copy them)
+    /// and leaves it empty.
     #[inline]
-    pub fn flush(self, targets: CpuSet, tlb: &mut impl Tlb, frames: &mut dyn FrameSource, counters: &mut WorkCounters) {
+    pub fn flush(&mut self, targets: CpuSet, tlb: &mut impl Tlb, frames: &mut dyn FrameSource, counters: &mut WorkCounters) {
         if !self.is_empty() {
             let single;
             let scope = if self.full {
@@ -318,12 +321,20 @@ impl TlbBatch {
             counters.shootdown_rounds += 1;
             counters.shootdown_ipis += u64::from(tlb.current_cpu().map_or(targets, |c| targets.without(c)).len());
             tlb.shootdown(&FlushRound { targets, scope, tables_freed: self.table_freed.is_some() });
+            self.len = 0;
+            self.full = false;
+            self.table_freed = None;
+            self.spilled.clear();
         }
-        for f in self.deferred {
-            frames.free(f).expect("TLB batch: freeing a frame the allocator disowns");
+        if !self.deferred.is_empty() {
+            for f in self.deferred.drain(..) {
+                frames.free(f).expect("TLB batch: freeing a frame the allocator disowns");
+            }
         }
-        for f in self.deferred_2mib {
-            frames.free_2mib(f).expect("TLB batch: freeing a 2 MiB run the allocator disowns");
+        if !self.deferred_2mib.is_empty() {
+            for f in self.deferred_2mib.drain(..) {
+                frames.free_2mib(f).expect("TLB batch: freeing a 2 MiB run the allocator disowns");
+            }
         }
     }
 }

@@ -62,7 +62,7 @@ impl AddressSpace {
         cx.tables(self.root_pa()).update_lazy(run.start, run.end, None, &mut batch, (true, false), |_, _, old| {
             if old.0 == 0 { untouched } else { old }
         });
-        self.complete(batch, cx);
+        self.complete(&mut batch, cx);
         a
     }
 
@@ -290,7 +290,7 @@ impl AddressSpace {
             });
         }
         debug_assert!(plan.tables.is_empty(), "commit: table pool not used up");
-        self.complete(batch, cx);
+        self.complete(&mut batch, cx);
     }
 
     /// Maps the large pages of `plan` over `[start, end)`, zeroing them. Cannot fail.
@@ -383,7 +383,7 @@ impl AddressSpace {
                 tables.release_range(va, end, &mut batch, leaves, span, &mut unmap)
             };
             if va < end {
-                self.complete(core::mem::replace(&mut batch, self.batch()), cx);
+                self.complete(&mut batch, cx);
             }
         }
         if unreserve > 0 {
@@ -391,7 +391,7 @@ impl AddressSpace {
         }
         cx.charge.uncharge(decommitted, cx.counters.table_pages_freed - freed_before);
         self.table_pages -= cx.counters.table_pages_freed - freed_before;
-        self.complete(batch, cx);
+        self.complete(&mut batch, cx);
         let Some(slot) = decommit else { return decommitted };
         let record = self.allocations.slot_mut(slot);
         if let Some(r) = run {
@@ -415,7 +415,7 @@ impl AddressSpace {
             });
             cx.charge.uncharge(a.size / PAGE_SIZE, cx.counters.table_pages_freed - freed_before);
             self.table_pages -= cx.counters.table_pages_freed - freed_before;
-            self.complete(batch, cx);
+            self.complete(&mut batch, cx);
         } else if a.committed_pages > 0 || table::holds_empty_table(cx.mem, self.root_pa(), a.base, a.end()) {
             self.decommit_range(cx, a, a.base, a.end(), None);
         }

@@ -372,10 +372,12 @@ impl AddressSpace {
     }
 
     /// Completes an operation's batch: one TLB round on the CPUs running the space (read after
-    /// the entries were written), then the frees it deferred.
+    /// the entries were written), then the frees it deferred. A batch that needs no round
+    /// reads no set (and makes no fence: there is nothing to order against a CPU joining).
     #[inline]
-    fn complete<M: PhysMemory, T: Tlb>(&self, batch: TlbBatch, cx: &mut VmContext<'_, M, T>) {
-        batch.flush(self.active.get(), cx.tlb, cx.frames, cx.counters);
+    fn complete<M: PhysMemory, T: Tlb>(&self, batch: &mut TlbBatch, cx: &mut VmContext<'_, M, T>) {
+        let targets = if batch.is_empty() { CpuSet::EMPTY } else { self.active.get() };
+        batch.flush(targets, cx.tlb, cx.frames, cx.counters);
     }
 
     /// Records that `cpu` is about to load this space's root into CR3 (before the load). Takes

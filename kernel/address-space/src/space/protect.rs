@@ -79,7 +79,7 @@ impl AddressSpace {
         cx.tables(self.root_pa()).update_lazy(start, end, None, &mut batch, (lazy, lazy), |_, _, old| {
             if old.0 == 0 { old } else { old.with_protection(prot.base, prot.guard, a.cache) }
         });
-        self.complete(batch, cx);
+        self.complete(&mut batch, cx);
         self.note_protection(slot, &a, start, end, prot.base, prot.guard);
         Ok(old)
     }
