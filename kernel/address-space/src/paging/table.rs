@@ -278,6 +278,9 @@ impl<M: PhysMemory> Tables<'_, M> {
         (mode, lazy): (Walk, LazyPages),
         mut f: impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
     ) -> u64 {
+        if let Some(done) = self.walk_one_table(start, end, pool.is_some(), batch, (mode, lazy), &mut f) {
+            return done;
+        }
         let mut cur = Cursor::default();
         let mut va = start;
         while va < end {
@@ -306,45 +309,14 @@ impl<M: PhysMemory> Tables<'_, M> {
                 continue;
             };
             let old_count = if new { 0 } else { child_count(e2) };
-            let mut count = old_count;
-            // A table without entries holds only reserved pages, which `f` leaves reserved
-            // without a pool: nothing to read.
-            if mode == Walk::Count {
-                debug_assert!((va..chunk_end).step_by(PAGE_SIZE as usize).all(|p| self.mem.read_u64(pa(pt + index(p, 0) * 8)) == 0));
-                count += (chunk_end - va) / PAGE_SIZE;
-            } else if mode != Walk::Sweep && (count > 0 || pool.is_some()) {
-                let mut at = pt + index(va, 0) * 8;
-                let mut page = va;
-                while page < chunk_end {
-                    let old = Pte(self.mem.read_u64(pa(at)));
-                    let entry = f(batch, page, old);
-                    if entry != old {
-                        if old.is_present() {
-                            self.replace_present(at, old, entry);
-                            batch.add(page);
-                        } else {
-                            self.write(at, entry.0);
-                        }
-                    }
-                    // A page counts if it has an entry or is lazily committed.
-                    let in_span = lazy.start <= page && page < lazy.end;
-                    match (old.0 != 0 || (lazy.before && in_span), entry.0 != 0 || (lazy.after && in_span)) {
-                        (false, true) => count += 1,
-                        (true, false) => count -= 1,
-                        _ => {}
-                    }
-                    page += PAGE_SIZE;
-                    at += 8;
-                }
-            }
+            let count = self.walk_leaves(pt, va, chunk_end, old_count, pool.is_some(), batch, (mode, lazy), &mut f);
             let l3 = cur.l3.as_mut().expect("page table: cursor");
             let here = chunk_end - PAGE_SIZE;
-            let sweep = matches!(mode, Walk::Release | Walk::Sweep);
             if new {
                 // Linked after its entries are written, with its final count: one write.
                 self.write(i2, with_count(pt | TABLE_FLAGS, count));
                 l3.add(1);
-            } else if count == 0 && !self.keep_empty && (count != old_count || sweep) {
+            } else if self.frees(mode, count, old_count) {
                 // An emptied page table is freed; its parents when the walk leaves them.
                 self.write(i2, 0);
                 self.free_table(pt, here, batch);
@@ -360,6 +332,116 @@ impl<M: PhysMemory> Tables<'_, M> {
         }
         self.settle(&mut cur, batch);
         end
+    }
+
+    /// Whether a walk in `mode` frees a page table whose count went from `old_count` to `count`.
+    fn frees(&self, mode: Walk, count: u64, old_count: u64) -> bool {
+        count == 0 && !self.keep_empty && (count != old_count || matches!(mode, Walk::Release | Walk::Sweep))
+    }
+
+    /// [`walk_range`](Self::walk_range) of a range inside one present page table (the common
+    /// call: a few pages): the PML4 and directory-pointer entries are read once and, unless the
+    /// page table empties and goes, never written (their counts count tables, which stay), so
+    /// the walk needs no cursor. `None` (nothing done) if the range spans page tables or one of
+    /// its tables is absent (`pool`: the walk may create entries where there are none).
+    #[inline]
+    fn walk_one_table(
+        &mut self,
+        start: u64,
+        end: u64,
+        pool: bool,
+        batch: &mut TlbBatch,
+        (mode, lazy): (Walk, LazyPages),
+        f: &mut impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
+    ) -> Option<u64> {
+        if start >= end || start >> 21 != (end - 1) >> 21 {
+            return None;
+        }
+        let i4 = self.root + index(start, 3) * 8;
+        let e4 = self.mem.read_u64(pa(i4));
+        if e4 & PRESENT == 0 {
+            return None;
+        }
+        let i3 = (e4 & ADDR_MASK) + index(start, 2) * 8;
+        let e3 = self.mem.read_u64(pa(i3));
+        if e3 & PRESENT == 0 {
+            return None;
+        }
+        let i2 = (e3 & ADDR_MASK) + index(start, 1) * 8;
+        let e2 = self.mem.read_u64(pa(i2));
+        if e2 & PRESENT == 0 || e2 & HUGE != 0 {
+            return None;
+        }
+        let old_count = child_count(e2);
+        let count = self.walk_leaves(e2 & ADDR_MASK, start, end, old_count, pool, batch, (mode, lazy), f);
+        if !self.frees(mode, count, old_count) {
+            if count != old_count {
+                self.write(i2, with_count(e2, count));
+            }
+            return Some(end);
+        }
+        // The page table goes, and each parent its last child leaves (each written once).
+        self.write(i2, 0);
+        self.free_table(e2 & ADDR_MASK, end - PAGE_SIZE, batch);
+        for (at, e, va) in [(i3, e3, start), (i4, e4, start)] {
+            let left = child_count(e) - 1;
+            if left > 0 {
+                self.write(at, with_count(e, left));
+                break;
+            }
+            self.write(at, 0);
+            self.free_table(e & ADDR_MASK, va, batch);
+        }
+        Some(end)
+    }
+
+    /// Rewrites the leaf entries of `[va, chunk_end)` (one page table, at `pt`, whose count is
+    /// `count`) for a walk in `mode` and returns the table's new count. `pool`: the walk may
+    /// create entries where there are none.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn walk_leaves(
+        &mut self,
+        pt: u64,
+        va: u64,
+        chunk_end: u64,
+        mut count: u64,
+        pool: bool,
+        batch: &mut TlbBatch,
+        (mode, lazy): (Walk, LazyPages),
+        f: &mut impl FnMut(&mut TlbBatch, u64, Pte) -> Pte,
+    ) -> u64 {
+        // A table without entries holds only reserved pages, which `f` leaves reserved
+        // without a pool: nothing to read.
+        if mode == Walk::Count {
+            debug_assert!((va..chunk_end).step_by(PAGE_SIZE as usize).all(|p| self.mem.read_u64(pa(pt + index(p, 0) * 8)) == 0));
+            count += (chunk_end - va) / PAGE_SIZE;
+        } else if mode != Walk::Sweep && (count > 0 || pool) {
+            let mut at = pt + index(va, 0) * 8;
+            let mut page = va;
+            while page < chunk_end {
+                let old = Pte(self.mem.read_u64(pa(at)));
+                let entry = f(batch, page, old);
+                if entry != old {
+                    if old.is_present() {
+                        self.replace_present(at, old, entry);
+                        batch.add(page);
+                    } else {
+                        self.write(at, entry.0);
+                    }
+                }
+                // A page counts if it has an entry or is lazily committed.
+                let in_span = lazy.start <= page && page < lazy.end;
+                match (old.0 != 0 || (lazy.before && in_span), entry.0 != 0 || (lazy.after && in_span)) {
+                    (false, true) => count += 1,
+                    (true, false) => count -= 1,
+                    _ => {}
+                }
+                page += PAGE_SIZE;
+                at += 8;
+            }
+        }
+        count
     }
 
     /// Maps the 2 MiB pages of `[start, start + 2 MiB × entries.len())` with the directory

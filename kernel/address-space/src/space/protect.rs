@@ -64,10 +64,9 @@ impl AddressSpace {
         if a.large {
             return Err(VmError::InvalidParameter);
         }
-        let first = self.entry(cx.mem, &a, start);
-        let old = Self::page_protect(first, &a);
         // The lazy run stays if its pages stay alike: the range covers it or keeps its
         // protection, and arms no guard. Its pages are the range's only zero entries.
+        // (Materialising writes the entries the run's pages had: the first page's state stays.)
         let a = match a.lazy() {
             Some(r) if r.overlaps(start, end) && (prot.guard || (prot.base != r.prot && !(start <= r.start && r.end <= end))) => {
                 self.materialise(cx, a.base)
@@ -75,12 +74,21 @@ impl AddressSpace {
             _ => a,
         };
         let lazy = a.lazy().is_some_and(|r| r.overlaps(start, end));
+        // The old protection is the first page's, read by the walk (every page of the range is
+        // committed, so it has a table and the walk visits it): no walk of its own.
+        let mut first = None;
         let mut batch = self.batch();
-        cx.tables(self.root_pa()).update_lazy(start, end, None, &mut batch, (lazy, lazy), |_, _, old| {
-            if old.0 == 0 { old } else { old.with_protection(prot.base, prot.guard, a.cache) }
+        cx.tables(self.root_pa()).update_lazy(start, end, None, &mut batch, (lazy, lazy), |_, va, old| {
+            if old.0 == 0 {
+                first.get_or_insert_with(|| Self::lazy_entry(&a, va).unwrap_or(old));
+                old
+            } else {
+                first.get_or_insert(old);
+                old.with_protection(prot.base, prot.guard, a.cache)
+            }
         });
         self.complete(&mut batch, cx);
         self.note_protection(slot, &a, start, end, prot.base, prot.guard);
-        Ok(old)
+        Ok(Self::page_protect(first.expect("protect: the walk visits every committed page"), &a))
     }
 }
