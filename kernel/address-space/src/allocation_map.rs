@@ -748,7 +748,7 @@ mod tests {
     fn a_slot_follows_its_value() {
         let mut m: WideMap<u64> = WideMap::new();
         for i in 0..200u64 {
-            m.insert(i * 2 << UNIT_SHIFT, i);
+            m.insert((i * 2) << UNIT_SHIFT, i);
         }
         let key = 100 << UNIT_SHIFT;
         let (k, slot) = m.floor_slot(key + 0x1234).unwrap();
@@ -756,7 +756,7 @@ mod tests {
         for i in 0..200u64 {
             m.insert((i * 2 + 1) << UNIT_SHIFT, 1000 + i);
             if i != 50 {
-                m.remove(&(i * 2 << UNIT_SHIFT));
+                m.remove(&((i * 2) << UNIT_SHIFT));
             }
         }
         *m.slot_mut(slot) += 1;
