@@ -1,9 +1,7 @@
 //! `VirtualQuery` (win32-semantics §6).
 
-use core::ops::ControlFlow;
-
 use super::{AddressSpace, Allocation, AllocationKind};
-use crate::paging::pte::{Pte, QUERY_KEY_MASK};
+use crate::paging::pte::{ADDR_MASK, HUGE, PRESENT, Pte, QUERY_KEY_MASK};
 use crate::paging::table;
 use crate::win32::*;
 use crate::{PhysMemory, VmError};
@@ -119,33 +117,124 @@ impl AddressSpace {
             info.protect = prot.to_win32() | a.cache.to_win32();
             return Ok(info);
         }
-        if a.committed_pages == 0 {
+        let Some((lo, hi)) = a.committed_extent().filter(|_| a.committed_pages > 0) else {
             // Wholly reserved: no page walk (win32-semantics §6: Protect 0).
             info.region_size = a.end() - page;
             info.state = MEM_RESERVE;
             return Ok(info);
-        }
-        // One walk: the first page's entry sets the key the run must keep.
-        let mut first: Option<Pte> = None;
-        let mut run_end = a.end();
-        table::scan(mem, self.root_pa(), page, a.end(), |va, _, e| {
-            let e = Self::state(a, va, e).unwrap_or(Pte::RESERVED);
-            let head = *first.get_or_insert(e);
-            if e.0 & QUERY_KEY_MASK == head.0 & QUERY_KEY_MASK {
-                ControlFlow::Continue(())
-            } else {
-                run_end = va;
-                ControlFlow::Break(())
-            }
-        });
-        let first = first.expect("the query page is inside the allocation");
-        info.region_size = run_end - page;
-        if first.is_committed() {
+        };
+        // Outside the committed extent every page is reserved: no walk for the page itself.
+        let head = if (lo..hi).contains(&page) { self.entry(mem, a, page) } else { Pte::RESERVED };
+        let run_end = if head.is_committed() {
             info.state = MEM_COMMIT;
-            info.protect = Self::page_protect(first, a);
+            info.protect = Self::page_protect(head, a);
+            self.committed_run_end(mem, a, page, head, hi)
         } else {
             info.state = MEM_RESERVE;
-        }
+            self.reserved_run_end(mem, a, page, (lo, hi))
+        };
+        info.region_size = run_end - page;
         Ok(info)
     }
+
+    /// The end of the run of reserved pages from `page` (reserved) in `a`, whose committed
+    /// extent is `[lo, hi)`: the first page at or after it that is committed (it has an entry,
+    /// or lies in the lazy run), or the allocation's end. Only `[max(page, lo), hi)` is looked
+    /// at, up to the lazy run's first page there.
+    fn reserved_run_end(&self, mem: &impl PhysMemory, a: &Allocation, page: u64, (lo, hi): (u64, u64)) -> u64 {
+        let from = page.max(lo);
+        if from >= hi {
+            return a.end();
+        }
+        // The run lies inside the extent: its first page at or after `from` is committed.
+        let run_next = a.lazy().filter(|r| r.end > from).map(|r| r.start.max(from));
+        let to = run_next.unwrap_or(hi);
+        match first_unlike(mem, self.root_pa(), from, to, true, |_, e| e.0 == 0) {
+            found if found < to || run_next.is_some() => found,
+            _ => a.end(),
+        }
+    }
+
+    /// The end of the run of pages from `page` (committed, state `head`) of `a` with `head`'s
+    /// state and protection: the first page after it that differs (a page from `hi`, the end of
+    /// the committed extent, is reserved). The lazy run's pages all have its state, so a run
+    /// of the same protection is stepped over without reading its entries.
+    fn committed_run_end(&self, mem: &impl PhysMemory, a: &Allocation, page: u64, head: Pte, hi: u64) -> u64 {
+        let key = head.0 & QUERY_KEY_MASK;
+        let alike = a.lazy().filter(|r| Self::lazy_entry(a, r.start).is_some_and(|e| e.0 & QUERY_KEY_MASK == key));
+        let mut va = page + PAGE_SIZE;
+        loop {
+            if let Some(r) = alike.filter(|r| r.contains(va)) {
+                va = r.end;
+            }
+            let to = alike.filter(|r| r.start > va).map_or(hi, |r| r.start);
+            va = first_unlike(mem, self.root_pa(), va, to, false, |at, e| {
+                Self::state(a, at, Some(e)).is_some_and(|e| e.0 & QUERY_KEY_MASK == key)
+            });
+            // Stopped on a page that differs, or at the end of the extent (or of the
+            // allocation): done; at the lazy run's start: step over it.
+            if va < to || to == hi {
+                return va.min(hi);
+            }
+        }
+    }
+}
+
+/// Returns the first page of `[from, to)` for which `like(va, entry)` is false, or `to`: the
+/// pages whose page table is absent or counts no entry (reserved: no entry, not lazily
+/// committed) are alike if `absent_alike`, and are skipped whole then (one entry read per
+/// absent PML4, directory-pointer or directory entry), or end the search at once otherwise.
+///
+/// Cost: one entry read per absent or empty table on the way, and one per page looked at in
+/// the page tables that hold entries.
+fn first_unlike(mem: &impl PhysMemory, root: u64, from: u64, to: u64, absent_alike: bool, mut like: impl FnMut(u64, Pte) -> bool) -> u64 {
+    let read = |at: u64| mem.read_u64(x86_64::PhysAddr::new(at));
+    // An entry whose table maps nothing: absent, or kept empty by a decommit (count 0).
+    let empty = |e: u64| e & PRESENT == 0 || table::child_count(e) == 0;
+    let span_end = |va: u64, level: u32| ((va & !(table::entry_span(level) - 1)) + table::entry_span(level)).min(to);
+    let mut va = from;
+    while va < to {
+        let e4 = read(root + table::index(va, 3) * 8);
+        let l4_end = span_end(va, 3);
+        if empty(e4) {
+            if !absent_alike {
+                return va;
+            }
+            va = l4_end;
+            continue;
+        }
+        while va < l4_end {
+            let e3 = read((e4 & ADDR_MASK) + table::index(va, 2) * 8);
+            let l3_end = span_end(va, 2);
+            if empty(e3) {
+                if !absent_alike {
+                    return va;
+                }
+                va = l3_end;
+                continue;
+            }
+            while va < l3_end {
+                let e2 = read((e3 & ADDR_MASK) + table::index(va, 1) * 8);
+                let l2_end = span_end(va, 1);
+                // 2 MiB mappings are large-page allocations', which queries answer from the record.
+                debug_assert!(e2 & HUGE == 0, "a 4 KiB query over a 2 MiB mapping");
+                if empty(e2) || e2 & HUGE != 0 {
+                    if !absent_alike {
+                        return va;
+                    }
+                    va = l2_end;
+                    continue;
+                }
+                let mut at = (e2 & ADDR_MASK) + table::index(va, 0) * 8;
+                while va < l2_end {
+                    if !like(va, Pte(read(at))) {
+                        return va;
+                    }
+                    va += PAGE_SIZE;
+                    at += 8;
+                }
+            }
+        }
+    }
+    to
 }
