@@ -115,6 +115,27 @@ impl Allocation {
 }
 
 #[cfg(test)]
+impl super::AddressSpace {
+    /// Whether every committed page of `a` lies in its committed extent, and the extent is
+    /// empty when none is committed (for the tests' invariant checks). Cost: a walk of the
+    /// allocation.
+    pub(crate) fn extent_holds(&self, mem: &impl crate::PhysMemory, a: &Allocation) -> bool {
+        if a.large {
+            return true;
+        }
+        let extent = a.committed_extent();
+        let mut holds = extent.is_some() == (a.committed_pages > 0);
+        crate::paging::table::scan(mem, self.root().start_address().as_u64(), a.base, a.end(), |va, _, e| {
+            if Self::state(a, va, e).is_some_and(|e| e.is_committed()) {
+                holds &= extent.is_some_and(|(lo, hi)| lo <= va && va < hi);
+            }
+            core::ops::ControlFlow::Continue(())
+        });
+        holds
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
