@@ -1,11 +1,13 @@
 //! `VirtualQuery` (win32-semantics §6).
 
-use super::{AddressSpace, Allocation, AllocationKind};
-use crate::paging::pte::{ADDR_MASK, HUGE, PRESENT, Pte, QUERY_KEY_MASK};
-use crate::paging::table;
+use x86_64::PhysAddr;
+
+use super::{AddressSpace, Allocation, AllocationKind, LazyRun};
+use crate::paging::pte::{ADDR_MASK, HUGE, Pte, QUERY_KEY_MASK};
+use crate::paging::table::{self, Leaf};
 use crate::win32::*;
 use crate::{PhysMemory, VmError};
-use crate::PAGE_SIZE;
+use crate::{LARGE_PAGE_SIZE, PAGE_SIZE};
 
 /// `MEMORY_BASIC_INFORMATION` (x64 layout: 48 bytes, host-abi §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -117,14 +119,20 @@ impl AddressSpace {
             info.protect = prot.to_win32() | a.cache.to_win32();
             return Ok(info);
         }
-        let Some((lo, hi)) = a.committed_extent().filter(|_| a.committed_pages > 0) else {
+        if a.committed_pages == 0 {
             // Wholly reserved: no page walk (win32-semantics §6: Protect 0).
             info.region_size = a.end() - page;
             info.state = MEM_RESERVE;
             return Ok(info);
+        }
+        let (lo, hi) = a.committed_extent().expect("a committed page lies in the committed extent");
+        // No walk for the page itself in the lazy run (all its pages have the run's state, an
+        // entry or not) or outside the committed extent (reserved).
+        let head = if !(lo..hi).contains(&page) {
+            Pte::RESERVED
+        } else {
+            Self::lazy_entry(a, page).unwrap_or_else(|| self.entry(mem, a, page))
         };
-        // Outside the committed extent every page is reserved: no walk for the page itself.
-        let head = if (lo..hi).contains(&page) { self.entry(mem, a, page) } else { Pte::RESERVED };
         let run_end = if head.is_committed() {
             info.state = MEM_COMMIT;
             info.protect = Self::page_protect(head, a);
@@ -149,7 +157,7 @@ impl AddressSpace {
         // The run lies inside the extent: its first page at or after `from` is committed.
         let run_next = a.lazy().filter(|r| r.end > from).map(|r| r.start.max(from));
         let to = run_next.unwrap_or(hi);
-        match first_unlike(mem, self.root_pa(), from, to, true, |_, e| e.0 == 0) {
+        match next_committed(mem, self.root_pa(), from, to, a.lazy()) {
             found if found < to || run_next.is_some() => found,
             _ => a.end(),
         }
@@ -168,9 +176,9 @@ impl AddressSpace {
                 va = r.end;
             }
             let to = alike.filter(|r| r.start > va).map_or(hi, |r| r.start);
-            va = first_unlike(mem, self.root_pa(), va, to, false, |at, e| {
-                Self::state(a, at, Some(e)).is_some_and(|e| e.0 & QUERY_KEY_MASK == key)
-            });
+            // Outside the run stepped over, a zero entry is reserved or in a run of another
+            // state: never alike (the key has the committed bit).
+            va = first_unlike(mem, self.root_pa(), va, to, key);
             // Stopped on a page that differs, or at the end of the extent (or of the
             // allocation): done; at the lazy run's start: step over it.
             if va < to || to == hi {
@@ -180,61 +188,103 @@ impl AddressSpace {
     }
 }
 
-/// Returns the first page of `[from, to)` for which `like(va, entry)` is false, or `to`: the
-/// pages whose page table is absent or counts no entry (reserved: no entry, not lazily
-/// committed) are alike if `absent_alike`, and are skipped whole then (one entry read per
-/// absent PML4, directory-pointer or directory entry), or end the search at once otherwise.
+/// Returns the first page of `[from, to)` whose entry's state and protection are not `key`'s,
+/// or `to`. A page without a table is reserved: it ends the run.
 ///
-/// Cost: one entry read per absent or empty table on the way, and one per page looked at in
-/// the page tables that hold entries.
-fn first_unlike(mem: &impl PhysMemory, root: u64, from: u64, to: u64, absent_alike: bool, mut like: impl FnMut(u64, Pte) -> bool) -> u64 {
-    let read = |at: u64| mem.read_u64(x86_64::PhysAddr::new(at));
-    // An entry whose table maps nothing: absent, or kept empty by a decommit (count 0).
-    let empty = |e: u64| e & PRESENT == 0 || table::child_count(e) == 0;
-    let span_end = |va: u64, level: u32| ((va & !(table::entry_span(level) - 1)) + table::entry_span(level)).min(to);
+/// Cost: one walk per page table, one entry read per page of the run.
+fn first_unlike(mem: &impl PhysMemory, root: u64, from: u64, to: u64, key: u64) -> u64 {
     let mut va = from;
     while va < to {
-        let e4 = read(root + table::index(va, 3) * 8);
-        let l4_end = span_end(va, 3);
-        if empty(e4) {
-            if !absent_alike {
+        let Leaf::Table(pt) = table::walk(mem, root, va) else { return va };
+        let chunk_end = ((va | (LARGE_PAGE_SIZE - 1)) + 1).min(to);
+        let mut at = pt + table::index(va, 0) * 8;
+        while va < chunk_end {
+            if mem.read_u64(PhysAddr::new(at)) & QUERY_KEY_MASK != key {
                 return va;
             }
-            va = l4_end;
-            continue;
-        }
-        while va < l4_end {
-            let e3 = read((e4 & ADDR_MASK) + table::index(va, 2) * 8);
-            let l3_end = span_end(va, 2);
-            if empty(e3) {
-                if !absent_alike {
-                    return va;
-                }
-                va = l3_end;
-                continue;
-            }
-            while va < l3_end {
-                let e2 = read((e3 & ADDR_MASK) + table::index(va, 1) * 8);
-                let l2_end = span_end(va, 1);
-                // 2 MiB mappings are large-page allocations', which queries answer from the record.
-                debug_assert!(e2 & HUGE == 0, "a 4 KiB query over a 2 MiB mapping");
-                if empty(e2) || e2 & HUGE != 0 {
-                    if !absent_alike {
-                        return va;
-                    }
-                    va = l2_end;
-                    continue;
-                }
-                let mut at = (e2 & ADDR_MASK) + table::index(va, 0) * 8;
-                while va < l2_end {
-                    if !like(va, Pte(read(at))) {
-                        return va;
-                    }
-                    va += PAGE_SIZE;
-                    at += 8;
-                }
-            }
+            va += PAGE_SIZE;
+            at += 8;
         }
     }
     to
+}
+
+/// Returns the first page of `[from, to)` that is committed (a non-zero entry, or a page of
+/// `run`), or `to` if there is none.
+///
+/// The search goes down from the root to the first table entry at or after the page at each
+/// level that maps something, and back up when a table has none left: an absent or empty
+/// subtree costs one entry read, and a table is left as soon as its count says that the entries
+/// before the page hold all it has (see [`next_in_table`]).
+///
+/// Cost: bounded by the tables on the way, whatever the range's size: at most one table per
+/// level on the way down to the page and one on the way down to the next committed page, each
+/// read up to its end or up to twice the entries before the position searched.
+fn next_committed(mem: &impl PhysMemory, root: u64, from: u64, to: u64, run: Option<LazyRun>) -> u64 {
+    let mut va = from;
+    'down: while va < to {
+        let (mut table, mut count) = (root, None);
+        for level in (0..=3).rev() {
+            let span = table::entry_span(level);
+            let table_base = va & !(span * 512 - 1);
+            // Entries of the table from `va`'s up to the one holding `to` (if the table holds it).
+            let (first, end) = (table::index(va, level), (to - table_base).div_ceil(span).min(512));
+            let found = if level == 0 {
+                let counted = |i: u64, e: u64| e != 0 || run.is_some_and(|r| r.contains(table_base + i * PAGE_SIZE));
+                next_in_table(mem, table, first, end, count, counted, |_| true)
+            } else {
+                // A 2 MiB mapping belongs to a large-page allocation, never to the range.
+                next_in_table(mem, table, first, end, count, |_, e| e != 0, |e| e & HUGE == 0 && table::child_count(e) > 0)
+            };
+            let Some((i, e)) = found else {
+                // Nothing in this table from `va` on: on after it, from the root.
+                va = table_base + span * 512;
+                continue 'down;
+            };
+            va = va.max(table_base + i * span);
+            if level == 0 {
+                return va.min(to);
+            }
+            (table, count) = (e & ADDR_MASK, Some(table::child_count(e)));
+        }
+    }
+    to
+}
+
+/// Returns the first entry of `table` in `[first, end)` that is `wanted` (its index and value),
+/// or `None`. `counted` entries are those the table's `count` (from its parent entry, `None` for
+/// the root) counts: while the entries from `first` are searched, those before it are counted
+/// in step, and the search ends as soon as the counted entries seen make up the count (the rest
+/// of the table then holds none). So a table is read up to the entry found, or until the
+/// entries before `first` and those passed make up its count (two reads a step), whichever
+/// comes first.
+fn next_in_table(
+    mem: &impl PhysMemory,
+    table: u64,
+    first: u64,
+    end: u64,
+    count: Option<u64>,
+    counted: impl Fn(u64, u64) -> bool,
+    wanted: impl Fn(u64) -> bool,
+) -> Option<(u64, u64)> {
+    let read = |i: u64| mem.read_u64(PhysAddr::new(table + i * 8));
+    let count = count.unwrap_or(u64::MAX);
+    let (mut seen, mut before) = (0, 0);
+    for i in first..end {
+        if seen == count {
+            return None;
+        }
+        if before < first {
+            seen += u64::from(counted(before, read(before)));
+            before += 1;
+        }
+        let e = read(i);
+        if counted(i, e) {
+            if wanted(e) {
+                return Some((i, e));
+            }
+            seen += 1;
+        }
+    }
+    None
 }
