@@ -74,8 +74,11 @@ impl AddressSpace {
     /// [`VmError::InvalidParameter`] (87) if `addr` is above `max_application_address`. (The
     /// buffer-length and pointer checks, 24 and 998, are the ABI's.)
     ///
-    /// Cost: O(log n) plus O(pages in the returned run) for committed runs; reserved runs cost
-    /// one walk per absent table.
+    /// Cost: O(log n), plus nothing for a page outside the allocation's committed extent
+    /// (`extent.rs`) or in a wholly reserved, uniform or large-page one; a committed run costs
+    /// one walk and one entry read per page of it outside the lazy run (which is stepped over);
+    /// a reserved run inside the extent, a search of the tables that exist, bounded whatever the
+    /// allocation's size (`next_committed`). No allocation on the heap, no write.
     pub fn virtual_query(&self, mem: &impl PhysMemory, addr: u64) -> Result<MemoryBasicInformation, VmError> {
         if addr > self.config.max_application_address() {
             return Err(VmError::InvalidParameter);
@@ -125,7 +128,9 @@ impl AddressSpace {
             info.state = MEM_RESERVE;
             return Ok(info);
         }
-        let (lo, hi) = a.committed_extent().expect("a committed page lies in the committed extent");
+        // Some while a page is committed (`extent.rs`); the whole allocation would do as well.
+        debug_assert!(a.committed_extent().is_some(), "committed pages outside the committed extent");
+        let (lo, hi) = a.committed_extent().unwrap_or((a.base, a.end()));
         // No walk for the page itself in the lazy run (all its pages have the run's state, an
         // entry or not) or outside the committed extent (reserved).
         let head = if !(lo..hi).contains(&page) {
