@@ -126,8 +126,8 @@ pub enum AllocationKind {
 ///
 /// 48 bytes, in this order: what `VirtualQuery` reads when the record answers alone (base to
 /// `uniform`) is the first 32 bytes, so that it lies in one cache line for three in four records
-/// of the allocation map's slab (48-byte slots). The lazy run and the committed extent are
-/// byte-aligned to fit the 16 bytes after them.
+/// of the allocation map's slab (48-byte slots). The lazy run (9 bytes) and the committed extent
+/// (6) are byte-aligned, so that with `write_watch` they fill the last 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct Allocation {
