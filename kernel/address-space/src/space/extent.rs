@@ -81,6 +81,7 @@ impl Allocation {
 
     /// Returns `[start, end)`, addresses inside the allocation outside which no page is
     /// committed, or `None` if none is. Cost: O(1).
+    #[inline]
     pub(crate) fn committed_extent(&self) -> Option<(u64, u64)> {
         let (lo, hi) = self.committed_extent.decode(self.pages());
         (lo < hi).then(|| (self.base + lo * PAGE_SIZE, self.base + hi * PAGE_SIZE))

@@ -131,9 +131,15 @@ impl AddressSpace {
         // Some while a page is committed (`extent.rs`); the whole allocation would do as well.
         debug_assert!(a.committed_extent().is_some(), "committed pages outside the committed extent");
         let (lo, hi) = a.committed_extent().unwrap_or((a.base, a.end()));
+        if page >= hi {
+            // Past every committed page (a GC heap's reserved tail): no walk, whatever the size.
+            info.region_size = a.end() - page;
+            info.state = MEM_RESERVE;
+            return Ok(info);
+        }
         // No walk for the page itself in the lazy run (all its pages have the run's state, an
         // entry or not) or outside the committed extent (reserved).
-        let head = if !(lo..hi).contains(&page) {
+        let head = if page < lo {
             Pte::RESERVED
         } else {
             Self::lazy_entry(a, page).unwrap_or_else(|| self.entry(mem, a, page))
@@ -150,15 +156,13 @@ impl AddressSpace {
         Ok(info)
     }
 
-    /// The end of the run of reserved pages from `page` (reserved) in `a`, whose committed
-    /// extent is `[lo, hi)`: the first page at or after it that is committed (it has an entry,
-    /// or lies in the lazy run), or the allocation's end. Only `[max(page, lo), hi)` is looked
-    /// at, up to the lazy run's first page there.
+    /// The end of the run of reserved pages from `page` (reserved, below `hi`) in `a`, whose
+    /// committed extent is `[lo, hi)`: the first page at or after it that is committed (it has an
+    /// entry, or lies in the lazy run), or the allocation's end. Only `[max(page, lo), hi)` is
+    /// looked at, up to the lazy run's first page there.
     fn reserved_run_end(&self, mem: &impl PhysMemory, a: &Allocation, page: u64, (lo, hi): (u64, u64)) -> u64 {
         let from = page.max(lo);
-        if from >= hi {
-            return a.end();
-        }
+        debug_assert!(from < hi);
         // The run lies inside the extent: its first page at or after `from` is committed.
         let run_next = a.lazy().filter(|r| r.end > from).map(|r| r.start.max(from));
         let to = run_next.unwrap_or(hi);
