@@ -206,6 +206,33 @@ fn commits() {
     line("release 64 MiB, 16,384 touched pages", 2, t.elapsed().as_nanos() as f64, "one call");
 }
 
+/// Queries in partly committed reservations (a GC heap's shape: the first 64 KiB committed and
+/// touched), by reservation size: none may depend on it.
+fn partly_committed() {
+    for (label, size) in [("64 MiB", 64u64 << 20), ("16 GiB", 16 << 30)] {
+        let mut w = World::new(64 << 20);
+        let b = w.with(|s, cx| s.virtual_alloc(cx, 0, size, MEM_RESERVE, PAGE_READWRITE, CriticalLevel::Task)).unwrap();
+        w.with(|s, cx| s.virtual_alloc(cx, b, 0x10000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)).unwrap();
+        for i in 0..16 {
+            w.with(|s, cx| s.handle_fault(cx, b + i * 0x1000, Access::Write));
+        }
+        // 240 pages with entries (committed with another protection: no lazy run).
+        let c = b + (size >> 1);
+        w.with(|s, cx| s.virtual_alloc(cx, c, 0xF0000, MEM_COMMIT, PAGE_READONLY, CriticalLevel::Task)).unwrap();
+        for (what, addr) in [
+            ("query, committed head (the lazy run)", b + 0x3000),
+            ("query, reserved between head and 240 pages", b + 0x10000),
+            ("query, 240 committed pages with entries", c),
+            ("query, reserved tail after them", c + 0xF0000),
+        ] {
+            let ns = time(1_000_000, |_| {
+                black_box(w.space.virtual_query(&w.mem, black_box(addr)).unwrap());
+            });
+            line(what, 1, ns, &format!("in a {label} reservation"));
+        }
+    }
+}
+
 fn main() {
     println!("address-space host benchmark (release build, simulated RAM, no TLB); median of {RUNS} runs");
     frames();
@@ -213,4 +240,5 @@ fn main() {
         per_live(live);
     }
     commits();
+    partly_committed();
 }

@@ -1510,7 +1510,8 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
             5_000,
         );
         // The same reservation with its first 64 KiB committed and touched (a GC heap's shape):
-        // the query of the reserved rest now walks the tables that exist below it.
+        // the reserved rest lies past the allocation's committed extent, so its query reads no
+        // table, whatever the size.
         alloc(&s, b, KB64, MEM_COMMIT, PAGE_READWRITE);
         touch_range(b, KB64);
         query(

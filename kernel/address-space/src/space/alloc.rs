@@ -219,6 +219,7 @@ impl AddressSpace {
             committed_pages: plan.as_ref().map_or(0, |p| p.new_pages),
             uniform: (plan.is_some() && !large && !req.prot.guard).then_some(req.prot.base),
             lazy_run: None,
+            committed_extent: super::CommittedExtent::EMPTY,
         };
         if let Some(plan) = plan {
             let (prot, guard) = (req.prot.base, req.prot.guard);

@@ -69,11 +69,14 @@ impl AddressSpace {
     /// Keeps the [`uniform`](Allocation::uniform) state of the allocation `a` (record at `slot`)
     /// after every page of `[start, end)` (all committed) got protection `prot` (and a guard if
     /// `guard`), and records its lazy run as `a` has it (a run overlapping the range had its
-    /// pages alike, so they now have `prot`; a guard ended it before).
+    /// pages alike, so they now have `prot`; a guard ended it before) and its committed extent
+    /// (widened by a commit).
     pub(crate) fn note_protection(&mut self, slot: Slot, a: &Allocation, start: u64, end: u64, prot: BaseProtection, guard: bool) {
         let run = a.lazy().filter(|r| r.overlaps(start, end)).map_or(a.lazy(), |r| Some(LazyRun { prot, ..r }));
         debug_assert!(!guard || !a.lazy().is_some_and(|r| r.overlaps(start, end)), "a guard in a lazy run");
+        let extent = a.committed_extent;
         let a = self.allocations.slot_mut(slot);
+        a.committed_extent = extent;
         let kept = a.set_lazy(run);
         debug_assert!(kept, "the same run");
         let whole = start <= a.base && end >= a.end() && a.committed_pages == a.size / PAGE_SIZE;
@@ -253,6 +256,7 @@ impl AddressSpace {
     ) {
         self.table_pages += plan.tables.len() as u64;
         self.demand_zero.absorb(core::mem::replace(&mut plan.frames, FrameReservation::empty()));
+        a.grow_extent(start, end);
         let cache = a.cache;
         let (prot, guard) = prot_of(start);
         let private = a.kind == AllocationKind::Private;
@@ -399,6 +403,7 @@ impl AddressSpace {
             let left = if start <= r.start { LazyRun { start: end, ..r } } else { LazyRun { end: start, ..r } };
             record.set_lazy((left.start < left.end).then_some(left));
         }
+        record.shrink_extent(start, end);
         record.add_committed(-(decommitted as i64));
         decommitted
     }

@@ -70,6 +70,7 @@ impl AddressSpace {
             committed_pages: plan.new_pages,
             uniform: None,
             lazy_run: None,
+            committed_extent: super::CommittedExtent::EMPTY,
         };
         self.perform_commit(cx, &mut a, base, end, plan, |va| (prots[((va - base) / PAGE_SIZE) as usize], false));
         self.allocations.insert(base, a);

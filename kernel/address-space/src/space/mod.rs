@@ -40,6 +40,7 @@
 
 mod alloc;
 mod commit;
+mod extent;
 mod fault;
 mod free;
 mod image;
@@ -57,6 +58,7 @@ use ::alloc::sync::Arc;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
+use extent::CommittedExtent;
 pub use fault::{Access, CheckedUserWrite, FaultOutcome};
 pub use query::MemoryBasicInformation;
 
@@ -124,7 +126,8 @@ pub enum AllocationKind {
 ///
 /// 48 bytes, in this order: what `VirtualQuery` reads when the record answers alone (base to
 /// `uniform`) is the first 32 bytes, so that it lies in one cache line for three in four records
-/// of the allocation map's slab (48-byte slots).
+/// of the allocation map's slab (48-byte slots). The lazy run (9 bytes) and the committed extent
+/// (6) are byte-aligned, so that with `write_watch` they fill the last 16 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct Allocation {
@@ -153,12 +156,16 @@ pub struct Allocation {
     pub write_watch: bool,
     /// The lazy run, as page offsets from `base` (see [`lazy`](Self::lazy)).
     pub(crate) lazy_run: Option<PackedRun>,
+    /// The pages that may be committed: none outside it is (`extent.rs`).
+    pub(crate) committed_extent: CommittedExtent,
 }
 
 const _: () = assert!(core::mem::size_of::<Allocation>() == 48 && core::mem::offset_of!(Allocation, write_watch) == 32);
 
-/// [`LazyRun`] as an allocation keeps it: pages from the allocation's base.
+/// [`LazyRun`] as an allocation keeps it: pages from the allocation's base (packed: 9 bytes,
+/// `None` in the protection's niche).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed)]
 pub(crate) struct PackedRun {
     first: u32,
     end: u32,
@@ -229,6 +236,9 @@ impl Allocation {
         self.committed_pages = self.committed_pages.checked_add_signed(delta).expect("committed page count");
         if self.committed_pages != self.size / PAGE_SIZE {
             self.uniform = None;
+        }
+        if self.committed_pages == 0 {
+            self.committed_extent = CommittedExtent::EMPTY;
         }
     }
 

@@ -333,6 +333,7 @@ fn check_against_model(fx: &Fx, m: &Model, last: &str) {
     assert_eq!(fx.sp().reserved_bytes(), fx.sp().allocations().map(|a| a.size).sum::<u64>(), "reserved bytes after {last}");
     for s in fx.sp().summaries(&fx.mem) {
         assert_eq!(s.committed_pages, s.allocation.committed_pages, "committed count of {:#x} after {last}", s.allocation.base);
+        assert!(fx.sp().extent_holds(&fx.mem, &s.allocation), "committed extent of {:#x} after {last}", s.allocation.base);
     }
     // The whole VirtualQuery view.
     let mut a = 0;

@@ -9,6 +9,7 @@ mod free;
 mod images_large;
 mod protect;
 mod query;
+mod query_scale;
 mod smp;
 mod tables;
 mod write_watch;
@@ -209,6 +210,7 @@ impl Fx {
         for s in self.sp().summaries(&self.mem) {
             assert_eq!(s.committed_pages, s.allocation.committed_pages, "committed count of {:#x}", s.allocation.base);
             assert!(self.sp().uniform_holds(&self.mem, &s.allocation), "uniform state of {:#x}: {:?}", s.allocation.base, s.allocation.uniform);
+            assert!(self.sp().extent_holds(&self.mem, &s.allocation), "committed extent of {:#x}: {:?}", s.allocation.base, s.allocation.committed_extent());
         }
     }
 
