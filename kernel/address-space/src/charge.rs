@@ -129,9 +129,10 @@ impl ChargeSnapshot {
     ///
     /// # Errors
     ///
-    /// [`VmError::CommitmentLimit`] when the charge would pass [`cap`](Self::cap)`(level)`.
+    /// [`VmError::CommitmentLimit`] when the charge would pass [`cap`](Self::cap)`(level)` (or
+    /// the tables [`MAX_TABLE_PAGES`]).
     pub fn check(&self, pages: u64, tables: u64, level: CriticalLevel) -> Result<(u64, u64), VmError> {
-        let new_tables = self.table_pages.checked_add(tables).ok_or(VmError::CommitmentLimit)?;
+        let new_tables = self.table_pages.checked_add(tables).filter(|&t| t <= MAX_TABLE_PAGES).ok_or(VmError::CommitmentLimit)?;
         let new_committed = self.committed_pages.checked_add(pages).ok_or(VmError::CommitmentLimit)?;
         match new_committed.checked_add(new_tables.saturating_sub(self.table_allowance)) {
             Some(total) if total <= self.cap(level) => Ok((new_committed, new_tables)),
@@ -149,18 +150,33 @@ impl ChargeSnapshot {
     }
 }
 
-/// The most pages the charge counts (committed, and tables, each): 2^32 − 1 pages, 16 TiB. A
-/// larger limit is clamped to it.
+/// The most guest pages the charge counts: 2^32 − 1 pages, 16 TiB. A larger limit is clamped
+/// to it.
 pub const MAX_CHARGE_PAGES: u64 = u32::MAX as u64;
 
-/// Both counts in one word, so that one compare-exchange checks and charges them together.
-fn pack(committed: u64, tables: u64) -> u64 {
-    committed | tables << 32
+/// The most page-table pages the charge counts: 2^24 − 1 (64 GiB of tables, which map 32 TiB
+/// densely); a commit that would need more is refused as over the limit.
+pub const MAX_TABLE_PAGES: u64 = (1 << 24) - 1;
+
+/// The counts word: committed pages in bits 0–31, table pages in bits 32–55, the limits'
+/// generation in bits 56–63 (odd while [`CommitCharge::set_limit`] changes them).
+const TABLES_SHIFT: u32 = 32;
+const GEN_SHIFT: u32 = 56;
+const GEN_ONE: u64 = 1 << GEN_SHIFT;
+
+/// The counts of a word with generation `generation_bits` (already in place).
+fn pack(committed: u64, tables: u64, generation_bits: u64) -> u64 {
+    committed | tables << TABLES_SHIFT | generation_bits
 }
 
-/// The committed pages and the table pages of a [`pack`]ed word.
-fn unpack(counts: u64) -> (u64, u64) {
-    (counts & MAX_CHARGE_PAGES, counts >> 32)
+/// The committed pages, the table pages and the generation bits of a counts word.
+fn unpack(word: u64) -> (u64, u64, u64) {
+    (word & MAX_CHARGE_PAGES, (word >> TABLES_SHIFT) & MAX_TABLE_PAGES, word & !(GEN_ONE - 1))
+}
+
+/// Whether a limit change is under way in the word's generation.
+fn changing(word: u64) -> bool {
+    word & GEN_ONE != 0
 }
 
 /// The commit charge: how many pages are committed, out of which limit. One object for the
@@ -171,36 +187,29 @@ fn unpack(counts: u64) -> (u64, u64) {
 /// below the roots are charged as the kernel's part (module docs); the roots themselves, one per
 /// space, come from the kernel's own reserve outside the limit.
 ///
-/// **Exact without a lock.** The committed pages and the table pages live in one atomic word
-/// (32 bits each, see [`MAX_CHARGE_PAGES`]): [`try_charge`](Self::try_charge) reads it, checks
-/// the request against the cap of its level and installs the new counts with one
-/// compare-exchange, retrying if the word changed meanwhile, so every charge was checked
-/// against the counts it replaced and two spaces committing at once can never together pass a
-/// cap; [`uncharge`](Self::uncharge) is one `fetch_sub`, the commit peak a `fetch_max` (only
-/// when a charge passes it). The limits (limit, critical reserve, table allowance) change only
-/// through [`set_limit`](Self::set_limit), while nothing is committed, under a sequence count
-/// (a seqlock): a charge reads them between two reads of the count and, if a change began
-/// meanwhile, gives its charge back and tries again, so no charge is ever checked against limits
-/// that were not in force when it took effect.
+/// **Exact without a lock.** The committed pages, the table pages and the generation of the
+/// limits live in one atomic word ([`MAX_CHARGE_PAGES`], [`MAX_TABLE_PAGES`]):
+/// [`try_charge`](Self::try_charge) reads it, checks the request against the cap of its level
+/// and installs the new counts with one compare-exchange, retrying if the word changed
+/// meanwhile, so every charge was checked against the counts it replaced and two spaces
+/// committing at once can never together pass a cap; [`uncharge`](Self::uncharge) is one
+/// `fetch_sub`, the commit peak a `fetch_max` (only when a charge passes it). The limits (limit,
+/// critical reserve, table allowance) change only through [`set_limit`](Self::set_limit), while
+/// nothing is committed: it makes the generation odd by a compare-exchange of a word with
+/// nothing committed, stores the limits, and makes it even again (a seqlock inside the word).
+/// A charge reads the limits after the word, and its exchange fails if the generation moved, so
+/// no charge ever takes effect under limits other than those it was checked against — up to the
+/// generation wrapping (8 bits: 128 limit changes completed while one charge is held up between
+/// its read and its exchange; the kernel changes the limit only for tests).
 #[derive(Debug)]
 pub struct CommitCharge {
-    /// The committed pages and the table pages ([`pack`]).
+    /// The committed pages, the table pages and the limits' generation ([`pack`]).
     counts: AtomicU64,
     /// The most pages committed at once so far.
     peak_pages: AtomicU64,
-    /// Even while the limits below hold; odd while [`set_limit`](Self::set_limit) changes them.
-    limits_seq: AtomicU64,
     limit_pages: AtomicU64,
     table_allowance: AtomicU64,
     critical_reserve_pages: AtomicU64,
-}
-
-/// The limits in force at one sequence count.
-struct Limits {
-    seq: u64,
-    limit_pages: u64,
-    table_allowance: u64,
-    critical_reserve_pages: u64,
 }
 
 impl CommitCharge {
@@ -214,7 +223,6 @@ impl CommitCharge {
         CommitCharge {
             counts: AtomicU64::new(0),
             peak_pages: AtomicU64::new(0),
-            limits_seq: AtomicU64::new(0),
             limit_pages: AtomicU64::new(limit_pages),
             table_allowance: AtomicU64::new(0),
             critical_reserve_pages: AtomicU64::new(critical_reserve_pages.min(limit_pages)),
@@ -231,50 +239,33 @@ impl CommitCharge {
         self
     }
 
-    /// Reads the limits in force, waiting while a [`set_limit`](Self::set_limit) is changing
-    /// them (a few instructions).
-    fn limits(&self) -> Limits {
+    /// Reads the counts word and the limits of its generation, waiting while a
+    /// [`set_limit`](Self::set_limit) is changing them (a few instructions).
+    fn read(&self) -> (u64, ChargeSnapshot) {
         loop {
-            let seq = self.limits_seq.load(Ordering::Acquire);
-            if seq % 2 == 0 {
-                // Acquire: a value stored by a change that began after `seq` was read makes
-                // the re-read below see that change's odd count (seqlock).
-                let limits = Limits {
-                    seq,
-                    limit_pages: self.limit_pages.load(Ordering::Acquire),
-                    table_allowance: self.table_allowance.load(Ordering::Acquire),
-                    critical_reserve_pages: self.critical_reserve_pages.load(Ordering::Acquire),
-                };
-                if self.limits_seq.load(Ordering::Acquire) == seq {
-                    return limits;
+            let word = self.counts.load(Ordering::Acquire);
+            if !changing(word) {
+                // Acquire: a limit stored by a change begun after `word` was read makes the
+                // word read below (and any exchange) see that change's generation.
+                let (limit_pages, table_allowance, critical_reserve_pages) = (
+                    self.limit_pages.load(Ordering::Acquire),
+                    self.table_allowance.load(Ordering::Acquire),
+                    self.critical_reserve_pages.load(Ordering::Acquire),
+                );
+                let (committed_pages, table_pages, generation) = unpack(word);
+                if unpack(self.counts.load(Ordering::Acquire)).2 == generation {
+                    let peak_pages = self.peak_pages.load(Ordering::Relaxed).max(committed_pages);
+                    let s = ChargeSnapshot { limit_pages, committed_pages, table_pages, table_allowance, critical_reserve_pages, peak_pages };
+                    return (word, s);
                 }
             }
             core::hint::spin_loop();
         }
     }
 
-    /// The figures at `counts` under `limits`.
-    fn figures(&self, limits: &Limits, counts: u64) -> ChargeSnapshot {
-        let (committed_pages, table_pages) = unpack(counts);
-        ChargeSnapshot {
-            limit_pages: limits.limit_pages,
-            committed_pages,
-            table_pages,
-            table_allowance: limits.table_allowance,
-            critical_reserve_pages: limits.critical_reserve_pages,
-            peak_pages: self.peak_pages.load(Ordering::Relaxed).max(committed_pages),
-        }
-    }
-
     /// Returns every figure at one moment: the counts read once, under the limits in force then.
     pub fn snapshot(&self) -> ChargeSnapshot {
-        loop {
-            let limits = self.limits();
-            let counts = self.counts.load(Ordering::SeqCst);
-            if self.limits_seq.load(Ordering::SeqCst) == limits.seq {
-                return self.figures(&limits, counts);
-            }
-        }
+        self.read().1
     }
 
     /// Returns the table allowance in pages.
@@ -338,39 +329,24 @@ impl CommitCharge {
     }
 
     /// Checks and charges `pages` guest pages and `tables` table pages in one step (one
-    /// compare-exchange of the counts, see the type's docs): nothing changes on error.
+    /// compare-exchange of the counts word, see the type's docs): nothing changes on error.
     ///
     /// # Errors
     ///
     /// [`VmError::CommitmentLimit`] when the charge would pass the cap of `level`.
     pub fn try_charge(&self, pages: u64, tables: u64, level: CriticalLevel) -> Result<(), VmError> {
         loop {
-            let limits = self.limits();
-            let mut counts = self.counts.load(Ordering::Acquire);
+            let (word, figures) = self.read();
             #[cfg(test)]
-            tests::between_reads_and_charge(self);
-            let charged = loop {
-                let (committed, table_pages) = match self.figures(&limits, counts).check(pages, tables, level) {
-                    Ok(after) => after,
-                    Err(e) => break Err(e),
-                };
-                match self.counts.compare_exchange_weak(counts, pack(committed, table_pages), Ordering::SeqCst, Ordering::Acquire) {
-                    Ok(_) => break Ok(committed),
-                    Err(now) => counts = now,
-                }
-            };
-            // SeqCst, against `set_limit`'s (Dekker): either this read sees its change begun, or
-            // its read of the counts sees this charge (and it changes nothing).
-            if self.limits_seq.load(Ordering::SeqCst) == limits.seq {
-                let committed = charged?;
+            tests::between_read_and_exchange(self);
+            let (committed, table_pages) = figures.check(pages, tables, level)?;
+            let new = pack(committed, table_pages, unpack(word).2);
+            // Fails if the counts or the limits' generation moved since the read: read again.
+            if self.counts.compare_exchange_weak(word, new, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
                 if committed > self.peak_pages.load(Ordering::Relaxed) {
                     self.peak_pages.fetch_max(committed, Ordering::Relaxed);
                 }
                 return Ok(());
-            }
-            // Checked against limits that changed meanwhile: give it back and check again.
-            if charged.is_ok() {
-                self.uncharge(pages, tables);
             }
         }
     }
@@ -381,7 +357,8 @@ impl CommitCharge {
     ///
     /// If more are given back than are charged (a kernel bug).
     pub fn uncharge(&self, pages: u64, tables: u64) {
-        let (committed, table_pages) = unpack(self.counts.fetch_sub(pack(pages, tables), Ordering::SeqCst));
+        assert!(pages <= MAX_CHARGE_PAGES && tables <= MAX_TABLE_PAGES, "commit charge: more pages uncharged than charged");
+        let (committed, table_pages, _) = unpack(self.counts.fetch_sub(pack(pages, tables, 0), Ordering::SeqCst));
         assert!(committed >= pages, "commit charge: more pages uncharged than charged");
         assert!(table_pages >= tables, "commit charge: more table pages uncharged than charged");
     }
@@ -392,23 +369,28 @@ impl CommitCharge {
     /// do; the limit is clamped to that sum). Returns false, changing nothing, while anything is
     /// committed or another change is under way.
     pub fn set_limit(&self, limit_pages: u64, critical_reserve_pages: u64) -> bool {
-        let seq = self.limits_seq.load(Ordering::Relaxed);
-        if seq % 2 == 1 || self.limits_seq.compare_exchange(seq, seq + 1, Ordering::SeqCst, Ordering::Relaxed).is_err() {
-            return false;
+        let mut word = self.counts.load(Ordering::Relaxed);
+        loop {
+            if changing(word) || unpack(word).0 != 0 {
+                return false;
+            }
+            // Odd generation: charges wait, and any charge that read the word before fails its
+            // exchange. (Table uncharges go on: they leave the generation alone.)
+            match self.counts.compare_exchange_weak(word, word.wrapping_add(GEN_ONE), Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => word = now,
+            }
         }
-        // SeqCst, against `try_charge`'s (Dekker, see there).
-        let idle = unpack(self.counts.load(Ordering::SeqCst)).0 == 0;
-        if idle {
-            let both = self.limit_pages.load(Ordering::Relaxed) + self.table_allowance.load(Ordering::Relaxed);
-            let limit_pages = limit_pages.min(both);
-            // Release: a reader that sees one of these sees the odd count when it reads it again.
-            self.limit_pages.store(limit_pages, Ordering::Release);
-            self.table_allowance.store(both - limit_pages, Ordering::Release);
-            self.critical_reserve_pages.store(critical_reserve_pages.min(limit_pages), Ordering::Release);
-        }
-        // Unchanged: the same count again, so that no charge has to check again.
-        self.limits_seq.store(if idle { seq + 2 } else { seq }, Ordering::Release);
-        idle
+        let both = self.limit_pages.load(Ordering::Relaxed) + self.table_allowance.load(Ordering::Relaxed);
+        let limit_pages = limit_pages.min(both);
+        // Release: a reader that sees one of these sees the odd generation when it reads the
+        // word again.
+        self.limit_pages.store(limit_pages, Ordering::Release);
+        self.table_allowance.store(both - limit_pages, Ordering::Release);
+        self.critical_reserve_pages.store(critical_reserve_pages.min(limit_pages), Ordering::Release);
+        // Even again (wrapping at the top of the word).
+        self.counts.fetch_add(GEN_ONE, Ordering::SeqCst);
+        true
     }
 }
 
@@ -498,18 +480,19 @@ mod tests {
     }
 
     std::thread_local! {
-        /// Run once by this thread's next `try_charge` after it read the limits and the counts.
+        /// Run once by this thread's next `try_charge` after it read the counts and the limits.
         static BETWEEN: core::cell::Cell<Option<fn(&CommitCharge)>> = const { core::cell::Cell::new(None) };
     }
 
-    pub(super) fn between_reads_and_charge(c: &CommitCharge) {
+    pub(super) fn between_read_and_exchange(c: &CommitCharge) {
         if let Some(f) = BETWEEN.take() {
             f(c)
         }
     }
 
-    /// The limit moves after a charge read it and before the charge takes effect: the charge is
-    /// checked again against the new limit, down (refused) and up (passes).
+    /// The limit moves after a charge read it and before the charge takes effect: a charge that
+    /// passed against the old limit is checked again against the new one (down: refused); one
+    /// refused by the old limit was refused while it held (up: the next one passes).
     #[test]
     fn a_charge_that_read_a_limit_since_moved_is_checked_again() {
         let c = CommitCharge::new(100, 0);
@@ -517,6 +500,7 @@ mod tests {
         assert_eq!(c.try_charge(45, 0, CriticalLevel::Process), Err(VmError::CommitmentLimit));
         assert_eq!((c.committed_pages(), c.system_limit_pages(), c.peak_pages()), (0, 8, 0));
         BETWEEN.set(Some(|c| assert!(c.set_limit(100, 0))));
+        assert_eq!(c.try_charge(45, 0, CriticalLevel::Process), Err(VmError::CommitmentLimit));
         assert_eq!(c.try_charge(45, 0, CriticalLevel::Process), Ok(()));
         assert_eq!((c.committed_pages(), c.system_limit_pages(), c.peak_pages()), (45, 100, 45));
         // A move refused (something is committed) changes nothing: the charge passes at once.
@@ -625,7 +609,7 @@ mod tests {
                         barrier.wait();
                         if t == 0 {
                             c.uncharge(70, 0);
-                            assert_eq!(unpack(c.counts.load(Ordering::SeqCst)), (0, 0), "round {round}: counts after everything went back");
+                            assert_eq!((c.committed_pages(), c.table_pages()), (0, 0), "round {round}: counts after everything went back");
                         }
                     }
                 });
@@ -674,6 +658,14 @@ mod tests {
             }
             let (c, stop, moves) = (&c, &stop, &moves);
             scope.spawn(move || {
+                /// Stops the chargers however this thread ends (a failed check too).
+                struct StopOnExit<'a>(&'a AtomicBool);
+                impl Drop for StopOnExit<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(true, Ordering::Relaxed);
+                    }
+                }
+                let _stop = StopOnExit(stop);
                 let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
                 for i in 0u64.. {
                     if std::time::Instant::now() > deadline {
@@ -687,7 +679,6 @@ mod tests {
                     assert!(s.committed_pages() <= s.cap(CriticalLevel::Process), "{s:?}");
                     assert_eq!(s.system_limit_pages() + s.table_allowance(), 104, "{s:?}");
                 }
-                stop.store(true, Ordering::Relaxed);
             });
         });
         let s = c.snapshot();
