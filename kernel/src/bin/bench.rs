@@ -4,7 +4,9 @@
 //! 1 / 1,000 / 100,000 live allocations and at 64 MiB / 1 GiB / 16 GiB reservations, and the
 //! evidence for the TLB full-flush threshold; then, on several CPUs (in ring 0 on each, through
 //! `kernel::arch::apic::run_on`), the scaling of disjoint work in one space from 1, 2 and 4 CPUs
-//! (`bench-scaling` lines) and the cost of a TLB shootdown round (`bench-shootdown` lines).
+//! (`bench-scaling` lines; the same with a space per CPU) and the cost of a TLB shootdown round
+//! (`bench-shootdown` lines). `--guest-args scaling` runs only those, with the lock waiters'
+//! policies compared ([`lock_policy`]) and the charge lock-free vs. locked ([`charge_contention`]).
 //! `./run-qemu.sh --bench` starts it with 4 CPUs unless `--smp` says otherwise.
 //!
 //! For every workload it prints one line (grammar below, parsed by `tests/bench/report.py`):
@@ -1175,7 +1177,8 @@ fn guest_benchmarks(env: Env) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Several CPUs: scaling of disjoint work in one space, and the cost of a TLB shootdown.
+// Several CPUs: scaling of disjoint work in one space or a space each, lock waiting, the
+// charge, and the cost of a TLB shootdown.
 
 /// The application processors online.
 fn aps() -> Vec<usize> {
