@@ -22,7 +22,7 @@ pub mod win32;
 #[cfg(test)]
 mod model;
 
-pub use charge::{ChargeSource, CommitCharge, CriticalLevel};
+pub use charge::{ChargeSnapshot, ChargeSource, CommitCharge, CriticalLevel};
 /// The crate's units, used throughout instead of literals: the page size, the 64 KiB
 /// reservation granularity and the 2 MiB large-page size (the ABI's values, [`win32`]).
 pub use win32::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE, PAGE_SIZE};

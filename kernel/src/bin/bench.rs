@@ -4,7 +4,9 @@
 //! 1 / 1,000 / 100,000 live allocations and at 64 MiB / 1 GiB / 16 GiB reservations, and the
 //! evidence for the TLB full-flush threshold; then, on several CPUs (in ring 0 on each, through
 //! `kernel::arch::apic::run_on`), the scaling of disjoint work in one space from 1, 2 and 4 CPUs
-//! (`bench-scaling` lines) and the cost of a TLB shootdown round (`bench-shootdown` lines).
+//! (`bench-scaling` lines; the same with a space per CPU) and the cost of a TLB shootdown round
+//! (`bench-shootdown` lines). `--guest-args scaling` runs only those, with the lock waiters'
+//! policies compared ([`lock_policy`]) and the charge lock-free vs. locked ([`charge_contention`]).
 //! `./run-qemu.sh --bench` starts it with 4 CPUs unless `--smp` says otherwise.
 //!
 //! For every workload it prints one line (grammar below, parsed by `tests/bench/report.py`):
@@ -1175,7 +1177,8 @@ fn guest_benchmarks(env: Env) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Several CPUs: scaling of disjoint work in one space, and the cost of a TLB shootdown.
+// Several CPUs: scaling of disjoint work in one space or a space each, lock waiting, the
+// charge, and the cost of a TLB shootdown.
 
 /// The application processors online.
 fn aps() -> Vec<usize> {
@@ -1192,20 +1195,21 @@ fn wait_for(done: impl Fn() -> bool) {
     }
 }
 
-/// Runs `work` on `cpus` CPUs at once (the boot CPU and `cpus - 1` APs), each with the space
-/// activated and interrupts on (as a guest thread), started together, each doing ops until the
-/// TSC passes `start + duration` (at least one op); returns (ops by all, wall cycles from the
-/// start to the last one's end).
-fn on_cpus(space: &alloc::sync::Arc<Space>, cpus: usize, duration: u64, work: Workload) -> (u64, u64) {
+/// Runs `work` on as many CPUs at once as `spaces` has entries (the boot CPU and APs), worker
+/// `i` with `spaces[i]` activated (one space shared, or one each) and interrupts on (as a guest
+/// thread), started together, each doing ops until the TSC passes `start + duration` (at least
+/// one op); returns (ops by all, wall cycles from the start to the last one's end).
+fn on_cpus(spaces: &[alloc::sync::Arc<Space>], duration: u64, work: Workload) -> (u64, u64) {
     use alloc::sync::Arc;
     use core::sync::atomic::AtomicUsize;
+    let cpus = spaces.len();
     let aps = aps();
     let ready = Arc::new(AtomicUsize::new(0));
     let start = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
     let ops = Arc::new(AtomicU64::new(0));
     for (i, &cpu) in aps.iter().take(cpus - 1).enumerate() {
-        let (space, ready, start, finished, ops) = (Arc::clone(space), Arc::clone(&ready), Arc::clone(&start), Arc::clone(&finished), Arc::clone(&ops));
+        let (space, ready, start, finished, ops) = (Arc::clone(&spaces[i + 1]), Arc::clone(&ready), Arc::clone(&start), Arc::clone(&finished), Arc::clone(&ops));
         let posted = kernel::arch::apic::run_on(cpu, move || {
             space.activate();
             x86_64::instructions::interrupts::enable();
@@ -1220,6 +1224,7 @@ fn on_cpus(space: &alloc::sync::Arc<Space>, cpus: usize, duration: u64, work: Wo
         });
         assert!(posted, "bench: CPU {cpu} took no work");
     }
+    let space = &spaces[0];
     space.activate();
     wait_for(|| ready.load(Ordering::SeqCst) == cpus - 1);
     x86_64::instructions::interrupts::enable();
@@ -1269,50 +1274,209 @@ fn scaling_reserve_release(s: &Space, i: usize, until: u64) -> u64 {
     n
 }
 
-/// The scaling table: each workload from 1, 2 and 4 CPUs at once (as many as are online), on
-/// disjoint regions of one space that every participating CPU runs; ops/s of all CPUs together
-/// and the speed-up over one CPU. Also the IPIs each op cost (a decommit of touched pages makes
-/// one round to every other CPU running the space).
-fn scaling(env: &Env) {
+/// The scaling workloads: name and op.
+const SCALING_WORKLOADS: [(&str, Workload); 2] =
+    [("commit_touch_decommit_64k", scaling_commit_touch_decommit), ("reserve_release_64k", scaling_reserve_release)];
+
+/// The spaces of `cpus` workers: one shared by all, or one each (`per_cpu`); worker `i`'s
+/// region reserved in its space.
+fn scaling_spaces(cpus: usize, per_cpu: bool) -> Vec<alloc::sync::Arc<Space>> {
     use alloc::sync::Arc;
+    let shared = Arc::new(Space::new().expect("Space::new"));
+    let spaces: Vec<Arc<Space>> =
+        (0..cpus).map(|_| if per_cpu { Arc::new(Space::new().expect("Space::new")) } else { Arc::clone(&shared) }).collect();
+    for (i, s) in spaces.iter().enumerate() {
+        alloc(s, region(i), KB64, MEM_RESERVE, PAGE_NOACCESS);
+    }
+    spaces
+}
+
+/// One timed run of `work` on `spaces` (after a warm-up of a tenth: tables created, caches
+/// filled): ops, ops/s of all CPUs together, and per op the shootdown IPIs, the lock waits, the
+/// waits that halted and the wake-up IPIs.
+struct Run {
+    ops: u64,
+    per_s: f64,
+    ipis: f64,
+    waits: f64,
+    halts: f64,
+    wakes: f64,
+}
+
+fn timed_run(env: &Env, spaces: &[alloc::sync::Arc<Space>], duration: u64, work: Workload) -> Run {
+    on_cpus(spaces, duration / 10, work);
+    let (ipis0, locks0) = (memory::shootdown_stats().ipis, memory::lock::lock_stats());
+    let (ops, cycles) = on_cpus(spaces, duration, work);
+    let (ipis1, locks1) = (memory::shootdown_stats().ipis, memory::lock::lock_stats());
+    let per_op = |a: u64, b: u64| (b - a) as f64 / ops as f64;
+    Run {
+        ops,
+        per_s: ops as f64 * env.tsc_hz as f64 / cycles as f64,
+        ipis: per_op(ipis0, ipis1),
+        waits: per_op(locks0.waits, locks1.waits),
+        halts: per_op(locks0.halts, locks1.halts),
+        wakes: per_op(locks0.wake_ipis, locks1.wake_ipis),
+    }
+}
+
+/// The scaling table: each workload from 1, 2 and 4 CPUs at once (as many as are online), first
+/// on disjoint regions of one space that every participating CPU runs (rows named after the
+/// workload), then with a space per CPU (rows `<workload>/space-per-cpu`: the CPUs share only
+/// the global structures — frames, charge, registry — and no space lock); ops/s of all CPUs
+/// together and the speed-up over one CPU. Also per op the IPIs of TLB shootdowns (a decommit of
+/// touched pages makes one round to every other CPU running the space), the waits for a lock
+/// (any of `kernel::memory::lock`'s), those that halted, and the wake-up IPIs unlocks sent.
+fn scaling(env: &Env) {
     let online = 1 + aps().len();
     kprintln!(
         "bench-scaling-title in-kernel on {online} CPUs (ring 0 on each CPU through the Space API, each CPU's space in CR3, interrupts on; \
-one space, disjoint regions; {} under QEMU, the vCPUs share the host's cores with everything else)",
+disjoint regions of one space, or with /space-per-cpu one space per CPU; {} under QEMU, the vCPUs share the host's cores with everything else)",
         env.place
     );
-    kprintln!("bench-scaling {:<26} {:>4} {:>7} {:>12} {:>8} {:>8}", "workload", "cpus", "ops", "ops/s", "speed-up", "ipis/op");
-    let workloads: [(&str, Workload); 2] =
-        [("commit_touch_decommit_64k", scaling_commit_touch_decommit), ("reserve_release_64k", scaling_reserve_release)];
-    // Each row runs for a fixed time (a warm-up of a tenth first: tables created, caches
-    // filled) and counts the ops all CPUs completed.
+    kprintln!(
+        "bench-scaling {:<40} {:>4} {:>7} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "workload", "cpus", "ops", "ops/s", "speed-up", "ipis/op", "waits/op", "halts/op", "wakes/op"
+    );
+    // Each row runs for a fixed time and counts the ops all CPUs completed.
     let duration = env.tsc_hz * 2;
-    for (name, work) in workloads {
-        let mut single = 0.0;
-        for cpus in [1usize, 2, 4] {
-            if cpus > online {
-                kprintln!("bench-scaling {name:<26} {cpus:>4}     n/a (only {online} CPUs online)");
-                continue;
+    for (name, work) in SCALING_WORKLOADS {
+        for per_cpu in [false, true] {
+            let name = if per_cpu { format!("{name}/space-per-cpu") } else { String::from(name) };
+            let mut single = 0.0;
+            for cpus in [1usize, 2, 4] {
+                if cpus > online {
+                    kprintln!("bench-scaling {name:<40} {cpus:>4}     n/a (only {online} CPUs online)");
+                    continue;
+                }
+                let r = timed_run(env, &scaling_spaces(cpus, per_cpu), duration, work);
+                if cpus == 1 {
+                    single = r.per_s;
+                }
+                kprintln!(
+                    "bench-scaling {name:<40} {cpus:>4} {:>7} {:>12.0} {:>7.2}x {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                    r.ops,
+                    r.per_s,
+                    r.per_s / single,
+                    r.ipis,
+                    r.waits,
+                    r.halts,
+                    r.wakes
+                );
             }
-            let space = Arc::new(Space::new().expect("Space::new"));
-            for i in 0..cpus {
-                alloc(&space, region(i), KB64, MEM_RESERVE, PAGE_NOACCESS);
+        }
+    }
+}
+
+/// The lock waiters' policy compared (`--guest-args scaling` only): each workload on one space
+/// from 2 CPUs with waiters that halt at once, after spinning 5 µs, 20 µs (the default) or
+/// 200 µs, and from 1 CPU for reference, in short slices (0.2 s) taken in turn, round after
+/// round, so that a change of the host's load falls on every policy alike; per policy the min /
+/// median / max ops/s over the slices, the median's speed-up over the 1-CPU median, and lock
+/// waits, halts and wake-up IPIs per op over all its slices.
+fn lock_policy(env: &Env) {
+    const SLICES: usize = 10;
+    const POLICIES: [(&str, u64); 5] =
+        [("1-cpu", SPIN_DEFAULT), ("halt-at-once", 0), ("halt-after-5us", 5), ("halt-after-20us", 20), ("halt-after-200us", 200)];
+    const SPIN_DEFAULT: u64 = memory::lock::SPIN_BEFORE_HALT_US;
+    if aps().is_empty() {
+        kprintln!("bench-lock-policy n/a (one CPU online)");
+        return;
+    }
+    let duration = env.tsc_hz / 5;
+    kprintln!(
+        "bench-lock-policy {:<26} {:<17} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "workload", "policy", "min ops/s", "median", "max", "speed-up", "waits/op", "halts/op", "wakes/op"
+    );
+    for (name, work) in SCALING_WORKLOADS {
+        let mut runs: Vec<Vec<Run>> = POLICIES.iter().map(|_| Vec::new()).collect();
+        for _ in 0..SLICES {
+            for (p, &(policy, us)) in POLICIES.iter().enumerate() {
+                let cpus = if policy == "1-cpu" { 1 } else { 2 };
+                let previous = memory::lock::set_spin_before_halt_us(us);
+                runs[p].push(timed_run(env, &scaling_spaces(cpus, false), duration, work));
+                memory::lock::set_spin_before_halt_us(previous);
             }
-            on_cpus(&space, cpus, duration / 10, work);
-            let before = memory::shootdown_stats();
-            let (total, cycles) = on_cpus(&space, cpus, duration, work);
-            let ipis = memory::shootdown_stats().ipis - before.ipis;
-            let per_s = total as f64 * env.tsc_hz as f64 / cycles as f64;
-            if cpus == 1 {
-                single = per_s;
-            }
+        }
+        let median = |v: &[Run]| {
+            let mut r: Vec<f64> = v.iter().map(|r| r.per_s).collect();
+            r.sort_by(f64::total_cmp);
+            (r[0], r[r.len() / 2], r[r.len() - 1])
+        };
+        let single = median(&runs[0]).1;
+        for (p, &(policy, _)) in POLICIES.iter().enumerate() {
+            let (min, med, max) = median(&runs[p]);
+            let ops: u64 = runs[p].iter().map(|r| r.ops).sum();
+            let per_op = |f: fn(&Run) -> f64| runs[p].iter().map(|r| f(r) * r.ops as f64).sum::<f64>() / ops as f64;
             kprintln!(
-                "bench-scaling {name:<26} {cpus:>4} {total:>7} {per_s:>12.0} {:>7.2}x {:>8.2}",
-                per_s / single,
-                ipis as f64 / total as f64
+                "bench-lock-policy {name:<26} {policy:<17} {min:>10.0} {med:>10.0} {max:>10.0} {:>7.2}x {:>8.2} {:>8.2} {:>8.2}",
+                med / single,
+                per_op(|r| r.waits),
+                per_op(|r| r.halts),
+                per_op(|r| r.wakes)
             );
         }
     }
+}
+
+/// The commit charge's check-and-charge, as it is (lock-free: one compare-exchange) and as it
+/// was (the same check under a [`SpinLock`](memory::SpinLock)), from 1 CPU and from 2 at once
+/// (`--guest-args scaling` only): a charge of 16 pages and its uncharge per op on a charge of
+/// its own (the system's is left alone), ops/s of all CPUs together.
+fn charge_contention(env: &Env) {
+    use address_space::{CommitCharge, CriticalLevel};
+    use alloc::sync::Arc;
+    struct Charges {
+        free: CommitCharge,
+        locked: memory::SpinLock<(u64, u64)>,
+    }
+    static CHARGES: spin::Once<Charges> = spin::Once::new();
+    const LIMIT: u64 = 1 << 20;
+    let charges = CHARGES.call_once(|| Charges { free: CommitCharge::new(LIMIT, LIMIT / 10), locked: memory::SpinLock::new((0, 0)) });
+    fn lock_free(_: &Space, _: usize, until: u64) -> u64 {
+        let c = &CHARGES.get().expect("set").free;
+        let mut n = 0;
+        while n == 0 || rdtsc() < until {
+            for _ in 0..64 {
+                c.try_charge(16, 0, CriticalLevel::Task).expect("fits");
+                c.uncharge(16, 0);
+            }
+            n += 64;
+        }
+        n
+    }
+    fn locked(_: &Space, _: usize, until: u64) -> u64 {
+        let c = &CHARGES.get().expect("set").locked;
+        let mut n = 0;
+        while n == 0 || rdtsc() < until {
+            for _ in 0..64 {
+                x86_64::instructions::interrupts::without_interrupts(|| {
+                    let mut g = c.lock();
+                    assert!(g.0 + 16 + g.1 <= LIMIT - LIMIT / 10, "fits");
+                    g.0 += 16;
+                });
+                x86_64::instructions::interrupts::without_interrupts(|| c.lock().0 -= 16);
+            }
+            n += 64;
+        }
+        n
+    }
+    let online = 1 + aps().len();
+    let space = Arc::new(Space::new().expect("Space::new"));
+    for (name, work) in [("charge_uncharge/lock-free", lock_free as Workload), ("charge_uncharge/spin-lock", locked)] {
+        let mut single = 0.0;
+        for cpus in [1usize, 2] {
+            if cpus > online {
+                continue;
+            }
+            let spaces: Vec<Arc<Space>> = (0..cpus).map(|_| Arc::clone(&space)).collect();
+            let r = timed_run(env, &spaces, env.tsc_hz / 2, work);
+            if cpus == 1 {
+                single = r.per_s;
+            }
+            kprintln!("bench-charge {name:<26} cpus={cpus} ops={} ops/s={:.0} speed-up={:.2}x waits/op={:.3}", r.ops, r.per_s, r.per_s / single, r.waits);
+        }
+    }
+    assert_eq!((charges.free.committed_pages(), charges.locked.lock().0), (0, 0));
 }
 
 /// The cost of a shootdown round: `VirtualProtect` of one touched page read-only and back, with
@@ -1392,6 +1556,16 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         kprintln!(
             "bench-note cycles under TCG are emulation (translated code, softmmu TLB): compare operations, not hardware"
         );
+    }
+    // `--guest-args scaling`: only the in-kernel scaling table, the lock waiters' policies
+    // compared and the shootdown cost.
+    if kernel::guest::guest_args() == b"scaling" {
+        scaling(&env);
+        lock_policy(&env);
+        charge_contention(&env);
+        shootdown_cost(&env);
+        kprintln!("bench complete");
+        qemu::exit(qemu::ExitCode::Success)
     }
     // `--guest-args guest-threads`: only the guest-thread scaling table.
     if kernel::guest::guest_args() == b"guest-threads" {

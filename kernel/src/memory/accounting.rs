@@ -1,7 +1,7 @@
 //! Memory accounting: the figures (frames, commit, page tables, heap), printing them, the commit
 //! state guests are told about, and changing the commit limit for tests and demonstrations.
 
-use address_space::{CommitCharge, CriticalLevel};
+use address_space::CriticalLevel;
 use host_abi::win32::PAGE_SIZE;
 
 use super::{MemoryManager, config, manager, with_mm};
@@ -16,6 +16,7 @@ impl MemoryManager<'_> {
             managed_bytes: self.frames.total_frames() * PAGE_SIZE,
             free_bytes: self.frames.free_frames() * PAGE_SIZE,
             committed_bytes: self.charge.committed_pages() * PAGE_SIZE,
+            peak_committed_bytes: self.charge.peak_pages() * PAGE_SIZE,
             commit_limit_bytes: self.charge.limit_pages() * PAGE_SIZE,
             critical_reserve_bytes: self.charge.critical_reserve_pages() * PAGE_SIZE,
             page_table_pages: self.page_table_pages(),
@@ -40,6 +41,8 @@ pub struct Accounting {
     pub free_bytes: u64,
     /// Commit charge now.
     pub committed_bytes: u64,
+    /// The most committed at once since boot (Windows' commit peak).
+    pub peak_committed_bytes: u64,
     /// The commit limit.
     pub commit_limit_bytes: u64,
     /// Part of the limit only critical requests may use.
@@ -57,22 +60,15 @@ pub struct Accounting {
 }
 
 /// Sets a new commit limit (and the critical reserve from the configuration), for tests and
-/// demonstrations of memory pressure. Fails (returning false) while anything is committed, so the
-/// limit never drops below what is charged, and never raises the limit above what the frames allow
-/// (the limit set at boot).
+/// demonstrations of memory pressure. Fails (returning false) while anything is committed (or
+/// another CPU is changing the limit), so the limit never drops below what is charged, and never
+/// raises the limit above what the frames allow (the limit set at boot).
 pub fn set_commit_limit(pages: u64) -> bool {
     let manager = manager();
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut charge = manager.charge.lock();
-        if charge.committed_pages() != 0 {
-            return false;
-        }
-        let limit = pages.min(manager.boot_commit_limit);
-        // The frames the limit gives up (or takes back) go to (or come from) the table allowance.
-        let table_allowance = charge.table_allowance() + charge.system_limit_pages() - limit;
-        *charge = CommitCharge::new(limit, limit * config().critical_reserve_percent / 100).with_table_allowance(table_allowance);
-        true
-    })
+    let limit = pages.min(manager.boot_commit_limit);
+    // The frames the limit gives up (or takes back) go to (or come from) the table allowance
+    // (`CommitCharge::set_limit`). Interrupts off: commits on this CPU wait while it moves them.
+    x86_64::instructions::interrupts::without_interrupts(|| manager.charge.set_limit(limit, limit * config().critical_reserve_percent / 100))
 }
 
 /// The current memory accounting.
@@ -87,7 +83,13 @@ pub fn print_accounting() {
     crate::kprintln!("memory accounting:");
     crate::kprintln!("  RAM            {:>11}  (usable {}, managed above 1 MiB {})", Size(a.ram_bytes), Size(a.usable_bytes), Size(a.managed_bytes));
     crate::kprintln!("  free           {:>11}  ({} bootloader frames returned)", Size(a.free_bytes), a.boot_frames_returned);
-    crate::kprintln!("  committed      {:>11}  of a commit limit of {} ({} critical reserve)", Size(a.committed_bytes), Size(a.commit_limit_bytes), Size(a.critical_reserve_bytes));
+    crate::kprintln!(
+        "  committed      {:>11}  of a commit limit of {} ({} critical reserve; peak {})",
+        Size(a.committed_bytes),
+        Size(a.commit_limit_bytes),
+        Size(a.critical_reserve_bytes),
+        Size(a.peak_committed_bytes)
+    );
     crate::kprintln!("  page tables    {:>11}  ({} pages; {} guest spaces)", Size(a.page_table_pages * PAGE_SIZE), a.page_table_pages, a.spaces);
     crate::kprintln!("  kernel heap    {:>11}  used of {}", Size(a.kernel_heap_used), Size(a.kernel_heap_size));
 }
@@ -117,14 +119,12 @@ impl CommitState {
 
 /// The commit state now.
 pub fn commit_state() -> CommitState {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        let c = manager().charge.lock();
-        CommitState {
-            limit_bytes: c.limit_pages() * PAGE_SIZE,
-            committed_bytes: c.committed_pages() * PAGE_SIZE,
-            critical_reserve_bytes: c.critical_reserve_pages() * PAGE_SIZE,
-            available_bytes: c.available(CriticalLevel::Task) * PAGE_SIZE,
-            load_percent: c.load_percent(),
-        }
-    })
+    let c = manager().charge.snapshot();
+    CommitState {
+        limit_bytes: c.limit_pages() * PAGE_SIZE,
+        committed_bytes: c.committed_pages() * PAGE_SIZE,
+        critical_reserve_bytes: c.critical_reserve_pages() * PAGE_SIZE,
+        available_bytes: c.available(CriticalLevel::Task) * PAGE_SIZE,
+        load_percent: c.load_percent(),
+    }
 }

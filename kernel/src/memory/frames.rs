@@ -1,7 +1,7 @@
 //! The shared frame allocator and commit charge as the address-space crate reaches them
-//! ([`KernelFrames`], [`KernelCharge`]): each request takes its lock for that request only, and
-//! single frames and small reservations go through this CPU's cache first; the work counters,
-//! added up per CPU.
+//! ([`KernelFrames`], [`KernelCharge`]): each frames request takes its lock for that request
+//! only, and single frames and small reservations go through this CPU's cache first; the charge
+//! takes no lock; the work counters, added up per CPU.
 //!
 //! **Per-CPU frames** ([`CpuFrames`], one per CPU, used by its own CPU with interrupts off): a
 //! `FrameCache` of up to `CACHE_CAPACITY` free frames in front of the allocator (`alloc` and
@@ -15,7 +15,7 @@
 //! picture: `with_mm`).
 
 use address_space::frame::{CACHE_BATCH, CACHE_CAPACITY, FrameAllocator, FrameCache, FrameError, FrameReservation, FrameSource, SharedFrames};
-use address_space::{ChargeSource, CommitCharge, WorkCounters};
+use address_space::{ChargeSource, CriticalLevel, VmError, WorkCounters};
 use x86_64::instructions::interrupts;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
@@ -34,7 +34,7 @@ pub(super) struct CpuFrames {
 }
 
 /// Per CPU; only its own CPU takes its lock, except [`drain_all`] (so it is never contended on
-/// the common path). Lock order: a space's lock → this → the charge → the frames.
+/// the common path). Lock order: a space's lock → this → the frames.
 static CPU_FRAMES: [SpinLock<CpuFrames>; MAX_CPUS] =
     [const { SpinLock::new(CpuFrames { cache: FrameCache::new(), promised: FrameReservation::empty() }) }; MAX_CPUS];
 
@@ -87,12 +87,17 @@ impl FrameSource for KernelFrames {
     }
 }
 
-/// The commit charge as every address-space call reaches it: its lock, per request.
+/// The commit charge as every address-space call reaches it: the system-wide `CommitCharge`,
+/// lock-free (one compare-exchange per commit, one `fetch_sub` per decommit or release).
 pub struct KernelCharge;
 
 impl ChargeSource for KernelCharge {
-    fn with_charge(&mut self, f: &mut dyn FnMut(&mut CommitCharge)) {
-        interrupts::without_interrupts(|| f(&mut manager().charge.lock()));
+    fn try_charge(&mut self, pages: u64, tables: u64, level: CriticalLevel) -> Result<(), VmError> {
+        manager().charge.try_charge(pages, tables, level)
+    }
+
+    fn uncharge(&mut self, pages: u64, tables: u64) {
+        manager().charge.uncharge(pages, tables)
     }
 }
 

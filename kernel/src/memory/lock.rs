@@ -9,8 +9,13 @@
 //! it waits. Any other lock that a CPU may spin on, with IF = 0, while another CPU holds it and
 //! waits for the memory manager must do the same (use this type).
 //!
-//! A waiter spins for 20 µs, then halts (interrupts on) until the unlock wakes it by IPI: under
+//! A waiter spins for 5 µs, then halts (interrupts on) until the unlock wakes it by IPI: under
 //! QEMU the vCPUs share the host's cores, and spinning would take host time from the holder.
+//! Measured (the benchmark's `bench-lock-policy` lines, `./run-qemu.sh --bench --smp 2
+//! --guest-args scaling`, policies alternated in 0.2 s slices on a loaded host): halting at once
+//! or after 5 µs gave the best median throughput at 2 CPUs on one space, 20 µs (the earlier
+//! setting) less and 200 µs the least; never halting stalled the holder almost completely. 5 µs
+//! rather than 0 keeps the short holds (the frames lock's refills) from costing a halt and an IPI.
 //!
 //! The lock also records which CPU holds it, so that the page-fault path can tell a fault taken
 //! while this CPU holds the lock (a kernel bug, reported) from one that only has to wait.
@@ -37,10 +42,42 @@ pub struct SpinLock<T> {
     value: UnsafeCell<T>,
 }
 
-/// How long a waiter spins before it halts until the lock changes hands: under QEMU the vCPUs
-/// share the host's cores, and a spinning vCPU takes host time from the one holding the lock
-/// (Linux's paravirt spinlocks halt their waiters for the same reason).
-const SPIN_BEFORE_HALT_US: u64 = 20;
+/// How long a waiter spins before it halts until the lock changes hands, by default: under QEMU
+/// the vCPUs share the host's cores, and a spinning vCPU takes host time from the one holding the
+/// lock (Linux's paravirt spinlocks halt their waiters for the same reason).
+pub const SPIN_BEFORE_HALT_US: u64 = 5;
+
+/// The spin of [`wait_until`] in µs ([`set_spin_before_halt_us`]; `u64::MAX`: never halts).
+static SPIN_BEFORE_HALT: AtomicU64 = AtomicU64::new(SPIN_BEFORE_HALT_US);
+
+/// Waits that found a lock taken, those of them that halted, and the wake-up IPIs unlocks sent
+/// (all locks of this module together; counted on the slow paths only).
+static WAITS: AtomicU64 = AtomicU64::new(0);
+static HALTS: AtomicU64 = AtomicU64::new(0);
+static WAKE_IPIS: AtomicU64 = AtomicU64::new(0);
+
+/// How often the locks of this module were contended since boot ([`lock_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockStats {
+    /// Takes that found the lock held (or, for a writer, readers inside) and waited.
+    pub waits: u64,
+    /// Waits that spun out their time and halted until woken.
+    pub halts: u64,
+    /// Wake-up IPIs sent by unlocks to halted waiters.
+    pub wake_ipis: u64,
+}
+
+/// The contention counters since boot.
+pub fn lock_stats() -> LockStats {
+    LockStats { waits: WAITS.load(Ordering::Relaxed), halts: HALTS.load(Ordering::Relaxed), wake_ipis: WAKE_IPIS.load(Ordering::Relaxed) }
+}
+
+/// Sets how long a waiter spins before it halts, in µs (`u64::MAX`: it never halts, it spins
+/// serving flush requests until its turn); returns the previous setting. For the benchmark's
+/// comparison of waiting policies; the default is [`SPIN_BEFORE_HALT_US`].
+pub fn set_spin_before_halt_us(us: u64) -> u64 {
+    SPIN_BEFORE_HALT.swap(us, Ordering::Relaxed)
+}
 
 // SAFETY: the value is reached only through a guard, and at most one guard exists at a time
 // (a guard holds the ticket being served), so sharing the lock shares `T` between CPUs one at a
@@ -134,8 +171,9 @@ impl<T> Drop for SpinLockGuard<'_, T> {
 #[cold]
 #[inline(never)]
 fn wait_until(sleepers: &AtomicU64, ready: impl Fn() -> bool) {
+    WAITS.fetch_add(1, Ordering::Relaxed);
     let start = time::rdtsc();
-    let spin = time::tsc_per_ms() * SPIN_BEFORE_HALT_US / 1000;
+    let spin = time::tsc_per_ms().saturating_mul(SPIN_BEFORE_HALT.load(Ordering::Relaxed)) / 1000;
     while !ready() {
         super::tlb::serve_flush_requests();
         if time::rdtsc().wrapping_sub(start) > spin {
@@ -146,6 +184,7 @@ fn wait_until(sleepers: &AtomicU64, ready: impl Fn() -> bool) {
             // wakes it, or this CPU sees the change and does not halt.
             sleepers.fetch_or(bit, Ordering::SeqCst);
             if !ready() {
+                HALTS.fetch_add(1, Ordering::Relaxed);
                 interrupts::enable_and_hlt();
                 if !enabled {
                     interrupts::disable();
@@ -172,6 +211,7 @@ fn wake_sleepers(sleepers: &AtomicU64) {
 #[cold]
 #[inline(never)]
 fn wake(sleepers: u64) {
+    WAKE_IPIS.fetch_add(u64::from(sleepers.count_ones()), Ordering::Relaxed);
     // With interrupts off: no interrupt handler may split this CPU's ICR writes.
     interrupts::without_interrupts(|| {
         for cpu in (0..percpu::MAX_CPUS).filter(|&c| sleepers & (1 << c) != 0) {

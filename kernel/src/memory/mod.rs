@@ -38,14 +38,15 @@
 //!
 //! Every lock below is a fair [`SpinLock`] (ticket lock; uncontended: one locked add) or, for
 //! a space, a fair [`RwSpinLock`], taken with interrupts off. Disjoint work — two spaces, or
-//! faults of several threads in one space — shares no lock but the short charge lock (a commit or
-//! a decommit) and, once per 32 frames, the frames lock.
+//! faults of several threads in one space — shares no lock but, once per 32 frames, the frames
+//! lock, and one cache line: the commit charge's counts (one compare-exchange per commit, one
+//! `fetch_sub` per decommit or release; no lock).
 //!
 //! | lock | protects | taken by |
 //! | --- | --- | --- |
 //! | **space lock**, one per space (`SpaceShared::space`, an [`RwSpinLock`]) | the space's allocation map and gap tree, its lower-half page tables (every entry write, table creation and freeing), its demand-zero reservation and table-page count | exclusively: every [`Space`] call, from its first check to the end of its TLB round and its frees; shared: page faults on the space, [`with_mm`] (briefly, to count tables) |
 //! | **CPU frames**, one per CPU (`frames.rs`) | the CPU's `FrameCache` (≤ 64 free frames) and the reservation it keeps back for its next commit (≤ 32) | its own CPU: single-frame alloc/free (page tables, demand-zero frames, everything a round frees), small reserve/unreserve; [`with_mm`] drains them all |
-//! | **charge lock** (`Manager::charge`) | the [`CommitCharge`]: committed pages, tables charged, limit | per request: a commit's check-and-charge (one step), a decommit's uncharge; [`commit_state`], [`set_commit_limit`] |
+//! | none: the charge's atomics (`Manager::charge`) | the [`CommitCharge`]: committed pages, tables charged and the limits' generation (one word), the peak, the limits | a commit's check-and-charge (one compare-exchange), a decommit's uncharge (`fetch_sub`); [`commit_state`] reads a snapshot, [`set_commit_limit`] moves the limits |
 //! | **frames lock** (`Manager::frames`) | the `FrameAllocator` (bitmap, reservations), the kernel's own tables and kernel-stack slots | per request: cache refills and drains (32 frames each), large pages, reservations beyond the CPU's kept ones; kernel stacks |
 //! | **registry** (`Manager::spaces`) | root → space, for the page-fault path (when the space is not this CPU's running one) and accounting | [`Space::new`] / drop, faults, [`with_mm`] |
 //! | per-CPU work counters (`frames.rs`) | the CPU's sum of `WorkCounters` | its own CPU after each call that did work; readers add them up |
@@ -53,11 +54,11 @@
 //! | none: per-CPU atomics | the shootdown mailboxes (`tlb.rs`: each CPU's outgoing request, each CPU's pending mask) | rounds and the shootdown IPI handler |
 //! | per-CPU `spin::Mutex`, only its own CPU takes it (the fault path only tries it) | the space this CPU runs (its bit is set in that space's set), for the fault path | `activate` / `deactivate`, faults |
 //!
-//! - **Lock order: registry → space → CPU frames → charge → frames.** A call holds its space lock
-//!   and takes the others one request at a time (the crate's `FrameSource` / `ChargeSource`,
-//!   implemented by [`KernelFrames`] / [`KernelCharge`]); no request holds the charge and the
-//!   frames at once, no one holds two space locks (the registry is dropped before a space lock
-//!   is taken), and the frames and charge holders never wait for anything (no round, no other
+//! - **Lock order: registry → space → CPU frames → frames.** A call holds its space lock and
+//!   takes the others one request at a time (the crate's `FrameSource`, implemented by
+//!   [`KernelFrames`]; the charge, `ChargeSource` by [`KernelCharge`], takes no lock and can be
+//!   reached under any of them), no one holds two space locks (the registry is dropped before a
+//!   space lock is taken), and the frames holders never wait for anything (no round, no other
 //!   lock but frames under a CPU's cache). The kernel heap is taken inside any of them, never the
 //!   other way round.
 //! - **Interrupts.** Every lock is held with interrupts off, so a holder is never preempted. A
@@ -69,8 +70,9 @@
 //! - **Each call is atomic**: it holds its space lock from its first check to the end of its TLB
 //!   round and the freeing of what it unmapped (frames reach the allocator only after every CPU
 //!   that may hold a translation has acknowledged, §4(c)). Calls on one space are serialised by
-//!   that lock; the charge is checked and charged in one step under the charge lock, so two
-//!   spaces committing at once can never together pass the limit.
+//!   that lock; the charge is checked and charged in one step (one compare-exchange of the word
+//!   that holds both counts, `address_space::CommitCharge`), so two spaces committing at once can
+//!   never together pass the limit.
 //! - **Frames held by the CPUs.** A cached frame is used and a kept reservation reserved to the
 //!   allocator, so nothing a reservation promised ever sits in a cache; the commit limit leaves
 //!   `MAX_CPUS × (64 + 32)` frames out for them (`limit + allowance ≤ frames − reserve/2 −
@@ -127,7 +129,7 @@ use alloc::vec::Vec;
 
 use address_space::PAGE_SIZE;
 use address_space::frame::{FrameAllocator, PhysRange};
-use address_space::{CommitCharge, WorkCounters};
+use address_space::{ChargeSnapshot, CommitCharge, WorkCounters};
 use bootloader_api::BootInfo;
 use bootloader_api::info::MemoryRegionKind;
 use x86_64::PhysAddr;
@@ -159,8 +161,8 @@ pub const MAX_ALLOCATIONS_PER_SPACE: usize = 131_072;
 pub(crate) struct Manager {
     /// The frame allocator and the kernel's own tables (kernel stacks).
     frames: SpinLock<FrameState>,
-    /// The system-wide commit charge.
-    charge: SpinLock<CommitCharge>,
+    /// The system-wide commit charge (lock-free).
+    charge: CommitCharge,
     /// Every live space by root: for the page-fault path and accounting.
     spaces: SpinLock<BTreeMap<u64, Arc<space::SpaceShared>>>,
     /// The physical-memory window (a copy per user: it is an offset).
@@ -188,8 +190,9 @@ struct FrameState {
 pub struct MemoryManager<'a> {
     /// Physical frames (no frame in any CPU's cache while the view lives).
     pub frames: &'a mut FrameAllocator,
-    /// The system-wide commit charge.
-    pub charge: &'a mut CommitCharge,
+    /// The system-wide commit charge, read once when the view was made (commits in other
+    /// spaces go on meanwhile: it takes no lock).
+    pub charge: ChargeSnapshot,
     /// Work done by address-space operations (every CPU's, added up).
     pub counters: WorkCounters,
     /// The physical-memory window.
@@ -292,7 +295,7 @@ pub fn init(boot_info: &'static BootInfo) {
     tlb::KERNEL_ROOT.store(tables.root.start_address().as_u64(), core::sync::atomic::Ordering::Relaxed);
     MANAGER.call_once(|| Manager {
         frames: SpinLock::new(FrameState { allocator: frames, kernel_table_pages: tables.table_pages, kstack_slots: 0 }),
-        charge: SpinLock::new(charge),
+        charge,
         spaces: SpinLock::new(BTreeMap::new()),
         window,
         kernel_root: tables.root,
@@ -312,7 +315,7 @@ pub fn init(boot_info: &'static BootInfo) {
 }
 
 /// Runs `f` on a view of the whole memory manager ([`MemoryManager`]): every CPU's cached frames
-/// given back, the charge and the frames locked, the spaces' table pages counted. For
+/// given back, the frames locked, the charge read (a snapshot), the spaces' table pages counted. For
 /// accounting and tests; every address-space call takes only the locks it needs instead. Must
 /// not be called while this CPU holds a space lock.
 ///
@@ -322,16 +325,16 @@ pub fn with_mm<R>(f: impl FnOnce(&mut MemoryManager<'_>) -> R) -> R {
     let manager = manager();
     x86_64::instructions::interrupts::without_interrupts(|| {
         // Lock order: the registry, then each space (one at a time), then the CPUs' frames, the
-        // charge, the frames.
+        // frames.
         let spaces: Vec<Arc<space::SpaceShared>> = manager.spaces.lock().values().cloned().collect();
         let space_table_pages = spaces.iter().map(|s| s.table_pages()).sum();
         frames::drain_all(|| {
-            let mut charge = manager.charge.lock();
+            let charge = manager.charge.snapshot();
             let mut state = manager.frames.lock();
             let kernel_table_pages = state.kernel_table_pages;
             f(&mut MemoryManager {
                 frames: &mut state.allocator,
-                charge: &mut charge,
+                charge,
                 counters: frames::counters(),
                 window: manager.window,
                 kernel_table_pages,

@@ -448,22 +448,13 @@ impl crate::frame::FrameSource for CachedFrames<'_> {
     }
 }
 
-/// The commit charge behind its lock, taken per request.
-struct LockedCharge<'a>(&'a Mutex<CommitCharge>);
-
-impl ChargeSource for LockedCharge<'_> {
-    fn with_charge(&mut self, f: &mut dyn FnMut(&mut CommitCharge)) {
-        f(&mut self.0.lock().expect("charge"))
-    }
-}
-
 /// The split locks of the README's design with real threads: three threads, each a CPU with its
-/// own space (its own space lock) and its own frame cache, share one frame allocator and one
-/// commit charge, each behind its own lock taken per request (`FrameSource` / `ChargeSource`),
+/// own space (its own space lock) and its own frame cache, share one frame allocator behind its
+/// lock taken per request (`FrameSource`) and one lock-free commit charge (`&CommitCharge`),
 /// and commit, touch, protect, decommit and release at random against a commit limit they
 /// cannot all fit in. Checked: every answer but the limit's agrees with a per-space model; the
-/// charge never passes the limit (check and charge are one step, so two spaces never both
-/// pass); no commit that passed the charge fails for lack of frames although the RAM holds only
+/// charge never passes the limit (check and charge are one compare-exchange, so two spaces never
+/// both pass); no commit that passed the charge fails for lack of frames although the RAM holds only
 /// the limit, the roots and what the caches may hold (`limit ≤ frames − CPUs × CACHE_CAPACITY`);
 /// at the end the charge, tables, frames in use and reservations add up exactly over the spaces,
 /// and after teardown every frame and page of charge is back.
@@ -480,7 +471,7 @@ fn spaces_on_threads_share_frames_and_charge_exactly() {
     let frames = Mutex::new(FrameAllocator::new(&[ram.lock().expect("ram").range()]));
     let start_used = frames.lock().expect("frames").used_frames();
     assert!(frames.lock().expect("frames").available_frames() >= needed);
-    let charge = Mutex::new(CommitCharge::new(LIMIT, 0));
+    let charge = CommitCharge::new(LIMIT, 0);
     let results: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..SPACES)
             .map(|t| {
@@ -494,7 +485,7 @@ fn spaces_on_threads_share_frames_and_charge_exactly() {
                     let env = Env { available: u64::MAX / 4, runs: 0 };
                     let mut limit_hits = 0;
                     for i in 0..ops {
-                        let mut cx = VmContext { frames: &mut src, mem: &mut mem, tlb: &mut tlb, charge: &mut LockedCharge(charge), counters: &mut counters };
+                        let mut cx = VmContext { frames: &mut src, mem: &mut mem, tlb: &mut tlb, charge: &mut { charge }, counters: &mut counters };
                         let page = BASE + r.below(512) * 0x1000;
                         let size = (1 + r.below(24)) * 0x1000;
                         let prot = [PAGE_READWRITE, PAGE_READONLY, PAGE_NOACCESS, PAGE_READWRITE | PAGE_GUARD][r.below(4) as usize];
@@ -516,7 +507,7 @@ fn spaces_on_threads_share_frames_and_charge_exactly() {
                                 Op::Touch { addr: page, access, value, got: sim_touch(&mut space, &mut cx, page, access, value) }
                             }
                         };
-                        let over = { let c = charge.lock().expect("charge"); c.committed_pages() + c.table_pages() > LIMIT };
+                        let over = { let c = charge.snapshot(); c.committed_pages() + c.table_pages() > LIMIT };
                         assert!(!over, "[seed {seed:#x}] space {t} call {i}: the charge passed the limit");
                         let failed_on_limit = match &op {
                             Op::Alloc { got, .. } => {
@@ -553,7 +544,7 @@ fn spaces_on_threads_share_frames_and_charge_exactly() {
         hits += limit_hits;
     }
     {
-        let (f, c) = (frames.lock().expect("frames"), charge.lock().expect("charge"));
+        let (f, c) = (frames.lock().expect("frames"), &charge);
         assert_eq!((c.committed_pages(), c.table_pages()), (committed, tables), "[seed {seed:#x}] commit charge");
         assert_eq!(f.used_frames() - start_used, held_all + tables + SPACES as u64, "[seed {seed:#x}] frames in use");
         assert_eq!(f.reserved_frames(), reserved, "[seed {seed:#x}] reserved frames");
@@ -562,8 +553,7 @@ fn spaces_on_threads_share_frames_and_charge_exactly() {
     assert!(hits > 0, "the spaces never met the commit limit: the test did not race on it");
     for (mut space, _, _, mut tlb, mut counters, _) in results {
         let mut f = frames.lock().expect("frames");
-        let mut c = charge.lock().expect("charge");
-        let mut cx = VmContext { frames: &mut *f, mem: &mut mem, tlb: &mut tlb, charge: &mut *c, counters: &mut counters };
+        let mut cx = VmContext { frames: &mut *f, mem: &mut mem, tlb: &mut tlb, charge: &mut &charge, counters: &mut counters };
         let bases: Vec<u64> = space.allocations().map(|a| a.base).collect();
         for b in bases {
             space.virtual_free(&mut cx, b, 0, MEM_RELEASE).expect("release");
@@ -571,7 +561,7 @@ fn spaces_on_threads_share_frames_and_charge_exactly() {
         let root = space.destroy(&mut cx);
         f.free(root).expect("root");
     }
-    let (f, c) = (frames.lock().expect("frames"), charge.lock().expect("charge"));
+    let (f, c) = (frames.lock().expect("frames"), &charge);
     assert_eq!((f.used_frames(), f.reserved_frames()), (start_used, 0), "[seed {seed:#x}] frames after teardown");
     assert_eq!((c.committed_pages(), c.table_pages()), (0, 0), "[seed {seed:#x}] charge after teardown");
 }
@@ -595,14 +585,14 @@ fn shared_faults_on_one_space_agree() {
     let ram = Mutex::new(SimPhysMemory::new(RAM_BASE, 16 << 20));
     let frames = Mutex::new(FrameAllocator::new(&[ram.lock().expect("ram").range()]));
     let start_used = frames.lock().expect("frames").used_frames();
-    let charge = Mutex::new(CommitCharge::new(10_000, 0));
+    let charge = CommitCharge::new(10_000, 0);
     let mut mem = SharedRam(&ram);
     let mut setup = CachedFrames { cache: crate::frame::FrameCache::new(), global: &frames };
     let (mut tlb, mut counters) = (crate::sim::TlbModel::new(), WorkCounters::default());
     let mut space = AddressSpace::new(cfg(), &mut setup, &mut mem, &mut counters).expect("space");
     let shared_base = BASE + THREADS as u64 * OWN * 0x1000;
     {
-        let mut cx = VmContext { frames: &mut setup, mem: &mut mem, tlb: &mut tlb, charge: &mut LockedCharge(&charge), counters: &mut counters };
+        let mut cx = VmContext { frames: &mut setup, mem: &mut mem, tlb: &mut tlb, charge: &mut &charge, counters: &mut counters };
         let all = (THREADS as u64 * OWN + SHARED_PAGES) * 0x1000;
         space.virtual_alloc(&mut cx, BASE, all, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).expect("commit");
     }
@@ -654,7 +644,7 @@ fn shared_faults_on_one_space_agree() {
                     let mut model: OwnPages = vec![(true, true, false, 0u64); OWN as usize];
                     let (mut guarded, mut guards) = (false, 0);
                     for i in 0..rounds {
-                        let mut cx = VmContext { frames: &mut src, mem: &mut mem, tlb: &mut tlb, charge: &mut LockedCharge(charge), counters: &mut counters };
+                        let mut cx = VmContext { frames: &mut src, mem: &mut mem, tlb: &mut tlb, charge: &mut { charge }, counters: &mut counters };
                         // One call of its own.
                         let p = r.below(OWN);
                         let page = own + p * 0x1000;
@@ -749,7 +739,7 @@ fn shared_faults_on_one_space_agree() {
     assert_eq!((census.committed_pages, census.pages_with_frame, census.bad_counts), (committed, framed, 0), "[seed {seed:#x}] entries");
     assert_eq!(space.demand_zero_frames(), committed - framed, "[seed {seed:#x}] frames the space holds promised");
     {
-        let (f, c) = (frames.lock().expect("frames"), charge.lock().expect("charge"));
+        let (f, c) = (frames.lock().expect("frames"), &charge);
         assert_eq!(f.reserved_frames(), committed - framed, "[seed {seed:#x}] reserved frames");
         assert_eq!(f.used_frames() - start_used, framed + census.table_pages + 1, "[seed {seed:#x}] frames in use");
         assert_eq!(c.committed_pages(), committed, "[seed {seed:#x}] charge");
@@ -757,12 +747,11 @@ fn shared_faults_on_one_space_agree() {
     std::eprintln!("shared-fault test: {rounds} rounds of {THREADS} first touches at once ({guards} on guard pages); {committed} committed, {framed} with a frame");
     assert!(guards > 0, "no round had a guard page");
     let mut f = frames.lock().expect("frames");
-    let mut c = charge.lock().expect("charge");
-    let mut cx = VmContext { frames: &mut *f, mem: &mut mem, tlb: &mut tlb, charge: &mut *c, counters: &mut counters };
+    let mut cx = VmContext { frames: &mut *f, mem: &mut mem, tlb: &mut tlb, charge: &mut &charge, counters: &mut counters };
     space.virtual_free(&mut cx, BASE, 0, MEM_RELEASE).expect("release");
     let root = space.destroy(&mut cx);
     f.free(root).expect("root");
-    assert_eq!((f.used_frames(), f.reserved_frames(), c.committed_pages(), c.table_pages()), (start_used, 0, 0, 0), "[seed {seed:#x}] after teardown");
+    assert_eq!((f.used_frames(), f.reserved_frames(), charge.committed_pages(), charge.table_pages()), (start_used, 0, 0, 0), "[seed {seed:#x}] after teardown");
 }
 
 /// A barrier that a failing thread breaks: the others then fail too, instead of waiting forever.
