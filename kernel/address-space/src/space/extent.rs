@@ -11,10 +11,11 @@
 //! committed pages only), so neither fault path touches it: the shared one
 //! (`handle_fault_shared`, under the shared lock) never writes the record.
 //!
-//! Six bytes, in the record's padding: the distance in pages from the base to its first page and
-//! from its end to the allocation's end, 24 bits each. Page-exact up to 2^24 pages (64 GiB);
-//! above that both are kept in units of 2^k pages, the least that fits (rounded outward: up to
-//! 2^k − 1 pages wider, e.g. 8 pages for a 256 GiB reservation).
+//! Six bytes of the 48-byte record (room made by packing the lazy run): the distance in pages from
+//! the base to its first page and from its end to the allocation's end, 24 bits each. Page-exact
+//! up to 2^24 pages (64 GiB); above that both are kept in units of 2^k pages, the least that fits,
+//! rounded outward (units of 8 pages for a 256 GiB reservation). A large-page allocation keeps
+//! it empty: its pages are all committed and its queries answer from the record.
 
 use super::Allocation;
 use crate::PAGE_SIZE;
