@@ -569,6 +569,10 @@ pub fn alloc_tables(
     mem: &mut impl PhysMemory,
     counters: &mut WorkCounters,
 ) -> Result<Vec<PhysFrame>, VmError> {
+    if n == 0 {
+        // The common commit: its tables are there.
+        return Ok(Vec::new());
+    }
     let mut pool = Vec::with_capacity(n as usize);
     for _ in 0..n {
         match frames.alloc() {

@@ -191,11 +191,10 @@ impl Tlb for NoTlb {
 /// The largest threshold a batch accepts.
 pub const MAX_BATCH: usize = 64;
 /// Pages a batch holds in place; past them (a threshold above this, and more present entries
-/// changed) its list moves to the heap, at most [`MAX_BATCH`] entries (a full flush instead
-/// if the heap has no room). A batch is made by every
-/// operation that may change an entry, most of which change none or a few: a fixed array of
-/// `MAX_BATCH` would be zeroed each time (512 bytes: a `rep stos` of 64 steps, slow under
-/// emulation).
+/// changed) its list moves to the heap, at most [`MAX_BATCH`] entries (a full flush instead if
+/// the heap has no room). A batch is made by every operation that may change an entry, most of
+/// which change none or a few: a fixed array of `MAX_BATCH` would be zeroed each time (512
+/// bytes: a `rep stos` of 64 steps, slow under emulation).
 const INLINE_PAGES: usize = 16;
 /// The default threshold above which a batch becomes a full flush.
 pub const DEFAULT_FLUSH_THRESHOLD: usize = 32;
@@ -294,15 +293,13 @@ impl TlbBatch {
 
     /// Completes the batch: one round on `targets` through `tlb` (none if nothing needs
     /// invalidating), counting `invlpg`s, full flushes, rounds and IPIs; then — only then —
-    /// frees the deferred frames into `frames`.
+    /// frees the deferred frames into `frames`. Takes the batch by reference (moving a batch
+    /// would copy its few hundred bytes) and leaves it empty.
     ///
     /// # Panics
     ///
     /// If a deferred frame is not allocated (a kernel bug: the tables held a frame the
     /// allocator disowns).
-    ///
-    /// Takes the batch by reference (a batch is a few hundred bytes: moving it would copy them)
-    /// and leaves it empty.
     #[inline]
     pub fn flush(&mut self, targets: CpuSet, tlb: &mut impl Tlb, frames: &mut dyn FrameSource, counters: &mut WorkCounters) {
         if !self.is_empty() {
