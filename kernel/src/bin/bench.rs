@@ -1152,7 +1152,7 @@ fn stages_hook(bytes: &[u8]) {
 /// How many workloads the guest reports (its `@end` markers).
 const GUEST_WORKLOADS: u64 = 13;
 /// How many host-call breakdown passes the guest makes (its `@stages-end` markers).
-const GUEST_STAGE_PASSES: u64 = 6;
+const GUEST_STAGE_PASSES: u64 = 7;
 
 /// Runs the in-guest benchmark (its lines are printed as it goes, by [`marker_hook`]). Returns
 /// whether the guest exited 0 and every one of its workloads was reported.

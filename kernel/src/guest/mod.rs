@@ -173,6 +173,8 @@ pub struct Guest {
     /// Its address space (shared with the scheduler, which serves page faults and memory calls
     /// without the guest's lock).
     space: Arc<Space>,
+    /// The highest user address of its space (fixed at creation; read without the space's lock).
+    max_application_address: u64,
     handlers: Vec<Handler>,
     next_handle: u64,
     /// The part of the state that belongs to the thread whose exit is being served: swapped in
@@ -319,6 +321,34 @@ impl GuestMemory<'_> {
         copy()
     }
 
+    /// Reads guest memory into each piece in order as
+    /// [`AddressSpace::read_user`](address_space::AddressSpace::read_user) does (pages checked in
+    /// ascending order, a guard page cleared and reported), growing the thread's stack as
+    /// [`with_stack_growth`](Self::with_stack_growth) says; the first piece that fails stops the
+    /// rest. With the guest's space in this CPU's CR3 that is one hardware-checked copy
+    /// ([`probe::copy_from_user`]): no lock and no page-table walk per piece.
+    fn read_all(&self, pieces: &mut [probe::UserRead<'_>]) -> Result<(), VmError> {
+        if !self.space.is_active() {
+            return pieces.iter_mut().try_for_each(|p| self.read_bytes(p.from, p.buf));
+        }
+        // As with_stack_growth, for the piece that hit a guard page (the pieces before it are
+        // read again: the same bytes).
+        for _ in 0..4 {
+            match probe::copy_from_user(pieces) {
+                Ok(()) => return Ok(()),
+                Err((i, f)) if f.memory.is_some_and(|m| m.code == probe::MemoryFault::GUARD_PAGE) => {
+                    let p = &pieces[i];
+                    let page = self.stack_bottom_in(p.from, p.buf.len() as u64).ok_or(VmError::GuardPage)?;
+                    if self.grow_stack(page) == exceptions::StackGrowth::Overflow {
+                        return Err(VmError::GuardPage);
+                    }
+                }
+                Err(_) => return Err(VmError::NoAccess),
+            }
+        }
+        probe::copy_from_user(pieces).map_err(|_| VmError::NoAccess)
+    }
+
     /// Writes a call's result to a guest out-pointer, dropping a failure: that is the contract
     /// of every caller. A result goes to a pointer the call checked writable before changing
     /// anything (`out_pointer`, `out_result`, `check_writable`), so the write fails only if
@@ -396,6 +426,7 @@ impl Guest {
         Ok(Guest {
             name: name.into(),
             space: Arc::new(space),
+            max_application_address: cfg.max_application_address(),
             handlers: Vec::new(),
             next_handle: 1,
             thread: main,
