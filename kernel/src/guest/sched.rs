@@ -345,6 +345,8 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
             {
                 call_clock::call(call_clock::CONTINUE);
                 let (context_at, fpu_at) = (cont.context.rdi, cont.context.rsi);
+                // As `Guest::syscall` notes every call's stack.
+                cont.local.note_stack(cont.context.rsp);
                 cont.after_syscall = false;
                 if !mem.restore(&mut cont.context, context_at, fpu_at) {
                     Exit::UnreadableResume { context_at, fpu_at }
