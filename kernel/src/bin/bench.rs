@@ -47,10 +47,12 @@
 //! (`check_user_write`: allocation lookup and page walk; with the writes through the physical
 //! window), and the hardware-checked copy host calls use where the stub cannot store their
 //! results in ring 3 (`kernel::arch::probe::copy_to_user`, one `stac`/`clac` window). After the guest's workloads, its breakdown passes (`@stages-begin`
-//! / `@stages-end`, see [`stages_hook`]) print `bench-stages` lines: per call kind, the cycles
-//! of each stage of a host call (dispatch, pointer check, lock, the manager's operation, result
-//! copies, band check, return) measured by the kernel's host-call clock
-//! (`kernel::guest::call_clock`), and what lies outside the kernel's view (`syscall`/`sysretq`).
+//! / `@stages-end`, see [`stages_hook`]) print `bench-stages` lines: per call kind (the manager's
+//! methods, a guest exception, the exception dispatcher's `continue`), the cycles of each stage
+//! of a host call (dispatch, pointer check, lock, the manager's operation, result copies, band
+//! check, exception frame, FPU state, return) measured by the kernel's host-call clock
+//! (`kernel::guest::call_clock`), and what lies outside the kernel's view (`syscall`/`sysretq`,
+//! the CPU's exception entry, the ring-3 dispatcher and handler).
 //!
 //! Nothing here asserts a timing; the image fails only if an operation returns an error, an
 //! access faults unexpectedly (a kernel bug) or the in-guest benchmark does not complete.

@@ -298,27 +298,7 @@ impl GuestMemory<'_> {
                 self.with_stack_growth(p.to, p.data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, p.to, p.data))).map_err(|e| (i, e))
             });
         }
-        let copy = || {
-            probe::copy_to_user(pieces).map_err(|(i, f)| match f.memory {
-                Some(m) if m.code == probe::MemoryFault::GUARD_PAGE => (i, VmError::GuardPage),
-                _ => (i, VmError::NoAccess),
-            })
-        };
-        // As with_stack_growth, for the piece that hit a guard page (the pieces before it are
-        // written again: the same bytes).
-        for _ in 0..4 {
-            match copy() {
-                Err((i, VmError::GuardPage)) => {
-                    let p = &pieces[i];
-                    let Some(page) = self.stack_bottom_in(p.to, p.data.len() as u64) else { return Err((i, VmError::GuardPage)) };
-                    if self.grow_stack(page) == exceptions::StackGrowth::Overflow {
-                        return Err((i, VmError::GuardPage));
-                    }
-                }
-                other => return other,
-            }
-        }
-        copy()
+        self.copy_growing_stack(|| probe::copy_to_user(pieces), |i| (pieces[i].to, pieces[i].data.len() as u64))
     }
 
     /// Reads guest memory into each piece in order as
@@ -331,22 +311,42 @@ impl GuestMemory<'_> {
         if !self.space.is_active() {
             return pieces.iter_mut().try_for_each(|p| self.read_bytes(p.from, p.buf));
         }
-        // As with_stack_growth, for the piece that hit a guard page (the pieces before it are
-        // read again: the same bytes).
+        let mut ranges = [(0, 0); probe::MAX_USER_COPIES];
+        for (r, p) in ranges.iter_mut().zip(pieces.iter()) {
+            *r = (p.from, p.buf.len() as u64);
+        }
+        self.copy_growing_stack(|| probe::copy_from_user(pieces), |i| ranges[i]).map_err(|(_, e)| e)
+    }
+
+    /// Makes a hardware-checked copy (`copy`: the piece that failed and its fault) as
+    /// [`with_stack_growth`](Self::with_stack_growth) makes a checked access: when piece `i`
+    /// (guest range `range(i)`) hit the guard page of the thread's stack, the stack grows and the
+    /// copy is made again (the pieces before it too: the same bytes). The error: the piece, and
+    /// 0x80000001 for a guard page, else ERROR_NOACCESS.
+    fn copy_growing_stack(
+        &self,
+        mut copy: impl FnMut() -> Result<(), (usize, probe::FaultRecord)>,
+        range: impl Fn(usize) -> (u64, u64),
+    ) -> Result<(), (usize, VmError)> {
+        let mut copy = || {
+            copy().map_err(|(i, f)| match f.memory {
+                Some(m) if m.code == probe::MemoryFault::GUARD_PAGE => (i, VmError::GuardPage),
+                _ => (i, VmError::NoAccess),
+            })
+        };
         for _ in 0..4 {
-            match probe::copy_from_user(pieces) {
-                Ok(()) => return Ok(()),
-                Err((i, f)) if f.memory.is_some_and(|m| m.code == probe::MemoryFault::GUARD_PAGE) => {
-                    let p = &pieces[i];
-                    let page = self.stack_bottom_in(p.from, p.buf.len() as u64).ok_or(VmError::GuardPage)?;
+            match copy() {
+                Err((i, VmError::GuardPage)) => {
+                    let (at, len) = range(i);
+                    let Some(page) = self.stack_bottom_in(at, len) else { return Err((i, VmError::GuardPage)) };
                     if self.grow_stack(page) == exceptions::StackGrowth::Overflow {
-                        return Err(VmError::GuardPage);
+                        return Err((i, VmError::GuardPage));
                     }
                 }
-                Err(_) => return Err(VmError::NoAccess),
+                other => return other,
             }
         }
-        probe::copy_from_user(pieces).map_err(|_| VmError::NoAccess)
+        copy()
     }
 
     /// Writes a call's result to a guest out-pointer, dropping a failure: that is the contract
