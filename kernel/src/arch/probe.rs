@@ -127,23 +127,6 @@ kprobe_done:
 1:
     ret
 
-    # xrstor_user(image = rdi): XRSTOR of every component from a guest image, inside a
-    # stac/clac window; 0, or -1 through the fix-up if it faults (#PF, or #GP for an image XRSTOR
-    # refuses).
-    .global kprobe_xrstor_user
-kprobe_xrstor_user:
-    mov eax, -1
-    mov edx, -1
-    cmp byte ptr [rip + KPROBE_SMAP], 0
-    je 1f
-    stac
-1:
-    .global kprobe_xrstor_user_access
-kprobe_xrstor_user_access:
-    xrstor64 [rdi]
-    xor eax, eax
-    jmp kprobe_done
-
     .global kprobe_call
 kprobe_call:
     push rbx
@@ -178,8 +161,6 @@ unsafe extern "C" {
     fn kprobe_write_u8(addr: u64, value: u8) -> u64;
     fn kprobe_call(addr: u64) -> u64;
     fn kprobe_copy_list(descriptors: *const [u64; 3], count: usize) -> u64;
-    fn kprobe_xrstor_user(image: u64) -> u64;
-    static kprobe_xrstor_user_access: [u8; 0];
     static kprobe_copy_start: [u8; 0];
     static kprobe_copy_end: [u8; 0];
     static kprobe_read_u8_access: [u8; 0];
@@ -424,28 +405,6 @@ unsafe fn copy_list(descriptors: &[[u64; 3]], user: usize) -> Result<(), (usize,
     }
 }
 
-/// Loads the x87/SSE/AVX registers with XRSTOR (every component XCR0 enables) from the guest
-/// image at `addr` in the address space in CR3, as a load by the guest would reach it (a
-/// demand-zero page given its frame); `Err` with the fault if a page is refused or XRSTOR
-/// refuses the image (#GP: misaligned, a bad header or MXCSR), the registers then in an
-/// unspecified state for the caller to load in full. An image reaching beyond the lower half is
-/// refused without a load.
-///
-/// # Safety
-/// XSAVE must be enabled (CR4.OSXSAVE). The registers it loads must be the running guest
-/// thread's (the kernel is built without SSE and uses none of them).
-pub unsafe fn xrstor_user(addr: u64, size: u64) -> Result<(), FaultRecord> {
-    if addr.checked_add(size).is_none_or(|end| end > LOWER_HALF_END) {
-        return Err(FaultRecord { vector: 0, error_code: 0, cr2: addr.max(LOWER_HALF_END), rip: 0, memory: None });
-    }
-    // SAFETY: the image lies in the lower half (checked above), which maps only guest pages of
-    // the space in CR3, and is only read; XRSTOR changes nothing but the FPU registers, which
-    // belong to the guest (contract). A fault is fixed up by `try_recover`; the routine clobbers
-    // only rax and rdx.
-    let result = unsafe { kprobe_xrstor_user(addr) };
-    if result == u64::MAX { Err(take_record()) } else { Ok(()) }
-}
-
 /// Calls the code at `addr` (System V ABI, no arguments, returns `u64`), catching a fault on the
 /// fetch of its first instruction.
 ///
@@ -479,11 +438,10 @@ pub(crate) fn try_recover(
     }
     let rip = frame.instruction_pointer.as_u64();
     // SAFETY: taking the address of link-time symbols defined in the global_asm! above.
-    let (read_at, write_at, xrstor_at, fixup, call_return, call_fixup, copy_start, copy_end) = unsafe {
+    let (read_at, write_at, fixup, call_return, call_fixup, copy_start, copy_end) = unsafe {
         (
             symbol(&kprobe_read_u8_access),
             symbol(&kprobe_write_u8_access),
-            symbol(&kprobe_xrstor_user_access),
             symbol(&kprobe_fault_fixup),
             symbol(&kprobe_call_return),
             symbol(&kprobe_call_fixup),
@@ -491,7 +449,7 @@ pub(crate) fn try_recover(
             symbol(&kprobe_copy_end),
         )
     };
-    let resume = if rip == read_at || rip == write_at || rip == xrstor_at || (copy_start..copy_end).contains(&rip) {
+    let resume = if rip == read_at || rip == write_at || (copy_start..copy_end).contains(&rip) {
         fixup
     } else if record().exec_probe_armed.load(Ordering::SeqCst) {
         let rsp = frame.stack_pointer.as_u64();

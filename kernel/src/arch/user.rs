@@ -645,37 +645,15 @@ impl FpuImage {
     /// memory): MXCSR has no bit outside MXCSR_MASK; with XSAVE, the header's XSTATE_BV names
     /// only components of XCR0, XCOMP_BV is 0 (standard form) and the reserved header bytes are 0.
     pub fn is_loadable(&self) -> bool {
-        Self::loadable_parts(self.mxcsr(), self.bytes[512..576].try_into().expect("64 bytes"))
-    }
-
-    /// [`is_loadable`](Self::is_loadable) of an image with this MXCSR and XSAVE header (bytes
-    /// 512..576; ignored without XSAVE).
-    fn loadable_parts(mxcsr: u32, header: &[u8; 64]) -> bool {
-        if mxcsr as usize & !MXCSR_MASK.load(Ordering::Relaxed) != 0 {
+        if self.mxcsr() as usize & !MXCSR_MASK.load(Ordering::Relaxed) != 0 {
             return false;
         }
         let xcr0 = XCR0.load(Ordering::Relaxed) as u64;
         if xcr0 == 0 {
             return true;
         }
-        let xstate_bv = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
-        xstate_bv & !xcr0 == 0 && header[8..].iter().all(|&b| b == 0)
-    }
-
-    /// Loads the registers straight from the guest's image at `addr` (the address space in
-    /// CR3), whose MXCSR and XSAVE header the caller read as `mxcsr` and `header`, when those
-    /// make it loadable as it is (so [`make_loadable`](Self::make_loadable) would change
-    /// nothing): one XRSTOR from guest memory instead of a copy of the image first. `false` if
-    /// not (no XSAVE, an image to sanitise, or XRSTOR refused it or faulted, e.g. because another
-    /// thread changed it meanwhile): the registers may then hold part of it, and the caller
-    /// reads the image and loads it sanitised.
-    pub fn load_from_user(addr: u64, mxcsr: u32, header: &[u8; 64]) -> bool {
-        if XCR0.load(Ordering::Relaxed) == 0 || !Self::loadable_parts(mxcsr, header) {
-            return false;
-        }
-        // SAFETY: XSAVE is enabled (XCR0 is set only then) and the registers are the running
-        // guest thread's: the kernel restores them for it here.
-        unsafe { super::probe::xrstor_user(addr, fpu_image_size() as u64) }.is_ok()
+        let xstate_bv = u64::from_le_bytes(self.bytes[512..520].try_into().expect("8 bytes"));
+        xstate_bv & !xcr0 == 0 && self.bytes[520..576].iter().all(|&b| b == 0)
     }
 
     /// Makes an image from guest memory loadable as NtContinue and Linux' sigreturn do: MXCSR

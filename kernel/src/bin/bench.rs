@@ -70,6 +70,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use address_space::win32::*;
 use address_space::{SpaceConfig, WorkCounters};
 use kernel::arch::probe::{self, MemoryFault};
+use kernel::arch::user;
 use kernel::guest::call_clock::{self, Snapshot};
 use kernel::guest::calls::WRITE_HOOK;
 use kernel::memory::{self, Space};
@@ -871,6 +872,21 @@ fn host_call_pieces(env: &Env, s: &Space, page: u64) {
         // SAFETY: a committed, touched page of the space in CR3, set up for this benchmark.
         unsafe { probe::write_u8(page + 64, 1) }.expect("a committed, touched page");
     });
+    // The register image of an exception frame, written and read back as exception delivery
+    // does (the registers are the kernel's own here, which it never uses: saving and loading
+    // them back changes nothing), and the clean state loaded for the handlers.
+    let image = page + 1024;
+    let size = user::fpu_image_size();
+    let save = least(&|| {
+        user::with_saved_fpu(|fpu| probe::copy_to_user(&[probe::UserCopy { to: image, data: &fpu.bytes[..size] }]).expect("a touched page"));
+    });
+    let load = least(&|| {
+        user::with_fpu_scratch(|fpu| {
+            probe::copy_from_user(&mut [probe::UserRead { from: image, buf: &mut fpu.bytes[..size] }]).expect("a touched page");
+            fpu.load_sanitised();
+        });
+    });
+    let initial = least(&user::FpuImage::load_initial);
     for (piece, cycles) in [
         ("lock", lock),
         ("lock+allocation_at", lookup),
@@ -879,6 +895,9 @@ fn host_call_pieces(env: &Env, s: &Space, page: u64) {
         ("copy_to_user_8", one),
         ("copy_to_user_8+48+8", three),
         ("probe_write_u8", byte),
+        ("fpu_image:xsave+copy_to_user", save),
+        ("fpu_image:copy_from_user+xrstor", load),
+        ("fpu_image:xrstor_initial", initial),
     ] {
         kprintln!("bench-path {} {piece} cycles={cycles}", env.place);
     }

@@ -484,52 +484,7 @@ impl GuestMemory<'_> {
     /// the scheduler runs it without the guest's lock.
     pub(super) fn restore(&self, context: &mut UserContext, context_at: u64, fpu_at: u64) -> bool {
         let mut bytes = [0u8; USER_CONTEXT_SIZE];
-        let loaded = match self.load_image_in_place(&mut bytes, context_at, fpu_at) {
-            Some(true) => true,
-            Some(false) => self.load_image_copied(&mut bytes, context_at, fpu_at),
-            None => false,
-        };
-        if !loaded {
-            return false;
-        }
-        call_clock::lap(Stage::Fpu);
-        let mut resumed = context_from_bytes(&bytes);
-        resumed.rflags = sanitize_rflags(resumed.rflags);
-        *context = resumed;
-        true
-    }
-
-    /// `restore`'s reads and load in the common case: the context into `bytes`, and of the
-    /// image (64-byte aligned, as the kernel writes it) only its MXCSR, its XSAVE header and its
-    /// last byte, which touch every page of it in ascending order as reading it whole would
-    /// (the image spans at most two pages); when those say it is loadable as it is, one XRSTOR
-    /// loads it from guest memory (no copy of the image). `Some(false)` if that was not done
-    /// (the context may be read), for the caller to read it all; `None` if a read failed (as
-    /// reading it all would have: a read's failure may have cleared a guard page, so it is not
-    /// made again).
-    fn load_image_in_place(&self, bytes: &mut [u8; USER_CONTEXT_SIZE], context_at: u64, fpu_at: u64) -> Option<bool> {
-        let size = fpu_image_size() as u64;
-        if fpu_at & 63 != 0 || size < 576 || fpu_at.checked_add(size).is_none() {
-            return Some(false);
-        }
-        let (mut mxcsr, mut header, mut last) = ([0u8; 4], [0u8; 64], [0u8; 1]);
-        let Some([c0, c1]) = split_pages(context_at, bytes) else { return Some(false) };
-        let mut pieces = [
-            c0,
-            c1,
-            UserRead { from: fpu_at + 24, buf: &mut mxcsr },
-            UserRead { from: fpu_at + 512, buf: &mut header },
-            UserRead { from: fpu_at + size - 1, buf: &mut last },
-        ];
-        self.read_all(&mut pieces).ok()?;
-        call_clock::lap(Stage::Frame);
-        Some(FpuImage::load_from_user(fpu_at, u32::from_le_bytes(mxcsr), &header))
-    }
-
-    /// `restore`'s reads and load in general: the context into `bytes` and the whole image into
-    /// this CPU's scratch image, which is loaded made loadable. `false` if either is unreadable.
-    fn load_image_copied(&self, bytes: &mut [u8; USER_CONTEXT_SIZE], context_at: u64, fpu_at: u64) -> bool {
-        with_fpu_scratch(|fpu| {
+        let loaded = with_fpu_scratch(|fpu| {
             let (context_bytes, fpu_bytes) = (&mut bytes[..], &mut fpu.bytes[..fpu_image_size()]);
             let read = match split_pages(context_at, context_bytes).zip(split_pages(fpu_at, fpu_bytes)) {
                 Some(([c0, c1], [f0, f1])) => self.read_all(&mut [c0, c1, f0, f1]),
@@ -541,7 +496,15 @@ impl GuestMemory<'_> {
             call_clock::lap(Stage::Frame);
             fpu.load_sanitised();
             true
-        })
+        });
+        if !loaded {
+            return false;
+        }
+        call_clock::lap(Stage::Fpu);
+        let mut resumed = context_from_bytes(&bytes);
+        resumed.rflags = sanitize_rflags(resumed.rflags);
+        *context = resumed;
+        true
     }
 
     /// A page fault from ring 3: `None` when resolved (retry), else the exception to raise.
