@@ -46,7 +46,9 @@
 //! time its pieces alone in the kernel: the memory manager's lock, a software-checked write
 //! (`check_user_write`: allocation lookup and page walk; with the writes through the physical
 //! window), and the hardware-checked copy host calls use where the stub cannot store their
-//! results in ring 3 (`kernel::arch::probe::copy_to_user`, one `stac`/`clac` window). After the guest's workloads, its breakdown passes (`@stages-begin`
+//! results in ring 3 (`kernel::arch::probe::copy_to_user`, one `stac`/`clac` window), and an
+//! exception frame's register image saved and copied out, copied back and loaded, and the clean
+//! state loaded for the handlers. After the guest's workloads, its breakdown passes (`@stages-begin`
 //! / `@stages-end`, see [`stages_hook`]) print `bench-stages` lines: per call kind (the manager's
 //! methods, a guest exception, the exception dispatcher's `continue`), the cycles of each stage
 //! of a host call (dispatch, pointer check, lock, the manager's operation, result copies, band
