@@ -558,9 +558,10 @@ impl GuestMemory<'_> {
             let page = p_old & !(PAGE_SIZE - 1);
             let mapped_writable = || {
                 use address_space::paging::{pte, table};
-                let in_page = p_old.wrapping_add(3) & !(PAGE_SIZE - 1) == page;
+                // Within user space (a non-canonical address would walk as its alias) and a page.
+                let in_user_page = p_old.checked_add(4).is_some_and(|end| end <= s.config().max_address_end) && (p_old + 3) & !(PAGE_SIZE - 1) == page;
                 let bits = pte::PRESENT | pte::WRITABLE | pte::USER;
-                in_page && table::translate(cx.mem, s.root().start_address().as_u64(), p_old).is_some_and(|(_, e)| e & bits == bits)
+                in_user_page && table::translate(cx.mem, s.root().start_address().as_u64(), p_old).is_some_and(|(_, e)| e & bits == bits)
             };
             let out = if stub_stores && mapped_writable() { None } else { Some(s.check_user_write(cx.mem, p_old, 4)?) };
             call_clock::lap(Stage::Check);

@@ -323,18 +323,10 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
                 cont.after_syscall = false;
                 continue;
             }
-            UserExit::Exception { vector: 14, error_code, cr2 } => {
-                call_clock::call(call_clock::EXCEPTION);
-                let fault = mem.page_fault(cr2, error_code);
-                call_clock::lap(call_clock::Stage::Manager);
-                cont.after_syscall = false;
-                let Some(e) = fault else { continue };
-                // Raised without the lock while the guest has a handler; ending it takes the lock.
-                match mem.raise(&mut cont.context, &mut cont.local, e, run.first_handler.load(Ordering::SeqCst)) {
-                    Ok(()) => continue,
-                    Err((e, why)) => Exit::Unhandled(e, why),
-                }
-            }
+            UserExit::Exception { vector: 14, error_code, cr2 } => match page_fault(run, &mem, cont, error_code, cr2) {
+                Some(exit) => exit,
+                None => continue,
+            },
             UserExit::Syscall if cont.context.rax == nr::TICKS_NS && run.memory_unlocked.load(Ordering::SeqCst) => {
                 cont.context.rax = time::ticks_ns();
                 cont.after_syscall = true;
@@ -343,17 +335,9 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
             UserExit::Syscall
                 if cont.context.rax == nr::CONTINUE && host_pages::is_stub_return(cont.context.rcx) && run.memory_unlocked.load(Ordering::SeqCst) =>
             {
-                call_clock::call(call_clock::CONTINUE);
-                let (context_at, fpu_at) = (cont.context.rdi, cont.context.rsi);
-                // As `Guest::syscall` notes every call's stack.
-                cont.local.note_stack(cont.context.rsp);
-                cont.after_syscall = false;
-                if !mem.restore(&mut cont.context, context_at, fpu_at) {
-                    Exit::UnreadableResume { context_at, fpu_at }
-                } else if cont.local.resumed(&cont.context, run.max_application_address) {
-                    continue;
-                } else {
-                    Exit::Resumed
+                match resume(run, &mem, cont) {
+                    Some(exit) => exit,
+                    None => continue,
                 }
             }
             UserExit::Syscall if cont.context.rdi == MANAGER_OBJECT && run.memory_unlocked.load(Ordering::SeqCst) => {
@@ -417,6 +401,41 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
         }
         // A call may have made threads ready (create_thread, a wake): idle CPUs take them.
         wake_idle_cpus();
+    }
+}
+
+/// A page fault of the thread `cont` served without the guest's lock: resolved (`None`: back to
+/// ring 3), or raised with the guest's first handler (`None`), or the exit that ends the guest.
+/// Out of line, so that the system calls' path through the run loop stays as short as it was.
+#[inline(never)]
+fn page_fault(run: &GuestRun, mem: &GuestMemory<'_>, cont: &mut Continuation, error_code: u64, cr2: u64) -> Option<Exit> {
+    call_clock::call(call_clock::EXCEPTION);
+    let fault = mem.page_fault(cr2, error_code);
+    call_clock::lap(call_clock::Stage::Manager);
+    cont.after_syscall = false;
+    // Raised without the lock while the guest has a handler; ending it takes the lock.
+    match mem.raise(&mut cont.context, &mut cont.local, fault?, run.first_handler.load(Ordering::SeqCst)) {
+        Ok(()) => None,
+        Err((e, why)) => Some(Exit::Unhandled(e, why)),
+    }
+}
+
+/// The exception dispatcher's `continue` from the thread `cont`, served without the guest's lock
+/// (no notification callback is registered): `None` when the thread resumes, else the exit the
+/// locked part serves. Out of line, as [`page_fault`].
+#[inline(never)]
+fn resume(run: &GuestRun, mem: &GuestMemory<'_>, cont: &mut Continuation) -> Option<Exit> {
+    call_clock::call(call_clock::CONTINUE);
+    let (context_at, fpu_at) = (cont.context.rdi, cont.context.rsi);
+    // As `Guest::syscall` notes every call's stack.
+    cont.local.note_stack(cont.context.rsp);
+    cont.after_syscall = false;
+    if !mem.restore(&mut cont.context, context_at, fpu_at) {
+        Some(Exit::UnreadableResume { context_at, fpu_at })
+    } else if cont.local.resumed(&cont.context, run.max_application_address) {
+        None
+    } else {
+        Some(Exit::Resumed)
     }
 }
 
