@@ -11,9 +11,9 @@
 //! The clock only counts while armed ([`arm`]): the benchmark arms it for separate passes, so
 //! its own cost (one `rdtsc` per lap, several dozen cycles under TCG) never enters the figures of
 //! the ordinary workloads. Disarmed, a lap is a load and a branch. Without `test-hooks` every
-//! function here is empty. The clock and its counters are per CPU (a host call is served on the
-//! CPU that took its `syscall` or fault, with interrupts off between laps), so calls on several
-//! CPUs at once are each timed on their own; [`snapshot`] adds the CPUs up.
+//! function here is empty. The clock and its counters are per CPU (a host call is served from
+//! start to end on the CPU that took its `syscall` or fault, and no interrupt handler laps), so
+//! calls on several CPUs at once are each timed on their own; [`snapshot`] adds the CPUs up.
 
 /// A stage of a host call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
