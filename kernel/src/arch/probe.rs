@@ -50,11 +50,11 @@ kprobe_write_u8_access:
     mov byte ptr [rdi], sil
     jmp kprobe_done
 
-    # copy_to_user_list(descriptors = rdi, count = rsi): for each 24-byte descriptor
-    # (destination, source, length), 8 bytes at a time, then bytes, inside one stac/clac window.
-    # Only the stores between kprobe_copy_start and kprobe_copy_end touch guest memory (the
-    # loads read kernel memory). Caller-saved registers only, nothing pushed: the fault fix-up
-    # returns from here directly.
+    # copy_list(descriptors = rdi, count = rsi): for each 24-byte descriptor (destination,
+    # source, length), 32 and 8 bytes at a time, then bytes, inside one stac/clac window. Either the
+    # stores (copy_to_user) or the loads (copy_from_user) between kprobe_copy_start and
+    # kprobe_copy_end touch guest memory, the other side is kernel memory. Caller-saved registers
+    # only, nothing pushed: the fault fix-up returns from here directly.
     .global kprobe_copy_list
 kprobe_copy_list:
     xor eax, eax
@@ -72,6 +72,25 @@ kprobe_copy_start:
     mov r10, [rdi + 16]
     add rdi, 24
     dec rsi
+    cmp r10, 32
+    jb 7f
+    # 32 bytes a round while they last (a register frame is about a kilobyte; under TCG the
+    # loop's own instructions cost as much as its loads and stores), in the same order.
+8:
+    mov rcx, [r9]
+    mov [r8], rcx
+    mov rcx, [r9 + 8]
+    mov [r8 + 8], rcx
+    mov rcx, [r9 + 16]
+    mov [r8 + 16], rcx
+    mov rcx, [r9 + 24]
+    mov [r8 + 24], rcx
+    add r9, 32
+    add r8, 32
+    sub r10, 32
+    cmp r10, 32
+    jae 8b
+7:
     cmp r10, 8
     jb 3f
 2:
@@ -289,8 +308,8 @@ pub struct UserCopy<'a> {
     pub data: &'a [u8],
 }
 
-/// The most pieces one [`copy_to_user`] takes.
-pub const MAX_USER_COPIES: usize = 4;
+/// The most pieces one [`copy_to_user`] or [`copy_from_user`] takes.
+pub const MAX_USER_COPIES: usize = 8;
 
 /// Copies each piece to guest memory in the address space in CR3, in order, as the guest's own
 /// stores would, inside one `stac`/`clac` window (under TCG each toggle of `AC` ends a
@@ -308,30 +327,82 @@ pub const MAX_USER_COPIES: usize = 4;
 /// If given more than [`MAX_USER_COPIES`] pieces (a kernel bug).
 pub fn copy_to_user(pieces: &[UserCopy<'_>]) -> Result<(), (usize, FaultRecord)> {
     assert!(pieces.len() <= MAX_USER_COPIES, "{} pieces for one copy", pieces.len());
-    if let Some(bad) = pieces.iter().position(|p| p.to.checked_add(p.data.len() as u64).is_none_or(|end| end > LOWER_HALF_END)) {
-        copy_to_user(&pieces[..bad])?;
-        let cr2 = pieces[bad].to.max(LOWER_HALF_END);
-        return Err((bad, FaultRecord { vector: 0, error_code: 0, cr2, rip: 0, memory: None }));
-    }
     let mut descriptors = [[0u64; 3]; MAX_USER_COPIES];
     for (d, p) in descriptors.iter_mut().zip(pieces) {
         *d = [p.to, p.data.as_ptr() as u64, p.data.len() as u64];
     }
-    // SAFETY: every destination lies in the lower half (checked above), which maps only guest
-    // pages of the space in CR3 (no kernel data, page table or device), and guest memory is never
-    // a Rust reference, so the stores alias nothing of the kernel's; each source is the readable
-    // kernel memory of a borrowed slice of that length. The routine clobbers only caller-saved
-    // registers (rax, rcx, rsi, rdi, r8-r10), pushes nothing and leaves AC clear; a fault on a
-    // store is fixed up by `try_recover`.
-    let result = unsafe { kprobe_copy_list(descriptors.as_ptr(), pieces.len()) };
-    if result != u64::MAX {
-        return Ok(());
+    // SAFETY: each destination is guest memory (the lower half, which maps only guest pages of
+    // the space in CR3: no kernel data, page table or device; `copy_list` refuses anything else),
+    // never a Rust reference, so the stores alias nothing of the kernel's; each source is the
+    // readable kernel memory of a borrowed slice of that length.
+    unsafe { copy_list(&descriptors[..pieces.len()], 0) }
+}
+
+/// One piece of a [`copy_from_user`]: `buf` is filled from guest address `from`.
+#[derive(Debug)]
+pub struct UserRead<'a> {
+    /// The guest address.
+    pub from: u64,
+    /// Where the bytes go.
+    pub buf: &'a mut [u8],
+}
+
+/// Fills each piece from guest memory in the address space in CR3, in order, as the guest's own
+/// loads would, inside one `stac`/`clac` window: a demand-zero page is given its frame on the
+/// way, and the first load the memory manager refuses (a guard page, whose guard it clears; free,
+/// reserved or `PAGE_NOACCESS` memory) ends the copy with the index of its piece and the fault —
+/// what `AddressSpace::read_user` reports, with one load instead of a lookup and a walk per page.
+/// A piece reaching beyond the lower half is refused without a load of its own.
+///
+/// No space lock may be held: a fault is resolved under the space's lock.
+///
+/// # Panics
+/// If given more than [`MAX_USER_COPIES`] pieces (a kernel bug).
+pub fn copy_from_user(pieces: &mut [UserRead<'_>]) -> Result<(), (usize, FaultRecord)> {
+    assert!(pieces.len() <= MAX_USER_COPIES, "{} pieces for one copy", pieces.len());
+    let mut descriptors = [[0u64; 3]; MAX_USER_COPIES];
+    for (d, p) in descriptors.iter_mut().zip(pieces.iter_mut()) {
+        *d = [p.buf.as_mut_ptr() as u64, p.from, p.buf.len() as u64];
     }
-    let record = take_record();
-    // The first piece holding the faulting address is the one being stored (each store lies
-    // within its piece, and the pieces are stored in order).
-    let at = pieces.iter().position(|p| (p.to..p.to + p.data.len() as u64).contains(&record.cr2)).unwrap_or(0);
-    Err((at, record))
+    // SAFETY: each source is guest memory (the lower half, checked by `copy_list`), which the
+    // kernel only reads here (no side effect but the memory manager's, as for the guest's own
+    // load); each destination is kernel memory of a slice borrowed mutably for the call, so
+    // nothing else sees the stores.
+    unsafe { copy_list(&descriptors[..pieces.len()], 1) }
+}
+
+/// Runs `kprobe_copy_list` over `descriptors` (destination, source, length), whose word `user`
+/// (0: destination, 1: source) is the guest address; returns the piece that faulted and its
+/// fault. A piece whose guest range reaches beyond the lower half ends the copy before it.
+///
+/// # Safety
+/// The kernel side of every descriptor must be memory the copy may read (source) or write
+/// (destination, not aliased by any live reference) for its length.
+unsafe fn copy_list(descriptors: &[[u64; 3]], user: usize) -> Result<(), (usize, FaultRecord)> {
+    let beyond = |d: &[u64; 3]| d[user].checked_add(d[2]).is_none_or(|end| end > LOWER_HALF_END);
+    let (count, refused) = match descriptors.iter().position(beyond) {
+        Some(bad) => (bad, Some(bad)),
+        None => (descriptors.len(), None),
+    };
+    // SAFETY: the guest side of each descriptor lies in the lower half (checked above), which
+    // maps only guest pages of the space in CR3; the kernel side is valid per the contract. The
+    // routine clobbers only caller-saved registers (rax, rcx, rsi, rdi, r8-r10), pushes nothing
+    // and leaves AC clear; a fault on a guest access is fixed up by `try_recover`.
+    let result = unsafe { kprobe_copy_list(descriptors.as_ptr(), count) };
+    if result == u64::MAX {
+        let record = take_record();
+        // The first piece holding the faulting address is the one being copied (each access lies
+        // within its piece, and the pieces are copied in order).
+        let at = descriptors[..count].iter().position(|d| (d[user]..d[user] + d[2]).contains(&record.cr2)).unwrap_or(0);
+        return Err((at, record));
+    }
+    match refused {
+        Some(bad) => {
+            let cr2 = descriptors[bad][user].max(LOWER_HALF_END);
+            Err((bad, FaultRecord { vector: 0, error_code: 0, cr2, rip: 0, memory: None }))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Calls the code at `addr` (System V ABI, no arguments, returns `u64`), catching a fault on the

@@ -48,11 +48,15 @@
 //! time its pieces alone in the kernel: the memory manager's lock, a software-checked write
 //! (`check_user_write`: allocation lookup and page walk; with the writes through the physical
 //! window), and the hardware-checked copy host calls use where the stub cannot store their
-//! results in ring 3 (`kernel::arch::probe::copy_to_user`, one `stac`/`clac` window). After the guest's workloads, its breakdown passes (`@stages-begin`
-//! / `@stages-end`, see [`stages_hook`]) print `bench-stages` lines: per call kind, the cycles
-//! of each stage of a host call (dispatch, pointer check, lock, the manager's operation, result
-//! copies, band check, return) measured by the kernel's host-call clock
-//! (`kernel::guest::call_clock`), and what lies outside the kernel's view (`syscall`/`sysretq`).
+//! results in ring 3 (`kernel::arch::probe::copy_to_user`, one `stac`/`clac` window), and an
+//! exception frame's register image saved and copied out, copied back and loaded, and the clean
+//! state loaded for the handlers. After the guest's workloads, its breakdown passes (`@stages-begin`
+//! / `@stages-end`, see [`stages_hook`]) print `bench-stages` lines: per call kind (the manager's
+//! methods, a guest exception, the exception dispatcher's `continue`), the cycles of each stage
+//! of a host call (dispatch, pointer check, lock, the manager's operation, result copies, band
+//! check, exception frame, FPU state, return) measured by the kernel's host-call clock
+//! (`kernel::guest::call_clock`), and what lies outside the kernel's view (`syscall`/`sysretq`,
+//! the CPU's exception entry, the ring-3 dispatcher and handler).
 //!
 //! Nothing here asserts a timing; the image fails only if an operation returns an error, an
 //! access faults unexpectedly (a kernel bug) or the in-guest benchmark does not complete.
@@ -70,6 +74,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use address_space::win32::*;
 use address_space::{SpaceConfig, WorkCounters};
 use kernel::arch::probe::{self, MemoryFault};
+use kernel::arch::user;
 use kernel::guest::call_clock::{self, Snapshot};
 use kernel::guest::calls::WRITE_HOOK;
 use kernel::memory::{self, Space};
@@ -871,6 +876,21 @@ fn host_call_pieces(env: &Env, s: &Space, page: u64) {
         // SAFETY: a committed, touched page of the space in CR3, set up for this benchmark.
         unsafe { probe::write_u8(page + 64, 1) }.expect("a committed, touched page");
     });
+    // The register image of an exception frame, written and read back as exception delivery
+    // does (the registers are the kernel's own here, which it never uses: saving and loading
+    // them back changes nothing), and the clean state loaded for the handlers.
+    let image = page + 1024;
+    let size = user::fpu_image_size();
+    let save = least(&|| {
+        user::with_saved_fpu(|fpu| probe::copy_to_user(&[probe::UserCopy { to: image, data: &fpu.bytes[..size] }]).expect("a touched page"));
+    });
+    let load = least(&|| {
+        user::with_fpu_scratch(|fpu| {
+            probe::copy_from_user(&mut [probe::UserRead { from: image, buf: &mut fpu.bytes[..size] }]).expect("a touched page");
+            fpu.load_sanitised();
+        });
+    });
+    let initial = least(&user::FpuImage::load_initial);
     for (piece, cycles) in [
         ("lock", lock),
         ("lock+allocation_at", lookup),
@@ -879,6 +899,9 @@ fn host_call_pieces(env: &Env, s: &Space, page: u64) {
         ("copy_to_user_8", one),
         ("copy_to_user_8+48+8", three),
         ("probe_write_u8", byte),
+        ("fpu_image:xsave+copy_to_user", save),
+        ("fpu_image:copy_from_user+xrstor", load),
+        ("fpu_image:xrstor_initial", initial),
     ] {
         kprintln!("bench-path {} {piece} cycles={cycles}", env.place);
     }
@@ -1154,7 +1177,7 @@ fn stages_hook(bytes: &[u8]) {
 /// How many workloads the guest reports (its `@end` markers).
 const GUEST_WORKLOADS: u64 = 13;
 /// How many host-call breakdown passes the guest makes (its `@stages-end` markers).
-const GUEST_STAGE_PASSES: u64 = 6;
+const GUEST_STAGE_PASSES: u64 = 7;
 
 /// Runs the in-guest benchmark (its lines are printed as it goes, by [`marker_hook`]). Returns
 /// whether the guest exited 0 and every one of its workloads was reported.

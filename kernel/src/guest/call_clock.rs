@@ -11,7 +11,9 @@
 //! The clock only counts while armed ([`arm`]): the benchmark arms it for separate passes, so
 //! its own cost (one `rdtsc` per lap, several dozen cycles under TCG) never enters the figures of
 //! the ordinary workloads. Disarmed, a lap is a load and a branch. Without `test-hooks` every
-//! function here is empty. Its counters are global: meaningful while one CPU makes host calls.
+//! function here is empty. The clock and its counters are per CPU (a host call is served from
+//! start to end on the CPU that took its `syscall` or fault, and no interrupt handler laps), so
+//! calls on several CPUs at once are each timed on their own; [`snapshot`] adds the CPUs up.
 
 /// A stage of a host call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,18 +31,28 @@ pub enum Stage {
     Copy = 4,
     /// The memory band check and the notification machinery.
     Band = 5,
-    /// From the band check back to `enter_user` (callback frames, the run loop).
-    Return = 6,
+    /// An exception frame: the exception record, `GUEST_CONTEXT` and register image written to
+    /// the guest's stack, or read back by `continue`.
+    Frame = 6,
+    /// Saving, sanitising and loading the x87/SSE/AVX registers (`xsave`/`xrstor`).
+    Fpu = 7,
+    /// From the last stage back to `enter_user` (callback frames, the run loop).
+    Return = 8,
 }
 
 /// Number of [`Stage`]s.
-pub const STAGES: usize = 7;
+pub const STAGES: usize = 9;
 /// Stage names, in [`Stage`] order.
-pub const STAGE_NAMES: [&str; STAGES] = ["dispatch", "check", "lock", "manager", "copy", "band", "return"];
-/// Call kinds: the 13 `IHostMemoryManager` vtable slots, then every other system call.
-pub const KINDS: usize = 14;
-/// The kind of a system call that is not a manager method.
-pub const OTHER: usize = 13;
+pub const STAGE_NAMES: [&str; STAGES] = ["dispatch", "check", "lock", "manager", "copy", "band", "frame", "fpu", "return"];
+/// Call kinds: the 13 `IHostMemoryManager` vtable slots, a page fault or other CPU exception of
+/// the guest, the exception dispatcher's `continue`, then every other system call.
+pub const KINDS: usize = 16;
+/// The kind of a CPU exception (a page fault resolved or raised, any other vector raised).
+pub const EXCEPTION: usize = 13;
+/// The kind of the dispatcher's `continue` (NtContinue).
+pub const CONTINUE: usize = 14;
+/// The kind of a system call that is none of the above.
+pub const OTHER: usize = 15;
 /// Kind names, in slot order.
 pub const KIND_NAMES: [&str; KINDS] = [
     "QueryInterface",
@@ -56,6 +68,8 @@ pub const KIND_NAMES: [&str; KINDS] = [
     "NeedsVirtualAddressSpace",
     "AcquiredVirtualAddressSpace",
     "ReleasedVirtualAddressSpace",
+    "exception",
+    "continue",
     "other",
 ];
 
@@ -75,60 +89,98 @@ mod imp {
     use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
     use super::{KINDS, OTHER, STAGES, Snapshot, Stage};
+    use crate::arch::percpu::{MAX_CPUS, this_cpu};
 
     static ARMED: AtomicBool = AtomicBool::new(false);
-    /// TSC at the last lap; 0: not in a host call.
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    static KIND: AtomicUsize = AtomicUsize::new(OTHER);
-    static CYCLES: [[AtomicU64; STAGES]; KINDS] = [const { [const { AtomicU64::new(0) }; STAGES] }; KINDS];
-    static CALLS: [AtomicU64; KINDS] = [const { AtomicU64::new(0) }; KINDS];
-    static LAPS: [[AtomicU64; STAGES]; KINDS] = [const { [const { AtomicU64::new(0) }; STAGES] }; KINDS];
+
+    /// One CPU's clock. Only its own CPU writes it (a load and a store per counter, no locked
+    /// instruction); [`snapshot`] reads every CPU's.
+    #[repr(align(64))]
+    struct CpuClock {
+        /// TSC at the last lap; 0: not in a host call.
+        last: AtomicU64,
+        kind: AtomicUsize,
+        cycles: [[AtomicU64; STAGES]; KINDS],
+        calls: [AtomicU64; KINDS],
+        laps: [[AtomicU64; STAGES]; KINDS],
+    }
+
+    #[allow(clippy::declare_interior_mutable_const)]
+    const IDLE: CpuClock = CpuClock {
+        last: AtomicU64::new(0),
+        kind: AtomicUsize::new(OTHER),
+        cycles: [const { [const { AtomicU64::new(0) }; STAGES] }; KINDS],
+        calls: [const { AtomicU64::new(0) }; KINDS],
+        laps: [const { [const { AtomicU64::new(0) }; STAGES] }; KINDS],
+    };
+
+    static CPUS: [CpuClock; MAX_CPUS] = [IDLE; MAX_CPUS];
+
+    fn clock() -> &'static CpuClock {
+        &CPUS[this_cpu()]
+    }
+
+    /// Adds `n` to a counter only this CPU writes.
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+    }
 
     pub fn arm(on: bool) {
-        LAST.store(0, Relaxed);
+        for c in &CPUS {
+            c.last.store(0, Relaxed);
+        }
         ARMED.store(on, Relaxed);
     }
 
     #[inline]
     pub fn enter() {
         if ARMED.load(Relaxed) {
-            KIND.store(OTHER, Relaxed);
-            LAST.store(crate::arch::time::rdtsc(), Relaxed);
+            let c = clock();
+            c.kind.store(OTHER, Relaxed);
+            c.last.store(crate::arch::time::rdtsc(), Relaxed);
         }
     }
 
     #[inline]
     pub fn call(kind: usize) {
         if ARMED.load(Relaxed) {
-            KIND.store(kind.min(OTHER), Relaxed);
-            lap(Stage::Dispatch);
+            let c = clock();
+            c.kind.store(kind.min(OTHER), Relaxed);
+            lap_on(c, Stage::Dispatch);
         }
     }
 
     #[inline]
     pub fn lap(stage: Stage) {
-        if !ARMED.load(Relaxed) {
-            return;
+        if ARMED.load(Relaxed) {
+            lap_on(clock(), stage);
         }
-        let last = LAST.load(Relaxed);
+    }
+
+    fn lap_on(c: &CpuClock, stage: Stage) {
+        let last = c.last.load(Relaxed);
         if last == 0 {
             return;
         }
         let now = crate::arch::time::rdtsc();
-        let kind = KIND.load(Relaxed);
-        CYCLES[kind][stage as usize].fetch_add(now.wrapping_sub(last), Relaxed);
-        LAPS[kind][stage as usize].fetch_add(1, Relaxed);
-        LAST.store(now, Relaxed);
+        let kind = c.kind.load(Relaxed);
+        add(&c.cycles[kind][stage as usize], now.wrapping_sub(last));
+        add(&c.laps[kind][stage as usize], 1);
+        c.last.store(now, Relaxed);
     }
 
     #[inline]
     pub fn leave() {
-        if !ARMED.load(Relaxed) || LAST.load(Relaxed) == 0 {
+        if !ARMED.load(Relaxed) {
             return;
         }
-        lap(Stage::Return);
-        CALLS[KIND.load(Relaxed)].fetch_add(1, Relaxed);
-        LAST.store(0, Relaxed);
+        let c = clock();
+        if c.last.load(Relaxed) == 0 {
+            return;
+        }
+        lap_on(c, Stage::Return);
+        add(&c.calls[c.kind.load(Relaxed)], 1);
+        c.last.store(0, Relaxed);
     }
 
     /// The cycles one lap adds to the stage it closes (its `rdtsc` and counter updates): the
@@ -150,11 +202,13 @@ mod imp {
         least
     }
 
+    /// Every CPU's counters added up.
     pub fn snapshot() -> Snapshot {
+        let sum = |f: &dyn Fn(&CpuClock) -> u64| CPUS.iter().map(f).fold(0u64, u64::wrapping_add);
         Snapshot {
-            cycles: core::array::from_fn(|k| core::array::from_fn(|s| CYCLES[k][s].load(Relaxed))),
-            calls: core::array::from_fn(|k| CALLS[k].load(Relaxed)),
-            laps: core::array::from_fn(|k| core::array::from_fn(|s| LAPS[k][s].load(Relaxed))),
+            cycles: core::array::from_fn(|k| core::array::from_fn(|s| sum(&|c| c.cycles[k][s].load(Relaxed)))),
+            calls: core::array::from_fn(|k| sum(&|c| c.calls[k].load(Relaxed))),
+            laps: core::array::from_fn(|k| core::array::from_fn(|s| sum(&|c| c.laps[k][s].load(Relaxed)))),
         }
     }
 }

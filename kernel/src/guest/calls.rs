@@ -10,7 +10,7 @@
 //! operation. A failed call changes nothing but the NULL/0 results §9 lists.
 
 
-use super::exceptions::{self, FrameError};
+use super::exceptions::{self, Frame, FrameError};
 use super::host_pages::{self, Stub, nr, stub};
 use super::hresult::{self, E_NOACCESS, E_NOTIMPL};
 use super::{Ended, Guest};
@@ -18,7 +18,7 @@ use super::{Ended, Guest};
 pub use super::manager::inject_inconsistency_after;
 #[cfg(feature = "test-hooks")]
 pub use super::services::WRITE_HOOK;
-use crate::arch::user::{FpuImage, UserContext, sanitize_rflags};
+use crate::arch::user::{UserContext, sanitize_rflags, with_saved_fpu};
 
 
 /// How a system call returns to ring 3.
@@ -86,6 +86,7 @@ impl Guest {
             }
             nr::EXCEPTION_HANDLER if dispatcher => self.exception_handler(a1),
             nr::CONTINUE if dispatcher => {
+                super::call_clock::call(super::call_clock::CONTINUE);
                 self.resume(c, a1, a2)?;
                 self.deliver_band_change(c)?;
                 return Ok(Return::Context);
@@ -116,9 +117,13 @@ impl Guest {
         if callbacks.len == 0 {
             return Ok(Return::Sysret);
         }
-        let fpu = FpuImage::save();
-        let payload = (callbacks.len as u64 * 24).next_multiple_of(16);
-        let frame = match self.write_frame(c, &fpu, payload) {
+        let mut triples = [0u8; 3 * 24];
+        for (i, word) in callbacks.calls[..callbacks.len].iter().flat_map(|&(m, o, a)| [m, o, a]).enumerate() {
+            triples[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        let written = Frame::below(c.rsp, (callbacks.len as u64 * 24).next_multiple_of(16))
+            .and_then(|frame| with_saved_fpu(|fpu| self.mem().write_frame(&frame, c, fpu, &triples[..callbacks.len * 24])).map(|()| frame));
+        let frame = match written {
             Ok(frame) => frame,
             Err(FrameError::StackOverflow { address }) => {
                 // No room left on the stack for the calls: the overflow is the guest's exception.
@@ -131,27 +136,23 @@ impl Guest {
                 return Err(exceptions::status::ACCESS_VIOLATION as i32);
             }
         };
-        let mut triples = [0u8; 3 * 24];
-        for (i, word) in callbacks.calls[..callbacks.len].iter().flat_map(|&(m, o, a)| [m, o, a]).enumerate() {
-            triples[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
-        }
-        if self.write_stack(frame.low, &triples[..callbacks.len * 24]).is_err() {
-            crate::kprintln!("guest {}: no usable stack for its callbacks (rsp {:#x})", self.name, c.rsp);
-            return Err(exceptions::status::ACCESS_VIOLATION as i32);
-        }
         if callbacks.notification {
             self.notifying = true;
             self.thread.in_notification = true;
         }
+        // As for an exception: entered with `sysretq` (rcx and r11 hold rip and rflags).
+        let (rip, rflags) = (stub(Stub::DispatchCallbacks), sanitize_rflags(0));
         *c = UserContext {
-            rip: stub(Stub::DispatchCallbacks),
+            rip,
+            rcx: rip,
             rsp: frame.low,
             rbx: frame.low,
+            r11: rflags,
             r12: callbacks.len as u64,
             r13: frame.context_at,
             r14: frame.fpu_at,
             r15: callbacks.notification as u64,
-            rflags: sanitize_rflags(0),
+            rflags,
             ..UserContext::default()
         };
         Ok(Return::Context)
@@ -171,7 +172,7 @@ impl Guest {
 
     /// After a resume: delivers a band change that was held back (while a notification or an
     /// exception handler ran), entering the callback dispatcher from the resumed context `c`.
-    fn deliver_band_change(&mut self, c: &mut UserContext) -> Result<(), Ended> {
+    pub(super) fn deliver_band_change(&mut self, c: &mut UserContext) -> Result<(), Ended> {
         let mut callbacks = Callbacks::default();
         self.note_band_change(&mut callbacks)?;
         self.enter_callbacks(c, &callbacks).map(|_| ())

@@ -34,11 +34,13 @@ use address_space::FaultOutcome;
 use address_space::win32::*;
 use x86_64::align_down;
 
+use super::call_clock::{self, Stage};
 use super::host_pages::{Stub, stub};
-use super::{Ended, Guest, GuestMemory, PAGE_SIZE};
+use super::{Ended, Guest, GuestMemory, PAGE_SIZE, ThreadLocal};
+use crate::arch::probe::{self, UserCopy, UserRead};
 use crate::arch::user::{
     FpuImage, USER_CONTEXT_SIZE, UserContext, context_from_bytes, context_to_bytes, fpu_image_size,
-    sanitize_rflags,
+    sanitize_rflags, with_fpu_scratch, with_saved_fpu,
 };
 
 /// NTSTATUS codes (host-abi §8, §9, §10.1): host-abi's where the contract names them; the
@@ -119,9 +121,22 @@ pub(super) enum StackGrowth {
     Overflow,
 }
 
+impl Frame {
+    /// The frame below `rsp - 128` (the red zone) with `payload` bytes (a multiple of 16) below
+    /// the context: the register image 64-byte aligned, `low` 16-aligned.
+    pub(super) fn below(rsp: u64, payload: u64) -> Result<Frame, FrameError> {
+        let size = fpu_image_size();
+        let fpu_at = rsp.checked_sub(RED_ZONE + size as u64).ok_or(FrameError::NoRoom)? & !63;
+        let context_at = fpu_at.checked_sub(USER_CONTEXT_SIZE as u64).ok_or(FrameError::NoRoom)?;
+        let low = context_at.checked_sub(payload).ok_or(FrameError::NoRoom)? & !15;
+        Ok(Frame { fpu_at, context_at, low })
+    }
+}
+
 impl Guest {
     /// Handles CPU exception `vector` of the guest running `context`: resolves it or raises it.
     pub(super) fn exception(&mut self, context: &mut UserContext, vector: u8, error_code: u64, cr2: u64) -> Result<(), Ended> {
+        call_clock::call(call_clock::EXCEPTION);
         let e = match vector {
             14 => match self.mem().page_fault(cr2, error_code) {
                 None => return Ok(()),
@@ -195,95 +210,16 @@ impl Guest {
     /// Delivers `e`, raised by the guest running `context`: writes the exception frame and
     /// returns with `context` at the ring-3 dispatcher (see the module docs), or ends the guest.
     pub(super) fn raise(&mut self, context: &mut UserContext, e: GuestException) -> Result<(), Ended> {
-        if self.handlers.is_empty() {
-            return Err(self.unhandled(context, e, "no handler"));
-        }
-        let fpu = FpuImage::save();
-        let mut e = e;
-        let mut frame = self.write_frame(context, &fpu, EXCEPTION_RECORD_SIZE);
-        if let Err(FrameError::StackOverflow { address }) = frame {
-            // The frame reached the end of the stack: that is the exception now (as on Windows),
-            // delivered on the pages just committed for it.
-            e = GuestException { code: status::STACK_OVERFLOW, access: 1, address };
-            frame = self.write_frame(context, &fpu, EXCEPTION_RECORD_SIZE);
-        }
-        let Ok(frame) = frame else {
-            return Err(self.unhandled(context, e, "no room for the exception frame below rsp"));
-        };
-        let mut record = [0u8; EXCEPTION_RECORD_SIZE as usize];
-        record[0..4].copy_from_slice(&e.code.to_le_bytes());
-        record[8..16].copy_from_slice(&e.access.to_le_bytes());
-        record[16..24].copy_from_slice(&e.address.to_le_bytes());
-        record[24..32].copy_from_slice(&frame.context_at.to_le_bytes());
-        if self.write_stack(frame.low, &record).is_err() {
-            return Err(self.unhandled(context, e, "no room for the exception frame below rsp"));
-        }
-        // A fault below the outermost frame whose handlers still run is nested in them.
-        self.thread.handler_frame = match self.thread.handler_frame {
-            Some(outer) if context.rsp < outer => Some(outer),
-            _ => Some(frame.low),
-        };
-        *context = UserContext {
-            rip: stub(Stub::DispatchException),
-            rsp: frame.low,
-            rdi: frame.low,
-            rbx: frame.low,
-            r12: frame.context_at,
-            r13: frame.fpu_at,
-            r14: 0,
-            r15: self.handlers[0].function,
-            rflags: sanitize_rflags(0),
-            ..UserContext::default()
-        };
-        // Handlers run with the clean FPU state (a pending x87 exception would fault again in
-        // the first handler that touches the x87 unit); the faulting state is in the frame. The
-        // thread's FS base and selectors stay: handlers run on the faulting thread, with its
-        // thread pointer (host-abi §10.2).
-        let loaded = FpuImage::initial().load();
-        debug_assert!(loaded, "the initial FPU image is loadable");
-        Ok(())
+        call_clock::lap(Stage::Lock);
+        let first_handler = self.handlers.first().map_or(0, |h| h.function);
+        let mem = GuestMemory { space: &self.space, stack: self.thread.stack };
+        let raised = mem.raise(context, &mut self.thread, e, first_handler);
+        raised.map_err(|(e, why)| self.unhandled(context, e, why))
     }
 
-    /// Writes the register image and `context` below `context.rsp - 128`, leaving `payload` bytes
-    /// (a multiple of 16) below them for the caller; the frame's `low` is 16-aligned.
-    pub(super) fn write_frame(&self, context: &UserContext, fpu: &FpuImage, payload: u64) -> Result<Frame, FrameError> {
-        let size = fpu_image_size();
-        let fpu_at = context.rsp.checked_sub(RED_ZONE + size as u64).ok_or(FrameError::NoRoom)? & !63;
-        let context_at = fpu_at.checked_sub(USER_CONTEXT_SIZE as u64).ok_or(FrameError::NoRoom)?;
-        let low = context_at.checked_sub(payload).ok_or(FrameError::NoRoom)? & !15;
-        self.write_stack(fpu_at, &fpu.bytes[..size])?;
-        self.write_stack(context_at, &context_to_bytes(context))?;
-        Ok(Frame { fpu_at, context_at, low })
-    }
-
-    /// Writes `data` to the guest's stack a page at a time from the top down, as pushes would
-    /// touch it, so that the stack grows through its guard page.
-    pub(super) fn write_stack(&self, addr: u64, data: &[u8]) -> Result<(), FrameError> {
-        let end = addr.checked_add(data.len() as u64).ok_or(FrameError::NoRoom)?;
-        let mut top = end;
-        while top > addr {
-            let start = align_down(top.wrapping_sub(1), PAGE_SIZE).max(addr);
-            let piece = &data[(start - addr) as usize..(top - addr) as usize];
-            self.write_stack_page(start, piece)?;
-            top = start;
-        }
-        Ok(())
-    }
-
-    /// Writes `data`, within one page, growing the stack if that page is its guard page.
-    fn write_stack_page(&self, addr: u64, data: &[u8]) -> Result<(), FrameError> {
-        match self.space.with(|s, cx| s.write_user(cx, addr, data)) {
-            Ok(()) => Ok(()),
-            Err(address_space::VmError::GuardPage) => {
-                // The check cleared the guard of this page: it is committed and writable now.
-                let page = self.mem().stack_bottom_in(addr, data.len() as u64).ok_or(FrameError::NoRoom)?;
-                if self.mem().grow_stack(page) == StackGrowth::Overflow {
-                    return Err(FrameError::StackOverflow { address: addr });
-                }
-                self.space.with(|s, cx| s.write_user(cx, addr, data)).map_err(|_| FrameError::NoRoom)
-            }
-            Err(_) => Err(FrameError::NoRoom),
-        }
+    /// The first vectored exception handler (the last added with `first`), 0 for none.
+    pub(super) fn first_handler(&self) -> u64 {
+        self.exception_handler(0)
     }
 
     /// The dispatcher's `exception_handler(index)`: the handler to call `index`-th, or 0.
@@ -296,23 +232,22 @@ impl Guest {
     /// be changed; RFLAGS is sanitised (host-abi §9), the image made loadable, and a `rip`
     /// outside user space faults again as an execute access violation.
     pub(super) fn resume(&mut self, context: &mut UserContext, context_at: u64, fpu_at: u64) -> Result<(), Ended> {
-        let mut bytes = [0u8; USER_CONTEXT_SIZE];
-        let mut fpu = FpuImage::initial();
-        let size = fpu_image_size();
-        if self.mem().read_bytes(context_at, &mut bytes).is_err() || self.mem().read_bytes(fpu_at, &mut fpu.bytes[..size]).is_err() {
-            crate::kprintln!("guest {}: the context to resume (at {context_at:#x}, image at {fpu_at:#x}) is unreadable", self.name);
-            return Err(status::ACCESS_VIOLATION as i32);
+        if !self.mem().restore(context, context_at, fpu_at) {
+            return Err(self.unreadable_resume(context_at, fpu_at));
         }
-        fpu.make_loadable();
-        let loaded = fpu.load();
-        debug_assert!(loaded, "a sanitised image loads");
-        let mut resumed = context_from_bytes(&bytes);
-        resumed.rflags = sanitize_rflags(resumed.rflags);
-        *context = resumed;
-        self.note_stack(context.rsp);
-        let max = self.space.with(|s, _| s.config().max_application_address());
-        if context.rip <= max {
-            self.thread.bad_resumes = 0;
+        self.resumed(context)
+    }
+
+    /// Ends the guest whose `continue` named a context or image it cannot read.
+    pub(super) fn unreadable_resume(&self, context_at: u64, fpu_at: u64) -> Ended {
+        crate::kprintln!("guest {}: the context to resume (at {context_at:#x}, image at {fpu_at:#x}) is unreadable", self.name);
+        status::ACCESS_VIOLATION as i32
+    }
+
+    /// The rest of `continue` once `context` was [restored](GuestMemory::restore): a `rip`
+    /// outside user space faults again as an execute access violation.
+    pub(super) fn resumed(&mut self, context: &mut UserContext) -> Result<(), Ended> {
+        if self.thread.resumed(context, self.max_application_address) {
             return Ok(());
         }
         // Resuming there would fetch outside user space: an execute violation at that rip,
@@ -328,9 +263,7 @@ impl Guest {
     /// Notes that the guest runs at `rsp`: above the outermost exception frame, no handler of it
     /// runs any more (they returned, or left by a jump of their own).
     pub(super) fn note_stack(&mut self, rsp: u64) {
-        if self.thread.handler_frame.is_some_and(|low| rsp > low) {
-            self.thread.handler_frame = None;
-        }
+        self.thread.note_stack(rsp);
     }
 
     /// The dispatcher's `unhandled(record)`: ends the guest with the code of the GUEST_EXCEPTION
@@ -352,7 +285,7 @@ impl Guest {
     }
 
     /// Prints the report of an exception that ends the guest and returns its exit code.
-    fn unhandled(&self, context: &UserContext, e: GuestException, why: &str) -> Ended {
+    pub(super) fn unhandled(&self, context: &UserContext, e: GuestException, why: &str) -> Ended {
         let memory = matches!(e.code, status::ACCESS_VIOLATION | status::GUARD_PAGE_VIOLATION | status::STACK_OVERFLOW);
         let access = match e.access {
             1 => "write",
@@ -374,7 +307,206 @@ impl Guest {
     }
 }
 
+impl ThreadLocal {
+    /// See [`Guest::note_stack`].
+    pub(super) fn note_stack(&mut self, rsp: u64) {
+        if self.handler_frame.is_some_and(|low| rsp > low) {
+            self.handler_frame = None;
+        }
+    }
+
+    /// Notes the thread resumed at `context` by `continue`: whether its `rip` is in user space
+    /// (at most `max_application_address`); the caller raises the fault otherwise.
+    pub(super) fn resumed(&mut self, context: &UserContext, max_application_address: u64) -> bool {
+        self.note_stack(context.rsp);
+        call_clock::lap(Stage::Check);
+        let good = context.rip <= max_application_address;
+        if good {
+            self.bad_resumes = 0;
+        }
+        good
+    }
+}
+
 impl GuestMemory<'_> {
+    /// [`Guest::raise`] with the guest's first handler `first_handler` (0: none): writes the
+    /// frame and replaces `context` with the dispatcher's, noting the frame in `thread`; or the
+    /// exception that ends the guest (the overflow the frame met, if it did) and why. Needs
+    /// nothing of the guest but its memory and that handler, so the scheduler raises a page fault
+    /// without the guest's lock.
+    pub(super) fn raise(
+        &self,
+        context: &mut UserContext,
+        thread: &mut ThreadLocal,
+        e: GuestException,
+        first_handler: u64,
+    ) -> Result<(), (GuestException, &'static str)> {
+        if first_handler == 0 {
+            return Err((e, "no handler"));
+        }
+        let (e, written) = with_saved_fpu(|fpu| {
+            call_clock::lap(Stage::Fpu);
+            let mut e = e;
+            let mut written = self.write_exception_frame(context, fpu, &e);
+            if let Err(FrameError::StackOverflow { address }) = written {
+                // The frame reached the end of the stack: that is the exception now (as on
+                // Windows), delivered on the pages just committed for it.
+                e = GuestException { code: status::STACK_OVERFLOW, access: 1, address };
+                written = self.write_exception_frame(context, fpu, &e);
+            }
+            (e, written)
+        });
+        let Ok(frame) = written else {
+            return Err((e, "no room for the exception frame below rsp"));
+        };
+        call_clock::lap(Stage::Frame);
+        // A fault below the outermost frame whose handlers still run is nested in them.
+        thread.handler_frame = match thread.handler_frame {
+            Some(outer) if context.rsp < outer => Some(outer),
+            _ => Some(frame.low),
+        };
+        // rcx and r11 hold rip and rflags, as after a system call: ring 3 is entered with
+        // `sysretq` (`enter_user`); the dispatcher uses neither.
+        let (rip, rflags) = (stub(Stub::DispatchException), sanitize_rflags(0));
+        *context = UserContext {
+            rip,
+            rcx: rip,
+            rsp: frame.low,
+            rdi: frame.low,
+            rbx: frame.low,
+            r11: rflags,
+            r12: frame.context_at,
+            r13: frame.fpu_at,
+            r14: 0,
+            r15: first_handler,
+            rflags,
+            ..UserContext::default()
+        };
+        // Handlers run with the clean FPU state (a pending x87 exception would fault again in
+        // the first handler that touches the x87 unit); the faulting state is in the frame. The
+        // thread's FS base and selectors stay: handlers run on the faulting thread, with its
+        // thread pointer (host-abi §10.2).
+        FpuImage::load_initial();
+        call_clock::lap(Stage::Fpu);
+        Ok(())
+    }
+
+    /// The frame `e` is delivered with: the register image `fpu`, `context` and the
+    /// GUEST_EXCEPTION record pointing at it, written as [`write_frame`](Self::write_frame) says.
+    fn write_exception_frame(&self, context: &UserContext, fpu: &FpuImage, e: &GuestException) -> Result<Frame, FrameError> {
+        let frame = Frame::below(context.rsp, EXCEPTION_RECORD_SIZE)?;
+        let mut record = [0u8; EXCEPTION_RECORD_SIZE as usize];
+        record[0..4].copy_from_slice(&e.code.to_le_bytes());
+        record[8..16].copy_from_slice(&e.access.to_le_bytes());
+        record[16..24].copy_from_slice(&e.address.to_le_bytes());
+        record[24..32].copy_from_slice(&frame.context_at.to_le_bytes());
+        self.write_frame(&frame, context, fpu, &record)?;
+        Ok(frame)
+    }
+
+    /// Writes `frame` (laid out by [`Frame::below`]): the register image, `context` and, at
+    /// `frame.low`, `payload`, a page at a time from the top down, as pushes would touch the
+    /// stack (so that it grows through its guard page). Reaching the end of the stack while
+    /// writing the image or the context is [`FrameError::StackOverflow`]; any failure in the
+    /// payload is [`FrameError::NoRoom`].
+    ///
+    /// With the guest's space in this CPU's CR3 (always, when a thread's exit is served) the
+    /// pieces go in one hardware-checked copy ([`probe::copy_to_user`]): a store to a page the
+    /// memory manager refuses fails as `AddressSpace::write_user`'s check would (a guard page
+    /// has its guard cleared), with no lock and no page-table walk per piece.
+    pub(super) fn write_frame(&self, frame: &Frame, context: &UserContext, fpu: &FpuImage, payload: &[u8]) -> Result<(), FrameError> {
+        let context_bytes = context_to_bytes(context);
+        let parts: [(u64, &[u8]); 3] = [(frame.fpu_at, &fpu.bytes[..fpu_image_size()]), (frame.context_at, &context_bytes), (frame.low, payload)];
+        // Each part split at page boundaries, the top piece first: at most two pieces a part.
+        let mut pieces = [UserCopy { to: 0, data: &[] }; 6];
+        let mut part_of = [0usize; 6];
+        let mut n = 0;
+        for (k, &(addr, data)) in parts.iter().enumerate() {
+            let end = addr.checked_add(data.len() as u64).ok_or(FrameError::NoRoom)?;
+            let mut top = end;
+            while top > addr {
+                let start = align_down(top.wrapping_sub(1), PAGE_SIZE).max(addr);
+                pieces[n] = UserCopy { to: start, data: &data[(start - addr) as usize..(top - addr) as usize] };
+                part_of[n] = k;
+                n += 1;
+                top = start;
+            }
+        }
+        // A failure in the payload is no overflow: the frame above it was written.
+        let fail = |i: usize, e: FrameError| if part_of[i] == 2 { FrameError::NoRoom } else { e };
+        if !self.space.is_active() {
+            for (i, p) in pieces[..n].iter().enumerate() {
+                self.write_stack_page(p.to, p.data).map_err(|e| fail(i, e))?;
+            }
+            return Ok(());
+        }
+        let mut from = 0;
+        let mut grown_at = None;
+        loop {
+            let Err((j, fault)) = probe::copy_to_user(&pieces[from..n]) else { return Ok(()) };
+            let i = from + j;
+            let guard = fault.memory.is_some_and(|m| m.code == probe::MemoryFault::GUARD_PAGE);
+            // As `write_stack_page`: a guard page of the stack grows it once and the piece is
+            // written again; anything else, or a second failure of the piece, ends the write.
+            if !guard || grown_at == Some(i) {
+                return Err(fail(i, FrameError::NoRoom));
+            }
+            let p = pieces[i];
+            let page = self.stack_bottom_in(p.to, p.data.len() as u64).ok_or(fail(i, FrameError::NoRoom))?;
+            if self.grow_stack(page) == StackGrowth::Overflow {
+                return Err(fail(i, FrameError::StackOverflow { address: p.to }));
+            }
+            grown_at = Some(i);
+            from = i;
+        }
+    }
+
+    /// Writes `data`, within one page, growing the stack if that page is its guard page.
+    fn write_stack_page(&self, addr: u64, data: &[u8]) -> Result<(), FrameError> {
+        match self.space.with(|s, cx| s.write_user(cx, addr, data)) {
+            Ok(()) => Ok(()),
+            Err(address_space::VmError::GuardPage) => {
+                // The check cleared the guard of this page: it is committed and writable now.
+                let page = self.stack_bottom_in(addr, data.len() as u64).ok_or(FrameError::NoRoom)?;
+                if self.grow_stack(page) == StackGrowth::Overflow {
+                    return Err(FrameError::StackOverflow { address: addr });
+                }
+                self.space.with(|s, cx| s.write_user(cx, addr, data)).map_err(|_| FrameError::NoRoom)
+            }
+            Err(_) => Err(FrameError::NoRoom),
+        }
+    }
+
+    /// `continue`'s restore: reads the GUEST_CONTEXT at `context_at` and the register image at
+    /// `fpu_at` (as the guest's own loads would, the thread's stack growing), loads the image
+    /// made loadable and replaces `context` with the one read, RFLAGS sanitised. `false`, with
+    /// nothing changed, if either is unreadable. Needs nothing of the guest but its memory, so
+    /// the scheduler runs it without the guest's lock.
+    pub(super) fn restore(&self, context: &mut UserContext, context_at: u64, fpu_at: u64) -> bool {
+        let mut bytes = [0u8; USER_CONTEXT_SIZE];
+        let loaded = with_fpu_scratch(|fpu| {
+            let (context_bytes, fpu_bytes) = (&mut bytes[..], &mut fpu.bytes[..fpu_image_size()]);
+            let read = match split_pages(context_at, context_bytes).zip(split_pages(fpu_at, fpu_bytes)) {
+                Some(([c0, c1], [f0, f1])) => self.read_all(&mut [c0, c1, f0, f1]),
+                None => Err(address_space::VmError::NoAccess),
+            };
+            if read.is_err() {
+                return false;
+            }
+            call_clock::lap(Stage::Frame);
+            fpu.load_sanitised();
+            true
+        });
+        if !loaded {
+            return false;
+        }
+        call_clock::lap(Stage::Fpu);
+        let mut resumed = context_from_bytes(&bytes);
+        resumed.rflags = sanitize_rflags(resumed.rflags);
+        *context = resumed;
+        true
+    }
+
     /// A page fault from ring 3: `None` when resolved (retry), else the exception to raise.
     pub(super) fn page_fault(&self, addr: u64, error_code: u64) -> Option<GuestException> {
         let access = crate::memory::fault_access(error_code);
@@ -419,6 +551,16 @@ impl GuestMemory<'_> {
         }
         StackGrowth::Overflow
     }
+}
+
+/// `buf` as the two pieces of a read from `addr` on either side of the first page boundary in
+/// it (the second empty if there is none): pieces of a hardware-checked copy are kept within a
+/// page. `None` if the range wraps around.
+fn split_pages(addr: u64, buf: &mut [u8]) -> Option<[UserRead<'_>; 2]> {
+    let end = addr.checked_add(buf.len() as u64)?;
+    let boundary = align_down(addr, PAGE_SIZE).checked_add(PAGE_SIZE).map_or(end, |b| b.min(end));
+    let (low, high) = buf.split_at_mut((boundary - addr) as usize);
+    Some([UserRead { from: addr, buf: low }, UserRead { from: boundary, buf: high }])
 }
 
 fn simple(code: u32) -> GuestException {

@@ -4,7 +4,7 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use address_space::win32::*;
-use address_space::{CheckedUserWrite, CriticalLevel, VmError};
+use address_space::{CriticalLevel, VmError};
 
 use super::call_clock::{self, Stage};
 use super::calls::Callbacks;
@@ -138,12 +138,12 @@ fn critical_level(level: u32) -> Option<CriticalLevel> {
 }
 
 /// Whether an operation on `[addr, addr + size)` (64 KiB-aligned below, as a reservation is) may
-/// change the page of the checked result `out`: its protection or its frame. The result then
+/// change `page`, the page of a checked result: its protection or its frame. The result then
 /// goes through the general checked write, which sees the page as it is now.
-fn may_change(out: &CheckedUserWrite, addr: u64, size: u64) -> bool {
+fn may_change(page: u64, addr: u64, size: u64) -> bool {
     let start = addr & !(ALLOCATION_GRANULARITY - 1);
     let end = addr.saturating_add(size.max(1));
-    (start..end).contains(&out.page())
+    (start..end).contains(&page)
 }
 
 /// The manager method a system call `n` asks for, made with return address `rip`: its vtable
@@ -492,9 +492,9 @@ impl GuestMemory<'_> {
     /// The query itself, under the space's lock.
     fn query(&self, addr: u64) -> Result<address_space::MemoryBasicInformation, VmError> {
         call_clock::lap(Stage::Check);
-        let info = self.space.with(|s, cx| {
+        let info = self.space.with_mem(|s, mem| {
             call_clock::lap(Stage::Lock);
-            s.virtual_query(cx.mem, addr)
+            s.virtual_query(mem, addr)
         });
         call_clock::lap(Stage::Manager);
         info
@@ -539,21 +539,37 @@ impl GuestMemory<'_> {
     /// `VirtualProtect`; with `stub_stores` (the assisted call, `RFLAGS.AC` clear) the old
     /// protection of the common case is returned for the stub to store (`Ok(Some)`), once the
     /// pointer was checked writable and the change cannot have touched its page.
+    ///
+    /// `lpflOldProtect` is checked inside the operation's lock, before the change (it must stay
+    /// untouched on failure). When the stub stores the result the check only has to know that
+    /// the store will succeed: a present, writable user entry in the hardware tables says so
+    /// with one walk and no allocation lookup (the space maps nothing else writable; a page
+    /// that is not present yet, a guard page or any other case takes `check_user_write`, which
+    /// decides).
     fn virtual_protect(&self, addr: u64, size: u64, protect: u32, p_old: u64, stub_stores: bool) -> Result<Option<u32>, HResult> {
         address_space::AddressSpace::check_protect_value(protect).map_err(hresult::from_vm)?;
         if p_old == 0 {
             return Err(E_NOACCESS);
         }
+        call_clock::lap(Stage::Check);
         // The common case in one lock: `lpflOldProtect` checked, the protection, its result.
         let fast = self.space.with(|s, cx| {
             call_clock::lap(Stage::Lock);
-            let out = s.check_user_write(cx.mem, p_old, 4)?;
+            let page = p_old & !(PAGE_SIZE - 1);
+            let mapped_writable = || {
+                use address_space::paging::{pte, table};
+                // Within user space (a non-canonical address would walk as its alias) and a page.
+                let in_user_page = p_old.checked_add(4).is_some_and(|end| end <= s.config().max_address_end) && (p_old + 3) & !(PAGE_SIZE - 1) == page;
+                let bits = pte::PRESENT | pte::WRITABLE | pte::USER;
+                in_user_page && table::translate(cx.mem, s.root().start_address().as_u64(), p_old).is_some_and(|(_, e)| e & bits == bits)
+            };
+            let out = if stub_stores && mapped_writable() { None } else { Some(s.check_user_write(cx.mem, p_old, 4)?) };
             call_clock::lap(Stage::Check);
             let result = s.virtual_protect(cx, addr, size, protect);
             call_clock::lap(Stage::Manager);
             let written = match result {
-                Ok(old) if !may_change(&out, addr, size) => {
-                    if !stub_stores {
+                Ok(old) if !may_change(page, addr, size) => {
+                    if let Some(out) = out {
                         s.complete_user_write(cx, out, &old.to_le_bytes());
                     }
                     true
@@ -564,7 +580,8 @@ impl GuestMemory<'_> {
         });
         let old = match fast {
             Some((Ok(old), true)) => {
-                call_clock::lap(Stage::Copy);
+                // The lock's release (and the work counters' flush) after the last lap.
+                call_clock::lap(if stub_stores { Stage::Lock } else { Stage::Copy });
                 return Ok(stub_stores.then_some(old));
             }
             Some((result, _)) => result.map_err(hresult::from_vm)?,

@@ -173,6 +173,8 @@ pub struct Guest {
     /// Its address space (shared with the scheduler, which serves page faults and memory calls
     /// without the guest's lock).
     space: Arc<Space>,
+    /// The highest user address of its space (fixed at creation; read without the space's lock).
+    max_application_address: u64,
     handlers: Vec<Handler>,
     next_handle: u64,
     /// The part of the state that belongs to the thread whose exit is being served: swapped in
@@ -296,19 +298,47 @@ impl GuestMemory<'_> {
                 self.with_stack_growth(p.to, p.data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, p.to, p.data))).map_err(|e| (i, e))
             });
         }
-        let copy = || {
-            probe::copy_to_user(pieces).map_err(|(i, f)| match f.memory {
+        self.copy_growing_stack(|| probe::copy_to_user(pieces), |i| (pieces[i].to, pieces[i].data.len() as u64))
+    }
+
+    /// Reads guest memory into each piece in order as
+    /// [`AddressSpace::read_user`](address_space::AddressSpace::read_user) does (pages checked in
+    /// ascending order, a guard page cleared and reported), growing the thread's stack as
+    /// [`with_stack_growth`](Self::with_stack_growth) says; the first piece that fails stops the
+    /// rest. With the guest's space in this CPU's CR3 that is one hardware-checked copy
+    /// ([`probe::copy_from_user`]): no lock and no page-table walk per piece.
+    fn read_all(&self, pieces: &mut [probe::UserRead<'_>]) -> Result<(), VmError> {
+        if !self.space.is_active() {
+            return pieces.iter_mut().try_for_each(|p| self.read_bytes(p.from, p.buf));
+        }
+        let mut ranges = [(0, 0); probe::MAX_USER_COPIES];
+        for (r, p) in ranges.iter_mut().zip(pieces.iter()) {
+            *r = (p.from, p.buf.len() as u64);
+        }
+        self.copy_growing_stack(|| probe::copy_from_user(pieces), |i| ranges[i]).map_err(|(_, e)| e)
+    }
+
+    /// Makes a hardware-checked copy (`copy`: the piece that failed and its fault) as
+    /// [`with_stack_growth`](Self::with_stack_growth) makes a checked access: when piece `i`
+    /// (guest range `range(i)`) hit the guard page of the thread's stack, the stack grows and the
+    /// copy is made again (the pieces before it too: the same bytes). The error: the piece, and
+    /// 0x80000001 for a guard page, else ERROR_NOACCESS.
+    fn copy_growing_stack(
+        &self,
+        mut copy: impl FnMut() -> Result<(), (usize, probe::FaultRecord)>,
+        range: impl Fn(usize) -> (u64, u64),
+    ) -> Result<(), (usize, VmError)> {
+        let mut copy = || {
+            copy().map_err(|(i, f)| match f.memory {
                 Some(m) if m.code == probe::MemoryFault::GUARD_PAGE => (i, VmError::GuardPage),
                 _ => (i, VmError::NoAccess),
             })
         };
-        // As with_stack_growth, for the piece that hit a guard page (the pieces before it are
-        // written again: the same bytes).
         for _ in 0..4 {
             match copy() {
                 Err((i, VmError::GuardPage)) => {
-                    let p = &pieces[i];
-                    let Some(page) = self.stack_bottom_in(p.to, p.data.len() as u64) else { return Err((i, VmError::GuardPage)) };
+                    let (at, len) = range(i);
+                    let Some(page) = self.stack_bottom_in(at, len) else { return Err((i, VmError::GuardPage)) };
                     if self.grow_stack(page) == exceptions::StackGrowth::Overflow {
                         return Err((i, VmError::GuardPage));
                     }
@@ -396,6 +426,7 @@ impl Guest {
         Ok(Guest {
             name: name.into(),
             space: Arc::new(space),
+            max_application_address: cfg.max_application_address(),
             handlers: Vec::new(),
             next_handle: 1,
             thread: main,

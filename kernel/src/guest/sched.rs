@@ -57,8 +57,15 @@ struct GuestRun {
     /// The manager's reference count, for `AddRef`/`Release` served without the lock.
     refs: Arc<ManagerRefs>,
     /// Whether the manager's memory calls may be served without the lock (a copy of
-    /// `Guest::memory_calls_unlocked`, kept under the lock).
+    /// `Guest::memory_calls_unlocked`, kept under the lock). The exception dispatcher's
+    /// `continue` is served so then too: with no notification callback registered, resuming
+    /// has no band change to deliver.
     memory_unlocked: AtomicBool,
+    /// The guest's highest user address (`continue` served without the lock checks `rip`).
+    max_application_address: u64,
+    /// Its first vectored exception handler, 0 for none (a copy kept under the lock): a page
+    /// fault is raised with it without the lock.
+    first_handler: AtomicU64,
     /// 0 while it runs; `END_SET | exit code` once it ends (set once).
     end: AtomicU64,
 }
@@ -105,6 +112,7 @@ impl GuestRun {
         let r = f(&mut guard);
         READY.store(guard.threads.ready_count(), Ordering::SeqCst);
         self.memory_unlocked.store(guard.memory_calls_unlocked(), Ordering::SeqCst);
+        self.first_handler.store(guard.first_handler(), Ordering::SeqCst);
         r
     }
 
@@ -161,6 +169,8 @@ pub(super) fn run(guest: Guest) -> i32 {
         space: guest.space.clone(),
         refs: guest.manager_refs.clone(),
         memory_unlocked: AtomicBool::new(guest.memory_calls_unlocked()),
+        max_application_address: guest.max_application_address,
+        first_handler: AtomicU64::new(guest.first_handler()),
         guest: spin::Mutex::new(guest),
         end: AtomicU64::new(0),
     });
@@ -243,8 +253,13 @@ fn cpu_loop(run: &GuestRun, owner: bool) {
 enum Exit {
     /// As it came from ring 3.
     User(UserExit),
-    /// A page fault already resolved to an exception to raise.
-    Raise(GuestException),
+    /// An exception that ends the guest (and why), found without the lock.
+    Unhandled(GuestException, &'static str),
+    /// `continue` restored the thread's context (served without the lock), whose `rip` is
+    /// outside user space: the locked part raises the fault.
+    Resumed,
+    /// `continue` named a context or image it could not read: the guest ends.
+    UnreadableResume { context_at: u64, fpu_at: u64 },
 }
 
 /// How serving one exit of a thread turned out.
@@ -308,17 +323,22 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
                 cont.after_syscall = false;
                 continue;
             }
-            UserExit::Exception { vector: 14, error_code, cr2 } => match mem.page_fault(cr2, error_code) {
-                None => {
-                    cont.after_syscall = false;
-                    continue;
-                }
-                Some(e) => Exit::Raise(e),
+            UserExit::Exception { vector: 14, error_code, cr2 } => match page_fault(run, &mem, cont, error_code, cr2) {
+                Some(exit) => exit,
+                None => continue,
             },
             UserExit::Syscall if cont.context.rax == nr::TICKS_NS && run.memory_unlocked.load(Ordering::SeqCst) => {
                 cont.context.rax = time::ticks_ns();
                 cont.after_syscall = true;
                 continue;
+            }
+            UserExit::Syscall
+                if cont.context.rax == nr::CONTINUE && host_pages::is_stub_return(cont.context.rcx) && run.memory_unlocked.load(Ordering::SeqCst) =>
+            {
+                match resume(run, &mem, cont) {
+                    Some(exit) => exit,
+                    None => continue,
+                }
             }
             UserExit::Syscall if cont.context.rdi == MANAGER_OBJECT && run.memory_unlocked.load(Ordering::SeqCst) => {
                 let c = &mut cont.context;
@@ -384,6 +404,41 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
     }
 }
 
+/// A page fault of the thread `cont` served without the guest's lock: resolved (`None`: back to
+/// ring 3), or raised with the guest's first handler (`None`), or the exit that ends the guest.
+/// Out of line, so that the system calls' path through the run loop stays as short as it was.
+#[inline(never)]
+fn page_fault(run: &GuestRun, mem: &GuestMemory<'_>, cont: &mut Continuation, error_code: u64, cr2: u64) -> Option<Exit> {
+    call_clock::call(call_clock::EXCEPTION);
+    let fault = mem.page_fault(cr2, error_code);
+    call_clock::lap(call_clock::Stage::Manager);
+    cont.after_syscall = false;
+    // Raised without the lock while the guest has a handler; ending it takes the lock.
+    match mem.raise(&mut cont.context, &mut cont.local, fault?, run.first_handler.load(Ordering::SeqCst)) {
+        Ok(()) => None,
+        Err((e, why)) => Some(Exit::Unhandled(e, why)),
+    }
+}
+
+/// The exception dispatcher's `continue` from the thread `cont`, served without the guest's lock
+/// (no notification callback is registered): `None` when the thread resumes, else the exit the
+/// locked part serves. Out of line, as [`page_fault`].
+#[inline(never)]
+fn resume(run: &GuestRun, mem: &GuestMemory<'_>, cont: &mut Continuation) -> Option<Exit> {
+    call_clock::call(call_clock::CONTINUE);
+    let (context_at, fpu_at) = (cont.context.rdi, cont.context.rsi);
+    // As `Guest::syscall` notes every call's stack.
+    cont.local.note_stack(cont.context.rsp);
+    cont.after_syscall = false;
+    if !mem.restore(&mut cont.context, context_at, fpu_at) {
+        Some(Exit::UnreadableResume { context_at, fpu_at })
+    } else if cont.local.resumed(&cont.context, run.max_application_address) {
+        None
+    } else {
+        Some(Exit::Resumed)
+    }
+}
+
 impl Guest {
     /// Takes the next ready thread, with the result of the wait it was woken from in its `rax`.
     fn pick(&mut self) -> Option<(u64, Continuation)> {
@@ -402,13 +457,14 @@ impl Guest {
         let c = &mut cont.context;
         let exit = match exit {
             Exit::User(exit) => exit,
-            Exit::Raise(e) => {
-                cont.after_syscall = false;
-                return match self.raise(c, e) {
+            Exit::Resumed => {
+                return match self.resumed(c).and_then(|()| self.deliver_band_change(c)) {
                     Ok(()) => Step::Resume,
                     Err(code) => Step::GuestEnds(code),
                 };
             }
+            Exit::Unhandled(e, why) => return Step::GuestEnds(self.unhandled(c, e, why)),
+            Exit::UnreadableResume { context_at, fpu_at } => return Step::GuestEnds(self.unreadable_resume(context_at, fpu_at)),
         };
         match exit {
             // The thread services are made by the host's stubs (`rcx`, the return rip, in its code

@@ -46,6 +46,17 @@ impl SpaceShared {
         })
     }
 
+    /// As [`with`](Self::with) for an operation that only reads the space and its tables
+    /// (`VirtualQuery`): the physical window instead of a context, so no TLB handle or work
+    /// counters are set up and flushed for a call that can use neither.
+    pub(super) fn with_mem<R>(&self, f: impl FnOnce(&AddressSpace, &PhysWindow) -> R) -> Option<R> {
+        interrupts::without_interrupts(|| {
+            let guard = self.space.write();
+            let space = guard.as_ref()?;
+            Some(f(space, &manager().window))
+        })
+    }
+
     /// As [`with`](Self::with), holding the space lock shared (the page-fault path:
     /// `AddressSpace::handle_fault_shared`).
     pub(super) fn with_shared<R>(&self, f: impl FnOnce(&AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> Option<R> {
@@ -196,6 +207,12 @@ impl Space {
         self.shared.with(f).expect("a Space handle's space is alive")
     }
 
+    /// Runs `f` on the space and the physical window, holding the space's lock: for operations
+    /// that only read (see [`SpaceShared::with_mem`]).
+    pub fn with_mem<R>(&self, f: impl FnOnce(&AddressSpace, &PhysWindow) -> R) -> R {
+        self.shared.with_mem(f).expect("a Space handle's space is alive")
+    }
+
     /// Resolves a page fault at `addr` of a thread running this space (demand-zero, guard page,
     /// access violation: `AddressSpace::handle_fault`), a new frame zeroed outside the manager's
     /// lock (`memory::fault::resolve`). The page-fault path of guest threads.
@@ -220,7 +237,7 @@ impl Space {
 
     /// `VirtualQuery`.
     pub fn virtual_query(&self, addr: u64) -> Result<MemoryBasicInformation, VmError> {
-        self.with(|s, cx| s.virtual_query(cx.mem, addr))
+        self.with_mem(|s, mem| s.virtual_query(mem, addr))
     }
 
     /// `GetWriteWatch`: fills `out`, returns how many addresses it wrote.

@@ -346,7 +346,7 @@ static HRESULT cb_notify(ICLRMemoryNotificationCallback *t, EMemoryAvailable a) 
 static const ICLRMemoryNotificationCallbackVtbl g_cb_vtbl = {cb_qi, cb_addref, cb_release, cb_notify};
 static ICLRMemoryNotificationCallback g_cb = {&g_cb_vtbl};
 
-enum { PASS_ADDREF, PASS_QUERY, PASS_RESERVE_RELEASE, PASS_PROTECT };
+enum { PASS_ADDREF, PASS_QUERY, PASS_RESERVE_RELEASE, PASS_PROTECT, PASS_GUARD };
 
 /* One breakdown pass: STAGE_ROUNDS rounds of STAGE_CALLS iterations of `what`. */
 static void stage_pass(const char *name, int what, char *page) {
@@ -369,12 +369,16 @@ static void stage_pass(const char *name, int what, char *page) {
             case PASS_RESERVE_RELEASE:
                 release(reserve_at(0, KB64));
                 break;
+            case PASS_GUARD: /* as guard_page_fault: arm, touch (exception, handler, continue) */
+                protect(page, PAGE, PAGE_READWRITE | PAGE_GUARD);
+                ((volatile char *)page)[0] = 2;
+                break;
             default:
                 protect(page, PAGE, (i & 1) ? PAGE_READWRITE : PAGE_READONLY);
             }
         }
         t1 = rdtsc();
-        stages_end(name, what == PASS_ADDREF ? "call" : what == PASS_RESERVE_RELEASE ? "op" : "call",
+        stages_end(name, what == PASS_ADDREF ? "call" : what == PASS_RESERVE_RELEASE ? "op" : what == PASS_GUARD ? "round-trip" : "call",
                    what == PASS_ADDREF ? 2 * STAGE_CALLS : STAGE_CALLS, t1 - t0, r);
     }
     if (hr != S_OK || (what == PASS_ADDREF && sum == 0)) fail(name, hr);
@@ -383,6 +387,7 @@ static void stage_pass(const char *name, int what, char *page) {
 static void stage_passes(void) {
     char *c = reserve_at(0, KB64);
     HRESULT hr;
+    void *h;
     if (!c) return;
     commit(c, KB64);
     touch(c, KB64);
@@ -391,6 +396,14 @@ static void stage_passes(void) {
     stage_pass("stages_query_free", PASS_QUERY, (char *)0x400000000000ull);
     stage_pass("stages_reserve_release_64k", PASS_RESERVE_RELEASE, 0);
     stage_pass("stages_protect_1_page", PASS_PROTECT, c);
+    /* The guard-page round trip: VirtualProtect, the fault and its exception frame, the handler
+     * in ring 3, `continue`. */
+    h = g_services->add_vectored_exception_handler(1, handler);
+    if (!h) fail("add_vectored_exception_handler", 0);
+    g_guard_hits = 0;
+    stage_pass("stages_guard_page_fault", PASS_GUARD, c);
+    g_services->remove_vectored_exception_handler(h);
+    if (g_guard_hits != STAGE_ROUNDS * STAGE_CALLS) fail("guard-page exceptions delivered", (HRESULT)g_guard_hits);
     /* With a memory-notification callback registered (as a CLR host has): every call may check
      * the band. */
     hr = V->RegisterMemoryNotificationCallback(g_host, &g_cb);
