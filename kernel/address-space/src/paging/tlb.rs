@@ -190,14 +190,15 @@ impl Tlb for NoTlb {
 
 /// The largest threshold a batch accepts.
 pub const MAX_BATCH: usize = 64;
-/// Pages a batch holds in place; past them (a threshold above this, and more present entries
-/// changed) its list moves to the heap, at most [`MAX_BATCH`] entries (a full flush instead if
-/// the heap has no room). A batch is made by every operation that may change an entry, most of
-/// which change none or a few: a fixed array of `MAX_BATCH` would be zeroed each time (512
-/// bytes: a `rep stos` of 64 steps, slow under emulation).
-const INLINE_PAGES: usize = 16;
 /// The default threshold above which a batch becomes a full flush.
 pub const DEFAULT_FLUSH_THRESHOLD: usize = 32;
+/// Pages a batch holds in place: the default threshold's, so a batch under the default
+/// configuration never uses the heap. Past them (only with a threshold configured above the
+/// default, and more present entries changed) its list moves to the heap, at most [`MAX_BATCH`]
+/// entries (a full flush instead if the heap has no room). A batch is made by every operation
+/// that may change an entry, most of which change none or a few: a fixed array of `MAX_BATCH`
+/// would be zeroed each time (512 bytes: a `rep stos` of 64 steps, slow under emulation).
+const INLINE_PAGES: usize = DEFAULT_FLUSH_THRESHOLD;
 
 /// The most 4 KiB frames a batch carries: a decommit or release that frees more makes a round
 /// each time its list would pass this (so a batch's heap use stays under 16 KiB).
