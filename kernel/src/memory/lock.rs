@@ -9,13 +9,18 @@
 //! it waits. Any other lock that a CPU may spin on, with IF = 0, while another CPU holds it and
 //! waits for the memory manager must do the same (use this type).
 //!
-//! A waiter spins for 5 µs, then halts (interrupts on) until the unlock wakes it by IPI: under
+//! A waiter spins for 20 µs, then halts (interrupts on) until the unlock wakes it by IPI: under
 //! QEMU the vCPUs share the host's cores, and spinning would take host time from the holder.
 //! Measured (the benchmark's `bench-lock-policy` lines, `./run-qemu.sh --bench --smp 2
-//! --guest-args scaling`, policies alternated in 0.2 s slices on a loaded host): halting at once
-//! or after 5 µs gave the best median throughput at 2 CPUs on one space, 20 µs (the earlier
-//! setting) less and 200 µs the least; never halting stalled the holder almost completely. 5 µs
-//! rather than 0 keeps the short holds (the frames lock's refills) from costing a halt and an IPI.
+//! --guest-args scaling`, policies alternated in 0.2 s slices; median speed-up at 2 CPUs on one
+//! space, commit_touch_decommit / reserve_release): on a quiet host (load average about 1.5, two
+//! runs) halting at once 0.32–0.46× / 0.08–0.09×, after 5 µs 0.54–0.59× / 0.13–0.46×, after
+//! 20 µs 0.68–0.98× / 0.50–0.54×, after 200 µs 0.77–1.08× / 0.37–0.57×; on a host loaded by
+//! other QEMU runs (load about 9.5) the order reversed (at once 0.26× / 0.69×, 5 µs 0.21× /
+//! 0.30×, 20 µs 0.13× / 0.22×, 200 µs 0.03× / 0.31×), as a halted vCPU gives its host core to the
+//! holder. 20 µs is near the best where the vCPUs have cores of their own (the case the kernel is
+//! built for), longer than the usual hold, and between the extremes under load. Never halting
+//! stalled the holder almost completely.
 //!
 //! The lock also records which CPU holds it, so that the page-fault path can tell a fault taken
 //! while this CPU holds the lock (a kernel bug, reported) from one that only has to wait.
@@ -45,7 +50,7 @@ pub struct SpinLock<T> {
 /// How long a waiter spins before it halts until the lock changes hands, by default: under QEMU
 /// the vCPUs share the host's cores, and a spinning vCPU takes host time from the one holding the
 /// lock (Linux's paravirt spinlocks halt their waiters for the same reason).
-pub const SPIN_BEFORE_HALT_US: u64 = 5;
+pub const SPIN_BEFORE_HALT_US: u64 = 20;
 
 /// The spin of [`wait_until`] in µs ([`set_spin_before_halt_us`]; `u64::MAX`: never halts).
 static SPIN_BEFORE_HALT: AtomicU64 = AtomicU64::new(SPIN_BEFORE_HALT_US);
