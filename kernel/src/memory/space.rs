@@ -48,7 +48,10 @@ impl SpaceShared {
 
     /// As [`with`](Self::with) for an operation that only reads the space and its tables
     /// (`VirtualQuery`): the physical window instead of a context, so no TLB handle or work
-    /// counters are set up and flushed for a call that can use neither.
+    /// counters are set up and flushed for a call that can use neither. The lock is taken
+    /// exclusively although the call only reads: page faults change entries under the shared
+    /// lock, and a query reading several entries must not see two faults' changes out of order
+    /// (every call takes effect atomically, host-abi §10.2).
     pub(super) fn with_mem<R>(&self, f: impl FnOnce(&AddressSpace, &PhysWindow) -> R) -> Option<R> {
         interrupts::without_interrupts(|| {
             let guard = self.space.write();
