@@ -440,44 +440,7 @@ impl ChargeSource for CommitCharge {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A barrier for the threads of one test that fails them all when one of them panics
-    /// (`std::sync::Barrier` would leave the others waiting forever).
-    struct Barrier {
-        threads: u64,
-        arrived: std::sync::atomic::AtomicU64,
-        poisoned: std::sync::atomic::AtomicBool,
-    }
-
-    /// Poisons its barrier if its thread panics.
-    struct PoisonOnPanic<'a>(&'a Barrier);
-
-    impl Drop for PoisonOnPanic<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                self.0.poisoned.store(true, Ordering::SeqCst);
-            }
-        }
-    }
-
-    impl Barrier {
-        fn new(threads: usize) -> Self {
-            Barrier { threads: threads as u64, arrived: 0.into(), poisoned: false.into() }
-        }
-
-        fn poison_on_panic(&self) -> PoisonOnPanic<'_> {
-            PoisonOnPanic(self)
-        }
-
-        /// Waits until every thread arrived here (arrivals count up; each wait is a multiple).
-        fn wait(&self) {
-            let target = (self.arrived.fetch_add(1, Ordering::SeqCst) / self.threads + 1) * self.threads;
-            while self.arrived.load(Ordering::SeqCst) < target {
-                assert!(!self.poisoned.load(Ordering::SeqCst), "another thread of the test panicked");
-                std::thread::yield_now();
-            }
-        }
-    }
+    use crate::space::tests::Rendezvous;
 
     std::thread_local! {
         /// Run once by this thread's next `try_charge` after it read the counts and the limits.
@@ -571,20 +534,20 @@ mod tests {
         const ROUNDS: u64 = 2000;
         // Task cap 80, AppDomain 90, Process 100.
         let c = CommitCharge::new(100, 20);
-        let barrier = Barrier::new(THREADS);
+        let barrier = Rendezvous::default();
         let (won, lost, highest) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
         std::thread::scope(|scope| {
             for t in 0..THREADS {
                 let (c, barrier, won, lost, highest) = (&c, &barrier, &won, &lost, &highest);
                 scope.spawn(move || {
-                    let _poison = barrier.poison_on_panic();
+                    let _poison = barrier.fails_with_this_thread();
                     for round in 0..ROUNDS {
                         // Thread 0 fills the charge to 70 pages; each round one level races
                         // for the room above: 10 pages at Task, 20 at AppDomain, 30 at Process.
                         if t == 0 {
                             c.try_charge(70, 0, CriticalLevel::Task).expect("empty charge");
                         }
-                        barrier.wait();
+                        barrier.wait(THREADS);
                         let (level, room) = [(CriticalLevel::Task, 10), (CriticalLevel::AppDomain, 20), (CriticalLevel::Process, 30)][(round % 3) as usize];
                         // 3, 4 or 5 pages (tables included): one page more than `room` in
                         // all but one of the combinations, so the winners are exact.
@@ -593,20 +556,20 @@ mod tests {
                         while c.try_charge(pages, tables, level).is_ok() {
                             held += 1;
                         }
-                        barrier.wait();
+                        barrier.wait(THREADS);
                         if t == 0 {
                             let s = c.snapshot();
                             assert!(s.committed_pages() + s.table_pages() <= 70 + room, "round {round}: {s:?} passed {room} pages at {level:?}");
                             assert!(s.available(level) < 3, "round {round}: {s:?} left room at {level:?}");
                             highest.fetch_max(s.committed_pages(), Ordering::Relaxed);
                         }
-                        barrier.wait();
+                        barrier.wait(THREADS);
                         for _ in 0..held {
                             c.uncharge(pages, tables);
                         }
                         won.fetch_add(held, Ordering::Relaxed);
                         lost.fetch_add(1, Ordering::Relaxed);
-                        barrier.wait();
+                        barrier.wait(THREADS);
                         if t == 0 {
                             c.uncharge(70, 0);
                             assert_eq!((c.committed_pages(), c.table_pages()), (0, 0), "round {round}: counts after everything went back");

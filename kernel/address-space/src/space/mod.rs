@@ -49,7 +49,7 @@ mod query;
 mod write_watch;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use core::ops::ControlFlow;
 

@@ -250,3 +250,45 @@ fn fixture_starts_and_ends_clean() {
     fx.check();
     fx.teardown();
 }
+
+/// A barrier for the threads of one test that a failing thread breaks: the others then fail too,
+/// instead of waiting forever (`std::sync::Barrier` would leave them waiting). Used by the
+/// concurrency tests here and by the commit charge's.
+#[derive(Default)]
+pub(crate) struct Rendezvous {
+    arrived: std::sync::atomic::AtomicUsize,
+    generation: std::sync::atomic::AtomicUsize,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+/// Breaks its [`Rendezvous`] if dropped while its thread panics.
+pub(crate) struct FailsRendezvous<'a>(&'a Rendezvous);
+
+impl Drop for FailsRendezvous<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl Rendezvous {
+    pub(crate) fn fails_with_this_thread(&self) -> FailsRendezvous<'_> {
+        FailsRendezvous(self)
+    }
+
+    /// Returns once `n` threads called it (this time round).
+    pub(crate) fn wait(&self, n: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let generation = self.generation.load(SeqCst);
+        if self.arrived.fetch_add(1, SeqCst) + 1 == n {
+            self.arrived.store(0, SeqCst);
+            self.generation.fetch_add(1, SeqCst);
+            return;
+        }
+        while self.generation.load(SeqCst) == generation {
+            assert!(!self.failed.load(SeqCst), "another thread failed");
+            std::thread::yield_now();
+        }
+    }
+}

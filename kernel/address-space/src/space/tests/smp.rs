@@ -7,7 +7,7 @@ use ::alloc::string::String;
 use ::alloc::vec::Vec;
 use std::sync::{Arc, Mutex};
 
-use super::{RAM_BASE, Rng};
+use super::{RAM_BASE, Rendezvous, Rng};
 use crate::frame::FrameAllocator;
 use crate::model::{Env, Model};
 use crate::paging::table;
@@ -754,42 +754,3 @@ fn shared_faults_on_one_space_agree() {
     assert_eq!((f.used_frames(), f.reserved_frames(), charge.committed_pages(), charge.table_pages()), (start_used, 0, 0, 0), "[seed {seed:#x}] after teardown");
 }
 
-/// A barrier that a failing thread breaks: the others then fail too, instead of waiting forever.
-#[derive(Default)]
-struct Rendezvous {
-    arrived: std::sync::atomic::AtomicUsize,
-    generation: std::sync::atomic::AtomicUsize,
-    failed: std::sync::atomic::AtomicBool,
-}
-
-/// Breaks its [`Rendezvous`] if dropped while its thread panics.
-struct FailsRendezvous<'a>(&'a Rendezvous);
-
-impl Drop for FailsRendezvous<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.failed.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-}
-
-impl Rendezvous {
-    fn fails_with_this_thread(&self) -> FailsRendezvous<'_> {
-        FailsRendezvous(self)
-    }
-
-    /// Returns once `n` threads called it (this time round).
-    fn wait(&self, n: usize) {
-        use std::sync::atomic::Ordering::SeqCst;
-        let generation = self.generation.load(SeqCst);
-        if self.arrived.fetch_add(1, SeqCst) + 1 == n {
-            self.arrived.store(0, SeqCst);
-            self.generation.fetch_add(1, SeqCst);
-            return;
-        }
-        while self.generation.load(SeqCst) == generation {
-            assert!(!self.failed.load(SeqCst), "another thread failed");
-            std::thread::yield_now();
-        }
-    }
-}
