@@ -84,7 +84,12 @@ impl Guest {
                 self.query_commit(a1);
                 0
             }
-            nr::EXCEPTION_HANDLER if dispatcher => self.exception_handler(a1),
+            nr::EXCEPTION_HANDLER if dispatcher => {
+                // The next handler's key goes back in rdx, for the dispatcher's next question.
+                let next = self.exception_handler(a1);
+                c.rdx = next.order;
+                next.function
+            }
             nr::CONTINUE if dispatcher => {
                 super::call_clock::call(super::call_clock::CONTINUE);
                 self.resume(c, a1, a2)?;

@@ -101,6 +101,14 @@ pub(super) struct Frame {
     pub low: u64,
 }
 
+/// A vectored exception handler as the dispatcher gets it: its function (0: none left) and its
+/// order key, which the dispatcher hands back to ask for the next one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HandlerAt {
+    pub function: u64,
+    pub order: u64,
+}
+
 /// Why a frame could not be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FrameError {
@@ -211,20 +219,24 @@ impl Guest {
     /// returns with `context` at the ring-3 dispatcher (see the module docs), or ends the guest.
     pub(super) fn raise(&mut self, context: &mut UserContext, e: GuestException) -> Result<(), Ended> {
         call_clock::lap(Stage::Lock);
-        let first_handler = self.handlers.first().map_or(0, |h| h.function);
+        let first_handler = self.first_handler();
         let mem = GuestMemory { space: &self.space, stack: self.thread.stack };
         let raised = mem.raise(context, &mut self.thread, e, first_handler);
         raised.map_err(|(e, why)| self.unhandled(context, e, why))
     }
 
-    /// The first vectored exception handler (the last added with `first`), 0 for none.
-    pub(super) fn first_handler(&self) -> u64 {
+    /// The first vectored exception handler (the last added with `first`); function 0 for none.
+    pub(super) fn first_handler(&self) -> HandlerAt {
         self.exception_handler(0)
     }
 
-    /// The dispatcher's `exception_handler(index)`: the handler to call `index`-th, or 0.
-    pub(super) fn exception_handler(&self, index: u64) -> u64 {
-        usize::try_from(index).ok().and_then(|i| self.handlers.get(i)).map_or(0, |h| h.function)
+    /// The dispatcher's `exception_handler(after)`: the handler whose order key follows `after`
+    /// (the key of the one it called last; 0 before the first), function 0 for none. Asking by
+    /// key, not by position, keeps a dispatch on one thread from skipping or repeating a handler
+    /// while other threads add or remove handlers (Windows' list walk keeps its place too).
+    pub(super) fn exception_handler(&self, after: u64) -> HandlerAt {
+        let next = self.handlers.partition_point(|h| h.order <= after);
+        self.handlers.get(next).map_or(HandlerAt::default(), |h| HandlerAt { function: h.function, order: h.order })
     }
 
     /// `continue(context, image)` (NtContinue): resumes `context` (the caller's, replaced) with
@@ -329,7 +341,7 @@ impl ThreadLocal {
 }
 
 impl GuestMemory<'_> {
-    /// [`Guest::raise`] with the guest's first handler `first_handler` (0: none): writes the
+    /// [`Guest::raise`] with the guest's first handler `first_handler` (function 0: none): writes the
     /// frame and replaces `context` with the dispatcher's, noting the frame in `thread`; or the
     /// exception that ends the guest (the overflow the frame met, if it did) and why. Needs
     /// nothing of the guest but its memory and that handler, so the scheduler raises a page fault
@@ -339,9 +351,9 @@ impl GuestMemory<'_> {
         context: &mut UserContext,
         thread: &mut ThreadLocal,
         e: GuestException,
-        first_handler: u64,
+        first_handler: HandlerAt,
     ) -> Result<(), (GuestException, &'static str)> {
-        if first_handler == 0 {
+        if first_handler.function == 0 {
             return Err((e, "no handler"));
         }
         let (e, written) = with_saved_fpu(|fpu| {
@@ -377,8 +389,8 @@ impl GuestMemory<'_> {
             r11: rflags,
             r12: frame.context_at,
             r13: frame.fpu_at,
-            r14: 0,
-            r15: first_handler,
+            r14: first_handler.order,
+            r15: first_handler.function,
             rflags,
             ..UserContext::default()
         };

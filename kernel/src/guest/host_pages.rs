@@ -97,9 +97,10 @@ hs_query_commit:
     syscall
     ret
 # The exception dispatcher (KiUserExceptionDispatcher): the kernel enters it with rsp = rbx = the
-# GUEST_EXCEPTION it wrote, r12 = its GUEST_CONTEXT, r13 = the saved register image, r14 = 0 and
-# r15 = the first handler (all saved in the context; rsp 16-aligned, so each handler is entered as
-# at a call). Handler r14 + 1 is asked for only when handler r14 passes the exception on.
+# GUEST_EXCEPTION it wrote, r12 = its GUEST_CONTEXT, r13 = the saved register image, r15 = the
+# first handler and r14 its order key (all saved in the context; rsp 16-aligned, so each handler
+# is entered as at a call). Only when a handler passes the exception on is the one after it asked
+# for, by the key of the one called (the next key comes back in rdx).
 hs_dispatch_exception:
     cld
     mov rax, r15
@@ -108,10 +109,10 @@ hs_dispatch_exception:
     call rax
     cmp eax, -1
     je 4f
-    inc r14
     mov rdi, r14
     mov eax, {exception_handler}
     syscall
+    mov r14, rdx
     test rax, rax
     jnz 3b
     mov rdi, rbx

@@ -165,6 +165,18 @@ pub fn guest_args() -> Vec<u8> {
 struct Handler {
     handle: u64,
     function: u64,
+    /// Its place in the call order, never reused: the list is sorted by it, and the exception
+    /// dispatcher asks for the handler after the one it called by this key, so that handlers
+    /// added or removed by other threads meanwhile never make it skip or repeat one.
+    order: u64,
+}
+
+/// The order keys of the handlers added first and last (`add_vectored_exception_handler` with
+/// `first` takes the key below the lowest, without it the key above the highest).
+#[derive(Debug, Clone, Copy)]
+struct HandlerOrders {
+    lowest: u64,
+    highest: u64,
 }
 
 /// A loaded guest.
@@ -176,6 +188,7 @@ pub struct Guest {
     /// The highest user address of its space (fixed at creation; read without the space's lock).
     max_application_address: u64,
     handlers: Vec<Handler>,
+    handler_orders: HandlerOrders,
     next_handle: u64,
     /// The part of the state that belongs to the thread whose exit is being served: swapped in
     /// by the scheduler ([`sched`]) for the time it holds the guest's lock. At load, the main
@@ -428,6 +441,8 @@ impl Guest {
             space: Arc::new(space),
             max_application_address: cfg.max_application_address(),
             handlers: Vec::new(),
+            // Keys grow from the middle both ways; 0 stays below every key (the dispatcher's start).
+            handler_orders: HandlerOrders { lowest: 1 << 63, highest: 1 << 63 },
             next_handle: 1,
             thread: main,
             notifying: false,

@@ -37,7 +37,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering
 use host_abi::host::nr;
 
 use super::calls::Return;
-use super::exceptions::GuestException;
+use super::exceptions::{GuestException, HandlerAt};
 use super::host_pages::{self, MANAGER_OBJECT};
 use super::manager::{ManagerRefs, Made, manager_slot};
 use super::threads::{Action, Continuation, Wait};
@@ -63,9 +63,10 @@ struct GuestRun {
     memory_unlocked: AtomicBool,
     /// The guest's highest user address (`continue` served without the lock checks `rip`).
     max_application_address: u64,
-    /// Its first vectored exception handler, 0 for none (a copy kept under the lock): a page
-    /// fault is raised with it without the lock.
-    first_handler: AtomicU64,
+    /// Its first vectored exception handler (function 0 for none) and that handler's order key,
+    /// a copy kept under the lock: a page fault is raised with it without the guest's lock (this
+    /// small lock keeps the pair consistent).
+    first_handler: spin::Mutex<HandlerAt>,
     /// 0 while it runs; `END_SET | exit code` once it ends (set once).
     end: AtomicU64,
 }
@@ -112,7 +113,7 @@ impl GuestRun {
         let r = f(&mut guard);
         READY.store(guard.threads.ready_count(), Ordering::SeqCst);
         self.memory_unlocked.store(guard.memory_calls_unlocked(), Ordering::SeqCst);
-        self.first_handler.store(guard.first_handler(), Ordering::SeqCst);
+        *self.first_handler.lock() = guard.first_handler();
         r
     }
 
@@ -170,7 +171,7 @@ pub(super) fn run(guest: Guest) -> i32 {
         refs: guest.manager_refs.clone(),
         memory_unlocked: AtomicBool::new(guest.memory_calls_unlocked()),
         max_application_address: guest.max_application_address,
-        first_handler: AtomicU64::new(guest.first_handler()),
+        first_handler: spin::Mutex::new(guest.first_handler()),
         guest: spin::Mutex::new(guest),
         end: AtomicU64::new(0),
     });
@@ -414,7 +415,8 @@ fn page_fault(run: &GuestRun, mem: &GuestMemory<'_>, cont: &mut Continuation, er
     call_clock::lap(call_clock::Stage::Manager);
     cont.after_syscall = false;
     // Raised without the lock while the guest has a handler; ending it takes the lock.
-    match mem.raise(&mut cont.context, &mut cont.local, fault?, run.first_handler.load(Ordering::SeqCst)) {
+    let first_handler = *run.first_handler.lock();
+    match mem.raise(&mut cont.context, &mut cont.local, fault?, first_handler) {
         Ok(()) => None,
         Err((e, why)) => Some(Exit::Unhandled(e, why)),
     }

@@ -70,9 +70,13 @@ impl Guest {
         if !self.is_executable(function) || self.handlers.len() >= MAX_HANDLERS {
             return 0;
         }
+        let orders = &mut self.handler_orders;
+        let order = if first { orders.lowest.checked_sub(1).filter(|&k| k > 0) } else { orders.highest.checked_add(1) };
+        let Some(order) = order else { return 0 };
+        if first { orders.lowest = order } else { orders.highest = order }
         let handle = self.next_handle;
         self.next_handle += 1;
-        let h = Handler { handle: handle * 16, function };
+        let h = Handler { handle: handle * 16, function, order };
         if first { self.handlers.insert(0, h) } else { self.handlers.push(h) }
         h.handle
     }
