@@ -4,6 +4,11 @@
 //! - `vm_concurrent.c`: four threads on the memory manager at once, exact commit at the end;
 //! - `lifecycle.c`: threads ending every way, and guests ending with threads running (one mode
 //!   per run, patched into the file), each with the exit code the spec gives;
+//! - `thread_edges.c`: an outsider's conformance guest for §8-§10 aimed at the edges (wait and
+//!   close return paths, handle/id reuse, wait_on_address's order of checks, FS base and FPU
+//!   state under preemption, stack rounding and overflow, nested exceptions and handlers that
+//!   never return, callbacks, heaps and the manager from several threads), plus four modes
+//!   that end the guest from a thread;
 //! - at 4 CPUs, the single-threaded conformance and fuzz guests again.
 //!
 //! After every guest the kernel's accounting is as before: free and reserved frames, commit
@@ -30,6 +35,7 @@ const VM_CONCURRENT: &[u8] = guest_elf!("vm_concurrent");
 const LIFECYCLE: &[u8] = guest_elf!("lifecycle");
 const CONFORMANCE: &[u8] = guest_elf!("conformance");
 const FUZZ: &[u8] = guest_elf!("fuzz");
+const THREAD_EDGES: &[u8] = guest_elf!("thread_edges");
 
 /// Free frames, reserved frames, commit charge, page-table pages, live guest address spaces.
 type Accounting = (u64, u64, u64, u64, usize);
@@ -66,12 +72,21 @@ struct Once(UnsafeCell<Option<Run>>);
 // SAFETY: the test image runs its cases one after another on the boot CPU; nothing else touches it.
 unsafe impl Sync for Once {}
 static THREADS_RUN: Once = Once(UnsafeCell::new(None));
+static EDGES_RUN: Once = Once(UnsafeCell::new(None));
 
-/// Runs threads.c the first time it is asked for, then returns the recorded run.
-fn threads_run() -> &'static Run {
+/// Runs `file` the first time `once` is asked for, then returns the recorded run.
+fn run_once(once: &'static Once, name: &str, file: &[u8]) -> &'static Run {
     // SAFETY: see `Once`; the reference handed out is only read.
-    let slot = unsafe { &mut *THREADS_RUN.0.get() };
-    slot.get_or_insert_with(|| run("threads", THREADS))
+    let slot = unsafe { &mut *once.0.get() };
+    slot.get_or_insert_with(|| run(name, file))
+}
+
+fn threads_run() -> &'static Run {
+    run_once(&THREADS_RUN, "threads", THREADS)
+}
+
+fn edges_run() -> &'static Run {
+    run_once(&EDGES_RUN, "thread_edges", THREAD_EDGES)
 }
 
 /// The check lines (`ok …` / `FAILED …`) of one area (`== AREA` up to the next `==`).
@@ -168,13 +183,17 @@ fn four_threads_on_the_memory_manager_exact_commit() -> Result<(), String> {
     all_pass(&r, 15)
 }
 
+/// The guest `file` (`name`.elf) run with the five mode letters after `marker` set to `mode`.
+fn run_mode(name: &str, file: &[u8], marker: &[u8], mode: &str) -> Result<Run, String> {
+    let mut elf = file.to_vec();
+    let at = elf.windows(marker.len()).position(|w| w == marker).ok_or_else(|| format!("mode marker not in {name}.elf"))?;
+    elf[at + marker.len()..at + marker.len() + 5].copy_from_slice(mode.as_bytes());
+    Ok(run(&format!("{name}-{mode}"), &elf))
+}
+
 /// lifecycle.c with its mode letters set to `mode`.
 fn lifecycle_mode(mode: &str) -> Result<Run, String> {
-    let marker = b"LIFECYCLE-MODE:JOINS";
-    let mut elf = LIFECYCLE.to_vec();
-    let at = elf.windows(marker.len()).position(|w| w == marker).ok_or_else(|| String::from("mode marker not in lifecycle.elf"))?;
-    elf[at + 15..at + 20].copy_from_slice(mode.as_bytes());
-    Ok(run(&format!("lifecycle-{mode}"), &elf))
+    run_mode("lifecycle", LIFECYCLE, b"LIFECYCLE-MODE:", mode)
 }
 
 fn lifecycle_ends(mode: &str, code: u32) -> Result<(), String> {
@@ -194,6 +213,45 @@ fn exit_from_a_worker_ends_the_guest() -> Result<(), String> { lifecycle_ends("E
 fn exit_thread_on_main_leaves_the_last_threads_code() -> Result<(), String> { lifecycle_ends("MAINX", 23) }
 fn unhandled_stack_overflow_on_a_worker() -> Result<(), String> { lifecycle_ends("OVFLW", 0xC000_00FD) }
 fn main_stack_overflow_handled_then_exit_thread() -> Result<(), String> { lifecycle_ends("MOVFL", 0x44) }
+
+fn edges_wait_and_close_every_return_path() -> Result<(), String> { area_passes(&edges_run().out, "wait-close") }
+fn edges_overflowing_deadlines_timers_lost_wakes_closed_handles() -> Result<(), String> { area_passes(&edges_run().out, "more-waits") }
+fn edges_thread_limit_and_exit_code_into_a_released_stack() -> Result<(), String> { area_passes(&edges_run().out, "limits") }
+fn edges_handle_and_id_reuse() -> Result<(), String> { area_passes(&edges_run().out, "ids") }
+fn edges_wait_on_address_order_of_checks_and_wakes() -> Result<(), String> { area_passes(&edges_run().out, "wait-on-address") }
+fn edges_thread_pointer_refusals_and_handlers() -> Result<(), String> { area_passes(&edges_run().out, "thread-pointer") }
+fn edges_fpu_clean_starts_and_kept_across_host_calls() -> Result<(), String> { area_passes(&edges_run().out, "fpu") }
+fn edges_stack_rounding_and_release() -> Result<(), String> { area_passes(&edges_run().out, "stack") }
+fn edges_stack_overflows_on_threads() -> Result<(), String> { area_passes(&edges_run().out, "overflow") }
+fn edges_nested_exceptions_and_handlers_that_never_return() -> Result<(), String> { area_passes(&edges_run().out, "nested") }
+fn edges_faults_while_others_allocate_and_change_handlers() -> Result<(), String> { area_passes(&edges_run().out, "exceptions") }
+fn edges_notifications_from_four_threads() -> Result<(), String> { area_passes(&edges_run().out, "notify") }
+fn edges_band_change_in_a_handler_that_ends_its_thread() -> Result<(), String> { area_passes(&edges_run().out, "notify-handler") }
+fn edges_band_change_while_a_callback_runs_elsewhere() -> Result<(), String> { area_passes(&edges_run().out, "notify-overlap") }
+fn edges_threadsafe_heap_from_four_threads() -> Result<(), String> { area_passes(&edges_run().out, "malloc") }
+fn edges_every_manager_method_from_four_threads() -> Result<(), String> { area_passes(&edges_run().out, "vm") }
+fn edges_guest_passes_and_leaves_nothing() -> Result<(), String> {
+    area_passes(&edges_run().out, "final")?;
+    all_pass(edges_run(), 250)
+}
+
+/// thread_edges.c in `mode`: it ends with one of `codes` and leaves nothing behind.
+fn edges_mode_ends(mode: &str, codes: &[u32]) -> Result<(), String> {
+    let r = run_mode("thread_edges", THREAD_EDGES, b"THREAD-EDGES-MODE:", mode)?;
+    ensure!(
+        codes.iter().any(|&c| r.outcome == GuestOutcome::Exited(c as i32)),
+        "{mode}: {:?}, expected one of {codes:x?}\n{}",
+        r.outcome,
+        tail(&r.out)
+    );
+    ensure_nothing_left(&r)
+}
+fn edges_exit_thread_on_the_only_thread() -> Result<(), String> { edges_mode_ends("MAIN1", &[0x61]) }
+fn edges_main_exit_thread_then_a_chain_of_waits() -> Result<(), String> { edges_mode_ends("MAINX", &[22]) }
+fn edges_unhandled_divide_on_a_worker_ends_sleepers_and_waiters() -> Result<(), String> { edges_mode_ends("DIV0W", &[0xC000_0094]) }
+fn edges_a_handler_faulting_forever_ends_the_guest() -> Result<(), String> {
+    edges_mode_ends("NESTX", &[0xC000_0005, 0xC000_00FD])
+}
 
 /// The single-threaded guests again with every CPU online (they run at 1 and 2 CPUs in their own
 /// images): these cases do their work in the 4-CPU run only.
@@ -250,6 +308,27 @@ kernel::kernel_test_image!(
     exit_thread_on_main_leaves_the_last_threads_code,
     unhandled_stack_overflow_on_a_worker,
     main_stack_overflow_handled_then_exit_thread,
+    edges_wait_and_close_every_return_path,
+    edges_overflowing_deadlines_timers_lost_wakes_closed_handles,
+    edges_thread_limit_and_exit_code_into_a_released_stack,
+    edges_handle_and_id_reuse,
+    edges_wait_on_address_order_of_checks_and_wakes,
+    edges_thread_pointer_refusals_and_handlers,
+    edges_fpu_clean_starts_and_kept_across_host_calls,
+    edges_stack_rounding_and_release,
+    edges_stack_overflows_on_threads,
+    edges_nested_exceptions_and_handlers_that_never_return,
+    edges_faults_while_others_allocate_and_change_handlers,
+    edges_notifications_from_four_threads,
+    edges_band_change_in_a_handler_that_ends_its_thread,
+    edges_band_change_while_a_callback_runs_elsewhere,
+    edges_threadsafe_heap_from_four_threads,
+    edges_every_manager_method_from_four_threads,
+    edges_guest_passes_and_leaves_nothing,
+    edges_exit_thread_on_the_only_thread,
+    edges_main_exit_thread_then_a_chain_of_waits,
+    edges_unhandled_divide_on_a_worker_ends_sleepers_and_waiters,
+    edges_a_handler_faulting_forever_ends_the_guest,
     conformance_guest_passes_at_4_cpus,
     fuzz_guest_passes_at_4_cpus,
 );
