@@ -225,6 +225,7 @@ fn edges_stack_rounding_and_release() -> Result<(), String> { area_passes(&edges
 fn edges_stack_overflows_on_threads() -> Result<(), String> { area_passes(&edges_run().out, "overflow") }
 fn edges_nested_exceptions_and_handlers_that_never_return() -> Result<(), String> { area_passes(&edges_run().out, "nested") }
 fn edges_faults_while_others_allocate_and_change_handlers() -> Result<(), String> { area_passes(&edges_run().out, "exceptions") }
+fn edges_one_guard_exception_per_page_raced_by_four_threads() -> Result<(), String> { area_passes(&edges_run().out, "guard-race") }
 fn edges_notifications_from_four_threads() -> Result<(), String> { area_passes(&edges_run().out, "notify") }
 fn edges_band_change_in_a_handler_that_ends_its_thread() -> Result<(), String> { area_passes(&edges_run().out, "notify-handler") }
 fn edges_band_change_while_a_callback_runs_elsewhere() -> Result<(), String> { area_passes(&edges_run().out, "notify-overlap") }
@@ -319,6 +320,7 @@ kernel::kernel_test_image!(
     edges_stack_overflows_on_threads,
     edges_nested_exceptions_and_handlers_that_never_return,
     edges_faults_while_others_allocate_and_change_handlers,
+    edges_one_guard_exception_per_page_raced_by_four_threads,
     edges_notifications_from_four_threads,
     edges_band_change_in_a_handler_that_ends_its_thread,
     edges_band_change_while_a_callback_runs_elsewhere,

@@ -1166,6 +1166,41 @@ static int32_t h_escape(GUEST_EXCEPTION *e) {
     jb_jump(g_jb, 1);
 }
 
+/* Handlers that change the list while a dispatch walks it: the walk goes on after the handler it
+ * called, whatever was added in front or removed (the caller itself included). */
+static volatile uint32_t g_walk_tid, g_walk_log[8], g_walk_n;
+static void *g_walk_self;
+static void walk_note(uint32_t who) {
+    uint32_t n = g_walk_n++;
+    if (n < 8) g_walk_log[n] = who;
+}
+static int32_t h_walk_removes_itself(GUEST_EXCEPTION *e) {
+    (void)e;
+    if (tid() != ld32(&g_walk_tid)) return EXCEPTION_CONTINUE_SEARCH;
+    walk_note(1);
+    g_services->remove_vectored_exception_handler(g_walk_self);
+    return EXCEPTION_CONTINUE_SEARCH;
+}
+static int32_t h_walk_front(GUEST_EXCEPTION *e) {
+    (void)e;
+    if (tid() != ld32(&g_walk_tid)) return EXCEPTION_CONTINUE_SEARCH;
+    walk_note(3);
+    return EXCEPTION_CONTINUE_SEARCH;
+}
+static int32_t h_walk_adds_front(GUEST_EXCEPTION *e) {
+    (void)e;
+    if (tid() != ld32(&g_walk_tid)) return EXCEPTION_CONTINUE_SEARCH;
+    walk_note(2);
+    if (!g_walk_self) g_walk_self = add_handler(h_walk_front);
+    return EXCEPTION_CONTINUE_SEARCH;
+}
+static int32_t h_walk_last(GUEST_EXCEPTION *e) {
+    if (tid() != ld32(&g_walk_tid)) return EXCEPTION_CONTINUE_SEARCH;
+    walk_note(9);
+    e->context->rip += 2; /* ud2 */
+    return EXCEPTION_CONTINUE_EXECUTION;
+}
+
 static uint32_t t_nested(void *arg) {
     (void)arg;
     st32(&g_nest_tid, tid());
@@ -1216,6 +1251,30 @@ static void area_nested(void) {
     check("inner handler runs further down the same stack, below its context's rsp - 128",
           g_nest[1].local < g_nest[1].ctx_rsp - 128 && g_nest[1].local < g_nest[0].local, 1);
     check("the handler's read of Y saw zero after the inner commit", g_nest_read, 1);
+    /* The list changed by the running handler (main thread, so the order is deterministic). */
+    {
+        void *last, *adds;
+        check("remove the nested handler", g_services->remove_vectored_exception_handler(h1), 1);
+        st32(&g_walk_tid, tid());
+        g_walk_n = 0;
+        last = add_handler(h_walk_last);
+        g_walk_self = add_handler(h_walk_removes_itself);
+        __asm__ volatile("ud2" ::: "memory");
+        check("a handler removing itself: the next one is still called", g_walk_n == 2 && g_walk_log[0] == 1 && g_walk_log[1] == 9, 1);
+        g_walk_n = 0;
+        g_walk_self = 0;
+        adds = add_handler(h_walk_adds_front);
+        __asm__ volatile("ud2" ::: "memory");
+        check("a handler adding one in front: it is not called again, the next one is",
+              g_walk_n == 2 && g_walk_log[0] == 2 && g_walk_log[1] == 9, 1);
+        g_walk_n = 0;
+        __asm__ volatile("ud2" ::: "memory");
+        check("... the next fault starts at the new front", g_walk_n == 3 && g_walk_log[0] == 3 && g_walk_log[1] == 2 && g_walk_log[2] == 9, 1);
+        check("remove them", g_services->remove_vectored_exception_handler(g_walk_self) + g_services->remove_vectored_exception_handler(adds) +
+                                 g_services->remove_vectored_exception_handler(last), 3);
+        st32(&g_walk_tid, 0);
+        h1 = add_handler(h_nested);
+    }
     /* Handlers that leave by longjmp, 600 times, then nesting again. */
     g_v->VirtualFree(g_host, (void *)base, 0x10000, MEM_DECOMMIT);
     g_nest_n = 0;
@@ -1328,6 +1387,49 @@ static void area_exceptions(void) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* A guard page touched by four threads at once: one guard exception per page in all (the bit
+ * clears once; the others' accesses then succeed). */
+static volatile uint32_t g_gr_arrived, g_gr_guard[64], g_gr_other;
+static uint64_t g_gr_base;
+static int32_t h_guard_count(GUEST_EXCEPTION *e) {
+    if (e->address < g_gr_base || e->address >= g_gr_base + 64 * PAGE) return EXCEPTION_CONTINUE_SEARCH;
+    if (e->code == STATUS_GUARD_PAGE_VIOLATION) add32(&g_gr_guard[(e->address - g_gr_base) / PAGE], 1);
+    else add32(&g_gr_other, 1);
+    return EXCEPTION_CONTINUE_EXECUTION; /* retried: succeeds */
+}
+static uint32_t t_guard_race(void *arg) {
+    uint32_t page, sum = 0;
+    (void)arg;
+    for (page = 0; page < 64; page++) {
+        add32(&g_gr_arrived, 1);
+        uint32_t spins = 0;
+        while (ld32(&g_gr_arrived) < 4 * (page + 1))
+            if (++spins % 4096 == 0) g_services->yield(); /* one CPU: let the others arrive */
+        sum += *(volatile uint32_t *)(g_gr_base + page * PAGE + ((uintptr_t)arg) * 8);
+    }
+    return sum;
+}
+static void area_guard_race(void) {
+    uint64_t th[4];
+    uint32_t i, ok = 1, bad = 0;
+    void *hh;
+    put("== guard-race\n");
+    g_gr_base = (uint64_t)valloc(0, 64 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD);
+    st32(&g_gr_arrived, 0);
+    hh = add_handler(h_guard_count);
+    for (i = 0; i < 4; i++) th[i] = create(t_guard_race, (void *)(uintptr_t)i);
+    for (i = 0; i < 4; i++)
+        if (join(th[i]) != 0) bad++;
+    g_services->remove_vectored_exception_handler(hh);
+    for (i = 0; i < 64; i++) ok &= ld32(&g_gr_guard[i]) == 1;
+    check("64 guard pages each read by four threads at once: exactly one 0x80000001 per page", ok, 1);
+    check("... no other exception", ld32(&g_gr_other), 0);
+    check("... every read saw zero", bad, 0);
+    check("... the pages are plain read-write now", query(g_gr_base).Protect == PAGE_READWRITE && query(g_gr_base).RegionSize == 64 * PAGE, 1);
+    g_v->VirtualFree(g_host, (void *)g_gr_base, 0, MEM_RELEASE);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Notification callbacks with threads (§10.3). */
 struct cb {
     const ICLRMemoryNotificationCallbackVtbl *lpVtbl;
@@ -1437,6 +1539,7 @@ static int32_t h_commit_then_exit(GUEST_EXCEPTION *e) {
     if (tid() != ld32(&g_nh_tid)) return EXCEPTION_CONTINUE_SEARCH;
     if (g_v->VirtualAlloc(g_host, 0, g_nt_chunk, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eProcessCritical, &p) == S_OK)
         st64(&g_nh_block, (uint64_t)p);
+    st64(&g_handle, create(t_ret, (void *)0x4F)); /* a handler may create threads too */
     g_services->exit_thread(0x4E);
     return EXCEPTION_CONTINUE_SEARCH;
 }
@@ -1459,11 +1562,13 @@ static void area_notify_in_handler(void) {
     st32(&g_cb_last, 0);
     st32(&g_cb_worker_tids[1], tid());
     st64(&g_nh_block, 0);
+    st64(&g_handle, 0);
     g_v->RegisterMemoryNotificationCallback(g_host, (ICLRMemoryNotificationCallback *)&g_cb);
     hh = add_handler(h_commit_then_exit);
     check("a handler commits past the low threshold, then exit_thread", join(create(t_fault_for_band, 0)), 0x4E);
     g_services->remove_vectored_exception_handler(hh);
     check("... its block is there", ld64(&g_nh_block) != 0, 1);
+    check("... the thread it created in the handler ran", join(ld64(&g_handle)), 0x4F);
     g_v->GetMemoryLoad(g_host, &load, &avail);
     check("... the low band was delivered (by the next host call at the latest)", ld32(&g_cb_last), eMemoryAvailableLow);
     g_v->VirtualFree(g_host, (void *)ld64(&g_nh_block), 0, MEM_RELEASE);
@@ -1888,6 +1993,7 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     area_overflow();
     area_nested();
     area_exceptions();
+    area_guard_race();
     area_notify();
     area_notify_in_handler();
     area_notify_overlap();
