@@ -76,6 +76,35 @@ static uint32_t t_waiter(void *arg) {
     return 0;
 }
 
+/* A thread's start: its 64-bit argument unchanged; RFLAGS with DF, TF, AC clear and IF set
+ * whatever the creator's DF was. */
+static uint32_t t_arg_flags(void *arg) {
+    uint64_t fl;
+    __asm__ volatile("pushfq\n pop %0" : "=r"(fl));
+    return ((uint64_t)arg == 0xFFFF8000DEADBEEFull) | ((fl & 0x400) == 0) << 1 | ((fl & 0x100) == 0) << 2 |
+           ((fl & 0x40000) == 0) << 3 | ((fl & 0x200) != 0) << 4;
+}
+/* DF set at a fault on a worker: the handler runs with DF clear, sees DF set in the context, and
+ * the resumed code has it set again. */
+static volatile uint32_t g_df_tid, g_df_handler_flags;
+static volatile uint64_t g_df_ctx_flags;
+static int32_t h_df(GUEST_EXCEPTION *e) {
+    uint64_t fl;
+    if (tid() != ld32(&g_df_tid)) return EXCEPTION_CONTINUE_SEARCH;
+    __asm__ volatile("pushfq\n pop %0" : "=r"(fl));
+    g_df_handler_flags = (uint32_t)fl;
+    g_df_ctx_flags = e->context->rflags;
+    e->context->rip += 2;
+    return EXCEPTION_CONTINUE_EXECUTION;
+}
+static uint32_t t_df(void *arg) {
+    uint64_t fl;
+    (void)arg;
+    st32(&g_df_tid, tid());
+    __asm__ volatile("std\n ud2\n pushfq\n pop %0\n cld" : "=r"(fl) : : "memory");
+    return (uint32_t)fl;
+}
+
 static void area_wait_close(void) {
     uint32_t code = SENT, r;
     uint64_t h, t0;
@@ -133,6 +162,21 @@ static void area_wait_close(void) {
     code = SENT;
     check("wait on a closed handle: 6", g_services->wait_thread(h, FOREVER, &code), 6);
     check("... writing nothing", code, SENT);
+
+    {
+        uint64_t th;
+        void *hh;
+        __asm__ volatile("std" ::: "memory");
+        th = g_services->create_thread(t_arg_flags, (void *)0xFFFF8000DEADBEEFull, 0, 0);
+        __asm__ volatile("cld" ::: "memory");
+        check("start gets its 64-bit arg unchanged, DF/TF/AC clear and IF set (creator had DF set)", join(th), 0x1F);
+        hh = add_handler(h_df);
+        r = join(create(t_df, 0));
+        g_services->remove_vectored_exception_handler(hh);
+        check("a fault with DF set on a thread: the handler runs with DF clear", ld32(&g_df_handler_flags) & 0x400, 0);
+        check("... its context has DF set", g_df_ctx_flags & 0x400, 0x400);
+        check("... the resumed code has DF set again", r & 0x400, 0x400);
+    }
 
     /* A thread ending while another waits on it with a timeout. */
     h = create(t_sleep_ret, (void *)77);
