@@ -7,7 +7,7 @@
 //! - `thread_edges.c`: an outsider's conformance guest for §8-§10 aimed at the edges (wait and
 //!   close return paths, handle/id reuse, wait_on_address's order of checks, FS base and FPU
 //!   state under preemption, stack rounding and overflow, nested exceptions and handlers that
-//!   never return, callbacks, heaps and the manager from several threads), plus four modes
+//!   never return, callbacks, heaps and the manager from several threads), plus five modes
 //!   that end the guest from a thread;
 //! - at 4 CPUs, the single-threaded conformance and fuzz guests again.
 //!
@@ -249,6 +249,7 @@ fn edges_mode_ends(mode: &str, codes: &[u32]) -> Result<(), String> {
 }
 fn edges_exit_thread_on_the_only_thread() -> Result<(), String> { edges_mode_ends("MAIN1", &[0x61]) }
 fn edges_main_exit_thread_then_a_chain_of_waits() -> Result<(), String> { edges_mode_ends("MAINX", &[22]) }
+fn edges_exit_from_a_worker_after_main_exit_thread() -> Result<(), String> { edges_mode_ends("MAINE", &[0x33]) }
 fn edges_unhandled_divide_on_a_worker_ends_sleepers_and_waiters() -> Result<(), String> { edges_mode_ends("DIV0W", &[0xC000_0094]) }
 fn edges_a_handler_faulting_forever_ends_the_guest() -> Result<(), String> {
     edges_mode_ends("NESTX", &[0xC000_0005, 0xC000_00FD])
@@ -329,6 +330,7 @@ kernel::kernel_test_image!(
     edges_guest_passes_and_leaves_nothing,
     edges_exit_thread_on_the_only_thread,
     edges_main_exit_thread_then_a_chain_of_waits,
+    edges_exit_from_a_worker_after_main_exit_thread,
     edges_unhandled_divide_on_a_worker_ends_sleepers_and_waiters,
     edges_a_handler_faulting_forever_ends_the_guest,
     conformance_guest_passes_at_4_cpus,

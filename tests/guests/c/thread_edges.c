@@ -1326,9 +1326,6 @@ static void area_nested(void) {
     st32(&g_nest_tid, 0);
     h2 = add_handler(h_escape);
     r = join(create(t_escape, 0));
-    put("escape thread: ");
-    put_hex(r);
-    put("\n");
     check("600 handlers leaving by longjmp: the thread goes on", ld32(&g_escapes), 600);
     check("... no other fault seen", ld32(&g_escape_other), 0);
     check("... then a nested delivery still works", r == 0x5678 && g_nest_n == 2 && g_nest[1].depth == 2, 1);
@@ -1913,6 +1910,7 @@ static void area_vm(void) {
  *   MAIN1  main, the only thread, calls exit_thread(0x61): the guest ends with 0x61;
  *   MAINX  main calls exit_thread while a chain of threads waits on each other: the guest ends
  *          with the last thread's code, 22;
+ *   MAINE  main calls exit_thread, then a worker calls exit(0x33) while another sleeps: 0x33;
  *   DIV0W  an unhandled divide by zero on a worker while main waits on an address forever and
  *          another thread sleeps for a minute: the guest ends at once with 0xC0000094;
  *   NESTX  a handler that faults every time on a worker (nesting until no frame fits) while
@@ -1951,6 +1949,11 @@ static uint32_t t_sleep_long(void *arg) {
     g_services->sleep_ns(60000 * MS);
     return 0;
 }
+static uint32_t t_exit_guest_later(void *arg) {
+    g_services->sleep_ns(50 * MS); /* main has called exit_thread by now */
+    g_services->exit((int32_t)(uintptr_t)arg);
+    return 0;
+}
 static volatile uint32_t g_nestx_tid;
 static int32_t h_always_faults(GUEST_EXCEPTION *e) {
     (void)e;
@@ -1986,6 +1989,10 @@ static int32_t run_mode(void) {
     } else if (mode_is("MAINX")) {
         g_chain[1] = create(t_chain_second, 0);
         g_chain[0] = create(t_chain_first, 0);
+        g_services->exit_thread(5);
+    } else if (mode_is("MAINE")) {
+        create(t_sleep_long, 0);
+        create(t_exit_guest_later, (void *)0x33);
         g_services->exit_thread(5);
     } else if (mode_is("DIV0W")) {
         uint32_t never = 0, cmp = 0;
