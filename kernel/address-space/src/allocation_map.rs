@@ -887,9 +887,9 @@ mod tests {
         /// any sorted, padded node of either width, for keys anywhere (between, on, around and
         /// past its elements).
         #[test]
-        fn node_searches_agree(mut keys in prop::collection::btree_set(0..PAD - 1, 0..=32),
+        fn node_searches_agree(keys in prop::collection::btree_set(0..PAD - 1, 0..=32),
                                probes in prop::collection::vec(0..PAD, 1..40)) {
-            let keys: Vec<Unit> = core::mem::take(&mut keys).into_iter().collect();
+            let keys: Vec<Unit> = keys.into_iter().collect();
             let mut inner = [PAD; INNER];
             inner[..keys.len()].copy_from_slice(&keys);
             let mut leaf = [PAD; LEAF];
