@@ -36,7 +36,8 @@
 //!
 //! Submodules: `alloc` (VirtualAlloc: reserve, commit, reset), `free` (VirtualFree),
 //! `protect`, `query`, `fault` (faults and system-service access checks), `write_watch`,
-//! `image` (image and host-owned allocations).
+//! `image` (image and host-owned allocations), `round` (a call's TLB round, frees and uncharge
+//! left for after the exclusive lock: [`AddressSpace::defer_rounds`], [`PendingRound`]).
 
 mod alloc;
 mod commit;

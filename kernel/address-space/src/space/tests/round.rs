@@ -209,9 +209,12 @@ fn prepare(w: &mut World) {
     w.log.borrow_mut().clear();
 }
 
-/// The narrowing calls, each with a page it changed that a fault between the phases must find
-/// refused (`Some`), or `None`.
-const CALLS: [(&str, Call, Option<(u64, Access)>); 7] = [
+/// A narrowing call: its name, the call, and a page it changed that a fault between the phases
+/// must find refused (`Some`), or `None`.
+type Case = (&'static str, Call, Option<(u64, Access)>);
+
+/// The narrowing calls.
+const CALLS: [Case; 7] = [
     ("decommit of touched pages", |s, cx| format!("{:?}", s.virtual_free(cx, BASE + 0x3_0000, 0x20_0000, MEM_DECOMMIT)), Some((BASE + 0x3_1000, Access::Read))),
     ("release, tables freed", |s, cx| format!("{:?}", s.virtual_free(cx, BASE, 0, MEM_RELEASE)), Some((BASE + 0x1C_0000, Access::Read))),
     ("protect to no access", |s, cx| format!("{:?}", s.virtual_protect(cx, BASE + 0x7000, 0x40_0000 - 0x7000, PAGE_NOACCESS)), Some((BASE + 0x7000, Access::Read))),
