@@ -144,6 +144,7 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
             for a in m.allocs.clone() {
                 assert_eq!(fx.free(a.base, 0, MEM_RELEASE), m.free(a.base, 0, MEM_RELEASE));
             }
+            fx.finish_round();
             if m.allocs.is_empty() {
                 assert_eq!(fx.frames.used_frames(), fx.start_used + 1, "frames after releasing everything");
             }
