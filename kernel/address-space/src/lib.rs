@@ -32,5 +32,5 @@ pub use phys::PhysMemory;
 pub use protection::{BaseProtection, CacheMode, PageProtection};
 pub use space::{
     Access, AddressSpace, Allocation, AllocationKind, AllocationSummary, CheckedUserWrite, FaultOutcome, LazyRun, MemoryBasicInformation,
-    SpaceConfig, VmContext,
+    PendingRound, SpaceConfig, VmContext,
 };

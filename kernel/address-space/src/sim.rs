@@ -152,6 +152,13 @@ impl TlbModel {
         self.structures.len()
     }
 
+    /// Returns whether a cached translation or paging-structure entry leads into the physical
+    /// range `[start, start + len)`: a frame there must not be freed yet (§4(c)).
+    pub fn reaches(&self, start: u64, len: u64) -> bool {
+        let inside = |pa: u64| start <= pa && pa < start + len;
+        self.entries.values().any(|e| inside(e.frame)) || self.structures.values().any(|&t| inside(t))
+    }
+
     /// The deepest cached paging-structure entry for `addr`: (level of the table it points to,
     /// that table's physical address).
     fn deepest_structure(&self, addr: u64) -> Option<(u32, u64)> {

@@ -1321,6 +1321,8 @@ struct Run {
     ops: u64,
     per_s: f64,
     ipis: f64,
+    /// TSC cycles per shootdown round (first IPI to last acknowledgement).
+    round_cycles: f64,
     waits: f64,
     halts: f64,
     wakes: f64,
@@ -1328,14 +1330,15 @@ struct Run {
 
 fn timed_run(env: &Env, spaces: &[alloc::sync::Arc<Space>], duration: u64, work: Workload) -> Run {
     on_cpus(spaces, duration / 10, work);
-    let (ipis0, locks0) = (memory::shootdown_stats().ipis, memory::lock::lock_stats());
+    let (rounds0, locks0) = (memory::shootdown_stats(), memory::lock::lock_stats());
     let (ops, cycles) = on_cpus(spaces, duration, work);
-    let (ipis1, locks1) = (memory::shootdown_stats().ipis, memory::lock::lock_stats());
+    let (rounds1, locks1) = (memory::shootdown_stats(), memory::lock::lock_stats());
     let per_op = |a: u64, b: u64| (b - a) as f64 / ops as f64;
     Run {
         ops,
         per_s: ops as f64 * env.tsc_hz as f64 / cycles as f64,
-        ipis: per_op(ipis0, ipis1),
+        ipis: per_op(rounds0.ipis, rounds1.ipis),
+        round_cycles: (rounds1.cycles - rounds0.cycles) as f64 / (rounds1.rounds - rounds0.rounds).max(1) as f64,
         waits: per_op(locks0.waits, locks1.waits),
         halts: per_op(locks0.halts, locks1.halts),
         wakes: per_op(locks0.wake_ipis, locks1.wake_ipis),
@@ -1347,8 +1350,9 @@ fn timed_run(env: &Env, spaces: &[alloc::sync::Arc<Space>], duration: u64, work:
 /// workload), then with a space per CPU (rows `<workload>/space-per-cpu`: the CPUs share only
 /// the global structures — frames, charge, registry — and no space lock); ops/s of all CPUs
 /// together and the speed-up over one CPU. Also per op the IPIs of TLB shootdowns (a decommit of
-/// touched pages makes one round to every other CPU running the space), the waits for a lock
-/// (any of `kernel::memory::lock`'s), those that halted, and the wake-up IPIs unlocks sent.
+/// touched pages makes one round to every other CPU running the space) and the cycles of a round
+/// (from its first IPI to its last acknowledgement), the waits for a lock (any of
+/// `kernel::memory::lock`'s), those that halted, and the wake-up IPIs unlocks sent.
 fn scaling(env: &Env) {
     let online = 1 + aps().len();
     kprintln!(
@@ -1357,8 +1361,8 @@ disjoint regions of one space, or with /space-per-cpu one space per CPU; {} unde
         env.place
     );
     kprintln!(
-        "bench-scaling {:<40} {:>4} {:>7} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "workload", "cpus", "ops", "ops/s", "speed-up", "ipis/op", "waits/op", "halts/op", "wakes/op"
+        "bench-scaling {:<40} {:>4} {:>7} {:>12} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
+        "workload", "cpus", "ops", "ops/s", "speed-up", "ipis/op", "cyc/round", "waits/op", "halts/op", "wakes/op"
     );
     // Each row runs for a fixed time and counts the ops all CPUs completed.
     let duration = env.tsc_hz * 2;
@@ -1376,11 +1380,12 @@ disjoint regions of one space, or with /space-per-cpu one space per CPU; {} unde
                     single = r.per_s;
                 }
                 kprintln!(
-                    "bench-scaling {name:<40} {cpus:>4} {:>7} {:>12.0} {:>7.2}x {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                    "bench-scaling {name:<40} {cpus:>4} {:>7} {:>12.0} {:>7.2}x {:>8.2} {:>9.0} {:>8.2} {:>8.2} {:>8.2}",
                     r.ops,
                     r.per_s,
                     r.per_s / single,
                     r.ipis,
+                    r.round_cycles,
                     r.waits,
                     r.halts,
                     r.wakes

@@ -44,7 +44,7 @@
 //!
 //! | lock | protects | taken by |
 //! | --- | --- | --- |
-//! | **space lock**, one per space (`SpaceShared::space`, an [`RwSpinLock`]) | the space's allocation map and gap tree, its lower-half page tables (every entry write, table creation and freeing), its demand-zero reservation and table-page count | exclusively: every [`Space`] call, from its first check to the end of its TLB round and its frees; shared: page faults on the space, [`with_mm`] (briefly, to count tables) |
+//! | **space lock**, one per space (`SpaceShared::space`, an [`RwSpinLock`]) | the space's allocation map and gap tree, its lower-half page tables (every entry write, table creation and freeing), its demand-zero reservation and table-page count | exclusively: every [`Space`] call, from its first check to its last entry change — a call that left a TLB round then downgrades it to shared for the round, its frees and its uncharge; shared: page faults on the space, [`with_mm`] (briefly, to count tables) |
 //! | **CPU frames**, one per CPU (`frames.rs`) | the CPU's `FrameCache` (≤ 64 free frames) and the reservation it keeps back for its next commit (≤ 32) | its own CPU: single-frame alloc/free (page tables, demand-zero frames, everything a round frees), small reserve/unreserve; [`with_mm`] drains them all |
 //! | none: the charge's atomics (`Manager::charge`) | the [`CommitCharge`]: committed pages, tables charged and the limits' generation (one word), the peak, the limits | a commit's check-and-charge (one compare-exchange), a decommit's uncharge (`fetch_sub`); [`commit_state`] reads a snapshot, [`set_commit_limit`] moves the limits |
 //! | **frames lock** (`Manager::frames`) | the `FrameAllocator` (bitmap, reservations), the kernel's own tables and kernel-stack slots | per request: cache refills and drains (32 frames each), large pages, reservations beyond the CPU's kept ones; kernel stacks |
@@ -60,7 +60,9 @@
 //!   reached under any of them), no one holds two space locks (the registry is dropped before a
 //!   space lock is taken), and the frames holders never wait for anything (no round, no other
 //!   lock but frames under a CPU's cache). The kernel heap is taken inside any of them, never the
-//!   other way round.
+//!   other way round. A downgrade keeps the space lock (exclusive, then shared, never released in
+//!   between), so a round's frees take the CPU's frames and the frames lock under the space lock
+//!   as before: the order is the same.
 //! - **Interrupts.** Every lock is held with interrupts off, so a holder is never preempted. A
 //!   CPU waiting for a lock (or for the acknowledgements of its own round) spins with IF = 0 but
 //!   serves the TLB flush requests posted to it, so a space-lock holder that waits for its
@@ -69,10 +71,27 @@
 //!   call [`serve_flush_requests`] in the loop. The shootdown IPI handler takes no lock.
 //! - **Each call is atomic**: it holds its space lock from its first check to the end of its TLB
 //!   round and the freeing of what it unmapped (frames reach the allocator only after every CPU
-//!   that may hold a translation has acknowledged, §4(c)). Calls on one space are serialised by
-//!   that lock; the charge is checked and charged in one step (one compare-exchange of the word
-//!   that holds both counts, `address_space::CommitCharge`), so two spaces committing at once can
-//!   never together pass the limit.
+//!   that may hold a translation has acknowledged, §4(c)), exclusively until its last entry
+//!   changed. Calls on one space are serialised by that lock; the charge is checked and charged
+//!   in one step (one compare-exchange of the word that holds both counts,
+//!   `address_space::CommitCharge`), so two spaces committing at once can never together pass
+//!   the limit.
+//! - **A narrowing call downgrades for its round** (Linux's munmap: `mmap_write_downgrade`
+//!   before the unmap's flush and frees). `SpaceShared::with` (`space.rs`) runs every call inside
+//!   `AddressSpace::defer_rounds`: the call validates and changes every entry, record and count
+//!   under the exclusive lock (validate, then perform: nothing fails after the first change) and
+//!   leaves its round, the frames and table pages to free after it and the charge to give back
+//!   after those (`PendingRound`); then [`RwWriteGuard::downgrade`](lock::RwWriteGuard::downgrade)
+//!   makes this CPU a reader with no other holder in between, and `PendingRound::complete` runs
+//!   the round, the frees and the uncharge under the shared lock. Meanwhile faults of the
+//!   space's other threads run (they see the call's finished entries and records; a range being
+//!   decommitted is already reserved, so no demand-zero fault can put a page into it; a table
+//!   the call unlinked is unreachable from the root and freed only after the round); the next
+//!   call, a `VirtualQuery` included, waits until the round and frees are done, so it sees the
+//!   finished state. Calls that need no round (commits of new pages, reservations, queries)
+//!   leave nothing and drop the exclusive lock as before. The argument in full: the crate's
+//!   `space/round.rs` and its README's Concurrency section. While this CPU holds the lock
+//!   shared for a round it touches no guest memory, so it cannot fault on the space.
 //! - **Frames held by the CPUs.** A cached frame is used and a kept reservation reserved to the
 //!   allocator, so nothing a reservation promised ever sits in a cache; the commit limit leaves
 //!   `MAX_CPUS × (64 + 32)` frames out for them (`limit + allowance ≤ frames − reserve/2 −
@@ -92,9 +111,6 @@
 //!   unreserved frame left, the fault is handled exclusively with the reserved frame.) A call
 //!   holds the lock exclusively, so it never sees a fault half done. A fault taken while this CPU
 //!   holds the space's lock exclusively is a kernel bug and is reported as a kernel fault.
-//! - **Not done:** a narrowing call (decommit, release, protect) keeps the lock exclusive through
-//!   its TLB round and frees (Linux's munmap downgrades to shared for them): faults on other
-//!   regions of the space wait for the round.
 //! - **TLB shootdown** (`tlb.rs`): one round per call, by IPI to exactly the other CPUs in the
 //!   space's set (idle CPUs with its root still in CR3 included), pages or a full flush per the
 //!   crate's threshold; none when no other CPU runs the space. A space is destroyed only after

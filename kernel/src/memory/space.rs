@@ -37,12 +37,21 @@ pub(super) struct SpaceShared {
 impl SpaceShared {
     /// Runs `f` on the space with a context, holding the space lock exclusively (the frames and
     /// the charge are locked per request by `KernelFrames` / `KernelCharge`); interrupts off
-    /// meanwhile. `None` if the space is destroyed.
+    /// meanwhile. If `f` left a TLB round (a narrowing call: `AddressSpace::defer_rounds`), the
+    /// lock is then downgraded to shared for the round, the frees after it and the uncharge
+    /// (`PendingRound::complete`): faults on the space go on meanwhile, the next call waits
+    /// until they are done (module docs of `memory`). `None` if the space is destroyed.
     pub(super) fn with<R>(&self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> Option<R> {
         interrupts::without_interrupts(|| {
             let mut guard = self.space.write();
-            let space = guard.as_mut()?;
-            Some(self.in_context(|cx| f(space, cx)))
+            self.in_context(|cx| {
+                let (result, pending) = guard.as_mut()?.defer_rounds(cx, f);
+                if let Some(pending) = pending {
+                    let shared = guard.downgrade();
+                    pending.complete(shared.as_ref().expect("the space lives: its lock is held"), cx);
+                }
+                Some(result)
+            })
         })
     }
 

@@ -292,6 +292,25 @@ impl TlbBatch {
         !self.full && self.len == 0 && self.table_freed.is_none()
     }
 
+    /// Moves everything `other` holds into this batch (its pages — a full flush past the
+    /// threshold —, its freed-table note, its frames), leaving `other` empty: one round then
+    /// covers both. The caller keeps the frames under [`MAX_DEFERRED`].
+    pub fn append(&mut self, other: &mut TlbBatch) {
+        if other.full {
+            self.full = true;
+        } else {
+            other.page_list().iter().for_each(|&a| self.add(a));
+        }
+        if let Some(a) = other.table_freed.take() {
+            self.note_table_freed(a);
+        }
+        self.deferred.append(&mut other.deferred);
+        self.deferred_2mib.append(&mut other.deferred_2mib);
+        other.len = 0;
+        other.full = false;
+        other.spilled.clear();
+    }
+
     /// Completes the batch: one round on `targets` through `tlb` (none if nothing needs
     /// invalidating), counting `invlpg`s, full flushes, rounds and IPIs; then — only then —
     /// frees the deferred frames into `frames`. Takes the batch by reference (moving a batch

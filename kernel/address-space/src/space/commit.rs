@@ -62,7 +62,7 @@ impl AddressSpace {
         cx.tables(self.root_pa()).update_lazy(run.start, run.end, None, &mut batch, (true, false), |_, _, old| {
             if old.0 == 0 { untouched } else { old }
         });
-        self.complete(&mut batch, cx);
+        self.complete(&mut batch, (0, 0), cx);
         a
     }
 
@@ -294,7 +294,7 @@ impl AddressSpace {
             });
         }
         debug_assert!(plan.tables.is_empty(), "commit: table pool not used up");
-        self.complete(&mut batch, cx);
+        self.complete(&mut batch, (0, 0), cx);
     }
 
     /// Maps the large pages of `plan` over `[start, end)`, zeroing them. Cannot fail.
@@ -387,15 +387,15 @@ impl AddressSpace {
                 tables.release_range(va, end, &mut batch, leaves, span, &mut unmap)
             };
             if va < end {
-                self.complete(&mut batch, cx);
+                self.flush_now(&mut batch, cx);
             }
         }
         if unreserve > 0 {
             cx.frames.unreserve(self.demand_zero.split(unreserve));
         }
-        cx.charge.uncharge(decommitted, cx.counters.table_pages_freed - freed_before);
-        self.table_pages -= cx.counters.table_pages_freed - freed_before;
-        self.complete(&mut batch, cx);
+        let tables_freed = cx.counters.table_pages_freed - freed_before;
+        self.table_pages -= tables_freed;
+        self.complete(&mut batch, (decommitted, tables_freed), cx);
         let Some(slot) = decommit else { return decommitted };
         let record = self.allocations.slot_mut(slot);
         if let Some(r) = run {
@@ -418,9 +418,9 @@ impl AddressSpace {
                 let f = PhysFrame::<Size2MiB>::containing_address(x86_64::PhysAddr::new(e & pte::ADDR_MASK & !(LARGE_PAGE_SIZE - 1)));
                 batch.defer_free_2mib(f);
             });
-            cx.charge.uncharge(a.size / PAGE_SIZE, cx.counters.table_pages_freed - freed_before);
-            self.table_pages -= cx.counters.table_pages_freed - freed_before;
-            self.complete(&mut batch, cx);
+            let tables_freed = cx.counters.table_pages_freed - freed_before;
+            self.table_pages -= tables_freed;
+            self.complete(&mut batch, (a.size / PAGE_SIZE, tables_freed), cx);
         } else if a.committed_pages > 0 || table::holds_empty_table(cx.mem, self.root_pa(), a.base, a.end()) {
             self.decommit_range(cx, a, a.base, a.end(), None);
         }

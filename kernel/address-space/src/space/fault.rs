@@ -149,7 +149,7 @@ impl AddressSpace {
         if w.mark {
             let mut batch = self.batch();
             cx.tables(self.root_pa()).update_range(w.page, w.page + PAGE_SIZE, None, &mut batch, |_, _, old| Pte(old.0 | DIRTY));
-            self.complete(&mut batch, cx);
+            self.complete(&mut batch, (0, 0), cx);
         }
         cx.mem.write_bytes(w.pa, data);
     }
@@ -347,7 +347,7 @@ impl AddressSpace {
     fn set_pte<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, page: u64, new: Pte, lazy: bool) {
         let mut batch = self.batch();
         cx.tables(self.root_pa()).update_lazy(page, page + PAGE_SIZE, None, &mut batch, (lazy, lazy), |_, _, _| new);
-        self.complete(&mut batch, cx);
+        self.complete(&mut batch, (0, 0), cx);
     }
 
     /// Checks that the guest range `[addr, addr+len)` is committed memory that allows reads

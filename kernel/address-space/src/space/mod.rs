@@ -36,7 +36,8 @@
 //!
 //! Submodules: `alloc` (VirtualAlloc: reserve, commit, reset), `free` (VirtualFree),
 //! `protect`, `query`, `fault` (faults and system-service access checks), `write_watch`,
-//! `image` (image and host-owned allocations).
+//! `image` (image and host-owned allocations), `round` (a call's TLB round, frees and uncharge
+//! left for after the exclusive lock: [`AddressSpace::defer_rounds`], [`PendingRound`]).
 
 mod alloc;
 mod commit;
@@ -46,6 +47,7 @@ mod free;
 mod image;
 mod protect;
 mod query;
+mod round;
 mod write_watch;
 
 #[cfg(test)]
@@ -61,6 +63,7 @@ use x86_64::structures::paging::{PhysFrame, Size4KiB};
 use extent::CommittedExtent;
 pub use fault::{Access, CheckedUserWrite, FaultOutcome};
 pub use query::MemoryBasicInformation;
+pub use round::PendingRound;
 
 use crate::allocation_map::WideMap;
 use crate::frame::{FrameSource, SharedReservation};
@@ -323,6 +326,11 @@ pub struct AddressSpace {
     demand_zero: SharedReservation,
     /// The CPUs that have this space's root in CR3: the targets of every TLB round.
     active: Arc<ActiveCpus>,
+    /// Whether the call running now leaves its TLB round to the caller
+    /// ([`defer_rounds`](Self::defer_rounds), `round.rs`).
+    deferring: bool,
+    /// The round, frees and uncharge the call running now left (only while `deferring`).
+    pending: Option<PendingRound>,
 }
 
 impl AddressSpace {
@@ -360,6 +368,8 @@ impl AddressSpace {
             reserved_bytes: 0,
             demand_zero: SharedReservation::empty(),
             active: Arc::new(ActiveCpus::default()),
+            deferring: false,
+            pending: None,
         })
     }
 
@@ -381,11 +391,28 @@ impl AddressSpace {
         TlbBatch::new(self.config.tlb_flush_threshold)
     }
 
-    /// Completes an operation's batch: one TLB round on the CPUs running the space (read after
-    /// the entries were written), then the frees it deferred. A batch that needs no round
-    /// reads no set (and makes no fence: there is nothing to order against a CPU joining).
+    /// Completes an operation's batch: one TLB round on the CPUs running the space, then the
+    /// frees it deferred, then `uncharge` (pages, table pages) given back to the commit charge —
+    /// after the frees, so that the charge never counts as available a frame still held. Inside
+    /// [`defer_rounds`](Self::defer_rounds) a batch that needs a round is left, with its frees
+    /// and uncharge, for the caller's second phase instead (`round.rs`).
     #[inline]
-    fn complete<M: PhysMemory, T: Tlb>(&self, batch: &mut TlbBatch, cx: &mut VmContext<'_, M, T>) {
+    fn complete<M: PhysMemory, T: Tlb>(&mut self, batch: &mut TlbBatch, uncharge: (u64, u64), cx: &mut VmContext<'_, M, T>) {
+        if self.deferring && !batch.is_empty() {
+            self.defer(batch, uncharge, cx);
+            return;
+        }
+        self.flush_now(batch, cx);
+        round::give_back(uncharge, cx);
+    }
+
+    /// One TLB round for `batch` on the CPUs running the space (read after the entries were
+    /// written), then the frees it deferred, whether or not the call defers its round: for a
+    /// batch that must be emptied before the call goes on (a walk freeing more frames than a
+    /// batch carries). A batch that needs no round reads no set (and makes no fence: there is
+    /// nothing to order against a CPU joining).
+    #[inline]
+    fn flush_now<M: PhysMemory, T: Tlb>(&self, batch: &mut TlbBatch, cx: &mut VmContext<'_, M, T>) {
         let targets = if batch.is_empty() { CpuSet::EMPTY } else { self.active.get() };
         batch.flush(targets, cx.tlb, cx.frames, cx.counters);
     }

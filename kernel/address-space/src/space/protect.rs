@@ -87,7 +87,7 @@ impl AddressSpace {
                 old.with_protection(prot.base, prot.guard, a.cache)
             }
         });
-        self.complete(&mut batch, cx);
+        self.complete(&mut batch, (0, 0), cx);
         self.note_protection(slot, &a, start, end, prot.base, prot.guard);
         Ok(Self::page_protect(first.expect("protect: the walk visits every committed page"), &a))
     }

@@ -105,6 +105,6 @@ impl AddressSpace {
     fn clear_marks<M: PhysMemory, T: Tlb>(&mut self, cx: &mut VmContext<'_, M, T>, start: u64, end: u64) {
         let mut batch = self.batch();
         cx.tables(self.root_pa()).update_range(start, end, None, &mut batch, |_, _, e| e.without_dirty());
-        self.complete(&mut batch, cx);
+        self.complete(&mut batch, (0, 0), cx);
     }
 }

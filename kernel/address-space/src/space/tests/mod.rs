@@ -10,6 +10,7 @@ mod images_large;
 mod protect;
 mod query;
 mod query_scale;
+mod round;
 mod smp;
 mod tables;
 mod write_watch;
@@ -55,6 +56,10 @@ pub(crate) struct Fx {
     pub counters: WorkCounters,
     pub space: Option<AddressSpace>,
     pub start_used: u64,
+    /// Runs each call in two phases (`AddressSpace::defer_rounds`), leaving its round in
+    /// `pending` until the next call or [`finish_round`](Self::finish_round).
+    pub two_phase: bool,
+    pub pending: Option<PendingRound>,
 }
 
 /// A picture of all state an operation may change.
@@ -87,13 +92,32 @@ impl Fx {
             counters,
             space: Some(space),
             start_used,
+            two_phase: false,
+            pending: None,
         }
     }
 
-    /// Runs `f` with the space and a context.
+    /// Runs `f` with the space and a context (after the round the previous call left, if
+    /// any: a call waits for it). In two-phase mode `f` runs as phase 1 and its round is left
+    /// in `pending`.
     pub fn run<R>(&mut self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, SimPhysMemory, TlbModel>) -> R) -> R {
-        let Fx { frames, mem, tlb, charge, counters, space, .. } = self;
-        f(space.as_mut().expect("space"), &mut VmContext { frames, mem, tlb, charge, counters })
+        self.finish_round();
+        let Fx { frames, mem, tlb, charge, counters, space, two_phase, pending, .. } = self;
+        let (space, cx) = (space.as_mut().expect("space"), &mut VmContext { frames, mem, tlb, charge, counters });
+        if !*two_phase {
+            return f(space, cx);
+        }
+        let (result, left) = space.defer_rounds(cx, f);
+        *pending = left;
+        result
+    }
+
+    /// Completes the round the last call left (phase 2), if any.
+    pub fn finish_round(&mut self) {
+        if let Some(round) = self.pending.take() {
+            let Fx { frames, mem, tlb, charge, counters, space, .. } = self;
+            round.complete(space.as_ref().expect("space"), &mut VmContext { frames, mem, tlb, charge, counters });
+        }
     }
 
     pub fn sp(&self) -> &AddressSpace {
@@ -216,6 +240,7 @@ impl Fx {
 
     /// Destroys the space (every allocation released, every frame and promise given back).
     fn destroy_space(&mut self) {
+        self.finish_round();
         let Fx { frames, mem, tlb, charge, counters, space, .. } = self;
         let root = space.take().expect("space").destroy(&mut VmContext { frames, mem, tlb, charge, counters });
         self.frames.free(root).expect("root frame");
@@ -238,6 +263,8 @@ impl Drop for Fx {
         if self.space.is_some() && !std::thread::panicking() {
             self.destroy_space();
         }
+        // A failed test may leave a round: its frames die with the simulated RAM.
+        core::mem::forget(self.pending.take());
     }
 }
 

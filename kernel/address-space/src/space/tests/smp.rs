@@ -567,13 +567,16 @@ fn spaces_on_threads_share_frames_and_charge_exactly() {
 }
 
 /// Four threads on one space behind a reader/writer lock, as the kernel holds it: page faults
-/// take it shared (`handle_fault_shared`, several at once), every other call exclusively. Each
+/// take it shared (`handle_fault_shared`, several at once), every other call exclusively, and a
+/// call that leaves a TLB round (`defer_rounds`) downgrades it to shared for the round, the frees
+/// and the uncharge (`PendingRound::complete`), while the faults of the others go on. Each
 /// thread decommits, recommits, protects and touches the pages of its own region (checked
 /// against its own model: they are only its). And in rounds, all of them first-touch one fresh
 /// shared page at the same moment (a barrier), each writing its own slot of it: a second frame
 /// installed for the page would lose a write; some rounds' page is a guard page, which exactly
 /// one thread must get. After each round thread 0 checks the page and decommits and recommits it
-/// (exclusively). At the end the entries, frames, reservations and charge add up exactly.
+/// (one call, its round left for the shared phase). At the end the entries, frames, reservations
+/// and charge add up exactly.
 #[test]
 fn shared_faults_on_one_space_agree() {
     const OWN: u64 = 64;
@@ -629,6 +632,22 @@ fn shared_faults_on_one_space_agree() {
         result
     }
 
+    /// A call as the kernel makes it: its changes under the write lock, then the lock
+    /// downgraded (no writer in between) for its round, frees and uncharge, while the other
+    /// threads' faults go on under the read lock.
+    fn in_two_phases<R>(
+        space: &std::sync::RwLock<AddressSpace>,
+        cx: &mut VmContext<'_, SharedRam<'_>, crate::sim::TlbModel>,
+        call: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, SharedRam<'_>, crate::sim::TlbModel>) -> R,
+    ) -> R {
+        let mut s = space.write().expect("space");
+        let (result, left) = s.defer_rounds(cx, call);
+        if let Some(left) = left {
+            left.complete(&std::sync::RwLockWriteGuard::downgrade(s), cx);
+        }
+        result
+    }
+
     /// Per own page of a thread: committed, writable, has a frame, value.
     type OwnPages = Vec<(bool, bool, bool, u64)>;
     let (guards, finals): (u64, Vec<OwnPages>) = std::thread::scope(|scope| {
@@ -651,7 +670,7 @@ fn shared_faults_on_one_space_agree() {
                         let m = &mut model[p as usize];
                         match r.below(100) {
                             0..=14 => {
-                                space.write().expect("space").virtual_free(&mut cx, page, 0x1000, MEM_DECOMMIT).expect("decommit");
+                                in_two_phases(space, &mut cx, |s, cx| s.virtual_free(cx, page, 0x1000, MEM_DECOMMIT)).expect("decommit");
                                 *m = (false, false, false, 0);
                             }
                             15..=29 => {
@@ -660,7 +679,7 @@ fn shared_faults_on_one_space_agree() {
                             }
                             30..=44 => {
                                 let writable = r.below(2) == 0;
-                                let got = space.write().expect("space").virtual_protect(&mut cx, page, 0x1000, if writable { PAGE_READWRITE } else { PAGE_READONLY });
+                                let got = in_two_phases(space, &mut cx, |s, cx| s.virtual_protect(cx, page, 0x1000, if writable { PAGE_READWRITE } else { PAGE_READONLY }));
                                 assert_eq!(got.is_ok(), m.0, "[seed {seed:#x}] thread {t} round {i}: protect of {page:#x}");
                                 if m.0 {
                                     m.1 = writable;
@@ -712,9 +731,10 @@ fn shared_faults_on_one_space_agree() {
                             let next = shared_base + ((i + 1) % SHARED_PAGES) * 0x1000;
                             guarded = r.below(4) == 0;
                             let prot = if guarded { PAGE_READWRITE | PAGE_GUARD } else { PAGE_READWRITE };
-                            let mut s = space.write().expect("space");
-                            s.virtual_free(&mut cx, next, 0x1000, MEM_DECOMMIT).expect("decommit");
-                            s.virtual_alloc(&mut cx, next, 0x1000, MEM_COMMIT, prot, CriticalLevel::Task).expect("commit");
+                            in_two_phases(space, &mut cx, |s, cx| {
+                                s.virtual_free(cx, next, 0x1000, MEM_DECOMMIT).expect("decommit");
+                                s.virtual_alloc(cx, next, 0x1000, MEM_COMMIT, prot, CriticalLevel::Task).expect("commit");
+                            });
                         }
                         barrier.wait(THREADS);
                     }
