@@ -133,9 +133,12 @@ pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<
     if resolved.is_none()
         && let Ok(frame) = KernelFrames.alloc()
     {
-        // The frame is this CPU's alone (allocated, in no table): no lock needed.
+        // The frame is this CPU's alone (allocated, in no table): no lock needed. Interrupts are
+        // off (a fault from ring 3): a shootdown IPI sent meanwhile would wait for the whole
+        // zeroing (thousands of cycles under TCG) and hold up another CPU's round, so the
+        // requests posted to this CPU are served between eighths of the page.
         let mut window = manager().window;
-        window.zero_frame(frame);
+        window.zero_frame_in(frame, 8, super::tlb::serve_flush_requests);
         let mut zeroed = Some(frame);
         let second = shared_pass(&mut zeroed);
         if let Some(unused) = zeroed {

@@ -45,6 +45,23 @@ impl PhysWindow {
     pub fn offset(&self) -> u64 {
         self.offset
     }
+
+    /// Zeroes `frame` in `pieces` equal parts (a power of two up to 512), calling `between`
+    /// after each part but the last: a long write with interrupts off that lets the caller do
+    /// something short in between (the fault path serves TLB flush requests there).
+    pub fn zero_frame_in(&mut self, frame: PhysFrame<Size4KiB>, pieces: u64, mut between: impl FnMut()) {
+        debug_assert!(pieces.is_power_of_two() && pieces <= PAGE_SIZE / 8);
+        let va = self.virt(frame.start_address().as_u64(), PAGE_SIZE);
+        let piece = PAGE_SIZE / pieces;
+        for i in 0..pieces {
+            if i > 0 {
+                between();
+            }
+            // SAFETY: `[va + i·piece, + piece)` lies in the frame, which the window maps (checked
+            // above for the whole frame) and which the caller owns, as for `zero_frame`.
+            unsafe { core::ptr::write_bytes((va + i * piece) as *mut u8, 0, piece as usize) }
+        }
+    }
 }
 
 impl PhysMemory for PhysWindow {
