@@ -1598,7 +1598,11 @@ static void area_notify_in_handler(void) {
     void *hh;
     put("== notify-handler\n");
     g_services->query_commit(&ci);
-    g_nt_chunk = ((ci.commit_limit - ci.committed) - ci.low_threshold / 2) & ~0xFFFFull;
+    /* Free commit ends at half the low threshold plus 256 KiB: inside the low band, and above the
+     * critical reserve (6 % of the limit, half the low threshold's 12 %) by more than the 64 KiB the
+     * rounding may leave, so the handler's create_thread (its stack is a task-level commit, which
+     * may not use the reserve) always has room. */
+    g_nt_chunk = ((ci.commit_limit - ci.committed) - ci.low_threshold / 2 - 0x40000) & ~0xFFFFull;
     st32(&g_cb_calls, 0);
     st32(&g_cb_last, 0);
     st32(&g_cb_worker_tids[1], tid());
