@@ -5,7 +5,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use address_space::frame::FrameSource;
-use address_space::{Access, FaultOutcome, PhysMemory};
+use address_space::{Access, FaultOutcome};
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::PhysFrame;
 

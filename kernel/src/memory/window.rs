@@ -58,7 +58,8 @@ impl PhysWindow {
                 between();
             }
             // SAFETY: `[va + i·piece, + piece)` lies in the frame, which the window maps (checked
-            // above for the whole frame) and which the caller owns, as for `zero_frame`.
+            // above for the whole frame); the frame was just handed to the caller by the frame
+            // allocator (the callers zero only frames they own), so nothing else uses it.
             unsafe { core::ptr::write_bytes((va + i * piece) as *mut u8, 0, piece as usize) }
         }
     }
@@ -89,10 +90,7 @@ impl PhysMemory for PhysWindow {
     }
 
     fn zero_frame(&mut self, frame: PhysFrame<Size4KiB>) {
-        let va = self.virt(frame.start_address().as_u64(), PAGE_SIZE);
-        // SAFETY: the frame is mapped by the window and was just handed to the caller by the frame
-        // allocator, so nothing else uses it.
-        unsafe { core::ptr::write_bytes(va as *mut u8, 0, PAGE_SIZE as usize) }
+        self.zero_frame_in(frame, 1, || {});
     }
 
     fn read_bytes(&self, pa: PhysAddr, buf: &mut [u8]) {
