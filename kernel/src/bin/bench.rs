@@ -1275,13 +1275,32 @@ fn region(i: usize) -> u64 {
 fn scaling_commit_touch_decommit(s: &Space, i: usize, until: u64) -> u64 {
     let base = region(i);
     let mut n = 0;
+    let mut phase = [0u64; 3];
     while n == 0 || rdtsc() < until {
+        let t0 = rdtsc();
         alloc(s, base, KB64, MEM_COMMIT, PAGE_READWRITE);
+        let t1 = rdtsc();
         touch_range(base, KB64);
+        let t2 = rdtsc();
         free(s, base, KB64, MEM_DECOMMIT);
+        let t3 = rdtsc();
+        phase[0] += t1 - t0;
+        phase[1] += t2 - t1;
+        phase[2] += t3 - t2;
         n += 1;
     }
+    add_phases(phase);
     n
+}
+
+/// Cycles of each phase of the scaling ops, all CPUs together (commit / touch / decommit, or
+/// reserve / release / -).
+static PHASE_CYCLES: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+fn add_phases(phase: [u64; 3]) {
+    for (sum, p) in PHASE_CYCLES.iter().zip(phase) {
+        sum.fetch_add(p, Ordering::Relaxed);
+    }
 }
 
 /// One op: reserve 64 KiB at the worker's address and release it. Ops until the TSC passes
@@ -1289,11 +1308,17 @@ fn scaling_commit_touch_decommit(s: &Space, i: usize, until: u64) -> u64 {
 fn scaling_reserve_release(s: &Space, i: usize, until: u64) -> u64 {
     let base = region(i) + 0x1000_0000;
     let mut n = 0;
+    let mut phase = [0u64; 3];
     while n == 0 || rdtsc() < until {
+        let t0 = rdtsc();
         alloc(s, base, KB64, MEM_RESERVE, PAGE_NOACCESS);
+        let t1 = rdtsc();
         free(s, base, 0, MEM_RELEASE);
+        phase[0] += t1 - t0;
+        phase[1] += rdtsc() - t1;
         n += 1;
     }
+    add_phases(phase);
     n
 }
 
@@ -1326,14 +1351,22 @@ struct Run {
     waits: f64,
     halts: f64,
     wakes: f64,
+    /// TSC cycles per op waiting for locks (all CPUs' waits over all CPUs' ops).
+    wait_cycles: f64,
+    /// TSC cycles per op of each phase (commit / touch / decommit, or reserve / release / -).
+    phases: [f64; 3],
 }
 
 fn timed_run(env: &Env, spaces: &[alloc::sync::Arc<Space>], duration: u64, work: Workload) -> Run {
     on_cpus(spaces, duration / 10, work);
+    for p in &PHASE_CYCLES {
+        p.store(0, Ordering::Relaxed);
+    }
     let (rounds0, locks0) = (memory::shootdown_stats(), memory::lock::lock_stats());
     let (ops, cycles) = on_cpus(spaces, duration, work);
     let (rounds1, locks1) = (memory::shootdown_stats(), memory::lock::lock_stats());
     let per_op = |a: u64, b: u64| (b - a) as f64 / ops as f64;
+    let phases = PHASE_CYCLES.each_ref().map(|p| p.load(Ordering::Relaxed) as f64 / ops as f64);
     Run {
         ops,
         per_s: ops as f64 * env.tsc_hz as f64 / cycles as f64,
@@ -1342,6 +1375,8 @@ fn timed_run(env: &Env, spaces: &[alloc::sync::Arc<Space>], duration: u64, work:
         waits: per_op(locks0.waits, locks1.waits),
         halts: per_op(locks0.halts, locks1.halts),
         wakes: per_op(locks0.wake_ipis, locks1.wake_ipis),
+        wait_cycles: per_op(locks0.wait_cycles, locks1.wait_cycles),
+        phases,
     }
 }
 
@@ -1361,8 +1396,8 @@ disjoint regions of one space, or with /space-per-cpu one space per CPU; {} unde
         env.place
     );
     kprintln!(
-        "bench-scaling {:<40} {:>4} {:>7} {:>12} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
-        "workload", "cpus", "ops", "ops/s", "speed-up", "ipis/op", "cyc/round", "waits/op", "halts/op", "wakes/op"
+        "bench-scaling {:<40} {:>4} {:>7} {:>12} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>17}",
+        "workload", "cpus", "ops", "ops/s", "speed-up", "ipis/op", "cyc/round", "waits/op", "halts/op", "wakes/op", "wait-cyc", "phase-cyc/op"
     );
     // Each row runs for a fixed time and counts the ops all CPUs completed.
     let duration = env.tsc_hz * 2;
@@ -1380,7 +1415,7 @@ disjoint regions of one space, or with /space-per-cpu one space per CPU; {} unde
                     single = r.per_s;
                 }
                 kprintln!(
-                    "bench-scaling {name:<40} {cpus:>4} {:>7} {:>12.0} {:>7.2}x {:>8.2} {:>9.0} {:>8.2} {:>8.2} {:>8.2}",
+                    "bench-scaling {name:<40} {cpus:>4} {:>7} {:>12.0} {:>7.2}x {:>8.2} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>9.0} {:>7.0}/{:.0}/{:.0}",
                     r.ops,
                     r.per_s,
                     r.per_s / single,
@@ -1388,7 +1423,11 @@ disjoint regions of one space, or with /space-per-cpu one space per CPU; {} unde
                     r.round_cycles,
                     r.waits,
                     r.halts,
-                    r.wakes
+                    r.wakes,
+                    r.wait_cycles,
+                    r.phases[0],
+                    r.phases[1],
+                    r.phases[2]
                 );
             }
         }

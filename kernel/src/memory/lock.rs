@@ -60,6 +60,8 @@ static SPIN_BEFORE_HALT: AtomicU64 = AtomicU64::new(SPIN_BEFORE_HALT_US);
 static WAITS: AtomicU64 = AtomicU64::new(0);
 static HALTS: AtomicU64 = AtomicU64::new(0);
 static WAKE_IPIS: AtomicU64 = AtomicU64::new(0);
+/// TSC cycles spent in waits (all CPUs together).
+static WAIT_CYCLES: AtomicU64 = AtomicU64::new(0);
 
 /// How often the locks of this module were contended since boot ([`lock_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,11 +72,18 @@ pub struct LockStats {
     pub halts: u64,
     /// Wake-up IPIs sent by unlocks to halted waiters.
     pub wake_ipis: u64,
+    /// TSC cycles the waits took, all CPUs together.
+    pub wait_cycles: u64,
 }
 
 /// The contention counters since boot.
 pub fn lock_stats() -> LockStats {
-    LockStats { waits: WAITS.load(Ordering::Relaxed), halts: HALTS.load(Ordering::Relaxed), wake_ipis: WAKE_IPIS.load(Ordering::Relaxed) }
+    LockStats {
+        waits: WAITS.load(Ordering::Relaxed),
+        halts: HALTS.load(Ordering::Relaxed),
+        wake_ipis: WAKE_IPIS.load(Ordering::Relaxed),
+        wait_cycles: WAIT_CYCLES.load(Ordering::Relaxed),
+    }
 }
 
 /// Sets how long a waiter spins before it halts, in µs (`u64::MAX`: it never halts, it spins
@@ -200,6 +209,7 @@ fn wait_until(sleepers: &AtomicU64, ready: impl Fn() -> bool) {
             core::hint::spin_loop();
         }
     }
+    WAIT_CYCLES.fetch_add(time::rdtsc().wrapping_sub(start), Ordering::Relaxed);
 }
 
 /// Wakes the CPUs halted in [`wait_until`] on `sleepers`, if any (call after a locked
