@@ -137,6 +137,71 @@ fn ipis_go_exactly_to_the_cpus_running_the_space() -> Result<(), String> {
     Ok(())
 }
 
+/// A call's TLB round runs with the space lock released: while it is in flight a call on other
+/// pages of the space goes through without waiting for it, and a call on its pages waits until
+/// the round, the frees and the uncharge are done (`SpaceShared::with_range`). An AP holds the
+/// boot CPU's decommit round open by not serving it (interrupts off, no lock waits) and makes
+/// both calls meanwhile.
+fn a_round_in_flight_holds_up_only_calls_on_its_pages() -> Result<(), String> {
+    let Some(&cpu) = aps().first() else {
+        kernel::kprintln!("    (one CPU: nothing to check)");
+        return Ok(());
+    };
+    const SIZE: u64 = 16 * PAGE;
+    let space = Arc::new(vm(Space::new(), "Space::new")?);
+    let a = vm(space.virtual_alloc(0x10_0000_0000, SIZE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE), "alloc a")?;
+    let b = vm(space.virtual_alloc(0x20_0000_0000, SIZE, MEM_RESERVE, PAGE_NOACCESS), "reserve b")?;
+    vm(space.with(|s, cx| s.write_user(cx, a, &[1; SIZE as usize])), "touch")?;
+    // What the AP saw: [round open before its calls, after the call on b, after the call on a],
+    // the committed bytes after each call, and an error if any.
+    let seen = Arc::new(SpinLock::new((Vec::new(), Vec::new(), None::<String>)));
+    let ready = Arc::new(AtomicBool::new(false));
+    let (s, seen_ap, ready_ap) = (Arc::clone(&space), Arc::clone(&seen), Arc::clone(&ready));
+    let done = spawn(cpu, move || {
+        s.activate();
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            ready_ap.store(true, Ordering::SeqCst);
+            // Not serving: the boot CPU's round stays open until a wait of this CPU serves it.
+            let start = time::ticks_ns();
+            while !memory::tlb::flush_requests_pending() {
+                if time::ticks_ns() - start > 20_000_000_000 {
+                    seen_ap.lock().2 = Some(String::from("no round came"));
+                    return;
+                }
+                core::hint::spin_loop();
+            }
+            let committed = || memory::commit_state().committed_bytes;
+            let mut open = alloc::vec![true];
+            let mut charge = Vec::new();
+            let other = s.virtual_alloc(b, SIZE, MEM_COMMIT, PAGE_READWRITE);
+            open.push(memory::tlb::flush_requests_pending());
+            charge.push(committed());
+            let same = s.virtual_alloc(a, SIZE, MEM_COMMIT, PAGE_READWRITE);
+            open.push(memory::tlb::flush_requests_pending());
+            charge.push(committed());
+            let mut seen = seen_ap.lock();
+            (seen.0, seen.1) = (open, charge);
+            if let Err(e) = other.and(same) {
+                seen.2 = Some(alloc::format!("an AP call failed: {e:?}"));
+            }
+        });
+        Space::deactivate();
+    })?;
+    wait_until("the AP", || ready.load(Ordering::SeqCst))?;
+    vm(space.virtual_free(a, SIZE, MEM_DECOMMIT), "decommit a")?;
+    wait_until("the AP's calls", || done.load(Ordering::SeqCst))?;
+    let (open, charge, error) = core::mem::take(&mut *seen.lock());
+    if let Some(e) = error {
+        return Err(e);
+    }
+    // The call on b returned with the round still open; the one on a only after it was done,
+    // and after the decommit gave its 16 pages of charge back (then took them again itself).
+    ensure_eq!(open, alloc::vec![true, true, false]);
+    ensure_eq!(charge[1], charge[0]);
+    kernel::kprintln!("    a call on other pages went through a round in flight; one on its pages waited for it");
+    Ok(())
+}
+
 /// A space dropped while APs idle with its root loaded: they are made to leave it first.
 fn a_space_dropped_while_aps_idle_in_it_is_left_first() -> Result<(), String> {
     let aps = aps();
@@ -498,6 +563,7 @@ fn worker(cpu: usize, space: &Space, iterations: u64, deadline_ns: u64) -> Resul
 kernel::kernel_test_image!(
     ipis_go_exactly_to_the_cpus_running_the_space,
     a_space_dropped_while_aps_idle_in_it_is_left_first,
+    a_round_in_flight_holds_up_only_calls_on_its_pages,
     no_stale_access_after_decommit_protect_or_release,
     every_cpu_works_on_one_space_at_once,
 );

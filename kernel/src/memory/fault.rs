@@ -105,9 +105,9 @@ pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdic
 ///
 /// Faults hold the space lock **shared** (`AddressSpace::handle_fault_shared`, Linux's
 /// `mmap_read_lock` fault path), so faults on one space run on several CPUs at once; calls hold
-/// it exclusively and never see a fault half done. A fault may run while a call holds the lock
-/// shared for its TLB round (downgraded after its last change): it sees the call's finished
-/// entries (module docs).
+/// it exclusively and never see a fault half done. A fault may run while a call's TLB round is
+/// in flight (the lock released after its last change): it sees the call's finished entries
+/// (module docs).
 ///
 /// Demand-zero without zeroing under the lock (smp-and-dispatch §4(d), Linux
 /// `do_anonymous_page`): if the fault needs a new frame, the first pass says so; a frame is taken

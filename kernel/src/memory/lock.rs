@@ -184,7 +184,7 @@ impl<T> Drop for SpinLockGuard<'_, T> {
 /// flag is as it was on return. The slow path of every lock here: the clock is read only here.
 #[cold]
 #[inline(never)]
-fn wait_until(sleepers: &AtomicU64, ready: impl Fn() -> bool) {
+pub(super) fn wait_until(sleepers: &AtomicU64, ready: impl Fn() -> bool) {
     WAITS.fetch_add(1, Ordering::Relaxed);
     let start = time::rdtsc();
     let spin = time::tsc_per_ms().saturating_mul(SPIN_BEFORE_HALT.load(Ordering::Relaxed)) / 1000;
@@ -215,7 +215,7 @@ fn wait_until(sleepers: &AtomicU64, ready: impl Fn() -> bool) {
 /// Wakes the CPUs halted in [`wait_until`] on `sleepers`, if any (call after a locked
 /// read-modify-write of the state they wait on).
 #[inline]
-fn wake_sleepers(sleepers: &AtomicU64) {
+pub(super) fn wake_sleepers(sleepers: &AtomicU64) {
     let waiting = sleepers.load(Ordering::SeqCst);
     if waiting != 0 {
         wake(waiting);
@@ -237,8 +237,8 @@ fn wake(sleepers: u64) {
 
 /// A fair reader/writer lock whose waiters serve TLB flush requests, as [`SpinLock`]: a space's
 /// lock, held shared by page faults and exclusively by every call that changes the allocation
-/// map or the tables (Linux's `mmap_lock`); a call that ends in a TLB round
-/// [downgrades](RwWriteGuard::downgrade) it to shared for the round.
+/// map or the tables (Linux's `mmap_lock`); a call that ends in a TLB round releases it for the
+/// round (`SpaceShared::with_range`).
 ///
 /// Fair (phase-fair per ticket): every reader and writer takes a ticket; a reader whose turn
 /// comes enters and passes the turn on at once, so consecutive readers share the lock; a writer
@@ -346,25 +346,6 @@ impl<T> DerefMut for RwWriteGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as for `deref`; `&mut self` makes this the only reference through the guard.
         unsafe { &mut *self.lock.value.get() }
-    }
-}
-
-impl<'a, T> RwWriteGuard<'a, T> {
-    /// Turns this exclusive hold into a shared one with no other holder in between (Linux's
-    /// `mmap_write_downgrade`): this CPU enters as a reader, then passes the turn on, so the
-    /// waiters queued after it are served in order as after an unlock — readers enter at once, a
-    /// writer waits until every reader, this one included, has left. What the writer wrote is
-    /// visible to every later holder (the turn passes with a `SeqCst` add).
-    pub fn downgrade(self) -> RwReadGuard<'a, T> {
-        let lock = self.lock;
-        // The turn passes below, not in the write guard's drop.
-        core::mem::forget(self);
-        lock.writer.store(NO_OWNER, Ordering::Relaxed);
-        // Inside before the turn passes: a writer whose turn it is next sees this reader.
-        lock.readers.fetch_add(1, Ordering::SeqCst);
-        lock.now_serving.fetch_add(1, Ordering::SeqCst);
-        wake_sleepers(&lock.sleepers);
-        RwReadGuard { lock }
     }
 }
 

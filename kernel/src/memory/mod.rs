@@ -44,7 +44,7 @@
 //!
 //! | lock | protects | taken by |
 //! | --- | --- | --- |
-//! | **space lock**, one per space (`SpaceShared::space`, an [`RwSpinLock`]) | the space's allocation map and gap tree, its lower-half page tables (every entry write, table creation and freeing), its demand-zero reservation and table-page count | exclusively: every [`Space`] call, from its first check to its last entry change — a call that left a TLB round then downgrades it to shared for the round, its frees and its uncharge; shared: page faults on the space, [`with_mm`] (briefly, to count tables) |
+//! | **space lock**, one per space (`SpaceShared::space`, an [`RwSpinLock`]) | the space's allocation map and gap tree, its lower-half page tables (every entry write, table creation and freeing), its demand-zero reservation and table-page count | exclusively: every [`Space`] call, from its first check to its last entry change — a call that left a TLB round then releases it for the round, its frees and its uncharge, which calls on its pages wait for (`SpaceShared::with_range`); shared: page faults on the space, [`with_mm`] (briefly, to count tables) |
 //! | **CPU frames**, one per CPU (`frames.rs`) | the CPU's `FrameCache` (≤ 64 free frames) and the reservation it keeps back for its next commit (≤ 32) | its own CPU: single-frame alloc/free (page tables, demand-zero frames, everything a round frees), small reserve/unreserve; [`with_mm`] drains them all |
 //! | none: the charge's atomics (`Manager::charge`) | the [`CommitCharge`]: committed pages, tables charged and the limits' generation (one word), the peak, the limits | a commit's check-and-charge (one compare-exchange), a decommit's uncharge (`fetch_sub`); [`commit_state`] reads a snapshot, [`set_commit_limit`] moves the limits |
 //! | **frames lock** (`Manager::frames`) | the `FrameAllocator` (bitmap, reservations), the kernel's own tables and kernel-stack slots | per request: cache refills and drains (32 frames each), large pages, reservations beyond the CPU's kept ones; kernel stacks |
@@ -60,38 +60,43 @@
 //!   reached under any of them), no one holds two space locks (the registry is dropped before a
 //!   space lock is taken), and the frames holders never wait for anything (no round, no other
 //!   lock but frames under a CPU's cache). The kernel heap is taken inside any of them, never the
-//!   other way round. A downgrade keeps the space lock (exclusive, then shared, never released in
-//!   between), so a round's frees take the CPU's frames and the frames lock under the space lock
-//!   as before: the order is the same.
+//!   other way round. A round's frees take the CPU's frames and the frames lock with no space
+//!   lock held (the call released it after its last change).
 //! - **Interrupts.** Every lock is held with interrupts off, so a holder is never preempted. A
 //!   CPU waiting for a lock (or for the acknowledgements of its own round) spins with IF = 0 but
 //!   serves the TLB flush requests posted to it, so a space-lock holder that waits for its
 //!   acknowledgements never deadlocks with it (smp-and-dispatch §4 pitfall 14). Any other lock a
 //!   CPU may spin on while its holder waits for a round must do the same: use [`SpinLock`], or
 //!   call [`serve_flush_requests`] in the loop. The shootdown IPI handler takes no lock.
-//! - **Each call is atomic**: it holds its space lock from its first check to the end of its TLB
-//!   round and the freeing of what it unmapped (frames reach the allocator only after every CPU
-//!   that may hold a translation has acknowledged, §4(c)), exclusively until its last entry
-//!   changed. Calls on one space are serialised by that lock; the charge is checked and charged
-//!   in one step (one compare-exchange of the word that holds both counts,
-//!   `address_space::CommitCharge`), so two spaces committing at once can never together pass
-//!   the limit.
-//! - **A narrowing call downgrades for its round** (Linux's munmap: `mmap_write_downgrade`
-//!   before the unmap's flush and frees). `SpaceShared::with` (`space.rs`) runs every call inside
+//! - **Each call is atomic**: it holds its space lock exclusively from its first check to its
+//!   last entry change, and returns only after its TLB round and the freeing of what it unmapped
+//!   (frames reach the allocator only after every CPU that may hold a translation has
+//!   acknowledged, §4(c)); a call on the same pages does not start before that. Calls on one
+//!   space are serialised by the lock; the charge is checked and charged in one step (one
+//!   compare-exchange of the word that holds both counts, `address_space::CommitCharge`), so two
+//!   spaces committing at once can never together pass the limit.
+//! - **A narrowing call's round runs with the lock released**, keeping only its pages.
+//!   `SpaceShared::with_range` (`space.rs`) runs every call inside
 //!   `AddressSpace::defer_rounds`: the call validates and changes every entry, record and count
 //!   under the exclusive lock (validate, then perform: nothing fails after the first change) and
 //!   leaves its round, the frames and table pages to free after it and the charge to give back
-//!   after those (`PendingRound`); then [`RwWriteGuard::downgrade`](lock::RwWriteGuard::downgrade)
-//!   makes this CPU a reader with no other holder in between, and `PendingRound::complete` runs
-//!   the round, the frees and the uncharge under the shared lock. Meanwhile faults of the
-//!   space's other threads run (they see the call's finished entries and records; a range being
-//!   decommitted is already reserved, so no demand-zero fault can put a page into it; a table
-//!   the call unlinked is unreachable from the root and freed only after the round); the next
-//!   call, a `VirtualQuery` included, waits until the round and frees are done, so it sees the
-//!   finished state. Calls that need no round (commits of new pages, reservations, queries)
-//!   leave nothing and drop the exclusive lock as before. The argument in full: the crate's
-//!   `space/round.rs` and its README's Concurrency section. While this CPU holds the lock
-//!   shared for a round it touches no guest memory, so it cannot fault on the space.
+//!   after those (`PendingRound`). Its pages ([`CallRange`]: what the call's arguments name,
+//!   rounded out to 64 KiB; every address for a call that picks its place or reports on a whole
+//!   allocation, `VirtualQuery`, and for every call that does not say) are registered in this
+//!   CPU's slot of the space, the lock is released, and `PendingRound::complete_on` runs the
+//!   round, the frees and the uncharge; then the slot is cleared. A later call takes the lock
+//!   and first waits, holding it, for the rounds in flight on its pages (only those registered
+//!   before it took the lock: bounded); a call on other pages goes on at once. So two threads
+//!   decommitting their own regions no longer wait for each other's rounds, while a call on the
+//!   same pages (a recommit, a query) still sees the finished call. Faults never wait for rounds
+//!   (they see the call's finished entries and records; a range being decommitted is already
+//!   reserved, so no demand-zero fault can put a page into it; a table the call unlinked is
+//!   unreachable from the root and freed only after the round). Why a call on other pages cannot
+//!   tell a round is in flight: the crate's `space/round.rs` ("Without the lock") and its README's
+//!   Concurrency section. Calls that need no round (commits of new pages, reservations, queries)
+//!   register nothing. This replaced a downgrade to shared for the round (Linux's munmap), under
+//!   which every next call waited for the round. While this CPU makes its round it touches no
+//!   guest memory, so it cannot fault on the space.
 //! - **Frames held by the CPUs.** A cached frame is used and a kept reservation reserved to the
 //!   allocator, so nothing a reservation promised ever sits in a cache; the commit limit leaves
 //!   `MAX_CPUS × (64 + 32)` frames out for them (`limit + allowance ≤ frames − reserve/2 −
@@ -135,7 +140,7 @@ pub use boot::{BootSnapshot, boot_snapshot};
 pub use config::{MemoryConfig, config};
 pub use fault::{PageFaultVerdict, fault_access, on_page_fault};
 pub use frames::{KernelCharge, KernelFrames};
-pub use space::Space;
+pub use space::{CallRange, Space};
 pub use lock::{RwSpinLock, SpinLock};
 pub use tlb::{KernelTlb, serve_flush_requests, shootdown_stats};
 

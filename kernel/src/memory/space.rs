@@ -2,6 +2,8 @@
 
 use alloc::sync::Arc;
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use address_space::paging::tlb::ActiveCpus;
 use address_space::{Access, AddressSpace, CriticalLevel, FaultOutcome, MemoryBasicInformation, PhysMemory, SpaceConfig, VmContext, VmError, WorkCounters};
 use x86_64::PhysAddr;
@@ -32,27 +34,141 @@ pub(super) struct SpaceShared {
     /// The space lock: the allocation map, the tables, the demand-zero reservation; held
     /// exclusively by every call, shared by page faults. `None` once the space is destroyed.
     space: RwSpinLock<Option<AddressSpace>>,
+    /// Per CPU: the call of that CPU whose TLB round is in flight with the lock released, and
+    /// its pages ([`SpaceShared::with_range`]).
+    rounds: [RoundInFlight; MAX_CPUS],
+}
+
+/// The pages a call may change, or whose state its result may depend on, as far as they are
+/// known before it runs: at most two intervals (`[start, end)`), or every address
+/// ([`CallRange::ALL`]) when the call chooses its place (`VirtualAlloc` at NULL), reports on a
+/// whole allocation (`VirtualQuery`) or is not one of the calls that name their pages. A call
+/// waits for the TLB rounds in flight on pages of its range only ([`SpaceShared::with_range`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallRange([(u64, u64); 2]);
+
+impl CallRange {
+    /// Every address: the call waits for every round in flight on the space.
+    pub const ALL: CallRange = CallRange([(0, u64::MAX), (0, 0)]);
+
+    /// `size` bytes at `addr` rounded out to whole 64 KiB granules (a reservation's base is
+    /// rounded down to one; with `large`, to 2 MiB pages); a `size` of 0 runs to the end of the
+    /// address space (a release or decommit of the whole allocation based at `addr`); `addr` 0
+    /// (the call chooses the place) or a range past the end is [`ALL`](Self::ALL).
+    pub fn bytes(addr: u64, size: u64, large: bool) -> CallRange {
+        use address_space::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE};
+        let unit = if large { LARGE_PAGE_SIZE } else { ALLOCATION_GRANULARITY };
+        let start = addr & !(unit - 1);
+        let end = if size == 0 { Some(u64::MAX) } else { addr.checked_add(size).and_then(|e| e.checked_next_multiple_of(unit)) };
+        match end {
+            Some(end) if addr != 0 => CallRange([(start, end), (0, 0)]),
+            _ => CallRange::ALL,
+        }
+    }
+
+    /// The range of `VirtualAlloc(addr, size, alloc_type)` ([`bytes`](Self::bytes), in 2 MiB
+    /// pages with `MEM_LARGE_PAGES`; a `size` of 0 is refused by the call, so it may be anything).
+    pub fn alloc(addr: u64, size: u64, alloc_type: u32) -> CallRange {
+        Self::bytes(addr, size, alloc_type & address_space::win32::MEM_LARGE_PAGES != 0)
+    }
+
+    /// This range and the page holding `addr` (a result the call writes into guest memory).
+    pub fn and_page(self, addr: u64) -> CallRange {
+        let page = addr & !(address_space::PAGE_SIZE - 1);
+        CallRange([self.0[0], (page, page.saturating_add(address_space::PAGE_SIZE))])
+    }
+
+    fn overlaps(&self, other: &CallRange) -> bool {
+        self.0.iter().any(|a| other.0.iter().any(|b| a.0 < b.1 && b.0 < a.1))
+    }
+}
+
+/// One CPU's call whose TLB round, frees and uncharge run with the space lock released
+/// ([`SpaceShared::with_range`]). Written by its CPU only: the range while it holds the lock
+/// exclusively, then `seq` made odd (in flight) before it releases the lock, and even again
+/// when the round, frees and uncharge are done.
+struct RoundInFlight {
+    seq: AtomicU64,
+    /// The call's [`CallRange`]: start and end of its two intervals.
+    range: [AtomicU64; 4],
+    /// CPUs halted waiting for this round (`lock::wait_until`).
+    sleepers: AtomicU64,
+}
+
+impl RoundInFlight {
+    const fn idle() -> RoundInFlight {
+        RoundInFlight { seq: AtomicU64::new(0), range: [const { AtomicU64::new(0) }; 4], sleepers: AtomicU64::new(0) }
+    }
+
+    fn range(&self) -> CallRange {
+        let r = |i: usize| self.range[i].load(Ordering::Relaxed);
+        CallRange([(r(0), r(1)), (r(2), r(3))])
+    }
 }
 
 impl SpaceShared {
     /// Runs `f` on the space with a context, holding the space lock exclusively (the frames and
     /// the charge are locked per request by `KernelFrames` / `KernelCharge`); interrupts off
     /// meanwhile. If `f` left a TLB round (a narrowing call: `AddressSpace::defer_rounds`), the
-    /// lock is then downgraded to shared for the round, the frees after it and the uncharge
-    /// (`PendingRound::complete`): faults on the space go on meanwhile, the next call waits
-    /// until they are done (module docs of `memory`). `None` if the space is destroyed.
+    /// lock is released for the round, the frees after it and the uncharge; every next call
+    /// waits until they are done, as `f` may have changed any page ([`with_range`](Self::with_range)
+    /// for a call that names its pages). `None` if the space is destroyed.
     pub(super) fn with<R>(&self, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> Option<R> {
+        self.with_range(CallRange::ALL, f)
+    }
+
+    /// As [`with`](Self::with) for a call whose pages are `range` (every page it may change or
+    /// report on): it waits only for the rounds in flight on those pages, and its own round, if it
+    /// leaves one, runs with the lock **released** (not downgraded), so that the next call on
+    /// other pages need not wait for it.
+    ///
+    /// Under the exclusive lock the call first waits, still holding it, for every round in flight
+    /// on its range: only rounds registered before it took the lock (registering needs the lock),
+    /// at most one per other CPU, so the wait is bounded, and no round needs the space lock to
+    /// finish (a round waits for acknowledgements, which every waiting CPU serves; the frees and
+    /// the uncharge take the frames' and the charge's locks only). Then the call runs
+    /// (`AddressSpace::defer_rounds`); a round it left is registered under its range (this CPU's
+    /// slot) before the lock is released, completed (`PendingRound::complete_on`: the round, the
+    /// frees, the uncharge), and the slot cleared. Why a call on other pages cannot tell the round
+    /// is still in flight, and why one on its pages must wait: the crate's `space/round.rs`
+    /// ("Without the lock"). Faults take the lock shared and never wait for rounds, as while a
+    /// call held the lock shared for its round.
+    pub(super) fn with_range<R>(&self, range: CallRange, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> Option<R> {
         interrupts::without_interrupts(|| {
             let mut guard = self.space.write();
+            self.wait_for_rounds(&range);
             self.in_context(|cx| {
                 let (result, pending) = guard.as_mut()?.defer_rounds(cx, f);
                 if let Some(pending) = pending {
-                    let shared = guard.downgrade();
-                    pending.complete(shared.as_ref().expect("the space lives: its lock is held"), cx);
+                    let slot = &self.rounds[percpu::this_cpu()];
+                    for (i, v) in range.0.iter().flat_map(|&(s, e)| [s, e]).enumerate() {
+                        slot.range[i].store(v, Ordering::Relaxed);
+                    }
+                    // Odd: in flight. Seen by every later holder of the lock (its release below
+                    // orders this before their acquire).
+                    let seq = slot.seq.fetch_add(1, Ordering::Relaxed);
+                    debug_assert!(seq % 2 == 0, "a CPU with two rounds in flight");
+                    drop(guard);
+                    pending.complete_on(&self.active, cx);
+                    // Even: done; the round, frees and uncharge happen before a waiter's return.
+                    slot.seq.fetch_add(1, Ordering::SeqCst);
+                    super::lock::wake_sleepers(&slot.sleepers);
                 }
                 Some(result)
             })
         })
+    }
+
+    /// Waits until no other CPU's round in flight on this space overlaps `range` (the caller
+    /// holds the space lock, so no new one starts; see [`with_range`](Self::with_range)).
+    fn wait_for_rounds(&self, range: &CallRange) {
+        let this = percpu::this_cpu();
+        for (cpu, slot) in self.rounds.iter().enumerate() {
+            let seq = slot.seq.load(Ordering::Acquire);
+            if cpu != this && seq % 2 == 1 && slot.range().overlaps(range) {
+                super::lock::wait_until(&slot.sleepers, || slot.seq.load(Ordering::SeqCst) != seq);
+            }
+        }
     }
 
     /// As [`with`](Self::with) for an operation that only reads the space and its tables
@@ -64,6 +180,7 @@ impl SpaceShared {
     pub(super) fn with_mem<R>(&self, f: impl FnOnce(&AddressSpace, &PhysWindow) -> R) -> Option<R> {
         interrupts::without_interrupts(|| {
             let guard = self.space.write();
+            self.wait_for_rounds(&CallRange::ALL);
             let space = guard.as_ref()?;
             Some(f(space, &manager().window))
         })
@@ -97,7 +214,12 @@ impl SpaceShared {
 
     /// Page-table pages of the space, its root included (0 once destroyed).
     pub(super) fn table_pages(&self) -> u64 {
-        interrupts::without_interrupts(|| self.space.read().as_ref().map_or(0, |s| 1 + s.table_pages()))
+        interrupts::without_interrupts(|| {
+            let guard = self.space.read();
+            // Exact: the tables of calls whose rounds are in flight are freed first.
+            self.wait_for_rounds(&CallRange::ALL);
+            guard.as_ref().map_or(0, |s| 1 + s.table_pages())
+        })
     }
 }
 
@@ -144,7 +266,12 @@ impl Space {
             let entry = window.read_u64(PhysAddr::new(kernel_root + i * 8));
             window.write_u64(PhysAddr::new(root + i * 8), entry);
         }
-        let shared = Arc::new(SpaceShared { root, active: space.active_set(), space: RwSpinLock::new(Some(space)) });
+        let shared = Arc::new(SpaceShared {
+            root,
+            active: space.active_set(),
+            space: RwSpinLock::new(Some(space)),
+            rounds: [const { RoundInFlight::idle() }; MAX_CPUS],
+        });
         interrupts::without_interrupts(|| {
             frames::add_counters(&counters);
             manager.spaces.lock().insert(root, Arc::clone(&shared));
@@ -219,6 +346,13 @@ impl Space {
         self.shared.with(f).expect("a Space handle's space is alive")
     }
 
+    /// As [`with`](Self::with) for a call whose pages are `range`: it waits only for TLB rounds
+    /// in flight on them, and its own round runs with the lock released
+    /// ([`SpaceShared::with_range`]).
+    pub fn with_range<R>(&self, range: CallRange, f: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, PhysWindow, KernelTlb>) -> R) -> R {
+        self.shared.with_range(range, f).expect("a Space handle's space is alive")
+    }
+
     /// Runs `f` on the space and the physical window, holding the space's lock: for operations
     /// that only read (see [`SpaceShared::with_mem`]).
     pub fn with_mem<R>(&self, f: impl FnOnce(&AddressSpace, &PhysWindow) -> R) -> R {
@@ -234,17 +368,17 @@ impl Space {
 
     /// `VirtualAlloc` (see `AddressSpace::virtual_alloc`).
     pub fn virtual_alloc(&self, addr: u64, size: u64, alloc_type: u32, protect: u32) -> Result<u64, VmError> {
-        self.with(|s, cx| s.virtual_alloc(cx, addr, size, alloc_type, protect, CriticalLevel::Task))
+        self.with_range(CallRange::alloc(addr, size, alloc_type), |s, cx| s.virtual_alloc(cx, addr, size, alloc_type, protect, CriticalLevel::Task))
     }
 
     /// `VirtualFree`.
     pub fn virtual_free(&self, addr: u64, size: u64, free_type: u32) -> Result<(), VmError> {
-        self.with(|s, cx| s.virtual_free(cx, addr, size, free_type))
+        self.with_range(CallRange::bytes(addr, size, false), |s, cx| s.virtual_free(cx, addr, size, free_type))
     }
 
     /// `VirtualProtect`; returns the old protection.
     pub fn virtual_protect(&self, addr: u64, size: u64, protect: u32) -> Result<u32, VmError> {
-        self.with(|s, cx| s.virtual_protect(cx, addr, size, protect))
+        self.with_range(CallRange::bytes(addr, size, false), |s, cx| s.virtual_protect(cx, addr, size, protect))
     }
 
     /// `VirtualQuery`.
@@ -259,7 +393,7 @@ impl Space {
 
     /// `ResetWriteWatch`.
     pub fn reset_write_watch(&self, base: u64, size: u64) -> Result<(), VmError> {
-        self.with(|s, cx| s.reset_write_watch(cx, base, size))
+        self.with_range(CallRange::bytes(base, size, false), |s, cx| s.reset_write_watch(cx, base, size))
     }
 }
 
@@ -272,6 +406,7 @@ impl Drop for Space {
         interrupts::without_interrupts(|| {
             manager().spaces.lock().remove(&root);
             let mut guard = self.shared.space.write();
+            self.shared.wait_for_rounds(&CallRange::ALL);
             // Every other CPU still running the space (idle ones that kept its root in CR3) loads
             // the kernel's table before the tables are freed (§4(b)); then none is left.
             let others = self.shared.active.get().without(percpu::this_cpu());

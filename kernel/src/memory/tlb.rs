@@ -318,6 +318,12 @@ pub fn serve_flush_requests() {
     serve(percpu::this_cpu());
 }
 
+/// Whether a flush request of another CPU waits to be served by this one (its round is in
+/// flight until then). For tests that hold a round open.
+pub fn flush_requests_pending() -> bool {
+    PENDING[percpu::this_cpu()].load(Ordering::Acquire) != 0
+}
+
 /// The IDT handler of [`apic::SHOOTDOWN_VECTOR`]: serves this CPU's requests and acknowledges
 /// the interrupt. Reads no GS (the CPU's index comes from its APIC id), takes no lock.
 pub extern "x86-interrupt" fn shootdown_interrupt(_frame: InterruptStackFrame) {

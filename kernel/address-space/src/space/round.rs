@@ -63,11 +63,31 @@
 //!   space's commit that passes the charge always finds its frames; one that is refused while a
 //!   decommit is in its second phase is ordered before the decommit (which has not returned).
 //!
+//! **Without the lock.** Phase 2 reads nothing of the space but its set of CPUs, and changes
+//! nothing of it: the frames and table pages it frees were unlinked in phase 1 (no walk from the
+//! root reaches them), the charge is the charge's. So a kernel may instead release the lock after
+//! phase 1 and run [`PendingRound::complete_on`] with no hold on the space, if it keeps out, until
+//! that returns, every later call whose pages *overlap the call's* (the ones it may change, or whose
+//! state it reports: a query, a protect's old protection, a failure that depends on them). What
+//! such a call would otherwise see is the first call's finished entries while a stale translation
+//! of them may still be in another CPU's TLB: a guest could observe the call as done (a query says
+//! decommitted) and still reach the old page through that TLB, so the call would not be atomic.
+//! A call on other pages cannot tell the difference: its result depends only on its own pages'
+//! entries and on the global counts, and those are as if it ran before the first call (a commit
+//! refused for the charge the first call gives back only in phase 2 is ordered before it). Its
+//! phase 1 may share a table with the first call's pages: it writes only its own entries, creates
+//! a table where the first call unlinked one, and a CPU whose paging-structure cache still points
+//! at the unlinked table faults once, finds the page allowed and invalidates its entry (`INVLPG`
+//! drops the paging-structure caches for the address too). The kernel does this
+//! (`kernel/src/memory/space.rs`, `SpaceShared::with_range`).
+//!
 //! **A second exclusive caller** (any other call on the space, a `VirtualQuery`, a fault handled
 //! exclusively, the teardown) waits until every shared holder left, the first call's second
-//! phase included: it sees the round done, the frames freed, the charge given back — each call
-//! takes effect atomically for every other call (host-abi §10.2). Only faults run between the
-//! phases, and two calls' second phases never overlap on one space.
+//! phase included (or, without the lock, until the second phase of every call on its pages is
+//! done): it sees the round done, the frames freed, the charge given back — each call takes
+//! effect atomically for every other call (host-abi §10.2). With the lock downgraded only faults
+//! run between the phases; without it, also calls on other pages, whose own second phases may
+//! then overlap the first's (each round serves the other's requests while it waits).
 
 use super::{AddressSpace, VmContext};
 use crate::paging::tlb::{ActiveCpus, MAX_DEFERRED, Tlb, TlbBatch};
@@ -95,9 +115,18 @@ impl PendingRound {
     ///
     /// If `space` is not the space that left the round (a caller bug), or a frame it frees is
     /// not allocated (a kernel bug).
-    pub fn complete<M: PhysMemory, T: Tlb>(mut self, space: &AddressSpace, cx: &mut VmContext<'_, M, T>) {
+    pub fn complete<M: PhysMemory, T: Tlb>(self, space: &AddressSpace, cx: &mut VmContext<'_, M, T>) {
         assert_eq!(self.root, space.root_pa(), "a pending round completed on another space");
-        self.run(&space.active, cx);
+        self.complete_on(&space.active, cx);
+    }
+
+    /// As [`complete`](Self::complete) with no hold on the space at all: `active` is the space's
+    /// set of CPUs ([`AddressSpace::active_set`]), the only thing of it the round reads. For a
+    /// caller that releases the space lock after phase 1 and keeps every later call that may
+    /// change or report the pages of this call out until this returns (module docs, "Without
+    /// the lock").
+    pub fn complete_on<M: PhysMemory, T: Tlb>(mut self, active: &ActiveCpus, cx: &mut VmContext<'_, M, T>) {
+        self.run(active, cx);
     }
 
     /// The frames and table pages it will free (4 KiB frames, 2 MiB runs).

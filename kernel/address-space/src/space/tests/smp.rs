@@ -568,8 +568,10 @@ fn spaces_on_threads_share_frames_and_charge_exactly() {
 
 /// Four threads on one space behind a reader/writer lock, as the kernel holds it: page faults
 /// take it shared (`handle_fault_shared`, several at once), every other call exclusively, and a
-/// call that leaves a TLB round (`defer_rounds`) downgrades it to shared for the round, the frees
-/// and the uncharge (`PendingRound::complete`), while the faults of the others go on. Each
+/// call that leaves a TLB round (`defer_rounds`) either downgrades it to shared for the round, the
+/// frees and the uncharge (`PendingRound::complete`), while the faults of the others go on, or
+/// releases it (`PendingRound::complete_on`, the kernel's way), while the others' faults and calls
+/// on other pages go on. Each
 /// thread decommits, recommits, protects and touches the pages of its own region (checked
 /// against its own model: they are only its). And in rounds, all of them first-touch one fresh
 /// shared page at the same moment (a barrier), each writing its own slot of it: a second frame
@@ -632,28 +634,45 @@ fn shared_faults_on_one_space_agree() {
         result
     }
 
-    /// A call as the kernel makes it: its changes under the write lock, then the lock
-    /// downgraded (no writer in between) for its round, frees and uncharge, while the other
-    /// threads' faults go on under the read lock.
+    /// A call on the page at `page` as the kernel makes it (`SpaceShared::with_range`): under
+    /// the write lock it waits for the rounds in flight on its page, makes its changes, and if it
+    /// left a round, registers its page as in flight and releases the lock for the round, frees
+    /// and uncharge (`PendingRound::complete_on`), while the other threads' faults and calls go
+    /// on. Even rounds use the downgrade instead (no writer in between), as a kernel may.
     fn in_two_phases<R>(
         space: &std::sync::RwLock<AddressSpace>,
+        in_flight: &Mutex<Vec<u64>>,
+        page: u64,
         cx: &mut VmContext<'_, SharedRam<'_>, crate::sim::TlbModel>,
         call: impl FnOnce(&mut AddressSpace, &mut VmContext<'_, SharedRam<'_>, crate::sim::TlbModel>) -> R,
     ) -> R {
         let mut s = space.write().expect("space");
+        // Only rounds registered before this holder took the lock: the wait ends.
+        while in_flight.lock().expect("in flight").contains(&page) {
+            std::thread::yield_now();
+        }
         let (result, left) = s.defer_rounds(cx, call);
         if let Some(left) = left {
-            left.complete(&std::sync::RwLockWriteGuard::downgrade(s), cx);
+            if page / 0x1000 % 2 == 0 {
+                left.complete(&std::sync::RwLockWriteGuard::downgrade(s), cx);
+            } else {
+                let active = s.active_set();
+                in_flight.lock().expect("in flight").push(page);
+                drop(s);
+                left.complete_on(&active, cx);
+                in_flight.lock().expect("in flight").retain(|&p| p != page);
+            }
         }
         result
     }
+    let in_flight = Mutex::new(Vec::new());
 
     /// Per own page of a thread: committed, writable, has a frame, value.
     type OwnPages = Vec<(bool, bool, bool, u64)>;
     let (guards, finals): (u64, Vec<OwnPages>) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
-                let (ram, frames, charge, space, barrier, guards_hit) = (&ram, &frames, &charge, &space, &barrier, &guards_hit);
+                let (ram, frames, charge, space, barrier, guards_hit, in_flight) = (&ram, &frames, &charge, &space, &barrier, &guards_hit, &in_flight);
                 scope.spawn(move || {
                     let _failing = barrier.fails_with_this_thread();
                     let mut r = Rng(seed ^ (t as u64 + 7).wrapping_mul(0x2545_F491_4F6C_DD1D));
@@ -670,7 +689,7 @@ fn shared_faults_on_one_space_agree() {
                         let m = &mut model[p as usize];
                         match r.below(100) {
                             0..=14 => {
-                                in_two_phases(space, &mut cx, |s, cx| s.virtual_free(cx, page, 0x1000, MEM_DECOMMIT)).expect("decommit");
+                                in_two_phases(space, in_flight, page, &mut cx, |s, cx| s.virtual_free(cx, page, 0x1000, MEM_DECOMMIT)).expect("decommit");
                                 *m = (false, false, false, 0);
                             }
                             15..=29 => {
@@ -679,7 +698,7 @@ fn shared_faults_on_one_space_agree() {
                             }
                             30..=44 => {
                                 let writable = r.below(2) == 0;
-                                let got = in_two_phases(space, &mut cx, |s, cx| s.virtual_protect(cx, page, 0x1000, if writable { PAGE_READWRITE } else { PAGE_READONLY }));
+                                let got = in_two_phases(space, in_flight, page, &mut cx, |s, cx| s.virtual_protect(cx, page, 0x1000, if writable { PAGE_READWRITE } else { PAGE_READONLY }));
                                 assert_eq!(got.is_ok(), m.0, "[seed {seed:#x}] thread {t} round {i}: protect of {page:#x}");
                                 if m.0 {
                                     m.1 = writable;
@@ -731,7 +750,7 @@ fn shared_faults_on_one_space_agree() {
                             let next = shared_base + ((i + 1) % SHARED_PAGES) * 0x1000;
                             guarded = r.below(4) == 0;
                             let prot = if guarded { PAGE_READWRITE | PAGE_GUARD } else { PAGE_READWRITE };
-                            in_two_phases(space, &mut cx, |s, cx| {
+                            in_two_phases(space, in_flight, next, &mut cx, |s, cx| {
                                 s.virtual_free(cx, next, 0x1000, MEM_DECOMMIT).expect("decommit");
                                 s.virtual_alloc(cx, next, 0x1000, MEM_COMMIT, prot, CriticalLevel::Task).expect("commit");
                             });
