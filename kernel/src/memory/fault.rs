@@ -9,7 +9,7 @@ use address_space::{Access, FaultOutcome};
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::PhysFrame;
 
-use super::frames::KernelFrames;
+use super::frames::{self, KernelFrames};
 use super::manager;
 use super::space::SpaceShared;
 use crate::arch::cpu;
@@ -110,14 +110,16 @@ pub fn on_page_fault(addr: u64, error_code: u64, rflags: u64) -> PageFaultVerdic
 /// (module docs).
 ///
 /// Demand-zero without zeroing under the lock (smp-and-dispatch §4(d), Linux
-/// `do_anonymous_page`): if the fault needs a new frame, the first pass says so; a frame is taken
-/// from this CPU's frame cache and zeroed with no lock held, and offered to the space in a
-/// second pass, which reads the entry anew and installs the frame by compare-and-exchange: if a
-/// decommit, a protect or another CPU's fault changed the entry meanwhile, the frame is not used
-/// and goes back; if it is used, the page's reserved frame goes back instead (to this CPU's kept
-/// reservation), so the counts are exactly those of a fault handled in one go. With no
-/// unreserved frame left, the fault is handled exclusively (`handle_fault`: the page's reserved
-/// frame, zeroed under the lock).
+/// `do_anonymous_page`), in one pass: the fault takes this CPU's kept zeroed frame
+/// (`frames::take_zeroed`) and offers it to the space under the shared lock, which installs it by
+/// compare-and-exchange if the fault is a first touch (the page's reserved frame then goes back,
+/// to this CPU's kept reservation, so the counts are exactly those of a fault handled in one go);
+/// an unused frame is kept for the next fault, a used one replaced after the lock is dropped (a
+/// frame from this CPU's cache, zeroed with no lock held). Without a kept frame (the first fault
+/// on a CPU, or none to be had) the first pass says whether one is needed, and a second pass
+/// offers it; with no unreserved frame left at all, the fault is handled exclusively
+/// (`handle_fault`: the page's reserved frame, zeroed under the lock). So a first touch costs one
+/// lock pass and one zeroing, and the zeroing never holds up a call waiting for the lock.
 pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<(FaultOutcome, bool)> {
     if space.held_by_this_cpu() {
         return None;
@@ -129,24 +131,37 @@ pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<
             Some((outcome, cx.counters.faults_resolved != populated_before))
         })
     };
-    let mut resolved = shared_pass(&mut None)?;
-    if resolved.is_none()
-        && let Ok(frame) = KernelFrames.alloc()
-    {
-        // The frame is this CPU's alone (allocated, in no table): no lock needed. Interrupts are
-        // off (a fault from ring 3): a shootdown IPI sent meanwhile would wait for the whole
-        // zeroing (thousands of cycles under TCG) and hold up another CPU's round, so the
-        // requests posted to this CPU are served between eighths of the page.
-        let mut window = manager().window;
-        window.zero_frame_in(frame, 8, super::tlb::serve_flush_requests);
-        let mut zeroed = Some(frame);
-        let second = shared_pass(&mut zeroed);
-        if let Some(unused) = zeroed {
-            KernelFrames.free(unused).expect("the zeroed frame is allocated");
+    // A frame from this CPU's cache, zeroed: it is this CPU's alone (allocated, in no table), so
+    // no lock is needed. Interrupts are off (a fault from ring 3): a shootdown IPI sent meanwhile
+    // would wait for the whole zeroing (thousands of cycles under TCG) and hold up another CPU's
+    // round, so the requests posted to this CPU are served between eighths of the page.
+    let new_zeroed = || {
+        KernelFrames.alloc().ok().inspect(|&frame| {
+            let mut window = manager().window;
+            window.zero_frame_in(frame, 8, super::tlb::serve_flush_requests);
+        })
+    };
+    let mut zeroed = frames::take_zeroed();
+    let kept = zeroed.is_some();
+    let mut resolved = shared_pass(&mut zeroed);
+    if matches!(resolved, Some(None)) && !kept {
+        zeroed = new_zeroed();
+        if zeroed.is_some() {
+            resolved = shared_pass(&mut zeroed);
         }
-        resolved = second?;
     }
-    match resolved {
+    match zeroed {
+        // Unused (not a first touch, a race lost, or the space is gone): still all zero.
+        Some(unused) => frames::keep_zeroed(unused),
+        // Installed: the next fault's, zeroed now that no lock is held.
+        None if kept || matches!(resolved, Some(Some((_, true)))) => {
+            if let Some(frame) = new_zeroed() {
+                frames::keep_zeroed(frame);
+            }
+        }
+        None => {}
+    }
+    match resolved? {
         Some(resolved) => Some(resolved),
         // No unreserved frame to zero outside the lock: the reserved one, under it.
         None => space.with(|space, cx| {

@@ -7,8 +7,9 @@
 //! `FrameCache` of up to `CACHE_CAPACITY` free frames in front of the allocator (`alloc` and
 //! `free` of single frames: page tables, demand-zero frames, everything a TLB round frees), and
 //! up to [`PROMISED_MAX`] frames of reservation kept back from decommits and first touches for
-//! the next commit on this CPU. Both count as used (cached) or reserved (kept) to the global
-//! allocator, so nothing it promises sits in a cache; the commit limit leaves
+//! the next commit on this CPU, and one zeroed frame kept for its next demand-zero fault
+//! ([`take_zeroed`], [`keep_zeroed`]). They count as used (cached, zeroed) or reserved (kept) to
+//! the global allocator, so nothing it promises sits in a cache; the commit limit leaves
 //! [`PER_CPU_FRAMES`] × `MAX_CPUS` frames out for them (the `limit + allowance ≤ frames −
 //! CPUs × cached` rule of the crate's `frame::cache` docs), so a commit that passed the charge
 //! check still always gets its reservation. [`drain_all`] gives everything back (for an exact
@@ -24,19 +25,22 @@ use crate::arch::percpu::{self, MAX_CPUS};
 
 /// Most frames of reservation one CPU keeps back for its next commit.
 pub const PROMISED_MAX: u64 = CACHE_BATCH as u64;
-/// Most frames one CPU holds out of the global allocator's reach (cached or kept reserved).
-pub const PER_CPU_FRAMES: u64 = CACHE_CAPACITY as u64 + PROMISED_MAX;
+/// Most frames one CPU holds out of the global allocator's reach (cached, kept zeroed, or kept
+/// reserved).
+pub const PER_CPU_FRAMES: u64 = CACHE_CAPACITY as u64 + 1 + PROMISED_MAX;
 
 /// One CPU's frames (see the module docs).
 pub(super) struct CpuFrames {
     cache: FrameCache,
     promised: FrameReservation,
+    /// A frame allocated and zeroed for this CPU's next demand-zero fault.
+    zeroed: Option<PhysFrame<Size4KiB>>,
 }
 
 /// Per CPU; only its own CPU takes its lock, except [`drain_all`] (so it is never contended on
 /// the common path). Lock order: a space's lock → this → the frames.
 static CPU_FRAMES: [SpinLock<CpuFrames>; MAX_CPUS] =
-    [const { SpinLock::new(CpuFrames { cache: FrameCache::new(), promised: FrameReservation::empty() }) }; MAX_CPUS];
+    [const { SpinLock::new(CpuFrames { cache: FrameCache::new(), promised: FrameReservation::empty(), zeroed: None }) }; MAX_CPUS];
 
 /// Work counters per CPU, added to after each call that did work.
 static CPU_COUNTERS: [SpinLock<WorkCounters>; MAX_CPUS] = [const { SpinLock::new(WorkCounters::new()) }; MAX_CPUS];
@@ -108,6 +112,9 @@ pub(super) fn drain_all<R>(f: impl FnOnce() -> R) -> R {
     let mut held = [const { None }; MAX_CPUS];
     for (slot, cpu) in held.iter_mut().zip(CPU_FRAMES.iter()) {
         let mut c = cpu.lock();
+        if let Some(zeroed) = c.zeroed.take() {
+            c.cache.free(zeroed, &Global).expect("the kept zeroed frame is allocated");
+        }
         c.cache.drain(&Global);
         let all = c.promised.frames();
         if all > 0 {
@@ -117,6 +124,21 @@ pub(super) fn drain_all<R>(f: impl FnOnce() -> R) -> R {
         *slot = Some(c);
     }
     f()
+}
+
+/// Takes this CPU's kept zeroed frame, if it has one: allocated, all zero, mapped nowhere (for
+/// a demand-zero fault, `fault::resolve`).
+pub(super) fn take_zeroed() -> Option<PhysFrame<Size4KiB>> {
+    this_cpu(|c| c.zeroed.take())
+}
+
+/// Keeps `frame` (allocated, all zero, mapped nowhere) as this CPU's zeroed frame; if it has one
+/// already, `frame` is freed.
+pub(super) fn keep_zeroed(frame: PhysFrame<Size4KiB>) {
+    this_cpu(|c| match c.zeroed {
+        None => c.zeroed = Some(frame),
+        Some(_) => c.cache.free(frame, &Global).expect("a zeroed frame is allocated"),
+    })
 }
 
 /// Adds one call's work counters to this CPU's (if it did anything). Interrupts must be off.

@@ -97,9 +97,10 @@
 //!   register nothing. This replaced a downgrade to shared for the round (Linux's munmap), under
 //!   which every next call waited for the round. While this CPU makes its round it touches no
 //!   guest memory, so it cannot fault on the space.
-//! - **Frames held by the CPUs.** A cached frame is used and a kept reservation reserved to the
-//!   allocator, so nothing a reservation promised ever sits in a cache; the commit limit leaves
-//!   `MAX_CPUS × (64 + 32)` frames out for them (`limit + allowance ≤ frames − reserve/2 −
+//! - **Frames held by the CPUs.** A cached frame (and the zeroed frame each CPU keeps for its next
+//!   demand-zero fault) is used and a kept reservation reserved to the allocator, so nothing a
+//!   reservation promised ever sits in a cache; the commit limit leaves
+//!   `MAX_CPUS × (64 + 1 + 32)` frames out for them (`limit + allowance ≤ frames − reserve/2 −
 //!   cached`), so a commit that passed the charge always gets its frames. [`with_mm`] gives every
 //!   CPU's frames back first, so its figures (and the tests' before/after counts) are exact.
 //! - **A page fault** (ring 0: [`on_page_fault`]; ring 3: [`Space::handle_fault`]) finds its
@@ -108,10 +109,11 @@
 //!   several CPUs at once, and change only non-present entries (a first touch, a guard disarmed),
 //!   by `lock cmpxchg` of the entry they read (`AddressSpace::handle_fault_shared`); the one that
 //!   loses a race does nothing and retries the access. The tables exist (commit made them), so a
-//!   fault creates none and needs no round. A demand-zero fault takes the lock twice: once to
-//!   learn it needs a frame, then — after taking one from this CPU's cache and zeroing it with no
-//!   lock held — to install it, the entry read anew (§4(d)); if the page changed meanwhile the
-//!   frame goes back. The page's reserved frame comes out of the space's atomic reservation into
+//!   fault creates none and needs no round. A demand-zero fault takes the lock once, bringing
+//!   the zeroed frame its CPU keeps (zeroed with no lock held, after the CPU's previous fault used
+//!   the last one, §4(d)); the entry is installed by compare-and-exchange, and a frame not used
+//!   (the page changed, or was no first touch) stays kept. A CPU with no kept frame takes the
+//!   lock twice: once to learn it needs a frame, then to install one zeroed meanwhile. The page's reserved frame comes out of the space's atomic reservation into
 //!   this CPU's kept reservation: the common fault path takes no global lock. (With no
 //!   unreserved frame left, the fault is handled exclusively with the reserved frame.) A call
 //!   holds the lock exclusively, so it never sees a fault half done. A fault taken while this CPU
