@@ -454,7 +454,7 @@ impl GuestMemory<'_> {
         let Some(level) = critical_level(level) else {
             return Err(E_INVALIDARG);
         };
-        let result = self.space.with_range(CallRange::alloc(addr, size, alloc_type), |s, cx| {
+        let result = self.space.with_range(CallRange::bytes(addr, size), |s, cx| {
             call_clock::lap(Stage::Lock);
             s.virtual_alloc(cx, addr, size, alloc_type, protect, level)
         });
@@ -465,7 +465,7 @@ impl GuestMemory<'_> {
     }
 
     fn virtual_free(&self, addr: u64, size: u64, free_type: u32) -> Result<(), HResult> {
-        let result = self.space.with_range(CallRange::bytes(addr, size, false), |s, cx| {
+        let result = self.space.with_range(CallRange::bytes(addr, size), |s, cx| {
             call_clock::lap(Stage::Lock);
             s.virtual_free(cx, addr, size, free_type)
         });
@@ -554,7 +554,7 @@ impl GuestMemory<'_> {
         }
         call_clock::lap(Stage::Check);
         // The common case in one lock: `lpflOldProtect` checked, the protection, its result.
-        let fast = self.space.with_range(CallRange::bytes(addr, size, false).and_page(p_old), |s, cx| {
+        let fast = self.space.with_range(CallRange::bytes(addr, size).and_page(p_old), |s, cx| {
             call_clock::lap(Stage::Lock);
             let page = p_old & !(PAGE_SIZE - 1);
             let mapped_writable = || {
@@ -589,7 +589,7 @@ impl GuestMemory<'_> {
             None => {
                 self.check_writable(p_old, 4).map_err(hresult::from_vm)?;
                 call_clock::lap(Stage::Check);
-                let old = self.space.with_range(CallRange::bytes(addr, size, false), |s, cx| {
+                let old = self.space.with_range(CallRange::bytes(addr, size), |s, cx| {
                     call_clock::lap(Stage::Lock);
                     s.virtual_protect(cx, addr, size, protect)
                 });

@@ -81,7 +81,7 @@
 //!   under the exclusive lock (validate, then perform: nothing fails after the first change) and
 //!   leaves its round, the frames and table pages to free after it and the charge to give back
 //!   after those (`PendingRound`). Its pages ([`CallRange`]: what the call's arguments name,
-//!   rounded out to 64 KiB; every address for a call that picks its place or reports on a whole
+//!   rounded out to 2 MiB; every address for a call that picks its place or reports on a whole
 //!   allocation, `VirtualQuery`, and for every call that does not say) are registered in this
 //!   CPU's slot of the space, the lock is released, and `PendingRound::complete_on` runs the
 //!   round, the frees and the uncharge; then the slot is cleared. A later call takes the lock

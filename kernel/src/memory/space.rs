@@ -51,25 +51,19 @@ impl CallRange {
     /// Every address: the call waits for every round in flight on the space.
     pub const ALL: CallRange = CallRange([(0, u64::MAX), (0, 0)]);
 
-    /// `size` bytes at `addr` rounded out to whole 64 KiB granules (a reservation's base is
-    /// rounded down to one; with `large`, to 2 MiB pages); a `size` of 0 runs to the end of the
-    /// address space (a release or decommit of the whole allocation based at `addr`); `addr` 0
-    /// (the call chooses the place) or a range past the end is [`ALL`](Self::ALL).
-    pub fn bytes(addr: u64, size: u64, large: bool) -> CallRange {
-        use address_space::{ALLOCATION_GRANULARITY, LARGE_PAGE_SIZE};
-        let unit = if large { LARGE_PAGE_SIZE } else { ALLOCATION_GRANULARITY };
-        let start = addr & !(unit - 1);
-        let end = if size == 0 { Some(u64::MAX) } else { addr.checked_add(size).and_then(|e| e.checked_next_multiple_of(unit)) };
+    /// `size` bytes at `addr` rounded out to whole 2 MiB pages (a reservation's base is rounded
+    /// down to 64 KiB, and a call on part of a large page changes its one entry, so the range
+    /// covers every entry the call may change); a `size` of 0 runs to the end of the address
+    /// space (a release or decommit of the whole allocation based at `addr`); `addr` 0 (the call
+    /// chooses the place) or a range past the end is [`ALL`](Self::ALL).
+    pub fn bytes(addr: u64, size: u64) -> CallRange {
+        const UNIT: u64 = address_space::LARGE_PAGE_SIZE;
+        let start = addr & !(UNIT - 1);
+        let end = if size == 0 { Some(u64::MAX) } else { addr.checked_add(size).and_then(|e| e.checked_next_multiple_of(UNIT)) };
         match end {
             Some(end) if addr != 0 => CallRange([(start, end), (0, 0)]),
             _ => CallRange::ALL,
         }
-    }
-
-    /// The range of `VirtualAlloc(addr, size, alloc_type)` ([`bytes`](Self::bytes), in 2 MiB
-    /// pages with `MEM_LARGE_PAGES`; a `size` of 0 is refused by the call, so it may be anything).
-    pub fn alloc(addr: u64, size: u64, alloc_type: u32) -> CallRange {
-        Self::bytes(addr, size, alloc_type & address_space::win32::MEM_LARGE_PAGES != 0)
     }
 
     /// This range and the page holding `addr` (a result the call writes into guest memory).
@@ -368,17 +362,17 @@ impl Space {
 
     /// `VirtualAlloc` (see `AddressSpace::virtual_alloc`).
     pub fn virtual_alloc(&self, addr: u64, size: u64, alloc_type: u32, protect: u32) -> Result<u64, VmError> {
-        self.with_range(CallRange::alloc(addr, size, alloc_type), |s, cx| s.virtual_alloc(cx, addr, size, alloc_type, protect, CriticalLevel::Task))
+        self.with_range(CallRange::bytes(addr, size), |s, cx| s.virtual_alloc(cx, addr, size, alloc_type, protect, CriticalLevel::Task))
     }
 
     /// `VirtualFree`.
     pub fn virtual_free(&self, addr: u64, size: u64, free_type: u32) -> Result<(), VmError> {
-        self.with_range(CallRange::bytes(addr, size, false), |s, cx| s.virtual_free(cx, addr, size, free_type))
+        self.with_range(CallRange::bytes(addr, size), |s, cx| s.virtual_free(cx, addr, size, free_type))
     }
 
     /// `VirtualProtect`; returns the old protection.
     pub fn virtual_protect(&self, addr: u64, size: u64, protect: u32) -> Result<u32, VmError> {
-        self.with_range(CallRange::bytes(addr, size, false), |s, cx| s.virtual_protect(cx, addr, size, protect))
+        self.with_range(CallRange::bytes(addr, size), |s, cx| s.virtual_protect(cx, addr, size, protect))
     }
 
     /// `VirtualQuery`.
@@ -393,7 +387,7 @@ impl Space {
 
     /// `ResetWriteWatch`.
     pub fn reset_write_watch(&self, base: u64, size: u64) -> Result<(), VmError> {
-        self.with_range(CallRange::bytes(base, size, false), |s, cx| s.reset_write_watch(cx, base, size))
+        self.with_range(CallRange::bytes(base, size), |s, cx| s.reset_write_watch(cx, base, size))
     }
 }
 

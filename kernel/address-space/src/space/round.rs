@@ -67,8 +67,9 @@
 //! nothing of it: the frames and table pages it frees were unlinked in phase 1 (no walk from the
 //! root reaches them), the charge is the charge's. So a kernel may instead release the lock after
 //! phase 1 and run [`PendingRound::complete_on`] with no hold on the space, if it keeps out, until
-//! that returns, every later call whose pages *overlap the call's* (the ones it may change, or whose
-//! state it reports: a query, a protect's old protection, a failure that depends on them). What
+//! that returns, every later call whose pages *overlap the call's* (all of a large page counts as
+//! one; the ones it may change, or whose state it reports: a query, a protect's old protection, a
+//! failure that depends on them). What
 //! such a call would otherwise see is the first call's finished entries while a stale translation
 //! of them may still be in another CPU's TLB: a guest could observe the call as done (a query says
 //! decommitted) and still reach the old page through that TLB, so the call would not be atomic.
