@@ -1348,6 +1348,8 @@ struct Run {
     ipis: f64,
     /// TSC cycles per shootdown round (first IPI to last acknowledgement).
     round_cycles: f64,
+    /// TSC cycles a target spent in the shootdown IPI's handler, per IPI it took.
+    handler_cycles: f64,
     waits: f64,
     halts: f64,
     wakes: f64,
@@ -1372,6 +1374,7 @@ fn timed_run(env: &Env, spaces: &[alloc::sync::Arc<Space>], duration: u64, work:
         per_s: ops as f64 * env.tsc_hz as f64 / cycles as f64,
         ipis: per_op(rounds0.ipis, rounds1.ipis),
         round_cycles: (rounds1.cycles - rounds0.cycles) as f64 / (rounds1.rounds - rounds0.rounds).max(1) as f64,
+        handler_cycles: (rounds1.handler_cycles - rounds0.handler_cycles) as f64 / (rounds1.ipis_taken - rounds0.ipis_taken).max(1) as f64,
         waits: per_op(locks0.waits, locks1.waits),
         halts: per_op(locks0.halts, locks1.halts),
         wakes: per_op(locks0.wake_ipis, locks1.wake_ipis),
@@ -1396,8 +1399,8 @@ disjoint regions of one space, or with /space-per-cpu one space per CPU; {} unde
         env.place
     );
     kprintln!(
-        "bench-scaling {:<40} {:>4} {:>7} {:>12} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>17}",
-        "workload", "cpus", "ops", "ops/s", "speed-up", "ipis/op", "cyc/round", "waits/op", "halts/op", "wakes/op", "wait-cyc", "phase-cyc/op"
+        "bench-scaling {:<40} {:>4} {:>7} {:>12} {:>8} {:>8} {:>9} {:>10} {:>8} {:>8} {:>8} {:>9} {:>17}",
+        "workload", "cpus", "ops", "ops/s", "speed-up", "ipis/op", "cyc/round", "cyc/ipi-in", "waits/op", "halts/op", "wakes/op", "wait-cyc", "phase-cyc/op"
     );
     // Each row runs for a fixed time and counts the ops all CPUs completed.
     let duration = env.tsc_hz * 2;
@@ -1415,12 +1418,13 @@ disjoint regions of one space, or with /space-per-cpu one space per CPU; {} unde
                     single = r.per_s;
                 }
                 kprintln!(
-                    "bench-scaling {name:<40} {cpus:>4} {:>7} {:>12.0} {:>7.2}x {:>8.2} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>9.0} {:>7.0}/{:.0}/{:.0}",
+                    "bench-scaling {name:<40} {cpus:>4} {:>7} {:>12.0} {:>7.2}x {:>8.2} {:>9.0} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>9.0} {:>7.0}/{:.0}/{:.0}",
                     r.ops,
                     r.per_s,
                     r.per_s / single,
                     r.ipis,
                     r.round_cycles,
+                    r.handler_cycles,
                     r.waits,
                     r.halts,
                     r.wakes,

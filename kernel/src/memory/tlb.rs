@@ -183,6 +183,8 @@ static ROUNDS_SENT: AtomicU64 = AtomicU64::new(0);
 static IPIS_SENT: AtomicU64 = AtomicU64::new(0);
 static ROUND_CYCLES: AtomicU64 = AtomicU64::new(0);
 static REQUESTS_SERVED: AtomicU64 = AtomicU64::new(0);
+static IPIS_TAKEN: AtomicU64 = AtomicU64::new(0);
+static IPI_HANDLER_CYCLES: AtomicU64 = AtomicU64::new(0);
 
 /// Figures of the shootdown machinery since boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -195,6 +197,11 @@ pub struct ShootdownStats {
     pub cycles: u64,
     /// Requests carried out by targets.
     pub served: u64,
+    /// Shootdown IPIs taken by targets (their handler ran; a request served from a wait loop
+    /// before its IPI arrived leaves the handler nothing to do).
+    pub ipis_taken: u64,
+    /// TSC cycles the targets spent in the IPI's handler (serving, the EOI), summed.
+    pub handler_cycles: u64,
 }
 
 /// The shootdown figures since boot.
@@ -204,6 +211,8 @@ pub fn shootdown_stats() -> ShootdownStats {
         ipis: IPIS_SENT.load(Ordering::Relaxed),
         cycles: ROUND_CYCLES.load(Ordering::Relaxed),
         served: REQUESTS_SERVED.load(Ordering::Relaxed),
+        ipis_taken: IPIS_TAKEN.load(Ordering::Relaxed),
+        handler_cycles: IPI_HANDLER_CYCLES.load(Ordering::Relaxed),
     }
 }
 
@@ -327,10 +336,13 @@ pub fn flush_requests_pending() -> bool {
 /// The IDT handler of [`apic::SHOOTDOWN_VECTOR`]: serves this CPU's requests and acknowledges
 /// the interrupt. Reads no GS (the CPU's index comes from its APIC id), takes no lock.
 pub extern "x86-interrupt" fn shootdown_interrupt(_frame: InterruptStackFrame) {
+    let start = time::rdtsc();
     if let Some(cpu) = percpu::index_of_apic(apic::id()) {
         serve(cpu);
     }
     apic::eoi();
+    IPI_HANDLER_CYCLES.fetch_add(time::rdtsc().wrapping_sub(start), Ordering::Relaxed);
+    IPIS_TAKEN.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Makes every CPU of `targets` (not the caller) that has `root` in CR3 load the kernel's table,
