@@ -59,7 +59,7 @@ pub fn expectation_for(name: &str) -> Expectation {
 /// 4, every other image once with `default`.
 pub fn cpu_counts_for(name: &str, default: u32) -> Vec<u32> {
     match name {
-        "smp" | "threads_kernel" | "threads" | "runtime" => vec![1, 2, 4],
+        "smp" | "threads_kernel" | "threads" | "runtime" | "v2_outsider" => vec![1, 2, 4],
         "shootdown" => vec![2, 4],
         _ => vec![default],
     }

@@ -1,0 +1,210 @@
+//! An outsider's conformance guest for host-abi §10.1 and §10.2 (`tests/guests/c/v2_outsider.c`,
+//! written from the spec), run by the suite at 1, 2 and 4 CPUs:
+//! - after a guest that leaves its x87/SSE/AVX state dirty, the clean start state at guest_main and
+//!   at every thread's start; every unmasked x87 and SSE exception with its code, access and
+//!   address, on the main thread and a worker, skipped or fixed up;
+//! - atomicity of concurrent calls on a range crossing a 2 MiB table boundary (VirtualQuery against
+//!   commit/protect/decommit, racing VirtualProtects' old protections, write watch against resets);
+//! - threads up to create_thread's bound, each waiting on an address of its own;
+//! - the CPU-time limit with threads: spinning workers (all threads together count), sleeping ones
+//!   (they do not), a handler refaulting forever on a worker; the next guest runs each time.
+//!
+//! After every guest the kernel's accounting is as before.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+
+use kernel::arch::{percpu, time};
+use kernel::console;
+use kernel::guest::hresult::HOST_E_TIMEOUT;
+use kernel::guest::{GuestOutcome, cpu_time, run_guest, set_guest_args_for_test};
+use kernel::memory;
+use qemu_tests::{ensure, ensure_eq, guest_elf};
+
+const GUEST: &[u8] = guest_elf!("v2_outsider");
+
+/// Free frames, reserved frames, commit charge, page-table pages, live guest address spaces.
+type Accounting = (u64, u64, u64, u64, usize);
+
+fn accounting() -> Accounting {
+    let (free, reserved, committed, tables) = qemu_tests::frame_counts();
+    (free, reserved, committed, tables, memory::accounting().spaces)
+}
+
+struct Run {
+    outcome: GuestOutcome,
+    out: String,
+    ms: u64,
+    before: Accounting,
+    after: Accounting,
+}
+
+/// Runs the guest with argument string `args` and CPU-time limit `limit_ms`, output captured.
+fn run(args: &str, limit_ms: Option<u64>) -> Run {
+    set_guest_args_for_test(args);
+    cpu_time::set_limit_for_test(limit_ms);
+    let before = accounting();
+    let start = time::ticks_ns();
+    console::start_capture();
+    let outcome = run_guest(&format!("v2_outsider-{args}"), GUEST);
+    let out = console::take_capture();
+    let ms = (time::ticks_ns() - start) / 1_000_000;
+    cpu_time::set_limit_for_test(None);
+    set_guest_args_for_test("");
+    Run { outcome, out, ms, before, after: accounting() }
+}
+
+fn ensure_nothing_left(r: &Run) -> Result<(), String> {
+    ensure_eq!(r.before.4, 0);
+    ensure_eq!(r.after, r.before);
+    Ok(())
+}
+
+fn tail(out: &str) -> String {
+    let lines: Vec<&str> = out.lines().collect();
+    lines[lines.len().saturating_sub(12)..].join("\n")
+}
+
+struct Once(UnsafeCell<Option<Run>>);
+// SAFETY: the test image runs its cases one after another on the boot CPU; nothing else touches it.
+unsafe impl Sync for Once {}
+static MAIN_RUN: Once = Once(UnsafeCell::new(None));
+
+/// The full run, once, right after a guest that left its FPU state dirty.
+fn main_run() -> &'static Run {
+    // SAFETY: see `Once`; the reference handed out is only read.
+    let slot = unsafe { &mut *MAIN_RUN.0.get() };
+    slot.get_or_insert_with(|| {
+        let dirty = run("dirty", None);
+        if dirty.outcome != GuestOutcome::Exited(0) || !dirty.out.contains("left the FPU dirty") {
+            kernel::kprintln!("the dirty guest did not run as expected: {:?}\n{}", dirty.outcome, dirty.out);
+        }
+        run("", None)
+    })
+}
+
+/// Every check line (`ok …` / `FAILED …`) of one area (`== AREA` up to the next `==`) is ok.
+fn area_passes(area: &str) -> Result<(), String> {
+    let out = &main_run().out;
+    let mut lines = Vec::new();
+    let mut inside = false;
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("== ") {
+            inside = name.trim() == area;
+        } else if inside && (line.starts_with("ok ") || line.starts_with("FAILED ")) {
+            lines.push(line);
+        }
+    }
+    ensure!(!lines.is_empty(), "area {area}: no check lines (did the guest reach it?)\n{}", tail(out));
+    let failed: Vec<&str> = lines.iter().copied().filter(|l| !l.starts_with("ok ")).collect();
+    ensure!(failed.is_empty(), "area {area}: {} of {} checks failed:\n{}", failed.len(), lines.len(), failed.join("\n"));
+    Ok(())
+}
+
+fn clean_fpu_at_guest_and_thread_start_after_a_dirty_guest() -> Result<(), String> { area_passes("start-state") }
+fn every_x87_and_sse_exception_kind_on_main_and_worker() -> Result<(), String> { area_passes("fp-exceptions") }
+fn virtual_query_sees_only_whole_calls_across_a_2mib_boundary() -> Result<(), String> { area_passes("atomic-query") }
+fn racing_virtual_protects_form_one_chain() -> Result<(), String> { area_passes("atomic-protect") }
+fn a_write_after_a_reset_is_reported() -> Result<(), String> { area_passes("write-watch-race") }
+fn racing_commits_and_decommits_keep_the_charge_exact() -> Result<(), String> { area_passes("atomic-commit") }
+fn racing_reserves_and_releases_at_one_address_one_winner() -> Result<(), String> { area_passes("atomic-reserve") }
+fn threads_up_to_the_bound_each_waiting_on_its_own_address() -> Result<(), String> { area_passes("bounds") }
+fn handlers_acquired_ranges_and_reservations_up_to_their_bounds() -> Result<(), String> { area_passes("limits") }
+fn the_guest_passes_and_leaves_nothing() -> Result<(), String> {
+    area_passes("final")?;
+    let r = main_run();
+    for line in r.out.lines().filter(|l| l.starts_with("atomic-query: ") || l.starts_with("atomic-commit: ") || l.starts_with("bounds: ") || l.starts_with("limits: ")) {
+        kernel::kprintln!("{line}");
+    }
+    let checks = r.out.lines().filter(|l| l.starts_with("ok ") || l.starts_with("FAILED ")).count();
+    ensure!(checks >= 150, "only {checks} checks:\n{}", tail(&r.out));
+    ensure!(r.out.contains(&format!("{checks} passed, 0 failed")), "{}", tail(&r.out));
+    ensure_eq!(r.outcome, GuestOutcome::Exited(0));
+    ensure_nothing_left(r)
+}
+
+/// The CPU-time limit of the spinning and refaulting runs.
+const LIMIT_MS: u64 = 2000;
+
+fn spinning_workers_end_at_the_limit_of_all_threads_together() -> Result<(), String> {
+    let r = run("spin", Some(LIMIT_MS));
+    ensure!(r.out.contains("workers spinning"), "{}", tail(&r.out));
+    ensure_eq!(r.outcome, GuestOutcome::Exited(HOST_E_TIMEOUT.0));
+    let cpus = percpu::online_count() as u64;
+    let workers = cpus.clamp(2, 8);
+    // The workers run on min(workers, cpus) CPUs at once while main waits: the guest's CPU time
+    // grows that many times faster than the wall clock.
+    let parallel = workers.min(cpus);
+    kernel::kprintln!("spin: {workers} workers on {cpus} CPUs ended after {} ms (limit {LIMIT_MS} ms of CPU time)", r.ms);
+    ensure!(r.ms * 10 >= LIMIT_MS * 8 / parallel, "ended after {} ms: before its limit", r.ms);
+    if parallel > 1 {
+        ensure!(r.ms * 10 < LIMIT_MS * 8, "ended after {} ms on {cpus} CPUs: the workers' CPU time was not added up", r.ms);
+    }
+    ensure!(r.ms < LIMIT_MS * 10, "ended only after {} ms", r.ms);
+    ensure_nothing_left(&r)
+}
+
+/// `mode` ends with HOST_E_TIMEOUT under a limit of 1 s, within ten times that, leaving nothing.
+fn ends_at_a_1s_limit(mode: &str, announces: &str) -> Result<(), String> {
+    let r = run(mode, Some(1000));
+    ensure!(r.out.contains(announces), "{}", tail(&r.out));
+    kernel::kprintln!("{mode}: ended after {} ms (limit 1000 ms of CPU time)", r.ms);
+    ensure_eq!(r.outcome, GuestOutcome::Exited(HOST_E_TIMEOUT.0));
+    ensure!(r.ms < 10_000, "ended only after {} ms", r.ms);
+    ensure_nothing_left(&r)
+}
+
+fn threads_looping_on_host_calls_use_cpu_time() -> Result<(), String> {
+    ends_at_a_1s_limit("busycall", "workers looping on yield")
+}
+
+fn making_threads_forever_uses_cpu_time() -> Result<(), String> { ends_at_a_1s_limit("churn", "churning threads") }
+
+fn sleeping_and_waiting_threads_do_not_burn_the_limit() -> Result<(), String> {
+    let r = run("sleep", Some(1000));
+    ensure!(r.out.contains("v2_outsider: slept "), "{}", tail(&r.out));
+    ensure_eq!(r.outcome, GuestOutcome::Exited(0));
+    ensure_nothing_left(&r)
+}
+
+fn a_worker_refaulting_forever_ends_only_its_guest() -> Result<(), String> {
+    let r = run("refault", Some(LIMIT_MS));
+    ensure!(r.out.contains("worker refaulting"), "{}", tail(&r.out));
+    // "whenever the kernel decides to end it (at the latest at the CPU-time limit)"
+    ensure!(
+        matches!(r.outcome, GuestOutcome::Exited(c) if c != 0 && c != 0x5D1),
+        "{:?}\n{}",
+        r.outcome,
+        tail(&r.out)
+    );
+    ensure!(r.ms < LIMIT_MS * 10, "ended only after {} ms", r.ms);
+    ensure_nothing_left(&r)?;
+    // and the next guest runs
+    let next = run("sleep", None);
+    ensure_eq!(next.outcome, GuestOutcome::Exited(0));
+    ensure_nothing_left(&next)
+}
+
+kernel::kernel_test_image!(
+    clean_fpu_at_guest_and_thread_start_after_a_dirty_guest,
+    every_x87_and_sse_exception_kind_on_main_and_worker,
+    virtual_query_sees_only_whole_calls_across_a_2mib_boundary,
+    racing_virtual_protects_form_one_chain,
+    a_write_after_a_reset_is_reported,
+    racing_commits_and_decommits_keep_the_charge_exact,
+    racing_reserves_and_releases_at_one_address_one_winner,
+    threads_up_to_the_bound_each_waiting_on_its_own_address,
+    handlers_acquired_ranges_and_reservations_up_to_their_bounds,
+    the_guest_passes_and_leaves_nothing,
+    spinning_workers_end_at_the_limit_of_all_threads_together,
+    threads_looping_on_host_calls_use_cpu_time,
+    making_threads_forever_uses_cpu_time,
+    sleeping_and_waiting_threads_do_not_burn_the_limit,
+    a_worker_refaulting_forever_ends_only_its_guest,
+);
