@@ -114,12 +114,14 @@ fn racing_virtual_protects_form_one_chain() -> Result<(), String> { area_passes(
 fn a_write_after_a_reset_is_reported() -> Result<(), String> { area_passes("write-watch-race") }
 fn racing_commits_and_decommits_keep_the_charge_exact() -> Result<(), String> { area_passes("atomic-commit") }
 fn racing_reserves_and_releases_at_one_address_one_winner() -> Result<(), String> { area_passes("atomic-reserve") }
+fn a_protect_over_a_page_being_decommitted_is_all_or_nothing() -> Result<(), String> { area_passes("atomic-partial") }
+fn reserve_commit_and_release_are_each_one_step() -> Result<(), String> { area_passes("atomic-whole") }
 fn threads_up_to_the_bound_each_waiting_on_its_own_address() -> Result<(), String> { area_passes("bounds") }
 fn handlers_acquired_ranges_and_reservations_up_to_their_bounds() -> Result<(), String> { area_passes("limits") }
 fn the_guest_passes_and_leaves_nothing() -> Result<(), String> {
     area_passes("final")?;
     let r = main_run();
-    for line in r.out.lines().filter(|l| l.starts_with("atomic-query: ") || l.starts_with("atomic-commit: ") || l.starts_with("bounds: ") || l.starts_with("limits: ")) {
+    for line in r.out.lines().filter(|l| l.starts_with("atomic-query: ") || l.starts_with("atomic-commit: ") || l.starts_with("atomic-partial: ") || l.starts_with("atomic-whole: ") || l.starts_with("bounds: ") || l.starts_with("limits: ")) {
         kernel::kprintln!("{line}");
     }
     let checks = r.out.lines().filter(|l| l.starts_with("ok ") || l.starts_with("FAILED ")).count();
@@ -199,6 +201,8 @@ kernel::kernel_test_image!(
     a_write_after_a_reset_is_reported,
     racing_commits_and_decommits_keep_the_charge_exact,
     racing_reserves_and_releases_at_one_address_one_winner,
+    a_protect_over_a_page_being_decommitted_is_all_or_nothing,
+    reserve_commit_and_release_are_each_one_step,
     threads_up_to_the_bound_each_waiting_on_its_own_address,
     handlers_acquired_ranges_and_reservations_up_to_their_bounds,
     the_guest_passes_and_leaves_nothing,

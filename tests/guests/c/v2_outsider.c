@@ -464,7 +464,7 @@ typedef struct Worker {
     volatile u64 result;
 } Worker;
 
-enum { W_CHECK_START, W_FP, W_SPIN, W_SLEEP, W_REFAULT, W_QUERY, W_MUTATE, W_PROTECT, W_WRITE, W_PARK, W_BUSYCALL, W_CHARGE, W_RACE };
+enum { W_CHECK_START, W_FP, W_SPIN, W_SLEEP, W_REFAULT, W_QUERY, W_MUTATE, W_PROTECT, W_WRITE, W_PARK, W_BUSYCALL, W_CHARGE, W_RACE, W_HOLE, W_WHOLE, W_WHOLE_QUERY };
 
 static u32 g_avx;
 static u64 start_thread(Worker *w, u64 reserve) {
@@ -620,7 +620,16 @@ uint32_t outsider_thread(void *arg) {
             case 0: S->yield(); break;
             case 1: S->sleep_ns(0); break;
             case 2: S->wait_on_address(w->flag, &other, 4, 0); break;
-            default: H->lpVtbl->VirtualQuery(H, w, &m, sizeof m, &len); break;
+            default: {
+                /* a page of my own: commit, touch (a demand-zero fault), decommit, query */
+                void *out;
+                if (H->lpVtbl->VirtualAlloc(H, (void *)w->param, 4096, MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &out) == S_OK) {
+                    *(volatile u8 *)w->param = 1;
+                    H->lpVtbl->VirtualFree(H, (void *)w->param, 4096, MEM_DECOMMIT);
+                }
+                H->lpVtbl->VirtualQuery(H, w, &m, sizeof m, &len);
+                break;
+            }
             }
         }
     }
@@ -655,6 +664,49 @@ uint32_t outsider_thread(void *arg) {
             else if (hr != (HRESULT)0x800701E7) note_bad(0x4E1, (u64)(u32)hr, r, 0);
             add32(&g_ack[1], 1);
         }
+        return 0;
+    }
+    case W_HOLE: {
+        /* decommit and recommit one page inside R (page 12), over and over */
+        void *out;
+        while (!ld32(&g_stop)) {
+            HRESULT a = H->lpVtbl->VirtualFree(H, g_r + 12 * 4096, 4096, MEM_DECOMMIT);
+            HRESULT b = H->lpVtbl->VirtualAlloc(H, g_r + 12 * 4096, 4096, MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &out);
+            if (a || b) note_bad(0x401E, (u64)(u32)a, (u64)(u32)b, 0);
+        }
+        return 0;
+    }
+    case W_WHOLE: {
+        /* reserve+commit 256 KiB at g_r in one call, release it in one call */
+        u64 rounds = 0, t0 = S->ticks_ns();
+        while (S->ticks_ns() - t0 < w->param) {
+            void *out = 0;
+            HRESULT a = H->lpVtbl->VirtualAlloc(H, g_r, 0x40000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &out);
+            HRESULT b = H->lpVtbl->VirtualFree(H, g_r, 0, MEM_RELEASE);
+            if (a || b || out != g_r) note_bad(0x3401E, (u64)(u32)a, (u64)(u32)b, (u64)out);
+            rounds++;
+        }
+        w->result = rounds;
+        st32(&g_stop, 1);
+        return 0;
+    }
+    case W_WHOLE_QUERY: {
+        /* every answer inside: free, or the whole allocation committed read-write */
+        u64 n = 0;
+        u32 i = w->index * 13;
+        while (!ld32(&g_stop)) {
+            u8 *p = g_r + (u64)(i++ % 64) * 4096;
+            MEMORY_BASIC_INFORMATION m;
+            SIZE_T len = 0;
+            HRESULT hr = H->lpVtbl->VirtualQuery(H, p, &m, sizeof m, &len);
+            n++;
+            int ok = hr == S_OK && (u64)m.BaseAddress == (u64)p &&
+                     ((m.State == MEM_FREE && m.AllocationBase == 0) ||
+                      (m.State == MEM_COMMIT && m.Protect == PAGE_READWRITE && (u64)m.AllocationBase == (u64)g_r &&
+                       m.RegionSize == (u64)(g_r + 0x40000 - p) && m.Type == MEM_PRIVATE));
+            if (!ok) note_bad((u64)p, m.RegionSize, m.State, m.Protect);
+        }
+        w->result = n;
         return 0;
     }
     case W_PARK: {
@@ -892,6 +944,125 @@ static void write_watch_area(void) {
     check("writes made after a reset returned, missing from the next get_write_watch", missed, 0);
     check("rounds", rounds, 300);
     free_range();
+}
+
+/* VirtualProtect over R while another thread decommits and recommits a page inside it: each
+ * protect succeeds whole or fails (ERROR_INVALID_ADDRESS) changing nothing, and on success its old
+ * protection is the one the last whole call left. */
+static void atomic_partial_area(void) {
+    area("atomic-partial");
+    if (!make_range(0)) return;
+    void *out;
+    check("commit R read-write",
+          (u64)(u32)H->lpVtbl->VirtualAlloc(H, g_r, R_PAGES * 4096, MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &out), 0);
+    g_stop = 0;
+    g_bad = 0;
+    Worker *w = &g_workers[0];
+    memset(w, 0, sizeof *w);
+    w->kind = W_HOLE;
+    u64 h = start_thread(w, 0);
+    check_true("hole maker created", h != 0);
+    u32 cur = PAGE_READWRITE;
+    u64 ok = 0, failed = 0, wrong_hr = 0, wrong_old = 0, wrong_state = 0, first = 0;
+    for (u32 i = 0; i < 3000; i++) {
+        u32 want = (i & 1) ? PAGE_READWRITE : PAGE_READONLY;
+        DWORD old = 0xFFFF;
+        HRESULT hr = H->lpVtbl->VirtualProtect(H, g_r, R_PAGES * 4096, want, &old);
+        if (hr == S_OK) {
+            ok++;
+            wrong_old += old != cur;
+            cur = want;
+        } else if (hr == (HRESULT)0x800701E7) {
+            failed++;
+        } else {
+            wrong_hr++;
+        }
+        /* pages 0..11 and 13..15 (only this thread changes their protection) show `cur` */
+        MEMORY_BASIC_INFORMATION a, b;
+        SIZE_T len;
+        H->lpVtbl->VirtualQuery(H, g_r, &a, sizeof a, &len);
+        H->lpVtbl->VirtualQuery(H, g_r + 13 * 4096, &b, sizeof b, &len);
+        if (a.State != MEM_COMMIT || a.Protect != cur || a.RegionSize < 12 * 4096 || b.State != MEM_COMMIT || b.Protect != cur ||
+            b.RegionSize != 3 * 4096) {
+            if (!wrong_state) first = (u64)a.Protect << 32 | b.Protect;
+            wrong_state++;
+        }
+    }
+    st32(&g_stop, 1);
+    if (h) join(h);
+    puts_("atomic-partial: ");
+    put_dec(ok);
+    puts_(" protects succeeded, ");
+    put_dec(failed);
+    puts_(" failed on the hole\n");
+    check("VirtualProtect results other than S_OK and ERROR_INVALID_ADDRESS", wrong_hr, 0);
+    check("old protection not the one the last whole call left", wrong_old, 0);
+    if (wrong_state) {
+        puts_("first wrong state (page 0 protect << 32 | page 13 protect): ");
+        put_hex(first);
+        puts_("\n");
+    }
+    check("protections that no order of whole calls leaves (a failed protect changed pages)", wrong_state, 0);
+    check("the hole maker's calls all succeeded", g_bad, 0);
+    free_range();
+}
+
+/* A reserve+commit in one call and a release, raced by VirtualQuery: never the reserved state in
+ * between, never part of the allocation. */
+static void atomic_whole_area(void) {
+    area("atomic-whole");
+    g_stop = 0;
+    g_bad = 0;
+    g_epoch = 0;
+    /* the threads first (their stacks must not land where the allocation goes) */
+    u32 q = query_threads();
+    u64 h[4];
+    for (u32 i = 0; i < q; i++) {
+        memset(&g_workers[i], 0, sizeof g_workers[i]);
+        g_workers[i].kind = W_WHOLE_QUERY;
+        g_workers[i].index = i;
+    }
+    Worker *m = &g_workers[4];
+    memset(m, 0, sizeof *m);
+    m->kind = W_WHOLE;
+    m->param = 1500000000ull;
+    /* a free 256 KiB at a 64 KiB boundary that crosses a 2 MiB boundary */
+    void *probe = 0;
+    check("reserve 4 MiB", (u64)(u32)H->lpVtbl->VirtualAlloc(H, 0, 4u << 20, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, &probe), 0);
+    u64 b2 = ((u64)probe + 0x200000) & ~0x1FFFFFull;
+    g_r = (u8 *)(b2 - 0x20000);
+    /* keep the probe reserved while the threads are made, then free it */
+    for (u32 i = 0; i < q; i++) h[i] = start_thread(&g_workers[i], 0);
+    u64 hm = 0;
+    check("release the probe", (u64)(u32)H->lpVtbl->VirtualFree(H, probe, 0, MEM_RELEASE), 0);
+    hm = start_thread(m, 0);
+    check_true("allocator created", hm != 0);
+    if (hm) join(hm);
+    else st32(&g_stop, 1);
+    u64 queries = 0;
+    for (u32 i = 0; i < q; i++)
+        if (h[i]) {
+            join(h[i]);
+            queries += g_workers[i].result;
+        }
+    puts_("atomic-whole: ");
+    put_dec(m->result);
+    puts_(" reserve+commit/release rounds, ");
+    put_dec(queries);
+    puts_(" queries\n");
+    check_true("rounds were made", m->result > 0);
+    if (g_bad) {
+        puts_("first bad: ");
+        put_hex(g_bad_first[0]);
+        puts_(" ");
+        put_hex(g_bad_first[1]);
+        puts_(" ");
+        put_hex(g_bad_first[2]);
+        puts_(" ");
+        put_hex(g_bad_first[3]);
+        puts_("\n");
+    }
+    check("answers no order of whole calls gives (or failed calls)", g_bad, 0);
 }
 
 /* Deep enough for every later call: the main stack does not grow (and add commit) mid-count. */
@@ -1158,6 +1329,9 @@ static int32_t busycall_mode(void) {
         g_workers[i].kind = W_BUSYCALL;
         g_workers[i].index = i;
         g_workers[i].flag = &started;
+        void *region = 0;
+        if (H->lpVtbl->VirtualAlloc(H, 0, 65536, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, &region) != S_OK) return 0x5E2;
+        g_workers[i].param = (u64)region;
         h[i] = start_thread(&g_workers[i], 0);
         if (!h[i]) return 0x5E0;
     }
@@ -1246,6 +1420,8 @@ int32_t outsider_main(IHostMemoryManager *host, const HOST_SERVICES *services, c
     write_watch_area();
     atomic_commit_area();
     atomic_reserve_area();
+    atomic_partial_area();
+    atomic_whole_area();
     bounds_area();
     limits_area();
     area("final");
