@@ -168,6 +168,18 @@ __asm__(
     ".globl guest_main\n"
     "guest_main:\n"
     "  mov %rsp, g_main_start+1040(%rip)\n"
+    "  mov %rax, g_main_start+768(%rip)\n"
+    "  mov %rbx, g_main_start+776(%rip)\n"
+    "  mov %rcx, g_main_start+784(%rip)\n"
+    "  mov %rbp, g_main_start+792(%rip)\n"
+    "  mov %r8, g_main_start+800(%rip)\n"
+    "  mov %r9, g_main_start+808(%rip)\n"
+    "  mov %r10, g_main_start+816(%rip)\n"
+    "  mov %r11, g_main_start+824(%rip)\n"
+    "  mov %r12, g_main_start+832(%rip)\n"
+    "  mov %r13, g_main_start+840(%rip)\n"
+    "  mov %r14, g_main_start+848(%rip)\n"
+    "  mov %r15, g_main_start+856(%rip)\n"
     "  push %rdi\n"
     "  push %rsi\n"
     "  push %rdx\n"
@@ -183,6 +195,10 @@ __asm__(
     ".globl thread_entry\n"
     "thread_entry:\n"
     "  mov %rsp, 1040(%rdi)\n"
+    "  mov %rax, 768(%rdi)\n  mov %rbx, 776(%rdi)\n  mov %rcx, 784(%rdi)\n  mov %rbp, 792(%rdi)\n"
+    "  mov %r8, 800(%rdi)\n  mov %r9, 808(%rdi)\n  mov %r10, 816(%rdi)\n  mov %r11, 824(%rdi)\n"
+    "  mov %r12, 832(%rdi)\n  mov %r13, 840(%rdi)\n  mov %r14, 848(%rdi)\n  mov %r15, 856(%rdi)\n"
+    "  mov %rsi, 864(%rdi)\n  mov %rdx, 872(%rdi)\n"
     "  push %rdi\n"
     "  call save_fp_state\n"
     "  pop %rdi\n"
@@ -210,6 +226,28 @@ __asm__(
     "  vmovaps %ymm0, %ymm13\n  vmovaps %ymm0, %ymm14\n  vmovaps %ymm0, %ymm15\n"
     "2:\n"
     "  ret\n"
+    /* markers_then_call(fn, arg): every general register but rsp, rax and rdi (fn and arg) set to
+     * a marker 0x5A5A5A5A000000NN, then fn(arg), which must not return. */
+    ".globl markers_then_call\n"
+    "markers_then_call:\n"
+    "  mov %rdi, %rax\n"
+    "  mov %rsi, %rdi\n"
+    "  movabs $0x5A5A5A5A00000001, %rbx\n  movabs $0x5A5A5A5A00000002, %rcx\n  movabs $0x5A5A5A5A00000003, %rdx\n"
+    "  movabs $0x5A5A5A5A00000004, %rsi\n  movabs $0x5A5A5A5A00000005, %rbp\n  movabs $0x5A5A5A5A00000006, %r8\n"
+    "  movabs $0x5A5A5A5A00000007, %r9\n  movabs $0x5A5A5A5A00000008, %r10\n  movabs $0x5A5A5A5A00000009, %r11\n"
+    "  movabs $0x5A5A5A5A0000000A, %r12\n  movabs $0x5A5A5A5A0000000B, %r13\n  movabs $0x5A5A5A5A0000000C, %r14\n"
+    "  movabs $0x5A5A5A5A0000000D, %r15\n"
+    "  call *%rax\n"
+    "  ud2\n"
+    /* markers in every general register, spinning forever */
+    ".globl markers_spin\n"
+    "markers_spin:\n"
+    "  movabs $0x5A5A5A5A00000010, %rax\n  movabs $0x5A5A5A5A00000011, %rbx\n  movabs $0x5A5A5A5A00000012, %rcx\n"
+    "  movabs $0x5A5A5A5A00000013, %rdx\n  movabs $0x5A5A5A5A00000014, %rsi\n  movabs $0x5A5A5A5A00000015, %rdi\n"
+    "  movabs $0x5A5A5A5A00000016, %rbp\n  movabs $0x5A5A5A5A00000017, %r8\n  movabs $0x5A5A5A5A00000018, %r9\n"
+    "  movabs $0x5A5A5A5A00000019, %r10\n  movabs $0x5A5A5A5A0000001A, %r11\n  movabs $0x5A5A5A5A0000001B, %r12\n"
+    "  movabs $0x5A5A5A5A0000001C, %r13\n  movabs $0x5A5A5A5A0000001D, %r14\n  movabs $0x5A5A5A5A0000001E, %r15\n"
+    "4: pause\n  jmp 4b\n"
     /* Back to the ABI's state: empty x87 stack, default FCW and MXCSR, upper halves zero. */
     ".globl clean_fp\n"
     "clean_fp:\n"
@@ -228,6 +266,8 @@ __asm__(
     "dirty_bits: .quad 0x3ff0a5a53ff0a5a5\n"
     ".text\n");
 void dirty_fp(u32 avx);
+void markers_then_call(void (*fn)(int32_t), int32_t arg) __attribute__((noreturn));
+void markers_spin(void) __attribute__((noreturn));
 void clean_fp(u32 avx);
 void thread_entry(void *arg);
 
@@ -445,6 +485,25 @@ static void check_clean(const char *where, const FpCapture *c) {
     for (int i = 0; i < 256; i++) acc |= c->ymm_hi[i];
     got[6] = acc;
     got[7] = (c->entry_rsp + 8) & 15;
+    {
+        /* general registers at the first instruction: nothing of another guest's (its markers) */
+        const u64 *gpr = (const u64 *)(c->pad + 0);
+        u64 leaked = 0, kernelish = 0;
+        for (int i = 0; i < 14; i++) {
+            leaked += (gpr[i] >> 32) == 0x5A5A5A5Au;
+            kernelish += gpr[i] >= 0xFFFF800000000000ull;
+        }
+        u64 m = n;
+        const char *t = ": no register holds another guest's value";
+        for (const char *p = t; *p && m < sizeof w - 1; p++) w[m++] = *p;
+        w[m] = 0;
+        check(w, leaked, 0);
+        if (kernelish) {
+            puts_("note: ");
+            puts_(where);
+            puts_(": a register holds a kernel-half address at the first instruction\n");
+        }
+    }
     for (int i = 0; i < 8; i++) {
         if (i == 6 && !c->avx) continue;
         u64 m = n;
@@ -464,7 +523,7 @@ typedef struct Worker {
     volatile u64 result;
 } Worker;
 
-enum { W_CHECK_START, W_FP, W_SPIN, W_SLEEP, W_REFAULT, W_QUERY, W_MUTATE, W_PROTECT, W_WRITE, W_PARK, W_BUSYCALL, W_CHARGE, W_RACE, W_HOLE, W_WHOLE, W_WHOLE_QUERY };
+enum { W_CHECK_START, W_FP, W_SPIN, W_SLEEP, W_REFAULT, W_QUERY, W_MUTATE, W_PROTECT, W_WRITE, W_PARK, W_BUSYCALL, W_CHARGE, W_RACE, W_HOLE, W_WHOLE, W_WHOLE_QUERY, W_MARKERS };
 
 static u32 g_avx;
 static u64 start_thread(Worker *w, u64 reserve) {
@@ -539,6 +598,9 @@ uint32_t outsider_thread(void *arg) {
     switch (w->kind) {
     case W_CHECK_START:
         return 0;
+    case W_MARKERS:
+        dirty_fp(g_main_start.avx);
+        markers_spin();
     case W_FP:
         sse_exceptions("worker");
         x87_exceptions("worker");
@@ -1404,9 +1466,15 @@ int32_t outsider_main(IHostMemoryManager *host, const HOST_SERVICES *services, c
         return 0x5A0;
     }
     if (streq(args, "dirty")) {
+        /* a worker spins with markers in every register while main exits with markers in its own */
+        static Worker spinner;
+        memset(&spinner, 0, sizeof spinner);
+        spinner.kind = W_MARKERS;
+        if (!start_thread(&spinner, 0)) return 0x5A1;
+        S->sleep_ns(20000000);
         dirty_fp(g_main_start.avx);
         puts_("v2_outsider: left the FPU dirty\n");
-        return 0;
+        markers_then_call(S->exit, 0);
     }
     if (streq(args, "spin")) return spin_mode();
     if (streq(args, "sleep")) return sleep_mode();
