@@ -3,7 +3,7 @@
 //! - after a guest that leaves its x87/SSE/AVX state dirty, the clean start state at guest_main and
 //!   at every thread's start; every unmasked x87 and SSE exception with its code, access and
 //!   address, on the main thread and a worker, skipped or fixed up;
-//! - atomicity of concurrent calls on a range crossing a 2 MiB table boundary (VirtualQuery against
+//! - atomicity of concurrent calls on ranges crossing 2 MiB, 1 GiB and 512 GiB table boundaries (VirtualQuery against
 //!   commit/protect/decommit, racing VirtualProtects' old protections, write watch against resets);
 //! - threads up to create_thread's bound, each waiting on an address of its own;
 //! - the CPU-time limit with threads: spinning workers (all threads together count), sleeping ones
@@ -119,7 +119,7 @@ fn clean_fpu_at_guest_and_thread_start_after_a_dirty_guest() -> Result<(), Strin
     ensure_nothing_left(dirty)
 }
 fn every_x87_and_sse_exception_kind_on_main_and_worker() -> Result<(), String> { area_passes("fp-exceptions") }
-fn virtual_query_sees_only_whole_calls_across_a_2mib_boundary() -> Result<(), String> { area_passes("atomic-query") }
+fn virtual_query_sees_only_whole_calls_across_table_boundaries() -> Result<(), String> { area_passes("atomic-query") }
 fn racing_virtual_protects_form_one_chain() -> Result<(), String> { area_passes("atomic-protect") }
 fn a_write_after_a_reset_is_reported() -> Result<(), String> { area_passes("write-watch-race") }
 fn racing_commits_and_decommits_keep_the_charge_exact() -> Result<(), String> { area_passes("atomic-commit") }
@@ -206,7 +206,7 @@ fn a_worker_refaulting_forever_ends_only_its_guest() -> Result<(), String> {
 kernel::kernel_test_image!(
     clean_fpu_at_guest_and_thread_start_after_a_dirty_guest,
     every_x87_and_sse_exception_kind_on_main_and_worker,
-    virtual_query_sees_only_whole_calls_across_a_2mib_boundary,
+    virtual_query_sees_only_whole_calls_across_table_boundaries,
     racing_virtual_protects_form_one_chain,
     a_write_after_a_reset_is_reported,
     racing_commits_and_decommits_keep_the_charge_exact,

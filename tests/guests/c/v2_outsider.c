@@ -81,15 +81,18 @@ static void area(const char *name) {
     puts_("\n");
 }
 /* One check line: `ok WHAT` or `FAILED WHAT: got G, expected E`. */
+static const char *g_prefix = "";
 static void check(const char *what, u64 got, u64 expected) {
     if (got == expected) {
         g_passed++;
         puts_("ok ");
+        puts_(g_prefix);
         puts_(what);
         puts_("\n");
     } else {
         g_failed++;
         puts_("FAILED ");
+        puts_(g_prefix);
         puts_(what);
         puts_(": got ");
         put_hex(got);
@@ -825,16 +828,23 @@ static void fp_area(void) {
     S->remove_vectored_exception_handler(vh);
 }
 
-/* R: 16 pages crossing a 2 MiB boundary inside a fresh 4 MiB reservation, the pages just around R
- * committed PAGE_EXECUTE (a protection no test sets on R, so R's runs end at its end). */
+/* R: 16 pages crossing a page-table boundary (g_boundary: 2 MiB, 1 GiB or 512 GiB, where a page
+ * table, a directory or a directory-pointer table ends) inside a fresh reservation, the pages just
+ * around R committed PAGE_EXECUTE (a protection no test sets on R, so R's runs end at its end). */
+static u32 g_boundary;
+static const char *const BOUNDARY_NAMES[3] = {"2M", "1G", "512G"};
 static int make_range(u32 extra_type) {
     void *base = 0, *out;
-    HRESULT hr = H->lpVtbl->VirtualAlloc(H, 0, 4u << 20, MEM_RESERVE | extra_type, PAGE_READWRITE, eTaskCritical, &base);
-    check("reserve 4 MiB", (u64)(u32)hr, 0);
+    static const u64 span[3] = {4u << 20, 2ull << 30, 2u << 20};
+    void *at = g_boundary == 2 ? (void *)(0x8000000000ull - 0x100000) : 0;
+    HRESULT hr = H->lpVtbl->VirtualAlloc(H, at, span[g_boundary], MEM_RESERVE | extra_type, PAGE_READWRITE, eTaskCritical, &base);
+    check("reserve the region", (u64)(u32)hr, 0);
     if (hr) return 0;
     g_base = base;
-    u64 b2 = ((u64)base + 0x200000) & ~0x1FFFFFull;
-    g_r = (u8 *)(b2 - (R_PAGES / 2) * 4096);
+    u64 align = g_boundary == 0 ? 0x200000ull : g_boundary == 1 ? 0x40000000ull : 0x8000000000ull;
+    u64 b = ((u64)base + align) & ~(align - 1);
+    if (g_boundary == 2) b = 0x8000000000ull;
+    g_r = (u8 *)(b - (R_PAGES / 2) * 4096);
     check("fence page below", (u64)(u32)H->lpVtbl->VirtualAlloc(H, g_r - 4096, 4096, MEM_COMMIT, PAGE_EXECUTE, eTaskCritical, &out), 0);
     check("fence page above",
           (u64)(u32)H->lpVtbl->VirtualAlloc(H, g_r + R_PAGES * 4096, 4096, MEM_COMMIT, PAGE_EXECUTE, eTaskCritical, &out), 0);
@@ -865,7 +875,7 @@ static void atomic_query_area(void) {
     Worker *m = &g_workers[4];
     memset(m, 0, sizeof *m);
     m->kind = W_MUTATE;
-    m->param = 1500000000ull; /* 1.5 s of rounds */
+    m->param = 1000000000ull; /* 1 s of rounds */
     u64 hm = start_thread(m, 0);
     check_true("mutator created", hm != 0);
     if (hm) join(hm);
@@ -877,6 +887,8 @@ static void atomic_query_area(void) {
             queries += g_workers[i].result;
         }
     puts_("atomic-query: ");
+    puts_(BOUNDARY_NAMES[g_boundary]);
+    puts_(" ");
     put_dec(m->result);
     puts_(" rounds of 4 calls, ");
     put_dec(queries);
@@ -1053,6 +1065,8 @@ static void atomic_partial_area(void) {
     st32(&g_stop, 1);
     if (h) join(h);
     puts_("atomic-partial: ");
+    puts_(BOUNDARY_NAMES[g_boundary]);
+    puts_(" ");
     put_dec(ok);
     puts_(" protects succeeded, ");
     put_dec(failed);
@@ -1483,12 +1497,18 @@ int32_t outsider_main(IHostMemoryManager *host, const HOST_SERVICES *services, c
     if (streq(args, "churn")) return churn_mode();
     start_state_area();
     fp_area();
-    atomic_query_area();
-    atomic_protect_area();
-    write_watch_area();
-    atomic_commit_area();
+    for (g_boundary = 0; g_boundary < 3; g_boundary++) {
+        static const char *const prefixes[3] = {"[2M] ", "[1G] ", "[512G] "};
+        g_prefix = prefixes[g_boundary];
+        atomic_query_area();
+        atomic_protect_area();
+        write_watch_area();
+        atomic_commit_area();
+        atomic_partial_area();
+    }
+    g_boundary = 0;
+    g_prefix = "";
     atomic_reserve_area();
-    atomic_partial_area();
     atomic_whole_area();
     bounds_area();
     limits_area();
