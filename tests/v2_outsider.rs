@@ -178,6 +178,15 @@ fn threads_looping_on_host_calls_use_cpu_time() -> Result<(), String> {
 
 fn making_threads_forever_uses_cpu_time() -> Result<(), String> { ends_at_a_1s_limit("churn", "churning threads") }
 
+fn every_thread_nesting_exceptions_at_once_ends_only_its_guest() -> Result<(), String> {
+    let r = run("nest", None);
+    ensure!(r.out.contains("every thread nesting exceptions"), "{}", tail(&r.out));
+    // ud2 nested until the stack overflows, then no room for a frame: that fault's code.
+    let codes = [0xC000_001Du32, 0xC000_00FD, 0xC000_0005];
+    ensure!(codes.iter().any(|&c| r.outcome == GuestOutcome::Exited(c as i32)), "{:?}\n{}", r.outcome, tail(&r.out));
+    ensure_nothing_left(&r)
+}
+
 fn sleeping_and_waiting_threads_do_not_burn_the_limit() -> Result<(), String> {
     let r = run("sleep", Some(1000));
     ensure!(r.out.contains("v2_outsider: slept "), "{}", tail(&r.out));
@@ -219,6 +228,7 @@ kernel::kernel_test_image!(
     spinning_workers_end_at_the_limit_of_all_threads_together,
     threads_looping_on_host_calls_use_cpu_time,
     making_threads_forever_uses_cpu_time,
+    every_thread_nesting_exceptions_at_once_ends_only_its_guest,
     sleeping_and_waiting_threads_do_not_burn_the_limit,
     a_worker_refaulting_forever_ends_only_its_guest,
 );

@@ -22,7 +22,9 @@
  *            only this guest ends (at the latest at the CPU-time limit);
  *   "busycall" workers loop on host calls that return at once (yield, sleep 0, a wait that
  *            returns at once, VirtualQuery): CPU time all the same, ended at the limit;
- *   "churn"  the main thread makes, waits for and closes threads forever: ended at the limit. */
+ *   "churn"  the main thread makes, waits for and closes threads forever: ended at the limit;
+ *   "nest"   every thread at once faults in its handler, nesting until no frame fits: the guest
+ *            ends with one of those faults' codes. */
 #include "host_abi.h"
 
 typedef uint8_t u8;
@@ -183,6 +185,8 @@ __asm__(
     "  mov %r13, g_main_start+840(%rip)\n"
     "  mov %r14, g_main_start+848(%rip)\n"
     "  mov %r15, g_main_start+856(%rip)\n"
+    "  pushfq\n"
+    "  popq g_main_start+880(%rip)\n"
     "  push %rdi\n"
     "  push %rsi\n"
     "  push %rdx\n"
@@ -202,6 +206,7 @@ __asm__(
     "  mov %r8, 800(%rdi)\n  mov %r9, 808(%rdi)\n  mov %r10, 816(%rdi)\n  mov %r11, 824(%rdi)\n"
     "  mov %r12, 832(%rdi)\n  mov %r13, 840(%rdi)\n  mov %r14, 848(%rdi)\n  mov %r15, 856(%rdi)\n"
     "  mov %rsi, 864(%rdi)\n  mov %rdx, 872(%rdi)\n"
+    "  pushfq\n  popq 880(%rdi)\n"
     "  push %rdi\n"
     "  call save_fp_state\n"
     "  pop %rdi\n"
@@ -240,6 +245,7 @@ __asm__(
     "  movabs $0x5A5A5A5A00000007, %r9\n  movabs $0x5A5A5A5A00000008, %r10\n  movabs $0x5A5A5A5A00000009, %r11\n"
     "  movabs $0x5A5A5A5A0000000A, %r12\n  movabs $0x5A5A5A5A0000000B, %r13\n  movabs $0x5A5A5A5A0000000C, %r14\n"
     "  movabs $0x5A5A5A5A0000000D, %r15\n"
+    "  pushfq\n  orq $0x40000, (%rsp)\n  popfq\n"
     "  call *%rax\n"
     "  ud2\n"
     /* markers in every general register, spinning forever */
@@ -250,6 +256,7 @@ __asm__(
     "  movabs $0x5A5A5A5A00000016, %rbp\n  movabs $0x5A5A5A5A00000017, %r8\n  movabs $0x5A5A5A5A00000018, %r9\n"
     "  movabs $0x5A5A5A5A00000019, %r10\n  movabs $0x5A5A5A5A0000001A, %r11\n  movabs $0x5A5A5A5A0000001B, %r12\n"
     "  movabs $0x5A5A5A5A0000001C, %r13\n  movabs $0x5A5A5A5A0000001D, %r14\n  movabs $0x5A5A5A5A0000001E, %r15\n"
+    "  pushfq\n  orq $0x40400, (%rsp)\n  popfq\n"
     "4: pause\n  jmp 4b\n"
     /* Back to the ABI's state: empty x87 stack, default FCW and MXCSR, upper halves zero. */
     ".globl clean_fp\n"
@@ -501,6 +508,13 @@ static void check_clean(const char *where, const FpCapture *c) {
         for (const char *p = t; *p && m < sizeof w - 1; p++) w[m++] = *p;
         w[m] = 0;
         check(w, leaked, 0);
+        /* rflags: TF, DF, AC clear (the creator's or another guest's do not carry over) */
+        u64 fl = *(const u64 *)(c->pad + 112);
+        m = n;
+        t = ": rflags TF, DF and AC clear";
+        for (const char *p = t; *p && m < sizeof w - 1; p++) w[m++] = *p;
+        w[m] = 0;
+        check(w, fl & 0x40500, 0);
         if (kernelish) {
             puts_("note: ");
             puts_(where);
@@ -526,7 +540,7 @@ typedef struct Worker {
     volatile u64 result;
 } Worker;
 
-enum { W_CHECK_START, W_FP, W_SPIN, W_SLEEP, W_REFAULT, W_QUERY, W_MUTATE, W_PROTECT, W_WRITE, W_PARK, W_BUSYCALL, W_CHARGE, W_RACE, W_HOLE, W_WHOLE, W_WHOLE_QUERY, W_MARKERS };
+enum { W_CHECK_START, W_FP, W_SPIN, W_SLEEP, W_REFAULT, W_QUERY, W_MUTATE, W_PROTECT, W_WRITE, W_PARK, W_BUSYCALL, W_CHARGE, W_RACE, W_HOLE, W_WHOLE, W_WHOLE_QUERY, W_MARKERS, W_NEST };
 
 static u32 g_avx;
 static u64 start_thread(Worker *w, u64 reserve) {
@@ -591,6 +605,13 @@ static int prot_index(u32 p) {
     return -1;
 }
 
+static volatile u32 g_nest_go;
+static int32_t nest_handler(GUEST_EXCEPTION *e) {
+    (void)e;
+    __asm__ volatile("ud2"); /* a fault inside the handler: nested, until no frame fits */
+    return EXCEPTION_CONTINUE_SEARCH;
+}
+
 static int32_t refault_handler(GUEST_EXCEPTION *e) {
     (void)e;
     return EXCEPTION_CONTINUE_EXECUTION; /* at the same ud2, forever */
@@ -601,6 +622,11 @@ uint32_t outsider_thread(void *arg) {
     switch (w->kind) {
     case W_CHECK_START:
         return 0;
+    case W_NEST:
+        add32(w->flag, 1);
+        while (!ld32(&g_nest_go)) __asm__ volatile("pause");
+        __asm__ volatile("ud2");
+        return 1;
     case W_MARKERS:
         dirty_fp(g_main_start.avx);
         markers_spin();
@@ -801,7 +827,9 @@ static void start_state_area(void) {
         memset(&g_workers[i], 0, sizeof g_workers[i]);
         g_workers[i].kind = W_CHECK_START;
         dirty_fp(g_avx);
+        __asm__ volatile("pushfq\n orq $0x40000, (%%rsp)\n popfq" ::: "memory", "cc");
         h[i] = start_thread(&g_workers[i], 0);
+        __asm__ volatile("pushfq\n andq $~0x40000, (%%rsp)\n popfq" ::: "memory", "cc");
         clean_fp(g_avx);
     }
     for (u32 i = 0; i < n; i++) {
@@ -1417,6 +1445,25 @@ static int32_t busycall_mode(void) {
     return 0x5E1; /* not ended by the limit within 30 s */
 }
 
+static int32_t nest_mode(void) {
+    /* every thread at once nests exceptions until no frame fits: only this guest ends */
+    static volatile u32 started;
+    u32 n = S->cpu_count < 2 ? 2 : S->cpu_count;
+    if (n > 8) n = 8;
+    if (!S->add_vectored_exception_handler(1, nest_handler)) return 0x5B2;
+    for (u32 i = 0; i < n; i++) {
+        memset(&g_workers[i], 0, sizeof g_workers[i]);
+        g_workers[i].kind = W_NEST;
+        g_workers[i].flag = &started;
+        if (!start_thread(&g_workers[i], 0)) return 0x5B3;
+    }
+    while (ld32(&started) < n) S->yield();
+    puts_("v2_outsider: every thread nesting exceptions\n");
+    st32(&g_nest_go, 1);
+    __asm__ volatile("ud2");
+    return 0x5B4;
+}
+
 static int32_t churn_mode(void) {
     /* threads made, waited on and closed forever: the CPU time of creating them counts */
     puts_("v2_outsider: churning threads\n");
@@ -1495,6 +1542,7 @@ int32_t outsider_main(IHostMemoryManager *host, const HOST_SERVICES *services, c
     if (streq(args, "refault")) return refault_mode();
     if (streq(args, "busycall")) return busycall_mode();
     if (streq(args, "churn")) return churn_mode();
+    if (streq(args, "nest")) return nest_mode();
     start_state_area();
     fp_area();
     for (g_boundary = 0; g_boundary < 3; g_boundary++) {
