@@ -119,6 +119,7 @@ fn clean_fpu_at_guest_and_thread_start_after_a_dirty_guest() -> Result<(), Strin
     ensure_nothing_left(dirty)
 }
 fn every_x87_and_sse_exception_kind_on_main_and_worker() -> Result<(), String> { area_passes("fp-exceptions") }
+fn host_calls_and_faults_with_ac_or_df_set() -> Result<(), String> { area_passes("flags") }
 fn virtual_query_sees_only_whole_calls_across_table_boundaries() -> Result<(), String> { area_passes("atomic-query") }
 fn racing_virtual_protects_form_one_chain() -> Result<(), String> { area_passes("atomic-protect") }
 fn a_write_after_a_reset_is_reported() -> Result<(), String> { area_passes("write-watch-race") }
@@ -215,6 +216,7 @@ fn a_worker_refaulting_forever_ends_only_its_guest() -> Result<(), String> {
 kernel::kernel_test_image!(
     clean_fpu_at_guest_and_thread_start_after_a_dirty_guest,
     every_x87_and_sse_exception_kind_on_main_and_worker,
+    host_calls_and_faults_with_ac_or_df_set,
     virtual_query_sees_only_whole_calls_across_table_boundaries,
     racing_virtual_protects_form_one_chain,
     a_write_after_a_reset_is_reported,

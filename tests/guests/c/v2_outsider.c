@@ -308,6 +308,12 @@ __asm__(
     "  .globl wait_x87_den\n wait_x87_den: fwait\n .globl after_x87_den\n after_x87_den: fninit\n add $8, %rsp\n ret\n"
     /* The fix-ups a handler redirects to: note the status (x87) or MXCSR (SSE) as resumed, mask
      * every exception and clear the flags, then re-execute the instruction at g_fix_target. */
+    /* ud2 with AC set (returns rflags as resumed, AC cleared again) and with DF set (likewise) */
+    ".globl ud2_with_ac\n ud2_with_ac:\n pushfq\n orq $0x40000, (%rsp)\n popfq\n"
+    "  .globl fault_ud2_ac\n fault_ud2_ac: ud2\n .globl after_ud2_ac\n after_ud2_ac: pushfq\n popq %rax\n"
+    "  pushfq\n andq $~0x40000, (%rsp)\n popfq\n ret\n"
+    ".globl ud2_with_df\n ud2_with_df:\n std\n"
+    "  .globl fault_ud2_df\n fault_ud2_df: ud2\n .globl after_ud2_df\n after_ud2_df: pushfq\n popq %rax\n cld\n ret\n"
     /* The status word after a masked load of a denormal double (an emulator may not flag it). */
     ".globl x87_den_probe\n x87_den_probe:\n fninit\n fldl x87_denormal(%rip)\n fnstsw %ax\n fninit\n movzwl %ax, %eax\n ret\n"
     ".globl fix_sse\n fix_sse:\n stmxcsr g_fix_seen(%rip)\n ldmxcsr default_mxcsr(%rip)\n jmp *g_fix_target(%rip)\n"
@@ -325,6 +331,8 @@ extern char after_sse_div[], after_sse_inv[], after_sse_ovf[], after_sse_unf[], 
 extern char wait_x87_div[], wait_x87_inv[], wait_x87_ovf[], wait_x87_unf[], wait_x87_inx[], wait_x87_den[];
 extern char after_x87_div[], after_x87_inv[], after_x87_ovf[], after_x87_unf[], after_x87_inx[], after_x87_den[];
 extern char fix_sse[], fix_x87[];
+extern char fault_ud2_ac[], after_ud2_ac[], fault_ud2_df[], after_ud2_df[];
+u64 ud2_with_ac(void), ud2_with_df(void);
 u64 g_fix_target;
 u32 g_fix_seen;
 
@@ -343,6 +351,7 @@ static volatile struct {
     u32 code;
     u64 access, address, rip;
     u32 tid;
+    u64 handler_flags; /* rflags inside the handler */
 } g_fp;
 
 static int32_t fp_handler(GUEST_EXCEPTION *e) {
@@ -353,6 +362,9 @@ static int32_t fp_handler(GUEST_EXCEPTION *e) {
     g_fp.address = e->address;
     g_fp.rip = e->context->rip;
     g_fp.tid = S->current_thread_id();
+    u64 fl;
+    __asm__ volatile("pushfq\n popq %0" : "=r"(fl));
+    g_fp.handler_flags = fl;
     e->context->rip = g_fp.resume;
     return EXCEPTION_CONTINUE_EXECUTION;
 }
@@ -470,6 +482,66 @@ static void x87_exceptions(const char *where) {
         fp_line(where, "x87", c->name, "resumed with the flag in the status word", g_fix_seen & c->bit, c->bit);
     }
     g_fp.expect_rip = 0;
+}
+
+static u64 rflags_now(void) {
+    u64 fl;
+    __asm__ volatile("pushfq\n popq %0" : "=r"(fl));
+    return fl;
+}
+static void set_ac(void) { __asm__ volatile("pushfq\n orq $0x40000, (%%rsp)\n popfq" ::: "memory", "cc"); }
+static void clear_ac(void) { __asm__ volatile("pushfq\n andq $~0x40000, (%%rsp)\n popfq" ::: "memory", "cc"); }
+
+/* AC and DF as the guest sets them: host calls work with AC set and keep it; a fault with AC or DF
+ * set is delivered (the handler runs with DF clear, host-abi §9) and resumed with them kept. */
+static void flags_area(void) {
+    area("flags");
+    void *vh = S->add_vectored_exception_handler(1, fp_handler);
+    g_fp.count = 0;
+    g_fp.expect_rip = (u64)fault_ud2_ac;
+    g_fp.resume = (u64)after_ud2_ac;
+    u64 fl = ud2_with_ac();
+    check("ud2 with AC set: delivered once", g_fp.count, 1);
+    check("... code", g_fp.code, STATUS_ILLEGAL_INSTRUCTION);
+    check("... resumed with AC still set", fl & 0x40000, 0x40000);
+    g_fp.count = 0;
+    g_fp.expect_rip = (u64)fault_ud2_df;
+    g_fp.resume = (u64)after_ud2_df;
+    fl = ud2_with_df();
+    check("ud2 with DF set: delivered once", g_fp.count, 1);
+    check("... the handler ran with DF clear", g_fp.handler_flags & 0x400, 0);
+    check("... resumed with DF still set", fl & 0x400, 0x400);
+    g_fp.expect_rip = 0;
+    S->remove_vectored_exception_handler(vh);
+    /* host calls with AC set (every pointer aligned) */
+    u64 kept = 0;
+    void *p = 0;
+    MEMORY_BASIC_INFORMATION m;
+    SIZE_T len = 0;
+    DWORD old = 0;
+    set_ac();
+    HRESULT a = H->lpVtbl->VirtualAlloc(H, 0, 65536, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &p);
+    kept += (rflags_now() >> 18) & 1;
+    HRESULT b = H->lpVtbl->VirtualQuery(H, p, &m, sizeof m, &len);
+    kept += (rflags_now() >> 18) & 1;
+    HRESULT c = H->lpVtbl->VirtualProtect(H, p, 4096, PAGE_READONLY, &old);
+    kept += (rflags_now() >> 18) & 1;
+    HRESULT d = H->lpVtbl->VirtualFree(H, p, 0, MEM_RELEASE);
+    kept += (rflags_now() >> 18) & 1;
+    IHostMalloc *heap = 0;
+    void *blk = 0;
+    HRESULT e = H->lpVtbl->CreateMalloc(H, MALLOC_THREADSAFE, &heap);
+    HRESULT f = e == S_OK ? heap->lpVtbl->Alloc(heap, 24, eTaskCritical, &blk) : e;
+    HRESULT g = f == S_OK ? heap->lpVtbl->Free(heap, blk) : f;
+    if (heap) heap->lpVtbl->Release(heap);
+    kept += (rflags_now() >> 18) & 1;
+    clear_ac();
+    check("VirtualAlloc with AC set", (u64)(u32)a, 0);
+    check("VirtualQuery with AC set", (u64)(u32)b, 0);
+    check("VirtualProtect with AC set", (u64)(u32)c, 0);
+    check("VirtualFree with AC set", (u64)(u32)d, 0);
+    check("CreateMalloc, Alloc, Free with AC set", (u64)(u32)e | (u64)(u32)f | (u64)(u32)g, 0);
+    check("AC kept across the host calls", kept, 5);
 }
 
 /* ---- start state ---- */
@@ -769,6 +841,7 @@ uint32_t outsider_thread(void *arg) {
     }
     case W_WHOLE: {
         /* reserve+commit 256 KiB at g_r in one call, release it in one call */
+        while (!ld32(&g_epoch)) S->yield();
         u64 rounds = 0, t0 = S->ticks_ns();
         while (S->ticks_ns() - t0 < w->param) {
             void *out = 0;
@@ -785,6 +858,7 @@ uint32_t outsider_thread(void *arg) {
         /* every answer inside: free, or the whole allocation committed read-write */
         u64 n = 0;
         u32 i = w->index * 13;
+        while (!ld32(&g_epoch)) S->yield();
         while (!ld32(&g_stop)) {
             u8 *p = g_r + (u64)(i++ % 64) * 4096;
             MEMORY_BASIC_INFORMATION m;
@@ -1135,12 +1209,12 @@ static void atomic_whole_area(void) {
     check("reserve 4 MiB", (u64)(u32)H->lpVtbl->VirtualAlloc(H, 0, 4u << 20, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, &probe), 0);
     u64 b2 = ((u64)probe + 0x200000) & ~0x1FFFFFull;
     g_r = (u8 *)(b2 - 0x20000);
-    /* keep the probe reserved while the threads are made, then free it */
+    /* keep the probe reserved while the threads are made (they wait for g_epoch), then free it */
     for (u32 i = 0; i < q; i++) h[i] = start_thread(&g_workers[i], 0);
-    u64 hm = 0;
-    check("release the probe", (u64)(u32)H->lpVtbl->VirtualFree(H, probe, 0, MEM_RELEASE), 0);
-    hm = start_thread(m, 0);
+    u64 hm = start_thread(m, 0);
     check_true("allocator created", hm != 0);
+    check("release the probe", (u64)(u32)H->lpVtbl->VirtualFree(H, probe, 0, MEM_RELEASE), 0);
+    st32(&g_epoch, 1);
     if (hm) join(hm);
     else st32(&g_stop, 1);
     u64 queries = 0;
@@ -1545,6 +1619,7 @@ int32_t outsider_main(IHostMemoryManager *host, const HOST_SERVICES *services, c
     if (streq(args, "nest")) return nest_mode();
     start_state_area();
     fp_area();
+    flags_area();
     for (g_boundary = 0; g_boundary < 3; g_boundary++) {
         static const char *const prefixes[3] = {"[2M] ", "[1G] ", "[512G] "};
         g_prefix = prefixes[g_boundary];
