@@ -129,10 +129,11 @@ fn a_protect_over_a_page_being_decommitted_is_all_or_nothing() -> Result<(), Str
 fn reserve_commit_and_release_are_each_one_step() -> Result<(), String> { area_passes("atomic-whole") }
 fn threads_up_to_the_bound_each_waiting_on_its_own_address() -> Result<(), String> { area_passes("bounds") }
 fn handlers_acquired_ranges_and_reservations_up_to_their_bounds() -> Result<(), String> { area_passes("limits") }
+fn page_tables_for_sparse_commits_run_out_as_an_error() -> Result<(), String> { area_passes("tables") }
 fn the_guest_passes_and_leaves_nothing() -> Result<(), String> {
     area_passes("final")?;
     let r = main_run();
-    for line in r.out.lines().filter(|l| l.starts_with("atomic-query: ") || l.starts_with("atomic-commit: ") || l.starts_with("atomic-partial: ") || l.starts_with("atomic-whole: ") || l.starts_with("bounds: ") || l.starts_with("limits: ")) {
+    for line in r.out.lines().filter(|l| l.starts_with("atomic-query: ") || l.starts_with("atomic-commit: ") || l.starts_with("atomic-partial: ") || l.starts_with("atomic-whole: ") || l.starts_with("bounds: ") || l.starts_with("limits: ") || l.starts_with("tables: ")) {
         kernel::kprintln!("{line}");
     }
     let checks = r.out.lines().filter(|l| l.starts_with("ok ") || l.starts_with("FAILED ")).count();
@@ -226,6 +227,7 @@ kernel::kernel_test_image!(
     reserve_commit_and_release_are_each_one_step,
     threads_up_to_the_bound_each_waiting_on_its_own_address,
     handlers_acquired_ranges_and_reservations_up_to_their_bounds,
+    page_tables_for_sparse_commits_run_out_as_an_error,
     the_guest_passes_and_leaves_nothing,
     spinning_workers_end_at_the_limit_of_all_threads_together,
     threads_looping_on_host_calls_use_cpu_time,

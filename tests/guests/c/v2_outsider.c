@@ -1428,6 +1428,49 @@ static void limits_area(void) {
     check("commit charge as before", committed_now(), commit0);
 }
 
+/* Page-table pages are the kernel's, charged to its own reserve: one committed and touched page
+ * in each GiB of a 64 TiB reservation needs two table pages per data page. The kernel must say no
+ * (E_OUTOFMEMORY) before it runs out, and every page it said yes to must fault in. */
+static void tables_area(void) {
+    area("tables");
+    touch_stack();
+    u64 commit0 = committed_now();
+    void *base = 0;
+    HRESULT hr = H->lpVtbl->VirtualAlloc(H, 0, 64ull << 40, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, &base);
+    check("reserve 64 TiB", (u64)(u32)hr, 0);
+    if (hr) return;
+    u32 n = 0;
+    u64 other = 0;
+    for (; n < 65536; n++) {
+        u8 *p = (u8 *)base + ((u64)n << 30);
+        void *out;
+        hr = H->lpVtbl->VirtualAlloc(H, p, 4096, MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &out);
+        if (hr != S_OK) break;
+        p[0] = (u8)n; /* a committed page always faults in */
+    }
+    if (hr != S_OK && hr != E_OUTOFMEMORY) other = (u32)hr;
+    puts_("tables: ");
+    put_dec(n);
+    puts_(" pages committed and touched, one per GiB, before a failure\n");
+    check("the commit that does not fit: E_OUTOFMEMORY", other, 0);
+    check_true("... and it came", n < 65536);
+    /* the guest works on: a commit in an existing table, a thread, a query */
+    void *out;
+    check("a commit beside the first page (its tables exist)",
+          (u64)(u32)H->lpVtbl->VirtualAlloc(H, (u8 *)base + 4096, 4096, MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &out), 0);
+    u64 bad = 0;
+    for (u32 i = 0; i < n; i++) bad += ((volatile u8 *)base)[(u64)i << 30] != (u8)i;
+    check("every touched page kept its byte", bad, 0);
+    check("release the 64 TiB", (u64)(u32)H->lpVtbl->VirtualFree(H, base, 0, MEM_RELEASE), 0);
+    check("commit charge as before", committed_now(), commit0);
+    Worker *w = &g_workers[0];
+    memset(w, 0, sizeof *w);
+    w->kind = W_CHECK_START;
+    u64 th = start_thread(w, 0);
+    check_true("a thread afterwards", th != 0);
+    if (th) join(th);
+}
+
 static void bounds_area(void) {
     area("bounds");
     /* threads until create_thread says 0, each parked on a word of its own */
@@ -1635,6 +1678,7 @@ int32_t outsider_main(IHostMemoryManager *host, const HOST_SERVICES *services, c
     atomic_whole_area();
     bounds_area();
     limits_area();
+    tables_area();
     area("final");
     check_true("reached the end", 1);
     put_dec(g_passed);
