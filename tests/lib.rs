@@ -46,3 +46,13 @@ macro_rules! guest_elf {
 pub fn frame_counts() -> (u64, u64, u64, u64) {
     kernel::memory::with_mm(|mm| (mm.frames.free_frames(), mm.frames.reserved_frames(), mm.charge.committed_pages(), mm.page_table_pages()))
 }
+
+/// What a guest must leave as it found it: free frames, reserved frames, commit charge,
+/// page-table pages, live guest address spaces.
+pub type GuestAccounting = (u64, u64, u64, u64, usize);
+
+/// The [`GuestAccounting`] now.
+pub fn guest_accounting() -> GuestAccounting {
+    let (free, reserved, committed, tables) = frame_counts();
+    (free, reserved, committed, tables, kernel::memory::accounting().spaces)
+}

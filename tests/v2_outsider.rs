@@ -24,32 +24,23 @@ use kernel::arch::{percpu, time};
 use kernel::console;
 use kernel::guest::hresult::HOST_E_TIMEOUT;
 use kernel::guest::{GuestOutcome, cpu_time, run_guest, set_guest_args_for_test};
-use kernel::memory;
-use qemu_tests::{ensure, ensure_eq, guest_elf};
+use qemu_tests::{GuestAccounting, ensure, ensure_eq, guest_accounting, guest_elf};
 
 const GUEST: &[u8] = guest_elf!("v2_outsider");
-
-/// Free frames, reserved frames, commit charge, page-table pages, live guest address spaces.
-type Accounting = (u64, u64, u64, u64, usize);
-
-fn accounting() -> Accounting {
-    let (free, reserved, committed, tables) = qemu_tests::frame_counts();
-    (free, reserved, committed, tables, memory::accounting().spaces)
-}
 
 struct Run {
     outcome: GuestOutcome,
     out: String,
     ms: u64,
-    before: Accounting,
-    after: Accounting,
+    before: GuestAccounting,
+    after: GuestAccounting,
 }
 
 /// Runs the guest with argument string `args` and CPU-time limit `limit_ms`, output captured.
 fn run(args: &str, limit_ms: Option<u64>) -> Run {
     set_guest_args_for_test(args);
     cpu_time::set_limit_for_test(limit_ms);
-    let before = accounting();
+    let before = guest_accounting();
     let start = time::ticks_ns();
     console::start_capture();
     let outcome = run_guest(&format!("v2_outsider-{args}"), GUEST);
@@ -57,9 +48,10 @@ fn run(args: &str, limit_ms: Option<u64>) -> Run {
     let ms = (time::ticks_ns() - start) / 1_000_000;
     cpu_time::set_limit_for_test(None);
     set_guest_args_for_test("");
-    Run { outcome, out, ms, before, after: accounting() }
+    Run { outcome, out, ms, before, after: guest_accounting() }
 }
 
+/// Frames, commit, page tables and address spaces as before the guest.
 fn ensure_nothing_left(r: &Run) -> Result<(), String> {
     ensure_eq!(r.before.4, 0);
     ensure_eq!(r.after, r.before);
@@ -164,21 +156,29 @@ fn spinning_workers_end_at_the_limit_of_all_threads_together() -> Result<(), Str
     ensure_nothing_left(&r)
 }
 
-/// `mode` ends with HOST_E_TIMEOUT under a limit of 1 s, within ten times that, leaving nothing.
-fn ends_at_a_1s_limit(mode: &str, announces: &str) -> Result<(), String> {
-    let r = run(mode, Some(1000));
+/// `mode` ends with HOST_E_TIMEOUT under a limit of `limit_ms`, within ten times that (and a
+/// second), leaving nothing.
+fn ends_at_the_limit(mode: &str, announces: &str, limit_ms: u64) -> Result<(), String> {
+    let r = run(mode, Some(limit_ms));
     ensure!(r.out.contains(announces), "{}", tail(&r.out));
-    kernel::kprintln!("{mode}: ended after {} ms (limit 1000 ms of CPU time)", r.ms);
+    kernel::kprintln!("{mode}: ended after {} ms (limit {limit_ms} ms of CPU time)", r.ms);
     ensure_eq!(r.outcome, GuestOutcome::Exited(HOST_E_TIMEOUT.0));
-    ensure!(r.ms < 10_000, "ended only after {} ms", r.ms);
+    ensure!(r.ms < limit_ms * 10 + 1000, "ended only after {} ms", r.ms);
     ensure_nothing_left(&r)
 }
 
+/// Twenty times, as the end of a guest whose threads are in host calls on every CPU once hung
+/// the kernel about one time in fifteen: a CPU left the guest's space while a TLB round that
+/// still counted it was posted, then looped with interrupts off without serving it
+/// (`sched::idle_wait`).
 fn threads_looping_on_host_calls_use_cpu_time() -> Result<(), String> {
-    ends_at_a_1s_limit("busycall", "workers looping on yield")
+    for _ in 0..20 {
+        ends_at_the_limit("busycall", "workers looping on yield", 250)?;
+    }
+    Ok(())
 }
 
-fn making_threads_forever_uses_cpu_time() -> Result<(), String> { ends_at_a_1s_limit("churn", "churning threads") }
+fn making_threads_forever_uses_cpu_time() -> Result<(), String> { ends_at_the_limit("churn", "churning threads", 1000) }
 
 fn every_thread_nesting_exceptions_at_once_ends_only_its_guest() -> Result<(), String> {
     let r = run("nest", None);

@@ -156,7 +156,13 @@ fn wake_idle_cpus() {
 fn idle_wait(work: impl Fn() -> bool) {
     let bit = 1 << percpu::current_index();
     IDLE.fetch_or(bit, Ordering::SeqCst);
-    if !work() {
+    if work() {
+        // Not halting, this CPU may be back here at once and loop with interrupts off (an
+        // application processor after the guest ended, while its threads still count as ready):
+        // a TLB round that read this CPU in a space's set just before it left the space waits
+        // for it, so it serves the rounds posted to it (as every wait with IF = 0 must).
+        crate::memory::serve_flush_requests();
+    } else {
         x86_64::instructions::interrupts::enable_and_hlt();
         x86_64::instructions::interrupts::disable();
     }

@@ -952,6 +952,24 @@ static int make_range(u32 extra_type) {
           (u64)(u32)H->lpVtbl->VirtualAlloc(H, g_r + R_PAGES * 4096, 4096, MEM_COMMIT, PAGE_EXECUTE, eTaskCritical, &out), 0);
     return 1;
 }
+static void commit_r_rw(void) {
+    void *out;
+    check("commit R read-write",
+          (u64)(u32)H->lpVtbl->VirtualAlloc(H, g_r, R_PAGES * 4096, MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &out), 0);
+}
+/* The first bad observation (for a query: page, region size, state, protect). */
+static void print_first_bad(void) {
+    if (!g_bad) return;
+    puts_("first bad: page/what ");
+    put_hex(g_bad_first[0]);
+    puts_(" size/a ");
+    put_hex(g_bad_first[1]);
+    puts_(" state/b ");
+    put_hex(g_bad_first[2]);
+    puts_(" protect/c ");
+    put_hex(g_bad_first[3]);
+    puts_("\n");
+}
 static void free_range(void) {
     check("release", (u64)(u32)H->lpVtbl->VirtualFree(H, g_base, 0, MEM_RELEASE), 0);
 }
@@ -997,17 +1015,7 @@ static void atomic_query_area(void) {
     puts_(" queries\n");
     check_true("mutator made rounds", m->result > 0);
     check_true("queries were made", queries > 0);
-    if (g_bad) {
-        puts_("first bad answer: page ");
-        put_hex(g_bad_first[0]);
-        puts_(" size ");
-        put_hex(g_bad_first[1]);
-        puts_(" state ");
-        put_hex(g_bad_first[2]);
-        puts_(" protect ");
-        put_hex(g_bad_first[3]);
-        puts_("\n");
-    }
+    print_first_bad();
     check("VirtualQuery answers that no order of whole calls gives", g_bad, 0);
     free_range();
 }
@@ -1015,9 +1023,7 @@ static void atomic_query_area(void) {
 static void atomic_protect_area(void) {
     area("atomic-protect");
     if (!make_range(0)) return;
-    void *out;
-    check("commit R read-write",
-          (u64)(u32)H->lpVtbl->VirtualAlloc(H, g_r, R_PAGES * 4096, MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &out), 0);
+    commit_r_rw();
     g_stop = 0;
     g_bad = 0;
     for (int k = 0; k < 4; k++) g_old_count[k] = g_new_count[k] = 0;
@@ -1062,9 +1068,7 @@ static void atomic_protect_area(void) {
 static void write_watch_area(void) {
     area("write-watch-race");
     if (!make_range(MEM_WRITE_WATCH)) return;
-    void *out;
-    check("commit R read-write",
-          (u64)(u32)H->lpVtbl->VirtualAlloc(H, g_r, R_PAGES * 4096, MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &out), 0);
+    commit_r_rw();
     g_stop = 0;
     g_epoch = 0;
     u32 writers = S->cpu_count > 1 ? S->cpu_count - 1 : 1;
@@ -1128,9 +1132,7 @@ static void write_watch_area(void) {
 static void atomic_partial_area(void) {
     area("atomic-partial");
     if (!make_range(0)) return;
-    void *out;
-    check("commit R read-write",
-          (u64)(u32)H->lpVtbl->VirtualAlloc(H, g_r, R_PAGES * 4096, MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &out), 0);
+    commit_r_rw();
     g_stop = 0;
     g_bad = 0;
     Worker *w = &g_workers[0];
@@ -1229,17 +1231,7 @@ static void atomic_whole_area(void) {
     put_dec(queries);
     puts_(" queries\n");
     check_true("rounds were made", m->result > 0);
-    if (g_bad) {
-        puts_("first bad: ");
-        put_hex(g_bad_first[0]);
-        puts_(" ");
-        put_hex(g_bad_first[1]);
-        puts_(" ");
-        put_hex(g_bad_first[2]);
-        puts_(" ");
-        put_hex(g_bad_first[3]);
-        puts_("\n");
-    }
+    print_first_bad();
     check("answers no order of whole calls gives (or failed calls)", g_bad, 0);
 }
 
@@ -1454,10 +1446,13 @@ static void tables_area(void) {
     puts_(" pages committed and touched, one per GiB, before a failure\n");
     check("the commit that does not fit: E_OUTOFMEMORY", other, 0);
     check_true("... and it came", n < 65536);
-    /* the guest works on: a commit in an existing table, a thread, a query */
+    /* the guest works on: with four of its pages decommitted, a commit beside the first page (its
+     * tables exist) at eProcessCritical (whichever ran out, commit or tables, it fits) */
     void *out;
+    for (u32 i = 1; i <= 4 && i <= n; i++) H->lpVtbl->VirtualFree(H, (u8 *)base + ((u64)(n - i) << 30), 4096, MEM_DECOMMIT);
+    n = n >= 4 ? n - 4 : 0;
     check("a commit beside the first page (its tables exist)",
-          (u64)(u32)H->lpVtbl->VirtualAlloc(H, (u8 *)base + 4096, 4096, MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &out), 0);
+          (u64)(u32)H->lpVtbl->VirtualAlloc(H, (u8 *)base + 4096, 4096, MEM_COMMIT, PAGE_READWRITE, eProcessCritical, &out), 0);
     u64 bad = 0;
     for (u32 i = 0; i < n; i++) bad += ((volatile u8 *)base)[(u64)i << 30] != (u8)i;
     check("every touched page kept its byte", bad, 0);
