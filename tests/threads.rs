@@ -26,7 +26,7 @@ use core::cell::UnsafeCell;
 use kernel::arch::percpu;
 use kernel::console;
 use kernel::guest::{GuestOutcome, run_guest};
-use qemu_tests::{GuestAccounting, ensure, ensure_eq, guest_accounting, guest_elf};
+use qemu_tests::{GuestAccounting, area_lines, ensure, ensure_eq, guest_accounting, guest_elf};
 
 const THREADS: &[u8] = guest_elf!("threads");
 const SHOOTDOWN: &[u8] = guest_elf!("shootdown");
@@ -78,20 +78,6 @@ fn threads_run() -> &'static Run {
 
 fn edges_run() -> &'static Run {
     run_once(&EDGES_RUN, "thread_edges", THREAD_EDGES)
-}
-
-/// The check lines (`ok …` / `FAILED …`) of one area (`== AREA` up to the next `==`).
-fn area_lines<'a>(out: &'a str, area: &str) -> Vec<&'a str> {
-    let mut lines = Vec::new();
-    let mut inside = false;
-    for line in out.lines() {
-        if let Some(name) = line.strip_prefix("== ") {
-            inside = name.trim() == area;
-        } else if inside && (line.starts_with("ok ") || line.starts_with("FAILED ")) {
-            lines.push(line);
-        }
-    }
-    lines
 }
 
 fn area_passes(out: &str, area: &str) -> Result<(), String> {

@@ -24,7 +24,7 @@ use kernel::arch::{percpu, time};
 use kernel::console;
 use kernel::guest::hresult::HOST_E_TIMEOUT;
 use kernel::guest::{GuestOutcome, cpu_time, run_guest, set_guest_args_for_test};
-use qemu_tests::{GuestAccounting, ensure, ensure_eq, guest_accounting, guest_elf};
+use qemu_tests::{GuestAccounting, area_lines, ensure, ensure_eq, guest_accounting, guest_elf};
 
 const GUEST: &[u8] = guest_elf!("v2_outsider");
 
@@ -85,18 +85,10 @@ fn main_run() -> &'static Run {
     slot.get_or_insert_with(|| run("", None))
 }
 
-/// Every check line (`ok …` / `FAILED …`) of one area (`== AREA` up to the next `==`) is ok.
+/// Every check line of one area of the full run is ok.
 fn area_passes(area: &str) -> Result<(), String> {
     let out = &main_run().out;
-    let mut lines = Vec::new();
-    let mut inside = false;
-    for line in out.lines() {
-        if let Some(name) = line.strip_prefix("== ") {
-            inside = name.trim() == area;
-        } else if inside && (line.starts_with("ok ") || line.starts_with("FAILED ")) {
-            lines.push(line);
-        }
-    }
+    let lines = area_lines(out, area);
     ensure!(!lines.is_empty(), "area {area}: no check lines (did the guest reach it?)\n{}", tail(out));
     let failed: Vec<&str> = lines.iter().copied().filter(|l| !l.starts_with("ok ")).collect();
     ensure!(failed.is_empty(), "area {area}: {} of {} checks failed:\n{}", failed.len(), lines.len(), failed.join("\n"));

@@ -77,6 +77,12 @@ static void put_dec(u64 v) {
     } while (v);
     puts_(b + i);
 }
+/* A line `LABEL VALUE` (hex), for the evidence after a failed check. */
+static void note_hex(const char *label, u64 value) {
+    puts_(label);
+    put_hex(value);
+    puts_("\n");
+}
 static void area(const char *name) {
     puts_("== ");
     puts_(name);
@@ -960,15 +966,10 @@ static void commit_r_rw(void) {
 /* The first bad observation (for a query: page, region size, state, protect). */
 static void print_first_bad(void) {
     if (!g_bad) return;
-    puts_("first bad: page/what ");
-    put_hex(g_bad_first[0]);
-    puts_(" size/a ");
-    put_hex(g_bad_first[1]);
-    puts_(" state/b ");
-    put_hex(g_bad_first[2]);
-    puts_(" protect/c ");
-    put_hex(g_bad_first[3]);
-    puts_("\n");
+    note_hex("first bad: page (or what failed) ", g_bad_first[0]);
+    note_hex("... size (or a) ", g_bad_first[1]);
+    note_hex("... state (or b) ", g_bad_first[2]);
+    note_hex("... protect (or c) ", g_bad_first[3]);
 }
 static void free_range(void) {
     check("release", (u64)(u32)H->lpVtbl->VirtualFree(H, g_base, 0, MEM_RELEASE), 0);
@@ -1116,11 +1117,7 @@ static void write_watch_area(void) {
     for (u32 i = 0; i < writers; i++)
         if (h[i]) join(h[i]);
     check("write-watch calls succeeded", errors, 0);
-    if (missed) {
-        puts_("first write not reported: ");
-        put_hex(first_missed);
-        puts_("\n");
-    }
+    if (missed) note_hex("first write not reported: ", first_missed);
     check("writes made after a reset returned, missing from the next get_write_watch", missed, 0);
     check("rounds", rounds, 300);
     free_range();
@@ -1177,11 +1174,7 @@ static void atomic_partial_area(void) {
     puts_(" failed on the hole\n");
     check("VirtualProtect results other than S_OK and ERROR_INVALID_ADDRESS", wrong_hr, 0);
     check("old protection not the one the last whole call left", wrong_old, 0);
-    if (wrong_state) {
-        puts_("first wrong state (page 0 protect << 32 | page 13 protect): ");
-        put_hex(first);
-        puts_("\n");
-    }
+    if (wrong_state) note_hex("first wrong state (page 0 protect << 32 | page 13 protect): ", first);
     check("protections that no order of whole calls leaves (a failed protect changed pages)", wrong_state, 0);
     check("the hole maker's calls all succeeded", g_bad, 0);
     free_range();
