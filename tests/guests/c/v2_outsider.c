@@ -1388,6 +1388,7 @@ static void limits_area(void) {
     put_dec(nr);
     puts_(" reservations before a failure\n");
     check("VirtualAlloc at the allocation bound: E_OUTOFMEMORY", (u64)(u32)hr, (u64)(u32)E_OUTOFMEMORY);
+    check_true("at least 100,000 live allocations (host-abi §9)", nr >= 100000);
     /* at that bound: a thread (its stack is an allocation) and a heap either work or fail cleanly */
     Worker *w = &g_workers[0];
     memset(w, 0, sizeof *w);
