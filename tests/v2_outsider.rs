@@ -170,6 +170,20 @@ fn threads_looping_on_host_calls_use_cpu_time() -> Result<(), String> {
     Ok(())
 }
 
+/// The other ends of a guest whose threads are in host calls, twenty times each: `exit` from the
+/// main thread and an unhandled fault.
+fn exit_or_a_fault_while_threads_are_in_host_calls() -> Result<(), String> {
+    for (mode, code) in [("busyexit", 0x42), ("busyfault", 0xC000_001Du32 as i32)] {
+        for _ in 0..20 {
+            let r = run(mode, None);
+            ensure!(r.out.contains("workers looping on yield"), "{}", tail(&r.out));
+            ensure_eq!(r.outcome, GuestOutcome::Exited(code));
+            ensure_nothing_left(&r)?;
+        }
+    }
+    Ok(())
+}
+
 fn making_threads_forever_uses_cpu_time() -> Result<(), String> { ends_at_the_limit("churn", "churning threads", 1000) }
 
 fn every_thread_nesting_exceptions_at_once_ends_only_its_guest() -> Result<(), String> {
@@ -223,6 +237,7 @@ kernel::kernel_test_image!(
     the_guest_passes_and_leaves_nothing,
     spinning_workers_end_at_the_limit_of_all_threads_together,
     threads_looping_on_host_calls_use_cpu_time,
+    exit_or_a_fault_while_threads_are_in_host_calls,
     making_threads_forever_uses_cpu_time,
     every_thread_nesting_exceptions_at_once_ends_only_its_guest,
     sleeping_and_waiting_threads_do_not_burn_the_limit,

@@ -22,6 +22,7 @@
  *            only this guest ends (at the latest at the CPU-time limit);
  *   "busycall" workers loop on host calls that return at once (yield, sleep 0, a wait that
  *            returns at once, VirtualQuery): CPU time all the same, ended at the limit;
+ *   "busyexit", "busyfault" the same workers, ended by main's `exit(0x42)` or an unhandled ud2;
  *   "churn"  the main thread makes, waits for and closes threads forever: ended at the limit;
  *   "nest"   every thread at once faults in its handler, nesting until no frame fits: the guest
  *            ends with one of those faults' codes. */
@@ -1531,7 +1532,8 @@ static int32_t spin_mode(void) {
     return 0x5B1; /* never: the limit ends the guest */
 }
 
-static int32_t busycall_mode(void) {
+static int32_t busycall_mode(u32 how);
+static int32_t busycall_mode(u32 how) {
     static volatile u32 started;
     u64 h[4];
     for (u32 i = 0; i < 4; i++) {
@@ -1547,6 +1549,14 @@ static int32_t busycall_mode(void) {
     }
     while (ld32(&started) < 4) S->sleep_ns(1000000);
     puts_("v2_outsider: workers looping on yield, sleep 0, wait 0 and VirtualQuery\n");
+    if (how == 1) {
+        S->sleep_ns(30000000);
+        S->exit(0x42); /* ends every thread, whatever host call each is in */
+    }
+    if (how == 2) {
+        S->sleep_ns(30000000);
+        __asm__ volatile("ud2"); /* unhandled: ends the guest likewise */
+    }
     S->wait_thread(h[0], 30000000000ull, 0);
     return 0x5E1; /* not ended by the limit within 30 s */
 }
@@ -1646,7 +1656,9 @@ int32_t outsider_main(IHostMemoryManager *host, const HOST_SERVICES *services, c
     if (streq(args, "spin")) return spin_mode();
     if (streq(args, "sleep")) return sleep_mode();
     if (streq(args, "refault")) return refault_mode();
-    if (streq(args, "busycall")) return busycall_mode();
+    if (streq(args, "busycall")) return busycall_mode(0);
+    if (streq(args, "busyexit")) return busycall_mode(1);
+    if (streq(args, "busyfault")) return busycall_mode(2);
     if (streq(args, "churn")) return churn_mode();
     if (streq(args, "nest")) return nest_mode();
     start_state_area();
