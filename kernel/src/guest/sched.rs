@@ -11,7 +11,9 @@
 //!   as the active guest and runs the loop itself; every other CPU finds it from its idle loop
 //!   ([`ap_idle`], called by `arch::smp` over and over) and runs the loop while there are ready
 //!   threads, then leaves (switching to the kernel's tables: `Space::deactivate`) and waits in
-//!   `sti; hlt`. A CPU that makes a thread ready wakes the idle CPUs with the wake-up IPI.
+//!   `sti; hlt` (or, when threads still look ready, comes straight back, serving the TLB rounds
+//!   posted to it on the way: a round may count it until it left). A CPU that makes a thread
+//!   ready wakes the idle CPUs with the wake-up IPI.
 //! - Lock: one spin lock per guest over the [`Guest`] (its calls, its exceptions, its thread
 //!   table), taken with interrupts enabled while it spins (so a CPU waiting for it still takes
 //!   IPIs, e.g. TLB shootdowns), and released before ring 3 is entered. Lock order: the guest's
