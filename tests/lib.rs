@@ -46,3 +46,28 @@ macro_rules! guest_elf {
 pub fn frame_counts() -> (u64, u64, u64, u64) {
     kernel::memory::with_mm(|mm| (mm.frames.free_frames(), mm.frames.reserved_frames(), mm.charge.committed_pages(), mm.page_table_pages()))
 }
+
+/// What a guest must leave as it found it: free frames, reserved frames, commit charge,
+/// page-table pages, live guest address spaces.
+pub type GuestAccounting = (u64, u64, u64, u64, usize);
+
+/// The [`GuestAccounting`] now.
+pub fn guest_accounting() -> GuestAccounting {
+    let (free, reserved, committed, tables) = frame_counts();
+    (free, reserved, committed, tables, kernel::memory::accounting().spaces)
+}
+
+/// The check lines (`ok …` / `FAILED …`) a guest printed in area `area` (from each `== AREA` line
+/// up to the next `== ` line).
+pub fn area_lines<'a>(out: &'a str, area: &str) -> alloc::vec::Vec<&'a str> {
+    let mut lines = alloc::vec::Vec::new();
+    let mut inside = false;
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("== ") {
+            inside = name.trim() == area;
+        } else if inside && (line.starts_with("ok ") || line.starts_with("FAILED ")) {
+            lines.push(line);
+        }
+    }
+    lines
+}

@@ -26,8 +26,7 @@ use core::cell::UnsafeCell;
 use kernel::arch::percpu;
 use kernel::console;
 use kernel::guest::{GuestOutcome, run_guest};
-use kernel::memory;
-use qemu_tests::{ensure, ensure_eq, guest_elf};
+use qemu_tests::{GuestAccounting, area_lines, ensure, ensure_eq, guest_accounting, guest_elf};
 
 const THREADS: &[u8] = guest_elf!("threads");
 const SHOOTDOWN: &[u8] = guest_elf!("shootdown");
@@ -37,28 +36,20 @@ const CONFORMANCE: &[u8] = guest_elf!("conformance");
 const FUZZ: &[u8] = guest_elf!("fuzz");
 const THREAD_EDGES: &[u8] = guest_elf!("thread_edges");
 
-/// Free frames, reserved frames, commit charge, page-table pages, live guest address spaces.
-type Accounting = (u64, u64, u64, u64, usize);
-
-fn accounting() -> Accounting {
-    let (free, reserved, committed, tables) = qemu_tests::frame_counts();
-    (free, reserved, committed, tables, memory::accounting().spaces)
-}
-
 struct Run {
     outcome: GuestOutcome,
     out: String,
-    before: Accounting,
-    after: Accounting,
+    before: GuestAccounting,
+    after: GuestAccounting,
 }
 
 /// Runs a guest with its output captured, noting the accounting before and after.
 fn run(name: &str, file: &[u8]) -> Run {
-    let before = accounting();
+    let before = guest_accounting();
     console::start_capture();
     let outcome = run_guest(name, file);
     let out = console::take_capture();
-    Run { outcome, out, before, after: accounting() }
+    Run { outcome, out, before, after: guest_accounting() }
 }
 
 /// A guest that must leave everything as it found it.
@@ -87,20 +78,6 @@ fn threads_run() -> &'static Run {
 
 fn edges_run() -> &'static Run {
     run_once(&EDGES_RUN, "thread_edges", THREAD_EDGES)
-}
-
-/// The check lines (`ok …` / `FAILED …`) of one area (`== AREA` up to the next `==`).
-fn area_lines<'a>(out: &'a str, area: &str) -> Vec<&'a str> {
-    let mut lines = Vec::new();
-    let mut inside = false;
-    for line in out.lines() {
-        if let Some(name) = line.strip_prefix("== ") {
-            inside = name.trim() == area;
-        } else if inside && (line.starts_with("ok ") || line.starts_with("FAILED ")) {
-            lines.push(line);
-        }
-    }
-    lines
 }
 
 fn area_passes(out: &str, area: &str) -> Result<(), String> {

@@ -54,12 +54,12 @@ pub fn expectation_for(name: &str) -> Expectation {
 }
 
 /// The CPU counts an image runs with: the `smp` image (it checks that every CPU comes online),
-/// the `threads_kernel` and `threads` images (guest threads on every CPU, TLB shootdown) and the
-/// `runtime` image (the parallel gc-runtime) at 1, 2 and 4 CPUs, the `shootdown` image at 2 and
+/// the `threads_kernel`, `threads` and `v2_outsider` images (guest threads on every CPU, TLB
+/// shootdown) and the `runtime` image (the parallel gc-runtime) at 1, 2 and 4 CPUs, the `shootdown` image at 2 and
 /// 4, every other image once with `default`.
 pub fn cpu_counts_for(name: &str, default: u32) -> Vec<u32> {
     match name {
-        "smp" | "threads_kernel" | "threads" | "runtime" => vec![1, 2, 4],
+        "smp" | "threads_kernel" | "threads" | "runtime" | "v2_outsider" => vec![1, 2, 4],
         "shootdown" => vec![2, 4],
         _ => vec![default],
     }
@@ -140,8 +140,9 @@ pub fn run(images: &[PathBuf], opts: &QemuOptions) -> SuiteTotals {
             run_opts.timeout = Some(timeout);
         }
         // The threads image runs every thread guest and, at 4 CPUs, the conformance and fuzz
-        // guests again: 4 TCG vCPUs on a small host need more than the default.
-        if name == "threads" {
+        // guests again: 4 TCG vCPUs on a small host need more than the default. So does the
+        // v2_outsider image (tables filled to their bounds, timed races, CPU-limit runs).
+        if name == "threads" || name == "v2_outsider" {
             run_opts.timeout = run_opts.timeout.map(|t| t.max(Duration::from_secs(600)));
         }
         // The wasm image grows a linear memory to hundreds of MiB (tests/wasm.rs).
@@ -201,6 +202,7 @@ mod tests {
     fn the_smp_and_threads_images_run_at_1_2_and_4_cpus_others_once() {
         assert_eq!(cpu_counts_for("smp", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("threads", 2), vec![1, 2, 4]);
+        assert_eq!(cpu_counts_for("v2_outsider", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("threads_kernel", 2), vec![1, 2, 4]);
         assert_eq!(cpu_counts_for("shootdown", 2), vec![2, 4]);
         assert_eq!(cpu_counts_for("runtime", 2), vec![1, 2, 4]);

@@ -11,7 +11,9 @@
 //!   as the active guest and runs the loop itself; every other CPU finds it from its idle loop
 //!   ([`ap_idle`], called by `arch::smp` over and over) and runs the loop while there are ready
 //!   threads, then leaves (switching to the kernel's tables: `Space::deactivate`) and waits in
-//!   `sti; hlt`. A CPU that makes a thread ready wakes the idle CPUs with the wake-up IPI.
+//!   `sti; hlt` (or, when threads still look ready, comes straight back, serving the TLB rounds
+//!   posted to it on the way: a round may count it until it left). A CPU that makes a thread
+//!   ready wakes the idle CPUs with the wake-up IPI.
 //! - Lock: one spin lock per guest over the [`Guest`] (its calls, its exceptions, its thread
 //!   table), taken with interrupts enabled while it spins (so a CPU waiting for it still takes
 //!   IPIs, e.g. TLB shootdowns), and released before ring 3 is entered. Lock order: the guest's
@@ -156,7 +158,13 @@ fn wake_idle_cpus() {
 fn idle_wait(work: impl Fn() -> bool) {
     let bit = 1 << percpu::current_index();
     IDLE.fetch_or(bit, Ordering::SeqCst);
-    if !work() {
+    if work() {
+        // Not halting, this CPU may be back here at once and loop with interrupts off (an
+        // application processor after the guest ended, while its threads still count as ready):
+        // a TLB round that read this CPU in a space's set just before it left the space waits
+        // for it, so it serves the rounds posted to it (as every wait with IF = 0 must).
+        crate::memory::serve_flush_requests();
+    } else {
         x86_64::instructions::interrupts::enable_and_hlt();
         x86_64::instructions::interrupts::disable();
     }
