@@ -26,6 +26,7 @@ root="$(cd "$here/../.." && pwd)"
 usage() {
   cat <<'USAGE'
 usage: tests/bench/report.sh [--kvm] [--install-peers] [--skip-host] [--skip-kernel] [--rounds N] [--smp N]
+                            [--out DIR]
 
   --kvm            also boot the benchmark image under KVM (QEMU takes about two minutes to start)
   --install-peers  apt-get install wine64 and gcc-mingw-w64-x86-64 if they are missing
@@ -35,6 +36,7 @@ usage: tests/bench/report.sh [--kvm] [--install-peers] [--skip-host] [--skip-ker
                    the benchmark image once, about a minute and a half per round under TCG)
   --smp N          vCPUs of every QEMU boot, Linux's and the benchmark image's alike (default 4,
                    what ./run-qemu.sh --bench uses when not told)
+  --out DIR        where report.md, chart.svg and raw/ go (default tests/bench/results)
   -h, --help       this text
 
 Environment: VMBENCH_C (peer source; default tests/bench/vmbench_peer.c),
@@ -45,7 +47,7 @@ leaves QEMU paused until the timeout).
 USAGE
 }
 
-kvm=0; install=0; host=1; kernel=1; rounds=4; smp=4
+kvm=0; install=0; host=1; kernel=1; rounds=4; smp=4; out="$here/results"
 while [ $# -gt 0 ]; do
   case "$1" in
     --kvm) kvm=1 ;;
@@ -54,13 +56,15 @@ while [ $# -gt 0 ]; do
     --skip-kernel) kernel=0 ;;
     --rounds) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || { echo "--rounds needs a number >= 1" >&2; exit 2; }; rounds="$2"; shift ;;
     --smp) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || { echo "--smp needs a number >= 1" >&2; exit 2; }; smp="$2"; shift ;;
+    --out) [ $# -ge 2 ] || { echo "--out needs a directory" >&2; exit 2; }; out="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
 
-out="$here/results"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
 raw="$out/raw"
 mkdir -p "$raw"
 rm -f "$raw"/*.txt "$raw"/rounds/*.txt
