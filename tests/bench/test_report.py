@@ -25,6 +25,20 @@ def peer_line(name, cycles, unit="op"):
     return f"{name:<28} {cycles / 2.5:12.1f} ns/{unit} {cycles:14.1f} cycles"
 
 
+def write(raw, name, lines):
+    with open(os.path.join(raw, name), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def report_md(raw):
+    """Runs report.py (no chart) on RAW and returns its report.md."""
+    out = os.path.join(raw, "out")
+    os.makedirs(out, exist_ok=True)
+    report.main(["--no-chart", raw, out])
+    with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+        return f.read()
+
+
 class ParsingTest(unittest.TestCase):
     def test_peer_lines_with_and_without_cycles(self):
         got = report.parse_peer([peer_line("reserve_release_64k", 1000.0),
@@ -56,24 +70,20 @@ class RoundsTest(unittest.TestCase):
         raw = self.dir.name
         os.mkdir(os.path.join(raw, "rounds"))
         for r, g in ((1, 100.0), (2, 300.0), (3, 200.0)):
-            self.write(f"rounds/guest-{r}.txt", ["load before: 1.00 1.00 1.00",
+            write(raw, f"rounds/guest-{r}.txt", ["load before: 1.00 1.00 1.00",
                                                  guest_line("reserve_release_64k", g * 2, where="kernel-TCG"),
                                                  guest_line("reserve_release_64k", g), "load after: 1.50 1.00 1.00"])
-            self.write(f"rounds/linux-fair-{r}.txt", ["load before: 1 1 1", "peer linux-mmap",
+            write(raw, f"rounds/linux-fair-{r}.txt", ["load before: 1 1 1", "peer linux-mmap",
                                                       "peer-env cmdline=console=ttyS0 mitigations=off",
                                                       peer_line("reserve_release_64k", 1000.0), "peer-done errors=0"])
             default = ([peer_line("reserve_release_64k", 500.0), "peer-done errors=0"] if r < 3
                        else ["not available: Linux in QEMU did not finish the workloads"])
-            self.write(f"rounds/linux-default-{r}.txt", ["load before: 1 1 1"] + default)
-        self.write("env.txt", ["date: 2026-01-01 00:00 UTC", "commit: abc", "load at start: 0.5 0.5 0.5"])
-        self.write("peer-linux.txt", ["not available: not run"])
+            write(raw, f"rounds/linux-default-{r}.txt", ["load before: 1 1 1"] + default)
+        write(raw, "env.txt", ["date: 2026-01-01 00:00 UTC", "commit: abc", "load at start: 0.5 0.5 0.5"])
+        write(raw, "peer-linux.txt", ["not available: not run"])
 
     def tearDown(self):
         self.dir.cleanup()
-
-    def write(self, name, lines):
-        with open(os.path.join(self.dir.name, name), "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
 
     def test_ratios_pair_rounds(self):
         rounds = report.read_rounds(self.dir.name)
@@ -92,11 +102,7 @@ class RoundsTest(unittest.TestCase):
         self.assertEqual(count["reserve_release_64k"], 3)
 
     def test_report_md(self):
-        out = os.path.join(self.dir.name, "out")
-        os.mkdir(out)
-        report.main(["--no-chart", self.dir.name, out])
-        with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
-            md = f.read()
+        md = report_md(self.dir.name)
         self.assertIn("**3 alternating rounds in one run**", md)
         # workload row: Linux default median 500, fair 1000, guest 200; ratios 0.40 (0.20–0.60), 0.20 (0.10–0.30).
         # Fastest rounds: 100 / 500 and 100 / 1000.
@@ -196,11 +202,7 @@ class ScalingTest(unittest.TestCase):
         self.assertEqual(cpus, {"linux": {2}, "image": {2}})
 
     def test_report_md(self):
-        out = os.path.join(self.dir.name, "out")
-        os.mkdir(out)
-        report.main(["--no-chart", self.dir.name, out])
-        with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
-            md = f.read()
+        md = report_md(self.dir.name)
         self.assertIn("## Scaling: disjoint work from 1, 2 and 4 workers at once (same emulator)", md)
         self.assertIn("vCPUs: Linux saw 2 online, the benchmark image was booted with -smp 2 (the same on both sides).", md)
         # Columns: Linux threads, guest threads, in-kernel one space, Linux processes, space per CPU.
@@ -213,16 +215,7 @@ class ScalingTest(unittest.TestCase):
 
     def test_different_vcpus_are_flagged(self):
         write(self.dir.name, "rounds/guest-2.txt", image_scaling_lines(10000.0, 1.0, 1.7, 1.3, smp=4))
-        out = os.path.join(self.dir.name, "out")
-        os.mkdir(out)
-        report.main(["--no-chart", self.dir.name, out])
-        with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
-            self.assertIn("NOT the same on both sides", f.read())
-
-
-def write(raw, name, lines):
-    with open(os.path.join(raw, name), "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+        self.assertIn("NOT the same on both sides", report_md(self.dir.name))
 
 
 if __name__ == "__main__":

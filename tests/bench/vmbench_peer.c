@@ -34,11 +34,12 @@
  *   commit_touch_decommit_64k  commit the worker's own 64 KiB reservation, write each of its 16
  *                              pages, decommit them
  *   reserve_release_64k        reserve 64 KiB, release it
- * from 1, 2 and 4 workers at once (as many as there are online CPUs; "n/a" above), started
- * together on a barrier (a futex), each for 2 s (a deadline on rdtsc calibrated against
- * CLOCK_MONOTONIC), ops counted, worker i pinned to CPU i; first as threads of one process (one mm: its mmap_lock,
- * page-table locks and TLB shootdowns are shared, as this kernel's one space), then as one process
- * per worker (fork: the control, as the kernel's /space-per-cpu rows). One line per row:
+ * from 1, 2 and 4 workers at once (as many as there are online CPUs; "n/a" above), worker i
+ * pinned to CPU i, started together on a barrier (a futex), each for 2 s (a deadline on rdtsc
+ * calibrated against CLOCK_MONOTONIC), ops counted; first as threads of one process (one mm: its
+ * mmap_lock, page-table locks and TLB shootdowns are shared, as this kernel's one space; Linux
+ * places each worker's reservation, and may merge neighbouring ones into one VMA), then as one
+ * process per worker (fork: the control, as the kernel's /space-per-cpu rows). One line per row:
  *   peer-scaling NAME mode=threads|processes n=N ops=.. ops_per_s=.. speed_up=..x cycles_per_op=..
  *                cpus_seen=..
  * ops_per_s counts all workers' ops over the time from the start to the last worker's end (as the
@@ -633,16 +634,17 @@ static void run_workloads(void) {
     guard_page_fault();
 }
 
-/* Runs the parts the arguments name ("workloads", "scaling"; none: "workloads"), then prints
- * "peer-done errors=N". Returns the exit status. */
+/* Runs the parts the arguments name ("workloads", "scaling"; none of them: "workloads"), then
+ * prints "peer-done errors=N". Returns the exit status. Other arguments are noted and ignored (as
+ * /init, the kernel passes on the command-line words it does not know). */
 static int run_parts(int argc, char **argv) {
-    int workloads = argc <= 1, scaling_part = 0;
+    int workloads = 0, scaling_part = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "workloads") == 0) workloads = 1;
         else if (strcmp(argv[i], "scaling") == 0) scaling_part = 1;
         else printf("peer-note ignored argument %s (known: workloads, scaling)\n", argv[i]);
     }
-    if (workloads) run_workloads();
+    if (workloads || !scaling_part) run_workloads();
     if (scaling_part) {
 #ifdef _WIN32
         printf("peer-note scaling: not built for Windows\n");
