@@ -8,7 +8,10 @@
 #       (-accel tcg -cpu max -m 1G) with the peer program as /init of an initramfs, in two
 #       configurations (Debian's defaults, and the fair one: mitigations=off no5lvl clearcpuid=erms
 #       transparent_hugepage=madvise), and the benchmark image ./run-qemu.sh --bench (in-kernel and
-#       in-guest workloads), each round booting all three; under KVM once more with --kvm,
+#       in-guest workloads), each round booting all three, all with the same number of vCPUs
+#       (--smp, default 4 as run-qemu.sh --bench); the fair boot also runs the peer's scaling part
+#       (disjoint work from 1, 2 and 4 threads of one process, and from a process each), beside
+#       the image's scaling tables; under KVM once more with --kvm,
 # then tests/bench/report.py turns the raw outputs (tests/bench/results/raw/) into
 # tests/bench/results/report.md (tables) and tests/bench/results/chart.svg (matplotlib; the Debian
 # package python3-matplotlib is apt-installed when missing).
@@ -22,14 +25,18 @@ root="$(cd "$here/../.." && pwd)"
 
 usage() {
   cat <<'USAGE'
-usage: tests/bench/report.sh [--kvm] [--install-peers] [--skip-host] [--skip-kernel] [--rounds N]
+usage: tests/bench/report.sh [--kvm] [--install-peers] [--skip-host] [--skip-kernel] [--rounds N] [--smp N]
+                            [--out DIR]
 
   --kvm            also boot the benchmark image under KVM (QEMU takes about two minutes to start)
   --install-peers  apt-get install wine64 and gcc-mingw-w64-x86-64 if they are missing
   --skip-host      do not run the cargo host benchmarks (reported as not run)
   --skip-kernel    do not boot the benchmark image or Linux in QEMU (reported as not run)
   --rounds N       rounds of the same-emulator comparison (default 4; each boots Linux twice and
-                   the benchmark image once, about a minute per round under TCG)
+                   the benchmark image once, about a minute and a half per round under TCG)
+  --smp N          vCPUs of every QEMU boot, Linux's and the benchmark image's alike (default 4,
+                   what ./run-qemu.sh --bench uses when not told)
+  --out DIR        where report.md, chart.svg and raw/ go (default tests/bench/results)
   -h, --help       this text
 
 Environment: VMBENCH_C (peer source; default tests/bench/vmbench_peer.c),
@@ -40,7 +47,7 @@ leaves QEMU paused until the timeout).
 USAGE
 }
 
-kvm=0; install=0; host=1; kernel=1; rounds=4
+kvm=0; install=0; host=1; kernel=1; rounds=4; smp=4; out="$here/results"
 while [ $# -gt 0 ]; do
   case "$1" in
     --kvm) kvm=1 ;;
@@ -48,13 +55,16 @@ while [ $# -gt 0 ]; do
     --skip-host) host=0 ;;
     --skip-kernel) kernel=0 ;;
     --rounds) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || { echo "--rounds needs a number >= 1" >&2; exit 2; }; rounds="$2"; shift ;;
+    --smp) [ $# -ge 2 ] && [ "$2" -ge 1 ] 2>/dev/null || { echo "--smp needs a number >= 1" >&2; exit 2; }; smp="$2"; shift ;;
+    --out) [ $# -ge 2 ] || { echo "--out needs a directory" >&2; exit 2; }; out="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
 
-out="$here/results"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
 raw="$out/raw"
 mkdir -p "$raw"
 rm -f "$raw"/*.txt "$raw"/rounds/*.txt
@@ -79,6 +89,7 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
   echo "os: $(uname -sr)"
   echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-minute load averages; other work on the machine slows every column)"
   echo "qemu: $(qemu-system-x86_64 --version 2>/dev/null | head -1 || echo not installed)"
+  echo "vcpus: $smp (-smp of every QEMU boot, Linux's and the benchmark image's)"
   echo "rustc: $(cd "$root" && rustc --version 2>/dev/null || echo unknown)"
   echo "cc: $(cc --version 2>/dev/null | head -1 || echo not installed)"
 } > "$raw/env.txt"
@@ -143,7 +154,7 @@ run_image() { # $1 = tcg|kvm, $2 = output file
   local name="$1" file="$2" flags=() status=0 limit=600
   [ "$name" = kvm ] && { flags=(--kvm); limit="${KVM_TIMEOUT:-420}"; }
   echo "load before: $(load)" > "$file"
-  "$root/run-qemu.sh" --bench "${flags[@]}" --timeout "$limit" > "$work/image.log" 2>&1 || status=$?
+  "$root/run-qemu.sh" --bench --smp "$smp" "${flags[@]}" --timeout "$limit" > "$work/image.log" 2>&1 || status=$?
   if [ "$status" != 0 ]; then
     { echo "not available: run-qemu.sh --bench ${flags[*]} exited with $status (0 ok, 1 kernel failure, 2 crash, 3 timeout);" \
         "$(grep -m2 -E 'KVM internal error|emulation failure|FAILURE|panicked' "$work/image.log" | tr '\n' ' ')" \
@@ -174,8 +185,8 @@ else
     linux_missing="not available: no readable /boot/vmlinuz-*-cloud-amd64 (apt-get install linux-image-cloud-amd64: $(tail -1 "$work/apt.log" 2>/dev/null))"
   elif [ ! -f "$peer_src" ]; then
     linux_missing="not available: peer source $peer_src not found"
-  elif ! gcc -O2 -static -o "$work/init" "$peer_src" 2> "$work/static.err"; then
-    linux_missing="not available: gcc -O2 -static failed: $(head -3 "$work/static.err" | tr '\n' ' ')"
+  elif ! gcc -O2 -static -pthread -o "$work/init" "$peer_src" 2> "$work/static.err"; then
+    linux_missing="not available: gcc -O2 -static -pthread failed: $(head -3 "$work/static.err" | tr '\n' ' ')"
   elif ! python3 "$here/mkinitramfs.py" "$work/init" "$work/initramfs.cpio"; then
     linux_missing="not available: mkinitramfs.py failed"
   else
@@ -184,14 +195,15 @@ else
 fi
 run_linux() { # $1 = default|fair, $2 = output file
   local append="$linux_default"
-  [ "$1" = fair ] && append="$linux_fair"
+  # The kernel passes what follows "--" to /init as arguments: the fair boot also runs the scaling part.
+  [ "$1" = fair ] && append="$linux_fair -- workloads scaling"
   echo "load before: $(load)" > "$2"
   if [ -n "$linux_missing" ]; then
     echo "$linux_missing" >> "$2"
     return
   fi
   local status=0
-  timeout 300 qemu-system-x86_64 -accel tcg -cpu max -m 1G -kernel "$linux_kernel" -initrd "$work/initramfs.cpio" \
+  timeout 300 qemu-system-x86_64 -accel tcg -cpu max -m 1G -smp "$smp" -kernel "$linux_kernel" -initrd "$work/initramfs.cpio" \
     -append "$append" -serial stdio -display none -monitor none -no-reboot > "$work/linux.log" 2>&1 || status=$?
   tr -d '\r' < "$work/linux.log" | grep -E '^(peer|[a-z_0-9]+ +[0-9.]+ ns/)' > "$work/linux.txt" || true
   if ! grep -q '^peer-done errors=0' "$work/linux.txt"; then

@@ -26,7 +26,31 @@
  *            (4 kernel entries; Windows' guard clears itself: 3 entries in this kernel)
  *   host_call_addref_release: getppid() (a system call that does almost nothing)
  *   host_call_ticks_ns: syscall(SYS_clock_gettime) (the vDSO is bypassed: one kernel entry)
+ *
+ * Arguments name the parts to run: "workloads" (the default when there are none: the lines above)
+ * and "scaling" (Linux only), the scaling workloads of the guest-thread benchmark
+ * (tests/guests/c/vmbench_threads.c) under the same names, each op as there, with the
+ * equivalents above:
+ *   commit_touch_decommit_64k  commit the worker's own 64 KiB reservation, write each of its 16
+ *                              pages, decommit them
+ *   reserve_release_64k        reserve 64 KiB, release it
+ * from 1, 2 and 4 workers at once (as many as there are online CPUs; "n/a" above), worker i
+ * pinned to CPU i, started together on a barrier (a futex), each for 2 s (a deadline on rdtsc
+ * calibrated against CLOCK_MONOTONIC), ops counted; first as threads of one process (one mm: its
+ * mmap_lock, page-table locks and TLB shootdowns are shared, as this kernel's one space; Linux
+ * places each worker's reservation, and may merge neighbouring ones into one VMA), then as one
+ * process per worker (fork: the control, as the kernel's /space-per-cpu rows). One line per row:
+ *   peer-scaling NAME mode=threads|processes n=N ops=.. ops_per_s=.. speed_up=..x cycles_per_op=..
+ *                cpus_seen=..
+ * ops_per_s counts all workers' ops over the time from the start to the last worker's end (as the
+ * guest); speed_up is over the 1-worker row of the same mode; cycles_per_op is TSC cycles per op of
+ * one worker; cpus_seen is how many CPUs the workers were seen on (sched_getcpu at their first and
+ * last op). As /init the arguments come from the kernel command line after "--".
+ *   cc -O2 -pthread -o vmbench-peer vmbench_peer.c && ./vmbench-peer scaling
  */
+#ifndef _WIN32
+#define _GNU_SOURCE /* sched_getcpu */
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +77,10 @@ static uint64_t query(char *p) {
 }
 #define PEER "wine-virtualalloc"
 #else
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -377,7 +405,219 @@ static void guard_page_fault(void) {
 }
 #endif
 
-static int run_workloads(void) {
+#ifndef _WIN32
+/* ---- The scaling workloads (argument "scaling"): see the top of the file. ---- */
+
+#define SCALING_MAX 4
+#define SCALING_WARM_UP_OPS 8
+#define SCALING_RUN_MS 2000
+
+typedef enum { SCALING_COMMIT_TOUCH_DECOMMIT, SCALING_RESERVE_RELEASE } SCALING_WORKLOAD;
+static const char *const SCALING_NAMES[] = {"commit_touch_decommit_64k", "reserve_release_64k"};
+
+typedef struct SCALING_WORKER {
+    uint64_t ops;
+    uint64_t end_tsc;
+    uint64_t cpus; /* bit i: seen on CPU i (CPUs 0-63) */
+    uint32_t errors;
+} SCALING_WORKER;
+
+/* One row's shared state, in a MAP_SHARED mapping so that forked workers share it too. The
+ * futexes are not FUTEX_PRIVATE for the same reason. */
+typedef struct SCALING_ROW {
+    volatile uint32_t ready, go, done, leave;
+    volatile uint64_t deadline;
+    SCALING_WORKLOAD workload;
+    SCALING_WORKER w[SCALING_MAX];
+} SCALING_ROW;
+
+static void futex_wait(volatile uint32_t *word, uint32_t seen) {
+    syscall(SYS_futex, word, FUTEX_WAIT, seen, NULL, NULL, 0);
+}
+static void futex_wake_all(volatile uint32_t *word) {
+    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+/* Waits until *word is at least `target`. */
+static void wait_until(volatile uint32_t *word, uint32_t target) {
+    uint32_t seen;
+    while ((seen = __atomic_load_n(word, __ATOMIC_ACQUIRE)) < target) futex_wait(word, seen);
+}
+static void arrive(volatile uint32_t *word) {
+    __atomic_fetch_add(word, 1, __ATOMIC_ACQ_REL);
+    futex_wake_all(word);
+}
+
+static uint64_t cpu_bit(void) {
+    int c = sched_getcpu();
+    return c >= 0 && c < 64 ? 1ull << c : 0;
+}
+
+/* One op, as vmbench_threads.c's one_op. Returns 0 if a reservation failed. */
+static int scaling_op(SCALING_WORKLOAD workload, char *region) {
+    if (workload == SCALING_COMMIT_TOUCH_DECOMMIT) {
+        commit(region, KB64);
+        touch(region, KB64);
+        decommit(region, KB64);
+        return 1;
+    }
+    char *p = reserve(KB64);
+    if (!p) return 0;
+    release(p, KB64);
+    return 1;
+}
+
+/* Worker i of a row: its own reservation (commit_touch_decommit), a few warm-up ops, the
+ * barrier, ops until the deadline, then it waits for the row's end before releasing. */
+static void scaling_worker(SCALING_ROW *row, int i) {
+    SCALING_WORKER *w = &row->w[i];
+    char *region = NULL;
+    uint64_t n = 0, deadline;
+    cpu_set_t on;
+    /* Worker i runs on CPU i (as the in-kernel rows): where the scheduler would put it is not the
+     * question here, and Linux may start a forked child on its parent's CPU and leave it there. */
+    CPU_ZERO(&on);
+    CPU_SET(i, &on);
+    if (sched_setaffinity(0, sizeof on, &on) != 0) w->errors++;
+    if (row->workload == SCALING_COMMIT_TOUCH_DECOMMIT && !(region = reserve(KB64))) w->errors++;
+    for (int k = 0; k < SCALING_WARM_UP_OPS && !w->errors; k++)
+        if (!scaling_op(row->workload, region)) w->errors++;
+    arrive(&row->ready);
+    wait_until(&row->go, 1);
+    deadline = row->deadline;
+    w->cpus = cpu_bit();
+    while (!w->errors) {
+        if (!scaling_op(row->workload, region)) w->errors++;
+        n++;
+        if (rdtsc() >= deadline) break;
+    }
+    w->end_tsc = rdtsc();
+    w->cpus |= cpu_bit();
+    w->ops = n;
+    arrive(&row->done);
+    wait_until(&row->leave, 1);
+    if (region) release(region, KB64);
+}
+
+typedef struct SCALING_THREAD_ARG {
+    SCALING_ROW *row;
+    int i;
+} SCALING_THREAD_ARG;
+static void *scaling_thread(void *arg) {
+    SCALING_THREAD_ARG *a = arg;
+    scaling_worker(a->row, a->i);
+    return NULL;
+}
+
+/* One row: n workers (threads of this process, or forked processes) on `workload` for
+ * `run_cycles` TSC cycles. Prints the row; returns its ops/s (0 if it failed). */
+static double scaling_row(SCALING_WORKLOAD workload, int processes, int n, uint64_t run_cycles, uint64_t tsc_hz,
+                          double single) {
+    const char *mode = processes ? "processes" : "threads";
+    SCALING_ROW *row = mmap(NULL, sizeof *row, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    pthread_t threads[SCALING_MAX];
+    SCALING_THREAD_ARG args[SCALING_MAX];
+    pid_t pids[SCALING_MAX];
+    uint64_t t0, last = 0, ops = 0, cpus = 0;
+    uint32_t errors = 0;
+    int started = 0;
+    if (row == MAP_FAILED) {
+        peer_error("scaling: mmap of the row's shared state");
+        return 0;
+    }
+    memset((void *)row, 0, sizeof *row);
+    row->workload = workload;
+    for (; started < n; started++) {
+        if (processes) {
+            pid_t pid = fork();
+            if (pid == 0) {
+                scaling_worker(row, started);
+                _exit(0);
+            }
+            if (pid < 0) break;
+            pids[started] = pid;
+        } else {
+            args[started].row = row;
+            args[started].i = started;
+            if (pthread_create(&threads[started], NULL, scaling_thread, &args[started]) != 0) break;
+        }
+    }
+    if (started < n) {
+        /* Release the ones started (they wait on the barrier) with a zero-length run. */
+        peer_error(processes ? "scaling: fork" : "scaling: pthread_create");
+        errors++;
+    }
+    wait_until(&row->ready, started);
+    t0 = rdtsc();
+    row->deadline = started < n ? t0 : t0 + run_cycles;
+    __atomic_store_n(&row->go, 1, __ATOMIC_RELEASE);
+    futex_wake_all(&row->go);
+    wait_until(&row->done, started);
+    for (int i = 0; i < started; i++) {
+        ops += row->w[i].ops;
+        cpus |= row->w[i].cpus;
+        errors += row->w[i].errors;
+        if (row->w[i].end_tsc > last) last = row->w[i].end_tsc;
+    }
+    __atomic_store_n(&row->leave, 1, __ATOMIC_RELEASE);
+    futex_wake_all(&row->leave);
+    for (int i = 0; i < started; i++) {
+        if (processes) {
+            int status = 0;
+            if (waitpid(pids[i], &status, 0) != pids[i] || !WIFEXITED(status) || WEXITSTATUS(status) != 0) errors++;
+        } else {
+            pthread_join(threads[i], NULL);
+        }
+    }
+    munmap((void *)row, sizeof *row);
+    if (errors || last <= t0 || ops == 0) {
+        printf("peer-error scaling %s mode=%s n=%d: %u errors\n", SCALING_NAMES[workload], mode, n, errors);
+        g_errors++;
+        return 0;
+    }
+    double per_s = (double)ops * (double)tsc_hz / (double)(last - t0);
+    double base = single > 0 ? single : per_s;
+    printf("peer-scaling %s mode=%s n=%d ops=%llu ops_per_s=%.0f speed_up=%.2fx cycles_per_op=%.0f cpus_seen=%d\n",
+           SCALING_NAMES[workload], mode, n, (unsigned long long)ops, per_s, per_s / base,
+           (double)(last - t0) * n / (double)ops, __builtin_popcountll(cpus));
+    return per_s;
+}
+
+/* The TSC's rate against CLOCK_MONOTONIC over about 50 ms, for the fixed run time. */
+static uint64_t tsc_hz_measured(void) {
+    struct timespec pause = {0, 50 * 1000 * 1000};
+    double n0 = now_ns();
+    uint64_t c0 = rdtsc();
+    nanosleep(&pause, NULL);
+    double n1 = now_ns();
+    uint64_t c1 = rdtsc();
+    return n1 > n0 ? (uint64_t)((double)(c1 - c0) * 1e9 / (n1 - n0)) : 2000000000ull;
+}
+
+static void scaling(void) {
+    static const int COUNTS[] = {1, 2, SCALING_MAX};
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    uint64_t tsc_hz = tsc_hz_measured();
+    uint64_t run_cycles = tsc_hz / 1000 * SCALING_RUN_MS;
+    printf("peer-env cpus_online=%ld\n", online);
+    printf("peer-env tsc_hz=%llu\n", (unsigned long long)tsc_hz);
+    for (int w = SCALING_COMMIT_TOUCH_DECOMMIT; w <= SCALING_RESERVE_RELEASE; w++)
+        for (int processes = 0; processes <= 1; processes++) {
+            double single = 0;
+            for (size_t k = 0; k < sizeof COUNTS / sizeof COUNTS[0]; k++) {
+                int n = COUNTS[k];
+                if (n > online) {
+                    printf("peer-scaling %s mode=%s n=%d n/a (only %ld CPUs online)\n", SCALING_NAMES[w],
+                           processes ? "processes" : "threads", n, online);
+                    continue;
+                }
+                double per_s = scaling_row((SCALING_WORKLOAD)w, processes, n, run_cycles, tsc_hz, single);
+                if (n == 1) single = per_s;
+            }
+        }
+}
+#endif
+
+static void run_workloads(void) {
 #ifndef _WIN32
     noop_calls(); /* first, as in the guest */
 #endif
@@ -392,20 +632,40 @@ static int run_workloads(void) {
     large_page_commit_2m();
 #endif
     guard_page_fault();
+}
+
+/* Runs the parts the arguments name ("workloads", "scaling"; none of them: "workloads"), then
+ * prints "peer-done errors=N". Returns the exit status. Other arguments are noted and ignored (as
+ * /init, the kernel passes on the command-line words it does not know). */
+static int run_parts(int argc, char **argv) {
+    int workloads = 0, scaling_part = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "workloads") == 0) workloads = 1;
+        else if (strcmp(argv[i], "scaling") == 0) scaling_part = 1;
+        else printf("peer-note ignored argument %s (known: workloads, scaling)\n", argv[i]);
+    }
+    if (workloads || !scaling_part) run_workloads();
+    if (scaling_part) {
+#ifdef _WIN32
+        printf("peer-note scaling: not built for Windows\n");
+#else
+        scaling();
+#endif
+    }
     printf("peer-done errors=%d\n", g_errors);
     fflush(stdout);
     return g_errors ? 1 : 0;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("peer %s\n", PEER);
 #ifdef _WIN32
-    return run_workloads();
+    return run_parts(argc, argv);
 #else
     if (getpid() != 1) {
         print_env(0);
-        return run_workloads();
+        return run_parts(argc, argv);
     }
     /* As /init: the workloads run in a child, an ordinary process (the kernel logs every fault
      * signal of pid 1 to the console, which would be timed with the guard-page round trip). */
@@ -413,7 +673,7 @@ int main(void) {
     mount("sysfs", "/sys", "sysfs", 0, NULL);
     print_env(1);
     pid_t child = fork();
-    if (child == 0) _exit(run_workloads());
+    if (child == 0) _exit(run_parts(argc, argv));
     int status = 0;
     if (child < 0 || waitpid(child, &status, 0) != child) printf("peer-error fork/wait\n");
     else if (!WIFEXITED(status)) printf("peer-error the workloads died of signal %d\n", WTERMSIG(status));
