@@ -37,6 +37,10 @@ pub(super) struct SpaceShared {
     /// Per CPU: the call of that CPU whose TLB round is in flight with the lock released, and
     /// its pages ([`SpaceShared::with_range`]).
     rounds: [RoundInFlight; MAX_CPUS],
+    /// The CPUs whose slot in `rounds` holds a round in flight (bit per CPU index; set under the
+    /// exclusive lock, cleared when the round is done): a call with none to wait for reads one
+    /// word.
+    rounds_in_flight: AtomicU64,
 }
 
 /// The pages a call may change, or whose state its result may depend on, as far as they are
@@ -142,10 +146,13 @@ impl SpaceShared {
                     // orders this before their acquire).
                     let seq = slot.seq.fetch_add(1, Ordering::Relaxed);
                     debug_assert!(seq % 2 == 0, "a CPU with two rounds in flight");
+                    let bit = 1u64 << percpu::this_cpu();
+                    self.rounds_in_flight.fetch_or(bit, Ordering::Relaxed);
                     drop(guard);
                     pending.complete_on(&self.active, cx);
                     // Even: done; the round, frees and uncharge happen before a waiter's return.
                     slot.seq.fetch_add(1, Ordering::SeqCst);
+                    self.rounds_in_flight.fetch_and(!bit, Ordering::Release);
                     super::lock::wake_sleepers(&slot.sleepers);
                 }
                 Some(result)
@@ -155,11 +162,14 @@ impl SpaceShared {
 
     /// Waits until no other CPU's round in flight on this space overlaps `range` (the caller
     /// holds the space lock, so no new one starts; see [`with_range`](Self::with_range)).
+    #[inline]
     fn wait_for_rounds(&self, range: &CallRange) {
-        let this = percpu::this_cpu();
-        for (cpu, slot) in self.rounds.iter().enumerate() {
+        let mut in_flight = self.rounds_in_flight.load(Ordering::Acquire) & !(1 << percpu::this_cpu());
+        while in_flight != 0 {
+            let slot = &self.rounds[in_flight.trailing_zeros() as usize];
+            in_flight &= in_flight - 1;
             let seq = slot.seq.load(Ordering::Acquire);
-            if cpu != this && seq % 2 == 1 && slot.range().overlaps(range) {
+            if seq % 2 == 1 && slot.range().overlaps(range) {
                 super::lock::wait_until(&slot.sleepers, || slot.seq.load(Ordering::SeqCst) != seq);
             }
         }
@@ -265,6 +275,7 @@ impl Space {
             active: space.active_set(),
             space: RwSpinLock::new(Some(space)),
             rounds: [const { RoundInFlight::idle() }; MAX_CPUS],
+            rounds_in_flight: AtomicU64::new(0),
         });
         interrupts::without_interrupts(|| {
             frames::add_counters(&counters);
