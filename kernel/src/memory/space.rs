@@ -162,7 +162,6 @@ impl SpaceShared {
 
     /// Waits until no other CPU's round in flight on this space overlaps `range` (the caller
     /// holds the space lock, so no new one starts; see [`with_range`](Self::with_range)).
-    #[inline]
     fn wait_for_rounds(&self, range: &CallRange) {
         let mut in_flight = self.rounds_in_flight.load(Ordering::Acquire) & !(1 << percpu::this_cpu());
         while in_flight != 0 {
