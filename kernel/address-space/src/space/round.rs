@@ -69,10 +69,10 @@
 //! phase 1 and run [`PendingRound::complete_on`] with no hold on the space, if it keeps out, until
 //! that returns, every later call whose pages *overlap the call's* (all of a large page counts as
 //! one; the ones it may change, or whose state it reports: a query, a protect's old protection, a
-//! failure that depends on them). What
-//! such a call would otherwise see is the first call's finished entries while a stale translation
-//! of them may still be in another CPU's TLB: a guest could observe the call as done (a query says
-//! decommitted) and still reach the old page through that TLB, so the call would not be atomic.
+//! failure that depends on them). What such a call would otherwise see is the first call's
+//! finished entries while a stale translation of them may still be in another CPU's TLB: a guest
+//! could observe the call as done (a query says decommitted) and still reach the old page through
+//! that TLB, so the call would not be atomic.
 //! A call on other pages cannot tell the difference: its result depends only on its own pages'
 //! entries and on the global counts, and those are as if it ran before the first call (a commit
 //! refused for the charge the first call gives back only in phase 2 is ordered before it). Its
