@@ -140,6 +140,41 @@ fn fresh_commit_reads_zero_and_is_demand_faulted() -> Result<(), String> {
     Ok(())
 }
 
+/// Touched in address order, a committed MiB takes 20 faults, not 256 (fault-around maps ahead
+/// a window that doubles to 16 pages), and each page still gets exactly one zeroed frame; touched
+/// every other page, or from the top down, every touch faults alone and no page it skipped gets a
+/// frame.
+fn sequential_first_touches_map_ahead_and_sparse_ones_do_not() -> Result<(), String> {
+    let s = new_space()?;
+    let base = s.virtual_alloc(0x4000_0000, 0x10_0000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE).map_err(vm)?;
+    let counters = || memory::with_mm(|mm| (mm.counters.faults_resolved, mm.counters.frames_zeroed, mm.frames.used_frames()));
+    let before = counters();
+    for p in 0..256 {
+        write(base + p * PAGE + 8, (p % 200) as u8 + 1).map_err(|f| alloc::format!("{f:?}"))?;
+    }
+    let after = counters();
+    ensure_eq!((after.0 - before.0, after.1 - before.1, after.2 - before.2), (20, 256, 256));
+    for p in 0..256 {
+        ensure_eq!(read(base + p * PAGE + 8), Ok((p % 200) as u8 + 1));
+        ensure_eq!(read(base + p * PAGE + 9), Ok(0));
+    }
+    for order in ["every other page", "top down"] {
+        s.virtual_free(base, 0x10_0000, MEM_DECOMMIT).map_err(vm)?;
+        s.virtual_alloc(base, 0x10_0000, MEM_COMMIT, PAGE_READWRITE).map_err(vm)?;
+        let pages: Vec<u64> = if order == "top down" { (0..64).rev().collect() } else { (0..128).map(|p| 2 * p).collect() };
+        let before = counters();
+        for &p in &pages {
+            write(base + p * PAGE, 1).map_err(|f| alloc::format!("{f:?}"))?;
+        }
+        let after = counters();
+        let n = pages.len() as u64;
+        let got = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+        ensure!(got == (n, n, n), "{order}: faults, frames zeroed, frames used {got:?}, not {n} each");
+    }
+    s.virtual_free(base, 0, MEM_RELEASE).map_err(vm)?;
+    Ok(())
+}
+
 fn decommitted_then_recommitted_page_reads_zero_and_recommit_keeps_data() -> Result<(), String> {
     let s = new_space()?;
     let base = s.virtual_alloc(0, 4 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE).map_err(vm)?;
@@ -517,6 +552,7 @@ kernel::kernel_test_image!(
     cpu_protections_are_on,
     kernel_runs_on_its_own_tables_with_w_xor_x,
     fresh_commit_reads_zero_and_is_demand_faulted,
+    sequential_first_touches_map_ahead_and_sparse_ones_do_not,
     decommitted_then_recommitted_page_reads_zero_and_recommit_keeps_data,
     write_to_readonly_pages_faults_with_the_write_bit,
     execute_is_enforced_by_nx,

@@ -31,6 +31,6 @@ pub use error::VmError;
 pub use phys::PhysMemory;
 pub use protection::{BaseProtection, CacheMode, PageProtection};
 pub use space::{
-    Access, AddressSpace, Allocation, AllocationKind, AllocationSummary, CheckedUserWrite, FaultOutcome, LazyRun, MemoryBasicInformation,
+    Access, AddressSpace, Allocation, AllocationKind, AllocationSummary, CheckedUserWrite, FaultOutcome, FAULT_AROUND_MAX, LazyRun, MemoryBasicInformation,
     PendingRound, SpaceConfig, VmContext,
 };

@@ -569,6 +569,37 @@ impl Model {
         Ok(p.value)
     }
 
+    /// The kernel's fault-around after a touch of `page` (`AddressSpace::fault_around`, then
+    /// `prefault_shared`): as many pages after it as it has present pages right behind it, in
+    /// its page table and allocation, at most `max`; each given a frame, until the first that is
+    /// not committed, readable, unguarded and without one.
+    pub fn fault_around(&mut self, page: u64, max: u64) {
+        let Some(a) = self.alloc_of(page) else { return };
+        let al = self.allocs[a];
+        if al.large {
+            return;
+        }
+        let table = page & !(0x20_0000 - 1);
+        let (lo, end) = (table.max(al.base), (table + 0x20_0000).min(al.base + al.size));
+        let present = |p: Pg| p.st == St::Committed && p.frame && p.prot != PAGE_NOACCESS && !p.guard;
+        let mut behind = 0;
+        while behind < max && page - behind * PG > lo && present(self.page(page - (behind + 1) * PG)) {
+            behind += 1;
+        }
+        for k in 1..=behind {
+            let va = page + k * PG;
+            if va >= end {
+                break;
+            }
+            let i = self.i(va);
+            let p = &mut self.pages[i];
+            if p.st != St::Committed || p.guard || p.frame || !can(Access::Read, p.prot) {
+                break;
+            }
+            p.frame = true;
+        }
+    }
+
     /// A system-service write of the u64 `value` at `addr` (page aligned).
     pub fn user_write(&mut self, addr: u64, value: u64) -> Result<(), VmError> {
         if addr < self.min || addr.checked_add(8).is_none_or(|e| e > self.end) {

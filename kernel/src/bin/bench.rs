@@ -65,6 +65,7 @@
 
 extern crate alloc;
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -72,7 +73,7 @@ use core::arch::x86_64::{__cpuid_count, _rdtsc};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use address_space::win32::*;
-use address_space::{SpaceConfig, WorkCounters};
+use address_space::{FAULT_AROUND_MAX, SpaceConfig, WorkCounters};
 use kernel::arch::probe::{self, MemoryFault};
 use kernel::arch::user;
 use kernel::guest::call_clock::{self, Snapshot};
@@ -243,13 +244,14 @@ impl Work {
         }
     }
 
-    /// First touch of `n` committed pages: a zeroed frame and one entry write each, no flush
-    /// (the entries were not present, so nothing can be cached).
-    fn touch(n: u64) -> Work {
+    /// First touch of the `n` committed pages from `start` on, in address order: a zeroed
+    /// frame and one entry write each, no flush (the entries were not present, so nothing can be
+    /// cached), and the faults fault-around leaves ([`sequential_touch_faults`]).
+    fn touch_in_order(start: u64, n: u64) -> Work {
         Work {
             pte_writes: n,
             frames_zeroed: n,
-            faults_resolved: n,
+            faults_resolved: sequential_touch_faults(start, n),
             ..Work::NONE
         }
     }
@@ -279,6 +281,21 @@ impl Work {
     fn decommit_present(n: u64, threshold: u64) -> Work {
         Work::protect(n, threshold)
     }
+}
+
+/// The page faults of a first touch of the `n` pages from `start` on, in address order, with
+/// nothing present before `start` (`AddressSpace::fault_around`): each fault maps as many pages
+/// ahead as are present behind it in its page table, at most `FAULT_AROUND_MAX` — faults at
+/// pages 0, 1, 3, 7, then every 16th of each 2 MiB table.
+fn sequential_touch_faults(start: u64, n: u64) -> u64 {
+    let (mut faults, mut p) = (0, 0);
+    while p < n {
+        faults += 1;
+        let index = (start / PAGE + p) % 512;
+        let behind = index.min(p).min(FAULT_AROUND_MAX);
+        p += 1 + behind.min(511 - index).min(n - p - 1);
+    }
+    faults
 }
 
 /// Table pages a fresh space needs to map `[start, end)` with 4 KiB pages: one page table per
@@ -504,7 +521,7 @@ fn commit_touch_decommit(env: &Env, s: &Space, name: &str, base: u64, rounds: u6
     };
     round();
     let (cycles, work) = measure(|| (0..rounds).for_each(|_| round()));
-    let min = Work::touch(pages)
+    let min = Work::touch_in_order(base, pages)
         .plus(Work::decommit_present(pages, env.threshold))
         .times(rounds);
     report(
@@ -585,7 +602,7 @@ fn commit_touch_256m(env: &Env, s: &Space, name: &str, size: u64) {
         touch_range(base, size);
     });
     let pages = size / PAGE;
-    let min = Work::touch(pages).plus(Work::tables(tables_needed(base, base + size)));
+    let min = Work::touch_in_order(base, pages).plus(Work::tables(tables_needed(base, base + size)));
     report(
         env,
         Figure {
@@ -891,7 +908,50 @@ fn host_call_pieces(env: &Env, s: &Space, page: u64) {
         });
     });
     let initial = least(&user::FpuImage::load_initial);
+    // Zeroing a 4 KiB page as `memset` does it (`rep stosq`) and as 64-bit stores, 8 a loop.
+    #[repr(C, align(4096))]
+    struct Page([u64; 512]);
+    let mut zero_page = Box::new(Page([1; 512]));
+    let zero_page = core::ptr::from_mut(&mut *zero_page) as u64;
+    let stosq = least(&|| {
+        // SAFETY: the 4 KiB of `zero_page`, owned here and not otherwise used while timed.
+        unsafe { core::ptr::write_bytes(core::hint::black_box(zero_page) as *mut u8, 0, 4096) }
+    });
+    let movq = least(&|| {
+        let p = core::hint::black_box(zero_page) as *mut u64;
+        for i in (0..512).step_by(8) {
+            for j in 0..8 {
+                // SAFETY: as above.
+                unsafe { p.add(i + j).write_volatile(0) }
+            }
+        }
+    });
+    // What a VirtualProtect of 256 present pages is made of: their entries replaced by
+    // compare-and-exchange (as the walk does: the MMU may set A/D meanwhile) or by plain stores,
+    // and the full flush past the threshold.
+    let entries = zero_page as *mut u64;
+    let cas256 = least(&|| {
+        for i in 0..256 {
+            // SAFETY: word `i` of `zero_page`, owned here; aligned.
+            let word = unsafe { core::sync::atomic::AtomicU64::from_ptr(core::hint::black_box(entries).add(i)) };
+            let old = word.load(Ordering::Relaxed);
+            let _ = word.compare_exchange(old, old ^ 2, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    });
+    let store256 = least(&|| {
+        for i in 0..256 {
+            let p = core::hint::black_box(entries);
+            // SAFETY: as above.
+            unsafe { p.add(i).write_volatile(p.add(i).read_volatile() ^ 2) }
+        }
+    });
+    let flush = least(&x86_64::instructions::tlb::flush_all);
     for (piece, cycles) in [
+        ("entries_256:cmpxchg", cas256),
+        ("entries_256:load+store", store256),
+        ("tlb:full_flush", flush),
+        ("zero_4k:rep_stosq", stosq),
+        ("zero_4k:movq_x8", movq),
         ("lock", lock),
         ("lock+allocation_at", lookup),
         ("lock+check_user_write", check),
@@ -1024,16 +1084,17 @@ fn guest_minimum(
         "reserve_release_10k_live" => (Work::NONE, units, ""),
         "commit_touch_decommit" => {
             let rounds = units / PAGES_PER_MIB;
-            let min = Work::touch(PAGES_PER_MIB)
-                .plus(Work::decommit_present(PAGES_PER_MIB, threshold))
-                .times(rounds);
-            (min, rounds * (2 + PAGES_PER_MIB), WHY_COMMIT)
+            // The guest's MiB is at SLOT_CTD, 2 MiB aligned.
+            let touch = Work::touch_in_order(0, PAGES_PER_MIB);
+            let min = touch.plus(Work::decommit_present(PAGES_PER_MIB, threshold)).times(rounds);
+            (min, rounds * (2 + touch.faults_resolved), WHY_COMMIT)
         }
         "protect_256_pages" => (Work::protect(256, threshold).times(units), units, ""),
         "commit_touch_256m" | "commit_touch_256m_again" => {
             let (base, size) = range?;
-            let min = Work::touch(units).plus(Work::tables(tables_needed(base, base + size)));
-            (min, 1 + units, WHY_COMMIT_256M)
+            let touch = Work::touch_in_order(base, units);
+            let min = touch.plus(Work::tables(tables_needed(base, base + size)));
+            (min, 1 + touch.faults_resolved, WHY_COMMIT_256M)
         }
         "query_committed_64k" | "query_reserved_64m" | "query_free" => (Work::NONE, units, ""),
         "large_page_commit_2m" => (

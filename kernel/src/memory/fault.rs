@@ -5,7 +5,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use address_space::frame::FrameSource;
-use address_space::{Access, FaultOutcome};
+use address_space::{Access, FAULT_AROUND_MAX, FaultOutcome, PAGE_SIZE};
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::PhysFrame;
 
@@ -124,11 +124,18 @@ pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<
     if space.held_by_this_cpu() {
         return None;
     }
-    let shared_pass = |zeroed: &mut Option<PhysFrame>| {
+    let page = addr & !(PAGE_SIZE - 1);
+    // A first touch also says how many pages after it are worth mapping (fault-around).
+    let mut ahead = 0;
+    let mut shared_pass = |zeroed: &mut Option<PhysFrame>| {
         space.with_shared(|space, cx| {
             let populated_before = cx.counters.faults_resolved;
             let outcome = space.handle_fault_shared(cx, addr, access, zeroed)?;
-            Some((outcome, cx.counters.faults_resolved != populated_before))
+            let populated = cx.counters.faults_resolved != populated_before;
+            if populated {
+                ahead = space.fault_around(cx.mem, page);
+            }
+            Some((outcome, populated))
         })
     };
     // A frame from this CPU's cache, zeroed: it is this CPU's alone (allocated, in no table), so
@@ -161,6 +168,9 @@ pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<
         }
         None => {}
     }
+    if ahead > 0 {
+        fault_around(space, page + PAGE_SIZE, ahead, new_zeroed);
+    }
     match resolved? {
         Some(resolved) => Some(resolved),
         // No unreserved frame to zero outside the lock: the reserved one, under it.
@@ -169,5 +179,25 @@ pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<
             let outcome = space.handle_fault(cx, addr, access);
             (outcome, cx.counters.faults_resolved != populated_before)
         }),
+    }
+}
+
+/// Maps up to `ahead` pages from `first` on with frames zeroed now, with no lock held
+/// (`AddressSpace::fault_around`: a sequential first touch maps the pages it is about to touch).
+/// The pages are checked again under the shared lock (`AddressSpace::prefault_shared`); frames
+/// it did not use go back (one is kept as this CPU's zeroed frame). Bounded: at most
+/// `FAULT_AROUND_MAX` frames, each zeroed in eighths with the flush requests served between.
+fn fault_around(space: &SpaceShared, first: u64, ahead: u64, new_zeroed: impl Fn() -> Option<PhysFrame>) {
+    let mut frames = [None; FAULT_AROUND_MAX as usize];
+    let n = (ahead.min(FAULT_AROUND_MAX)) as usize;
+    for slot in &mut frames[..n] {
+        *slot = new_zeroed();
+        if slot.is_none() {
+            break;
+        }
+    }
+    space.with_shared(|space, cx| space.prefault_shared(cx, first, &mut frames[..n]));
+    for frame in frames.into_iter().flatten() {
+        frames::keep_zeroed(frame);
     }
 }

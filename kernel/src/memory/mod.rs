@@ -297,6 +297,13 @@ pub fn init(boot_info: &'static BootInfo) {
         }
     }
 
+    let scratch = frames.alloc().expect("a frame at boot");
+    let (stosq, stores) = window.calibrate_zeroing(scratch);
+    frames.free(scratch).expect("the scratch frame");
+    let ((chosen, cost), (other, other_cost)) =
+        if stores < stosq { (("64-bit stores", stores), ("rep stosq", stosq)) } else { (("rep stosq", stosq), ("64-bit stores", stores)) };
+    log::info!("memory: frames zeroed with {chosen} ({cost} cycles a page; {other}: {other_cost})");
+
     let config = *config::CONFIG.call_once(MemoryConfig::from_boot);
     let available = frames.available_frames();
     let reserve = (available / KERNEL_RESERVE_DIVISOR).max(KERNEL_RESERVE_MIN_FRAMES).min(available);

@@ -11,6 +11,10 @@ use crate::protection::BaseProtection;
 use crate::{PhysMemory, VmError};
 use crate::PAGE_SIZE;
 
+/// The most pages a first touch maps beyond its own ([`AddressSpace::fault_around`]): with the
+/// touched page, 64 KiB, one allocation granule.
+pub const FAULT_AROUND_MAX: u64 = 15;
+
 /// The kind of a memory access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {
@@ -259,6 +263,85 @@ impl AddressSpace {
                 FaultOutcome::Resolved
             }
         })
+    }
+
+    /// Fault-around for sequential first touches: how many pages after `page` (just given a
+    /// frame by a first touch) are worth mapping now, before they are touched.
+    ///
+    /// A runtime fills the memory it commits in address order (a GC's allocation pointer, a
+    /// heap's growth, a loader's copy), and each first touch is an exception, a lock pass and
+    /// a return: under emulation several times the cost of zeroing the page. So a first touch
+    /// that continues a run of present pages maps as many pages ahead as the run has behind it,
+    /// up to [`FAULT_AROUND_MAX`]: the window doubles (1, 2, 4, 8, 15 pages ahead) while the
+    /// touches stay sequential, and an isolated touch (its page's predecessor not present)
+    /// maps only its own page, as before. Linux's read-ahead grows its window the same way;
+    /// its anonymous multi-size THP maps 64 KiB per fault without asking.
+    ///
+    /// Only what a first touch would map anyway is mapped: pages of the same allocation and
+    /// the same page table (no table is created), committed, readable, not a guard page, not
+    /// present ([`prefault_shared`](Self::prefault_shared) checks each again). Nothing a guest
+    /// can see changes: the frames are those its commit charge already holds (no overcommit),
+    /// the pages read as zero, and their write-watch mark is unset until written.
+    /// `GetMemoryLoad` counts commit, not frames.
+    ///
+    /// Reads only. Cost: one walk and at most `FAULT_AROUND_MAX` entry reads.
+    pub fn fault_around(&self, mem: &impl PhysMemory, page: u64) -> u64 {
+        let Some(a) = self.allocation_at(page) else { return 0 };
+        if a.large || page < a.base || page >= a.end() {
+            return 0;
+        }
+        let Some(at) = table::pte_address(mem, self.root_pa(), page) else { return 0 };
+        let index = (page / PAGE_SIZE) % 512;
+        let behind_limit = index.min((page - a.base) / PAGE_SIZE).min(FAULT_AROUND_MAX);
+        let mut behind = 0;
+        while behind < behind_limit && Pte(mem.read_u64(PhysAddr::new(at - 8 * (behind + 1)))).is_present() {
+            behind += 1;
+        }
+        let ahead_limit = (511 - index).min((a.end() - page) / PAGE_SIZE - 1);
+        behind.min(ahead_limit)
+    }
+
+    /// Maps `frames` (each allocated, zeroed and nobody else's) at the pages from `first` on,
+    /// in order, while the pages are first touches in waiting: of one allocation and one page
+    /// table, committed, readable, not a guard page and without a frame. Stops at the first page
+    /// that is not; a frame used becomes `None`, and one frame of the demand-zero reservation
+    /// goes back through `cx.frames.unreserve` for it (as for a first touch with a kept frame).
+    /// Returns how many were mapped. The fault-around of [`fault_around`](Self::fault_around),
+    /// with the space lock held shared (`&self`) as in
+    /// [`handle_fault_shared`](Self::handle_fault_shared): every entry change is a
+    /// compare-and-exchange of the entry read, so a page another fault maps meanwhile is left
+    /// alone (and the run stops there). Counts `frames_zeroed` and `pte_writes`, not
+    /// `faults_resolved` (no fault was taken for these pages).
+    pub fn prefault_shared<M: PhysMemory, T: Tlb>(&self, cx: &mut VmContext<'_, M, T>, first: u64, frames: &mut [Option<PhysFrame>]) -> usize {
+        let Some(a) = self.allocation_at(first).copied() else { return 0 };
+        if a.large || first % PAGE_SIZE != 0 || first < a.base || first >= a.end() {
+            return 0;
+        }
+        let Some(at) = table::pte_address(cx.mem, self.root_pa(), first) else { return 0 };
+        let index = (first / PAGE_SIZE) % 512;
+        let n = (frames.len() as u64).min(512 - index).min((a.end() - first) / PAGE_SIZE);
+        let mut mapped = 0;
+        for (i, slot) in frames.iter_mut().take(n as usize).enumerate() {
+            let page = first + i as u64 * PAGE_SIZE;
+            let entry = PhysAddr::new(at + 8 * i as u64);
+            let raw = Pte(cx.mem.read_u64(entry));
+            let e = if raw.0 == 0 { Self::lazy_entry(&a, page).unwrap_or(raw) } else { raw };
+            let Some(frame) = *slot else { break };
+            if !e.is_committed() || e.guard() || e.frame().is_some() || !Access::Read.allowed_by(e.prot()) {
+                break;
+            }
+            let new = Pte::committed(e.prot(), false, Some(frame.start_address().as_u64()), e.dirty(), a.cache);
+            if cx.mem.compare_exchange_u64(entry, raw.0, new.0).is_err() {
+                break;
+            }
+            *slot = None;
+            let promise = self.demand_zero.take_one().expect("a committed page without a frame has a reserved frame");
+            cx.frames.unreserve(promise);
+            cx.counters.pte_writes += 1;
+            cx.counters.frames_zeroed += 1;
+            mapped += 1;
+        }
+        mapped
     }
 
     /// A fault on a page that allows the access: this CPU's TLB held a stale, more restrictive

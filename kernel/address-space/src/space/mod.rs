@@ -61,7 +61,7 @@ use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
 use extent::CommittedExtent;
-pub use fault::{Access, CheckedUserWrite, FaultOutcome};
+pub use fault::{Access, CheckedUserWrite, FaultOutcome, FAULT_AROUND_MAX};
 pub use query::MemoryBasicInformation;
 pub use round::PendingRound;
 

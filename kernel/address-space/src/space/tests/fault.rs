@@ -213,3 +213,127 @@ fn peek_reads_without_changing_anything() {
     assert_eq!(fx.q(a + 0x1000).2, PAGE_READWRITE | PAGE_GUARD);
     fx.check();
 }
+
+/// Touches the pages of `[base, base + pages·4K)` in order as a guest with fault-around does:
+/// a write to each, a fault where the page has no frame (then `fault_around_after`). Returns
+/// the faults taken.
+fn touch_in_order(fx: &mut Fx, base: u64, pages: u64) -> u64 {
+    let mut faults = 0;
+    for p in 0..pages {
+        let page = base + p * PAGE_SIZE;
+        if !fx.raw_pte(page).is_present() {
+            faults += 1;
+            assert!(fx.sp().fault_needs_frame(&fx.mem, page, Access::Write));
+            assert!(matches!(fx.touch(page, Access::Write), SimAccess::Done(_)), "page {page:#x}");
+            fx.fault_around_after(page);
+        }
+        fx.write_u64(page + 8, p + 1).unwrap();
+    }
+    faults
+}
+
+/// Sequential first touches map ahead in a doubling window: of 256 pages, faults at pages 0, 1,
+/// 3, 7 and then every 16th; every page reads as written, the frames, reservations and charge
+/// stay exact, and each entry is written once.
+#[test]
+fn fault_around_maps_sequential_first_touches_ahead() {
+    let mut fx = Fx::new();
+    let base = 0x4000_0000;
+    fx.alloc(base, 0x10_0000, RC, PAGE_READWRITE).unwrap();
+    let (zeroed, writes, resolved) = (fx.counters.frames_zeroed, fx.counters.pte_writes, fx.counters.faults_resolved);
+    assert_eq!(touch_in_order(&mut fx, base, 256), 20);
+    assert_eq!(fx.counters.faults_resolved - resolved, 20);
+    assert_eq!(fx.counters.frames_zeroed - zeroed, 256);
+    assert_eq!(fx.counters.pte_writes - writes, 256);
+    for p in 0..256 {
+        assert_eq!(fx.read_u64(base + p * PAGE_SIZE + 8), Ok(p + 1));
+        assert_eq!(fx.read_u64(base + p * PAGE_SIZE + 16), Ok(0));
+    }
+    assert_eq!(fx.frames.reserved_frames(), 0);
+    fx.check();
+    // Decommitted and touched again: the same faults.
+    fx.free(base, 0x10_0000, MEM_DECOMMIT).unwrap();
+    fx.alloc(base, 0x10_0000, MEM_COMMIT, PAGE_READWRITE).unwrap();
+    assert_eq!(touch_in_order(&mut fx, base, 256), 20);
+    fx.check();
+    fx.teardown();
+}
+
+/// An isolated first touch maps its page only; the window never leaves the allocation or the
+/// page table, and stops at the first page that is not a first touch in waiting: a guard page,
+/// a `PAGE_NOACCESS` page, a reserved page, a page with a frame.
+#[test]
+fn fault_around_maps_only_first_touches_in_waiting() {
+    let mut fx = Fx::new();
+    let base = 0x4000_0000;
+    fx.alloc(base, 0x40_0000, RC, PAGE_READWRITE).unwrap();
+    let page = |i: u64| base + i * PAGE_SIZE;
+    let framed = |fx: &Fx, from: u64, to: u64| (from..to).filter(|&i| fx.raw_pte(page(i)).frame().is_some()).count();
+    // Isolated: page 10 alone.
+    fx.write_u64(page(10), 1).unwrap();
+    assert_eq!(fx.sp().fault_around(&fx.mem, page(10)), 0);
+    assert_eq!(fx.fault_around_after(page(10)), 0);
+    // 11 continues a run of one: one page ahead (12).
+    fx.write_u64(page(11), 1).unwrap();
+    assert_eq!(fx.fault_around_after(page(11)), 1);
+    assert_eq!(framed(&fx, 0, 64), 3);
+    // Stops before a guard page, a no-access page, a reserved page and a present page.
+    fx.write_u64(page(13), 1).unwrap();
+    fx.protect(page(15), PAGE_SIZE, PAGE_READWRITE | PAGE_GUARD).unwrap();
+    assert_eq!(fx.fault_around_after(page(13)), 1, "14, then the guard page");
+    assert!(fx.pte(page(15)).guard() && fx.raw_pte(page(15)).frame().is_none());
+    for (i, stop) in [(32u64, "noaccess"), (48, "reserved"), (64, "present")] {
+        for j in i - 8..i - 3 {
+            fx.write_u64(page(j), 1).unwrap();
+        }
+        match stop {
+            "noaccess" => drop(fx.protect(page(i), PAGE_SIZE, PAGE_NOACCESS).unwrap()),
+            "reserved" => fx.free(page(i), PAGE_SIZE, MEM_DECOMMIT).unwrap(),
+            _ => fx.write_u64(page(i), 7).unwrap(),
+        }
+        fx.write_u64(page(i - 3), 1).unwrap();
+        assert_eq!(fx.sp().fault_around(&fx.mem, page(i - 3)), 5, "{stop}: 5 behind");
+        assert_eq!(fx.fault_around_after(page(i - 3)), 2, "{stop}");
+        assert_eq!(fx.raw_pte(page(i)).frame().is_some(), stop == "present", "{stop}");
+        fx.check();
+    }
+    // The end of a page table (512 pages at a 2 MiB boundary) and of the allocation.
+    for j in 500..509 {
+        fx.write_u64(page(j), 1).unwrap();
+    }
+    assert_eq!(fx.sp().fault_around(&fx.mem, page(508)), 3, "509..511, not past the table");
+    let small = fx.alloc(0, 0x5000, RC, PAGE_READWRITE).unwrap();
+    for j in 0..3 {
+        fx.write_u64(small + j * PAGE_SIZE, 1).unwrap();
+    }
+    assert_eq!(fx.sp().fault_around(&fx.mem, small + 2 * PAGE_SIZE), 2, "two pages left in the allocation");
+    // A read-only run maps read-only pages; a write to them faults as before.
+    let ro = fx.alloc(0, 0x10000, RC, PAGE_READONLY).unwrap();
+    for j in 0..4 {
+        assert_eq!(fx.read_u64(ro + j * PAGE_SIZE), Ok(0));
+    }
+    assert_eq!(fx.fault_around_after(ro + 3 * PAGE_SIZE), 3);
+    assert_eq!(fx.touch(ro + 5 * PAGE_SIZE, Access::Write), av(Access::Write, ro + 5 * PAGE_SIZE));
+    assert_eq!(fx.read_u64(ro + 5 * PAGE_SIZE), Ok(0));
+    fx.check();
+    fx.teardown();
+}
+
+/// Pages mapped ahead are not written: write watch reports only the pages the guest wrote.
+#[test]
+fn fault_around_leaves_write_watch_marks_alone() {
+    let mut fx = Fx::new();
+    let base = fx.alloc(0, 0x10000, MEM_RESERVE | MEM_COMMIT | MEM_WRITE_WATCH, PAGE_READWRITE).unwrap();
+    for j in 0..4 {
+        fx.write_u64(base + j * PAGE_SIZE, 1).unwrap();
+    }
+    assert_eq!(fx.fault_around_after(base + 3 * PAGE_SIZE), 3);
+    let mut out = [0u64; 16];
+    let n = fx.run(|s, cx| s.get_write_watch(cx, 0, base, 0x10000, &mut out)).unwrap();
+    assert_eq!(&out[..n], &[base, base + 0x1000, base + 0x2000, base + 0x3000]);
+    fx.write_u64(base + 5 * PAGE_SIZE, 1).unwrap();
+    let n = fx.run(|s, cx| s.get_write_watch(cx, 0, base, 0x10000, &mut out)).unwrap();
+    assert_eq!(n, 5);
+    assert_eq!(out[4], base + 5 * PAGE_SIZE);
+    fx.check();
+}

@@ -172,6 +172,25 @@ impl Fx {
         self.read(addr, 8).map(|b| u64::from_le_bytes(b.try_into().expect("8")))
     }
 
+    /// What a kernel does after a first touch of `page` (`AddressSpace::fault_around`): maps the
+    /// pages it says with frames zeroed outside the space (`prefault_shared`), gives back the
+    /// frames not used, and returns how many pages were mapped.
+    pub fn fault_around_after(&mut self, page: u64) -> usize {
+        let ahead = self.sp().fault_around(&self.mem, page) as usize;
+        let mut frames = ::alloc::vec::Vec::new();
+        for _ in 0..ahead {
+            let f = self.frames.alloc().expect("a frame to zero");
+            self.mem.write_bytes(f.start_address(), &[0x5A; 64]);
+            self.mem.zero_frame(f);
+            frames.push(Some(f));
+        }
+        let mapped = self.run(|s, cx| s.prefault_shared(cx, page + PAGE_SIZE, &mut frames));
+        for f in frames.into_iter().flatten() {
+            self.frames.free(f).expect("an unused frame");
+        }
+        mapped
+    }
+
     /// The page's state: its entry, or that of a lazily committed page without one.
     pub fn pte(&self, addr: u64) -> Pte {
         match self.sp().allocation_at(addr) {
