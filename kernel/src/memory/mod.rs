@@ -115,15 +115,22 @@
 //!   (the page changed, or was no first touch) stays kept. A CPU with no kept frame takes the
 //!   lock twice: once to learn it needs a frame, then to install one zeroed meanwhile. The page's reserved frame comes out of the space's atomic reservation into
 //!   this CPU's kept reservation: the common fault path takes no global lock. (With no
-//!   unreserved frame left, the fault is handled exclusively with the reserved frame.) A call
+//!   unreserved frame left, the fault is handled exclusively with the reserved frame.) A first
+//!   touch that continues a run of present pages then maps up to 15 pages ahead
+//!   (fault-around, `AddressSpace::fault_around`): their frames zeroed with no lock held, then
+//!   installed in one more shared pass (`prefault_shared`, first touches in waiting only). Frames
+//!   are zeroed with `rep stosq` or 64-bit stores, whichever the CPU runs faster, timed at boot
+//!   (`PhysWindow::calibrate_zeroing`: stores under TCG, about half the time). A call
 //!   holds the lock exclusively, so it never sees a fault half done. A fault taken while this CPU
 //!   holds the space's lock exclusively is a kernel bug and is reported as a kernel fault.
 //! - **TLB shootdown** (`tlb.rs`): one round per call, by IPI to exactly the other CPUs in the
 //!   space's set (idle CPUs with its root still in CR3 included), pages or a full flush per the
 //!   crate's threshold; none when no other CPU runs the space. A space is destroyed only after
 //!   every CPU still running it loaded the kernel's table.
-//! - **Present entries** are changed with `lock cmpxchg` ([`window::PhysWindow`]'s
-//!   `compare_exchange_u64`): another CPU's MMU may set A or D at any moment.
+//! - **Present entries** that are writable without their D bit are changed with `lock cmpxchg`
+//!   ([`window::PhysWindow`]'s `compare_exchange_u64`): another CPU's MMU may set D at any
+//!   moment. Others (D set, or not writable) with a plain store: the MMU can then set only A,
+//!   which nothing reads (address-space `Tables::replace_present`).
 
 mod accounting;
 mod boot;

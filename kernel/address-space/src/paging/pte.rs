@@ -134,9 +134,35 @@ impl Pte {
     pub fn with_protection(self, prot: BaseProtection, guard: bool, cache: CacheMode) -> Pte {
         Pte::committed(prot, guard, self.frame(), self.dirty(), cache)
     }
+    /// As [`with_protection`](Self::with_protection) with the protection's bits worked out once
+    /// for many pages ([`ProtectionBits`]): a few instructions a page.
+    #[inline]
+    pub const fn with_bits(self, bits: ProtectionBits) -> Pte {
+        if self.0 & SW_HAS_FRAME != 0 { Pte(bits.framed | (self.0 & (ADDR_MASK | DIRTY))) } else { Pte(bits.unframed | (self.0 & DIRTY)) }
+    }
     /// Returns the same page with the write-watch mark cleared.
     pub fn without_dirty(self) -> Pte {
         Pte(self.0 & !DIRTY)
+    }
+}
+
+/// A protection, guard and cache mode as entry bits, for a page with a frame (at address 0) and
+/// one without, mark clear: what [`Pte::with_bits`] combines with each page's frame and mark.
+/// A call that sets one protection on many pages (`VirtualProtect`, a recommit) works them out
+/// once instead of once a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProtectionBits {
+    framed: u64,
+    unframed: u64,
+}
+
+impl ProtectionBits {
+    /// The bits of `prot`, `guard` and `cache`.
+    pub fn new(prot: BaseProtection, guard: bool, cache: CacheMode) -> Self {
+        ProtectionBits {
+            framed: Pte::committed(prot, guard, Some(0), false, cache).0,
+            unframed: Pte::committed(prot, guard, None, false, cache).0,
+        }
     }
 }
 
@@ -185,6 +211,29 @@ pub const NO_EXECUTE: u64 = NX;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `with_bits` is `with_protection`, for every state of the page (with the A bit the MMU may
+    /// have set) and every new protection, guard and cache mode.
+    #[test]
+    fn protection_bits_give_what_with_protection_gives() {
+        let caches = [CacheMode::WriteBack, CacheMode::NoCache, CacheMode::WriteCombine];
+        for (old_prot, new_prot) in BaseProtection::ALL.iter().flat_map(|&a| BaseProtection::ALL.iter().map(move |&b| (a, b))) {
+            for (old_guard, new_guard) in [(false, false), (false, true), (true, false), (true, true)] {
+                for frame in [None, Some(0x1234_5000), Some(ADDR_MASK)] {
+                    for (dirty, accessed) in [(false, false), (true, false), (false, true), (true, true)] {
+                        for (&old_cache, &new_cache) in caches.iter().flat_map(|a| caches.iter().map(move |b| (a, b))) {
+                            let mut e = Pte::committed(old_prot, old_guard, frame, dirty, old_cache);
+                            if accessed && e.is_present() {
+                                e = Pte(e.0 | ACCESSED);
+                            }
+                            let bits = ProtectionBits::new(new_prot, new_guard, new_cache);
+                            assert_eq!(e.with_bits(bits), e.with_protection(new_prot, new_guard, new_cache), "{e:x?} to {new_prot:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn encoding_keeps_state_present_or_not() {

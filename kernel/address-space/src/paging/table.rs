@@ -21,7 +21,7 @@ use core::ops::ControlFlow;
 use x86_64::PhysAddr;
 use x86_64::structures::paging::{PhysFrame, Size4KiB};
 
-use super::pte::{ACCESSED, ADDR_MASK, DIRTY, HUGE, PRESENT, Pte, TABLE_FLAGS};
+use super::pte::{ACCESSED, ADDR_MASK, DIRTY, HUGE, PRESENT, Pte, TABLE_FLAGS, WRITABLE};
 use super::tlb::{MAX_DEFERRED, TlbBatch};
 use crate::frame::FrameSource;
 use crate::{LARGE_PAGE_SIZE, PAGE_SIZE, PhysMemory, VmError, WorkCounters};
@@ -85,12 +85,25 @@ impl<M: PhysMemory> Tables<'_, M> {
         self.counters.pte_writes += 1;
     }
 
-    /// Replaces the present leaf entry `old` at `at` with `new` by compare-and-exchange: the MMU
-    /// of another CPU running the space may set A or D in it between the read and the write
-    /// (pitfall 12). A D bit set meanwhile is carried into `new` if `new` keeps the frame (the
-    /// D bit is the write-watch mark, present or not), so no write escapes write watch. Hardware
-    /// only ever sets those two bits, so at most three attempts.
+    /// Replaces the present leaf entry `old` at `at` with `new`: the MMU of another CPU running
+    /// the space may set A or D in it between the read and the write (pitfall 12). A D bit set
+    /// meanwhile is carried into `new` if `new` keeps the frame (the D bit is the write-watch
+    /// mark, present or not), so no write escapes write watch. Hardware only ever sets those two
+    /// bits, so at most three attempts.
+    ///
+    /// The MMU sets A and D each by a locked read-modify-write of the entry as it is in memory,
+    /// and D only through a writable translation whose D is clear. Losing an A set meanwhile
+    /// loses nothing (nothing reads A). So an entry that has its mark, or is not writable, is
+    /// replaced by a plain store; only a writable entry without its mark needs the
+    /// compare-and-exchange (a helper call under TCG: 256 entries 8,400 cycles, against 3,100
+    /// stored). No CPU holds a writable translation of an entry that is not writable: a call
+    /// that narrowed it finished its TLB round before any other call on its pages changed them.
+    #[inline]
     fn replace_present(&mut self, at: u64, old: Pte, mut new: Pte) {
+        if old.0 & DIRTY != 0 || old.0 & WRITABLE == 0 {
+            self.write(at, new.0);
+            return;
+        }
         let mut seen = old.0;
         loop {
             match self.mem.compare_exchange_u64(pa(at), seen, new.0) {

@@ -237,10 +237,24 @@ impl TlbBatch {
     }
 
     /// Records that the present entry of the page at `addr` changed.
+    #[inline]
     pub fn add(&mut self, addr: u64) {
+        // Called for every entry a walk changes: the common cases inline (already a full
+        // flush, or room in place), the rest out of line.
         if self.full {
             return;
         }
+        if self.len < INLINE_PAGES && self.len < self.threshold {
+            self.pages[self.len] = addr;
+            self.len += 1;
+            return;
+        }
+        self.add_beyond_inline(addr);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_beyond_inline(&mut self, addr: u64) {
         if self.len == self.threshold {
             self.full = true;
             return;

@@ -15,7 +15,7 @@ use super::{AddressSpace, Allocation, AllocationKind, LazyRun, VmContext};
 use crate::allocation_map::Slot;
 use crate::charge::CriticalLevel;
 use crate::frame::FrameReservation;
-use crate::paging::pte::{self, Pte};
+use crate::paging::pte::{self, ProtectionBits, Pte};
 use crate::paging::table;
 use crate::paging::tlb::{Tlb, TlbBatch};
 use crate::protection::{BaseProtection, CacheMode};
@@ -279,8 +279,9 @@ impl AddressSpace {
         let in_run = a.lazy().is_some_and(|r| alike(&r));
         let lazily = !in_run && private && !guard && new_only && grown.is_some_and(|run| a.set_lazy(Some(run)));
         if in_run {
+            let bits = ProtectionBits::new(prot, guard, cache);
             tables.update_lazy(start, end, Some(&mut plan.tables), &mut batch, (true, true), |_, _, old| {
-                if old.0 == 0 { old } else { old.with_protection(prot, guard, cache) }
+                if old.0 == 0 { old } else { old.with_bits(bits) }
             });
         } else if lazily {
             // Reserved pages committed alike: no leaf entry, each page counted in its table, the

@@ -1,6 +1,7 @@
 //! `VirtualProtect` (win32-semantics §5).
 
 use super::{AddressSpace, VmContext, round_up};
+use crate::paging::pte::ProtectionBits;
 use crate::paging::tlb::Tlb;
 use crate::protection::PageProtection;
 use crate::{PhysMemory, VmError};
@@ -78,13 +79,14 @@ impl AddressSpace {
         // committed, so it has a table and the walk visits it): no walk of its own.
         let mut first = None;
         let mut batch = self.batch();
+        let bits = ProtectionBits::new(prot.base, prot.guard, a.cache);
         cx.tables(self.root_pa()).update_lazy(start, end, None, &mut batch, (lazy, lazy), |_, va, old| {
             if old.0 == 0 {
                 first.get_or_insert_with(|| Self::lazy_entry(&a, va).unwrap_or(old));
                 old
             } else {
                 first.get_or_insert(old);
-                old.with_protection(prot.base, prot.guard, a.cache)
+                old.with_bits(bits)
             }
         });
         self.complete(&mut batch, (0, 0), cx);
