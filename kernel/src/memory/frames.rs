@@ -8,7 +8,8 @@
 //! `free` of single frames: page tables, demand-zero frames, everything a TLB round frees), and
 //! up to [`PROMISED_MAX`] frames of reservation kept back from decommits and first touches for
 //! the next commit on this CPU, and one zeroed frame kept for its next demand-zero fault
-//! ([`take_zeroed`], [`keep_zeroed`]). They count as used (cached, zeroed) or reserved (kept) to
+//! ([`take_zeroed`], [`keep_zeroed`]) and up to `FAULT_AROUND_MAX` zeroed for a fault-around
+//! while it is in flight. They count as used (cached, zeroed) or reserved (kept) to
 //! the global allocator, so nothing it promises sits in a cache; the commit limit leaves
 //! [`PER_CPU_FRAMES`] × `MAX_CPUS` frames out for them (the `limit + allowance ≤ frames −
 //! CPUs × cached` rule of the crate's `frame::cache` docs), so a commit that passed the charge
@@ -25,9 +26,9 @@ use crate::arch::percpu::{self, MAX_CPUS};
 
 /// Most frames of reservation one CPU keeps back for its next commit.
 pub const PROMISED_MAX: u64 = CACHE_BATCH as u64;
-/// Most frames one CPU holds out of the global allocator's reach (cached, kept zeroed, or kept
-/// reserved).
-pub const PER_CPU_FRAMES: u64 = CACHE_CAPACITY as u64 + 1 + PROMISED_MAX;
+/// Most frames one CPU holds out of the global allocator's reach (cached, kept zeroed, zeroed
+/// for a fault-around in flight — `fault::resolve` —, or kept reserved).
+pub const PER_CPU_FRAMES: u64 = CACHE_CAPACITY as u64 + 1 + address_space::FAULT_AROUND_MAX + PROMISED_MAX;
 
 /// One CPU's frames (see the module docs).
 pub(super) struct CpuFrames {
