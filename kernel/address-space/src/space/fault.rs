@@ -314,7 +314,7 @@ impl AddressSpace {
     /// `faults_resolved` (no fault was taken for these pages).
     pub fn prefault_shared<M: PhysMemory, T: Tlb>(&self, cx: &mut VmContext<'_, M, T>, first: u64, frames: &mut [Option<PhysFrame>]) -> usize {
         let Some(a) = self.allocation_at(first).copied() else { return 0 };
-        if a.large || first % PAGE_SIZE != 0 || first < a.base || first >= a.end() {
+        if a.large || !first.is_multiple_of(PAGE_SIZE) || first < a.base || first >= a.end() {
             return 0;
         }
         let Some(at) = table::pte_address(cx.mem, self.root_pa(), first) else { return 0 };
