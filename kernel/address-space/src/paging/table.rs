@@ -98,7 +98,6 @@ impl<M: PhysMemory> Tables<'_, M> {
     /// compare-and-exchange (a helper call under TCG: 256 entries 8,400 cycles, against 3,100
     /// stored). No CPU holds a writable translation of an entry that is not writable: a call
     /// that narrowed it finished its TLB round before any other call on its pages changed them.
-    #[inline]
     fn replace_present(&mut self, at: u64, old: Pte, mut new: Pte) {
         if old.0 & DIRTY != 0 || old.0 & WRITABLE == 0 {
             self.write(at, new.0);

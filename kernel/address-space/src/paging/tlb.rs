@@ -237,7 +237,6 @@ impl TlbBatch {
     }
 
     /// Records that the present entry of the page at `addr` changed.
-    #[inline]
     pub fn add(&mut self, addr: u64) {
         // Called for every entry a walk changes: the common cases inline (already a full
         // flush, or room in place), the rest out of line.
