@@ -46,11 +46,15 @@ impl PhysWindow {
         self.offset
     }
 
-    /// Zeroes `frame` in `pieces` equal parts (a power of two up to 512), calling `between`
-    /// after each part but the last: a long write with interrupts off that lets the caller do
-    /// something short in between (the fault path serves TLB flush requests there).
+    /// Zeroes `frame` in `pieces` equal parts (a power of two up to 64: each part a multiple of
+    /// 64 bytes, as [`zero_bytes`] needs), calling `between` after each part but the last: a long
+    /// write with interrupts off that lets the caller do something short in between (the fault
+    /// path serves TLB flush requests there).
+    ///
+    /// # Panics
+    /// If `pieces` is not such a power of two (a kernel bug).
     pub fn zero_frame_in(&mut self, frame: PhysFrame<Size4KiB>, pieces: u64, mut between: impl FnMut()) {
-        debug_assert!(pieces.is_power_of_two() && pieces <= PAGE_SIZE / 8);
+        assert!(pieces.is_power_of_two() && pieces <= PAGE_SIZE / 64, "zeroing a frame in {pieces} pieces");
         let va = self.virt(frame.start_address().as_u64(), PAGE_SIZE);
         let piece = PAGE_SIZE / pieces;
         for i in 0..pieces {
@@ -66,7 +70,8 @@ impl PhysWindow {
 
     /// Chooses how frames are zeroed on this machine: times `rep stosq` (what `memset` does)
     /// and plain 64-bit stores on `frame` (allocated, the caller's, zeroed on return) and keeps
-    /// the faster. Returns the two costs in TSC cycles (least of 8 rounds), `rep stosq` first.
+    /// the faster. Returns the two costs in TSC cycles (the least of [`CALIBRATION_ROUNDS`]
+    /// alternated rounds of each), `rep stosq` first.
     ///
     /// Why measure: the fastest way to clear a page depends on the CPU, and a page fault's
     /// first touch is mostly this. On hardware `rep stosq`/`stosb` is fastest (Linux picks
