@@ -63,7 +63,8 @@ impl PhysWindow {
             }
             // SAFETY: `[va + i·piece, + piece)` lies in the frame, which the window maps (checked
             // above for the whole frame); the frame was just handed to the caller by the frame
-            // allocator (the callers zero only frames they own), so nothing else uses it.
+            // allocator (the callers zero only frames they own), so nothing else uses it; at most
+            // 64 pieces (checked above) of a page-aligned frame are 64-byte multiples and aligned.
             unsafe { zero_bytes(va + i * piece, piece) }
         }
     }
