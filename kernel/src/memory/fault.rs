@@ -188,16 +188,16 @@ pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<
 /// it did not use go back (one is kept as this CPU's zeroed frame). Bounded: at most
 /// `FAULT_AROUND_MAX` frames, each zeroed in eighths with the flush requests served between.
 fn fault_around(space: &SpaceShared, first: u64, ahead: u64, new_zeroed: impl Fn() -> Option<PhysFrame>) {
-    let mut frames = [None; FAULT_AROUND_MAX as usize];
-    let n = (ahead.min(FAULT_AROUND_MAX)) as usize;
-    for slot in &mut frames[..n] {
+    let mut zeroed = [None; FAULT_AROUND_MAX as usize];
+    let n = ahead.min(FAULT_AROUND_MAX) as usize;
+    for slot in &mut zeroed[..n] {
         *slot = new_zeroed();
         if slot.is_none() {
             break;
         }
     }
-    space.with_shared(|space, cx| space.prefault_shared(cx, first, &mut frames[..n]));
-    for frame in frames.into_iter().flatten() {
+    space.with_shared(|space, cx| space.prefault_shared(cx, first, &mut zeroed[..n]));
+    for frame in zeroed.into_iter().flatten() {
         frames::keep_zeroed(frame);
     }
 }
