@@ -7,7 +7,7 @@ use super::{AddressSpace, Allocation, VmContext};
 use crate::paging::pte::{DIRTY, Pte};
 use crate::paging::table;
 use crate::paging::tlb::Tlb;
-use crate::protection::BaseProtection;
+use crate::protection::{BaseProtection, CacheMode};
 use crate::{PhysMemory, VmError};
 use crate::PAGE_SIZE;
 
@@ -105,12 +105,17 @@ enum FaultAction {
     Refuse,
     /// The page is mapped and allows the access: a stale TLB entry (invalidate, retry).
     Spurious(u64),
-    /// A guard page: disarm it (entry, allocation) and report the guard.
-    DisarmGuard(u64, Pte, Allocation),
+    /// A guard page: disarm it (its entry and where it is, allocation) and report the guard.
+    DisarmGuard(u64, Pte, EntryAt, Allocation),
     /// A committed, accessible page without a frame: give it one (the entry as read — zero
-    /// for a page of the lazy run —, the page's state, allocation).
-    Populate(u64, Pte, Pte, Allocation),
+    /// for a page of the lazy run —, where it is, the page's state, allocation).
+    Populate(u64, Pte, EntryAt, Pte, Allocation),
 }
+
+/// The physical address of a page's leaf entry, as the walk that read it found it (`None`: no
+/// page table, which a committed page always has). A shared fault's compare-and-exchange goes
+/// there, so the page is walked once.
+type EntryAt = Option<u64>;
 
 impl AddressSpace {
     /// Checks a kernel write of `len` bytes at `addr` for the common case of a system service's
@@ -201,11 +206,11 @@ impl AddressSpace {
         match self.decide_fault(cx.mem, addr, access) {
             FaultAction::Refuse => FaultOutcome::AccessViolation { access, address: addr },
             FaultAction::Spurious(page) => Self::drop_stale(cx, page),
-            FaultAction::DisarmGuard(page, e, a) => {
+            FaultAction::DisarmGuard(page, e, _, a) => {
                 self.set_pte(cx, page, e.with_protection(e.prot(), false, a.cache), Self::in_run(&a, page));
                 FaultOutcome::GuardPage { access, address: addr }
             }
-            FaultAction::Populate(page, _, e, a) => {
+            FaultAction::Populate(page, _, _, e, a) => {
                 // Accessible, not guarded, not present: no frame yet (demand-zero).
                 self.populate(cx, page, e, &a, zeroed);
                 cx.counters.faults_resolved += 1;
@@ -241,23 +246,18 @@ impl AddressSpace {
         Some(match self.decide_fault(cx.mem, addr, access) {
             FaultAction::Refuse => FaultOutcome::AccessViolation { access, address: addr },
             FaultAction::Spurious(page) => Self::drop_stale(cx, page),
-            FaultAction::DisarmGuard(page, e, a) => {
-                if self.replace_entry(cx, page, e, e.with_protection(e.prot(), false, a.cache)) {
+            FaultAction::DisarmGuard(_, e, at, a) => {
+                let new = e.with_protection(e.prot(), false, a.cache);
+                if at.is_some_and(|at| Self::replace_entry(cx, at, e, new)) {
                     FaultOutcome::GuardPage { access, address: addr }
                 } else {
                     FaultOutcome::Resolved
                 }
             }
-            FaultAction::Populate(page, raw, e, a) => {
+            FaultAction::Populate(_, raw, at, e, a) => {
                 let frame = (*zeroed)?;
-                let new = Pte::committed(e.prot(), e.guard(), Some(frame.start_address().as_u64()), e.dirty(), a.cache);
-                // A page of the lazy run is counted in its table already (as any committed page
-                // is): its zero entry becomes present, no count changes.
-                if self.replace_entry(cx, page, raw, new) {
+                if at.is_some_and(|at| self.install_zeroed(cx, at, raw, e, a.cache, frame)) {
                     *zeroed = None;
-                    let promise = self.demand_zero.take_one().expect("a committed page without a frame has a reserved frame");
-                    cx.frames.unreserve(promise);
-                    cx.counters.frames_zeroed += 1;
                     cx.counters.faults_resolved += 1;
                 }
                 FaultOutcome::Resolved
@@ -286,8 +286,9 @@ impl AddressSpace {
     ///
     /// Reads only. Cost: one walk and at most `FAULT_AROUND_MAX` entry reads.
     pub fn fault_around(&self, mem: &impl PhysMemory, page: u64) -> u64 {
+        // `allocation_at` answers only for an allocation holding `page`.
         let Some(a) = self.allocation_at(page) else { return 0 };
-        if a.large || page < a.base || page >= a.end() {
+        if a.large {
             return 0;
         }
         let Some(at) = table::pte_address(mem, self.root_pa(), page) else { return 0 };
@@ -313,8 +314,9 @@ impl AddressSpace {
     /// alone (and the run stops there). Counts `frames_zeroed` and `pte_writes`, not
     /// `faults_resolved` (no fault was taken for these pages).
     pub fn prefault_shared<M: PhysMemory, T: Tlb>(&self, cx: &mut VmContext<'_, M, T>, first: u64, frames: &mut [Option<PhysFrame>]) -> usize {
+        // `allocation_at` answers only for an allocation holding `first`.
         let Some(a) = self.allocation_at(first).copied() else { return 0 };
-        if a.large || !first.is_multiple_of(PAGE_SIZE) || first < a.base || first >= a.end() {
+        if a.large || !first.is_multiple_of(PAGE_SIZE) {
             return 0;
         }
         let Some(at) = table::pte_address(cx.mem, self.root_pa(), first) else { return 0 };
@@ -322,26 +324,40 @@ impl AddressSpace {
         let n = (frames.len() as u64).min(512 - index).min((a.end() - first) / PAGE_SIZE);
         let mut mapped = 0;
         for (i, slot) in frames.iter_mut().take(n as usize).enumerate() {
-            let page = first + i as u64 * PAGE_SIZE;
-            let entry = PhysAddr::new(at + 8 * i as u64);
-            let raw = Pte(cx.mem.read_u64(entry));
-            let e = if raw.0 == 0 { Self::lazy_entry(&a, page).unwrap_or(raw) } else { raw };
             let Some(frame) = *slot else { break };
+            let page = first + i as u64 * PAGE_SIZE;
+            let entry = at + 8 * i as u64;
+            let raw = Pte(cx.mem.read_u64(PhysAddr::new(entry)));
+            let e = if raw.0 == 0 { Self::lazy_entry(&a, page).unwrap_or(raw) } else { raw };
             if !e.is_committed() || e.guard() || e.frame().is_some() || !Access::Read.allowed_by(e.prot()) {
                 break;
             }
-            let new = Pte::committed(e.prot(), false, Some(frame.start_address().as_u64()), e.dirty(), a.cache);
-            if cx.mem.compare_exchange_u64(entry, raw.0, new.0).is_err() {
+            if !self.install_zeroed(cx, entry, raw, e, a.cache, frame) {
                 break;
             }
             *slot = None;
-            let promise = self.demand_zero.take_one().expect("a committed page without a frame has a reserved frame");
-            cx.frames.unreserve(promise);
-            cx.counters.pte_writes += 1;
-            cx.counters.frames_zeroed += 1;
             mapped += 1;
         }
         mapped
+    }
+
+    /// Gives a first touch in waiting — the committed page whose entry at `at` was read as
+    /// `raw` (zero for a page of the lazy run), state `e`, no frame — the zeroed `frame`, with
+    /// the space lock held shared: one compare-and-exchange of the entry it read, so nothing is
+    /// done if another fault changed it first. When it is installed, one frame of the
+    /// demand-zero reservation goes back (`unreserve`: the page's frame is `frame`). A page of
+    /// the lazy run is counted in its table already, as any committed page is, so no count of
+    /// tables changes. Returns whether it was installed.
+    fn install_zeroed<M: PhysMemory, T: Tlb>(&self, cx: &mut VmContext<'_, M, T>, at: u64, raw: Pte, e: Pte, cache: CacheMode, frame: PhysFrame) -> bool {
+        debug_assert!(e.is_committed() && e.frame().is_none());
+        let new = Pte::committed(e.prot(), e.guard(), Some(frame.start_address().as_u64()), e.dirty(), cache);
+        if !Self::replace_entry(cx, at, raw, new) {
+            return false;
+        }
+        let promise = self.demand_zero.take_one().expect("a committed page without a frame has a reserved frame");
+        cx.frames.unreserve(promise);
+        cx.counters.frames_zeroed += 1;
+        true
     }
 
     /// A fault on a page that allows the access: this CPU's TLB held a stale, more restrictive
@@ -352,10 +368,9 @@ impl AddressSpace {
         FaultOutcome::Resolved
     }
 
-    /// Replaces the leaf entry of `page` by `new` if it still is `old` (one compare-and-exchange;
-    /// for [`handle_fault_shared`](Self::handle_fault_shared)). Returns whether it did.
-    fn replace_entry<M: PhysMemory, T: Tlb>(&self, cx: &mut VmContext<'_, M, T>, page: u64, old: Pte, new: Pte) -> bool {
-        let Some(at) = table::pte_address(cx.mem, self.root_pa(), page) else { return false };
+    /// Replaces the leaf entry at `at` by `new` if it still is `old` (one compare-and-exchange,
+    /// for the shared fault path). Returns whether it did.
+    fn replace_entry<M: PhysMemory, T: Tlb>(cx: &mut VmContext<'_, M, T>, at: u64, old: Pte, new: Pte) -> bool {
         let replaced = cx.mem.compare_exchange_u64(PhysAddr::new(at), old.0, new.0).is_ok();
         if replaced {
             cx.counters.pte_writes += 1;
@@ -375,14 +390,15 @@ impl AddressSpace {
         }
         // The entry as it is in the table (what a shared fault's compare-and-exchange expects)
         // and the page's state (a zero entry in the allocation's lazy run is committed).
-        let raw = table::read_pte(mem, self.root_pa(), page);
+        let at = table::pte_address(mem, self.root_pa(), page);
+        let raw = at.map_or(Pte::RESERVED, |at| Pte(mem.read_u64(PhysAddr::new(at))));
         let e = if raw.0 == 0 { Self::lazy_entry(&a, page).unwrap_or(raw) } else { raw };
         if !e.is_committed() {
             return FaultAction::Refuse;
         }
         if e.guard() {
             // A guard page is never in a lazy run: its state is its entry.
-            return FaultAction::DisarmGuard(page, e, a);
+            return FaultAction::DisarmGuard(page, e, at, a);
         }
         if !access.allowed_by(e.prot()) {
             return FaultAction::Refuse;
@@ -391,7 +407,7 @@ impl AddressSpace {
             // Spurious: a stale (more restrictive) TLB entry.
             return FaultAction::Spurious(page);
         }
-        FaultAction::Populate(page, raw, e, a)
+        FaultAction::Populate(page, raw, at, e, a)
     }
 
     /// Returns whether a fault at `addr` by `access` would map a new zeroed frame if it were
