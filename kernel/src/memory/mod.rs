@@ -100,9 +100,10 @@
 //! - **Frames held by the CPUs.** A cached frame (and the zeroed frame each CPU keeps for its next
 //!   demand-zero fault) is used and a kept reservation reserved to the allocator, so nothing a
 //!   reservation promised ever sits in a cache; the commit limit leaves
-//!   `MAX_CPUS × (64 + 1 + 15 + 32)` frames out for them (`frames::PER_CPU_FRAMES`: the cache, the
-//!   kept zeroed frame, a fault-around's frames in flight, the kept reservation) (`limit + allowance ≤ frames − reserve/2 −
-//!   cached`), so a commit that passed the charge always gets its frames. [`with_mm`] gives every
+//!   `MAX_CPUS × (64 + 1 + 15 + 32)` frames out for them (`frames::PER_CPU_FRAMES`: the cache,
+//!   the kept zeroed frame, a fault-around's frames in flight, the kept reservation; `limit +
+//!   allowance ≤ frames − reserve/2 − cached`), so a commit that passed the charge always gets
+//!   its frames. [`with_mm`] gives every
 //!   CPU's frames back first, so its figures (and the tests' before/after counts) are exact.
 //! - **A page fault** (ring 0: [`on_page_fault`]; ring 3: [`Space::handle_fault`]) finds its
 //!   space through this CPU's running space (no shared lock), else the registry, and takes that
