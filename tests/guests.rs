@@ -331,7 +331,7 @@ fn hostile_handlers_and_callbacks_end_only_their_guest() -> Result<(), String> {
 /// stack's overflow handled on its last pages).
 fn exceptions_are_dispatched_in_ring_3() -> Result<(), String> {
     let (before, heap) = (frames(), heap_used());
-    for case in ["longjmp", "nested", "callbacks", "float", "gp-guard", "lar", "stack-overflow", "fpu-image"] {
+    for case in ["longjmp", "nested", "callbacks", "float", "gp-guard", "lar", "stack-overflow", "fpu-image", "fpu-frames"] {
         let (outcome, out) = contain(case);
         ensure!(!out.contains("FAILED"), "{case} printed: {out}");
         ensure!(out.contains(" passed, 0 failed"), "{case} printed: {out}");

@@ -127,6 +127,75 @@ kprobe_done:
 1:
     ret
 
+    # save_fpu(image = rdi, xsave = rsi): the x87/SSE/AVX registers saved at guest address rdi
+    # (64-byte aligned), by XSAVE of every component when rsi != 0, else by FXSAVE; then the
+    # bytes neither writes zeroed (the legacy area's 464..512 and, with XSAVE, the header after
+    # XSTATE_BV), so that the image is the one a save into a zeroed buffer makes.
+    #
+    # load_fpu(image = rdi, xsave = rsi): the registers loaded from the image at guest address
+    # rdi by XRSTOR of every component (rsi != 0) or FXRSTOR; 1, with nothing loaded, if the
+    # image's XCOMP_BV is not 0 (not the standard form the kernel writes). An image the CPU
+    # refuses (#GP: misaligned, reserved MXCSR bits, XSTATE_BV beyond XCR0) is caught as a page
+    # fault is. Both routines within one stac/clac window, caller-saved registers only.
+    .global kprobe_save_fpu
+kprobe_save_fpu:
+    cmp byte ptr [rip + KPROBE_SMAP], 0
+    je 1f
+    stac
+1:
+    mov eax, -1
+    mov edx, -1
+    .global kprobe_fpu_start
+kprobe_fpu_start:
+    test rsi, rsi
+    jz 2f
+    xsave64 [rdi]
+    xor eax, eax
+    mov [rdi + 520], rax
+    mov [rdi + 528], rax
+    mov [rdi + 536], rax
+    mov [rdi + 544], rax
+    mov [rdi + 552], rax
+    mov [rdi + 560], rax
+    mov [rdi + 568], rax
+    jmp 3f
+2:
+    fxsave64 [rdi]
+    xor eax, eax
+3:
+    mov [rdi + 464], rax
+    mov [rdi + 472], rax
+    mov [rdi + 480], rax
+    mov [rdi + 488], rax
+    mov [rdi + 496], rax
+    mov [rdi + 504], rax
+    jmp kprobe_done
+
+    .global kprobe_load_fpu
+kprobe_load_fpu:
+    cmp byte ptr [rip + KPROBE_SMAP], 0
+    je 1f
+    stac
+1:
+    mov eax, -1
+    mov edx, -1
+    test rsi, rsi
+    jz 2f
+    cmp qword ptr [rdi + 520], 0
+    jne 3f
+    xrstor64 [rdi]
+    xor eax, eax
+    jmp kprobe_done
+2:
+    fxrstor64 [rdi]
+    xor eax, eax
+    jmp kprobe_done
+3:
+    mov eax, 1
+    .global kprobe_fpu_end
+kprobe_fpu_end:
+    jmp kprobe_done
+
     .global kprobe_call
 kprobe_call:
     push rbx
@@ -161,6 +230,10 @@ unsafe extern "C" {
     fn kprobe_write_u8(addr: u64, value: u8) -> u64;
     fn kprobe_call(addr: u64) -> u64;
     fn kprobe_copy_list(descriptors: *const [u64; 3], count: usize) -> u64;
+    fn kprobe_save_fpu(image: u64, xsave: u64) -> u64;
+    fn kprobe_load_fpu(image: u64, xsave: u64) -> u64;
+    static kprobe_fpu_start: [u8; 0];
+    static kprobe_fpu_end: [u8; 0];
     static kprobe_copy_start: [u8; 0];
     static kprobe_copy_end: [u8; 0];
     static kprobe_read_u8_access: [u8; 0];
@@ -405,6 +478,72 @@ unsafe fn copy_list(descriptors: &[[u64; 3]], user: usize) -> Result<(), (usize,
     }
 }
 
+/// Where [`save_fpu_to_user`] and [`load_fpu_from_user`] find the register image, and how big
+/// it is.
+#[derive(Debug, Clone, Copy)]
+pub struct UserFpuImage {
+    /// Its guest address.
+    pub at: u64,
+    /// Its size in bytes (the XSAVE area for XCR0, or FXSAVE's 512).
+    pub size: usize,
+    /// XSAVE/XRSTOR (every component of XCR0), else FXSAVE/FXRSTOR.
+    pub xsave: bool,
+}
+
+impl UserFpuImage {
+    /// A fault record for an image that lies (partly) outside the lower half: no access made.
+    fn beyond(&self) -> Option<FaultRecord> {
+        let end = self.at.checked_add(self.size as u64);
+        end.is_none_or(|end| end > LOWER_HALF_END).then_some(FaultRecord { vector: 0, error_code: 0, cr2: self.at.max(LOWER_HALF_END), rip: 0, memory: None })
+    }
+}
+
+/// Saves this CPU's x87/SSE/AVX registers (the running guest's: the kernel uses none of them)
+/// straight into the register image `image` in guest memory of the space in CR3, as the guest's
+/// own stores would make it (a demand-zero page gets its frame; a page the memory manager
+/// refuses, a guard page whose guard it clears, ends the save with the fault), in one
+/// `stac`/`clac` window: the image a save into a zeroed kernel buffer and a [`copy_to_user`] of
+/// it would write, without the kernel buffer and the copy. The image must be 64-byte aligned
+/// (16 for FXSAVE); bytes of it may be written before a fault.
+///
+/// No space lock may be held: a fault is resolved under the space's lock.
+pub fn save_fpu_to_user(image: UserFpuImage) -> Result<(), FaultRecord> {
+    if let Some(refused) = image.beyond() {
+        return Err(refused);
+    }
+    debug_assert!(image.at % 64 == 0, "a misaligned register image");
+    // SAFETY: the image lies in the lower half (checked above), which maps only guest pages of
+    // the space in CR3, never a Rust reference, so the stores alias nothing of the kernel's;
+    // XSAVE/FXSAVE only read the registers. The routine clobbers only rax, rdx (and AC, left
+    // clear); a fault is fixed up by `try_recover`.
+    let result = unsafe { kprobe_save_fpu(image.at, image.xsave as u64) };
+    if result == u64::MAX { Err(take_record()) } else { Ok(()) }
+}
+
+/// Loads this CPU's x87/SSE/AVX registers straight from the register image `image` in guest
+/// memory of the space in CR3, as the guest's own loads would read it, in one `stac`/`clac`
+/// window: `Ok(true)` when loaded; `Ok(false)`, nothing loaded, when the image is not in the
+/// standard form (XCOMP_BV not 0); the fault when a page of it is unreadable or the CPU refuses
+/// the image (#GP: misaligned, MXCSR or header bits it does not accept; the registers may then
+/// be partly loaded). A caller makes such an image loadable from a copy instead.
+///
+/// No space lock may be held: a fault is resolved under the space's lock.
+pub fn load_fpu_from_user(image: UserFpuImage) -> Result<bool, FaultRecord> {
+    if let Some(refused) = image.beyond() {
+        return Err(refused);
+    }
+    // SAFETY: the image lies in the lower half (checked above): guest pages of the space in CR3,
+    // only read. XRSTOR/FXRSTOR change only the guest's registers, which the kernel does not
+    // use; a refused image faults (#GP) before it loads anything, a page fault is fixed up by
+    // `try_recover` either way. Clobbers only rax, rdx and AC (left clear).
+    let result = unsafe { kprobe_load_fpu(image.at, image.xsave as u64) };
+    match result {
+        u64::MAX => Err(take_record()),
+        0 => Ok(true),
+        _ => Ok(false),
+    }
+}
+
 /// Calls the code at `addr` (System V ABI, no arguments, returns `u64`), catching a fault on the
 /// fetch of its first instruction.
 ///
@@ -438,7 +577,7 @@ pub(crate) fn try_recover(
     }
     let rip = frame.instruction_pointer.as_u64();
     // SAFETY: taking the address of link-time symbols defined in the global_asm! above.
-    let (read_at, write_at, fixup, call_return, call_fixup, copy_start, copy_end) = unsafe {
+    let (read_at, write_at, fixup, call_return, call_fixup, copy_start, copy_end, fpu_start, fpu_end) = unsafe {
         (
             symbol(&kprobe_read_u8_access),
             symbol(&kprobe_write_u8_access),
@@ -447,9 +586,12 @@ pub(crate) fn try_recover(
             symbol(&kprobe_call_fixup),
             symbol(&kprobe_copy_start),
             symbol(&kprobe_copy_end),
+            symbol(&kprobe_fpu_start),
+            symbol(&kprobe_fpu_end),
         )
     };
-    let resume = if rip == read_at || rip == write_at || (copy_start..copy_end).contains(&rip) {
+    let in_copy = (copy_start..copy_end).contains(&rip) || (fpu_start..fpu_end).contains(&rip);
+    let resume = if rip == read_at || rip == write_at || in_copy {
         fixup
     } else if record().exec_probe_armed.load(Ordering::SeqCst) {
         let rsp = frame.stack_pointer.as_u64();

@@ -706,12 +706,14 @@ impl FpuImage {
 }
 
 /// Per CPU: the image exception and callback delivery save the registers into
-/// ([`with_saved_fpu`]). Nothing but XSAVE/FXSAVE ever writes it, so the bytes they leave alone
+/// ([`with_saved_fpu`]) when they cannot save them straight into the frame
+/// ([`save_fpu_to_user`]: an image across two pages, or the space not in CR3). Nothing but XSAVE/FXSAVE ever writes it, so the bytes they leave alone
 /// stay zero, as in a fresh image, without zeroing a kilobyte per exception; nothing of another
 /// thread's state can remain in it.
 static SAVE_AREA: [spin::Mutex<FpuImage>; super::percpu::MAX_CPUS] = [const { spin::Mutex::new(FpuImage::ZERO) }; super::percpu::MAX_CPUS];
 /// Per CPU: the image a resumed register state is read into, checked and loaded from
-/// ([`with_fpu_scratch`]); its bytes are whatever its last use left.
+/// ([`with_fpu_scratch`]) when it is not loaded straight from guest memory
+/// ([`load_fpu_from_user`]); its bytes are whatever its last use left.
 static LOAD_AREA: [spin::Mutex<FpuImage>; super::percpu::MAX_CPUS] = [const { spin::Mutex::new(FpuImage::ZERO) }; super::percpu::MAX_CPUS];
 
 /// Saves this CPU's x87/SSE/AVX registers into its save area and runs `f` on the image (which
@@ -721,6 +723,26 @@ pub fn with_saved_fpu<R>(f: impl FnOnce(&FpuImage) -> R) -> R {
     let mut image = SAVE_AREA[super::percpu::this_cpu()].lock();
     image.save_here();
     f(&image)
+}
+
+/// Where a guest's register image at guest address `at` lies, as the probes need it.
+fn user_image(at: u64) -> super::probe::UserFpuImage {
+    super::probe::UserFpuImage { at, size: fpu_image_size(), xsave: XCR0.load(Ordering::Relaxed) != 0 }
+}
+
+/// Saves this CPU's x87/SSE/AVX registers straight into guest memory at `at` (64-byte aligned),
+/// in the space in CR3: the image [`with_saved_fpu`] and a copy would write there
+/// ([`probe::save_fpu_to_user`](super::probe::save_fpu_to_user)).
+pub fn save_fpu_to_user(at: u64) -> Result<(), super::probe::FaultRecord> {
+    super::probe::save_fpu_to_user(user_image(at))
+}
+
+/// Loads this CPU's x87/SSE/AVX registers straight from the image at guest address `at`, in the
+/// space in CR3, if it is loadable as it stands (`Ok(false)` or a #GP fault otherwise, which a
+/// copy made [loadable](FpuImage::load_sanitised) then settles;
+/// [`probe::load_fpu_from_user`](super::probe::load_fpu_from_user)).
+pub fn load_fpu_from_user(at: u64) -> Result<bool, super::probe::FaultRecord> {
+    super::probe::load_fpu_from_user(user_image(at))
 }
 
 /// Runs `f` on this CPU's scratch image, whose bytes are stale (another thread's or guest's

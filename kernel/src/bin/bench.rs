@@ -907,6 +907,10 @@ fn host_call_pieces(env: &Env, s: &Space, page: u64) {
             fpu.load_sanitised();
         });
     });
+    // The same image saved and loaded by the CPU straight in guest memory, as exception
+    // delivery and `continue` do for an image within one page.
+    let save_direct = least(&|| user::save_fpu_to_user(image).expect("a touched page"));
+    let load_direct = least(&|| assert!(user::load_fpu_from_user(image).expect("a touched page"), "the image just saved loads as it stands"));
     let initial = least(&user::FpuImage::load_initial);
     // Zeroing a 4 KiB page as `memset` does it (`rep stosq`) and as 64-bit stores, 8 a loop.
     #[repr(C, align(4096))]
@@ -961,6 +965,8 @@ fn host_call_pieces(env: &Env, s: &Space, page: u64) {
         ("probe_write_u8", byte),
         ("fpu_image:xsave+copy_to_user", save),
         ("fpu_image:copy_from_user+xrstor", load),
+        ("fpu_image:xsave_to_user", save_direct),
+        ("fpu_image:xrstor_from_user", load_direct),
         ("fpu_image:xrstor_initial", initial),
     ] {
         kprintln!("bench-path {} {piece} cycles={cycles}", env.place);

@@ -18,7 +18,7 @@ use super::{Ended, Guest};
 pub use super::manager::inject_inconsistency_after;
 #[cfg(feature = "test-hooks")]
 pub use super::services::WRITE_HOOK;
-use crate::arch::user::{UserContext, sanitize_rflags, with_saved_fpu};
+use crate::arch::user::{UserContext, sanitize_rflags};
 
 
 /// How a system call returns to ring 3.
@@ -127,7 +127,7 @@ impl Guest {
             triples[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
         }
         let written = Frame::below(c.rsp, (callbacks.len as u64 * 24).next_multiple_of(16))
-            .and_then(|frame| with_saved_fpu(|fpu| self.mem().write_frame(&frame, c, fpu, &triples[..callbacks.len * 24])).map(|()| frame));
+            .and_then(|frame| self.mem().write_frame(&frame, c, &triples[..callbacks.len * 24]).map(|()| frame));
         let frame = match written {
             Ok(frame) => frame,
             Err(FrameError::StackOverflow { address }) => {

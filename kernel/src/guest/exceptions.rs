@@ -22,9 +22,10 @@
 //! The dispatcher runs with DF clear and the clean FPU state and calls the handlers in order, each
 //! as `int32_t handler(GUEST_EXCEPTION *)` on that stack: the first is handed to it, the next ones
 //! it asks for one by one ([`Guest::exception_handler`]) while they pass the exception on. EXCEPTION_CONTINUE_EXECUTION makes a `continue` call ([`Guest::resume`], NtContinue):
-//! the context and image are read back, the image made loadable (MXCSR masked, XSAVE header
-//! cleaned), RFLAGS sanitised, and a `rip` outside user space faults again as an execute access
-//! violation. No handler taking it makes an `unhandled` call, which ends the guest with the code
+//! the context is read back and the image loaded (by the CPU straight from the frame when it
+//! accepts it as it stands, else from a copy made loadable: MXCSR masked, XSAVE header cleaned),
+//! RFLAGS sanitised, and a `rip` outside user space faults again as an execute access
+//! violation. The image is saved straight into the frame too when it lies within one page. No handler taking it makes an `unhandled` call, which ends the guest with the code
 //! and prints code, access, address and rip. The kernel keeps no state per exception: a handler
 //! may leave without returning, and a fault inside a handler is a new exception dispatched
 //! further down the same stack, so nesting is bounded by the stack: a frame that cannot be
@@ -39,8 +40,8 @@ use super::host_pages::{Stub, stub};
 use super::{Ended, Guest, GuestMemory, PAGE_SIZE, ThreadLocal};
 use crate::arch::probe::{self, UserCopy, UserRead};
 use crate::arch::user::{
-    FpuImage, USER_CONTEXT_SIZE, UserContext, context_from_bytes, context_to_bytes, fpu_image_size,
-    sanitize_rflags, with_fpu_scratch, with_saved_fpu,
+    FpuImage, USER_CONTEXT_SIZE, UserContext, context_from_bytes, context_to_bytes, fpu_image_size, load_fpu_from_user,
+    sanitize_rflags, save_fpu_to_user, with_fpu_scratch, with_saved_fpu,
 };
 
 /// NTSTATUS codes (host-abi §8, §9, §10.1): host-abi's where the contract names them; the
@@ -356,18 +357,14 @@ impl GuestMemory<'_> {
         if first_handler.function == 0 {
             return Err((e, "no handler"));
         }
-        let (e, written) = with_saved_fpu(|fpu| {
-            call_clock::lap(Stage::Fpu);
-            let mut e = e;
-            let mut written = self.write_exception_frame(context, fpu, &e);
-            if let Err(FrameError::StackOverflow { address }) = written {
-                // The frame reached the end of the stack: that is the exception now (as on
-                // Windows), delivered on the pages just committed for it.
-                e = GuestException { code: status::STACK_OVERFLOW, access: 1, address };
-                written = self.write_exception_frame(context, fpu, &e);
-            }
-            (e, written)
-        });
+        let mut e = e;
+        let mut written = self.write_exception_frame(context, &e);
+        if let Err(FrameError::StackOverflow { address }) = written {
+            // The frame reached the end of the stack: that is the exception now (as on
+            // Windows), delivered on the pages just committed for it.
+            e = GuestException { code: status::STACK_OVERFLOW, access: 1, address };
+            written = self.write_exception_frame(context, &e);
+        }
         let Ok(frame) = written else {
             return Err((e, "no room for the exception frame below rsp"));
         };
@@ -403,32 +400,52 @@ impl GuestMemory<'_> {
         Ok(())
     }
 
-    /// The frame `e` is delivered with: the register image `fpu`, `context` and the
-    /// GUEST_EXCEPTION record pointing at it, written as [`write_frame`](Self::write_frame) says.
-    fn write_exception_frame(&self, context: &UserContext, fpu: &FpuImage, e: &GuestException) -> Result<Frame, FrameError> {
+    /// The frame `e` is delivered with: the register image, `context` and the GUEST_EXCEPTION
+    /// record pointing at it, written as [`write_frame`](Self::write_frame) says.
+    fn write_exception_frame(&self, context: &UserContext, e: &GuestException) -> Result<Frame, FrameError> {
         let frame = Frame::below(context.rsp, EXCEPTION_RECORD_SIZE)?;
         let mut record = [0u8; EXCEPTION_RECORD_SIZE as usize];
         record[0..4].copy_from_slice(&e.code.to_le_bytes());
         record[8..16].copy_from_slice(&e.access.to_le_bytes());
         record[16..24].copy_from_slice(&e.address.to_le_bytes());
         record[24..32].copy_from_slice(&frame.context_at.to_le_bytes());
-        self.write_frame(&frame, context, fpu, &record)?;
+        self.write_frame(&frame, context, &record)?;
         Ok(frame)
     }
 
-    /// Writes `frame` (laid out by [`Frame::below`]): the register image, `context` and, at
-    /// `frame.low`, `payload`, a page at a time from the top down, as pushes would touch the
-    /// stack (so that it grows through its guard page). Reaching the end of the stack while
-    /// writing the image or the context is [`FrameError::StackOverflow`]; any failure in the
-    /// payload is [`FrameError::NoRoom`].
+    /// Writes `frame` (laid out by [`Frame::below`]): the register image of this CPU's
+    /// x87/SSE/AVX registers (the guest's), `context` and, at `frame.low`, `payload`, a page at
+    /// a time from the top down, as pushes would touch the stack (so that it grows through its
+    /// guard page). Reaching the end of the stack while writing the image or the context is
+    /// [`FrameError::StackOverflow`]; any failure in the payload is [`FrameError::NoRoom`].
     ///
     /// With the guest's space in this CPU's CR3 (always, when a thread's exit is served) the
     /// pieces go in one hardware-checked copy ([`probe::copy_to_user`]): a store to a page the
     /// memory manager refuses fails as `AddressSpace::write_user`'s check would (a guard page
-    /// has its guard cleared), with no lock and no page-table walk per piece.
-    pub(super) fn write_frame(&self, frame: &Frame, context: &UserContext, fpu: &FpuImage, payload: &[u8]) -> Result<(), FrameError> {
+    /// has its guard cleared), with no lock and no page-table walk per piece. An image within
+    /// one page (most are: 832 bytes, 64-byte aligned) is saved by the CPU straight into the
+    /// frame ([`save_fpu_to_user`], as Linux writes a signal frame's): one pass over it instead
+    /// of a save into a kernel buffer and a copy of that. Across two pages it takes the buffer,
+    /// so that the top page is written first.
+    pub(super) fn write_frame(&self, frame: &Frame, context: &UserContext, payload: &[u8]) -> Result<(), FrameError> {
         let context_bytes = context_to_bytes(context);
-        let parts: [(u64, &[u8]); 3] = [(frame.fpu_at, &fpu.bytes[..fpu_image_size()]), (frame.context_at, &context_bytes), (frame.low, payload)];
+        let size = fpu_image_size() as u64;
+        let image_in_one_page = frame.fpu_at & !(PAGE_SIZE - 1) == (frame.fpu_at + size - 1) & !(PAGE_SIZE - 1);
+        if self.space.is_active() && image_in_one_page {
+            let at = frame.fpu_at;
+            self.copy_frame(|_| save_fpu_to_user(at).map_err(|fault| (0, fault)), |_| (at, size), |_, e| e)?;
+            call_clock::lap(Stage::Fpu);
+            return self.write_frame_parts(&[(frame.context_at, &context_bytes), (frame.low, payload)]);
+        }
+        with_saved_fpu(|fpu| {
+            call_clock::lap(Stage::Fpu);
+            self.write_frame_parts(&[(frame.fpu_at, &fpu.bytes[..fpu_image_size()]), (frame.context_at, &context_bytes), (frame.low, payload)])
+        })
+    }
+
+    /// Writes the `parts` of a frame, `(guest address, bytes)` from the top down, the last the
+    /// payload, as [`write_frame`](Self::write_frame) says.
+    fn write_frame_parts(&self, parts: &[(u64, &[u8])]) -> Result<(), FrameError> {
         // Each part split at page boundaries, the top piece first: at most two pieces a part.
         let mut pieces = [UserCopy { to: 0, data: &[] }; 6];
         let mut part_of = [0usize; 6];
@@ -445,28 +462,49 @@ impl GuestMemory<'_> {
             }
         }
         // A failure in the payload is no overflow: the frame above it was written.
-        let fail = |i: usize, e: FrameError| if part_of[i] == 2 { FrameError::NoRoom } else { e };
+        let fail = |i: usize, e: FrameError| if part_of[i] == parts.len() - 1 { FrameError::NoRoom } else { e };
         if !self.space.is_active() {
             for (i, p) in pieces[..n].iter().enumerate() {
                 self.write_stack_page(p.to, p.data).map_err(|e| fail(i, e))?;
             }
             return Ok(());
         }
+        let pieces = &pieces[..n];
+        let copied = self.copy_frame(
+            |from| probe::copy_to_user(&pieces[from..]).map_err(|(j, fault)| (from + j, fault)),
+            |i| (pieces[i].to, pieces[i].data.len() as u64),
+            fail,
+        );
+        call_clock::lap(Stage::Frame);
+        copied
+    }
+
+    /// Makes the hardware-checked writes of a frame's pieces: `copy(from)` writes pieces `from..`
+    /// in order and returns the one that failed and its fault; piece `i` covers `range(i)`
+    /// (guest address, length). A guard page of the stack grows it once and the piece is written
+    /// again (the stack's end: [`FrameError::StackOverflow`]); anything else, or a second failure
+    /// of the piece, ends the write with [`FrameError::NoRoom`]. `fail` turns the error of piece
+    /// `i` into the frame's.
+    fn copy_frame(
+        &self,
+        mut copy: impl FnMut(usize) -> Result<(), (usize, probe::FaultRecord)>,
+        range: impl Fn(usize) -> (u64, u64),
+        fail: impl Fn(usize, FrameError) -> FrameError,
+    ) -> Result<(), FrameError> {
         let mut from = 0;
         let mut grown_at = None;
         loop {
-            let Err((j, fault)) = probe::copy_to_user(&pieces[from..n]) else { return Ok(()) };
-            let i = from + j;
+            let Err((i, fault)) = copy(from) else { return Ok(()) };
             let guard = fault.memory.is_some_and(|m| m.code == probe::MemoryFault::GUARD_PAGE);
             // As `write_stack_page`: a guard page of the stack grows it once and the piece is
             // written again; anything else, or a second failure of the piece, ends the write.
             if !guard || grown_at == Some(i) {
                 return Err(fail(i, FrameError::NoRoom));
             }
-            let p = pieces[i];
-            let page = self.stack_bottom_in(p.to, p.data.len() as u64).ok_or(fail(i, FrameError::NoRoom))?;
+            let (at, len) = range(i);
+            let page = self.stack_bottom_in(at, len).ok_or(fail(i, FrameError::NoRoom))?;
             if self.grow_stack(page) == StackGrowth::Overflow {
-                return Err(fail(i, FrameError::StackOverflow { address: p.to }));
+                return Err(fail(i, FrameError::StackOverflow { address: at }));
             }
             grown_at = Some(i);
             from = i;
@@ -491,25 +529,23 @@ impl GuestMemory<'_> {
 
     /// `continue`'s restore: reads the GUEST_CONTEXT at `context_at` and the register image at
     /// `fpu_at` (as the guest's own loads would, the thread's stack growing), loads the image
-    /// made loadable and replaces `context` with the one read, RFLAGS sanitised. `false`, with
-    /// nothing changed, if either is unreadable. Needs nothing of the guest but its memory, so
-    /// the scheduler runs it without the guest's lock.
+    /// made loadable and replaces `context` with the one read, RFLAGS sanitised. `false` if
+    /// either is unreadable: `context` is then unchanged (the registers may be partly loaded;
+    /// every caller ends the guest). Needs nothing of the guest but its memory, so the scheduler
+    /// runs it without the guest's lock.
+    ///
+    /// With the space in CR3, an image within one page that is loadable as it stands (the one
+    /// the kernel wrote, whatever the handlers did to the registers it holds) is loaded by the
+    /// CPU straight from the frame ([`load_fpu_from_user`]); one it refuses, or one not in the
+    /// standard form, is copied and made loadable, as every image is otherwise.
     pub(super) fn restore(&self, context: &mut UserContext, context_at: u64, fpu_at: u64) -> bool {
         let mut bytes = [0u8; USER_CONTEXT_SIZE];
-        let loaded = with_fpu_scratch(|fpu| {
-            let (context_bytes, fpu_bytes) = (&mut bytes[..], &mut fpu.bytes[..fpu_image_size()]);
-            let read = match split_pages(context_at, context_bytes).zip(split_pages(fpu_at, fpu_bytes)) {
-                Some(([c0, c1], [f0, f1])) => self.read_all(&mut [c0, c1, f0, f1]),
-                None => Err(address_space::VmError::NoAccess),
-            };
-            if read.is_err() {
-                return false;
-            }
-            call_clock::lap(Stage::Frame);
-            fpu.load_sanitised();
-            true
-        });
-        if !loaded {
+        let Some(mut context_read) = split_pages(context_at, &mut bytes) else { return false };
+        if self.read_all(&mut context_read).is_err() {
+            return false;
+        }
+        call_clock::lap(Stage::Frame);
+        if !self.load_image_as_is(fpu_at).unwrap_or_else(|| self.load_image_copied(fpu_at)) {
             return false;
         }
         call_clock::lap(Stage::Fpu);
@@ -517,6 +553,48 @@ impl GuestMemory<'_> {
         resumed.rflags = sanitize_rflags(resumed.rflags);
         *context = resumed;
         true
+    }
+
+    /// Loads the register image at `fpu_at` by the CPU straight from guest memory, as the
+    /// guest's loads would read it (the stack growing): `Some(true)` when loaded, `Some(false)`
+    /// when a page of it is unreadable; `None` when it is to be
+    /// [copied and made loadable](Self::load_image_copied) instead: the space not in CR3, the
+    /// image across two pages, not in the standard form, refused by the CPU or not in user space.
+    fn load_image_as_is(&self, fpu_at: u64) -> Option<bool> {
+        let size = fpu_image_size() as u64;
+        let in_one_page = fpu_at.checked_add(size - 1).is_some_and(|last| last & !(PAGE_SIZE - 1) == fpu_at & !(PAGE_SIZE - 1));
+        if !self.space.is_active() || !in_one_page {
+            return None;
+        }
+        let mut as_is = false;
+        let mut load = || match load_fpu_from_user(fpu_at) {
+            Ok(loaded) => {
+                as_is = loaded;
+                Ok(())
+            }
+            Err(fault) if fault.vector != 14 => Ok(()),
+            Err(fault) => Err((0, fault)),
+        };
+        if self.copy_growing_stack(&mut load, |_| (fpu_at, size)).is_err() {
+            return Some(false);
+        }
+        as_is.then_some(true)
+    }
+
+    /// Reads the register image at `fpu_at` into this CPU's scratch image and loads it made
+    /// loadable; `false` if it is unreadable.
+    fn load_image_copied(&self, fpu_at: u64) -> bool {
+        with_fpu_scratch(|fpu| {
+            let read = match split_pages(fpu_at, &mut fpu.bytes[..fpu_image_size()]) {
+                Some(mut pieces) => self.read_all(&mut pieces),
+                None => Err(address_space::VmError::NoAccess),
+            };
+            if read.is_err() {
+                return false;
+            }
+            fpu.load_sanitised();
+            true
+        })
     }
 
     /// A page fault from ring 3: `None` when resolved (retry), else the exception to raise.

@@ -12,6 +12,7 @@
  *   callbacks   callback methods at non-canonical and kernel addresses fault in ring 3
  *   stack-overflow  the main stack's overflow reaches a handler running on its last pages
  *   fpu-image   a handler scribbling over the saved register image: resumed, image made loadable
+ *   fpu-frames  vector registers and MXCSR survive exception delivery at every place of the frame
  *   bad-rip, bad-rip-nc, nest-forever, addref-reregister, callback-nc
  *               end the guest (tests/guests.rs checks the code) */
 #include "host_abi.h"
@@ -308,11 +309,34 @@ static int32_t scribble_image(GUEST_EXCEPTION *e) {
     return EXCEPTION_CONTINUE_EXECUTION;
 }
 
+/* Which fields scribble_some() spoils: each one alone makes the CPU refuse the image as it
+ * stands (a #GP of XRSTOR/FXRSTOR), with a header the kernel wrote otherwise. */
+enum { SPOIL_MXCSR, SPOIL_XSTATE_BV, SPOIL_HEADER16 };
+static int g_spoil;
+static int32_t scribble_some(GUEST_EXCEPTION *e) {
+    uint8_t *image = (uint8_t *)e->context + sizeof(GUEST_CONTEXT);
+    int i;
+    for (i = 0; i < 16; i++) image[160 + i] = (uint8_t)(0xB0 + i); /* xmm0 */
+    image[512] |= 0x02;                                             /* XSTATE_BV: SSE from the image */
+    if (g_spoil == SPOIL_MXCSR) image[27] = 0xFF;                   /* MXCSR bits 24..31 */
+    if (g_spoil == SPOIL_XSTATE_BV) image[512 + 7] |= 0x40;          /* XSTATE_BV bit 62 */
+    if (g_spoil == SPOIL_HEADER16) image[528] = 1;                   /* bytes 23:8 of the header */
+    e->context->rip += 2;
+    return EXCEPTION_CONTINUE_EXECUTION;
+}
+
 static void fpu_image(void) {
     static uint8_t fx[512] __attribute__((aligned(16)));
+    static const uint32_t clean = 0x1F80;
+    static const char *const loaded[] = {"xmm0 loaded from an image with MXCSR reserved bits",
+                                         "xmm0 loaded from an image with XSTATE_BV beyond XCR0",
+                                         "xmm0 loaded from an image with XSAVE header bytes 8..15 set"};
+    static const char *const masked[] = {"MXCSR masked after an image with MXCSR reserved bits",
+                                         "MXCSR loaded after an image with XSTATE_BV beyond XCR0",
+                                         "MXCSR loaded after an image with XSAVE header bytes 8..15 set"};
     uint8_t xmm0[16];
     uint32_t mxcsr = 0, mask;
-    int i, same = 1;
+    int i, k, same = 1;
     void *h = g_services->add_vectored_exception_handler(1, scribble_image);
     __asm__ volatile("ud2\n movdqu %%xmm0, %0\n stmxcsr %1" : "=m"(xmm0), "=m"(mxcsr) :: "xmm0", "memory");
     __asm__ volatile("fxsave64 %0" : "=m"(fx));
@@ -321,10 +345,67 @@ static void fpu_image(void) {
     check("MXCSR masked with MXCSR_MASK on resume", mxcsr, 0xFFFFFFFFu & mask);
     for (i = 0; i < 16; i++) same &= xmm0[i] == (uint8_t)(0xA0 + i);
     check("xmm0 loaded from the image", same, 1);
+    __asm__ volatile("ldmxcsr %0" ::"m"(clean));
+    g_services->remove_vectored_exception_handler(h);
+    /* One field at a time: the image is made loadable all the same, and the rest of it loads. */
+    h = g_services->add_vectored_exception_handler(1, scribble_some);
+    for (k = SPOIL_MXCSR; k <= SPOIL_HEADER16; k++) {
+        g_spoil = k;
+        mxcsr = 0;
+        __asm__ volatile("ud2\n movdqu %%xmm0, %0\n stmxcsr %1" : "=m"(xmm0), "=m"(mxcsr) :: "xmm0", "memory");
+        for (same = 1, i = 0; i < 16; i++) same &= xmm0[i] == (uint8_t)(0xB0 + i);
+        check(loaded[k], same, 1);
+        check(masked[k], mxcsr, k == SPOIL_MXCSR ? (0xFF001F80u & mask) : 0x1F80u);
+        __asm__ volatile("ldmxcsr %0" ::"m"(clean));
+    }
+    g_services->remove_vectored_exception_handler(h);
+}
+
+/* ---- every register preserved across exception delivery, wherever the frame lands ---- */
+
+static int32_t clobber_and_skip(GUEST_EXCEPTION *e) {
+    static const uint32_t odd = 0x7F80; /* every exception masked, round toward zero */
+    __asm__ volatile("vpcmpeqd %%ymm0, %%ymm0, %%ymm0\n vmovdqa %%ymm0, %%ymm7\n vmovdqa %%ymm0, %%ymm15\n"
+                     "ldmxcsr %0\n fld1\n fstp %%st(0)"
+                     :: "m"(odd) : "xmm0", "xmm7", "xmm15");
+    e->context->rip += 2;
+    return EXCEPTION_CONTINUE_EXECUTION;
+}
+
+/* ud2 with ymm0/ymm7/ymm15 and MXCSR holding values made from `seed`, `depth` bytes further down
+ * the stack; 1 if all of them read back the same after a handler that clobbered them. */
+static int __attribute__((noinline)) registers_survive(uint32_t seed, unsigned depth) {
+    uint8_t in[3][32] __attribute__((aligned(32))), out[3][32] __attribute__((aligned(32)));
+    uint32_t mx_in = 0x1F80 | (seed & 0x6000), mx_out = 0; /* the rounding mode varies */
+    volatile uint8_t *pad = __builtin_alloca(depth + 16);
+    int r, i, same;
+    pad[0] = 1;
+    for (r = 0; r < 3; r++)
+        for (i = 0; i < 32; i++) in[r][i] = (uint8_t)(seed * 7 + r * 32 + i);
+    __asm__ volatile("vmovdqa %3, %%ymm0\n vmovdqa %4, %%ymm7\n vmovdqa %5, %%ymm15\n ldmxcsr %6\n"
+                     "ud2\n"
+                     "vmovdqa %%ymm0, %0\n vmovdqa %%ymm7, %1\n vmovdqa %%ymm15, %2\n stmxcsr %7\n vzeroupper"
+                     : "=m"(out[0]), "=m"(out[1]), "=m"(out[2])
+                     : "m"(in[0]), "m"(in[1]), "m"(in[2]), "m"(mx_in), "m"(mx_out)
+                     : "xmm0", "xmm7", "xmm15", "memory");
+    same = mx_out == mx_in;
+    for (r = 0; r < 3; r++)
+        for (i = 0; i < 32; i++) same &= out[r][i] == in[r][i];
     {
         static const uint32_t clean = 0x1F80;
         __asm__ volatile("ldmxcsr %0" ::"m"(clean));
     }
+    return same;
+}
+
+static void fpu_frames(void) {
+    unsigned depth, failed = 0;
+    void *h = g_services->add_vectored_exception_handler(1, clobber_and_skip);
+    /* 64-byte steps over two pages: the register image lands at every place in a page, within
+     * one page and across a page boundary. */
+    for (depth = 0; depth < 8192; depth += 64)
+        if (!registers_survive(depth / 64 + 1, depth)) failed++;
+    check("ymm0/ymm7/ymm15 and MXCSR survive a clobbering handler at 128 stack depths (failures)", failed, 0);
     g_services->remove_vectored_exception_handler(h);
 }
 
@@ -425,6 +506,8 @@ int32_t c_main(IHostMemoryManager *host, const HOST_SERVICES *services, const ch
         nested();
     } else if (eq(args, "fpu-image")) {
         fpu_image();
+    } else if (eq(args, "fpu-frames")) {
+        fpu_frames();
     } else if (eq(args, "stack-overflow")) {
         stack_overflow();
     } else if (eq(args, "callbacks")) {
