@@ -107,7 +107,7 @@ fn faults_end_the_guest_with_the_right_code() -> Result<(), String> {
 }
 
 fn patched(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let mut elf = kernel::bundled_guests()[0].data.clone();
+    let mut elf = kernel::bundled_guests()[0].data.to_vec();
     f(&mut elf);
     elf
 }
@@ -124,7 +124,7 @@ fn ph(b: &[u8], i: usize) -> usize {
 /// The Rust sample (a static PIE with R_X86_64_RELATIVE relocations) with the type of its first
 /// relocation changed to `r_type`.
 fn with_relocation_type(r_type: u32) -> Vec<u8> {
-    let mut e = kernel::bundled_guests()[1].data.clone();
+    let mut e = kernel::bundled_guests()[1].data.to_vec();
     let phnum = u16::from_le_bytes([e[56], e[57]]) as usize;
     let (mut dynamic, mut loads) = (None, Vec::new());
     for i in 0..phnum {

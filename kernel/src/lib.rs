@@ -87,17 +87,13 @@ pub fn init(boot_info: &'static mut BootInfo) {
 /// running the bundled WASI demo; built by the normal build (see `build.rs` and
 /// `tests/guests/wasm-bundle`) and embedded in the kernel image.
 pub fn bundled_guests() -> alloc::vec::Vec<guest::ramdisk::GuestFile> {
+    use alloc::borrow::Cow;
+    use guest::ramdisk::GuestFile;
     alloc::vec![
-        guest::ramdisk::GuestFile { name: "sample-c".into(), data: include_bytes!(concat!(env!("OUT_DIR"), "/sample-c.elf")).to_vec() },
-        guest::ramdisk::GuestFile {
-            name: "sample-rust".into(),
-            data: include_bytes!(env!("CARGO_BIN_FILE_GUEST_SAMPLE_RUST_guest-sample-rust")).to_vec(),
-        },
-        guest::ramdisk::GuestFile {
-            name: "gc-runtime".into(),
-            data: include_bytes!(env!("CARGO_BIN_FILE_GC_RUNTIME_gc-runtime")).to_vec(),
-        },
-        guest::ramdisk::GuestFile { name: "hello-wasi.wasm".into(), data: wasm_bundle::HELLO_WASI.to_vec() },
+        GuestFile { name: "sample-c".into(), data: Cow::Borrowed(include_bytes!(concat!(env!("OUT_DIR"), "/sample-c.elf"))) },
+        GuestFile { name: "sample-rust".into(), data: Cow::Borrowed(include_bytes!(env!("CARGO_BIN_FILE_GUEST_SAMPLE_RUST_guest-sample-rust"))) },
+        GuestFile { name: "gc-runtime".into(), data: Cow::Borrowed(include_bytes!(env!("CARGO_BIN_FILE_GC_RUNTIME_gc-runtime"))) },
+        GuestFile { name: "hello-wasi.wasm".into(), data: Cow::Borrowed(wasm_bundle::HELLO_WASI) },
     ]
 }
 

@@ -151,24 +151,17 @@ kprobe_fpu_start:
     jz 2f
     xsave64 [rdi]
     xor eax, eax
-    mov [rdi + 520], rax
-    mov [rdi + 528], rax
-    mov [rdi + 536], rax
-    mov [rdi + 544], rax
-    mov [rdi + 552], rax
-    mov [rdi + 560], rax
-    mov [rdi + 568], rax
+    .irp offset, 520, 528, 536, 544, 552, 560, 568
+    mov [rdi + \offset], rax
+    .endr
     jmp 3f
 2:
     fxsave64 [rdi]
     xor eax, eax
 3:
-    mov [rdi + 464], rax
-    mov [rdi + 472], rax
-    mov [rdi + 480], rax
-    mov [rdi + 488], rax
-    mov [rdi + 496], rax
-    mov [rdi + 504], rax
+    .irp offset, 464, 472, 480, 488, 496, 504
+    mov [rdi + \offset], rax
+    .endr
     jmp kprobe_done
 
     .global kprobe_load_fpu

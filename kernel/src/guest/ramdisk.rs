@@ -11,6 +11,7 @@
 //! The archive is copied into the kernel heap and parsed with every length checked, so a damaged
 //! ramdisk is an error message, never a panic.
 
+use alloc::borrow::Cow;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -26,8 +27,10 @@ pub const MAGIC: &[u8; 8] = b"VMKGST01";
 pub struct GuestFile {
     /// Its name (the file name it had on the host).
     pub name: String,
-    /// Its bytes.
-    pub data: Vec<u8>,
+    /// Its bytes: borrowed from the kernel image for a bundled guest (never copied into the
+    /// kernel heap, which a runtime's ELF with its debug information can exceed), owned for one
+    /// from the ramdisk.
+    pub data: Cow<'static, [u8]>,
 }
 
 /// Reads the ramdisk (if any) into the heap: `Some(Err)` if it is too large for the kernel heap
@@ -70,7 +73,7 @@ pub fn parse(data: &[u8]) -> Result<Vec<GuestFile>, String> {
         let name = String::from_utf8_lossy(take(name_len)?).into_owned();
         let data_len = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
         let data_len = usize::try_from(data_len).map_err(|_| String::from("a guest file is too large"))?;
-        files.push(GuestFile { name, data: take(data_len)?.to_vec() });
+        files.push(GuestFile { name, data: Cow::Owned(take(data_len)?.to_vec()) });
     }
     Ok(files)
 }
