@@ -707,9 +707,9 @@ impl FpuImage {
 
 /// Per CPU: the image exception and callback delivery save the registers into
 /// ([`with_saved_fpu`]) when they cannot save them straight into the frame
-/// ([`save_fpu_to_user`]: an image across two pages, or the space not in CR3). Nothing but XSAVE/FXSAVE ever writes it, so the bytes they leave alone
-/// stay zero, as in a fresh image, without zeroing a kilobyte per exception; nothing of another
-/// thread's state can remain in it.
+/// ([`save_fpu_to_user`]: an image across two pages, or the space not in CR3). Nothing but
+/// XSAVE/FXSAVE ever writes it, so the bytes they leave alone stay zero, as in a fresh image,
+/// without zeroing a kilobyte per exception; nothing of another thread's state can remain in it.
 static SAVE_AREA: [spin::Mutex<FpuImage>; super::percpu::MAX_CPUS] = [const { spin::Mutex::new(FpuImage::ZERO) }; super::percpu::MAX_CPUS];
 /// Per CPU: the image a resumed register state is read into, checked and loaded from
 /// ([`with_fpu_scratch`]) when it is not loaded straight from guest memory

@@ -25,8 +25,9 @@
 //! the context is read back and the image loaded (by the CPU straight from the frame when it
 //! accepts it as it stands, else from a copy made loadable: MXCSR masked, XSAVE header cleaned),
 //! RFLAGS sanitised, and a `rip` outside user space faults again as an execute access
-//! violation. The image is saved straight into the frame too when it lies within one page. No handler taking it makes an `unhandled` call, which ends the guest with the code
-//! and prints code, access, address and rip. The kernel keeps no state per exception: a handler
+//! violation. (The image is saved straight into the frame too, when it lies within one page.)
+//! No handler taking it makes an `unhandled` call, which ends the guest with the code and prints
+//! code, access, address and rip. The kernel keeps no state per exception: a handler
 //! may leave without returning, and a fault inside a handler is a new exception dispatched
 //! further down the same stack, so nesting is bounded by the stack: a frame that cannot be
 //! written ends the guest with that fault's code.

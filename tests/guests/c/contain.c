@@ -382,11 +382,11 @@ static int __attribute__((noinline)) registers_survive(uint32_t seed, unsigned d
     pad[0] = 1;
     for (r = 0; r < 3; r++)
         for (i = 0; i < 32; i++) in[r][i] = (uint8_t)(seed * 7 + r * 32 + i);
-    __asm__ volatile("vmovdqa %3, %%ymm0\n vmovdqa %4, %%ymm7\n vmovdqa %5, %%ymm15\n ldmxcsr %6\n"
+    __asm__ volatile("vmovdqa %4, %%ymm0\n vmovdqa %5, %%ymm7\n vmovdqa %6, %%ymm15\n ldmxcsr %7\n"
                      "ud2\n"
-                     "vmovdqa %%ymm0, %0\n vmovdqa %%ymm7, %1\n vmovdqa %%ymm15, %2\n stmxcsr %7\n vzeroupper"
-                     : "=m"(out[0]), "=m"(out[1]), "=m"(out[2])
-                     : "m"(in[0]), "m"(in[1]), "m"(in[2]), "m"(mx_in), "m"(mx_out)
+                     "vmovdqa %%ymm0, %0\n vmovdqa %%ymm7, %1\n vmovdqa %%ymm15, %2\n stmxcsr %3\n vzeroupper"
+                     : "=m"(out[0]), "=m"(out[1]), "=m"(out[2]), "=m"(mx_out)
+                     : "m"(in[0]), "m"(in[1]), "m"(in[2]), "m"(mx_in)
                      : "xmm0", "xmm7", "xmm15", "memory");
     same = mx_out == mx_in;
     for (r = 0; r < 3; r++)
