@@ -328,7 +328,8 @@ fn hostile_handlers_and_callbacks_end_only_their_guest() -> Result<(), String> {
 
 /// Issue 12: exception dispatch in ring 3 (handlers leaving by longjmp, nested faults, callback
 /// methods at bad addresses, #MF/#XM codes, a #GP decoded next to a guard page, `lar`, the main
-/// stack's overflow handled on its last pages).
+/// stack's overflow handled on its last pages, a spoiled register image made loadable, vector
+/// registers and MXCSR preserved wherever the frame lands).
 fn exceptions_are_dispatched_in_ring_3() -> Result<(), String> {
     let (before, heap) = (frames(), heap_used());
     for case in ["longjmp", "nested", "callbacks", "float", "gp-guard", "lar", "stack-overflow", "fpu-image", "fpu-frames"] {
