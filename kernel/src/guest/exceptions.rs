@@ -38,7 +38,7 @@ use x86_64::align_down;
 
 use super::call_clock::{self, Stage};
 use super::host_pages::{Stub, stub};
-use super::{Ended, Guest, GuestMemory, PAGE_SIZE, ThreadLocal};
+use super::{Ended, Guest, GuestMemory, PAGE_SIZE, ThreadLocal, within_one_page};
 use crate::arch::probe::{self, UserCopy, UserRead};
 use crate::arch::user::{
     FpuImage, USER_CONTEXT_SIZE, UserContext, context_from_bytes, context_to_bytes, fpu_image_size, load_fpu_from_user,
@@ -431,8 +431,7 @@ impl GuestMemory<'_> {
     pub(super) fn write_frame(&self, frame: &Frame, context: &UserContext, payload: &[u8]) -> Result<(), FrameError> {
         let context_bytes = context_to_bytes(context);
         let size = fpu_image_size() as u64;
-        let image_in_one_page = frame.fpu_at & !(PAGE_SIZE - 1) == (frame.fpu_at + size - 1) & !(PAGE_SIZE - 1);
-        if self.space.is_active() && image_in_one_page {
+        if self.space.is_active() && within_one_page(frame.fpu_at, size) {
             let at = frame.fpu_at;
             self.copy_frame(|_| save_fpu_to_user(at).map_err(|fault| (0, fault)), |_| (at, size), |_, e| e)?;
             call_clock::lap(Stage::Fpu);
@@ -440,7 +439,7 @@ impl GuestMemory<'_> {
         }
         with_saved_fpu(|fpu| {
             call_clock::lap(Stage::Fpu);
-            self.write_frame_parts(&[(frame.fpu_at, &fpu.bytes[..fpu_image_size()]), (frame.context_at, &context_bytes), (frame.low, payload)])
+            self.write_frame_parts(&[(frame.fpu_at, &fpu.bytes[..size as usize]), (frame.context_at, &context_bytes), (frame.low, payload)])
         })
     }
 
@@ -563,8 +562,7 @@ impl GuestMemory<'_> {
     /// image across two pages, not in the standard form, refused by the CPU or not in user space.
     fn load_image_as_is(&self, fpu_at: u64) -> Option<bool> {
         let size = fpu_image_size() as u64;
-        let in_one_page = fpu_at.checked_add(size - 1).is_some_and(|last| last & !(PAGE_SIZE - 1) == fpu_at & !(PAGE_SIZE - 1));
-        if !self.space.is_active() || !in_one_page {
+        if !self.space.is_active() || !within_one_page(fpu_at, size) {
             return None;
         }
         let mut as_is = false;

@@ -249,6 +249,12 @@ pub(crate) struct GuestMemory<'a> {
     stack: (u64, u64),
 }
 
+/// Whether `len` bytes at guest address `addr` lie within one page (nothing, for `len` 0): a
+/// hardware-checked copy of them is then all or nothing.
+pub(super) fn within_one_page(addr: u64, len: u64) -> bool {
+    len == 0 || addr.checked_add(len - 1).is_some_and(|last| last & !(PAGE_SIZE - 1) == addr & !(PAGE_SIZE - 1))
+}
+
 impl GuestMemory<'_> {
     /// Runs a checked access to guest memory at `[addr, addr+len)`; if it hit the guard page of
     /// the guest's own stack (the check cleared that guard), grows the stack as a touch from the
@@ -305,8 +311,7 @@ impl GuestMemory<'_> {
     /// woken thread before loading the space, which writes `wait_thread`'s exit code) that is one
     /// hardware-checked copy ([`probe::copy_to_user`]), with no lock and no page-table walk.
     fn write_all(&self, pieces: &[UserCopy<'_>]) -> Result<(), (usize, VmError)> {
-        let one_page = |p: &UserCopy<'_>| p.data.is_empty() || p.to & !(PAGE_SIZE - 1) == p.to.wrapping_add(p.data.len() as u64 - 1) & !(PAGE_SIZE - 1);
-        if !self.space.is_active() || !pieces.iter().all(one_page) {
+        if !self.space.is_active() || !pieces.iter().all(|p| within_one_page(p.to, p.data.len() as u64)) {
             return pieces.iter().enumerate().try_for_each(|(i, p)| {
                 self.with_stack_growth(p.to, p.data.len() as u64, || self.space.with(|s, cx| s.write_user(cx, p.to, p.data))).map_err(|e| (i, e))
             });
