@@ -10,7 +10,7 @@ use super::call_clock::{self, Stage};
 use super::calls::Callbacks;
 use super::host_pages::{self, MANAGER_OBJECT};
 use super::hresult::{self, E_INVALIDARG, E_NOACCESS, E_NOINTERFACE, E_NOTIMPL, E_POINTER, HOST_E_CLRNOTAVAILABLE, HResult, S_OK};
-use super::{Ended, Guest, GuestMemory, UserCopy, notification};
+use super::{Ended, Guest, GuestMemory, UserCopy, notification, within_one_page};
 use crate::arch::user::UserContext;
 use crate::memory::CallRange;
 
@@ -481,11 +481,9 @@ impl GuestMemory<'_> {
     /// kernel's copy is), the caller's `RFLAGS.AC` is clear (no #AC on a ring-3 store) and the
     /// query is not of the thread's own stack (a store that grows it must come first).
     fn stub_may_store_query(&self, addr: u64, buffer: u64, length: u64, p_result: u64, rflags: u64) -> bool {
-        let last = buffer.wrapping_add(MBI_SIZE - 1);
         p_result != 0
             && length >= MBI_SIZE
-            && last >= buffer
-            && buffer & !(PAGE_SIZE - 1) == last & !(PAGE_SIZE - 1)
+            && within_one_page(buffer, MBI_SIZE)
             && rflags & RFLAGS_AC == 0
             && !(self.stack.0..self.stack.1).contains(&addr)
     }
@@ -560,7 +558,7 @@ impl GuestMemory<'_> {
             let mapped_writable = || {
                 use address_space::paging::{pte, table};
                 // Within user space (a non-canonical address would walk as its alias) and a page.
-                let in_user_page = p_old.checked_add(4).is_some_and(|end| end <= s.config().max_address_end) && (p_old + 3) & !(PAGE_SIZE - 1) == page;
+                let in_user_page = p_old.checked_add(4).is_some_and(|end| end <= s.config().max_address_end) && within_one_page(p_old, 4);
                 let bits = pte::PRESENT | pte::WRITABLE | pte::USER;
                 in_user_page && table::translate(cx.mem, s.root().start_address().as_u64(), p_old).is_some_and(|(_, e)| e & bits == bits)
             };
