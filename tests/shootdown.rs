@@ -4,7 +4,8 @@
 //! through the fault probes (a `stac` window), as a guest thread would.
 //!
 //! - IPIs go to exactly the CPUs that run a space: none while no other CPU does, one per call
-//!   that narrows access per CPU that does (a CPU idling with the root loaded included).
+//!   that narrows access per CPU that does, none to a CPU idling lazily with the root loaded
+//!   unless the call freed a page table (that CPU flushes when it wakes).
 //! - The torture: APs read (and write) a page in a loop while the boot CPU decommits and
 //!   recommits, protects and unprotects, releases and reallocates it up to thousands of times
 //!   (each mode time-boxed, at least 30 rounds: the counts are printed). A read
@@ -83,8 +84,9 @@ fn vm<T>(r: Result<T, address_space::VmError>, what: &str) -> Result<T, String> 
     r.map_err(|e| alloc::format!("{what}: {e:?}"))
 }
 
-/// Calls that narrow access make one round with one IPI per other CPU running the space, and
-/// none at all while no other CPU runs it.
+/// Calls that narrow access make one round with one IPI per other CPU running the space, none
+/// at all while no other CPU runs it, and none to a CPU idling lazily with its root loaded unless
+/// the round freed a page table; a lazy CPU that a round left out flushes when it wakes.
 fn ipis_go_exactly_to_the_cpus_running_the_space() -> Result<(), String> {
     let aps = aps();
     if aps.is_empty() {
@@ -94,46 +96,102 @@ fn ipis_go_exactly_to_the_cpus_running_the_space() -> Result<(), String> {
     let space = Arc::new(vm(Space::new(), "Space::new")?);
     let a = vm(space.virtual_alloc(0, 16 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE), "alloc")?;
     vm(space.with(|s, cx| s.write_user(cx, a, &[1; 16 * PAGE as usize])), "touch")?;
+    let counted = || memory::with_mm(|mm| mm.counters.shootdown_ipis);
+    let delta = |before: memory::tlb::ShootdownStats, after: memory::tlb::ShootdownStats| memory::tlb::ShootdownStats {
+        rounds: after.rounds - before.rounds,
+        ipis: after.ipis - before.ipis,
+        served: after.served - before.served,
+        lazy_skips: after.lazy_skips - before.lazy_skips,
+        lazy_flushes: after.lazy_flushes - before.lazy_flushes,
+        ..Default::default()
+    };
     let toggle = |n: u64| -> Result<(memory::tlb::ShootdownStats, u64), String> {
-        let (before, c0) = (memory::shootdown_stats(), memory::with_mm(|mm| mm.counters.shootdown_ipis));
+        let (before, c0) = (memory::shootdown_stats(), counted());
         for _ in 0..n {
             vm(space.virtual_protect(a, 16 * PAGE, PAGE_READONLY), "protect")?;
             vm(space.virtual_protect(a, 16 * PAGE, PAGE_READWRITE), "protect")?;
         }
-        let (after, c1) = (memory::shootdown_stats(), memory::with_mm(|mm| mm.counters.shootdown_ipis));
-        Ok((memory::tlb::ShootdownStats { rounds: after.rounds - before.rounds, ipis: after.ipis - before.ipis, served: after.served - before.served, ..Default::default() }, c1 - c0))
+        Ok((delta(before, memory::shootdown_stats()), counted() - c0))
     };
     // Nobody runs it (the boot CPU is on the kernel's table): no IPI.
     ensure_eq!(space.active_cpus().0, 0);
-    let (d, counted) = toggle(50)?;
-    ensure_eq!((d.rounds, d.ipis, counted), (0, 0, 0));
-    // Each AP activates it and idles with its root loaded: every narrowing call (RW → RO, 100 of
-    // them; RO → RW only widens, but the crate still flushes a present entry that changed) makes
-    // one round with one IPI per AP.
-    for &cpu in &aps {
-        let s = Arc::clone(&space);
-        on(cpu, move || s.activate())?;
-    }
+    let (d, c) = toggle(50)?;
+    ensure_eq!((d.rounds, d.ipis, c), (0, 0, 0));
+    // Each AP runs it, busy in ring 0 with interrupts on (as a guest thread runs): every narrowing
+    // call (RW → RO, 100 of them; RO → RW only widens, but the crate still flushes a present
+    // entry that changed) makes one round with one IPI per AP.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy: Vec<Arc<AtomicBool>> = aps
+        .iter()
+        .map(|&cpu| {
+            let (s, stop) = (Arc::clone(&space), Arc::clone(&stop));
+            spawn(cpu, move || {
+                s.activate();
+                x86_64::instructions::interrupts::enable();
+                while !stop.load(Ordering::SeqCst) {
+                    core::hint::spin_loop();
+                }
+                x86_64::instructions::interrupts::disable();
+            })
+        })
+        .collect::<Result<_, _>>()?;
     let expected: u64 = aps.iter().map(|&c| 1 << c).sum();
-    ensure_eq!(space.active_cpus().0, expected);
-    let (d, counted) = toggle(50)?;
-    ensure_eq!(d.rounds, 100);
-    ensure_eq!(d.ipis, 100 * aps.len() as u64);
-    ensure_eq!(counted, d.ipis);
-    wait_until("the last acknowledgements", || memory::shootdown_stats().served >= d.served)?;
-    kernel::kprintln!("    {} APs running the space: {} IPIs for 100 calls", aps.len(), d.ipis);
+    wait_until("the APs to run the space", || space.active_cpus().0 == expected)?;
     // The boot CPU runs it too: still one IPI per AP, none to itself.
     space.activate();
-    let (d, _) = toggle(10)?;
-    ensure_eq!((d.rounds, d.ipis), (20, 20 * aps.len() as u64));
+    let (d, c) = toggle(50)?;
     Space::deactivate();
-    // The APs switch to the kernel's table: no IPI again.
+    stop.store(true, Ordering::SeqCst);
+    for done in &busy {
+        wait_until("the busy APs to stop", || done.load(Ordering::SeqCst))?;
+    }
+    ensure_eq!((d.rounds, d.ipis, d.lazy_skips), (100, 100 * aps.len() as u64, 0));
+    ensure_eq!(c, d.ipis);
+    wait_until("the last acknowledgements", || memory::shootdown_stats().served >= d.served)?;
+    kernel::kprintln!("    {} APs running the space: {} IPIs for 100 calls", aps.len(), d.ipis);
+    // Back in their idle loops with the root still loaded, the APs are lazy (still in the space's
+    // set): each round leaves each halted AP out and asks it to flush when it wakes. A timer tick
+    // wakes an AP for a moment (it may then take an IPI), so: in every try each AP is either sent
+    // an IPI or left out, and some try of at most 20 sends none.
+    ensure_eq!(space.active_cpus().0, expected);
+    let mut tries = 0;
+    let all_left_out = loop {
+        tries += 1;
+        wait_until("the APs to halt", || aps.iter().all(|&c| memory::tlb::is_lazy(c)))?;
+        let start = memory::shootdown_stats();
+        let (d, c) = toggle(50)?;
+        ensure_eq!(d.ipis + d.lazy_skips, 100 * aps.len() as u64);
+        ensure_eq!(c, d.ipis);
+        if d.ipis == 0 {
+            break (d, start);
+        }
+        ensure!(tries < 20, "20 tries of 100 calls each sent an IPI to an idle AP (last: {} IPIs)", d.ipis);
+    };
+    let (all_left_out, start) = all_left_out;
+    kernel::kprintln!("    {} APs idle in the space: no IPI for 100 calls ({tries} tries), {} left out", aps.len(), all_left_out.lazy_skips);
+    // Each AP reloads CR3 when it wakes after a round left it out (a tick may have woken it
+    // already), before it runs anything.
+    for &cpu in &aps {
+        on(cpu, || {})?;
+    }
+    let after = memory::shootdown_stats();
+    ensure!(after.lazy_flushes - start.lazy_flushes >= aps.len() as u64, "a lazy AP that was left out did not flush when it woke");
+    // A round that frees a page table still reaches the lazy APs: releasing the only allocation
+    // under its page table frees that table.
+    wait_until("the APs to halt", || aps.iter().all(|&c| memory::tlb::is_lazy(c)))?;
+    let before = memory::shootdown_stats();
+    vm(space.virtual_free(a, 0, MEM_RELEASE), "release")?;
+    let d = delta(before, memory::shootdown_stats());
+    ensure_eq!((d.rounds, d.ipis, d.lazy_skips), (1, aps.len() as u64, 0));
+    let a = vm(space.virtual_alloc(0, 16 * PAGE, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE), "alloc")?;
+    vm(space.with(|s, cx| s.write_user(cx, a, &[1; 16 * PAGE as usize])), "touch")?;
+    // The APs switch to the kernel's table: no IPI, nothing left out.
     for &cpu in &aps {
         on(cpu, Space::deactivate)?;
     }
     ensure_eq!(space.active_cpus().0, 0);
-    let (d, counted) = toggle(50)?;
-    ensure_eq!((d.rounds, d.ipis, counted), (0, 0, 0));
+    let (d, c) = toggle(50)?;
+    ensure_eq!((d.rounds, d.ipis, c, d.lazy_skips), (0, 0, 0, 0));
     Ok(())
 }
 
@@ -277,8 +335,10 @@ impl Torture {
     /// A reader spins while a call is in flight, makes [`CHECKS_PER_PHASE`] checked accesses
     /// once the state is settled, then halts until an interrupt: the boot CPU's shootdown IPI,
     /// its wake-up IPI after it publishes the next settled state, or a timer tick. So the vCPUs
-    /// of idle readers leave the host's cores to the ones that have work.
-    fn read_loop(&self, space: &Space, addr: u64) {
+    /// of idle readers leave the host's cores to the ones that have work. With `lazy` it halts
+    /// as an idle CPU does (`memory::tlb::enter_lazy`): rounds that free no table leave it out,
+    /// and it must flush when it wakes, before its next access.
+    fn read_loop(&self, space: &Space, addr: u64, lazy: bool) {
         space.activate();
         x86_64::instructions::interrupts::enable();
         let mut n = 0u64;
@@ -289,7 +349,16 @@ impl Torture {
             if s1 != last {
                 (last, checks) = (s1, 0);
             } else if checks >= CHECKS_PER_PHASE && s1 & 0xff != CHANGING {
-                x86_64::instructions::hlt();
+                if lazy {
+                    x86_64::instructions::interrupts::disable();
+                    memory::tlb::enter_lazy();
+                    x86_64::instructions::interrupts::enable_and_hlt();
+                    x86_64::instructions::interrupts::disable();
+                    memory::tlb::leave_lazy();
+                    x86_64::instructions::interrupts::enable();
+                } else {
+                    x86_64::instructions::hlt();
+                }
                 continue;
             }
             checks += 1;
@@ -369,6 +438,18 @@ fn torture_mode(
 
 /// See the module docs: after each call returns, no AP uses the old translation.
 fn no_stale_access_after_decommit_protect_or_release() -> Result<(), String> {
+    torture(false)
+}
+
+/// The same with readers that halt lazily between phases, as idle CPUs do: the rounds that leave
+/// them out must still leave them no stale translation once they wake.
+fn no_stale_access_from_cpus_that_idled_lazily_in_the_space() -> Result<(), String> {
+    torture(true)
+}
+
+/// The torture of [`no_stale_access_after_decommit_protect_or_release`], its readers halting
+/// lazily or not.
+fn torture(lazy: bool) -> Result<(), String> {
     let aps = aps();
     if aps.is_empty() {
         kernel::kprintln!("    (one CPU: nothing to check)");
@@ -389,7 +470,7 @@ fn no_stale_access_after_decommit_protect_or_release() -> Result<(), String> {
         .iter()
         .map(|&cpu| {
             let (t, s) = (Arc::clone(&t), Arc::clone(&space));
-            spawn(cpu, move || t.read_loop(&s, addr))
+            spawn(cpu, move || t.read_loop(&s, addr, lazy))
         })
         .collect::<Result<_, _>>()?;
     wait_until("the readers to run the space", || space.active_cpus().len() as usize == aps.len())?;
@@ -444,25 +525,35 @@ fn no_stale_access_after_decommit_protect_or_release() -> Result<(), String> {
     let calls = u64::from(outcome?);
     let stats = memory::shootdown_stats();
     let (ipis, rounds_sent) = (stats.ipis - stats0.ipis, stats.rounds - stats0.rounds);
+    let (skips, flushes) = (stats.lazy_skips - stats0.lazy_skips, stats.lazy_flushes - stats0.lazy_flushes);
     kernel::kprintln!(
-        "    {} APs: {} checked accesses, {} stale, {} refused; {} narrowing calls, {} rounds, {} IPIs, {} cycles per round",
+        "    {} APs{}: {} checked accesses, {} stale, {} refused; {} narrowing calls, {} rounds, {} IPIs, {} cycles per round; {} left out lazily, {} flushes on waking",
         aps.len(),
+        if lazy { " halting lazily" } else { "" },
         t.checked.load(Ordering::SeqCst),
         t.stale.load(Ordering::SeqCst),
         t.refused.load(Ordering::SeqCst),
         calls,
         rounds_sent,
         ipis,
-        (stats.cycles - stats0.cycles) / rounds_sent.max(1)
+        (stats.cycles - stats0.cycles) / rounds_sent.max(1),
+        skips,
+        flushes
     );
     if let Some(e) = t.first_error.lock().clone() {
         return Err(alloc::format!("{} stale, {} refused; first: {e}", t.stale.load(Ordering::SeqCst), t.refused.load(Ordering::SeqCst)));
     }
     ensure!(t.checked.load(Ordering::SeqCst) >= calls, "too few checked accesses");
-    // Every narrowing call made exactly one round to every reader (the readers' own faults
-    // make none: they only ever target themselves), and widening calls at most one each.
-    ensure!(rounds_sent >= calls && rounds_sent <= 2 * calls, "{rounds_sent} rounds for {calls} narrowing calls");
-    ensure_eq!(ipis, rounds_sent * aps.len() as u64);
+    if lazy {
+        // Both ways of reaching a reader were taken: left out while it halted (and flushing
+        // when it woke), and the IPI (while it spun in a changing phase, and for releases).
+        ensure!(skips > 0 && flushes > 0 && ipis > 0, "{skips} readers left out, {flushes} flushes on waking, {ipis} IPIs");
+    } else {
+        // Every narrowing call made exactly one round to every reader (the readers' own faults
+        // make none: they only ever target themselves), and widening calls at most one each.
+        ensure!(rounds_sent >= calls && rounds_sent <= 2 * calls, "{rounds_sent} rounds for {calls} narrowing calls");
+        ensure_eq!(ipis, rounds_sent * aps.len() as u64);
+    }
     drop(space);
     ensure_eq!(frame_counts(), before);
     Ok(())
@@ -565,5 +656,6 @@ kernel::kernel_test_image!(
     a_space_dropped_while_aps_idle_in_it_is_left_first,
     a_round_in_flight_holds_up_only_calls_on_its_pages,
     no_stale_access_after_decommit_protect_or_release,
+    no_stale_access_from_cpus_that_idled_lazily_in_the_space,
     every_cpu_works_on_one_space_at_once,
 );

@@ -300,12 +300,10 @@ impl Tlb for SmpTlbModel {
     fn flush_all(&mut self) {
         self.cpus[self.current].flush_all();
     }
-    fn current_cpu(&self) -> Option<usize> {
-        Some(self.current)
-    }
-    fn shootdown(&mut self, round: &FlushRound<'_>) {
+    fn shootdown(&mut self, round: &FlushRound<'_>) -> u32 {
+        let ipis = round.targets.without(self.current).len();
         self.rounds += 1;
-        self.ipis += u64::from(round.targets.without(self.current).len());
+        self.ipis += u64::from(ipis);
         self.last_targets = round.targets;
         let n = self.cpus.len();
         for cpu in round.targets.iter().filter(|&c| c < n) {
@@ -315,6 +313,7 @@ impl Tlb for SmpTlbModel {
                 FlushScope::Pages(pages) => pages.iter().for_each(|&a| tlb.invalidate_page(VirtAddr::new_truncate(a))),
             }
         }
+        ipis
     }
 }
 

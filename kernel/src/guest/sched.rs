@@ -10,10 +10,12 @@
 //! - One guest runs at a time. [`run`] (the CPU that called `run_guest`, the *owner*) publishes it
 //!   as the active guest and runs the loop itself; every other CPU finds it from its idle loop
 //!   ([`ap_idle`], called by `arch::smp` over and over) and runs the loop while there are ready
-//!   threads, then leaves (switching to the kernel's tables: `Space::deactivate`) and waits in
-//!   `sti; hlt` (or, when threads still look ready, comes straight back, serving the TLB rounds
-//!   posted to it on the way: a round may count it until it left). A CPU that makes a thread
-//!   ready wakes the idle CPUs with the wake-up IPI.
+//!   threads, then leaves and waits in `sti; hlt` (or, when threads still look ready, comes
+//!   straight back, serving the TLB rounds posted to it on the way). An idle CPU keeps the
+//!   guest's tables in CR3 and halts lazily (`memory::tlb::enter_lazy`): the space's rounds
+//!   leave it out unless they free tables, it flushes when it wakes if one did, and picking a
+//!   thread of the same guest again loads no CR3. A CPU that makes a thread ready wakes the idle
+//!   CPUs with the wake-up IPI.
 //! - Lock: one spin lock per guest over the [`Guest`] (its calls, its exceptions, its thread
 //!   table), taken with interrupts enabled while it spins (so a CPU waiting for it still takes
 //!   IPIs, e.g. TLB shootdowns), and released before ring 3 is entered. Lock order: the guest's
@@ -165,8 +167,12 @@ fn idle_wait(work: impl Fn() -> bool) {
         // for it, so it serves the rounds posted to it (as every wait with IF = 0 must).
         crate::memory::serve_flush_requests();
     } else {
+        // A space's root may still be in CR3 (the guest's, while it runs: see `cpu_loop`); the
+        // space's rounds leave this CPU out while it halts, and it flushes after if one did.
+        crate::memory::tlb::enter_lazy();
         x86_64::instructions::interrupts::enable_and_hlt();
         x86_64::instructions::interrupts::disable();
+        crate::memory::tlb::leave_lazy();
     }
     IDLE.fetch_and(!bit, Ordering::SeqCst);
 }
@@ -224,7 +230,6 @@ pub fn ap_idle() {
 /// One CPU's loop over the guest's threads. The owner stays until the guest ends (idling when
 /// nothing is ready); another CPU leaves as soon as nothing is ready.
 fn cpu_loop(run: &GuestRun, owner: bool) {
-    let mut in_space = false;
     while !run.ended() {
         let picked = run.with(|g| {
             let picked = g.pick();
@@ -236,24 +241,15 @@ fn cpu_loop(run: &GuestRun, owner: bool) {
         });
         match picked {
             Some((key, cont)) => {
-                in_space = true;
                 wake_idle_cpus();
                 run_thread(run, key, cont);
             }
-            None if owner => {
-                // An idle CPU leaves the space, so TLB rounds skip it (no IPI when no other CPU
-                // runs a thread of the guest); the next pick loads the tables again.
-                if in_space {
-                    crate::memory::Space::deactivate();
-                    in_space = false;
-                }
-                idle_wait(|| READY.load(Ordering::SeqCst) > 0 || run.ended())
-            }
+            // An idle CPU keeps the guest's tables in CR3: halted, it is lazy (`idle_wait`), so
+            // the space's rounds leave it out unless they free tables, and the next pick of one
+            // of the guest's threads loads nothing (Linux's lazy TLB).
+            None if owner => idle_wait(|| READY.load(Ordering::SeqCst) > 0 || run.ended()),
             None => break,
         }
-    }
-    if in_space && !owner {
-        crate::memory::Space::deactivate();
     }
 }
 

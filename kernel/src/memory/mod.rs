@@ -126,8 +126,9 @@
 //!   holds the lock exclusively, so it never sees a fault half done. A fault taken while this CPU
 //!   holds the space's lock exclusively is a kernel bug and is reported as a kernel fault.
 //! - **TLB shootdown** (`tlb.rs`): one round per call, by IPI to exactly the other CPUs in the
-//!   space's set (idle CPUs with its root still in CR3 included), pages or a full flush per the
-//!   crate's threshold; none when no other CPU runs the space. A space is destroyed only after
+//!   space's set, pages or a full flush per the crate's threshold; none when no other CPU runs
+//!   the space. A CPU halted lazily with the root in CR3 is left out of the rounds that free no
+//!   table and flushes when it wakes (`tlb::enter_lazy`). A space is destroyed only after
 //!   every CPU still running it loaded the kernel's table.
 //! - **Present entries** that are writable without their D bit are changed with `lock cmpxchg`
 //!   ([`window::PhysWindow`]'s `compare_exchange_u64`): another CPU's MMU may set D at any

@@ -297,8 +297,9 @@ impl Space {
     /// operation writes its entries, then reads the set behind a full fence. So either its round
     /// targets this CPU, or this CPU's walks already see its entries. The bit in the old space is
     /// cleared only after the CR3 load has dropped the old space's translations (§4(e): no PCID,
-    /// guest mappings are never global). A CPU that idles with the root loaded stays in the set:
-    /// it can still walk the tables, so rounds still target it.
+    /// guest mappings are never global). A CPU that idles with the root loaded stays in the set
+    /// (it can still walk the tables); halted lazily, it is left out of the rounds that free no
+    /// table and flushes when it wakes (`tlb::enter_lazy`).
     pub fn activate(&self) {
         x86_64::instructions::interrupts::without_interrupts(|| {
             let cpu = percpu::this_cpu();

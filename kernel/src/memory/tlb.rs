@@ -7,10 +7,22 @@
 //! the set (it can still walk the tables). An operation reads the set after writing its entries
 //! (with a full fence, `ActiveCpus::get`), so a CPU that joins later walks the new tables.
 //!
+//! **Lazy CPUs** ([`enter_lazy`], [`leave_lazy`]; Linux's lazy TLB mode, `should_flush_tlb`). A
+//! CPU that halts with nothing to run marks itself lazy; a round that freed no page table leaves
+//! it out (no IPI: waking a halted vCPU costs tens of thousands of cycles under QEMU) and asks it
+//! to flush when it returns; the CPU, leaving idle, clears its mark and then reloads CR3 if asked,
+//! before it touches the space. The mark and the request are a Dekker pair (SeqCst stores, then
+//! loads, on both sides): either the initiator sees the CPU no longer lazy and sends the IPI, or
+//! the CPU sees the request. While lazy the CPU runs only interrupt handlers, which never touch
+//! user memory, so its stale translations are never used. A round that freed tables still goes
+//! to lazy CPUs: a paging-structure cache pointing at a freed table could be walked
+//! speculatively into whatever the frame holds next (smp-and-dispatch §4(b)).
+//!
 //! **One round per call** ([`KernelTlb::shootdown`]): the calling CPU fills its own outgoing
 //! request (pages to `invlpg`, or a full flush above the crate's threshold, 32 pages), sets its
-//! bit in each other target's pending mask and sends each one IPI ([`apic::SHOOTDOWN_VECTOR`]),
-//! flushes locally if it runs the space, then waits until every target acknowledged. A round
+//! bit in each other target's pending mask (lazy ones left out, above) and sends each one IPI
+//! ([`apic::SHOOTDOWN_VECTOR`]), flushes locally if it runs the space, then waits until every
+//! target acknowledged. A round
 //! whose only target is the caller sends nothing; a space no CPU runs costs no round at all.
 //! Frames the call unmapped are freed by the crate only after the round returned (§4(c)).
 //!
@@ -89,22 +101,74 @@ impl Tlb for KernelTlb {
         }
     }
 
-    fn current_cpu(&self) -> Option<usize> {
-        Some(self.cpu)
-    }
-
-    fn shootdown(&mut self, round: &FlushRound<'_>) {
+    fn shootdown(&mut self, round: &FlushRound<'_>) -> u32 {
         let request = match round.scope {
             FlushScope::All => Request::All,
             FlushScope::Pages(pages) => Request::Pages(pages),
         };
-        let others = round.targets.without(self.cpu);
+        let mut others = round.targets.without(self.cpu);
+        if !round.tables_freed {
+            others = without_lazy(others);
+        }
         let posted = post(self.cpu, others, &request);
         if self.local() || round.targets.contains(self.cpu) {
             request.apply();
         }
         if posted {
             wait_for_acks(self.cpu, others);
+        }
+        others.len()
+    }
+}
+
+/// Per CPU: idling with a guest space's root still in CR3 ([`enter_lazy`]); rounds that free no
+/// table leave it out (see the module docs).
+static LAZY: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Per CPU: a round left this CPU out while it was lazy, so it reloads CR3 in [`leave_lazy`].
+static FLUSH_ON_RETURN: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// `targets` without the CPUs that are lazy; each CPU left out is told to flush when it
+/// returns. Dekker with [`leave_lazy`] (SeqCst stores then loads on both sides): a CPU that reads
+/// no flush request when it leaves idle stopped being lazy before this read its flag, so it is
+/// kept as a target and takes the IPI.
+fn without_lazy(targets: CpuSet) -> CpuSet {
+    let mut kept = targets;
+    for t in targets.iter() {
+        if LAZY[t].load(Ordering::SeqCst) {
+            FLUSH_ON_RETURN[t].store(true, Ordering::SeqCst);
+            if LAZY[t].load(Ordering::SeqCst) {
+                kept = kept.without(t);
+                LAZY_SKIPS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    kept
+}
+
+/// Marks this CPU lazy before it halts with nothing to run: if a guest space's root is in CR3,
+/// the space's rounds that free no page table leave this CPU out until [`leave_lazy`], which
+/// flushes if any did (Linux's lazy TLB mode, smp-and-dispatch §4). Call with interrupts off, and
+/// touch no user memory until `leave_lazy`.
+pub fn enter_lazy() {
+    if cr3_root() != KERNEL_ROOT.load(Ordering::Relaxed) {
+        LAZY[percpu::this_cpu()].store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether CPU `cpu` idles lazily now ([`enter_lazy`]). For tests.
+pub fn is_lazy(cpu: usize) -> bool {
+    LAZY[cpu].load(Ordering::SeqCst)
+}
+
+/// Ends [`enter_lazy`]: from here rounds target this CPU again; if one left it out meanwhile,
+/// every translation of the space in CR3 is dropped (a CR3 reload) before anything uses them.
+pub fn leave_lazy() {
+    let cpu = percpu::this_cpu();
+    if LAZY[cpu].load(Ordering::Relaxed) {
+        LAZY[cpu].store(false, Ordering::SeqCst);
+        if FLUSH_ON_RETURN[cpu].swap(false, Ordering::SeqCst) {
+            x86_64::instructions::tlb::flush_all();
+            LAZY_FLUSHES.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -185,6 +249,8 @@ static ROUND_CYCLES: AtomicU64 = AtomicU64::new(0);
 static REQUESTS_SERVED: AtomicU64 = AtomicU64::new(0);
 static IPIS_TAKEN: AtomicU64 = AtomicU64::new(0);
 static IPI_HANDLER_CYCLES: AtomicU64 = AtomicU64::new(0);
+static LAZY_SKIPS: AtomicU64 = AtomicU64::new(0);
+static LAZY_FLUSHES: AtomicU64 = AtomicU64::new(0);
 
 /// Figures of the shootdown machinery since boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -202,6 +268,10 @@ pub struct ShootdownStats {
     pub ipis_taken: u64,
     /// TSC cycles the targets spent in the IPI's handler (serving, the EOI), summed.
     pub handler_cycles: u64,
+    /// Targets left out of rounds because they idled lazily (no IPI sent to them).
+    pub lazy_skips: u64,
+    /// CR3 reloads of CPUs leaving lazy idle after a round left them out.
+    pub lazy_flushes: u64,
 }
 
 /// The shootdown figures since boot.
@@ -213,6 +283,8 @@ pub fn shootdown_stats() -> ShootdownStats {
         served: REQUESTS_SERVED.load(Ordering::Relaxed),
         ipis_taken: IPIS_TAKEN.load(Ordering::Relaxed),
         handler_cycles: IPI_HANDLER_CYCLES.load(Ordering::Relaxed),
+        lazy_skips: LAZY_SKIPS.load(Ordering::Relaxed),
+        lazy_flushes: LAZY_FLUSHES.load(Ordering::Relaxed),
     }
 }
 

@@ -25,7 +25,8 @@
 //! loading another (lazy CPUs idling on the space stay in the set: they can still walk its
 //! tables, §4(b)). The batch reads the set after its entries are written, so a CPU that joins
 //! later walks the new tables (the Linux ordering: cpumask bit, then tlb_gen, §4). A round with
-//! no CPU but the caller sends no IPI.
+//! no CPU but the caller sends no IPI; a kernel may also leave out lazy CPUs that flush before
+//! they use the space again, unless the round freed tables ([`Tlb::shootdown`]).
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -156,18 +157,17 @@ pub trait Tlb {
     fn invalidate_page(&mut self, addr: VirtAddr);
     /// Invalidates every translation of the address space on this CPU.
     fn flush_all(&mut self);
-    /// Returns the index of the CPU this runs on, if the implementation knows it (IPIs are
-    /// counted for the targets other than this one). Default: `None`.
-    fn current_cpu(&self) -> Option<usize> {
-        None
-    }
-    /// Carries out one round on every CPU of `round.targets` and returns only when all of them
-    /// have flushed (frames are freed right after it returns).
+    /// Carries out one round on every CPU of `round.targets` and returns only when none of them
+    /// can use a translation the round removes (frames are freed right after it returns).
+    /// Returns the IPIs it sent: the other CPUs it interrupted. A kernel may leave out a target
+    /// that cannot use the space's translations until it has flushed anyway (Linux's lazy-TLB
+    /// CPUs: idle with the root loaded, flushing when they return), unless
+    /// `round.tables_freed`.
     ///
     /// The default is the single-CPU kernel's: the round is carried out on this CPU alone
     /// (through [`invalidate_page`](Self::invalidate_page) / [`flush_all`](Self::flush_all)),
-    /// whatever the targets; correct only while no other CPU runs the space.
-    fn shootdown(&mut self, round: &FlushRound<'_>) {
+    /// whatever the targets, and sends nothing; correct only while no other CPU runs the space.
+    fn shootdown(&mut self, round: &FlushRound<'_>) -> u32 {
         match round.scope {
             FlushScope::All => self.flush_all(),
             FlushScope::Pages(pages) => {
@@ -176,6 +176,7 @@ pub trait Tlb {
                 }
             }
         }
+        0
     }
 }
 
@@ -349,8 +350,7 @@ impl TlbBatch {
                 FlushScope::Pages(self.page_list())
             };
             counters.shootdown_rounds += 1;
-            counters.shootdown_ipis += u64::from(tlb.current_cpu().map_or(targets, |c| targets.without(c)).len());
-            tlb.shootdown(&FlushRound { targets, scope, tables_freed: self.table_freed.is_some() });
+            counters.shootdown_ipis += u64::from(tlb.shootdown(&FlushRound { targets, scope, tables_freed: self.table_freed.is_some() }));
             self.len = 0;
             self.full = false;
             self.table_freed = None;
@@ -441,7 +441,7 @@ mod tests {
         impl Tlb for Fails {
             fn invalidate_page(&mut self, _: VirtAddr) {}
             fn flush_all(&mut self) {}
-            fn shootdown(&mut self, _: &FlushRound<'_>) {
+            fn shootdown(&mut self, _: &FlushRound<'_>) -> u32 {
                 panic!("round not acknowledged");
             }
         }
@@ -461,6 +461,6 @@ mod tests {
         b.defer_free(f);
         b.flush(CpuSet(0b11), &mut NoTlb, &mut fa, &mut c);
         assert_eq!(fa.is_allocated(f), Ok(false));
-        assert_eq!((c.shootdown_rounds, c.shootdown_ipis), (2, 4), "the caller's CPU is unknown to NoTlb: every target counts");
+        assert_eq!((c.shootdown_rounds, c.shootdown_ipis), (2, 0), "NoTlb flushes nothing and sends no IPI");
     }
 }

@@ -40,12 +40,9 @@ impl Tlb for Tlbs<'_> {
     fn flush_all(&mut self) {
         self.model.borrow_mut().flush_all();
     }
-    fn current_cpu(&self) -> Option<usize> {
-        Some(self.model.borrow().current)
-    }
-    fn shootdown(&mut self, round: &FlushRound<'_>) {
+    fn shootdown(&mut self, round: &FlushRound<'_>) -> u32 {
         self.log.borrow_mut().push(Event::Round);
-        self.model.borrow_mut().shootdown(round);
+        self.model.borrow_mut().shootdown(round)
     }
 }
 
