@@ -13,8 +13,10 @@
  * restored before it started); one that read other data than the main thread wrote for that
  * generation read a stale frame. Each worker acknowledges every generation it sampled; the main
  * thread moves on only when all have.
- * Every count of stale, late and bad samples must be zero. A last part does the same for write
- * watch: after get_write_watch with the reset flag returns, the next write must be seen. */
+ * Every count of stale, late and bad samples must be zero. The `-blocking` variants make each
+ * worker sleep (wait_on_address) once it has shown a generation, so that its CPU idles through
+ * the calls. A last part does the same for write watch: after get_write_watch with the reset flag
+ * returns, the next write must be seen. */
 #include "host_abi.h"
 #include "thread_util.h"
 
@@ -65,7 +67,7 @@ enum narrow { NOACCESS, READONLY, DECOMMIT, RELEASE, COMMIT_READONLY, WRITE_WATC
 static volatile uint32_t g_gen, g_stop, g_ack[MAX_WORKERS];
 static volatile uint64_t g_samples[MAX_WORKERS], g_faults[MAX_WORKERS], g_stale[MAX_WORKERS], g_late[MAX_WORKERS],
     g_bad_data[MAX_WORKERS];
-static int g_write_mode, g_fresh, g_yield;
+static int g_write_mode, g_fresh, g_yield, g_block;
 static uint64_t g_pages;
 
 #define MARKER 0x100u
@@ -79,6 +81,13 @@ static uint32_t worker(void *arg) {
         volatile uint8_t *p = (volatile uint8_t *)g_base + page * PAGE;
         uint32_t g1 = ld32(&g_gen), g2, value = 0;
         int faulted;
+        if (g_block && g1 == acked) {
+            /* Blocking variants: a worker that has shown this generation sleeps until the next
+             * settled one is published, so its CPU idles (lazily, with the guest's tables
+             * loaded) through the calls; it must still see each call's effect once it wakes. */
+            S->wait_on_address((volatile void *)&g_gen, &g1, 4, 100 * MS);
+            continue;
+        }
         if (g1 == acked && (g1 & 3) == 2) {
             /* Access is gone and this worker has shown it: faulting on would only load the
              * machine. Wait for the widening to begin. */
@@ -123,6 +132,13 @@ static int wait_acks(uint32_t gen) {
     for (i = 0; i < g_workers; i++)
         if (!wait_until_eq(&g_ack[i], gen, 5000 * MS)) return 0;
     return 1;
+}
+
+/* Publishes generation `gen`. In blocking variants a settled one (even) wakes the sleeping
+ * workers; a call's (odd) does not, so the call runs while they sleep. */
+static void set_gen(uint32_t gen) {
+    st32(&g_gen, gen);
+    if (g_block && !(gen & 1)) S->wake_by_address((void *)&g_gen, 1);
 }
 
 static int narrow(enum narrow how) {
@@ -180,9 +196,9 @@ static void variant(const char *name, enum narrow how, int write_mode, uint64_t 
     if (wait_acks(0)) {
         for (round = 0; round < rounds; round++) {
             uint32_t g = 4 * round + 2;
-            st32(&g_gen, g - 1);
+            set_gen(g - 1);
             if (!narrow(how)) { calls_ok = 0; break; }
-            st32(&g_gen, g);
+            set_gen(g);
             if (!wait_acks(g)) break;
             if (write_mode && (how == READONLY || how == COMMIT_READONLY)) {
                 /* Read-only pages can be read: no write begun after the call returned (a write of
@@ -191,14 +207,15 @@ static void variant(const char *name, enum narrow how, int write_mode, uint64_t 
                     for (i = 0; i < g_workers; i++)
                         if (*(volatile uint32_t *)(g_base + p * PAGE + 64 * (i + 1)) == g) odd_slots++;
             }
-            st32(&g_gen, g + 1);
+            set_gen(g + 1);
             if (!widen(how, g + 2)) { calls_ok = 0; break; }
-            st32(&g_gen, g + 2);
+            set_gen(g + 2);
             if (!wait_acks(g + 2)) break;
             done++;
         }
     }
     st32(&g_stop, 1);
+    if (g_block) S->wake_by_address((void *)&g_gen, 1);
     for (i = 0; i < g_workers; i++) {
         join(t[i]);
         samples += g_samples[i];
@@ -322,6 +339,13 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     variant("decommit-write-16-pages", DECOMMIT, 1, 16, scaled(200));
     variant("release-read", RELEASE, 0, 4, scaled(300));
     variant("commit-readonly-write", COMMIT_READONLY, 1, 2, scaled(600));
+    /* Workers that sleep between generations: their CPUs idle through most calls, left out of
+     * the rounds that free no table (lazy TLB) and flushing when they wake. */
+    g_block = 1;
+    variant("protect-noaccess-read-blocking", NOACCESS, 0, 1, scaled(300));
+    variant("decommit-write-blocking", DECOMMIT, 1, 4, scaled(300));
+    variant("release-read-blocking", RELEASE, 0, 4, scaled(200));
+    g_block = 0;
     write_watch_variant(scaled(300));
     put("== final\n");
     check("commit back to its start", committed_now(), start);
