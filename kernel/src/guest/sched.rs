@@ -163,8 +163,8 @@ fn idle_wait(work: impl Fn() -> bool) {
     if work() {
         // Not halting, this CPU may be back here at once and loop with interrupts off (an
         // application processor after the guest ended, while its threads still count as ready):
-        // a TLB round that read this CPU in a space's set just before it left the space waits
-        // for it, so it serves the rounds posted to it (as every wait with IF = 0 must).
+        // it is still in the space's set (not lazy, it does not halt), so a TLB round may wait
+        // for it, and it serves the rounds posted to it (as every wait with IF = 0 must).
         crate::memory::serve_flush_requests();
     } else {
         // A space's root may still be in CR3 (the guest's, while it runs: see `cpu_loop`); the
