@@ -19,7 +19,8 @@ pub struct WorkCounters {
     pub faults_resolved: u64,
     /// TLB invalidation rounds (at most one per call, [`crate::paging::tlb::TlbBatch::flush`]).
     pub shootdown_rounds: u64,
-    /// Inter-processor interrupts those rounds needed: the target CPUs other than the caller's.
+    /// Inter-processor interrupts those rounds sent, as [`crate::paging::tlb::Tlb::shootdown`]
+    /// reports them (the targets other than the caller's, less those a kernel left out as lazy).
     pub shootdown_ipis: u64,
 }
 
