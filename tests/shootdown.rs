@@ -155,7 +155,7 @@ fn ipis_go_exactly_to_the_cpus_running_the_space() -> Result<(), String> {
     // an IPI or left out, and some try of at most 20 sends none.
     ensure_eq!(space.active_cpus().0, expected);
     let mut tries = 0;
-    let all_left_out = loop {
+    let (all_left_out, start) = loop {
         tries += 1;
         wait_until("the APs to halt", || aps.iter().all(|&c| memory::tlb::is_lazy(c)))?;
         let start = memory::shootdown_stats();
@@ -167,7 +167,6 @@ fn ipis_go_exactly_to_the_cpus_running_the_space() -> Result<(), String> {
         }
         ensure!(tries < 20, "20 tries of 100 calls each sent an IPI to an idle AP (last: {} IPIs)", d.ipis);
     };
-    let (all_left_out, start) = all_left_out;
     kernel::kprintln!("    {} APs idle in the space: no IPI for 100 calls ({tries} tries), {} left out", aps.len(), all_left_out.lazy_skips);
     // Each AP reloads CR3 when it wakes after a round left it out (a tick may have woken it
     // already), before it runs anything.
