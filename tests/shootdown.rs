@@ -31,7 +31,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use address_space::win32::*;
 use kernel::arch::probe::{self, FaultRecord};
 use kernel::arch::{apic, percpu, time};
-use kernel::memory::{self, Space, SpinLock};
+use kernel::memory::{self, RwSpinLock, Space, SpinLock};
 use qemu_tests::{ensure, ensure_eq, frame_counts};
 
 const PAGE: u64 = 4096;
@@ -650,6 +650,134 @@ fn worker(cpu: usize, space: &Space, iterations: u64, deadline_ns: u64) -> Resul
     Ok(iterations)
 }
 
+/// The space lock's kind ([`RwSpinLock`]) between CPUs: writers exclude everyone (a two-field
+/// value changed in two steps is never seen half changed, and no increment is lost), readers
+/// share it (a reader holding it does not keep another out).
+fn the_rw_lock_excludes_writers_and_lets_readers_share() -> Result<(), String> {
+    let aps = aps();
+    if aps.is_empty() {
+        kernel::kprintln!("    (one CPU: nothing to check)");
+        return Ok(());
+    }
+    let lock = Arc::new(RwSpinLock::new((0u64, 0u64)));
+    // Sharing: an AP holds it shared until the boot CPU, holding it shared too, lets it go.
+    let (held, release) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let done = spawn(aps[0], {
+        let (lock, held, release) = (Arc::clone(&lock), Arc::clone(&held), Arc::clone(&release));
+        move || {
+            let _shared = lock.read();
+            held.store(true, Ordering::SeqCst);
+            while !release.load(Ordering::SeqCst) {
+                memory::serve_flush_requests();
+                core::hint::spin_loop();
+            }
+        }
+    })?;
+    wait_until("the AP to hold the lock shared", || held.load(Ordering::SeqCst))?;
+    let both = lock.read();
+    release.store(true, Ordering::SeqCst);
+    drop(both);
+    wait_until("the AP to leave", || done.load(Ordering::SeqCst))?;
+
+    // Exclusion: every CPU writes in two steps and reads, in a loop.
+    const ROUNDS: u64 = 3_000;
+    let torn = Arc::new(AtomicU64::new(0));
+    let work = |lock: Arc<RwSpinLock<(u64, u64)>>, torn: Arc<AtomicU64>| {
+        move || {
+            for i in 0..ROUNDS {
+                {
+                    let mut w = lock.write();
+                    let a = w.0;
+                    w.0 = a + 1;
+                    for _ in 0..(i % 7) * 10 {
+                        core::hint::spin_loop();
+                    }
+                    w.1 = a + 1;
+                }
+                let r = lock.read();
+                if r.0 != r.1 {
+                    torn.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    let flags = aps.iter().map(|&cpu| spawn(cpu, work(Arc::clone(&lock), Arc::clone(&torn)))).collect::<Result<Vec<_>, _>>()?;
+    work(Arc::clone(&lock), Arc::clone(&torn))();
+    wait_until("the APs' rounds", || flags.iter().all(|f| f.load(Ordering::SeqCst)))?;
+    let torn = torn.load(Ordering::SeqCst);
+    ensure!(torn == 0, "{torn} reads saw a write half done");
+    let total = ROUNDS * (aps.len() as u64 + 1);
+    let value = *lock.read();
+    ensure!(value == (total, total), "the value after every CPU's increments is {value:?}, not ({total}, {total})");
+    Ok(())
+}
+
+/// The lock barges, but boundedly: CPUs taking it in a loop of one kind never keep a CPU that
+/// wants the other kind out for long (a waiter past `HANDOFF_AFTER_US` claims the next turn).
+/// APs hold it shared back to back (overlapping, so from 3 APs the readers inside rarely fall
+/// to none) while the boot CPU takes it exclusively 200 times; then APs hold it exclusively in
+/// a loop while the boot CPU takes it shared 200 times (there the boot CPU, which the APs'
+/// barging writers keep out, gets in by claiming the turn). Each of the boot CPU's takes must
+/// come within 200 ms (a vCPU may wait for a host core meanwhile; 20 s would be the test's
+/// timeout).
+fn a_waiter_of_the_rw_lock_is_not_starved_by_the_other_kind() -> Result<(), String> {
+    let aps = aps();
+    if aps.is_empty() {
+        kernel::kprintln!("    (one CPU: nothing to check)");
+        return Ok(());
+    }
+    let lock = Arc::new(RwSpinLock::new(0u64));
+    for writers_in_loop in [false, true] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flags = aps
+            .iter()
+            .map(|&cpu| {
+                let (lock, stop) = (Arc::clone(&lock), Arc::clone(&stop));
+                spawn(cpu, move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if writers_in_loop {
+                            let mut w = lock.write();
+                            *w += 1;
+                            for _ in 0..200 {
+                                core::hint::spin_loop();
+                            }
+                        } else {
+                            let r = lock.read();
+                            for _ in 0..200 {
+                                core::hint::spin_loop();
+                            }
+                            drop(r);
+                        }
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut longest = 0;
+        let handoffs = memory::lock::lock_stats().handoffs;
+        for _ in 0..200 {
+            let start = time::ticks_ns();
+            if writers_in_loop {
+                drop(lock.read());
+            } else {
+                *lock.write() += 1;
+            }
+            longest = longest.max(time::ticks_ns() - start);
+        }
+        stop.store(true, Ordering::SeqCst);
+        wait_until("the APs to stop", || flags.iter().all(|f| f.load(Ordering::SeqCst)))?;
+        kernel::kprintln!(
+            "    boot CPU taking it {} against {} AP(s) taking it {} in a loop: longest wait {} us, {} turns claimed",
+            if writers_in_loop { "shared" } else { "exclusively" },
+            aps.len(),
+            if writers_in_loop { "exclusively" } else { "shared" },
+            longest / 1000,
+            memory::lock::lock_stats().handoffs - handoffs
+        );
+        ensure!(longest < 200_000_000, "a take of the lock waited {} us", longest / 1000);
+    }
+    Ok(())
+}
+
 kernel::kernel_test_image!(
     ipis_go_exactly_to_the_cpus_running_the_space,
     a_space_dropped_while_aps_idle_in_it_is_left_first,
@@ -657,4 +785,6 @@ kernel::kernel_test_image!(
     no_stale_access_after_decommit_protect_or_release,
     no_stale_access_from_cpus_that_idled_lazily_in_the_space,
     every_cpu_works_on_one_space_at_once,
+    the_rw_lock_excludes_writers_and_lets_readers_share,
+    a_waiter_of_the_rw_lock_is_not_starved_by_the_other_kind,
 );

@@ -1,5 +1,7 @@
-//! [`SpinLock`]: the memory manager's locks (a space's, the charge's, the frames'...), fair,
-//! whose waiters serve TLB flush requests.
+//! [`SpinLock`] and [`RwSpinLock`]: the memory manager's locks (the frames', a CPU's frame
+//! cache, the registry; a space's), whose waiters serve TLB flush requests. A [`SpinLock`] is
+//! first come, first served; an [`RwSpinLock`] lets a running CPU in before earlier waiters, up to
+//! a bound (its docs say why).
 //!
 //! Kernel code runs with interrupts off (IF = 0). A CPU holding a space's lock may
 //! make a TLB shootdown round and wait for every target to acknowledge it; a target that spun on
@@ -62,6 +64,8 @@ static HALTS: AtomicU64 = AtomicU64::new(0);
 static WAKE_IPIS: AtomicU64 = AtomicU64::new(0);
 /// TSC cycles spent in waits (all CPUs together).
 static WAIT_CYCLES: AtomicU64 = AtomicU64::new(0);
+/// Waits of an [`RwSpinLock`] that lasted long enough to claim the next turn.
+static HANDOFFS: AtomicU64 = AtomicU64::new(0);
 
 /// How often the locks of this module were contended since boot ([`lock_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -74,6 +78,8 @@ pub struct LockStats {
     pub wake_ipis: u64,
     /// TSC cycles the waits took, all CPUs together.
     pub wait_cycles: u64,
+    /// Waiters of an [`RwSpinLock`] that claimed the next turn ([`HANDOFF_AFTER_US`]).
+    pub handoffs: u64,
 }
 
 /// The contention counters since boot.
@@ -83,6 +89,7 @@ pub fn lock_stats() -> LockStats {
         halts: HALTS.load(Ordering::Relaxed),
         wake_ipis: WAKE_IPIS.load(Ordering::Relaxed),
         wait_cycles: WAIT_CYCLES.load(Ordering::Relaxed),
+        handoffs: HANDOFFS.load(Ordering::Relaxed),
     }
 }
 
@@ -185,24 +192,41 @@ impl<T> Drop for SpinLockGuard<'_, T> {
 #[cold]
 #[inline(never)]
 pub(super) fn wait_until(sleepers: &AtomicU64, ready: impl Fn() -> bool) {
+    wait_for(sleepers, |_| ready());
+}
+
+/// [`wait_until`] for a lock taken by an attempt: calls `attempt(waited_long)` until it returns
+/// true (and not once more), where `waited_long` says this wait has lasted longer than
+/// [`HANDOFF_AFTER_US`]. The attempt reads and changes the lock's state with `SeqCst`.
+#[cold]
+#[inline(never)]
+fn wait_for(sleepers: &AtomicU64, mut attempt: impl FnMut(bool) -> bool) {
     WAITS.fetch_add(1, Ordering::Relaxed);
     let start = time::rdtsc();
-    let spin = time::tsc_per_ms().saturating_mul(SPIN_BEFORE_HALT.load(Ordering::Relaxed)) / 1000;
-    while !ready() {
+    let per_ms = time::tsc_per_ms();
+    let spin = per_ms.saturating_mul(SPIN_BEFORE_HALT.load(Ordering::Relaxed)) / 1000;
+    let long = per_ms.saturating_mul(HANDOFF_AFTER_US) / 1000;
+    loop {
+        let waited = time::rdtsc().wrapping_sub(start);
+        if attempt(waited > long) {
+            break;
+        }
         super::tlb::serve_flush_requests();
-        if time::rdtsc().wrapping_sub(start) > spin {
+        if waited > spin {
             let bit = 1u64 << percpu::this_cpu();
             let enabled = interrupts::are_enabled();
             // Dekker with the state change (both sides full barriers: a locked
             // read-modify-write, then a SeqCst load): either the changer sees this CPU's bit and
-            // wakes it, or this CPU sees the change and does not halt.
+            // wakes it, or this CPU's attempt sees the change and it does not halt.
             sleepers.fetch_or(bit, Ordering::SeqCst);
-            if !ready() {
-                HALTS.fetch_add(1, Ordering::Relaxed);
-                interrupts::enable_and_hlt();
-                if !enabled {
-                    interrupts::disable();
-                }
+            if attempt(waited > long) {
+                sleepers.fetch_and(!bit, Ordering::SeqCst);
+                break;
+            }
+            HALTS.fetch_add(1, Ordering::Relaxed);
+            interrupts::enable_and_hlt();
+            if !enabled {
+                interrupts::disable();
             }
             sleepers.fetch_and(!bit, Ordering::SeqCst);
         } else {
@@ -213,12 +237,16 @@ pub(super) fn wait_until(sleepers: &AtomicU64, ready: impl Fn() -> bool) {
 }
 
 /// Wakes the CPUs halted in [`wait_until`] on `sleepers`, if any (call after a locked
-/// read-modify-write of the state they wait on).
+/// read-modify-write of the state they wait on). The bits are taken: a CPU is sent one wake-up
+/// per halt, however many changes come before it runs again (a lock taken and released in a
+/// loop by a running CPU sends none to a waiter already woken).
 #[inline]
 pub(super) fn wake_sleepers(sleepers: &AtomicU64) {
-    let waiting = sleepers.load(Ordering::SeqCst);
-    if waiting != 0 {
-        wake(waiting);
+    if sleepers.load(Ordering::SeqCst) != 0 {
+        let waiting = sleepers.swap(0, Ordering::SeqCst);
+        if waiting != 0 {
+            wake(waiting);
+        }
     }
 }
 
@@ -235,20 +263,42 @@ fn wake(sleepers: u64) {
     });
 }
 
-/// A fair reader/writer lock whose waiters serve TLB flush requests, as [`SpinLock`]: a space's
+/// How long a waiter of an [`RwSpinLock`] lets others take the lock before it, in µs: past it,
+/// the waiter claims the next turn (the lock's handoff), and no other CPU enters before it has.
+pub const HANDOFF_AFTER_US: u64 = 1000;
+
+/// [`RwSpinLock`] state: a writer is inside.
+const WRITER: u32 = 1 << 31;
+/// [`RwSpinLock`] state: a waiter has claimed the next turn (`RwSpinLock::handoff` says which).
+const HANDOFF: u32 = 1 << 30;
+/// [`RwSpinLock`] state: one writer waiting (bits 24–29 count them, at most one per CPU).
+const WAITING_WRITER: u32 = 1 << 24;
+/// [`RwSpinLock`] state: the number of readers inside (bits 0–23).
+const READERS: u32 = WAITING_WRITER - 1;
+
+/// A reader/writer lock whose waiters serve TLB flush requests, as [`SpinLock`]: a space's
 /// lock, held shared by page faults and exclusively by every call that changes the allocation
 /// map or the tables (Linux's `mmap_lock`); a call that ends in a TLB round releases it for the
 /// round (`SpaceShared::with_range`).
 ///
-/// Fair (phase-fair per ticket): every reader and writer takes a ticket; a reader whose turn
-/// comes enters and passes the turn on at once, so consecutive readers share the lock; a writer
-/// whose turn comes waits for the readers inside to leave, and no later reader enters before it
-/// is done. So faults in a loop never starve a call, and a call never starves a fault.
+/// Writers barge, readers defer to writers, and a long wait claims the next turn (as Linux's
+/// rwsem and Go's `sync.Mutex`): a writer that finds the lock empty enters, whoever waited
+/// before; a reader enters beside the readers inside unless a writer is inside or waiting; a
+/// waiter of either kind that has waited [`HANDOFF_AFTER_US`] claims the next turn, after which
+/// no other CPU enters until it has (a writer then waits only for the readers inside to leave).
+/// So a call waits for the faults inside, not for later ones; calls in a loop keep faults out for
+/// at most that long, and a waiter waits at most about that long plus one turn per other CPU.
+/// Why not first come, first served (a ticket lock, as [`SpinLock`] is): every change of hands
+/// then waits for the next waiter to run, and under QEMU a vCPU shares the host's cores, so the
+/// next waiter is often not running (or halted, to be woken by IPI) while the CPU that just
+/// left, still running, could have gone on (`bench-scaling reserve_release_64k`, one space: each
+/// call waited for a change of hands).
 pub struct RwSpinLock<T> {
-    next_ticket: AtomicU32,
-    now_serving: AtomicU32,
-    /// Readers inside.
-    readers: AtomicU32,
+    /// [`WRITER`], [`HANDOFF`], the waiting writers (in units of [`WAITING_WRITER`]) and the
+    /// readers inside ([`READERS`]).
+    state: AtomicU32,
+    /// The CPU that claimed the next turn ([`HANDOFF`]), or `NO_OWNER`.
+    handoff: AtomicUsize,
     /// The CPU holding it exclusively, if one does.
     writer: AtomicUsize,
     /// CPUs halted while they wait (bit per CPU index); every change wakes them.
@@ -274,41 +324,90 @@ impl<T> RwSpinLock<T> {
     /// A new, unlocked lock.
     pub const fn new(value: T) -> Self {
         RwSpinLock {
-            next_ticket: AtomicU32::new(0),
-            now_serving: AtomicU32::new(0),
-            readers: AtomicU32::new(0),
+            state: AtomicU32::new(0),
+            handoff: AtomicUsize::new(NO_OWNER),
             writer: AtomicUsize::new(NO_OWNER),
             sleepers: AtomicU64::new(0),
             value: UnsafeCell::new(value),
         }
     }
 
-    /// Takes the lock shared, after every CPU that asked before (waiting as [`SpinLock::lock`]
-    /// does). Uncontended: three locked instructions and one load.
+    /// Takes the lock shared: at once unless a writer is inside or waiting or another CPU
+    /// claimed the next turn; else waiting as [`SpinLock::lock`] does. Uncontended: one load and
+    /// one locked compare-and-exchange.
     #[inline]
     pub fn read(&self) -> RwReadGuard<'_, T> {
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Acquire);
-        if self.now_serving.load(Ordering::Acquire) != ticket {
-            wait_until(&self.sleepers, || self.now_serving.load(Ordering::SeqCst) == ticket);
+        let s = self.state.load(Ordering::Relaxed);
+        if s & !READERS != 0 || self.state.compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            wait_for(&self.sleepers, |waited_long| self.try_read(waited_long));
         }
-        // Inside before the turn passes: a writer whose turn it is next sees this reader.
-        self.readers.fetch_add(1, Ordering::SeqCst);
-        self.now_serving.fetch_add(1, Ordering::SeqCst);
-        wake_sleepers(&self.sleepers);
         RwReadGuard { lock: self }
     }
 
-    /// Takes the lock exclusively, after every CPU that asked before and once the readers
-    /// inside left (waiting as [`SpinLock::lock`] does). Uncontended: one locked add, two loads.
+    /// Takes the lock exclusively: at once if it is empty and nobody claimed the next turn; else
+    /// waiting (counted as a waiting writer, which keeps new readers out) as [`SpinLock::lock`]
+    /// does. Uncontended: one locked compare-and-exchange.
     #[inline]
     pub fn write(&self) -> RwWriteGuard<'_, T> {
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Acquire);
-        if self.now_serving.load(Ordering::Acquire) != ticket || self.readers.load(Ordering::Acquire) != 0 {
-            // Once its turn came no reader enters, so the count only falls.
-            wait_until(&self.sleepers, || self.now_serving.load(Ordering::SeqCst) == ticket && self.readers.load(Ordering::SeqCst) == 0);
+        if self.state.compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            self.state.fetch_add(WAITING_WRITER, Ordering::SeqCst);
+            wait_for(&self.sleepers, |waited_long| self.try_write(waited_long));
         }
         self.writer.store(percpu::this_cpu(), Ordering::Relaxed);
         RwWriteGuard { lock: self }
+    }
+
+    /// One attempt of a waiting reader: enters if no writer is inside or waiting and nobody
+    /// claimed the next turn, or if this CPU claimed it and no writer is inside (then it passes
+    /// the turn on: readers after it may enter too).
+    fn try_read(&self, waited_long: bool) -> bool {
+        let s = self.state.load(Ordering::SeqCst);
+        if s & !READERS == 0 {
+            return self.state.compare_exchange(s, s + 1, Ordering::SeqCst, Ordering::Relaxed).is_ok();
+        }
+        if s & HANDOFF == 0 || s & WRITER != 0 {
+            self.claim_turn(s, waited_long);
+            return false;
+        }
+        if self.handoff.load(Ordering::SeqCst) != percpu::this_cpu() {
+            return false;
+        }
+        if self.state.compare_exchange(s, (s & !HANDOFF) + 1, Ordering::SeqCst, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        self.handoff.store(NO_OWNER, Ordering::SeqCst);
+        true
+    }
+
+    /// One attempt of a waiting writer (counted in units of [`WAITING_WRITER`]): enters, and stops being
+    /// counted, if no reader or writer is inside and the next turn is nobody's or this CPU's.
+    fn try_write(&self, waited_long: bool) -> bool {
+        let s = self.state.load(Ordering::SeqCst);
+        if s & (WRITER | READERS) != 0 {
+            self.claim_turn(s, waited_long);
+            return false;
+        }
+        let mine = s & HANDOFF != 0;
+        if mine && self.handoff.load(Ordering::SeqCst) != percpu::this_cpu() {
+            return false;
+        }
+        let entered = (s & !HANDOFF) - WAITING_WRITER + WRITER;
+        if self.state.compare_exchange(s, entered, Ordering::SeqCst, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        if mine {
+            self.handoff.store(NO_OWNER, Ordering::SeqCst);
+        }
+        true
+    }
+
+    /// Claims the next turn for this CPU if it has waited long and nobody holds the claim.
+    fn claim_turn(&self, s: u32, waited_long: bool) {
+        if waited_long && s & HANDOFF == 0 && self.handoff.compare_exchange(NO_OWNER, percpu::this_cpu(), Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+            // The CPU is named before the bit is set: whoever sees the bit finds the name.
+            self.state.fetch_or(HANDOFF, Ordering::SeqCst);
+            HANDOFFS.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Whether the CPU running this code holds the lock exclusively.
@@ -328,16 +427,19 @@ impl<T> Deref for RwReadGuard<'_, T> {
 
 impl<T> Drop for RwReadGuard<'_, T> {
     fn drop(&mut self) {
-        // Release: this reader's reads happen before the next writer's writes.
-        self.lock.readers.fetch_sub(1, Ordering::SeqCst);
-        wake_sleepers(&self.lock.sleepers);
+        // Release: this reader's reads happen before the next writer's writes. Only the last
+        // reader's leaving lets a waiter in (a writer).
+        if self.lock.state.fetch_sub(1, Ordering::SeqCst) & READERS == 1 {
+            wake_sleepers(&self.lock.sleepers);
+        }
     }
 }
 
 impl<T> Deref for RwWriteGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: the writer holds the lock alone (its turn, no reader inside) until dropped.
+        // SAFETY: the writer holds the lock alone (no reader inside, no other writer) until
+        // dropped.
         unsafe { &*self.lock.value.get() }
     }
 }
@@ -352,8 +454,9 @@ impl<T> DerefMut for RwWriteGuard<'_, T> {
 impl<T> Drop for RwWriteGuard<'_, T> {
     fn drop(&mut self) {
         self.lock.writer.store(NO_OWNER, Ordering::Relaxed);
-        // Release: the writer's writes are visible to the next ticket's holder.
-        self.lock.now_serving.fetch_add(1, Ordering::SeqCst);
+        // Release: the writer's writes are visible to whoever enters next. A claim of the next
+        // turn made meanwhile stays.
+        self.lock.state.fetch_and(!WRITER, Ordering::SeqCst);
         wake_sleepers(&self.lock.sleepers);
     }
 }
