@@ -376,11 +376,14 @@ impl<T> RwSpinLock<T> {
             return false;
         }
         self.handoff.store(NO_OWNER, Ordering::SeqCst);
+        // Readers that waited behind the claim may enter beside this one (unless writers wait).
+        wake_sleepers(&self.sleepers);
         true
     }
 
-    /// One attempt of a waiting writer (counted in units of [`WAITING_WRITER`]): enters, and stops being
-    /// counted, if no reader or writer is inside and the next turn is nobody's or this CPU's.
+    /// One attempt of a waiting writer (counted in units of [`WAITING_WRITER`]): enters, and
+    /// stops being counted, if no reader or writer is inside and the next turn is nobody's or
+    /// this CPU's.
     fn try_write(&self, waited_long: bool) -> bool {
         let s = self.state.load(Ordering::SeqCst);
         if s & (WRITER | READERS) != 0 {
