@@ -344,12 +344,14 @@ impl<T> RwSpinLock<T> {
         RwReadGuard { lock: self }
     }
 
-    /// Takes the lock exclusively: at once if it is empty and nobody claimed the next turn; else
-    /// waiting (counted as a waiting writer, which keeps new readers out) as [`SpinLock::lock`]
-    /// does. Uncontended: one locked compare-and-exchange.
+    /// Takes the lock exclusively: at once if no reader or writer is inside and nobody claimed
+    /// the next turn (before writers already waiting); else waiting (counted as a waiting
+    /// writer, which keeps new readers out) as [`SpinLock::lock`] does. Uncontended: one load and
+    /// one locked compare-and-exchange.
     #[inline]
     pub fn write(&self) -> RwWriteGuard<'_, T> {
-        if self.state.compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        let s = self.state.load(Ordering::Relaxed);
+        if s & (WRITER | HANDOFF | READERS) != 0 || self.state.compare_exchange(s, s | WRITER, Ordering::Acquire, Ordering::Relaxed).is_err() {
             self.state.fetch_add(WAITING_WRITER, Ordering::SeqCst);
             wait_for(&self.sleepers, |waited_long| self.try_write(waited_long));
         }
