@@ -288,11 +288,14 @@ const READERS: u32 = WAITING_WRITER - 1;
 /// no other CPU enters until it has (a writer then waits only for the readers inside to leave).
 /// So a call waits for the faults inside, not for later ones; calls in a loop keep faults out for
 /// at most that long, and a waiter waits at most about that long plus one turn per other CPU.
-/// Why not first come, first served (a ticket lock, as [`SpinLock`] is): every change of hands
-/// then waits for the next waiter to run, and under QEMU a vCPU shares the host's cores, so the
-/// next waiter is often not running (or halted, to be woken by IPI) while the CPU that just
-/// left, still running, could have gone on (`bench-scaling reserve_release_64k`, one space: each
-/// call waited for a change of hands).
+/// Why not first come, first served (a ticket lock, as [`SpinLock`] is, and as this lock was):
+/// every change of hands then waits for the next waiter to run, and under QEMU a vCPU shares the
+/// host's cores, so the next waiter is often not running (or halted, to be woken by IPI) while
+/// the CPU that just left, still running, could have gone on. Measured (`bench-scaling`, one
+/// space, 4 vCPUs on a 2-core host): `reserve_release_64k` from 4 CPUs at 0.04–0.05× of one CPU
+/// with the ticket lock, 0.30–0.32× with this one; from 4 guest threads 0.07× and 0.52–1.07×. At
+/// 2 CPUs the ticket lock measured a little better (`commit_touch_decommit_64k` median 1.30×
+/// against about 1.16×; `docs/performance.md`).
 pub struct RwSpinLock<T> {
     /// [`WRITER`], [`HANDOFF`], the waiting writers (in units of [`WAITING_WRITER`]) and the
     /// readers inside ([`READERS`]).

@@ -38,10 +38,10 @@
 //!
 //! Every lock below is a fair [`SpinLock`] (ticket lock; uncontended: one locked add) or, for
 //! a space, an [`RwSpinLock`] whose writers barge and whose readers defer to waiting writers,
-//! with a waiter's turn guaranteed after 1 ms (`lock.rs`), taken with interrupts off. Disjoint work — two spaces, or
-//! faults of several threads in one space — shares no lock but, once per 32 frames, the frames
-//! lock, and one cache line: the commit charge's counts (one compare-exchange per commit, one
-//! `fetch_sub` per decommit or release; no lock).
+//! with a waiter's turn guaranteed after 1 ms (`lock.rs`), taken with interrupts off. Disjoint
+//! work — two spaces, or faults of several threads in one space — shares no lock but, once per
+//! 32 frames, the frames lock, and one cache line: the commit charge's counts (one
+//! compare-exchange per commit, one `fetch_sub` per decommit or release; no lock).
 //!
 //! | lock | protects | taken by |
 //! | --- | --- | --- |
