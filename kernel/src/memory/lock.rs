@@ -188,16 +188,16 @@ impl<T> Drop for SpinLockGuard<'_, T> {
 /// Waits until `ready()` (which reads with `SeqCst`), serving this CPU's TLB flush requests:
 /// spinning for [`SPIN_BEFORE_HALT_US`], then halted with interrupts on until a wake-up IPI
 /// ([`wake_sleepers`] after the state `ready` reads changed) or any other interrupt; the interrupt
-/// flag is as it was on return. The slow path of every lock here: the clock is read only here.
-#[cold]
-#[inline(never)]
+/// flag is as it was on return.
+#[inline]
 pub(super) fn wait_until(sleepers: &AtomicU64, ready: impl Fn() -> bool) {
     wait_for(sleepers, |_| ready());
 }
 
 /// [`wait_until`] for a lock taken by an attempt: calls `attempt(waited_long)` until it returns
 /// true (and not once more), where `waited_long` says this wait has lasted longer than
-/// [`HANDOFF_AFTER_US`]. The attempt reads and changes the lock's state with `SeqCst`.
+/// [`HANDOFF_AFTER_US`]. The attempt reads and changes the lock's state with `SeqCst`. The slow
+/// path of every lock here: the clock is read only here.
 #[cold]
 #[inline(never)]
 fn wait_for(sleepers: &AtomicU64, mut attempt: impl FnMut(bool) -> bool) {
