@@ -1740,6 +1740,18 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         qemu::exit(if ok { qemu::ExitCode::Success } else { qemu::ExitCode::Failure })
     }
 
+    // `--guest-args guest`: only the in-guest workloads and their breakdown passes (an A/B of
+    // the host-call path without the in-kernel part's minutes).
+    if kernel::guest::guest_args() == b"guest" {
+        let ok = guest_benchmarks(Env {
+            place: format!("guest-{accel}"),
+            tsc_hz,
+            threshold,
+        });
+        kprintln!("bench {}", if ok { "complete" } else { "failed: the in-guest benchmark did not complete (see above)" });
+        qemu::exit(if ok { qemu::ExitCode::Success } else { qemu::ExitCode::Failure })
+    }
+
     // The peer program's workloads, each in a fresh space loaded in CR3.
     {
         let s = space();
