@@ -275,6 +275,8 @@ const HANDOFF: u32 = 1 << 30;
 const WAITING_WRITER: u32 = 1 << 24;
 /// [`RwSpinLock`] state: the number of readers inside (bits 0–23).
 const READERS: u32 = WAITING_WRITER - 1;
+// Every CPU may wait to write at once: their count must stay below the HANDOFF bit.
+const _: () = assert!((percpu::MAX_CPUS as u32) < HANDOFF / WAITING_WRITER);
 
 /// A reader/writer lock whose waiters serve TLB flush requests, as [`SpinLock`]: a space's
 /// lock, held shared by page faults and exclusively by every call that changes the allocation
@@ -395,15 +397,15 @@ impl<T> RwSpinLock<T> {
             self.claim_turn(s, waited_long);
             return false;
         }
-        let mine = s & HANDOFF != 0;
-        if mine && self.handoff.load(Ordering::SeqCst) != percpu::this_cpu() {
+        let claimed = s & HANDOFF != 0;
+        if claimed && self.handoff.load(Ordering::SeqCst) != percpu::this_cpu() {
             return false;
         }
         let entered = (s & !HANDOFF) - WAITING_WRITER + WRITER;
         if self.state.compare_exchange(s, entered, Ordering::SeqCst, Ordering::Relaxed).is_err() {
             return false;
         }
-        if mine {
+        if claimed {
             self.handoff.store(NO_OWNER, Ordering::SeqCst);
         }
         true
