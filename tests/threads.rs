@@ -31,6 +31,7 @@ use qemu_tests::{GuestAccounting, area_lines, ensure, ensure_eq, guest_accountin
 const THREADS: &[u8] = guest_elf!("threads");
 const SHOOTDOWN: &[u8] = guest_elf!("shootdown");
 const VM_CONCURRENT: &[u8] = guest_elf!("vm_concurrent");
+const CHAOS_THREADS: &[u8] = guest_elf!("chaos_threads");
 const LIFECYCLE: &[u8] = guest_elf!("lifecycle");
 const CONFORMANCE: &[u8] = guest_elf!("conformance");
 const FUZZ: &[u8] = guest_elf!("fuzz");
@@ -172,6 +173,25 @@ fn four_threads_on_the_memory_manager_exact_commit() -> Result<(), String> {
     all_pass(&r, 15)
 }
 
+fn threads_fuzzing_one_window_at_once() -> Result<(), String> {
+    let r = run("chaos_threads", CHAOS_THREADS);
+    if let Some(line) = r.out.lines().find(|l| l.starts_with("chaos_threads: ")) {
+        kernel::kprintln!("{line}");
+    }
+    all_pass(&r, 20)
+}
+
+/// The same guest with "quit": worker 0 calls `exit(42)` halfway, while the other threads are in
+/// calls, faults and exception dispatch on every CPU; the guest ends with 42, nothing left.
+fn threads_fuzzing_one_window_ended_by_exit_midway() -> Result<(), String> {
+    kernel::guest::set_guest_args_for_test("quit");
+    let r = run("chaos_threads-quit", CHAOS_THREADS);
+    kernel::guest::set_guest_args_for_test("");
+    ensure!(!r.out.contains("FAILED"), "{}", tail(&r.out));
+    ensure_eq!(r.outcome, GuestOutcome::Exited(42));
+    ensure_nothing_left(&r)
+}
+
 /// The guest `file` (`name`.elf) run with the five mode letters after `marker` set to `mode`.
 fn run_mode(name: &str, file: &[u8], marker: &[u8], mode: &str) -> Result<Run, String> {
     let mut elf = file.to_vec();
@@ -292,6 +312,8 @@ kernel::kernel_test_image!(
     threads_guest_passes_and_leaves_nothing,
     shootdown_torture_no_stale_or_late_access,
     four_threads_on_the_memory_manager_exact_commit,
+    threads_fuzzing_one_window_at_once,
+    threads_fuzzing_one_window_ended_by_exit_midway,
     threads_end_every_way_and_are_waited_on,
     guest_main_returning_ends_every_thread,
     an_unhandled_fault_on_a_worker_ends_the_guest,
