@@ -246,8 +246,11 @@ fn run(seed: u64, ops: u64, cfg: SpaceConfig, ram: usize, limit: u64, reserve: u
                 // model can see (they read zero, keep no write-watch mark, cost no charge).
                 let mut around = 0;
                 if got.is_ok() && value % 2 == 0 {
-                    around = fx.fault_around_after(addr);
-                    m.fault_around(addr, FAULT_AROUND_MAX);
+                    // Frames may run out (`model_equivalence_scarce_frames`): the kernel maps
+                    // only as many pages as it got frames for.
+                    let got;
+                    (around, got) = fx.fault_around_with_frames(addr);
+                    m.fault_around(addr, FAULT_AROUND_MAX.min(got));
                 }
                 let outcome = match got { Ok(_) => "ok", Err(FaultOutcome::GuardPage { .. }) => "guard", Err(_) => "av" };
                 format!("{access:?} {outcome}{}", if around > 0 { " +around" } else { "" })

@@ -176,19 +176,27 @@ impl Fx {
     /// pages it says with frames zeroed outside the space (`prefault_shared`), gives back the
     /// frames not used, and returns how many pages were mapped.
     pub fn fault_around_after(&mut self, page: u64) -> usize {
+        self.fault_around_with_frames(page).0
+    }
+
+    /// As [`fault_around_after`](Self::fault_around_after), also returning how many frames it
+    /// could get for the pages (fewer than asked for when frames run out).
+    pub fn fault_around_with_frames(&mut self, page: u64) -> (usize, u64) {
         let ahead = self.sp().fault_around(&self.mem, page) as usize;
         let mut frames = ::alloc::vec::Vec::new();
         for _ in 0..ahead {
-            let f = self.frames.alloc().expect("a frame to zero");
+            // As the kernel does: as many frames as there are (fault-around is a hint).
+            let Ok(f) = self.frames.alloc() else { break };
             self.mem.write_bytes(f.start_address(), &[0x5A; 64]);
             self.mem.zero_frame(f);
             frames.push(Some(f));
         }
+        let got = frames.len() as u64;
         let mapped = self.run(|s, cx| s.prefault_shared(cx, page + PAGE_SIZE, &mut frames));
         for f in frames.into_iter().flatten() {
             self.frames.free(f).expect("an unused frame");
         }
-        mapped
+        (mapped, got)
     }
 
     /// The page's state: its entry, or that of a lazily committed page without one.
