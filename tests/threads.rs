@@ -1,7 +1,13 @@
 //! Threads in guests (issue 13, host-abi §10.2/§10.3), run by the suite at 1, 2 and 4 CPUs:
-//! - `threads.c`: HOST_SERVICES version 2 conformance, one case per area of check lines;
+//! - `threads.c`: HOST_SERVICES version 2 conformance, one case per area of check lines (with
+//!   a notification callback that uses the heap whose commit changed the band, and one left
+//!   by a handler's jump, after which notifications go on);
 //! - `shootdown.c`: the TLB shootdown torture (zero stale or late accesses, thousands of rounds);
 //! - `vm_concurrent.c`: four threads on the memory manager at once, exact commit at the end;
+//! - `chaos_threads.c`: four threads (and threads they start) fuzzing one 4 MiB window at once,
+//!   out-pointers aimed into it: results within the contract, queries consistent, no word read
+//!   that is neither zero nor what every writer stores there, exact commit at the end; and the
+//!   same ended by `exit` from one of them halfway;
 //! - `lifecycle.c`: threads ending every way, and guests ending with threads running (one mode
 //!   per run, patched into the file), each with the exit code the spec gives;
 //! - `thread_edges.c`: an outsider's conformance guest for §8-§10 aimed at the edges (wait and
@@ -120,6 +126,12 @@ fn thread_stacks_layout_rounding_release() -> Result<(), String> { area_passes(&
 fn thread_pointer_per_thread() -> Result<(), String> { area_passes(&threads_run().out, "thread-pointer") }
 fn data_selectors_per_thread() -> Result<(), String> { area_passes(&threads_run().out, "selectors") }
 fn a_thread_ending_in_its_notification_callback() -> Result<(), String> { area_passes(&threads_run().out, "notification-exit") }
+fn a_notification_callback_using_the_heap_that_changed_the_band() -> Result<(), String> {
+    area_passes(&threads_run().out, "notification-heap")
+}
+fn a_notification_callback_left_by_a_handlers_jump() -> Result<(), String> {
+    area_passes(&threads_run().out, "notification-left")
+}
 fn exit_codes() -> Result<(), String> { area_passes(&threads_run().out, "exit-codes") }
 fn wait_thread_and_close_thread() -> Result<(), String> { area_passes(&threads_run().out, "wait-close") }
 fn thread_ids() -> Result<(), String> { area_passes(&threads_run().out, "ids") }
@@ -302,6 +314,8 @@ kernel::kernel_test_image!(
     thread_pointer_per_thread,
     data_selectors_per_thread,
     a_thread_ending_in_its_notification_callback,
+    a_notification_callback_using_the_heap_that_changed_the_band,
+    a_notification_callback_left_by_a_handlers_jump,
     exit_codes,
     wait_thread_and_close_thread,
     thread_ids,

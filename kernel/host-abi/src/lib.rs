@@ -602,8 +602,18 @@ pub mod host {
         /// `callbacks_done(context, fpu_image, notified)`: the callbacks of a host call ran;
         /// resumes as `continue` does (and delivers a band change that happened meanwhile).
         pub const CALLBACKS_DONE: u64 = 13;
+        /// `deliver_held()`: delivers a memory notification that `HELD_MANAGER` calls held
+        /// back (the host library, once a heap's change is complete and its lock released).
+        /// Served only when made from the host library's code.
+        pub const DELIVER_HELD: u64 = 14;
         /// `IHostMemoryManager` method `i` (vtable slot) is `MANAGER + i`.
         pub const MANAGER: u64 = 16;
+        /// `IHostMemoryManager` method `i` as `MANAGER + i` is, with the notification callback
+        /// its band change would enter held back until `DELIVER_HELD`: the host library's heaps
+        /// call the manager this way, so that a callback (which may use any host function, the
+        /// same heap included: host-abi §10.3) never enters a heap in the middle of a change or
+        /// while its lock is held. Served only when made from the host library's code.
+        pub const HELD_MANAGER: u64 = 64;
         /// Version 2 (host-abi §10.2): `create_thread(start, arg, stack_reserve, stack_commit)`.
         pub const CREATE_THREAD: u64 = 32;
         /// `exit_thread(code)`.

@@ -14,8 +14,11 @@
 //! A heap made with `MALLOC_THREADSAFE` takes a lock in its object around every method (host-abi
 //! §10.2): a futex-style word that waits with `HOST_SERVICES.wait_on_address` when the kernel
 //! serves version 2 (threads), and would only spin without it (a version-1 guest has one thread,
-//! so it never does). A heap without the flag takes no lock. The lock is not recursive: a
-//! notification callback that runs inside one of the heap's own commits must not use that heap.
+//! so it never does). A heap without the flag takes no lock. The lock is not recursive, and a heap
+//! in the middle of a change must not be entered again: so the heap calls the manager as
+//! `nr::HELD_MANAGER`, which holds back the notification callback a commit or decommit would
+//! enter, and asks for it (`nr::DELIVER_HELD`) once its change is complete and its lock released.
+//! A callback may then use any host function, this heap included (host-abi §10.3).
 //!
 //! Every block has a 64-byte header: a check word (a magic XOR the block's address), its size,
 //! its `DebugAlloc` file and line, a live/freed state and links in the heap's list of live blocks
@@ -40,7 +43,7 @@ use host_abi::win32::{
     ERROR_NOACCESS, MALLOC_EXECUTABLE, MALLOC_THREADSAFE, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE,
     PAGE_EXECUTE_READWRITE, PAGE_READWRITE, PAGE_SIZE,
 };
-use host_abi::{CriticalLevel, HResult, HostMallocVtbl, HostMemoryManager, HostServices, IID_IHOST_MALLOC, IID_IUNKNOWN};
+use host_abi::{CriticalLevel, HResult, HostMallocVtbl, HostServices, IID_IHOST_MALLOC, IID_IUNKNOWN};
 
 // Short names for the results this library returns (the values are host-abi's).
 const S_OK: HResult = HResult::S_OK;
@@ -63,19 +66,8 @@ const REGION_RESERVE: usize = 16 << 20;
 /// What a new region commits at once beyond its headers and first block.
 const FIRST_COMMIT: usize = host_heap::COMMIT_AHEAD;
 
-fn manager() -> &'static host_abi::HostMemoryManagerVtbl {
-    // SAFETY: the kernel maps the manager object and its vtable, read-only, at these addresses in
-    // every guest for the guest's whole life.
-    unsafe { &*(*(MANAGER_OBJECT as *const HostMemoryManager)).vtbl }
-}
-
-/// The manager object, as the first argument of its methods.
-fn manager_object() -> *mut HostMemoryManager {
-    MANAGER_OBJECT as *mut HostMemoryManager
-}
-
 fn services() -> &'static HostServices {
-    // SAFETY: as for manager(): HOST_SERVICES is mapped read-only by the kernel. Fields past
+    // SAFETY: HOST_SERVICES is mapped read-only by the kernel, for the guest's whole life. Fields past
     // `cbSize` are only read after `has_threads` checked the version.
     unsafe { &*(host_abi::host::HOST_SERVICES as *const HostServices) }
 }
@@ -133,32 +125,80 @@ fn probe_string(s: usize) -> HResult {
     S_OK
 }
 
-fn reserve(size: usize, protect: u32, level: CriticalLevel) -> Result<usize, HResult> {
-    let mut out = ptr::null_mut();
-    match (manager().virtual_alloc)(manager_object(), ptr::null_mut(), size as u64, MEM_RESERVE, protect, level, &mut out) {
-        S_OK => Ok(out as usize),
-        e => Err(e),
+/// Manager method `slot` (`VirtualAlloc`, `VirtualFree`) with the arguments after `this`, made as
+/// [`nr::HELD_MANAGER`]: a band change it causes is not delivered on its return but when
+/// [`HeapMemory::deliver`] asks, once the heap's change is complete and its lock released (a
+/// notification callback may use this very heap, host-abi §10.3). `a6` goes in `rbx`, as the
+/// stubs pass a method's seventh argument.
+fn held_manager_call(slot: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, a6: u64) -> HResult {
+    let result: u64;
+    // SAFETY: the kernel reads the arguments and writes at most `*a6` (VirtualAlloc's `ppMem`,
+    // our own variable); syscall clobbers rcx and r11. rbx is LLVM's, so it is swapped in and
+    // out around the call.
+    unsafe {
+        asm!("xchg rbx, {a6}", "syscall", "xchg rbx, {a6}", a6 = inout(reg) a6 => _,
+             inlateout("rax") nr::HELD_MANAGER + slot => result, in("rdi") MANAGER_OBJECT, in("rsi") a1, in("rdx") a2,
+             in("r10") a3, in("r8") a4, in("r9") a5, lateout("rcx") _, lateout("r11") _);
     }
-}
-
-fn commit(addr: usize, size: usize, protect: u32, level: CriticalLevel) -> Result<(), HResult> {
-    let mut out = ptr::null_mut();
-    match (manager().virtual_alloc)(manager_object(), addr as *mut u8, size as u64, MEM_COMMIT, protect, level, &mut out) {
-        S_OK => Ok(()),
-        e => Err(e),
-    }
-}
-
-fn release(addr: usize) {
-    let _ = (manager().virtual_free)(manager_object(), addr as *mut u8, 0, MEM_RELEASE);
+    HResult(result as i32)
 }
 
 /// A heap's memory as `host_heap` sees it: raw words of its regions, commit through the manager
-/// (with the heap's protection, at the caller's critical level).
+/// (with the heap's protection, at the caller's critical level). One per heap method: it notes
+/// whether the method changed the guest's commit, for [`deliver`](Self::deliver).
 struct HeapMemory {
     protect: u32,
     level: CriticalLevel,
+    changed: bool,
 }
+
+impl HeapMemory {
+    fn new(protect: u32, level: CriticalLevel) -> HeapMemory {
+        HeapMemory { protect, level, changed: false }
+    }
+
+    fn reserve(&mut self, size: usize) -> Result<usize, HResult> {
+        let mut out = 0usize;
+        self.changed = true;
+        match held_manager_call(SLOT_VIRTUAL_ALLOC, 0, size as u64, MEM_RESERVE.into(), self.protect.into(), self.level as u64, ptr::addr_of_mut!(out) as u64) {
+            S_OK => Ok(out),
+            e => Err(e),
+        }
+    }
+
+    fn commit_pages(&mut self, addr: usize, size: usize) -> Result<(), HResult> {
+        let mut out = 0usize;
+        self.changed = true;
+        match held_manager_call(SLOT_VIRTUAL_ALLOC, addr as u64, size as u64, MEM_COMMIT.into(), self.protect.into(), self.level as u64, ptr::addr_of_mut!(out) as u64) {
+            S_OK => Ok(()),
+            e => Err(e),
+        }
+    }
+
+    fn release(&mut self, addr: usize) {
+        self.changed = true;
+        let _ = held_manager_call(SLOT_VIRTUAL_FREE, addr as u64, 0, MEM_RELEASE.into(), 0, 0, 0);
+    }
+
+    /// Delivers the notification the method's manager calls held back, if they made any: call
+    /// it once the heap's lock is released.
+    fn deliver(&self) {
+        if self.changed {
+            // SAFETY: the kernel reads no argument; it may run callbacks in ring 3 before this
+            // call returns, which keep every register (host-abi §9); syscall clobbers rcx, r11.
+            unsafe { asm!("syscall", inlateout("rax") nr::DELIVER_HELD => _, lateout("rcx") _, lateout("r11") _) };
+        }
+    }
+}
+
+/// `VirtualAlloc`'s and `VirtualFree`'s vtable slots.
+const SLOT_VIRTUAL_ALLOC: u64 = 4;
+const SLOT_VIRTUAL_FREE: u64 = 5;
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(host_abi::HostMemoryManagerVtbl, virtual_alloc) == SLOT_VIRTUAL_ALLOC as usize * 8);
+    assert!(offset_of!(host_abi::HostMemoryManagerVtbl, virtual_free) == SLOT_VIRTUAL_FREE as usize * 8);
+};
 
 impl Memory for HeapMemory {
     fn read(&self, addr: usize) -> usize {
@@ -171,11 +211,12 @@ impl Memory for HeapMemory {
         unsafe { (addr as *mut usize).write(value) }
     }
     fn commit(&mut self, addr: usize, len: usize) -> bool {
-        commit(addr, len, self.protect, self.level).is_ok()
+        self.commit_pages(addr, len).is_ok()
     }
     fn decommit(&mut self, addr: usize, len: usize) {
         // Pages of our own reservation: this fails only if the guest released it under us.
-        let _ = (manager().virtual_free)(manager_object(), addr as *mut u8, len as u64, MEM_DECOMMIT);
+        self.changed = true;
+        let _ = held_manager_call(SLOT_VIRTUAL_FREE, addr as u64, len as u64, MEM_DECOMMIT.into(), 0, 0, 0);
     }
 }
 
@@ -341,17 +382,15 @@ impl Drop for HeapLock {
 }
 
 /// Creates a new region able to hold a block of `need` bytes and links it first.
-fn new_region(m: &mut Malloc, need: usize, level: CriticalLevel) -> Result<(), HResult> {
+fn new_region(m: &mut Malloc, need: usize, memory: &mut HeapMemory) -> Result<(), HResult> {
     let reserve_size = (REGION_HEADER + need + PAGE).next_multiple_of(PAGE).max(REGION_RESERVE);
-    let protect = protect_for(m.flags);
-    let base = reserve(reserve_size, protect, level)?;
+    let base = memory.reserve(reserve_size)?;
     let first = (REGION_HEADER + need + FIRST_COMMIT).next_multiple_of(PAGE).min(reserve_size);
-    if let Err(e) = commit(base, first, protect, level) {
-        release(base);
+    if let Err(e) = memory.commit_pages(base, first) {
+        memory.release(base);
         return Err(e);
     }
-    let mut memory = HeapMemory { protect, level };
-    let arena = Arena::new(&mut memory, base + REGION_HEADER, base + reserve_size, base + first);
+    let arena = Arena::new(memory, base + REGION_HEADER, base + reserve_size, base + first);
     let region = base as *mut Region;
     // SAFETY: [base, base + first) was just committed read-write for this heap; the arena
     // manages the part after the header.
@@ -366,15 +405,14 @@ fn block_bytes(size: usize) -> Result<usize, HResult> {
 }
 
 /// Carves a block of `size` user bytes: (block address, extent).
-fn allocate(m: &mut Malloc, size: usize, level: CriticalLevel) -> Result<(usize, usize), HResult> {
+fn allocate(m: &mut Malloc, size: usize, memory: &mut HeapMemory) -> Result<(usize, usize), HResult> {
     let need = block_bytes(size)?;
-    let mut memory = HeapMemory { protect: protect_for(m.flags), level };
     let mut region = m.regions;
     let mut refused = false;
     while !region.is_null() {
         // SAFETY: regions are linked by this library inside the heap's committed memory.
         let r = unsafe { &mut *region };
-        match r.arena.alloc(&mut memory, need) {
+        match r.arena.alloc(memory, need) {
             Ok(block) => return Ok(block),
             Err(AllocError::CommitFailed) => refused = true,
             Err(AllocError::NoFit) => {}
@@ -387,12 +425,12 @@ fn allocate(m: &mut Malloc, size: usize, level: CriticalLevel) -> Result<(usize,
     if refused {
         return Err(E_OUTOFMEMORY);
     }
-    new_region(m, need, level).map_err(|e| match e {
+    new_region(m, need, memory).map_err(|e| match e {
         HOST_E_CLRNOTAVAILABLE | E_FAIL => e,
         _ => E_OUTOFMEMORY,
     })?;
     // SAFETY: new_region linked a region sized for this block.
-    unsafe { &mut *m.regions }.arena.alloc(&mut memory, need).map_err(|_| E_OUTOFMEMORY)
+    unsafe { &mut *m.regions }.arena.alloc(memory, need).map_err(|_| E_OUTOFMEMORY)
 }
 
 fn do_alloc(this: *mut Malloc, size: usize, level: u32, file: usize, line: i32, pp: usize) -> HResult {
@@ -408,10 +446,19 @@ fn do_alloc(this: *mut Malloc, size: usize, level: u32, file: usize, line: i32, 
     let Some(level) = CriticalLevel::from_u32(level) else {
         return E_INVALIDARG;
     };
+    // SAFETY: `this` passed heap_of; `flags` never changes.
+    let mut memory = HeapMemory::new(protect_for(unsafe { (*this).flags }), level);
+    let result = alloc_locked(this, size, file, line, pp, &mut memory);
+    memory.deliver();
+    result
+}
+
+/// `do_alloc`'s part under the heap's lock (released on return, before any delivery).
+fn alloc_locked(this: *mut Malloc, size: usize, file: usize, line: i32, pp: usize, memory: &mut HeapMemory) -> HResult {
     let _lock = HeapLock::acquire(this);
     // SAFETY: a checked heap object, ours alone while the lock is held.
     let m = unsafe { &mut *this };
-    let (block, extent) = match allocate(m, size, level) {
+    let (block, extent) = match allocate(m, size, memory) {
         Ok((b, extent)) => (b as *mut Block, extent),
         Err(e) => return e,
     };
@@ -458,7 +505,7 @@ pub extern "C" fn host_create_malloc(this: usize, flags: u32, pp: usize) -> HRes
         return E_INVALIDARG;
     }
     // The object lives in a small block of its own first region.
-    let mut m = Malloc {
+    let m = Malloc {
         vtbl: &VTBL,
         magic: 0,
         refs: 1,
@@ -470,16 +517,24 @@ pub extern "C" fn host_create_malloc(this: usize, flags: u32, pp: usize) -> HRes
         live_blocks: 0,
         live_bytes: 0,
     };
+    let mut memory = HeapMemory::new(protect_for(flags), CriticalLevel::Process);
+    let result = create_heap(m, pp, &mut memory);
+    memory.deliver();
+    result
+}
+
+/// `host_create_malloc`'s making of the heap `m` (its first region and object), its address
+/// stored through `pp`.
+fn create_heap(mut m: Malloc, pp: usize, memory: &mut HeapMemory) -> HResult {
     let object_bytes = core::mem::size_of::<Malloc>().next_multiple_of(GRAIN);
-    if let Err(e) = new_region(&mut m, object_bytes, CriticalLevel::Process) {
+    if let Err(e) = new_region(&mut m, object_bytes, memory) {
         return e;
     }
-    let mut memory = HeapMemory { protect: protect_for(flags), level: CriticalLevel::Process };
     // SAFETY: the first region was just created for this heap, its first commit covers the object.
-    let obj = match unsafe { &mut *m.regions }.arena.alloc(&mut memory, object_bytes) {
+    let obj = match unsafe { &mut *m.regions }.arena.alloc(memory, object_bytes) {
         Ok((p, _)) => p as *mut Malloc,
         Err(_) => {
-            release(m.regions as usize);
+            memory.release(m.regions as usize);
             return E_OUTOFMEMORY;
         }
     };
@@ -584,6 +639,15 @@ fn leak_report(m: &Malloc) {
 
 extern "C" fn malloc_release(this: *mut Malloc) -> u32 {
     let Some(this) = heap_of(this) else { return 0 };
+    // SAFETY: `this` passed heap_of; `flags` never changes.
+    let mut memory = HeapMemory::new(protect_for(unsafe { (*this).flags }), CriticalLevel::Task);
+    let refs = release_locked(this, &mut memory);
+    memory.deliver();
+    refs
+}
+
+/// `malloc_release`'s part under the heap's lock (which goes with the heap at the last reference).
+fn release_locked(this: *mut Malloc, memory: &mut HeapMemory) -> u32 {
     let lock = HeapLock::acquire(this);
     // SAFETY: a checked heap object, ours alone while the lock is held.
     let m = unsafe { &mut *this };
@@ -602,7 +666,7 @@ extern "C" fn malloc_release(this: *mut Malloc) -> u32 {
     while !region.is_null() {
         // SAFETY: regions are linked by this library; read `next` before the region goes.
         let next = unsafe { (*region).next };
-        release(region as usize);
+        memory.release(region as usize);
         region = next;
     }
     0
@@ -640,6 +704,15 @@ extern "C" fn malloc_free(this: *mut Malloc, p: usize) -> HResult {
     if p == 0 {
         return S_OK;
     }
+    // SAFETY: `this` passed heap_of; `flags` never changes.
+    let mut memory = HeapMemory::new(protect_for(unsafe { (*this).flags }), CriticalLevel::Task);
+    let result = free_locked(this, p, &mut memory);
+    memory.deliver();
+    result
+}
+
+/// `malloc_free`'s part under the heap's lock (released on return, before any delivery).
+fn free_locked(this: *mut Malloc, p: usize, memory: &mut HeapMemory) -> HResult {
     let _lock = HeapLock::acquire(this);
     // SAFETY: a checked heap object, ours alone while the lock is held.
     let m = unsafe { &mut *this };
@@ -685,13 +758,12 @@ extern "C" fn malloc_free(this: *mut Malloc, p: usize) -> HResult {
     }
     m.live_blocks -= 1;
     m.live_bytes -= blk.size;
-    let mut memory = HeapMemory { protect: protect_for(m.flags), level: CriticalLevel::Task };
     // SAFETY: regions are linked by this library; the block came from this region's arena.
     let r = unsafe { &mut *region };
-    r.arena.free(&mut memory, block as usize, extent);
+    r.arena.free(memory, block as usize, extent);
     // A region other than the heap's first (the object's, last in the list) goes back to the
     // host once it is empty.
-    if !r.next.is_null() && r.arena.is_empty(&memory) {
+    if !r.next.is_null() && r.arena.is_empty(memory) {
         let next = r.next;
         if prev.is_null() {
             m.regions = next;
@@ -699,7 +771,7 @@ extern "C" fn malloc_free(this: *mut Malloc, p: usize) -> HResult {
             // SAFETY: as above.
             unsafe { (*prev).next = next };
         }
-        release(r.base);
+        memory.release(r.base);
     }
     S_OK
 }

@@ -68,7 +68,8 @@ impl Guest {
             nr::EXIT => return Err(a1 as i32),
             nr::WRITE => self.write_console(a1, a2, a3 != 0),
             nr::TICKS_NS => crate::arch::time::ticks_ns(),
-            nr::ADD_VEH => self.add_handler(a1 != 0, a2),
+            // `first` is a 32-bit argument: the upper half of its register is undefined (SysV).
+            nr::ADD_VEH => self.add_handler(a1 as u32 != 0, a2),
             nr::REMOVE_VEH => self.remove_handler(a1),
             nr::GET_WRITE_WATCH => self.get_write_watch(a1 as u32, a2, a3, a4, a5, a6) as u64,
             nr::RESET_WRITE_WATCH => match self.space.reset_write_watch(a1, a2) {
@@ -104,6 +105,16 @@ impl Guest {
             n if let Some((slot, assisted)) = super::manager::manager_slot(n, c.rcx) => {
                 let mut callbacks = Callbacks::default();
                 c.rax = self.manager_call(slot, assisted, c, &mut callbacks)?;
+                // The host library's heap calls leave a band change for `DELIVER_HELD` (the
+                // commit epoch it is noted by stays behind until then).
+                if !super::manager::holds_notification(n, c.rcx) {
+                    self.note_band_change(&mut callbacks)?;
+                }
+                return self.enter_callbacks(c, &callbacks);
+            }
+            nr::DELIVER_HELD if host_pages::is_library_return(c.rcx) => {
+                c.rax = 0;
+                let mut callbacks = Callbacks::default();
                 self.note_band_change(&mut callbacks)?;
                 return self.enter_callbacks(c, &callbacks);
             }
@@ -143,7 +154,7 @@ impl Guest {
         };
         if callbacks.notification {
             self.notifying = true;
-            self.thread.in_notification = true;
+            self.thread.notification_frame = Some(frame.low);
         }
         // As for an exception: entered with `sysretq` (rcx and r11 hold rip and rflags).
         let (rip, rflags) = (stub(Stub::DispatchCallbacks), sanitize_rflags(0));
@@ -169,7 +180,7 @@ impl Guest {
     fn callbacks_done(&mut self, c: &mut UserContext, context_at: u64, fpu_at: u64, notified: bool) -> Result<(), Ended> {
         if notified {
             self.notifying = false;
-            self.thread.in_notification = false;
+            self.thread.notification_frame = None;
         }
         self.resume(c, context_at, fpu_at)?;
         self.deliver_band_change(c)

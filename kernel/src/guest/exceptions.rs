@@ -275,9 +275,15 @@ impl Guest {
     }
 
     /// Notes that the guest runs at `rsp`: above the outermost exception frame, no handler of it
-    /// runs any more (they returned, or left by a jump of their own).
+    /// runs any more (they returned, or left by a jump of their own); above a notification
+    /// callback's frame, the callback was left (a handler's jump out of it: host-abi §8 lets a
+    /// handler leave without returning), so the guest's next band change is delivered again.
     pub(super) fn note_stack(&mut self, rsp: u64) {
         self.thread.note_stack(rsp);
+        if self.thread.notification_frame.is_some_and(|low| rsp > low) {
+            self.thread.notification_frame = None;
+            self.notifying = false;
+        }
     }
 
     /// The dispatcher's `unhandled(record)`: ends the guest with the code of the GUEST_EXCEPTION

@@ -505,6 +505,13 @@ pub fn is_stub_return(rip: u64) -> bool {
     (HOST_CODE..HOST_CODE + PAGE_SIZE).contains(&rip)
 }
 
+/// Whether a system call returning to `rip` was made from the host library's code (mapped
+/// host-owned from [`super::HOST_LIB_BASE`] up to the host pages; the guest cannot map or change
+/// anything there).
+pub fn is_library_return(rip: u64) -> bool {
+    (super::HOST_LIB_BASE..HOST_CODE).contains(&rip)
+}
+
 /// The guest address of a stub.
 pub fn stub(s: Stub) -> u64 {
     stub_at(s as usize)

@@ -154,12 +154,20 @@ pub(super) fn manager_slot(n: u64, rip: u64) -> Option<(u64, bool)> {
     use host_pages::{assisted, nr};
     match n {
         _ if (nr::MANAGER..nr::MANAGER + 13).contains(&n) => Some((n - nr::MANAGER, false)),
+        _ if holds_notification(n, rip) => Some((n - nr::HELD_MANAGER, false)),
         _ if !host_pages::is_stub_return(rip) => None,
         assisted::VIRTUAL_ALLOC => Some((slot::VIRTUAL_ALLOC, true)),
         assisted::VIRTUAL_QUERY => Some((slot::VIRTUAL_QUERY, true)),
         assisted::VIRTUAL_PROTECT => Some((slot::VIRTUAL_PROTECT, true)),
         _ => None,
     }
+}
+
+/// Whether system call `n` made with return address `rip` is the host library's manager call
+/// whose notification is held back until it asks for it ([`nr::HELD_MANAGER`](host_pages::nr::HELD_MANAGER)).
+pub(super) fn holds_notification(n: u64, rip: u64) -> bool {
+    use host_pages::nr;
+    (nr::HELD_MANAGER..nr::HELD_MANAGER + 13).contains(&n) && host_pages::is_library_return(rip)
 }
 
 /// How a manager memory call was made.

@@ -232,10 +232,11 @@ pub(crate) struct ThreadLocal {
     /// and a band change it makes is delivered once the handlers are left (a host call or resume
     /// above it).
     handler_frame: Option<u64>,
-    /// This thread entered a notification callback that has not come back: if it ends inside it
-    /// (`exit_thread`), the guest's `notifying` is cleared with it, so later band changes are
-    /// still delivered.
-    in_notification: bool,
+    /// The lowest address (the callback dispatcher's `rsp`) of the frame of a notification
+    /// callback this thread entered and has not come back from: if the thread ends inside it
+    /// (`exit_thread`) or leaves it by a jump of its own (a host call or resume above it), the
+    /// guest's `notifying` is cleared with it, so later band changes are still delivered.
+    notification_frame: Option<u64>,
 }
 
 /// A guest's memory as one of its threads reaches it: the checked copies of its address space,
@@ -440,7 +441,7 @@ impl Guest {
             rflags: 0x202,
             ..UserContext::default()
         };
-        let main = ThreadLocal { stack: (stack_base, stack_top), bad_resumes: 0, handler_frame: None, in_notification: false };
+        let main = ThreadLocal { stack: (stack_base, stack_top), bad_resumes: 0, handler_frame: None, notification_frame: None };
         Ok(Guest {
             name: name.into(),
             space: Arc::new(space),
@@ -483,16 +484,21 @@ impl Guest {
         GuestMemory { space: &self.space, stack: self.thread.stack }
     }
 
-    /// Whether `addr` is executable guest memory (committed, with an execute right).
+    /// Whether `addr` is executable guest memory (committed, with an execute right), not the
+    /// host's pages: where an exception handler may be (host-abi §9, "the guest's executable
+    /// memory").
     fn is_executable(&self, addr: u64) -> bool {
-        match self.space.virtual_query(addr) {
-            Ok(q) => {
-                q.state == MEM_COMMIT
-                    && q.protect & (PAGE_EXECUTE | PAGE_EXECUTE_READ | PAGE_EXECUTE_READWRITE) != 0
-                    && !self.space.with(|s, _| s.allocation_at(addr).is_some_and(|a| a.kind == AllocationKind::HostOwned))
-            }
-            Err(_) => false,
-        }
+        self.is_executable_code(addr) && !self.space.with(|s, _| s.allocation_at(addr).is_some_and(|a| a.kind == AllocationKind::HostOwned))
+    }
+
+    /// Whether `addr` is executable (committed, with an execute right), the host's code page
+    /// included: where a thread may start (host-abi §10.2 refuses only an unexecutable `start`;
+    /// on Windows `CreateThread(ExitThread, ...)` is a known idiom). The guest can jump into the
+    /// host's code anyway, so starting there reaches nothing new.
+    fn is_executable_code(&self, addr: u64) -> bool {
+        self.space
+            .virtual_query(addr)
+            .is_ok_and(|q| q.state == MEM_COMMIT && q.protect & (PAGE_EXECUTE | PAGE_EXECUTE_READ | PAGE_EXECUTE_READWRITE) != 0)
     }
 }
 

@@ -337,6 +337,14 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
                 cont.after_syscall = true;
                 continue;
             }
+            // No callback registered: nothing was held back for the host library to deliver.
+            UserExit::Syscall
+                if cont.context.rax == nr::DELIVER_HELD && host_pages::is_library_return(cont.context.rcx) && run.memory_unlocked.load(Ordering::SeqCst) =>
+            {
+                cont.context.rax = 0;
+                cont.after_syscall = true;
+                continue;
+            }
             UserExit::Syscall
                 if cont.context.rax == nr::CONTINUE && host_pages::is_stub_return(cont.context.rcx) && run.memory_unlocked.load(Ordering::SeqCst) =>
             {

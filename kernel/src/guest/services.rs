@@ -27,7 +27,7 @@ pub static WRITE_HOOK: spin::Once<fn(&[u8])> = spin::Once::new();
 /// The result of a HOST_SERVICES call whose pointer check failed: the Win32 error itself
 /// (host-abi §7), and for a guard page the status 0x80000001 as Windows' GetLastError reports it
 /// (host-abi §9; the guard is cleared, the retry succeeds).
-fn service_error(e: VmError) -> u32 {
+pub(super) fn service_error(e: VmError) -> u32 {
     match e {
         VmError::GuardPage => e.win32_code(),
         _ => ERROR_NOACCESS,
@@ -110,7 +110,10 @@ impl Guest {
         if let Err(e) = self.space.get_write_watch(flags & !WRITE_WATCH_FLAG_RESET, base, size, if count == 0 { &mut [] } else { &mut probe }) {
             return e.win32_code();
         }
-        let pages = size.div_ceil(PAGE_SIZE);
+        // Every page touching [base, base + size) (one more than `size` alone says when `base` is
+        // not page-aligned), as the address space counts them; the range was validated above, so
+        // the sum cannot wrap.
+        let pages = (base + size).div_ceil(PAGE_SIZE) - base / PAGE_SIZE;
         let capacity = count.min(pages);
         if capacity > 0
             && let Err(e) = self.mem().check_writable(addresses, capacity * 8)

@@ -50,8 +50,6 @@ pub const MAX_STACK_RESERVE: u64 = 1 << 30;
 pub const DEFAULT_STACK_RESERVE: u64 = 1 << 20;
 /// The first handle; handles count up by 4 from here.
 const FIRST_HANDLE: u64 = 4;
-/// The end of the canonical lower half: FS bases below it are user-space addresses.
-const USER_HALF_END: u64 = 1 << 47;
 /// `timeout_ns` meaning "forever".
 pub const INFINITE: u64 = u64::MAX;
 
@@ -396,8 +394,9 @@ impl Guest {
                 Action::Return(0)
             }
             nr::SET_THREAD_POINTER => {
-                // Only a canonical user-space address (host-abi §10.3); anything else is ignored.
-                if a1 < USER_HALF_END {
+                // Only a user-space address (host-abi §10.3, and §9: "beyond user space" is above
+                // `max_application_address`); anything else is ignored.
+                if a1 <= self.max_application_address {
                     set_fs_base(a1);
                 }
                 Action::Return(0)
@@ -435,7 +434,7 @@ impl Guest {
                 self.mem().put_result(exit_code, &code.to_le_bytes());
                 0
             }
-            Err(_) => ERROR_NOACCESS,
+            Err(e) => super::services::service_error(e),
         })
     }
 
@@ -458,15 +457,17 @@ impl Guest {
         }
         let (mut now, mut expected) = ([0u8; 8], [0u8; 8]);
         let n = size as usize;
-        self.mem().read_bytes(address, &mut now[..n]).map_err(|_| ERROR_NOACCESS)?;
-        self.mem().read_bytes(compare, &mut expected[..n]).map_err(|_| ERROR_NOACCESS)?;
+        // A guard page fails the call with 0x80000001 (its guard cleared), as every other
+        // service's pointer does (host-abi §9).
+        self.mem().read_bytes(address, &mut now[..n]).map_err(super::services::service_error)?;
+        self.mem().read_bytes(compare, &mut expected[..n]).map_err(super::services::service_error)?;
         Ok(now == expected)
     }
 
     /// `create_thread(start, arg, stack_reserve, stack_commit)`: the new thread's handle, or 0
     /// (validate, take the kernel memory, make the stack, then add it: a failure changes nothing).
     fn create_thread(&mut self, start: u64, arg: u64, reserve: u64, commit: u64) -> u64 {
-        if self.threads.list.len() >= MAX_THREADS || !self.is_executable(start) {
+        if self.threads.list.len() >= MAX_THREADS || !self.is_executable_code(start) {
             return 0;
         }
         let Some((reserve, commit)) = stack_sizes(reserve, commit) else { return 0 };
@@ -476,7 +477,7 @@ impl Guest {
         let Some(mut cont) = Continuation::new(UserContext::default(), ThreadLocal::default()) else { return 0 };
         let Ok((base, top)) = allocate_stack(&self.space, reserve, commit, CriticalLevel::Task) else { return 0 };
         cont.context = UserContext { rip: stub(Stub::ThreadStart), rsp: top, rdi: arg, r12: start, rflags: 0x202, ..UserContext::default() };
-        cont.local = ThreadLocal { stack: (base, top), bad_resumes: 0, handler_frame: None, in_notification: false };
+        cont.local = ThreadLocal { stack: (base, top), bad_resumes: 0, handler_frame: None, notification_frame: None };
         let handle = self.threads.next_handle;
         self.threads.next_handle += 4;
         let id = self.threads.take_id();
@@ -490,9 +491,8 @@ impl Guest {
     /// with its code (host-abi §10.3).
     pub(super) fn end_thread(&mut self, key: u64, code: u32) -> Result<(), Ended> {
         let (base, _) = self.thread.stack;
-        if self.thread.in_notification {
+        if self.thread.notification_frame.take().is_some() {
             // It left a notification callback by ending: the next band change is delivered.
-            self.thread.in_notification = false;
             self.notifying = false;
         }
         // The guest may have released or changed it itself; then there is nothing to release.

@@ -1293,6 +1293,23 @@ static void t_write_watch(void) {
     check("s7 ... only that page was reset (3 remain)", count, 3);
     count = 32;
     check("s7 get_write_watch on a sub-range", (S->get_write_watch(0, c + 0x6000, 0x2000, addrs, &count, &gran), count == 1 && (uint64_t)addrs[0] == (uint64_t)c + 0x7000), 1);
+    /* An unaligned base: every page touching [base, base + size) counts (c + 0x5000, c + 0x7000
+     * and c + 0x8000 are dirty here). */
+    count = 32;
+    check("s7 unaligned base: pages touching the range (c+0x4800, 0x1000 -> 0x4000, 0x5000)",
+          (S->get_write_watch(0, c + 0x4800, 0x1000, addrs, &count, &gran), count == 1 && (uint64_t)addrs[0] == (uint64_t)c + 0x5000), 1);
+    count = 32;
+    check("s7 unaligned base and end: c+0x6FFF, 2 bytes touch 0x6000 and 0x7000",
+          (S->get_write_watch(0, c + 0x6FFF, 2, addrs, &count, &gran), count == 1 && (uint64_t)addrs[0] == (uint64_t)c + 0x7000), 1);
+    count = 32;
+    check("s7 unaligned: c+0x7800, 0x801 bytes touch 0x7000 and 0x8000, both dirty",
+          (S->get_write_watch(0, c + 0x7800, 0x801, addrs, &count, &gran), count), 2);
+    count = 32;
+    check("s7 unaligned RESET: c+0x7FFF, 2 bytes return and reset both",
+          (S->get_write_watch(WRITE_WATCH_FLAG_RESET, c + 0x7FFF, 2, addrs, &count, &gran), count), 2);
+    count = 32;
+    check("s7 ... both were reset (0x5000 left)",
+          (S->get_write_watch(0, w, GRAN, addrs, &count, &gran), count == 1 && (uint64_t)addrs[0] == (uint64_t)c + 0x5000), 1);
     check("s7 reset_write_watch -> 0", S->reset_write_watch(w, GRAN), 0);
     count = 32;
     S->get_write_watch(0, w, GRAN, addrs, &count, &gran);

@@ -188,6 +188,11 @@ static void create_area(void) {
     check("refused creations charge nothing", committed_now(), before);
     g_v->VirtualFree(g_host, rw, 0, MEM_RELEASE);
     g_v->VirtualFree(g_host, rx, 0, MEM_RELEASE);
+    /* The host's code is executable: a thread may start there, as CreateThread(ExitThread, code)
+     * does on Windows. */
+    t = S->create_thread((GUEST_THREAD_START)(void *)S->exit_thread, (void *)42, 0, 0);
+    check("start = services->exit_thread (host code): created", t != 0, 1);
+    if (t) check("... and ends with its argument as exit code", join(t), 42);
     before = committed_now();
     t = S->create_thread(return_arg, (void *)77, 1ull << 30, 0);
     check("stack_reserve exactly 1 GiB: created", t != 0, 1);
@@ -350,6 +355,14 @@ static void thread_pointer_area(void) {
     check("non-canonical 0x800000000000 ignored", (uint64_t)S->get_thread_pointer(), (uint64_t)tls);
     S->set_thread_pointer((void *)0xFFFF800000000000ull);
     check("kernel-half 0xFFFF800000000000 ignored", (uint64_t)S->get_thread_pointer(), (uint64_t)tls);
+    /* Canonical but beyond user space (above max_application_address, host-abi §9). */
+    S->set_thread_pointer((void *)(S->max_application_address + 1));
+    check("max_application_address + 1 ignored", (uint64_t)S->get_thread_pointer(), (uint64_t)tls);
+    S->set_thread_pointer((void *)0x7FFFFFFFFFF8ull);
+    check("0x7FFFFFFFFFF8 (the last 64 KiB below 2^47) ignored", (uint64_t)S->get_thread_pointer(), (uint64_t)tls);
+    S->set_thread_pointer((void *)(S->max_application_address & ~7ull));
+    check("max_application_address (8-aligned) accepted", (uint64_t)S->get_thread_pointer(), S->max_application_address & ~7ull);
+    S->set_thread_pointer((void *)tls);
     check("%fs:0 still reads the old base", fs_read0(), tls[0]);
     for (i = 0; i < 3; i++) {
         w[i].tls[0] = 0x1000 + (uint64_t)i * 0x1111;
@@ -483,6 +496,119 @@ static void notification_exit_area(void) {
     check("unregister", (uint32_t)g_v->RegisterMemoryNotificationCallback(g_host, 0), S_OK);
 }
 
+/* ---- a notification callback using the heap whose commit or decommit changed the band ---- */
+static IHostMalloc *g_nh_heap;
+static volatile uint32_t g_nh_calls, g_nh_inner_ok, g_nh_band;
+static HRESULT nh_on_notification(ICLRMemoryNotificationCallback *t, EMemoryAvailable band) {
+    void *p = 0;
+    (void)t;
+    add32(&g_nh_calls, 1);
+    g_nh_band = (uint32_t)band;
+    /* host-abi §10.3: a callback may call any host function, this heap included. */
+    if (g_nh_heap->lpVtbl->Alloc(g_nh_heap, 64, eTaskCritical, &p) == S_OK && p) {
+        memset(p, 0x5A, 64);
+        if (g_nh_heap->lpVtbl->Free(g_nh_heap, p) == S_OK) add32(&g_nh_inner_ok, 1);
+    }
+    return S_OK;
+}
+static const ICLRMemoryNotificationCallbackVtbl nh_vtbl = {nx_qi, nx_add_ref, nx_release, nh_on_notification};
+static ICLRMemoryNotificationCallback nh_callback = {&nh_vtbl};
+static void notification_heap_area(void) {
+    static const uint32_t kinds[2] = {MALLOC_THREADSAFE, 0};
+    int i;
+    area("notification-heap");
+    for (i = 0; i < 2; i++) {
+        HOST_COMMIT_INFO info;
+        void *pad = 0, *blk = 0;
+        uint64_t pre;
+        S->query_commit(&info);
+        /* 2 MiB above the high threshold: an 8 MiB block takes the band to neutral. */
+        pre = (info.commit_limit - info.committed - info.high_threshold - (2ull << 20)) & ~0xFFFFull;
+        check("setup: commit to 2 MiB above the high threshold",
+              (uint32_t)g_v->VirtualAlloc(g_host, 0, pre, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &pad), S_OK);
+        check(i ? "setup: a heap without MALLOC_THREADSAFE" : "setup: a MALLOC_THREADSAFE heap",
+              (uint32_t)g_v->CreateMalloc(g_host, kinds[i], &g_nh_heap), S_OK);
+        g_nh_calls = 0;
+        g_nh_inner_ok = 0;
+        check("register a callback", (uint32_t)g_v->RegisterMemoryNotificationCallback(g_host, &nh_callback), S_OK);
+        check("the heap's 8 MiB Alloc commits across the threshold",
+              (uint32_t)g_nh_heap->lpVtbl->Alloc(g_nh_heap, 8ull << 20, eTaskCritical, &blk), S_OK);
+        check("... the callback ran once", ld32(&g_nh_calls), 1);
+        check("... with the neutral band", ld32(&g_nh_band), eMemoryAvailableNeutral);
+        check("... and used the same heap (Alloc, Free) from inside it", ld32(&g_nh_inner_ok), 1);
+        check("freeing the block decommits it", (uint32_t)g_nh_heap->lpVtbl->Free(g_nh_heap, blk), S_OK);
+        check("... the callback ran again", ld32(&g_nh_calls), 2);
+        check("... with the high band", ld32(&g_nh_band), eMemoryAvailableHigh);
+        check("... and used the same heap from inside it", ld32(&g_nh_inner_ok), 2);
+        check("unregister", (uint32_t)g_v->RegisterMemoryNotificationCallback(g_host, 0), S_OK);
+        check("the heap released", g_nh_heap->lpVtbl->Release(g_nh_heap), 0);
+        g_v->VirtualFree(g_host, pad, 0, MEM_RELEASE);
+    }
+}
+
+/* ---- a notification callback left by a handler's jump (host-abi §8): later ones still come ---- */
+static void *g_nl_jb[5];
+static volatile uint32_t g_nl_calls, g_nl_bands[4];
+static HRESULT nl_on_notification(ICLRMemoryNotificationCallback *t, EMemoryAvailable band) {
+    (void)t;
+    if (g_nl_calls < 4) g_nl_bands[g_nl_calls] = (uint32_t)band;
+    if (add32(&g_nl_calls, 1) == 1) __asm__ volatile("ud2" ::: "memory"); /* the handler jumps out */
+    return S_OK;
+}
+static const ICLRMemoryNotificationCallbackVtbl nl_vtbl = {nx_qi, nx_add_ref, nx_release, nl_on_notification};
+static ICLRMemoryNotificationCallback nl_callback = {&nl_vtbl};
+__attribute__((noinline)) static int32_t nl_unwind(GUEST_EXCEPTION *e) {
+    if (e->code != STATUS_ILLEGAL_INSTRUCTION) return EXCEPTION_CONTINUE_SEARCH;
+    __builtin_longjmp(g_nl_jb, 1);
+}
+static void notification_left_area(void) {
+    HOST_COMMIT_INFO info;
+    void *pad = 0, *blk = 0, *h;
+    uint64_t pre;
+    int left = 0;
+    area("notification-left");
+    S->query_commit(&info);
+    pre = (info.commit_limit - info.committed - info.high_threshold - (2ull << 20)) & ~0xFFFFull;
+    check("setup: commit to 2 MiB above the high threshold",
+          (uint32_t)g_v->VirtualAlloc(g_host, 0, pre, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &pad), S_OK);
+    h = S->add_vectored_exception_handler(1, nl_unwind);
+    g_nl_calls = 0;
+    check("register a callback", (uint32_t)g_v->RegisterMemoryNotificationCallback(g_host, &nl_callback), S_OK);
+    if (__builtin_setjmp(g_nl_jb) == 0) {
+        g_v->VirtualAlloc(g_host, 0, 8ull << 20, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &blk);
+    } else {
+        left = 1;
+    }
+    S->remove_vectored_exception_handler(h);
+    check("the callback faulted and the handler jumped out of it", left && ld32(&g_nl_calls) == 1, 1);
+    check("... it had the neutral band", g_nl_bands[0], eMemoryAvailableNeutral);
+    check("releasing the padding changes the band: the callback is called again",
+          (uint32_t)g_v->VirtualFree(g_host, pad, 0, MEM_RELEASE), S_OK);
+    check("... a second notification", ld32(&g_nl_calls), 2);
+    check("... with the high band", g_nl_bands[1], eMemoryAvailableHigh);
+    pad = 0;
+    check("committing it again: a third, neutral",
+          (uint32_t)g_v->VirtualAlloc(g_host, 0, pre, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, &pad), S_OK);
+    check("... a third notification", ld32(&g_nl_calls), 3);
+    check("... with the neutral band", g_nl_bands[2], eMemoryAvailableNeutral);
+    check("unregister", (uint32_t)g_v->RegisterMemoryNotificationCallback(g_host, 0), S_OK);
+    g_v->VirtualFree(g_host, pad, 0, MEM_RELEASE);
+    {
+        /* The 8 MiB commit took effect, its result never seen: find it and release it. */
+        MEMORY_BASIC_INFORMATION mbi;
+        uint64_t a = 0x10000;
+        SIZE_T got = 0;
+        while (a < 0x7FFFFFFF0000ull && g_v->VirtualQuery(g_host, (void *)a, &mbi, sizeof mbi, &got) == S_OK) {
+            if (mbi.State == MEM_COMMIT && mbi.RegionSize == (8ull << 20) && mbi.Type == MEM_PRIVATE &&
+                mbi.AllocationBase == mbi.BaseAddress) {
+                g_v->VirtualFree(g_host, (void *)mbi.BaseAddress, 0, MEM_RELEASE);
+                break;
+            }
+            a = mbi.BaseAddress + mbi.RegionSize;
+        }
+    }
+}
+
 /* ---- exit codes ---- */
 static void __attribute__((noinline)) nested_exit(uint32_t code) {
     volatile int depth = 3;
@@ -578,6 +704,17 @@ static void wait_close_area(void) {
     check("... the page is untouched", *(volatile uint32_t *)ro, 0);
     check("exit_code at a kernel address: 998", S->wait_thread(t, 0, (uint32_t *)0xFFFF800000000000ull), ERROR_NOACCESS);
     g_v->VirtualFree(g_host, ro, 0, MEM_RELEASE);
+    {
+        /* An out-pointer into a guard page (host-abi §9): 0x80000001, the guard cleared, nothing
+         * written; the retry succeeds. */
+        volatile uint32_t *g = valloc(0, 4096, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD);
+        check("exit_code on a guard page: 0x80000001", S->wait_thread(t, 0, (uint32_t *)g), STATUS_GUARD_PAGE_VIOLATION);
+        check("... the guard is cleared", query((uint64_t)g).Protect, PAGE_READWRITE);
+        check("... nothing written", *g, 0);
+        check("... the retry: 0", S->wait_thread(t, 0, (uint32_t *)g), 0);
+        check("... and writes the code", *g, 31);
+        g_v->VirtualFree(g_host, (void *)g, 0, MEM_RELEASE);
+    }
     check("the handle still works after 998", S->wait_thread(t, 0, &code), 0);
     check("close: 1", S->close_thread(t), 1);
     code = 0xA5A5A5A5;
@@ -704,6 +841,19 @@ static void wait_on_address_area(void) {
     check("compare NULL: 998", S->wait_on_address(&g_word, 0, 8, 0), ERROR_NOACCESS);
     check("compare on a PAGE_NOACCESS page: 998", S->wait_on_address(&g_word, na, 1, 0), ERROR_NOACCESS);
     check("compare in the kernel half: 998", S->wait_on_address(&g_word, (void *)0xFFFF800000000000ull, 2, 0), ERROR_NOACCESS);
+    {
+        /* A guard page under `address` or `compare`: 0x80000001 and the guard cleared (host-abi
+         * §9, as every service's pointer); the retry reads the page. */
+        volatile uint64_t *g = valloc(0, 2 * 4096, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD);
+        uint64_t zero = 0;
+        check("address on a guard page: 0x80000001", S->wait_on_address(g, &cmp8, 8, 0), STATUS_GUARD_PAGE_VIOLATION);
+        check("... the guard is cleared", query((uint64_t)g).Protect, PAGE_READWRITE);
+        check("... the retry compares (equal to 0, timeout 0: ERROR_TIMEOUT)", S->wait_on_address(g, &zero, 8, 0), ERROR_TIMEOUT);
+        check("compare on a guard page: 0x80000001", S->wait_on_address(&g_word, (const void *)(g + 512), 8, 0),
+              STATUS_GUARD_PAGE_VIOLATION);
+        check("... the guard is cleared", query((uint64_t)(g + 512)).Protect, PAGE_READWRITE);
+        g_v->VirtualFree(g_host, (void *)g, 0, MEM_RELEASE);
+    }
     check("size 1 at an odd address is fine (value differs: 0)",
           S->wait_on_address((volatile uint8_t *)&g_word + 1, "\x01", 1, FOREVER), 0);
 
@@ -829,6 +979,18 @@ static uint32_t add_handler_start(void *arg) {
     return 0;
 }
 
+static volatile uint32_t g_order[4], g_order_n;
+static int32_t order_note(GUEST_EXCEPTION *e, char who) {
+    if (e->code != STATUS_BREAKPOINT) return EXCEPTION_CONTINUE_SEARCH;
+    if (g_order_n < 4) g_order[g_order_n++] = (uint32_t)who;
+    if (who != 'c') return EXCEPTION_CONTINUE_SEARCH;
+    e->context->rip += 1;
+    return EXCEPTION_CONTINUE_EXECUTION;
+}
+static int32_t order_a(GUEST_EXCEPTION *e) { return order_note(e, 'a'); }
+static int32_t order_b(GUEST_EXCEPTION *e) { return order_note(e, 'b'); }
+static int32_t order_c(GUEST_EXCEPTION *e) { return order_note(e, 'c'); }
+
 static void exceptions_area(void) {
     void *h = S->add_vectored_exception_handler(1, thread_exc_handler);
     uint64_t t[4];
@@ -856,6 +1018,22 @@ static void exceptions_area(void) {
     check("the worker's handler ran for the main thread's breakpoint, on the main thread", g_exc_tid, 1);
     check("remove it (after its thread ended)", S->remove_vectored_exception_handler((void *)g_h2), 1);
     check("remove the first", S->remove_vectored_exception_handler(h), 1);
+    {
+        /* `first` is a uint32_t: the upper half of its register is not part of it (SysV), so
+         * first = (uint32_t)0 passed with garbage above adds the handler last. */
+        typedef void *(*add_raw_t)(uint64_t first, GUEST_EXCEPTION_HANDLER h);
+        add_raw_t add_raw = (add_raw_t)(void *)S->add_vectored_exception_handler;
+        void *ha = S->add_vectored_exception_handler(1, order_a);
+        void *hb = S->add_vectored_exception_handler(0, order_b);
+        void *hc = add_raw(0xFFFFFFFF00000000ull, order_c);
+        g_order_n = 0;
+        __asm__ volatile("int3" ::: "memory");
+        check("first = 1, 0, (uint32_t)0 with the register's upper half set: called in that order",
+              g_order_n == 3 && g_order[0] == 'a' && g_order[1] == 'b' && g_order[2] == 'c', 1);
+        S->remove_vectored_exception_handler(ha);
+        S->remove_vectored_exception_handler(hb);
+        S->remove_vectored_exception_handler(hc);
+    }
 }
 
 /* ---- stack overflow on a thread ---- */
@@ -970,6 +1148,8 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     thread_pointer_area();
     selectors_area();
     notification_exit_area();
+    notification_heap_area();
+    notification_left_area();
     exit_codes_area();
     wait_close_area();
     ids_area();
