@@ -1,7 +1,7 @@
 //! The guest archive: the files given with `--guest`, packed into the ramdisk the kernel reads
 //! (format in `kernel/src/guest/ramdisk.rs`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The archive's magic.
 pub const MAGIC: &[u8; 8] = b"VMKGST01";
@@ -19,9 +19,11 @@ pub fn archive(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// Reads `paths` and writes their archive to `out` (only if it changed, so the disk image
-/// cache stays valid).
-pub fn write_archive(paths: &[impl AsRef<Path>], out: &Path) -> Result<(), String> {
+/// Reads `paths` and writes their archive next to `prefix`, named `PREFIX.guests-HASH` by a hash
+/// of its contents (so that runs with other guests, at the same time or later, never share or
+/// overwrite it, and each set keeps its cached disk image); returns its path. An archive already
+/// there is not written again.
+pub fn write_archive(paths: &[impl AsRef<Path>], prefix: &Path) -> Result<PathBuf, String> {
     let mut files = Vec::new();
     for p in paths {
         let p = p.as_ref();
@@ -30,10 +32,15 @@ pub fn write_archive(paths: &[impl AsRef<Path>], out: &Path) -> Result<(), Strin
         files.push((name, data));
     }
     let bytes = archive(&files);
-    if std::fs::read(out).ok().as_deref() != Some(&bytes[..]) {
-        std::fs::write(out, &bytes).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    let out = PathBuf::from(format!("{}.guests-{:016x}", prefix.display(), crate::image::fnv1a(&bytes)));
+    if std::fs::read(&out).ok().as_deref() != Some(&bytes[..]) {
+        // Written under a name of this process's own and renamed into place (whole or not at all).
+        let tmp = PathBuf::from(format!("{}.tmp-{}", out.display(), std::process::id()));
+        std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &out).map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), out.display()))?;
+        crate::image::keep_newest(&format!("{}.guests-", prefix.display()), "", crate::image::RAMDISK_IMAGES_KEPT);
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -107,9 +107,7 @@ fn run_one(cli: &Cli) -> Result<i32, String> {
     let ramdisk = if cli.guests.is_empty() {
         cli.ramdisk.clone()
     } else {
-        let archive = PathBuf::from(format!("{}.guests", kernel.display()));
-        boot::guests::write_archive(&cli.guests, &archive)?;
-        Some(archive)
+        Some(boot::guests::write_archive(&cli.guests, kernel)?)
     };
     let img = image::build(kernel, firmware, ramdisk.as_deref())?;
     let result = qemu::run(&img, &QemuOptions { firmware, ..cli.opts.clone() })?;

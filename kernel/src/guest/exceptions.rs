@@ -321,7 +321,16 @@ impl Guest {
                 context.rip
             );
         } else {
-            crate::kprintln!("guest {}: unhandled exception {:#010x} ({why}) at rip {:#x}", self.name, e.code, context.rip);
+            // Not a memory access: its record's access and address as they are (0, or the
+            // breakpoint's rip), all four fields printed as host-abi §8 says.
+            crate::kprintln!(
+                "guest {}: unhandled exception {:#010x} ({why}): access {}, address {:#x}, rip {:#x}",
+                self.name,
+                e.code,
+                e.access,
+                e.address,
+                context.rip
+            );
         }
         e.code as i32
     }
