@@ -40,7 +40,7 @@ use core::fmt;
 pub use host_abi::win32 as consts;
 pub use host_abi::{
     CriticalLevel, ExceptionHandler, Guid, GuestContext, GuestException, HResult, HostCommitInfo, HostMallocObject,
-    HostMallocVtbl, HostMemoryManager, HostMemoryManagerVtbl, HostServices, IID_ICLR_MEMORY_NOTIFICATION_CALLBACK,
+    HostMallocVtbl, HostMemoryManager, HostMemoryManagerVtbl, HostServices, HostServicesV1, IID_ICLR_MEMORY_NOTIFICATION_CALLBACK,
     IID_IHOST_MALLOC, IID_IHOST_MEMORY_MANAGER, IID_IUNKNOWN, MemoryAvailable, MemoryBasicInformation,
     MemoryNotificationCallback, MemoryNotificationCallbackVtbl, memory_available,
 };
@@ -82,15 +82,17 @@ impl Host {
         unsafe { &*(*self.manager).vtbl }
     }
 
-    /// `HOST_SERVICES`.
-    pub fn services(&self) -> &HostServices {
+    /// `HOST_SERVICES` as every host has it (its version-1 part, host-abi §7); the whole table,
+    /// thread services included, is [`services_v2`](Self::services_v2) on a version-2 host.
+    pub fn services(&self) -> &HostServicesV1 {
         self.services_static()
     }
 
-    fn services_static(&self) -> &'static HostServices {
+    fn services_static(&self) -> &'static HostServicesV1 {
         // SAFETY: the host's read-only services table lives as long as the guest (from_raw's
-        // contract); version-2 fields are read only after checking cbSize (thread.rs).
-        unsafe { &*self.services }
+        // contract) and every host's table has at least these 96 bytes; the version-2 fields are
+        // reached only through `thread::v2`, after `cb_size` says they are there.
+        unsafe { &*self.services.cast::<HostServicesV1>() }
     }
 
     /// The raw manager pointer (to pass to C code or to make calls with bad arguments on purpose).
@@ -248,12 +250,37 @@ impl Drop for Malloc {
     }
 }
 
+// SAFETY: a heap's methods may be called from any thread (host-abi §10.2), one thread at a time
+// for a heap without MALLOC_THREADSAFE, which owning the handle (not sharing it) ensures.
+unsafe impl Send for Malloc {}
+
+/// A heap made with `MALLOC_THREADSAFE` ([`Host::create_threadsafe_malloc`]): any number of
+/// threads may use it at once (host-abi §10.2), so it can be shared (`Sync`); it derefs to its
+/// [`Malloc`].
+pub struct ThreadSafeMalloc(Malloc);
+
+// SAFETY: the host serializes a MALLOC_THREADSAFE heap's methods itself (the heap's lock), so
+// calls through `&ThreadSafeMalloc` from many threads at once are what the contract allows.
+unsafe impl Sync for ThreadSafeMalloc {}
+
+impl core::ops::Deref for ThreadSafeMalloc {
+    type Target = Malloc;
+    fn deref(&self) -> &Malloc {
+        &self.0
+    }
+}
+
 impl Host {
     /// `CreateMalloc(flags)` (`MALLOC_THREADSAFE`, `MALLOC_EXECUTABLE`).
     pub fn create_malloc(&self, flags: u32) -> Result<Malloc, HResult> {
         let mut out: *mut core::ffi::c_void = core::ptr::null_mut();
         (self.vtbl().create_malloc)(self.manager, flags, &mut out).to_result()?;
         Ok(Malloc { object: out.cast() })
+    }
+
+    /// `CreateMalloc(MALLOC_THREADSAFE | flags)`: a heap threads may share.
+    pub fn create_threadsafe_malloc(&self, flags: u32) -> Result<ThreadSafeMalloc, HResult> {
+        self.create_malloc(flags | MALLOC_THREADSAFE).map(ThreadSafeMalloc)
     }
 
     /// `RegisterMemoryNotificationCallback`: the host AddRefs `callback` (and Releases the one it
@@ -304,7 +331,7 @@ macro_rules! guest_entry {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     if let Some(services) = thread::remembered_services() {
-        let host = Host { manager: core::ptr::null_mut(), services };
+        let host = Host { manager: core::ptr::null_mut(), services: (services as *const HostServicesV1).cast() };
         let _ = fmt::Write::write_fmt(&mut Console(&host), format_args!("guest panicked: {info}\n"));
         (services.exit)(101)
     }

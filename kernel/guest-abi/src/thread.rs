@@ -11,13 +11,14 @@
 
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
+use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
 use host_abi::win32::{ERROR_TIMEOUT, WAIT_TIMEOUT};
-use host_abi::{HostServices, ThreadStart};
+use host_abi::{HostServices, HostServicesV1, ThreadStart};
 
 use crate::Host;
 
@@ -46,16 +47,24 @@ pub(crate) fn remember_services(services: *const HostServices) {
 }
 
 /// The services table remembered by [`Host::from_raw`], if any.
-pub(crate) fn remembered_services() -> Option<&'static HostServices> {
+pub(crate) fn remembered_services() -> Option<&'static HostServicesV1> {
     let p = SERVICES.load(Ordering::Acquire);
     // SAFETY: only Host::from_raw stores here, with the services pointer the host passed to
-    // guest_main: read-only host data that lives as long as the guest (from_raw's contract).
-    (!p.is_null()).then(|| unsafe { &*p })
+    // guest_main: read-only host data that lives as long as the guest (from_raw's contract),
+    // at least its version-1 part on any host.
+    (!p.is_null()).then(|| unsafe { &*p.cast::<HostServicesV1>() })
 }
 
-/// The table if it is version 2 or later.
-fn v2(services: &HostServices) -> Result<&HostServices, ThreadError> {
-    if services.version >= 2 && services.cb_size >= HOST_SERVICES_V2_SIZE { Ok(services) } else { Err(ThreadError::Unsupported) }
+/// The whole table if the host serves version 2 or later (its `cb_size` says the version-2
+/// fields are there).
+fn v2(services: &HostServicesV1) -> Result<&HostServices, ThreadError> {
+    if services.version >= 2 && services.cb_size >= HOST_SERVICES_V2_SIZE {
+        // SAFETY: the host's table is `cb_size` bytes long, at least the whole `HostServices`,
+        // and lives as long as `services` does (the same table).
+        Ok(unsafe { &*(services as *const HostServicesV1).cast::<HostServices>() })
+    } else {
+        Err(ThreadError::Unsupported)
+    }
 }
 
 /// Nanoseconds of a timeout; `None` waits forever (`UINT64_MAX`).
@@ -81,8 +90,8 @@ macro_rules! atomic_word {
 }
 atomic_word!(AtomicU8 => u8, AtomicU16 => u16, AtomicU32 => u32, AtomicU64 => u64, AtomicUsize => usize);
 
-fn wait_raw<A: AtomicWord>(services: &HostServices, address: &A, compare: A::Value, timeout: Option<Duration>) -> Result<bool, ThreadError> {
-    let s = v2(services)?;
+/// `wait_on_address` through a version-2 table ([`v2`]).
+fn wait_raw<A: AtomicWord>(s: &HostServices, address: &A, compare: A::Value, timeout: Option<Duration>) -> Result<bool, ThreadError> {
     match (s.wait_on_address)(
         (address as *const A).cast(),
         (&compare as *const A::Value).cast(),
@@ -95,9 +104,9 @@ fn wait_raw<A: AtomicWord>(services: &HostServices, address: &A, compare: A::Val
     }
 }
 
-fn wake_raw<A: AtomicWord>(services: &HostServices, address: &A, all: bool) -> Result<(), ThreadError> {
-    (v2(services)?.wake_by_address)((address as *const A).cast(), all as u32);
-    Ok(())
+/// `wake_by_address` through a version-2 table ([`v2`]).
+fn wake_raw<A: AtomicWord>(s: &HostServices, address: &A, all: bool) {
+    (s.wake_by_address)((address as *const A).cast(), all as u32);
 }
 
 impl Host {
@@ -141,17 +150,19 @@ impl Host {
     /// forever) passes. `Ok(true)` when it returned because of a wake, a differing value or
     /// spuriously (check the value again); `Ok(false)` on timeout.
     pub fn wait_on_address<A: AtomicWord>(&self, address: &A, compare: A::Value, timeout: Option<Duration>) -> Result<bool, ThreadError> {
-        wait_raw(self.services(), address, compare, timeout)
+        wait_raw(v2(self.services())?, address, compare, timeout)
     }
 
     /// `WakeByAddressSingle`: wakes one thread waiting on `address`.
     pub fn wake_one<A: AtomicWord>(&self, address: &A) -> Result<(), ThreadError> {
-        wake_raw(self.services(), address, false)
+        wake_raw(v2(self.services())?, address, false);
+        Ok(())
     }
 
     /// `WakeByAddressAll`: wakes every thread waiting on `address`.
     pub fn wake_all<A: AtomicWord>(&self, address: &A) -> Result<(), ThreadError> {
-        wake_raw(self.services(), address, true)
+        wake_raw(v2(self.services())?, address, true);
+        Ok(())
     }
 
     /// The calling thread's thread pointer (FS base; 0 when a thread starts).
@@ -193,9 +204,7 @@ extern "C" fn closure_start<F: FnOnce() -> u32 + Send + 'static>(arg: *mut c_voi
     let taken: *const AtomicU32 = unsafe { &raw const (*packet).taken };
     // SAFETY: as above.
     unsafe { (*taken).store(1, Ordering::Release) };
-    if let Ok(s) = v2(services) {
-        (s.wake_by_address)(taken.cast(), 1);
-    }
+    (services.wake_by_address)(taken.cast(), 1);
     closure()
 }
 
@@ -317,7 +326,7 @@ impl<T: ?Sized> Mutex<T> {
         if self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_err() {
             self.lock_contended();
         }
-        MutexGuard { mutex: self }
+        MutexGuard { mutex: self, _shares: PhantomData }
     }
 
     #[cold]
@@ -336,7 +345,7 @@ impl<T: ?Sized> Mutex<T> {
 
     /// Locks if nobody holds it.
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).ok().map(|_| MutexGuard { mutex: self })
+        self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).ok().map(|_| MutexGuard { mutex: self, _shares: PhantomData })
     }
 
     /// The value, through exclusive access (no locking needed).
@@ -348,7 +357,7 @@ impl<T: ?Sized> Mutex<T> {
         if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED
             && let Some(Ok(s)) = remembered_services().map(v2)
         {
-            let _ = wake_raw(s, &self.state, false);
+            wake_raw(s, &self.state, false);
         }
     }
 }
@@ -356,6 +365,10 @@ impl<T: ?Sized> Mutex<T> {
 /// Holds a [`Mutex`] locked; unlocks on drop.
 pub struct MutexGuard<'a, T: ?Sized> {
     mutex: &'a Mutex<T>,
+    /// Shared only where `T` may be: a `&MutexGuard` gives `&T` on every thread that has it, so
+    /// the guard is `Sync` only if `T` is (as the standard library's guard; `&Mutex<T>` alone
+    /// would make it `Sync` for any `T: Send`, a `Cell` raced from two threads).
+    _shares: PhantomData<&'a mut T>,
 }
 
 impl<T: ?Sized> Deref for MutexGuard<'_, T> {
@@ -510,6 +523,36 @@ mod tests {
             assert_eq!(h.wake_all(&AtomicU32::new(0)), Err(ThreadError::Unsupported));
             assert!(matches!(Thread::spawn(&h, || 0), Err(ThreadError::Unsupported)));
         }
+    }
+
+    #[test]
+    fn a_version_1_table_of_96_bytes_is_never_read_past_its_end() {
+        // A real version-1 host's table: only the first 96 bytes exist (an allocation of exactly
+        // that size, so a read past it is out of bounds for Miri and sanitizers).
+        let full = services(1, 96);
+        let v1: &'static HostServicesV1 = std::boxed::Box::leak(std::boxed::Box::new(HostServicesV1 {
+            cb_size: 96,
+            version: 1,
+            page_size: full.page_size,
+            allocation_granularity: full.allocation_granularity,
+            min_application_address: full.min_application_address,
+            max_application_address: full.max_application_address,
+            write: full.write,
+            exit: full.exit,
+            ticks_ns: full.ticks_ns,
+            add_vectored_exception_handler: full.add_vectored_exception_handler,
+            remove_vectored_exception_handler: full.remove_vectored_exception_handler,
+            get_write_watch: full.get_write_watch,
+            reset_write_watch: full.reset_write_watch,
+            query_commit: full.query_commit,
+        }));
+        // SAFETY: the table is leaked; the manager is never used.
+        let h = unsafe { Host::from_raw(core::ptr::null_mut::<HostMemoryManager>(), (v1 as *const HostServicesV1).cast()) };
+        assert_eq!(h.services().page_size, 4096);
+        assert!(h.services_v2().is_none());
+        assert_eq!(h.cpu_count(), None);
+        assert_eq!(h.wait_on_address(&AtomicU32::new(0), 0, None), Err(ThreadError::Unsupported));
+        assert!(matches!(Thread::spawn(&h, || 0), Err(ThreadError::Unsupported)));
     }
 
     #[test]

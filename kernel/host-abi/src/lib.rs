@@ -143,6 +143,25 @@ pub mod win32 {
         STATUS_INTEGER_DIVIDE_BY_ZERO: u32 = 0xC000_0094;
         /// Exception code: integer overflow (`idiv` overflow, `into`).
         STATUS_INTEGER_OVERFLOW: u32 = 0xC000_0095;
+        /// Exception code (host-abi §10.1): x87/SSE divide by zero.
+        STATUS_FLOAT_DIVIDE_BY_ZERO: u32 = 0xC000_008E;
+        /// Exception code: x87/SSE invalid operation.
+        STATUS_FLOAT_INVALID_OPERATION: u32 = 0xC000_0090;
+        /// Exception code: x87/SSE overflow.
+        STATUS_FLOAT_OVERFLOW: u32 = 0xC000_0091;
+        /// Exception code: x87/SSE underflow.
+        STATUS_FLOAT_UNDERFLOW: u32 = 0xC000_0093;
+        /// Exception code: x87/SSE inexact result.
+        STATUS_FLOAT_INEXACT_RESULT: u32 = 0xC000_008F;
+        /// Exception code: x87/SSE denormal operand.
+        STATUS_FLOAT_DENORMAL_OPERAND: u32 = 0xC000_008D;
+        /// Exception code: a SIMD exception whose cause is none of the above.
+        STATUS_FLOAT_MULTIPLE_TRAPS: u32 = 0xC000_02B5;
+        /// `HOST_SERVICES.cbSize` of a version-1 host (host-abi §7).
+        HOST_SERVICES_V1_SIZE: u32 = 96;
+        /// `HOST_SERVICES.cbSize` of a version-2 host (host-abi §10.2): check `cbSize` against it
+        /// (and `version >= 2`) before using the thread services.
+        HOST_SERVICES_V2_SIZE: u32 = 192;
         /// A vectored handler's answer: resume at the (possibly changed) context.
         EXCEPTION_CONTINUE_EXECUTION: i32 = -1;
         /// A vectored handler's answer: pass the exception to the next handler.
@@ -414,6 +433,41 @@ pub struct HostCommitInfo {
 /// thread's exit code.
 pub type ThreadStart = extern "C" fn(*mut c_void) -> u32;
 
+/// The first 96 bytes of `HOST_SERVICES`, what every host has (version 1, host-abi §7): the part of
+/// the table a guest may read before it knows the host's version (a version-1 host's table ends
+/// here, so a reference to the whole [`HostServices`] would reach past it).
+#[repr(C)]
+pub struct HostServicesV1 {
+    /// `sizeof(HOST_SERVICES)`: 96 for version 1, [`host::HOST_SERVICES_SIZE`] for version 2.
+    pub cb_size: u32,
+    /// 1 or 2.
+    pub version: u32,
+    /// [`win32::PAGE_SIZE`].
+    pub page_size: u32,
+    /// [`win32::ALLOCATION_GRANULARITY`].
+    pub allocation_granularity: u32,
+    /// Lowest address a guest can allocate.
+    pub min_application_address: u64,
+    /// Highest address a guest can allocate.
+    pub max_application_address: u64,
+    /// Writes bytes to the console.
+    pub write: extern "C" fn(*const u8, u64),
+    /// Ends the guest.
+    pub exit: extern "C" fn(i32) -> !,
+    /// Nanoseconds since boot.
+    pub ticks_ns: extern "C" fn() -> u64,
+    /// `AddVectoredExceptionHandler(first, handler)`: a handle, or null.
+    pub add_vectored_exception_handler: extern "C" fn(u32, ExceptionHandler) -> *mut c_void,
+    /// `RemoveVectoredExceptionHandler(handle)`: 1 if it was registered.
+    pub remove_vectored_exception_handler: extern "C" fn(*mut c_void) -> u32,
+    /// `GetWriteWatch(flags, base, size, addresses, count, granularity)`: a Win32 error code.
+    pub get_write_watch: extern "C" fn(u32, *mut u8, u64, *mut *mut u8, *mut u64, *mut u32) -> u32,
+    /// `ResetWriteWatch(base, size)`: a Win32 error code.
+    pub reset_write_watch: extern "C" fn(*mut u8, u64) -> u32,
+    /// Fills a [`HostCommitInfo`].
+    pub query_commit: extern "C" fn(*mut HostCommitInfo),
+}
+
 /// `HOST_SERVICES` version 2 (host-abi §7 and §10.2): the version-1 fields keep their offsets; a
 /// guest checks `version >= 2` (or `cb_size >= 192`) before it uses the thread services.
 #[repr(C)]
@@ -659,6 +713,14 @@ const _: () = {
     assert!(offset_of!(GuestException, context) == 24);
     assert!(size_of::<HostCommitInfo>() == 40);
     assert!(size_of::<HostServices>() == 192);
+    // The version-1 view is the table's first 96 bytes, field for field.
+    assert!(size_of::<HostServicesV1>() == 96);
+    assert!(offset_of!(HostServicesV1, max_application_address) == offset_of!(HostServices, max_application_address));
+    assert!(offset_of!(HostServicesV1, write) == offset_of!(HostServices, write));
+    assert!(offset_of!(HostServicesV1, add_vectored_exception_handler) == offset_of!(HostServices, add_vectored_exception_handler));
+    assert!(offset_of!(HostServicesV1, get_write_watch) == offset_of!(HostServices, get_write_watch));
+    assert!(offset_of!(HostServicesV1, query_commit) == offset_of!(HostServices, query_commit));
+    assert!(offset_of!(HostServices, cpu_count) == size_of::<HostServicesV1>());
     assert!(offset_of!(HostServices, write) == 32);
     assert!(offset_of!(HostServices, query_commit) == 88);
     assert!(offset_of!(HostServices, cpu_count) == 96);

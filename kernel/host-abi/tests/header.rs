@@ -217,7 +217,7 @@ fn rust_view() -> BTreeMap<String, String> {
         v.insert(format!("iid {name}"), bytes.join(" "));
     }
     let layouts = [
-        layout!("GUID", Guid, [data1, data2, data3, data4]),
+        layout!("_GUID", Guid, [data1, data2, data3, data4]),
         layout!("MEMORY_BASIC_INFORMATION", MemoryBasicInformation, [
             base_address, allocation_base, allocation_protect, partition_id, _padding1, region_size, state, protect,
             type_, _padding2
@@ -324,5 +324,93 @@ fn the_check_sees_a_changed_header() {
         let problems = differences(&text.replace(from, to), &dir);
         std::fs::remove_dir_all(&dir).ok();
         assert!(problems.iter().any(|p| p.starts_with(key)), "{key} drift went unseen: {problems:?}");
+    }
+}
+
+/// Compiles `source` (named `file`) against the header with `compiler` and `args`; `None` when
+/// the compiler is not installed, else the compiler's diagnostics on failure.
+fn compile(compiler: &str, file: &str, source: &str, args: &[&str]) -> Option<Result<PathBuf, String>> {
+    let dir = std::env::temp_dir().join(format!("host-abi-use-{}-{}", std::process::id(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join(file);
+    let obj = dir.join("out.o");
+    std::fs::write(&src, source).unwrap();
+    let out = match Command::new(compiler).args(args).arg("-I").arg(header_path().parent().unwrap()).arg("-c").arg("-o").arg(&obj).arg(&src).output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("running `{compiler}`: {e}"),
+    };
+    Some(if out.status.success() { Ok(obj) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) })
+}
+
+/// What a C++ guest writes: `guest_main` defined in C++ gets the header's C linkage (the unmangled
+/// entry symbol), `DebugAlloc` takes `__FILE__`, and the header is warning-free under `-pedantic`.
+#[test]
+fn the_header_serves_a_cxx_guest() {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let source = r#"#include "host_abi.h"
+int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
+    IHostMalloc *heap = 0;
+    void *p = 0;
+    (void)services;
+    if (host->lpVtbl->CreateMalloc(host, MALLOC_THREADSAFE, &heap) != S_OK) return 1;
+    return heap->lpVtbl->DebugAlloc(heap, 16, eTaskCritical, __FILE__, __LINE__, &p) == S_OK ? 0 : 2;
+}
+"#;
+    let Some(built) = compile(&cxx, "guest.cpp", source, &["-std=c++17", "-Wall", "-Wextra", "-pedantic", "-Werror"]) else {
+        println!("no C++ compiler `{cxx}`: the C++ use of the header is not checked");
+        return;
+    };
+    let obj = built.unwrap_or_else(|e| panic!("host_abi.h in C++:\n{e}"));
+    let nm = Command::new("nm").arg("-P").arg(&obj).output().expect("nm (binutils, with the C compiler)");
+    let symbols = String::from_utf8_lossy(&nm.stdout);
+    assert!(symbols.lines().any(|l| l.starts_with("guest_main ")), "guest_main is not an unmangled symbol:\n{symbols}");
+}
+
+/// A guest that includes Windows-style (or CoreCLR PAL-style) definitions first keeps them: with
+/// `VMK_NO_WIN32_TYPES` the header defines none of the Windows types, and its guarded `#define`s
+/// leave the other header's in place, without a warning, in C and in C++.
+#[test]
+fn the_header_after_windows_style_definitions() {
+    let prelude = r#"typedef int HRESULT;
+#define _HRESULT_DEFINED
+typedef unsigned int DWORD;
+typedef unsigned int ULONG;
+typedef unsigned long SIZE_T;
+typedef void *LPVOID;
+typedef struct _GUID { unsigned int Data1; unsigned short Data2, Data3; unsigned char Data4[8]; } GUID;
+#define GUID_DEFINED
+typedef GUID IID;
+#define __IID_DEFINED__
+#ifdef __cplusplus
+#define REFIID const IID &
+#else
+#define REFIID const IID *
+#endif
+static const IID IID_IUnknown = {0, 0, 0, {0xC0, 0, 0, 0, 0, 0, 0, 0x46}};
+typedef struct _MEMORY_BASIC_INFORMATION { void *BaseAddress; void *AllocationBase; DWORD AllocationProtect;
+    unsigned short PartitionId; SIZE_T RegionSize; DWORD State; DWORD Protect; DWORD Type; } MEMORY_BASIC_INFORMATION;
+#define S_OK ((HRESULT)0L)
+#define E_OUTOFMEMORY ((HRESULT)0x8007000EL)
+#define MEM_COMMIT 0x1000
+#define PAGE_READWRITE 0x04
+#define VMK_NO_WIN32_TYPES
+#include "host_abi.h"
+int use(IHostMemoryManager *host) {
+    void *p = 0;
+    MEMORY_BASIC_INFORMATION m;
+    SIZE_T got = 0;
+    (void)&IID_IUnknown;
+    if (host->lpVtbl->VirtualAlloc(host, 0, 4096, MEM_COMMIT | MEM_RESERVE, PAGE_READWRITE, eTaskCritical, &p) != S_OK) return 1;
+    return host->lpVtbl->VirtualQuery(host, p, &m, sizeof m, &got) == S_OK && sizeof(GUID) == 16 ? 0 : 2;
+}
+"#;
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = compile(&cc, "guest.c", prelude, &["-std=c11", "-Wall", "-Wextra", "-Werror"]).expect("the C compiler");
+    assert!(built.is_ok(), "host_abi.h after Windows-style definitions, in C:\n{}", built.unwrap_err());
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    match compile(&cxx, "guest.cpp", prelude, &["-std=c++17", "-Wall", "-Wextra", "-Werror"]) {
+        None => println!("no C++ compiler `{cxx}`: the C++ case is not checked"),
+        Some(built) => assert!(built.is_ok(), "host_abi.h after Windows-style definitions, in C++:\n{}", built.unwrap_err()),
     }
 }

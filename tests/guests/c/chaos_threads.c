@@ -20,6 +20,7 @@
  * - with the argument "quit", worker 0 calls exit(42) halfway: the guest ends with 42 and the
  *   kernel's accounting is as before it started, whatever the other threads were doing.
  * Workers count errors and keep the first; only the main thread prints check lines. */
+#define VMK_GUEST_MAIN_ARGS /* the argument string: a seed, or "quit" */
 #include "host_abi.h"
 #include "thread_util.h"
 
@@ -411,13 +412,7 @@ static uint64_t parse_seed(const char *args) {
     return v ? v : 0x2545f4914f6cdd1dull;
 }
 
-/* The entry point with the third argument the kernel passes (host_abi.h). */
-int32_t chaos_main(IHostMemoryManager *host, const HOST_SERVICES *services, const char *args);
-__asm__(".globl guest_main\n"
-        "guest_main:\n"
-        "    jmp chaos_main\n");
-
-int32_t chaos_main(IHostMemoryManager *host, const HOST_SERVICES *services, const char *args) {
+int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services, const char *args) {
     uint64_t seed = parse_seed(args), start, t[THREADS], i, k, ops = 0, accesses = 0, words = 0, faults = 0, guards = 0, queries = 0, children = 0, ok_calls = 0, leftover = 0, released;
     uint32_t errors = 0;
     void *h;
