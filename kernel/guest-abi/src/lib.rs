@@ -142,6 +142,40 @@ impl Host {
         Ok(old)
     }
 
+    /// `QueryInterface`: the manager itself for `IID_IUnknown` / `IID_IHostMemoryManager` (a
+    /// reference added), else `E_NOINTERFACE`.
+    pub fn query_interface(&self, iid: &host_abi::Guid) -> Result<*mut core::ffi::c_void, HResult> {
+        let mut out: *mut core::ffi::c_void = core::ptr::null_mut();
+        let bytes = iid.to_bytes();
+        (self.vtbl().query_interface)(self.manager, &bytes, &mut out).to_result()?;
+        Ok(out)
+    }
+
+    /// `AddRef`: the new count.
+    pub fn add_ref(&self) -> u32 {
+        (self.vtbl().add_ref)(self.manager)
+    }
+
+    /// `Release`: the new count (the manager lives as long as the guest whatever it is).
+    pub fn release(&self) -> u32 {
+        (self.vtbl().release)(self.manager)
+    }
+
+    /// `NeedsVirtualAddressSpace(addr, size)`: whether the range may be used (host-abi §9).
+    pub fn needs_virtual_address_space(&self, addr: usize, size: usize) -> Result<(), HResult> {
+        (self.vtbl().needs_virtual_address_space)(self.manager, addr as *mut u8, size as u64).to_result()
+    }
+
+    /// `AcquiredVirtualAddressSpace(addr, size)`: records a range the runtime took itself.
+    pub fn acquired_virtual_address_space(&self, addr: usize, size: usize) -> Result<(), HResult> {
+        (self.vtbl().acquired_virtual_address_space)(self.manager, addr as *mut u8, size as u64).to_result()
+    }
+
+    /// `ReleasedVirtualAddressSpace(addr)`: forgets a range recorded by the call above.
+    pub fn released_virtual_address_space(&self, addr: usize) -> Result<(), HResult> {
+        (self.vtbl().released_virtual_address_space)(self.manager, addr as *mut u8).to_result()
+    }
+
     /// `GetMemoryLoad`: (percent, bytes available at task criticality).
     pub fn memory_load(&self) -> Result<(u32, u64), HResult> {
         let (mut load, mut available) = (0u32, 0u64);
@@ -304,6 +338,12 @@ impl fmt::Write for Console<'_> {
 #[doc(hidden)]
 pub static mut GUEST_ARGS: *const u8 = core::ptr::null();
 
+/// Where this kernel keeps the argument string it passes as the entry point's third argument.
+#[doc(hidden)]
+pub const fn host_args_address() -> u64 {
+    host_abi::host::ARGS
+}
+
 /// Defines `guest_main`, which wraps the pointers in a [`Host`] and calls `$main(&Host) -> i32`.
 #[macro_export]
 macro_rules! guest_entry {
@@ -319,8 +359,11 @@ macro_rules! guest_entry {
             // SAFETY: these are the arguments the host passes to the entry point.
             let host = unsafe { $crate::Host::from_raw(manager, services) };
             // SAFETY: written once, before the guest's code runs (so before any other thread).
+            // The third argument is this kernel's (not the contract's): kept only when it is the
+            // address where this kernel keeps the string, so another host's undefined register
+            // never becomes a string to read.
             unsafe {
-                $crate::GUEST_ARGS = args;
+                $crate::GUEST_ARGS = if args as u64 == $crate::host_args_address() { args } else { core::ptr::null() };
             }
             $main(&host)
         }

@@ -41,7 +41,7 @@ use host_heap::{AllocError, Arena, GRAIN, Memory};
 use host_abi::host::{MANAGER_OBJECT, nr};
 use host_abi::win32::{
     ERROR_NOACCESS, MALLOC_EXECUTABLE, MALLOC_THREADSAFE, MEM_COMMIT, MEM_DECOMMIT, MEM_RELEASE, MEM_RESERVE,
-    PAGE_EXECUTE_READWRITE, PAGE_READWRITE, PAGE_SIZE,
+    PAGE_EXECUTE_READWRITE, PAGE_GUARD, PAGE_READWRITE, PAGE_SIZE,
 };
 use host_abi::{CriticalLevel, HResult, HostMallocVtbl, HostServices, IID_IHOST_MALLOC, IID_IUNKNOWN};
 
@@ -150,11 +150,14 @@ struct HeapMemory {
     protect: u32,
     level: CriticalLevel,
     changed: bool,
+    /// What the manager answered to the last refused commit (E_OUTOFMEMORY, or a poisoned
+    /// manager's HOST_E_CLRNOTAVAILABLE, which the heap's methods pass on).
+    refusal: Option<HResult>,
 }
 
 impl HeapMemory {
     fn new(protect: u32, level: CriticalLevel) -> HeapMemory {
-        HeapMemory { protect, level, changed: false }
+        HeapMemory { protect, level, changed: false, refusal: None }
     }
 
     fn reserve(&mut self, size: usize) -> Result<usize, HResult> {
@@ -171,7 +174,10 @@ impl HeapMemory {
         self.changed = true;
         match held_manager_call(SLOT_VIRTUAL_ALLOC, addr as u64, size as u64, MEM_COMMIT.into(), self.protect.into(), self.level as u64, ptr::addr_of_mut!(out) as u64) {
             S_OK => Ok(()),
-            e => Err(e),
+            e => {
+                self.refusal = Some(e);
+                Err(e)
+            }
         }
     }
 
@@ -191,13 +197,44 @@ impl HeapMemory {
     }
 }
 
-/// `VirtualAlloc`'s and `VirtualFree`'s vtable slots.
+/// `VirtualAlloc`'s, `VirtualFree`'s and `GetMemoryLoad`'s vtable slots.
 const SLOT_VIRTUAL_ALLOC: u64 = 4;
 const SLOT_VIRTUAL_FREE: u64 = 5;
+const SLOT_GET_MEMORY_LOAD: u64 = 8;
+
+/// `VirtualQuery`'s vtable slot.
+const SLOT_VIRTUAL_QUERY: u64 = 6;
+
+/// Whether `[ptr, ptr + len)` is committed, writable memory with no guard page (asked with
+/// `VirtualQuery`, which changes nothing), so that storing there has no other effect.
+fn plainly_writable(ptr: usize, len: usize) -> bool {
+    let Some(end) = ptr.checked_add(len).filter(|_| ptr != 0) else { return false };
+    let mut page = ptr & !(PAGE - 1);
+    while page < end {
+        let mut info = host_abi::MemoryBasicInformation::default();
+        let mut got = 0u64;
+        let size = core::mem::size_of::<host_abi::MemoryBasicInformation>() as u64;
+        let answered = held_manager_call(SLOT_VIRTUAL_QUERY, page as u64, ptr::addr_of_mut!(info) as u64, size, ptr::addr_of_mut!(got) as u64, 0, 0);
+        let writable = info.protect & (PAGE_READWRITE | PAGE_EXECUTE_READWRITE) != 0 && info.protect & PAGE_GUARD == 0;
+        if answered != S_OK || info.state != MEM_COMMIT || !writable {
+            return false;
+        }
+        page += PAGE;
+    }
+    true
+}
+
+/// Whether the manager is poisoned (an E_FAIL came before): `GetMemoryLoad` with NULL pointers
+/// answers HOST_E_CLRNOTAVAILABLE then, else E_POINTER, and changes nothing either way.
+fn manager_poisoned() -> bool {
+    held_manager_call(SLOT_GET_MEMORY_LOAD, 0, 0, 0, 0, 0, 0) == HOST_E_CLRNOTAVAILABLE
+}
 const _: () = {
     use core::mem::offset_of;
     assert!(offset_of!(host_abi::HostMemoryManagerVtbl, virtual_alloc) == SLOT_VIRTUAL_ALLOC as usize * 8);
     assert!(offset_of!(host_abi::HostMemoryManagerVtbl, virtual_free) == SLOT_VIRTUAL_FREE as usize * 8);
+    assert!(offset_of!(host_abi::HostMemoryManagerVtbl, get_memory_load) == SLOT_GET_MEMORY_LOAD as usize * 8);
+    assert!(offset_of!(host_abi::HostMemoryManagerVtbl, virtual_query) == SLOT_VIRTUAL_QUERY as usize * 8);
 };
 
 impl Memory for HeapMemory {
@@ -423,7 +460,10 @@ fn allocate(m: &mut Malloc, size: usize, memory: &mut HeapMemory) -> Result<(usi
     // about the reservation (87 for a size beyond user space); a poisoned manager stays visible.
     // When a region had room but its commit was refused, a new region would be refused too.
     if refused {
-        return Err(E_OUTOFMEMORY);
+        return Err(match memory.refusal {
+            Some(e @ (HOST_E_CLRNOTAVAILABLE | E_FAIL)) => e,
+            _ => E_OUTOFMEMORY,
+        });
     }
     new_region(m, need, memory).map_err(|e| match e {
         HOST_E_CLRNOTAVAILABLE | E_FAIL => e,
@@ -441,8 +481,9 @@ fn do_alloc(this: *mut Malloc, size: usize, level: u32, file: usize, line: i32, 
         S_OK => {}
         e => return e,
     }
-    let Some(this) = heap_of(this) else { return E_NOACCESS };
+    // Every failure leaves NULL there, a bad `this` included (host-abi §9).
     put(pp, 0usize);
+    let Some(this) = heap_of(this) else { return E_NOACCESS };
     let Some(level) = CriticalLevel::from_u32(level) else {
         return E_INVALIDARG;
     };
@@ -490,8 +531,22 @@ fn alloc_locked(this: *mut Malloc, size: usize, file: usize, line: i32, pp: usiz
 /// `IHostMemoryManager::CreateMalloc` (vtable slot 3): the library's entry point.
 #[unsafe(no_mangle)]
 pub extern "C" fn host_create_malloc(this: usize, flags: u32, pp: usize) -> HResult {
+    // Every failure leaves NULL in a writable `*ppMalloc` (host-abi §9), a bad `this` or a
+    // poisoned manager included; for a bad `this` without clearing a guard (nothing of the call
+    // is checked), as the kernel's own methods do.
     if this as u64 != MANAGER_OBJECT {
+        if plainly_writable(pp, 8) {
+            put(pp, 0usize);
+        }
         return E_NOACCESS;
+    }
+    // After E_FAIL every method but the lifetime ones answers HOST_E_CLRNOTAVAILABLE (host-abi
+    // §9), whatever its arguments: the kernel knows, so ask it.
+    if manager_poisoned() {
+        if pp != 0 && probe(pp, 8, true) == S_OK {
+            put(pp, 0usize);
+        }
+        return HOST_E_CLRNOTAVAILABLE;
     }
     if pp == 0 {
         return E_POINTER;

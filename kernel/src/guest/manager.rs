@@ -208,6 +208,18 @@ impl Guest {
         call_clock::call(slot as usize);
         let args = [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx];
         if args[0] != MANAGER_OBJECT {
+            // A bad `this` is ERROR_NOACCESS, and like every failure it leaves NULL in `*ppv`,
+            // `*ppMem` and `*pResult` wherever those are writable (host-abi §9); a pointer into a
+            // guard page keeps its guard (nothing of the call was checked yet).
+            let out = match slot {
+                slot::QUERY_INTERFACE => args[2],
+                slot::VIRTUAL_ALLOC => args[6],
+                slot::VIRTUAL_QUERY => args[4],
+                _ => 0,
+            };
+            if out != 0 && self.mem().plainly_writable(out, 8) {
+                self.mem().put_result(out, &0u64.to_le_bytes());
+            }
             return Ok(hresult::to_rax(E_NOACCESS));
         }
         let lifetime = matches!(slot, slot::QUERY_INTERFACE | slot::ADD_REF | slot::RELEASE);
@@ -330,12 +342,13 @@ impl Guest {
         let commit = crate::memory::commit_state();
         let (commit_load, available) = (commit.load_percent, commit.available_bytes);
         // Address space the runtime acquired by other means counts as in use (host-abi §5): the
-        // load is the larger of the commit load and the address-space load.
+        // load is the larger of the commit load and the acquired ranges' share of user space.
+        // Reservations do not count: the load is of the commit limit (a GC that reserves its
+        // heap's range up front must not read that as memory pressure).
         let cfg = self.space.with(|s, _| *s.config());
         let span = cfg.max_address_end - cfg.min_address;
-        let reserved = self.space.with(|s, _| s.reserved_bytes());
         let acquired: u64 = self.acquired.iter().map(|&(_, l)| l).sum();
-        let space_load = ((reserved + acquired) as u128 * 100 / span as u128) as u32;
+        let space_load = (acquired as u128 * 100 / span as u128) as u32;
         let load = commit_load.max(space_load).min(100);
         self.mem().put_result(p_load, &load.to_le_bytes());
         self.mem().put_result(p_available, &available.to_le_bytes());

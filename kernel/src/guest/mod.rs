@@ -386,6 +386,25 @@ impl GuestMemory<'_> {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// Whether `[addr, addr + len)` is committed, writable memory with no guard page, so that a
+    /// store there does nothing but store: where a call that fails before its pointer checks (a
+    /// bad `this`) still leaves its NULL result (host-abi §9) without clearing a guard or growing
+    /// a stack. Read-only: two queries at most for the 8 bytes it is asked about.
+    fn plainly_writable(&self, addr: u64, len: u64) -> bool {
+        let Some(end) = addr.checked_add(len) else { return false };
+        let mut page = addr & !(PAGE_SIZE - 1);
+        while page < end {
+            let writable = self.space.virtual_query(page).is_ok_and(|q| {
+                q.state == MEM_COMMIT && q.protect & (PAGE_READWRITE | PAGE_EXECUTE_READWRITE) != 0 && q.protect & PAGE_GUARD == 0
+            });
+            if !writable {
+                return false;
+            }
+            page += PAGE_SIZE;
+        }
+        true
+    }
+
     fn check_writable(&self, addr: u64, len: u64) -> Result<(), VmError> {
         self.with_stack_growth(addr, len, || self.space.with(|s, cx| s.check_user_access(cx, addr, len, true)))
     }

@@ -8,7 +8,7 @@ use host_abi::MemoryAvailable;
 
 use super::call_clock::{self, Stage};
 use super::calls::Callbacks;
-use super::hresult::{E_NOACCESS, HResult};
+use super::hresult::{self, HResult};
 use super::{Ended, Guest, exceptions};
 
 /// Counts the host calls, stack growths and thread stacks that may have changed the commit
@@ -103,14 +103,16 @@ impl Guest {
     /// made by ring 3 before the call returns), no notification now (host-abi §5, §9).
     pub(super) fn register_callback(&mut self, object: u64, callbacks: &mut Callbacks) -> Result<Result<(), HResult>, Ended> {
         if object != 0 {
+            // An unreadable object or vtable is ERROR_NOACCESS; one in a guard page 0x80000001,
+            // the guard cleared (host-abi §9), as for every pointer a call reads.
             let mut header = [0u8; 8];
-            if self.mem().read_bytes(object, &mut header).is_err() {
-                return Ok(Err(E_NOACCESS));
+            if let Err(e) = self.mem().read_bytes(object, &mut header) {
+                return Ok(Err(hresult::from_vm(e)));
             }
             let vtbl = u64::from_le_bytes(header);
             let mut table = [0u8; 32];
-            if self.mem().read_bytes(vtbl, &mut table).is_err() {
-                return Ok(Err(E_NOACCESS));
+            if let Err(e) = self.mem().read_bytes(vtbl, &mut table) {
+                return Ok(Err(hresult::from_vm(e)));
             }
             let add_ref = u64::from_le_bytes(table[8..16].try_into().expect("8 bytes"));
             callbacks.push(add_ref, object, 0);

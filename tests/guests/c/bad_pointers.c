@@ -104,6 +104,32 @@ static void result_pages(const IHostMemoryManagerVtbl *v, IHostMemoryManager *ho
     check("bad this with ppMem on a guard page", (uint32_t)v->VirtualAlloc((IHostMemoryManager *)(r + 64), x, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, (void **)(r + PAGE + 16)), NOACCESS_E);
     check("... the guard stays", protect_of(v, host, r + PAGE), PAGE_READWRITE | PAGE_GUARD);
     check("... nothing reserved", state_of(v, host, x), MEM_FREE);
+    check("CreateMalloc: bad this with ppMalloc on a guard page",
+          (uint32_t)v->CreateMalloc((IHostMemoryManager *)(r + 64), 0, (IHostMalloc **)(r + PAGE + 16)), NOACCESS_E);
+    check("... the guard stays", protect_of(v, host, r + PAGE), PAGE_READWRITE | PAGE_GUARD);
+    {
+        /* A bad `this` fails with ERROR_NOACCESS and, like every failure, leaves NULL (0) in a
+         * writable *ppv, *ppMem, *pResult, *ppMalloc (host-abi §9). */
+        IHostMemoryManager *bad = (IHostMemoryManager *)(r + 64);
+        void *out = (void *)1;
+        SIZE_T res = 5;
+        IHostMalloc *heap = (IHostMalloc *)1, *good = 0;
+        check("bad this: VirtualAlloc", (uint32_t)v->VirtualAlloc(bad, 0, 0x10000, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, &out), NOACCESS_E);
+        check("... *ppMem NULL", (uint64_t)out, 0);
+        out = (void *)1;
+        check("bad this: QueryInterface", (uint32_t)v->QueryInterface(bad, &IID_IUnknown, &out), NOACCESS_E);
+        check("... *ppv NULL", (uint64_t)out, 0);
+        check("bad this: VirtualQuery", (uint32_t)v->VirtualQuery(bad, r, &mbi, 48, &res), NOACCESS_E);
+        check("... *pResult 0", res, 0);
+        check("bad this: CreateMalloc", (uint32_t)v->CreateMalloc(bad, 0, &heap), NOACCESS_E);
+        check("... *ppMalloc NULL", (uint64_t)heap, 0);
+        if (v->CreateMalloc(host, 0, &good) == S_OK) {
+            out = (void *)1;
+            check("bad this: IHostMalloc::Alloc", (uint32_t)good->lpVtbl->Alloc((IHostMalloc *)(r + 64), 16, eTaskCritical, &out), NOACCESS_E);
+            check("... *ppMem NULL", (uint64_t)out, 0);
+            good->lpVtbl->Release(good);
+        }
+    }
 
     query_fails(v, host, "VirtualQuery lpBuffer on a no-access page", r, r + 3 * PAGE, NOACCESS_E, 0, 0);
     query_fails(v, host, "VirtualQuery lpBuffer on a read-only page", r, r + 5 * PAGE + 8, NOACCESS_E, 0, 0);

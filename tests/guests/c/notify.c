@@ -58,6 +58,36 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     check("Release of the old callback", (uint64_t)releases, 1);
     check("bad callback object", (uint32_t)v->RegisterMemoryNotificationCallback(host, (ICLRMemoryNotificationCallback *)0xffff800000000000ull),
           (uint32_t)HRESULT_FROM_WIN32(ERROR_NOACCESS));
+    {
+        /* A callback object in a guard page: 0x80000001, the guard cleared, nothing registered
+         * (host-abi §9); the retried call reads it. */
+        ICLRMemoryNotificationCallback *g = 0;
+        DWORD old = 0;
+        MEMORY_BASIC_INFORMATION m;
+        SIZE_T got = 0;
+        uint32_t adds_before = (uint32_t)adds;
+        check("a page for a callback object", (uint32_t)v->VirtualAlloc(host, 0, 4096, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eTaskCritical, (void **)&g), S_OK);
+        g->lpVtbl = callback.lpVtbl;
+        v->VirtualProtect(host, g, 4096, PAGE_READWRITE | PAGE_GUARD, &old);
+        check("callback object in a guard page", (uint32_t)v->RegisterMemoryNotificationCallback(host, g), 0x80000001u);
+        v->VirtualQuery(host, g, &m, sizeof m, &got);
+        check("... the guard is cleared", m.Protect, PAGE_READWRITE);
+        check("... nothing AddRef'd", (uint32_t)adds, adds_before);
+        check("... the retried call registers it", (uint32_t)v->RegisterMemoryNotificationCallback(host, g), S_OK);
+        check("unregister it", (uint32_t)v->RegisterMemoryNotificationCallback(host, 0), S_OK);
+        v->VirtualFree(host, g, 0, MEM_RELEASE);
+    }
+    {
+        /* GetMemoryLoad is the load of the commit limit (host-abi §5): a reservation is not. */
+        DWORD before = 101, after = 101;
+        SIZE_T avail = 0;
+        void *big = 0;
+        v->GetMemoryLoad(host, &before, &avail);
+        check("a 32 TiB reservation", (uint32_t)v->VirtualAlloc(host, 0, 32ull << 40, MEM_RESERVE, PAGE_READWRITE, eTaskCritical, &big), S_OK);
+        v->GetMemoryLoad(host, &after, &avail);
+        check("... leaves the memory load as it was", after, before);
+        v->VirtualFree(host, big, 0, MEM_RELEASE);
+    }
     /* Acquired address space (host-abi §5, §9). */
     check("Needs: size 0", (uint32_t)v->NeedsVirtualAddressSpace(host, (void *)0x200000000ull, 0), (uint32_t)E_INVALIDARG);
     check("Needs: kernel space", (uint32_t)v->NeedsVirtualAddressSpace(host, (void *)0xffff800000000000ull, 4096), (uint32_t)E_INVALIDARG);

@@ -20,6 +20,10 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     check("GetMemoryLoad too", (uint32_t)v->GetMemoryLoad(host, &load, &avail), (uint32_t)HOST_E_CLRNOTAVAILABLE);
     check("CreateMalloc fails", (uint32_t)v->CreateMalloc(host, 0, &heap), (uint32_t)HOST_E_CLRNOTAVAILABLE);
     check("... with *ppMalloc NULL", (uint64_t)heap, 0);
+    heap = (IHostMalloc *)1;
+    check("CreateMalloc with bad flags: unavailable all the same", (uint32_t)v->CreateMalloc(host, 4, &heap), (uint32_t)HOST_E_CLRNOTAVAILABLE);
+    check("... with *ppMalloc NULL", (uint64_t)heap, 0);
+    check("CreateMalloc with ppMalloc NULL: unavailable", (uint32_t)v->CreateMalloc(host, 0, 0), (uint32_t)HOST_E_CLRNOTAVAILABLE);
     check("QueryInterface still works", (uint32_t)v->QueryInterface(host, &IID_IUnknown, &q), S_OK);
     check("AddRef still works", v->AddRef(host), 3);
     check("Release still works", v->Release(host), 2);

@@ -56,6 +56,16 @@ static u64 slen(const char *s) {
     return n;
 }
 static void puts_(const char *s) { S->write(s, slen(s)); }
+/* A note of up to five pieces written with one `write`: workers print beside the main thread's
+ * check lines, and a line made of several writes could be split by one of those. */
+static void note5(const char *a, const char *b, const char *c, const char *d, const char *e) {
+    char line[256];
+    const char *parts[5] = {a, b, c, d, e};
+    u64 n = 0;
+    for (int i = 0; i < 5; i++)
+        for (const char *p = parts[i]; p && *p && n < sizeof line - 1; p++) line[n++] = *p;
+    S->write(line, n);
+}
 static void put_hex(u64 v) {
     char b[19];
     int i = 18;
@@ -92,23 +102,26 @@ static void area(const char *name) {
 /* One check line: `ok WHAT` or `FAILED WHAT: got G, expected E`. */
 static const char *g_prefix = "";
 static void check(const char *what, u64 got, u64 expected) {
-    if (got == expected) {
-        g_passed++;
-        puts_("ok ");
-        puts_(g_prefix);
-        puts_(what);
-        puts_("\n");
-    } else {
-        g_failed++;
-        puts_("FAILED ");
-        puts_(g_prefix);
-        puts_(what);
-        puts_(": got ");
-        put_hex(got);
-        puts_(", expected ");
-        put_hex(expected);
-        puts_("\n");
+    /* One `write` per line (a worker's note written meanwhile cannot split it). */
+    char line[320], hex[2][19];
+    u64 v[2] = {got, expected};
+    for (int k = 0; k < 2; k++) {
+        hex[k][0] = '0';
+        hex[k][1] = 'x';
+        for (int i = 0; i < 16; i++) hex[k][2 + i] = "0123456789abcdef"[(v[k] >> (60 - 4 * i)) & 15];
+        hex[k][18] = 0;
     }
+    const char *ok[] = {"ok ", g_prefix, what, "\n"};
+    const char *bad[] = {"FAILED ", g_prefix, what, ": got ", hex[0], ", expected ", hex[1], "\n"};
+    const char **parts = got == expected ? ok : bad;
+    int count = got == expected ? 4 : 8;
+    u64 n = 0;
+    if (got == expected) g_passed++;
+    else g_failed++;
+    for (int i = 0; i < count; i++)
+        for (const char *p = parts[i]; *p && n < sizeof line - 1; p++) line[n++] = *p;
+    if (line[n - 1] != '\n') line[n++] = '\n';
+    S->write(line, n);
 }
 static void check_true(const char *what, int cond) { check(what, cond ? 1 : 0, 1); }
 
@@ -424,11 +437,7 @@ static void sse_exceptions(const char *where) {
             /* The CPU completed the instruction with the exception unmasked: it does not raise #XM
              * (QEMU's TCG; it does not flag denormal operands either), so nothing reached the
              * kernel to check. */
-            puts_("note: ");
-            puts_(where);
-            puts_(" sse ");
-            puts_(c->name);
-            puts_(": this CPU does not raise #XM; not checked\n");
+            note5("note: ", where, " sse ", c->name, ": this CPU does not raise #XM; not checked\n");
             continue;
         }
         fp_line(where, "sse", c->name, "delivered once", g_fp.count, 1);
@@ -469,9 +478,7 @@ static void x87_exceptions(const char *where) {
         const FpCase *c = &FP_CASES[i];
         if (c->bit == 0x02 && !(x87_den_probe() & 0x02)) {
             /* QEMU's TCG does not flag a denormal operand of fld even when masked. */
-            puts_("note: ");
-            puts_(where);
-            puts_(" x87 denormal: this CPU does not flag denormal loads; not checked\n");
+            note5("note: ", where, " x87 denormal: this CPU does not flag denormal loads; not checked\n", 0, 0);
             continue;
         }
         g_fp.count = 0;
@@ -595,9 +602,7 @@ static void check_clean(const char *where, const FpCapture *c) {
         w[m] = 0;
         check(w, fl & 0x40500, 0);
         if (kernelish) {
-            puts_("note: ");
-            puts_(where);
-            puts_(": a register holds a kernel-half address at the first instruction\n");
+            note5("note: ", where, ": a register holds a kernel-half address at the first instruction\n", 0, 0);
         }
     }
     for (int i = 0; i < 8; i++) {

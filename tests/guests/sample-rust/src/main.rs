@@ -102,6 +102,28 @@ fn main(host: &Host) -> i32 {
     }
     c.check("release", host.virtual_free(base, 0, MEM_RELEASE).is_ok() as u64, 1);
     c.check("released memory is free", host.virtual_query(base).map(|q| q.state).unwrap_or(0) as u64, MEM_FREE as u64);
+    // The COM lifetime methods and the address-space bookkeeping of host-abi §3 and §9.
+    let me = host.query_interface(&guest_abi::IID_IHOST_MEMORY_MANAGER).unwrap_or(core::ptr::null_mut());
+    c.check("QueryInterface(IID_IHostMemoryManager) is the manager", me as u64, host.manager() as u64);
+    let refs = host.add_ref();
+    c.check("AddRef and Release count", host.release() as u64, refs as u64 - 1);
+    host.release(); // the reference QueryInterface added
+    c.check("NeedsVirtualAddressSpace of the freed range", host.needs_virtual_address_space(base, 1 << 20).is_ok() as u64, 1);
+    c.check("AcquiredVirtualAddressSpace records it", host.acquired_virtual_address_space(base, 1 << 20).is_ok() as u64, 1);
+    c.check(
+        "... twice is E_INVALIDARG (it overlaps the range recorded)",
+        host.acquired_virtual_address_space(base, 0x10000).err().map_or(0, |e| e.0 as u32 as u64),
+        0x8007_0057,
+    );
+    c.check("ReleasedVirtualAddressSpace forgets it", host.released_virtual_address_space(base).is_ok() as u64, 1);
+    match host.create_threadsafe_malloc(0) {
+        Ok(heap) => {
+            let block = heap.alloc(100, CriticalLevel::Task).unwrap_or(core::ptr::null_mut());
+            c.check("a thread-safe heap allocates", (!block.is_null()) as u64, 1);
+            c.check("... and frees", heap.free(block).is_ok() as u64, 1);
+        }
+        Err(e) => c.check("create_threadsafe_malloc", e.0 as u32 as u64, 0),
+    }
     let _ = writeln!(c.out, "{} passed, {} failed", c.passed, c.failed);
     if c.failed == 0 { 0 } else { 1 }
 }
