@@ -89,7 +89,8 @@ typedef const IID *REFIID;
 #define HOST_E_ABANDONED ((HRESULT)0x80131026)
 #endif
 #ifndef HRESULT_FROM_WIN32
-#define HRESULT_FROM_WIN32(e) ((HRESULT)((e) == 0 ? 0 : (0x80070000u | ((uint32_t)(e)&0xFFFFu))))
+/* As winerror.h: 0 and HRESULTs (already negative) pass through. */
+#define HRESULT_FROM_WIN32(e) ((HRESULT)(e) <= 0 ? (HRESULT)(e) : (HRESULT)(0x80070000u | ((uint32_t)(e)&0xFFFFu)))
 #endif
 #ifndef SUCCEEDED
 #define SUCCEEDED(hr) ((HRESULT)(hr) >= 0)

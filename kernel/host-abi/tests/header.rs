@@ -349,6 +349,10 @@ fn compile(compiler: &str, file: &str, source: &str, args: &[&str]) -> Option<Re
 fn the_header_serves_a_cxx_guest() {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let source = r#"#include "host_abi.h"
+// HRESULT_FROM_WIN32 as winerror.h has it: a constant expression; 0 and HRESULTs pass through.
+static_assert(HRESULT_FROM_WIN32(ERROR_NOACCESS) == (HRESULT)0x800703E6, "998");
+static_assert(HRESULT_FROM_WIN32(0) == S_OK, "0");
+static_assert(HRESULT_FROM_WIN32(E_FAIL) == E_FAIL, "an HRESULT passes through");
 int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     IHostMalloc *heap = 0;
     void *p = 0;
