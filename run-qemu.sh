@@ -30,7 +30,8 @@ options:
   --config "K=V,..."  kernel settings at boot: critical_reserve_percent (default 6),
                   low_threshold_percent (12), high_threshold_percent (25) of the commit limit for
                   memory notifications, commit_limit_mb (cap the commit limit; default: what RAM allows),
-                  guest_cpu_limit_s (end a guest past N seconds of CPU time with 0x80131024; 0 = none)
+                  guest_cpu_limit_s (end a guest past N seconds of CPU time with 0x80131024; 0 = none),
+                  guest_wall_limit_s (the same past N seconds from its start, sleeping or not; 0 = none)
   --guest-args "ARGS"  the argument string guests receive (the entry point's third argument); alias --runtime-args
   --wasm FILE     run a WebAssembly module (.wasm, or .wat text) in the Wasmtime guest
                   (tests/guests/wasm-runtime) instead of the bundled guests: FILE is precompiled on

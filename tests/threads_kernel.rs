@@ -1,6 +1,7 @@
 //! Guest threads in the kernel (issue 13, host-abi §10.2): the version-2 services work, threads
 //! run on every CPU at once, and every way a guest with threads ends (exit from a thread, an
-//! unhandled exception on a thread, the last thread's exit, a deadlock, the CPU-time limit)
+//! unhandled exception on a thread, the last thread's exit, a deadlock, the CPU-time limit, the
+//! wall-clock limit of a guest whose threads all sleep)
 //! ends all of its threads and leaves every frame as it was; the next guest runs. The suite runs
 //! this image at 1, 2 and 4 CPUs (`boot/src/suite.rs`). The thread conformance and torture
 //! guests are tests/threads.rs.
@@ -104,6 +105,23 @@ fn the_cpu_time_limit_counts_every_thread() -> Result<(), String> {
     Ok(())
 }
 
+/// A guest whose threads all sleep uses no CPU time: the wall-clock limit ends it (and the next
+/// guest runs), where the CPU-time limit never would.
+fn the_wall_clock_limit_ends_a_guest_whose_threads_all_sleep() -> Result<(), String> {
+    let before = frame_counts();
+    cpu_time::set_wall_limit_for_test(Some(500));
+    let t0 = kernel::arch::time::ticks_ns();
+    let (outcome, out) = run("sleep");
+    let taken_ms = (kernel::arch::time::ticks_ns() - t0) / 1_000_000;
+    cpu_time::set_wall_limit_for_test(None);
+    ensure!(out.contains("threads_smoke: sleep") && !out.contains("FAILED"), "{out}");
+    ensure_eq!(outcome, GuestOutcome::Exited(0x8013_1024u32 as i32));
+    ensure!((500..20_000).contains(&taken_ms), "ended after {taken_ms} ms (limit 500 ms)");
+    ensure_eq!(frame_counts(), before);
+    passes("parallel")?;
+    Ok(())
+}
+
 kernel::kernel_test_image!(
     the_thread_services_work,
     one_thread_per_cpu_runs_at_the_same_time,
@@ -112,4 +130,5 @@ kernel::kernel_test_image!(
     the_guest_ends_with_its_last_threads_exit_code,
     a_deadlocked_guest_ends,
     the_cpu_time_limit_counts_every_thread,
+    the_wall_clock_limit_ends_a_guest_whose_threads_all_sleep,
 );

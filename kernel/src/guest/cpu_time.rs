@@ -8,6 +8,11 @@
 //! interrupt that reaches a thread (every 10 ms of ring-3 time on each CPU, see
 //! `crate::arch::apic`); a guest cannot avoid those ticks, as it runs with interrupts on and `cli`
 //! is privileged in ring 3. Past the limit the guest ends with [`HOST_E_TIMEOUT`].
+//!
+//! A guest whose threads all sleep uses no CPU time, so the CPU-time limit never ends one that
+//! sleeps for ever (`sleep_ns(UINT64_MAX)` is a finite wait, not a deadlock). The wall-clock limit
+//! (`--config guest_wall_limit_s=N`) does: it is checked at the same ticks and, while no thread
+//! of the guest runs, at every tick that wakes the CPU that runs the guest (`super::sched`).
 
 use super::hresult::{self, HOST_E_TIMEOUT};
 
@@ -20,6 +25,29 @@ static LIMIT_OVERRIDE: spin::Mutex<Option<Option<u64>>> = spin::Mutex::new(None)
 #[cfg(feature = "test-hooks")]
 pub fn set_limit_for_test(limit_ms: Option<u64>) {
     *LIMIT_OVERRIDE.lock() = Some(limit_ms.map(|ms| ms.saturating_mul(1_000_000)));
+}
+
+/// Set by [`set_wall_limit_for_test`]: the wall-clock limit in nanoseconds instead of the
+/// configuration's.
+#[cfg(feature = "test-hooks")]
+static WALL_LIMIT_OVERRIDE: spin::Mutex<Option<Option<u64>>> = spin::Mutex::new(None);
+
+/// For QEMU test images (`test-hooks` feature): guests started from now on may take `limit_ms`
+/// milliseconds from their start (`None`: no limit).
+#[cfg(feature = "test-hooks")]
+pub fn set_wall_limit_for_test(limit_ms: Option<u64>) {
+    *WALL_LIMIT_OVERRIDE.lock() = Some(limit_ms.map(|ms| ms.saturating_mul(1_000_000)));
+}
+
+/// The wall-clock limit of a guest in nanoseconds, if there is one: a test's override, else the
+/// boot configuration's `guest_wall_limit_s` (0 = none).
+pub fn wall_limit_ns() -> Option<u64> {
+    #[cfg(feature = "test-hooks")]
+    if let Some(limit) = *WALL_LIMIT_OVERRIDE.lock() {
+        return limit;
+    }
+    let seconds = crate::memory::config().guest_wall_limit_s;
+    (seconds != 0).then(|| seconds.saturating_mul(1_000_000_000))
 }
 
 /// The CPU-time limit of a guest in nanoseconds, if there is one: a test's override, else the
@@ -38,12 +66,15 @@ pub fn limit_ns() -> Option<u64> {
 pub struct CpuClock {
     used_ns: u64,
     limit_ns: Option<u64>,
+    /// When the guest started, and how long it may take from then ([`wall_limit_ns`]).
+    started_ns: u64,
+    wall_limit_ns: Option<u64>,
 }
 
 impl CpuClock {
-    /// A clock with nothing used, with the limit in force now.
+    /// A clock with nothing used, with the limits in force now, the wall clock started now.
     pub fn start() -> CpuClock {
-        CpuClock { used_ns: 0, limit_ns: limit_ns() }
+        CpuClock { used_ns: 0, limit_ns: limit_ns(), started_ns: crate::arch::time::ticks_ns(), wall_limit_ns: wall_limit_ns() }
     }
 
     /// Adds `ns` of CPU time (one CPU's, since it last charged).
@@ -56,8 +87,25 @@ impl CpuClock {
         self.used_ns
     }
 
-    /// `Err(HOST_E_TIMEOUT)` (with the reason printed) once the guest `name` is past its limit.
+    /// `Err(HOST_E_TIMEOUT)` (with the reason printed) once the guest `name` is past its
+    /// wall-clock limit.
+    pub fn check_wall(&self, name: &str) -> Result<(), super::Ended> {
+        let Some(limit) = self.wall_limit_ns else { return Ok(()) };
+        let taken = crate::arch::time::ticks_ns().saturating_sub(self.started_ns);
+        if taken <= limit {
+            return Ok(());
+        }
+        crate::kprintln!(
+            "guest {name}: wall-clock limit of {} ms reached ({} ms since its start): ended with HOST_E_TIMEOUT",
+            limit / 1_000_000,
+            taken / 1_000_000
+        );
+        Err(hresult::to_exit_code(HOST_E_TIMEOUT))
+    }
+
+    /// `Err(HOST_E_TIMEOUT)` (with the reason printed) once the guest `name` is past either limit.
     pub fn check(&self, name: &str) -> Result<(), super::Ended> {
+        self.check_wall(name)?;
         let Some(limit) = self.limit_ns else { return Ok(()) };
         let used = self.used_ns();
         if used <= limit {

@@ -247,7 +247,16 @@ fn cpu_loop(run: &GuestRun, owner: bool) {
             // An idle CPU keeps the guest's tables in CR3: halted, it is lazy (`idle_wait`), so
             // the space's rounds leave it out unless they free tables, and the next pick of one
             // of the guest's threads loads nothing (Linux's lazy TLB).
-            None if owner => idle_wait(|| READY.load(Ordering::SeqCst) > 0 || run.ended()),
+            None if owner => {
+                // No thread of the guest runs, so no tick reaches one: the wall-clock limit of a
+                // guest whose threads all sleep is checked here, each time a tick wakes this CPU.
+                if let Some(code) = run.with(|g| g.cpu.check_wall(&g.name).err()) {
+                    run.set_end(code);
+                    run.kick_others();
+                    break;
+                }
+                idle_wait(|| READY.load(Ordering::SeqCst) > 0 || run.ended());
+            }
             None => break,
         }
     }

@@ -22,11 +22,15 @@ pub struct MemoryConfig {
     /// HOST_E_TIMEOUT (host-abi §10.1); 0, the default, is no limit. Not a memory setting, but
     /// read with the others from the same boot configuration (`crate::guest::cpu_time`).
     pub guest_cpu_limit_s: u64,
+    /// `guest_wall_limit_s`: the time a guest may take from its start, running or not, before it
+    /// is ended with HOST_E_TIMEOUT; 0, the default, is no limit. The CPU-time limit does not end
+    /// a guest whose threads all sleep (they use no CPU time); this one does.
+    pub guest_wall_limit_s: u64,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
-        MemoryConfig { critical_reserve_percent: 6, low_threshold_percent: 12, high_threshold_percent: 25, commit_limit_mb: None, guest_cpu_limit_s: 0 }
+        MemoryConfig { critical_reserve_percent: 6, low_threshold_percent: 12, high_threshold_percent: 25, commit_limit_mb: None, guest_cpu_limit_s: 0, guest_wall_limit_s: 0 }
     }
 }
 
@@ -46,6 +50,7 @@ impl MemoryConfig {
                 "high_threshold_percent" if n <= 100 => c.high_threshold_percent = n,
                 "commit_limit_mb" if n > 0 => c.commit_limit_mb = Some(n),
                 "guest_cpu_limit_s" => c.guest_cpu_limit_s = n,
+                "guest_wall_limit_s" => c.guest_wall_limit_s = n,
                 _ => {
                     log::warn!("config: {key}={value}: unknown key or out of range, ignored");
                     continue;

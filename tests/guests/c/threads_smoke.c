@@ -398,6 +398,13 @@ int32_t c_main(IHostMemoryManager *host, const HOST_SERVICES *services, const ch
         services->wait_on_address(&g_word, &zero, 4, INF);
         put("FAILED: woken\n");
         return 1;
+    } else if (eq(args, "sleep")) {
+        /* A thread that sleeps for ever (a finite wait: not a deadlock) and the main thread
+         * waiting for it: no CPU time is used, only the wall-clock limit ends this guest. */
+        uint64_t sleeper_thread = services->create_thread(sleeper, (void *)UINT64_MAX, 0, 0);
+        services->wait_thread(sleeper_thread, INF, 0);
+        put("FAILED: woken\n");
+        return 1;
     } else if (eq(args, "spin")) {
         uint32_t i;
         for (i = 0; i < services->cpu_count; i++) services->create_thread(spin, 0, 0, 0);
