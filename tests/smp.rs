@@ -1,6 +1,7 @@
 //! SMP bring-up (issue 13): every CPU QEMU was started with comes online (the suite runs this
 //! image at 1, 2 and 4 CPUs), each ran its start-up, its local APIC timer ticks at the
-//! calibrated rate, and IPIs reach it.
+//! calibrated rate, and IPIs reach it. Idle CPUs zero frames ahead of demand, and the frames
+//! they hold are given back to a request that needs them.
 #![no_std]
 #![no_main]
 
@@ -9,7 +10,9 @@ extern crate alloc;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use address_space::frame::{FrameSource, ZEROED_CAPACITY};
 use kernel::arch::{apic, fw_cfg, percpu, time};
+use kernel::memory::{self, KernelFrames};
 use qemu_tests::{ensure, ensure_eq};
 
 /// Lets the boot CPU take interrupts (it runs kernel code with IF = 0) for `ms` milliseconds.
@@ -88,10 +91,64 @@ fn an_ipi_to_itself_reaches_the_boot_cpu() -> Result<(), String> {
     Ok(())
 }
 
+/// Idles until idle CPUs have filled the list of frames zeroed ahead, for at most 5 s.
+fn wait_for_zeroed_list() -> Result<(), String> {
+    let start = time::ticks_ns();
+    while memory::zeroed_stats().listed < ZEROED_CAPACITY as u64 {
+        ensure!(time::ticks_ns() - start < 5_000_000_000, "the list of frames zeroed ahead is not full after 5 s: {:?}", memory::zeroed_stats());
+        idle(10);
+    }
+    Ok(())
+}
+
+fn idle_cpus_zero_frames_ahead() -> Result<(), String> {
+    if percpu::online_count() == 1 {
+        // The boot CPU runs the tests, so no CPU is idle: nothing is zeroed ahead.
+        idle(50);
+        ensure_eq!(memory::zeroed_stats().zeroed, 0);
+        return Ok(());
+    }
+    wait_for_zeroed_list()?;
+    let checked = memory::check_zeroed_ahead(ZEROED_CAPACITY).map_err(|pa| alloc::format!("a frame zeroed ahead holds a non-zero word at {pa:#x}"))?;
+    ensure_eq!(checked, ZEROED_CAPACITY);
+    // An exact picture gives them back; the idle CPUs zero others after it.
+    let stats = memory::zeroed_stats();
+    memory::with_mm(|_| ());
+    ensure!(memory::zeroed_stats().returned >= stats.returned + ZEROED_CAPACITY as u64, "{:?}", memory::zeroed_stats());
+    wait_for_zeroed_list()
+}
+
+fn a_request_gets_the_frames_zeroed_ahead() -> Result<(), String> {
+    if percpu::online_count() == 1 {
+        return Ok(());
+    }
+    wait_for_zeroed_list()?;
+    // Every frame the allocator has (the list given back for the count), less what the CPUs may
+    // hold in their caches meanwhile: the most a commit's reservation may ask for.
+    let (available, free) = memory::with_mm(|mm| (mm.frames.available_frames(), mm.frames.free_frames()));
+    let asked = available - percpu::online_count() as u64 * memory::PER_CPU_FRAMES;
+    wait_for_zeroed_list()?;
+    let returned = memory::zeroed_stats().returned;
+    let reservation = x86_64::instructions::interrupts::without_interrupts(|| KernelFrames.reserve(asked));
+    let Ok(reservation) = reservation else {
+        return Err(alloc::format!("reserve({asked}) failed with {available} available and {:?}", memory::zeroed_stats()));
+    };
+    ensure!(memory::zeroed_stats().returned >= returned + ZEROED_CAPACITY as u64, "the list was not given back: {:?}", memory::zeroed_stats());
+    // With the allocator below its floor, nothing is zeroed ahead.
+    let zeroed = memory::zeroed_stats().zeroed;
+    idle(50);
+    ensure!(memory::zeroed_stats().zeroed <= zeroed + 1, "zeroed ahead with no frame to spare: {:?}", memory::zeroed_stats());
+    x86_64::instructions::interrupts::without_interrupts(|| KernelFrames.unreserve(reservation));
+    ensure_eq!(memory::with_mm(|mm| (mm.frames.available_frames(), mm.frames.free_frames())), (available, free));
+    wait_for_zeroed_list()
+}
+
 kernel::kernel_test_image!(
     every_cpu_qemu_started_is_online,
     the_timer_is_calibrated,
     every_cpu_timer_ticks_at_100_hz,
     a_fixed_ipi_reaches_every_other_cpu,
     an_ipi_to_itself_reaches_the_boot_cpu,
+    idle_cpus_zero_frames_ahead,
+    a_request_gets_the_frames_zeroed_ahead,
 );

@@ -984,6 +984,7 @@ struct Begin {
     name: String,
     counters: WorkCounters,
     entries: u64,
+    zeroed: kernel::memory::ZeroedStats,
 }
 
 /// Set before the guest runs: where the lines say they ran, the TSC rate, the threshold.
@@ -1012,6 +1013,7 @@ fn marker_hook(bytes: &[u8]) {
     }
     let counters = counters();
     let entries = kernel::guest::kernel_entries();
+    let zeroed = kernel::memory::zeroed_stats();
     let text = String::from_utf8_lossy(bytes);
     let mut words = text.split_whitespace().skip(1);
     let name = String::from(words.next().unwrap_or(""));
@@ -1020,6 +1022,7 @@ fn marker_hook(bytes: &[u8]) {
             name,
             counters,
             entries,
+            zeroed,
         });
         return;
     }
@@ -1061,7 +1064,7 @@ fn marker_hook(bytes: &[u8]) {
     report(
         env,
         Figure {
-            name,
+            name: name.clone(),
             unit,
             units,
             cycles,
@@ -1071,6 +1074,19 @@ fn marker_hook(bytes: &[u8]) {
             entries: Some((entries, entries_min)),
         },
     );
+    // Frames zeroed ahead by idle CPUs (`--config zero_idle`): how many of the workload's
+    // demand-zero frames came from them, and how many idle CPUs zeroed meanwhile.
+    if zeroed.taken != b.zeroed.taken || zeroed.zeroed != b.zeroed.zeroed {
+        kprintln!(
+            "bench-zeroed-ahead {} {name} taken={} zeroed_ahead={} returned={} listed={}->{}",
+            env.place,
+            zeroed.taken - b.zeroed.taken,
+            zeroed.zeroed - b.zeroed.zeroed,
+            zeroed.returned - b.zeroed.returned,
+            b.zeroed.listed,
+            zeroed.listed
+        );
+    }
     GUEST_REPORTED.fetch_add(1, Ordering::SeqCst);
 }
 

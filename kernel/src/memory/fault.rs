@@ -142,13 +142,17 @@ pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<
     // no lock is needed. Interrupts are off (a fault from ring 3): a shootdown IPI sent meanwhile
     // would wait for the whole zeroing (thousands of cycles under TCG) and hold up another CPU's
     // round, so the requests posted to this CPU are served between eighths of the page.
-    let new_zeroed = || {
+    //
+    // A frame an idle CPU zeroed ahead comes first (`frames::zero_ahead`): no zeroing here, and
+    // in a virtual machine no first touch of memory the host may not have backed yet.
+    let zero_new = || {
         KernelFrames.alloc().ok().inspect(|&frame| {
             let mut window = manager().window;
             window.zero_frame_in(frame, 8, super::tlb::serve_flush_requests);
         })
     };
-    let mut zeroed = frames::take_zeroed();
+    let new_zeroed = || frames::take_zeroed().or_else(zero_new);
+    let mut zeroed = frames::take_kept_zeroed();
     let kept = zeroed.is_some();
     let mut resolved = shared_pass(&mut zeroed);
     if matches!(resolved, Some(None)) && !kept {
@@ -169,7 +173,7 @@ pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<
         None => {}
     }
     if ahead > 0 {
-        fault_around(space, page + PAGE_SIZE, ahead, new_zeroed);
+        fault_around(space, page + PAGE_SIZE, ahead, zero_new);
     }
     match resolved? {
         Some(resolved) => Some(resolved),
@@ -182,16 +186,20 @@ pub(super) fn resolve(space: &SpaceShared, addr: u64, access: Access) -> Option<
     }
 }
 
-/// Maps up to `ahead` pages from `first` on with frames zeroed now, with no lock held
-/// (`AddressSpace::fault_around`: a sequential first touch maps the pages it is about to touch).
-/// The pages are checked again under the shared lock (`AddressSpace::prefault_shared`); frames
-/// it did not use go back (one is kept as this CPU's zeroed frame). Bounded: at most
-/// `FAULT_AROUND_MAX` frames, each zeroed in eighths with the flush requests served between.
-fn fault_around(space: &SpaceShared, first: u64, ahead: u64, new_zeroed: impl Fn() -> Option<PhysFrame>) {
+/// Maps up to `ahead` pages from `first` on with frames zeroed ahead (`frames::fill_zeroed`) or
+/// zeroed now by `zero_new`, with no lock held (`AddressSpace::fault_around`: a sequential first
+/// touch maps the pages it is about to touch). The pages are checked again under the shared lock
+/// (`AddressSpace::prefault_shared`); frames it did not use go back (one is kept as this CPU's
+/// zeroed frame). Bounded: at most `FAULT_AROUND_MAX` frames, each zeroed in eighths with the
+/// flush requests served between.
+fn fault_around(space: &SpaceShared, first: u64, ahead: u64, zero_new: impl Fn() -> Option<PhysFrame>) {
     let mut zeroed = [None; FAULT_AROUND_MAX as usize];
     let n = ahead.min(FAULT_AROUND_MAX) as usize;
-    for slot in &mut zeroed[..n] {
-        *slot = new_zeroed();
+    // The listed frames fill the first slots; the rest are zeroed here, up to the first frame
+    // not to be had (the frames are consecutive from the first page: `prefault_shared`).
+    let listed = frames::fill_zeroed(&mut zeroed[..n]);
+    for slot in &mut zeroed[listed..n] {
+        *slot = zero_new();
         if slot.is_none() {
             break;
         }

@@ -45,7 +45,13 @@ fn with_kernel_tables<R>(f: impl FnOnce(&mut FrameState, &mut OffsetPageTable<'s
 
 impl KernelStack {
     /// Maps a new stack. `None` if every slot is taken or frames ran out (then nothing changed).
+    /// Frames zeroed ahead are given back to the allocator and the stack asked for again if the
+    /// first try found it short (`frames::zero_ahead`).
     pub fn new() -> Option<KernelStack> {
+        Self::try_new().or_else(|| if super::frames::give_back_zeroed_frames() > 0 { Self::try_new() } else { None })
+    }
+
+    fn try_new() -> Option<KernelStack> {
         with_kernel_tables(|mm, tables| {
             let slot = (0..SLOTS).find(|&i| mm.kstack_slots & (1u128 << i) == 0)?;
             let mut promised = mm.allocator.reserve(STACK_PAGES).ok()?;

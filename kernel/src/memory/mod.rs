@@ -152,7 +152,7 @@ pub use accounting::{Accounting, CommitState, commit_state, print_accounting, se
 pub use boot::{BootSnapshot, boot_snapshot};
 pub use config::{MemoryConfig, config};
 pub use fault::{PageFaultVerdict, fault_access, on_page_fault};
-pub use frames::{KernelCharge, KernelFrames};
+pub use frames::{KernelCharge, KernelFrames, PER_CPU_FRAMES, ZeroedStats, check_zeroed_ahead, zero_ahead, zeroed_stats};
 pub use space::{CallRange, Space};
 pub use lock::{RwSpinLock, SpinLock};
 pub use tlb::{KernelTlb, serve_flush_requests, shootdown_stats};
@@ -345,6 +345,7 @@ pub fn init(boot_info: &'static BootInfo) {
         boot_frames_returned: returned,
         boot_commit_limit: limit_pages,
     });
+    frames::ZERO_IDLE.store(config.zero_idle, core::sync::atomic::Ordering::Relaxed);
     kstack::prepare();
     log::info!(
         "memory: kernel page tables in CR3 ({} table pages), {} bootloader frames returned, NX/WP on, SMEP {}, SMAP {}, PAT entry 4 = WC",

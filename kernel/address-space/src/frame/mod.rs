@@ -106,6 +106,7 @@ mod layout;
 mod summary;
 #[cfg(test)]
 mod tests;
+pub mod zeroed;
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -117,6 +118,7 @@ use x86_64::structures::paging::{PhysFrame, Size2MiB, Size4KiB};
 pub use cache::{CACHE_BATCH, CACHE_CAPACITY, FrameAccounting, FrameCache, SharedFrames};
 pub use shared::SharedReservation;
 pub use source::FrameSource;
+pub use zeroed::{ZEROED_CAPACITY, ZeroedFrames};
 use layout::Layout;
 use summary::Summary;
 
