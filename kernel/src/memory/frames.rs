@@ -57,6 +57,8 @@ static CPU_FRAMES: [SpinLock<CpuFrames>; MAX_CPUS] =
 
 /// Frames zeroed ahead (see the module docs). Lock order: a CPU's frames → this → the frames.
 static ZEROED: SpinLock<ZeroedFrames> = SpinLock::new(ZeroedFrames::new());
+/// How many frames the list holds, as of its last change (read without its lock).
+static LISTED: AtomicU64 = AtomicU64::new(0);
 /// Whether idle CPUs zero frames ahead (`MemoryConfig::zero_idle`, set once at boot).
 pub(super) static ZERO_IDLE: AtomicBool = AtomicBool::new(false);
 /// A CPU is zeroing ahead: one at a time, as Windows runs one zero-page thread, so that idle
@@ -166,6 +168,7 @@ pub(super) fn drain_all<R>(f: impl FnOnce() -> R) -> R {
     // The frames zeroed ahead too, the list held (empty) while `f` runs.
     let mut zeroed = ZEROED.lock();
     ZEROED_RETURNED.fetch_add(zeroed.drain(&Global) as u64, Ordering::Relaxed);
+    LISTED.store(0, Ordering::Relaxed);
     f()
 }
 
@@ -177,7 +180,7 @@ pub(super) fn take_kept_zeroed() -> Option<PhysFrame<Size4KiB>> {
 
 /// Takes a frame zeroed ahead, if one is listed: allocated, all zero, mapped nowhere.
 pub(super) fn take_zeroed() -> Option<PhysFrame<Size4KiB>> {
-    let frame = interrupts::without_interrupts(|| ZEROED.lock().pop());
+    let frame = with_zeroed(ZeroedFrames::pop);
     if frame.is_some() {
         ZEROED_TAKEN.fetch_add(1, Ordering::Relaxed);
     }
@@ -187,7 +190,7 @@ pub(super) fn take_zeroed() -> Option<PhysFrame<Size4KiB>> {
 /// Fills the empty slots of `slots` in order with frames zeroed ahead while any is listed (one
 /// lock acquisition); how many it filled.
 pub(super) fn fill_zeroed(slots: &mut [Option<PhysFrame<Size4KiB>>]) -> usize {
-    let filled = interrupts::without_interrupts(|| ZEROED.lock().fill(slots));
+    let filled = with_zeroed(|list| list.fill(slots));
     ZEROED_TAKEN.fetch_add(filled as u64, Ordering::Relaxed);
     filled
 }
@@ -198,17 +201,27 @@ pub(super) fn keep_zeroed(frame: PhysFrame<Size4KiB>) {
     this_cpu(|c| match c.zeroed {
         None => c.zeroed = Some(frame),
         Some(_) => {
-            if let Err(frame) = ZEROED.lock().push(frame) {
+            if let Err(frame) = with_zeroed(|list| list.push(frame)) {
                 c.cache.free(frame, &Global).expect("a zeroed frame is allocated");
             }
         }
     })
 }
 
+/// Runs `f` on the list of frames zeroed ahead, locked, interrupts off.
+fn with_zeroed<R>(f: impl FnOnce(&mut ZeroedFrames) -> R) -> R {
+    interrupts::without_interrupts(|| {
+        let mut list = ZEROED.lock();
+        let r = f(&mut list);
+        LISTED.store(list.len() as u64, Ordering::Relaxed);
+        r
+    })
+}
+
 /// Gives the frames zeroed ahead back to the allocator (a request found it short); how many.
 /// Interrupts must be off.
 fn give_back_zeroed() -> usize {
-    let returned = ZEROED.lock().drain(&Global);
+    let returned = with_zeroed(|list| list.drain(&Global));
     ZEROED_RETURNED.fetch_add(returned as u64, Ordering::Relaxed);
     returned
 }
@@ -227,7 +240,7 @@ pub(super) fn give_back_zeroed_frames() -> usize {
 /// zeroes one, and this CPU's frames stay locked meanwhile, so an exact picture ([`drain_all`])
 /// waits for the frame to be listed rather than miss it.
 pub fn zero_ahead() -> bool {
-    if !ZERO_IDLE.load(Ordering::Relaxed) || ZEROED.lock().is_full() || ZEROING.swap(true, Ordering::Acquire) {
+    if !ZERO_IDLE.load(Ordering::Relaxed) || LISTED.load(Ordering::Relaxed) >= ZEROED_CAPACITY as u64 || ZEROING.swap(true, Ordering::Acquire) {
         return false;
     }
     let zeroed = {
@@ -236,7 +249,7 @@ pub fn zero_ahead() -> bool {
         frame.is_some_and(|frame| {
             let mut window = manager().window;
             window.zero_frame_in(frame, 8, super::tlb::serve_flush_requests);
-            if let Err(frame) = ZEROED.lock().push(frame) {
+            if let Err(frame) = with_zeroed(|list| list.push(frame)) {
                 c.cache.free(frame, &Global).expect("a zeroed frame is allocated");
             }
             true
@@ -262,10 +275,10 @@ pub struct ZeroedStats {
     pub returned: u64,
 }
 
-/// The frames zeroed ahead (see [`ZeroedStats`]).
+/// The frames zeroed ahead (see [`ZeroedStats`]); takes no lock.
 pub fn zeroed_stats() -> ZeroedStats {
     ZeroedStats {
-        listed: interrupts::without_interrupts(|| ZEROED.lock().len()) as u64,
+        listed: LISTED.load(Ordering::Relaxed),
         zeroed: ZEROED_AHEAD.load(Ordering::Relaxed),
         taken: ZEROED_TAKEN.load(Ordering::Relaxed),
         returned: ZEROED_RETURNED.load(Ordering::Relaxed),

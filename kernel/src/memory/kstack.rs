@@ -25,6 +25,14 @@ pub const SLOT_SIZE: u64 = (STACK_PAGES + 1) * PAGE_SIZE;
 /// (its idle stack, double-fault and NMI IST stacks, ring-3 entry stack; `arch::smp`).
 pub const SLOTS: usize = 128;
 
+/// Why a stack could not be mapped.
+enum NoStack {
+    /// Every slot is taken.
+    Slots,
+    /// The allocator could not promise the stack's frames.
+    Frames,
+}
+
 /// A mapped kernel stack; unmapped (frames returned) on drop.
 pub struct KernelStack {
     slot: usize,
@@ -48,13 +56,16 @@ impl KernelStack {
     /// Frames zeroed ahead are given back to the allocator and the stack asked for again if the
     /// first try found it short (`frames::zero_ahead`).
     pub fn new() -> Option<KernelStack> {
-        Self::try_new().or_else(|| if super::frames::give_back_zeroed_frames() > 0 { Self::try_new() } else { None })
+        match Self::try_new() {
+            Err(NoStack::Frames) if super::frames::give_back_zeroed_frames() > 0 => Self::try_new().ok(),
+            r => r.ok(),
+        }
     }
 
-    fn try_new() -> Option<KernelStack> {
+    fn try_new() -> Result<KernelStack, NoStack> {
         with_kernel_tables(|mm, tables| {
-            let slot = (0..SLOTS).find(|&i| mm.kstack_slots & (1u128 << i) == 0)?;
-            let mut promised = mm.allocator.reserve(STACK_PAGES).ok()?;
+            let slot = (0..SLOTS).find(|&i| mm.kstack_slots & (1u128 << i) == 0).ok_or(NoStack::Slots)?;
+            let mut promised = mm.allocator.reserve(STACK_PAGES).map_err(|_| NoStack::Frames)?;
             let base = KSTACK_REGION + slot as u64 * SLOT_SIZE + PAGE_SIZE;
             for i in 0..STACK_PAGES {
                 let frame = mm.allocator.alloc_reserved(&mut promised);
@@ -78,7 +89,7 @@ impl KernelStack {
                 }
             }
             mm.kstack_slots |= 1 << slot;
-            Some(KernelStack { slot })
+            Ok(KernelStack { slot })
         })
     }
 
