@@ -167,14 +167,14 @@ run_image() { # $1 = tcg|kvm, $2 = output file
     # peer program runs first thing in a fresh Linux: after the in-kernel part the same workloads
     # measure up to twice as much, with the calls themselves no slower (docs/performance.md). The
     # full boot's guest lines stay in the file as `bench-after-kernel`, for the report's note.
-    grep -E '^(bench|tlb-|\[boot\] qemu)' "$work/image.log" | sed -E 's/^bench (guest-)/bench-after-kernel \1/' >> "$file" || true
+    grep -E '^(bench|tlb-|\[boot\] qemu)' "$work/image.log" | sed -E 's/^bench (guest-)/bench-after-kernel \1/; s/^bench-zeroed-ahead /bench-after-kernel-zeroed-ahead /' >> "$file" || true
     echo "load between: $(load)" >> "$file"
     status=0
     "$root/run-qemu.sh" --bench --smp "$smp" --guest-args guest --timeout 300 > "$work/image-guest.log" 2>&1 || status=$?
     if [ "$status" != 0 ]; then
       echo "not available: run-qemu.sh --bench --guest-args guest exited with $status: $(grep -m2 -E 'FAILURE|panicked|failed' "$work/image-guest.log" | tr '\n' ' ')" >> "$file"
     fi
-    grep -E '^(bench guest-|\[boot\] qemu)' "$work/image-guest.log" >> "$file" || true
+    grep -E '^(bench guest-|bench-zeroed-ahead |\[boot\] qemu)' "$work/image-guest.log" >> "$file" || true
   else
     grep -E '^(bench|tlb-|\[boot\] qemu)' "$work/image.log" >> "$file" || true
   fi

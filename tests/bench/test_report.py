@@ -121,6 +121,13 @@ class RoundsTest(unittest.TestCase):
                                          guest_line("query_free", 900.0)])
         self.assertEqual(got, {"query_free": 1500.0})
 
+    def test_zeroed_ahead_lines(self):
+        got = report.parse_zeroed_ahead([
+            "bench-zeroed-ahead guest-TCG commit_touch_256m taken=39975 zeroed_ahead=36086 returned=0 listed=4096->207",
+            "bench-after-kernel-zeroed-ahead guest-TCG commit_touch_256m taken=1 zeroed_ahead=2 returned=0 listed=0->0",
+            guest_line("commit_touch_256m", 11431.0)])
+        self.assertEqual(got, {"commit_touch_256m": (39975, 36086)})
+
 
 def peer_scaling_lines(base_ctd, base_rr, threads2, procs2):
     """peer-scaling lines of one fair boot at 2 CPUs: 1-worker rows at the bases, 2-worker rows at

@@ -106,6 +106,12 @@
 //!   allowance ≤ frames − reserve/2 − cached`), so a commit that passed the charge always gets
 //!   its frames. [`with_mm`] gives every
 //!   CPU's frames back first, so its figures (and the tests' before/after counts) are exact.
+//! - **Frames zeroed ahead.** A CPU with nothing to run (the scheduler's idle wait) zeroes free
+//!   frames into one list of up to 4,096 ([`zero_ahead`], one CPU at a time, only while more than
+//!   `2 × 4,096` frames are available); demand-zero faults take from it before zeroing a frame.
+//!   Listed frames are used to the allocator but not left out of the commit limit: every frames
+//!   request that finds the allocator short gives the list back and asks again (`frames.rs`), and
+//!   [`with_mm`] gives it back too. `--config zero_idle=0` turns it off.
 //! - **A page fault** (ring 0: [`on_page_fault`]; ring 3: [`Space::handle_fault`]) finds its
 //!   space through this CPU's running space (no shared lock), else the registry, and takes that
 //!   space's lock **shared** (Linux's `mmap_read_lock` fault path): faults on one space run on
