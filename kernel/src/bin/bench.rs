@@ -1474,11 +1474,22 @@ fn timed_run(env: &Env, spaces: &[alloc::sync::Arc<Space>], duration: u64, work:
 /// touched pages makes one round to every other CPU running the space) and the cycles of a round
 /// (from its first IPI to its last acknowledgement), the waits for a lock (any of
 /// `kernel::memory::lock`'s), those that halted, and the wake-up IPIs unlocks sent.
+/// The in-kernel scaling table, with zeroing ahead paused (see [`scaling_rows`]).
 fn scaling(env: &Env) {
+    memory::pause_zero_ahead();
+    scaling_rows(env);
+    memory::resume_zero_ahead();
+}
+
+/// The in-kernel scaling table. Frames are not zeroed ahead meanwhile: the table measures how the
+/// memory manager lets disjoint work from 1, 2 and 4 CPUs proceed, and a CPU left idle in the
+/// 1-CPU row would zero that row's frames while none would in the 4-CPU row (Linux, the peer
+/// column, zeroes none ahead either).
+fn scaling_rows(env: &Env) {
     let online = 1 + aps().len();
     kprintln!(
         "bench-scaling-title in-kernel on {online} CPUs (ring 0 on each CPU through the Space API, each CPU's space in CR3, interrupts on; \
-disjoint regions of one space, or with /space-per-cpu one space per CPU; {} under QEMU, the vCPUs share the host's cores with everything else)",
+disjoint regions of one space, or with /space-per-cpu one space per CPU; no frames zeroed ahead by idle CPUs meanwhile; {} under QEMU, the vCPUs share the host's cores with everything else)",
         env.place
     );
     kprintln!(
@@ -1751,7 +1762,9 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     // `--guest-args guest-threads`: only the guest-thread scaling table.
     if kernel::guest::guest_args() == b"guest-threads" {
         WRITE_HOOK.call_once(|| marker_hook);
+        memory::pause_zero_ahead();
         let ok = guest_threads::run(tsc_hz, &format!("guest-{accel}"));
+        memory::resume_zero_ahead();
         kprintln!("bench {}", if ok { "complete" } else { "failed: the guest-thread benchmark did not complete (see above)" });
         qemu::exit(if ok { qemu::ExitCode::Success } else { qemu::ExitCode::Failure })
     }
@@ -1937,7 +1950,12 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         place: format!("guest-{accel}"),
         tsc_hz,
         threshold,
-    }) & guest_threads::run(tsc_hz, &format!("guest-{accel}")); // `&`: the second runs whatever the first did
+    }) & {
+        memory::pause_zero_ahead();
+        let ok = guest_threads::run(tsc_hz, &format!("guest-{accel}"));
+        memory::resume_zero_ahead();
+        ok
+    }; // `&`: the second runs whatever the first did
 
     memory::print_accounting();
     if !guest_ok {

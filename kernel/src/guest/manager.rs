@@ -365,7 +365,43 @@ impl GuestMemory<'_> {
     /// Arguments come from the caller's registers `c`; `made` says how the call was made, and
     /// whether its results may go back in `c`'s registers for the stub to store (the returned
     /// `rax` has bit 32 set then).
+    ///
+    /// The assisted `VirtualQuery` (its structure back in registers) is decided here, inline in
+    /// the run loop: the commonest call, whose own work is small, goes to the space's lock
+    /// without a call, a jump table and a frame of its own; everything else is
+    /// [`other_memory_call`](Self::other_memory_call).
+    #[inline(always)]
     pub(super) fn memory_call(&self, slot: u64, made: Made, c: &mut UserContext) -> Option<u64> {
+        if slot == slot::VIRTUAL_QUERY && made == Made::StubStores && self.stub_may_store_query(c.rsi, c.rdx, c.r10, c.r8, c.rflags) {
+            return Some(match self.query(c.rsi) {
+                Ok(info) => {
+                    // The structure's six words as `to_bytes` lays them out (PartitionId and
+                    // padding zero).
+                    c.rdi = info.base_address;
+                    c.rsi = info.allocation_base;
+                    c.rdx = info.allocation_protect as u64 | (info.partition_id as u64) << 32;
+                    c.r8 = info.region_size;
+                    c.r9 = info.state as u64 | (info.protect as u64) << 32;
+                    c.r10 = info.type_ as u64;
+                    STUB_STORES
+                }
+                Err(e) => self.query_failed(c.r8, e),
+            });
+        }
+        self.other_memory_call(slot, made, c)
+    }
+
+    /// The `rax` of an assisted `VirtualQuery` whose query failed with `e`: `*pResult` = 0
+    /// first (its check), then the query's error. Out of line, off the common path.
+    #[inline(never)]
+    fn query_failed(&self, p_result: u64, e: VmError) -> u64 {
+        hr(self.out_result(p_result, 8).and(Err(hresult::from_vm(e))))
+    }
+
+    /// [`memory_call`](Self::memory_call) for every call but the assisted `VirtualQuery` whose
+    /// results the stub stores.
+    #[inline(never)]
+    fn other_memory_call(&self, slot: u64, made: Made, c: &mut UserContext) -> Option<u64> {
         let args = [c.rdi, c.rsi, c.rdx, c.r10, c.r8, c.r9, c.rbx];
         let stub_stores = made == Made::StubStores;
         Some(match slot {
@@ -382,22 +418,6 @@ impl GuestMemory<'_> {
             },
             slot::VIRTUAL_ALLOC => hr(self.virtual_alloc(args[1], args[2], args[3] as u32, args[4] as u32, args[5] as u32, args[6])),
             slot::VIRTUAL_FREE => hr(self.virtual_free(args[1], args[2], args[3] as u32)),
-            slot::VIRTUAL_QUERY if stub_stores && self.stub_may_store_query(args[1], args[2], args[3], args[4], c.rflags) => {
-                match self.query(args[1]) {
-                    Ok(info) => {
-                        // The structure's six words as `to_bytes` lays them out (PartitionId and
-                        // padding zero).
-                        c.rdi = info.base_address;
-                        c.rsi = info.allocation_base;
-                        c.rdx = info.allocation_protect as u64 | (info.partition_id as u64) << 32;
-                        c.r8 = info.region_size;
-                        c.r9 = info.state as u64 | (info.protect as u64) << 32;
-                        c.r10 = info.type_ as u64;
-                        STUB_STORES
-                    }
-                    Err(e) => hr(self.out_result(args[4], 8).and(Err(hresult::from_vm(e)))),
-                }
-            }
             slot::VIRTUAL_QUERY => hr(self.virtual_query(args[1], args[2], args[3], args[4])),
             slot::VIRTUAL_PROTECT => match self.virtual_protect(args[1], args[2], args[3] as u32, args[4], stub_stores && c.rflags & RFLAGS_AC == 0) {
                 Ok(Some(old)) => {

@@ -10,23 +10,34 @@ use super::call_clock::{self, Stage};
 use super::calls::Callbacks;
 use super::hresult::{self, HResult};
 use super::{Ended, Guest, exceptions};
+use crate::arch::percpu::{self, MAX_CPUS};
+
+/// One CPU's count of [`COMMIT_EPOCH`], in a cache line of its own.
+#[repr(align(64))]
+struct EpochCount(AtomicU64);
 
 /// Counts the host calls, stack growths and thread stacks that may have changed the commit
 /// charge, of every guest and thread: a guest checks its memory band again only once this moved.
-static COMMIT_EPOCH: AtomicU64 = AtomicU64::new(0);
+/// Per CPU, each counted by the CPU that made the change (only that CPU writes its count, and
+/// never from an interrupt handler, so a load and a store suffice: no locked instruction in every
+/// commit, decommit and release); the epoch is their sum ([`commit_epoch`]).
+static COMMIT_EPOCH: [EpochCount; MAX_CPUS] = [const { EpochCount(AtomicU64::new(0)) }; MAX_CPUS];
 
 /// Notes that the commit charge may have changed (a commit, decommit, release or stack growth),
 /// once the change is made. With threads on other CPUs changing it (stack growth is served
 /// without the guest's lock), the order is what keeps a change from being missed: a check reads
 /// the epoch before the charge, so a change it did not see moves the epoch after that read, and
-/// the next check reads the charge again.
+/// the next check reads the charge again. (Each CPU's count only grows, so a sum read after
+/// another CPU's count moved differs from one read before.)
 pub(super) fn note_commit_change() {
-    COMMIT_EPOCH.fetch_add(1, Ordering::Release);
+    let count = &COMMIT_EPOCH[percpu::current_index()].0;
+    count.store(count.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
 }
 
-/// The number of [`note_commit_change`]s so far; read before the commit charge it stands for.
+/// The number of [`note_commit_change`]s so far (every CPU's added up); read before the commit
+/// charge it stands for.
 pub(super) fn commit_epoch() -> u64 {
-    COMMIT_EPOCH.load(Ordering::Acquire)
+    COMMIT_EPOCH.iter().map(|c| c.0.load(Ordering::Acquire)).fold(0, u64::wrapping_add)
 }
 
 /// The notification thresholds in bytes of free commit: (low, high) (host-abi §5; set at boot,

@@ -45,7 +45,7 @@ use super::exceptions::{GuestException, HandlerAt};
 use super::host_pages::{self, MANAGER_OBJECT};
 use super::manager::{ManagerRefs, Made, manager_slot};
 use super::threads::{Action, Continuation, Wait};
-use super::{Ended, Guest, GuestMemory, KERNEL_ENTRIES, call_clock};
+use super::{Ended, Guest, GuestMemory, call_clock, count_kernel_entry};
 use crate::arch::user::{UserExit, enter_user, reset_user_state, set_fs_base, set_user_selectors};
 use crate::arch::{apic, percpu, time};
 use crate::memory::Space;
@@ -155,10 +155,20 @@ fn wake_idle_cpus() {
     }
 }
 
+/// Whether more than half the CPUs online wait for work (this one included). Frames are zeroed
+/// ahead only then, so that the zeroing does not take from the threads that run: on hardware
+/// the memory bandwidth, under an emulator whose vCPUs outnumber the host's cores the cores
+/// themselves (measured at 4 vCPUs on 2 cores: two busy CPUs and a zeroing one made disjoint
+/// commit/touch/decommit from 2 CPUs 45 % slower; docs/performance.md).
+fn more_than_half_idle() -> bool {
+    IDLE.load(Ordering::Relaxed).count_ones() as usize * 2 > percpu::online_count()
+}
+
 /// Waits in `sti; hlt` until an interrupt, unless `work()` already holds (checked after this CPU
 /// shows itself idle, so a wake-up sent in between is not lost: its IPI ends the `hlt`). Before
-/// it halts, it zeroes free frames ahead of demand while `work()` does not hold
-/// (`memory::zero_ahead`: a frame takes about 5 µs under TCG, the latency this adds to a wake-up).
+/// it halts, it zeroes free frames ahead of demand while `work()` does not hold and more than
+/// half the CPUs idle (`memory::zero_ahead`: a frame takes about 5 µs under TCG, the latency
+/// this adds to a wake-up).
 fn idle_wait(work: impl Fn() -> bool) {
     let bit = 1 << percpu::current_index();
     IDLE.fetch_or(bit, Ordering::SeqCst);
@@ -173,9 +183,10 @@ fn idle_wait(work: impl Fn() -> bool) {
         // space's rounds leave this CPU out while it halts, and it flushes after if one did.
         crate::memory::tlb::enter_lazy();
         // Nothing to run: zero free frames for the next demand-zero faults first (Windows'
-        // zero-page thread), a frame at a time, while there is still nothing to run. Lazy
-        // meanwhile: the zeroing touches no guest memory.
-        while !work() && crate::memory::zero_ahead() {}
+        // zero-page thread), a frame at a time, while there is still nothing to run and more
+        // than half the CPUs idle (`more_than_half_idle`). Lazy meanwhile: the zeroing touches
+        // no guest memory.
+        while !work() && more_than_half_idle() && crate::memory::zero_ahead() {}
         if !work() {
             x86_64::instructions::interrupts::enable_and_hlt();
             x86_64::instructions::interrupts::disable();
@@ -329,9 +340,7 @@ fn serve_thread(run: &GuestRun, key: u64, cont: Continuation) {
         call_clock::enter();
         match exit {
             UserExit::Interrupt { vector } => apic::on_interrupt(vector),
-            _ => {
-                KERNEL_ENTRIES.fetch_add(1, Ordering::Relaxed);
-            }
+            _ => count_kernel_entry(),
         }
         // Page faults, and the manager's memory calls, `AddRef`/`Release` and `ticks_ns` while
         // nothing else of the guest is involved (no callback registered, the manager not

@@ -17,8 +17,9 @@
 //! picture: `with_mm`).
 //!
 //! **Frames zeroed ahead** (the crate's `frame::zeroed`, Windows' zeroed page list and zero-page
-//! thread): a CPU with nothing to run ([`zero_ahead`], from the scheduler's idle wait) zeroes
-//! free frames, one CPU at a time, into one list of up to `ZEROED_CAPACITY`; a demand-zero fault
+//! thread): a CPU with nothing to run ([`zero_ahead`], from the scheduler's idle wait while more
+//! than half the CPUs idle) zeroes free frames, one CPU at a time, into one list of up to
+//! `ZEROED_CAPACITY`; a demand-zero fault
 //! takes its frames from there first ([`take_zeroed`], [`fill_zeroed`]) and zeroes one itself only
 //! when the list is empty. Listed frames are used to the allocator, and every request this module
 //! serves that finds the allocator short gives the list back and asks again (so the commit limit
@@ -61,6 +62,8 @@ static ZEROED: SpinLock<ZeroedFrames> = SpinLock::new(ZeroedFrames::new());
 static LISTED: AtomicU64 = AtomicU64::new(0);
 /// Whether idle CPUs zero frames ahead (`MemoryConfig::zero_idle`, set once at boot).
 pub(super) static ZERO_IDLE: AtomicBool = AtomicBool::new(false);
+/// Zeroing ahead paused by [`pause_zero_ahead`] (a benchmark of how disjoint work scales).
+static PAUSED: AtomicBool = AtomicBool::new(false);
 /// A CPU is zeroing ahead: one at a time, as Windows runs one zero-page thread, so that idle
 /// CPUs do not take every host core from the CPUs that run threads (QEMU's vCPUs share them).
 static ZEROING: AtomicBool = AtomicBool::new(false);
@@ -240,7 +243,7 @@ pub(super) fn give_back_zeroed_frames() -> usize {
 /// zeroes one, and this CPU's frames stay locked meanwhile, so an exact picture ([`drain_all`])
 /// waits for the frame to be listed rather than miss it.
 pub fn zero_ahead() -> bool {
-    if !ZERO_IDLE.load(Ordering::Relaxed) || LISTED.load(Ordering::Relaxed) >= ZEROED_CAPACITY as u64 || ZEROING.swap(true, Ordering::Acquire) {
+    if !ZERO_IDLE.load(Ordering::Relaxed) || PAUSED.load(Ordering::Relaxed) || LISTED.load(Ordering::Relaxed) >= ZEROED_CAPACITY as u64 || ZEROING.swap(true, Ordering::Acquire) {
         return false;
     }
     let zeroed = {
@@ -260,6 +263,19 @@ pub fn zero_ahead() -> bool {
         ZEROED_AHEAD.fetch_add(1, Ordering::Relaxed);
     }
     zeroed
+}
+
+/// Pauses zeroing ahead and gives the list back (at most the frame a CPU was zeroing meanwhile
+/// is listed after), until [`resume_zero_ahead`]. For a benchmark of how disjoint work scales
+/// from 1, 2 and 4 CPUs: a CPU left idle would otherwise zero for the 1-CPU row.
+pub fn pause_zero_ahead() {
+    PAUSED.store(true, Ordering::SeqCst);
+    give_back_zeroed_frames();
+}
+
+/// Ends [`pause_zero_ahead`].
+pub fn resume_zero_ahead() {
+    PAUSED.store(false, Ordering::SeqCst);
 }
 
 /// The frames zeroed ahead (counts since boot but `listed`).

@@ -106,9 +106,10 @@
 //!   allowance ≤ frames − reserve/2 − cached`), so a commit that passed the charge always gets
 //!   its frames. [`with_mm`] gives every
 //!   CPU's frames back first, so its figures (and the tests' before/after counts) are exact.
-//! - **Frames zeroed ahead.** A CPU with nothing to run (the scheduler's idle wait) zeroes free
-//!   frames into one list of up to 4,096 ([`zero_ahead`], one CPU at a time, only while more than
-//!   `2 × 4,096` frames are available); demand-zero faults take from it before zeroing a frame.
+//! - **Frames zeroed ahead.** A CPU with nothing to run (the scheduler's idle wait, while more
+//!   than half the CPUs idle) zeroes free frames into one list of up to 4,096 ([`zero_ahead`],
+//!   one CPU at a time, only while more than `2 × 4,096` frames are available); demand-zero
+//!   faults take from it before zeroing a frame.
 //!   Listed frames are used to the allocator but not left out of the commit limit: every frames
 //!   request that finds the allocator short gives the list back and asks again (`frames.rs`), and
 //!   [`with_mm`] gives it back too. `--config zero_idle=0` turns it off.
@@ -158,7 +159,7 @@ pub use accounting::{Accounting, CommitState, commit_state, print_accounting, se
 pub use boot::{BootSnapshot, boot_snapshot};
 pub use config::{MemoryConfig, config};
 pub use fault::{PageFaultVerdict, fault_access, on_page_fault};
-pub use frames::{KernelCharge, KernelFrames, PER_CPU_FRAMES, ZeroedStats, check_zeroed_ahead, zero_ahead, zeroed_stats};
+pub use frames::{KernelCharge, KernelFrames, PER_CPU_FRAMES, ZeroedStats, check_zeroed_ahead, pause_zero_ahead, resume_zero_ahead, zero_ahead, zeroed_stats};
 pub use space::{CallRange, Space};
 pub use lock::{RwSpinLock, SpinLock};
 pub use tlb::{KernelTlb, serve_flush_requests, shootdown_stats};

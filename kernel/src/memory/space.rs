@@ -161,9 +161,21 @@ impl SpaceShared {
     }
 
     /// Waits until no other CPU's round in flight on this space overlaps `range` (the caller
-    /// holds the space lock, so no new one starts; see [`with_range`](Self::with_range)).
+    /// holds the space lock, so no new one starts; see [`with_range`](Self::with_range)). With
+    /// none in flight (every call but those that meet another CPU's round) it is one load, inline
+    /// in every call's path.
+    #[inline]
     fn wait_for_rounds(&self, range: &CallRange) {
-        let mut in_flight = self.rounds_in_flight.load(Ordering::Acquire) & !(1 << percpu::this_cpu());
+        let in_flight = self.rounds_in_flight.load(Ordering::Acquire) & !(1 << percpu::this_cpu());
+        if in_flight != 0 {
+            self.wait_for_rounds_in_flight(in_flight, range);
+        }
+    }
+
+    /// [`wait_for_rounds`](Self::wait_for_rounds) once rounds of the CPUs `in_flight` (bit per
+    /// CPU index) were seen in flight.
+    #[inline(never)]
+    fn wait_for_rounds_in_flight(&self, mut in_flight: u64, range: &CallRange) {
         while in_flight != 0 {
             let slot = &self.rounds[in_flight.trailing_zeros() as usize];
             in_flight &= in_flight - 1;

@@ -177,7 +177,10 @@ impl AddressSpace {
         self.deferring = true;
         let result = call(self, cx);
         self.deferring = false;
-        (result, self.pending.take())
+        // Moved out only when there is one: `Option::take` copies the whole slot (a round's batch
+        // is several hundred bytes) even when it is empty, which nearly every call would pay.
+        let pending = if self.pending.is_some() { self.pending.take() } else { None };
+        (result, pending)
     }
 
     /// Leaves `batch` (which needs a round) and `uncharge` for the caller's second phase, merged

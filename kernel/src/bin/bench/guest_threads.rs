@@ -110,7 +110,7 @@ pub fn run(tsc_hz: u64, place: &str) -> bool {
         "bench-guest-scaling-title ring-3 guest threads ({place}; tests/guests/c/vmbench_threads.c, HOST_SERVICES v2 create_thread, \
 one space, disjoint regions, 2 memory calls per op; cpus = CPUs the kernel runs guest threads on, peak = most of them running \
 the guest's threads at once during the row (its main thread included while it starts the row); shootdown figures from the \
-kernel's counters around the row; under QEMU the vCPUs share the host's cores with everything else)"
+kernel's counters around the row; no frames zeroed ahead by idle CPUs meanwhile; under QEMU the vCPUs share the host's cores with everything else)"
     );
     kprintln!(
         "bench-guest-scaling {:<26} {:>7} {:>4} {:>4} {:>7} {:>10} {:>8} {:>9} {:>11} {:>12} {:>10}",
