@@ -19,11 +19,11 @@
 //! **Frames zeroed ahead** (the crate's `frame::zeroed`, Windows' zeroed page list and zero-page
 //! thread): a CPU with nothing to run ([`zero_ahead`], from the scheduler's idle wait while more
 //! than half the CPUs idle) zeroes free frames, one CPU at a time, into one list of up to
-//! `ZEROED_CAPACITY`; a demand-zero fault
-//! takes its frames from there first ([`take_zeroed`], [`fill_zeroed`]) and zeroes one itself only
-//! when the list is empty. Listed frames are used to the allocator, and every request this module
-//! serves that finds the allocator short gives the list back and asks again (so the commit limit
-//! does not leave them out). Off with `--config zero_idle=0`.
+//! `ZEROED_CAPACITY`; a demand-zero fault takes its frames from there first ([`take_zeroed`],
+//! [`fill_zeroed`]) and zeroes one itself only when the list is empty. Listed frames are used to
+//! the allocator, and every request this module serves that finds the allocator short gives the
+//! list back and asks again (so the commit limit does not leave them out). Off with
+//! `--config zero_idle=0`.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -246,6 +246,7 @@ pub fn zero_ahead() -> bool {
     if !ZERO_IDLE.load(Ordering::Relaxed) || PAUSED.load(Ordering::Relaxed) || LISTED.load(Ordering::Relaxed) >= ZEROED_CAPACITY as u64 || ZEROING.swap(true, Ordering::Acquire) {
         return false;
     }
+    debug_assert!(!interrupts::are_enabled(), "zero_ahead with interrupts on");
     let zeroed = {
         let mut c = CPU_FRAMES[percpu::this_cpu()].lock();
         let frame = if Global.with(|g| g.available_frames()) < ZERO_AHEAD_FLOOR { None } else { c.cache.alloc(&Global).ok() };
