@@ -108,6 +108,7 @@ fn aps_zero_ahead() -> bool {
 }
 
 fn idle_cpus_zero_frames_ahead() -> Result<(), String> {
+    ensure!(memory::config().zero_idle, "zeroing ahead is on unless `--config zero_idle=0`");
     if !aps_zero_ahead() {
         // At 1 and 2 CPUs the boot CPU runs the tests, so no more than half the CPUs are idle:
         // nothing is zeroed ahead.
