@@ -150,10 +150,10 @@ fn a_request_gets_the_frames_zeroed_ahead() -> Result<(), String> {
     ensure_eq!(memory::with_mm(|mm| (mm.frames.available_frames(), mm.frames.free_frames())), (available, free));
     wait_for_zeroed_list()?;
     // Paused (as the benchmark's scaling tables do), the list is given back and stays empty.
-    memory::pause_zero_ahead();
-    idle(100);
-    let paused = memory::zeroed_stats();
-    memory::resume_zero_ahead();
+    let paused = memory::with_zero_ahead_paused(|| {
+        idle(100);
+        memory::zeroed_stats()
+    });
     ensure!(paused.listed <= 1, "paused with {paused:?}");
     wait_for_zeroed_list()
 }

@@ -1476,9 +1476,7 @@ fn timed_run(env: &Env, spaces: &[alloc::sync::Arc<Space>], duration: u64, work:
 /// `kernel::memory::lock`'s), those that halted, and the wake-up IPIs unlocks sent.
 /// The in-kernel scaling table, with zeroing ahead paused (see [`scaling_rows`]).
 fn scaling(env: &Env) {
-    memory::pause_zero_ahead();
-    scaling_rows(env);
-    memory::resume_zero_ahead();
+    memory::with_zero_ahead_paused(|| scaling_rows(env));
 }
 
 /// The in-kernel scaling table. Frames are not zeroed ahead meanwhile: the table measures how the
@@ -1762,9 +1760,7 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
     // `--guest-args guest-threads`: only the guest-thread scaling table.
     if kernel::guest::guest_args() == b"guest-threads" {
         WRITE_HOOK.call_once(|| marker_hook);
-        memory::pause_zero_ahead();
-        let ok = guest_threads::run(tsc_hz, &format!("guest-{accel}"));
-        memory::resume_zero_ahead();
+        let ok = memory::with_zero_ahead_paused(|| guest_threads::run(tsc_hz, &format!("guest-{accel}")));
         kprintln!("bench {}", if ok { "complete" } else { "failed: the guest-thread benchmark did not complete (see above)" });
         qemu::exit(if ok { qemu::ExitCode::Success } else { qemu::ExitCode::Failure })
     }
@@ -1950,12 +1946,7 @@ fn bench_main(boot_info: &'static mut bootloader_api::BootInfo) -> ! {
         place: format!("guest-{accel}"),
         tsc_hz,
         threshold,
-    }) & {
-        memory::pause_zero_ahead();
-        let ok = guest_threads::run(tsc_hz, &format!("guest-{accel}"));
-        memory::resume_zero_ahead();
-        ok
-    }; // `&`: the second runs whatever the first did
+    }) & memory::with_zero_ahead_paused(|| guest_threads::run(tsc_hz, &format!("guest-{accel}"))); // `&`: the second runs whatever the first did
 
     memory::print_accounting();
     if !guest_ok {

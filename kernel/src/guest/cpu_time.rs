@@ -20,6 +20,11 @@ use super::hresult::{self, HOST_E_TIMEOUT};
 #[cfg(feature = "test-hooks")]
 static LIMIT_OVERRIDE: spin::Mutex<Option<Option<u64>>> = spin::Mutex::new(None);
 
+/// Set by [`set_wall_limit_for_test`]: the wall-clock limit in nanoseconds instead of the
+/// configuration's.
+#[cfg(feature = "test-hooks")]
+static WALL_LIMIT_OVERRIDE: spin::Mutex<Option<Option<u64>>> = spin::Mutex::new(None);
+
 /// For QEMU test images (`test-hooks` feature), which cannot pass fw_cfg: guests started from now on have `limit_ms`
 /// milliseconds of CPU time (`None`: no limit).
 #[cfg(feature = "test-hooks")]
@@ -27,16 +32,16 @@ pub fn set_limit_for_test(limit_ms: Option<u64>) {
     *LIMIT_OVERRIDE.lock() = Some(limit_ms.map(|ms| ms.saturating_mul(1_000_000)));
 }
 
-/// Set by [`set_wall_limit_for_test`]: the wall-clock limit in nanoseconds instead of the
-/// configuration's.
-#[cfg(feature = "test-hooks")]
-static WALL_LIMIT_OVERRIDE: spin::Mutex<Option<Option<u64>>> = spin::Mutex::new(None);
-
 /// For QEMU test images (`test-hooks` feature): guests started from now on may take `limit_ms`
 /// milliseconds from their start (`None`: no limit).
 #[cfg(feature = "test-hooks")]
 pub fn set_wall_limit_for_test(limit_ms: Option<u64>) {
     *WALL_LIMIT_OVERRIDE.lock() = Some(limit_ms.map(|ms| ms.saturating_mul(1_000_000)));
+}
+
+/// A limit of the boot configuration in nanoseconds: `seconds`, 0 being none.
+fn configured_ns(seconds: u64) -> Option<u64> {
+    (seconds != 0).then(|| seconds.saturating_mul(1_000_000_000))
 }
 
 /// The wall-clock limit of a guest in nanoseconds, if there is one: a test's override, else the
@@ -46,8 +51,7 @@ pub fn wall_limit_ns() -> Option<u64> {
     if let Some(limit) = *WALL_LIMIT_OVERRIDE.lock() {
         return limit;
     }
-    let seconds = crate::memory::config().guest_wall_limit_s;
-    (seconds != 0).then(|| seconds.saturating_mul(1_000_000_000))
+    configured_ns(crate::memory::config().guest_wall_limit_s)
 }
 
 /// The CPU-time limit of a guest in nanoseconds, if there is one: a test's override, else the
@@ -57,8 +61,22 @@ pub fn limit_ns() -> Option<u64> {
     if let Some(limit) = *LIMIT_OVERRIDE.lock() {
         return limit;
     }
-    let seconds = crate::memory::config().guest_cpu_limit_s;
-    (seconds != 0).then(|| seconds.saturating_mul(1_000_000_000))
+    configured_ns(crate::memory::config().guest_cpu_limit_s)
+}
+
+/// `Err(HOST_E_TIMEOUT)`, with the reason printed, once `spent` ns (`how`: "used", "since its
+/// start") are past the guest `name`'s limit `what` of `limit` ns (`None`: no limit).
+fn past_limit(name: &str, what: &str, limit: Option<u64>, spent: u64, how: &str) -> Result<(), super::Ended> {
+    let Some(limit) = limit else { return Ok(()) };
+    if spent <= limit {
+        return Ok(());
+    }
+    crate::kprintln!(
+        "guest {name}: {what} of {} ms reached ({} ms {how}): ended with HOST_E_TIMEOUT",
+        limit / 1_000_000,
+        spent / 1_000_000
+    );
+    Err(hresult::to_exit_code(HOST_E_TIMEOUT))
 }
 
 /// One guest's CPU clock.
@@ -90,32 +108,16 @@ impl CpuClock {
     /// `Err(HOST_E_TIMEOUT)` (with the reason printed) once the guest `name` is past its
     /// wall-clock limit.
     pub fn check_wall(&self, name: &str) -> Result<(), super::Ended> {
-        let Some(limit) = self.wall_limit_ns else { return Ok(()) };
-        let taken = crate::arch::time::ticks_ns().saturating_sub(self.started_ns);
-        if taken <= limit {
-            return Ok(());
+        if self.wall_limit_ns.is_none() {
+            return Ok(()); // no clock read on every tick for a limit that is not there
         }
-        crate::kprintln!(
-            "guest {name}: wall-clock limit of {} ms reached ({} ms since its start): ended with HOST_E_TIMEOUT",
-            limit / 1_000_000,
-            taken / 1_000_000
-        );
-        Err(hresult::to_exit_code(HOST_E_TIMEOUT))
+        let taken = crate::arch::time::ticks_ns().saturating_sub(self.started_ns);
+        past_limit(name, "wall-clock limit", self.wall_limit_ns, taken, "since its start")
     }
 
     /// `Err(HOST_E_TIMEOUT)` (with the reason printed) once the guest `name` is past either limit.
     pub fn check(&self, name: &str) -> Result<(), super::Ended> {
         self.check_wall(name)?;
-        let Some(limit) = self.limit_ns else { return Ok(()) };
-        let used = self.used_ns();
-        if used <= limit {
-            return Ok(());
-        }
-        crate::kprintln!(
-            "guest {name}: CPU time limit of {} ms reached ({} ms used): ended with HOST_E_TIMEOUT",
-            limit / 1_000_000,
-            used / 1_000_000
-        );
-        Err(hresult::to_exit_code(HOST_E_TIMEOUT))
+        past_limit(name, "CPU time limit", self.limit_ns, self.used_ns, "used")
     }
 }

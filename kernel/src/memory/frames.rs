@@ -62,7 +62,7 @@ static ZEROED: SpinLock<ZeroedFrames> = SpinLock::new(ZeroedFrames::new());
 static LISTED: AtomicU64 = AtomicU64::new(0);
 /// Whether idle CPUs zero frames ahead (`MemoryConfig::zero_idle`, set once at boot).
 pub(super) static ZERO_IDLE: AtomicBool = AtomicBool::new(false);
-/// Zeroing ahead paused by [`pause_zero_ahead`] (a benchmark of how disjoint work scales).
+/// Zeroing ahead paused by [`with_zero_ahead_paused`] (a benchmark of how disjoint work scales).
 static PAUSED: AtomicBool = AtomicBool::new(false);
 /// A CPU is zeroing ahead: one at a time, as Windows runs one zero-page thread, so that idle
 /// CPUs do not take every host core from the CPUs that run threads (QEMU's vCPUs share them).
@@ -222,17 +222,10 @@ fn with_zeroed<R>(f: impl FnOnce(&mut ZeroedFrames) -> R) -> R {
 }
 
 /// Gives the frames zeroed ahead back to the allocator (a request found it short); how many.
-/// Interrupts must be off.
-fn give_back_zeroed() -> usize {
+pub(super) fn give_back_zeroed() -> usize {
     let returned = with_zeroed(|list| list.drain(&Global));
     ZEROED_RETURNED.fetch_add(returned as u64, Ordering::Relaxed);
     returned
-}
-
-/// Gives the frames zeroed ahead back to the allocator; how many (for a caller that takes frames
-/// from the allocator itself, a kernel stack, and found it short).
-pub(super) fn give_back_zeroed_frames() -> usize {
-    interrupts::without_interrupts(give_back_zeroed)
 }
 
 /// Zeroes one free frame ahead of demand and lists it, for a CPU with nothing to run (the
@@ -266,17 +259,15 @@ pub fn zero_ahead() -> bool {
     zeroed
 }
 
-/// Pauses zeroing ahead and gives the list back (at most the frame a CPU was zeroing meanwhile
-/// is listed after), until [`resume_zero_ahead`]. For a benchmark of how disjoint work scales
-/// from 1, 2 and 4 CPUs: a CPU left idle would otherwise zero for the 1-CPU row.
-pub fn pause_zero_ahead() {
+/// Runs `f` with zeroing ahead paused and the list given back first (at most the frame a CPU
+/// was zeroing meanwhile is listed after). For a benchmark of how disjoint work scales from 1, 2
+/// and 4 CPUs: a CPU left idle would otherwise zero for the 1-CPU row. Not nested.
+pub fn with_zero_ahead_paused<R>(f: impl FnOnce() -> R) -> R {
     PAUSED.store(true, Ordering::SeqCst);
-    give_back_zeroed_frames();
-}
-
-/// Ends [`pause_zero_ahead`].
-pub fn resume_zero_ahead() {
+    give_back_zeroed();
+    let r = f();
     PAUSED.store(false, Ordering::SeqCst);
+    r
 }
 
 /// The frames zeroed ahead (counts since boot but `listed`).

@@ -57,7 +57,7 @@ impl KernelStack {
     /// first try found it short (`frames::zero_ahead`).
     pub fn new() -> Option<KernelStack> {
         match Self::try_new() {
-            Err(NoStack::Frames) if super::frames::give_back_zeroed_frames() > 0 => Self::try_new().ok(),
+            Err(NoStack::Frames) if super::frames::give_back_zeroed() > 0 => Self::try_new().ok(),
             r => r.ok(),
         }
     }

@@ -159,7 +159,7 @@ pub use accounting::{Accounting, CommitState, commit_state, print_accounting, se
 pub use boot::{BootSnapshot, boot_snapshot};
 pub use config::{MemoryConfig, config};
 pub use fault::{PageFaultVerdict, fault_access, on_page_fault};
-pub use frames::{KernelCharge, KernelFrames, PER_CPU_FRAMES, ZeroedStats, check_zeroed_ahead, pause_zero_ahead, resume_zero_ahead, zero_ahead, zeroed_stats};
+pub use frames::{KernelCharge, KernelFrames, PER_CPU_FRAMES, ZeroedStats, check_zeroed_ahead, with_zero_ahead_paused, zero_ahead, zeroed_stats};
 pub use space::{CallRange, Space};
 pub use lock::{RwSpinLock, SpinLock};
 pub use tlb::{KernelTlb, serve_flush_requests, shootdown_stats};
