@@ -509,6 +509,10 @@ def main(argv):
                 md.append(f"- `{n}`: {v}")
             md.append("")
 
+    # ---- the host-call path ----
+    call_md, call_targets = call_line_section(call_line(rounds))
+    md.extend(call_md)
+
     # ---- TLB threshold ----
     if any(kern[a]["prim"] for a in ("tcg", "kvm")):
         md.append("## TLB invalidation: N x invlpg against one full flush (cycles)\n")
@@ -582,6 +586,7 @@ def main(argv):
         at_min = [n for n, r in grows.items() if r["verdict"] == "= min"]
         md.append(f"- in-guest work counters and kernel entries equal to the minimum: {len(at_min)} of {len(grows)} "
                   f"workloads at the minimum — {'met' if len(at_min) == len(grows) else 'NOT met (see the verdicts above)'}")
+    md.extend(call_targets)
     noop = {}
     for g in ("gtcg", "gkvm"):
         for name in ("host_call_addref_release", "host_call_ticks_ns"):
@@ -611,6 +616,76 @@ def main(argv):
     if chart_note:
         with open(os.path.join(out, "report.md"), "a", encoding="utf-8") as f:
             f.write(f"\nChart: {chart_note}\n")
+
+
+# Issue 15's line for the path around the memory manager: a guest workload costs at most its
+# in-kernel cost plus one no-op host call's round trip, plus 20 %; and two absolute figures.
+CALL_LINE_SLACK = 1.2
+NOOP_CALL = "host_call_addref_release"
+CALL_ABSOLUTE = {"query_free": 1000.0, "reserve_release_64k": 4300.0}
+
+
+def call_line(rounds):
+    """Per workload that both the in-kernel part and the guest ran: every round's guest cycles,
+    in-kernel cycles and no-op round trip (paired within the round's boots), the ratio
+    guest ÷ (in-kernel + no-op), and the guest's kernel entries per unit. {name: {...}}."""
+    out = {}
+    for files in rounds.values():
+        miss, lines = files.get("guest", ("not available: not run", []))
+        if miss:
+            continue
+        _, krows, grows, _, _ = parse_kernel(lines)
+        noop = grows.get(NOOP_CALL)
+        if not noop:
+            continue
+        n = float(noop["kv"]["cycles"])
+        for name, g in grows.items():
+            k = krows.get(name)
+            if not k or name == NOOP_CALL:
+                continue
+            gc, kc = float(g["kv"]["cycles"]), float(k["kv"]["cycles"])
+            row = out.setdefault(name, {"guest": [], "kernel": [], "noop": [], "ratio": [], "entries": None})
+            row["guest"].append(gc)
+            row["kernel"].append(kc)
+            row["noop"].append(n)
+            row["ratio"].append(gc / (kc + n))
+            entries = g["kv"].get("entries", "").split("/")[0]
+            row["entries"] = float(entries) if entries.replace(".", "", 1).isdigit() else None
+    return out
+
+
+def call_line_section(line):
+    """The host-call path's table (issue 15's line) and the targets' summary lines."""
+    if not line:
+        return [], []
+    md = ["## The path around the memory manager: guest against in-kernel + one no-op round trip\n",
+          f"Issue 15's line: every guest workload ≤ its in-kernel cost + one no-op host call's round trip "
+          f"(`{NOOP_CALL}`) + 20 %. Per round the guest's figure (its own boot) is set against the in-kernel "
+          "figure of the same round's full boot and that round's no-op call; median (min–max) of the rounds' "
+          "ratios. A workload with several kernel entries per unit (calls, faults) pays a round trip for each, "
+          "which the line allows once: the last column says what one round trip per entry would allow.\n",
+          "| workload | guest (cycles) | in-kernel | no-op round trip | entries per unit | guest ÷ (in-kernel + no-op) | line (≤ 1.20) | guest ÷ (in-kernel + entries × no-op) |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    met = []
+    for name, r in line.items():
+        g, k, n = (statistics.median(r[key]) for key in ("guest", "kernel", "noop"))
+        lo, mid, hi = spread(r["ratio"])
+        ok = mid <= CALL_LINE_SLACK
+        met.append((name, ok))
+        e = r["entries"]
+        entries, per_entry = (f"{e:g}", f"{g / (k + e * n):.2f}") if e else ("n/a", "n/a")
+        md.append(f"| {name} | {g:,.0f} | {k:,.0f} | {n:,.0f} | {entries} | {mid:.2f} ({lo:.2f}–{hi:.2f}) | "
+                  f"{'met' if ok else 'NOT met'} | {per_entry} |")
+    md.append("")
+    missed = [n for n, ok in met if not ok]
+    targets = [f"- guest workload ≤ in-kernel + one no-op round trip + 20 % (issue 15): {len(met) - len(missed)} of "
+               f"{len(met)} workloads — " + ("met" if not missed else "NOT met: " + ", ".join(f"`{n}`" for n in missed))]
+    for name, limit in CALL_ABSOLUTE.items():
+        if name in line:
+            g = statistics.median(line[name]["guest"])
+            targets.append(f"- `{name}` from the guest ≤ {limit:,.0f} cycles under TCG (issue 15): {g:,.0f} — "
+                           f"{'met' if g <= limit else 'NOT met'}")
+    return md, targets
 
 
 def after_kernel_note(rounds, cmp_rows):

@@ -129,6 +129,44 @@ class RoundsTest(unittest.TestCase):
         self.assertEqual(got, {"commit_touch_256m": (39975, 36086)})
 
 
+class CallLineTest(unittest.TestCase):
+    """Issue 15's host-call line, paired per round: guest ÷ (in-kernel + the round's no-op call)."""
+
+    def rounds(self):
+        out = {}
+        for r, (g, k, noop) in enumerate(((1300.0, 400.0, 600.0), (1100.0, 400.0, 500.0), (1200.0, 500.0, 500.0)), 1):
+            lines = [guest_line("query_free", k, unit="call", where="kernel-TCG"),
+                     guest_line("query_free", g, unit="call"),
+                     guest_line("host_call_addref_release", noop, unit="call"),
+                     guest_line("reserve_release_64k", 3000.0).replace("entries=1/1", "entries=2/2"),
+                     guest_line("reserve_release_64k", 2000.0, where="kernel-TCG")]
+            out[r] = {"guest": (None, lines)}
+        return out
+
+    def test_ratios_per_round(self):
+        line = report.call_line(self.rounds())
+        self.assertEqual(set(line), {"query_free", "reserve_release_64k"})
+        self.assertEqual([round(v, 3) for v in line["query_free"]["ratio"]], [1.3, round(1100 / 900, 3), 1.2])
+        self.assertEqual(line["reserve_release_64k"]["entries"], 2.0)
+
+    def test_section_and_targets(self):
+        md, targets = report.call_line_section(report.call_line(self.rounds()))
+        # query_free: ratios 1.30 / 1.22 / 1.20, median 1.22 > 1.2; medians 1,200 / 400 / 500.
+        self.assertIn("| query_free | 1,200 | 400 | 500 | 1 | 1.22 (1.20–1.30) | NOT met | 1.33 |", md)
+        # reserve_release_64k: 3000 / (2000 + 600), / (2000 + 500), / (2000 + 500): median 1.20, met;
+        # a round trip per entry: 3000 / (2000 + 2 × 500).
+        self.assertIn("| reserve_release_64k | 3,000 | 2,000 | 500 | 2 | 1.20 (1.15–1.20) | met | 1.00 |", md)
+        self.assertIn("1 of 2 workloads — NOT met: `query_free`", targets[0])
+        self.assertIn("`query_free` from the guest ≤ 1,000 cycles under TCG (issue 15): 1,200 — NOT met", targets[1])
+        self.assertIn("`reserve_release_64k` from the guest ≤ 4,300 cycles under TCG (issue 15): 3,000 — met", targets[2])
+
+    def test_nothing_without_the_no_op_call(self):
+        rounds = self.rounds()
+        for files in rounds.values():
+            files["guest"] = (None, [l for l in files["guest"][1] if "host_call" not in l])
+        self.assertEqual(report.call_line_section(report.call_line(rounds)), ([], []))
+
+
 def peer_scaling_lines(base_ctd, base_rr, threads2, procs2):
     """peer-scaling lines of one fair boot at 2 CPUs: 1-worker rows at the bases, 2-worker rows at
     base × the given speed-ups, 4-worker rows n/a."""

@@ -285,7 +285,7 @@ pub struct AllocationSummary {
 /// Everything an operation may need besides the space itself. The kernel keeps the frame
 /// allocator and the commit charge behind their own locks and builds one of these per call;
 /// `frames` and `charge` take those locks per request, never for the whole call (see
-/// [`FrameSource`], [`ChargeSource`](crate::ChargeSource)).
+/// [`FrameSource`], [`ChargeSource`]).
 pub struct VmContext<'a, M: PhysMemory, T: Tlb> {
     /// The physical frames (shared by all spaces): a `FrameAllocator`, or the kernel's handle
     /// to its locked allocator.
@@ -449,7 +449,7 @@ impl AddressSpace {
     }
 
     /// Returns the allocation containing `addr`, if any (the unusable 64 KiB tail is not part of
-    /// it). Cost: O(log n), a few cache misses at 100,000 allocations ([`WideMap`]).
+    /// it). Cost: O(log n), a few cache misses at 100,000 allocations (a wide B-tree, `allocation_map`).
     pub fn allocation_at(&self, addr: u64) -> Option<&Allocation> {
         self.allocations.floor(addr).map(|(_, a)| a).filter(|a| addr < a.end())
     }
