@@ -572,7 +572,10 @@ pub extern "C" fn host_create_malloc(this: usize, flags: u32, pp: usize) -> HRes
         live_blocks: 0,
         live_bytes: 0,
     };
-    let mut memory = HeapMemory::new(protect_for(flags), CriticalLevel::Process);
+    // CreateMalloc names no critical level: the heap's first region is committed at the
+    // default, eTaskCritical, so a new heap does not dip into the reserve kept for critical work
+    // (host-abi §5); its blocks are then allocated at each call's own level.
+    let mut memory = HeapMemory::new(protect_for(flags), CriticalLevel::Task);
     let result = create_heap(m, pp, &mut memory);
     memory.deliver();
     result

@@ -523,7 +523,7 @@ impl GuestMemory<'_> {
     /// query is not of the thread's own stack (a store that grows it must come first).
     fn stub_may_store_query(&self, addr: u64, buffer: u64, length: u64, p_result: u64, rflags: u64) -> bool {
         p_result != 0
-            && length >= MBI_SIZE
+            && length == MBI_SIZE
             && within_one_page(buffer, MBI_SIZE)
             && rflags & RFLAGS_AC == 0
             && !(self.stack.0..self.stack.1).contains(&addr)
@@ -561,6 +561,14 @@ impl GuestMemory<'_> {
                 return Err(hresult::from_vm(e));
             }
         };
+        // A buffer longer than the structure is checked whole before anything is written, as
+        // Windows probes `lpBuffer` for `dwLength` bytes.
+        if length > MBI_SIZE
+            && let Err(e) = self.check_writable_buffer(buffer, length)
+        {
+            self.out_result(p_result, 8)?;
+            return Err(hresult::from_vm(e));
+        }
         // One checked copy: `*pResult` = 0 (its check, and what a failure leaves), the
         // structure, then `*pResult` = 48.
         let (zero, mbi, size) = (0u64.to_le_bytes(), info.to_bytes(), MBI_SIZE.to_le_bytes());

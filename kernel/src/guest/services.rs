@@ -115,8 +115,10 @@ impl Guest {
         // the sum cannot wrap.
         let pages = (base + size).div_ceil(PAGE_SIZE) - base / PAGE_SIZE;
         let capacity = count.min(pages);
-        if capacity > 0
-            && let Err(e) = self.mem().check_writable(addresses, capacity * 8)
+        // The array is checked for all `*count` entries, as Windows probes it, however few the
+        // range can fill (a count whose bytes wrap is ERROR_NOACCESS).
+        if count > 0
+            && let Err(e) = count.checked_mul(8).ok_or(VmError::NoAccess).and_then(|bytes| self.mem().check_writable_buffer(addresses, bytes))
         {
             return service_error(e);
         }

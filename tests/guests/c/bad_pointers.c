@@ -141,6 +141,29 @@ static void result_pages(const IHostMemoryManagerVtbl *v, IHostMemoryManager *ho
     fill(r + PAGE, PAGE, 0x5A);
     v->VirtualProtect(host, r + PAGE, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
 
+    /* A buffer longer than the structure is checked whole, as Windows probes lpBuffer for
+     * dwLength bytes: when a later byte of it is not writable nothing is written. */
+    got = 77;
+    check("VirtualQuery dwLength 49, the 49th byte on a no-access page", (uint32_t)v->VirtualQuery(host, r, r + 3 * PAGE - 48, 49, &got), NOACCESS_E);
+    check("... *pResult 0", got, 0);
+    check("... the good page untouched", intact(r + 2 * PAGE, PAGE, 0x5B), 1);
+    check("VirtualQuery dwLength two pages, the second read-only", (uint32_t)v->VirtualQuery(host, r, r + 4 * PAGE, 2 * PAGE, &got), NOACCESS_E);
+    check("... the good page untouched", intact(r + 4 * PAGE, PAGE, 0x5C), 1);
+    check("VirtualQuery dwLength ~0 (wraps)", (uint32_t)v->VirtualQuery(host, r, r + 2 * PAGE, ~(SIZE_T)0, &got), NOACCESS_E);
+    check("... the good page untouched", intact(r + 2 * PAGE, PAGE, 0x5B), 1);
+    check("VirtualQuery dwLength past user space", (uint32_t)v->VirtualQuery(host, r, r + 2 * PAGE, (SIZE_T)1 << 47, &got), NOACCESS_E);
+    check("... the good page untouched", intact(r + 2 * PAGE, PAGE, 0x5B), 1);
+    check("VirtualQuery dwLength into a guard page", (uint32_t)v->VirtualQuery(host, r, r + PAGE - 48, 64, &got), GUARD_E);
+    check("... the guard is cleared", protect_of(v, host, r + PAGE), PAGE_READWRITE);
+    check("... the guard page untouched", intact(r + PAGE, PAGE, 0x5A), 1);
+    v->VirtualProtect(host, r + PAGE, PAGE, PAGE_READWRITE | PAGE_GUARD, &old);
+    got = 77;
+    check("VirtualQuery dwLength a whole good page", (uint32_t)v->VirtualQuery(host, r, r + 2 * PAGE, PAGE, &got), S_OK);
+    check("... *pResult 48", got, 48);
+    check("... the structure", (uint64_t)((MEMORY_BASIC_INFORMATION *)(r + 2 * PAGE))->BaseAddress, (uint64_t)r);
+    check("... the rest of the buffer untouched", intact(r + 2 * PAGE + 48, PAGE - 48, 0x5B), 1);
+    fill(r + 2 * PAGE, PAGE, 0x5B);
+
     fill(&mbi, sizeof mbi, 0xEE);
     check("VirtualQuery pResult into a no-access page", (uint32_t)v->VirtualQuery(host, r, &mbi, 48, (SIZE_T *)(r + 3 * PAGE - 4)), NOACCESS_E);
     check("... the structure untouched", intact(&mbi, sizeof mbi, 0xEE), 1);

@@ -1402,6 +1402,25 @@ static void t_write_watch(void) {
     count = 32;
     check("s7 addresses array read-only -> 998", S->get_write_watch(0, w, GRAN, (void **)rodata_page, &count, &gran), ERROR_NOACCESS);
     check("s7 count pointer read-only -> 998", S->get_write_watch(0, w, GRAN, addrs, (uint64_t *)rodata_page, &gran), ERROR_NOACCESS);
+    /* The array is checked for all *count entries, as Windows probes it, however few pages the
+     * range has (16 here). */
+    {
+        char *t = (char *)reserve(GRAN, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+        if (t) {
+            vp(t + PAGE, PAGE, PAGE_READONLY, &old);
+            count = 17;
+            check("s7 *count 17, the array's room 16 entries before a read-only page -> 998",
+                  S->get_write_watch(0, w, GRAN, (void **)(t + PAGE - 16 * 8), &count, &gran), ERROR_NOACCESS);
+            check("s7 ... *count untouched", count, 17);
+            count = 16;
+            check("s7 *count 16 in the same room -> 0", S->get_write_watch(0, w, GRAN, (void **)(t + PAGE - 16 * 8), &count, &gran), 0);
+            count = ~0ull;
+            check("s7 *count ~0 (its bytes wrap) -> 998", S->get_write_watch(0, w, GRAN, addrs, &count, &gran), ERROR_NOACCESS);
+            count = 1ull << 44;
+            check("s7 *count 2^44 (past user space) -> 998", S->get_write_watch(0, w, GRAN, addrs, &count, &gran), ERROR_NOACCESS);
+            release(t);
+        }
+    }
     check("s7 reset_write_watch size 0 -> 87", S->reset_write_watch(w, 0), ERROR_INVALID_PARAMETER);
     check("s7 reset_write_watch on a region without MEM_WRITE_WATCH -> 87", S->reset_write_watch(n, GRAN), ERROR_INVALID_PARAMETER);
     check("s7 reset_write_watch past the region end -> 87", S->reset_write_watch(w, 2 * GRAN), ERROR_INVALID_PARAMETER);

@@ -853,8 +853,8 @@ static void fz_vquery(void) {
     uint32_t hr, exp;
     switch (below(6)) {
     case 0: len = below(48); break;
-    case 1: len = 48 + below(100); break;
-    case 2: len = rnd(); break;
+    case 1: len = 48 + below(9); break; /* within the 56 bytes of room: the whole buffer is checked */
+    case 2: len = rnd() | 1ull << 63; break; /* a buffer that wraps or leaves user space */
     default: len = 48;
     }
     if (pb.k == K_GOOD && readback(&pb) && pb.p + 64 > SCP(1) && pb.p < SCP(1)) pb.p = SCP(0) + 2048; /* room for the trailer check */
@@ -865,6 +865,9 @@ static void fz_vquery(void) {
     else if (pr.k == K_GUARD) exp = GUARD_HR;
     else if (len < 48) exp = E_BADLEN;
     else if (a > max_app) exp = E_INVAL;
+    /* lpBuffer is checked for dwLength bytes, as Windows probes it: one that wraps or leaves
+     * user space fails before any page of it is touched. */
+    else if (len > 48 && (pb.p + len < pb.p || pb.p + len > user_end)) exp = E_NOACC;
     else if (pb.k == K_NULL || pb.k == K_BAD) exp = E_NOACC;
     else if (pb.k == K_GUARD) exp = GUARD_HR;
     else exp = 0;

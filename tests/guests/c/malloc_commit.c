@@ -88,6 +88,37 @@ static void threads_share_a_threadsafe_heap(IHostMemoryManager *host) {
     check("threads: commit back to where it was", committed() <= before, 1);
 }
 
+/* CreateMalloc names no critical level: its heap is committed at eTaskCritical, so once free
+ * commit is down to the critical reserve it fails with E_OUTOFMEMORY (host-abi §5) and charges
+ * nothing, while a block of an existing heap may still be had at eProcessCritical. */
+static void heap_in_the_critical_reserve(IHostMemoryManager *host) {
+    HOST_COMMIT_INFO info;
+    IHostMalloc *early = 0, *late = (IHostMalloc *)1;
+    void *fill_to_reserve = 0, *block = 0;
+    uint64_t before;
+    DWORD load = 0;
+    SIZE_T available = 1;
+    check("a heap made before the reserve is reached", (uint32_t)host->lpVtbl->CreateMalloc(host, 0, &early), S_OK);
+    if (!early) return;
+    g_services->query_commit(&info);
+    check("commit everything down to the critical reserve",
+          (uint32_t)host->lpVtbl->VirtualAlloc(host, 0, info.commit_limit - info.critical_reserve - info.committed, MEM_RESERVE | MEM_COMMIT,
+                                               PAGE_READWRITE, eTaskCritical, &fill_to_reserve),
+          S_OK);
+    host->lpVtbl->GetMemoryLoad(host, &load, &available);
+    check("... nothing left at eTaskCritical", available, 0);
+    before = committed();
+    check("CreateMalloc in the critical reserve", (uint32_t)host->lpVtbl->CreateMalloc(host, 0, &late), (uint32_t)E_OUTOFMEMORY);
+    check("... *ppMalloc NULL", (uint64_t)late, 0);
+    check("... nothing charged", committed(), before);
+    check("a 64 KiB block of the earlier heap at eProcessCritical", (uint32_t)early->lpVtbl->Alloc(early, 64u << 10, eProcessCritical, &block), S_OK);
+    if (block) early->lpVtbl->Free(early, block);
+    host->lpVtbl->VirtualFree(host, fill_to_reserve, 0, MEM_RELEASE);
+    check("CreateMalloc once commit is back", (uint32_t)host->lpVtbl->CreateMalloc(host, 0, &late), S_OK);
+    if (late && late != (IHostMalloc *)1) late->lpVtbl->Release(late);
+    early->lpVtbl->Release(early);
+}
+
 int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     IHostMalloc *heap = 0;
     void *blocks[BLOCKS], *big = 0, *huge = 0;
@@ -158,6 +189,7 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     }
     check("Release frees the heap", heap->lpVtbl->Release(heap), 0);
     check("commit back to where it was before CreateMalloc", committed(), start);
+    heap_in_the_critical_reserve(host);
 
     if (services->version >= 2 && services->cbSize >= 192)
         threads_share_a_threadsafe_heap(host);
