@@ -477,13 +477,20 @@ fn enable_fpu() {
 /// `sysretq` could not take). A context whose `rcx` and `r11` hold its `rip` and `rflags` (as the
 /// kernel makes its entries to the host's dispatchers) returns with `sysretq` too: it then loads
 /// exactly the registers `iretq` would (the flags are sanitised, so its mask of RFLAGS changes
-/// nothing), for less than half the cost under TCG.
+/// nothing), for less than half the cost under TCG; but not with TF set. A `sysretq` that sets
+/// TF raises the single-step trap at once, before the instruction at `rip`, "as if the
+/// `syscall` had just completed" (right after a system call: the step over it), where `iretq`
+/// runs that instruction first. A context resumed with TF (a debugger's handler stepping on, and
+/// a context captured right after a stepped `syscall` has `rcx` = `rip` and `r11` = `rflags`)
+/// must take `iretq`, or it would trap at the same `rip` forever.
 ///
 /// # Safety
 /// The context must be a guest's, whose `rip` and `rsp` lie in the loaded address space's user
 /// half (CR3 = the guest's space), and `rflags` must be sanitised (IF set, IOPL 0, VM/NT clear).
 pub unsafe fn enter_user(context: &mut UserContext, after_syscall: bool) -> UserExit {
-    let sysret = (after_syscall || (context.rcx == context.rip && context.r11 == context.rflags)) && context.rip < SYSRET_LIMIT;
+    const TF: u64 = 1 << 8;
+    let plain_return = context.rcx == context.rip && context.r11 == context.rflags && context.rflags & TF == 0;
+    let sysret = (after_syscall || plain_return) && context.rip < SYSRET_LIMIT;
     // SAFETY: per the contract; the entry code saves/restores the kernel's callee-saved registers
     // and stack and writes only `*context` and the per-CPU area.
     let reason = unsafe { vmk_enter_user(context, sysret as u64) };

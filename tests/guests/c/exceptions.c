@@ -1,6 +1,7 @@
 /* Exception delivery as host-abi §8 describes it: handler order, CONTINUE_SEARCH chaining,
  * editing the context to resume, breakpoint and divide errors, vector registers preserved across
- * a handler that clobbers them, and a guard page on a buffer the host writes. */
+ * a handler that clobbers them, a guard page on a buffer the host writes, and single stepping
+ * across a system call. */
 #include "host_abi.h"
 #include "guest_util.h"
 
@@ -28,6 +29,50 @@ static int32_t fixer(GUEST_EXCEPTION *e) {
     /* Clobber vector registers: the resumed code must not see it. */
     __asm__ volatile("pxor %%xmm0, %%xmm0\n pcmpeqd %%xmm1, %%xmm1" ::: "xmm0", "xmm1");
     return EXCEPTION_CONTINUE_EXECUTION;
+}
+
+/* Single stepping (TF): the rip of every step reported, until `step_stop` (then TF is cleared). */
+#define MAX_STEPS 16
+extern char step_syscall[], step_stop[];
+static volatile uint64_t step_rips[MAX_STEPS], n_steps;
+static int32_t stepper(GUEST_EXCEPTION *e) {
+    if (e->code != STATUS_SINGLE_STEP) return EXCEPTION_CONTINUE_SEARCH;
+    if (n_steps < MAX_STEPS) step_rips[n_steps] = e->context->rip;
+    if (++n_steps >= MAX_STEPS || e->context->rip == (uint64_t)step_stop) e->context->rflags &= ~0x100ull;
+    return EXCEPTION_CONTINUE_EXECUTION;
+}
+
+/* Steps across a `syscall` (an unknown call: E_NOTIMPL) and three nops. The step after the
+ * `syscall` is reported at the instruction after it, and a handler resuming with TF still set
+ * runs that instruction before the next step: six steps (after the lea, the mov, the syscall and
+ * each nop), at six different places. */
+static void single_step_across_a_syscall(const HOST_SERVICES *services) {
+    void *h = services->add_vectored_exception_handler(1, stepper);
+    uint64_t rax = 0, i, repeats = 0;
+    n_steps = 0;
+    __asm__ volatile("lea -128(%%rsp), %%rsp\n" /* pushfq below the red zone */
+                     "pushfq\n"
+                     "orq $0x100, (%%rsp)\n"
+                     "popfq\n"
+                     "lea 128(%%rsp), %%rsp\n" /* TF on: the first step is after this */
+                     "mov $0x7777, %%eax\n"
+                     ".globl step_syscall\nstep_syscall: syscall\n"
+                     "nop\n"
+                     "nop\n"
+                     "nop\n"
+                     ".globl step_stop\nstep_stop: nop\n"
+                     : "=a"(rax)
+                     :
+                     : "rcx", "r11", "memory", "cc");
+    check("single steps from TF to the last nop (across a syscall)", n_steps, 6);
+    check("... the second at the syscall", step_rips[1], (uint64_t)step_syscall);
+    check("... the third right after it", step_rips[2], (uint64_t)step_syscall + 2);
+    check("... the last at the stop", step_rips[5], (uint64_t)step_stop);
+    for (i = 1; i < n_steps && i < MAX_STEPS; i++) repeats += step_rips[i] == step_rips[i - 1];
+    check("... none reported twice at one place", repeats, 0);
+    check("... the unknown call's E_NOTIMPL", rax, (uint64_t)(uint32_t)E_NOTIMPL);
+    check("... TF clear afterwards", (__builtin_ia32_readeflags_u64() >> 8) & 1, 0);
+    services->remove_vectored_exception_handler(h);
 }
 
 int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
@@ -84,6 +129,8 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     check("retry succeeds", (uint32_t)v->VirtualQuery(host, buf, buf, 48, &got), S_OK);
     v->VirtualQuery(host, buf, &mbi, 48, &got);
     check("guard gone", mbi.Protect, PAGE_READWRITE);
+
+    single_step_across_a_syscall(services);
 
     check("remove first", services->remove_vectored_exception_handler(h1), 1);
     check("remove again", services->remove_vectored_exception_handler(h1), 0);
