@@ -69,7 +69,9 @@ impl Guest {
 
     /// Leaves a call of the registered callback's `OnMemoryNotification` in `callbacks` if the
     /// band changed since the last report, unless a notification or an exception handler is
-    /// running (it is delivered when that one returns or is left).
+    /// running (it is delivered when that one returns or is left: host-abi §10.3 for a
+    /// notification; for a handler, §9 allows either, and the maintainers' conformance guest
+    /// expects no callback during a handler).
     pub(super) fn note_band_change(&mut self, callbacks: &mut Callbacks) -> Result<(), Ended> {
         let noted = self.note_band(callbacks);
         call_clock::lap(Stage::Band);
@@ -111,7 +113,11 @@ impl Guest {
     }
 
     /// `RegisterMemoryNotificationCallback`: AddRef the new object, Release the old one (both
-    /// made by ring 3 before the call returns), no notification now (host-abi §5, §9).
+    /// made by ring 3 before the call returns), no notification now (host-abi §5, §9). A first
+    /// registration takes the band now as the one reported; a replacement keeps the band last
+    /// reported, so that a change the old callback was not told of yet (one made while it ran)
+    /// reaches the new one (§10.3: the newest band is delivered after the running callback
+    /// returns).
     pub(super) fn register_callback(&mut self, object: u64, callbacks: &mut Callbacks) -> Result<Result<(), HResult>, Ended> {
         if object != 0 {
             // An unreadable object or vtable is ERROR_NOACCESS; one in a guard page 0x80000001,
@@ -128,13 +134,16 @@ impl Guest {
             let add_ref = u64::from_le_bytes(table[8..16].try_into().expect("8 bytes"));
             callbacks.push(add_ref, object, 0);
         }
-        if let Some(old) = self.callback.take() {
+        let replaced = self.callback.take();
+        if let Some(old) = replaced {
             let release = self.callback_method(old, 2)?;
             callbacks.push(release, old, 0);
         }
         self.callback = (object != 0).then_some(object);
-        self.band_epoch = commit_epoch();
-        self.band = Some(Self::current_band());
+        if replaced.is_none() {
+            self.band_epoch = commit_epoch();
+            self.band = Some(Self::current_band());
+        }
         Ok(Ok(()))
     }
 }

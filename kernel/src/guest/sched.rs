@@ -515,7 +515,13 @@ impl Guest {
                 match self.thread_call(key, c) {
                     Action::Return(v) => {
                         c.rax = v;
-                        Step::Resume
+                        // A thread call that moved the band (create_thread's stack commit, a
+                        // wait_thread whose thread's stack was released) reports it before it
+                        // returns, as every host call does (host-abi §5).
+                        match self.deliver_band_change(c) {
+                            Ok(()) => Step::Resume,
+                            Err(code) => Step::GuestEnds(code),
+                        }
                     }
                     Action::Yield => {
                         c.rax = 0;

@@ -22,6 +22,91 @@ static HRESULT on_notification(ICLRMemoryNotificationCallback *t, EMemoryAvailab
 static const ICLRMemoryNotificationCallbackVtbl vtbl = {qi, add_ref, release, on_notification};
 static ICLRMemoryNotificationCallback callback = {&vtbl};
 
+/* ---- where a band change is reported: after a callback that replaced itself, by a thread
+ * call. Callbacks A and B count their calls and note who was called with what. */
+static const IHostMemoryManagerVtbl *V;
+static IHostMemoryManager *H;
+struct tagged {
+    const ICLRMemoryNotificationCallbackVtbl *vt;
+    int id;
+};
+static volatile int t_calls, t_band, t_who, t_replace;
+static uint64_t t_size;
+static void *t_block;
+static volatile uint32_t t_hold;
+static uint64_t free_commit(void) {
+    HOST_COMMIT_INFO c;
+    g_services->query_commit(&c);
+    return c.commit_limit - c.committed;
+}
+static void *commit_bytes(uint64_t n) {
+    void *p = 0;
+    V->VirtualAlloc(H, 0, n & ~0xFFFull, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, eProcessCritical, &p);
+    return p;
+}
+static HRESULT t_on(ICLRMemoryNotificationCallback *t, EMemoryAvailable band);
+static ULONG t_ref(ICLRMemoryNotificationCallback *t) { (void)t; return 1; }
+static const ICLRMemoryNotificationCallbackVtbl t_vtbl = {qi, t_ref, t_ref, t_on};
+static struct tagged cb_a = {&t_vtbl, 'A'}, cb_b = {&t_vtbl, 'B'};
+static HRESULT t_on(ICLRMemoryNotificationCallback *t, EMemoryAvailable band) {
+    t_calls++;
+    t_band = (int)band;
+    t_who = ((struct tagged *)t)->id;
+    if (t_replace) {
+        /* A change made while this callback runs, then the callback replaced: the change is
+         * delivered after it returns, to the callback registered then. */
+        t_replace = 0;
+        t_block = commit_bytes(t_size);
+        V->RegisterMemoryNotificationCallback(H, (ICLRMemoryNotificationCallback *)&cb_b);
+    }
+    return S_OK;
+}
+static uint32_t held_thread(void *arg) {
+    uint32_t one = 1;
+    (void)arg;
+    while (t_hold) g_services->wait_on_address(&t_hold, &one, 4, ~0ull);
+    return 0;
+}
+static void release_block(void) {
+    V->VirtualFree(H, t_block, 0, MEM_RELEASE);
+    t_block = 0;
+}
+
+static void where_changes_are_reported(const HOST_SERVICES *services) {
+    HOST_COMMIT_INFO info;
+    void *neutral = 0;
+    services->query_commit(&info);
+    check("register A", (uint32_t)V->RegisterMemoryNotificationCallback(H, (ICLRMemoryNotificationCallback *)&cb_a), S_OK);
+    /* A callback that causes a change and then replaces itself: the new callback gets it. */
+    t_calls = 0;
+    t_size = (info.high_threshold - info.low_threshold) / 2 + info.low_threshold / 2;
+    t_replace = 1;
+    neutral = commit_bytes(free_commit() - (info.low_threshold + info.high_threshold) / 2);
+    check("a callback that changed the band and replaced itself: two notifications", (uint64_t)t_calls, 2);
+    check("... the second, low, to the new callback", (uint64_t)(t_band * 1000 + t_who), eMemoryAvailableLow * 1000 + 'B');
+    release_block();
+    V->VirtualFree(H, neutral, 0, MEM_RELEASE);
+    check("... high again, to the new callback", (uint64_t)(t_band * 1000 + t_who), eMemoryAvailableHigh * 1000 + 'B');
+
+    /* create_thread commits the new stack: a change it makes is reported before it returns. */
+    if (services->version >= 2 && services->cbSize >= 192) {
+        uint64_t thread;
+        uint32_t code = 1;
+        neutral = commit_bytes(free_commit() - info.low_threshold - (256u << 10));
+        t_calls = 0;
+        t_hold = 1;
+        thread = services->create_thread(held_thread, 0, 4u << 20, 2u << 20);
+        check("create_thread whose stack commit makes the band low", thread != 0, 1);
+        check("... reports it before it returns", (uint64_t)(t_calls * 10 + t_band), 1 * 10 + eMemoryAvailableLow);
+        t_hold = 0;
+        services->wake_by_address((void *)&t_hold, 1);
+        check("... the thread ends", services->wait_thread(thread, ~0ull, &code) == 0 && code == 0, 1);
+        services->close_thread(thread);
+        V->VirtualFree(H, neutral, 0, MEM_RELEASE);
+    }
+    V->RegisterMemoryNotificationCallback(H, 0);
+}
+
 int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     const IHostMemoryManagerVtbl *v = host->lpVtbl;
     HOST_COMMIT_INFO info;
@@ -97,5 +182,8 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     check("Acquired over the image", (uint32_t)v->AcquiredVirtualAddressSpace(host, (void *)0x140000000ull, 4096), (uint32_t)E_INVALIDARG);
     check("Released", (uint32_t)v->ReleasedVirtualAddressSpace(host, (void *)0x200000000ull), S_OK);
     check("Released twice", (uint32_t)v->ReleasedVirtualAddressSpace(host, (void *)0x200000000ull), (uint32_t)HRESULT_FROM_WIN32(ERROR_INVALID_ADDRESS));
+    V = v;
+    H = host;
+    where_changes_are_reported(services);
     return summary();
 }
