@@ -18,7 +18,8 @@ options:
   --kvm           use KVM (-enable-kvm -cpu host,-arch-capabilities) if /dev/kvm is usable; otherwise say so and use TCG
   --gdb           QEMU waits for a debugger: gdb target/x86_64-unknown-none/debug/kernel -ex 'target remote :1234'
   --mem SIZE      guest RAM in QEMU syntax (default 256M)
-  --smp N         CPUs (default 2); the kernel starts every one (guests run on the first)
+  --smp N         CPUs (default 2); the kernel starts every one and runs guest threads on all of them
+                  (a guest's HOST_SERVICES cpu_count is N)
   --release       build the kernel with the release profile
   --debug         build the kernel with the dev profile (default)
   --timeout SECS  kill QEMU after SECS seconds (default: no limit)

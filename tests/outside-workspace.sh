@@ -79,8 +79,9 @@ guest_abi::guest_entry!(main);
 
 fn main(host: &guest_abi::Host) -> i32 {
     host.print("hello from my own guest\n");
-    match host.virtual_alloc(0, 0x10000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, guest_abi::CriticalLevel::Task) {
-        Ok(base) => host.virtual_free(base, 0, MEM_RELEASE).map_or(1, |()| 0),
+    match host.allocate(0x10000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, guest_abi::CriticalLevel::Task) {
+        // SAFETY: the allocation just made, which nothing refers to.
+        Ok(base) => unsafe { host.virtual_free(base, 0, MEM_RELEASE) }.map_or(1, |()| 0),
         Err(_) => 1,
     }
 }

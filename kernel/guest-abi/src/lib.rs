@@ -18,6 +18,22 @@
 //! definition of the contract, checked against the C header in its tests), re-exported here;
 //! [`Host`] wraps the calls in safe methods that return `Result<_, HResult>`.
 //!
+//! Memory: [`Host::allocate`] (`VirtualAlloc` at NULL: a new region the host places) is safe;
+//! [`Host::virtual_alloc`] at an address, [`Host::virtual_free`] and [`Host::virtual_protect`]
+//! are `unsafe fn`, as `munmap`/`mprotect` are in Rust's own libraries: they can decommit,
+//! reset or re-protect memory a live reference points to (the stack, a static). Call them on
+//! memory you reserved yourself and reach through raw pointers, with a `// SAFETY:` comment
+//! saying so:
+//!
+//! ```ignore
+//! let base = host.allocate(1 << 20, MEM_RESERVE, PAGE_READWRITE, CriticalLevel::Task)?;
+//! // SAFETY: the reservation just made; nothing refers to it yet.
+//! unsafe { host.virtual_alloc(base, 0x1000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task) }?;
+//! ```
+//!
+//! The function pointers of `HOST_SERVICES` ([`Host::services`], [`Host::services_v2`]) are
+//! `unsafe extern "C" fn`: the methods here are their safe wrappers.
+//!
 //! Threads (`HOST_SERVICES` version 2, host-abi §10.2): [`Thread`] (spawn a closure or a
 //! `start(arg)` function, join for the exit code; dropping it closes the handle), the
 //! `WaitOnAddress`-style waits on [`Host`] and a [`Mutex`] on top of them. On a version-1 host
@@ -84,6 +100,10 @@ impl Host {
 
     /// `HOST_SERVICES` as every host has it (its version-1 part, host-abi §7); the whole table,
     /// thread services included, is [`services_v2`](Self::services_v2) on a version-2 host.
+    ///
+    /// Its data fields (`page_size`, `min_application_address`...) are plain values; its function
+    /// pointers are `unsafe extern "C" fn`: the methods of [`Host`] are their safe wrappers, and
+    /// code that calls one directly upholds that service's contract itself.
     pub fn services(&self) -> &HostServicesV1 {
         self.services_static()
     }
@@ -102,28 +122,69 @@ impl Host {
 
     /// Writes text to the console.
     pub fn print(&self, s: &str) {
-        (self.services().write)(s.as_ptr(), s.len() as u64);
+        self.write_bytes(s.as_bytes());
     }
 
-    /// Ends the guest now.
+    /// Writes bytes to the console as they are (text that may not be UTF-8).
+    pub fn write_bytes(&self, bytes: &[u8]) {
+        // SAFETY: `write` reads `len` bytes from `ptr`, and the slice is that many readable bytes.
+        unsafe { (self.services().write)(bytes.as_ptr(), bytes.len() as u64) };
+    }
+
+    /// Ends the guest now, every thread of it. Safe although no destructor runs: nothing of the
+    /// guest runs afterwards (no thread, handler or callback), so nothing can observe a value
+    /// that was not dropped or a lock that stays held (as `std::process::exit`).
     pub fn exit(&self, code: i32) -> ! {
-        (self.services().exit)(code)
+        // SAFETY: `exit` takes any code and touches no guest memory; it ends the whole guest, so
+        // no code of the guest runs again to see what was not dropped.
+        unsafe { (self.services().exit)(code) }
     }
 
     /// Nanoseconds since boot.
     pub fn ticks_ns(&self) -> u64 {
-        (self.services().ticks_ns)()
+        // SAFETY: `ticks_ns` takes no argument and touches no guest memory.
+        unsafe { (self.services().ticks_ns)() }
     }
 
-    /// `VirtualAlloc`; returns the base.
-    pub fn virtual_alloc(&self, addr: usize, size: usize, kind: u32, protect: u32, level: CriticalLevel) -> Result<usize, HResult> {
+    /// `VirtualAlloc(NULL, size, kind, protect)`: a new region of address space placed by the
+    /// host (`MEM_RESERVE`, with `MEM_COMMIT` to commit it at once; `MEM_TOP_DOWN`,
+    /// `MEM_WRITE_WATCH`, `MEM_LARGE_PAGES` as `VirtualAlloc` takes them); returns its base. Safe:
+    /// a new allocation never overlaps memory that exists, so it changes nothing anything refers
+    /// to. Committing, resetting or re-protecting pages of an existing reservation is
+    /// [`virtual_alloc`](Self::virtual_alloc) with its address.
+    pub fn allocate(&self, size: usize, kind: u32, protect: u32, level: CriticalLevel) -> Result<usize, HResult> {
+        // SAFETY: at address 0 the host places a new allocation in free address space (or fails):
+        // no existing page is committed, reset or re-protected, so no live reference is touched.
+        unsafe { self.virtual_alloc(0, size, kind, protect, level) }
+    }
+
+    /// `VirtualAlloc(addr, size, kind, protect)`; returns the base. With `addr` 0 this is
+    /// [`allocate`](Self::allocate), which is safe.
+    ///
+    /// # Safety
+    /// At an address, the call changes existing memory: `MEM_COMMIT` over committed pages sets
+    /// their protection to `protect`, `MEM_RESET` discards their contents (they read as zero or
+    /// as before, unpredictably). No live Rust reference, borrowed value, or value other code may
+    /// still use may lie in pages the call resets, or whose protection it changes so that a place
+    /// is no longer readable (or, where it is written, writable); a thread's stack and the
+    /// guest's statics are such memory. Memory the caller reserved itself and reaches only through
+    /// raw pointers, whose contents it no longer needs (for a reset) or whose new protection it
+    /// respects, is the normal case.
+    pub unsafe fn virtual_alloc(&self, addr: usize, size: usize, kind: u32, protect: u32, level: CriticalLevel) -> Result<usize, HResult> {
         let mut out: *mut u8 = core::ptr::null_mut();
         (self.vtbl().virtual_alloc)(self.manager, addr as *mut u8, size as u64, kind, protect, level, &mut out).to_result()?;
         Ok(out as usize)
     }
 
-    /// `VirtualFree`.
-    pub fn virtual_free(&self, addr: usize, size: usize, free_type: u32) -> Result<(), HResult> {
+    /// `VirtualFree` (`MEM_DECOMMIT` a range, or `MEM_RELEASE` a whole allocation).
+    ///
+    /// # Safety
+    /// The pages the call decommits or releases stop existing: no live Rust reference, borrowed
+    /// value, or value other code may still use may lie in them (a thread's stack and the
+    /// guest's statics are such memory; so is a heap's). Memory the caller allocated itself and
+    /// reaches only through raw pointers, none of which is used after the call, is the normal
+    /// case.
+    pub unsafe fn virtual_free(&self, addr: usize, size: usize, free_type: u32) -> Result<(), HResult> {
         (self.vtbl().virtual_free)(self.manager, addr as *mut u8, size as u64, free_type).to_result()
     }
 
@@ -136,7 +197,15 @@ impl Host {
     }
 
     /// `VirtualProtect`; returns the old protection.
-    pub fn virtual_protect(&self, addr: usize, size: usize, protect: u32) -> Result<u32, HResult> {
+    ///
+    /// # Safety
+    /// No live Rust reference, borrowed value, or value other code may still use may lie in pages
+    /// the call makes inaccessible (`PAGE_NOACCESS`, `PAGE_GUARD`), or read-only where it is
+    /// written (a `&mut`, an `UnsafeCell`, an atomic, a lock, a thread's stack, a static that
+    /// is written); code the guest still runs must stay executable. Memory the caller allocated
+    /// itself and reaches only through raw pointers, whose accesses respect the new protection,
+    /// is the normal case.
+    pub unsafe fn virtual_protect(&self, addr: usize, size: usize, protect: u32) -> Result<u32, HResult> {
         let mut old = 0u32;
         (self.vtbl().virtual_protect)(self.manager, addr as *mut u8, size as u64, protect, &mut old).to_result()?;
         Ok(old)
@@ -185,12 +254,16 @@ impl Host {
 
     /// Adds a vectored exception handler (first in line if `first`); `None` if refused.
     pub fn add_exception_handler(&self, first: bool, handler: ExceptionHandler) -> Option<core::ptr::NonNull<core::ffi::c_void>> {
-        core::ptr::NonNull::new((self.services().add_vectored_exception_handler)(first as u32, handler))
+        // SAFETY: the host keeps the function pointer, of the ABI's type, and calls it with a
+        // valid `GUEST_EXCEPTION` when an exception is raised; it reads no guest memory here.
+        core::ptr::NonNull::new(unsafe { (self.services().add_vectored_exception_handler)(first as u32, handler) })
     }
 
     /// Removes a handler; `true` if it was registered.
     pub fn remove_exception_handler(&self, handle: core::ptr::NonNull<core::ffi::c_void>) -> bool {
-        (self.services().remove_vectored_exception_handler)(handle.as_ptr()) == 1
+        // SAFETY: the handle is only compared with the host's list of registered handlers (an
+        // unknown one returns 0); nothing is read through it.
+        unsafe { (self.services().remove_vectored_exception_handler)(handle.as_ptr()) == 1 }
     }
 
     /// `GetWriteWatch` into `out`; returns how many page addresses were written.
@@ -198,7 +271,13 @@ impl Host {
         let mut count = out.len() as u64;
         let mut granularity = 0u32;
         let flags = reset as u32;
-        match (self.services().get_write_watch)(flags, base as *mut u8, size as u64, out.as_mut_ptr().cast(), &mut count, &mut granularity) {
+        // SAFETY: the host writes at most `count` (= `out.len()`) addresses to `out` and one value
+        // each to the two locals; `base` and `size` name a range it looks up in its own tables
+        // (an invalid one is refused), reading or changing no guest memory there.
+        let result = unsafe {
+            (self.services().get_write_watch)(flags, base as *mut u8, size as u64, out.as_mut_ptr().cast(), &mut count, &mut granularity)
+        };
+        match result {
             0 => Ok(count as usize),
             e => Err(e),
         }
@@ -206,7 +285,9 @@ impl Host {
 
     /// `ResetWriteWatch`.
     pub fn reset_write_watch(&self, base: usize, size: usize) -> Result<(), u32> {
-        match (self.services().reset_write_watch)(base as *mut u8, size as u64) {
+        // SAFETY: only the host's record of written pages changes; the pages and their contents
+        // are untouched (an invalid range is refused).
+        match unsafe { (self.services().reset_write_watch)(base as *mut u8, size as u64) } {
             0 => Ok(()),
             e => Err(e),
         }
@@ -235,7 +316,8 @@ impl Host {
     /// `query_commit`.
     pub fn commit_info(&self) -> HostCommitInfo {
         let mut info = HostCommitInfo::default();
-        (self.services().query_commit)(&mut info);
+        // SAFETY: `query_commit` writes one HostCommitInfo to the pointer, a local of that type.
+        unsafe { (self.services().query_commit)(&mut info) };
         info
     }
 }
@@ -376,7 +458,8 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     if let Some(services) = thread::remembered_services() {
         let host = Host { manager: core::ptr::null_mut(), services: (services as *const HostServicesV1).cast() };
         let _ = fmt::Write::write_fmt(&mut Console(&host), format_args!("guest panicked: {info}\n"));
-        (services.exit)(101)
+        // SAFETY: `exit` touches no guest memory and ends the whole guest: nothing runs after it.
+        unsafe { (services.exit)(101) }
     }
     loop {
         core::hint::spin_loop();

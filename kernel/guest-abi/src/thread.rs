@@ -92,12 +92,18 @@ atomic_word!(AtomicU8 => u8, AtomicU16 => u16, AtomicU32 => u32, AtomicU64 => u6
 
 /// `wait_on_address` through a version-2 table ([`v2`]).
 fn wait_raw<A: AtomicWord>(s: &HostServices, address: &A, compare: A::Value, timeout: Option<Duration>) -> Result<bool, ThreadError> {
-    match (s.wait_on_address)(
-        (address as *const A).cast(),
-        (&compare as *const A::Value).cast(),
-        size_of::<A::Value>() as u64,
-        timeout_ns(timeout),
-    ) {
+    // SAFETY: the host reads `size_of::<A::Value>()` bytes at each pointer: `address` is a live
+    // atomic of that size (`AtomicWord` is implemented only for atomics whose value has the same
+    // size and alignment), `compare` a local of that size; it writes nothing.
+    let result = unsafe {
+        (s.wait_on_address)(
+            (address as *const A).cast(),
+            (&compare as *const A::Value).cast(),
+            size_of::<A::Value>() as u64,
+            timeout_ns(timeout),
+        )
+    };
+    match result {
         0 => Ok(true),
         ERROR_TIMEOUT => Ok(false),
         e => Err(ThreadError::Win32(e)),
@@ -106,7 +112,9 @@ fn wait_raw<A: AtomicWord>(s: &HostServices, address: &A, compare: A::Value, tim
 
 /// `wake_by_address` through a version-2 table ([`v2`]).
 fn wake_raw<A: AtomicWord>(s: &HostServices, address: &A, all: bool) {
-    (s.wake_by_address)((address as *const A).cast(), all as u32);
+    // SAFETY: the address is only a key the host compares with its waiters' (it reads nothing
+    // through it).
+    unsafe { (s.wake_by_address)((address as *const A).cast(), all as u32) };
 }
 
 impl Host {
@@ -122,26 +130,42 @@ impl Host {
 
     /// The calling thread's id (the main thread's is 1).
     pub fn current_thread_id(&self) -> Option<u32> {
-        self.services_v2().map(|s| (s.current_thread_id)())
+        // SAFETY: `current_thread_id` takes no argument and touches no guest memory.
+        self.services_v2().map(|s| unsafe { (s.current_thread_id)() })
     }
 
     /// Gives the rest of this time slice to another thread.
     pub fn yield_now(&self) -> Result<(), ThreadError> {
-        (v2(self.services())?.yield_now)();
+        let s = v2(self.services())?;
+        // SAFETY: `yield` takes no argument and touches no guest memory.
+        unsafe { (s.yield_now)() };
         Ok(())
     }
 
     /// Sleeps at least `duration`.
     pub fn sleep(&self, duration: Duration) -> Result<(), ThreadError> {
-        (v2(self.services())?.sleep_ns)(timeout_ns(Some(duration)));
+        let s = v2(self.services())?;
+        // SAFETY: `sleep_ns` takes a count and touches no guest memory.
+        unsafe { (s.sleep_ns)(timeout_ns(Some(duration))) };
         Ok(())
     }
 
     /// Ends the calling thread with `code` (on the main thread, only that thread: the guest goes
-    /// on until its last thread ends). Returns only on a version-1 host.
-    pub fn exit_thread(&self, code: u32) -> ThreadError {
+    /// on until its last thread ends). Returns only on a version-1 host. The thread's stack is
+    /// released and no destructor of its frames runs (as `pthread_exit` without unwinding);
+    /// returning from the thread's closure or `start` function is the safe way to end it.
+    ///
+    /// # Safety
+    /// Nothing on the calling thread's stack may still be needed: no value in its frames whose
+    /// drop matters to the rest of the guest (a held [`MutexGuard`] would leave its mutex locked
+    /// forever; a pinned value would be freed without its drop), and nothing another thread
+    /// borrowed from those frames (a reference handed out, a value a scoped thread or a wait
+    /// still uses).
+    pub unsafe fn exit_thread(&self, code: u32) -> ThreadError {
         match v2(self.services()) {
-            Ok(s) => (s.exit_thread)(code),
+            // SAFETY: the thread's frames hold nothing still needed (this function's contract);
+            // `exit_thread` takes any code and touches no guest memory.
+            Ok(s) => unsafe { (s.exit_thread)(code) },
             Err(e) => e,
         }
     }
@@ -167,13 +191,21 @@ impl Host {
 
     /// The calling thread's thread pointer (FS base; 0 when a thread starts).
     pub fn thread_pointer(&self) -> Option<*mut c_void> {
-        self.services_v2().map(|s| (s.get_thread_pointer)())
+        // SAFETY: `get_thread_pointer` takes no argument and touches no guest memory.
+        self.services_v2().map(|s| unsafe { (s.get_thread_pointer)() })
     }
 
     /// Sets the calling thread's thread pointer (FS base). The host ignores a value that is not a
     /// canonical user-space address.
+    // The pointer is a register value for the host, never dereferenced (clippy sees a raw
+    // pointer passed to an unsafe call).
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
     pub fn set_thread_pointer(&self, pointer: *mut c_void) -> Result<(), ThreadError> {
-        (v2(self.services())?.set_thread_pointer)(pointer);
+        let s = v2(self.services())?;
+        // SAFETY: the host only loads the value into the FS base register (ignoring a
+        // non-user address); it reads nothing through it. Neither this crate nor the Rust code
+        // of an x86_64-unknown-none guest (which has no thread-locals) addresses memory through FS.
+        unsafe { (s.set_thread_pointer)(pointer) };
         Ok(())
     }
 }
@@ -204,7 +236,8 @@ extern "C" fn closure_start<F: FnOnce() -> u32 + Send + 'static>(arg: *mut c_voi
     let taken: *const AtomicU32 = unsafe { &raw const (*packet).taken };
     // SAFETY: as above.
     unsafe { (*taken).store(1, Ordering::Release) };
-    (services.wake_by_address)(taken.cast(), 1);
+    // SAFETY: the address is only a key for the host's waiters; nothing is read through it.
+    unsafe { (services.wake_by_address)(taken.cast(), 1) };
     closure()
 }
 
@@ -227,7 +260,10 @@ impl Thread {
         let services = v2(host.services_static())?;
         let packet = Packet { closure: ManuallyDrop::new(closure), taken: AtomicU32::new(0), services };
         let arg = (&packet as *const Packet<F>).cast_mut().cast();
-        let handle = (services.create_thread)(closure_start::<F>, arg, stack_reserve, stack_commit);
+        // SAFETY: `closure_start::<F>` is a thread start of the ABI's type, and `arg` points to
+        // `packet`, which this frame keeps alive until the new thread says it took the closure
+        // (the loop below); the host reads nothing through `arg`.
+        let handle = unsafe { (services.create_thread)(closure_start::<F>, arg, stack_reserve, stack_commit) };
         if handle == 0 {
             drop(ManuallyDrop::into_inner(packet.closure));
             return Err(ThreadError::Refused);
@@ -241,9 +277,15 @@ impl Thread {
 
     /// `create_thread(start, arg, stack_reserve, stack_commit)` as it is: `start(arg)` on a new
     /// thread; what `arg` points to must stay valid for as long as `start` uses it.
+    // The host never dereferences `arg`; it hands it to `start`, a safe function (clippy sees a
+    // raw pointer passed to an unsafe call).
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
     pub fn spawn_raw(host: &Host, start: ThreadStart, arg: *mut c_void, stack_reserve: u64, stack_commit: u64) -> Result<Thread, ThreadError> {
         let services = v2(host.services_static())?;
-        match (services.create_thread)(start, arg, stack_reserve, stack_commit) {
+        // SAFETY: `start` is a function of the ABI's thread-start type (the host checks that it is
+        // executable); the host does not read through `arg`, only passes it to `start`, a safe
+        // function that must not assume more of it than its type says.
+        match unsafe { (services.create_thread)(start, arg, stack_reserve, stack_commit) } {
             0 => Err(ThreadError::Refused),
             handle => Ok(Thread { handle, services }),
         }
@@ -265,7 +307,9 @@ impl Thread {
     /// has, `None` on timeout.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Option<u32>, ThreadError> {
         let mut code = 0u32;
-        match (self.services.wait_thread)(self.handle, timeout_ns(timeout), &mut code) {
+        // SAFETY: the handle is this Thread's own (open until it is dropped); the host writes one
+        // u32 to `code`, a local.
+        match unsafe { (self.services.wait_thread)(self.handle, timeout_ns(timeout), &mut code) } {
             0 => Ok(Some(code)),
             WAIT_TIMEOUT => Ok(None),
             e => Err(ThreadError::Win32(e)),
@@ -284,7 +328,9 @@ impl Thread {
 
 impl Drop for Thread {
     fn drop(&mut self) {
-        (self.services.close_thread)(self.handle);
+        // SAFETY: this Thread owns the handle (`into_raw` forgets the Thread instead), and nothing
+        // uses it after the drop.
+        unsafe { (self.services.close_thread)(self.handle) };
     }
 }
 
@@ -518,7 +564,8 @@ mod tests {
             assert_eq!(h.thread_pointer(), None);
             assert_eq!(h.yield_now(), Err(ThreadError::Unsupported));
             assert_eq!(h.sleep(Duration::from_millis(1)), Err(ThreadError::Unsupported));
-            assert_eq!(h.exit_thread(3), ThreadError::Unsupported);
+            // SAFETY: on a version-1 host it returns at once, ending nothing.
+            assert_eq!(unsafe { h.exit_thread(3) }, ThreadError::Unsupported);
             assert_eq!(h.wait_on_address(&AtomicU32::new(0), 0, None), Err(ThreadError::Unsupported));
             assert_eq!(h.wake_all(&AtomicU32::new(0)), Err(ThreadError::Unsupported));
             assert!(matches!(Thread::spawn(&h, || 0), Err(ThreadError::Unsupported)));

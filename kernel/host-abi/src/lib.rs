@@ -12,7 +12,9 @@
 //!   numbers, the vtable layouts and the results from it;
 //! - `address-space` re-exports [`win32`] as its own `win32` module (the values its API takes).
 //!
-//! Everything here is plain data: no code runs, nothing is `unsafe`.
+//! Everything here is plain data: no code runs and no `unsafe` code is written (the
+//! `HOST_SERVICES` function pointers are `unsafe extern "C" fn` types: calling one is the
+//! caller's `unsafe`, see [`HostServices`]).
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -219,9 +221,12 @@ hresults! {
 }
 
 impl HResult {
-    /// `HRESULT_FROM_WIN32`.
+    /// `HRESULT_FROM_WIN32`, as `winerror.h` (and `host_abi.h`) define it: 0 and values that
+    /// are already HRESULTs (negative as an `i32`) pass through; any other code `e` becomes
+    /// `0x8007_0000 | (e & 0xFFFF)`.
     pub const fn from_win32(e: u32) -> HResult {
-        HResult(if e == 0 { 0 } else { (0x8007_0000 | (e & 0xFFFF)) as i32 })
+        let x = e as i32;
+        HResult(if x <= 0 { x } else { (0x8007_0000 | (e & 0xFFFF)) as i32 })
     }
 
     /// `Ok(())` for a success code (`SUCCEEDED`), else `Err(self)`.
@@ -436,6 +441,11 @@ pub type ThreadStart = extern "C" fn(*mut c_void) -> u32;
 /// The first 96 bytes of `HOST_SERVICES`, what every host has (version 1, host-abi §7): the part of
 /// the table a guest may read before it knows the host's version (a version-1 host's table ends
 /// here, so a reference to the whole [`HostServices`] would reach past it).
+///
+/// The function pointers are `unsafe extern "C" fn`: they take raw pointers the host writes
+/// through or reads (and `exit`, `exit_thread`, `close_thread` end what other code may still rely
+/// on), which no Rust type checks. Callers use `guest-abi`'s safe wrappers (`Host`, `Thread`) or
+/// uphold the contract of each service (host-abi §7, §10.2) themselves.
 #[repr(C)]
 pub struct HostServicesV1 {
     /// `sizeof(HOST_SERVICES)`: 96 for version 1, [`host::HOST_SERVICES_SIZE`] for version 2.
@@ -451,30 +461,36 @@ pub struct HostServicesV1 {
     /// Highest address a guest can allocate.
     pub max_application_address: u64,
     /// Writes bytes to the console.
-    pub write: extern "C" fn(*const u8, u64),
+    pub write: unsafe extern "C" fn(*const u8, u64),
     /// Ends the guest.
-    pub exit: extern "C" fn(i32) -> !,
+    pub exit: unsafe extern "C" fn(i32) -> !,
     /// Nanoseconds since boot.
-    pub ticks_ns: extern "C" fn() -> u64,
+    pub ticks_ns: unsafe extern "C" fn() -> u64,
     /// `AddVectoredExceptionHandler(first, handler)`: a handle, or null.
-    pub add_vectored_exception_handler: extern "C" fn(u32, ExceptionHandler) -> *mut c_void,
+    pub add_vectored_exception_handler: unsafe extern "C" fn(u32, ExceptionHandler) -> *mut c_void,
     /// `RemoveVectoredExceptionHandler(handle)`: 1 if it was registered.
-    pub remove_vectored_exception_handler: extern "C" fn(*mut c_void) -> u32,
+    pub remove_vectored_exception_handler: unsafe extern "C" fn(*mut c_void) -> u32,
     /// `GetWriteWatch(flags, base, size, addresses, count, granularity)`: a Win32 error code.
-    pub get_write_watch: extern "C" fn(u32, *mut u8, u64, *mut *mut u8, *mut u64, *mut u32) -> u32,
+    pub get_write_watch: unsafe extern "C" fn(u32, *mut u8, u64, *mut *mut u8, *mut u64, *mut u32) -> u32,
     /// `ResetWriteWatch(base, size)`: a Win32 error code.
-    pub reset_write_watch: extern "C" fn(*mut u8, u64) -> u32,
+    pub reset_write_watch: unsafe extern "C" fn(*mut u8, u64) -> u32,
     /// Fills a [`HostCommitInfo`].
-    pub query_commit: extern "C" fn(*mut HostCommitInfo),
+    pub query_commit: unsafe extern "C" fn(*mut HostCommitInfo),
 }
 
 /// `HOST_SERVICES` version 2 (host-abi §7 and §10.2): the version-1 fields keep their offsets; a
 /// guest checks `version >= 2` (or `cb_size >= 192`) before it uses the thread services.
+///
+/// As in [`HostServicesV1`], the function pointers are `unsafe extern "C" fn`: callers use
+/// `guest-abi`'s safe wrappers (`Host`, `Thread`, `Mutex`) or uphold each service's contract
+/// (host-abi §7, §10.2) themselves: pointers valid for what the call reads or writes, no handle
+/// closed or waited on that other code owns, no thread ended while its frames hold values that
+/// must be dropped.
 #[repr(C)]
 pub struct HostServices {
     /// `sizeof(HOST_SERVICES)`: [`host::HOST_SERVICES_SIZE`].
     pub cb_size: u32,
-    /// 1.
+    /// 2.
     pub version: u32,
     /// [`win32::PAGE_SIZE`].
     pub page_size: u32,
@@ -485,49 +501,49 @@ pub struct HostServices {
     /// Highest address a guest can allocate.
     pub max_application_address: u64,
     /// Writes bytes to the console.
-    pub write: extern "C" fn(*const u8, u64),
+    pub write: unsafe extern "C" fn(*const u8, u64),
     /// Ends the guest.
-    pub exit: extern "C" fn(i32) -> !,
+    pub exit: unsafe extern "C" fn(i32) -> !,
     /// Nanoseconds since boot.
-    pub ticks_ns: extern "C" fn() -> u64,
+    pub ticks_ns: unsafe extern "C" fn() -> u64,
     /// `AddVectoredExceptionHandler(first, handler)`: a handle, or null.
-    pub add_vectored_exception_handler: extern "C" fn(u32, ExceptionHandler) -> *mut c_void,
+    pub add_vectored_exception_handler: unsafe extern "C" fn(u32, ExceptionHandler) -> *mut c_void,
     /// `RemoveVectoredExceptionHandler(handle)`: 1 if it was registered.
-    pub remove_vectored_exception_handler: extern "C" fn(*mut c_void) -> u32,
+    pub remove_vectored_exception_handler: unsafe extern "C" fn(*mut c_void) -> u32,
     /// `GetWriteWatch(flags, base, size, addresses, count, granularity)`: a Win32 error code.
-    pub get_write_watch: extern "C" fn(u32, *mut u8, u64, *mut *mut u8, *mut u64, *mut u32) -> u32,
+    pub get_write_watch: unsafe extern "C" fn(u32, *mut u8, u64, *mut *mut u8, *mut u64, *mut u32) -> u32,
     /// `ResetWriteWatch(base, size)`: a Win32 error code.
-    pub reset_write_watch: extern "C" fn(*mut u8, u64) -> u32,
+    pub reset_write_watch: unsafe extern "C" fn(*mut u8, u64) -> u32,
     /// Fills a [`HostCommitInfo`].
-    pub query_commit: extern "C" fn(*mut HostCommitInfo),
+    pub query_commit: unsafe extern "C" fn(*mut HostCommitInfo),
     /// Version 2: CPUs the kernel runs guest threads on.
     pub cpu_count: u32,
     /// Version 2: 0.
     pub reserved0: u32,
     /// `create_thread(start, arg, stack_reserve, stack_commit)`: a handle, or 0.
-    pub create_thread: extern "C" fn(ThreadStart, *mut c_void, u64, u64) -> u64,
+    pub create_thread: unsafe extern "C" fn(ThreadStart, *mut c_void, u64, u64) -> u64,
     /// `exit_thread(code)`: ends the calling thread.
-    pub exit_thread: extern "C" fn(u32) -> !,
+    pub exit_thread: unsafe extern "C" fn(u32) -> !,
     /// `wait_thread(handle, timeout_ns, exit_code)`: 0, `WAIT_TIMEOUT`, `ERROR_INVALID_HANDLE`
     /// or `ERROR_NOACCESS`.
-    pub wait_thread: extern "C" fn(u64, u64, *mut u32) -> u32,
+    pub wait_thread: unsafe extern "C" fn(u64, u64, *mut u32) -> u32,
     /// `close_thread(handle)`: 1 closed, 0 unknown.
-    pub close_thread: extern "C" fn(u64) -> u32,
+    pub close_thread: unsafe extern "C" fn(u64) -> u32,
     /// The calling thread's id (the main thread's is 1).
-    pub current_thread_id: extern "C" fn() -> u32,
+    pub current_thread_id: unsafe extern "C" fn() -> u32,
     /// Gives up the rest of the time slice.
-    pub yield_now: extern "C" fn(),
+    pub yield_now: unsafe extern "C" fn(),
     /// Sleeps at least this many nanoseconds.
-    pub sleep_ns: extern "C" fn(u64),
+    pub sleep_ns: unsafe extern "C" fn(u64),
     /// `WaitOnAddress(address, compare, size, timeout_ns)`: 0, `ERROR_TIMEOUT`,
     /// `ERROR_INVALID_PARAMETER` or `ERROR_NOACCESS`.
-    pub wait_on_address: extern "C" fn(*const c_void, *const c_void, u64, u64) -> u32,
+    pub wait_on_address: unsafe extern "C" fn(*const c_void, *const c_void, u64, u64) -> u32,
     /// `WakeByAddressSingle` (`all` 0) or `WakeByAddressAll` (`all` non-zero).
-    pub wake_by_address: extern "C" fn(*const c_void, u32),
+    pub wake_by_address: unsafe extern "C" fn(*const c_void, u32),
     /// Sets the calling thread's FS base (ignored unless a canonical user address).
-    pub set_thread_pointer: extern "C" fn(*mut c_void),
+    pub set_thread_pointer: unsafe extern "C" fn(*mut c_void),
     /// The calling thread's FS base.
-    pub get_thread_pointer: extern "C" fn() -> *mut c_void,
+    pub get_thread_pointer: unsafe extern "C" fn() -> *mut c_void,
 }
 
 /// `IHostMemoryManager`'s vtable; the order is the ABI (host-abi §3).
@@ -733,3 +749,24 @@ const _: () = {
     assert!(size_of::<CriticalLevel>() == 4);
     assert!(size_of::<MemoryAvailable>() == 4);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `HResult::from_win32` is the header's `HRESULT_FROM_WIN32` (winerror.h's): 0 and values
+    /// already negative as HRESULTs pass through, the rest become `0x8007xxxx`.
+    #[test]
+    fn from_win32_is_the_headers_hresult_from_win32() {
+        assert_eq!(HResult::from_win32(0), HResult::S_OK);
+        assert_eq!(HResult::from_win32(win32::ERROR_INVALID_PARAMETER), HResult(0x8007_0057_u32 as i32));
+        assert_eq!(HResult::from_win32(win32::ERROR_INVALID_PARAMETER), HResult::E_INVALIDARG);
+        assert_eq!(HResult::from_win32(win32::ERROR_NOACCESS), HResult(0x8007_03E6_u32 as i32));
+        assert_eq!(HResult::from_win32(0x8013_1023), HResult::HOST_E_CLRNOTAVAILABLE);
+        assert_eq!(HResult::from_win32(HResult::E_FAIL.0 as u32), HResult::E_FAIL);
+        assert_eq!(HResult::from_win32(0x8000_0000), HResult(i32::MIN));
+        // Positive codes above 16 bits keep only their low 16 bits, as the macro does.
+        assert_eq!(HResult::from_win32(0x7FFF_0005), HResult(0x8007_0005_u32 as i32));
+        const { assert!(HResult::from_win32(87).0 == HResult::E_INVALIDARG.0) };
+    }
+}

@@ -73,7 +73,8 @@ fn services() -> &'static HostServices {
 }
 
 fn print(s: &[u8]) {
-    (services().write)(s.as_ptr(), s.len() as u64);
+    // SAFETY: `write` reads `len` bytes at the pointer: the slice's own.
+    unsafe { (services().write)(s.as_ptr(), s.len() as u64) };
 }
 
 /// Whether the kernel serves HOST_SERVICES version 2 (threads, `wait_on_address`).
@@ -396,7 +397,9 @@ impl HeapLock {
             }
             if threads {
                 let compare = 2u32;
-                let _ = (services().wait_on_address)(word.as_ptr().cast(), ptr::addr_of!(compare).cast(), 4, u64::MAX);
+                // SAFETY: the kernel reads 4 bytes at each pointer: the lock word (a live
+                // AtomicU32, aligned) and a local u32; version 2 was checked (`threads`).
+                let _ = unsafe { (services().wait_on_address)(word.as_ptr().cast(), ptr::addr_of!(compare).cast(), 4, u64::MAX) };
             }
         }
     }
@@ -413,7 +416,9 @@ impl Drop for HeapLock {
             && word.swap(0, Ordering::Release) == 2
             && has_threads()
         {
-            (services().wake_by_address)(word.as_ptr().cast(), 0);
+            // SAFETY: the address is only a key for the kernel's waiters, nothing is read
+            // through it; version 2 was checked (`has_threads`).
+            unsafe { (services().wake_by_address)(word.as_ptr().cast(), 0) };
         }
     }
 }

@@ -302,8 +302,13 @@ pub struct Heap {
 // heap lives behind a mutex (mutator.rs), so one thread at a time uses them.
 unsafe impl Send for Heap {}
 
-fn commit(addr: usize, size: usize, level: CriticalLevel) -> bool {
-    host().virtual_alloc(addr, size, MEM_COMMIT, PAGE_READWRITE, level).is_ok()
+/// Commits [addr, addr + size) read-write.
+///
+/// # Safety
+/// The range is an uncommitted part of the heap's reservation (only reserved: nothing lies there).
+unsafe fn commit(addr: usize, size: usize, level: CriticalLevel) -> bool {
+    // SAFETY: only reserved pages (caller): committing them touches nothing in use.
+    unsafe { host().virtual_alloc(addr, size, MEM_COMMIT, PAGE_READWRITE, level) }.is_ok()
 }
 
 impl Heap {
@@ -311,9 +316,10 @@ impl Heap {
     /// time (one thread: the whole nursery is its allocation context).
     pub fn new(nursery_size: usize, threads: usize) -> Result<Heap, guest_abi::HResult> {
         let h = host();
-        let base = h.virtual_alloc(0, RESERVE, MEM_RESERVE | MEM_WRITE_WATCH, PAGE_READWRITE, CriticalLevel::Task)?;
+        let base = h.allocate(RESERVE, MEM_RESERVE | MEM_WRITE_WATCH, PAGE_READWRITE, CriticalLevel::Task)?;
         let nursery_size = nursery_size.clamp(64 << 10, NURSERY_AREA) & !(PAGE - 1);
-        h.virtual_alloc(base, nursery_size, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)?;
+        // SAFETY: the start of the reservation just made, which nothing else knows of yet.
+        unsafe { h.virtual_alloc(base, nursery_size, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task) }?;
         let mut heap = Heap {
             base,
             nursery: base,
@@ -577,7 +583,8 @@ impl Heap {
         let addr = self.old_base + index * SEG;
         let bitmap_bytes = SEG / 64;
         let starts = vec_block(bitmap_bytes)?;
-        if !commit(addr, SEG, level) {
+        // SAFETY: segment `index` is not committed (or is new): its pages are only reserved.
+        if !unsafe { commit(addr, SEG, level) } {
             self.stats.failed_commits += 1;
             free_block(starts);
             return None;
@@ -764,7 +771,11 @@ impl Heap {
         }
         // The nursery is empty: reuse it from the start; its old contents are garbage.
         let used = (self.nursery_top - self.nursery + PAGE - 1) & !(PAGE - 1);
-        if used > 0 && host().virtual_alloc(self.nursery, used, MEM_RESET, PAGE_READWRITE, CriticalLevel::Task).is_ok() {
+        // SAFETY: every mutator is stopped and every live nursery object was copied out above,
+        // the roots and old fields that referred to it forwarded: what is left is garbage, which
+        // the heap reaches only by raw address and writes before it reads (bump allocation from
+        // `nursery_top`, objects initialized when allocated). No Rust reference points there.
+        if used > 0 && unsafe { host().virtual_alloc(self.nursery, used, MEM_RESET, PAGE_READWRITE, CriticalLevel::Task) }.is_ok() {
             self.stats.reset_bytes += used as u64;
         }
         self.nursery_top = self.nursery;
@@ -863,7 +874,11 @@ impl Heap {
                 if fills[k] < base + SEG {
                     self.end_free_run(fills[k], base + SEG);
                 }
-            } else if host().virtual_free(base, SEG, MEM_DECOMMIT).is_ok() {
+            } else if
+            // SAFETY: no live object was slid into this segment and every reference was forwarded
+            // to the new places (the mutators are stopped): nothing refers into it, the heap
+            // reaches it only by raw address, and it is marked uncommitted below.
+            unsafe { host().virtual_free(base, SEG, MEM_DECOMMIT) }.is_ok() {
                 free_block(self.segments[si].starts);
                 self.segments[si] = Segment { committed: false, starts: core::ptr::null_mut() };
                 self.stats.decommitted_bytes += SEG as u64;
@@ -961,7 +976,11 @@ impl Heap {
                 obj += size;
             }
             // An empty segment is one run from its start: give its commit back.
-            if seg_live == 0 && host().virtual_free(seg_base, SEG, MEM_DECOMMIT).is_ok() {
+            // SAFETY: (when `seg_live` is 0) nothing in the segment is marked, so nothing live
+            // refers into it, and none of its spans went to the free lists (a run is kept only
+            // when a live object ends it); the heap reaches it only by raw address and marks it
+            // uncommitted below.
+            if seg_live == 0 && unsafe { host().virtual_free(seg_base, SEG, MEM_DECOMMIT) }.is_ok() {
                 free_block(self.segments[index].starts);
                 self.segments[index] = Segment { committed: false, starts: core::ptr::null_mut() };
                 self.stats.decommitted_bytes += SEG as u64;
@@ -1012,7 +1031,10 @@ impl Heap {
         }
         let first = (start + 8 + PAGE - 1) & !(PAGE - 1);
         let last = end & !(PAGE - 1);
-        if last > first && host().virtual_alloc(first, last - first, MEM_RESET, PAGE_READWRITE, CriticalLevel::Task).is_ok() {
+        // SAFETY: [first, last) are whole pages of a free span, past its header at `start`:
+        // garbage the heap reaches only by raw address, and writes before it reads (an object
+        // is initialized when allocated). No Rust reference points there.
+        if last > first && unsafe { host().virtual_alloc(first, last - first, MEM_RESET, PAGE_READWRITE, CriticalLevel::Task) }.is_ok() {
             self.stats.reset_bytes += (last - first) as u64;
         }
     }

@@ -623,7 +623,10 @@ fn stack_overflow(m: &mut Mutator, stack: &ManagedStack, c: &SharedChecks) {
         );
         let growths = stack::GROWTHS.load(Ordering::SeqCst) - growths_before;
         c.check("the managed stack grew through its guard pages first", growths > 0 && depth > 100, format_args!("{growths} growths, depth {depth}"));
-        let rearmed = stack.rearm();
+        // SAFETY: `run` returned, on this thread, the stack's owner: no frame is on it; the
+        // abandoned frames of `deep` held only references to `m` and `deepest` (which live
+        // here), and the roots they registered were truncated above.
+        let rearmed = unsafe { stack.rearm() };
         c.check("guard page re-armed", rearmed.is_ok(), format_args!("{rearmed:?}"));
     }
     // The runtime goes on: a collection and a small tree on the same managed stack.

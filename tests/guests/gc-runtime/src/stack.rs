@@ -92,10 +92,12 @@ impl ManagedStack {
     /// The stack belongs to the thread that calls [`ManagedStack::run`] on it.
     pub fn new(size: usize) -> Result<ManagedStack, guest_abi::HResult> {
         let h = host();
-        let lo = h.virtual_alloc(0, size, MEM_RESERVE, PAGE_READWRITE, CriticalLevel::Task)?;
+        let lo = h.allocate(size, MEM_RESERVE, PAGE_READWRITE, CriticalLevel::Task)?;
         let s = ManagedStack { lo, hi: lo + size };
-        if let Err(e) = s.arm() {
-            let _ = h.virtual_free(lo, 0, MEM_RELEASE);
+        // SAFETY: a new reservation: nothing runs on it or refers to it yet.
+        if let Err(e) = unsafe { s.arm() } {
+            // SAFETY: the same new reservation, known to nothing else.
+            let _ = unsafe { h.virtual_free(lo, 0, MEM_RELEASE) };
             return Err(e);
         }
         if HANDLER_INSTALLED.swap(1, Ordering::SeqCst) == 0 && h.add_exception_handler(true, handler).is_none() {
@@ -104,20 +106,37 @@ impl ManagedStack {
         Ok(s)
     }
 
-    fn arm(&self) -> Result<(), guest_abi::HResult> {
+    /// Commits the top pages read-write and the guard and cushion below them.
+    ///
+    /// # Safety
+    /// Everything below the top pages is only reserved (a new stack, or one `rearm` just
+    /// decommitted), so no frame or value lies where the guard goes.
+    unsafe fn arm(&self) -> Result<(), guest_abi::HResult> {
         let h = host();
         let top = self.hi - TOP_PAGES * PAGE;
-        h.virtual_alloc(top, TOP_PAGES * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)?;
+        // SAFETY: the top pages are only reserved, or (after an overflow) committed read-write
+        // already: committing them read-write changes neither contents nor access.
+        unsafe { h.virtual_alloc(top, TOP_PAGES * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task) }?;
         let guard = top - PAGE;
-        h.virtual_alloc(guard, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Task)?;
-        h.virtual_alloc(guard - CUSHION * PAGE, CUSHION * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task)?;
+        // SAFETY: below the top pages, only reserved (this function's contract): nothing is there.
+        unsafe { h.virtual_alloc(guard, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Task) }?;
+        // SAFETY: as above.
+        unsafe { h.virtual_alloc(guard - CUSHION * PAGE, CUSHION * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task) }?;
         Ok(())
     }
 
     /// After an overflow: decommits everything below the top pages and arms the guard again.
-    pub fn rearm(&self) -> Result<(), guest_abi::HResult> {
-        host().virtual_free(self.lo, self.hi - TOP_PAGES * PAGE - self.lo, MEM_DECOMMIT)?;
-        self.arm()
+    ///
+    /// # Safety
+    /// No frame runs on this stack ([`run`](Self::run) on it has returned, on the thread it
+    /// belongs to) and nothing refers to what the abandoned frames of an overflow held (`run`'s
+    /// contract for `f`; roots they registered are dropped).
+    pub unsafe fn rearm(&self) -> Result<(), guest_abi::HResult> {
+        // SAFETY: no frame is on the stack and nothing refers into it (caller); the pages are
+        // reached only as the stack of `run`, which is not running.
+        unsafe { host().virtual_free(self.lo, self.hi - TOP_PAGES * PAGE - self.lo, MEM_DECOMMIT) }?;
+        // SAFETY: everything below the top pages was just decommitted.
+        unsafe { self.arm() }
     }
 
     /// Runs `f` on this stack; a stack overflow in it comes back as `Err(StackOverflow)` (its
@@ -146,7 +165,9 @@ impl ManagedStack {
 
 impl Drop for ManagedStack {
     fn drop(&mut self) {
-        let _ = host().virtual_free(self.lo, 0, MEM_RELEASE);
+        // SAFETY: `run` borrows the stack, so none of it runs now; nothing outlives a frame of
+        // `run` (its contract for `f`), so nothing refers into the reservation.
+        let _ = unsafe { host().virtual_free(self.lo, 0, MEM_RELEASE) };
     }
 }
 
@@ -183,8 +204,13 @@ extern "C" fn handler(e: *mut GuestException) -> i32 {
                 return overflow(t, e);
             }
             let h = host();
-            let ok = h.virtual_alloc(new_guard, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Task).is_ok()
-                && h.virtual_alloc(new_cushion, CUSHION * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).is_ok();
+            // SAFETY: both ranges lie below the cushion under the guard page just hit: the stack has
+            // never grown there since it was armed (a touch would have faulted), so the pages are
+            // only reserved and hold nothing; this handler runs on the cushion above them.
+            let ok = unsafe {
+                h.virtual_alloc(new_guard, PAGE, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, CriticalLevel::Task).is_ok()
+                    && h.virtual_alloc(new_cushion, CUSHION * PAGE, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).is_ok()
+            };
             if !ok {
                 // No commit left for the stack: that too is a stack overflow.
                 return overflow(t, e);

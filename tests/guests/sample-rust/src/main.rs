@@ -26,7 +26,15 @@ extern "C" fn handler(e: *mut GuestException) -> i32 {
             AV_HITS.fetch_add(1, Ordering::SeqCst);
             // SAFETY: HOST holds the address of main's Host, which outlives every exception.
             let host = unsafe { &*(HOST.load(Ordering::SeqCst) as *const Host) };
-            match host.virtual_alloc((e.address & !0xFFF) as usize, 4096, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task) {
+            let page = (e.address & !0xFFF) as usize;
+            // Only a page that is reserved and not committed is committed here (a write to a
+            // committed read-only page is not this handler's to fix).
+            if host.virtual_query(page).map(|q| q.state) != Ok(MEM_RESERVE) {
+                return EXCEPTION_CONTINUE_SEARCH;
+            }
+            // SAFETY: the page is only reserved: it has no contents anything could refer to, so
+            // committing it changes no memory in use.
+            match unsafe { host.virtual_alloc(page, 4096, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task) } {
                 Ok(_) => EXCEPTION_CONTINUE_EXECUTION,
                 Err(_) => EXCEPTION_CONTINUE_SEARCH,
             }
@@ -57,7 +65,7 @@ fn main(host: &Host) -> i32 {
     HOST.store(host as *const Host as usize, Ordering::SeqCst);
     let mut c = Checks { out: Console(host), failed: 0, passed: 0 };
     host.print("sample-rust: hello from ring 3\n");
-    let base = match host.virtual_alloc(0, 1 << 20, MEM_RESERVE, PAGE_READWRITE, CriticalLevel::Task) {
+    let base = match host.allocate(1 << 20, MEM_RESERVE, PAGE_READWRITE, CriticalLevel::Task) {
         Ok(b) => b,
         Err(e) => {
             let _ = writeln!(c.out, "reserve failed: {e:?}");
@@ -65,7 +73,8 @@ fn main(host: &Host) -> i32 {
         }
     };
     c.check("reserve is 64 KiB aligned", (base & 0xFFFF) as u64, 0);
-    let p = host.virtual_alloc(base, 0x10000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task).unwrap_or(0);
+    // SAFETY: the reservation just made, of which nothing is committed yet: nothing refers to it.
+    let p = unsafe { host.virtual_alloc(base, 0x10000, MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task) }.unwrap_or(0);
     c.check("commit returns the base", p as u64, base as u64);
     let bytes = p as *mut u8;
     // SAFETY: p..p+64 KiB is committed read-write memory of this guest.
@@ -78,12 +87,19 @@ fn main(host: &Host) -> i32 {
     c.check("query state", q.state as u64, MEM_COMMIT as u64);
     c.check("query size", q.region_size, 0x10000);
     c.check("query protect", q.protect as u64, PAGE_READWRITE as u64);
-    c.check("protect returns the old protection", host.virtual_protect(p, 4096, PAGE_READONLY).unwrap_or(0) as u64, PAGE_READWRITE as u64);
-    c.check("a bad protection is refused", host.virtual_protect(p, 4096, 0).err().map_or(0, |e| e.0 as u32 as u64), 0x8007_0057);
+    // SAFETY: the first page of this guest's own reservation, reached only through `bytes`, and
+    // neither written nor read again.
+    let old = unsafe { host.virtual_protect(p, 4096, PAGE_READONLY) };
+    c.check("protect returns the old protection", old.unwrap_or(0) as u64, PAGE_READWRITE as u64);
+    // SAFETY: as above (and protection 0 is refused, changing nothing).
+    let refused = unsafe { host.virtual_protect(p, 4096, 0) };
+    c.check("a bad protection is refused", refused.err().map_or(0, |e| e.0 as u32 as u64), 0x8007_0057);
 
     let handle = host.add_exception_handler(true, handler);
     c.check("handler registered", handle.is_some() as u64, 1);
-    host.virtual_protect(p + 0x4000, 4096, PAGE_READWRITE | PAGE_GUARD).unwrap_or(0);
+    // SAFETY: a page of this guest's own reservation, reached only through `bytes`; the guard's
+    // one exception is resumed by the handler registered above.
+    let _ = unsafe { host.virtual_protect(p + 0x4000, 4096, PAGE_READWRITE | PAGE_GUARD) };
     // SAFETY: committed memory; the first touch raises the guard exception the handler resumes.
     unsafe {
         bytes.add(0x4000).write_volatile(1);
@@ -100,7 +116,10 @@ fn main(host: &Host) -> i32 {
     if let Some(h) = handle {
         c.check("handler removed", host.remove_exception_handler(h) as u64, 1);
     }
-    c.check("release", host.virtual_free(base, 0, MEM_RELEASE).is_ok() as u64, 1);
+    // SAFETY: this guest's own reservation, reached only through `bytes` and `lazy`, neither of
+    // which is used again.
+    let released = unsafe { host.virtual_free(base, 0, MEM_RELEASE) };
+    c.check("release", released.is_ok() as u64, 1);
     c.check("released memory is free", host.virtual_query(base).map(|q| q.state).unwrap_or(0) as u64, MEM_FREE as u64);
     // The COM lifetime methods and the address-space bookkeeping of host-abi §3 and §9.
     let me = host.query_interface(&guest_abi::IID_IHOST_MEMORY_MANAGER).unwrap_or(core::ptr::null_mut());

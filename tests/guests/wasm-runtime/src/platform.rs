@@ -100,13 +100,22 @@ fn for_each_run(start: usize, len: usize, mut f: impl FnMut(usize, usize, bool) 
 
 /// Gives [ptr, ptr + len) the protection `prot`: commits what is only reserved (prot != 0),
 /// re-protects what is committed.
-fn protect(ptr: usize, len: usize, prot: u32) -> Result<(), HResult> {
+///
+/// # Safety
+/// [ptr, ptr + len) lies in mappings made by `wasmtime_mmap_new` (Wasmtime's linear memories,
+/// code and data, which no Rust reference of this runtime points into: Wasmtime reaches them
+/// through raw pointers), and Wasmtime accesses them afterwards only as `prot` allows (its
+/// contract for `mprotect`).
+unsafe fn protect(ptr: usize, len: usize, prot: u32) -> Result<(), HResult> {
     let h = host();
     let p = win32_protection(prot);
     for_each_run(ptr, len, |base, n, committed| match (committed, prot) {
-        (true, _) => h.virtual_protect(base, n, p).map(drop),
+        // SAFETY: pages of Wasmtime's own mappings, used as `prot` allows from now on (caller).
+        (true, _) => unsafe { h.virtual_protect(base, n, p) }.map(drop),
         (false, 0) => Ok(()),
-        (false, _) => h.virtual_alloc(base, n, MEM_COMMIT, p, CriticalLevel::Task).map(drop),
+        // SAFETY: these pages are only reserved (not committed): nothing can refer to their
+        // contents, so committing them changes nothing anything uses.
+        (false, _) => unsafe { h.virtual_alloc(base, n, MEM_COMMIT, p, CriticalLevel::Task) }.map(drop),
     })
 }
 
@@ -116,14 +125,17 @@ fn protect(ptr: usize, len: usize, prot: u32) -> Result<(), HResult> {
 pub unsafe extern "C" fn wasmtime_mmap_new(size: usize, prot_flags: u32, ret: &mut *mut u8) -> i32 {
     let h = host();
     let size = size.next_multiple_of(PAGE);
-    let base = match h.virtual_alloc(0, size, MEM_RESERVE, PAGE_NOACCESS, CriticalLevel::Task) {
+    let base = match h.allocate(size, MEM_RESERVE, PAGE_NOACCESS, CriticalLevel::Task) {
         Ok(b) => b,
         Err(e) => return code(Err::<(), _>(e)),
     };
     if prot_flags != 0
-        && let Err(e) = h.virtual_alloc(base, size, MEM_COMMIT, win32_protection(prot_flags), CriticalLevel::Task)
+        // SAFETY: `base` is the reservation just made, known to nothing else yet; its pages were
+        // only reserved, so committing them touches nothing in use.
+        && let Err(e) = unsafe { h.virtual_alloc(base, size, MEM_COMMIT, win32_protection(prot_flags), CriticalLevel::Task) }
     {
-        let _ = h.virtual_free(base, 0, MEM_RELEASE);
+        // SAFETY: the same new reservation, which nothing else knows of.
+        let _ = unsafe { h.virtual_free(base, 0, MEM_RELEASE) };
         return code(Err::<(), _>(e));
     }
     MAPPINGS.with(|m| m.push((base, size)));
@@ -132,7 +144,9 @@ pub unsafe extern "C" fn wasmtime_mmap_new(size: usize, prot_flags: u32, ret: &m
 }
 
 /// # Safety
-/// [addr, addr + size) lies in a mapping made by `wasmtime_mmap_new` (checked by the host).
+/// [addr, addr + size) lies in a mapping made by `wasmtime_mmap_new` (the host refuses a range
+/// outside any allocation), whose contents Wasmtime no longer needs: it asks for fresh zeroed
+/// pages in place.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn wasmtime_mmap_remap(addr: *mut u8, size: usize, prot_flags: u32) -> i32 {
     let h = host();
@@ -140,13 +154,16 @@ pub unsafe extern "C" fn wasmtime_mmap_remap(addr: *mut u8, size: usize, prot_fl
     if size == 0 {
         return 0;
     }
-    if let Err(e) = h.virtual_free(addr, size, MEM_DECOMMIT) {
+    // SAFETY: pages of Wasmtime's own mapping, reached only through its raw pointers, whose
+    // contents it no longer needs (caller).
+    if let Err(e) = unsafe { h.virtual_free(addr, size, MEM_DECOMMIT) } {
         return code(Err::<(), _>(e));
     }
     if prot_flags == 0 {
         return 0;
     }
-    code(h.virtual_alloc(addr, size, MEM_COMMIT, win32_protection(prot_flags), CriticalLevel::Task))
+    // SAFETY: the pages were just decommitted: nothing refers to contents there.
+    code(unsafe { h.virtual_alloc(addr, size, MEM_COMMIT, win32_protection(prot_flags), CriticalLevel::Task) })
 }
 
 /// # Safety
@@ -164,21 +181,26 @@ pub unsafe extern "C" fn wasmtime_munmap(ptr: *mut u8, size: usize) -> i32 {
         i.map(|i| maps.swap_remove(i)).is_some()
     });
     if whole {
-        return code(h.virtual_free(ptr, 0, MEM_RELEASE));
+        // SAFETY: a whole mapping of Wasmtime's that it no longer uses (caller); no Rust
+        // reference of this runtime points into it.
+        return code(unsafe { h.virtual_free(ptr, 0, MEM_RELEASE) });
     }
     // Part of a mapping: give its memory back; the address space stays reserved until the
     // mapping itself goes.
-    code(h.virtual_free(ptr, size, MEM_DECOMMIT))
+    // SAFETY: as above, for part of a mapping.
+    code(unsafe { h.virtual_free(ptr, size, MEM_DECOMMIT) })
 }
 
 /// # Safety
-/// [ptr, ptr + size) lies in a mapping made by `wasmtime_mmap_new` (checked by the host).
+/// [ptr, ptr + size) lies in a mapping made by `wasmtime_mmap_new` (the host refuses a range
+/// outside any allocation), which Wasmtime accesses afterwards only as `prot_flags` allows.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn wasmtime_mprotect(ptr: *mut u8, size: usize, prot_flags: u32) -> i32 {
     if size == 0 {
         return 0;
     }
-    code(protect(ptr as usize, size.next_multiple_of(PAGE), prot_flags))
+    // SAFETY: Wasmtime's own mapping, used as the new protection allows (caller).
+    code(unsafe { protect(ptr as usize, size.next_multiple_of(PAGE), prot_flags) })
 }
 
 #[unsafe(no_mangle)]
@@ -202,14 +224,17 @@ pub unsafe extern "C" fn wasmtime_memory_image_new(ptr: *const u8, len: usize, r
     }
     let h = host();
     let size = len.next_multiple_of(PAGE);
-    let base = match h.virtual_alloc(0, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task) {
+    let base = match h.allocate(size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE, CriticalLevel::Task) {
         Ok(b) => b,
         Err(e) => return code(Err::<(), _>(e)),
     };
     // SAFETY: the source is readable for len bytes (caller); the destination was just committed.
     unsafe { core::ptr::copy_nonoverlapping(ptr, base as *mut u8, len) };
-    if let Err(e) = h.virtual_protect(base, size, PAGE_READONLY) {
-        let _ = h.virtual_free(base, 0, MEM_RELEASE);
+    // SAFETY: the image's own new allocation, written above through a raw pointer and only read
+    // from now on; nothing else knows of it yet.
+    if let Err(e) = unsafe { h.virtual_protect(base, size, PAGE_READONLY) } {
+        // SAFETY: the same allocation, which nothing else knows of.
+        let _ = unsafe { h.virtual_free(base, 0, MEM_RELEASE) };
         return code(Err::<(), _>(e));
     }
     IMAGES.with(|m| m.push((base, size)));
@@ -218,13 +243,16 @@ pub unsafe extern "C" fn wasmtime_memory_image_new(ptr: *const u8, len: usize, r
 }
 
 /// # Safety
-/// `image` came from `wasmtime_memory_image_new`; [addr, addr + len) lies in a mapping.
+/// `image` came from `wasmtime_memory_image_new`; [addr, addr + len) lies in a mapping made by
+/// `wasmtime_mmap_new`: a linear memory Wasmtime is giving its initial contents.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn wasmtime_memory_image_map_at(image: *mut u8, addr: *mut u8, len: usize) -> i32 {
     // SAFETY: a live image (caller).
     let image = unsafe { &*image.cast::<MemoryImage>() };
     let size = len.next_multiple_of(PAGE);
-    if let Err(e) = protect(addr as usize, size, PROT_READ | PROT_WRITE) {
+    // SAFETY: [addr, addr + len) lies in one of Wasmtime's mappings (caller), a linear memory it
+    // is giving its initial contents: data pages, to which read-write takes no access away.
+    if let Err(e) = unsafe { protect(addr as usize, size, PROT_READ | PROT_WRITE) } {
         return code(Err::<(), _>(e));
     }
     // SAFETY: the destination was just made read-write for `size` >= min(len, image.len) bytes;
@@ -243,7 +271,9 @@ pub unsafe extern "C" fn wasmtime_memory_image_free(image: *mut u8) {
     // SAFETY: made by Box::into_raw in wasmtime_memory_image_new (caller).
     let image = unsafe { Box::from_raw(image.cast::<MemoryImage>()) };
     IMAGES.with(|m| m.retain(|&(b, _)| b != image.base));
-    let _ = host().virtual_free(image.base, 0, MEM_RELEASE);
+    // SAFETY: the image's own allocation, which Wasmtime no longer uses (caller) and which
+    // nothing else refers to (its IMAGES entry is gone).
+    let _ = unsafe { host().virtual_free(image.base, 0, MEM_RELEASE) };
 }
 
 static TLS: [AtomicPtr<u8>; 2] = [AtomicPtr::new(core::ptr::null_mut()), AtomicPtr::new(core::ptr::null_mut())];

@@ -139,8 +139,7 @@ pub fn add_to_linker(linker: &mut Linker<WasiCtx>, module: &Module) -> wasmtime:
                 let iov = iovs.wrapping_add(8 * i);
                 let (ptr, len) = (m.u32(iov)?, m.u32(iov.wrapping_add(4))?);
                 let bytes = m.bytes(ptr as i32, len as usize)?;
-                let services = host().services();
-                (services.write)(bytes.as_ptr(), bytes.len() as u64);
+                host().write_bytes(bytes);
                 total = total.wrapping_add(len);
             }
             m.put_u32(nwritten, total)
