@@ -355,7 +355,13 @@ impl Malloc {
     }
 
     /// `Free` (NULL is S_OK; a foreign or freed pointer is E_INVALIDARG).
-    pub fn free(&self, p: *mut u8) -> Result<(), HResult> {
+    ///
+    /// # Safety
+    /// The block stops existing: `p` is NULL, or nothing uses it or any pointer or reference into
+    /// its bytes after the call (as `GlobalAlloc::dealloc`; a block this heap handed out to other
+    /// code, a `Box` made on it, is still used there). The heap refusing a pointer it did not
+    /// hand out is its own check, not the caller's guarantee.
+    pub unsafe fn free(&self, p: *mut u8) -> Result<(), HResult> {
         (self.vtbl().free)(self.object, p).to_result()
     }
 }

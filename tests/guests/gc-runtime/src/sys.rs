@@ -219,7 +219,9 @@ unsafe impl GlobalAlloc for HostMallocAllocator {
             // SAFETY: alloc stored the block's address there.
             unsafe { ((ptr as usize - 8) as *const usize).read() as *mut u8 }
         };
-        if heap.free(block).is_err() {
+        // SAFETY: `dealloc`'s contract: the block was allocated by `alloc` on this heap and the
+        // caller uses it no more.
+        if unsafe { heap.free(block) }.is_err() {
             crate::out!("gc-runtime: IHostMalloc refused to free {block:p}\n");
         }
     }

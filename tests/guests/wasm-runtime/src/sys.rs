@@ -84,7 +84,9 @@ unsafe impl GlobalAlloc for HostMallocAllocator {
             unsafe { ((ptr as usize - 8) as *const usize).read() as *mut u8 }
         };
         HEAP_LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        if heap.free(block).is_err() {
+        // SAFETY: `dealloc`'s contract: the block was allocated by `alloc` on this heap and the
+        // caller uses it no more.
+        if unsafe { heap.free(block) }.is_err() {
             crate::out!("wasm-runtime: IHostMalloc refused to free {block:p}\n");
         }
     }
