@@ -165,6 +165,8 @@ impl Guest {
             }
             4 => simple(status::INTEGER_OVERFLOW),
             5 => simple(status::ARRAY_BOUNDS_EXCEEDED),
+            // `sysenter` is #UD in long mode on AMD CPUs (and QEMU's), #GP on Intel's.
+            6 if self.unknown_sysenter(context) => return Ok(()),
             12 => GuestException { code: status::ACCESS_VIOLATION, access: 0, address: ALL_ONES },
             16 | 19 => {
                 let fpu = FpuImage::save();
@@ -176,24 +178,53 @@ impl Guest {
         self.raise(context, e)
     }
 
+    /// The instruction bytes at `rip` that can be read without changing anything (a guard page
+    /// after the instruction stays armed: an observation by the kernel is not a touch by the
+    /// guest), and how many there are.
+    fn instruction_at(&self, rip: u64) -> ([u8; 16], usize) {
+        let mut bytes = [0u8; 16];
+        let mut n = 0;
+        while n < bytes.len() && self.space.with(|s, cx| s.peek_user(cx.mem, rip.wrapping_add(n as u64), &mut bytes[n..n + 1])).is_ok() {
+            n += 1;
+        }
+        (bytes, n)
+    }
+
+    /// The number of legacy and REX prefixes at the start of `code`.
+    fn prefixes(code: &[u8]) -> usize {
+        code.iter().take_while(|b| matches!(b, 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f)).count()
+    }
+
+    /// Whether the faulting instruction is a `sysenter`: not how the host is called, so it fails
+    /// cleanly (E_NOTIMPL in `rax`) and the guest continues after it (host-abi §9).
+    fn unknown_sysenter(&self, context: &mut UserContext) -> bool {
+        let (bytes, n) = self.instruction_at(context.rip);
+        Self::skip_sysenter(context, &bytes[..n])
+    }
+
+    /// [`unknown_sysenter`](Self::unknown_sysenter) for the instruction bytes `code` at `rip`.
+    fn skip_sysenter(context: &mut UserContext, code: &[u8]) -> bool {
+        let i = Self::prefixes(code);
+        if code.get(i..i + 2) != Some(&[0x0f, 0x34][..]) {
+            return false;
+        }
+        context.rax = super::hresult::to_rax(super::hresult::E_NOTIMPL);
+        context.rip = context.rip.wrapping_add(i as u64 + 2);
+        true
+    }
+
     /// A #GP from ring 3, decoded: `None` when handled without an exception (`sysenter`).
     fn general_protection(&mut self, context: &mut UserContext, error_code: u64) -> Option<GuestException> {
         if error_code & 0b10 != 0 {
             // `int n` through a gate guests may not use.
             return Some(simple(status::ACCESS_VIOLATION));
         }
-        // Only the bytes that can be read without changing anything (a guard page after the
-        // instruction stays armed: an observation by the kernel is not a touch by the guest).
-        let mut bytes = [0u8; 16];
-        let mut n = 0;
-        while n < bytes.len() && self.space.with(|s, cx| s.peek_user(cx.mem, context.rip.wrapping_add(n as u64), &mut bytes[n..n + 1])).is_ok() {
-            n += 1;
-        }
+        let (bytes, n) = self.instruction_at(context.rip);
         let code = &bytes[..n];
-        let mut i = 0;
-        while i < code.len() && matches!(code[i], 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40..=0x4f) {
-            i += 1;
+        if Self::skip_sysenter(context, code) {
+            return None;
         }
+        let i = Self::prefixes(code);
         let op = code.get(i).copied();
         let op2 = code.get(i + 1).copied();
         // hlt, cli, sti, in/out/ins/outs; and 0F-prefixed system instructions (lldt/ltr, lgdt/lidt…,
@@ -203,12 +234,6 @@ impl Guest {
             (Some(0xf4 | 0xfa | 0xfb | 0xe4..=0xe7 | 0xec..=0xef | 0x6c..=0x6f), _)
                 | (Some(0x0f), Some(0x00 | 0x01 | 0x06 | 0x07 | 0x08 | 0x09 | 0x20..=0x23 | 0x30 | 0x32 | 0x33 | 0x35))
         );
-        if op == Some(0x0f) && op2 == Some(0x34) {
-            // sysenter: not how the host is called; fails cleanly and the guest continues.
-            context.rax = super::hresult::to_rax(super::hresult::E_NOTIMPL);
-            context.rip = context.rip.wrapping_add(i as u64 + 2);
-            return None;
-        }
         if privileged {
             Some(simple(status::PRIVILEGED_INSTRUCTION))
         } else {

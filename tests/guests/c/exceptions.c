@@ -5,7 +5,7 @@
 #include "host_abi.h"
 #include "guest_util.h"
 
-static int order[8], n_order;
+static int order[64], n_order;
 static volatile uint64_t seen_code, seen_access, seen_address, seen_rip;
 
 static int32_t first(GUEST_EXCEPTION *e) {
@@ -131,6 +131,15 @@ int32_t guest_main(IHostMemoryManager *host, const HOST_SERVICES *services) {
     check("guard gone", mbi.Protect, PAGE_READWRITE);
 
     single_step_across_a_syscall(services);
+
+    {
+        /* sysenter is not how the host is called: E_NOTIMPL in rax and the guest goes on after it
+         * (host-abi §9), whether the CPU raises #UD for it in long mode (AMD, QEMU) or #GP. */
+        uint64_t rax = 0, before = n_order;
+        __asm__ volatile("mov %%rsp, %%rcx\n sysenter" : "+a"(rax) : : "rcx", "rdx", "memory");
+        check("sysenter returns E_NOTIMPL", rax, (uint64_t)(uint32_t)E_NOTIMPL);
+        check("... raising nothing", (uint64_t)n_order, before);
+    }
 
     check("remove first", services->remove_vectored_exception_handler(h1), 1);
     check("remove again", services->remove_vectored_exception_handler(h1), 0);
