@@ -252,12 +252,20 @@ fn cpu_loop(run: &GuestRun, owner: bool) {
     while !run.ended() {
         let picked = run.with(|g| {
             let picked = g.pick();
-            if picked.is_some() {
+            if matches!(picked, Ok(Some(_))) {
                 // Loads the space's tables (and joins the CPUs its TLB rounds target).
                 g.space.activate();
             }
             picked
         });
+        let picked = match picked {
+            Ok(picked) => picked,
+            Err(code) => {
+                run.set_end(code);
+                run.kick_others();
+                break;
+            }
+        };
         match picked {
             Some((key, cont)) => {
                 wake_idle_cpus();
@@ -480,15 +488,20 @@ fn resume(run: &GuestRun, mem: &GuestMemory<'_>, cont: &mut Continuation) -> Opt
 }
 
 impl Guest {
-    /// Takes the next ready thread, with the result of the wait it was woken from in its `rax`.
-    fn pick(&mut self) -> Option<(u64, Continuation)> {
-        let (key, mut cont) = self.threads.pick(time::ticks_ns())?;
+    /// Takes the next ready thread, with the result of the wait it was woken from in its `rax`
+    /// (and a band change reported first, as every host call reports one before it returns:
+    /// a `wait_thread` whose thread's stack was released, host-abi §5); `Err` when reporting it
+    /// ends the guest (an unreadable callback object, no room on the thread's stack).
+    fn pick(&mut self) -> Result<Option<(u64, Continuation)>, Ended> {
+        let Some((key, mut cont)) = self.threads.pick(time::ticks_ns()) else { return Ok(None) };
         if let Some((wait, woken)) = cont.woken.take() {
             core::mem::swap(&mut self.thread, &mut cont.local);
             cont.context.rax = self.finish_wait(wait, woken);
+            let reported = self.deliver_band_change(&mut cont.context);
             core::mem::swap(&mut self.thread, &mut cont.local);
+            reported?;
         }
-        Some((key, cont))
+        Ok(Some((key, cont)))
     }
 
     /// Serves one exit of the running thread `key` (its state swapped in); `since` is when this

@@ -101,6 +101,7 @@ static void where_changes_are_reported(const HOST_SERVICES *services) {
         t_hold = 0;
         services->wake_by_address((void *)&t_hold, 1);
         check("... the thread ends", services->wait_thread(thread, ~0ull, &code) == 0 && code == 0, 1);
+        check("... and wait_thread reports the band its stack's release made", (uint64_t)(t_calls * 10 + t_band), 2 * 10 + eMemoryAvailableNeutral);
         services->close_thread(thread);
         V->VirtualFree(H, neutral, 0, MEM_RELEASE);
     }
