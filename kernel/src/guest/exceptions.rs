@@ -180,13 +180,17 @@ impl Guest {
 
     /// The instruction bytes at `rip` that can be read without changing anything (a guard page
     /// after the instruction stays armed: an observation by the kernel is not a touch by the
-    /// guest), and how many there are.
+    /// guest), and how many there are: a byte at a time (the first unreadable one ends them),
+    /// under one hold of the space lock.
     fn instruction_at(&self, rip: u64) -> ([u8; 16], usize) {
         let mut bytes = [0u8; 16];
-        let mut n = 0;
-        while n < bytes.len() && self.space.with(|s, cx| s.peek_user(cx.mem, rip.wrapping_add(n as u64), &mut bytes[n..n + 1])).is_ok() {
-            n += 1;
-        }
+        let n = self.space.with(|s, cx| {
+            let mut n = 0;
+            while n < bytes.len() && s.peek_user(cx.mem, rip.wrapping_add(n as u64), &mut bytes[n..n + 1]).is_ok() {
+                n += 1;
+            }
+            n
+        });
         (bytes, n)
     }
 
